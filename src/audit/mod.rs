@@ -1,0 +1,516 @@
+//! The audit log service: appends redacted, hash-chained events (alone or inside a caller's
+//! state-changing transaction), signs the chain head, pages through events and verifies the
+//! whole chain.
+
+pub mod chain;
+pub mod redact;
+pub mod signer;
+mod verify;
+
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::store::audit::{self as sql, EventFilter, EventRow, SignatureRow};
+use crate::store::{Store, StoreError};
+pub use signer::AuditSigner;
+pub use verify::{ProblemKind, SignatureStatus, VerifyProblem, VerifyReport};
+
+/// Errors of the audit layer.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A filter or cursor given by the caller is not usable.
+    #[error("{field}: {message}")]
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
+    /// A time range whose end is not after its start.
+    #[error("empty time range: until ({until}) must be after since ({since})")]
+    EmptyRange { since: String, until: String },
+}
+
+/// What kind of actor did something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ActorKind {
+    /// An MCP client (the assistant), named by its client name and version.
+    Client,
+    /// A person at the machine (the CLI), named by OS user and host.
+    User,
+    /// A registered worker agent, named by its id.
+    Agent,
+    /// The coordinator itself (sweepers, supervision, signing).
+    System,
+}
+
+/// Who did something. Rendered as `kind:id`, for example `client:claude-code/2.1.0`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    pub kind: ActorKind,
+    pub id: String,
+}
+
+impl Actor {
+    pub fn new(kind: ActorKind, id: impl Into<String>) -> Self {
+        Actor {
+            kind,
+            id: id.into(),
+        }
+    }
+
+    /// The person running this process: `user:NAME@HOST`.
+    pub fn os_user() -> Self {
+        Actor::new(
+            ActorKind::User,
+            format!("{}@{}", os_user_name(), host_name()),
+        )
+    }
+
+    /// The coordinator itself.
+    pub fn system() -> Self {
+        Actor::new(ActorKind::System, "mcp-coordinator")
+    }
+
+    pub fn render(&self) -> String {
+        let kind = match self.kind {
+            ActorKind::Client => "client",
+            ActorKind::User => "user",
+            ActorKind::Agent => "agent",
+            ActorKind::System => "system",
+        };
+        format!("{kind}:{}", self.id)
+    }
+}
+
+/// The login name of the OS user running this process.
+pub fn os_user_name() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// This machine's host name.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// What was done. A closed set: each later domain adds its own variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Action {
+    /// An MCP tool was called (tool, actor, outcome, duration).
+    #[serde(rename = "tool.call")]
+    ToolCall,
+    /// A coordinator process started serving.
+    #[serde(rename = "server.start")]
+    ServerStart,
+    /// A coordinator process stopped serving.
+    #[serde(rename = "server.stop")]
+    ServerStop,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::ToolCall => "tool.call",
+            Action::ServerStart => "server.start",
+            Action::ServerStop => "server.stop",
+        }
+    }
+}
+
+/// How it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// It succeeded.
+    Ok,
+    /// A domain failure (the tool returned `isError`).
+    Error,
+    /// Refused before it ran: unknown tool or arguments that do not match the schema.
+    Invalid,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+            Outcome::Invalid => "invalid",
+        }
+    }
+}
+
+/// An event to append. `detail` is redacted before it is stored or hashed.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub actor: Actor,
+    pub action: Action,
+    pub subject: String,
+    pub outcome: Outcome,
+    pub detail: Value,
+    /// Critical events (decisions, later) get the chain head signed in the same transaction.
+    pub critical: bool,
+}
+
+/// A stored event as tools and the CLI show it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct AuditEvent {
+    /// Position in the chain, from 1, without gaps.
+    pub seq: i64,
+    /// When, RFC 3339 UTC.
+    pub ts: String,
+    /// Who: `client:NAME/VERSION`, `user:NAME@HOST`, `agent:ID` or `system:mcp-coordinator`.
+    pub actor: String,
+    /// What, for example `tool.call`.
+    pub action: String,
+    /// On what, for example the tool name.
+    pub subject: String,
+    /// `ok`, `error` or `invalid`.
+    pub outcome: String,
+    /// Redacted detail.
+    pub detail: Value,
+    /// Hex SHA-256 of the previous event.
+    pub prev_hash: String,
+    /// Hex SHA-256 of this event.
+    pub hash: String,
+}
+
+impl From<EventRow> for AuditEvent {
+    fn from(r: EventRow) -> Self {
+        let detail = serde_json::from_str(&r.detail).unwrap_or(Value::String(r.detail));
+        AuditEvent {
+            seq: r.seq,
+            ts: r.ts,
+            actor: r.actor,
+            action: r.action,
+            subject: r.subject,
+            outcome: r.outcome,
+            detail,
+            prev_hash: r.prev_hash,
+            hash: r.hash,
+        }
+    }
+}
+
+/// Filters for [`AuditLog::query`]; text filters match exactly, or as a prefix ending in `*`.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub subject: Option<String>,
+    pub outcome: Option<Outcome>,
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// One page of events, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Page {
+    pub events: Vec<AuditEvent>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Default and maximum page sizes of [`AuditLog::query`].
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 500;
+
+/// The audit log of one database, signing with one key.
+#[derive(Clone)]
+pub struct AuditLog {
+    store: Store,
+    signer: Arc<AuditSigner>,
+}
+
+impl AuditLog {
+    pub fn new(store: Store, signer: Arc<AuditSigner>) -> Self {
+        AuditLog { store, signer }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn signer(&self) -> &AuditSigner {
+        &self.signer
+    }
+
+    /// Appends one event in its own transaction.
+    pub fn record(&self, event: NewEvent) -> Result<AuditEvent, AuditError> {
+        self.store
+            .write(|tx| self.append_in(tx, &event).map_err(AuditError::from))
+    }
+
+    /// Appends events in one transaction (one fsync, one lock): the fast path for bursts.
+    pub fn record_batch(&self, events: &[NewEvent]) -> Result<usize, AuditError> {
+        self.store.write(|tx| {
+            let mut head = sql::head(tx)?;
+            for event in events {
+                let row = self.next_row(head.as_ref(), event);
+                sql::insert(tx, &row)?;
+                if event.critical {
+                    self.sign_row(tx, row.seq, &row.hash)?;
+                }
+                head = Some((row.seq, row.hash));
+            }
+            Ok(events.len())
+        })
+    }
+
+    /// Appends one event inside the caller's write transaction, so a state change and its
+    /// audit event commit together or not at all. The caller must hold a write transaction
+    /// (see [`Store::write`]), which also serializes appends across processes.
+    pub fn append_in(&self, conn: &Connection, event: &NewEvent) -> Result<AuditEvent, StoreError> {
+        let head = sql::head(conn)?;
+        let row = self.next_row(head.as_ref(), event);
+        sql::insert(conn, &row)?;
+        if event.critical {
+            self.sign_row(conn, row.seq, &row.hash)?;
+        }
+        Ok(row.into())
+    }
+
+    fn next_row(&self, head: Option<&(i64, String)>, event: &NewEvent) -> EventRow {
+        let (seq, prev_hash) = match head {
+            Some((seq, hash)) => (seq + 1, hash.clone()),
+            None => (1, chain::GENESIS_HASH.to_string()),
+        };
+        let detail = redact::redact(&event.detail).to_string();
+        let ts = chain::now_ts();
+        let actor = event.actor.render();
+        let hash = chain::event_hash(&chain::EventFields {
+            seq,
+            ts: &ts,
+            actor: &actor,
+            action: event.action.as_str(),
+            subject: &event.subject,
+            outcome: event.outcome.as_str(),
+            detail: &detail,
+            prev_hash: &prev_hash,
+        });
+        EventRow {
+            seq,
+            ts,
+            actor,
+            action: event.action.as_str().to_string(),
+            subject: event.subject.clone(),
+            outcome: event.outcome.as_str().to_string(),
+            detail,
+            prev_hash,
+            hash,
+        }
+    }
+
+    fn sign_row(&self, conn: &Connection, seq: i64, hash: &str) -> Result<(), StoreError> {
+        sql::insert_signature(
+            conn,
+            &SignatureRow {
+                seq,
+                hash: hash.to_string(),
+                public_key: self.signer.public_key_hex().to_string(),
+                signature: self.signer.sign_hex(&chain::head_message(seq, hash)),
+                signed_at: chain::now_ts(),
+            },
+        )
+    }
+
+    /// Signs the current chain head if it is not signed yet (at shutdown, so a truncated tail
+    /// is detectable). Returns the signed sequence number.
+    pub fn sign_head(&self) -> Result<Option<i64>, AuditError> {
+        self.store.write(|tx| {
+            let Some((seq, hash)) = sql::head(tx)? else {
+                return Ok(None);
+            };
+            if sql::last_signed_seq(tx)? != Some(seq) {
+                self.sign_row(tx, seq, &hash)?;
+            }
+            Ok(Some(seq))
+        })
+    }
+
+    /// One page of events matching `q`, newest first.
+    pub fn query(&self, q: &Query) -> Result<Page, AuditError> {
+        let ts = |field: &'static str, v: &Option<String>| -> Result<Option<String>, AuditError> {
+            v.as_deref()
+                .map(|s| {
+                    chain::normalize_ts(s).ok_or_else(|| AuditError::InvalidInput {
+                        field,
+                        message: format!(
+                            "expected an RFC 3339 time such as 2026-11-21T09:30:00Z, got {s:?}"
+                        ),
+                    })
+                })
+                .transpose()
+        };
+        let since = ts("since", &q.since)?;
+        let until = ts("until", &q.until)?;
+        if let (Some(s), Some(u)) = (&since, &until)
+            && s >= u
+        {
+            return Err(AuditError::EmptyRange {
+                since: s.clone(),
+                until: u.clone(),
+            });
+        }
+        let before_seq = q
+            .cursor
+            .as_deref()
+            .map(|c| {
+                c.parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| AuditError::InvalidInput {
+                        field: "cursor",
+                        message: format!("expected the next_cursor of a previous page, got {c:?}"),
+                    })
+            })
+            .transpose()?;
+        let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(AuditError::InvalidInput {
+                field: "limit",
+                message: format!("expected 1 to {MAX_PAGE}, got {limit}"),
+            });
+        }
+        let filter = EventFilter {
+            since,
+            until,
+            actor: q.actor.clone(),
+            action: q.action.clone(),
+            subject: q.subject.clone(),
+            outcome: q.outcome.map(|o| o.as_str().to_string()),
+            before_seq,
+        };
+        let mut rows = sql::page(&self.store.lock(), &filter, limit + 1)?;
+        let next_cursor = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| r.seq.to_string())
+        } else {
+            None
+        };
+        Ok(Page {
+            events: rows.into_iter().map(AuditEvent::from).collect(),
+            next_cursor,
+        })
+    }
+
+    /// Calls `f` for every event, oldest first, on a separate read connection.
+    pub fn export<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(AuditEvent) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let conn = self.store.reader()?;
+        sql::for_each_in_order(&conn, |row| f(row.into()))
+    }
+
+    /// Recomputes the whole chain and checks every signature; see [`VerifyReport`].
+    pub fn verify(&self) -> Result<VerifyReport, AuditError> {
+        let conn = self.store.reader()?;
+        Ok(verify::verify(&conn, self.signer.public_key_hex())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Location;
+    use serde_json::json;
+
+    fn log() -> Result<AuditLog, Box<dyn std::error::Error>> {
+        let store = Store::open(&Location::Memory)?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        Ok(AuditLog::new(store, Arc::new(AuditSigner::from_key(key))))
+    }
+
+    fn event(subject: &str, critical: bool) -> NewEvent {
+        NewEvent {
+            actor: Actor::new(ActorKind::Client, "test/1.0"),
+            action: Action::ToolCall,
+            subject: subject.into(),
+            outcome: Outcome::Ok,
+            detail: json!({"arguments": {"token": "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}),
+            critical,
+        }
+    }
+
+    #[test]
+    fn events_chain_and_redact() -> Result<(), Box<dyn std::error::Error>> {
+        let log = log()?;
+        let a = log.record(event("a", false))?;
+        let b = log.record(event("b", true))?;
+        assert_eq!((a.seq, b.seq), (1, 2));
+        assert_eq!(a.prev_hash, chain::GENESIS_HASH);
+        assert_eq!(b.prev_hash, a.hash);
+        assert_eq!(a.detail["arguments"]["token"], redact::REDACTED);
+        let report = log.verify()?;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.events_checked, 2);
+        assert_eq!(report.signatures.valid, 1);
+        assert_eq!(report.signatures.last_signed_seq, Some(2));
+        Ok(())
+    }
+
+    #[test]
+    fn triggers_refuse_update_and_delete() -> Result<(), Box<dyn std::error::Error>> {
+        let log = log()?;
+        log.record(event("a", true))?;
+        let conn = log.store().lock();
+        let upd = conn.execute("UPDATE audit_events SET subject = 'x'", []);
+        assert!(upd.is_err_and(|e| e.to_string().contains("append-only")));
+        let del = conn.execute("DELETE FROM audit_events", []);
+        assert!(del.is_err_and(|e| e.to_string().contains("append-only")));
+        let del = conn.execute("DELETE FROM audit_signatures", []);
+        assert!(del.is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn query_pages_newest_first_with_filters() -> Result<(), Box<dyn std::error::Error>> {
+        let log = log()?;
+        let batch: Vec<_> = (0..7)
+            .map(|i| event(if i % 2 == 0 { "even" } else { "odd" }, false))
+            .collect();
+        assert_eq!(log.record_batch(&batch)?, 7);
+        let p1 = log.query(&Query {
+            limit: Some(3),
+            ..Default::default()
+        })?;
+        let seqs: Vec<i64> = p1.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![7, 6, 5]);
+        let p2 = log.query(&Query {
+            limit: Some(3),
+            cursor: p1.next_cursor.clone(),
+            ..Default::default()
+        })?;
+        assert_eq!(p2.events[0].seq, 4);
+        let odd = log.query(&Query {
+            subject: Some("od*".into()),
+            ..Default::default()
+        })?;
+        assert_eq!(odd.events.len(), 3);
+        assert!(odd.next_cursor.is_none());
+        let bad = log.query(&Query {
+            since: Some("soon".into()),
+            ..Default::default()
+        });
+        assert!(matches!(
+            bad,
+            Err(AuditError::InvalidInput { field: "since", .. })
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! Command-line interface: argument definitions (clap) and dispatch to `serve` (the default)
+//! and the people-facing subcommands.
+
+mod audit;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use mcp_coordinator::audit::{AuditLog, AuditSigner};
+use mcp_coordinator::config::Settings;
+use mcp_coordinator::store::Store;
+
+const ABOUT: &str = "A native MCP server that coordinates MCP setups, worker agents, tasks, \
+pipelines and child MCP servers, with a person's approval before anything changes.";
+
+const LONG_ABOUT: &str = "\
+A native MCP server that coordinates MCP setups, worker agents, tasks, pipelines and child MCP \
+servers, with a person's approval before anything changes.
+
+Run with no command, it serves MCP on stdin/stdout: that is how an MCP client starts it. \
+Every state change and tool call lands in a hash-chained, signed audit log in an embedded \
+SQLite database, which several coordinator processes (and these commands) can share.";
+
+const AFTER_HELP: &str = "\
+Add it to an MCP client (Claude Code .mcp.json, Claude Desktop, Cursor, Kilo Code):
+  {\"mcpServers\": {\"coordinator\": {\"command\": \"mcp-coordinator\"}}}
+VS Code (.vscode/mcp.json):
+  {\"servers\": {\"coordinator\": {\"type\": \"stdio\", \"command\": \"mcp-coordinator\"}}}
+Try it in the MCP Inspector:
+  npx @modelcontextprotocol/inspector mcp-coordinator
+
+Examples:
+  mcp-coordinator                          serve on stdio with the default database
+  mcp-coordinator serve --db :memory:      serve without touching disk
+  mcp-coordinator audit verify             check the audit chain and its signatures
+  mcp-coordinator audit export > log.jsonl export every audit event";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcp-coordinator",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options every command understands, before or after the command name.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Directory for the database and the audit signing key
+    /// [default: $XDG_DATA_HOME/mcp-coordinator, i.e. ~/.local/share/mcp-coordinator]
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_COORDINATOR_DATA_DIR",
+        value_name = "DIR"
+    )]
+    pub data_dir: Option<PathBuf>,
+
+    /// SQLite database file, or `:memory:` for a database that lives only as long as the process
+    /// [default: coordinator.db in the data directory]
+    #[arg(long, global = true, env = "MCP_COORDINATOR_DB", value_name = "PATH")]
+    pub db: Option<String>,
+
+    /// TOML config file; must exist when given
+    /// [default: ~/.config/mcp-coordinator/config.toml, if present]
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_COORDINATOR_CONFIG",
+        value_name = "PATH"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Log level for stderr: error, warn, info, debug, trace, or a filter such as
+    /// `mcp_coordinator=debug,rmcp=info` [default: the config's log_level, else info]
+    #[arg(long, global = true, env = "MCP_COORDINATOR_LOG", value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve MCP on stdin/stdout (the default when no command is given)
+    #[command(
+        long_about = "Serve MCP on stdin/stdout. This is what an MCP client runs; it is also \
+the default when no command is given. It answers clients that open with `initialize` \
+(2024-11-05 to 2025-11-25) and clients that open with `server/discover` (2026-07-28). It exits \
+with status 0 when the client closes stdin, or on SIGINT/SIGTERM. Logs go to stderr only.",
+        after_help = AFTER_HELP
+    )]
+    Serve,
+    /// Inspect the audit log: verify the chain, export events
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+}
+
+/// Parses arguments and runs the chosen command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None | Some(Command::Serve) => serve::run(&cli.global),
+        Some(Command::Audit(cmd)) => audit::run(&cli.global, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mcp-coordinator: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Resolves settings and opens the store and audit log, as every command needs.
+fn open(global: &GlobalArgs) -> anyhow::Result<(Settings, AuditLog)> {
+    let settings = Settings::resolve(
+        global.data_dir.clone(),
+        global.db.clone(),
+        global.config.clone(),
+    )?;
+    let store = Store::open(&settings.db)?;
+    let signer = AuditSigner::load_or_create(&settings.data_dir)?;
+    let audit = AuditLog::new(store, std::sync::Arc::new(signer));
+    Ok((settings, audit))
+}

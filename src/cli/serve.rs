@@ -1,0 +1,95 @@
+//! `mcp-coordinator serve`: start tracing on stderr, open the store, say hello on a terminal,
+//! and serve MCP on stdio until the client leaves or a signal arrives.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use super::GlobalArgs;
+use mcp_coordinator::server::{self, Coordinator};
+
+pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let (settings, audit) = super::open(global)?;
+    let level = global
+        .log_level
+        .clone()
+        .or_else(|| settings.config.log_level.clone())
+        .unwrap_or_else(|| "info".into());
+    init_tracing(&level)?;
+    if std::io::stdin().is_terminal() {
+        banner(&settings);
+    }
+    tracing::info!(db = %settings.db.display(), data_dir = %settings.data_dir.display(), "serving MCP on stdio");
+    let coordinator = Coordinator::new(audit, settings);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let stopped = runtime.block_on(server::run(
+        coordinator,
+        (tokio::io::stdin(), tokio::io::stdout()),
+        shutdown_signal(),
+    ))?;
+    tracing::info!(?stopped, "stopped");
+    // Do not wait for a blocked stdin read: the session is over.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Logs go to stderr, never stdout (stdout carries JSON-RPC only). Colors only on a terminal.
+fn init_tracing(level: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(level).with_context(|| {
+        format!("--log-level {level:?} is not a level or tracing filter (try info, debug or trace)")
+    })?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+}
+
+/// Started by hand: say what this is and how to use it, on stderr.
+fn banner(settings: &mcp_coordinator::config::Settings) {
+    let versions = server::supported_versions().join(", ");
+    eprintln!(
+        "mcp-coordinator {version}: an MCP server speaking JSON-RPC on stdin/stdout.\n\
+         \n\
+         It is meant to be started by an MCP client, not typed at. Data:\n\
+         \x20 database:   {db}\n\
+         \x20 data dir:   {data} (audit signing key)\n\
+         \x20 config:     {config}\n\
+         Protocol versions: {versions}.\n\
+         \n\
+         Connect a client: add {{\"command\": \"mcp-coordinator\"}} to its MCP server config.\n\
+         Try it in the Inspector: npx @modelcontextprotocol/inspector mcp-coordinator\n\
+         Press Ctrl-D or Ctrl-C to stop. Serving now.",
+        version = env!("CARGO_PKG_VERSION"),
+        db = settings.db.display(),
+        data = settings.data_dir.display(),
+        config = settings
+            .config_path
+            .as_ref()
+            .map_or("none (defaults)".to_string(), |p| p.display().to_string()),
+    );
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        () = term => tracing::info!("terminated"),
+    }
+}

@@ -1,0 +1,172 @@
+//! The coordinator's settings: where data lives (data directory, database, config file) and the
+//! optional TOML config file (tool groups switched off, log level).
+
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Location;
+
+/// Environment variable that overrides the data directory.
+pub const DATA_DIR_ENV: &str = "MCP_COORDINATOR_DATA_DIR";
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "coordinator.db";
+/// The config file's name inside the config directory.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// A group of tools that can be switched off together in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolGroup {
+    /// `coordinator_status`.
+    System,
+    /// `audit_query`, `audit_verify`.
+    Audit,
+}
+
+impl ToolGroup {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToolGroup::System => "system",
+            ToolGroup::Audit => "audit",
+        }
+    }
+}
+
+/// The config file (TOML). Every field is optional; unknown keys are refused so a typo is
+/// reported instead of silently ignored.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Log filter for stderr when `--log-level` is not given: `error`, `warn`, `info`,
+    /// `debug`, `trace`, or a tracing filter such as `mcp_coordinator=debug`.
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// Tool settings.
+    #[serde(default)]
+    pub tools: ToolsConfig,
+}
+
+/// `[tools]` in the config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ToolsConfig {
+    /// Tool groups to switch off: their tools are not listed and cannot be called.
+    #[serde(default)]
+    pub disabled_groups: Vec<ToolGroup>,
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("no data directory: HOME is not set; pass --data-dir DIR or set {DATA_DIR_ENV}")]
+    NoDataDir,
+}
+
+impl ConfigFile {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Resolved locations and settings for one process.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Holds the audit signing key and (by default) the database.
+    pub data_dir: PathBuf,
+    /// The database.
+    pub db: Location,
+    /// The config file that was loaded, if any.
+    pub config_path: Option<PathBuf>,
+    pub config: ConfigFile,
+}
+
+impl Settings {
+    /// Resolves the data directory (`--data-dir`, then `MCP_COORDINATOR_DATA_DIR`, then the
+    /// platform data directory: `$XDG_DATA_HOME/mcp-coordinator` on Linux), the database
+    /// (`--db`, else `coordinator.db` in the data directory) and the config file (`--config`,
+    /// which must exist, else `config.toml` in the platform config directory if present).
+    pub fn resolve(
+        data_dir: Option<PathBuf>,
+        db: Option<String>,
+        config: Option<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        let dirs = directories::ProjectDirs::from("", "", "mcp-coordinator");
+        let data_dir = match data_dir {
+            Some(d) => d,
+            None => dirs
+                .as_ref()
+                .map(|d| d.data_dir().to_path_buf())
+                .ok_or(ConfigError::NoDataDir)?,
+        };
+        let db = match db {
+            Some(arg) => Location::from_arg(&arg),
+            None => Location::File(data_dir.join(DB_FILE)),
+        };
+        let config_path = match config {
+            Some(p) => Some(p),
+            None => dirs
+                .as_ref()
+                .map(|d| d.config_dir().join(CONFIG_FILE))
+                .filter(|p| p.is_file()),
+        };
+        let config = match &config_path {
+            Some(p) => ConfigFile::load(p)?,
+            None => ConfigFile::default(),
+        };
+        Ok(Settings {
+            data_dir,
+            db,
+            config_path,
+            config,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_and_rejects_typos() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let good = dir.path().join("good.toml");
+        std::fs::write(
+            &good,
+            "log_level = \"debug\"\n[tools]\ndisabled_groups = [\"audit\"]\n",
+        )?;
+        let c = ConfigFile::load(&good)?;
+        assert_eq!(c.tools.disabled_groups, vec![ToolGroup::Audit]);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[tools]\ndisabled_groups = [\"audits\"]\n")?;
+        let err = ConfigFile::load(&bad)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("audits") && err.contains("system"), "{err}");
+        let typo = dir.path().join("typo.toml");
+        std::fs::write(&typo, "log_levle = \"debug\"\n")?;
+        let err = ConfigFile::load(&typo)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("log_levle"), "{err}");
+        Ok(())
+    }
+}

@@ -1,0 +1,299 @@
+//! The MCP server: the rmcp `ServerHandler` that lists and routes tools (one router file per
+//! domain, joined here), audits every tool call, and serves stdio until the client leaves or a
+//! shutdown is asked for.
+
+pub mod session;
+mod system;
+pub mod tool;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::tool::ToolCallContext;
+use rmcp::model::{
+    CacheScope, CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ProtocolVersion, ResultType, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
+use serde_json::json;
+
+use crate::audit::{Action, AuditLog, NewEvent, Outcome};
+use crate::config::{Settings, ToolGroup};
+use crate::store::Store;
+use session::Call;
+
+/// What the server tells clients about itself at initialize / discover.
+const INSTRUCTIONS: &str = "mcp-coordinator coordinates MCP setups, worker agents, tasks, \
+pipelines and child MCP servers. Every action that changes something waits for a person's \
+approval. Start with coordinator_status; audit_query shows what happened and audit_verify \
+proves the log is intact.";
+
+/// Shared state of one coordinator process. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    audit: AuditLog,
+    settings: Settings,
+    started: Instant,
+    session_id: String,
+    router: ToolRouter<Coordinator>,
+    /// Tools switched off by config, with the group that switched them off.
+    disabled: HashMap<String, ToolGroup>,
+}
+
+/// Every tool route of every domain. Each domain module contributes its own list.
+fn all_routes() -> Vec<tool::Route> {
+    system::routes()
+}
+
+/// The tool definitions (name, description, schemas, annotations) of every tool this build
+/// offers, enabled or not, sorted by name. Used by `schemas/` generation and its drift test.
+pub fn all_tools() -> Vec<Tool> {
+    let mut tools: Vec<Tool> = all_routes().into_iter().map(|r| r.route.attr).collect();
+    tools.sort_by(|a, b| a.name.cmp(&b.name));
+    tools
+}
+
+impl Coordinator {
+    pub fn new(audit: AuditLog, settings: Settings) -> Self {
+        let mut router = ToolRouter::new();
+        let mut disabled = HashMap::new();
+        for r in all_routes() {
+            if settings.config.tools.disabled_groups.contains(&r.group) {
+                disabled.insert(r.route.name().to_string(), r.group);
+            } else {
+                router.add_route(r.route);
+            }
+        }
+        Coordinator {
+            inner: Arc::new(Inner {
+                audit,
+                settings,
+                started: Instant::now(),
+                session_id: uuid::Uuid::new_v4().to_string(),
+                router,
+                disabled,
+            }),
+        }
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+
+    pub fn store(&self) -> &Store {
+        self.inner.audit.store()
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    pub fn session_id(&self) -> &str {
+        &self.inner.session_id
+    }
+
+    pub fn uptime(&self) -> std::time::Duration {
+        self.inner.started.elapsed()
+    }
+
+    pub fn enabled_tool_count(&self) -> usize {
+        self.inner.router.list_all().len()
+    }
+
+    /// Runs blocking store work off the async threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Coordinator) -> T + Send + 'static,
+    ) -> Result<T, tool::ToolError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || f(&this))
+            .await
+            .map_err(|e| tool::ToolError::new(tool::ErrorCode::Internal, e.to_string()))
+    }
+
+    fn unknown_tool(&self, name: &str) -> ErrorData {
+        match self.inner.disabled.get(name) {
+            Some(group) => ErrorData::invalid_params(
+                format!(
+                    "tool `{name}` is switched off: its group `{}` is listed in tools.disabled_groups of the config file",
+                    group.as_str()
+                ),
+                Some(json!({"tool": name, "group": group.as_str()})),
+            ),
+            None => ErrorData::invalid_params(
+                format!(
+                    "unknown tool `{name}`; tools/list shows the tools this coordinator offers"
+                ),
+                Some(json!({"tool": name})),
+            ),
+        }
+    }
+
+    /// Records one tool call in the audit log: tool, actor, outcome, duration, redacted
+    /// arguments. A failure to record is logged, not hidden.
+    async fn audit_call(
+        &self,
+        call: &Call,
+        name: String,
+        detail: serde_json::Value,
+        outcome: Outcome,
+    ) {
+        let event = NewEvent {
+            actor: call.actor.clone(),
+            action: Action::ToolCall,
+            subject: name,
+            outcome,
+            detail,
+            critical: false,
+        };
+        let recorded = self.blocking(move |c| c.audit().record(event)).await;
+        match recorded {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not record a tool call in the audit log")
+            }
+            Err(e) => {
+                tracing::error!(error = %e.message, "could not record a tool call in the audit log")
+            }
+        }
+    }
+}
+
+impl ServerHandler for Coordinator {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(
+                Implementation::new("mcp-coordinator", env!("CARGO_PKG_VERSION"))
+                    .with_title("MCP Coordinator"),
+            )
+            .with_instructions(INSTRUCTIONS)
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let modern =
+            session::era_of(context.protocol_version().as_ref()) == session::Era::Stateless;
+        let mut result = ListToolsResult::with_all_items(self.inner.router.list_all());
+        result.result_type = Some(ResultType::COMPLETE);
+        // The tool list of a process never changes, so stateless clients may cache it.
+        result.ttl_ms = modern.then_some(0);
+        result.cache_scope = modern.then_some(CacheScope::Public);
+        Ok(result)
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.inner.router.get(name).cloned()
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let started = Instant::now();
+        let name = request.name.to_string();
+        let call = Call::from_context(&context, self);
+        let arguments = request.arguments.clone().map(serde_json::Value::Object);
+        let result = if self.inner.router.has_route(&name) {
+            self.inner
+                .router
+                .call(ToolCallContext::new(self, request, context))
+                .await
+        } else {
+            Err(self.unknown_tool(&name))
+        };
+        let (outcome, error) = match &result {
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => (
+                Outcome::Error,
+                r.structured_content
+                    .as_ref()
+                    .and_then(|s| s.get("code"))
+                    .cloned(),
+            ),
+            Ok(_) => (Outcome::Ok, None),
+            Err(e) => (Outcome::Invalid, Some(json!(e.message))),
+        };
+        let detail = json!({
+            "arguments": arguments,
+            "duration_us": started.elapsed().as_micros() as u64,
+            "protocol_version": call.protocol_version,
+            "era": call.era,
+            "session": call.session_id,
+            "error": error,
+        });
+        self.audit_call(&call, name, detail, outcome).await;
+        result
+    }
+}
+
+/// Why the server stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The client closed the connection (stdin reached EOF).
+    ClientClosed,
+    /// The shutdown future completed (a signal, or a test asked).
+    Shutdown,
+}
+
+/// Serves MCP on the given byte streams until the client closes them or `shutdown` resolves.
+/// The head of the audit chain is signed on the way out.
+pub async fn run<R, W>(
+    coordinator: Coordinator,
+    transport: (R, W),
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Stopped>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let audit = coordinator.audit().clone();
+    let stopped = tokio::select! {
+        r = serve(coordinator, transport) => r?,
+        () = shutdown => Stopped::Shutdown,
+    };
+    let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;
+    match signed {
+        Ok(Ok(seq)) => tracing::debug!(?seq, "signed the audit chain head"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not sign the audit chain head"),
+        Err(e) => tracing::warn!(error = %e, "could not sign the audit chain head"),
+    }
+    Ok(stopped)
+}
+
+async fn serve<R, W>(coordinator: Coordinator, transport: (R, W)) -> anyhow::Result<Stopped>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    match coordinator.serve(transport).await {
+        Ok(running) => {
+            let reason = running.waiting().await?;
+            tracing::info!(?reason, "client session ended");
+            Ok(Stopped::ClientClosed)
+        }
+        // A client that connects and leaves without a word is a clean close, not a failure.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => Ok(Stopped::ClientClosed),
+        Err(e) => Err(anyhow::anyhow!("MCP session failed to start: {e}")),
+    }
+}
+
+/// The protocol versions this server answers, newest first (for `--help` and the banner).
+pub fn supported_versions() -> Vec<String> {
+    let mut v: Vec<String> = ProtocolVersion::KNOWN_VERSIONS
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    v.sort_by(|a, b| b.cmp(a));
+    v
+}

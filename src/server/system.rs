@@ -1,0 +1,226 @@
+//! System tools: `coordinator_status`, `audit_query`, `audit_verify`.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::Coordinator;
+use super::session::{Call, Era};
+use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
+use crate::audit::{AuditError, Outcome, Page, Query, VerifyReport};
+use crate::config::ToolGroup;
+use crate::store::{Store, StoreError};
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(
+            ToolSpec {
+                name: "coordinator_status",
+                title: "Coordinator status",
+                description: include_str!("../../tools/coordinator_status.md"),
+                group: ToolGroup::System,
+                read_only: true,
+                destructive: false,
+                idempotent: true,
+                open_world: false,
+            },
+            status,
+        ),
+        route(
+            ToolSpec {
+                name: "audit_query",
+                title: "Query the audit log",
+                description: include_str!("../../tools/audit_query.md"),
+                group: ToolGroup::Audit,
+                read_only: true,
+                destructive: false,
+                idempotent: true,
+                open_world: false,
+            },
+            audit_query,
+        ),
+        route(
+            ToolSpec {
+                name: "audit_verify",
+                title: "Verify the audit chain",
+                description: include_str!("../../tools/audit_verify.md"),
+                group: ToolGroup::Audit,
+                read_only: true,
+                destructive: false,
+                idempotent: true,
+                open_world: false,
+            },
+            audit_verify,
+        ),
+    ]
+}
+
+/// Maps a store failure to a domain error.
+pub(super) fn store_error(e: StoreError) -> ToolError {
+    let code = if e.retryable() {
+        ErrorCode::StorageBusy
+    } else {
+        ErrorCode::StorageError
+    };
+    ToolError::new(code, e.to_string())
+}
+
+fn audit_failure(tool: &str, e: AuditError) -> Failure {
+    match e {
+        AuditError::Store(e) => Failure::Domain(store_error(e)),
+        AuditError::InvalidInput { field, message } => {
+            Failure::Protocol(invalid_field(tool, field, message))
+        }
+        AuditError::EmptyRange { since, until } => Failure::Domain(
+            ToolError::new(
+                ErrorCode::InvalidRequest,
+                format!("the time range is empty: until ({until}) must be after since ({since})"),
+            )
+            .with_details(json!({"field": "until", "since": since, "until": until})),
+        ),
+    }
+}
+
+/// `coordinator_status` takes no arguments.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusInput {}
+
+/// The database as `coordinator_status` reports it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DatabaseStatus {
+    /// The database file, or `:memory:`.
+    pub path: String,
+    /// `ok (journal_mode=wal)` when a trivial query succeeds, else the error.
+    pub health: String,
+    /// Migrations applied to this database.
+    pub schema_version: i64,
+    /// Migrations this build knows.
+    pub known_schema_version: usize,
+}
+
+/// What `coordinator_status` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StatusOutput {
+    pub name: String,
+    pub version: String,
+    /// The protocol version of this request.
+    pub protocol_version: String,
+    /// `legacy` (initialize handshake) or `stateless` (2026-07-28).
+    pub era: Era,
+    /// The client as the audit log names it.
+    pub client: String,
+    /// This coordinator process's session id (it tags this process's audit events).
+    pub session_id: String,
+    pub pid: u32,
+    /// Where the signing key (and by default the database) lives.
+    pub data_dir: String,
+    /// The config file in effect, if any.
+    pub config_file: Option<String>,
+    pub database: DatabaseStatus,
+    /// Rows per domain table.
+    pub counts: BTreeMap<String, i64>,
+    /// Tools offered now.
+    pub tools_enabled: usize,
+    /// Tool groups switched off by the config file.
+    pub disabled_groups: Vec<ToolGroup>,
+    pub uptime_seconds: f64,
+}
+
+async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<StatusOutput, Failure> {
+    let db = c
+        .blocking(|c| -> Result<_, StoreError> {
+            let store: &Store = c.store();
+            Ok((
+                store.health()?,
+                store.schema_version()?,
+                store.table_counts()?,
+            ))
+        })
+        .await?;
+    let (health, schema_version, counts) = db.map_err(store_error)?;
+    let settings = c.settings();
+    Ok(StatusOutput {
+        name: "mcp-coordinator".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: call.protocol_version,
+        era: call.era,
+        client: call.actor.render(),
+        session_id: call.session_id,
+        pid: std::process::id(),
+        data_dir: settings.data_dir.display().to_string(),
+        config_file: settings
+            .config_path
+            .as_ref()
+            .map(|p| p.display().to_string()),
+        database: DatabaseStatus {
+            path: settings.db.display(),
+            health,
+            schema_version,
+            known_schema_version: Store::known_schema_version(),
+        },
+        counts: counts.into_iter().collect(),
+        tools_enabled: c.enabled_tool_count(),
+        disabled_groups: settings.config.tools.disabled_groups.clone(),
+        uptime_seconds: c.uptime().as_secs_f64(),
+    })
+}
+
+/// Arguments of `audit_query`. Text filters match exactly, or as a prefix when they end in `*`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQueryInput {
+    /// Only events at or after this time (RFC 3339, for example `2026-11-21T09:00:00Z`).
+    #[schemars(extend("format" = "date-time"))]
+    pub since: Option<String>,
+    /// Only events before this time (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub until: Option<String>,
+    /// Who: `client:claude-code/2.1.0`, or a prefix such as `client:*` or `user:*`.
+    pub actor: Option<String>,
+    /// What: `tool.call`, or a prefix such as `tool.*`.
+    pub action: Option<String>,
+    /// On what: a tool name, an id, or a prefix such as `audit_*`.
+    pub subject: Option<String>,
+    /// How it ended.
+    pub outcome: Option<Outcome>,
+    /// Events per page, 1 to 500 (default 50).
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page, to continue with older events.
+    #[schemars(regex(pattern = r"^[1-9][0-9]*$"))]
+    pub cursor: Option<String>,
+}
+
+async fn audit_query(c: Coordinator, input: AuditQueryInput, _call: Call) -> Result<Page, Failure> {
+    let q = Query {
+        since: input.since,
+        until: input.until,
+        actor: input.actor,
+        action: input.action,
+        subject: input.subject,
+        outcome: input.outcome,
+        limit: input.limit,
+        cursor: input.cursor,
+    };
+    c.blocking(move |c| c.audit().query(&q))
+        .await?
+        .map_err(|e| audit_failure("audit_query", e))
+}
+
+/// `audit_verify` takes no arguments: it always checks the whole chain.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyInput {}
+
+async fn audit_verify(
+    c: Coordinator,
+    _input: VerifyInput,
+    _call: Call,
+) -> Result<VerifyReport, Failure> {
+    c.blocking(|c| c.audit().verify())
+        .await?
+        .map_err(|e| audit_failure("audit_verify", e))
+}

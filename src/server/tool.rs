@@ -1,0 +1,232 @@
+//! How a tool is declared and called: the typed route builder (schemas from Rust types,
+//! description from `tools/<name>.md`, annotations), argument parsing that names the bad field,
+//! and the structured `{code, message, details, retryable}` error of a domain failure.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rmcp::ErrorData;
+use rmcp::handler::server::router::tool::ToolRoute;
+use rmcp::handler::server::tool::{ToolCallContext, schema_for_input, schema_for_output};
+use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Coordinator;
+use super::session::Call;
+use crate::config::ToolGroup;
+
+/// A closed set of domain error codes, stable for clients to branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is well-formed but asks for something impossible (an empty time range).
+    InvalidRequest,
+    /// The thing named does not exist.
+    NotFound,
+    /// The database was locked by another process for too long; try again.
+    StorageBusy,
+    /// The database failed; see the message.
+    StorageError,
+    /// A bug or an unexpected state in the coordinator.
+    Internal,
+}
+
+/// A domain failure, returned as a tool result with `isError: true` and this object as its
+/// structured content.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct ToolError {
+    pub code: ErrorCode,
+    pub message: String,
+    /// Machine-readable context: the field, the values involved.
+    pub details: Value,
+    /// Whether the same call may succeed if repeated later.
+    pub retryable: bool,
+}
+
+impl ToolError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ToolError {
+            code,
+            message: message.into(),
+            details: Value::Object(Default::default()),
+            retryable: matches!(code, ErrorCode::StorageBusy),
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = details;
+        self
+    }
+
+    fn into_result(self) -> CallToolResult {
+        let value = serde_json::to_value(&self).unwrap_or_else(|_| json!({"code": "internal"}));
+        CallToolResult::structured_error(value)
+    }
+}
+
+/// The outcome of a tool handler: a typed result, a domain failure, or a protocol error
+/// (arguments that are valid JSON but not acceptable values, reported as JSON-RPC errors).
+pub enum Failure {
+    Domain(ToolError),
+    Protocol(ErrorData),
+}
+
+impl From<ToolError> for Failure {
+    fn from(e: ToolError) -> Self {
+        Failure::Domain(e)
+    }
+}
+
+/// A JSON-RPC invalid-params error naming the field and what was expected.
+pub fn invalid_field(tool: &str, field: &str, expected: impl std::fmt::Display) -> ErrorData {
+    ErrorData::invalid_params(
+        format!("{tool}: invalid argument `{field}`: {expected}"),
+        Some(json!({"tool": tool, "field": field})),
+    )
+}
+
+/// Static facts about a tool.
+pub struct ToolSpec {
+    pub name: &'static str,
+    pub title: &'static str,
+    /// The prose the model reads, from `tools/<name>.md`.
+    pub description: &'static str,
+    pub group: ToolGroup,
+    pub read_only: bool,
+    pub destructive: bool,
+    pub idempotent: bool,
+    pub open_world: bool,
+}
+
+impl ToolSpec {
+    fn annotations(&self) -> ToolAnnotations {
+        ToolAnnotations::with_title(self.title)
+            .read_only(self.read_only)
+            .destructive(self.destructive)
+            .idempotent(self.idempotent)
+            .open_world(self.open_world)
+    }
+}
+
+/// A route plus the group it belongs to (for switching groups off).
+pub struct Route {
+    pub group: ToolGroup,
+    pub route: ToolRoute<Coordinator>,
+}
+
+/// Builds a route whose input and output schemas come from `In` and `Out`. The handler gets the
+/// coordinator, the parsed input and the call's context, and never sees rmcp types.
+pub fn route<In, Out, F, Fut>(spec: ToolSpec, handler: F) -> Route
+where
+    In: DeserializeOwned + JsonSchema + Send + 'static,
+    Out: Serialize + JsonSchema + 'static,
+    F: Fn(Coordinator, In, Call) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Out, Failure>> + Send + 'static,
+{
+    let input_schema = match schema_for_input::<In>() {
+        Ok(s) => s,
+        // The input types are ours and are all objects; an error here is a bug caught by tests.
+        Err(e) => Arc::new(
+            json!({"type": "object", "description": e})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+    };
+    let tool = Tool::new(spec.name, spec.description.trim(), input_schema)
+        .with_title(spec.title)
+        .with_raw_output_schema(schema_for_output::<Out>())
+        .with_annotations(spec.annotations());
+    let name = spec.name;
+    let handler = Arc::new(handler);
+    let route = ToolRoute::new_dyn(tool, move |ctx: ToolCallContext<'_, Coordinator>| {
+        let handler = handler.clone();
+        let coordinator = ctx.service.clone();
+        let call = Call::from_context(&ctx.request_context, &coordinator);
+        let arguments = ctx.arguments;
+        Box::pin(async move {
+            let input: In = parse_arguments(name, arguments)?;
+            match handler(coordinator, input, call).await {
+                Ok(out) => {
+                    let value = serde_json::to_value(out).map_err(|e| {
+                        ErrorData::internal_error(
+                            format!("{name}: cannot encode result: {e}"),
+                            None,
+                        )
+                    })?;
+                    Ok(CallToolResult::structured(value).into())
+                }
+                Err(Failure::Domain(e)) => Ok(e.into_result().into()),
+                Err(Failure::Protocol(e)) => Err(e),
+            }
+        })
+    });
+    Route {
+        group: spec.group,
+        route,
+    }
+}
+
+/// Deserializes tool arguments, naming the offending field on failure.
+pub fn parse_arguments<T: DeserializeOwned>(
+    tool: &str,
+    arguments: Option<JsonObject>,
+) -> Result<T, ErrorData> {
+    let value = Value::Object(arguments.unwrap_or_default());
+    serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde names missing and unknown fields in its message; for type errors the path is
+        // the only place the field appears.
+        let field = if path == "." { None } else { Some(path) };
+        let message = match &field {
+            Some(f) => format!("{tool}: invalid argument `{f}`: {inner}"),
+            None => format!("{tool}: invalid arguments: {inner}"),
+        };
+        ErrorData::invalid_params(message, Some(json!({"tool": tool, "field": field})))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Args {
+        limit: u32,
+        nested: Option<Inner>,
+    }
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        n: u8,
+    }
+
+    fn obj(v: Value) -> Option<JsonObject> {
+        v.as_object().cloned()
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse_arguments::<Args>("t", obj(json!({"limit": "ten"}))).err();
+        let msg = e.map(|e| e.message.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("`limit`") && msg.contains("expected u32"),
+            "{msg}"
+        );
+        let e = parse_arguments::<Args>("t", obj(json!({"limit": 1, "nested": {"n": 300}}))).err();
+        let msg = e.map(|e| e.message.to_string()).unwrap_or_default();
+        assert!(msg.contains("nested.n"), "{msg}");
+        let e = parse_arguments::<Args>("t", obj(json!({}))).err();
+        let msg = e.map(|e| e.message.to_string()).unwrap_or_default();
+        assert!(msg.contains("missing field `limit`"), "{msg}");
+        let e = parse_arguments::<Args>("t", obj(json!({"limit": 1, "limt": 2}))).err();
+        let msg = e.map(|e| e.message.to_string()).unwrap_or_default();
+        assert!(msg.contains("unknown field `limt`"), "{msg}");
+    }
+}

@@ -1,0 +1,201 @@
+//! SQL for the audit tables: append an event row, read the head, page through events with
+//! filters, stream the whole chain in order, and store and read head signatures.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+
+/// One row of `audit_events`, exactly as stored (the detail is the JSON text that was hashed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub seq: i64,
+    pub ts: String,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub outcome: String,
+    pub detail: String,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+/// One row of `audit_signatures`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignatureRow {
+    pub seq: i64,
+    pub hash: String,
+    pub public_key: String,
+    pub signature: String,
+    pub signed_at: String,
+}
+
+/// Filters for [`page`]. Text filters match exactly, or as a prefix when they end in `*`.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub subject: Option<String>,
+    pub outcome: Option<String>,
+    /// Only events with a sequence number below this (the paging cursor).
+    pub before_seq: Option<i64>,
+}
+
+const COLUMNS: &str = "seq, ts, actor, action, subject, outcome, detail, prev_hash, hash";
+
+fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+    Ok(EventRow {
+        seq: r.get(0)?,
+        ts: r.get(1)?,
+        actor: r.get(2)?,
+        action: r.get(3)?,
+        subject: r.get(4)?,
+        outcome: r.get(5)?,
+        detail: r.get(6)?,
+        prev_hash: r.get(7)?,
+        hash: r.get(8)?,
+    })
+}
+
+/// The newest event's sequence number and hash, if any.
+pub fn head(conn: &Connection) -> Result<Option<(i64, String)>, StoreError> {
+    conn.prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Inserts one event row. The caller computed its hash over these exact values and holds the
+/// write transaction, so no other writer can slip in between reading the head and this insert.
+pub fn insert(conn: &Connection, row: &EventRow) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        row.seq,
+        row.ts,
+        row.actor,
+        row.action,
+        row.subject,
+        row.outcome,
+        row.detail,
+        row.prev_hash,
+        row.hash
+    ])
+    .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
+/// Appends a text condition for an exact or `prefix*` match.
+fn push_text_filter(
+    sql: &mut String,
+    args: &mut Vec<rusqlite::types::Value>,
+    column: &str,
+    value: &Option<String>,
+) {
+    let Some(value) = value else { return };
+    match value.strip_suffix('*') {
+        Some(prefix) => {
+            args.push(prefix.to_string().into());
+            sql.push_str(&format!(
+                " AND substr({column}, 1, length(?{n})) = ?{n}",
+                n = args.len()
+            ));
+        }
+        None => {
+            args.push(value.clone().into());
+            sql.push_str(&format!(" AND {column} = ?{}", args.len()));
+        }
+    }
+}
+
+/// Up to `limit` events matching `filter`, newest first.
+pub fn page(
+    conn: &Connection,
+    filter: &EventFilter,
+    limit: u32,
+) -> Result<Vec<EventRow>, StoreError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if let Some(since) = &filter.since {
+        args.push(since.clone().into());
+        sql.push_str(&format!(" AND ts >= ?{}", args.len()));
+    }
+    if let Some(until) = &filter.until {
+        args.push(until.clone().into());
+        sql.push_str(&format!(" AND ts < ?{}", args.len()));
+    }
+    if let Some(before) = filter.before_seq {
+        args.push(before.into());
+        sql.push_str(&format!(" AND seq < ?{}", args.len()));
+    }
+    push_text_filter(&mut sql, &mut args, "actor", &filter.actor);
+    push_text_filter(&mut sql, &mut args, "action", &filter.action);
+    push_text_filter(&mut sql, &mut args, "subject", &filter.subject);
+    push_text_filter(&mut sql, &mut args, "outcome", &filter.outcome);
+    args.push(i64::from(limit).into());
+    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", args.len()));
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Calls `f` for every event in sequence order, oldest first, without loading them all.
+pub fn for_each_in_order<E: From<StoreError>>(
+    conn: &Connection,
+    mut f: impl FnMut(EventRow) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut stmt = conn
+        .prepare(&format!("SELECT {COLUMNS} FROM audit_events ORDER BY seq"))
+        .map_err(StoreError::from_sqlite)?;
+    let mut rows = stmt.query([]).map_err(StoreError::from_sqlite)?;
+    while let Some(row) = rows.next().map_err(StoreError::from_sqlite)? {
+        f(event_from_row(row).map_err(StoreError::from_sqlite)?)?;
+    }
+    Ok(())
+}
+
+/// Stores a signature over the chain head. Signing the same head twice is a no-op.
+pub fn insert_signature(conn: &Connection, sig: &SignatureRow) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO audit_signatures (seq, hash, public_key, signature, signed_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        sig.seq,
+        sig.hash,
+        sig.public_key,
+        sig.signature,
+        sig.signed_at
+    ])
+    .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
+/// Every stored signature, oldest first.
+pub fn signatures(conn: &Connection) -> Result<Vec<SignatureRow>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT seq, hash, public_key, signature, signed_at FROM audit_signatures ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SignatureRow {
+            seq: r.get(0)?,
+            hash: r.get(1)?,
+            public_key: r.get(2)?,
+            signature: r.get(3)?,
+            signed_at: r.get(4)?,
+        })
+    })?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// The sequence number of the newest signed head, if any.
+pub fn last_signed_seq(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT MAX(seq) FROM audit_signatures")?
+        .query_row([], |r| r.get(0))
+        .map_err(StoreError::from_sqlite)
+}

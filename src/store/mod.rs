@@ -1,0 +1,348 @@
+//! SQLite storage: opening the database (WAL, busy timeout, foreign keys), the embedded numbered
+//! migrations, and one module per table group.
+
+pub mod audit;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite_migration::{M, Migrations};
+
+/// How long a writer waits for another process's write lock before giving up.
+/// Two coordinators sharing one file take turns well inside this.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database path that means "no file": state lives in memory and dies with the process.
+pub const MEMORY: &str = ":memory:";
+
+/// The numbered migrations, embedded at compile time and applied in order on open.
+/// Append only: a shipped migration is never edited.
+const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("migrations/0001_audit.sql"))];
+
+/// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
+/// A later migration that adds a domain table adds it here.
+const DOMAIN_TABLES: &[(&str, &str)] = &[
+    // Sequence numbers are gapless by construction (and `audit_verify` proves it), so the
+    // newest one is the count, read from the primary key instead of scanning a million rows.
+    (
+        "audit_events",
+        "SELECT COALESCE(MAX(seq), 0) FROM audit_events",
+    ),
+    ("audit_signatures", "SELECT COUNT(*) FROM audit_signatures"),
+];
+
+/// What went wrong in the store, named by what happened rather than by SQLite's code.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or created.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A migration failed; the database is left at its previous version.
+    #[error("cannot migrate database {path}: {message}")]
+    Migration { path: String, message: String },
+    /// The database was written by a newer coordinator than this one.
+    #[error(
+        "database {path} has schema version {found}, newer than this build knows ({known}); upgrade mcp-coordinator"
+    )]
+    TooNew {
+        path: String,
+        found: i64,
+        known: usize,
+    },
+    /// Another process held the write lock for longer than the busy timeout.
+    #[error("database is busy (another process held the write lock for over {0:?})")]
+    Busy(Duration),
+    /// The thing asked for does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Any other SQLite failure.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl StoreError {
+    /// Whether trying the same operation again may succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Busy(_))
+    }
+
+    /// Turns SQLite's busy code into [`StoreError::Busy`], everything else into `Sqlite`.
+    pub fn from_sqlite(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Busy(BUSY_TIMEOUT)
+            }
+            _ => StoreError::Sqlite(err),
+        }
+    }
+}
+
+/// A handle to the coordinator database, cheap to clone. One connection per process, guarded by
+/// a mutex: SQLite calls here take microseconds, and a single writer per process keeps the
+/// audit chain's head consistent without extra locking.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+    location: Arc<Location>,
+}
+
+/// Where the database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A file on disk (WAL mode).
+    File(PathBuf),
+    /// Process memory only (`--db :memory:`).
+    Memory,
+}
+
+impl Location {
+    /// Parses the `--db` argument: `:memory:` or a path.
+    pub fn from_arg(arg: &str) -> Self {
+        if arg == MEMORY {
+            Location::Memory
+        } else {
+            Location::File(PathBuf::from(arg))
+        }
+    }
+
+    /// Human-readable form: the path, or `:memory:`.
+    pub fn display(&self) -> String {
+        match self {
+            Location::File(p) => p.display().to_string(),
+            Location::Memory => MEMORY.to_string(),
+        }
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, sets WAL, busy timeout and foreign keys, and
+    /// applies pending migrations.
+    pub fn open(location: &Location) -> Result<Self, StoreError> {
+        let mut conn = open_connection(location)?;
+        migrate(&mut conn, location)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            location: Arc::new(location.clone()),
+        })
+    }
+
+    /// Opens a second, independent connection to the same file, for long reads (verifying the
+    /// whole chain, exporting) that should not hold up tool calls. For `:memory:` there is no
+    /// second connection to the same data, so the shared one is used.
+    pub fn reader(&self) -> Result<ReadConn<'_>, StoreError> {
+        match &*self.location {
+            Location::File(_) => Ok(ReadConn::Own(open_connection(&self.location)?)),
+            Location::Memory => Ok(ReadConn::Shared(self.lock())),
+        }
+    }
+
+    /// Where this store lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Locks the process's connection. A poisoned lock (a panic while holding it) is recovered:
+    /// SQLite rolls back any transaction left open, so the data is consistent.
+    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction and commits it; any error rolls back.
+    /// IMMEDIATE takes the write lock up front, so two processes never deadlock upgrading a read.
+    pub fn write<T, E>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(StoreError::from_sqlite)?;
+        let value = f(&tx)?;
+        tx.commit().map_err(StoreError::from_sqlite)?;
+        Ok(value)
+    }
+
+    /// The schema version (number of migrations applied).
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .lock()
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// The number of migrations this build knows.
+    pub fn known_schema_version() -> usize {
+        MIGRATIONS.len()
+    }
+
+    /// A cheap health probe: the journal mode and a trivial query.
+    pub fn health(&self) -> Result<String, StoreError> {
+        let conn = self.lock();
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        let one: i64 = conn.query_row("SELECT 1", [], |r| r.get(0))?;
+        if one != 1 {
+            return Ok("degraded".into());
+        }
+        Ok(format!("ok (journal_mode={mode})"))
+    }
+
+    /// Row counts of the domain tables, in [`DOMAIN_TABLES`] order.
+    pub fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.lock();
+        DOMAIN_TABLES
+            .iter()
+            .map(|(table, count_sql)| {
+                let n: i64 = conn
+                    .prepare_cached(count_sql)?
+                    .query_row([], |r| r.get(0))?;
+                Ok((table.to_string(), n))
+            })
+            .collect()
+    }
+}
+
+/// A connection for long reads: its own (file databases) or the shared one (`:memory:`).
+pub enum ReadConn<'a> {
+    Own(Connection),
+    Shared(MutexGuard<'a, Connection>),
+}
+
+impl std::ops::Deref for ReadConn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        match self {
+            ReadConn::Own(c) => c,
+            ReadConn::Shared(c) => c,
+        }
+    }
+}
+
+fn open_connection(location: &Location) -> Result<Connection, StoreError> {
+    let path_str = location.display();
+    let open_err = |source| StoreError::Open {
+        path: path_str.clone(),
+        source,
+    };
+    let conn = match location {
+        Location::Memory => Connection::open_in_memory().map_err(open_err)?,
+        Location::File(path) => {
+            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                create_private_dir(parent).map_err(|e| StoreError::Open {
+                    path: path_str.clone(),
+                    source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                })?;
+            }
+            Connection::open_with_flags(
+                path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(open_err)?
+        }
+    };
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    if matches!(location, Location::File(_)) {
+        // WAL lets readers (the CLI, a second coordinator) work while one process writes.
+        conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
+            .map_err(open_err)?;
+        // NORMAL in WAL mode is durable against process kills; only an OS crash can lose the
+        // last commits, and the chain stays consistent either way.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+    }
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection, location: &Location) -> Result<(), StoreError> {
+    let path = location.display();
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > MIGRATIONS.len() as i64 {
+        return Err(StoreError::TooNew {
+            path,
+            found,
+            known: MIGRATIONS.len(),
+        });
+    }
+    // Two processes may start on a fresh file at once: IMMEDIATE makes the second wait for the
+    // first's migration instead of failing to upgrade its read lock.
+    conn.set_transaction_behavior(TransactionBehavior::Immediate);
+    let result = Migrations::from_slice(MIGRATIONS).to_latest(conn);
+    conn.set_transaction_behavior(TransactionBehavior::Deferred);
+    result.map_err(|e| StoreError::Migration {
+        path,
+        message: e.to_string(),
+    })
+}
+
+/// Creates a directory (and parents) readable only by the owner, as the data directory holds
+/// the signing key and the database.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        assert!(Migrations::from_slice(MIGRATIONS).validate().is_ok());
+    }
+
+    #[test]
+    fn open_file_sets_wal_and_schema() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let loc = Location::File(dir.path().join("sub/c.db"));
+        let store = Store::open(&loc)?;
+        let mode: String = store
+            .lock()
+            .pragma_query_value(None, "journal_mode", |r| r.get(0))?;
+        assert_eq!(mode, "wal");
+        assert_eq!(store.schema_version()?, MIGRATIONS.len() as i64);
+        let fk: i64 = store
+            .lock()
+            .pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
+        assert_eq!(fk, 1);
+        // Opening again is a no-op migration.
+        let again = Store::open(&loc)?;
+        assert_eq!(again.schema_version()?, MIGRATIONS.len() as i64);
+        Ok(())
+    }
+
+    #[test]
+    fn newer_schema_is_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let loc = Location::File(dir.path().join("c.db"));
+        drop(Store::open(&loc)?);
+        let conn = Connection::open(dir.path().join("c.db"))?;
+        conn.pragma_update(None, "user_version", 99)?;
+        drop(conn);
+        match Store::open(&loc) {
+            Err(StoreError::TooNew { found: 99, .. }) => Ok(()),
+            Err(other) => Err(format!("wrong error: {other}").into()),
+            Ok(_) => Err("a newer schema was accepted".into()),
+        }
+    }
+}
