@@ -1,0 +1,141 @@
+//! The command line: `--help` on every command teaches, `audit verify` and `audit export`
+//! work on the database a running server is using, and bad settings fail clearly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use serde_json::{Value, json};
+
+#[test]
+fn help_explains_every_command() {
+    let dir = common::data_dir();
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--help"],
+            &[
+                "serve",
+                "audit",
+                "--db",
+                "--data-dir",
+                "--config",
+                "--log-level",
+                "Inspector",
+            ],
+        ),
+        (
+            &["serve", "--help"],
+            &["stdin", "initialize", "2026-07-28", "status 0", ":memory:"],
+        ),
+        (&["audit", "--help"], &["verify", "export"]),
+        (
+            &["audit", "verify", "--help"],
+            &["Exits 0", "--json", "signature"],
+        ),
+        (
+            &["audit", "export", "--help"],
+            &["--format", "jsonl", "--output", "half-written"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (code, out, err) = common::cli(dir.path(), args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        for n in needles {
+            assert!(
+                out.contains(n),
+                "`mcp-coordinator {}` does not mention {n:?}:\n{out}",
+                args.join(" ")
+            );
+        }
+    }
+    let (code, out, _) = common::cli(dir.path(), &["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("mcp-coordinator "));
+}
+
+#[tokio::test]
+async fn verify_and_export_work_while_a_server_runs() {
+    let dir = common::data_dir();
+    let client = common::connect(dir.path(), &[], common::Era::Legacy).await;
+    for _ in 0..5 {
+        common::call_ok(&client, "coordinator_status", json!({})).await;
+    }
+    // The server is still connected and holding its database open.
+    let (code, out, err) = common::cli(dir.path(), &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("audit chain intact: 5 events"), "{out}");
+
+    let (code, out, err) = common::cli(dir.path(), &["audit", "export", "--format", "jsonl"]);
+    assert_eq!(code, 0, "{err}");
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 5);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i as i64 + 1, "oldest first");
+        assert_eq!(e["subject"], "coordinator_status");
+    }
+
+    let file = dir.path().join("export.jsonl");
+    let (code, _, err) = common::cli(
+        dir.path(),
+        &["audit", "export", "--output", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("exported 5 events"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap().lines().count(), 5);
+    assert!(!dir.path().join("export.partial").exists());
+
+    // The server keeps working after the CLI was there.
+    common::call_ok(&client, "coordinator_status", json!({})).await;
+    client.cancel().await.unwrap();
+}
+
+#[test]
+fn bad_settings_fail_with_a_clear_message() {
+    let dir = common::data_dir();
+    let missing = dir.path().join("nope.toml");
+    let (code, _, err) = common::cli(
+        dir.path(),
+        &["--config", missing.to_str().unwrap(), "audit", "verify"],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("cannot read config file") && err.contains("nope.toml"),
+        "{err}"
+    );
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[tools]\ndisabled_groups = [\"everything\"]\n").unwrap();
+    let (code, _, err) = common::cli(dir.path(), &["--config", bad.to_str().unwrap(), "serve"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("everything") && err.contains("expected `system`"),
+        "{err}"
+    );
+
+    let (code, out, err) = common::cli(dir.path(), &["serve", "--log-level", "loud=="]);
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("--log-level") && out.is_empty(), "{err}");
+
+    let (code, _, err) = common::cli(dir.path(), &["audit", "export", "--format", "csv"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("possible values: jsonl"), "{err}");
+}
+
+#[test]
+fn default_database_is_created_in_the_data_dir_with_a_private_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::data_dir();
+    let data = dir.path().join("fresh/data");
+    let (code, _, err) = common::cli(&data, &["audit", "verify"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(data.join("coordinator.db").is_file());
+    let mode = std::fs::metadata(data.join("audit-signing-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "data dir is private");
+}

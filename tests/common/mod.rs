@@ -1,0 +1,125 @@
+//! Shared helpers for the integration tests: spawn the real `mcp-coordinator` binary on a temp
+//! data directory and connect rmcp's client to it in either protocol era.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, Implementation,
+    ProtocolVersion,
+};
+use rmcp::service::{Peer, RoleClient, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceError};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-coordinator");
+
+/// Which protocol era a test client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// `initialize` handshake at 2025-11-25.
+    Legacy,
+    /// `server/discover` and per-request metadata at 2026-07-28.
+    Stateless,
+}
+
+pub const ERAS: [Era; 2] = [Era::Legacy, Era::Stateless];
+
+pub type Client = RunningService<RoleClient, ClientConfig>;
+
+pub fn client_config(name: &str) -> ClientConfig {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new(name, "1.2.3"),
+    )
+}
+
+/// A command for the binary with an isolated data directory and quiet logs.
+pub fn command(data_dir: &Path, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["--log-level", "warn"])
+        .args(extra)
+        .env_remove("MCP_COORDINATOR_DB")
+        .env_remove("MCP_COORDINATOR_CONFIG")
+        .env_remove("MCP_COORDINATOR_LOG");
+    cmd
+}
+
+/// Spawns the server and connects a client in the given era.
+pub async fn connect(data_dir: &Path, extra: &[&str], era: Era) -> Client {
+    let (transport, _stderr) = TokioChildProcess::builder(command(data_dir, extra))
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mcp-coordinator");
+    let config = client_config(match era {
+        Era::Legacy => "legacy-test",
+        Era::Stateless => "stateless-test",
+    });
+    let lifecycle = match era {
+        Era::Legacy => ClientLifecycleMode::Initialize,
+        Era::Stateless => ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    };
+    config
+        .serve_with_lifecycle(transport, lifecycle)
+        .await
+        .expect("connect to mcp-coordinator")
+}
+
+/// Calls a tool with JSON arguments.
+pub async fn call(
+    client: &Peer<RoleClient>,
+    tool: &str,
+    args: Value,
+) -> Result<CallToolResult, ServiceError> {
+    let mut params = CallToolRequestParams::new(tool.to_string());
+    if let Value::Object(map) = args {
+        params = params.with_arguments(map);
+    }
+    client.call_tool(params).await
+}
+
+/// Calls a tool that must succeed and returns its structured content.
+pub async fn call_ok(client: &Peer<RoleClient>, tool: &str, args: Value) -> Value {
+    let result = call(client, tool, args)
+        .await
+        .unwrap_or_else(|e| panic!("{tool} failed: {e}"));
+    assert_ne!(
+        result.is_error,
+        Some(true),
+        "{tool} returned an error: {result:?}"
+    );
+    result
+        .structured_content
+        .unwrap_or_else(|| panic!("{tool} returned no structured content"))
+}
+
+/// A temporary data directory.
+pub fn data_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("coordinator.db")
+}
+
+/// Runs the binary as a CLI command and returns (status code, stdout, stderr).
+pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run mcp-coordinator");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,261 @@
+//! Protocol tests over the real binary with rmcp's client, in both eras: tool listing and
+//! schemas, structured results that validate, protocol errors that name the field, domain
+//! errors as structured `isError` results, every call audited with secrets redacted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{ERAS, Era, call, call_ok, connect, data_dir};
+use rmcp::ServiceError;
+use rmcp::model::ErrorCode;
+use serde_json::{Value, json};
+
+const TOOLS: [&str; 3] = ["audit_query", "audit_verify", "coordinator_status"];
+
+fn protocol_error(r: Result<rmcp::model::CallToolResult, ServiceError>) -> rmcp::ErrorData {
+    match r {
+        Err(ServiceError::McpError(e)) => e,
+        other => panic!("expected a JSON-RPC error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tools_have_schemas_annotations_and_valid_structured_output() {
+    for era in ERAS {
+        let dir = data_dir();
+        let client = connect(dir.path(), &[], era).await;
+        let version = client.peer().peer_info().unwrap().protocol_version.clone();
+        match era {
+            Era::Legacy => assert_eq!(version.as_str(), "2025-11-25"),
+            Era::Stateless => assert_eq!(version.as_str(), "2026-07-28"),
+        }
+        let tools = client.list_all_tools().await.unwrap();
+        let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+        assert_eq!(names, TOOLS, "{era:?}");
+        for tool in &tools {
+            let desc = tool.description.as_deref().unwrap_or_default();
+            assert!(desc.len() > 200, "{} has a thin description", tool.name);
+            assert_eq!(tool.input_schema.get("type"), Some(&json!("object")));
+            let output = tool.output_schema.as_ref().expect("output schema");
+            let ann = tool.annotations.as_ref().expect("annotations");
+            assert_eq!(ann.read_only_hint, Some(true), "{}", tool.name);
+            assert_eq!(ann.destructive_hint, Some(false));
+            assert!(ann.title.is_some());
+            let result = call_ok(&client, &tool.name, json!({})).await;
+            let validator = jsonschema::validator_for(&Value::Object((**output).clone()))
+                .expect("output schema compiles");
+            let errors: Vec<String> = validator
+                .iter_errors(&result)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{} output does not match its schema: {errors:?}",
+                tool.name
+            );
+        }
+        let status = call_ok(&client, "coordinator_status", json!({})).await;
+        let expected_era = match era {
+            Era::Legacy => "legacy",
+            Era::Stateless => "stateless",
+        };
+        assert_eq!(status["era"], expected_era);
+        assert_eq!(status["protocol_version"], version.as_str());
+        let client_name = match era {
+            Era::Legacy => "client:legacy-test/1.2.3",
+            Era::Stateless => "client:stateless-test/1.2.3",
+        };
+        assert_eq!(status["client"], client_name);
+        assert_eq!(status["database"]["health"], "ok (journal_mode=wal)");
+        assert_eq!(
+            status["database"]["schema_version"],
+            status["database"]["known_schema_version"]
+        );
+        // Four calls so far were audited before this one ran.
+        assert!(status["counts"]["audit_events"].as_i64().unwrap() >= 3);
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn bad_calls_are_protocol_errors_naming_the_problem() {
+    for era in ERAS {
+        let dir = data_dir();
+        let client = connect(dir.path(), &[], era).await;
+
+        let e = protocol_error(call(&client, "no_such_tool", json!({})).await);
+        assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
+        assert!(
+            e.message.contains("unknown tool `no_such_tool`"),
+            "{}",
+            e.message
+        );
+
+        let e = protocol_error(call(&client, "audit_query", json!({"limit": "ten"})).await);
+        assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
+        assert!(
+            e.message.contains("`limit`") && e.message.contains("expected u32"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.data.as_ref().unwrap()["field"], "limit");
+
+        let e = protocol_error(call(&client, "audit_query", json!({"limt": 5})).await);
+        assert!(e.message.contains("unknown field `limt`"), "{}", e.message);
+
+        let e = protocol_error(call(&client, "audit_query", json!({"since": "yesterday"})).await);
+        assert!(
+            e.message.contains("`since`") && e.message.contains("RFC 3339"),
+            "{}",
+            e.message
+        );
+
+        let e = protocol_error(call(&client, "audit_query", json!({"limit": 501})).await);
+        assert!(
+            e.message.contains("`limit`") && e.message.contains("1 to 500"),
+            "{}",
+            e.message
+        );
+
+        let e = protocol_error(call(&client, "audit_query", json!({"outcome": "fine"})).await);
+        assert!(
+            e.message.contains("`outcome`") && e.message.contains("unknown variant"),
+            "{}",
+            e.message
+        );
+
+        // The server is still healthy after all that.
+        call_ok(&client, "coordinator_status", json!({})).await;
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn domain_failures_are_structured_tool_errors() {
+    for era in ERAS {
+        let dir = data_dir();
+        let client = connect(dir.path(), &[], era).await;
+        let r = call(
+            &client,
+            "audit_query",
+            json!({"since": "2026-11-21T10:00:00Z", "until": "2026-11-21T09:00:00Z"}),
+        )
+        .await
+        .expect("a domain failure is a result, not a protocol error");
+        assert_eq!(r.is_error, Some(true));
+        let s = r.structured_content.expect("structured error");
+        assert_eq!(s["code"], "invalid_request");
+        assert_eq!(s["retryable"], false);
+        assert_eq!(s["details"]["field"], "until");
+        assert!(
+            s["message"]
+                .as_str()
+                .unwrap()
+                .contains("must be after since")
+        );
+        client.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn every_call_is_audited_with_secrets_redacted() {
+    let dir = data_dir();
+    let client = connect(dir.path(), &[], Era::Legacy).await;
+    let token = "ghp_abcdefghijklmnopqrstuvwxyz0123456789";
+    call_ok(&client, "audit_query", json!({"subject": token})).await;
+    let _ = call(&client, "audit_query", json!({"limit": "x"})).await;
+    let _ = call(
+        &client,
+        "audit_query",
+        json!({"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}),
+    )
+    .await;
+    call_ok(&client, "coordinator_status", json!({})).await;
+
+    let page = call_ok(
+        &client,
+        "audit_query",
+        json!({"action": "tool.call", "limit": 10}),
+    )
+    .await;
+    let events = page["events"].as_array().unwrap();
+    assert_eq!(events.len(), 4, "{page:#}");
+    // Newest first.
+    assert_eq!(events[0]["subject"], "coordinator_status");
+    assert_eq!(events[0]["outcome"], "ok");
+    assert_eq!(events[1]["outcome"], "error");
+    assert_eq!(events[1]["detail"]["error"], "invalid_request");
+    assert_eq!(events[2]["outcome"], "invalid");
+    assert_eq!(events[3]["outcome"], "ok");
+    assert_eq!(events[3]["actor"], "client:legacy-test/1.2.3");
+    assert!(events[3]["detail"]["duration_us"].as_u64().is_some());
+    let text = serde_json::to_string(&page).unwrap();
+    assert!(!text.contains(token), "a token reached the audit log");
+    assert_eq!(events[3]["detail"]["arguments"]["subject"], "[REDACTED]");
+    for pair in events.windows(2) {
+        assert_eq!(pair[0]["prev_hash"], pair[1]["hash"]);
+    }
+
+    // Paging with filters: prefix match and the cursor.
+    let p1 = call_ok(
+        &client,
+        "audit_query",
+        json!({"subject": "audit_*", "limit": 2}),
+    )
+    .await;
+    assert_eq!(p1["events"].as_array().unwrap().len(), 2);
+    let cursor = p1["next_cursor"].as_str().expect("more pages").to_string();
+    let p2 = call_ok(
+        &client,
+        "audit_query",
+        json!({"subject": "audit_*", "limit": 2, "cursor": cursor}),
+    )
+    .await;
+    let s1 = p1["events"][1]["seq"].as_i64().unwrap();
+    let s2 = p2["events"][0]["seq"].as_i64().unwrap();
+    assert!(s2 < s1);
+    let none = call_ok(&client, "audit_query", json!({"actor": "agent:*"})).await;
+    assert_eq!(none["events"].as_array().unwrap().len(), 0);
+    assert!(none.get("next_cursor").is_none());
+
+    let verify = call_ok(&client, "audit_verify", json!({})).await;
+    assert_eq!(verify["ok"], true, "{verify:#}");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn config_can_switch_tool_groups_off() {
+    let dir = data_dir();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[tools]\ndisabled_groups = [\"audit\"]\n").unwrap();
+    let client = connect(
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+        Era::Legacy,
+    )
+    .await;
+    let tools = client.list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["coordinator_status"]);
+    let e = protocol_error(call(&client, "audit_verify", json!({})).await);
+    assert!(
+        e.message.contains("switched off") && e.message.contains("`audit`"),
+        "{}",
+        e.message
+    );
+    let status = call_ok(&client, "coordinator_status", json!({})).await;
+    assert_eq!(status["disabled_groups"], json!(["audit"]));
+    assert_eq!(status["tools_enabled"], 1);
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn memory_database_leaves_no_file() {
+    let dir = data_dir();
+    let client = connect(dir.path(), &["--db", ":memory:"], Era::Stateless).await;
+    let status = call_ok(&client, "coordinator_status", json!({})).await;
+    assert_eq!(status["database"]["path"], ":memory:");
+    call_ok(&client, "audit_verify", json!({})).await;
+    client.cancel().await.unwrap();
+    assert!(!common::db_path(dir.path()).exists());
+}

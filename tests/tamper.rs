@@ -1,0 +1,215 @@
+//! Tamper tests: edit, delete, reorder, truncate and re-forge rows of a copy of a real
+//! database with a plain SQLite connection (triggers dropped first), and show that
+//! `audit verify` and the `audit_verify` tool name the first bad event.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use mcp_coordinator::audit::chain::{EventFields, event_hash};
+use rusqlite::{Connection, params};
+use serde_json::{Value, json};
+
+/// A data dir whose database holds `calls` audited tool calls and a signed head.
+async fn populated(calls: usize) -> tempfile::TempDir {
+    let dir = common::data_dir();
+    let client = common::connect(dir.path(), &[], common::Era::Legacy).await;
+    for i in 0..calls {
+        common::call_ok(&client, "audit_query", json!({"subject": format!("s{i}")})).await;
+    }
+    client.cancel().await.unwrap();
+    // The server signs the head as it stops; wait for the process to finish that.
+    for _ in 0..100 {
+        let (code, out, _) = common::cli(dir.path(), &["audit", "verify", "--json"]);
+        let report: Value = serde_json::from_str(&out).unwrap();
+        if code == 0 && report["signatures"]["unsigned_tail"] == 0 {
+            return dir;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("the head was never signed");
+}
+
+/// Copies the database to `name` in the same data dir and opens it with triggers dropped.
+fn tamper_copy(dir: &Path, name: &str) -> (PathBuf, Connection) {
+    let src = Connection::open(common::db_path(dir)).unwrap();
+    let dst = dir.join(name);
+    src.execute("VACUUM INTO ?1", params![dst.to_str().unwrap()])
+        .unwrap();
+    let conn = Connection::open(&dst).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;
+         DROP TRIGGER audit_signatures_no_update; DROP TRIGGER audit_signatures_no_delete;",
+    )
+    .unwrap();
+    (dst, conn)
+}
+
+fn verify(dir: &Path, db: &Path) -> (i32, Value, String) {
+    let (code, out, _) = common::cli(
+        dir,
+        &["--db", db.to_str().unwrap(), "audit", "verify", "--json"],
+    );
+    let (_, text, _) = common::cli(dir, &["--db", db.to_str().unwrap(), "audit", "verify"]);
+    (code, serde_json::from_str(&out).unwrap(), text)
+}
+
+fn first_problem(report: &Value) -> (i64, String) {
+    (
+        report["first_bad_seq"].as_i64().unwrap(),
+        report["problems"][0]["kind"].as_str().unwrap().to_string(),
+    )
+}
+
+#[tokio::test]
+async fn untouched_copy_verifies() {
+    let dir = populated(6).await;
+    let (db, _conn) = tamper_copy(dir.path(), "copy.db");
+    let (code, report, text) = verify(dir.path(), &db);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["events_checked"], 6);
+    assert!(text.starts_with("audit chain intact: 6 events"), "{text}");
+}
+
+#[tokio::test]
+async fn edited_deleted_reordered_and_truncated_rows_are_named() {
+    let dir = populated(8).await;
+
+    let (db, conn) = tamper_copy(dir.path(), "edited.db");
+    conn.execute(
+        "UPDATE audit_events SET subject = 'innocent' WHERE seq = 4",
+        [],
+    )
+    .unwrap();
+    let (code, report, text) = verify(dir.path(), &db);
+    assert_eq!(code, 1);
+    assert_eq!(first_problem(&report), (4, "edited".into()));
+    assert!(text.contains("first bad event 4"), "{text}");
+
+    let (db, conn) = tamper_copy(dir.path(), "deleted.db");
+    conn.execute("DELETE FROM audit_events WHERE seq = 3", [])
+        .unwrap();
+    let (code, report, _) = verify(dir.path(), &db);
+    assert_eq!(code, 1);
+    assert_eq!(first_problem(&report), (3, "missing".into()));
+
+    let (db, conn) = tamper_copy(dir.path(), "reordered.db");
+    // Swap events 5 and 6: move 6 aside, 5 into 6's place, 6 into 5's place.
+    conn.execute_batch(
+        "UPDATE audit_events SET seq = -6 WHERE seq = 6;
+         UPDATE audit_events SET seq = 6 WHERE seq = 5;
+         UPDATE audit_events SET seq = 5 WHERE seq = -6;",
+    )
+    .unwrap();
+    let (code, report, _) = verify(dir.path(), &db);
+    assert_eq!(code, 1);
+    assert_eq!(first_problem(&report).0, 5);
+
+    let (db, conn) = tamper_copy(dir.path(), "truncated.db");
+    conn.execute("DELETE FROM audit_events WHERE seq >= 7", [])
+        .unwrap();
+    let (code, report, _) = verify(dir.path(), &db);
+    assert_eq!(code, 1);
+    assert_eq!(first_problem(&report), (7, "truncated".into()));
+}
+
+/// An attacker who knows the hash format rewrites event 3 and recomputes every hash after
+/// it: the links hold, but the signed head no longer matches.
+#[tokio::test]
+async fn a_reforged_chain_is_caught_by_the_signature() {
+    let dir = populated(5).await;
+    let (db, conn) = tamper_copy(dir.path(), "forged.db");
+    conn.execute(
+        "UPDATE audit_events SET actor = 'client:someone-else/1' WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    let rows: Vec<(i64, String, String, String, String, String, String)> = conn
+        .prepare("SELECT seq, ts, actor, action, subject, outcome, detail FROM audit_events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut prev = mcp_coordinator::audit::chain::GENESIS_HASH.to_string();
+    for (seq, ts, actor, action, subject, outcome, detail) in rows {
+        let hash = event_hash(&EventFields {
+            seq,
+            ts: &ts,
+            actor: &actor,
+            action: &action,
+            subject: &subject,
+            outcome: &outcome,
+            detail: &detail,
+            prev_hash: &prev,
+        });
+        conn.execute(
+            "UPDATE audit_events SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            params![prev, hash, seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    let (code, report, _) = verify(dir.path(), &db);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(first_problem(&report), (5, "signed_head_changed".into()));
+
+    // Re-signing with another key is caught too.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
+    let signer = mcp_coordinator::audit::AuditSigner::from_key(other);
+    let msg = mcp_coordinator::audit::chain::head_message(5, &prev);
+    conn.execute(
+        "UPDATE audit_signatures SET hash = ?1, public_key = ?2, signature = ?3 WHERE seq = 5",
+        params![prev, signer.public_key_hex(), signer.sign_hex(&msg)],
+    )
+    .unwrap();
+    let (code, report, _) = verify(dir.path(), &db);
+    assert_eq!(code, 1);
+    assert_eq!(first_problem(&report), (5, "unknown_key".into()));
+}
+
+#[tokio::test]
+async fn the_audit_verify_tool_reports_tampering_too() {
+    let dir = populated(4).await;
+    let (db, conn) = tamper_copy(dir.path(), "tool.db");
+    conn.execute("UPDATE audit_events SET detail = '{}' WHERE seq = 2", [])
+        .unwrap();
+    drop(conn);
+    let client = common::connect(
+        dir.path(),
+        &["--db", db.to_str().unwrap()],
+        common::Era::Stateless,
+    )
+    .await;
+    let report = common::call_ok(&client, "audit_verify", json!({})).await;
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["first_bad_seq"], 2);
+    assert!(
+        report["first_bad_reason"]
+            .as_str()
+            .unwrap()
+            .contains("event 2 was edited")
+    );
+    client.cancel().await.unwrap();
+}
+
+#[test]
+fn triggers_refuse_changes_to_the_live_table() {
+    let dir = common::data_dir();
+    let (code, _, _) = common::cli(dir.path(), &["audit", "verify"]);
+    assert_eq!(code, 0);
+    let conn = Connection::open(common::db_path(dir.path())).unwrap();
+    conn.execute(
+        "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
+         VALUES (1, 't', 'a', 'b', 'c', 'ok', '{}', 'p', 'h')",
+        [],
+    )
+    .unwrap();
+    let e = conn
+        .execute("UPDATE audit_events SET actor = 'x'", [])
+        .unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+    let e = conn.execute("DELETE FROM audit_events", []).unwrap_err();
+    assert!(e.to_string().contains("append-only"), "{e}");
+}
