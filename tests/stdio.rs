@@ -187,3 +187,36 @@ fn sigterm_exits_zero_and_signs_the_head() {
     assert_eq!(report["signatures"]["valid"], 1);
     drop(stdin);
 }
+
+/// Started by hand on a terminal, it explains itself on stderr (never stdout) and still serves;
+/// Ctrl-D ends it with status 0. `script` (util-linux) gives the process a real terminal.
+#[test]
+fn on_a_terminal_it_introduces_itself_on_stderr() {
+    let dir = common::data_dir();
+    let stderr_file = dir.path().join("stderr.txt");
+    let inner = format!(
+        "{} --data-dir {} --log-level warn 2>{}",
+        common::BIN,
+        dir.path().display(),
+        stderr_file.display()
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stdin.write_all(b"\x04").unwrap();
+    stdin.flush().unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let banner = std::fs::read_to_string(&stderr_file).unwrap();
+    for needle in ["mcp-coordinator", "database:", "coordinator.db", "@modelcontextprotocol/inspector", "2026-07-28"] {
+        assert!(banner.contains(needle), "banner lacks {needle:?}:\n{banner}");
+    }
+    let terminal = String::from_utf8_lossy(&output.stdout);
+    assert!(!terminal.contains("database:"), "the banner reached stdout: {terminal}");
+}
