@@ -11,7 +11,10 @@ use rmcp::transport::TokioChildProcess;
 use serde_json::Value;
 
 const CONFIGS: [(&str, &str); 5] = [
-    ("clients/claude-desktop/claude_desktop_config.json", "mcpServers"),
+    (
+        "clients/claude-desktop/claude_desktop_config.json",
+        "mcpServers",
+    ),
     ("clients/claude-code/.mcp.json", "mcpServers"),
     ("clients/vscode/.vscode/mcp.json", "servers"),
     ("clients/cursor/.cursor/mcp.json", "mcpServers"),
@@ -22,12 +25,18 @@ const CONFIGS: [(&str, &str); 5] = [
 async fn every_client_config_starts_a_working_server() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let bin_dir = Path::new(common::BIN).parent().unwrap();
-    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     for (file, key) in CONFIGS {
         let text = std::fs::read_to_string(examples.join(file)).unwrap();
         let config: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
         let entry = &config[key]["coordinator"];
-        let command = entry["command"].as_str().unwrap_or_else(|| panic!("{file}: no command"));
+        let command = entry["command"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{file}: no command"));
         assert_eq!(command, "mcp-coordinator", "{file}");
         let args: Vec<String> = entry["args"]
             .as_array()
@@ -43,11 +52,18 @@ async fn every_client_config_starts_a_working_server() {
             .env_remove("MCP_COORDINATOR_DATA_DIR")
             .env_remove("MCP_COORDINATOR_DB");
         let transport = TokioChildProcess::new(cmd).unwrap();
-        let client = common::client_config(file).serve(transport).await.unwrap_or_else(|e| panic!("{file}: {e}"));
+        let client = common::client_config(file)
+            .serve(transport)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
         let status = common::call_ok(&client, "coordinator_status", serde_json::json!({})).await;
         // With no arguments the database is the default one in the XDG data directory.
         let expected = home.path().join("data/mcp-coordinator/coordinator.db");
-        assert_eq!(status["database"]["path"], expected.display().to_string(), "{file}");
+        assert_eq!(
+            status["database"]["path"],
+            expected.display().to_string(),
+            "{file}"
+        );
         client.cancel().await.unwrap();
     }
 }

@@ -214,9 +214,21 @@ fn on_a_terminal_it_introduces_itself_on_stderr() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(0));
     let banner = std::fs::read_to_string(&stderr_file).unwrap();
-    for needle in ["mcp-coordinator", "database:", "coordinator.db", "@modelcontextprotocol/inspector", "2026-07-28"] {
-        assert!(banner.contains(needle), "banner lacks {needle:?}:\n{banner}");
+    for needle in [
+        "mcp-coordinator",
+        "database:",
+        "coordinator.db",
+        "@modelcontextprotocol/inspector",
+        "2026-07-28",
+    ] {
+        assert!(
+            banner.contains(needle),
+            "banner lacks {needle:?}:\n{banner}"
+        );
     }
     let terminal = String::from_utf8_lossy(&output.stdout);
-    assert!(!terminal.contains("database:"), "the banner reached stdout: {terminal}");
+    assert!(
+        !terminal.contains("database:"),
+        "the banner reached stdout: {terminal}"
+    );
 }

@@ -1,0 +1,137 @@
+//! Interoperability with the official MCP Python SDK: `tests/interop/interop.py` drives the
+//! built binary over stdio in the legacy (initialize) and the stateless (2026-07-28) eras.
+//!
+//! The interpreter is `$MCP_COORDINATOR_PYTHON` when set, else `target/interop-venv/bin/python`,
+//! which this test creates (with `python3 -m venv` and `pip install -r
+//! tests/interop/requirements.txt`) when it is missing or its requirements are out of date.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Where the venv lives, relative to the crate root.
+const VENV: &str = "target/interop-venv";
+/// Inside the venv: a copy of the requirements it was built from, to notice when they change.
+const STAMP: &str = "interop-requirements.txt";
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn venv_python(venv: &Path) -> PathBuf {
+    if cfg!(windows) {
+        venv.join("Scripts").join("python.exe")
+    } else {
+        venv.join("bin").join("python")
+    }
+}
+
+fn show(output: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn run(what: &str, command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not start {command:?}: {e}"));
+    assert!(output.status.success(), "{what} failed\n{}", show(&output));
+}
+
+fn pip_install(python: &Path, requirements: &Path) {
+    run(
+        "pip install -r tests/interop/requirements.txt",
+        Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
+            .arg(requirements),
+    );
+}
+
+/// The interpreter to run the interop script with, creating the venv if need be.
+fn python() -> PathBuf {
+    if let Some(python) = std::env::var_os("MCP_COORDINATOR_PYTHON") {
+        return PathBuf::from(python);
+    }
+    let root = manifest_dir();
+    let requirements_path = root.join("tests/interop/requirements.txt");
+    let requirements =
+        fs::read_to_string(&requirements_path).expect("read tests/interop/requirements.txt");
+    let venv = root.join(VENV);
+    let python = venv_python(&venv);
+
+    if python.exists() {
+        // Reuse it, bringing it up to date first if the requirements changed since it was built.
+        if fs::read_to_string(venv.join(STAMP)).ok().as_deref() != Some(requirements.as_str()) {
+            pip_install(&python, &requirements_path);
+            fs::write(venv.join(STAMP), &requirements)
+                .expect("write the venv's requirements stamp");
+        }
+        return python;
+    }
+
+    // Build it under a name of its own, then rename it into place: another test process
+    // building it at the same time cannot leave a half-made venv where this one looks.
+    let building = root.join(format!("{VENV}.building-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&building);
+    run(
+        "python3 -m venv (set MCP_COORDINATOR_PYTHON to use another interpreter)",
+        Command::new("python3").args(["-m", "venv"]).arg(&building),
+    );
+    pip_install(&venv_python(&building), &requirements_path);
+    fs::write(building.join(STAMP), &requirements).expect("write the venv's requirements stamp");
+    if fs::rename(&building, &venv).is_err() {
+        // Someone else's venv got there first; use that one.
+        let _ = fs::remove_dir_all(&building);
+    }
+    assert!(
+        python.exists(),
+        "no interpreter at {} after creating the venv",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn official_python_sdk_drives_both_protocol_eras() {
+    let python = python();
+    let script = manifest_dir().join("tests/interop/interop.py");
+    let data = tempfile::tempdir().expect("create a temp dir");
+
+    let output = Command::new(&python)
+        .arg(&script)
+        .arg("--binary")
+        .arg(env!("CARGO_BIN_EXE_mcp-coordinator"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "could not run {} {}: {e}",
+                python.display(),
+                script.display()
+            )
+        });
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    println!("{stdout}");
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        output.status.success() && last.ends_with(" passed, 0 failed"),
+        "the Python SDK interop script failed\n{}",
+        show(&output)
+    );
+}
