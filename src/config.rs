@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::approval::ApprovalPolicy;
 use crate::store::Location;
 
 /// Environment variable that overrides the data directory.
@@ -23,6 +24,8 @@ pub enum ToolGroup {
     System,
     /// `audit_query`, `audit_verify`.
     Audit,
+    /// `approval_request`, `approval_list`, `approval_get`.
+    Approvals,
 }
 
 impl ToolGroup {
@@ -30,6 +33,7 @@ impl ToolGroup {
         match self {
             ToolGroup::System => "system",
             ToolGroup::Audit => "audit",
+            ToolGroup::Approvals => "approvals",
         }
     }
 }
@@ -46,6 +50,9 @@ pub struct ConfigFile {
     /// Tool settings.
     #[serde(default)]
     pub tools: ToolsConfig,
+    /// Approval policy: which channel may decide what, and how long approvals stay open.
+    #[serde(default)]
+    pub approvals: ApprovalPolicy,
 }
 
 /// `[tools]` in the config file.
@@ -78,10 +85,18 @@ impl ConfigFile {
             path: path.to_path_buf(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+        let config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: e.to_string(),
-        })
+        })?;
+        config
+            .approvals
+            .validate()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        Ok(config)
     }
 }
 

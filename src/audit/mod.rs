@@ -117,6 +117,24 @@ pub enum Action {
     /// A coordinator process stopped serving.
     #[serde(rename = "server.stop")]
     ServerStop,
+    /// Someone asked a person to approve an action.
+    #[serde(rename = "approval.requested")]
+    ApprovalRequested,
+    /// A person approved an action (critical: signed).
+    #[serde(rename = "approval.approved")]
+    ApprovalApproved,
+    /// A person rejected or declined an action (critical: signed).
+    #[serde(rename = "approval.rejected")]
+    ApprovalRejected,
+    /// A person dismissed the question (critical: signed).
+    #[serde(rename = "approval.cancelled")]
+    ApprovalCancelled,
+    /// Nobody decided in time (critical: signed).
+    #[serde(rename = "approval.expired")]
+    ApprovalExpired,
+    /// An approved action ran, once (critical: signed).
+    #[serde(rename = "approval.executed")]
+    ApprovalExecuted,
 }
 
 impl Action {
@@ -125,6 +143,12 @@ impl Action {
             Action::ToolCall => "tool.call",
             Action::ServerStart => "server.start",
             Action::ServerStop => "server.stop",
+            Action::ApprovalRequested => "approval.requested",
+            Action::ApprovalApproved => "approval.approved",
+            Action::ApprovalRejected => "approval.rejected",
+            Action::ApprovalCancelled => "approval.cancelled",
+            Action::ApprovalExpired => "approval.expired",
+            Action::ApprovalExecuted => "approval.executed",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! SQLite storage: opening the database (WAL, busy timeout, foreign keys), the embedded numbered
 //! migrations, and one module per table group.
 
+pub mod approval;
 pub mod audit;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,10 @@ pub const MEMORY: &str = ":memory:";
 
 /// The numbered migrations, embedded at compile time and applied in order on open.
 /// Append only: a shipped migration is never edited.
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("migrations/0001_audit.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("migrations/0001_audit.sql")),
+    M::up(include_str!("migrations/0002_approvals.sql")),
+];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
 /// A later migration that adds a domain table adds it here.
@@ -31,6 +35,7 @@ const DOMAIN_TABLES: &[(&str, &str)] = &[
         "SELECT COALESCE(MAX(seq), 0) FROM audit_events",
     ),
     ("audit_signatures", "SELECT COUNT(*) FROM audit_signatures"),
+    ("approvals", "SELECT COUNT(*) FROM approvals"),
 ];
 
 /// What went wrong in the store, named by what happened rather than by SQLite's code.

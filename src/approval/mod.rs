@@ -1,0 +1,645 @@
+//! The approval service: the one mechanism every gated action goes through. An approval names
+//! exactly the action it authorises (by the SHA-256 of its canonical JSON), waits for a
+//! person's final decision, expires, and lets the approved action execute at most once.
+
+pub mod canonical;
+pub mod policy;
+
+use std::str::FromStr;
+
+use rusqlite::Connection;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::audit::chain::{format_ts, now_ts};
+use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
+use crate::store::approval::{self as sql, ApprovalRow, DecisionRow, Redeemed};
+use crate::store::{Store, StoreError};
+pub use policy::ApprovalPolicy;
+
+/// Declares a closed string enum with snake_case names, `as_str` and `FromStr`.
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $variant),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str { match self { $($name::$variant => $text),+ } }
+        }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "unknown {} {other:?}, expected one of: {}",
+                        stringify!($name).to_lowercase(),
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// What an approval gates.
+    Kind {
+        /// Applying a remediation proposal.
+        Remediation => "remediation",
+        /// Calling a gated tool of a child MCP server.
+        InstanceToolCall => "instance_tool_call",
+        /// Running an approval-gated pipeline stage.
+        PipelineStage => "pipeline_stage",
+        /// Anything else an assistant asks a person to allow.
+        Generic => "generic",
+    }
+);
+
+string_enum!(
+    /// How much could go wrong.
+    Risk {
+        /// Easily undone, affects nothing shared.
+        Low => "low",
+        /// Undoable with some effort.
+        Medium => "medium",
+        /// Hard to undo, or affects shared state.
+        High => "high",
+        /// Irreversible or security-relevant; by default only the CLI can approve it.
+        Critical => "critical",
+    }
+);
+
+string_enum!(
+    /// Where an approval is in its life. Every state but `pending` is final.
+    State {
+        /// Waiting for a person.
+        Pending => "pending",
+        /// A person allowed exactly this action.
+        Approved => "approved",
+        /// A person refused it (or declined to answer).
+        Rejected => "rejected",
+        /// Nobody decided before the expiry.
+        Expired => "expired",
+        /// The person dismissed the question without deciding.
+        Cancelled => "cancelled",
+    }
+);
+
+string_enum!(
+    /// Which channels may decide an approval (from the policy).
+    DecideWith {
+        /// A person answering an elicitation in the MCP client suffices; the CLI works too.
+        Elicitation => "elicitation",
+        /// Only an out-of-band decision (the CLI) counts.
+        OutOfBand => "out_of_band",
+    }
+);
+
+string_enum!(
+    /// How a decision was made.
+    Channel {
+        /// A form elicitation answered in the MCP client.
+        ElicitationForm => "elicitation_form",
+        /// `mcp-coordinator approvals approve|reject` by a person at the machine.
+        Cli => "cli",
+        /// Nobody decided in time.
+        Expiry => "expiry",
+    }
+);
+
+/// Errors of the approval service.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error("approval {0} not found")]
+    NotFound(String),
+    /// Decisions are final.
+    #[error("approval {id} is already {state}; decisions are final")]
+    AlreadyDecided { id: String, state: State },
+    /// The approval expired before this decision.
+    #[error("approval {id} expired at {expires_at}; it can no longer be approved")]
+    Expired { id: String, expires_at: String },
+    /// The policy needs a decision from the CLI for this approval.
+    #[error(
+        "approval {id} is {risk} risk and policy requires an out-of-band decision: a person must run `mcp-coordinator approvals approve {id}`"
+    )]
+    OutOfBandRequired { id: String, risk: Risk },
+    /// A gated action was not approved, does not match, or already ran.
+    #[error("{0}")]
+    NotExecutable(String),
+    /// A caller-supplied value is unusable.
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    /// An MRTR question handle was already used, or never issued.
+    #[error("{0}")]
+    Question(String),
+}
+
+/// A person's decision (or an expiry), as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Decision {
+    /// Who decided: `client:NAME/VERSION` (elicitation), `user:NAME@HOST` (CLI), or
+    /// `system:mcp-coordinator` (expiry).
+    pub by: String,
+    pub via: Channel,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// The person's reason, if given.
+    pub reason: Option<String>,
+    /// Why it ended this way when no one chose: declined, cancelled, expired.
+    pub cause: Option<String>,
+}
+
+/// An approval as tools and the CLI show it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Approval {
+    pub id: String,
+    pub kind: Kind,
+    /// What the action is about (a proposal id, an instance id, a run id), or empty.
+    pub subject_id: String,
+    /// One line a person reads.
+    pub summary: String,
+    /// Exactly what is authorised.
+    pub action: Value,
+    /// Hex SHA-256 of the action's canonical JSON.
+    pub action_hash: String,
+    pub risk: Risk,
+    /// What will change (a diff or description), if given.
+    pub preview: Option<String>,
+    /// Who asked.
+    pub requested_by: String,
+    pub created_at: String,
+    pub expires_at: String,
+    /// Which channels may decide it.
+    pub decide_with: DecideWith,
+    pub state: State,
+    /// Present once the approval is no longer pending.
+    pub decision: Option<Decision>,
+    /// When the approved action ran (it runs at most once).
+    pub executed_at: Option<String>,
+}
+
+impl Approval {
+    fn from_row(r: ApprovalRow) -> Result<Self, StoreError> {
+        let bad = |what: &str, v: &str| {
+            StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
+                0,
+                format!("{what}={v}"),
+                rusqlite::types::Type::Text,
+            ))
+        };
+        let state = State::from_str(&r.state).map_err(|_| bad("state", &r.state))?;
+        let decision = match (&r.decided_by, &r.decided_via, &r.decided_at) {
+            (Some(by), Some(via), Some(at)) => Some(Decision {
+                by: by.clone(),
+                via: Channel::from_str(via).map_err(|_| bad("decided_via", via))?,
+                at: at.clone(),
+                reason: r.reason.clone(),
+                cause: r.cause.clone(),
+            }),
+            _ => None,
+        };
+        Ok(Approval {
+            kind: Kind::from_str(&r.kind).map_err(|_| bad("kind", &r.kind))?,
+            risk: Risk::from_str(&r.risk).map_err(|_| bad("risk", &r.risk))?,
+            decide_with: DecideWith::from_str(&r.decide_with)
+                .map_err(|_| bad("decide_with", &r.decide_with))?,
+            action: serde_json::from_str(&r.action).unwrap_or(Value::String(r.action)),
+            id: r.id,
+            subject_id: r.subject_id,
+            summary: r.summary,
+            action_hash: r.action_hash,
+            preview: r.preview,
+            requested_by: r.requested_by,
+            created_at: r.created_at,
+            expires_at: r.expires_at,
+            state,
+            decision,
+            executed_at: r.executed_at,
+        })
+    }
+
+    pub fn is_expired_at(&self, now: &str) -> bool {
+        self.state == State::Pending && self.expires_at.as_str() <= now
+    }
+}
+
+/// A request for a person's decision.
+#[derive(Debug, Clone)]
+pub struct NewApproval {
+    pub kind: Kind,
+    pub subject_id: String,
+    pub summary: String,
+    pub action: Value,
+    pub risk: Risk,
+    pub preview: Option<String>,
+    pub requested_by: Actor,
+    /// Overrides the policy's expiry (capped at the policy's maximum).
+    pub expires_in_seconds: Option<u64>,
+}
+
+/// A person's answer.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// `Approved`, `Rejected` or `Cancelled`.
+    pub state: State,
+    pub by: Actor,
+    pub via: Channel,
+    pub reason: Option<String>,
+    pub cause: Option<String>,
+    /// Extra audit detail (client session, host).
+    pub context: Value,
+}
+
+/// Filters for [`ApprovalService::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub state: Option<State>,
+    pub kind: Option<Kind>,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+/// A page of approvals, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ApprovalPage {
+    pub approvals: Vec<Approval>,
+    /// Pass back as `cursor` for the next, older page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Approvals on one database, audited in the same transactions.
+#[derive(Clone)]
+pub struct ApprovalService {
+    audit: AuditLog,
+    policy: ApprovalPolicy,
+}
+
+impl ApprovalService {
+    pub fn new(audit: AuditLog, policy: ApprovalPolicy) -> Self {
+        ApprovalService { audit, policy }
+    }
+
+    fn store(&self) -> &Store {
+        self.audit.store()
+    }
+
+    pub fn policy(&self) -> &ApprovalPolicy {
+        &self.policy
+    }
+
+    /// Records a pending approval, or returns the pending one for exactly the same kind,
+    /// subject and action (asking twice does not create two questions).
+    pub fn request(&self, new: NewApproval) -> Result<Approval, ApprovalError> {
+        if new.summary.trim().is_empty() {
+            return Err(ApprovalError::Invalid {
+                field: "summary",
+                message: "must say in words what will happen".into(),
+            });
+        }
+        if !new.action.is_object() {
+            return Err(ApprovalError::Invalid {
+                field: "action",
+                message: "must be a JSON object describing exactly what will be done".into(),
+            });
+        }
+        let resolved = self.policy.resolve(new.kind, new.risk);
+        let expiry = new
+            .expires_in_seconds
+            .unwrap_or(resolved.expiry_seconds)
+            .min(policy::MAX_EXPIRY_SECONDS);
+        let hash = canonical::action_hash(&new.action);
+        let now = OffsetDateTime::now_utc();
+        let expires = now + time::Duration::seconds(expiry as i64);
+        self.store().write(|tx| {
+            expire_due_in(&self.audit, tx)?;
+            if let Some(existing) =
+                sql::find_pending(tx, new.kind.as_str(), &new.subject_id, &hash)?
+            {
+                return Ok(Approval::from_row(existing)?);
+            }
+            let row = ApprovalRow {
+                id: format!("apr_{}", uuid::Uuid::new_v4().simple()),
+                kind: new.kind.as_str().into(),
+                subject_id: new.subject_id.clone(),
+                summary: new.summary.trim().to_string(),
+                action: canonical::canonical_json(&new.action),
+                action_hash: hash.clone(),
+                risk: new.risk.as_str().into(),
+                preview: new.preview.clone(),
+                requested_by: new.requested_by.render(),
+                created_at: format_ts(now),
+                expires_at: format_ts(expires),
+                decide_with: resolved.decide_with.as_str().into(),
+                state: State::Pending.as_str().into(),
+                decided_by: None,
+                decided_via: None,
+                decided_at: None,
+                reason: None,
+                cause: None,
+                executed_at: None,
+            };
+            sql::insert(tx, &row)?;
+            self.audit.append_in(
+                tx,
+                &NewEvent {
+                    actor: new.requested_by.clone(),
+                    action: Action::ApprovalRequested,
+                    subject: row.id.clone(),
+                    outcome: Outcome::Ok,
+                    detail: json!({
+                        "kind": row.kind, "subject_id": row.subject_id, "summary": row.summary,
+                        "risk": row.risk, "action_hash": row.action_hash,
+                        "decide_with": row.decide_with, "expires_at": row.expires_at,
+                    }),
+                    critical: false,
+                },
+            )?;
+            Ok(Approval::from_row(row)?)
+        })
+    }
+
+    /// One approval (expired first if its time has passed).
+    pub fn get(&self, id: &str) -> Result<Approval, ApprovalError> {
+        self.expire_due()?;
+        let row = sql::get(&self.store().lock(), id)?;
+        row.map(Approval::from_row)
+            .transpose()?
+            .ok_or_else(|| ApprovalError::NotFound(id.to_string()))
+    }
+
+    /// The state of one approval without expiring anything: the cheap poll of waiting loops.
+    pub fn peek_state(&self, id: &str) -> Result<State, ApprovalError> {
+        let state = sql::state(&self.store().lock(), id)?
+            .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        State::from_str(&state).map_err(|e| ApprovalError::Invalid {
+            field: "state",
+            message: e,
+        })
+    }
+
+    /// Approvals, newest first.
+    pub fn list(&self, filter: &ListFilter) -> Result<ApprovalPage, ApprovalError> {
+        self.expire_due()?;
+        let limit = if filter.limit == 0 { 50 } else { filter.limit };
+        let before = match &filter.cursor {
+            Some(c) => Some(c.split_once('|').ok_or_else(|| ApprovalError::Invalid {
+                field: "cursor",
+                message: format!("expected the next_cursor of a previous page, got {c:?}"),
+            })?),
+            None => None,
+        };
+        let mut rows = sql::list(
+            &self.store().lock(),
+            filter.state.map(State::as_str),
+            filter.kind.map(Kind::as_str),
+            before,
+            limit + 1,
+        )?;
+        let next_cursor = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| format!("{}|{}", r.created_at, r.id))
+        } else {
+            None
+        };
+        Ok(ApprovalPage {
+            approvals: rows
+                .into_iter()
+                .map(Approval::from_row)
+                .collect::<Result<_, _>>()?,
+            next_cursor,
+        })
+    }
+
+    /// Marks every pending approval past its expiry as `expired`, each with its audit event.
+    pub fn expire_due(&self) -> Result<usize, ApprovalError> {
+        Ok(self.store().write(|tx| expire_due_in(&self.audit, tx))?)
+    }
+
+    /// Records a person's final decision. Refused when the approval is already decided, has
+    /// expired (it is marked expired), or the policy needs a channel other than `via`.
+    pub fn decide(&self, id: &str, verdict: Verdict) -> Result<Approval, ApprovalError> {
+        self.decide_with_question(id, verdict, None)
+    }
+
+    /// Like [`decide`](Self::decide), also redeeming the one-time MRTR question `nonce` in the
+    /// same transaction, so an answer can never be recorded twice.
+    pub fn decide_with_question(
+        &self,
+        id: &str,
+        verdict: Verdict,
+        nonce: Option<&str>,
+    ) -> Result<Approval, ApprovalError> {
+        if !matches!(
+            verdict.state,
+            State::Approved | State::Rejected | State::Cancelled
+        ) {
+            return Err(ApprovalError::Invalid {
+                field: "state",
+                message: "a decision approves, rejects or cancels".into(),
+            });
+        }
+        // The expiry must commit even when the decision is refused, so it runs first.
+        self.expire_due()?;
+        self.store().write(|tx| {
+            let row = sql::get(tx, id)?.ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+            let approval = Approval::from_row(row)?;
+            if approval.state == State::Expired {
+                return Err(ApprovalError::Expired {
+                    id: id.to_string(),
+                    expires_at: approval.expires_at,
+                });
+            }
+            if approval.state != State::Pending {
+                return Err(ApprovalError::AlreadyDecided {
+                    id: id.to_string(),
+                    state: approval.state,
+                });
+            }
+            if let Some(nonce) = nonce {
+                match sql::redeem(tx, nonce, id, &now_ts())? {
+                    Redeemed::Fresh => {}
+                    Redeemed::Replayed => {
+                        return Err(ApprovalError::Question(format!(
+                            "this answer to approval {id} was already submitted once (replayed requestState)"
+                        )));
+                    }
+                    Redeemed::Unknown => {
+                        return Err(ApprovalError::Question(format!(
+                            "no question was asked about approval {id} with this requestState"
+                        )));
+                    }
+                }
+            }
+            // Approving through the client is refused when policy needs the CLI; rejecting or
+            // cancelling is always allowed (saying no is never the risky direction).
+            if verdict.state == State::Approved
+                && verdict.via != Channel::Cli
+                && approval.decide_with == DecideWith::OutOfBand
+            {
+                return Err(ApprovalError::OutOfBandRequired {
+                    id: id.to_string(),
+                    risk: approval.risk,
+                });
+            }
+            let at = now_ts();
+            let by = verdict.by.render();
+            let decided = sql::decide(
+                tx,
+                id,
+                &DecisionRow {
+                    state: verdict.state.as_str(),
+                    decided_by: &by,
+                    decided_via: verdict.via.as_str(),
+                    decided_at: &at,
+                    reason: verdict.reason.as_deref(),
+                    cause: verdict.cause.as_deref(),
+                },
+            )?;
+            if !decided {
+                return Err(ApprovalError::AlreadyDecided {
+                    id: id.to_string(),
+                    state: approval.state,
+                });
+            }
+            self.audit.append_in(
+                tx,
+                &NewEvent {
+                    actor: verdict.by.clone(),
+                    action: match verdict.state {
+                        State::Approved => Action::ApprovalApproved,
+                        State::Rejected => Action::ApprovalRejected,
+                        _ => Action::ApprovalCancelled,
+                    },
+                    subject: id.to_string(),
+                    outcome: Outcome::Ok,
+                    detail: json!({
+                        "via": verdict.via.as_str(), "reason": verdict.reason,
+                        "cause": verdict.cause, "action_hash": approval.action_hash,
+                        "risk": approval.risk.as_str(), "context": verdict.context,
+                    }),
+                    // Decisions are critical: the chain head is signed with them.
+                    critical: true,
+                },
+            )?;
+            let row = sql::get(tx, id)?.ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+            Ok(Approval::from_row(row)?)
+        })
+    }
+
+    /// The gate every executor calls: succeeds once, and only if approval `id` is approved for
+    /// exactly `action`. Runs inside the executor's own write transaction, so the state change
+    /// it guards and the mark commit together.
+    pub fn consume_in(
+        &self,
+        tx: &Connection,
+        id: &str,
+        action: &Value,
+        executor: &Actor,
+    ) -> Result<Approval, ApprovalError> {
+        let hash = canonical::action_hash(action);
+        let row = sql::get(tx, id)?.ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        let approval = Approval::from_row(row)?;
+        let refuse = |why: String| Err(ApprovalError::NotExecutable(why));
+        if approval.state != State::Approved {
+            return refuse(format!(
+                "approval {id} is {}, not approved",
+                approval.state.as_str()
+            ));
+        }
+        if approval.action_hash != hash {
+            return refuse(format!(
+                "approval {id} authorises action {} but this action hashes to {hash}",
+                approval.action_hash
+            ));
+        }
+        if !sql::mark_executed(tx, id, &hash, &now_ts())? {
+            return refuse(format!("the action approved by {id} already ran"));
+        }
+        self.audit.append_in(
+            tx,
+            &NewEvent {
+                actor: executor.clone(),
+                action: Action::ApprovalExecuted,
+                subject: id.to_string(),
+                outcome: Outcome::Ok,
+                detail: json!({"action_hash": hash}),
+                critical: true,
+            },
+        )?;
+        let row = sql::get(tx, id)?.ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+        Ok(Approval::from_row(row)?)
+    }
+
+    /// [`consume_in`](Self::consume_in) in a transaction of its own.
+    pub fn consume(
+        &self,
+        id: &str,
+        action: &Value,
+        executor: &Actor,
+    ) -> Result<Approval, ApprovalError> {
+        self.store()
+            .write(|tx| self.consume_in(tx, id, action, executor))
+    }
+
+    /// Records that a question about `id` was asked with a fresh nonce, and returns the nonce.
+    pub fn ask(&self, id: &str) -> Result<String, ApprovalError> {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        self.store()
+            .write(|tx| sql::ask(tx, &nonce, id, &now_ts()))?;
+        Ok(nonce)
+    }
+}
+
+/// Expires due approvals inside a write transaction.
+fn expire_due_in(audit: &AuditLog, tx: &Connection) -> Result<usize, StoreError> {
+    let now = now_ts();
+    let due = sql::due_for_expiry(tx, &now)?;
+    let system = Actor::system();
+    for id in &due {
+        sql::decide(
+            tx,
+            id,
+            &DecisionRow {
+                state: State::Expired.as_str(),
+                decided_by: &system.render(),
+                decided_via: Channel::Expiry.as_str(),
+                decided_at: &now,
+                reason: None,
+                cause: Some("expired before anyone decided"),
+            },
+        )?;
+        audit.append_in(
+            tx,
+            &NewEvent {
+                actor: system.clone(),
+                action: Action::ApprovalExpired,
+                subject: id.clone(),
+                outcome: Outcome::Ok,
+                detail: json!({}),
+                critical: true,
+            },
+        )?;
+    }
+    Ok(due.len())
+}
+
+#[cfg(test)]
+mod tests;
