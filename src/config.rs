@@ -112,7 +112,43 @@ pub struct Settings {
     pub config: ConfigFile,
 }
 
+/// The platform data directory (`$XDG_DATA_HOME/mcp-coordinator` on Linux), if there is a home.
+pub fn default_data_dir() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "mcp-coordinator").map(|d| d.data_dir().to_path_buf())
+}
+
+/// Quotes a path for a POSIX shell when it needs it.
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%=,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
 impl Settings {
+    /// The start of a CLI command that reaches this process's database and signing key:
+    /// `mcp-coordinator`, plus `--data-dir` and `--db` where they differ from the defaults.
+    /// `None` for `:memory:`, which no other process can reach.
+    pub fn cli_prefix(&self) -> Option<String> {
+        let Location::File(db) = &self.db else {
+            return None;
+        };
+        let mut cmd = String::from("mcp-coordinator");
+        if default_data_dir().as_ref() != Some(&self.data_dir) {
+            cmd.push_str(" --data-dir ");
+            cmd.push_str(&shell_quote(&self.data_dir.display().to_string()));
+        }
+        if *db != self.data_dir.join(DB_FILE) {
+            cmd.push_str(" --db ");
+            cmd.push_str(&shell_quote(&db.display().to_string()));
+        }
+        Some(cmd)
+    }
+
     /// Resolves the data directory (`--data-dir`, then `MCP_COORDINATOR_DATA_DIR`, then the
     /// platform data directory: `$XDG_DATA_HOME/mcp-coordinator` on Linux), the database
     /// (`--db`, else `coordinator.db` in the data directory) and the config file (`--config`,
@@ -125,10 +161,7 @@ impl Settings {
         let dirs = directories::ProjectDirs::from("", "", "mcp-coordinator");
         let data_dir = match data_dir {
             Some(d) => d,
-            None => dirs
-                .as_ref()
-                .map(|d| d.data_dir().to_path_buf())
-                .ok_or(ConfigError::NoDataDir)?,
+            None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
         };
         let db = match db {
             Some(arg) => Location::from_arg(&arg),
@@ -157,6 +190,33 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cli_prefix_names_non_default_locations() {
+        let s = Settings {
+            data_dir: PathBuf::from("/tmp/my data"),
+            db: Location::File(PathBuf::from("/tmp/my data/coordinator.db")),
+            config_path: None,
+            config: ConfigFile::default(),
+        };
+        assert_eq!(
+            s.cli_prefix().as_deref(),
+            Some("mcp-coordinator --data-dir '/tmp/my data'")
+        );
+        let s = Settings {
+            db: Location::File(PathBuf::from("/srv/team.db")),
+            ..s
+        };
+        assert_eq!(
+            s.cli_prefix().as_deref(),
+            Some("mcp-coordinator --data-dir '/tmp/my data' --db /srv/team.db")
+        );
+        let s = Settings {
+            db: Location::Memory,
+            ..s
+        };
+        assert_eq!(s.cli_prefix(), None);
+    }
 
     #[test]
     fn config_parses_and_rejects_typos() -> Result<(), Box<dyn std::error::Error>> {

@@ -110,7 +110,7 @@ fn bad_settings_fail_with_a_clear_message() {
     let (code, _, err) = common::cli(dir.path(), &["--config", bad.to_str().unwrap(), "serve"]);
     assert_eq!(code, 2);
     assert!(
-        err.contains("everything") && err.contains("expected `system`"),
+        err.contains("everything") && err.contains("`system`"),
         "{err}"
     );
 

@@ -10,7 +10,27 @@ use rmcp::ServiceError;
 use rmcp::model::ErrorCode;
 use serde_json::{Value, json};
 
-const TOOLS: [&str; 3] = ["audit_query", "audit_verify", "coordinator_status"];
+const TOOLS: [&str; 6] = [
+    "approval_get",
+    "approval_list",
+    "approval_request",
+    "audit_query",
+    "audit_verify",
+    "coordinator_status",
+];
+
+/// Arguments that make each tool succeed, given the id of an existing approval; and whether
+/// the tool is read-only.
+fn sample(tool: &str, approval_id: &str) -> (Value, bool) {
+    match tool {
+        "approval_request" => (
+            json!({"summary": "try the schema", "action": {"op": "noop"}, "risk": "low"}),
+            false,
+        ),
+        "approval_get" => (json!({"approval_id": approval_id}), true),
+        _ => (json!({}), true),
+    }
+}
 
 fn protocol_error(r: Result<rmcp::model::CallToolResult, ServiceError>) -> rmcp::ErrorData {
     match r {
@@ -32,16 +52,24 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
         let tools = client.list_all_tools().await.unwrap();
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
         assert_eq!(names, TOOLS, "{era:?}");
+        let seed = call_ok(
+            &client,
+            "approval_request",
+            json!({"summary": "seed", "action": {"op": "seed"}, "risk": "low"}),
+        )
+        .await;
+        let approval_id = seed["approval"]["id"].as_str().unwrap().to_string();
         for tool in &tools {
+            let (args, read_only) = sample(&tool.name, &approval_id);
             let desc = tool.description.as_deref().unwrap_or_default();
             assert!(desc.len() > 200, "{} has a thin description", tool.name);
             assert_eq!(tool.input_schema.get("type"), Some(&json!("object")));
             let output = tool.output_schema.as_ref().expect("output schema");
             let ann = tool.annotations.as_ref().expect("annotations");
-            assert_eq!(ann.read_only_hint, Some(true), "{}", tool.name);
+            assert_eq!(ann.read_only_hint, Some(read_only), "{}", tool.name);
             assert_eq!(ann.destructive_hint, Some(false));
             assert!(ann.title.is_some());
-            let result = call_ok(&client, &tool.name, json!({})).await;
+            let result = call_ok(&client, &tool.name, args).await;
             let validator = jsonschema::validator_for(&Value::Object((**output).clone()))
                 .expect("output schema compiles");
             let errors: Vec<String> = validator
@@ -71,7 +99,7 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
             status["database"]["schema_version"],
             status["database"]["known_schema_version"]
         );
-        // Four calls so far were audited before this one ran.
+        // The calls so far were audited before this one ran.
         assert!(status["counts"]["audit_events"].as_i64().unwrap() >= 3);
         client.cancel().await.unwrap();
     }
@@ -227,7 +255,11 @@ async fn every_call_is_audited_with_secrets_redacted() {
 async fn config_can_switch_tool_groups_off() {
     let dir = data_dir();
     let config = dir.path().join("config.toml");
-    std::fs::write(&config, "[tools]\ndisabled_groups = [\"audit\"]\n").unwrap();
+    std::fs::write(
+        &config,
+        "[tools]\ndisabled_groups = [\"audit\", \"approvals\"]\n",
+    )
+    .unwrap();
     let client = connect(
         dir.path(),
         &["--config", config.to_str().unwrap()],
@@ -244,7 +276,7 @@ async fn config_can_switch_tool_groups_off() {
         e.message
     );
     let status = call_ok(&client, "coordinator_status", json!({})).await;
-    assert_eq!(status["disabled_groups"], json!(["audit"]));
+    assert_eq!(status["disabled_groups"], json!(["audit", "approvals"]));
     assert_eq!(status["tools_enabled"], 1);
     client.cancel().await.unwrap();
 }

@@ -1,5 +1,6 @@
 //! Interoperability with the official MCP Python SDK: `tests/interop/interop.py` drives the
-//! built binary over stdio in the legacy (initialize) and the stateless (2026-07-28) eras.
+//! built binary over stdio in the legacy (initialize) and the stateless (2026-07-28) eras, and
+//! `tests/interop/approvals.py` answers human approvals through elicitation in both.
 //!
 //! The interpreter is `$MCP_COORDINATOR_PYTHON` when set, else `target/interop-venv/bin/python`,
 //! which this test creates (with `python3 -m venv` and `pip install -r
@@ -103,10 +104,11 @@ fn python() -> PathBuf {
     python
 }
 
-#[test]
-fn official_python_sdk_drives_both_protocol_eras() {
+/// Runs `tests/interop/<script>` with the built binary and a fresh data directory, and requires
+/// exit status 0 and a last line `N passed, 0 failed`.
+fn run_interop_script(script: &str) {
     let python = python();
-    let script = manifest_dir().join("tests/interop/interop.py");
+    let script = manifest_dir().join("tests/interop").join(script);
     let data = tempfile::tempdir().expect("create a temp dir");
 
     let output = Command::new(&python)
@@ -131,7 +133,22 @@ fn official_python_sdk_drives_both_protocol_eras() {
     let last = stdout.lines().last().unwrap_or_default();
     assert!(
         output.status.success() && last.ends_with(" passed, 0 failed"),
-        "the Python SDK interop script failed\n{}",
+        "the Python SDK interop script {} failed\n{}",
+        script.display(),
         show(&output)
     );
+}
+
+#[test]
+fn official_python_sdk_drives_both_protocol_eras() {
+    run_interop_script("interop.py");
+}
+
+/// Human approvals through elicitation (`tests/interop/approvals.py`): the SDK's elicitation
+/// callback answers the approval form in both eras (a blocking `elicitation/create` in the
+/// legacy era, an input-required result in the 2026-07-28 era), alongside the CLI decisions,
+/// client-side cancellation, a client without elicitation, and the signed audit trail.
+#[test]
+fn official_python_sdk_answers_approvals_through_elicitation() {
+    run_interop_script("approvals.py");
 }

@@ -78,6 +78,13 @@ fn run_session(messages: &[Value]) -> (i32, Vec<String>, String) {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let stdout = child.stdout.take().unwrap();
+    // Drain stderr concurrently: trace logging fills a pipe buffer long before the session ends.
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr_pipe, &mut text).unwrap();
+        text
+    });
     let mut lines = BufReader::new(stdout).lines();
     let expected = messages.iter().filter(|m| m.get("id").is_some()).count();
     let mut out = Vec::new();
@@ -94,11 +101,11 @@ fn run_session(messages: &[Value]) -> (i32, Vec<String>, String) {
     }
     drop(stdin);
     out.extend(lines.map(|l| l.unwrap()));
-    let output = child.wait_with_output().unwrap();
+    let status = child.wait().unwrap();
     (
-        output.status.code().unwrap_or(-1),
+        status.code().unwrap_or(-1),
         out,
-        String::from_utf8_lossy(&output.stderr).into_owned(),
+        stderr_reader.join().unwrap(),
     )
 }
 

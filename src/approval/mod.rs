@@ -461,18 +461,7 @@ impl ApprovalService {
         self.store().write(|tx| {
             let row = sql::get(tx, id)?.ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
             let approval = Approval::from_row(row)?;
-            if approval.state == State::Expired {
-                return Err(ApprovalError::Expired {
-                    id: id.to_string(),
-                    expires_at: approval.expires_at,
-                });
-            }
-            if approval.state != State::Pending {
-                return Err(ApprovalError::AlreadyDecided {
-                    id: id.to_string(),
-                    state: approval.state,
-                });
-            }
+            // The question handle first: a replayed answer is named as such, whatever the state.
             if let Some(nonce) = nonce {
                 match sql::redeem(tx, nonce, id, &now_ts())? {
                     Redeemed::Fresh => {}
@@ -487,6 +476,18 @@ impl ApprovalService {
                         )));
                     }
                 }
+            }
+            if approval.state == State::Expired {
+                return Err(ApprovalError::Expired {
+                    id: id.to_string(),
+                    expires_at: approval.expires_at,
+                });
+            }
+            if approval.state != State::Pending {
+                return Err(ApprovalError::AlreadyDecided {
+                    id: id.to_string(),
+                    state: approval.state,
+                });
             }
             // Approving through the client is refused when policy needs the CLI; rejecting or
             // cancelling is always allowed (saying no is never the risky direction).

@@ -63,6 +63,13 @@ pub fn format_ts(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| format!("{}Z", t.unix_timestamp()))
 }
 
+/// Whole seconds from now until a stored (or RFC 3339) time; 0 if it has passed or is unreadable.
+pub fn seconds_until(ts: &str) -> u64 {
+    OffsetDateTime::parse(ts, &Rfc3339)
+        .map(|t| (t - OffsetDateTime::now_utc()).whole_seconds().max(0) as u64)
+        .unwrap_or(0)
+}
+
 /// Parses an RFC 3339 time given by a caller and returns the stored form, or `None` when it is
 /// not RFC 3339.
 pub fn normalize_ts(input: &str) -> Option<String> {

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions (clap) and dispatch to `serve` (the default)
 //! and the people-facing subcommands.
 
+mod approvals;
 mod audit;
 mod serve;
 
@@ -35,6 +36,8 @@ Try it in the MCP Inspector:
 Examples:
   mcp-coordinator                          serve on stdio with the default database
   mcp-coordinator serve --db :memory:      serve without touching disk
+  mcp-coordinator approvals list           what is waiting for a person
+  mcp-coordinator approvals approve ID --reason \"checked the diff\"
   mcp-coordinator audit verify             check the audit chain and its signatures
   mcp-coordinator audit export > log.jsonl export every audit event";
 
@@ -99,6 +102,9 @@ with status 0 when the client closes stdin, or on SIGINT/SIGTERM. Logs go to std
         after_help = AFTER_HELP
     )]
     Serve,
+    /// Decide approvals as a person: list, show, approve, reject
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
     /// Inspect the audit log: verify the chain, export events
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -109,6 +115,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None | Some(Command::Serve) => serve::run(&cli.global),
+        Some(Command::Approvals(cmd)) => approvals::run(&cli.global, cmd),
         Some(Command::Audit(cmd)) => audit::run(&cli.global, cmd),
     };
     match result {

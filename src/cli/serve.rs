@@ -22,7 +22,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         banner(&settings);
     }
     tracing::info!(db = %settings.db.display(), data_dir = %settings.data_dir.display(), "serving MCP on stdio");
-    let coordinator = Coordinator::new(audit, settings);
+    let coordinator = Coordinator::new(audit, settings)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

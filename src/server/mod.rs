@@ -2,6 +2,7 @@
 //! domain, joined here), audits every tool call, and serves stdio until the client leaves or a
 //! shutdown is asked for.
 
+mod approvals;
 pub mod session;
 mod system;
 pub mod tool;
@@ -15,12 +16,14 @@ use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, ResultType, ServerCapabilities, ServerConfig, Tool,
+    PaginatedRequestParams, ProtocolVersion, RequestStateCodec, RequestStateError, ResultType,
+    ServerCapabilities, ServerConfig, Tool,
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::json;
 
+use crate::approval::ApprovalService;
 use crate::audit::{Action, AuditLog, NewEvent, Outcome};
 use crate::config::{Settings, ToolGroup};
 use crate::store::Store;
@@ -40,6 +43,10 @@ pub struct Coordinator {
 
 struct Inner {
     audit: AuditLog,
+    approvals: ApprovalService,
+    /// Seals MRTR `requestState` values. The key is random per process: a state sealed by one
+    /// coordinator process is refused by every other.
+    codec: RequestStateCodec,
     settings: Settings,
     started: Instant,
     session_id: String,
@@ -50,7 +57,9 @@ struct Inner {
 
 /// Every tool route of every domain. Each domain module contributes its own list.
 fn all_routes() -> Vec<tool::Route> {
-    system::routes()
+    let mut routes = system::routes();
+    routes.extend(approvals::routes());
+    routes
 }
 
 /// The tool definitions (name, description, schemas, annotations) of every tool this build
@@ -62,7 +71,7 @@ pub fn all_tools() -> Vec<Tool> {
 }
 
 impl Coordinator {
-    pub fn new(audit: AuditLog, settings: Settings) -> Self {
+    pub fn new(audit: AuditLog, settings: Settings) -> Result<Self, RequestStateError> {
         let mut router = ToolRouter::new();
         let mut disabled = HashMap::new();
         for r in all_routes() {
@@ -72,20 +81,34 @@ impl Coordinator {
                 router.add_route(r.route);
             }
         }
-        Coordinator {
+        let mut key = [0u8; 32];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+        let codec = RequestStateCodec::try_new(key.to_vec())?;
+        let approvals = ApprovalService::new(audit.clone(), settings.config.approvals.clone());
+        Ok(Coordinator {
             inner: Arc::new(Inner {
                 audit,
+                approvals,
+                codec,
                 settings,
                 started: Instant::now(),
                 session_id: uuid::Uuid::new_v4().to_string(),
                 router,
                 disabled,
             }),
-        }
+        })
     }
 
     pub fn audit(&self) -> &AuditLog {
         &self.inner.audit
+    }
+
+    pub fn approvals(&self) -> &ApprovalService {
+        &self.inner.approvals
+    }
+
+    pub fn codec(&self) -> &RequestStateCodec {
+        &self.inner.codec
     }
 
     pub fn store(&self) -> &Store {

@@ -2,7 +2,7 @@
 //! 2026-07-28), the client's name and version, and the handles a long tool call needs.
 
 use rmcp::RoleServer;
-use rmcp::model::ProtocolVersion;
+use rmcp::model::{InputResponses, ProgressNotificationParam, ProgressToken, ProtocolVersion};
 use rmcp::service::{Peer, RequestContext};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,14 @@ pub struct Call {
     pub peer: Peer<RoleServer>,
     /// This coordinator process's session id (one per process).
     pub session_id: String,
+    /// Whether the client declared form elicitation (a person can be asked in the client).
+    pub elicitation_form: bool,
+    /// The request's progress token, if the client wants progress notifications.
+    pub progress_token: Option<ProgressToken>,
+    /// MRTR retry (2026-07-28): the state the server sealed in its input-required result.
+    pub request_state: Option<String>,
+    /// MRTR retry (2026-07-28): the client's answers to the server's input requests.
+    pub input_responses: Option<InputResponses>,
 }
 
 impl Call {
@@ -47,6 +55,11 @@ impl Call {
             .client_info()
             .map(|i| format!("{}/{}", i.name, i.version))
             .unwrap_or_else(|| "unknown".into());
+        // A client that declares elicitation with neither mode means form (2025-06-18 shape).
+        let elicitation_form = ctx
+            .client_capabilities()
+            .and_then(|c| c.elicitation)
+            .is_some_and(|e| e.form.is_some() || e.url.is_none());
         Call {
             era,
             protocol_version: version.map(|v| v.to_string()).unwrap_or_default(),
@@ -54,6 +67,25 @@ impl Call {
             cancel: ctx.ct.clone(),
             peer: ctx.peer.clone(),
             session_id: coordinator.session_id().to_string(),
+            elicitation_form,
+            progress_token: ctx.meta.get_progress_token(),
+            request_state: None,
+            input_responses: None,
+        }
+    }
+
+    /// Sends a progress notification if the client asked for them; failures are only logged
+    /// (a client that stopped listening must not break the call).
+    pub async fn progress(&self, progress: f64, total: Option<f64>, message: impl Into<String>) {
+        let Some(token) = self.progress_token.clone() else {
+            return;
+        };
+        let mut param = ProgressNotificationParam::new(token, progress).with_message(message);
+        if let Some(total) = total {
+            param = param.with_total(total);
+        }
+        if let Err(e) = self.peer.notify_progress(param).await {
+            tracing::debug!(error = %e, "could not send a progress notification");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use rmcp::ErrorData;
 use rmcp::handler::server::router::tool::ToolRoute;
 use rmcp::handler::server::tool::{ToolCallContext, schema_for_input, schema_for_output};
-use rmcp::model::{CallToolResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, InputRequiredResult, JsonObject, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,12 @@ pub enum ErrorCode {
     InvalidRequest,
     /// The thing named does not exist.
     NotFound,
+    /// The request clashes with the current state (already decided, expired).
+    Conflict,
+    /// Policy does not allow this here (for example approving a critical action in the client).
+    Forbidden,
+    /// The client or a child could not be reached; try again or use another channel.
+    Unavailable,
     /// The database was locked by another process for too long; try again.
     StorageBusy,
     /// The database failed; see the message.
@@ -52,7 +58,7 @@ impl ToolError {
             code,
             message: message.into(),
             details: Value::Object(Default::default()),
-            retryable: matches!(code, ErrorCode::StorageBusy),
+            retryable: matches!(code, ErrorCode::StorageBusy | ErrorCode::Unavailable),
         }
     }
 
@@ -117,14 +123,37 @@ pub struct Route {
     pub route: ToolRoute<Coordinator>,
 }
 
+/// What a tool that may need input from a person returns.
+pub enum Reply<Out> {
+    /// The final result.
+    Done(Out),
+    /// 2026-07-28 only: ask the client for input and have it retry the call with the answers.
+    InputRequired(InputRequiredResult),
+}
+
 /// Builds a route whose input and output schemas come from `In` and `Out`. The handler gets the
 /// coordinator, the parsed input and the call's context, and never sees rmcp types.
 pub fn route<In, Out, F, Fut>(spec: ToolSpec, handler: F) -> Route
 where
     In: DeserializeOwned + JsonSchema + Send + 'static,
-    Out: Serialize + JsonSchema + 'static,
+    Out: Serialize + JsonSchema + Send + 'static,
     F: Fn(Coordinator, In, Call) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Out, Failure>> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    route_with_input(spec, move |c, input, call| {
+        let fut = handler(c, input, call);
+        async move { fut.await.map(Reply::Done) }
+    })
+}
+
+/// Like [`route`], for a tool that may answer with an input-required result (MRTR).
+pub fn route_with_input<In, Out, F, Fut>(spec: ToolSpec, handler: F) -> Route
+where
+    In: DeserializeOwned + JsonSchema + Send + 'static,
+    Out: Serialize + JsonSchema + Send + 'static,
+    F: Fn(Coordinator, In, Call) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Reply<Out>, Failure>> + Send + 'static,
 {
     let input_schema = match schema_for_input::<In>() {
         Ok(s) => s,
@@ -145,12 +174,14 @@ where
     let route = ToolRoute::new_dyn(tool, move |ctx: ToolCallContext<'_, Coordinator>| {
         let handler = handler.clone();
         let coordinator = ctx.service.clone();
-        let call = Call::from_context(&ctx.request_context, &coordinator);
+        let mut call = Call::from_context(&ctx.request_context, &coordinator);
+        call.request_state = ctx.request_state;
+        call.input_responses = ctx.input_responses;
         let arguments = ctx.arguments;
         Box::pin(async move {
             let input: In = parse_arguments(name, arguments)?;
             match handler(coordinator, input, call).await {
-                Ok(out) => {
+                Ok(Reply::Done(out)) => {
                     let value = serde_json::to_value(out).map_err(|e| {
                         ErrorData::internal_error(
                             format!("{name}: cannot encode result: {e}"),
@@ -159,6 +190,7 @@ where
                     })?;
                     Ok(CallToolResult::structured(value).into())
                 }
+                Ok(Reply::InputRequired(r)) => Ok(r.into()),
                 Err(Failure::Domain(e)) => Ok(e.into_result().into()),
                 Err(Failure::Protocol(e)) => Err(e),
             }

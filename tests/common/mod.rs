@@ -123,3 +123,90 @@ pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A server spoken to with raw JSON-RPC lines over its pipes, for tests that must craft or
+/// alter messages (an MRTR `requestState`, say) that no well-behaved client would send.
+pub struct RawServer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    next_id: u64,
+}
+
+impl RawServer {
+    pub fn spawn(data_dir: &Path) -> Self {
+        let mut child = std::process::Command::new(BIN)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--log-level", "error"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mcp-coordinator");
+        let stdin = child.stdin.take().unwrap();
+        let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+        RawServer {
+            child,
+            stdin,
+            lines,
+            next_id: 1,
+        }
+    }
+
+    /// Per-request metadata of a 2026-07-28 client, with or without form elicitation.
+    pub fn meta(elicitation: bool) -> Value {
+        let caps = if elicitation {
+            serde_json::json!({"elicitation": {"form": {}}})
+        } else {
+            serde_json::json!({})
+        };
+        serde_json::json!({
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw-modern", "version": "7"},
+            "io.modelcontextprotocol/clientCapabilities": caps
+        })
+    }
+
+    /// Sends one request and returns the whole response message.
+    pub fn request(&mut self, method: &str, params: Value) -> Value {
+        use std::io::Write;
+        let id = self.next_id;
+        self.next_id += 1;
+        let msg =
+            serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        writeln!(self.stdin, "{msg}").unwrap();
+        self.stdin.flush().unwrap();
+        loop {
+            let line = self.lines.next().expect("server closed stdout").unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+
+    /// A stateless `tools/call` with optional MRTR retry fields.
+    pub fn call(
+        &mut self,
+        tool: &str,
+        args: Value,
+        elicitation: bool,
+        retry: Option<(Value, &str)>,
+    ) -> Value {
+        let mut params =
+            serde_json::json!({"name": tool, "arguments": args, "_meta": Self::meta(elicitation)});
+        if let Some((responses, state)) = retry {
+            params["inputResponses"] = responses;
+            params["requestState"] = Value::String(state.to_string());
+        }
+        self.request("tools/call", params)
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
