@@ -130,16 +130,14 @@ pub struct StatusOutput {
 }
 
 async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<StatusOutput, Failure> {
-    let db = c
-        .blocking(|c| -> Result<_, StoreError> {
-            let store: &Store = c.store();
-            Ok((
-                store.health()?,
-                store.schema_version()?,
-                store.table_counts()?,
-            ))
-        })
-        .await?;
+    let db = c.quick(|c| -> Result<_, StoreError> {
+        let store: &Store = c.store();
+        Ok((
+            store.health()?,
+            store.schema_version()?,
+            store.table_counts()?,
+        ))
+    });
     let (health, schema_version, counts) = db.map_err(store_error)?;
     let settings = c.settings();
     Ok(StatusOutput {
