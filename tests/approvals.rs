@@ -466,3 +466,62 @@ async fn a_slow_person_is_waited_for_with_progress_and_critical_is_not_asked() {
     );
     client.cancel().await.unwrap();
 }
+
+/// `approvals approve` shows the approval and asks on a terminal; anything but `yes` leaves it
+/// pending; without a terminal it refuses unless `--yes` is given.
+#[test]
+fn cli_approve_confirms_on_a_terminal() {
+    use std::io::Write;
+    let dir = data_dir();
+    let mut s = RawServer::spawn(dir.path());
+    let r = s.call(
+        "approval_request",
+        json!({"summary": "rotate the key", "action": {"op": "rotate"}, "risk": "high", "preview": "- old key\n+ new key"}),
+        false,
+        None,
+    );
+    let id = r["result"]["structuredContent"]["approval"]["id"].as_str().unwrap().to_string();
+
+    let (code, _, err) = common::cli(dir.path(), &["approvals", "approve", &id, "--reason", "ok"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not on a terminal") && err.contains("--yes"), "{err}");
+
+    let (code, out, _) = common::cli(dir.path(), &["approvals", "show", &id]);
+    assert_eq!(code, 0);
+    for needle in ["rotate the key", "\"op\": \"rotate\"", "+ new key", "risk:         high", "client:raw-modern/7"] {
+        assert!(out.contains(needle), "show lacks {needle:?}:\n{out}");
+    }
+
+    let on_terminal = |answer: &str| {
+        let inner = format!(
+            "{} --data-dir {} approvals approve {id} --reason 'looked at it'",
+            common::BIN,
+            dir.path().display()
+        );
+        let mut child = std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &inner, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("script(1) from util-linux");
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, screen) = on_terminal("no");
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(screen.contains("Approve this action?") && screen.contains("still pending"), "{screen}");
+    let got = s.call("approval_get", json!({"approval_id": id}), false, None);
+    assert_eq!(got["result"]["structuredContent"]["state"], "pending");
+
+    let (code, screen) = on_terminal("yes");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains("approved by user:"), "{screen}");
+    let got = s.call("approval_get", json!({"approval_id": id}), false, None);
+    assert_eq!(got["result"]["structuredContent"]["state"], "approved");
+    assert_eq!(got["result"]["structuredContent"]["decision"]["reason"], "looked at it");
+}
