@@ -480,15 +480,27 @@ fn cli_approve_confirms_on_a_terminal() {
         false,
         None,
     );
-    let id = r["result"]["structuredContent"]["approval"]["id"].as_str().unwrap().to_string();
+    let id = r["result"]["structuredContent"]["approval"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
 
     let (code, _, err) = common::cli(dir.path(), &["approvals", "approve", &id, "--reason", "ok"]);
     assert_eq!(code, 2);
-    assert!(err.contains("not on a terminal") && err.contains("--yes"), "{err}");
+    assert!(
+        err.contains("not on a terminal") && err.contains("--yes"),
+        "{err}"
+    );
 
     let (code, out, _) = common::cli(dir.path(), &["approvals", "show", &id]);
     assert_eq!(code, 0);
-    for needle in ["rotate the key", "\"op\": \"rotate\"", "+ new key", "risk:         high", "client:raw-modern/7"] {
+    for needle in [
+        "rotate the key",
+        "\"op\": \"rotate\"",
+        "+ new key",
+        "risk:         high",
+        "client:raw-modern/7",
+    ] {
         assert!(out.contains(needle), "show lacks {needle:?}:\n{out}");
     }
 
@@ -510,11 +522,17 @@ fn cli_approve_confirms_on_a_terminal() {
         stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
         stdin.flush().unwrap();
         let out = child.wait_with_output().unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
     let (code, screen) = on_terminal("no");
     assert_eq!(code, Some(1), "{screen}");
-    assert!(screen.contains("Approve this action?") && screen.contains("still pending"), "{screen}");
+    assert!(
+        screen.contains("Approve this action?") && screen.contains("still pending"),
+        "{screen}"
+    );
     let got = s.call("approval_get", json!({"approval_id": id}), false, None);
     assert_eq!(got["result"]["structuredContent"]["state"], "pending");
 
@@ -523,5 +541,8 @@ fn cli_approve_confirms_on_a_terminal() {
     assert!(screen.contains("approved by user:"), "{screen}");
     let got = s.call("approval_get", json!({"approval_id": id}), false, None);
     assert_eq!(got["result"]["structuredContent"]["state"], "approved");
-    assert_eq!(got["result"]["structuredContent"]["decision"]["reason"], "looked at it");
+    assert_eq!(
+        got["result"]["structuredContent"]["decision"]["reason"],
+        "looked at it"
+    );
 }

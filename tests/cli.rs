@@ -10,9 +10,18 @@ use serde_json::{Value, json};
 fn help_explains_every_command() {
     let dir = common::data_dir();
     let cases: [(&[&str], &[&str]); 8] = [
-        (&["approvals", "--help"], &["list", "show", "approve", "reject"]),
-        (&["approvals", "approve", "--help"], &["--reason", "--yes", "confirm", "final", "expired"]),
-        (&["approvals", "list", "--help"], &["--state", "pending", "all", "--json"]),
+        (
+            &["approvals", "--help"],
+            &["list", "show", "approve", "reject"],
+        ),
+        (
+            &["approvals", "approve", "--help"],
+            &["--reason", "--yes", "confirm", "final", "expired"],
+        ),
+        (
+            &["approvals", "list", "--help"],
+            &["--state", "pending", "all", "--json"],
+        ),
         (
             &["--help"],
             &[

@@ -165,10 +165,14 @@ where
                 .unwrap_or_default(),
         ),
     };
-    let tool = Tool::new(spec.name, spec.description.trim(), input_schema)
-        .with_title(spec.title)
-        .with_raw_output_schema(schema_for_output::<Out>())
-        .with_annotations(spec.annotations());
+    let tool = Tool::new(
+        spec.name,
+        spec.description.trim(),
+        standard_formats(&input_schema),
+    )
+    .with_title(spec.title)
+    .with_raw_output_schema(standard_formats(&schema_for_output::<Out>()))
+    .with_annotations(spec.annotations());
     let name = spec.name;
     let handler = Arc::new(handler);
     let route = ToolRoute::new_dyn(tool, move |ctx: ToolCallContext<'_, Coordinator>| {
@@ -199,6 +203,49 @@ where
     Route {
         group: spec.group,
         route,
+    }
+}
+
+/// Formats JSON Schema 2020-12 defines; schemars adds Rust ones (`uint64`, `int32`, `double`)
+/// that strict validators such as the Inspector's warn about. Ranges carry that meaning already.
+const STANDARD_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "uuid",
+    "regex",
+];
+
+/// A copy of `schema` with non-standard `format` keywords removed, at every depth.
+fn standard_formats(schema: &JsonObject) -> Arc<JsonObject> {
+    fn walk(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                if map
+                    .get("format")
+                    .and_then(Value::as_str)
+                    .is_some_and(|f| !STANDARD_FORMATS.contains(&f))
+                {
+                    map.remove("format");
+                }
+                map.values_mut().for_each(walk);
+            }
+            Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut v = Value::Object(schema.clone());
+    walk(&mut v);
+    match v {
+        Value::Object(map) => Arc::new(map),
+        _ => Arc::new(schema.clone()),
     }
 }
 
