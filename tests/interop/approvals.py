@@ -15,7 +15,7 @@ process is started over stdio with its own data directory under DIR, and a scrip
  4. cancel           -> cancelled
  5. slow person      -> the call waits for the answer (legacy: with progress notifications)
  6. critical risk    -> pending out_of_band_required without asking; the CLI decides it
- 7. (legacy) the client cancels the waiting call -> the approval stays pending; the CLI decides it
+ 7. the client cancels the waiting call -> the approval stays pending; the CLI decides it
  8. a client without elicitation -> pending no_elicitation; `wait_seconds` returns the CLI decision
  9. decisions are final: the CLI cannot reject an approved approval
 10. the audit trail lists the approvals and the signed chain verifies
@@ -593,12 +593,12 @@ async def run_era(r: Report, binary: str, data_dir: Path, mode: str) -> None:
             f"{p} 6 critical risk: not asked in the client, CLI decides",
             lambda e: check_critical(run, e, client, person),
         )
-        if run.legacy:
-            await step(
-                r,
-                f"{p} 7 client cancels the waiting call: approval stays pending, CLI decides",
-                lambda e: check_client_cancels(run, e, client, person),
-            )
+        # Legacy: the server withdraws its elicitation. 2026-07-28: the client never retries.
+        await step(
+            r,
+            f"{p} 7 client cancels the waiting call: approval stays pending, CLI decides",
+            lambda e: check_client_cancels(run, e, client, person),
+        )
     # A client that declares no elicitation, on the same data directory.
     async with client_for(run, None) as bare:
         await list_schemas(run, bare)
