@@ -217,6 +217,12 @@ async fn every_call_is_audited_with_secrets_redacted() {
     assert_eq!(events[3]["outcome"], "ok");
     assert_eq!(events[3]["actor"], "client:legacy-test/1.2.3");
     assert!(events[3]["detail"]["duration_us"].as_u64().is_some());
+    assert!(
+        events[3]["detail"]["os_user"]
+            .as_str()
+            .unwrap()
+            .contains('@')
+    );
     let text = serde_json::to_string(&page).unwrap();
     assert!(!text.contains(token), "a token reached the audit log");
     assert_eq!(events[3]["detail"]["arguments"]["subject"], "[REDACTED]");

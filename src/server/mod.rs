@@ -50,6 +50,8 @@ struct Inner {
     settings: Settings,
     started: Instant,
     session_id: String,
+    /// The OS user running this process (`NAME@HOST`): who launched the assistant.
+    os_user: String,
     router: ToolRouter<Coordinator>,
     /// Tools switched off by config, with the group that switched them off.
     disabled: HashMap<String, ToolGroup>,
@@ -93,6 +95,7 @@ impl Coordinator {
                 settings,
                 started: Instant::now(),
                 session_id: uuid::Uuid::new_v4().to_string(),
+                os_user: crate::audit::Actor::os_user().id,
                 router,
                 disabled,
             }),
@@ -254,6 +257,7 @@ impl ServerHandler for Coordinator {
             "protocol_version": call.protocol_version,
             "era": call.era,
             "session": call.session_id,
+            "os_user": self.inner.os_user,
             "error": error,
         });
         self.audit_call(&call, name, detail, outcome).await;
