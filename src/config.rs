@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::agent::AgentsConfig;
 use crate::approval::ApprovalPolicy;
 use crate::store::Location;
+use crate::task::TasksConfig;
 
 /// Environment variable that overrides the data directory.
 pub const DATA_DIR_ENV: &str = "MCP_COORDINATOR_DATA_DIR";
@@ -26,6 +28,11 @@ pub enum ToolGroup {
     Audit,
     /// `approval_request`, `approval_list`, `approval_get`.
     Approvals,
+    /// `agent_register`, `agent_heartbeat`, `agent_list`, `agent_deregister`.
+    Agents,
+    /// `task_submit`, `task_get`, `task_list`, `task_cancel`, `task_claim`, `task_report`,
+    /// `task_requeue`, `queue_stats`, `queue_purge`.
+    Tasks,
 }
 
 impl ToolGroup {
@@ -34,6 +41,8 @@ impl ToolGroup {
             ToolGroup::System => "system",
             ToolGroup::Audit => "audit",
             ToolGroup::Approvals => "approvals",
+            ToolGroup::Agents => "agents",
+            ToolGroup::Tasks => "tasks",
         }
     }
 }
@@ -53,6 +62,12 @@ pub struct ConfigFile {
     /// Approval policy: which channel may decide what, and how long approvals stay open.
     #[serde(default)]
     pub approvals: ApprovalPolicy,
+    /// Agents: heartbeat interval, load ceiling, token lifetime.
+    #[serde(default)]
+    pub agents: AgentsConfig,
+    /// Tasks: default timeout and retries, retry backoff.
+    #[serde(default)]
+    pub tasks: TasksConfig,
 }
 
 /// `[tools]` in the config file.
@@ -92,6 +107,7 @@ impl ConfigFile {
         config
             .approvals
             .validate()
+            .and_then(|()| config.agents.validate())
             .map_err(|message| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 message,

@@ -1,8 +1,10 @@
 //! mcp-coordinator as a library: the layers the binary, the tests and the benchmark share.
-//! Dependencies point down only: `server` -> domains (`audit`, `approval`, ...) -> `store`.
+//! Dependencies point down only: `server` -> domains (`audit`, `approval`, `agent`, `task`) -> `store`.
 
+pub mod agent;
 pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod server;
 pub mod store;
+pub mod task;

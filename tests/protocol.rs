@@ -10,26 +10,75 @@ use rmcp::ServiceError;
 use rmcp::model::ErrorCode;
 use serde_json::{Value, json};
 
-const TOOLS: [&str; 6] = [
-    "approval_get",
-    "approval_list",
-    "approval_request",
-    "audit_query",
-    "audit_verify",
-    "coordinator_status",
+/// Every tool, sorted, with (read-only, destructive) annotations.
+const TOOLS: [(&str, bool, bool); 19] = [
+    ("agent_deregister", false, false),
+    ("agent_heartbeat", false, false),
+    ("agent_list", true, false),
+    ("agent_register", false, false),
+    ("approval_get", true, false),
+    ("approval_list", true, false),
+    ("approval_request", false, false),
+    ("audit_query", true, false),
+    ("audit_verify", true, false),
+    ("coordinator_status", true, false),
+    ("queue_purge", false, true),
+    ("queue_stats", true, false),
+    ("task_cancel", false, true),
+    ("task_claim", false, false),
+    ("task_get", true, false),
+    ("task_list", true, false),
+    ("task_report", false, false),
+    ("task_requeue", false, false),
+    ("task_submit", false, false),
 ];
 
-/// Arguments that make each tool succeed, given the id of an existing approval; and whether
-/// the tool is read-only.
-fn sample(tool: &str, approval_id: &str) -> (Value, bool) {
-    match tool {
-        "approval_request" => (
+/// Calls that make every tool succeed, in an order where each finds what it needs.
+fn script(
+    ids: &std::collections::HashMap<&str, String>,
+    step: usize,
+) -> Option<(&'static str, Value)> {
+    let id = |k: &str| ids.get(k).cloned().unwrap_or_default();
+    let calls: Vec<(&'static str, Value)> = vec![
+        ("coordinator_status", json!({})),
+        (
+            "approval_request",
             json!({"summary": "try the schema", "action": {"op": "noop"}, "risk": "low"}),
-            false,
         ),
-        "approval_get" => (json!({"approval_id": approval_id}), true),
-        _ => (json!({}), true),
-    }
+        ("approval_get", json!({"approval_id": id("approval")})),
+        ("approval_list", json!({})),
+        (
+            "agent_register",
+            json!({"name": "schema-worker", "capabilities": ["etl"]}),
+        ),
+        (
+            "agent_heartbeat",
+            json!({"token": id("token"), "load": 0.2}),
+        ),
+        ("agent_list", json!({"capability": "etl"})),
+        (
+            "task_submit",
+            json!({"kind": "x", "capabilities": ["etl"], "max_retries": 0}),
+        ),
+        ("task_claim", json!({"token": id("token")})),
+        (
+            "task_report",
+            json!({"token": id("token"), "task_id": id("task"), "error": {"message": "no", "retryable": false}}),
+        ),
+        ("task_requeue", json!({"task_id": id("task")})),
+        ("task_get", json!({"task_id": id("task")})),
+        (
+            "task_cancel",
+            json!({"task_id": id("task"), "reason": "schema test"}),
+        ),
+        ("task_list", json!({})),
+        ("queue_stats", json!({})),
+        ("queue_purge", json!({"retention_seconds": 0})),
+        ("agent_deregister", json!({"token": id("token")})),
+        ("audit_query", json!({"limit": 5})),
+        ("audit_verify", json!({})),
+    ];
+    calls.into_iter().nth(step)
 }
 
 fn protocol_error(r: Result<rmcp::model::CallToolResult, ServiceError>) -> rmcp::ErrorData {
@@ -51,25 +100,29 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
         }
         let tools = client.list_all_tools().await.unwrap();
         let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-        assert_eq!(names, TOOLS, "{era:?}");
-        let seed = call_ok(
-            &client,
-            "approval_request",
-            json!({"summary": "seed", "action": {"op": "seed"}, "risk": "low"}),
-        )
-        .await;
-        let approval_id = seed["approval"]["id"].as_str().unwrap().to_string();
-        for tool in &tools {
-            let (args, read_only) = sample(&tool.name, &approval_id);
-            let desc = tool.description.as_deref().unwrap_or_default();
-            assert!(desc.len() > 200, "{} has a thin description", tool.name);
-            assert_eq!(tool.input_schema.get("type"), Some(&json!("object")));
+        let expected: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
+        assert_eq!(names, expected, "{era:?}");
+        let mut ids = std::collections::HashMap::new();
+        let mut called = std::collections::BTreeSet::new();
+        let mut step = 0;
+        while let Some((name, args)) = script(&ids, step) {
+            step += 1;
+            let tool = tools.iter().find(|t| t.name == name).expect("tool listed");
+            let result = call_ok(&client, name, args).await;
+            match name {
+                "approval_request" => ids.insert(
+                    "approval",
+                    result["approval"]["id"].as_str().unwrap().to_string(),
+                ),
+                "agent_register" => {
+                    ids.insert("token", result["token"].as_str().unwrap().to_string())
+                }
+                "task_submit" => {
+                    ids.insert("task", result["task_id"].as_str().unwrap().to_string())
+                }
+                _ => None,
+            };
             let output = tool.output_schema.as_ref().expect("output schema");
-            let ann = tool.annotations.as_ref().expect("annotations");
-            assert_eq!(ann.read_only_hint, Some(read_only), "{}", tool.name);
-            assert_eq!(ann.destructive_hint, Some(false));
-            assert!(ann.title.is_some());
-            let result = call_ok(&client, &tool.name, args).await;
             let validator = jsonschema::validator_for(&Value::Object((**output).clone()))
                 .expect("output schema compiles");
             let errors: Vec<String> = validator
@@ -78,9 +131,20 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
                 .collect();
             assert!(
                 errors.is_empty(),
-                "{} output does not match its schema: {errors:?}",
-                tool.name
+                "{name} output does not match its schema: {errors:?}"
             );
+            called.insert(name);
+        }
+        assert_eq!(called.len(), TOOLS.len(), "every tool was called");
+        for (tool, (name, read_only, destructive)) in tools.iter().zip(TOOLS) {
+            assert_eq!(tool.name, name);
+            let desc = tool.description.as_deref().unwrap_or_default();
+            assert!(desc.len() > 200, "{} has a thin description", tool.name);
+            assert_eq!(tool.input_schema.get("type"), Some(&json!("object")));
+            let ann = tool.annotations.as_ref().expect("annotations");
+            assert_eq!(ann.read_only_hint, Some(read_only), "{}", tool.name);
+            assert_eq!(ann.destructive_hint, Some(destructive), "{}", tool.name);
+            assert!(ann.title.is_some());
         }
         let status = call_ok(&client, "coordinator_status", json!({})).await;
         let expected_era = match era {
@@ -263,7 +327,7 @@ async fn config_can_switch_tool_groups_off() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[tools]\ndisabled_groups = [\"audit\", \"approvals\"]\n",
+        "[tools]\ndisabled_groups = [\"audit\", \"approvals\", \"agents\", \"tasks\"]\n",
     )
     .unwrap();
     let client = connect(
@@ -282,7 +346,10 @@ async fn config_can_switch_tool_groups_off() {
         e.message
     );
     let status = call_ok(&client, "coordinator_status", json!({})).await;
-    assert_eq!(status["disabled_groups"], json!(["audit", "approvals"]));
+    assert_eq!(
+        status["disabled_groups"],
+        json!(["audit", "approvals", "agents", "tasks"])
+    );
     assert_eq!(status["tools_enabled"], 1);
     client.cancel().await.unwrap();
 }

@@ -135,6 +135,45 @@ pub enum Action {
     /// An approved action ran, once (critical: signed).
     #[serde(rename = "approval.executed")]
     ApprovalExecuted,
+    /// An agent registered.
+    #[serde(rename = "agent.registered")]
+    AgentRegistered,
+    /// An agent registered again under the same name (old tokens revoked).
+    #[serde(rename = "agent.refreshed")]
+    AgentRefreshed,
+    /// An agent left; its work went back to the queue.
+    #[serde(rename = "agent.deregistered")]
+    AgentDeregistered,
+    /// A task was queued.
+    #[serde(rename = "task.submitted")]
+    TaskSubmitted,
+    /// An agent claimed a task.
+    #[serde(rename = "task.leased")]
+    TaskLeased,
+    /// The leaseholder reported progress for the first time.
+    #[serde(rename = "task.running")]
+    TaskRunning,
+    /// The leaseholder reported a result.
+    #[serde(rename = "task.completed")]
+    TaskCompleted,
+    /// The leaseholder reported an error.
+    #[serde(rename = "task.failed")]
+    TaskFailed,
+    /// A lease expired without a result.
+    #[serde(rename = "task.timed_out")]
+    TaskTimedOut,
+    /// A task went back to the queue (retry, agent gone, or by hand).
+    #[serde(rename = "task.requeued")]
+    TaskRequeued,
+    /// Retries ran out: the task is a dead letter.
+    #[serde(rename = "task.dead")]
+    TaskDead,
+    /// A task was cancelled.
+    #[serde(rename = "task.cancelled")]
+    TaskCancelled,
+    /// Finished tasks were deleted.
+    #[serde(rename = "task.purged")]
+    TaskPurged,
 }
 
 impl Action {
@@ -149,6 +188,19 @@ impl Action {
             Action::ApprovalCancelled => "approval.cancelled",
             Action::ApprovalExpired => "approval.expired",
             Action::ApprovalExecuted => "approval.executed",
+            Action::AgentRegistered => "agent.registered",
+            Action::AgentRefreshed => "agent.refreshed",
+            Action::AgentDeregistered => "agent.deregistered",
+            Action::TaskSubmitted => "task.submitted",
+            Action::TaskLeased => "task.leased",
+            Action::TaskRunning => "task.running",
+            Action::TaskCompleted => "task.completed",
+            Action::TaskFailed => "task.failed",
+            Action::TaskTimedOut => "task.timed_out",
+            Action::TaskRequeued => "task.requeued",
+            Action::TaskDead => "task.dead",
+            Action::TaskCancelled => "task.cancelled",
+            Action::TaskPurged => "task.purged",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! shutdown is asked for.
 
 mod approvals;
+mod queue;
 pub mod session;
 mod system;
 pub mod tool;
@@ -23,10 +24,12 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::json;
 
+use crate::agent::{AgentService, TokenError, TokenKeys};
 use crate::approval::ApprovalService;
 use crate::audit::{Action, AuditLog, NewEvent, Outcome};
 use crate::config::{Settings, ToolGroup};
 use crate::store::Store;
+use crate::task::TaskService;
 use session::Call;
 
 /// What the server tells clients about itself at initialize / discover.
@@ -44,6 +47,7 @@ pub struct Coordinator {
 struct Inner {
     audit: AuditLog,
     approvals: ApprovalService,
+    tasks: TaskService,
     /// Seals MRTR `requestState` values. The key is random per process: a state sealed by one
     /// coordinator process is refused by every other.
     codec: RequestStateCodec,
@@ -61,6 +65,7 @@ struct Inner {
 fn all_routes() -> Vec<tool::Route> {
     let mut routes = system::routes();
     routes.extend(approvals::routes());
+    routes.extend(queue::routes());
     routes
 }
 
@@ -73,7 +78,7 @@ pub fn all_tools() -> Vec<Tool> {
 }
 
 impl Coordinator {
-    pub fn new(audit: AuditLog, settings: Settings) -> Result<Self, RequestStateError> {
+    pub fn new(audit: AuditLog, settings: Settings) -> Result<Self, StartError> {
         let mut router = ToolRouter::new();
         let mut disabled = HashMap::new();
         for r in all_routes() {
@@ -87,10 +92,18 @@ impl Coordinator {
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
         let codec = RequestStateCodec::try_new(key.to_vec())?;
         let approvals = ApprovalService::new(audit.clone(), settings.config.approvals.clone());
+        let keys = TokenKeys::load_or_create(&settings.data_dir)?;
+        let agents = AgentService::new(
+            audit.clone(),
+            settings.config.agents.clone(),
+            Arc::new(keys),
+        );
+        let tasks = TaskService::new(agents, settings.config.tasks.clone());
         Ok(Coordinator {
             inner: Arc::new(Inner {
                 audit,
                 approvals,
+                tasks,
                 codec,
                 settings,
                 started: Instant::now(),
@@ -108,6 +121,10 @@ impl Coordinator {
 
     pub fn approvals(&self) -> &ApprovalService {
         &self.inner.approvals
+    }
+
+    pub fn tasks(&self) -> &TaskService {
+        &self.inner.tasks
     }
 
     pub fn codec(&self) -> &RequestStateCodec {
@@ -265,6 +282,34 @@ impl ServerHandler for Coordinator {
     }
 }
 
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot set up the MCP request-state codec: {0}")]
+    Codec(#[from] RequestStateError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+}
+
+/// Returns expired and orphaned task leases to the queue, every half heartbeat interval
+/// (between 100 ms and 1 s), until the server stops.
+async fn sweep_forever(c: Coordinator) {
+    let half = c.tasks().agents().config().heartbeat_interval_ms / 2;
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(half.clamp(100, 1000)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match c.blocking(|c| c.tasks().sweep()).await {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((timed_out, orphaned))) => {
+                tracing::info!(timed_out, orphaned, "returned task leases to the queue")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "task sweep failed"),
+            Err(e) => tracing::warn!(error = %e.message, "task sweep failed"),
+        }
+    }
+}
+
 /// Why the server stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -286,10 +331,12 @@ where
     W: tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let audit = coordinator.audit().clone();
+    let sweeper = tokio::spawn(sweep_forever(coordinator.clone()));
     let stopped = tokio::select! {
         r = serve(coordinator, transport) => r?,
         () = shutdown => Stopped::Shutdown,
     };
+    sweeper.abort();
     let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;
     match signed {
         Ok(Ok(seq)) => tracing::debug!(?seq, "signed the audit chain head"),

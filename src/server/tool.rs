@@ -32,6 +32,10 @@ pub enum ErrorCode {
     Forbidden,
     /// The client or a child could not be reached; try again or use another channel.
     Unavailable,
+    /// The agent token is missing, forged, expired or revoked.
+    Unauthorized,
+    /// The reporting agent does not hold the task's lease (it expired or was reassigned).
+    NotLeaseholder,
     /// The database was locked by another process for too long; try again.
     StorageBusy,
     /// The database failed; see the message.

@@ -1,8 +1,10 @@
 //! SQLite storage: opening the database (WAL, busy timeout, foreign keys), the embedded numbered
 //! migrations, and one module per table group.
 
+pub mod agent;
 pub mod approval;
 pub mod audit;
+pub mod task;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -23,6 +25,7 @@ pub const MEMORY: &str = ":memory:";
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0001_audit.sql")),
     M::up(include_str!("migrations/0002_approvals.sql")),
+    M::up(include_str!("migrations/0003_agents_tasks.sql")),
 ];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
@@ -36,6 +39,11 @@ const DOMAIN_TABLES: &[(&str, &str)] = &[
     ),
     ("audit_signatures", "SELECT COUNT(*) FROM audit_signatures"),
     ("approvals", "SELECT COUNT(*) FROM approvals"),
+    (
+        "agents",
+        "SELECT COUNT(*) FROM agents WHERE deregistered_at IS NULL",
+    ),
+    ("tasks", "SELECT COUNT(*) FROM tasks"),
 ];
 
 /// What went wrong in the store, named by what happened rather than by SQLite's code.

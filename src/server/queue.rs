@@ -1,0 +1,646 @@
+//! Agent and task tools: `agent_register`, `agent_heartbeat`, `agent_list`,
+//! `agent_deregister`, `task_submit`, `task_claim`, `task_report`, `task_get`, `task_list`,
+//! `task_cancel`, `task_requeue`, `queue_stats`, `queue_purge`.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::Coordinator;
+use super::session::Call;
+use super::system::store_error;
+use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
+use crate::agent::{
+    Agent, AgentError, AgentStatus, AgentType, Health, NewAgent, Registration, Resources,
+};
+use crate::config::ToolGroup;
+use crate::task::{NewTask, NoTask, Priority, QueueStats, Report, Task, TaskError, TaskStatus};
+
+#[allow(clippy::too_many_arguments)]
+fn spec(
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    group: ToolGroup,
+    read_only: bool,
+    destructive: bool,
+    idempotent: bool,
+) -> ToolSpec {
+    ToolSpec {
+        name,
+        title,
+        description,
+        group,
+        read_only,
+        destructive,
+        idempotent,
+        open_world: false,
+    }
+}
+
+pub fn routes() -> Vec<Route> {
+    use ToolGroup::{Agents, Tasks};
+    vec![
+        route(
+            spec(
+                "agent_register",
+                "Register a worker agent",
+                include_str!("../../tools/agent_register.md"),
+                Agents,
+                false,
+                false,
+                false,
+            ),
+            agent_register,
+        ),
+        route(
+            spec(
+                "agent_heartbeat",
+                "Agent heartbeat",
+                include_str!("../../tools/agent_heartbeat.md"),
+                Agents,
+                false,
+                false,
+                true,
+            ),
+            agent_heartbeat,
+        ),
+        route(
+            spec(
+                "agent_list",
+                "Discover agents",
+                include_str!("../../tools/agent_list.md"),
+                Agents,
+                true,
+                false,
+                true,
+            ),
+            agent_list,
+        ),
+        route(
+            spec(
+                "agent_deregister",
+                "Deregister an agent",
+                include_str!("../../tools/agent_deregister.md"),
+                Agents,
+                false,
+                false,
+                true,
+            ),
+            agent_deregister,
+        ),
+        route(
+            spec(
+                "task_submit",
+                "Submit a task",
+                include_str!("../../tools/task_submit.md"),
+                Tasks,
+                false,
+                false,
+                false,
+            ),
+            task_submit,
+        ),
+        route(
+            spec(
+                "task_claim",
+                "Claim the next task",
+                include_str!("../../tools/task_claim.md"),
+                Tasks,
+                false,
+                false,
+                false,
+            ),
+            task_claim,
+        ),
+        route(
+            spec(
+                "task_report",
+                "Report on a claimed task",
+                include_str!("../../tools/task_report.md"),
+                Tasks,
+                false,
+                false,
+                false,
+            ),
+            task_report,
+        ),
+        route(
+            spec(
+                "task_get",
+                "Get a task",
+                include_str!("../../tools/task_get.md"),
+                Tasks,
+                true,
+                false,
+                true,
+            ),
+            task_get,
+        ),
+        route(
+            spec(
+                "task_list",
+                "List tasks",
+                include_str!("../../tools/task_list.md"),
+                Tasks,
+                true,
+                false,
+                true,
+            ),
+            task_list,
+        ),
+        route(
+            spec(
+                "task_cancel",
+                "Cancel a task",
+                include_str!("../../tools/task_cancel.md"),
+                Tasks,
+                false,
+                true,
+                true,
+            ),
+            task_cancel,
+        ),
+        route(
+            spec(
+                "task_requeue",
+                "Requeue a dead or failed task",
+                include_str!("../../tools/task_requeue.md"),
+                Tasks,
+                false,
+                false,
+                false,
+            ),
+            task_requeue,
+        ),
+        route(
+            spec(
+                "queue_stats",
+                "Queue statistics",
+                include_str!("../../tools/queue_stats.md"),
+                Tasks,
+                true,
+                false,
+                true,
+            ),
+            queue_stats,
+        ),
+        route(
+            spec(
+                "queue_purge",
+                "Purge finished tasks",
+                include_str!("../../tools/queue_purge.md"),
+                Tasks,
+                false,
+                true,
+                true,
+            ),
+            queue_purge,
+        ),
+    ]
+}
+
+fn agent_failure(tool: &str, e: AgentError) -> Failure {
+    match e {
+        AgentError::Store(e) => Failure::Domain(store_error(e)),
+        AgentError::Token(e) => Failure::Domain(
+            ToolError::new(ErrorCode::Unauthorized, e.to_string())
+                .with_details(json!({"field": "token"})),
+        ),
+        AgentError::Revoked(m) => Failure::Domain(
+            ToolError::new(ErrorCode::Unauthorized, format!("agent token refused: {m}"))
+                .with_details(json!({"field": "token"})),
+        ),
+        AgentError::NotFound(id) => Failure::Domain(
+            ToolError::new(ErrorCode::NotFound, format!("agent {id} not found"))
+                .with_details(json!({"agent_id": id})),
+        ),
+        e @ AgentError::NameTaken(_) => {
+            Failure::Domain(ToolError::new(ErrorCode::Conflict, e.to_string()))
+        }
+        AgentError::Invalid { field, message } => {
+            Failure::Protocol(invalid_field(tool, field, message))
+        }
+    }
+}
+
+fn task_failure(tool: &str, e: TaskError) -> Failure {
+    match e {
+        TaskError::Agent(e) => agent_failure(tool, e),
+        TaskError::Store(e) => Failure::Domain(store_error(e)),
+        TaskError::NotFound(id) => Failure::Domain(
+            ToolError::new(ErrorCode::NotFound, format!("task {id} not found"))
+                .with_details(json!({"task_id": id})),
+        ),
+        TaskError::NotLeaseholder(m) => {
+            Failure::Domain(ToolError::new(ErrorCode::NotLeaseholder, m))
+        }
+        TaskError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
+        TaskError::Invalid { field, message } => {
+            Failure::Protocol(invalid_field(tool, field, message))
+        }
+    }
+}
+
+/// Arguments of `agent_register`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterInput {
+    /// A unique, stable name, such as `etl-worker-1`.
+    pub name: String,
+    /// `worker` (default), `orchestrator` or `validator`.
+    pub agent_type: Option<AgentType>,
+    /// What it can do, such as `data-processing` or `assessment:security`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// How to reach it (URLs, queue names), free-form.
+    #[serde(default)]
+    pub endpoints: Map<String, Value>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// Its current token, to refresh an existing registration of this name.
+    pub token: Option<String>,
+}
+
+async fn agent_register(
+    c: Coordinator,
+    i: RegisterInput,
+    _call: Call,
+) -> Result<Registration, Failure> {
+    let new = NewAgent {
+        name: i.name,
+        agent_type: i.agent_type.unwrap_or(AgentType::Worker),
+        capabilities: i.capabilities,
+        endpoints: i.endpoints,
+        resources: i.resources,
+        metadata: i.metadata,
+        token: i.token,
+    };
+    c.blocking(move |c| c.tasks().agents().register(new))
+        .await?
+        .map_err(|e| agent_failure("agent_register", e))
+}
+
+/// Arguments of `agent_heartbeat`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatInput {
+    /// The agent token from agent_register.
+    pub token: String,
+    /// Current load, 0 (idle) to 1 (full).
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub load: f64,
+    /// `ready` (default), `busy` or `draining` (takes no new tasks).
+    pub status: Option<AgentStatus>,
+    /// Replaces the agent's capabilities when given.
+    pub capabilities: Option<Vec<String>>,
+}
+
+async fn agent_heartbeat(c: Coordinator, i: HeartbeatInput, _call: Call) -> Result<Agent, Failure> {
+    c.blocking(move |c| {
+        c.tasks().agents().heartbeat(
+            &i.token,
+            i.load,
+            i.status.unwrap_or(AgentStatus::Ready),
+            i.capabilities,
+        )
+    })
+    .await?
+    .map_err(|e| agent_failure("agent_heartbeat", e))
+}
+
+/// Arguments of `agent_list`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentListInput {
+    /// Only agents with this capability.
+    pub capability: Option<String>,
+    pub agent_type: Option<AgentType>,
+    /// Only agents in this health: `active`, `stale`, `offline`.
+    pub health: Option<Health>,
+}
+
+/// What `agent_list` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct AgentList {
+    pub agents: Vec<Agent>,
+}
+
+async fn agent_list(c: Coordinator, i: AgentListInput, _call: Call) -> Result<AgentList, Failure> {
+    c.blocking(move |c| {
+        c.tasks()
+            .agents()
+            .list(i.capability.as_deref(), i.agent_type, i.health)
+    })
+    .await?
+    .map(|agents| AgentList { agents })
+    .map_err(|e| agent_failure("agent_list", e))
+}
+
+/// Arguments of `agent_deregister`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeregisterInput {
+    /// The agent token.
+    pub token: String,
+}
+
+/// What `agent_deregister` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Deregistered {
+    pub agent_id: String,
+    /// Tasks it held, now back in the queue (the attempt does not count).
+    pub requeued_tasks: usize,
+    /// Queued tasks aimed at it, now open to any capable agent.
+    pub retargeted_tasks: usize,
+}
+
+async fn agent_deregister(
+    c: Coordinator,
+    i: DeregisterInput,
+    _call: Call,
+) -> Result<Deregistered, Failure> {
+    c.blocking(move |c| c.tasks().agents().deregister(&i.token))
+        .await?
+        .map(
+            |(agent_id, requeued_tasks, retargeted_tasks)| Deregistered {
+                agent_id,
+                requeued_tasks,
+                retargeted_tasks,
+            },
+        )
+        .map_err(|e| agent_failure("agent_deregister", e))
+}
+
+/// Arguments of `task_submit`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitInput {
+    /// The tool or command the agent should run, such as `transform_csv`.
+    pub kind: String,
+    /// Its parameters.
+    #[serde(default)]
+    pub params: Value,
+    /// Capabilities the agent must all have.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+    /// Only this agent may claim it.
+    pub target_agent_id: Option<String>,
+    /// `urgent`, `high`, `normal` (default) or `low`.
+    pub priority: Option<Priority>,
+    /// How long a claim lasts before the task is retried (default 300).
+    pub timeout_seconds: Option<f64>,
+    /// Retries after failures or timeouts before the task is dead (default 3).
+    pub max_retries: Option<u32>,
+    /// Submitting again with the same key returns the first task instead of a new one.
+    pub idempotency_key: Option<String>,
+    /// Not claimable before this time (RFC 3339).
+    #[schemars(extend("format" = "date-time"))]
+    pub not_before: Option<String>,
+}
+
+/// What `task_submit` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Submitted {
+    pub task_id: String,
+    /// False when the idempotency key returned an earlier task.
+    pub created: bool,
+    pub task: Task,
+}
+
+async fn task_submit(c: Coordinator, i: SubmitInput, call: Call) -> Result<Submitted, Failure> {
+    let not_before_ms = match &i.not_before {
+        Some(s) => Some(
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+                .map_err(|_| {
+                    Failure::Protocol(invalid_field(
+                        "task_submit",
+                        "not_before",
+                        format!(
+                            "expected an RFC 3339 time such as 2026-11-21T09:30:00Z, got {s:?}"
+                        ),
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let new = NewTask {
+        kind: i.kind,
+        params: i.params,
+        capabilities: i.capabilities,
+        target_agent_id: i.target_agent_id,
+        priority: i.priority.unwrap_or(Priority::Normal),
+        timeout_seconds: i.timeout_seconds,
+        max_retries: i.max_retries,
+        idempotency_key: i.idempotency_key,
+        not_before_ms,
+    };
+    let actor = call.actor.clone();
+    c.blocking(move |c| c.tasks().submit(new, &actor))
+        .await?
+        .map(|(task, created)| Submitted {
+            task_id: task.id.clone(),
+            created,
+            task,
+        })
+        .map_err(|e| task_failure("task_submit", e))
+}
+
+/// Arguments of `task_claim`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimInput {
+    /// The agent token.
+    pub token: String,
+}
+
+/// What `task_claim` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Claimed {
+    /// The leased task, or null.
+    pub task: Option<Task>,
+    /// Why there is no task, when there is none.
+    pub reason: Option<NoTask>,
+}
+
+async fn task_claim(c: Coordinator, i: ClaimInput, _call: Call) -> Result<Claimed, Failure> {
+    c.blocking(move |c| c.tasks().claim(&i.token))
+        .await?
+        .map(|r| match r {
+            Ok(task) => Claimed {
+                task: Some(task),
+                reason: None,
+            },
+            Err(reason) => Claimed {
+                task: None,
+                reason: Some(reason),
+            },
+        })
+        .map_err(|e| task_failure("task_claim", e))
+}
+
+/// An error reported by the agent.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportedError {
+    pub message: String,
+    /// Whether trying again may succeed (default true): retried with backoff until
+    /// max_retries, then dead. False fails the task for good.
+    pub retryable: Option<bool>,
+}
+
+/// Arguments of `task_report`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReportInput {
+    /// The agent token; only the agent holding the lease may report.
+    pub token: String,
+    pub task_id: String,
+    /// Progress so far, 0 to 1.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub progress: Option<f64>,
+    /// What it is doing now.
+    pub message: Option<String>,
+    /// The final result: completes the task.
+    pub result: Option<Value>,
+    /// The final error of this attempt.
+    pub error: Option<ReportedError>,
+}
+
+async fn task_report(c: Coordinator, i: ReportInput, _call: Call) -> Result<Task, Failure> {
+    let report = Report {
+        progress: i.progress,
+        message: i.message,
+        result: i.result,
+        error: i.error.map(|e| (e.message, e.retryable.unwrap_or(true))),
+    };
+    c.blocking(move |c| c.tasks().report(&i.token, &i.task_id, report))
+        .await?
+        .map_err(|e| task_failure("task_report", e))
+}
+
+/// Arguments of `task_get`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskIdInput {
+    pub task_id: String,
+}
+
+async fn task_get(c: Coordinator, i: TaskIdInput, _call: Call) -> Result<Task, Failure> {
+    c.blocking(move |c| c.tasks().get(&i.task_id))
+        .await?
+        .map_err(|e| task_failure("task_get", e))
+}
+
+/// Arguments of `task_list`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskListInput {
+    pub status: Option<TaskStatus>,
+    pub kind: Option<String>,
+    /// Tasks leased by, or aimed at, this agent.
+    pub agent_id: Option<String>,
+    pub priority: Option<Priority>,
+    /// Tasks per page, 1 to 500 (default 50).
+    #[schemars(range(min = 1, max = 500))]
+    pub limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of tasks, most recently updated first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+async fn task_list(c: Coordinator, i: TaskListInput, _call: Call) -> Result<TaskPage, Failure> {
+    let limit = i.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(Failure::Protocol(invalid_field(
+            "task_list",
+            "limit",
+            format!("expected 1 to 500, got {limit}"),
+        )));
+    }
+    c.blocking(move |c| {
+        c.tasks().list(
+            i.status,
+            i.kind.as_deref(),
+            i.agent_id.as_deref(),
+            i.priority,
+            limit,
+            i.cursor.as_deref(),
+        )
+    })
+    .await?
+    .map(|(tasks, next_cursor)| TaskPage { tasks, next_cursor })
+    .map_err(|e| task_failure("task_list", e))
+}
+
+/// Arguments of `task_cancel`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelInput {
+    pub task_id: String,
+    /// Why, recorded with the task and in the audit log.
+    pub reason: Option<String>,
+}
+
+async fn task_cancel(c: Coordinator, i: CancelInput, call: Call) -> Result<Task, Failure> {
+    let actor = call.actor.clone();
+    c.blocking(move |c| c.tasks().cancel(&i.task_id, i.reason.as_deref(), &actor))
+        .await?
+        .map_err(|e| task_failure("task_cancel", e))
+}
+
+async fn task_requeue(c: Coordinator, i: TaskIdInput, call: Call) -> Result<Task, Failure> {
+    let actor = call.actor.clone();
+    c.blocking(move |c| c.tasks().requeue(&i.task_id, &actor))
+        .await?
+        .map_err(|e| task_failure("task_requeue", e))
+}
+
+/// `queue_stats` takes no arguments.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatsInput {}
+
+async fn queue_stats(c: Coordinator, _i: StatsInput, _call: Call) -> Result<QueueStats, Failure> {
+    c.blocking(|c| c.tasks().stats())
+        .await?
+        .map_err(|e| task_failure("queue_stats", e))
+}
+
+/// Arguments of `queue_purge`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeInput {
+    /// Keep tasks that finished less than this many seconds ago.
+    pub retention_seconds: u64,
+    /// Which final states to purge (default `completed` and `cancelled`; dead letters and
+    /// failures are kept unless named).
+    pub statuses: Option<Vec<TaskStatus>>,
+}
+
+/// What `queue_purge` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Purged {
+    pub deleted: usize,
+}
+
+async fn queue_purge(c: Coordinator, i: PurgeInput, call: Call) -> Result<Purged, Failure> {
+    let statuses = i
+        .statuses
+        .unwrap_or_else(|| vec![TaskStatus::Completed, TaskStatus::Cancelled]);
+    let actor = call.actor.clone();
+    c.blocking(move |c| c.tasks().purge(i.retention_seconds, &statuses, &actor))
+        .await?
+        .map(|deleted| Purged { deleted })
+        .map_err(|e| task_failure("queue_purge", e))
+}

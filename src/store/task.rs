@@ -1,0 +1,369 @@
+//! SQL for the task queue: submit, the claim scan (index order, capability match in SQL),
+//! lease and status updates, sweeps of expired leases, listing, stats and purging.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+
+/// One row of `tasks`, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskRow {
+    pub id: String,
+    pub kind: String,
+    pub params: String,
+    pub capabilities: String,
+    pub target_agent_id: Option<String>,
+    pub priority: i64,
+    pub status: String,
+    pub timeout_ms: i64,
+    pub max_retries: i64,
+    pub attempts: i64,
+    pub idempotency_key: Option<String>,
+    pub not_before_ms: i64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub submitted_by: String,
+    pub leased_by: Option<String>,
+    pub lease_expires_ms: Option<i64>,
+    pub progress: Option<f64>,
+    pub message: Option<String>,
+    pub result: Option<String>,
+    pub last_error: Option<String>,
+    pub finished_ms: Option<i64>,
+}
+
+const COLUMNS: &str = "id, kind, params, capabilities, target_agent_id, priority, status, \
+    timeout_ms, max_retries, attempts, idempotency_key, not_before_ms, created_ms, updated_ms, \
+    submitted_by, leased_by, lease_expires_ms, progress, message, result, last_error, finished_ms";
+
+fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
+    Ok(TaskRow {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        params: r.get(2)?,
+        capabilities: r.get(3)?,
+        target_agent_id: r.get(4)?,
+        priority: r.get(5)?,
+        status: r.get(6)?,
+        timeout_ms: r.get(7)?,
+        max_retries: r.get(8)?,
+        attempts: r.get(9)?,
+        idempotency_key: r.get(10)?,
+        not_before_ms: r.get(11)?,
+        created_ms: r.get(12)?,
+        updated_ms: r.get(13)?,
+        submitted_by: r.get(14)?,
+        leased_by: r.get(15)?,
+        lease_expires_ms: r.get(16)?,
+        progress: r.get(17)?,
+        message: r.get(18)?,
+        result: r.get(19)?,
+        last_error: r.get(20)?,
+        finished_ms: r.get(21)?,
+    })
+}
+
+pub fn insert(conn: &Connection, t: &TaskRow) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO tasks (id, kind, params, capabilities, target_agent_id, priority, status,
+             timeout_ms, max_retries, attempts, idempotency_key, not_before_ms, created_ms,
+             updated_ms, submitted_by)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, 0, ?9, ?10, ?11, ?11, ?12)",
+    )?
+    .execute(params![
+        t.id,
+        t.kind,
+        t.params,
+        t.capabilities,
+        t.target_agent_id,
+        t.priority,
+        t.timeout_ms,
+        t.max_retries,
+        t.idempotency_key,
+        t.not_before_ms,
+        t.created_ms,
+        t.submitted_by
+    ])
+    .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
+pub fn get(conn: &Connection, id: &str) -> Result<Option<TaskRow>, StoreError> {
+    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
+        .query_row([id], from_row)
+        .optional()
+        .map_err(StoreError::from_sqlite)
+}
+
+pub fn by_idempotency_key(conn: &Connection, key: &str) -> Result<Option<TaskRow>, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?1"
+    ))?
+    .query_row([key], from_row)
+    .optional()
+    .map_err(StoreError::from_sqlite)
+}
+
+/// The SQL condition "every capability the task needs is in the JSON array ?caps".
+const CAPABLE: &str = "NOT EXISTS (SELECT 1 FROM json_each(t.capabilities) need
+     WHERE need.value NOT IN (SELECT value FROM json_each(:caps)))";
+
+/// Up to `limit` claimable tasks aimed at `agent_id`, in dispatch order.
+pub fn targeted_candidates(
+    conn: &Connection,
+    agent_id: &str,
+    caps_json: &str,
+    now_ms: i64,
+    limit: i64,
+) -> Result<Vec<TaskRow>, StoreError> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_target
+         WHERE t.status = 'queued' AND t.target_agent_id = :agent AND t.not_before_ms <= :now
+           AND {CAPABLE}
+         ORDER BY t.priority DESC, t.created_ms LIMIT :limit"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        rusqlite::named_params! {":agent": agent_id, ":caps": caps_json, ":now": now_ms, ":limit": limit},
+        from_row,
+    )?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Up to `limit` claimable untargeted tasks this agent's capabilities cover, in dispatch order
+/// (priority, then age), starting after `after` (priority, created_ms, id) when paging.
+pub fn open_candidates(
+    conn: &Connection,
+    caps_json: &str,
+    now_ms: i64,
+    after: Option<(i64, i64, &str)>,
+    limit: i64,
+) -> Result<Vec<TaskRow>, StoreError> {
+    let (p, c, i) = after.unwrap_or((i64::MAX, i64::MIN, ""));
+    let sql = format!(
+        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_queue
+         WHERE t.status = 'queued' AND t.target_agent_id IS NULL AND t.not_before_ms <= :now
+           AND (t.priority < :p OR (t.priority = :p AND (t.created_ms > :c OR (t.created_ms = :c AND t.id > :i))))
+           AND {CAPABLE}
+         ORDER BY t.priority DESC, t.created_ms, t.id LIMIT :limit"
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(
+        rusqlite::named_params! {":now": now_ms, ":p": p, ":c": c, ":i": i, ":caps": caps_json, ":limit": limit},
+        from_row,
+    )?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Leases a queued task to an agent. Returns false if it was no longer queued.
+pub fn lease(
+    conn: &Connection,
+    id: &str,
+    agent_id: &str,
+    now_ms: i64,
+    expires_ms: i64,
+) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE tasks SET status = 'leased', leased_by = ?2, lease_expires_ms = ?4,
+                 attempts = attempts + 1, updated_ms = ?3, progress = NULL, message = NULL
+             WHERE id = ?1 AND status = 'queued'",
+        )?
+        .execute(params![id, agent_id, now_ms, expires_ms])
+        .map_err(StoreError::from_sqlite)?;
+    Ok(n == 1)
+}
+
+/// Records progress from the leaseholder; the task becomes `running`.
+pub fn progress(
+    conn: &Connection,
+    id: &str,
+    progress: Option<f64>,
+    message: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE tasks SET status = 'running', progress = COALESCE(?2, progress),
+             message = COALESCE(?3, message), updated_ms = ?4
+         WHERE id = ?1",
+    )?
+    .execute(params![id, progress, message, now_ms])
+    .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
+/// Moves a task to a final status, releasing any lease.
+pub fn finish(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    result: Option<&str>,
+    error: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE tasks SET status = ?2, result = COALESCE(?3, result), last_error = COALESCE(?4, last_error),
+             leased_by = NULL, lease_expires_ms = NULL, finished_ms = ?5, updated_ms = ?5,
+             progress = CASE WHEN ?2 = 'completed' THEN 1.0 ELSE progress END
+         WHERE id = ?1",
+    )?
+    .execute(params![id, status, result, error, now_ms])
+    .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
+/// Puts a task back in the queue, claimable from `not_before_ms`. `refund` gives back the
+/// attempt (work taken away through no fault of the task: its agent left).
+pub fn requeue(
+    conn: &Connection,
+    id: &str,
+    not_before_ms: i64,
+    error: Option<&str>,
+    refund: bool,
+    clear_target: bool,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE tasks SET status = 'queued', leased_by = NULL, lease_expires_ms = NULL,
+             not_before_ms = ?2, last_error = COALESCE(?3, last_error),
+             attempts = attempts - ?4, finished_ms = NULL, updated_ms = ?6,
+             target_agent_id = CASE WHEN ?5 THEN NULL ELSE target_agent_id END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        not_before_ms,
+        error,
+        i64::from(refund),
+        clear_target,
+        now_ms
+    ])
+    .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
+/// Gives a task a fresh retry budget.
+pub fn reset_attempts(conn: &Connection, id: &str) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE tasks SET attempts = 0 WHERE id = ?1")?
+        .execute([id])
+        .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
+/// Leased or running tasks whose lease expired before `now_ms`.
+pub fn expired_leases(conn: &Connection, now_ms: i64) -> Result<Vec<TaskRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_leases
+         WHERE t.status IN ('leased', 'running') AND t.lease_expires_ms < ?1
+         ORDER BY t.lease_expires_ms LIMIT 500"
+    ))?;
+    let rows = stmt.query_map([now_ms], from_row)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Tasks leased by this agent.
+pub fn held_by(conn: &Connection, agent_id: &str) -> Result<Vec<TaskRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM tasks t WHERE t.leased_by = ?1"
+    ))?;
+    let rows = stmt.query_map([agent_id], from_row)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Queued tasks aimed at this agent.
+pub fn targeting(conn: &Connection, agent_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM tasks WHERE target_agent_id = ?1 AND status = 'queued'")?;
+    let rows = stmt.query_map([agent_id], |r| r.get(0))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Filters for [`list`].
+#[derive(Debug, Default, Clone)]
+pub struct ListFilter<'a> {
+    pub status: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub agent_id: Option<&'a str>,
+    pub priority: Option<i64>,
+    /// `(updated_ms, id)` of the last row of the previous page.
+    pub before: Option<(i64, &'a str)>,
+}
+
+/// Tasks, most recently updated first.
+pub fn list(conn: &Connection, f: &ListFilter<'_>, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
+    let mut sql = format!("SELECT {COLUMNS} FROM tasks t WHERE 1=1");
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut push = |sql: &mut String, cond: &str, v: rusqlite::types::Value| {
+        args.push(v);
+        sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(s) = f.status {
+        push(&mut sql, " AND t.status = ?", s.to_string().into());
+    }
+    if let Some(k) = f.kind {
+        push(&mut sql, " AND t.kind = ?", k.to_string().into());
+    }
+    if let Some(a) = f.agent_id {
+        push(&mut sql, " AND (t.leased_by = ?", a.to_string().into());
+        push(&mut sql, " OR t.target_agent_id = ?)", a.to_string().into());
+    }
+    if let Some(p) = f.priority {
+        push(&mut sql, " AND t.priority = ?", p.into());
+    }
+    if let Some((u, id)) = f.before {
+        push(&mut sql, " AND (t.updated_ms < ?", u.into());
+        push(&mut sql, " OR (t.updated_ms = ?", u.into());
+        push(&mut sql, " AND t.id < ?))", id.to_string().into());
+    }
+    push(
+        &mut sql,
+        " ORDER BY t.updated_ms DESC, t.id DESC LIMIT ?",
+        limit.into(),
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Counts by status and priority.
+pub fn counts(conn: &Connection) -> Result<Vec<(String, i64, i64)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT status, priority, COUNT(*) FROM tasks GROUP BY status, priority")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Creation time of the oldest queued task.
+pub fn oldest_queued_ms(conn: &Connection) -> Result<Option<i64>, StoreError> {
+    conn.prepare_cached("SELECT MIN(created_ms) FROM tasks WHERE status = 'queued'")?
+        .query_row([], |r| r.get(0))
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Tasks that finished (any final status) at or after `since_ms`, by status.
+pub fn finished_since(conn: &Connection, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT status, COUNT(*) FROM tasks WHERE finished_ms >= ?1 GROUP BY status",
+    )?;
+    let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Deletes finished tasks (of the given final statuses) that finished before `before_ms`.
+pub fn purge(conn: &Connection, statuses: &[&str], before_ms: i64) -> Result<usize, StoreError> {
+    let list = serde_json::to_string(statuses).unwrap_or_else(|_| "[]".into());
+    conn.prepare_cached(
+        "DELETE FROM tasks WHERE finished_ms < ?1
+           AND status IN (SELECT value FROM json_each(?2))",
+    )?
+    .execute(params![before_ms, list])
+    .map_err(StoreError::from_sqlite)
+}

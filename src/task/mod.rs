@@ -1,0 +1,768 @@
+//! The durable task queue: submit (with idempotency keys and `not_before`), atomic claims in
+//! dispatch order (aimed-at-me first, then priority, then age; least-loaded capable agent
+//! first), leases, progress and results from the leaseholder only, retries with exponential
+//! backoff and jitter, a dead-letter state, cancellation, stats, purging, and the sweeper that
+//! returns expired and orphaned leases to the queue.
+
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::agent::{
+    AgentError, AgentService, AgentStatus, Health, normalize_capabilities, now_ms, string_enum,
+};
+use crate::audit::{Action, Actor, ActorKind, NewEvent, Outcome};
+use crate::store::agent as agent_sql;
+use crate::store::task::{self as sql, TaskRow};
+use crate::store::{Store, StoreError};
+
+/// `[tasks]` in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// Lease length when a task names no timeout, in seconds (default 300).
+    pub default_timeout_seconds: u64,
+    /// Retries when a task names none (default 3).
+    pub default_max_retries: u32,
+    /// First retry delay in milliseconds; doubles per attempt, with ±50% jitter (default 1000).
+    pub backoff_base_ms: u64,
+    /// Longest retry delay in milliseconds (default 300000).
+    pub backoff_max_ms: u64,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        TasksConfig {
+            default_timeout_seconds: 300,
+            default_max_retries: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+        }
+    }
+}
+
+string_enum!(
+    /// How urgent a task is: `urgent` > `high` > `normal` > `low`.
+    Priority {
+        /// Before everything else.
+        Urgent => "urgent",
+        High => "high",
+        /// The default.
+        Normal => "normal",
+        Low => "low",
+    }
+);
+
+impl Priority {
+    fn rank(self) -> i64 {
+        match self {
+            Priority::Urgent => 3,
+            Priority::High => 2,
+            Priority::Normal => 1,
+            Priority::Low => 0,
+        }
+    }
+    fn from_rank(r: i64) -> Self {
+        match r {
+            3 => Priority::Urgent,
+            2 => Priority::High,
+            0 => Priority::Low,
+            _ => Priority::Normal,
+        }
+    }
+}
+
+string_enum!(
+    /// Where a task is: `queued` -> `leased` -> `running` -> a final state. Failed and
+    /// timed-out attempts go back to `queued` (with backoff) until retries run out: `dead`.
+    TaskStatus {
+        /// Waiting for an agent.
+        Queued => "queued",
+        /// Claimed by an agent, not started yet.
+        Leased => "leased",
+        /// The agent reported progress.
+        Running => "running",
+        /// Finished with a result.
+        Completed => "completed",
+        /// Failed with an error that is not worth retrying.
+        Failed => "failed",
+        /// The lease expired (only seen in the audit log; the task is requeued or dead).
+        TimedOut => "timed_out",
+        /// Cancelled before it finished.
+        Cancelled => "cancelled",
+        /// Retries exhausted: the dead-letter state. `task_requeue` can put it back.
+        Dead => "dead",
+    }
+);
+
+impl TaskStatus {
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Dead
+        )
+    }
+}
+
+/// A task as tools show it.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct Task {
+    pub id: String,
+    /// The tool or command the agent should run.
+    pub kind: String,
+    pub params: Value,
+    /// Capabilities the claiming agent must all have.
+    pub capabilities: Vec<String>,
+    pub target_agent_id: Option<String>,
+    pub priority: Priority,
+    pub status: TaskStatus,
+    pub timeout_seconds: f64,
+    pub max_retries: i64,
+    /// Claims so far (the current one included).
+    pub attempts: i64,
+    pub idempotency_key: Option<String>,
+    /// Not claimable before this time (RFC 3339): `not_before`, or the retry backoff.
+    pub not_before: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub submitted_by: String,
+    pub leased_by: Option<String>,
+    pub lease_expires_at: Option<String>,
+    /// 0..1, from the agent's reports.
+    pub progress: Option<f64>,
+    pub message: Option<String>,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+fn ms_to_ts(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(crate::audit::chain::format_ts)
+        .unwrap_or_default()
+}
+
+impl From<TaskRow> for Task {
+    fn from(r: TaskRow) -> Self {
+        Task {
+            params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
+            capabilities: serde_json::from_str(&r.capabilities).unwrap_or_default(),
+            priority: Priority::from_rank(r.priority),
+            status: TaskStatus::from_str(&r.status).unwrap_or(TaskStatus::Queued),
+            timeout_seconds: r.timeout_ms as f64 / 1000.0,
+            not_before: ms_to_ts(r.not_before_ms),
+            created_at: ms_to_ts(r.created_ms),
+            updated_at: ms_to_ts(r.updated_ms),
+            lease_expires_at: r.lease_expires_ms.map(ms_to_ts),
+            result: r
+                .result
+                .as_deref()
+                .and_then(|s| serde_json::from_str(s).ok()),
+            finished_at: r.finished_ms.map(ms_to_ts),
+            id: r.id,
+            kind: r.kind,
+            target_agent_id: r.target_agent_id,
+            max_retries: r.max_retries,
+            attempts: r.attempts,
+            idempotency_key: r.idempotency_key,
+            submitted_by: r.submitted_by,
+            leased_by: r.leased_by,
+            progress: r.progress,
+            message: r.message,
+            last_error: r.last_error,
+        }
+    }
+}
+
+/// A task to submit.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub kind: String,
+    pub params: Value,
+    pub capabilities: Vec<String>,
+    pub target_agent_id: Option<String>,
+    pub priority: Priority,
+    pub timeout_seconds: Option<f64>,
+    pub max_retries: Option<u32>,
+    pub idempotency_key: Option<String>,
+    /// Unix milliseconds.
+    pub not_before_ms: Option<i64>,
+}
+
+/// An agent's report on its task.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub progress: Option<f64>,
+    pub message: Option<String>,
+    pub result: Option<Value>,
+    pub error: Option<(String, bool)>,
+}
+
+/// Why a claim returned no task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NoTask {
+    /// Nothing queued that this agent may run.
+    QueueEmpty,
+    /// The agent reported a load above the configured ceiling.
+    LoadAboveCeiling,
+    /// The agent said it is draining.
+    Draining,
+}
+
+/// Queue statistics.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct QueueStats {
+    /// Tasks per status.
+    pub by_status: std::collections::BTreeMap<String, i64>,
+    /// Queued tasks per priority.
+    pub queued_by_priority: std::collections::BTreeMap<String, i64>,
+    /// Age of the oldest queued task, in seconds.
+    pub oldest_queued_age_seconds: Option<f64>,
+    /// Tasks completed in the last minute, per second.
+    pub completed_per_second_last_minute: f64,
+    /// Tasks that reached a final state in the last minute, by state.
+    pub finished_last_minute: std::collections::BTreeMap<String, i64>,
+    /// Tasks in the dead-letter state.
+    pub dead_letters: i64,
+}
+
+/// Errors of the task queue.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The reporting agent does not hold the task's lease.
+    #[error("{0}")]
+    NotLeaseholder(String),
+    /// The task is in a state that does not allow this.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// The queue on one database.
+#[derive(Clone)]
+pub struct TaskService {
+    agents: AgentService,
+    config: TasksConfig,
+}
+
+fn event(actor: Actor, action: Action, task_id: &str, detail: Value) -> NewEvent {
+    NewEvent {
+        actor,
+        action,
+        subject: task_id.to_string(),
+        outcome: Outcome::Ok,
+        detail,
+        critical: false,
+    }
+}
+
+impl TaskService {
+    pub fn new(agents: AgentService, config: TasksConfig) -> Self {
+        TaskService { agents, config }
+    }
+
+    pub fn agents(&self) -> &AgentService {
+        &self.agents
+    }
+
+    fn store(&self) -> &Store {
+        self.agents.audit().store()
+    }
+
+    fn append(&self, tx: &rusqlite::Connection, e: NewEvent) -> Result<(), StoreError> {
+        self.agents.audit().append_in(tx, &e).map(|_| ())
+    }
+
+    /// Adds a task. With an idempotency key already used, returns that task instead
+    /// (`created` false).
+    pub fn submit(&self, new: NewTask, by: &Actor) -> Result<(Task, bool), TaskError> {
+        let kind = new.kind.trim().to_string();
+        if kind.is_empty() {
+            return Err(TaskError::Invalid {
+                field: "kind",
+                message: "name the tool or command the agent should run".into(),
+            });
+        }
+        let caps = normalize_capabilities(&new.capabilities)?;
+        let timeout = new
+            .timeout_seconds
+            .unwrap_or(self.config.default_timeout_seconds as f64);
+        if !(0.05..=86_400.0 * 7.0).contains(&timeout) {
+            return Err(TaskError::Invalid {
+                field: "timeout_seconds",
+                message: format!("expected 0.05 to 604800, got {timeout}"),
+            });
+        }
+        let retries = new.max_retries.unwrap_or(self.config.default_max_retries);
+        if retries > 100 {
+            return Err(TaskError::Invalid {
+                field: "max_retries",
+                message: format!("expected 0 to 100, got {retries}"),
+            });
+        }
+        let now = now_ms();
+        self.store().write(|tx| {
+            if let Some(key) = &new.idempotency_key
+                && let Some(existing) = sql::by_idempotency_key(tx, key)?
+            {
+                return Ok((Task::from(existing), false));
+            }
+            if let Some(target) = &new.target_agent_id
+                && agent_sql::get(tx, target)?.is_none()
+            {
+                return Err(TaskError::Invalid {
+                    field: "target_agent_id",
+                    message: format!("no agent {target} is registered"),
+                });
+            }
+            let row = TaskRow {
+                id: format!("tsk_{}", uuid::Uuid::new_v4().simple()),
+                kind: kind.clone(),
+                params: new.params.to_string(),
+                capabilities: serde_json::to_string(&caps).unwrap_or_else(|_| "[]".into()),
+                target_agent_id: new.target_agent_id.clone(),
+                priority: new.priority.rank(),
+                status: TaskStatus::Queued.as_str().into(),
+                timeout_ms: (timeout * 1000.0) as i64,
+                max_retries: i64::from(retries),
+                attempts: 0,
+                idempotency_key: new.idempotency_key.clone(),
+                not_before_ms: new.not_before_ms.unwrap_or(now),
+                created_ms: now,
+                updated_ms: now,
+                submitted_by: by.render(),
+                leased_by: None,
+                lease_expires_ms: None,
+                progress: None,
+                message: None,
+                result: None,
+                last_error: None,
+                finished_ms: None,
+            };
+            sql::insert(tx, &row)?;
+            self.append(
+                tx,
+                event(
+                    by.clone(),
+                    Action::TaskSubmitted,
+                    &row.id,
+                    json!({"kind": row.kind, "priority": new.priority.as_str(),
+                           "capabilities": caps, "target": row.target_agent_id}),
+                ),
+            )?;
+            Ok((Task::from(row), true))
+        })
+    }
+
+    /// Leases the best task this agent may run, atomically (one write transaction), or says
+    /// why there is none.
+    pub fn claim(&self, token: &str) -> Result<Result<Task, NoTask>, TaskError> {
+        let now = now_ms();
+        let cfg = self.agents.config().clone();
+        self.store().write(|tx| {
+            let me = self.agents.authenticate(tx, token)?;
+            if me.status == AgentStatus::Draining.as_str() {
+                return Ok(Err(NoTask::Draining));
+            }
+            if me.load > cfg.load_ceiling {
+                return Ok(Err(NoTask::LoadAboveCeiling));
+            }
+            let caps = me.capabilities.clone();
+            let mut chosen = sql::targeted_candidates(tx, &me.id, &caps, now, 1)?
+                .into_iter()
+                .next();
+            if chosen.is_none() {
+                // Untargeted work goes first to the least-loaded capable agent: skip a task
+                // that a less-loaded, active agent could run, unless it has waited long enough.
+                let lighter: Vec<Vec<String>> = agent_sql::list_registered(tx)?
+                    .into_iter()
+                    .filter(|a| {
+                        a.id != me.id
+                            && a.load < me.load
+                            && a.load <= cfg.load_ceiling
+                            && a.status != AgentStatus::Draining.as_str()
+                            && self.agents.health_at(a.last_heartbeat_ms, now) == Health::Active
+                    })
+                    .map(|a| serde_json::from_str(&a.capabilities).unwrap_or_default())
+                    .collect();
+                let mut after: Option<(i64, i64, String)> = None;
+                'pages: for _ in 0..8 {
+                    let page = sql::open_candidates(
+                        tx,
+                        &caps,
+                        now,
+                        after.as_ref().map(|(p, c, i)| (*p, *c, i.as_str())),
+                        32,
+                    )?;
+                    let full = page.len() == 32;
+                    for t in page {
+                        let needs: Vec<String> =
+                            serde_json::from_str(&t.capabilities).unwrap_or_default();
+                        let waited = now - t.created_ms.max(t.not_before_ms);
+                        let reserved = waited < cfg.offer_window_ms as i64
+                            && lighter
+                                .iter()
+                                .any(|their| needs.iter().all(|n| their.contains(n)));
+                        if !reserved {
+                            chosen = Some(t);
+                            break 'pages;
+                        }
+                        after = Some((t.priority, t.created_ms, t.id.clone()));
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+            let Some(task) = chosen else {
+                return Ok(Err(NoTask::QueueEmpty));
+            };
+            let expires = now + task.timeout_ms;
+            if !sql::lease(tx, &task.id, &me.id, now, expires)? {
+                return Ok(Err(NoTask::QueueEmpty));
+            }
+            self.append(
+                tx,
+                event(
+                    Actor::new(ActorKind::Agent, me.id.clone()),
+                    Action::TaskLeased,
+                    &task.id,
+                    json!({"attempt": task.attempts + 1, "lease_expires_ms": expires}),
+                ),
+            )?;
+            let row =
+                sql::get(tx, &task.id)?.ok_or_else(|| TaskError::NotFound(task.id.clone()))?;
+            Ok(Ok(Task::from(row)))
+        })
+    }
+
+    /// Backoff before retry `attempt` (1-based): base * 2^(attempt-1), capped, ±50% jitter.
+    fn backoff_ms(&self, attempt: i64) -> i64 {
+        let exp = (attempt - 1).clamp(0, 30) as u32;
+        let base = self
+            .config
+            .backoff_base_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.config.backoff_max_ms) as f64;
+        let mut b = [0u8; 2];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        let jitter = 0.5 + f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX);
+        (base * jitter) as i64
+    }
+
+    /// A failed or timed-out attempt: back to the queue with backoff, or to the dead letters.
+    fn retry_or_bury(
+        &self,
+        tx: &rusqlite::Connection,
+        t: &TaskRow,
+        error: &str,
+        actor: &Actor,
+        now: i64,
+    ) -> Result<TaskStatus, StoreError> {
+        if t.attempts <= t.max_retries {
+            let at = now + self.backoff_ms(t.attempts);
+            sql::requeue(tx, &t.id, at, Some(error), false, false, now)?;
+            self.append(
+                tx,
+                event(
+                    actor.clone(),
+                    Action::TaskRequeued,
+                    &t.id,
+                    json!({"attempt": t.attempts, "retry_at_ms": at, "error": error}),
+                ),
+            )?;
+            Ok(TaskStatus::Queued)
+        } else {
+            sql::finish(tx, &t.id, TaskStatus::Dead.as_str(), None, Some(error), now)?;
+            self.append(
+                tx,
+                event(
+                    actor.clone(),
+                    Action::TaskDead,
+                    &t.id,
+                    json!({"attempts": t.attempts, "error": error}),
+                ),
+            )?;
+            Ok(TaskStatus::Dead)
+        }
+    }
+
+    /// A report from the agent holding the task's lease: progress, a result, or an error.
+    pub fn report(&self, token: &str, task_id: &str, report: Report) -> Result<Task, TaskError> {
+        if let Some(p) = report.progress
+            && (!(0.0..=1.0).contains(&p) || p.is_nan())
+        {
+            return Err(TaskError::Invalid {
+                field: "progress",
+                message: format!("expected 0 to 1, got {p}"),
+            });
+        }
+        if report.result.is_some() && report.error.is_some() {
+            return Err(TaskError::Invalid {
+                field: "error",
+                message: "report either a result or an error, not both".into(),
+            });
+        }
+        let now = now_ms();
+        self.store().write(|tx| {
+            let me = self.agents.authenticate(tx, token)?;
+            let t = sql::get(tx, task_id)?.ok_or_else(|| TaskError::NotFound(task_id.into()))?;
+            let status = TaskStatus::from_str(&t.status).unwrap_or(TaskStatus::Queued);
+            if t.leased_by.as_deref() != Some(me.id.as_str()) {
+                return Err(TaskError::NotLeaseholder(match (&t.leased_by, status) {
+                    (Some(other), _) => format!(
+                        "task {task_id} is leased by agent {other}, not {}; your lease ended (expired or reassigned), so drop this work",
+                        me.id
+                    ),
+                    (None, s) => format!(
+                        "task {task_id} is {} and leased by no one; agent {} no longer holds it, so drop this work",
+                        s.as_str(), me.id
+                    ),
+                }));
+            }
+            let actor = Actor::new(ActorKind::Agent, me.id.clone());
+            if let Some((message, retryable)) = &report.error {
+                self.append(
+                    tx,
+                    event(actor.clone(), Action::TaskFailed, task_id,
+                          json!({"attempt": t.attempts, "error": message, "retryable": retryable})),
+                )?;
+                if *retryable {
+                    self.retry_or_bury(tx, &t, message, &actor, now)?;
+                } else {
+                    sql::finish(tx, task_id, TaskStatus::Failed.as_str(), None, Some(message), now)?;
+                }
+            } else if let Some(result) = &report.result {
+                sql::finish(tx, task_id, TaskStatus::Completed.as_str(), Some(&result.to_string()), None, now)?;
+                self.append(
+                    tx,
+                    event(actor, Action::TaskCompleted, task_id, json!({"attempt": t.attempts})),
+                )?;
+            } else {
+                sql::progress(tx, task_id, report.progress, report.message.as_deref(), now)?;
+                if status == TaskStatus::Leased {
+                    self.append(tx, event(actor, Action::TaskRunning, task_id, json!({})))?;
+                }
+            }
+            let row = sql::get(tx, task_id)?.ok_or_else(|| TaskError::NotFound(task_id.into()))?;
+            Ok(Task::from(row))
+        })
+    }
+
+    pub fn get(&self, id: &str) -> Result<Task, TaskError> {
+        sql::get(&self.store().lock(), id)?
+            .map(Task::from)
+            .ok_or_else(|| TaskError::NotFound(id.into()))
+    }
+
+    /// Tasks, most recently updated first; `cursor` continues a previous page.
+    pub fn list(
+        &self,
+        status: Option<TaskStatus>,
+        kind: Option<&str>,
+        agent_id: Option<&str>,
+        priority: Option<Priority>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Task>, Option<String>), TaskError> {
+        let before = cursor
+            .map(|c| {
+                c.split_once('|')
+                    .and_then(|(u, id)| u.parse::<i64>().ok().map(|u| (u, id)))
+                    .ok_or_else(|| TaskError::Invalid {
+                        field: "cursor",
+                        message: format!("expected the next_cursor of a previous page, got {c:?}"),
+                    })
+            })
+            .transpose()?;
+        let filter = sql::ListFilter {
+            status: status.map(TaskStatus::as_str),
+            kind,
+            agent_id,
+            priority: priority.map(Priority::rank),
+            before,
+        };
+        let mut rows = sql::list(&self.store().lock(), &filter, i64::from(limit) + 1)?;
+        let next = if rows.len() > limit as usize {
+            rows.truncate(limit as usize);
+            rows.last().map(|r| format!("{}|{}", r.updated_ms, r.id))
+        } else {
+            None
+        };
+        Ok((rows.into_iter().map(Task::from).collect(), next))
+    }
+
+    /// Cancels a task that has not finished. A leaseholder's later report is refused.
+    pub fn cancel(&self, id: &str, reason: Option<&str>, by: &Actor) -> Result<Task, TaskError> {
+        let now = now_ms();
+        self.store().write(|tx| {
+            let t = sql::get(tx, id)?.ok_or_else(|| TaskError::NotFound(id.into()))?;
+            let status = TaskStatus::from_str(&t.status).unwrap_or(TaskStatus::Queued);
+            if status.is_final() {
+                return Err(TaskError::Conflict(format!(
+                    "task {id} is already {}; only unfinished tasks can be cancelled",
+                    status.as_str()
+                )));
+            }
+            sql::finish(tx, id, TaskStatus::Cancelled.as_str(), None, reason, now)?;
+            self.append(
+                tx,
+                event(
+                    by.clone(),
+                    Action::TaskCancelled,
+                    id,
+                    json!({"from": status.as_str(), "reason": reason, "leased_by": t.leased_by}),
+                ),
+            )?;
+            Ok(Task::from(
+                sql::get(tx, id)?.ok_or_else(|| TaskError::NotFound(id.into()))?,
+            ))
+        })
+    }
+
+    /// Puts a dead or failed task back in the queue with a fresh retry budget.
+    pub fn requeue(&self, id: &str, by: &Actor) -> Result<Task, TaskError> {
+        let now = now_ms();
+        self.store().write(|tx| {
+            let t = sql::get(tx, id)?.ok_or_else(|| TaskError::NotFound(id.into()))?;
+            if t.status != "dead" && t.status != "failed" {
+                return Err(TaskError::Conflict(format!(
+                    "task {id} is {}; only dead or failed tasks can be requeued",
+                    t.status
+                )));
+            }
+            sql::reset_attempts(tx, id)?;
+            sql::requeue(tx, id, now, None, false, false, now)?;
+            self.append(
+                tx,
+                event(
+                    by.clone(),
+                    Action::TaskRequeued,
+                    id,
+                    json!({"from": t.status}),
+                ),
+            )?;
+            Ok(Task::from(
+                sql::get(tx, id)?.ok_or_else(|| TaskError::NotFound(id.into()))?,
+            ))
+        })
+    }
+
+    pub fn stats(&self) -> Result<QueueStats, TaskError> {
+        let now = now_ms();
+        let conn = self.store().lock();
+        let mut by_status = std::collections::BTreeMap::new();
+        let mut queued_by_priority = std::collections::BTreeMap::new();
+        for (status, priority, n) in sql::counts(&conn)? {
+            *by_status.entry(status.clone()).or_insert(0) += n;
+            if status == "queued" {
+                *queued_by_priority
+                    .entry(Priority::from_rank(priority).as_str().to_string())
+                    .or_insert(0) += n;
+            }
+        }
+        let finished: std::collections::BTreeMap<String, i64> =
+            sql::finished_since(&conn, now - 60_000)?
+                .into_iter()
+                .collect();
+        Ok(QueueStats {
+            oldest_queued_age_seconds: sql::oldest_queued_ms(&conn)?
+                .map(|ms| (now - ms) as f64 / 1000.0),
+            completed_per_second_last_minute: finished.get("completed").copied().unwrap_or(0)
+                as f64
+                / 60.0,
+            dead_letters: by_status.get("dead").copied().unwrap_or(0),
+            finished_last_minute: finished,
+            by_status,
+            queued_by_priority,
+        })
+    }
+
+    /// Deletes tasks in the given final states that finished more than `retention_seconds` ago.
+    pub fn purge(
+        &self,
+        retention_seconds: u64,
+        statuses: &[TaskStatus],
+        by: &Actor,
+    ) -> Result<usize, TaskError> {
+        if let Some(s) = statuses.iter().find(|s| !s.is_final()) {
+            return Err(TaskError::Invalid {
+                field: "statuses",
+                message: format!(
+                    "{} is not a final state; only finished tasks can be purged",
+                    s.as_str()
+                ),
+            });
+        }
+        let before = now_ms() - (retention_seconds as i64).saturating_mul(1000);
+        let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
+        self.store().write(|tx| {
+            let n = sql::purge(tx, &names, before)?;
+            self.append(
+                tx,
+                event(by.clone(), Action::TaskPurged, "tasks",
+                      json!({"deleted": n, "statuses": names, "retention_seconds": retention_seconds})),
+            )?;
+            Ok(n)
+        })
+    }
+
+    /// Returns expired leases (timed out: retried or dead) and the leases of offline agents
+    /// (requeued, attempt refunded) to the queue. Safe to run from every process at once.
+    pub fn sweep(&self) -> Result<(usize, usize), TaskError> {
+        let now = now_ms();
+        let interval = self.agents.config().heartbeat_interval_ms as i64;
+        self.store().write(|tx| {
+            let system = Actor::system();
+            let expired = sql::expired_leases(tx, now)?;
+            for t in &expired {
+                self.append(
+                    tx,
+                    event(
+                        system.clone(),
+                        Action::TaskTimedOut,
+                        &t.id,
+                        json!({"leased_by": t.leased_by, "attempt": t.attempts}),
+                    ),
+                )?;
+                self.retry_or_bury(
+                    tx,
+                    t,
+                    "lease expired before the agent reported a result",
+                    &system,
+                    now,
+                )?;
+            }
+            let mut orphaned = 0;
+            for agent in agent_sql::silent_since(tx, now - 5 * interval)? {
+                for t in sql::held_by(tx, &agent)? {
+                    sql::requeue(tx, &t.id, now, None, true, false, now)?;
+                    self.append(
+                        tx,
+                        event(
+                            system.clone(),
+                            Action::TaskRequeued,
+                            &t.id,
+                            json!({"why": "agent offline", "agent": agent}),
+                        ),
+                    )?;
+                    orphaned += 1;
+                }
+            }
+            Ok((expired.len(), orphaned))
+        })
+    }
+}
