@@ -455,6 +455,10 @@ async fn task_submit(c: Coordinator, i: SubmitInput, call: Call) -> Result<Submi
 pub struct ClaimInput {
     /// The agent token.
     pub token: String,
+    /// The agent's load right now (0..1), recorded before dispatch decides; defaults to the
+    /// load of its last heartbeat.
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub load: Option<f64>,
 }
 
 /// What `task_claim` returns.
@@ -467,7 +471,7 @@ pub struct Claimed {
 }
 
 async fn task_claim(c: Coordinator, i: ClaimInput, _call: Call) -> Result<Claimed, Failure> {
-    c.blocking(move |c| c.tasks().claim(&i.token))
+    c.blocking(move |c| c.tasks().claim_with_load(&i.token, i.load))
         .await?
         .map(|r| match r {
             Ok(task) => Claimed {
@@ -541,7 +545,7 @@ async fn task_get(c: Coordinator, i: TaskIdInput, _call: Call) -> Result<Task, F
 pub struct TaskListInput {
     pub status: Option<TaskStatus>,
     pub kind: Option<String>,
-    /// Tasks leased by, or aimed at, this agent.
+    /// Tasks this agent holds or last held, or that are aimed at it.
     pub agent_id: Option<String>,
     pub priority: Option<Priority>,
     /// Tasks per page, 1 to 500 (default 50).

@@ -108,6 +108,14 @@ pub fn heartbeat(
     Ok(())
 }
 
+/// Records an agent's current load (reported with a claim).
+pub fn set_load(conn: &Connection, id: &str, load: f64) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE agents SET load = ?2 WHERE id = ?1")?
+        .execute(params![id, load])
+        .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
 /// Marks an agent deregistered and revokes its tokens (bumps the generation).
 pub fn deregister(conn: &Connection, id: &str, at: &str) -> Result<(), StoreError> {
     conn.prepare_cached(

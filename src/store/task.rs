@@ -25,6 +25,7 @@ pub struct TaskRow {
     pub submitted_by: String,
     pub leased_by: Option<String>,
     pub lease_expires_ms: Option<i64>,
+    pub last_agent_id: Option<String>,
     pub progress: Option<f64>,
     pub message: Option<String>,
     pub result: Option<String>,
@@ -34,7 +35,8 @@ pub struct TaskRow {
 
 const COLUMNS: &str = "id, kind, params, capabilities, target_agent_id, priority, status, \
     timeout_ms, max_retries, attempts, idempotency_key, not_before_ms, created_ms, updated_ms, \
-    submitted_by, leased_by, lease_expires_ms, progress, message, result, last_error, finished_ms";
+    submitted_by, leased_by, lease_expires_ms, progress, message, result, last_error, finished_ms, \
+    last_agent_id";
 
 fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     Ok(TaskRow {
@@ -60,6 +62,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         result: r.get(19)?,
         last_error: r.get(20)?,
         finished_ms: r.get(21)?,
+        last_agent_id: r.get(22)?,
     })
 }
 
@@ -167,8 +170,9 @@ pub fn lease(
 ) -> Result<bool, StoreError> {
     let n = conn
         .prepare_cached(
-            "UPDATE tasks SET status = 'leased', leased_by = ?2, lease_expires_ms = ?4,
-                 attempts = attempts + 1, updated_ms = ?3, progress = NULL, message = NULL
+            "UPDATE tasks SET status = 'leased', leased_by = ?2, last_agent_id = ?2,
+                 lease_expires_ms = ?4, attempts = attempts + 1, updated_ms = ?3,
+                 progress = NULL, message = NULL
              WHERE id = ?1 AND status = 'queued'",
         )?
         .execute(params![id, agent_id, now_ms, expires_ms])
@@ -176,7 +180,8 @@ pub fn lease(
     Ok(n == 1)
 }
 
-/// Records progress from the leaseholder; the task becomes `running`.
+/// Records progress from the leaseholder; the task becomes `running` and its lease is renewed
+/// for another full timeout (an agent that reports progress is alive and working).
 pub fn progress(
     conn: &Connection,
     id: &str,
@@ -186,7 +191,7 @@ pub fn progress(
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE tasks SET status = 'running', progress = COALESCE(?2, progress),
-             message = COALESCE(?3, message), updated_ms = ?4
+             message = COALESCE(?3, message), updated_ms = ?4, lease_expires_ms = ?4 + timeout_ms
          WHERE id = ?1",
     )?
     .execute(params![id, progress, message, now_ms])
@@ -267,7 +272,7 @@ pub fn expired_leases(conn: &Connection, now_ms: i64) -> Result<Vec<TaskRow>, St
 /// Tasks leased by this agent.
 pub fn held_by(conn: &Connection, agent_id: &str) -> Result<Vec<TaskRow>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM tasks t WHERE t.leased_by = ?1"
+        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_holder WHERE t.leased_by = ?1"
     ))?;
     let rows = stmt.query_map([agent_id], from_row)?;
     rows.collect::<Result<Vec<_>, _>>()
@@ -309,7 +314,7 @@ pub fn list(conn: &Connection, f: &ListFilter<'_>, limit: i64) -> Result<Vec<Tas
         push(&mut sql, " AND t.kind = ?", k.to_string().into());
     }
     if let Some(a) = f.agent_id {
-        push(&mut sql, " AND (t.leased_by = ?", a.to_string().into());
+        push(&mut sql, " AND (t.last_agent_id = ?", a.to_string().into());
         push(&mut sql, " OR t.target_agent_id = ?)", a.to_string().into());
     }
     if let Some(p) = f.priority {

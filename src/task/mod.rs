@@ -128,8 +128,11 @@ pub struct Task {
     pub created_at: String,
     pub updated_at: String,
     pub submitted_by: String,
+    /// The agent holding the lease now (while `leased` or `running`).
     pub leased_by: Option<String>,
     pub lease_expires_at: Option<String>,
+    /// The agent that last held the lease (kept once the task finished).
+    pub agent_id: Option<String>,
     /// 0..1, from the agent's reports.
     pub progress: Option<f64>,
     pub message: Option<String>,
@@ -169,6 +172,7 @@ impl From<TaskRow> for Task {
             idempotency_key: r.idempotency_key,
             submitted_by: r.submitted_by,
             leased_by: r.leased_by,
+            agent_id: r.last_agent_id,
             progress: r.progress,
             message: r.message,
             last_error: r.last_error,
@@ -351,6 +355,7 @@ impl TaskService {
                 result: None,
                 last_error: None,
                 finished_ms: None,
+                last_agent_id: None,
             };
             sql::insert(tx, &row)?;
             self.append(
@@ -370,10 +375,32 @@ impl TaskService {
     /// Leases the best task this agent may run, atomically (one write transaction), or says
     /// why there is none.
     pub fn claim(&self, token: &str) -> Result<Result<Task, NoTask>, TaskError> {
+        self.claim_with_load(token, None)
+    }
+
+    /// [`claim`](Self::claim), first recording `load`, the agent's load right now, so dispatch
+    /// does not decide on the load of its last heartbeat.
+    pub fn claim_with_load(
+        &self,
+        token: &str,
+        load: Option<f64>,
+    ) -> Result<Result<Task, NoTask>, TaskError> {
+        if let Some(l) = load
+            && (!(0.0..=1.0).contains(&l) || l.is_nan())
+        {
+            return Err(TaskError::Invalid {
+                field: "load",
+                message: format!("expected 0 to 1, got {l}"),
+            });
+        }
         let now = now_ms();
         let cfg = self.agents.config().clone();
         self.store().write(|tx| {
-            let me = self.agents.authenticate(tx, token)?;
+            let mut me = self.agents.authenticate(tx, token)?;
+            if let Some(l) = load {
+                agent_sql::set_load(tx, &me.id, l)?;
+                me.load = l;
+            }
             if me.status == AgentStatus::Draining.as_str() {
                 return Ok(Err(NoTask::Draining));
             }

@@ -34,8 +34,9 @@ CREATE TABLE tasks (
     created_ms       INTEGER NOT NULL,
     updated_ms       INTEGER NOT NULL,
     submitted_by     TEXT NOT NULL,
-    leased_by        TEXT,
+    leased_by        TEXT,                      -- the current leaseholder, while leased or running
     lease_expires_ms INTEGER,
+    last_agent_id    TEXT,                      -- the agent that last held the lease (kept after)
     progress         REAL,
     message          TEXT,
     result           TEXT,                      -- JSON
@@ -49,6 +50,7 @@ CREATE INDEX tasks_target ON tasks (target_agent_id, priority DESC, created_ms) 
 -- The sweeper: leases by expiry, and by holder.
 CREATE INDEX tasks_leases ON tasks (lease_expires_ms) WHERE status IN ('leased', 'running');
 CREATE INDEX tasks_holder ON tasks (leased_by) WHERE leased_by IS NOT NULL;
+CREATE INDEX tasks_agent  ON tasks (last_agent_id, updated_ms);
 -- Listing, stats and purging.
 CREATE INDEX tasks_status ON tasks (status, updated_ms);
 CREATE INDEX tasks_finished ON tasks (finished_ms) WHERE finished_ms IS NOT NULL;
