@@ -1,6 +1,6 @@
 //! Benchmark program for mcp-coordinator: prints cold start, tool round-trip latency and
-//! throughput, idle memory, audit append rate and audit verification time, each next to its
-//! target. Run with `cargo bench --bench coordinator`; `BENCH_QUICK=1` shrinks the counts about
+//! throughput, idle memory, audit append rate, audit verification time, task queue throughput
+//! and claim latency against queue depth, each next to its target. Run with `cargo bench --bench coordinator`; `BENCH_QUICK=1` shrinks the counts about
 //! tenfold for a smoke run. It prints figures and asserts nothing about timing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -12,8 +12,14 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mcp_coordinator::agent::{
+    AgentService, AgentType, AgentsConfig, NewAgent, Resources, TokenKeys, now_ms,
+};
 use mcp_coordinator::audit::{Action, Actor, ActorKind, AuditLog, AuditSigner, NewEvent, Outcome};
-use mcp_coordinator::store::{Location, Store};
+use mcp_coordinator::store::agent as agent_sql;
+use mcp_coordinator::store::task as task_sql;
+use mcp_coordinator::store::{Location, Store, StoreError};
+use mcp_coordinator::task::{NewTask, NoTask, Priority, Report, Task, TaskService, TasksConfig};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -33,6 +39,12 @@ struct Counts {
     single_events: usize,
     batch_100_events: usize,
     batch_1000_events: usize,
+    /// Tasks submitted, claimed and completed in each throughput run.
+    tasks: usize,
+    /// Queue depths at which claim latency is compared.
+    queue_depths: [usize; 2],
+    /// Timed claims at each depth.
+    claims_per_depth: usize,
 }
 
 impl Counts {
@@ -47,6 +59,9 @@ impl Counts {
                 single_events: 1_000,
                 batch_100_events: 10_000,
                 batch_1000_events: 100_000,
+                tasks: 2_000,
+                queue_depths: [1_000, 100_000],
+                claims_per_depth: 1_000,
             }
         } else {
             Counts {
@@ -58,6 +73,9 @@ impl Counts {
                 single_events: 10_000,
                 batch_100_events: 100_000,
                 batch_1000_events: 1_000_000,
+                tasks: 20_000,
+                queue_depths: [1_000, 1_000_000],
+                claims_per_depth: 1_000,
             }
         }
     }
@@ -633,6 +651,723 @@ fn bench_audit(counts: &Counts, dir: &Path) {
     }
 }
 
+/// Capabilities every benchmark agent has (sorted, as the service stores them).
+const AGENT_CAPS: [&str; 3] = ["docker", "linux", "python"];
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+fn submitter() -> Actor {
+    Actor::new(ActorKind::Client, "bench/1")
+}
+
+/// Priority and capabilities of the `i`-th task of a fixed mix. Priorities: 10% urgent, 20%
+/// high, 50% normal, 20% low. Capabilities: none (10%), `linux` (40%), `docker`+`linux` (30%)
+/// or `python` (20%), all covered by [`AGENT_CAPS`]. With `foreign`, 5% need `gpu`+`linux`
+/// instead, which no claiming agent has: those stay queued, and claims step over them in index
+/// order.
+fn mix(i: usize, foreign: bool) -> (Priority, &'static [&'static str]) {
+    // A multiplicative hash spreads consecutive indexes over the mix.
+    let h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+    let priority = match h % 10 {
+        0 => Priority::Urgent,
+        1 | 2 => Priority::High,
+        3..=7 => Priority::Normal,
+        _ => Priority::Low,
+    };
+    let caps: &'static [&'static str] = match (h / 10) % 20 {
+        0 if foreign => &["gpu", "linux"],
+        0 | 1 => &[],
+        2..=9 => &["linux"],
+        10..=15 => &["docker", "linux"],
+        _ => &["python"],
+    };
+    (priority, caps)
+}
+
+fn task_params(i: usize) -> serde_json::Value {
+    json!({"command": "true", "host": format!("host-{}", i % 64), "n": i})
+}
+
+/// The `i`-th task of the mix, as submitted through the service.
+fn mixed_task(i: usize, foreign: bool) -> NewTask {
+    let (priority, caps) = mix(i, foreign);
+    NewTask {
+        kind: "shell.run".into(),
+        params: task_params(i),
+        capabilities: strings(caps),
+        target_agent_id: None,
+        priority,
+        timeout_seconds: None,
+        max_retries: None,
+        idempotency_key: None,
+        not_before_ms: None,
+    }
+}
+
+/// The `i`-th task of the mix as the row `submit` would store: `template` (a row `submit`
+/// stored) with this task's id, params, capabilities, priority and times.
+fn mixed_row(i: usize, template: &task_sql::TaskRow, now: i64) -> task_sql::TaskRow {
+    let (priority, caps) = mix(i, true);
+    task_sql::TaskRow {
+        id: format!("tsk_{}", uuid::Uuid::new_v4().simple()),
+        params: task_params(i).to_string(),
+        capabilities: serde_json::to_string(caps).expect("caps json"),
+        // The ranks the schema stores: 3 urgent .. 0 low.
+        priority: match priority {
+            Priority::Urgent => 3,
+            Priority::High => 2,
+            Priority::Normal => 1,
+            Priority::Low => 0,
+        },
+        not_before_ms: now,
+        created_ms: now,
+        updated_ms: now,
+        ..template.clone()
+    }
+}
+
+/// The task queue on a fresh database file, with the token keys it checks agents against.
+fn task_service(path: &Path) -> (TaskService, Arc<TokenKeys>) {
+    let keys = Arc::new(TokenKeys::from_secret(&[9u8; 32]));
+    let agents = AgentService::new(audit_log(path), AgentsConfig::default(), keys.clone());
+    (TaskService::new(agents, TasksConfig::default()), keys)
+}
+
+/// Registers a worker with [`AGENT_CAPS`] and returns its token.
+fn register_agent(tasks: &TaskService, name: &str) -> String {
+    tasks
+        .agents()
+        .register(NewAgent {
+            name: name.into(),
+            agent_type: AgentType::Worker,
+            capabilities: strings(&AGENT_CAPS),
+            endpoints: Default::default(),
+            resources: Resources::default(),
+            metadata: Default::default(),
+            token: None,
+        })
+        .expect("register agent")
+        .token
+}
+
+fn completed() -> Report {
+    Report {
+        result: Some(json!({"exit_code": 0, "stdout": ""})),
+        ..Report::default()
+    }
+}
+
+/// Claims one task; `None` when the queue is empty.
+fn claim_one(tasks: &TaskService, token: &str) -> Option<Task> {
+    match tasks.claim(token).expect("claim") {
+        Ok(task) => Some(task),
+        Err(NoTask::QueueEmpty) => None,
+        Err(other) => panic!("claim refused: {other:?}"),
+    }
+}
+
+/// Time spent claiming and completing, and how many tasks.
+#[derive(Default)]
+struct Drained {
+    tasks: usize,
+    claiming: Duration,
+    completing: Duration,
+}
+
+/// Claims and completes tasks until the queue is empty.
+fn drain(tasks: &TaskService, token: &str) -> Drained {
+    let mut d = Drained::default();
+    loop {
+        let started = Instant::now();
+        let Some(task) = claim_one(tasks, token) else {
+            return d;
+        };
+        let claimed = Instant::now();
+        tasks.report(token, &task.id, completed()).expect("report");
+        d.claiming += claimed - started;
+        d.completing += claimed.elapsed();
+        d.tasks += 1;
+    }
+}
+
+fn per_second(n: usize, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+/// Mean time of `f` over `runs` calls.
+fn mean_of(runs: u32, mut f: impl FnMut()) -> Duration {
+    let started = Instant::now();
+    for _ in 0..runs {
+        f();
+    }
+    started.elapsed() / runs
+}
+
+/// CPU seconds (user, system) of this process since `before`.
+fn cpu_since(before: (u64, u64)) -> (f64, f64) {
+    let after = cpu_split(std::process::id());
+    (
+        (after.0 - before.0) as f64 / TICKS_PER_SECOND,
+        (after.1 - before.1) as f64 / TICKS_PER_SECOND,
+    )
+}
+
+/// Turns off SQLite's automatic WAL checkpoints on the store's connection: a diagnostic that
+/// shows what the checkpoints (copying WAL pages back, with an fsync) cost. The service never
+/// does this.
+fn without_autocheckpoint(tasks: &TaskService) {
+    tasks
+        .agents()
+        .audit()
+        .store()
+        .lock()
+        .pragma_update(None, "wal_autocheckpoint", 0)
+        .expect("wal_autocheckpoint");
+}
+
+/// One throughput run: submit `n` tasks, then `agents` agents (one thread each, sharing the
+/// one `Store` handle) claim and complete them all. Returns the end-to-end rate.
+fn task_throughput(n: usize, agents: usize, path: &Path, autocheckpoint: bool) -> f64 {
+    let (tasks, _) = task_service(path);
+    if !autocheckpoint {
+        without_autocheckpoint(&tasks);
+    }
+    let tokens: Vec<String> = (0..agents)
+        .map(|i| register_agent(&tasks, &format!("worker-{i}")))
+        .collect();
+    let by = submitter();
+
+    let cpu_before = cpu_split(std::process::id());
+    let started = Instant::now();
+    for i in 0..n {
+        tasks.submit(mixed_task(i, false), &by).expect("submit");
+    }
+    let submitting = started.elapsed();
+    let submit_cpu = cpu_since(cpu_before);
+
+    let cpu_before = cpu_split(std::process::id());
+    let started = Instant::now();
+    let drained: Vec<Drained> = std::thread::scope(|s| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .map(|token| {
+                let tasks = tasks.clone();
+                s.spawn(move || drain(&tasks, token))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("claiming thread"))
+            .collect()
+    });
+    let claiming = started.elapsed();
+    let claim_cpu = cpu_since(cpu_before);
+
+    let done: usize = drained.iter().map(|d| d.tasks).sum();
+    let stats = tasks.stats().expect("stats");
+    let completed = stats.by_status.get("completed").copied().unwrap_or(0);
+    assert_eq!(done, n, "claimed and completed {done} of {n} tasks");
+    assert_eq!(
+        completed, n as i64,
+        "stats count {completed} completed of {n}"
+    );
+
+    let end_to_end = per_second(n, submitting + claiming);
+    let label = match (agents, autocheckpoint) {
+        (1, true) => "1 agent:".to_string(),
+        (1, false) => "1 agent, no checkpoints:".to_string(),
+        _ => format!("{agents} agents ({agents} threads):"),
+    };
+    let target = if autocheckpoint {
+        format!(
+            "[target >= 5,000 tasks/s end to end: {}]",
+            verdict(end_to_end >= 5_000.0)
+        )
+    } else {
+        "[diagnostic: WAL autocheckpoint off, which the service never does]".to_string()
+    };
+    println!(
+        "{label:<24} submit {:>6.0} tasks/s, claim+complete {:>6.0} tasks/s, end to end {:>6.0} \
+         tasks/s ({n} tasks in {:.2} s + {:.2} s)   {target}",
+        per_second(n, submitting),
+        per_second(n, claiming),
+        end_to_end,
+        submitting.as_secs_f64(),
+        claiming.as_secs_f64(),
+    );
+    let claim_us: f64 = drained.iter().map(|d| us(d.claiming)).sum::<f64>() / n as f64;
+    let complete_us: f64 = drained.iter().map(|d| us(d.completing)).sum::<f64>() / n as f64;
+    println!(
+        "   (info) per task: submit {:.0} µs, claim {claim_us:.0} µs, complete (report) \
+         {complete_us:.0} µs{}; CPU user+sys per task: submit {:.0}+{:.0} µs, claim+complete \
+         {:.0}+{:.0} µs",
+        us(submitting) / n as f64,
+        if agents > 1 {
+            ", summed over threads, mutex waits included"
+        } else {
+            ""
+        },
+        submit_cpu.0 * 1e6 / n as f64,
+        submit_cpu.1 * 1e6 / n as f64,
+        claim_cpu.0 * 1e6 / n as f64,
+        claim_cpu.1 * 1e6 / n as f64,
+    );
+    if agents > 1 {
+        println!(
+            "   (info) tasks per agent: {}",
+            drained
+                .iter()
+                .map(|d| d.tasks.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    end_to_end
+}
+
+/// Batched service calls: `submit_many` 100 tasks per transaction, `claim_many` up to 20 per
+/// transaction, one report per task (results are per task).
+fn task_throughput_batched(n: usize, path: &Path) -> f64 {
+    let (tasks, _) = task_service(path);
+    let token = register_agent(&tasks, "batch-worker");
+    let by = submitter();
+    let started = Instant::now();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let batch = chunk.iter().map(|i| mixed_task(*i, false)).collect();
+        tasks.submit_many(batch, &by).expect("submit_many");
+    }
+    let submitting = started.elapsed();
+    let started = Instant::now();
+    let mut done = 0;
+    while let Ok(batch) = tasks.claim_many(&token, None, 20).expect("claim_many") {
+        for task in batch {
+            tasks.report(&token, &task.id, completed()).expect("report");
+            done += 1;
+        }
+    }
+    let claiming = started.elapsed();
+    assert_eq!(done, n, "claimed and completed {done} of {n} tasks");
+    let end_to_end = per_second(n, submitting + claiming);
+    println!(
+        "{:<24} submit {:>6.0} tasks/s, claim+complete {:>6.0} tasks/s, end to end {:>6.0} \
+         tasks/s ({n} tasks in {:.2} s + {:.2} s)   [target >= 5,000 tasks/s end to end: {}]",
+        "1 agent, batched:",
+        per_second(n, submitting),
+        per_second(n, claiming),
+        end_to_end,
+        submitting.as_secs_f64(),
+        claiming.as_secs_f64(),
+        verdict(end_to_end >= 5_000.0),
+    );
+    println!(
+        "   (info) submit_many 100 tasks per transaction, claim_many up to 20 per transaction \
+         (task_claim max_tasks), one report transaction per task; one audit event per task \
+         and step as before"
+    );
+    end_to_end
+}
+
+/// Mean of sorted samples, and the share of their total spent in samples over 1 ms.
+fn mean_and_tail(sorted: &[Duration]) -> (Duration, f64) {
+    let total: Duration = sorted.iter().sum();
+    let slow: Duration = sorted
+        .iter()
+        .filter(|d| **d > Duration::from_millis(1))
+        .sum();
+    (
+        total / sorted.len() as u32,
+        slow.as_secs_f64() / total.as_secs_f64(),
+    )
+}
+
+/// What a task's three transactions are made of, timed piece by piece on a fresh database with
+/// `depth` queued tasks of the mix and one agent.
+fn claim_breakdown(path: &Path, depth: usize) {
+    let (tasks, keys) = task_service(path);
+    let token = register_agent(&tasks, "breakdown");
+    let by = submitter();
+    let mut submits: Vec<Duration> = (0..depth)
+        .map(|i| {
+            let started = Instant::now();
+            tasks.submit(mixed_task(i, true), &by).expect("submit");
+            started.elapsed()
+        })
+        .collect();
+    submits.sort();
+    let store = tasks.agents().audit().store().clone();
+    let agent_id = keys.verify(&token).expect("verify").sub;
+    let caps = serde_json::to_string(&AGENT_CAPS).expect("caps json");
+    let runs = 2_000;
+
+    // The reads of a claim, each alone, then together inside one write transaction.
+    let (authenticate, targeted, listing, page_32, page_1) = {
+        let conn = store.lock();
+        let now = i64::MAX;
+        (
+            mean_of(runs, || {
+                tasks
+                    .agents()
+                    .authenticate(&conn, &token)
+                    .expect("authenticate");
+            }),
+            mean_of(runs, || {
+                task_sql::targeted_candidates(&conn, &agent_id, &caps, now, 1).expect("targeted");
+            }),
+            mean_of(runs, || {
+                agent_sql::list_registered(&conn).expect("list_registered");
+            }),
+            mean_of(runs, || {
+                let page = task_sql::open_candidates(&conn, &caps, now, None, 32).expect("query");
+                assert_eq!(page.len(), 32);
+            }),
+            mean_of(runs, || {
+                task_sql::open_candidates(&conn, &caps, now, None, 1).expect("query");
+            }),
+        )
+    };
+    let verify = mean_of(runs, || {
+        keys.verify(&token).expect("verify");
+    });
+    let reads_in_tx = mean_of(runs, || {
+        store
+            .write(|tx| {
+                tasks
+                    .agents()
+                    .authenticate(tx, &token)
+                    .expect("authenticate");
+                task_sql::targeted_candidates(tx, &agent_id, &caps, i64::MAX, 1)?;
+                agent_sql::list_registered(tx)?;
+                task_sql::open_candidates(tx, &caps, i64::MAX, None, 32)?;
+                Ok::<_, StoreError>(())
+            })
+            .expect("reads");
+    });
+    let empty_tx = mean_of(runs, || {
+        store.write(|_| Ok::<_, StoreError>(())).expect("empty tx");
+    });
+    let audit = tasks.agents().audit().clone();
+    let append_1 = mean_of(runs, || {
+        audit.record(event()).expect("record");
+    });
+    let append_3 = mean_of(runs, || {
+        store
+            .write(|tx| {
+                for _ in 0..3 {
+                    audit.append_in(tx, &event())?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .expect("append_in");
+    });
+
+    // Whole claims and reports on the same queue, with the bytes they hand to write().
+    let claims = 1_000;
+    let mut claiming = Vec::with_capacity(claims);
+    let mut completing = Vec::with_capacity(claims);
+    let io_before = io_chars();
+    for _ in 0..claims {
+        let started = Instant::now();
+        let task = claim_one(&tasks, &token).expect("queue ran dry");
+        let claimed = Instant::now();
+        tasks.report(&token, &task.id, completed()).expect("report");
+        claiming.push(claimed - started);
+        completing.push(claimed.elapsed());
+    }
+    let io_after = io_chars();
+    claiming.sort();
+    completing.sort();
+    let (submit_p50, claim_p50, complete_p50) = (
+        percentile(&submits, 50.0),
+        percentile(&claiming, 50.0),
+        percentile(&completing, 50.0),
+    );
+    let (submit_mean, submit_tail) = mean_and_tail(&submits);
+    let (claim_mean, claim_tail) = mean_and_tail(&claiming);
+    let (complete_mean, complete_tail) = mean_and_tail(&completing);
+
+    println!(
+        "   (info) breakdown on a fresh database with {depth} queued tasks of the mix (gpu 5% \
+         included), 1 agent; pieces are means of {runs} runs:"
+    );
+    println!(
+        "      per call p50 / mean / share of time in calls over 1 ms: submit {:.0} / {:.0} µs / \
+         {:.0}%, claim {:.0} / {:.0} µs / {:.0}%, complete {:.0} / {:.0} µs / {:.0}%; at the p50s \
+         alone a task costs {:.0} µs = {:.0} tasks/s",
+        us(submit_p50),
+        us(submit_mean),
+        submit_tail * 100.0,
+        us(claim_p50),
+        us(claim_mean),
+        claim_tail * 100.0,
+        us(complete_p50),
+        us(complete_mean),
+        complete_tail * 100.0,
+        us(submit_p50 + claim_p50 + complete_p50),
+        1.0 / (submit_p50 + claim_p50 + complete_p50).as_secs_f64(),
+    );
+    println!(
+        "      claim reads: authenticate {:.1} µs (HS256 token verify {:.1} of it); \
+         targeted_candidates {:.1} µs; list_registered {:.1} µs; open_candidates (32 rows, \
+         capability check in SQL) {:.1} µs, with 1 row {:.1} µs; all four inside one BEGIN \
+         IMMEDIATE..COMMIT {:.0} µs, so the claim p50 leaves {:.0} µs for the lease update, \
+         audit append, re-read and commit",
+        us(authenticate),
+        us(verify),
+        us(targeted),
+        us(listing),
+        us(page_32),
+        us(page_1),
+        us(reads_in_tx),
+        us(claim_p50.saturating_sub(reads_in_tx)),
+    );
+    println!(
+        "      empty BEGIN IMMEDIATE+COMMIT {:.1} µs; one audit event in its own transaction \
+         {:.1} µs, three in one {:.1} µs (~{:.0} µs per extra append); claim+complete hand \
+         {:.1} KB per task to write() (WAL frames: whole 4 KB pages of the table, its indexes \
+         and the audit chain)",
+        us(empty_tx),
+        us(append_1),
+        us(append_3),
+        us(append_3.saturating_sub(append_1)) / 2.0,
+        (io_after.0 - io_before.0) as f64 / claims as f64 / 1024.0,
+    );
+}
+
+fn bench_task_throughput(counts: &Counts, dir: &Path) {
+    println!(
+        "\n== 6. Task queue throughput (TaskService, SQLite file in WAL mode, \
+         synchronous=NORMAL) =="
+    );
+    println!(
+        "   submit {n} tasks (one transaction each), then claim + complete them all (one claim \
+         and one report transaction each); every step appends its audit event in its \
+         transaction",
+        n = counts.tasks,
+    );
+    let one = task_throughput(counts.tasks, 1, &dir.join("throughput-1.db"), true);
+    let four = task_throughput(counts.tasks, 4, &dir.join("throughput-4.db"), true);
+    task_throughput_batched(counts.tasks, &dir.join("throughput-batched.db"));
+    println!(
+        "   (info) the 4 threads share one Store handle, which serializes on its mutex: 4 agents \
+         run at {:.2}x the rate of 1",
+        four / one,
+    );
+    task_throughput(counts.tasks, 1, &dir.join("throughput-nockpt.db"), false);
+    claim_breakdown(&dir.join("breakdown.db"), 2_000);
+}
+
+/// Sorted claim latencies at one queue depth.
+struct DepthResult {
+    claims: Vec<Duration>,
+    claim_complete: Vec<Duration>,
+    /// Claims of the diagnostic pass without WAL autocheckpoints.
+    claims_no_checkpoint: Vec<Duration>,
+}
+
+fn over_1ms(sorted: &[Duration]) -> usize {
+    sorted
+        .iter()
+        .filter(|d| **d > Duration::from_millis(1))
+        .count()
+}
+
+/// Deepest queue filled through `TaskService::submit`; deeper ones are filled through the store
+/// layer, since one transaction per task would take minutes for a million.
+const SUBMIT_FILL_MAX: usize = 100_000;
+
+/// Submits tasks 0..`depth` of the mix (with the foreign 5%), one transaction each.
+fn fill_by_submit(tasks: &TaskService, depth: usize) {
+    let by = submitter();
+    for i in 0..depth {
+        tasks.submit(mixed_task(i, true), &by).expect("submit");
+    }
+}
+
+/// Submits task 0 of the mix, then inserts tasks 1..`depth` as rows shaped like it through
+/// `store::task::insert`, 10,000 per transaction, without audit events.
+fn fill_by_store(tasks: &TaskService, depth: usize) {
+    let (first, _) = tasks
+        .submit(mixed_task(0, true), &submitter())
+        .expect("submit");
+    let store = tasks.agents().audit().store();
+    let template = task_sql::get(&store.lock(), &first.id)
+        .expect("get")
+        .expect("submitted row");
+    for start in (1..depth).step_by(10_000) {
+        store
+            .write(|tx| {
+                for i in start..(start + 10_000).min(depth) {
+                    task_sql::insert(tx, &mixed_row(i, &template, now_ms()))?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .expect("insert batch");
+    }
+}
+
+fn claims_at_depth(counts: &Counts, depth: usize, path: &Path) -> DepthResult {
+    let (tasks, _) = task_service(path);
+    let token = register_agent(&tasks, "claimer");
+    let by = submitter();
+    let started = Instant::now();
+    let how = if depth <= SUBMIT_FILL_MAX {
+        fill_by_submit(&tasks, depth);
+        "TaskService::submit (one transaction and one audit event per task)"
+    } else {
+        fill_by_store(&tasks, depth);
+        "one submit, then store::task::insert of rows shaped like its row, 10,000 per \
+         transaction, no audit events (submit, one transaction per task, would take minutes)"
+    };
+    let filling = started.elapsed();
+    println!(
+        "queue depth {depth}: filled through {how} in {:.1} s ({:.0} tasks/s)",
+        filling.as_secs_f64(),
+        per_second(depth, filling),
+    );
+
+    // Each claimed task is completed and replaced by a new one, so the depth stays put.
+    // Returns the claim latency, the claim+complete latency and the task's priority.
+    let cycle = |next: &mut usize| -> (Duration, Duration, Priority) {
+        let started = Instant::now();
+        let task = claim_one(&tasks, &token).expect("queue ran dry");
+        let claimed = started.elapsed();
+        tasks.report(&token, &task.id, completed()).expect("report");
+        let total = started.elapsed();
+        tasks.submit(mixed_task(*next, true), &by).expect("submit");
+        *next += 1;
+        assert!(
+            task.capabilities
+                .iter()
+                .all(|c| AGENT_CAPS.contains(&c.as_str())),
+            "claimed a task the agent cannot run: {:?}",
+            task.capabilities,
+        );
+        (claimed, total, task.priority)
+    };
+    let mut next = depth;
+    let warmup = 20;
+    for _ in 0..warmup {
+        cycle(&mut next);
+    }
+    let mut claims = Vec::with_capacity(counts.claims_per_depth);
+    let mut claim_complete = Vec::with_capacity(counts.claims_per_depth);
+    let mut by_priority = [0usize; 4];
+    for _ in 0..counts.claims_per_depth {
+        let (claimed, total, priority) = cycle(&mut next);
+        claims.push(claimed);
+        claim_complete.push(total);
+        by_priority[match priority {
+            Priority::Urgent => 0,
+            Priority::High => 1,
+            Priority::Normal => 2,
+            Priority::Low => 3,
+        }] += 1;
+    }
+    claims.sort();
+    claim_complete.sort();
+
+    let store = tasks.agents().audit().store().clone();
+    let caps = serde_json::to_string(&AGENT_CAPS).expect("caps json");
+    let query = mean_of(200, || {
+        let page =
+            task_sql::open_candidates(&store.lock(), &caps, i64::MAX, None, 32).expect("query");
+        assert_eq!(page.len(), 32);
+    });
+    let started = Instant::now();
+    let stats = tasks.stats().expect("stats");
+    let stats_time = started.elapsed();
+    let queued = stats.by_status.get("queued").copied().unwrap_or(0);
+
+    println!(
+        "   claim p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs ({} over 1 ms); \
+         claim+complete p50 {:.0} µs, p99 {:.0} µs; over {} claims (after {warmup} warm-up), \
+         each followed by a complete and one new submit",
+        us(percentile(&claims, 50.0)),
+        us(percentile(&claims, 90.0)),
+        us(percentile(&claims, 99.0)),
+        us(claims[claims.len() - 1]),
+        over_1ms(&claims),
+        us(percentile(&claim_complete, 50.0)),
+        us(percentile(&claim_complete, 99.0)),
+        counts.claims_per_depth,
+    );
+    println!(
+        "   (info) claimed: {} urgent, {} high, {} normal, {} low; claim query alone \
+         (open_candidates, 32 rows, capability check in SQL) {:.0} µs; queued after: {queued} \
+         ({} need gpu, never claimable); stats() {:.1} ms; database {:.0} MB + WAL {:.0} MB",
+        by_priority[0],
+        by_priority[1],
+        by_priority[2],
+        by_priority[3],
+        us(query),
+        (0..next)
+            .filter(|&i| mix(i, true).1.contains(&"gpu"))
+            .count(),
+        ms(stats_time),
+        file_mb(path),
+        file_mb(&path.with_extension("db-wal")),
+    );
+
+    // The same cycle again with SQLite's automatic WAL checkpoints off, to see what the tail
+    // is made of.
+    without_autocheckpoint(&tasks);
+    let mut claims_no_checkpoint: Vec<Duration> = (0..counts.claims_per_depth)
+        .map(|_| cycle(&mut next).0)
+        .collect();
+    claims_no_checkpoint.sort();
+    println!(
+        "   (diagnostic) {} more claims with WAL autocheckpoint off (the service never does \
+         this): claim p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs ({} over 1 ms); \
+         the WAL grew to {:.0} MB meanwhile",
+        counts.claims_per_depth,
+        us(percentile(&claims_no_checkpoint, 50.0)),
+        us(percentile(&claims_no_checkpoint, 90.0)),
+        us(percentile(&claims_no_checkpoint, 99.0)),
+        us(claims_no_checkpoint[claims_no_checkpoint.len() - 1]),
+        over_1ms(&claims_no_checkpoint),
+        file_mb(&path.with_extension("db-wal")),
+    );
+    DepthResult {
+        claims,
+        claim_complete,
+        claims_no_checkpoint,
+    }
+}
+
+fn bench_claim_depth(counts: &Counts, dir: &Path) {
+    println!("\n== 7. Claim latency against queue depth (TaskService, SQLite file in WAL mode) ==");
+    println!(
+        "   task mix: priorities 10% urgent / 20% high / 50% normal / 20% low; capabilities \
+         none / linux / docker+linux / python, plus 5% gpu+linux that the claiming agent (docker, \
+         linux, python) lacks"
+    );
+    let [small, large] = counts.queue_depths;
+    let a = claims_at_depth(counts, small, &dir.join(format!("depth-{small}.db")));
+    let b = claims_at_depth(counts, large, &dir.join(format!("depth-{large}.db")));
+    let ratio = |x: &[Duration], y: &[Duration], p: f64| {
+        percentile(y, p).as_secs_f64() / percentile(x, p).as_secs_f64()
+    };
+    let p50 = ratio(&a.claims, &b.claims, 50.0);
+    let p99 = ratio(&a.claims, &b.claims, 99.0);
+    let within = |r: f64| (0.5..=2.0).contains(&r);
+    println!(
+        "claim latency at {large} vs {small} queued: p50 {p50:.2}x, p99 {p99:.2}x   [target \
+         within 2x: p50 {}, p99 {}]",
+        verdict(within(p50)),
+        verdict(within(p99)),
+    );
+    println!(
+        "   (info) claim+complete at {large} vs {small} queued: p50 {:.2}x, p99 {:.2}x; claims \
+         with WAL autocheckpoint off (diagnostic): p50 {:.2}x, p99 {:.2}x",
+        ratio(&a.claim_complete, &b.claim_complete, 50.0),
+        ratio(&a.claim_complete, &b.claim_complete, 99.0),
+        ratio(&a.claims_no_checkpoint, &b.claims_no_checkpoint, 50.0),
+        ratio(&a.claims_no_checkpoint, &b.claims_no_checkpoint, 99.0),
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this program takes no arguments of its own.
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -654,7 +1389,8 @@ fn main() {
     );
     println!(
         "counts: cold starts {} per request; status calls {} sequential (+{} warm-up), {} at {} \
-         in flight; audit events {} single, {} in batches of 100, {} in batches of 1,000",
+         in flight; audit events {} single, {} in batches of 100, {} in batches of 1,000; \
+         tasks {} per throughput run; claim latency at {} and {} queued, {} claims each",
         counts.cold_runs,
         counts.status_sequential,
         counts.status_warmup,
@@ -663,6 +1399,10 @@ fn main() {
         counts.single_events,
         counts.batch_100_events,
         counts.batch_1000_events,
+        counts.tasks,
+        counts.queue_depths[0],
+        counts.queue_depths[1],
+        counts.claims_per_depth,
     );
 
     let data = tempfile::tempdir().expect("temp dir");
@@ -673,6 +1413,10 @@ fn main() {
 
     let audit_dir = tempfile::tempdir().expect("temp dir");
     bench_audit(&counts, audit_dir.path());
+
+    let task_dir = tempfile::tempdir().expect("temp dir");
+    bench_task_throughput(&counts, task_dir.path());
+    bench_claim_depth(&counts, task_dir.path());
 
     println!("\nload average {} at end", load_average());
 }

@@ -459,27 +459,43 @@ pub struct ClaimInput {
     /// load of its last heartbeat.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub load: Option<f64>,
+    /// Lease up to this many tasks at once, 1 to 100 (default 1), for an agent with spare
+    /// slots; they come in dispatch order.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_tasks: Option<u32>,
 }
 
 /// What `task_claim` returns.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Claimed {
-    /// The leased task, or null.
+    /// The (first) leased task, or null.
     pub task: Option<Task>,
+    /// Every task leased by this claim (one unless `max_tasks` asked for more).
+    pub tasks: Vec<Task>,
     /// Why there is no task, when there is none.
     pub reason: Option<NoTask>,
 }
 
 async fn task_claim(c: Coordinator, i: ClaimInput, _call: Call) -> Result<Claimed, Failure> {
-    c.blocking(move |c| c.tasks().claim_with_load(&i.token, i.load))
+    let max = i.max_tasks.unwrap_or(1);
+    if !(1..=100).contains(&max) {
+        return Err(Failure::Protocol(invalid_field(
+            "task_claim",
+            "max_tasks",
+            format!("expected 1 to 100, got {max}"),
+        )));
+    }
+    c.blocking(move |c| c.tasks().claim_many(&i.token, i.load, max as usize))
         .await?
         .map(|r| match r {
-            Ok(task) => Claimed {
-                task: Some(task),
+            Ok(tasks) => Claimed {
+                task: tasks.first().cloned(),
+                tasks,
                 reason: None,
             },
             Err(reason) => Claimed {
                 task: None,
+                tasks: Vec::new(),
                 reason: Some(reason),
             },
         })

@@ -293,6 +293,63 @@ impl TaskService {
     /// Adds a task. With an idempotency key already used, returns that task instead
     /// (`created` false).
     pub fn submit(&self, new: NewTask, by: &Actor) -> Result<(Task, bool), TaskError> {
+        let mut out = self.submit_many(vec![new], by)?;
+        out.pop()
+            .ok_or_else(|| TaskError::NotFound("submitted task".into()))
+    }
+
+    /// Adds tasks in one transaction (all or none), in order.
+    pub fn submit_many(
+        &self,
+        tasks: Vec<NewTask>,
+        by: &Actor,
+    ) -> Result<Vec<(Task, bool)>, TaskError> {
+        let now = now_ms();
+        let rows = tasks
+            .into_iter()
+            .map(|t| self.new_row(t, by, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store().write(|tx| {
+            let mut out = Vec::with_capacity(rows.len());
+            for (row, caps, priority) in rows {
+                if let Some(key) = &row.idempotency_key
+                    && let Some(existing) = sql::by_idempotency_key(tx, key)?
+                {
+                    out.push((Task::from(existing), false));
+                    continue;
+                }
+                if let Some(target) = &row.target_agent_id
+                    && agent_sql::get(tx, target)?.is_none()
+                {
+                    return Err(TaskError::Invalid {
+                        field: "target_agent_id",
+                        message: format!("no agent {target} is registered"),
+                    });
+                }
+                sql::insert(tx, &row)?;
+                self.append(
+                    tx,
+                    event(
+                        by.clone(),
+                        Action::TaskSubmitted,
+                        &row.id,
+                        json!({"kind": row.kind, "priority": priority.as_str(),
+                               "capabilities": caps, "target": row.target_agent_id}),
+                    ),
+                )?;
+                out.push((Task::from(row), true));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Validates a submission and builds its row (and its normalized capabilities).
+    fn new_row(
+        &self,
+        new: NewTask,
+        by: &Actor,
+        now: i64,
+    ) -> Result<(TaskRow, Vec<String>, Priority), TaskError> {
         let kind = new.kind.trim().to_string();
         if kind.is_empty() {
             return Err(TaskError::Invalid {
@@ -317,59 +374,32 @@ impl TaskService {
                 message: format!("expected 0 to 100, got {retries}"),
             });
         }
-        let now = now_ms();
-        self.store().write(|tx| {
-            if let Some(key) = &new.idempotency_key
-                && let Some(existing) = sql::by_idempotency_key(tx, key)?
-            {
-                return Ok((Task::from(existing), false));
-            }
-            if let Some(target) = &new.target_agent_id
-                && agent_sql::get(tx, target)?.is_none()
-            {
-                return Err(TaskError::Invalid {
-                    field: "target_agent_id",
-                    message: format!("no agent {target} is registered"),
-                });
-            }
-            let row = TaskRow {
-                id: format!("tsk_{}", uuid::Uuid::new_v4().simple()),
-                kind: kind.clone(),
-                params: new.params.to_string(),
-                capabilities: serde_json::to_string(&caps).unwrap_or_else(|_| "[]".into()),
-                target_agent_id: new.target_agent_id.clone(),
-                priority: new.priority.rank(),
-                status: TaskStatus::Queued.as_str().into(),
-                timeout_ms: (timeout * 1000.0) as i64,
-                max_retries: i64::from(retries),
-                attempts: 0,
-                idempotency_key: new.idempotency_key.clone(),
-                not_before_ms: new.not_before_ms.unwrap_or(now),
-                created_ms: now,
-                updated_ms: now,
-                submitted_by: by.render(),
-                leased_by: None,
-                lease_expires_ms: None,
-                progress: None,
-                message: None,
-                result: None,
-                last_error: None,
-                finished_ms: None,
-                last_agent_id: None,
-            };
-            sql::insert(tx, &row)?;
-            self.append(
-                tx,
-                event(
-                    by.clone(),
-                    Action::TaskSubmitted,
-                    &row.id,
-                    json!({"kind": row.kind, "priority": new.priority.as_str(),
-                           "capabilities": caps, "target": row.target_agent_id}),
-                ),
-            )?;
-            Ok((Task::from(row), true))
-        })
+        let row = TaskRow {
+            id: format!("tsk_{}", uuid::Uuid::new_v4().simple()),
+            kind,
+            params: new.params.to_string(),
+            capabilities: serde_json::to_string(&caps).unwrap_or_else(|_| "[]".into()),
+            target_agent_id: new.target_agent_id,
+            priority: new.priority.rank(),
+            status: TaskStatus::Queued.as_str().into(),
+            timeout_ms: (timeout * 1000.0) as i64,
+            max_retries: i64::from(retries),
+            attempts: 0,
+            idempotency_key: new.idempotency_key,
+            not_before_ms: new.not_before_ms.unwrap_or(now),
+            created_ms: now,
+            updated_ms: now,
+            submitted_by: by.render(),
+            leased_by: None,
+            lease_expires_ms: None,
+            progress: None,
+            message: None,
+            result: None,
+            last_error: None,
+            finished_ms: None,
+            last_agent_id: None,
+        };
+        Ok((row, caps, new.priority))
     }
 
     /// Leases the best task this agent may run, atomically (one write transaction), or says
@@ -385,6 +415,19 @@ impl TaskService {
         token: &str,
         load: Option<f64>,
     ) -> Result<Result<Task, NoTask>, TaskError> {
+        Ok(self
+            .claim_many(token, load, 1)?
+            .map(|mut tasks| tasks.remove(0)))
+    }
+
+    /// Leases up to `max` tasks in dispatch order in one transaction (a worker with spare
+    /// slots, or a batch consumer). Never returns an empty list: no task is `Err(NoTask)`.
+    pub fn claim_many(
+        &self,
+        token: &str,
+        load: Option<f64>,
+        max: usize,
+    ) -> Result<Result<Vec<Task>, NoTask>, TaskError> {
         if let Some(l) = load
             && (!(0.0..=1.0).contains(&l) || l.is_nan())
         {
@@ -407,73 +450,103 @@ impl TaskService {
             if me.load > cfg.load_ceiling {
                 return Ok(Err(NoTask::LoadAboveCeiling));
             }
-            let caps = me.capabilities.clone();
-            let mut chosen = sql::targeted_candidates(tx, &me.id, &caps, now, 1)?
+            // Untargeted work goes first to the least-loaded capable agent: a task that a
+            // less-loaded, active agent could run is skipped until it has waited long enough.
+            let lighter: Vec<Vec<String>> = agent_sql::list_registered(tx)?
                 .into_iter()
-                .next();
-            if chosen.is_none() {
-                // Untargeted work goes first to the least-loaded capable agent: skip a task
-                // that a less-loaded, active agent could run, unless it has waited long enough.
-                let lighter: Vec<Vec<String>> = agent_sql::list_registered(tx)?
-                    .into_iter()
-                    .filter(|a| {
-                        a.id != me.id
-                            && a.load < me.load
-                            && a.load <= cfg.load_ceiling
-                            && a.status != AgentStatus::Draining.as_str()
-                            && self.agents.health_at(a.last_heartbeat_ms, now) == Health::Active
-                    })
-                    .map(|a| serde_json::from_str(&a.capabilities).unwrap_or_default())
-                    .collect();
-                let mut after: Option<(i64, i64, String)> = None;
-                'pages: for _ in 0..8 {
-                    let page = sql::open_candidates(
-                        tx,
-                        &caps,
-                        now,
-                        after.as_ref().map(|(p, c, i)| (*p, *c, i.as_str())),
-                        32,
-                    )?;
-                    let full = page.len() == 32;
-                    for t in page {
-                        let needs: Vec<String> =
-                            serde_json::from_str(&t.capabilities).unwrap_or_default();
-                        let waited = now - t.created_ms.max(t.not_before_ms);
-                        let reserved = waited < cfg.offer_window_ms as i64
-                            && lighter
-                                .iter()
-                                .any(|their| needs.iter().all(|n| their.contains(n)));
-                        if !reserved {
-                            chosen = Some(t);
-                            break 'pages;
-                        }
-                        after = Some((t.priority, t.created_ms, t.id.clone()));
-                    }
-                    if !full {
-                        break;
-                    }
+                .filter(|a| {
+                    a.id != me.id
+                        && a.load < me.load
+                        && a.load <= cfg.load_ceiling
+                        && a.status != AgentStatus::Draining.as_str()
+                        && self.agents.health_at(a.last_heartbeat_ms, now) == Health::Active
+                })
+                .map(|a| serde_json::from_str(&a.capabilities).unwrap_or_default())
+                .collect();
+            let actor = Actor::new(ActorKind::Agent, me.id.clone());
+            let mut leased = Vec::new();
+            while leased.len() < max.max(1) {
+                let Some(mut task) = self.pick(tx, &me.id, &me.capabilities, &lighter, now)? else {
+                    break;
+                };
+                let expires = now + task.timeout_ms;
+                if !sql::lease(tx, &task.id, &me.id, now, expires)? {
+                    break;
                 }
+                self.append(
+                    tx,
+                    event(
+                        actor.clone(),
+                        Action::TaskLeased,
+                        &task.id,
+                        json!({"attempt": task.attempts + 1, "lease_expires_ms": expires}),
+                    ),
+                )?;
+                // What `sql::lease` wrote, without reading the row back.
+                task.status = TaskStatus::Leased.as_str().into();
+                task.leased_by = Some(me.id.clone());
+                task.last_agent_id = Some(me.id.clone());
+                task.lease_expires_ms = Some(expires);
+                task.attempts += 1;
+                task.updated_ms = now;
+                task.progress = None;
+                task.message = None;
+                leased.push(Task::from(task));
             }
-            let Some(task) = chosen else {
-                return Ok(Err(NoTask::QueueEmpty));
-            };
-            let expires = now + task.timeout_ms;
-            if !sql::lease(tx, &task.id, &me.id, now, expires)? {
-                return Ok(Err(NoTask::QueueEmpty));
-            }
-            self.append(
-                tx,
-                event(
-                    Actor::new(ActorKind::Agent, me.id.clone()),
-                    Action::TaskLeased,
-                    &task.id,
-                    json!({"attempt": task.attempts + 1, "lease_expires_ms": expires}),
-                ),
-            )?;
-            let row =
-                sql::get(tx, &task.id)?.ok_or_else(|| TaskError::NotFound(task.id.clone()))?;
-            Ok(Ok(Task::from(row)))
+            Ok(if leased.is_empty() {
+                Err(NoTask::QueueEmpty)
+            } else {
+                Ok(leased)
+            })
         })
+    }
+
+    /// The next task this agent may take: aimed at it first, then untargeted in dispatch
+    /// order, skipping tasks reserved for a lighter agent.
+    fn pick(
+        &self,
+        tx: &rusqlite::Connection,
+        agent_id: &str,
+        caps: &str,
+        lighter: &[Vec<String>],
+        now: i64,
+    ) -> Result<Option<TaskRow>, TaskError> {
+        if let Some(t) = sql::targeted_candidates(tx, agent_id, caps, now, 1)?
+            .into_iter()
+            .next()
+        {
+            return Ok(Some(t));
+        }
+        let window = self.agents.config().offer_window_ms as i64;
+        // With no lighter agent every candidate is acceptable, so one row is enough.
+        let page_size = if lighter.is_empty() { 1 } else { 32 };
+        let mut after: Option<(i64, i64, String)> = None;
+        for _ in 0..8 {
+            let page = sql::open_candidates(
+                tx,
+                caps,
+                now,
+                after.as_ref().map(|(p, c, i)| (*p, *c, i.as_str())),
+                page_size,
+            )?;
+            let full = page.len() as i64 == page_size;
+            for t in page {
+                let needs: Vec<String> = serde_json::from_str(&t.capabilities).unwrap_or_default();
+                let waited = now - t.created_ms.max(t.not_before_ms);
+                let reserved = waited < window
+                    && lighter
+                        .iter()
+                        .any(|their| needs.iter().all(|n| their.contains(n)));
+                if !reserved {
+                    return Ok(Some(t));
+                }
+                after = Some((t.priority, t.created_ms, t.id.clone()));
+            }
+            if !full {
+                break;
+            }
+        }
+        Ok(None)
     }
 
     /// Backoff before retry `attempt` (1-based): base * 2^(attempt-1), capped, ±50% jitter.
