@@ -1,7 +1,9 @@
 //! Benchmark program for mcp-coordinator: prints cold start, tool round-trip latency and
 //! throughput, idle memory, audit append rate, audit verification time, task queue throughput
-//! and claim latency against queue depth, each next to its target. Run with `cargo bench --bench coordinator`; `BENCH_QUICK=1` shrinks the counts about
-//! tenfold for a smoke run. It prints figures and asserts nothing about timing.
+//! and claim latency against queue depth, each next to its target. Run with
+//! `cargo bench --bench coordinator`; `BENCH_ONLY=server,audit,queue` picks sections and
+//! `BENCH_QUICK=1` shrinks the counts about tenfold for a smoke run. It prints figures and
+//! asserts nothing about timing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1405,18 +1407,26 @@ fn main() {
         counts.claims_per_depth,
     );
 
-    let data = tempfile::tempdir().expect("temp dir");
-    let data_dir = data.path().join("data");
-    bench_cold_start(&counts, &data_dir);
-    bench_status(&counts, &data_dir);
-    bench_idle_memory(&data_dir);
+    // BENCH_ONLY=server,audit,queue runs a subset (default: all).
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let wants = |part: &str| only.is_empty() || only.split(',').any(|p| p.trim() == part);
 
-    let audit_dir = tempfile::tempdir().expect("temp dir");
-    bench_audit(&counts, audit_dir.path());
-
-    let task_dir = tempfile::tempdir().expect("temp dir");
-    bench_task_throughput(&counts, task_dir.path());
-    bench_claim_depth(&counts, task_dir.path());
+    if wants("server") {
+        let data = tempfile::tempdir().expect("temp dir");
+        let data_dir = data.path().join("data");
+        bench_cold_start(&counts, &data_dir);
+        bench_status(&counts, &data_dir);
+        bench_idle_memory(&data_dir);
+    }
+    if wants("audit") {
+        let audit_dir = tempfile::tempdir().expect("temp dir");
+        bench_audit(&counts, audit_dir.path());
+    }
+    if wants("queue") {
+        let task_dir = tempfile::tempdir().expect("temp dir");
+        bench_task_throughput(&counts, task_dir.path());
+        bench_claim_depth(&counts, task_dir.path());
+    }
 
     println!("\nload average {} at end", load_average());
 }

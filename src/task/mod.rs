@@ -464,14 +464,12 @@ impl TaskService {
                 .map(|a| serde_json::from_str(&a.capabilities).unwrap_or_default())
                 .collect();
             let actor = Actor::new(ActorKind::Agent, me.id.clone());
+            let max = max.max(1);
             let mut leased = Vec::new();
-            while leased.len() < max.max(1) {
-                let Some(mut task) = self.pick(tx, &me.id, &me.capabilities, &lighter, now)? else {
-                    break;
-                };
+            let mut lease = |mut task: TaskRow| -> Result<bool, TaskError> {
                 let expires = now + task.timeout_ms;
                 if !sql::lease(tx, &task.id, &me.id, now, expires)? {
-                    break;
+                    return Ok(false);
                 }
                 self.append(
                     tx,
@@ -492,6 +490,30 @@ impl TaskService {
                 task.progress = None;
                 task.message = None;
                 leased.push(Task::from(task));
+                Ok(true)
+            };
+            // Aimed at this agent first, then untargeted work in dispatch order. With no
+            // lighter agent to defer to, one query fetches the whole batch.
+            let mut taken = 0;
+            for t in sql::targeted_candidates(tx, &me.id, &me.capabilities, now, max as i64)? {
+                taken += usize::from(lease(t)?);
+            }
+            if taken < max && lighter.is_empty() {
+                let rest =
+                    sql::open_candidates(tx, &me.capabilities, now, None, (max - taken) as i64)?;
+                for t in rest {
+                    lease(t)?;
+                }
+            } else if taken < max {
+                while taken < max {
+                    let Some(t) = self.pick(tx, &me.id, &me.capabilities, &lighter, now)? else {
+                        break;
+                    };
+                    if !lease(t)? {
+                        break;
+                    }
+                    taken += 1;
+                }
             }
             Ok(if leased.is_empty() {
                 Err(NoTask::QueueEmpty)
