@@ -5,6 +5,8 @@ pub mod agent;
 pub mod approval;
 pub mod audit;
 pub mod config;
+pub mod keyfile;
+mod macros;
 pub mod server;
 pub mod store;
 pub mod task;

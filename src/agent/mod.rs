@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit::chain::{format_ts, now_ts};
 use crate::audit::{Action, Actor, ActorKind, AuditLog, NewEvent, Outcome};
+use crate::macros::string_enum;
 use crate::store::agent::{self as sql, AgentRow};
 use crate::store::task as task_sql;
 use crate::store::{Store, StoreError};
@@ -71,25 +72,6 @@ impl AgentsConfig {
         Ok(())
     }
 }
-
-macro_rules! string_enum {
-    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
-        $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-        #[serde(rename_all = "snake_case")]
-        pub enum $name { $($(#[$vm])* $variant),+ }
-        impl $name {
-            pub fn as_str(self) -> &'static str { match self { $($name::$variant => $text),+ } }
-        }
-        impl FromStr for $name {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s { $($text => Ok($name::$variant),)+ other => Err(format!("unknown {other:?}")) }
-            }
-        }
-    };
-}
-pub(crate) use string_enum;
 
 string_enum!(
     /// What an agent is for.

@@ -2,8 +2,6 @@
 //! in the data directory (mode 0600, created on first use). Verification pins the algorithm,
 //! issuer and audience, and requires an unexpired token.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -54,54 +52,20 @@ impl TokenKeys {
     /// Loads the HMAC key from `dir`, creating 32 random bytes on first use. Two processes
     /// racing to create it end up with the same key (write aside, then link into place).
     pub fn load_or_create(dir: &Path) -> Result<Self, TokenError> {
-        let path = dir.join(KEY_FILE);
-        let err = |message: String| TokenError::Key {
-            path: path.clone(),
-            message,
-        };
-        let key = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let mode = std::fs::metadata(&path)
-                    .map_err(|e| err(e.to_string()))?
-                    .permissions()
-                    .mode();
-                if mode & 0o077 != 0 {
-                    return Err(err(format!(
-                        "readable by others (mode {:o}); run: chmod 600 {}",
-                        mode & 0o777,
-                        path.display()
-                    )));
-                }
-                bytes
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::store::create_private_dir(dir).map_err(|e| err(e.to_string()))?;
-                let mut bytes = [0u8; 32];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
-                let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(|e| err(e.to_string()))?;
-                f.write_all(&bytes)
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| err(e.to_string()))?;
-                let linked = std::fs::hard_link(&tmp, &path);
-                let _ = std::fs::remove_file(&tmp);
-                match linked {
-                    Ok(()) => bytes.to_vec(),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        std::fs::read(&path).map_err(|e| err(e.to_string()))?
-                    }
-                    Err(e) => return Err(err(e.to_string())),
-                }
-            }
-            Err(e) => return Err(err(e.to_string())),
-        };
+        let key = crate::keyfile::read_or_create(dir, KEY_FILE, || {
+            let mut bytes = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+            bytes.to_vec()
+        })
+        .map_err(|e| TokenError::Key {
+            path: dir.join(KEY_FILE),
+            message: e.to_string(),
+        })?;
         if key.len() < 32 {
-            return Err(err(format!("holds {} bytes, expected 32", key.len())));
+            return Err(TokenError::Key {
+                path: dir.join(KEY_FILE),
+                message: format!("holds {} bytes, expected 32", key.len()),
+            });
         }
         Ok(Self::from_secret(&key))
     }
@@ -164,6 +128,7 @@ impl TokenKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn now() -> i64 {
         time::OffsetDateTime::now_utc().unix_timestamp()

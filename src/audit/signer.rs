@@ -1,12 +1,12 @@
 //! The coordinator's Ed25519 audit key: created on first run in the data directory with mode
 //! 0600, loaded afterwards, used to sign the chain head and to check stored signatures.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier, VerifyingKey};
+
+use crate::keyfile;
 
 /// The key file's name inside the data directory.
 pub const KEY_FILE: &str = "audit-signing-key.pem";
@@ -14,13 +14,8 @@ pub const KEY_FILE: &str = "audit-signing-key.pem";
 /// Why the key could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read audit signing key {path}: {source}")]
+    #[error("cannot read or create audit signing key {path}: {source}")]
     Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot create audit signing key {path}: {source}")]
-    Create {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -47,68 +42,30 @@ impl std::fmt::Debug for AuditSigner {
 }
 
 impl AuditSigner {
-    /// Loads the key from `dir`, creating it on first run. Two processes starting at once both
-    /// end up with the same key: the file is written under a temporary name and linked into
-    /// place, and the loser of that race reads the winner's key.
+    /// Loads the key from `dir`, creating it on first run (see [`crate::keyfile`]: two
+    /// processes starting at once both end up with the same key).
     pub fn load_or_create(dir: &Path) -> Result<Self, KeyError> {
         let path = dir.join(KEY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(pem) => return Self::from_pem(&path, &pem),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(KeyError::Read { path, source }),
-        }
-        let create_err = |source| KeyError::Create {
-            path: path.clone(),
-            source,
-        };
-        crate::store::create_private_dir(dir).map_err(create_err)?;
-        let key = SigningKey::generate(&mut rand_core::OsRng);
-        let pem = key
-            .to_pkcs8_pem(LineEnding::LF)
-            .map_err(|e| KeyError::Malformed {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        let tmp = dir.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(create_err)?;
-            f.write_all(pem.as_bytes()).map_err(create_err)?;
-            f.sync_all().map_err(create_err)?;
-        }
-        let linked = std::fs::hard_link(&tmp, &path);
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => Self::from_pem(&path, &pem),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let pem = std::fs::read_to_string(&path).map_err(|source| KeyError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                Self::from_pem(&path, &pem)
+        let bytes = keyfile::read_or_create(dir, KEY_FILE, || {
+            // Encoding a freshly generated key cannot fail; an empty file would be refused
+            // below as malformed rather than trusted.
+            SigningKey::generate(&mut rand_core::OsRng)
+                .to_pkcs8_pem(LineEnding::LF)
+                .map(|p| p.as_bytes().to_vec())
+                .unwrap_or_default()
+        })
+        .map_err(|e| match e {
+            keyfile::KeyFileError::Permissions { path, mode } => {
+                KeyError::Permissions { path, mode }
             }
-            Err(source) => Err(KeyError::Create { path, source }),
-        }
-    }
-
-    fn from_pem(path: &Path, pem: &str) -> Result<Self, KeyError> {
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
-            path: path.to_path_buf(),
-            source,
+            keyfile::KeyFileError::Io { path, source } => KeyError::Read { path, source },
         })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-        let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| KeyError::Malformed {
-            path: path.to_path_buf(),
+        let pem = String::from_utf8(bytes).map_err(|e| KeyError::Malformed {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let key = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError::Malformed {
+            path,
             message: e.to_string(),
         })?;
         Ok(Self::from_key(key))
@@ -154,6 +111,7 @@ pub fn verify_hex(public_hex: &str, signature_hex: &str, message: &[u8]) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn created_once_with_private_mode_and_reloaded() -> Result<(), Box<dyn std::error::Error>> {

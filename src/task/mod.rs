@@ -10,10 +10,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::agent::{
-    AgentError, AgentService, AgentStatus, Health, normalize_capabilities, now_ms, string_enum,
-};
+use crate::agent::{AgentError, AgentService, AgentStatus, Health, normalize_capabilities, now_ms};
 use crate::audit::{Action, Actor, ActorKind, NewEvent, Outcome};
+use crate::macros::string_enum;
 use crate::store::agent as agent_sql;
 use crate::store::task::{self as sql, TaskRow};
 use crate::store::{Store, StoreError};
