@@ -667,11 +667,22 @@ impl TaskService {
                     sql::finish(tx, task_id, TaskStatus::Failed.as_str(), None, Some(message), now)?;
                 }
             } else if let Some(result) = &report.result {
-                sql::finish(tx, task_id, TaskStatus::Completed.as_str(), Some(&result.to_string()), None, now)?;
+                let result = result.to_string();
+                sql::finish(tx, task_id, TaskStatus::Completed.as_str(), Some(&result), None, now)?;
                 self.append(
                     tx,
                     event(actor, Action::TaskCompleted, task_id, json!({"attempt": t.attempts})),
                 )?;
+                // The hot path: what `sql::finish` wrote, without reading the row back.
+                let mut done = t;
+                done.status = TaskStatus::Completed.as_str().into();
+                done.result = Some(result);
+                done.leased_by = None;
+                done.lease_expires_ms = None;
+                done.finished_ms = Some(now);
+                done.updated_ms = now;
+                done.progress = Some(1.0);
+                return Ok(Task::from(done));
             } else {
                 sql::progress(tx, task_id, report.progress, report.message.as_deref(), now)?;
                 if status == TaskStatus::Leased {

@@ -50,7 +50,9 @@ CREATE INDEX tasks_target ON tasks (target_agent_id, priority DESC, created_ms) 
 -- The sweeper: leases by expiry, and by holder.
 CREATE INDEX tasks_leases ON tasks (lease_expires_ms) WHERE status IN ('leased', 'running');
 CREATE INDEX tasks_holder ON tasks (leased_by) WHERE leased_by IS NOT NULL;
-CREATE INDEX tasks_agent  ON tasks (last_agent_id, updated_ms);
+-- Only the agent, not the time: an index entry that moved with every update would be
+-- rewritten on every task step.
+CREATE INDEX tasks_agent  ON tasks (last_agent_id);
 -- Listing, stats and purging.
 CREATE INDEX tasks_status ON tasks (status, updated_ms);
 CREATE INDEX tasks_finished ON tasks (finished_ms) WHERE finished_ms IS NOT NULL;
