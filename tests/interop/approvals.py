@@ -44,6 +44,8 @@ from jsonschema.validators import validator_for
 from mcp import Client, StdioServerParameters, types
 from mcp.client.session import ClientRequestContext
 
+from report import Report  # tests/interop/report.py, beside this script
+
 MODERN_VERSION = "2026-07-28"
 CLIENT_NAME = "mcp-coordinator-interop"
 CLIENT_VERSION = importlib.metadata.version("mcp")
@@ -67,23 +69,6 @@ WAIT_SECONDS = 20
 WAITING_CALL_LATE_LIMIT = 1.5
 WAITING_CALL_TOTAL_LIMIT = 10.0
 DETAIL_LIMIT = 400
-
-
-class Report:
-    """Counts checks and prints one line per check."""
-
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, label: str, ok: bool, detail: str = "") -> None:
-        if ok and len(detail) > DETAIL_LIMIT:
-            detail = detail[:DETAIL_LIMIT] + "..."
-        if ok:
-            self.passed += 1
-        else:
-            self.failed += 1
-        print(f"{'PASS' if ok else 'FAIL'} {label}" + (f": {detail}" if detail else ""), flush=True)
 
 
 class Expect:
@@ -621,7 +606,7 @@ async def main() -> int:
     root = Path(args.data_dir)
 
     print(f"mcp SDK {CLIENT_VERSION} (Python {sys.version.split()[0]}) against {args.binary}", flush=True)
-    r = Report()
+    r = Report(DETAIL_LIMIT)
     for mode in ("legacy", MODERN_VERSION):
         try:
             with anyio.fail_after(RUN_TIMEOUT_SECONDS):

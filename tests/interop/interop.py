@@ -20,7 +20,6 @@ import argparse
 import importlib.metadata
 import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,8 @@ import anyio
 from jsonschema.validators import validator_for
 from mcp import Client, MCPError, StdioServerParameters, types
 from mcp.types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+from report import Report  # tests/interop/report.py, beside this script
 
 MODERN_VERSION = "2026-07-28"
 TOOLS = ("coordinator_status", "audit_query", "audit_verify")
@@ -42,30 +43,6 @@ RUN_TIMEOUT_SECONDS = 120
 READ_TIMEOUT_SECONDS = 30
 # Longest detail printed after a passing check (a failing one prints it whole).
 DETAIL_LIMIT = 300
-
-
-class Report:
-    """Counts checks and prints one line per check."""
-
-    def __init__(self) -> None:
-        self.passed = 0
-        self.failed = 0
-
-    def check(self, label: str, ok: bool, detail: str = "") -> bool:
-        if ok and len(detail) > DETAIL_LIMIT:
-            detail = detail[:DETAIL_LIMIT] + "..."
-        if ok:
-            self.passed += 1
-            print(f"PASS {label}" + (f": {detail}" if detail else ""), flush=True)
-        else:
-            self.failed += 1
-            print(f"FAIL {label}" + (f": {detail}" if detail else ""), flush=True)
-        return ok
-
-    def crash(self, label: str, exc: BaseException) -> None:
-        self.failed += 1
-        print(f"FAIL {label}: raised {type(exc).__name__}: {exc}", flush=True)
-        traceback.print_exception(exc, file=sys.stderr)
 
 
 def schema_problems(schema: dict[str, Any], instance: Any) -> list[str]:
@@ -422,7 +399,7 @@ async def main() -> int:
     root = Path(args.data_dir)
 
     print(f"mcp SDK {CLIENT_VERSION} (Python {sys.version.split()[0]}) against {args.binary}", flush=True)
-    r = Report()
+    r = Report(DETAIL_LIMIT)
     for mode in ("legacy", MODERN_VERSION):
         await guarded(r, f"[{mode}] run", run_era(r, args.binary, root / mode.replace("-", "_"), mode))
     await guarded(r, "[auto] run", run_auto(r, args.binary, root / "auto"))
