@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::audit::chain::{format_ts, now_ts};
+use crate::audit::chain::{format_ms, now_ts};
 use crate::audit::{Action, Actor, ActorKind, AuditLog, NewEvent, Outcome};
 use crate::macros::string_enum;
 use crate::store::agent::{self as sql, AgentRow};
@@ -196,12 +196,6 @@ pub fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn ms_to_ts(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map(format_ts)
-        .unwrap_or_default()
-}
-
 /// Normalizes capabilities: trimmed, non-empty, sorted, unique.
 pub fn normalize_capabilities(caps: &[String]) -> Result<Vec<String>, AgentError> {
     let mut out: Vec<String> = Vec::with_capacity(caps.len());
@@ -271,7 +265,7 @@ impl AgentService {
             status: AgentStatus::from_str(&r.status).unwrap_or(AgentStatus::Ready),
             load: r.load,
             health: self.health_at(r.last_heartbeat_ms, now),
-            last_heartbeat: ms_to_ts(r.last_heartbeat_ms),
+            last_heartbeat: format_ms(r.last_heartbeat_ms),
             heartbeat_age_ms: now - r.last_heartbeat_ms,
             id: r.id,
             name: r.name,
@@ -358,7 +352,7 @@ impl AgentService {
         Ok(Registration {
             agent: self.to_agent(row, now),
             token,
-            token_expires_at: ms_to_ts((now_s + ttl) * 1000),
+            token_expires_at: format_ms((now_s + ttl) * 1000),
             refreshed,
             heartbeat_interval_ms: self.config.heartbeat_interval_ms,
         })

@@ -63,6 +63,13 @@ pub fn format_ts(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| format!("{}Z", t.unix_timestamp()))
 }
 
+/// Formats Unix milliseconds in the stored fixed-width form.
+pub fn format_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map(format_ts)
+        .unwrap_or_default()
+}
+
 /// Whole seconds from now until a stored (or RFC 3339) time; 0 if it has passed or is unreadable.
 pub fn seconds_until(ts: &str) -> u64 {
     OffsetDateTime::parse(ts, &Rfc3339)

@@ -111,12 +111,6 @@ pub enum Action {
     /// An MCP tool was called (tool, actor, outcome, duration).
     #[serde(rename = "tool.call")]
     ToolCall,
-    /// A coordinator process started serving.
-    #[serde(rename = "server.start")]
-    ServerStart,
-    /// A coordinator process stopped serving.
-    #[serde(rename = "server.stop")]
-    ServerStop,
     /// Someone asked a person to approve an action.
     #[serde(rename = "approval.requested")]
     ApprovalRequested,
@@ -180,8 +174,6 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
             Action::ToolCall => "tool.call",
-            Action::ServerStart => "server.start",
-            Action::ServerStop => "server.stop",
             Action::ApprovalRequested => "approval.requested",
             Action::ApprovalApproved => "approval.approved",
             Action::ApprovalRejected => "approval.rejected",

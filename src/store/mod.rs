@@ -71,9 +71,6 @@ pub enum StoreError {
     /// Another process held the write lock for longer than the busy timeout.
     #[error("database is busy (another process held the write lock for over {0:?})")]
     Busy(Duration),
-    /// The thing asked for does not exist.
-    #[error("{0} not found")]
-    NotFound(String),
     /// Any other SQLite failure.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),

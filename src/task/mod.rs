@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::agent::{AgentError, AgentService, AgentStatus, Health, normalize_capabilities, now_ms};
+use crate::audit::chain::format_ms;
 use crate::audit::{Action, Actor, ActorKind, NewEvent, Outcome};
 use crate::macros::string_enum;
 use crate::store::agent as agent_sql;
@@ -140,12 +141,6 @@ pub struct Task {
     pub finished_at: Option<String>,
 }
 
-fn ms_to_ts(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .map(crate::audit::chain::format_ts)
-        .unwrap_or_default()
-}
-
 impl From<TaskRow> for Task {
     fn from(r: TaskRow) -> Self {
         Task {
@@ -154,15 +149,15 @@ impl From<TaskRow> for Task {
             priority: Priority::from_rank(r.priority),
             status: TaskStatus::from_str(&r.status).unwrap_or(TaskStatus::Queued),
             timeout_seconds: r.timeout_ms as f64 / 1000.0,
-            not_before: ms_to_ts(r.not_before_ms),
-            created_at: ms_to_ts(r.created_ms),
-            updated_at: ms_to_ts(r.updated_ms),
-            lease_expires_at: r.lease_expires_ms.map(ms_to_ts),
+            not_before: format_ms(r.not_before_ms),
+            created_at: format_ms(r.created_ms),
+            updated_at: format_ms(r.updated_ms),
+            lease_expires_at: r.lease_expires_ms.map(format_ms),
             result: r
                 .result
                 .as_deref()
                 .and_then(|s| serde_json::from_str(s).ok()),
-            finished_at: r.finished_ms.map(ms_to_ts),
+            finished_at: r.finished_ms.map(format_ms),
             id: r.id,
             kind: r.kind,
             target_agent_id: r.target_agent_id,
