@@ -33,6 +33,9 @@ pub enum ToolGroup {
     /// `task_submit`, `task_get`, `task_list`, `task_cancel`, `task_claim`, `task_report`,
     /// `task_requeue`, `queue_stats`, `queue_purge`.
     Tasks,
+    /// `pipeline_create`, `pipeline_get`, `pipeline_list`, `pipeline_delete`, `pipeline_run`,
+    /// `pipeline_run_get`, `pipeline_run_cancel`.
+    Pipelines,
 }
 
 impl ToolGroup {
@@ -43,6 +46,7 @@ impl ToolGroup {
             ToolGroup::Approvals => "approvals",
             ToolGroup::Agents => "agents",
             ToolGroup::Tasks => "tasks",
+            ToolGroup::Pipelines => "pipelines",
         }
     }
 }
@@ -68,6 +72,9 @@ pub struct ConfigFile {
     /// Tasks: default timeout and retries, retry backoff.
     #[serde(default)]
     pub tasks: TasksConfig,
+    /// Pipelines: completion webhooks.
+    #[serde(default)]
+    pub pipelines: crate::pipeline::PipelinesConfig,
 }
 
 /// `[tools]` in the config file.

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod config;
 pub mod keyfile;
 mod macros;
+pub mod pipeline;
 pub mod server;
 pub mod store;
 pub mod task;

@@ -165,7 +165,7 @@ pub struct Approval {
 }
 
 impl Approval {
-    fn from_row(r: ApprovalRow) -> Result<Self, StoreError> {
+    pub fn from_row(r: ApprovalRow) -> Result<Self, StoreError> {
         let bad = |what: &str, v: &str| {
             StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
                 0,
@@ -277,6 +277,16 @@ impl ApprovalService {
     /// Records a pending approval, or returns the pending one for exactly the same kind,
     /// subject and action (asking twice does not create two questions).
     pub fn request(&self, new: NewApproval) -> Result<Approval, ApprovalError> {
+        self.store().write(|tx| self.request_in(tx, &new))
+    }
+
+    /// [`request`](Self::request) inside the caller's write transaction, so the approval and
+    /// the state change that needs it (a pipeline stage waiting for a person) commit together.
+    pub fn request_in(
+        &self,
+        tx: &Connection,
+        new: &NewApproval,
+    ) -> Result<Approval, ApprovalError> {
         if new.summary.trim().is_empty() {
             return Err(ApprovalError::Invalid {
                 field: "summary",
@@ -297,8 +307,8 @@ impl ApprovalService {
         let hash = canonical::action_hash(&new.action);
         let now = OffsetDateTime::now_utc();
         let expires = now + time::Duration::seconds(expiry as i64);
-        self.store().write(|tx| {
-            expire_due_in(&self.audit, tx)?;
+        expire_due_in(&self.audit, tx)?;
+        {
             if let Some(existing) =
                 sql::find_pending(tx, new.kind.as_str(), &new.subject_id, &hash)?
             {
@@ -342,7 +352,7 @@ impl ApprovalService {
                 },
             )?;
             Ok(Approval::from_row(row)?)
-        })
+        }
     }
 
     /// One approval (expired first if its time has passed).
@@ -427,7 +437,20 @@ impl ApprovalService {
         }
         // The expiry must commit even when the decision is refused, so it runs first.
         self.expire_due()?;
-        self.store().write(|tx| {
+        self.store()
+            .write(|tx| self.decide_in(tx, id, &verdict, nonce))
+    }
+
+    /// Records a decision inside the caller's write transaction (a pipeline run being
+    /// cancelled withdraws its pending stage approvals this way).
+    pub fn decide_in(
+        &self,
+        tx: &Connection,
+        id: &str,
+        verdict: &Verdict,
+        nonce: Option<&str>,
+    ) -> Result<Approval, ApprovalError> {
+        {
             let row = sql::get(tx, id)?.ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
             let approval = Approval::from_row(row)?;
             // The question handle first: a replayed answer is named as such, whatever the state.
@@ -511,7 +534,7 @@ impl ApprovalService {
             )?;
             let row = sql::get(tx, id)?.ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
             Ok(Approval::from_row(row)?)
-        })
+        }
     }
 
     /// The gate every executor calls: succeeds once, and only if approval `id` is approved for
@@ -579,7 +602,7 @@ impl ApprovalService {
 }
 
 /// Expires due approvals inside a write transaction.
-fn expire_due_in(audit: &AuditLog, tx: &Connection) -> Result<usize, StoreError> {
+pub fn expire_due_in(audit: &AuditLog, tx: &Connection) -> Result<usize, StoreError> {
     let now = now_ts();
     let due = sql::due_for_expiry(tx, &now)?;
     let system = Actor::system();

@@ -168,6 +168,33 @@ pub enum Action {
     /// Finished tasks were deleted.
     #[serde(rename = "task.purged")]
     TaskPurged,
+    /// A pipeline definition was created, or a new version of one.
+    #[serde(rename = "pipeline.created")]
+    PipelineCreated,
+    /// A pipeline was deleted (its versions and runs are kept).
+    #[serde(rename = "pipeline.deleted")]
+    PipelineDeleted,
+    /// A pipeline run started.
+    #[serde(rename = "pipeline.run_started")]
+    PipelineRunStarted,
+    /// A stage of a run was queued as a task or put to a person.
+    #[serde(rename = "pipeline.stage_started")]
+    PipelineStageStarted,
+    /// A stage of a run completed.
+    #[serde(rename = "pipeline.stage_completed")]
+    PipelineStageCompleted,
+    /// A stage of a run failed, was rejected or was cancelled.
+    #[serde(rename = "pipeline.stage_failed")]
+    PipelineStageFailed,
+    /// A stage of a run was skipped because a required stage before it failed.
+    #[serde(rename = "pipeline.stage_skipped")]
+    PipelineStageSkipped,
+    /// A pipeline run finished: completed, failed or cancelled.
+    #[serde(rename = "pipeline.run_finished")]
+    PipelineRunFinished,
+    /// A run's completion webhook was delivered or gave up.
+    #[serde(rename = "pipeline.webhook")]
+    PipelineWebhook,
 }
 
 impl Action {
@@ -193,6 +220,15 @@ impl Action {
             Action::TaskDead => "task.dead",
             Action::TaskCancelled => "task.cancelled",
             Action::TaskPurged => "task.purged",
+            Action::PipelineCreated => "pipeline.created",
+            Action::PipelineDeleted => "pipeline.deleted",
+            Action::PipelineRunStarted => "pipeline.run_started",
+            Action::PipelineStageStarted => "pipeline.stage_started",
+            Action::PipelineStageCompleted => "pipeline.stage_completed",
+            Action::PipelineStageFailed => "pipeline.stage_failed",
+            Action::PipelineStageSkipped => "pipeline.stage_skipped",
+            Action::PipelineRunFinished => "pipeline.run_finished",
+            Action::PipelineWebhook => "pipeline.webhook",
         }
     }
 }

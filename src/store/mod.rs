@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod approval;
 pub mod audit;
+pub mod pipeline;
 pub mod task;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0001_audit.sql")),
     M::up(include_str!("migrations/0002_approvals.sql")),
     M::up(include_str!("migrations/0003_agents_tasks.sql")),
+    M::up(include_str!("migrations/0004_pipelines.sql")),
 ];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
@@ -44,6 +46,11 @@ const DOMAIN_TABLES: &[(&str, &str)] = &[
         "SELECT COUNT(*) FROM agents WHERE deregistered_at IS NULL",
     ),
     ("tasks", "SELECT COUNT(*) FROM tasks"),
+    (
+        "pipelines",
+        "SELECT COUNT(*) FROM pipelines WHERE deleted_at IS NULL",
+    ),
+    ("pipeline_runs", "SELECT COUNT(*) FROM pipeline_runs"),
 ];
 
 /// What went wrong in the store, named by what happened rather than by SQLite's code.

@@ -5,6 +5,7 @@
 //! returns expired and orphaned leases to the queue.
 
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -249,11 +250,24 @@ pub enum TaskError {
     },
 }
 
+/// Told, inside the same write transaction, when a task reaches a final state (completed,
+/// failed, dead or cancelled): how pipelines advance the moment a stage's task finishes.
+pub trait TaskObserver: Send + Sync {
+    fn task_finished(
+        &self,
+        tx: &rusqlite::Connection,
+        task_id: &str,
+        status: TaskStatus,
+    ) -> Result<(), StoreError>;
+}
+
 /// The queue on one database.
 #[derive(Clone)]
 pub struct TaskService {
     agents: AgentService,
     config: TasksConfig,
+    /// Set once at startup; shared by every clone.
+    observer: Arc<OnceLock<Arc<dyn TaskObserver>>>,
 }
 
 fn event(actor: Actor, action: Action, task_id: &str, detail: Value) -> NewEvent {
@@ -269,7 +283,29 @@ fn event(actor: Actor, action: Action, task_id: &str, detail: Value) -> NewEvent
 
 impl TaskService {
     pub fn new(agents: AgentService, config: TasksConfig) -> Self {
-        TaskService { agents, config }
+        TaskService {
+            agents,
+            config,
+            observer: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Installs the observer told about finished tasks. Only the first call has an effect.
+    pub fn set_observer(&self, observer: Arc<dyn TaskObserver>) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer, in the same transaction, that a task reached a final state.
+    fn finished(
+        &self,
+        tx: &rusqlite::Connection,
+        task_id: &str,
+        status: TaskStatus,
+    ) -> Result<(), StoreError> {
+        match self.observer.get() {
+            Some(o) => o.task_finished(tx, task_id, status),
+            None => Ok(()),
+        }
     }
 
     pub fn agents(&self) -> &AgentService {
@@ -298,12 +334,32 @@ impl TaskService {
         tasks: Vec<NewTask>,
         by: &Actor,
     ) -> Result<Vec<(Task, bool)>, TaskError> {
+        self.store().write(|tx| self.submit_in(tx, tasks, by))
+    }
+
+    /// Adds tasks inside the caller's write transaction (a pipeline stage's task commits with
+    /// the stage's new state). Same rules as [`submit_many`](Self::submit_many).
+    pub fn submit_in(
+        &self,
+        tx: &rusqlite::Connection,
+        tasks: Vec<NewTask>,
+        by: &Actor,
+    ) -> Result<Vec<(Task, bool)>, TaskError> {
         let now = now_ms();
         let rows = tasks
             .into_iter()
             .map(|t| self.new_row(t, by, now))
             .collect::<Result<Vec<_>, _>>()?;
-        self.store().write(|tx| {
+        self.insert_rows(tx, rows, by)
+    }
+
+    fn insert_rows(
+        &self,
+        tx: &rusqlite::Connection,
+        rows: Vec<(TaskRow, Vec<String>, Priority)>,
+        by: &Actor,
+    ) -> Result<Vec<(Task, bool)>, TaskError> {
+        {
             let mut out = Vec::with_capacity(rows.len());
             for (row, caps, priority) in rows {
                 if let Some(key) = &row.idempotency_key
@@ -334,7 +390,7 @@ impl TaskService {
                 out.push((Task::from(row), true));
             }
             Ok(out)
-        })
+        }
     }
 
     /// Validates a submission and builds its row (and its normalized capabilities).
@@ -612,6 +668,7 @@ impl TaskService {
                     json!({"attempts": t.attempts, "error": error}),
                 ),
             )?;
+            self.finished(tx, &t.id, TaskStatus::Dead)?;
             Ok(TaskStatus::Dead)
         }
     }
@@ -660,6 +717,7 @@ impl TaskService {
                     self.retry_or_bury(tx, &t, message, &actor, now)?;
                 } else {
                     sql::finish(tx, task_id, TaskStatus::Failed.as_str(), None, Some(message), now)?;
+                    self.finished(tx, task_id, TaskStatus::Failed)?;
                 }
             } else if let Some(result) = &report.result {
                 let result = result.to_string();
@@ -668,6 +726,7 @@ impl TaskService {
                     tx,
                     event(actor, Action::TaskCompleted, task_id, json!({"attempt": t.attempts})),
                 )?;
+                self.finished(tx, task_id, TaskStatus::Completed)?;
                 // The hot path: what `sql::finish` wrote, without reading the row back.
                 let mut done = t;
                 done.status = TaskStatus::Completed.as_str().into();
@@ -734,8 +793,19 @@ impl TaskService {
 
     /// Cancels a task that has not finished. A leaseholder's later report is refused.
     pub fn cancel(&self, id: &str, reason: Option<&str>, by: &Actor) -> Result<Task, TaskError> {
+        self.store().write(|tx| self.cancel_in(tx, id, reason, by))
+    }
+
+    /// [`cancel`](Self::cancel) inside the caller's write transaction.
+    pub fn cancel_in(
+        &self,
+        tx: &rusqlite::Connection,
+        id: &str,
+        reason: Option<&str>,
+        by: &Actor,
+    ) -> Result<Task, TaskError> {
         let now = now_ms();
-        self.store().write(|tx| {
+        {
             let t = sql::get(tx, id)?.ok_or_else(|| TaskError::NotFound(id.into()))?;
             let status = TaskStatus::from_str(&t.status).unwrap_or(TaskStatus::Queued);
             if status.is_final() {
@@ -754,10 +824,11 @@ impl TaskService {
                     json!({"from": status.as_str(), "reason": reason, "leased_by": t.leased_by}),
                 ),
             )?;
+            self.finished(tx, id, TaskStatus::Cancelled)?;
             Ok(Task::from(
                 sql::get(tx, id)?.ok_or_else(|| TaskError::NotFound(id.into()))?,
             ))
-        })
+        }
     }
 
     /// Puts a dead or failed task back in the queue with a fresh retry budget.

@@ -1,0 +1,532 @@
+//! SQL for pipelines: definitions and their versions, runs, one row per stage of a run, and the
+//! durable webhook delivery state of finished runs.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::StoreError;
+
+/// One row of `pipelines` joined with its latest version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineRow {
+    pub id: String,
+    pub name: String,
+    pub latest_version: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub created_by: String,
+    pub deleted_at: Option<String>,
+}
+
+/// One row of `pipeline_versions`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRow {
+    pub pipeline_id: String,
+    pub version: i64,
+    pub description: String,
+    pub definition: String,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+/// One row of `pipeline_runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRow {
+    pub id: String,
+    pub pipeline_id: String,
+    pub version: i64,
+    pub status: String,
+    pub input: String,
+    pub parameters: String,
+    pub priority: i64,
+    pub started_by: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub finished_ms: Option<i64>,
+    pub error: Option<String>,
+    pub webhook_url: Option<String>,
+    pub webhook_state: Option<String>,
+    pub webhook_attempts: i64,
+    pub webhook_next_ms: Option<i64>,
+    pub webhook_error: Option<String>,
+}
+
+/// One row of `pipeline_stage_runs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRow {
+    pub run_id: String,
+    pub stage: String,
+    pub position: i64,
+    pub status: String,
+    pub task_id: Option<String>,
+    pub approval_id: Option<String>,
+    pub output: Option<String>,
+    pub error: Option<String>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+}
+
+const PIPELINE_COLUMNS: &str =
+    "id, name, latest_version, created_at, updated_at, created_by, deleted_at";
+const RUN_COLUMNS: &str = "id, pipeline_id, version, status, input, parameters, priority, \
+    started_by, created_ms, updated_ms, finished_ms, error, webhook_url, webhook_state, \
+    webhook_attempts, webhook_next_ms, webhook_error";
+const STAGE_COLUMNS: &str = "run_id, stage, position, status, task_id, approval_id, output, \
+    error, started_ms, finished_ms";
+
+fn pipeline_from(r: &Row<'_>) -> rusqlite::Result<PipelineRow> {
+    Ok(PipelineRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        latest_version: r.get(2)?,
+        created_at: r.get(3)?,
+        updated_at: r.get(4)?,
+        created_by: r.get(5)?,
+        deleted_at: r.get(6)?,
+    })
+}
+
+fn run_from(r: &Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        pipeline_id: r.get(1)?,
+        version: r.get(2)?,
+        status: r.get(3)?,
+        input: r.get(4)?,
+        parameters: r.get(5)?,
+        priority: r.get(6)?,
+        started_by: r.get(7)?,
+        created_ms: r.get(8)?,
+        updated_ms: r.get(9)?,
+        finished_ms: r.get(10)?,
+        error: r.get(11)?,
+        webhook_url: r.get(12)?,
+        webhook_state: r.get(13)?,
+        webhook_attempts: r.get(14)?,
+        webhook_next_ms: r.get(15)?,
+        webhook_error: r.get(16)?,
+    })
+}
+
+fn stage_from(r: &Row<'_>) -> rusqlite::Result<StageRow> {
+    Ok(StageRow {
+        run_id: r.get(0)?,
+        stage: r.get(1)?,
+        position: r.get(2)?,
+        status: r.get(3)?,
+        task_id: r.get(4)?,
+        approval_id: r.get(5)?,
+        output: r.get(6)?,
+        error: r.get(7)?,
+        started_ms: r.get(8)?,
+        finished_ms: r.get(9)?,
+    })
+}
+
+fn sqlite<T>(r: rusqlite::Result<T>) -> Result<T, StoreError> {
+    r.map_err(StoreError::from_sqlite)
+}
+
+pub fn insert_pipeline(conn: &Connection, p: &PipelineRow) -> Result<(), StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "INSERT INTO pipelines (id, name, latest_version, created_at, updated_at, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            p.id,
+            p.name,
+            p.latest_version,
+            p.created_at,
+            p.updated_at,
+            p.created_by
+        ]),
+    )?;
+    Ok(())
+}
+
+pub fn get_pipeline(conn: &Connection, id: &str) -> Result<Option<PipelineRow>, StoreError> {
+    sqlite(
+        conn.prepare_cached(&format!(
+            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE id = ?1"
+        ))?
+        .query_row([id], pipeline_from)
+        .optional(),
+    )
+}
+
+/// The live (not deleted) pipeline with this name.
+pub fn pipeline_by_name(conn: &Connection, name: &str) -> Result<Option<PipelineRow>, StoreError> {
+    sqlite(
+        conn.prepare_cached(&format!(
+            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE name = ?1 AND deleted_at IS NULL"
+        ))?
+        .query_row([name], pipeline_from)
+        .optional(),
+    )
+}
+
+/// Live pipelines by name, after `after` (a name) when paging.
+pub fn list_pipelines(
+    conn: &Connection,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<PipelineRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {PIPELINE_COLUMNS} FROM pipelines
+         WHERE deleted_at IS NULL AND (?1 IS NULL OR name > ?1) ORDER BY name LIMIT ?2"
+    ))?;
+    let rows = sqlite(
+        stmt.query_map(params![after, limit], pipeline_from)?
+            .collect::<rusqlite::Result<Vec<_>>>(),
+    )?;
+    Ok(rows)
+}
+
+pub fn set_latest_version(
+    conn: &Connection,
+    id: &str,
+    version: i64,
+    at: &str,
+) -> Result<(), StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "UPDATE pipelines SET latest_version = ?2, updated_at = ?3 WHERE id = ?1",
+        )?
+        .execute(params![id, version, at]),
+    )?;
+    Ok(())
+}
+
+pub fn mark_deleted(conn: &Connection, id: &str, at: &str) -> Result<(), StoreError> {
+    sqlite(
+        conn.prepare_cached("UPDATE pipelines SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1")?
+            .execute(params![id, at]),
+    )?;
+    Ok(())
+}
+
+pub fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "INSERT INTO pipeline_versions
+                 (pipeline_id, version, description, definition, created_at, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            v.pipeline_id,
+            v.version,
+            v.description,
+            v.definition,
+            v.created_at,
+            v.created_by
+        ]),
+    )?;
+    Ok(())
+}
+
+pub fn get_version(
+    conn: &Connection,
+    pipeline_id: &str,
+    version: i64,
+) -> Result<Option<VersionRow>, StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "SELECT pipeline_id, version, description, definition, created_at, created_by
+             FROM pipeline_versions WHERE pipeline_id = ?1 AND version = ?2",
+        )?
+        .query_row(params![pipeline_id, version], |r| {
+            Ok(VersionRow {
+                pipeline_id: r.get(0)?,
+                version: r.get(1)?,
+                description: r.get(2)?,
+                definition: r.get(3)?,
+                created_at: r.get(4)?,
+                created_by: r.get(5)?,
+            })
+        })
+        .optional(),
+    )
+}
+
+pub fn insert_run(conn: &Connection, r: &RunRow) -> Result<(), StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "INSERT INTO pipeline_runs (id, pipeline_id, version, status, input, parameters,
+                 priority, started_by, created_ms, updated_ms, webhook_url, webhook_state)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            r.id,
+            r.pipeline_id,
+            r.version,
+            r.input,
+            r.parameters,
+            r.priority,
+            r.started_by,
+            r.created_ms,
+            r.webhook_url,
+            r.webhook_state
+        ]),
+    )?;
+    Ok(())
+}
+
+pub fn get_run(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError> {
+    sqlite(
+        conn.prepare_cached(&format!(
+            "SELECT {RUN_COLUMNS} FROM pipeline_runs WHERE id = ?1"
+        ))?
+        .query_row([id], run_from)
+        .optional(),
+    )
+}
+
+/// The run's status and last change, the cheap poll of waiting calls and subscriptions.
+pub fn run_stamp(conn: &Connection, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+    sqlite(
+        conn.prepare_cached("SELECT status, updated_ms FROM pipeline_runs WHERE id = ?1")?
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional(),
+    )
+}
+
+/// Runs, newest first, optionally of one pipeline and/or in one status; `before` pages on
+/// `(created_ms, id)`.
+pub fn list_runs(
+    conn: &Connection,
+    pipeline_id: Option<&str>,
+    status: Option<&str>,
+    before: Option<(i64, &str)>,
+    limit: i64,
+) -> Result<Vec<RunRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM pipeline_runs
+         WHERE (?1 IS NULL OR pipeline_id = ?1) AND (?2 IS NULL OR status = ?2)
+           AND (?3 IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
+         ORDER BY created_ms DESC, id DESC LIMIT ?5"
+    ))?;
+    let (ms, id) = before.unzip();
+    let rows = sqlite(
+        stmt.query_map(params![pipeline_id, status, ms, id, limit], run_from)?
+            .collect::<rusqlite::Result<Vec<_>>>(),
+    )?;
+    Ok(rows)
+}
+
+/// Ids of the runs still running (all pipelines).
+pub fn running_run_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id FROM pipeline_runs WHERE status = 'running' ORDER BY id")?;
+    let rows = sqlite(
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>(),
+    )?;
+    Ok(rows)
+}
+
+/// How many runs of this pipeline are running.
+pub fn active_runs(conn: &Connection, pipeline_id: &str) -> Result<i64, StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "SELECT COUNT(*) FROM pipeline_runs WHERE pipeline_id = ?1 AND status = 'running'",
+        )?
+        .query_row([pipeline_id], |r| r.get(0)),
+    )
+}
+
+/// Marks a run changed (waiting calls and subscribers watch `updated_ms`).
+pub fn touch_run(conn: &Connection, id: &str, now_ms: i64) -> Result<(), StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "UPDATE pipeline_runs SET updated_ms = MAX(updated_ms + 1, ?2) WHERE id = ?1",
+        )?
+        .execute(params![id, now_ms]),
+    )?;
+    Ok(())
+}
+
+/// Ends a running run. False when it had already ended. A run with a webhook becomes due for
+/// delivery now.
+pub fn finish_run(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let n = sqlite(
+        conn.prepare_cached(
+            "UPDATE pipeline_runs SET status = ?2, error = ?3, finished_ms = ?4,
+                 updated_ms = MAX(updated_ms + 1, ?4),
+                 webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END,
+                 webhook_next_ms = CASE WHEN webhook_url IS NULL THEN NULL ELSE ?4 END
+             WHERE id = ?1 AND status = 'running'",
+        )?
+        .execute(params![id, status, error, now_ms]),
+    )?;
+    Ok(n == 1)
+}
+
+pub fn insert_stage(conn: &Connection, s: &StageRow) -> Result<(), StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "INSERT INTO pipeline_stage_runs (run_id, stage, position, status)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![s.run_id, s.stage, s.position, s.status]),
+    )?;
+    Ok(())
+}
+
+/// The stages of a run in topological order.
+pub fn stages_of(conn: &Connection, run_id: &str) -> Result<Vec<StageRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {STAGE_COLUMNS} FROM pipeline_stage_runs WHERE run_id = ?1 ORDER BY position"
+    ))?;
+    let rows = sqlite(
+        stmt.query_map([run_id], stage_from)?
+            .collect::<rusqlite::Result<Vec<_>>>(),
+    )?;
+    Ok(rows)
+}
+
+/// The stage a task runs, if the task belongs to a pipeline run.
+pub fn stage_by_task(conn: &Connection, task_id: &str) -> Result<Option<StageRow>, StoreError> {
+    sqlite(
+        conn.prepare_cached(&format!(
+            "SELECT {STAGE_COLUMNS} FROM pipeline_stage_runs WHERE task_id = ?1"
+        ))?
+        .query_row([task_id], stage_from)
+        .optional(),
+    )
+}
+
+/// Runs with a stage waiting for a person's decision.
+pub fn runs_awaiting(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT run_id FROM pipeline_stage_runs WHERE status = 'awaiting_approval'",
+    )?;
+    let rows = sqlite(
+        stmt.query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>(),
+    )?;
+    Ok(rows)
+}
+
+/// Moves a stage from `from` to a new state. False when it was no longer in `from` (someone
+/// else moved it first), so no transition is applied twice.
+#[allow(clippy::too_many_arguments)]
+pub fn move_stage(
+    conn: &Connection,
+    run_id: &str,
+    stage: &str,
+    from: &str,
+    to: &str,
+    task_id: Option<&str>,
+    approval_id: Option<&str>,
+    output: Option<&str>,
+    error: Option<&str>,
+    now_ms: i64,
+    finished: bool,
+) -> Result<bool, StoreError> {
+    let n = sqlite(
+        conn.prepare_cached(
+            "UPDATE pipeline_stage_runs SET status = ?4,
+                 task_id = COALESCE(?5, task_id), approval_id = COALESCE(?6, approval_id),
+                 output = COALESCE(?7, output), error = COALESCE(?8, error),
+                 started_ms = CASE WHEN started_ms IS NULL AND ?4 IN ('queued', 'awaiting_approval')
+                                   THEN ?9 ELSE started_ms END,
+                 finished_ms = CASE WHEN ?10 THEN ?9 ELSE finished_ms END
+             WHERE run_id = ?1 AND stage = ?2 AND status = ?3",
+        )?
+        .execute(params![
+            run_id,
+            stage,
+            from,
+            to,
+            task_id,
+            approval_id,
+            output,
+            error,
+            now_ms,
+            finished
+        ]),
+    )?;
+    Ok(n == 1)
+}
+
+/// Ends a stage that never produced output (skipped, cancelled) with the reason.
+pub fn close_stage(
+    conn: &Connection,
+    run_id: &str,
+    stage: &str,
+    from: &str,
+    to: &str,
+    why: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    move_stage(
+        conn,
+        run_id,
+        stage,
+        from,
+        to,
+        None,
+        None,
+        None,
+        Some(why),
+        now_ms,
+        true,
+    )
+}
+
+/// Finished runs whose webhook is due. Several processes may see the same run; [`claim_webhook`]
+/// lets only one of them deliver each attempt.
+pub fn due_webhooks(conn: &Connection, now_ms: i64, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RUN_COLUMNS} FROM pipeline_runs
+         WHERE webhook_state = 'pending' AND webhook_next_ms <= ?1
+         ORDER BY webhook_next_ms LIMIT ?2"
+    ))?;
+    let rows = sqlite(
+        stmt.query_map(params![now_ms, limit], run_from)?
+            .collect::<rusqlite::Result<Vec<_>>>(),
+    )?;
+    Ok(rows)
+}
+
+/// Takes one delivery attempt: pushes the next attempt time to `hold_until_ms` (so no other
+/// process delivers meanwhile) and counts the attempt. False when another process took it.
+pub fn claim_webhook(
+    conn: &Connection,
+    id: &str,
+    seen_next_ms: i64,
+    hold_until_ms: i64,
+) -> Result<bool, StoreError> {
+    let n = sqlite(
+        conn.prepare_cached(
+            "UPDATE pipeline_runs SET webhook_next_ms = ?3, webhook_attempts = webhook_attempts + 1
+             WHERE id = ?1 AND webhook_state = 'pending' AND webhook_next_ms = ?2",
+        )?
+        .execute(params![id, seen_next_ms, hold_until_ms]),
+    )?;
+    Ok(n == 1)
+}
+
+/// Records the outcome of a delivery attempt.
+pub fn webhook_outcome(
+    conn: &Connection,
+    id: &str,
+    state: &str,
+    next_ms: Option<i64>,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlite(
+        conn.prepare_cached(
+            "UPDATE pipeline_runs SET webhook_state = ?2, webhook_next_ms = ?3, webhook_error = ?4
+             WHERE id = ?1",
+        )?
+        .execute(params![id, state, next_ms, error]),
+    )?;
+    Ok(())
+}
