@@ -11,7 +11,7 @@ use rmcp::model::ErrorCode;
 use serde_json::{Value, json};
 
 /// Every tool, sorted, with (read-only, destructive) annotations.
-const TOOLS: [(&str, bool, bool); 19] = [
+const TOOLS: [(&str, bool, bool); 26] = [
     ("agent_deregister", false, false),
     ("agent_heartbeat", false, false),
     ("agent_list", true, false),
@@ -22,6 +22,13 @@ const TOOLS: [(&str, bool, bool); 19] = [
     ("audit_query", true, false),
     ("audit_verify", true, false),
     ("coordinator_status", true, false),
+    ("pipeline_create", false, false),
+    ("pipeline_delete", false, true),
+    ("pipeline_get", true, false),
+    ("pipeline_list", true, false),
+    ("pipeline_run", false, false),
+    ("pipeline_run_cancel", false, true),
+    ("pipeline_run_get", true, false),
     ("queue_purge", false, true),
     ("queue_stats", true, false),
     ("task_cancel", false, true),
@@ -75,6 +82,23 @@ fn script(
         ("queue_stats", json!({})),
         ("queue_purge", json!({"retention_seconds": 0})),
         ("agent_deregister", json!({"token": id("token")})),
+        (
+            "pipeline_create",
+            json!({"name": "schema-pipe", "stages": [{"name": "a", "type": "etl"}, {"name": "b", "type": "etl", "required": false}],
+                   "dependencies": [{"from": "a", "to": "b"}]}),
+        ),
+        ("pipeline_get", json!({"pipeline": "schema-pipe"})),
+        (
+            "pipeline_run",
+            json!({"pipeline": "schema-pipe", "input": {"rows": 3}}),
+        ),
+        ("pipeline_run_get", json!({"run_id": id("run")})),
+        ("pipeline_list", json!({})),
+        (
+            "pipeline_run_cancel",
+            json!({"run_id": id("run"), "reason": "schema test"}),
+        ),
+        ("pipeline_delete", json!({"pipeline": "schema-pipe"})),
         ("audit_query", json!({"limit": 5})),
         ("audit_verify", json!({})),
     ];
@@ -120,6 +144,7 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
                 "task_submit" => {
                     ids.insert("task", result["task_id"].as_str().unwrap().to_string())
                 }
+                "pipeline_run" => ids.insert("run", result["run_id"].as_str().unwrap().to_string()),
                 _ => None,
             };
             let output = tool.output_schema.as_ref().expect("output schema");
@@ -327,7 +352,7 @@ async fn config_can_switch_tool_groups_off() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[tools]\ndisabled_groups = [\"audit\", \"approvals\", \"agents\", \"tasks\"]\n",
+        "[tools]\ndisabled_groups = [\"audit\", \"approvals\", \"agents\", \"tasks\", \"pipelines\"]\n",
     )
     .unwrap();
     let client = connect(
@@ -348,7 +373,7 @@ async fn config_can_switch_tool_groups_off() {
     let status = call_ok(&client, "coordinator_status", json!({})).await;
     assert_eq!(
         status["disabled_groups"],
-        json!(["audit", "approvals", "agents", "tasks"])
+        json!(["audit", "approvals", "agents", "tasks", "pipelines"])
     );
     assert_eq!(status["tools_enabled"], 1);
     client.cancel().await.unwrap();

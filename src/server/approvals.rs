@@ -331,7 +331,7 @@ fn outcome(
 }
 
 /// `mcp-coordinator [--data-dir D] [--db P] approvals approve ID --reason "..."`.
-fn decide_command(c: &Coordinator, approval: &Approval) -> Option<String> {
+pub(super) fn decide_command(c: &Coordinator, approval: &Approval) -> Option<String> {
     c.settings().cli_prefix().map(|prefix| {
         format!(
             "{prefix} approvals approve {} --reason \"...\"",
@@ -525,7 +525,7 @@ async fn record(
 
 /// Initialize-era sessions: ask with a form elicitation and wait for the answer, while
 /// watching for a decision made elsewhere, the expiry, and the client cancelling the call.
-async fn elicit_legacy(
+pub(super) async fn elicit_legacy(
     c: &Coordinator,
     call: &Call,
     approval: Approval,

@@ -3,7 +3,9 @@
 //! shutdown is asked for.
 
 mod approvals;
+mod pipelines;
 mod queue;
+mod resources;
 pub mod session;
 mod system;
 pub mod tool;
@@ -16,18 +18,22 @@ use std::time::Instant;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
-    PaginatedRequestParams, ProtocolVersion, RequestStateCodec, RequestStateError, ResultType,
-    ServerCapabilities, ServerConfig, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse, RequestStateCodec,
+    RequestStateError, ResultType, ServerCapabilities, ServerConfig, SubscribeRequestParams,
+    SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::RequestContext;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentService, TokenError, TokenKeys};
 use crate::approval::ApprovalService;
 use crate::audit::{Action, AuditLog, NewEvent, Outcome};
 use crate::config::{Settings, ToolGroup};
+use crate::pipeline::PipelineService;
 use crate::store::Store;
 use crate::task::TaskService;
 use session::Call;
@@ -48,6 +54,9 @@ struct Inner {
     audit: AuditLog,
     approvals: ApprovalService,
     tasks: TaskService,
+    pipelines: PipelineService,
+    /// Legacy `resources/subscribe` subscriptions of this process, by URI.
+    subscriptions: std::sync::Mutex<HashMap<String, CancellationToken>>,
     /// Seals MRTR `requestState` values. The key is random per process: a state sealed by one
     /// coordinator process is refused by every other.
     codec: RequestStateCodec,
@@ -66,6 +75,7 @@ fn all_routes() -> Vec<tool::Route> {
     let mut routes = system::routes();
     routes.extend(approvals::routes());
     routes.extend(queue::routes());
+    routes.extend(pipelines::routes());
     routes
 }
 
@@ -99,11 +109,18 @@ impl Coordinator {
             Arc::new(keys),
         );
         let tasks = TaskService::new(agents, settings.config.tasks.clone());
+        let pipelines = PipelineService::new(
+            tasks.clone(),
+            approvals.clone(),
+            settings.config.pipelines.clone(),
+        );
         Ok(Coordinator {
             inner: Arc::new(Inner {
                 audit,
                 approvals,
                 tasks,
+                pipelines,
+                subscriptions: std::sync::Mutex::new(HashMap::new()),
                 codec,
                 settings,
                 started: Instant::now(),
@@ -125,6 +142,10 @@ impl Coordinator {
 
     pub fn tasks(&self) -> &TaskService {
         &self.inner.tasks
+    }
+
+    pub fn pipelines(&self) -> &PipelineService {
+        &self.inner.pipelines
     }
 
     pub fn codec(&self) -> &RequestStateCodec {
@@ -213,12 +234,18 @@ impl Coordinator {
 
 impl ServerHandler for Coordinator {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(
-                Implementation::new("mcp-coordinator", env!("CARGO_PKG_VERSION"))
-                    .with_title("MCP Coordinator"),
-            )
-            .with_instructions(INSTRUCTIONS)
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_subscribe()
+                .build(),
+        )
+        .with_server_info(
+            Implementation::new("mcp-coordinator", env!("CARGO_PKG_VERSION"))
+                .with_title("MCP Coordinator"),
+        )
+        .with_instructions(INSTRUCTIONS)
     }
 
     async fn list_tools(
@@ -234,6 +261,110 @@ impl ServerHandler for Coordinator {
         result.ttl_ms = modern.then_some(0);
         result.cache_scope = modern.then_some(CacheScope::Public);
         Ok(result)
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        resources::list(self).await
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
+        resources::read(self, &request.uri).await.map(Into::into)
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let run_id = resources::check(self, &request.uri).await?;
+        let stop = CancellationToken::new();
+        let previous = self
+            .inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request.uri.clone(), stop.clone());
+        if let Some(previous) = previous {
+            previous.cancel();
+        }
+        tokio::spawn(resources::watch_run(
+            self.clone(),
+            run_id,
+            resources::Target::Peer(context.peer.clone()),
+            stop,
+        ));
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        if let Some(stop) = self
+            .inner
+            .subscriptions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&request.uri)
+        {
+            stop.cancel();
+        }
+        Ok(())
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let mut accepted = SubscriptionFilter::new();
+        accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
+            uris.iter()
+                .filter(|u| resources::run_id_of(u).is_some())
+                .cloned()
+                .collect()
+        });
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let stop = CancellationToken::new();
+        let _stop_all = stop.clone().drop_guard();
+        for uri in context
+            .accepted()
+            .resource_subscriptions
+            .clone()
+            .unwrap_or_default()
+        {
+            if let Some(id) = resources::run_id_of(&uri) {
+                tokio::spawn(resources::watch_run(
+                    self.clone(),
+                    id.to_string(),
+                    resources::Target::Sink(context.sink().clone()),
+                    stop.child_token(),
+                ));
+            }
+        }
+        context.cancelled().await;
+        Ok(())
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -310,6 +441,27 @@ async fn sweep_forever(c: Coordinator) {
     }
 }
 
+/// Moves pipeline runs whose approvals were decided elsewhere (the CLI, another process) and
+/// delivers due completion webhooks, every 500 ms, until the server stops.
+async fn pipelines_forever(c: Coordinator) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match c.blocking(|c| c.pipelines().tick()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(moved)) => tracing::debug!(moved, "pipeline runs advanced"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "pipeline tick failed"),
+            Err(e) => tracing::warn!(error = %e.message, "pipeline tick failed"),
+        }
+        match c.blocking(|c| c.pipelines().deliver_webhooks()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "webhook delivery failed"),
+            Err(e) => tracing::warn!(error = %e.message, "webhook delivery failed"),
+        }
+    }
+}
+
 /// Why the server stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -332,11 +484,13 @@ where
 {
     let audit = coordinator.audit().clone();
     let sweeper = tokio::spawn(sweep_forever(coordinator.clone()));
+    let pipelines = tokio::spawn(pipelines_forever(coordinator.clone()));
     let stopped = tokio::select! {
         r = serve(coordinator, transport) => r?,
         () = shutdown => Stopped::Shutdown,
     };
     sweeper.abort();
+    pipelines.abort();
     let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;
     match signed {
         Ok(Ok(seq)) => tracing::debug!(?seq, "signed the audit chain head"),

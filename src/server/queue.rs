@@ -9,34 +9,12 @@ use serde_json::{Map, Value, json};
 use super::Coordinator;
 use super::session::Call;
 use super::system::store_error;
-use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
+use super::tool::{ErrorCode, Failure, Route, ToolError, invalid_field, route, spec};
 use crate::agent::{
     Agent, AgentError, AgentStatus, AgentType, Health, NewAgent, Registration, Resources,
 };
 use crate::config::ToolGroup;
 use crate::task::{NewTask, NoTask, Priority, QueueStats, Report, Task, TaskError, TaskStatus};
-
-#[allow(clippy::too_many_arguments)]
-fn spec(
-    name: &'static str,
-    title: &'static str,
-    description: &'static str,
-    group: ToolGroup,
-    read_only: bool,
-    destructive: bool,
-    idempotent: bool,
-) -> ToolSpec {
-    ToolSpec {
-        name,
-        title,
-        description,
-        group,
-        read_only,
-        destructive,
-        idempotent,
-        open_world: false,
-    }
-}
 
 pub fn routes() -> Vec<Route> {
     use ToolGroup::{Agents, Tasks};

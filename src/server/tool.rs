@@ -121,6 +121,29 @@ impl ToolSpec {
     }
 }
 
+/// A tool's static facts (closed-world: no tool of ours reaches outside this machine).
+#[allow(clippy::too_many_arguments)]
+pub fn spec(
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    group: ToolGroup,
+    read_only: bool,
+    destructive: bool,
+    idempotent: bool,
+) -> ToolSpec {
+    ToolSpec {
+        name,
+        title,
+        description,
+        group,
+        read_only,
+        destructive,
+        idempotent,
+        open_world: false,
+    }
+}
+
 /// A route plus the group it belongs to (for switching groups off).
 pub struct Route {
     pub group: ToolGroup,

@@ -1,0 +1,725 @@
+//! Pipeline tools: `pipeline_create`, `pipeline_get`, `pipeline_list`, `pipeline_delete`,
+//! `pipeline_run`, `pipeline_run_get`, `pipeline_run_cancel`, and the wait that sends progress
+//! notifications and, on initialize-era sessions, asks a person about approval stages.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::Coordinator;
+use super::approvals::{decide_command, elicit_legacy};
+use super::session::{Call, Era};
+use super::system::store_error;
+use super::tool::{self, ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
+use crate::approval::{ApprovalError, DecideWith, State};
+use crate::config::ToolGroup;
+use crate::pipeline::{
+    Definition, Dependency, NewPipeline, NewRun, Pipeline, PipelineError, PipelineSummary, Run,
+    RunStatus, StageDef, Template, describe_progress,
+};
+use crate::task::Priority;
+
+/// How often a waiting call checks the database for changes made by other processes.
+const POLL: Duration = Duration::from_millis(250);
+/// The longest wait a call may ask for.
+const MAX_WAIT_SECONDS: u64 = 3600;
+
+fn spec(
+    name: &'static str,
+    title: &'static str,
+    description: &'static str,
+    read_only: bool,
+    destructive: bool,
+    idempotent: bool,
+) -> ToolSpec {
+    tool::spec(
+        name,
+        title,
+        description,
+        ToolGroup::Pipelines,
+        read_only,
+        destructive,
+        idempotent,
+    )
+}
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(
+            spec(
+                "pipeline_create",
+                "Create a pipeline (or a new version)",
+                include_str!("../../tools/pipeline_create.md"),
+                false,
+                false,
+                true,
+            ),
+            pipeline_create,
+        ),
+        route(
+            spec(
+                "pipeline_get",
+                "Get a pipeline definition",
+                include_str!("../../tools/pipeline_get.md"),
+                true,
+                false,
+                true,
+            ),
+            pipeline_get,
+        ),
+        route(
+            spec(
+                "pipeline_list",
+                "List pipelines, templates and recent runs",
+                include_str!("../../tools/pipeline_list.md"),
+                true,
+                false,
+                true,
+            ),
+            pipeline_list,
+        ),
+        route(
+            spec(
+                "pipeline_delete",
+                "Delete a pipeline",
+                include_str!("../../tools/pipeline_delete.md"),
+                false,
+                true,
+                false,
+            ),
+            pipeline_delete,
+        ),
+        route(
+            spec(
+                "pipeline_run",
+                "Run a pipeline",
+                include_str!("../../tools/pipeline_run.md"),
+                false,
+                false,
+                false,
+            ),
+            pipeline_run,
+        ),
+        route(
+            spec(
+                "pipeline_run_get",
+                "Get (or wait for) a pipeline run",
+                include_str!("../../tools/pipeline_run_get.md"),
+                true,
+                false,
+                true,
+            ),
+            pipeline_run_get,
+        ),
+        route(
+            spec(
+                "pipeline_run_cancel",
+                "Cancel a pipeline run",
+                include_str!("../../tools/pipeline_run_cancel.md"),
+                false,
+                true,
+                false,
+            ),
+            pipeline_run_cancel,
+        ),
+    ]
+}
+
+/// Maps pipeline errors to tool failures.
+fn pipeline_failure(tool: &str, e: PipelineError) -> Failure {
+    match e {
+        PipelineError::Store(e) => Failure::Domain(store_error(e)),
+        PipelineError::Task(e) => {
+            Failure::Domain(ToolError::new(ErrorCode::Conflict, e.to_string()))
+        }
+        PipelineError::Approval(ApprovalError::Store(e)) => Failure::Domain(store_error(e)),
+        PipelineError::Approval(e) => {
+            Failure::Domain(ToolError::new(ErrorCode::Conflict, e.to_string()))
+        }
+        PipelineError::NotFound { what, ref id } => Failure::Domain(
+            ToolError::new(ErrorCode::NotFound, e.to_string())
+                .with_details(json!({"what": what, "id": id})),
+        ),
+        PipelineError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
+        PipelineError::Invalid { field, message } => {
+            Failure::Protocol(invalid_field(tool, &field, message))
+        }
+    }
+}
+
+fn check_wait(tool: &str, wait: u64) -> Result<Duration, Failure> {
+    if wait > MAX_WAIT_SECONDS {
+        return Err(Failure::Protocol(invalid_field(
+            tool,
+            "wait_seconds",
+            format!("expected 0 to {MAX_WAIT_SECONDS}, got {wait}"),
+        )));
+    }
+    Ok(Duration::from_secs(wait))
+}
+
+/// Arguments of `pipeline_create`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInput {
+    /// Unique name: letters, digits, `-`, `_`, `.` (for example `nightly-etl`).
+    pub name: String,
+    /// What the pipeline is for.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Start from a built-in definition instead of giving `stages` (`pipeline_list` shows
+    /// the templates).
+    pub template: Option<Template>,
+    /// The stages (at least one; names unique).
+    pub stages: Option<Vec<StageDef>>,
+    /// `from` runs before `to`; stages with no path between them run in parallel.
+    #[serde(default)]
+    pub dependencies: Option<Vec<Dependency>>,
+    /// Give the id of an existing pipeline to add a new version to it (same name). Runs
+    /// already started keep the version they started with.
+    pub pipeline_id: Option<String>,
+}
+
+/// What `pipeline_create` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Created {
+    pub pipeline_id: String,
+    pub version: i64,
+    /// False when the definition was identical to the latest version (nothing was added).
+    pub created: bool,
+    pub message: String,
+    pub pipeline: Pipeline,
+}
+
+async fn pipeline_create(c: Coordinator, i: CreateInput, call: Call) -> Result<Created, Failure> {
+    const TOOL: &str = "pipeline_create";
+    let definition = match (i.template, i.stages) {
+        (Some(_), Some(_)) => {
+            return Err(Failure::Protocol(invalid_field(
+                TOOL,
+                "template",
+                "give either template or stages, not both",
+            )));
+        }
+        (Some(t), None) => {
+            if i.dependencies.is_some() {
+                return Err(Failure::Protocol(invalid_field(
+                    TOOL,
+                    "dependencies",
+                    "a template brings its own dependencies; give stages to define your own",
+                )));
+            }
+            t.definition()
+        }
+        (None, Some(stages)) => Definition {
+            stages,
+            dependencies: i.dependencies.unwrap_or_default(),
+        },
+        (None, None) => {
+            return Err(Failure::Protocol(invalid_field(
+                TOOL,
+                "stages",
+                "give the stages (or a template such as \"six_stage\")",
+            )));
+        }
+    };
+    let description = i
+        .description
+        .or_else(|| i.template.map(|t| t.description().to_string()))
+        .unwrap_or_default();
+    let new = NewPipeline {
+        name: i.name,
+        description,
+        definition,
+        pipeline_id: i.pipeline_id,
+    };
+    let actor = call.actor.clone();
+    let (pipeline, created) = c
+        .blocking(move |c| c.pipelines().create(new, &actor))
+        .await?
+        .map_err(|e| pipeline_failure(TOOL, e))?;
+    let message = if created {
+        format!(
+            "Pipeline {} ({}) version {} created with {} stage(s). Start it with pipeline_run.",
+            pipeline.name,
+            pipeline.id,
+            pipeline.version,
+            pipeline.stages.len()
+        )
+    } else {
+        format!(
+            "Pipeline {} version {} already has exactly this definition; no version was added.",
+            pipeline.name, pipeline.version
+        )
+    };
+    Ok(Created {
+        pipeline_id: pipeline.id.clone(),
+        version: pipeline.version,
+        created,
+        message,
+        pipeline,
+    })
+}
+
+/// Arguments of `pipeline_get`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetInput {
+    /// The pipeline's id or name.
+    pub pipeline: String,
+    /// A version (default: the latest).
+    pub version: Option<i64>,
+}
+
+async fn pipeline_get(c: Coordinator, i: GetInput, _call: Call) -> Result<Pipeline, Failure> {
+    c.blocking(move |c| c.pipelines().get(&i.pipeline, i.version))
+        .await?
+        .map_err(|e| pipeline_failure("pipeline_get", e))
+}
+
+/// Arguments of `pipeline_list`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListInput {
+    /// At most this many pipelines (1 to 200, default 50).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// How many recent runs to include (0 to 100, default 10).
+    pub recent_runs: Option<u32>,
+}
+
+/// A built-in definition.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TemplateInfo {
+    pub template: Template,
+    pub description: String,
+    pub stages: Vec<StageDef>,
+    pub dependencies: Vec<Dependency>,
+}
+
+/// A run in brief.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunBrief {
+    pub run_id: String,
+    pub pipeline_name: String,
+    pub version: i64,
+    pub status: RunStatus,
+    pub progress: String,
+    pub created_at: String,
+}
+
+/// What `pipeline_list` returns.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PipelineList {
+    pub pipelines: Vec<PipelineSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    pub templates: Vec<TemplateInfo>,
+    /// The newest runs of any pipeline, newest first.
+    pub recent_runs: Vec<RunBrief>,
+}
+
+async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<PipelineList, Failure> {
+    const TOOL: &str = "pipeline_list";
+    let limit = i.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(Failure::Protocol(invalid_field(
+            TOOL,
+            "limit",
+            format!("expected 1 to 200, got {limit}"),
+        )));
+    }
+    let recent = i.recent_runs.unwrap_or(10);
+    if recent > 100 {
+        return Err(Failure::Protocol(invalid_field(
+            TOOL,
+            "recent_runs",
+            format!("expected 0 to 100, got {recent}"),
+        )));
+    }
+    let (pipelines, next_cursor, runs) = c
+        .blocking(move |c| -> Result<_, PipelineError> {
+            let (p, next) = c.pipelines().list(limit, i.cursor.as_deref())?;
+            let runs = if recent == 0 {
+                Vec::new()
+            } else {
+                c.pipelines().list_runs(None, None, recent, None)?.0
+            };
+            Ok((p, next, runs))
+        })
+        .await?
+        .map_err(|e| pipeline_failure(TOOL, e))?;
+    Ok(PipelineList {
+        pipelines,
+        next_cursor,
+        templates: Template::all()
+            .into_iter()
+            .map(|t| {
+                let d = t.definition();
+                TemplateInfo {
+                    template: t,
+                    description: t.description().into(),
+                    stages: d.stages,
+                    dependencies: d.dependencies,
+                }
+            })
+            .collect(),
+        recent_runs: runs
+            .iter()
+            .map(|r| RunBrief {
+                run_id: r.id.clone(),
+                pipeline_name: r.pipeline_name.clone(),
+                version: r.version,
+                status: r.status,
+                progress: describe_progress(r),
+                created_at: r.created_at.clone(),
+            })
+            .collect(),
+    })
+}
+
+async fn pipeline_delete(c: Coordinator, i: GetInput, call: Call) -> Result<Pipeline, Failure> {
+    if i.version.is_some() {
+        return Err(Failure::Protocol(invalid_field(
+            "pipeline_delete",
+            "version",
+            "a pipeline is deleted with all its versions; leave out version",
+        )));
+    }
+    let actor = call.actor.clone();
+    c.blocking(move |c| c.pipelines().delete(&i.pipeline, &actor))
+        .await?
+        .map_err(|e| pipeline_failure("pipeline_delete", e))
+}
+
+/// Arguments of `pipeline_run`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunInput {
+    /// The pipeline's id or name.
+    pub pipeline: String,
+    /// The definition version to run (default: the latest). The run keeps it even if the
+    /// pipeline gets new versions meanwhile.
+    pub version: Option<i64>,
+    /// Input data every stage receives (a JSON object).
+    #[serde(default)]
+    pub input: Value,
+    /// Parameters every stage receives (a JSON object).
+    #[serde(default)]
+    pub parameters: Value,
+    /// Priority of the stage tasks: `urgent`, `high`, `normal` (default) or `low`.
+    pub priority: Option<Priority>,
+    /// POSTed the final run status (JSON) when the run ends, retried with backoff until it
+    /// answers 2xx. http:// or https://.
+    pub webhook_url: Option<String>,
+    /// Wait up to this many seconds for the run to end, with progress notifications
+    /// (default 0: return the run id at once). On initialize-era clients that support
+    /// elicitation, approval stages are asked about while waiting.
+    pub wait_seconds: Option<u64>,
+    /// If the client cancels this call while it waits, also cancel the run (default false:
+    /// only the wait ends and the run goes on).
+    #[serde(default)]
+    pub cancel_run_on_client_cancel: bool,
+}
+
+/// Why a wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitEnd {
+    /// The call did not wait (`wait_seconds` 0).
+    NoWait,
+    /// The run ended.
+    Finished,
+    /// `wait_seconds` passed; the run goes on.
+    WaitElapsed,
+    /// The client cancelled the call; the run goes on unless it was asked to cancel it too.
+    ClientCancelled,
+    /// An approval stage waits for a person and this client cannot be asked while waiting
+    /// (2026-07-28: use `approval_request` with the approval id).
+    NeedsApproval,
+}
+
+/// What `pipeline_run`, `pipeline_run_get` and `pipeline_run_cancel` return.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunResult {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub wait: WaitEnd,
+    /// What happened and what to do next, in words.
+    pub message: String,
+    pub run: Run,
+}
+
+async fn pipeline_run(c: Coordinator, i: RunInput, call: Call) -> Result<RunResult, Failure> {
+    const TOOL: &str = "pipeline_run";
+    let wait = check_wait(TOOL, i.wait_seconds.unwrap_or(0))?;
+    let new = NewRun {
+        pipeline: i.pipeline,
+        version: i.version,
+        input: i.input,
+        parameters: i.parameters,
+        priority: i.priority.unwrap_or(Priority::Normal),
+        webhook_url: i.webhook_url,
+    };
+    let actor = call.actor.clone();
+    let run = c
+        .blocking(move |c| c.pipelines().run(new, &actor))
+        .await?
+        .map_err(|e| pipeline_failure(TOOL, e))?;
+    wait_for(&c, &call, run, wait, i.cancel_run_on_client_cancel).await
+}
+
+/// Arguments of `pipeline_run_get`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunGetInput {
+    pub run_id: String,
+    /// Wait up to this many seconds for the run to end, with progress notifications
+    /// (default 0: answer at once).
+    pub wait_seconds: Option<u64>,
+}
+
+async fn pipeline_run_get(
+    c: Coordinator,
+    i: RunGetInput,
+    call: Call,
+) -> Result<RunResult, Failure> {
+    const TOOL: &str = "pipeline_run_get";
+    let wait = check_wait(TOOL, i.wait_seconds.unwrap_or(0))?;
+    let run = c
+        .blocking(move |c| c.pipelines().get_run(&i.run_id))
+        .await?
+        .map_err(|e| pipeline_failure(TOOL, e))?;
+    wait_for(&c, &call, run, wait, false).await
+}
+
+/// Arguments of `pipeline_run_cancel`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelInput {
+    pub run_id: String,
+    /// Why (recorded on the run, its tasks and in the audit log).
+    pub reason: Option<String>,
+}
+
+async fn pipeline_run_cancel(
+    c: Coordinator,
+    i: CancelInput,
+    call: Call,
+) -> Result<RunResult, Failure> {
+    let actor = call.actor.clone();
+    let run = c
+        .blocking(move |c| {
+            c.pipelines()
+                .cancel_run(&i.run_id, i.reason.as_deref(), &actor)
+        })
+        .await?
+        .map_err(|e| pipeline_failure("pipeline_run_cancel", e))?;
+    Ok(result(&c, run, WaitEnd::NoWait))
+}
+
+/// The result for a run as it stands, with a message saying what to do next.
+fn result(c: &Coordinator, run: Run, wait: WaitEnd) -> RunResult {
+    let progress = describe_progress(&run);
+    let mut message = match run.status {
+        RunStatus::Running => format!(
+            "Run {} of {} v{} is running: {progress}.",
+            run.id, run.pipeline_name, run.version
+        ),
+        RunStatus::Completed => format!(
+            "Run {} of {} v{} completed: {progress} in {:.1}s.",
+            run.id, run.pipeline_name, run.version, run.duration_seconds
+        ),
+        RunStatus::Failed | RunStatus::Cancelled => format!(
+            "Run {} of {} v{} {}: {}. {progress}.",
+            run.id,
+            run.pipeline_name,
+            run.version,
+            run.status,
+            run.error.as_deref().unwrap_or("no reason recorded")
+        ),
+    };
+    if run.status == RunStatus::Running {
+        for id in &run.awaiting_approvals {
+            message.push_str(&format!(
+                " Approval {id} waits for a person: approval_request with approval_id {id} asks again"
+            ));
+            match c.settings().cli_prefix() {
+                Some(prefix) => message.push_str(&format!(
+                    ", or a person runs `{prefix} approvals approve {id}`."
+                )),
+                None => message.push('.'),
+            }
+        }
+        message.push_str(&match wait {
+            WaitEnd::ClientCancelled => {
+                " The wait was cancelled; the run goes on. pipeline_run_get with wait_seconds waits again.".to_string()
+            }
+            _ => format!(
+                " pipeline_run_get with run_id {} and wait_seconds waits for it (progress notifications included); subscribe to {} for updates.",
+                run.id, run.resource_uri
+            ),
+        });
+    }
+    RunResult {
+        run_id: run.id.clone(),
+        status: run.status,
+        wait,
+        message,
+        run,
+    }
+}
+
+/// Waits up to `wait` for the run to end, sending a progress notification when it starts and
+/// each time a stage finishes. On initialize-era sessions with form elicitation, each approval
+/// stage reached is asked about (concurrently: the other branches keep going).
+async fn wait_for(
+    c: &Coordinator,
+    call: &Call,
+    mut run: Run,
+    wait: Duration,
+    cancel_run: bool,
+) -> Result<RunResult, Failure> {
+    if wait.is_zero() || run.status != RunStatus::Running {
+        let end = if run.status == RunStatus::Running {
+            WaitEnd::NoWait
+        } else {
+            WaitEnd::Finished
+        };
+        return Ok(result(c, run, end));
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = c.pipelines().watch();
+    let questions = CancellationToken::new();
+    let _withdraw = questions.clone().drop_guard();
+    let mut asked: HashSet<String> = HashSet::new();
+    let mut stamp = None;
+    let mut reported: Option<usize> = None;
+    let run_id = run.id.clone();
+    let end = loop {
+        if reported.is_none_or(|done| run.stages_done > done) {
+            reported = Some(run.stages_done);
+            call.progress(
+                run.stages_done as f64,
+                Some(run.stages_total as f64),
+                format!("run {}: {}", run.id, describe_progress(&run)),
+            )
+            .await;
+        }
+        if run.status != RunStatus::Running {
+            break WaitEnd::Finished;
+        }
+        for id in &run.awaiting_approvals {
+            if asked.contains(id) {
+                continue;
+            }
+            match call.era {
+                Era::Legacy if call.elicitation_form => {
+                    asked.insert(id.clone());
+                    ask(c, call, id, &run_id, questions.child_token());
+                }
+                Era::Stateless => {}
+                // No way to ask here: the person decides with the CLI; keep waiting.
+                Era::Legacy => {
+                    asked.insert(id.clone());
+                }
+            }
+        }
+        if call.era == Era::Stateless && !run.awaiting_approvals.is_empty() {
+            break WaitEnd::NeedsApproval;
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(POLL) => {
+                // Another process (a worker's coordinator, the CLI) may have moved the run.
+                let id = run_id.clone();
+                let now = c.blocking(move |c| c.pipelines().stamp(&id)).await?
+                    .map_err(|e| pipeline_failure("pipeline_run", e))?;
+                if now == stamp {
+                    continue;
+                }
+                stamp = now;
+            }
+            () = call.cancel.cancelled() => {
+                if cancel_run {
+                    let actor = call.actor.clone();
+                    let id = run_id.clone();
+                    let cancelled = c
+                        .blocking(move |c| {
+                            c.pipelines().cancel_run(&id, Some("the waiting tool call was cancelled"), &actor)
+                        })
+                        .await?;
+                    if let Err(e) = cancelled {
+                        tracing::warn!(run = %run_id, error = %e, "could not cancel the run after the client cancelled the call");
+                    }
+                }
+                break WaitEnd::ClientCancelled;
+            }
+            () = tokio::time::sleep_until(deadline) => break WaitEnd::WaitElapsed,
+        }
+        let id = run_id.clone();
+        run = c
+            .blocking(move |c| c.pipelines().get_run(&id))
+            .await?
+            .map_err(|e| pipeline_failure("pipeline_run", e))?;
+    };
+    if end != WaitEnd::Finished {
+        let id = run_id.clone();
+        run = c
+            .blocking(move |c| c.pipelines().get_run(&id))
+            .await?
+            .map_err(|e| pipeline_failure("pipeline_run", e))?;
+    }
+    Ok(result(c, run, end))
+}
+
+/// Asks the person about one approval stage through the client (a form elicitation) in the
+/// background, then moves the run on. `cancel` withdraws the question when the wait ends.
+fn ask(c: &Coordinator, call: &Call, approval_id: &str, run_id: &str, cancel: CancellationToken) {
+    let c = c.clone();
+    let mut call = call.clone();
+    call.cancel = cancel;
+    let approval_id = approval_id.to_string();
+    let run_id = run_id.to_string();
+    tokio::spawn(async move {
+        let id = approval_id.clone();
+        let approval = match c.blocking(move |c| c.approvals().get(&id)).await {
+            Ok(Ok(a)) => a,
+            _ => return,
+        };
+        if approval.state != State::Pending {
+            return;
+        }
+        if approval.decide_with == DecideWith::OutOfBand {
+            tracing::info!(
+                approval = %approval_id,
+                command = ?decide_command(&c, &approval),
+                "approval stage needs a decision outside the client"
+            );
+            return;
+        }
+        match elicit_legacy(&c, &call, approval).await {
+            Ok(out) if out.state != State::Pending => {
+                let id = run_id.clone();
+                match c.blocking(move |c| c.pipelines().advance(&id)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(run = %run_id, error = %e, "could not advance the run after a decision")
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %run_id, error = %e.message, "could not advance the run after a decision")
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::debug!(approval = %approval_id, "asking about an approval stage failed")
+            }
+        }
+    });
+}
