@@ -41,6 +41,9 @@ Task kinds it runs (results also name the worker):
   sum        params {\"numbers\": [1, 2, 3]}   result {\"sum\": 6}
   uppercase  params {\"text\": \"hello\"}        result {\"text\": \"HELLO\"}
   sleep      params {\"ms\": 1500}             result {\"slept_ms\": 1500}, progress every 100 ms
+  ingestion, transformation, analysis, validation, processing, output
+             the stages of the coordinator's six_stage pipeline template: each
+             passes a record count along, after parameters.stage_ms ms
 Any other kind fails the task for good (a non-retryable error), as do bad params. With \
 `\"fail_times\": N` in the params, the first N attempts of a task fail with a retryable error \
 (the coordinator retries it with backoff while max_retries allows).
@@ -460,7 +463,8 @@ async fn session(
             "program": "mcp-coordinator examples/worker.rs",
             "pid": std::process::id(),
             "concurrency": args.concurrency,
-            "kinds": ["sum", "uppercase", "sleep"],
+            "kinds": ["sum", "uppercase", "sleep", "ingestion", "transformation", "analysis",
+                      "validation", "processing", "output"],
         },
     });
     let registration: Registration = serde_json::from_value(
@@ -871,10 +875,65 @@ async fn execute(shared: &Shared, task: &Task) -> Result<Map<String, Value>, Job
         "sum" => sum(&task.params),
         "uppercase" => uppercase(&task.params),
         "sleep" => sleep(shared, task).await,
+        kind if PIPELINE_STAGES.contains(&kind) => pipeline_stage(task).await,
         other => Err(JobError::fatal(format!(
-            "unknown task kind {other:?}: this worker runs sum, uppercase and sleep"
+            "unknown task kind {other:?}: this worker runs sum, uppercase, sleep and the six_stage pipeline stages ({})",
+            PIPELINE_STAGES.join(", ")
         ))),
     }
+}
+
+/// The stage kinds of the coordinator's `six_stage` pipeline template.
+const PIPELINE_STAGES: [&str; 6] = [
+    "ingestion",
+    "transformation",
+    "analysis",
+    "validation",
+    "processing",
+    "output",
+];
+
+/// A `six_stage` pipeline stage: passes a record count along (from `input.records` for the
+/// first stage, then the largest count among the upstream outputs), after waiting
+/// `parameters.stage_ms` milliseconds (default 0) to stand in for real work.
+async fn pipeline_stage(task: &Task) -> Result<Map<String, Value>, JobError> {
+    let ms = task
+        .params
+        .pointer("/parameters/stage_ms")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(MAX_SLEEP_MS);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    let upstream = task.params.get("upstream").and_then(Value::as_object);
+    let records = upstream
+        .and_then(|u| {
+            u.values()
+                .filter_map(|o| o.get("records").and_then(Value::as_u64))
+                .max()
+        })
+        .or_else(|| {
+            task.params
+                .pointer("/input/records")
+                .and_then(Value::as_u64)
+        })
+        .unwrap_or(100);
+    let stage = task
+        .params
+        .pointer("/pipeline/stage")
+        .cloned()
+        .unwrap_or_else(|| json!(task.kind));
+    Ok(Map::from_iter([
+        ("stage".to_string(), stage),
+        ("records".to_string(), json!(records)),
+        (
+            "after".to_string(),
+            json!(
+                upstream
+                    .map(|u| u.keys().cloned().collect::<Vec<_>>())
+                    .unwrap_or_default()
+            ),
+        ),
+    ]))
 }
 
 /// `sum`: adds `params.numbers`; whole numbers stay whole.

@@ -1,6 +1,7 @@
 //! Interoperability with the official MCP Python SDK: `tests/interop/interop.py` drives the
 //! built binary over stdio in the legacy (initialize) and the stateless (2026-07-28) eras, and
-//! `tests/interop/approvals.py` answers human approvals through elicitation in both.
+//! `tests/interop/approvals.py` answers human approvals through elicitation in both, and
+//! `tests/interop/pipelines.py` decides pipeline approval stages the same way.
 //!
 //! The interpreter is `$MCP_COORDINATOR_PYTHON` when set, else `target/interop-venv/bin/python`,
 //! which this test creates (with `python3 -m venv` and `pip install -r
@@ -151,4 +152,14 @@ fn official_python_sdk_drives_both_protocol_eras() {
 #[test]
 fn official_python_sdk_answers_approvals_through_elicitation() {
     run_interop_script("approvals.py");
+}
+
+/// Pipeline approval stages (`tests/interop/pipelines.py`): while the script waits on
+/// `pipeline_run` and works the stages as an agent on the same session, the SDK's elicitation
+/// callback approves (the run completes) and rejects (the gated branch is skipped) in the
+/// legacy era; in the 2026-07-28 era the wait reports `needs_approval` and `approval_request`
+/// asks through an input-required result.
+#[test]
+fn official_python_sdk_decides_pipeline_approval_stages() {
+    run_interop_script("pipelines.py");
 }

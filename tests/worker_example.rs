@@ -341,3 +341,134 @@ async fn two_workers_share_the_queue_and_leave_cleanly() {
     );
     client.cancel().await.unwrap();
 }
+
+/// Progress notifications as received: progress, total, message.
+type Seen = Vec<(f64, Option<f64>, String)>;
+
+/// A client that records the progress notifications it receives.
+#[derive(Clone, Default)]
+struct ProgressWatcher {
+    seen: std::sync::Arc<std::sync::Mutex<Seen>>,
+}
+
+impl rmcp::ClientHandler for ProgressWatcher {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        common::client_config("progress-watcher")
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: rmcp::service::NotificationContext<RoleClient>,
+    ) {
+        self.seen.lock().unwrap().push((
+            params.progress,
+            params.total,
+            params.message.unwrap_or_default(),
+        ));
+    }
+}
+
+/// The built-in six-stage pipeline, end to end over MCP: two worker-example processes run the
+/// stages, the assistant's `pipeline_run` waits with a progress notification per stage, and
+/// every stage's output reaches the next.
+#[tokio::test(flavor = "multi_thread")]
+async fn six_stage_template_runs_on_two_workers_with_progress() {
+    use rmcp::ServiceExt;
+    let dir = common::data_dir();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let watcher = ProgressWatcher::default();
+    let transport = rmcp::transport::TokioChildProcess::new(common::command(
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+    ))
+    .unwrap();
+    let client = watcher.clone().serve(transport).await.unwrap();
+    let workers = [
+        Worker::spawn(dir.path(), &config, "w1"),
+        Worker::spawn(dir.path(), &config, "w2"),
+    ];
+
+    let created = common::call_ok(
+        client.peer(),
+        "pipeline_create",
+        json!({"name": "nightly-etl", "template": "six_stage"}),
+    )
+    .await;
+    assert_eq!(created["version"], 1);
+    let order: Vec<&str> = created["pipeline"]["order"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "ingestion",
+            "transformation",
+            "analysis",
+            "validation",
+            "processing",
+            "output"
+        ]
+    );
+
+    let mut params = rmcp::model::CallToolRequestParams::new("pipeline_run").with_arguments(
+        json!({"pipeline": "nightly-etl", "input": {"records": 42},
+               "parameters": {"stage_ms": 50}, "wait_seconds": 120})
+        .as_object()
+        .cloned()
+        .unwrap(),
+    );
+    let mut meta = rmcp::model::RequestMetaObject::new();
+    meta.set_progress_token(rmcp::model::ProgressToken(
+        rmcp::model::NumberOrString::Number(42),
+    ));
+    params.meta = Some(meta);
+    let result = client.peer().call_tool(params).await.unwrap();
+    let out = result.structured_content.unwrap();
+    assert_eq!(
+        out["status"],
+        "completed",
+        "{out:#}\n{}",
+        all_logs(&workers)
+    );
+    assert_eq!(out["wait"], "finished");
+    let run = &out["run"];
+    assert_eq!(run["stages_done"], 6);
+    let agents = agent_names(client.peer()).await;
+    let ids: BTreeSet<&str> = agents.values().map(|a| a["id"].as_str().unwrap()).collect();
+    let mut previous: Option<String> = None;
+    for stage in run["stages"].as_array().unwrap() {
+        assert_eq!(stage["status"], "completed", "{stage:#}");
+        assert_eq!(stage["attempts"], 1, "{stage:#}");
+        assert!(
+            ids.contains(stage["agent_id"].as_str().unwrap()),
+            "{stage:#}"
+        );
+        assert_eq!(stage["output"]["records"], 42, "{stage:#}");
+        let after: Vec<String> = serde_json::from_value(stage["output"]["after"].clone()).unwrap();
+        assert_eq!(after, previous.iter().cloned().collect::<Vec<_>>());
+        previous = Some(stage["name"].as_str().unwrap().to_string());
+    }
+
+    // One notification when the wait began and one per finished stage, counting up to 6/6.
+    let seen = watcher.seen.lock().unwrap().clone();
+    let values: Vec<f64> = seen.iter().map(|s| s.0).collect();
+    assert_eq!(values, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "{seen:#?}");
+    assert!(seen.iter().all(|s| s.1 == Some(6.0)));
+    assert!(seen[6].2.contains("6/6 stages done"), "{seen:#?}");
+    assert!(
+        seen[1..6].iter().any(|s| s.2.contains("now: ")),
+        "messages name the running stage: {seen:#?}"
+    );
+
+    let verify = common::call_ok(client.peer(), "audit_verify", json!({})).await;
+    assert_eq!(verify["ok"], true);
+    for w in &workers {
+        w.interrupt();
+    }
+    client.cancel().await.unwrap();
+}

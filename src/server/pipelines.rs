@@ -19,7 +19,7 @@ use crate::approval::{ApprovalError, DecideWith, State};
 use crate::config::ToolGroup;
 use crate::pipeline::{
     Definition, Dependency, NewPipeline, NewRun, Pipeline, PipelineError, PipelineSummary, Run,
-    RunStatus, StageDef, Template, describe_progress,
+    RunStatus, StageDef, StageRun, Template, describe_progress,
 };
 use crate::task::Priority;
 
@@ -602,15 +602,42 @@ async fn wait_for(
     let mut reported: Option<usize> = None;
     let run_id = run.id.clone();
     let end = loop {
-        if reported.is_none_or(|done| run.stages_done > done) {
-            reported = Some(run.stages_done);
-            call.progress(
-                run.stages_done as f64,
-                Some(run.stages_total as f64),
-                format!("run {}: {}", run.id, describe_progress(&run)),
-            )
-            .await;
+        match reported {
+            None => {
+                call.progress(
+                    run.stages_done as f64,
+                    Some(run.stages_total as f64),
+                    format!("run {}: {}", run.id, describe_progress(&run)),
+                )
+                .await;
+            }
+            // One notification per stage that finished since the last one, even when several
+            // finished between two looks (they may have been moved by another process).
+            Some(before) if run.stages_done > before => {
+                let mut ended: Vec<&StageRun> = run
+                    .stages
+                    .iter()
+                    .filter(|s| s.finished_at.is_some())
+                    .collect();
+                ended.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
+                for (k, stage) in ended.iter().enumerate().skip(before) {
+                    call.progress(
+                        (k + 1) as f64,
+                        Some(run.stages_total as f64),
+                        format!(
+                            "run {}: stage {} {}; {}",
+                            run.id,
+                            stage.name,
+                            stage.status,
+                            describe_progress(&run)
+                        ),
+                    )
+                    .await;
+                }
+            }
+            Some(_) => {}
         }
+        reported = Some(run.stages_done);
         if run.status != RunStatus::Running {
             break WaitEnd::Finished;
         }
@@ -631,7 +658,19 @@ async fn wait_for(
             }
         }
         if call.era == Era::Stateless && !run.awaiting_approvals.is_empty() {
-            break WaitEnd::NeedsApproval;
+            // A decision made elsewhere may not have been collected yet: collect it first.
+            let id = run_id.clone();
+            run = c
+                .blocking(move |c| {
+                    c.pipelines().advance(&id)?;
+                    c.pipelines().get_run(&id)
+                })
+                .await?
+                .map_err(|e| pipeline_failure("pipeline_run", e))?;
+            if !run.awaiting_approvals.is_empty() {
+                break WaitEnd::NeedsApproval;
+            }
+            continue;
         }
         tokio::select! {
             _ = changes.changed() => {}
@@ -684,6 +723,9 @@ fn ask(c: &Coordinator, call: &Call, approval_id: &str, run_id: &str, cancel: Ca
     let c = c.clone();
     let mut call = call.clone();
     call.cancel = cancel;
+    // The waiting call's progress token counts stages; the question must not reuse it (its
+    // own "asking..." notifications would make progress go backwards).
+    call.progress_token = None;
     let approval_id = approval_id.to_string();
     let run_id = run_id.to_string();
     tokio::spawn(async move {
