@@ -156,6 +156,7 @@ async fn diamond_runs_its_middle_stages_in_parallel_and_is_a_subscribable_resour
     )
     .await;
     assert_eq!(started["wait"], "no_wait");
+    assert!(started.get("warnings").is_none(), "{started:#}");
     let run_id = started["run_id"].as_str().unwrap().to_string();
     let uri = format!("coordinator://pipeline-runs/{run_id}");
     assert_eq!(started["run"]["resource_uri"], uri.as_str());
@@ -496,6 +497,12 @@ async fn definitions_are_validated_and_versioned_and_runs_pin_their_version() {
     assert_eq!(old["latest_version"], 2);
     let pinned = call_ok(c, "pipeline_run", json!({"pipeline": id, "version": 1})).await;
     assert_eq!(pinned["run"]["version"], 1);
+    // No agent offers `etl` yet: the result says why the run will not move.
+    let warning = pinned["warnings"][0].as_str().unwrap();
+    assert!(
+        warning.contains("\"etl\"") && warning.contains("gather"),
+        "{pinned:#}"
+    );
     assert_eq!(pinned["run"]["stages_total"], 1);
     let latest = call_ok(c, "pipeline_run", json!({"pipeline": "report"})).await;
     assert_eq!(latest["run"]["version"], 2);

@@ -848,6 +848,37 @@ impl PipelineService {
         })
     }
 
+    /// For each capability that unfinished task stages of this run need and no registered
+    /// agent offers: the capability and those stages. Such stages wait in the queue until an
+    /// agent with it registers.
+    pub fn unserved(&self, run: &Run) -> Result<Vec<(String, Vec<String>)>, PipelineError> {
+        let conn = self.store().lock();
+        let (dag, _) = self.dag(&conn, &run.pipeline_id, run.version)?;
+        let offered: std::collections::HashSet<String> =
+            crate::store::agent::list_registered(&conn)?
+                .iter()
+                .flat_map(|a| {
+                    serde_json::from_str::<Vec<String>>(&a.capabilities).unwrap_or_default()
+                })
+                .collect();
+        let mut missing: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for stage in run
+            .stages
+            .iter()
+            .filter(|s| s.status.is_open() && !s.approval)
+        {
+            let capability = dag
+                .index(&stage.name)
+                .and_then(|i| dag.definition.stages[i].capability.clone());
+            if let Some(cap) = capability
+                && !offered.contains(&cap)
+            {
+                missing.entry(cap).or_default().push(stage.name.clone());
+            }
+        }
+        Ok(missing.into_iter().collect())
+    }
+
     /// The run's status and last change (cheap; for polling).
     pub fn stamp(&self, id: &str) -> Result<Option<(RunStatus, i64)>, PipelineError> {
         Ok(sql::run_stamp(&self.store().lock(), id)?
@@ -1440,20 +1471,7 @@ impl PipelineService {
     /// finished task whose stage was not moved yet (a report made by an older build, or a
     /// pass that failed). Runs in every serving process; cheap when nothing is due.
     pub fn tick(&self) -> Result<usize, PipelineError> {
-        let due: Vec<String> = {
-            let conn = self.store().lock();
-            let mut stmt = conn.prepare_cached(
-                "SELECT DISTINCT s.run_id FROM pipeline_stage_runs s
-                 LEFT JOIN approvals a ON a.id = s.approval_id
-                 LEFT JOIN tasks t ON t.id = s.task_id
-                 WHERE (s.status = 'awaiting_approval' AND (a.state IS NULL OR a.state != 'pending' OR a.expires_at <= ?1))
-                    OR (s.status = 'queued' AND (t.id IS NULL OR t.status IN ('completed', 'failed', 'dead', 'cancelled')))",
-            ).map_err(StoreError::from)?;
-            stmt.query_map([now_ts()], |r| r.get(0))
-                .map_err(StoreError::from)?
-                .collect::<Result<Vec<String>, _>>()
-                .map_err(StoreError::from)?
-        };
+        let due = sql::runs_to_collect(&self.store().lock(), &now_ts())?;
         let mut moved = 0;
         for id in due {
             let a = self.advance(&id)?;

@@ -452,6 +452,10 @@ pub struct RunResult {
     pub wait: WaitEnd,
     /// What happened and what to do next, in words.
     pub message: String,
+    /// Problems that will keep the run from finishing by itself, such as stages needing a
+    /// capability no registered agent offers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub run: Run,
 }
 
@@ -525,6 +529,22 @@ async fn pipeline_run_cancel(
 
 /// The result for a run as it stands, with a message saying what to do next.
 fn result(c: &Coordinator, run: Run, wait: WaitEnd) -> RunResult {
+    let warnings: Vec<String> = if run.status == RunStatus::Running {
+        match c.pipelines().unserved(&run) {
+            Ok(missing) => missing
+                .into_iter()
+                .map(|(cap, stages)| {
+                    format!(
+                        "no registered agent offers capability {cap:?}, which stage(s) {} need: they wait in the queue until such an agent registers (agent_register)",
+                        stages.join(", ")
+                    )
+                })
+                .collect(),
+            Err(e) => vec![format!("could not check the agents for this run: {e}")],
+        }
+    } else {
+        Vec::new()
+    };
     let progress = describe_progress(&run);
     let mut message = match run.status {
         RunStatus::Running => format!(
@@ -566,11 +586,15 @@ fn result(c: &Coordinator, run: Run, wait: WaitEnd) -> RunResult {
             ),
         });
     }
+    for w in &warnings {
+        message.push_str(&format!(" Warning: {w}."));
+    }
     RunResult {
         run_id: run.id.clone(),
         status: run.status,
         wait,
         message,
+        warnings,
         run,
     }
 }

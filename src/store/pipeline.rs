@@ -401,13 +401,20 @@ pub fn stage_by_task(conn: &Connection, task_id: &str) -> Result<Option<StageRow
     )
 }
 
-/// Runs with a stage waiting for a person's decision.
-pub fn runs_awaiting(conn: &Connection) -> Result<Vec<String>, StoreError> {
+/// Runs with something to collect: a stage whose question was decided or expired (`now` is
+/// RFC 3339), or whose task finished (or vanished) without the stage moving.
+pub fn runs_to_collect(conn: &Connection, now: &str) -> Result<Vec<String>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT DISTINCT run_id FROM pipeline_stage_runs WHERE status = 'awaiting_approval'",
+        "SELECT s.run_id FROM pipeline_stage_runs s LEFT JOIN approvals a ON a.id = s.approval_id
+         WHERE s.status = 'awaiting_approval'
+           AND (a.id IS NULL OR a.state != 'pending' OR a.expires_at <= ?1)
+         UNION
+         SELECT s.run_id FROM pipeline_stage_runs s LEFT JOIN tasks t ON t.id = s.task_id
+         WHERE s.status = 'queued'
+           AND (t.id IS NULL OR t.status IN ('completed', 'failed', 'dead', 'cancelled'))",
     )?;
     let rows = sqlite(
-        stmt.query_map([], |r| r.get(0))?
+        stmt.query_map([now], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>(),
     )?;
     Ok(rows)

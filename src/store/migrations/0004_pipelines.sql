@@ -62,4 +62,6 @@ CREATE TABLE pipeline_stage_runs (
     finished_ms INTEGER,
     PRIMARY KEY (run_id, stage)
 );
-CREATE INDEX pipeline_stage_runs_approval ON pipeline_stage_runs (approval_id) WHERE status = 'awaiting_approval';
+-- The tick's look for stages with something to collect: tasks still out, questions still open.
+CREATE INDEX pipeline_stage_runs_queued ON pipeline_stage_runs (task_id) WHERE status = 'queued';
+CREATE INDEX pipeline_stage_runs_asking ON pipeline_stage_runs (approval_id) WHERE status = 'awaiting_approval';
