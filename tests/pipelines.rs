@@ -928,3 +928,102 @@ async fn a_2026_client_listens_for_run_updates() {
     }
     client.cancel().await.unwrap();
 }
+
+/// A 2026-07-28 client that declares the tasks extension (SEP-2663).
+async fn task_client(dir: &std::path::Path) -> common::Client {
+    let transport = rmcp::transport::TokioChildProcess::new(common::command(dir, &[])).unwrap();
+    let config = rmcp::model::ClientConfig::new(
+        rmcp::model::ClientCapabilities::builder()
+            .enable_tasks()
+            .build(),
+        rmcp::model::Implementation::new("task-client", "1.0"),
+    );
+    rmcp::ClientServiceExt::serve_with_lifecycle(
+        config,
+        transport,
+        rmcp::ClientLifecycleMode::Discover {
+            preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_with_the_tasks_extension_gets_a_long_run_as_a_task() {
+    use rmcp::model::{CallToolResponse, CancelTaskParams, GetTaskParams, TaskPayload, TaskStatus};
+    let dir = data_dir();
+    let client = task_client(dir.path()).await;
+    let c = client.peer();
+    call_ok(
+        c,
+        "pipeline_create",
+        json!({"name": "tasked", "stages": [{"name": "a", "type": "etl"}]}),
+    )
+    .await;
+    let w = register(c, "w", &["etl"]).await;
+    let run = |wait: u64| {
+        rmcp::model::CallToolRequestParams::new("pipeline_run").with_arguments(
+            json!({"pipeline": "tasked", "wait_seconds": wait})
+                .as_object()
+                .cloned()
+                .unwrap(),
+        )
+    };
+    // Without wait_seconds the run id comes back at once, as for any client.
+    let CallToolResponse::Complete(plain) = c.call_tool_once(run(0)).await.unwrap() else {
+        panic!("expected a plain result");
+    };
+    let plain_id = plain.structured_content.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // With it, a task whose id is the run id.
+    let CallToolResponse::Task(created) = c.call_tool_once(run(60)).await.unwrap() else {
+        panic!("expected a task");
+    };
+    let task_id = created.task.task_id.clone();
+    assert!(task_id.starts_with("run_"), "{created:?}");
+    assert_eq!(created.task.status, TaskStatus::Working);
+
+    let got = c
+        .get_task(GetTaskParams::new(task_id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(got.task.status(), TaskStatus::Working);
+    // Work both runs' tasks; the task completes with the pipeline_run result.
+    for _ in 0..2 {
+        let t = claim(c, &w).await;
+        complete(c, &w, &t, json!({"ok": 1})).await;
+    }
+    let got = c
+        .get_task(GetTaskParams::new(task_id.clone()))
+        .await
+        .unwrap();
+    let TaskPayload::Completed { result } = &got.task.payload else {
+        panic!("expected a completed task, got {got:?}");
+    };
+    assert_eq!(result["structuredContent"]["status"], "completed");
+    assert_eq!(result["structuredContent"]["run_id"], task_id.as_str());
+
+    // tasks/cancel cancels the run behind the task.
+    let CallToolResponse::Task(created) = c.call_tool_once(run(60)).await.unwrap() else {
+        panic!("expected a task");
+    };
+    c.cancel_task(CancelTaskParams::new(created.task.task_id.clone()))
+        .await
+        .unwrap();
+    let got = c
+        .get_task(GetTaskParams::new(created.task.task_id.clone()))
+        .await
+        .unwrap();
+    assert_eq!(got.task.status(), TaskStatus::Cancelled);
+    assert_eq!(
+        run_get(c, &created.task.task_id).await["status"],
+        "cancelled"
+    );
+    assert_eq!(run_get(c, &plain_id).await["status"], "completed");
+    let unknown = c.get_task(GetTaskParams::new("run_nope")).await;
+    assert!(unknown.is_err(), "{unknown:?}");
+    client.cancel().await.unwrap();
+}

@@ -455,6 +455,12 @@ async fn six_stage_template_runs_on_two_workers_with_progress() {
     }
 
     // One notification when the wait began and one per finished stage, counting up to 6/6.
+    // The client handles notifications on its own task, so the last may land just after the
+    // result.
+    let start = Instant::now();
+    while watcher.seen.lock().unwrap().len() < 7 && start.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let seen = watcher.seen.lock().unwrap().clone();
     let values: Vec<f64> = seen.iter().map(|s| s.0).collect();
     assert_eq!(values, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "{seen:#?}");

@@ -14,7 +14,10 @@ use super::Coordinator;
 use super::approvals::{decide_command, elicit_legacy};
 use super::session::{Call, Era};
 use super::system::store_error;
-use super::tool::{self, ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
+use super::tool::{
+    self, ErrorCode, Failure, Reply, Route, ToolError, ToolSpec, invalid_field, route,
+    route_with_input,
+};
 use crate::approval::{ApprovalError, DecideWith, State};
 use crate::config::ToolGroup;
 use crate::pipeline::{
@@ -93,7 +96,7 @@ pub fn routes() -> Vec<Route> {
             ),
             pipeline_delete,
         ),
-        route(
+        route_with_input(
             spec(
                 "pipeline_run",
                 "Run a pipeline",
@@ -459,7 +462,11 @@ pub struct RunResult {
     pub run: Run,
 }
 
-async fn pipeline_run(c: Coordinator, i: RunInput, call: Call) -> Result<RunResult, Failure> {
+async fn pipeline_run(
+    c: Coordinator,
+    i: RunInput,
+    call: Call,
+) -> Result<Reply<RunResult>, Failure> {
     const TOOL: &str = "pipeline_run";
     let wait = check_wait(TOOL, i.wait_seconds.unwrap_or(0))?;
     let new = NewRun {
@@ -475,7 +482,103 @@ async fn pipeline_run(c: Coordinator, i: RunInput, call: Call) -> Result<RunResu
         .blocking(move |c| c.pipelines().run(new, &actor))
         .await?
         .map_err(|e| pipeline_failure(TOOL, e))?;
-    wait_for(&c, &call, run, wait, i.cancel_run_on_client_cancel).await
+    // A client that takes tasks gets the run as one instead of a long wait: it polls
+    // `tasks/get` (the task id is the run id, so it survives a coordinator restart).
+    if call.tasks && !wait.is_zero() {
+        return Ok(Reply::Task(rmcp::model::CreateTaskResult::new(task_of(
+            &run,
+        ))));
+    }
+    wait_for(&c, &call, run, wait, i.cancel_run_on_client_cancel)
+        .await
+        .map(Reply::Done)
+}
+
+/// A run as a task of the tasks extension.
+pub fn task_of(run: &Run) -> rmcp::model::Task {
+    let status = match run.status {
+        RunStatus::Running => rmcp::model::TaskStatus::Working,
+        RunStatus::Cancelled => rmcp::model::TaskStatus::Cancelled,
+        RunStatus::Completed | RunStatus::Failed => rmcp::model::TaskStatus::Completed,
+    };
+    rmcp::model::Task::new(
+        run.id.clone(),
+        status,
+        run.created_at.clone(),
+        run.updated_at.clone(),
+    )
+    .with_status_message(format!(
+        "{}{}",
+        describe_progress(run),
+        if run.awaiting_approvals.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; waiting for a person to decide {} (approval_request asks)",
+                run.awaiting_approvals.join(", ")
+            )
+        }
+    ))
+    .with_poll_interval_ms(500)
+}
+
+/// `tasks/get` for a run: working while it runs; completed (with the `pipeline_run` result)
+/// once it completed or failed; cancelled if it was cancelled.
+pub async fn get_task(
+    c: &Coordinator,
+    task_id: &str,
+) -> Result<rmcp::model::GetTaskResult, rmcp::ErrorData> {
+    use rmcp::model::{DetailedTask, GetTaskResult, TaskPayload};
+    let id = task_id.to_string();
+    let run = c
+        .blocking(move |c| c.pipelines().get_run(&id))
+        .await
+        .map_err(|e| rmcp::ErrorData::internal_error(e.message, None))?
+        .map_err(|_| {
+            rmcp::ErrorData::invalid_params(
+                format!("no task {task_id}: tasks of this coordinator are pipeline runs started with pipeline_run"),
+                Some(json!({"taskId": task_id})),
+            )
+        })?;
+    let task = task_of(&run);
+    let payload = match run.status {
+        RunStatus::Running => TaskPayload::Working,
+        RunStatus::Cancelled => TaskPayload::Cancelled,
+        RunStatus::Completed | RunStatus::Failed => {
+            let value = serde_json::to_value(result(c, run, WaitEnd::Finished))
+                .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None))?;
+            let call_result = serde_json::to_value(rmcp::model::CallToolResult::structured(value))
+                .map_err(|e| rmcp::ErrorData::internal_error(e.to_string(), None))?;
+            TaskPayload::Completed {
+                result: call_result.as_object().cloned().unwrap_or_default(),
+            }
+        }
+    };
+    Ok(GetTaskResult::new(DetailedTask::new(task, payload)))
+}
+
+/// `tasks/cancel` for a run: cancels it (a run already ended is left as it is).
+pub async fn cancel_task(
+    c: &Coordinator,
+    task_id: &str,
+    actor: crate::audit::Actor,
+) -> Result<(), rmcp::ErrorData> {
+    let id = task_id.to_string();
+    match c
+        .blocking(move |c| {
+            c.pipelines()
+                .cancel_run(&id, Some("tasks/cancel from the client"), &actor)
+        })
+        .await
+        .map_err(|e| rmcp::ErrorData::internal_error(e.message, None))?
+    {
+        Ok(_) | Err(PipelineError::Conflict(_)) => Ok(()),
+        Err(PipelineError::NotFound { .. }) => Err(rmcp::ErrorData::invalid_params(
+            format!("no task {task_id}"),
+            Some(json!({"taskId": task_id})),
+        )),
+        Err(e) => Err(rmcp::ErrorData::internal_error(e.to_string(), None)),
+    }
 }
 
 /// Arguments of `pipeline_run_get`.

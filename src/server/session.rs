@@ -39,6 +39,9 @@ pub struct Call {
     pub session_id: String,
     /// Whether the client declared form elicitation (a person can be asked in the client).
     pub elicitation_form: bool,
+    /// Whether the client declared the tasks extension (SEP-2663): a long call may be
+    /// answered with a task it polls.
+    pub tasks: bool,
     /// The request's progress token, if the client wants progress notifications.
     pub progress_token: Option<ProgressToken>,
     /// MRTR retry (2026-07-28): the state the server sealed in its input-required result.
@@ -68,6 +71,9 @@ impl Call {
             peer: ctx.peer.clone(),
             session_id: coordinator.session_id().to_string(),
             elicitation_form,
+            tasks: ctx
+                .client_capabilities()
+                .is_some_and(|c| c.supports_tasks()),
             progress_token: ctx.meta.get_progress_token(),
             request_state: None,
             input_responses: None,

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use rmcp::ErrorData;
 use rmcp::handler::server::router::tool::ToolRoute;
 use rmcp::handler::server::tool::{ToolCallContext, schema_for_input, schema_for_output};
-use rmcp::model::{CallToolResult, InputRequiredResult, JsonObject, Tool, ToolAnnotations};
+use rmcp::model::{
+    CallToolResponse, CallToolResult, CreateTaskResult, InputRequiredResult, JsonObject, Tool,
+    ToolAnnotations,
+};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -156,6 +159,9 @@ pub enum Reply<Out> {
     Done(Out),
     /// 2026-07-28 only: ask the client for input and have it retry the call with the answers.
     InputRequired(InputRequiredResult),
+    /// Only for clients that declared the tasks extension (SEP-2663): the work goes on as a
+    /// task the client polls with `tasks/get`.
+    Task(CreateTaskResult),
 }
 
 /// Builds a route whose input and output schemas come from `In` and `Out`. The handler gets the
@@ -222,6 +228,7 @@ where
                     Ok(CallToolResult::structured(value).into())
                 }
                 Ok(Reply::InputRequired(r)) => Ok(r.into()),
+                Ok(Reply::Task(t)) => Ok(CallToolResponse::Task(t)),
                 Err(Failure::Domain(e)) => Ok(e.into_result().into()),
                 Err(Failure::Protocol(e)) => Err(e),
             }
