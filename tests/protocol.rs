@@ -105,6 +105,23 @@ fn script(
     calls.into_iter().nth(step)
 }
 
+/// Whether a schema has `true`/`false` as the schema of a property or of array items.
+fn has_boolean_property_schema(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => {
+            let props = map
+                .get("properties")
+                .and_then(Value::as_object)
+                .is_some_and(|p| p.values().any(Value::is_boolean));
+            props
+                || map.get("items").is_some_and(Value::is_boolean)
+                || map.values().any(has_boolean_property_schema)
+        }
+        Value::Array(items) => items.iter().any(has_boolean_property_schema),
+        _ => false,
+    }
+}
+
 fn protocol_error(r: Result<rmcp::model::CallToolResult, ServiceError>) -> rmcp::ErrorData {
     match r {
         Err(ServiceError::McpError(e)) => e,
@@ -170,6 +187,19 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
             assert_eq!(ann.read_only_hint, Some(read_only), "{}", tool.name);
             assert_eq!(ann.destructive_hint, Some(destructive), "{}", tool.name);
             assert!(ann.title.is_some());
+            // Strict clients (the TypeScript SDK, so the MCP Inspector) refuse a tool list
+            // whose schemas hold a boolean property schema.
+            for schema in [Some(&tool.input_schema), tool.output_schema.as_ref()]
+                .into_iter()
+                .flatten()
+            {
+                let value = Value::Object((**schema).clone());
+                assert!(
+                    !has_boolean_property_schema(&value),
+                    "{} has a boolean property schema: {value:#}",
+                    tool.name
+                );
+            }
         }
         let status = call_ok(&client, "coordinator_status", json!({})).await;
         let expected_era = match era {

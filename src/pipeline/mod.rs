@@ -346,10 +346,6 @@ impl PipelineService {
             .map(|_| ())
     }
 
-    pub fn config(&self) -> &PipelinesConfig {
-        &self.inner.config
-    }
-
     /// A receiver that sees a new value after every run change made by this process.
     pub fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.changed.subscribe()

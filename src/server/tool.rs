@@ -201,10 +201,10 @@ where
     let tool = Tool::new(
         spec.name,
         spec.description.trim(),
-        standard_formats(&input_schema),
+        portable_schema(&input_schema),
     )
     .with_title(spec.title)
-    .with_raw_output_schema(standard_formats(&schema_for_output::<Out>()))
+    .with_raw_output_schema(portable_schema(&schema_for_output::<Out>()))
     .with_annotations(spec.annotations());
     let name = spec.name;
     let handler = Arc::new(handler);
@@ -257,8 +257,9 @@ const STANDARD_FORMATS: &[&str] = &[
     "regex",
 ];
 
-/// A copy of `schema` with non-standard `format` keywords removed, at every depth.
-fn standard_formats(schema: &JsonObject) -> Arc<JsonObject> {
+/// A copy of `schema` that strict validators accept: non-standard `format` keywords removed
+/// and `true` subschemas written as `{}`, at every depth.
+fn portable_schema(schema: &JsonObject) -> Arc<JsonObject> {
     fn walk(v: &mut Value) {
         match v {
             Value::Object(map) => {
@@ -268,6 +269,21 @@ fn standard_formats(schema: &JsonObject) -> Arc<JsonObject> {
                     .is_some_and(|f| !STANDARD_FORMATS.contains(&f))
                 {
                     map.remove("format");
+                }
+                // `true` as a property's schema ("any JSON", what schemars writes for
+                // `serde_json::Value`) is valid JSON Schema, but the TypeScript SDK (and so the
+                // MCP Inspector) refuses a tool list holding it; `{}` means the same.
+                for key in ["properties", "$defs", "definitions"] {
+                    if let Some(Value::Object(props)) = map.get_mut(key) {
+                        for schema in props.values_mut() {
+                            if *schema == Value::Bool(true) {
+                                *schema = Value::Object(JsonObject::new());
+                            }
+                        }
+                    }
+                }
+                if map.get("items") == Some(&Value::Bool(true)) {
+                    map.insert("items".into(), Value::Object(JsonObject::new()));
                 }
                 map.values_mut().for_each(walk);
             }

@@ -313,17 +313,6 @@ pub fn list_runs(
     Ok(rows)
 }
 
-/// Ids of the runs still running (all pipelines).
-pub fn running_run_ids(conn: &Connection) -> Result<Vec<String>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT id FROM pipeline_runs WHERE status = 'running' ORDER BY id")?;
-    let rows = sqlite(
-        stmt.query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>(),
-    )?;
-    Ok(rows)
-}
-
 /// How many runs of this pipeline are running.
 pub fn active_runs(conn: &Connection, pipeline_id: &str) -> Result<i64, StoreError> {
     sqlite(
