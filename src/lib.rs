@@ -3,11 +3,14 @@
 
 pub mod agent;
 pub mod approval;
+pub mod assessment;
 pub mod audit;
 pub mod config;
 pub mod keyfile;
 mod macros;
 pub mod pipeline;
+pub mod remediation;
+pub mod secret;
 pub mod server;
 pub mod store;
 pub mod task;

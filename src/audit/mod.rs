@@ -195,6 +195,36 @@ pub enum Action {
     /// A run's completion webhook was delivered or gave up.
     #[serde(rename = "pipeline.webhook")]
     PipelineWebhook,
+    /// A secret was stored or replaced (the event names it; the value is never logged).
+    #[serde(rename = "secret.set")]
+    SecretSet,
+    /// A secret was deleted from the store.
+    #[serde(rename = "secret.removed")]
+    SecretRemoved,
+    /// Every secret was re-encrypted under a new master key.
+    #[serde(rename = "secret.key_rotated")]
+    SecretKeyRotated,
+    /// A secret was decrypted to be handed to a child process (`mcp-coordinator exec`).
+    #[serde(rename = "secret.used")]
+    SecretUsed,
+    /// An assessment of MCP client configs was requested.
+    #[serde(rename = "assessment.requested")]
+    AssessmentRequested,
+    /// An assessment finished (completed, failed or cancelled), with its finding counts.
+    #[serde(rename = "assessment.finished")]
+    AssessmentFinished,
+    /// A remediation proposal was recorded with its diff and risk.
+    #[serde(rename = "remediation.proposed")]
+    RemediationProposed,
+    /// A remediation proposal was withdrawn before it ran.
+    #[serde(rename = "remediation.withdrawn")]
+    RemediationWithdrawn,
+    /// An approved remediation ran: files written, with backups, results per action.
+    #[serde(rename = "remediation.executed")]
+    RemediationExecuted,
+    /// An executed remediation was undone from its backups, after approval.
+    #[serde(rename = "remediation.rolled_back")]
+    RemediationRolledBack,
 }
 
 impl Action {
@@ -229,6 +259,16 @@ impl Action {
             Action::PipelineStageSkipped => "pipeline.stage_skipped",
             Action::PipelineRunFinished => "pipeline.run_finished",
             Action::PipelineWebhook => "pipeline.webhook",
+            Action::SecretSet => "secret.set",
+            Action::SecretRemoved => "secret.removed",
+            Action::SecretKeyRotated => "secret.key_rotated",
+            Action::SecretUsed => "secret.used",
+            Action::AssessmentRequested => "assessment.requested",
+            Action::AssessmentFinished => "assessment.finished",
+            Action::RemediationProposed => "remediation.proposed",
+            Action::RemediationWithdrawn => "remediation.withdrawn",
+            Action::RemediationExecuted => "remediation.executed",
+            Action::RemediationRolledBack => "remediation.rolled_back",
         }
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod agent;
 pub mod approval;
+pub mod assessment;
 pub mod audit;
 pub mod pipeline;
+pub mod secret;
 pub mod task;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,8 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0002_approvals.sql")),
     M::up(include_str!("migrations/0003_agents_tasks.sql")),
     M::up(include_str!("migrations/0004_pipelines.sql")),
+    M::up(include_str!("migrations/0005_secrets.sql")),
+    M::up(include_str!("migrations/0006_assessments.sql")),
 ];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.

@@ -1,0 +1,1 @@
+//! Assessments of MCP client configs.

@@ -1,0 +1,1 @@
+//! The encrypted secret store (AES-256-GCM): filled in by the secret-store work.

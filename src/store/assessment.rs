@@ -1,0 +1,1 @@
+//! SQL for assessments and remediation proposals.

@@ -1,0 +1,1 @@
+-- 0005: the encrypted secret store.

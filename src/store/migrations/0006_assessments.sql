@@ -1,0 +1,1 @@
+-- 0006: assessments and remediation proposals.

@@ -1,0 +1,1 @@
+//! SQL for the encrypted secret store.
