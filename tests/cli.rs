@@ -151,3 +151,73 @@ fn default_database_is_created_in_the_data_dir_with_a_private_key() {
     let mode = std::fs::metadata(&data).unwrap().permissions().mode();
     assert_eq!(mode & 0o077, 0, "data dir is private");
 }
+
+#[test]
+fn help_explains_secrets_and_exec() {
+    let dir = common::data_dir();
+    let cases: [(&[&str], &[&str]); 7] = [
+        (&["--help"], &["secrets", "exec"]),
+        (
+            &["secrets", "--help"],
+            &[
+                "set",
+                "list",
+                "rm",
+                "rotate-key",
+                "MCP_COORDINATOR_MASTER_KEY",
+                "master.key",
+                "0600",
+                "AES-256-GCM",
+                "Exit status",
+                "Examples:",
+            ],
+        ),
+        (
+            &["secrets", "set", "--help"],
+            &[
+                "stdin",
+                "trailing newline",
+                "not echoed",
+                "empty",
+                "A-Z a-z 0-9 _ . -",
+            ],
+        ),
+        (
+            &["secrets", "list", "--help"],
+            &["last four", "unreadable", "--json"],
+        ),
+        (&["secrets", "rm", "--help"], &["Exits 1"]),
+        (
+            &["secrets", "rotate-key", "--help"],
+            &[
+                "all or nothing",
+                "master.key.next",
+                "MCP_COORDINATOR_NEW_MASTER_KEY",
+                "MCP_COORDINATOR_MASTER_KEY",
+            ],
+        ),
+        (
+            &["exec", "--help"],
+            &[
+                "--secret",
+                "NAME[=ENV_VAR]",
+                "mcpServers",
+                "stdout",
+                "exits 2",
+                "removed",
+                "--data-dir",
+            ],
+        ),
+    ];
+    for (args, needles) in cases {
+        let (code, out, err) = common::cli(dir.path(), args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        for n in needles {
+            assert!(
+                out.contains(n),
+                "`mcp-coordinator {}` does not mention {n:?}:\n{out}",
+                args.join(" ")
+            );
+        }
+    }
+}

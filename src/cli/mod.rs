@@ -3,6 +3,8 @@
 
 mod approvals;
 mod audit;
+mod exec;
+mod secrets;
 mod serve;
 
 use std::path::PathBuf;
@@ -108,6 +110,12 @@ with status 0 when the client closes stdin, or on SIGINT/SIGTERM. Logs go to std
     /// Inspect the audit log: verify the chain, export events
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Keep API keys and tokens encrypted: set, list, rm, rotate-key
+    #[command(subcommand, long_about = secrets::LONG_ABOUT, after_help = secrets::AFTER_HELP)]
+    Secrets(secrets::SecretsCommand),
+    /// Run a command (an MCP server) with secrets from the store in its environment
+    #[command(long_about = exec::LONG_ABOUT, after_help = exec::AFTER_HELP)]
+    Exec(exec::ExecArgs),
 }
 
 /// Parses arguments and runs the chosen command.
@@ -117,6 +125,8 @@ pub fn main() -> ExitCode {
         None | Some(Command::Serve) => serve::run(&cli.global),
         Some(Command::Approvals(cmd)) => approvals::run(&cli.global, cmd),
         Some(Command::Audit(cmd)) => audit::run(&cli.global, cmd),
+        Some(Command::Secrets(cmd)) => secrets::run(&cli.global, cmd),
+        Some(Command::Exec(args)) => exec::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,
