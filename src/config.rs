@@ -36,6 +36,13 @@ pub enum ToolGroup {
     /// `pipeline_create`, `pipeline_get`, `pipeline_list`, `pipeline_delete`, `pipeline_run`,
     /// `pipeline_run_get`, `pipeline_run_cancel`.
     Pipelines,
+    /// `assessment_request`, `assessment_get`, `assessment_list`, `assessment_cancel`.
+    Assessments,
+    /// `remediation_propose`, `remediation_get`, `remediation_list`, `remediation_review`,
+    /// `remediation_withdraw`, `remediation_rollback`.
+    Remediation,
+    /// `mcp_config_list`, `mcp_server_install`, `mcp_server_remove`.
+    Configs,
 }
 
 impl ToolGroup {
@@ -47,6 +54,9 @@ impl ToolGroup {
             ToolGroup::Agents => "agents",
             ToolGroup::Tasks => "tasks",
             ToolGroup::Pipelines => "pipelines",
+            ToolGroup::Assessments => "assessments",
+            ToolGroup::Remediation => "remediation",
+            ToolGroup::Configs => "configs",
         }
     }
 }
@@ -75,6 +85,9 @@ pub struct ConfigFile {
     /// Pipelines: completion webhooks.
     #[serde(default)]
     pub pipelines: crate::pipeline::PipelinesConfig,
+    /// Assessments: where MCP client configs are looked for, the policy file, registries.
+    #[serde(default)]
+    pub assessments: crate::assessment::AssessmentsConfig,
 }
 
 /// `[tools]` in the config file.
@@ -170,6 +183,27 @@ impl Settings {
             cmd.push_str(&shell_quote(&db.display().to_string()));
         }
         Some(cmd)
+    }
+
+    /// The argv that runs `mcp-coordinator exec` against this process's data directory and
+    /// database: this binary's absolute path, `--data-dir`, and `--db` when it is not the
+    /// default. MCP client configs launch servers through it (`exec --secret NAME -- ...`).
+    pub fn exec_argv(&self) -> Vec<String> {
+        let bin = std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "mcp-coordinator".into());
+        let mut argv = vec![
+            bin,
+            "--data-dir".into(),
+            self.data_dir.display().to_string(),
+        ];
+        if let Location::File(db) = &self.db
+            && *db != self.data_dir.join(DB_FILE)
+        {
+            argv.push("--db".into());
+            argv.push(db.display().to_string());
+        }
+        argv
     }
 
     /// Resolves the data directory (`--data-dir`, then `MCP_COORDINATOR_DATA_DIR`, then the

@@ -74,3 +74,20 @@ fn sample_config_loads() {
     let config = mcp_coordinator::config::ConfigFile::load(&path).unwrap();
     assert_eq!(config.log_level.as_deref(), Some("info"));
 }
+
+#[test]
+fn sample_policy_loads_and_matches_its_schema() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let policy =
+        mcp_coordinator::assessment::policy::Policy::load(&root.join("examples/policy.toml"))
+            .unwrap();
+    assert!(policy.require_pinned);
+    assert!(!policy.packages.allow.is_empty());
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("schemas/policy.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let instance = serde_json::to_value(&policy).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    assert!(validator.is_valid(&instance), "{instance:#}");
+}

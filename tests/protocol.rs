@@ -11,7 +11,7 @@ use rmcp::model::ErrorCode;
 use serde_json::{Value, json};
 
 /// Every tool, sorted, with (read-only, destructive) annotations.
-const TOOLS: [(&str, bool, bool); 26] = [
+const TOOLS: [(&str, bool, bool); 39] = [
     ("agent_deregister", false, false),
     ("agent_heartbeat", false, false),
     ("agent_list", true, false),
@@ -19,9 +19,16 @@ const TOOLS: [(&str, bool, bool); 26] = [
     ("approval_get", true, false),
     ("approval_list", true, false),
     ("approval_request", false, false),
+    ("assessment_cancel", false, false),
+    ("assessment_get", true, false),
+    ("assessment_list", true, false),
+    ("assessment_request", false, false),
     ("audit_query", true, false),
     ("audit_verify", true, false),
     ("coordinator_status", true, false),
+    ("mcp_config_list", true, false),
+    ("mcp_server_install", false, false),
+    ("mcp_server_remove", false, true),
     ("pipeline_create", false, false),
     ("pipeline_delete", false, true),
     ("pipeline_get", true, false),
@@ -31,6 +38,12 @@ const TOOLS: [(&str, bool, bool); 26] = [
     ("pipeline_run_get", true, false),
     ("queue_purge", false, true),
     ("queue_stats", true, false),
+    ("remediation_get", true, false),
+    ("remediation_list", true, false),
+    ("remediation_propose", false, false),
+    ("remediation_review", false, true),
+    ("remediation_rollback", false, true),
+    ("remediation_withdraw", false, false),
     ("task_cancel", false, true),
     ("task_claim", false, false),
     ("task_get", true, false),
@@ -99,6 +112,57 @@ fn script(
             json!({"run_id": id("run"), "reason": "schema test"}),
         ),
         ("pipeline_delete", json!({"pipeline": "schema-pipe"})),
+        (
+            "mcp_config_list",
+            json!({"home": id("home"), "projects": []}),
+        ),
+        (
+            "assessment_request",
+            json!({"type": "security", "target": {"home": id("home"), "projects": []}}),
+        ),
+        ("assessment_get", json!({"assessment_id": id("assessment")})),
+        ("assessment_list", json!({})),
+        // Cancelling a finished assessment is refused; the loop accepts that one conflict.
+        (
+            "assessment_cancel",
+            json!({"assessment_id": id("assessment")}),
+        ),
+        (
+            "remediation_propose",
+            json!({"actions": [{"type": "disable_server", "file": id("file"), "server": "memory"}]}),
+        ),
+        (
+            "remediation_get",
+            json!({"remediation_id": id("remediation")}),
+        ),
+        ("remediation_list", json!({})),
+        // No elicitation in this client: pending, with the CLI command.
+        (
+            "remediation_review",
+            json!({"remediation_id": id("remediation")}),
+        ),
+        // The loop approves it at the CLI here; reviewing again runs it.
+        (
+            "remediation_review",
+            json!({"remediation_id": id("remediation")}),
+        ),
+        (
+            "remediation_rollback",
+            json!({"remediation_id": id("remediation")}),
+        ),
+        (
+            "mcp_server_install",
+            json!({"client": "cursor", "file": id("file"), "server": "fetch",
+                   "entry": {"command": "uvx", "args": ["mcp-server-fetch==2025.4.7"]}, "review": false}),
+        ),
+        (
+            "remediation_withdraw",
+            json!({"remediation_id": id("install")}),
+        ),
+        (
+            "mcp_server_remove",
+            json!({"file": id("file"), "server": "memory", "review": false}),
+        ),
         ("audit_query", json!({"limit": 5})),
         ("audit_verify", json!({})),
     ];
@@ -144,13 +208,65 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
         let expected: Vec<&str> = TOOLS.iter().map(|t| t.0).collect();
         assert_eq!(names, expected, "{era:?}");
         let mut ids = std::collections::HashMap::new();
+        let home = dir.path().join("home");
+        let file = home.join(".cursor/mcp.json");
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(
+            &file,
+            r#"{"mcpServers": {"memory": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-memory"]}}}"#,
+        )
+        .unwrap();
+        ids.insert("home", home.display().to_string());
+        ids.insert("file", file.display().to_string());
         let mut called = std::collections::BTreeSet::new();
         let mut step = 0;
+        let mut reviews = 0;
         while let Some((name, args)) = script(&ids, step) {
             step += 1;
             let tool = tools.iter().find(|t| t.name == name).expect("tool listed");
+            if name == "assessment_cancel" {
+                let r = call(&client, name, args.clone()).await.unwrap();
+                if r.is_error == Some(true) {
+                    assert_eq!(r.structured_content.unwrap()["code"], "conflict");
+                    called.insert(name);
+                    continue;
+                }
+            }
             let result = call_ok(&client, name, args).await;
+            if name == "remediation_review" {
+                reviews += 1;
+                if reviews == 1 {
+                    assert_eq!(result["approval_state"], "pending", "{result:#}");
+                    let approval = result["remediation"]["approval_id"].as_str().unwrap();
+                    let (code, out, err) = common::cli(
+                        dir.path(),
+                        &[
+                            "approvals",
+                            "approve",
+                            approval,
+                            "--yes",
+                            "--reason",
+                            "schema test",
+                        ],
+                    );
+                    assert_eq!(code, 0, "{out}{err}");
+                } else {
+                    assert_eq!(result["status"], "executed", "{result:#}");
+                }
+            }
             match name {
+                "assessment_request" => ids.insert(
+                    "assessment",
+                    result["assessment_id"].as_str().unwrap().to_string(),
+                ),
+                "remediation_propose" => ids.insert(
+                    "remediation",
+                    result["remediation_id"].as_str().unwrap().to_string(),
+                ),
+                "mcp_server_install" => ids.insert(
+                    "install",
+                    result["remediation_id"].as_str().unwrap().to_string(),
+                ),
                 "approval_request" => ids.insert(
                     "approval",
                     result["approval"]["id"].as_str().unwrap().to_string(),
@@ -382,7 +498,7 @@ async fn config_can_switch_tool_groups_off() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[tools]\ndisabled_groups = [\"audit\", \"approvals\", \"agents\", \"tasks\", \"pipelines\"]\n",
+        "[tools]\ndisabled_groups = [\"audit\", \"approvals\", \"agents\", \"tasks\", \"pipelines\", \"assessments\", \"remediation\", \"configs\"]\n",
     )
     .unwrap();
     let client = connect(
@@ -403,7 +519,16 @@ async fn config_can_switch_tool_groups_off() {
     let status = call_ok(&client, "coordinator_status", json!({})).await;
     assert_eq!(
         status["disabled_groups"],
-        json!(["audit", "approvals", "agents", "tasks", "pipelines"])
+        json!([
+            "audit",
+            "approvals",
+            "agents",
+            "tasks",
+            "pipelines",
+            "assessments",
+            "remediation",
+            "configs"
+        ])
     );
     assert_eq!(status["tools_enabled"], 1);
     client.cancel().await.unwrap();

@@ -1,7 +1,8 @@
 //! Interoperability with the official MCP Python SDK: `tests/interop/interop.py` drives the
 //! built binary over stdio in the legacy (initialize) and the stateless (2026-07-28) eras, and
 //! `tests/interop/approvals.py` answers human approvals through elicitation in both, and
-//! `tests/interop/pipelines.py` decides pipeline approval stages the same way.
+//! `tests/interop/pipelines.py` decides pipeline approval stages the same way, and
+//! `tests/interop/remediation.py` assesses configs and reviews remediations.
 //!
 //! The interpreter is `$MCP_COORDINATOR_PYTHON` when set, else `target/interop-venv/bin/python`,
 //! which this test creates (with `python3 -m venv` and `pip install -r
@@ -162,4 +163,13 @@ fn official_python_sdk_answers_approvals_through_elicitation() {
 #[test]
 fn official_python_sdk_decides_pipeline_approval_stages() {
     run_interop_script("pipelines.py");
+}
+
+/// Assessments and remediations (`tests/interop/remediation.py`): on a temporary home full of
+/// client configs, the SDK lists and assesses them, proposes fixes, approves one proposal and
+/// rejects another through its elicitation callback (both eras), and checks each file equals
+/// the original with the previewed diff applied, the backups, and the audit chain.
+#[test]
+fn official_python_sdk_reviews_remediations() {
+    run_interop_script("remediation.py");
 }

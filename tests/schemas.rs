@@ -32,6 +32,11 @@ fn expected() -> BTreeMap<String, Value> {
         "config.schema.json".into(),
         serde_json::to_value(config).unwrap(),
     );
+    let policy = schemars::schema_for!(mcp_coordinator::assessment::policy::Policy);
+    files.insert(
+        "policy.schema.json".into(),
+        serde_json::to_value(policy).unwrap(),
+    );
     files
 }
 

@@ -1,1 +1,485 @@
-//! Assessments of MCP client configs.
+//! Assessments of the MCP client configs on this machine: find the files (`clients`), apply
+//! the rules of one assessment type (`rules`, with the `policy`), and record the request and
+//! its findings. Requests are recorded first and run afterwards; a cancelled assessment never
+//! gets results.
+
+pub mod clients;
+pub mod launch;
+pub mod policy;
+pub mod rules;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::audit::chain::now_ts;
+use crate::audit::{Action as AuditAction, Actor, AuditLog, NewEvent, Outcome};
+use crate::macros::string_enum;
+use crate::remediation::actions::Action;
+use crate::store::StoreError;
+use crate::store::assessment as sql;
+use clients::{Client, ConfigFile, Roots};
+use policy::Policy;
+use std::str::FromStr;
+
+string_enum!(
+    /// How bad a finding is.
+    Severity {
+        Info => "info",
+        Low => "low",
+        Medium => "medium",
+        High => "high",
+        Critical => "critical",
+    }
+);
+
+impl Severity {
+    pub fn rank(self) -> u8 {
+        match self {
+            Severity::Info => 0,
+            Severity::Low => 1,
+            Severity::Medium => 2,
+            Severity::High => 3,
+            Severity::Critical => 4,
+        }
+    }
+}
+
+string_enum!(
+    /// What an assessment looks for.
+    AssessmentType {
+        /// Secrets, unpinned packages, dangerous launches, broad roots, plain HTTP, duplicates,
+        /// policy lists.
+        Security => "security",
+        /// The policy file's rules: lists, required pins, allowed registries.
+        Compliance => "compliance",
+        /// Files that do not parse, commands not found, incomplete or disabled entries,
+        /// duplicates.
+        Health => "health",
+    }
+);
+
+string_enum!(
+    /// Where an assessment is.
+    AssessmentStatus {
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+/// A suggested fix: words, and the typed remediation action when one applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SuggestedFix {
+    pub summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+}
+
+impl SuggestedFix {
+    pub fn text(s: &str) -> Self {
+        SuggestedFix {
+            summary: s.into(),
+            action: None,
+        }
+    }
+    pub fn action(s: &str, action: Action) -> Self {
+        SuggestedFix {
+            summary: s.into(),
+            action: Some(action),
+        }
+    }
+}
+
+/// One finding.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Finding {
+    /// The rule that found it (`secret-in-env`, `unpinned-package`...).
+    pub rule: String,
+    pub severity: Severity,
+    /// The config file.
+    pub file: String,
+    /// JSON pointer within the file.
+    pub pointer: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    pub message: String,
+    /// What was seen, with secrets masked.
+    pub evidence: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<SuggestedFix>,
+}
+
+/// What an assessment looks at.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    /// One config file (default: every config found under the roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// One server entry of `file` (or of every file, by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// The client format of `file` when its path does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<Client>,
+    /// The home directory to search (default: the configured one, or $HOME).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    /// Project directories to search (default: the configured ones and the working directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projects: Option<Vec<String>>,
+}
+
+/// A config file an assessment read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FileSeen {
+    pub path: String,
+    pub client: Client,
+    pub sha256: String,
+    pub servers: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// An assessment and (once done) its findings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Assessment {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: AssessmentType,
+    pub target: Target,
+    pub status: AssessmentStatus,
+    pub requested_by: String,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// The policy file applied, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_file: Option<String>,
+    pub files: Vec<FileSeen>,
+    /// Findings per severity.
+    pub counts: BTreeMap<String, usize>,
+    /// Most severe first.
+    pub findings: Vec<Finding>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `[assessments]` in the config file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssessmentsConfig {
+    /// Home directory whose user-scope client configs are assessed (default: $HOME).
+    pub home: Option<PathBuf>,
+    /// Project directories whose project-scope configs are assessed, besides the directory the
+    /// coordinator runs in.
+    pub projects: Vec<PathBuf>,
+    /// The policy file (TOML; see schemas/policy.schema.json). Default: the built-in policy
+    /// (require pins, no lists).
+    pub policy_file: Option<PathBuf>,
+    /// npm registry asked for the newest version when pinning (default
+    /// https://registry.npmjs.org).
+    pub npm_registry: Option<String>,
+    /// PyPI JSON API base (default https://pypi.org/pypi).
+    pub pypi_registry: Option<String>,
+}
+
+/// Errors of assessments.
+#[derive(Debug, thiserror::Error)]
+pub enum AssessmentError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("assessment {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// Assessments on one database.
+#[derive(Clone)]
+pub struct AssessmentService {
+    audit: AuditLog,
+    config: AssessmentsConfig,
+}
+
+impl AssessmentService {
+    pub fn new(audit: AuditLog, config: AssessmentsConfig) -> Self {
+        AssessmentService { audit, config }
+    }
+
+    pub fn config(&self) -> &AssessmentsConfig {
+        &self.config
+    }
+
+    /// The roots a target searches.
+    pub fn roots(&self, target: &Target) -> Roots {
+        let home = target
+            .home
+            .as_ref()
+            .map(PathBuf::from)
+            .or_else(|| self.config.home.clone())
+            .or_else(|| std::env::var_os("HOME").map(PathBuf::from));
+        let projects = match &target.projects {
+            Some(p) => p.iter().map(PathBuf::from).collect(),
+            None => {
+                let mut p = self.config.projects.clone();
+                if let Ok(cwd) = std::env::current_dir()
+                    && !p.contains(&cwd)
+                {
+                    p.push(cwd);
+                }
+                p
+            }
+        };
+        Roots { home, projects }
+    }
+
+    /// The policy in force: the configured file, or the built-in default.
+    pub fn policy(&self) -> Result<Policy, AssessmentError> {
+        match &self.config.policy_file {
+            Some(p) => Policy::load(p).map_err(|message| AssessmentError::Invalid {
+                field: "policy_file",
+                message,
+            }),
+            None => Ok(Policy::default()),
+        }
+    }
+
+    /// The files a target covers, read now.
+    pub fn files(&self, target: &Target) -> Result<Vec<ConfigFile>, AssessmentError> {
+        let mut files = match &target.file {
+            Some(path) => vec![
+                clients::read_path(std::path::Path::new(path), target.client).map_err(
+                    |message| AssessmentError::Invalid {
+                        field: "target.file",
+                        message,
+                    },
+                )?,
+            ],
+            None => clients::discover(&self.roots(target)),
+        };
+        if let Some(server) = &target.server {
+            for f in &mut files {
+                f.servers.retain(|s| &s.name == server);
+            }
+            files.retain(|f| !f.servers.is_empty());
+            if files.is_empty() {
+                return Err(AssessmentError::Invalid {
+                    field: "target.server",
+                    message: format!("no config file found defines a server named {server:?}"),
+                });
+            }
+        }
+        Ok(files)
+    }
+
+    /// Records a request (status running). Validates the target first.
+    pub fn request(
+        &self,
+        kind: AssessmentType,
+        target: Target,
+        by: &Actor,
+    ) -> Result<Assessment, AssessmentError> {
+        self.policy()?;
+        let a = Assessment {
+            id: format!("asm_{}", uuid::Uuid::new_v4().simple()),
+            kind,
+            target,
+            status: AssessmentStatus::Running,
+            requested_by: by.render(),
+            created_at: now_ts(),
+            finished_at: None,
+            policy_file: self
+                .config
+                .policy_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            files: Vec::new(),
+            counts: BTreeMap::new(),
+            findings: Vec::new(),
+            error: None,
+        };
+        self.audit
+            .store()
+            .write(|tx| -> Result<(), AssessmentError> {
+                sql::insert_assessment(
+                    tx,
+                    &a.id,
+                    a.kind.as_str(),
+                    a.status.as_str(),
+                    &a.created_at,
+                    &doc(&a),
+                )?;
+                self.audit.append_in(
+                    tx,
+                    &NewEvent {
+                        actor: by.clone(),
+                        action: AuditAction::AssessmentRequested,
+                        subject: a.id.clone(),
+                        outcome: Outcome::Ok,
+                        detail: json!({"type": a.kind.as_str(), "target": a.target}),
+                        critical: false,
+                    },
+                )?;
+                Ok(())
+            })?;
+        Ok(a)
+    }
+
+    /// Runs a recorded request and stores the results, unless it was cancelled meanwhile.
+    pub fn run(&self, id: &str) -> Result<Assessment, AssessmentError> {
+        let mut a = self.get(id)?;
+        if a.status != AssessmentStatus::Running {
+            return Ok(a);
+        }
+        let outcome = self.evaluate(&a);
+        match outcome {
+            Ok((files, findings)) => {
+                a.files = files;
+                a.counts = BTreeMap::new();
+                for f in &findings {
+                    *a.counts.entry(f.severity.as_str().to_string()).or_insert(0) += 1;
+                }
+                a.findings = findings;
+                a.status = AssessmentStatus::Completed;
+            }
+            Err(e) => {
+                a.status = AssessmentStatus::Failed;
+                a.error = Some(e.to_string());
+            }
+        }
+        a.finished_at = Some(now_ts());
+        let stored = self.audit.store().write(|tx| -> Result<bool, AssessmentError> {
+            if !sql::finish_assessment(tx, id, a.status.as_str(), &doc(&a))? {
+                return Ok(false);
+            }
+            self.audit.append_in(
+                tx,
+                &NewEvent {
+                    actor: Actor::system(),
+                    action: AuditAction::AssessmentFinished,
+                    subject: id.to_string(),
+                    outcome: if a.status == AssessmentStatus::Completed { Outcome::Ok } else { Outcome::Error },
+                    detail: json!({"status": a.status.as_str(), "files": a.files.len(), "counts": a.counts, "error": a.error}),
+                    critical: false,
+                },
+            )?;
+            Ok(true)
+        })?;
+        if stored { Ok(a) } else { self.get(id) }
+    }
+
+    fn evaluate(&self, a: &Assessment) -> Result<(Vec<FileSeen>, Vec<Finding>), AssessmentError> {
+        let policy = self.policy()?;
+        let files = self.files(&a.target)?;
+        let home = self.roots(&a.target).home.map(|h| h.display().to_string());
+        let path_dirs = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        let ctx = rules::RuleContext {
+            policy: &policy,
+            home: home.as_deref(),
+            path_dirs,
+        };
+        let mut findings = rules::assess(&files, &[a.kind], &ctx);
+        findings.sort_by(|x, y| {
+            y.severity
+                .rank()
+                .cmp(&x.severity.rank())
+                .then_with(|| x.file.cmp(&y.file))
+                .then_with(|| x.pointer.cmp(&y.pointer))
+                .then_with(|| x.rule.cmp(&y.rule))
+        });
+        let seen = files
+            .iter()
+            .map(|f| FileSeen {
+                path: f.path.clone(),
+                client: f.client,
+                sha256: f.sha256.clone(),
+                servers: f.servers.len(),
+                error: f.error.clone(),
+            })
+            .collect();
+        Ok((seen, findings))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Assessment, AssessmentError> {
+        let text = sql::get_assessment(&self.audit.store().lock(), id)?
+            .ok_or_else(|| AssessmentError::NotFound(id.into()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            AssessmentError::Conflict(format!("stored assessment {id} is unreadable: {e}"))
+        })
+    }
+
+    /// Assessments, newest first (without their findings: `assessment_get` has them).
+    pub fn list(
+        &self,
+        status: Option<AssessmentStatus>,
+        limit: u32,
+    ) -> Result<Vec<Assessment>, AssessmentError> {
+        let rows = sql::list_assessments(
+            &self.audit.store().lock(),
+            status.map(AssessmentStatus::as_str),
+            i64::from(limit),
+        )?;
+        rows.iter()
+            .map(|t| {
+                serde_json::from_str::<Assessment>(t)
+                    .map(|mut a| {
+                        a.findings.clear();
+                        a
+                    })
+                    .map_err(|e| AssessmentError::Conflict(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Cancels a running assessment: it will never get results.
+    pub fn cancel(&self, id: &str, by: &Actor) -> Result<Assessment, AssessmentError> {
+        let mut a = self.get(id)?;
+        if a.status != AssessmentStatus::Running {
+            return Err(AssessmentError::Conflict(format!(
+                "assessment {id} is already {}; only a running assessment can be cancelled",
+                a.status
+            )));
+        }
+        a.status = AssessmentStatus::Cancelled;
+        a.finished_at = Some(now_ts());
+        self.audit
+            .store()
+            .write(|tx| -> Result<(), AssessmentError> {
+                if !sql::finish_assessment(tx, id, a.status.as_str(), &doc(&a))? {
+                    return Err(AssessmentError::Conflict(format!(
+                        "assessment {id} finished before it could be cancelled"
+                    )));
+                }
+                self.audit.append_in(
+                    tx,
+                    &NewEvent {
+                        actor: by.clone(),
+                        action: AuditAction::AssessmentFinished,
+                        subject: id.to_string(),
+                        outcome: Outcome::Ok,
+                        detail: json!({"status": "cancelled"}),
+                        critical: false,
+                    },
+                )?;
+                Ok(())
+            })?;
+        Ok(a)
+    }
+}
+
+fn doc(a: &Assessment) -> String {
+    serde_json::to_string(a).unwrap_or_else(|_| "{}".into())
+}

@@ -1,1 +1,936 @@
-//! Remediation proposals.
+//! Remediation proposals: typed actions on MCP client config files (from an assessment's
+//! findings or given explicitly), each proposal with its risk and a unified diff per file;
+//! execution once a person approved exactly that proposal (hash check of every file, backups,
+//! atomic writes, results per action, never twice); and rollback from the backups.
+
+pub mod actions;
+pub mod files;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::approval::{ApprovalError, ApprovalService, Risk};
+use crate::assessment::clients::{self, Client, ConfigFile};
+use crate::assessment::launch::{self, Ecosystem};
+use crate::assessment::{AssessmentError, AssessmentService, AssessmentStatus, Severity};
+use crate::audit::chain::now_ts;
+use crate::audit::{Action as AuditAction, Actor, AuditLog, NewEvent, Outcome};
+use crate::macros::string_enum;
+use crate::secret::{SecretError, SecretStore};
+use crate::store::StoreError;
+use crate::store::assessment as sql;
+use actions::{Action, Context, MovedSecret};
+
+string_enum!(
+    /// Where a proposal is.
+    RemediationStatus {
+        /// Waiting for review (`remediation_review`).
+        Proposed => "proposed",
+        /// Withdrawn before it ran.
+        Withdrawn => "withdrawn",
+        /// Approved and being written (a crash here leaves it so: it never runs again).
+        Executing => "executing",
+        /// Written; backups kept.
+        Executed => "executed",
+        /// Refused at execution (a file changed since the preview) or a write failed (and was
+        /// undone).
+        Failed => "failed",
+        /// Restored from its backups.
+        RolledBack => "rolled_back",
+    }
+);
+
+/// The change a proposal makes to one file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct FilePlan {
+    pub path: String,
+    pub client: Client,
+    /// False when the installer creates the file.
+    pub existed: bool,
+    /// SHA-256 of the file when the preview was made (execution refuses if it changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_sha256: Option<String>,
+    /// SHA-256 of what will be written.
+    pub after_sha256: String,
+    /// Unified diff, secrets masked.
+    pub diff: String,
+}
+
+/// What happened to one action at execution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ActionResult {
+    pub index: usize,
+    pub action: String,
+    pub file: String,
+    pub server: String,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// A backup taken before a file was written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Backup {
+    pub path: String,
+    /// `None` when the file did not exist (rollback deletes it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_path: Option<String>,
+    /// What the remediation wrote (rollback refuses if the file changed since).
+    pub written_sha256: String,
+}
+
+/// A remediation proposal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Proposal {
+    pub id: String,
+    pub status: RemediationStatus,
+    pub summary: String,
+    pub actions: Vec<Action>,
+    /// The highest risk of its actions.
+    pub risk: Risk,
+    /// Why, in words (one line per concern).
+    pub risk_notes: Vec<String>,
+    pub files: Vec<FilePlan>,
+    /// Things worth knowing: versions looked up, findings left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assessment_id: Option<String>,
+    pub proposed_by: String,
+    pub created_at: String,
+    pub updated_at: String,
+    /// The approval that allowed it to run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executed_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub results: Vec<ActionResult>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<Backup>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_approval_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<String>,
+}
+
+impl Proposal {
+    /// What an approval of this proposal covers: its id, its actions, and every file's hash
+    /// before and after. A person approves exactly this.
+    pub fn approval_action(&self) -> Value {
+        json!({
+            "remediation": self.id,
+            "actions": self.actions,
+            "files": self.files.iter().map(|f| json!({"path": f.path, "before_sha256": f.before_sha256, "after_sha256": f.after_sha256})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// What an approval of its rollback covers.
+    pub fn rollback_action(&self) -> Value {
+        json!({
+            "rollback": self.id,
+            "restore": self.backups.iter().map(|b| json!({"path": b.path, "from": b.backup_path, "expect_sha256": b.written_sha256})).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Every file's diff, for the person.
+    pub fn preview(&self) -> String {
+        self.files
+            .iter()
+            .map(|f| f.diff.clone())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A proposal to make.
+#[derive(Debug, Clone, Default)]
+pub struct NewProposal {
+    pub summary: Option<String>,
+    pub actions: Vec<Action>,
+    /// Take the suggested actions of this assessment's findings at or above `min_severity`
+    /// (default: the policy's threshold).
+    pub assessment_id: Option<String>,
+    pub min_severity: Option<Severity>,
+}
+
+/// Errors of remediations.
+#[derive(Debug, thiserror::Error)]
+pub enum RemediationError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Approval(#[from] ApprovalError),
+    #[error(transparent)]
+    Assessment(#[from] AssessmentError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("remediation {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// A file changed since the preview: nothing was written.
+    #[error("{0}")]
+    Stale(String),
+    /// A package registry could not be asked.
+    #[error("{0}")]
+    Registry(String),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> RemediationError {
+    RemediationError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Remediations on one database.
+#[derive(Clone)]
+pub struct RemediationService {
+    audit: AuditLog,
+    approvals: ApprovalService,
+    assessments: AssessmentService,
+    secrets: SecretStore,
+    /// Where backups go: `<data dir>/backups/<proposal id>/`.
+    backups_dir: PathBuf,
+    /// `mcp-coordinator [--data-dir D] [--db P]` as argv, for `exec`.
+    exec_prefix: Vec<String>,
+}
+
+impl RemediationService {
+    pub fn new(
+        audit: AuditLog,
+        approvals: ApprovalService,
+        assessments: AssessmentService,
+        secrets: SecretStore,
+        data_dir: &Path,
+        exec_prefix: Vec<String>,
+    ) -> Self {
+        RemediationService {
+            audit,
+            approvals,
+            assessments,
+            secrets,
+            backups_dir: data_dir.join("backups"),
+            exec_prefix,
+        }
+    }
+
+    pub fn approvals(&self) -> &ApprovalService {
+        &self.approvals
+    }
+
+    /// Builds, previews and records a proposal.
+    pub fn propose(&self, new: NewProposal, by: &Actor) -> Result<Proposal, RemediationError> {
+        let mut actions = new.actions.clone();
+        let mut notes = Vec::new();
+        if let Some(aid) = &new.assessment_id {
+            let a = self.assessments.get(aid)?;
+            if a.status != AssessmentStatus::Completed {
+                return Err(RemediationError::Conflict(format!(
+                    "assessment {aid} is {}; only a completed assessment's findings can be proposed",
+                    a.status
+                )));
+            }
+            let threshold = match new.min_severity {
+                Some(s) => s,
+                None => self.assessments.policy()?.severity_threshold,
+            };
+            let mut skipped = 0;
+            for f in &a.findings {
+                if f.severity.rank() < threshold.rank() {
+                    continue;
+                }
+                match f.fix.as_ref().and_then(|x| x.action.clone()) {
+                    Some(action) if !actions.contains(&action) => actions.push(action),
+                    Some(_) => {}
+                    None => skipped += 1,
+                }
+            }
+            if skipped > 0 {
+                notes.push(format!(
+                    "{skipped} finding(s) at or above {threshold} have no automatic fix; their suggested fixes are in assessment_get"
+                ));
+            }
+        }
+        if actions.is_empty() {
+            return Err(invalid(
+                "actions",
+                "nothing to propose: give actions, or an assessment with findings that have automatic fixes",
+            ));
+        }
+        // Resolve versions to pin now, so the diff shows them and the approval covers them.
+        let mut resolved = Vec::with_capacity(actions.len());
+        for action in actions {
+            match self.resolve(
+                action,
+                new.assessment_id.is_some() && new.actions.is_empty(),
+            ) {
+                Ok(Some(a)) => resolved.push(a),
+                Ok(None) => {}
+                Err(RemediationError::Registry(m)) if new.assessment_id.is_some() => notes.push(m),
+                Err(e) => return Err(e),
+            }
+        }
+        if resolved.is_empty() {
+            return Err(invalid(
+                "actions",
+                format!("no action could be prepared: {}", notes.join("; ")),
+            ));
+        }
+        let (plans, _, risk, risk_notes) = self.plan(&resolved)?;
+        let at = now_ts();
+        let summary = new
+            .summary
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| {
+                let mut s: Vec<String> = resolved.iter().map(Action::describe).collect();
+                if s.len() > 3 {
+                    let more = s.len() - 3;
+                    s.truncate(3);
+                    s.push(format!("and {more} more"));
+                }
+                format!("{} in {} file(s)", s.join("; "), plans.len())
+            });
+        let p = Proposal {
+            id: format!("rem_{}", uuid::Uuid::new_v4().simple()),
+            status: RemediationStatus::Proposed,
+            summary,
+            actions: resolved,
+            risk,
+            risk_notes,
+            files: plans,
+            notes,
+            assessment_id: new.assessment_id.clone(),
+            proposed_by: by.render(),
+            created_at: at.clone(),
+            updated_at: at.clone(),
+            approval_id: None,
+            executed_at: None,
+            results: Vec::new(),
+            backups: Vec::new(),
+            error: None,
+            rollback_approval_id: None,
+            rolled_back_at: None,
+        };
+        self.audit.store().write(|tx| -> Result<(), RemediationError> {
+            sql::insert_remediation(tx, &p.id, p.status.as_str(), p.assessment_id.as_deref(), &at, &doc(&p))?;
+            self.audit.append_in(
+                tx,
+                &NewEvent {
+                    actor: by.clone(),
+                    action: AuditAction::RemediationProposed,
+                    subject: p.id.clone(),
+                    outcome: Outcome::Ok,
+                    detail: json!({"actions": p.actions.iter().map(|a| json!({"type": a.kind(), "file": a.file(), "server": a.server()})).collect::<Vec<_>>(),
+                                   "risk": p.risk.as_str(), "files": p.files.len(), "assessment_id": p.assessment_id}),
+                    critical: false,
+                },
+            )?;
+            Ok(())
+        })?;
+        Ok(p)
+    }
+
+    /// Fills in what an action needs before it can be previewed (a pin's version). `None`
+    /// drops an action that has nothing to do.
+    fn resolve(&self, action: Action, _derived: bool) -> Result<Option<Action>, RemediationError> {
+        match action {
+            Action::PinPackageVersion {
+                file,
+                server,
+                version,
+                lookup_latest,
+            } => {
+                let version = match version {
+                    Some(v) if !v.trim().is_empty() => v.trim().to_string(),
+                    _ if lookup_latest => {
+                        let cf = self.read(&file, None)?;
+                        let entry = cf.server(&server).ok_or_else(|| {
+                            invalid("actions", format!("{file} has no server named {server:?}"))
+                        })?;
+                        let pkg = launch::package(entry.command.as_deref().unwrap_or(""), &entry.args)
+                            .ok_or_else(|| invalid("actions", format!("server {server:?} does not launch a package through npx, uvx, pip or docker")))?;
+                        self.latest(&pkg)?
+                    }
+                    _ => {
+                        return Err(invalid(
+                            "actions",
+                            format!(
+                                "pin_package_version for {server:?} needs `version`, or `lookup_latest: true` to ask the registry"
+                            ),
+                        ));
+                    }
+                };
+                Ok(Some(Action::PinPackageVersion {
+                    file,
+                    server,
+                    version: Some(version),
+                    lookup_latest: false,
+                }))
+            }
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// The newest release of a package, from its registry.
+    fn latest(&self, pkg: &launch::Package) -> Result<String, RemediationError> {
+        let cfg = self.assessments.config();
+        let url = match pkg.ecosystem {
+            Ecosystem::Npm => format!(
+                "{}/{}/latest",
+                cfg.npm_registry
+                    .as_deref()
+                    .unwrap_or("https://registry.npmjs.org")
+                    .trim_end_matches('/'),
+                pkg.name.replace('/', "%2F")
+            ),
+            Ecosystem::PyPi => format!(
+                "{}/{}/json",
+                cfg.pypi_registry
+                    .as_deref()
+                    .unwrap_or("https://pypi.org/pypi")
+                    .trim_end_matches('/'),
+                pkg.name
+            ),
+            Ecosystem::Docker => {
+                return Err(RemediationError::Registry(format!(
+                    "cannot look up Docker image {}: give the digest (sha256:...) as version",
+                    pkg.name
+                )));
+            }
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .into();
+        let unreachable = |e: String| {
+            RemediationError::Registry(format!(
+                "could not ask the registry for the newest version of {} ({url}): {e}; give `version` instead",
+                pkg.name
+            ))
+        };
+        let text = agent
+            .get(&url)
+            .call()
+            .map_err(|e| unreachable(e.to_string()))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| unreachable(e.to_string()))?;
+        let body: Value =
+            serde_json::from_str(&text).map_err(|e| unreachable(format!("not JSON: {e}")))?;
+        let version = match pkg.ecosystem {
+            Ecosystem::Npm => body.get("version"),
+            _ => body.pointer("/info/version"),
+        }
+        .and_then(Value::as_str)
+        .ok_or_else(|| unreachable("the answer has no version".into()))?;
+        Ok(version.to_string())
+    }
+
+    fn read(&self, path: &str, client: Option<Client>) -> Result<ConfigFile, RemediationError> {
+        let f = clients::read_path(Path::new(path), client).map_err(|m| invalid("actions", m))?;
+        if let Some(e) = &f.error {
+            return Err(invalid(
+                "actions",
+                format!("{path} cannot be changed safely: {e}"),
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Applies the actions to the files as they are now: per file, the new text and its plan;
+    /// and the secrets to store; the overall risk and its notes.
+    #[allow(clippy::type_complexity)]
+    fn plan(
+        &self,
+        actions: &[Action],
+    ) -> Result<
+        (
+            Vec<FilePlan>,
+            Vec<(String, String, Vec<MovedSecret>)>,
+            Risk,
+            Vec<String>,
+        ),
+        RemediationError,
+    > {
+        let mut by_file: BTreeMap<String, Vec<&Action>> = BTreeMap::new();
+        for a in actions {
+            by_file.entry(a.file().to_string()).or_default().push(a);
+        }
+        let ctx = Context {
+            exec_prefix: &self.exec_prefix,
+        };
+        let mut plans = Vec::new();
+        let mut writes = Vec::new();
+        let mut notes = Vec::new();
+        let mut risk = Risk::Low;
+        for (path, acts) in by_file {
+            let creating = !Path::new(&path).exists();
+            let (file, before) = if creating {
+                let client = acts.iter().find_map(|a| match a {
+                    Action::InstallServer { client, .. } => *client,
+                    _ => None,
+                });
+                let client = client.ok_or_else(|| {
+                    invalid(
+                        "actions",
+                        format!(
+                            "{path} does not exist; to create it with install_server, give `client`"
+                        ),
+                    )
+                })?;
+                if acts
+                    .iter()
+                    .any(|a| !matches!(a, Action::InstallServer { .. }))
+                {
+                    return Err(invalid("actions", format!("{path} does not exist")));
+                }
+                let key = if client == Client::VsCode {
+                    "servers"
+                } else {
+                    "mcpServers"
+                };
+                (
+                    ConfigFile {
+                        path: path.clone(),
+                        client,
+                        scope: clients::Scope::Project,
+                        servers_key: key.into(),
+                        sha256: String::new(),
+                        error: None,
+                        servers: Vec::new(),
+                        inputs: Vec::new(),
+                        jsonc: false,
+                        document: json!({}),
+                    },
+                    String::new(),
+                )
+            } else {
+                let f = self.read(&path, None)?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| invalid("actions", format!("cannot read {path}: {e}")))?;
+                if f.jsonc {
+                    notes.push(format!("{path} has comments or trailing commas; the rewritten file keeps its content but not its comments"));
+                }
+                (f, text)
+            };
+            let mut doc = file.document.clone();
+            let mut moved = Vec::new();
+            for a in &acts {
+                // Later actions see the document as earlier ones left it.
+                let current = ConfigFile {
+                    document: doc.clone(),
+                    ..reparse(&file, &doc)
+                };
+                let version = match a {
+                    Action::PinPackageVersion { version, .. } => version.as_deref(),
+                    _ => None,
+                };
+                moved.extend(
+                    actions::apply(&mut doc, &current, a, &ctx, version)
+                        .map_err(|m| invalid("actions", m))?,
+                );
+                let (r, note) = action_risk(a);
+                if risk_rank(r) > risk_rank(risk) {
+                    risk = r;
+                }
+                notes.push(note);
+            }
+            let after = files::render(&doc);
+            if after == before {
+                notes.push(format!("{path}: no change"));
+                continue;
+            }
+            plans.push(FilePlan {
+                path: path.clone(),
+                client: file.client,
+                existed: !creating,
+                before_sha256: (!creating).then(|| files::sha256(before.as_bytes())),
+                after_sha256: files::sha256(after.as_bytes()),
+                diff: files::unified_diff(&path, &before, &after),
+            });
+            writes.push((path, after, moved));
+        }
+        notes.dedup();
+        if plans.is_empty() {
+            return Err(invalid("actions", "the actions change nothing"));
+        }
+        Ok((plans, writes, risk, notes))
+    }
+
+    pub fn get(&self, id: &str) -> Result<Proposal, RemediationError> {
+        let text = sql::get_remediation(&self.audit.store().lock(), id)?
+            .ok_or_else(|| RemediationError::NotFound(id.into()))?;
+        serde_json::from_str(&text).map_err(|e| {
+            RemediationError::Conflict(format!("stored proposal {id} is unreadable: {e}"))
+        })
+    }
+
+    pub fn list(
+        &self,
+        status: Option<RemediationStatus>,
+        limit: u32,
+    ) -> Result<Vec<Proposal>, RemediationError> {
+        sql::list_remediations(
+            &self.audit.store().lock(),
+            status.map(RemediationStatus::as_str),
+            i64::from(limit),
+        )?
+        .iter()
+        .map(|t| serde_json::from_str(t).map_err(|e| RemediationError::Conflict(e.to_string())))
+        .collect()
+    }
+
+    fn save(
+        &self,
+        tx: &rusqlite::Connection,
+        p: &Proposal,
+        from: RemediationStatus,
+    ) -> Result<(), RemediationError> {
+        if !sql::move_remediation(
+            tx,
+            &p.id,
+            from.as_str(),
+            p.status.as_str(),
+            &p.updated_at,
+            &doc(p),
+        )? {
+            return Err(RemediationError::Conflict(format!(
+                "remediation {} is no longer {from}; it was changed by someone else",
+                p.id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records which approval covers a proposal (asked for by `remediation_review`).
+    pub fn set_approval(
+        &self,
+        id: &str,
+        approval_id: &str,
+        rollback: bool,
+    ) -> Result<Proposal, RemediationError> {
+        let mut p = self.get(id)?;
+        if rollback {
+            p.rollback_approval_id = Some(approval_id.into());
+        } else {
+            p.approval_id = Some(approval_id.into());
+        }
+        p.updated_at = now_ts();
+        let from = p.status;
+        self.audit.store().write(|tx| self.save(tx, &p, from))?;
+        Ok(p)
+    }
+
+    pub fn withdraw(&self, id: &str, by: &Actor) -> Result<Proposal, RemediationError> {
+        let mut p = self.get(id)?;
+        if p.status != RemediationStatus::Proposed {
+            return Err(RemediationError::Conflict(format!(
+                "remediation {id} is {}; only a proposed one can be withdrawn",
+                p.status
+            )));
+        }
+        p.status = RemediationStatus::Withdrawn;
+        p.updated_at = now_ts();
+        self.audit
+            .store()
+            .write(|tx| -> Result<(), RemediationError> {
+                self.save(tx, &p, RemediationStatus::Proposed)?;
+                self.audit.append_in(
+                    tx,
+                    &NewEvent {
+                        actor: by.clone(),
+                        action: AuditAction::RemediationWithdrawn,
+                        subject: id.into(),
+                        outcome: Outcome::Ok,
+                        detail: json!({}),
+                        critical: false,
+                    },
+                )?;
+                Ok(())
+            })?;
+        Ok(p)
+    }
+
+    /// Runs an approved proposal: refuses if any file changed since the preview; consumes the
+    /// approval and marks the proposal executing in one transaction (so it never runs twice);
+    /// stores moved secrets; backs up and atomically writes each file; records the results.
+    /// A failed write puts back the files already written.
+    pub fn execute(&self, id: &str, by: &Actor) -> Result<Proposal, RemediationError> {
+        let mut p = self.get(id)?;
+        if p.status != RemediationStatus::Proposed {
+            return Err(RemediationError::Conflict(format!(
+                "remediation {id} is {}; a proposal runs once, from proposed",
+                p.status
+            )));
+        }
+        let approval_id = p.approval_id.clone().ok_or_else(|| {
+            RemediationError::Conflict(format!("remediation {id} has not been reviewed"))
+        })?;
+        // Every file must be exactly as previewed.
+        for f in &p.files {
+            let now = std::fs::read(&f.path).ok().map(|b| files::sha256(&b));
+            if now != f.before_sha256 {
+                let why = format!(
+                    "{} changed since the preview (the diff the person approved no longer applies); nothing was written. Propose again to see the current diff",
+                    f.path
+                );
+                p.status = RemediationStatus::Failed;
+                p.error = Some(why.clone());
+                p.updated_at = now_ts();
+                self.audit
+                    .store()
+                    .write(|tx| self.save(tx, &p, RemediationStatus::Proposed))?;
+                return Err(RemediationError::Stale(why));
+            }
+        }
+        let (_, writes, _, _) = self.plan(&p.actions)?;
+        for (path, text, _) in &writes {
+            let plan = p.files.iter().find(|f| &f.path == path);
+            if plan.map(|f| f.after_sha256.as_str())
+                != Some(files::sha256(text.as_bytes()).as_str())
+            {
+                return Err(RemediationError::Stale(format!(
+                    "{path} would not be written as previewed; nothing was written"
+                )));
+            }
+        }
+        let action = p.approval_action();
+        p.status = RemediationStatus::Executing;
+        p.updated_at = now_ts();
+        self.audit
+            .store()
+            .write(|tx| -> Result<(), RemediationError> {
+                self.approvals.consume_in(tx, &approval_id, &action, by)?;
+                self.save(tx, &p, RemediationStatus::Proposed)
+            })?;
+        let mut results = Vec::new();
+        let mut backups: Vec<Backup> = Vec::new();
+        let mut failure = None;
+        let dir = self.backups_dir.join(&p.id);
+        'files: for (n, (path, text, moved)) in writes.iter().enumerate() {
+            for s in moved {
+                if let Err(e) = self.secrets.set(&s.name, &s.value, by) {
+                    failure = Some(format!("could not store secret {}: {e}", s.name));
+                    break 'files;
+                }
+            }
+            let existed = Path::new(path).exists();
+            let backup_path = if existed {
+                match files::backup(Path::new(path), &dir, n) {
+                    Ok(b) => Some(b.display().to_string()),
+                    Err(e) => {
+                        failure = Some(format!("could not back up {path}: {e}"));
+                        break;
+                    }
+                }
+            } else {
+                None
+            };
+            if let Err(e) = files::atomic_write(Path::new(path), text.as_bytes()) {
+                failure = Some(format!("could not write {path}: {e}"));
+                break;
+            }
+            backups.push(Backup {
+                path: path.clone(),
+                backup_path,
+                written_sha256: files::sha256(text.as_bytes()),
+            });
+        }
+        for (i, a) in p.actions.iter().enumerate() {
+            let written = backups.iter().any(|b| b.path == a.file());
+            results.push(ActionResult {
+                index: i,
+                action: a.kind().into(),
+                file: a.file().into(),
+                server: a.server().into(),
+                ok: written && failure.is_none(),
+                message: if failure.is_none() {
+                    format!("done: {}", a.describe())
+                } else if written {
+                    "written, then undone because another file failed".into()
+                } else {
+                    "not written".into()
+                },
+            });
+        }
+        if let Some(why) = &failure {
+            // Put back what was written, newest first.
+            for b in backups.iter().rev() {
+                let _ = match &b.backup_path {
+                    Some(from) => std::fs::read(from)
+                        .and_then(|bytes| files::atomic_write(Path::new(&b.path), &bytes)),
+                    None => std::fs::remove_file(&b.path),
+                };
+            }
+            p.status = RemediationStatus::Failed;
+            p.error = Some(why.clone());
+        } else {
+            p.status = RemediationStatus::Executed;
+            p.executed_at = Some(now_ts());
+        }
+        p.results = results;
+        p.backups = if failure.is_none() {
+            backups
+        } else {
+            Vec::new()
+        };
+        p.updated_at = now_ts();
+        self.audit.store().write(|tx| -> Result<(), RemediationError> {
+            self.save(tx, &p, RemediationStatus::Executing)?;
+            self.audit.append_in(tx, &NewEvent {
+                actor: by.clone(),
+                action: AuditAction::RemediationExecuted,
+                subject: p.id.clone(),
+                outcome: if failure.is_none() { Outcome::Ok } else { Outcome::Error },
+                detail: json!({"approval_id": approval_id, "status": p.status.as_str(), "error": p.error,
+                               "files": p.files.iter().map(|f| json!({"path": f.path, "before_sha256": f.before_sha256, "after_sha256": f.after_sha256})).collect::<Vec<_>>(),
+                               "backups": p.backups.iter().map(|b| b.backup_path.clone()).collect::<Vec<_>>()}),
+                critical: true,
+            })?;
+            Ok(())
+        })?;
+        Ok(p)
+    }
+
+    /// Restores an executed proposal's files from its backups, once approved (the rollback
+    /// approval's action names each file and the hash it must still have).
+    pub fn rollback(&self, id: &str, by: &Actor) -> Result<Proposal, RemediationError> {
+        let mut p = self.get(id)?;
+        if p.status != RemediationStatus::Executed {
+            return Err(RemediationError::Conflict(format!(
+                "remediation {id} is {}; only an executed one can be rolled back",
+                p.status
+            )));
+        }
+        let approval_id = p.rollback_approval_id.clone().ok_or_else(|| {
+            RemediationError::Conflict(format!("the rollback of {id} has not been reviewed"))
+        })?;
+        for b in &p.backups {
+            let now = std::fs::read(&b.path).ok().map(|x| files::sha256(&x));
+            if now.as_deref() != Some(b.written_sha256.as_str()) {
+                return Err(RemediationError::Stale(format!(
+                    "{} changed after the remediation wrote it; rolling back would overwrite those changes, so nothing was restored",
+                    b.path
+                )));
+            }
+        }
+        let action = p.rollback_action();
+        self.audit
+            .store()
+            .write(|tx| -> Result<(), RemediationError> {
+                self.approvals.consume_in(tx, &approval_id, &action, by)?;
+                Ok(())
+            })?;
+        let dir = self.backups_dir.join(&p.id).join("before-rollback");
+        for (n, b) in p.backups.iter().enumerate() {
+            let _ = files::backup(Path::new(&b.path), &dir, n);
+            match &b.backup_path {
+                Some(from) => {
+                    let bytes = std::fs::read(from).map_err(|e| {
+                        RemediationError::Conflict(format!("cannot read backup {from}: {e}"))
+                    })?;
+                    files::atomic_write(Path::new(&b.path), &bytes).map_err(|e| {
+                        RemediationError::Conflict(format!("cannot restore {}: {e}", b.path))
+                    })?;
+                }
+                None => std::fs::remove_file(&b.path).map_err(|e| {
+                    RemediationError::Conflict(format!("cannot remove {}: {e}", b.path))
+                })?,
+            }
+        }
+        p.status = RemediationStatus::RolledBack;
+        p.rolled_back_at = Some(now_ts());
+        p.updated_at = now_ts();
+        self.audit.store().write(|tx| -> Result<(), RemediationError> {
+            self.save(tx, &p, RemediationStatus::Executed)?;
+            self.audit.append_in(tx, &NewEvent {
+                actor: by.clone(),
+                action: AuditAction::RemediationRolledBack,
+                subject: p.id.clone(),
+                outcome: Outcome::Ok,
+                detail: json!({"approval_id": approval_id, "files": p.backups.iter().map(|b| b.path.clone()).collect::<Vec<_>>()}),
+                critical: true,
+            })?;
+            Ok(())
+        })?;
+        Ok(p)
+    }
+}
+
+/// The file's server list as a document changed in memory has it.
+fn reparse(file: &ConfigFile, doc: &Value) -> ConfigFile {
+    clients::from_document(
+        &file.path,
+        file.client,
+        file.scope,
+        &file.servers_key,
+        doc.clone(),
+    )
+}
+
+fn risk_rank(r: Risk) -> u8 {
+    match r {
+        Risk::Low => 0,
+        Risk::Medium => 1,
+        Risk::High => 2,
+        Risk::Critical => 3,
+    }
+}
+
+/// The risk of one action, and why.
+fn action_risk(a: &Action) -> (Risk, String) {
+    match a {
+        Action::PinPackageVersion {
+            server, version, ..
+        } => (
+            Risk::Low,
+            format!(
+                "{server} will run version {} until someone changes the pin",
+                version.as_deref().unwrap_or("?")
+            ),
+        ),
+        Action::MoveSecretToStore { server, via, .. } => (
+            Risk::Medium,
+            match via {
+                actions::SecretVia::Exec => format!(
+                    "{server} will be launched through mcp-coordinator exec; it stops starting if the coordinator's master key is missing"
+                ),
+                actions::SecretVia::VscodeInput => {
+                    format!("VS Code will ask for {server}'s secret when it starts the server")
+                }
+            },
+        ),
+        Action::RemoveServer { server, .. } => (
+            Risk::High,
+            format!(
+                "{server} disappears from the client; anything that uses its tools stops working"
+            ),
+        ),
+        Action::DisableServer { server, .. } => (
+            Risk::Medium,
+            format!("{server} stops being started by clients that honour `disabled`"),
+        ),
+        Action::SetServerField { server, field, .. } => {
+            (Risk::Medium, format!("{server}'s {field} changes"))
+        }
+        Action::InstallServer { server, .. } => (
+            Risk::High,
+            format!("{server} will be started by the client and can run code on this machine"),
+        ),
+    }
+}
+
+fn doc(p: &Proposal) -> String {
+    serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}

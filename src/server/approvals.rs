@@ -187,7 +187,7 @@ struct SealedQuestion {
     nonce: String,
 }
 
-async fn approval_request(
+pub(super) async fn approval_request(
     c: Coordinator,
     input: ApprovalRequestInput,
     call: Call,

@@ -3,8 +3,10 @@
 //! shutdown is asked for.
 
 mod approvals;
+mod assessments;
 mod pipelines;
 mod queue;
+mod remediations;
 mod resources;
 pub mod session;
 mod system;
@@ -31,9 +33,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent::{AgentService, TokenError, TokenKeys};
 use crate::approval::ApprovalService;
+use crate::assessment::AssessmentService;
 use crate::audit::{Action, AuditLog, NewEvent, Outcome};
 use crate::config::{Settings, ToolGroup};
 use crate::pipeline::PipelineService;
+use crate::remediation::RemediationService;
+use crate::secret::SecretStore;
 use crate::store::Store;
 use crate::task::TaskService;
 use session::Call;
@@ -55,6 +60,8 @@ struct Inner {
     approvals: ApprovalService,
     tasks: TaskService,
     pipelines: PipelineService,
+    assessments: AssessmentService,
+    remediations: RemediationService,
     /// Legacy `resources/subscribe` subscriptions of this process, by URI.
     subscriptions: std::sync::Mutex<HashMap<String, CancellationToken>>,
     /// Seals MRTR `requestState` values. The key is random per process: a state sealed by one
@@ -76,6 +83,8 @@ fn all_routes() -> Vec<tool::Route> {
     routes.extend(approvals::routes());
     routes.extend(queue::routes());
     routes.extend(pipelines::routes());
+    routes.extend(assessments::routes());
+    routes.extend(remediations::routes());
     routes
 }
 
@@ -114,12 +123,24 @@ impl Coordinator {
             approvals.clone(),
             settings.config.pipelines.clone(),
         );
+        let assessments =
+            AssessmentService::new(audit.clone(), settings.config.assessments.clone());
+        let remediations = RemediationService::new(
+            audit.clone(),
+            approvals.clone(),
+            assessments.clone(),
+            SecretStore::new(audit.clone(), settings.data_dir.clone()),
+            &settings.data_dir,
+            settings.exec_argv(),
+        );
         Ok(Coordinator {
             inner: Arc::new(Inner {
                 audit,
                 approvals,
                 tasks,
                 pipelines,
+                assessments,
+                remediations,
                 subscriptions: std::sync::Mutex::new(HashMap::new()),
                 codec,
                 settings,
@@ -146,6 +167,14 @@ impl Coordinator {
 
     pub fn pipelines(&self) -> &PipelineService {
         &self.inner.pipelines
+    }
+
+    pub fn assessments(&self) -> &AssessmentService {
+        &self.inner.assessments
+    }
+
+    pub fn remediations(&self) -> &RemediationService {
+        &self.inner.remediations
     }
 
     pub fn codec(&self) -> &RequestStateCodec {

@@ -55,6 +55,9 @@ const DOMAIN_TABLES: &[(&str, &str)] = &[
         "SELECT COUNT(*) FROM pipelines WHERE deleted_at IS NULL",
     ),
     ("pipeline_runs", "SELECT COUNT(*) FROM pipeline_runs"),
+    ("assessments", "SELECT COUNT(*) FROM assessments"),
+    ("remediations", "SELECT COUNT(*) FROM remediations"),
+    ("secrets", "SELECT COUNT(*) FROM secrets"),
 ];
 
 /// What went wrong in the store, named by what happened rather than by SQLite's code.

@@ -1,0 +1,420 @@
+//! What a stdio server's command line launches: the package (npx, uvx, pip, docker), its
+//! version pin, its registry, and how to write a pinned spec back.
+
+/// Where a package comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ecosystem {
+    Npm,
+    PyPi,
+    Docker,
+}
+
+/// A package named on a command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Package {
+    pub ecosystem: Ecosystem,
+    /// Its name without version (`@scope/name`, `mcp-server-fetch`, `ghcr.io/org/image`).
+    pub name: String,
+    /// The version or tag as written (`1.2.3`, `latest`); `None` when none is given.
+    pub version: Option<String>,
+    /// A Docker image digest (`sha256:...`).
+    pub digest: Option<String>,
+    /// Which argument holds the spec.
+    pub arg_index: usize,
+    /// The registry named on the command line (`--registry`, `--index-url`), if any.
+    pub registry: Option<String>,
+}
+
+impl Package {
+    /// An exact version (not `latest`, not a range) is given, or for Docker a digest.
+    pub fn pinned(&self) -> bool {
+        if self.ecosystem == Ecosystem::Docker {
+            return self.digest.is_some();
+        }
+        self.version.as_deref().is_some_and(|v| {
+            v != "latest"
+                && v.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && !v.contains(['^', '~', '*', '>', '<', 'x', ' '])
+        })
+    }
+
+    /// The registry host the package comes from.
+    pub fn registry_host(&self) -> String {
+        if let Some(r) = &self.registry {
+            let r = r.split_once("://").map_or(r.as_str(), |(_, rest)| rest);
+            return r.split('/').next().unwrap_or(r).to_string();
+        }
+        match self.ecosystem {
+            Ecosystem::Npm => "registry.npmjs.org".into(),
+            Ecosystem::PyPi => "pypi.org".into(),
+            Ecosystem::Docker => {
+                let first = self.name.split('/').next().unwrap_or("");
+                if self.name.contains('/')
+                    && (first.contains('.') || first.contains(':') || first == "localhost")
+                {
+                    first.to_string()
+                } else {
+                    "docker.io".into()
+                }
+            }
+        }
+    }
+}
+
+/// The base name of a command (`/usr/bin/npx` -> `npx`, `npx.cmd` -> `npx`).
+pub fn base(command: &str) -> String {
+    let name = command.rsplit(['/', '\\']).next().unwrap_or(command);
+    name.trim_end_matches(".cmd")
+        .trim_end_matches(".exe")
+        .to_string()
+}
+
+/// Values that stand for something else (`${input:x}`, `${env:X}`, `$X`, `<your-key>`).
+pub fn is_placeholder(v: &str) -> bool {
+    let v = v.trim();
+    (v.starts_with("${") && v.ends_with('}'))
+        || (v.starts_with('$')
+            && v[1..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && v.len() > 1)
+        || (v.starts_with('<') && v.ends_with('>'))
+        || (v.starts_with("{{") && v.ends_with("}}"))
+        || v.to_ascii_lowercase().contains("your")
+        || v.chars()
+            .all(|c| c == 'x' || c == 'X' || c == '*' || c == '.')
+}
+
+/// Splits an npm spec into name and version: `@scope/pkg@1.2.3`, `pkg@latest`, `pkg`.
+fn split_npm(spec: &str) -> (String, Option<String>) {
+    let (scope, rest) = match spec.strip_prefix('@') {
+        Some(r) => ("@", r),
+        None => ("", spec),
+    };
+    match rest.rsplit_once('@') {
+        Some((name, version)) if !name.is_empty() => {
+            (format!("{scope}{name}"), Some(version.to_string()))
+        }
+        _ => (spec.to_string(), None),
+    }
+}
+
+/// Splits a Python requirement: `pkg==1.2`, `pkg@1.2` (uv), `pkg>=1`, `pkg`.
+fn split_py(spec: &str) -> (String, Option<String>) {
+    if let Some((n, v)) = spec.split_once("==") {
+        return (n.to_string(), Some(v.to_string()));
+    }
+    if let Some((n, v)) = spec.split_once('@') {
+        return (n.to_string(), Some(v.trim().to_string()));
+    }
+    match spec.find(['>', '<', '~', '!']) {
+        Some(at) => (spec[..at].to_string(), Some(spec[at..].to_string())),
+        None => (spec.to_string(), None),
+    }
+}
+
+/// Docker: `image[:tag][@sha256:...]`.
+fn split_docker(spec: &str) -> (String, Option<String>, Option<String>) {
+    let (rest, digest) = match spec.split_once('@') {
+        Some((r, d)) => (r, Some(d.to_string())),
+        None => (spec, None),
+    };
+    // A tag is after the last ':' that follows the last '/'.
+    let slash = rest.rfind('/').map_or(0, |i| i + 1);
+    match rest[slash..].rfind(':') {
+        Some(at) => (
+            rest[..slash + at].to_string(),
+            Some(rest[slash + at + 1..].to_string()),
+            digest,
+        ),
+        None => (rest.to_string(), None, digest),
+    }
+}
+
+/// Flags of `npx`/`uvx`/`pip install` that take a value.
+fn takes_value(flag: &str) -> bool {
+    matches!(
+        flag,
+        "-p" | "--package"
+            | "--registry"
+            | "--cache"
+            | "--from"
+            | "--with"
+            | "--python"
+            | "-i"
+            | "--index-url"
+            | "--extra-index-url"
+            | "--index"
+            | "-c"
+            | "--call"
+    )
+}
+
+/// Flags of `docker run` that take a value.
+fn docker_takes_value(flag: &str) -> bool {
+    matches!(
+        flag,
+        "-e" | "--env"
+            | "-v"
+            | "--volume"
+            | "--name"
+            | "-p"
+            | "--publish"
+            | "--network"
+            | "--net"
+            | "--mount"
+            | "-w"
+            | "--workdir"
+            | "-u"
+            | "--user"
+            | "--entrypoint"
+            | "--env-file"
+            | "-l"
+            | "--label"
+            | "--platform"
+            | "--pull"
+            | "-m"
+            | "--memory"
+            | "--cpus"
+            | "--add-host"
+            | "--cap-add"
+            | "--cap-drop"
+            | "--device"
+            | "-h"
+            | "--hostname"
+            | "--restart"
+            | "--security-opt"
+    )
+}
+
+/// The registry named by a flag (`--registry X`, `--registry=X`, `--index-url X`).
+fn registry_flag(args: &[String]) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        for flag in ["--registry", "--index-url", "-i", "--index"] {
+            if a == flag {
+                return it.next().cloned();
+            }
+            if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
+}
+
+/// The package a command line launches, if it launches one through a known runner.
+pub fn package(command: &str, args: &[String]) -> Option<Package> {
+    let cmd = base(command);
+    let registry = registry_flag(args);
+    let first_positional = |args: &[String], start: usize, values: fn(&str) -> bool| {
+        let mut i = start;
+        while i < args.len() {
+            let a = &args[i];
+            if a == "--" {
+                return args.get(i + 1).map(|_| i + 1);
+            }
+            if a.starts_with('-') {
+                if !a.contains('=') && values(a) {
+                    i += 1;
+                }
+                i += 1;
+                continue;
+            }
+            return Some(i);
+        }
+        None
+    };
+    match cmd.as_str() {
+        "npx" | "bunx" | "pnpx" => {
+            // `-p pkg` / `--package pkg` names the package explicitly.
+            let named = args
+                .iter()
+                .position(|a| a == "-p" || a == "--package")
+                .map(|at| at + 1)
+                .filter(|&at| at < args.len());
+            if let Some(j) = named {
+                let (name, version) = split_npm(&args[j]);
+                return Some(Package {
+                    ecosystem: Ecosystem::Npm,
+                    name,
+                    version,
+                    digest: None,
+                    arg_index: j,
+                    registry,
+                });
+            }
+            let i = first_positional(args, 0, takes_value)?;
+            let (name, version) = split_npm(&args[i]);
+            Some(Package {
+                ecosystem: Ecosystem::Npm,
+                name,
+                version,
+                digest: None,
+                arg_index: i,
+                registry,
+            })
+        }
+        "uvx" | "pipx" => {
+            let start = usize::from(cmd == "pipx" && args.first().is_some_and(|a| a == "run"));
+            let mut it = args.iter().enumerate();
+            while let Some((_, a)) = it.next() {
+                if a == "--from"
+                    && let Some((j, spec)) = it.next()
+                {
+                    let (name, version) = split_py(spec);
+                    return Some(Package {
+                        ecosystem: Ecosystem::PyPi,
+                        name,
+                        version,
+                        digest: None,
+                        arg_index: j,
+                        registry,
+                    });
+                }
+            }
+            let i = first_positional(args, start, takes_value)?;
+            let (name, version) = split_py(&args[i]);
+            Some(Package {
+                ecosystem: Ecosystem::PyPi,
+                name,
+                version,
+                digest: None,
+                arg_index: i,
+                registry,
+            })
+        }
+        "uv" if args.first().is_some_and(|a| a == "tool")
+            && args.get(1).is_some_and(|a| a == "run") =>
+        {
+            let i = first_positional(args, 2, takes_value)?;
+            let (name, version) = split_py(&args[i]);
+            Some(Package {
+                ecosystem: Ecosystem::PyPi,
+                name,
+                version,
+                digest: None,
+                arg_index: i,
+                registry,
+            })
+        }
+        "pip" | "pip3" | "python" | "python3" => {
+            let at = args.iter().position(|a| a == "install")?;
+            let i = first_positional(args, at + 1, takes_value)?;
+            let (name, version) = split_py(&args[i]);
+            Some(Package {
+                ecosystem: Ecosystem::PyPi,
+                name,
+                version,
+                digest: None,
+                arg_index: i,
+                registry,
+            })
+        }
+        "docker" | "podman" => {
+            let at = args.iter().position(|a| a == "run")?;
+            let i = first_positional(args, at + 1, docker_takes_value)?;
+            let (name, version, digest) = split_docker(&args[i]);
+            Some(Package {
+                ecosystem: Ecosystem::Docker,
+                name,
+                version,
+                digest,
+                arg_index: i,
+                registry: None,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The spec that pins `pkg` to `version` (for Docker, `version` is a tag or a digest).
+pub fn pinned_spec(pkg: &Package, version: &str) -> String {
+    match pkg.ecosystem {
+        Ecosystem::Npm => format!("{}@{version}", pkg.name),
+        Ecosystem::PyPi => format!("{}=={version}", pkg.name),
+        Ecosystem::Docker => {
+            if version.starts_with("sha256:") {
+                match &pkg.version {
+                    Some(tag) => format!("{}:{tag}@{version}", pkg.name),
+                    None => format!("{}@{version}", pkg.name),
+                }
+            } else {
+                format!("{}:{version}", pkg.name)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn packages_are_found_and_pins_judged() {
+        let p = package("npx", &s(&["-y", "@modelcontextprotocol/server-github"])).unwrap();
+        assert_eq!(
+            (p.name.as_str(), p.version.as_deref(), p.arg_index),
+            ("@modelcontextprotocol/server-github", None, 1)
+        );
+        assert!(!p.pinned());
+        let p = package("npx", &s(&["-y", "@scope/x@1.2.3"])).unwrap();
+        assert!(p.pinned());
+        assert_eq!(pinned_spec(&p, "2.0.0"), "@scope/x@2.0.0");
+        assert!(!package("npx", &s(&["x@latest"])).unwrap().pinned());
+        assert!(!package("npx", &s(&["x@^1.2"])).unwrap().pinned());
+        let p = package("uvx", &s(&["mcp-server-fetch"])).unwrap();
+        assert!(!p.pinned());
+        assert!(
+            package("uvx", &s(&["mcp-server-fetch==0.6.2"]))
+                .unwrap()
+                .pinned()
+        );
+        assert!(
+            package("uvx", &s(&["--from", "x==1.0", "x-cmd"]))
+                .unwrap()
+                .pinned()
+        );
+        let p = package(
+            "docker",
+            &s(&[
+                "run",
+                "-i",
+                "--rm",
+                "-e",
+                "TOKEN",
+                "ghcr.io/github/github-mcp-server",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.name, "ghcr.io/github/github-mcp-server");
+        assert_eq!(p.registry_host(), "ghcr.io");
+        assert!(!p.pinned());
+        let p = package("docker", &s(&["run", "mcp/fetch:1.0@sha256:abc"])).unwrap();
+        assert!(p.pinned());
+        assert_eq!(p.registry_host(), "docker.io");
+        let p = package("python", &s(&["-m", "pip", "install", "mcp-thing>=1"])).unwrap();
+        assert!(!p.pinned());
+        assert!(package("node", &s(&["server.js"])).is_none());
+    }
+
+    #[test]
+    fn placeholders() {
+        for v in [
+            "${input:token}",
+            "${env:X}",
+            "$GITHUB_TOKEN",
+            "<your-token>",
+            "YOUR_API_KEY",
+            "xxxx",
+        ] {
+            assert!(is_placeholder(v), "{v}");
+        }
+        assert!(!is_placeholder("ghp_abcdefghijklmnopqrstuvwxyz0123456789"));
+    }
+}

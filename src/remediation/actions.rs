@@ -1,0 +1,538 @@
+//! The closed set of remediation actions and how each changes a config document: pin a
+//! package version, move a secret to the store, remove, disable or edit a server entry, and
+//! install a new one. Applying never touches the disk; it returns the new document.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::assessment::clients::{Client, ConfigFile, pointer_segment};
+use crate::assessment::launch::{self, Ecosystem};
+use crate::audit::redact;
+
+/// How a secret moved out of a file is given back to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretVia {
+    /// Stored encrypted in the coordinator's secret store; the entry launches through
+    /// `mcp-coordinator exec --secret NAME=VAR -- <original command>`, which puts it in the
+    /// server's environment only.
+    #[default]
+    Exec,
+    /// VS Code only: an `inputs` entry (`promptString`, `password: true`) that VS Code asks for
+    /// and keeps itself; the entry refers to it as `${input:NAME}`. Nothing is stored here.
+    VscodeInput,
+}
+
+/// One change to one client config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Make the package a stdio server launches (`npx`, `uvx`, `pip`, `docker`) name an exact
+    /// version: `version` as given, or the registry's newest release with `lookup_latest`.
+    PinPackageVersion {
+        file: String,
+        server: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<String>,
+        #[serde(default)]
+        lookup_latest: bool,
+    },
+    /// Take the value of environment variable `env_var` out of the file: into the secret store
+    /// as `secret_name` (launching through `mcp-coordinator exec`), or into a VS Code input.
+    MoveSecretToStore {
+        file: String,
+        server: String,
+        env_var: String,
+        secret_name: String,
+        #[serde(default)]
+        via: SecretVia,
+    },
+    /// Delete the server entry.
+    RemoveServer { file: String, server: String },
+    /// Set `disabled: true` on the entry (clients that honour it stop launching it).
+    DisableServer { file: String, server: String },
+    /// Set one field of the entry: `command`, `args`, `url`, `type`, `cwd`, `disabled`,
+    /// `timeout`, or one variable `env.NAME` / header `headers.NAME` (values that look like
+    /// secrets are refused: use move_secret_to_store).
+    SetServerField {
+        file: String,
+        server: String,
+        field: String,
+        value: Value,
+    },
+    /// Add a server entry (the installer). `entry` is the client's own shape: `command`,
+    /// `args`, `env` for stdio, or `url` (and `type`) for remote. `secrets` maps environment
+    /// variables to secret-store names: the entry then launches through `mcp-coordinator exec`.
+    InstallServer {
+        file: String,
+        server: String,
+        entry: Map<String, Value>,
+        #[serde(default, skip_serializing_if = "Map::is_empty")]
+        secrets: Map<String, Value>,
+        /// The client format, when the file does not exist yet.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<Client>,
+    },
+}
+
+impl Action {
+    pub fn file(&self) -> &str {
+        match self {
+            Action::PinPackageVersion { file, .. }
+            | Action::MoveSecretToStore { file, .. }
+            | Action::RemoveServer { file, .. }
+            | Action::DisableServer { file, .. }
+            | Action::SetServerField { file, .. }
+            | Action::InstallServer { file, .. } => file,
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        match self {
+            Action::PinPackageVersion { server, .. }
+            | Action::MoveSecretToStore { server, .. }
+            | Action::RemoveServer { server, .. }
+            | Action::DisableServer { server, .. }
+            | Action::SetServerField { server, .. }
+            | Action::InstallServer { server, .. } => server,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::PinPackageVersion { .. } => "pin_package_version",
+            Action::MoveSecretToStore { .. } => "move_secret_to_store",
+            Action::RemoveServer { .. } => "remove_server",
+            Action::DisableServer { .. } => "disable_server",
+            Action::SetServerField { .. } => "set_server_field",
+            Action::InstallServer { .. } => "install_server",
+        }
+    }
+
+    /// One line for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::PinPackageVersion {
+                server, version, ..
+            } => format!(
+                "pin the package of server {server} to {}",
+                version.as_deref().unwrap_or("its newest release")
+            ),
+            Action::MoveSecretToStore {
+                server,
+                env_var,
+                secret_name,
+                via,
+                ..
+            } => match via {
+                SecretVia::Exec => format!(
+                    "move {env_var} of server {server} into the secret store as {secret_name}, launched through mcp-coordinator exec"
+                ),
+                SecretVia::VscodeInput => format!(
+                    "replace {env_var} of server {server} with VS Code input ${{input:{secret_name}}}"
+                ),
+            },
+            Action::RemoveServer { server, .. } => format!("remove server {server}"),
+            Action::DisableServer { server, .. } => format!("disable server {server}"),
+            Action::SetServerField { server, field, .. } => {
+                format!("set {field} of server {server}")
+            }
+            Action::InstallServer { server, .. } => format!("install server {server}"),
+        }
+    }
+}
+
+/// What applying an action needs from outside the document.
+pub struct Context<'a> {
+    /// The command line that runs `mcp-coordinator exec` for this coordinator: the binary and
+    /// its `--data-dir`/`--db` options.
+    pub exec_prefix: &'a [String],
+}
+
+/// A secret value taken out of a document, to store before the file is written.
+#[derive(Clone)]
+pub struct MovedSecret {
+    pub name: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for MovedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MovedSecret({}, [REDACTED])", self.name)
+    }
+}
+
+fn servers_mut<'a>(
+    doc: &'a mut Value,
+    file: &ConfigFile,
+) -> Result<&'a mut Map<String, Value>, String> {
+    let root = doc
+        .as_object_mut()
+        .ok_or_else(|| format!("{} is not a JSON object", file.path))?;
+    let servers = root
+        .entry(file.servers_key.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
+    servers
+        .as_object_mut()
+        .ok_or_else(|| format!("{}: `{}` is not an object", file.path, file.servers_key))
+}
+
+/// The entry of `server` (top level, or a Claude Code project's).
+fn entry_mut<'a>(
+    doc: &'a mut Value,
+    file: &ConfigFile,
+    server: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
+    let pointer = file
+        .server(server)
+        .map(|s| s.pointer.clone())
+        .ok_or_else(|| format!("{} has no server named {server:?}", file.path))?;
+    doc.pointer_mut(&pointer)
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| format!("{}: server {server:?} is not an object", file.path))
+}
+
+/// Whether a string holds something shaped like a secret (a known token, or a URL password).
+pub fn looks_secret(s: &str) -> bool {
+    redact::redact_str(s) != s
+}
+
+/// Applies one action to `doc` (the parsed file). Returns the secrets it took out.
+pub fn apply(
+    doc: &mut Value,
+    file: &ConfigFile,
+    action: &Action,
+    ctx: &Context<'_>,
+    resolved_version: Option<&str>,
+) -> Result<Vec<MovedSecret>, String> {
+    match action {
+        Action::RemoveServer { server, .. } => {
+            let pointer = file
+                .server(server)
+                .map(|s| s.pointer.clone())
+                .ok_or_else(|| format!("{} has no server named {server:?}", file.path))?;
+            let (parent, key) = pointer
+                .rsplit_once('/')
+                .ok_or_else(|| format!("bad pointer {pointer}"))?;
+            let key = key.replace("~1", "/").replace("~0", "~");
+            doc.pointer_mut(parent)
+                .and_then(Value::as_object_mut)
+                .and_then(|m| m.shift_remove(&key))
+                .ok_or_else(|| format!("{} has no server named {server:?}", file.path))?;
+            Ok(Vec::new())
+        }
+        Action::DisableServer { server, .. } => {
+            entry_mut(doc, file, server)?.insert("disabled".into(), Value::Bool(true));
+            Ok(Vec::new())
+        }
+        Action::SetServerField {
+            server,
+            field,
+            value,
+            ..
+        } => {
+            if value_looks_secret(value) {
+                return Err(format!(
+                    "the value for {field} looks like a secret; use move_secret_to_store instead of writing it into the file"
+                ));
+            }
+            let entry = entry_mut(doc, file, server)?;
+            match field.split_once('.') {
+                Some((map @ ("env" | "headers"), name)) if !name.is_empty() => {
+                    let m = entry
+                        .entry(map.to_string())
+                        .or_insert_with(|| Value::Object(Map::new()))
+                        .as_object_mut()
+                        .ok_or_else(|| format!("server {server:?}: {map} is not an object"))?;
+                    if value.is_null() {
+                        m.shift_remove(name);
+                    } else {
+                        m.insert(name.to_string(), value.clone());
+                    }
+                }
+                None if SETTABLE.contains(&field.as_str()) => {
+                    check_type(field, value)?;
+                    if value.is_null() {
+                        entry.shift_remove(field);
+                    } else {
+                        entry.insert(field.clone(), value.clone());
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "field {field:?} cannot be set; expected one of {}, env.NAME or headers.NAME",
+                        SETTABLE.join(", ")
+                    ));
+                }
+            }
+            Ok(Vec::new())
+        }
+        Action::PinPackageVersion { server, .. } => {
+            let version = resolved_version.ok_or_else(|| {
+                "no version to pin to (give version or lookup_latest)".to_string()
+            })?;
+            let entry = entry_mut(doc, file, server)?;
+            let command = entry.get("command").and_then(Value::as_str).unwrap_or("");
+            let args: Vec<String> = entry
+                .get("args")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let pkg = launch::package(command, &args).ok_or_else(|| {
+                format!(
+                    "server {server:?} does not launch a package through npx, uvx, pip or docker"
+                )
+            })?;
+            let mut args = args;
+            args[pkg.arg_index] = launch::pinned_spec(&pkg, version);
+            entry.insert("args".into(), json!(args));
+            Ok(Vec::new())
+        }
+        Action::MoveSecretToStore {
+            server,
+            env_var,
+            secret_name,
+            via,
+            ..
+        } => {
+            let is_vscode = file.client == Client::VsCode;
+            let entry = entry_mut(doc, file, server)?;
+            let env = entry
+                .get_mut("env")
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| format!("server {server:?} has no env"))?;
+            let value = env
+                .get(env_var)
+                .and_then(Value::as_str)
+                .map(String::from)
+                .ok_or_else(|| format!("server {server:?} has no env variable {env_var}"))?;
+            if value.is_empty() || launch::is_placeholder(&value) {
+                return Err(format!(
+                    "{env_var} of server {server:?} holds no literal value to move"
+                ));
+            }
+            match via {
+                SecretVia::VscodeInput => {
+                    if !is_vscode {
+                        return Err(
+                            "via vscode_input applies only to VS Code mcp.json files".into()
+                        );
+                    }
+                    env.insert(env_var.clone(), json!(format!("${{input:{secret_name}}}")));
+                    let root = doc
+                        .as_object_mut()
+                        .ok_or_else(|| format!("{} is not a JSON object", file.path))?;
+                    let inputs = root
+                        .entry("inputs")
+                        .or_insert_with(|| Value::Array(Vec::new()))
+                        .as_array_mut()
+                        .ok_or_else(|| "`inputs` is not an array".to_string())?;
+                    if !inputs
+                        .iter()
+                        .any(|i| i.get("id").and_then(Value::as_str) == Some(secret_name))
+                    {
+                        inputs.push(json!({
+                            "type": "promptString",
+                            "id": secret_name,
+                            "description": format!("{env_var} for MCP server {server}"),
+                            "password": true
+                        }));
+                    }
+                    Ok(Vec::new())
+                }
+                SecretVia::Exec => {
+                    env.shift_remove(env_var);
+                    if env.is_empty() {
+                        entry.shift_remove("env");
+                    }
+                    wrap_in_exec(entry, &[(env_var.clone(), secret_name.clone())], ctx)?;
+                    Ok(vec![MovedSecret {
+                        name: secret_name.clone(),
+                        value,
+                    }])
+                }
+            }
+        }
+        Action::InstallServer {
+            server,
+            entry,
+            secrets,
+            ..
+        } => {
+            if entry.get("command").and_then(Value::as_str).is_none()
+                && entry.get("url").and_then(Value::as_str).is_none()
+            {
+                return Err("entry needs `command` (stdio) or `url` (remote)".into());
+            }
+            if value_looks_secret(&Value::Object(entry.clone())) {
+                return Err(
+                    "the entry holds a value that looks like a secret; put it in the secret store (mcp-coordinator secrets set NAME) and name it in `secrets` instead".into(),
+                );
+            }
+            let servers = servers_mut(doc, file)?;
+            if servers.contains_key(server) {
+                return Err(format!(
+                    "{} already has a server named {server:?}; remove it first or choose another name",
+                    file.path
+                ));
+            }
+            let mut new = entry.clone();
+            if !secrets.is_empty() {
+                let pairs = secrets
+                    .iter()
+                    .map(|(var, name)| {
+                        name.as_str()
+                            .map(|n| (var.clone(), n.to_string()))
+                            .ok_or_else(|| {
+                                format!("secrets.{var} must be a secret name (a string)")
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                wrap_in_exec(&mut new, &pairs, ctx)?;
+            }
+            servers.insert(server.clone(), Value::Object(new));
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Fields `set_server_field` may set directly.
+const SETTABLE: &[&str] = &[
+    "command", "args", "url", "type", "cwd", "disabled", "timeout",
+];
+
+fn check_type(field: &str, value: &Value) -> Result<(), String> {
+    let ok = match field {
+        "args" => {
+            value
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string))
+                || value.is_null()
+        }
+        "disabled" => value.is_boolean() || value.is_null(),
+        "timeout" => value.is_number() || value.is_null(),
+        _ => value.is_string() || value.is_null(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("value for {field} has the wrong type"))
+    }
+}
+
+fn value_looks_secret(v: &Value) -> bool {
+    match v {
+        Value::String(s) => looks_secret(s),
+        Value::Array(a) => a.iter().any(value_looks_secret),
+        Value::Object(m) => m.iter().any(|(k, v)| {
+            value_looks_secret(v)
+                || (redact::is_secret_key(k)
+                    && v.as_str()
+                        .is_some_and(|s| !s.is_empty() && !launch::is_placeholder(s)))
+        }),
+        _ => false,
+    }
+}
+
+/// Rewrites a stdio entry to launch through `mcp-coordinator exec --secret NAME=VAR -- ...`
+/// (or adds more secrets to an entry that already does).
+fn wrap_in_exec(
+    entry: &mut Map<String, Value>,
+    secrets: &[(String, String)],
+    ctx: &Context<'_>,
+) -> Result<(), String> {
+    let command = entry
+        .get("command")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            "only a stdio server (with `command`) can get secrets through mcp-coordinator exec"
+                .to_string()
+        })?
+        .to_string();
+    let args: Vec<String> = entry
+        .get("args")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let (bin, prefix) = ctx
+        .exec_prefix
+        .split_first()
+        .ok_or_else(|| "no mcp-coordinator binary path to launch through".to_string())?;
+    let flags: Vec<String> = secrets
+        .iter()
+        .flat_map(|(var, name)| {
+            let spec = if var == name {
+                name.clone()
+            } else {
+                format!("{name}={var}")
+            };
+            ["--secret".to_string(), spec]
+        })
+        .collect();
+    let new_args: Vec<String> = if command == *bin && args.iter().any(|a| a == "exec") {
+        // Already wrapped: add the flags right after `exec`.
+        let at = args.iter().position(|a| a == "exec").unwrap_or(0) + 1;
+        let mut a = args.clone();
+        for (i, f) in flags.into_iter().enumerate() {
+            a.insert(at + i, f);
+        }
+        a
+    } else {
+        prefix
+            .iter()
+            .cloned()
+            .chain(["exec".to_string()])
+            .chain(flags)
+            .chain(["--".to_string(), command])
+            .chain(args)
+            .collect()
+    };
+    entry.insert("command".into(), json!(bin));
+    entry.insert("args".into(), json!(new_args));
+    Ok(())
+}
+
+/// A secret name from an environment variable name: `GITHUB_TOKEN` -> `GITHUB_TOKEN`, made
+/// unique per server when needed by the caller.
+pub fn secret_name_for(server: &str, env_var: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_uppercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let (server, var) = (clean(server), clean(env_var));
+    if var.starts_with(&format!("{server}_")) {
+        var
+    } else {
+        format!("{server}_{var}")
+    }
+}
+
+/// Whether this ecosystem's registry can be asked for the newest version.
+pub fn can_look_up(e: Ecosystem) -> bool {
+    matches!(e, Ecosystem::Npm | Ecosystem::PyPi)
+}
+
+/// The JSON pointer of a server entry that `install_server` would add.
+pub fn new_entry_pointer(file: &ConfigFile, server: &str) -> String {
+    format!(
+        "/{}/{}",
+        pointer_segment(&file.servers_key),
+        pointer_segment(server)
+    )
+}

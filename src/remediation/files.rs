@@ -1,0 +1,158 @@
+//! Files on disk for remediations: rendering a document back to text, unified diffs with
+//! secrets masked, atomic writes (temporary file, fsync, rename, fsync of the directory) that
+//! keep the file's mode, and timestamped backups in the data directory.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::audit::redact;
+
+pub fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The text a document is written as: two-space indented JSON and a final newline (the shape
+/// every client writes its own config in).
+pub fn render(doc: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".into());
+    s.push('\n');
+    s
+}
+
+/// A diff line with secret values masked: known token shapes anywhere, and the value of any
+/// `"key": "value"` pair whose key looks secret.
+pub fn mask_line(line: &str) -> String {
+    let line = redact::redact_str(line);
+    let trimmed = line.trim_start();
+    if let Some(rest) = trimmed.strip_prefix('"')
+        && let Some((key, after)) = rest.split_once('"')
+        && redact::is_secret_key(key)
+    {
+        let after_colon = after.trim_start();
+        if let Some(value) = after_colon.strip_prefix(':') {
+            let value = value.trim();
+            if value.starts_with('"') && value.len() > 2 && !value.starts_with("\"${") {
+                let indent = &line[..line.len() - trimmed.len()];
+                let comma = if value.ends_with(',') { "," } else { "" };
+                return format!("{indent}\"{key}\": \"{}\"{comma}", redact::REDACTED);
+            }
+        }
+    }
+    line
+}
+
+/// A unified diff of `before` -> `after` for `path`, every line masked.
+pub fn unified_diff(path: &str, before: &str, after: &str) -> String {
+    let diff = similar::TextDiff::from_lines(before, after);
+    let text = diff
+        .unified_diff()
+        .context_radius(3)
+        .header(&format!("a{path}"), &format!("b{path}"))
+        .to_string();
+    text.lines()
+        .map(|l| {
+            if l.starts_with("---") || l.starts_with("+++") || l.starts_with("@@") {
+                l.to_string()
+            } else {
+                let (sign, rest) = l.split_at(l.chars().next().map_or(0, char::len_utf8));
+                format!("{sign}{}", mask_line(rest))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it (same mode as the file it
+/// replaces, else 0600), fsync, rename over, fsync the directory. A crash leaves either the old
+/// file or the new one, never half of one.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0o600);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    let tmp = dir.join(format!(
+        ".{name}.mcp-coordinator-{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Copies `path` into `backups_dir` (0700) as `<timestamp>-<n>-<file name>` (0600) and returns
+/// the copy's path.
+pub fn backup(path: &Path, backups_dir: &Path, n: usize) -> std::io::Result<PathBuf> {
+    crate::store::create_private_dir(backups_dir)?;
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(&time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_else(|_| "backup".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    let target = backups_dir.join(format!("{stamp}-{n}-{name}"));
+    let bytes = std::fs::read(path)?;
+    atomic_write(&target, &bytes)?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))?;
+    Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn diffs_mask_secrets_and_writes_are_atomic() {
+        let before = "{\n  \"env\": {\n    \"GITHUB_TOKEN\": \"ghp_abcdefghijklmnopqrstuvwxyz0123456789\",\n    \"API_KEY\": \"q8Zr2LmP0vXw9TkA\",\n    \"MODE\": \"fast\"\n  }\n}\n";
+        let after = "{\n  \"env\": {\n    \"MODE\": \"fast\"\n  }\n}\n";
+        let d = unified_diff("/x.json", before, after);
+        assert!(!d.contains("ghp_abcdef"), "{d}");
+        assert!(!d.contains("q8Zr2LmP0vXw9TkA"), "{d}");
+        assert!(d.contains("-    \"GITHUB_TOKEN\": \"[REDACTED]\","), "{d}");
+        assert!(d.contains("     \"MODE\": \"fast\""), "{d}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.json");
+        std::fs::write(&p, "old").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+        atomic_write(&p, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "new");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
+        let b = backup(&p, &dir.path().join("backups"), 0).unwrap();
+        assert_eq!(std::fs::read_to_string(b).unwrap(), "new");
+    }
+}

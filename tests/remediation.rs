@@ -1,0 +1,363 @@
+//! Assessments and remediations over MCP against the real binary, on a temporary home full of
+//! client configs: assess, propose (from findings and explicit actions), a person approves or
+//! rejects through the client's elicitation form, files change exactly as the previewed diff
+//! said with backups kept, a file edited after the preview is never overwritten, rollback,
+//! the installer tools, and a secret moved into the store that the server still receives
+//! through `mcp-coordinator exec` while it appears nowhere in the database or the audit log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rmcp::model::{
+    ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
+    Implementation,
+};
+use rmcp::service::{RequestContext, RoleClient, RunningService};
+use rmcp::{ClientHandler, ErrorData, ServiceExt};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use common::{call, call_ok, data_dir};
+
+const TOKEN: &str = "ghp_Zq8RmT2vLx9KpW4sNbYc7HdJ0aEfGiUo1Q3r";
+
+/// A person who answers every approval form with `decision`.
+#[derive(Clone)]
+struct Person {
+    decision: &'static str,
+    asked: Arc<AtomicUsize>,
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ClientHandler for Person {
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::builder().enable_elicitation().build(),
+            Implementation::new("remediation-person", "1.0"),
+        )
+    }
+
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _context: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        self.asked.fetch_add(1, Ordering::SeqCst);
+        if let ElicitRequestParams::FormElicitationParams { message, .. } = request {
+            self.seen.lock().unwrap().push(message);
+        }
+        let mut r = ElicitResult::new(ElicitationAction::Accept);
+        r.content = Some(json!({"decision": self.decision, "reason": "checked the diff"}));
+        Ok(r)
+    }
+}
+
+struct Setup {
+    data: tempfile::TempDir,
+    home: tempfile::TempDir,
+    config: PathBuf,
+}
+
+fn setup() -> Setup {
+    let data = data_dir();
+    let home = tempfile::tempdir().unwrap();
+    let config = data.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[assessments]\nhome = \"{}\"\nprojects = []\nnpm_registry = \"http://127.0.0.1:9\"\n",
+            home.path().display()
+        ),
+    )
+    .unwrap();
+    Setup { data, home, config }
+}
+
+fn write(path: &Path, v: &Value) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_string_pretty(v).unwrap() + "\n").unwrap();
+}
+
+fn sha(path: &Path) -> String {
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+async fn person(s: &Setup, decision: &'static str) -> (RunningService<RoleClient, Person>, Person) {
+    let p = Person {
+        decision,
+        asked: Arc::default(),
+        seen: Arc::default(),
+    };
+    let mut cmd = common::command(s.data.path(), &["--config", s.config.to_str().unwrap()]);
+    cmd.env_remove("MCP_COORDINATOR_MASTER_KEY");
+    let transport = rmcp::transport::TokioChildProcess::new(cmd).unwrap();
+    (p.clone().serve(transport).await.unwrap(), p)
+}
+
+fn cursor_config(home: &Path) -> PathBuf {
+    let path = home.join(".cursor/mcp.json");
+    write(
+        &path,
+        &json!({"mcpServers": {
+            "github": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-github"],
+                       "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": TOKEN}},
+            "memory": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-memory@2025.4.25"]}
+        }}),
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn assess_propose_approve_applies_exactly_the_diff_once_with_backups() {
+    let s = setup();
+    let file = cursor_config(s.home.path());
+    let before = std::fs::read_to_string(&file).unwrap();
+    let (client, p) = person(&s, "approve").await;
+    let c = client.peer();
+
+    let listed = call_ok(c, "mcp_config_list", json!({})).await;
+    assert_eq!(listed["server_count"], 2, "{listed:#}");
+    assert!(
+        !listed.to_string().contains(TOKEN),
+        "env values are never shown"
+    );
+
+    let a = call_ok(c, "assessment_request", json!({"type": "security"})).await;
+    assert_eq!(a["status"], "completed", "{a:#}");
+    let rules: Vec<&str> = a["assessment"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"secret-in-env"), "{rules:?}");
+    assert!(rules.contains(&"unpinned-package"), "{rules:?}");
+    assert!(!a.to_string().contains(TOKEN), "evidence is masked");
+    let aid = a["assessment_id"].as_str().unwrap();
+
+    // From the findings (the registry is unreachable here, so the derived pin is left out
+    // with a note) plus an explicit pin.
+    let proposed = call_ok(
+        c,
+        "remediation_propose",
+        json!({"assessment_id": aid, "actions": [
+            {"type": "pin_package_version", "file": file, "server": "github", "version": "2025.4.8"}
+        ]}),
+    )
+    .await;
+    let rem = &proposed["remediation"];
+    let id = proposed["remediation_id"].as_str().unwrap().to_string();
+    assert_eq!(rem["status"], "proposed");
+    let diff = rem["files"][0]["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("+        \"@modelcontextprotocol/server-github@2025.4.8\""),
+        "{diff}"
+    );
+    assert!(
+        diff.contains("-        \"GITHUB_PERSONAL_ACCESS_TOKEN\": \"[REDACTED]\""),
+        "{diff}"
+    );
+    assert!(
+        !proposed.to_string().contains(TOKEN),
+        "the diff masks the token"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        before,
+        "nothing written yet"
+    );
+
+    let reviewed = call_ok(c, "remediation_review", json!({"remediation_id": id})).await;
+    assert_eq!(reviewed["approval_state"], "approved", "{reviewed:#}");
+    assert_eq!(reviewed["status"], "executed", "{reviewed:#}");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 1);
+    assert!(p.seen.lock().unwrap()[0].contains("server-github@2025.4.8"));
+    // The file is exactly what the previewed diff described (its hash was in the proposal).
+    assert_eq!(
+        sha(&file),
+        rem["files"][0]["after_sha256"].as_str().unwrap()
+    );
+    let now: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let github = &now["mcpServers"]["github"];
+    assert!(!std::fs::read_to_string(&file).unwrap().contains(TOKEN));
+    assert_eq!(
+        github["args"].as_array().unwrap().last().unwrap(),
+        "@modelcontextprotocol/server-github@2025.4.8"
+    );
+    assert_eq!(github["args"][2], "exec", "{github:#}");
+    // The backup is the file as it was.
+    let backup = reviewed["remediation"]["backups"][0]["backup_path"]
+        .as_str()
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(backup).unwrap(), before);
+    assert!(backup.starts_with(s.data.path().to_str().unwrap()));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Never twice.
+    let again = call(c, "remediation_review", json!({"remediation_id": id}))
+        .await
+        .unwrap();
+    assert_eq!(again.structured_content.unwrap()["code"], "conflict");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 1, "not asked again");
+
+    // The moved secret reaches the server through exec: run the rewritten launch with the
+    // server swapped for a program that prints the variable.
+    let args: Vec<String> = serde_json::from_value(github["args"].clone()).unwrap();
+    let dashdash = args.iter().position(|a| a == "--").unwrap();
+    let out = std::process::Command::new(github["command"].as_str().unwrap())
+        .args(&args[..=dashdash])
+        .args(["sh", "-c", "printf %s \"$GITHUB_PERSONAL_ACCESS_TOKEN\""])
+        .env_remove("MCP_COORDINATOR_MASTER_KEY")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), TOKEN);
+
+    let verify = call_ok(c, "audit_verify", json!({})).await;
+    assert_eq!(verify["ok"], true);
+    client.cancel().await.unwrap();
+    // The token is nowhere in the database (file and WAL) or the audit export.
+    for name in ["coordinator.db", "coordinator.db-wal"] {
+        if let Ok(bytes) = std::fs::read(s.data.path().join(name)) {
+            assert!(
+                !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+                "{name} holds the token"
+            );
+        }
+    }
+    let (code, export, _) = common::cli(s.data.path(), &["audit", "export", "--format", "jsonl"]);
+    assert_eq!(code, 0);
+    assert!(!export.contains(TOKEN));
+    assert!(export.contains("remediation.executed"));
+}
+
+#[tokio::test]
+async fn a_rejected_review_changes_nothing() {
+    let s = setup();
+    let file = cursor_config(s.home.path());
+    let before = std::fs::read_to_string(&file).unwrap();
+    let (client, p) = person(&s, "reject").await;
+    let c = client.peer();
+    let proposed = call_ok(
+        c,
+        "remediation_propose",
+        json!({"actions": [{"type": "remove_server", "file": file, "server": "memory"}]}),
+    )
+    .await;
+    assert_eq!(proposed["remediation"]["risk"], "high");
+    let id = proposed["remediation_id"].as_str().unwrap();
+    let reviewed = call_ok(c, "remediation_review", json!({"remediation_id": id})).await;
+    assert_eq!(reviewed["approval_state"], "rejected", "{reviewed:#}");
+    assert_eq!(reviewed["status"], "proposed");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 1);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+    assert!(!s.data.path().join("backups").exists());
+    let withdrawn = call_ok(c, "remediation_withdraw", json!({"remediation_id": id})).await;
+    assert_eq!(withdrawn["status"], "withdrawn");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_file_edited_after_the_preview_is_not_overwritten() {
+    let s = setup();
+    let file = cursor_config(s.home.path());
+    let (client, _p) = person(&s, "approve").await;
+    let c = client.peer();
+    let proposed = call_ok(
+        c,
+        "remediation_propose",
+        json!({"actions": [{"type": "disable_server", "file": file, "server": "memory"}]}),
+    )
+    .await;
+    let id = proposed["remediation_id"].as_str().unwrap();
+    // Someone edits the file between the preview and the approval.
+    let mut edited = std::fs::read_to_string(&file).unwrap();
+    edited = edited.replace("\"memory\"", "\"memory-renamed\"");
+    std::fs::write(&file, &edited).unwrap();
+    let reviewed = call(c, "remediation_review", json!({"remediation_id": id}))
+        .await
+        .unwrap();
+    assert_eq!(reviewed.is_error, Some(true));
+    let err = reviewed.structured_content.unwrap();
+    assert_eq!(err["code"], "conflict", "{err:#}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("changed since the preview"),
+        "{err:#}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        edited,
+        "the edit survives"
+    );
+    let got = call_ok(c, "remediation_get", json!({"remediation_id": id})).await;
+    assert_eq!(got["status"], "failed");
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test]
+async fn installer_tools_install_and_remove_and_rollback_restores() {
+    let s = setup();
+    let (client, p) = person(&s, "approve").await;
+    let c = client.peer();
+    // Secrets are refused in the entry.
+    let refused = call(
+        c,
+        "mcp_server_install",
+        json!({"client": "cursor", "server": "gh", "entry": {"command": "npx", "args": ["-y", "x@1.0.0"], "env": {"GITHUB_TOKEN": TOKEN}}}),
+    )
+    .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let installed = call_ok(
+        c,
+        "mcp_server_install",
+        json!({"client": "cursor", "server": "fetch", "entry": {"command": "uvx", "args": ["mcp-server-fetch==2025.4.7"]}}),
+    )
+    .await;
+    assert_eq!(installed["status"], "executed", "{installed:#}");
+    let file = s.home.path().join(".cursor/mcp.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(
+        doc["mcpServers"]["fetch"]["args"][0],
+        "mcp-server-fetch==2025.4.7"
+    );
+    let listed = call_ok(c, "mcp_config_list", json!({})).await;
+    assert_eq!(listed["files"][0]["servers"][0]["name"], "fetch");
+
+    let removed = call_ok(
+        c,
+        "mcp_server_remove",
+        json!({"file": file, "server": "fetch"}),
+    )
+    .await;
+    assert_eq!(removed["status"], "executed", "{removed:#}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert!(doc["mcpServers"].get("fetch").is_none());
+
+    // Rolling back the removal brings the entry back, after its own approval.
+    let rolled = call_ok(
+        c,
+        "remediation_rollback",
+        json!({"remediation_id": removed["remediation_id"]}),
+    )
+    .await;
+    assert_eq!(rolled["status"], "rolled_back", "{rolled:#}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(doc["mcpServers"]["fetch"]["command"], "uvx");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 3);
+    client.cancel().await.unwrap();
+}
