@@ -361,3 +361,34 @@ async fn installer_tools_install_and_remove_and_rollback_restores() {
     assert_eq!(p.asked.load(Ordering::SeqCst), 3);
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn listings_and_findings_never_show_a_secret() {
+    let s = setup();
+    let key = "q8Zr2LmP0vXw9TkA7hYb";
+    write(
+        &s.home.path().join(".codeium/windsurf/mcp_config.json"),
+        &json!({"mcpServers": {
+            "search": {"command": "npx", "args": ["-y", "brave-search-mcp@1.0.0", "--api-key", key, format!("--token={TOKEN}")]},
+            "remote": {"serverUrl": format!("http://mcp.example.com/sse?api_key={key}")},
+        }}),
+    );
+    let (client, _p) = person(&s, "approve").await;
+    let c = client.peer();
+    let listed = call_ok(c, "mcp_config_list", json!({})).await;
+    let a = call_ok(c, "assessment_request", json!({"type": "security"})).await;
+    for out in [&listed, &a] {
+        let text = out.to_string();
+        assert!(!text.contains(key) && !text.contains(TOKEN), "{out:#}");
+    }
+    let rules: Vec<&str> = a["assessment"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    for rule in ["secret-in-args", "secret-in-url", "plain-http-remote"] {
+        assert!(rules.contains(&rule), "{rule} missing from {rules:?}");
+    }
+    client.cancel().await.unwrap();
+}

@@ -172,7 +172,12 @@ pub struct ServerEntry {
     pub transport: Transport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Arguments, with anything that looks like a secret replaced by `[REDACTED]` when shown.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        serialize_with = "masked_args"
+    )]
     pub args: Vec<String>,
     /// Environment variable names (values are never shown).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -219,6 +224,36 @@ impl ConfigFile {
     pub fn server(&self, name: &str) -> Option<&ServerEntry> {
         self.servers.iter().find(|s| s.name == name)
     }
+}
+
+/// Arguments as shown to clients: known token shapes, and values of secret-like flags
+/// (`--api-key X`, `--token=X`), masked.
+pub fn mask_args(args: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        let after_secret_flag = i > 0
+            && args[i - 1].starts_with('-')
+            && !args[i - 1].contains('=')
+            && crate::audit::redact::is_secret_key(&args[i - 1])
+            && !a.starts_with('-');
+        let shown = if after_secret_flag {
+            crate::audit::redact::REDACTED.to_string()
+        } else if let Some((flag, _)) = a
+            .split_once('=')
+            .filter(|(f, _)| f.starts_with('-') && crate::audit::redact::is_secret_key(f))
+        {
+            format!("{flag}={}", crate::audit::redact::REDACTED)
+        } else {
+            crate::audit::redact::redact_str(a)
+        };
+        out.push(shown);
+    }
+    out
+}
+
+fn masked_args<S: serde::Serializer>(args: &[String], s: S) -> Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    mask_args(args).serialize(s)
 }
 
 /// Escapes one JSON pointer segment (`~` -> `~0`, `/` -> `~1`).

@@ -416,10 +416,11 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                     .is_some_and(|(k, v)| high_entropy_secret(k, v) || token_in(v).is_some())
             })
         });
-        if authority.contains('@') && authority.split('@').next().is_some_and(|u| u.contains(':'))
+        let url_has_credential = authority.contains('@')
+            && authority.split('@').next().is_some_and(|u| u.contains(':'))
             || query_secret
-            || token_in(url).is_some()
-        {
+            || token_in(url).is_some();
+        if url_has_credential {
             out.add(
                 "secret-in-url",
                 Severity::High,
@@ -453,7 +454,10 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                     Some(name),
                     format!("server {name} is reached over plain http:// at {host}: requests and any credentials travel unencrypted"),
                     crate::assessment::clients::shown_url(url),
-                    Some(SuggestedFix::action(
+                    Some(if url_has_credential {
+                        SuggestedFix::text("use https:// (and move the credential out of the URL first)")
+                    } else {
+                        SuggestedFix::action(
                         "use https://",
                         Action::SetServerField {
                             file: file.path.clone(),
@@ -461,7 +465,8 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                             field: "url".into(),
                             value: json!(format!("https://{}", &url["http://".len()..])),
                         },
-                    )),
+                    )
+                    }),
                 );
             }
         }

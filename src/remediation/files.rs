@@ -27,6 +27,17 @@ pub fn render(doc: &Value) -> String {
 /// `"key": "value"` pair whose key looks secret.
 pub fn mask_line(line: &str) -> String {
     let line = redact::redact_str(line);
+    // An argument like "--api-key=..." in an args array.
+    let trimmed = line.trim_start();
+    if let Some(inner) = trimmed.strip_prefix('"')
+        && let Some((flag, _)) = inner.split_once('=')
+        && flag.starts_with('-')
+        && redact::is_secret_key(flag)
+    {
+        let indent = &line[..line.len() - trimmed.len()];
+        let comma = if trimmed.ends_with(',') { "," } else { "" };
+        return format!("{indent}\"{flag}={}\"{comma}", redact::REDACTED);
+    }
     let trimmed = line.trim_start();
     if let Some(rest) = trimmed.strip_prefix('"')
         && let Some((key, after)) = rest.split_once('"')
