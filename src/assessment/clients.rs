@@ -21,7 +21,7 @@ string_enum!(
         /// `~/.claude.json` (`mcpServers`, and `projects.<dir>.mcpServers`) and project `.mcp.json`.
         ClaudeCode => "claude_code",
         /// User `mcp.json` and project `.vscode/mcp.json` (`servers`, plus `inputs`).
-        VsCode => "vscode",
+        Vscode => "vscode",
         /// `~/.cursor/mcp.json` and project `.cursor/mcp.json`.
         Cursor => "cursor",
         /// The global `mcp_settings.json` and project `.kilocode/mcp.json`.
@@ -86,19 +86,19 @@ const LOCATIONS: &[Location] = &[
         servers_key: "mcpServers",
     },
     Location {
-        client: Client::VsCode,
+        client: Client::Vscode,
         scope: Scope::User,
         path: ".config/Code/User/mcp.json",
         servers_key: "servers",
     },
     Location {
-        client: Client::VsCode,
+        client: Client::Vscode,
         scope: Scope::User,
         path: "Library/Application Support/Code/User/mcp.json",
         servers_key: "servers",
     },
     Location {
-        client: Client::VsCode,
+        client: Client::Vscode,
         scope: Scope::Project,
         path: ".vscode/mcp.json",
         servers_key: "servers",

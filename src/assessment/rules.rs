@@ -316,7 +316,7 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                 None => None,
             };
             if let Some(why) = why {
-                let via = if file.client == Client::VsCode {
+                let via = if file.client == Client::Vscode {
                     SecretVia::VscodeInput
                 } else {
                     SecretVia::Exec
@@ -392,7 +392,7 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                     Some(name),
                     format!("server {name}: header {k} holds a credential in plain text"),
                     format!("{k}: {}", mask(bearer.unwrap_or(v))),
-                    Some(SuggestedFix::text(if file.client == Client::VsCode {
+                    Some(SuggestedFix::text(if file.client == Client::Vscode {
                         "use a VS Code input (${input:...}) for the header value"
                     } else {
                         "use the client's environment-variable substitution for the header, with the value kept outside the file"

@@ -300,7 +300,7 @@ pub fn apply(
             via,
             ..
         } => {
-            let is_vscode = file.client == Client::VsCode;
+            let is_vscode = file.client == Client::Vscode;
             let entry = entry_mut(doc, file, server)?;
             let env = entry
                 .get_mut("env")

@@ -495,7 +495,7 @@ impl RemediationService {
                 {
                     return Err(invalid("actions", format!("{path} does not exist")));
                 }
-                let key = if client == Client::VsCode {
+                let key = if client == Client::Vscode {
                     "servers"
                 } else {
                     "mcpServers"

@@ -13,6 +13,7 @@ of MCP client configs:
  4. the person approves in the elicitation callback: each file now equals its original with the
     previewed diff applied (checked by applying the diff here), its hash is the previewed one,
     the backup holds the original, and the token is gone from the file
+ 4b. mcp_server_install asks the same way and installs into the VS Code config
  5. a second proposal is rejected in the callback: nothing changes, no backup is taken
  6. the audit chain verifies
 
@@ -197,6 +198,20 @@ async def run_era(r: Report, binary: str, base: Path, mode: str) -> None:
         ok = ok and all(Path(backups[str(p)]).read_text() == originals[k] for k, p in files.items() if str(p) in backups)
         ok = ok and TOKEN not in files["claude"].read_text()
         r.check(f"4 {mode}: approved: files equal original + diff, hashes match, backups hold the originals", ok, detail)
+
+        installed = await tool(client, "mcp_server_install", {
+            "client": "vscode", "server": "time",
+            "entry": {"type": "stdio", "command": "uvx", "args": ["mcp-server-time==0.6.2"]},
+        })
+        vs = json.loads(files["vscode"].read_text())
+        r.check(
+            f"4b {mode}: mcp_server_install asks and installs into the VS Code config",
+            installed["status"] == "executed"
+            and len(person.asked) == 2
+            and vs["servers"]["time"]["args"] == ["mcp-server-time==0.6.2"]
+            and "everything" in vs["servers"],
+            f"status={installed['status']} asked={len(person.asked)}",
+        )
 
         person.decision = "reject"
         person.asked.clear()
