@@ -1,8 +1,8 @@
 //! Benchmark program for mcp-coordinator: prints cold start, tool round-trip latency and
 //! throughput, idle memory, audit append rate, audit verification time, task queue throughput
-//! claim latency against queue depth, and pipeline scheduling overhead per stage, each next to
-//! its target. Run with
-//! `cargo bench --bench coordinator`; `BENCH_ONLY=server,audit,queue,pipelines` picks sections and
+//! claim latency against queue depth, pipeline scheduling overhead per stage, and the time of
+//! a security assessment of 202 config files, each next to its target. Run with
+//! `cargo bench --bench coordinator`; `BENCH_ONLY=server,audit,queue,pipelines,assessments` picks sections and
 //! `BENCH_QUICK=1` shrinks the counts about tenfold for a smoke run. It prints figures and
 //! asserts nothing about timing.
 
@@ -19,6 +19,7 @@ use mcp_coordinator::agent::{
     AgentService, AgentType, AgentsConfig, NewAgent, Resources, TokenKeys, now_ms,
 };
 use mcp_coordinator::approval::{ApprovalPolicy, ApprovalService};
+use mcp_coordinator::assessment::{AssessmentService, AssessmentType, AssessmentsConfig, Target};
 use mcp_coordinator::audit::{Action, Actor, ActorKind, AuditLog, AuditSigner, NewEvent, Outcome};
 use mcp_coordinator::pipeline::{
     Definition, Dependency, NewPipeline, NewRun, PipelineService, PipelinesConfig, RunStatus,
@@ -1511,6 +1512,77 @@ fn bench_pipelines(counts: &Counts, dir: &Path) {
     }
 }
 
+// ---- assessments ----
+
+/// A home with `projects` project directories, each with a Cursor and a Claude Code config of
+/// ten servers (half with findings), plus the user-scope configs.
+fn assessment_home(root: &Path, projects: usize) -> Vec<std::path::PathBuf> {
+    let servers = |p: usize| {
+        let mut m = serde_json::Map::new();
+        for i in 0..10 {
+            let entry = if i % 2 == 0 {
+                json!({"command": "npx", "args": ["-y", format!("@modelcontextprotocol/server-memory@2025.4.{i}")]})
+            } else {
+                json!({"command": "npx", "args": ["-y", "@modelcontextprotocol/server-github"],
+                       "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": format!("ghp_{:036}", p * 100 + i)}})
+            };
+            m.insert(format!("server-{i}"), entry);
+        }
+        json!({"mcpServers": m})
+    };
+    let write = |path: std::path::PathBuf, v: serde_json::Value| {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    };
+    write(root.join(".cursor/mcp.json"), servers(0));
+    write(root.join(".claude.json"), servers(1));
+    (0..projects)
+        .map(|p| {
+            let dir = root.join(format!("projects/p{p}"));
+            write(dir.join(".cursor/mcp.json"), servers(p));
+            write(dir.join(".mcp.json"), servers(p + 1));
+            dir
+        })
+        .collect()
+}
+
+fn bench_assessments(dir: &Path) {
+    println!("\n== assessments: a security assessment of many client configs (no target) ==");
+    let home = dir.join("home");
+    let projects = assessment_home(&home, 100);
+    let audit = audit_log(&dir.join("assessments.db"));
+    let service = AssessmentService::new(audit, AssessmentsConfig::default());
+    let target = Target {
+        home: Some(home.display().to_string()),
+        projects: Some(projects.iter().map(|p| p.display().to_string()).collect()),
+        ..Target::default()
+    };
+    let mut times = Vec::new();
+    let mut last = None;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let a = service
+            .request(AssessmentType::Security, target.clone(), &submitter())
+            .expect("request");
+        let done = service.run(&a.id).expect("run");
+        times.push(started.elapsed());
+        last = Some(done);
+    }
+    times.sort();
+    let a = last.expect("ran");
+    let servers: usize = a.files.iter().map(|f| f.servers).sum();
+    println!(
+        "{} files, {} servers, {} findings: median {:.1} ms per assessment (min {:.1}, max {:.1}; \
+         discovery, parsing, every rule, and storing the findings)",
+        a.files.len(),
+        servers,
+        a.findings.len(),
+        ms(times[times.len() / 2]),
+        ms(times[0]),
+        ms(times[times.len() - 1]),
+    );
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this program takes no arguments of its own.
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -1567,6 +1639,10 @@ fn main() {
         let task_dir = tempfile::tempdir().expect("temp dir");
         bench_task_throughput(&counts, task_dir.path());
         bench_claim_depth(&counts, task_dir.path());
+    }
+    if wants("assessments") {
+        let assessment_dir = tempfile::tempdir().expect("temp dir");
+        bench_assessments(assessment_dir.path());
     }
     if wants("pipelines") {
         let pipeline_dir = tempfile::tempdir().expect("temp dir");

@@ -461,7 +461,10 @@ async fn six_stage_template_runs_on_two_workers_with_progress() {
     while watcher.seen.lock().unwrap().len() < 7 && start.elapsed() < Duration::from_secs(3) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let seen = watcher.seen.lock().unwrap().clone();
+    // rmcp's client may run notification handlers out of order, so sort by progress (the
+    // server sends them in order; each value must appear exactly once).
+    let mut seen = watcher.seen.lock().unwrap().clone();
+    seen.sort_by(|a, b| a.0.total_cmp(&b.0));
     let values: Vec<f64> = seen.iter().map(|s| s.0).collect();
     assert_eq!(values, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "{seen:#?}");
     assert!(seen.iter().all(|s| s.1 == Some(6.0)));

@@ -322,6 +322,18 @@ pub fn standard_path(client: Client, scope: Scope, base: &Path) -> Option<PathBu
         .map(|l| base.join(l.path))
 }
 
+/// The project directory of a project-scope file (`/p/.cursor/mcp.json` -> `/p`).
+pub fn project_dir(file: &ConfigFile) -> Option<String> {
+    if file.scope != Scope::Project {
+        return None;
+    }
+    LOCATIONS
+        .iter()
+        .filter(|l| l.client == file.client && l.scope == Scope::Project)
+        .find_map(|l| file.path.strip_suffix(l.path))
+        .map(|dir| dir.trim_end_matches('/').to_string())
+}
+
 /// Client names, for messages.
 pub const ALL_CLIENTS: &[&str] = &[
     "claude_desktop",
@@ -522,9 +534,11 @@ pub fn shown_url(url: &str) -> String {
         Some((before, _)) => format!("{before}?…"),
         None => rest,
     };
-    if scheme.is_empty() {
+    let shown = if scheme.is_empty() {
         rest
     } else {
         format!("{scheme}://{rest}")
-    }
+    };
+    // A token can sit in the path too (`https://actions.example.com/mcp/sk-.../sse`).
+    crate::audit::redact::redact_str(&shown)
 }

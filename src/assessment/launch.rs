@@ -23,6 +23,8 @@ pub struct Package {
     pub arg_index: usize,
     /// The registry named on the command line (`--registry`, `--index-url`), if any.
     pub registry: Option<String>,
+    /// What precedes the spec inside its argument (`--package=`), kept when pinning.
+    pub prefix: String,
 }
 
 impl Package {
@@ -203,8 +205,31 @@ fn registry_flag(args: &[String]) -> Option<String> {
     None
 }
 
-/// The package a command line launches, if it launches one through a known runner.
+/// The command line a wrapper runs: `mcp-coordinator ... exec ... -- CMD ARGS` and
+/// `cmd /c CMD ARGS` run CMD. Returns that command, its arguments, and the index of its first
+/// argument in `args`.
+pub fn unwrap(command: &str, args: &[String]) -> Option<(String, Vec<String>, usize)> {
+    let cmd = base(command);
+    let at = if cmd == "mcp-coordinator" && args.iter().any(|a| a == "exec") {
+        args.iter().position(|a| a == "--")? + 1
+    } else if cmd == "cmd" {
+        args.iter().position(|a| a.eq_ignore_ascii_case("/c"))? + 1
+    } else {
+        return None;
+    };
+    let inner = args.get(at)?;
+    Some((inner.clone(), args[at + 1..].to_vec(), at + 1))
+}
+
+/// The package a command line launches, if it launches one through a known runner (looking
+/// through the exec and `cmd /c` wrappers). `arg_index` counts in `args`.
 pub fn package(command: &str, args: &[String]) -> Option<Package> {
+    if let Some((inner, inner_args, offset)) = unwrap(command, args) {
+        return package(&inner, &inner_args).map(|mut p| {
+            p.arg_index += offset;
+            p
+        });
+    }
     let cmd = base(command);
     let registry = registry_flag(args);
     let first_positional = |args: &[String], start: usize, values: fn(&str) -> bool| {
@@ -227,14 +252,17 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
     };
     match cmd.as_str() {
         "npx" | "bunx" | "pnpx" => {
-            // `-p pkg` / `--package pkg` names the package explicitly.
-            let named = args
-                .iter()
-                .position(|a| a == "-p" || a == "--package")
-                .map(|at| at + 1)
-                .filter(|&at| at < args.len());
-            if let Some(j) = named {
-                let (name, version) = split_npm(&args[j]);
+            // `-p pkg`, `--package pkg` or `--package=pkg` names the package explicitly.
+            let named = args.iter().enumerate().find_map(|(j, a)| {
+                if (a == "-p" || a == "--package") && j + 1 < args.len() {
+                    Some((j + 1, args[j + 1].as_str(), ""))
+                } else {
+                    a.strip_prefix("--package=")
+                        .map(|spec| (j, spec, "--package="))
+                }
+            });
+            if let Some((j, spec, prefix)) = named {
+                let (name, version) = split_npm(spec);
                 return Some(Package {
                     ecosystem: Ecosystem::Npm,
                     name,
@@ -242,6 +270,7 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                     digest: None,
                     arg_index: j,
                     registry,
+                    prefix: prefix.into(),
                 });
             }
             let i = first_positional(args, 0, takes_value)?;
@@ -253,6 +282,7 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                 digest: None,
                 arg_index: i,
                 registry,
+                prefix: String::new(),
             })
         }
         "uvx" | "pipx" => {
@@ -270,6 +300,7 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                         digest: None,
                         arg_index: j,
                         registry,
+                        prefix: String::new(),
                     });
                 }
             }
@@ -282,6 +313,7 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                 digest: None,
                 arg_index: i,
                 registry,
+                prefix: String::new(),
             })
         }
         "uv" if args.first().is_some_and(|a| a == "tool")
@@ -296,6 +328,7 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                 digest: None,
                 arg_index: i,
                 registry,
+                prefix: String::new(),
             })
         }
         "pip" | "pip3" | "python" | "python3" => {
@@ -309,6 +342,7 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                 digest: None,
                 arg_index: i,
                 registry,
+                prefix: String::new(),
             })
         }
         "docker" | "podman" => {
@@ -322,6 +356,7 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                 digest,
                 arg_index: i,
                 registry: None,
+                prefix: String::new(),
             })
         }
         _ => None,
@@ -330,7 +365,7 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
 
 /// The spec that pins `pkg` to `version` (for Docker, `version` is a tag or a digest).
 pub fn pinned_spec(pkg: &Package, version: &str) -> String {
-    match pkg.ecosystem {
+    let spec = match pkg.ecosystem {
         Ecosystem::Npm => format!("{}@{version}", pkg.name),
         Ecosystem::PyPi => format!("{}=={version}", pkg.name),
         Ecosystem::Docker => {
@@ -343,7 +378,8 @@ pub fn pinned_spec(pkg: &Package, version: &str) -> String {
                 format!("{}:{version}", pkg.name)
             }
         }
-    }
+    };
+    format!("{}{spec}", pkg.prefix)
 }
 
 #[cfg(test)]

@@ -391,15 +391,7 @@ impl AssessmentService {
             home: home.as_deref(),
             path_dirs,
         };
-        let mut findings = rules::assess(&files, &[a.kind], &ctx);
-        findings.sort_by(|x, y| {
-            y.severity
-                .rank()
-                .cmp(&x.severity.rank())
-                .then_with(|| x.file.cmp(&y.file))
-                .then_with(|| x.pointer.cmp(&y.pointer))
-                .then_with(|| x.rule.cmp(&y.rule))
-        });
+        let findings = rules::assess(&files, &[a.kind], &ctx);
         let seen = files
             .iter()
             .map(|f| FileSeen {

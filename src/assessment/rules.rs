@@ -231,6 +231,49 @@ pub fn token_in(s: &str) -> Option<String> {
     Some("token".into())
 }
 
+/// `s` without `${...}` and `$NAME` references: what is left is literal text.
+fn without_placeholders(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' {
+            if chars.peek() == Some(&'{') {
+                for d in chars.by_ref() {
+                    if d == '}' {
+                        break;
+                    }
+                }
+                continue;
+            }
+            if chars
+                .peek()
+                .is_some_and(|d| d.is_ascii_alphabetic() || *d == '_')
+            {
+                while chars
+                    .peek()
+                    .is_some_and(|d| d.is_ascii_alphanumeric() || *d == '_')
+                {
+                    chars.next();
+                }
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// "a GitHub token", "an AWS token", "a token".
+fn a_token(provider: &str) -> String {
+    if provider == "token" {
+        "a token".into()
+    } else if provider.starts_with(['A', 'E', 'I', 'O', 'U']) {
+        format!("an {provider} token")
+    } else {
+        format!("a {provider} token")
+    }
+}
+
 /// Shannon entropy in bits per character.
 pub fn entropy(s: &str) -> f64 {
     let mut counts: BTreeMap<char, usize> = BTreeMap::new();
@@ -249,7 +292,13 @@ pub fn entropy(s: &str) -> f64 {
 
 /// A literal value under a secret-like name that looks random enough to be a real secret.
 fn high_entropy_secret(name: &str, value: &str) -> bool {
+    let path_like = value.starts_with('/')
+        || value.starts_with("~/")
+        || value.starts_with("./")
+        || value.starts_with("../")
+        || value.contains("://");
     redact::is_secret_key(name)
+        && !path_like
         && !launch::is_placeholder(value)
         && value.len() >= 12
         && !value.contains(char::is_whitespace)
@@ -257,14 +306,14 @@ fn high_entropy_secret(name: &str, value: &str) -> bool {
 }
 
 fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[');
-    host == "localhost"
-        || host.starts_with("127.")
-        || host.starts_with("::1")
-        || host.ends_with(".localhost")
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return ip.is_loopback() || ip.is_unspecified();
+    }
+    host == "localhost" || host.ends_with(".localhost")
 }
 
-/// Applies every rule of `kinds` to the files (cross-file rules included).
+/// Applies every rule of `kinds` to the files (cross-file rules included); most severe first.
 pub fn assess(
     files: &[ConfigFile],
     kinds: &[AssessmentType],
@@ -295,6 +344,15 @@ pub fn assess(
         }
     }
     duplicates(&mut out, files);
+    // Most severe first, then by place, so results (and golden files) are stable.
+    out.findings.sort_by(|x, y| {
+        y.severity
+            .rank()
+            .cmp(&x.severity.rank())
+            .then_with(|| x.file.cmp(&y.file))
+            .then_with(|| x.pointer.cmp(&y.pointer))
+            .then_with(|| x.rule.cmp(&y.rule))
+    });
     out.findings
 }
 
@@ -308,8 +366,8 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
             if launch::is_placeholder(v) || v.is_empty() {
                 continue;
             }
-            let why = match token_in(v) {
-                Some(provider) => Some(format!("a {provider} token")),
+            let why = match token_in(&without_placeholders(v)) {
+                Some(provider) => Some(a_token(&provider)),
                 None if high_entropy_secret(k, v) => {
                     Some("a high-entropy value under a secret-like name".into())
                 }
@@ -347,13 +405,21 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
         }
     }
     for (i, arg) in e.args.iter().enumerate() {
+        // `exec --secret NAME[=VAR]` names a secret in the store; it is not one.
+        if i > 0 && e.args[i - 1] == "--secret" {
+            continue;
+        }
+        let literal = without_placeholders(arg);
+        if literal.trim().is_empty() {
+            continue;
+        }
         let flag_secret =
             i > 0 && e.args[i - 1].starts_with('-') && high_entropy_secret(&e.args[i - 1], arg);
         let inline = arg
             .split_once('=')
             .filter(|(k, v)| k.starts_with('-') && high_entropy_secret(k, v))
             .map(|(_, v)| v.to_string());
-        let provider = token_in(arg);
+        let provider = token_in(&literal);
         if provider.is_some() || flag_secret || inline.is_some() {
             let secret = inline.unwrap_or_else(|| arg.clone());
             out.add(
@@ -364,7 +430,7 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                 Some(name),
                 format!(
                     "server {name}: argument {i} holds {} in plain text; arguments are visible to every user in the process list",
-                    provider.map_or("a secret".to_string(), |p| format!("a {p} token"))
+                    provider.map_or("a secret".to_string(), |p| a_token(&p))
                 ),
                 mask(&secret),
                 Some(SuggestedFix::text(
@@ -376,14 +442,21 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
     if let Some(headers) = e.raw.get("headers").and_then(Value::as_object) {
         for (k, v) in headers {
             let Some(v) = v.as_str() else { continue };
-            if launch::is_placeholder(v) || v.contains("${") {
+            let literal = without_placeholders(v);
+            let credential = ["Bearer ", "bearer ", "Basic ", "Token ", "token "]
+                .iter()
+                .find_map(|p| literal.strip_prefix(p))
+                .unwrap_or(&literal)
+                .trim();
+            if credential.is_empty() || launch::is_placeholder(credential) {
                 continue;
             }
-            let bearer = v
-                .strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-                .filter(|t| !launch::is_placeholder(t) && t.len() >= 12);
-            if token_in(v).is_some() || bearer.is_some() || high_entropy_secret(k, v) {
+            let bearer =
+                (credential != literal.trim() && credential.len() >= 12).then_some(credential);
+            if token_in(&literal).is_some()
+                || bearer.is_some()
+                || high_entropy_secret(k, credential)
+            {
                 out.add(
                     "secret-in-headers",
                     Severity::High,
@@ -401,13 +474,10 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
             }
         }
     }
-    let url = e
-        .raw
-        .get("url")
-        .or_else(|| e.raw.get("serverUrl"))
-        .or_else(|| e.raw.get("httpUrl"))
-        .and_then(Value::as_str);
-    if let Some(url) = url {
+    let url_field = ["url", "serverUrl", "httpUrl"]
+        .into_iter()
+        .find_map(|k| e.raw.get(k).and_then(Value::as_str).map(|u| (k, u)));
+    if let Some((url_key, url)) = url_field {
         let rest = url.split_once("://").map_or(url, |(_, r)| r);
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
         let query_secret = url.split_once('?').is_some_and(|(_, q)| {
@@ -425,7 +495,7 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                 "secret-in-url",
                 Severity::High,
                 file,
-                at("/url"),
+                at(&format!("/{url_key}")),
                 Some(name),
                 format!("server {name}: its URL carries a credential"),
                 crate::assessment::clients::shown_url(url),
@@ -450,7 +520,7 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                     "plain-http-remote",
                     Severity::High,
                     file,
-                    at("/url"),
+                    at(&format!("/{url_key}")),
                     Some(name),
                     format!("server {name} is reached over plain http:// at {host}: requests and any credentials travel unencrypted"),
                     crate::assessment::clients::shown_url(url),
@@ -462,7 +532,7 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
                         Action::SetServerField {
                             file: file.path.clone(),
                             server: name.into(),
-                            field: "url".into(),
+                            field: url_key.into(),
                             value: json!(format!("https://{}", &url["http://".len()..])),
                         },
                     )
@@ -565,11 +635,11 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
     let downloads = ["curl ", "wget "]
         .iter()
         .any(|d| joined.contains(d) || cmd == d.trim());
-    if downloads
-        && ["| sh", "|sh", "| bash", "|bash", "| zsh"]
-            .iter()
-            .any(|p| joined.contains(p))
-    {
+    let into_shell = joined.split('|').skip(1).any(|after| {
+        let next = after.split_whitespace().next().unwrap_or("");
+        matches!(launch::base(next).as_str(), "sh" | "bash" | "zsh" | "dash")
+    });
+    if downloads && into_shell {
         out.add(
             "curl-pipe-shell",
             Severity::Critical,
@@ -757,7 +827,11 @@ fn docker_rules(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rul
                 at.clone(),
                 Some(name),
                 format!("server {name} shares the host's network: it reaches every local service"),
-                format!("{a} {next}").trim().to_string(),
+                if a.contains('=') {
+                    a.clone()
+                } else {
+                    format!("{a} {next}")
+                },
                 Some(SuggestedFix::text("use the default bridge network")),
             );
         }
@@ -786,7 +860,7 @@ fn docker_rules(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rul
                 || source == "$HOME"
                 || source == "${HOME}"
                 || home.is_some_and(|h| source.trim_end_matches('/') == h)
-                || (source.starts_with("/home/")
+                || ((source.starts_with("/home/") || source.starts_with("/Users/"))
                     && source.trim_end_matches('/').matches('/').count() == 2);
             if sensitive {
                 out.add(
@@ -850,33 +924,62 @@ fn policy_list(
 }
 
 fn duplicates(out: &mut Out<'_>, files: &[ConfigFile]) {
-    let mut seen: BTreeMap<(&str, String), Vec<(&ConfigFile, &ServerEntry)>> = BTreeMap::new();
+    // Entries apply together when they are global (user scope) or belong to the same project:
+    // a project-scope file's directory, or a `projects.<dir>` section of ~/.claude.json.
+    type Place<'a> = (&'a ConfigFile, &'a ServerEntry, Option<String>);
+    let mut seen: BTreeMap<(&str, String), Vec<Place<'_>>> = BTreeMap::new();
     for f in files {
+        let file_project = crate::assessment::clients::project_dir(f);
         for e in &f.servers {
+            let project = e
+                .pointer
+                .strip_prefix("/projects/")
+                .and_then(|rest| rest.split_once("/mcpServers/"))
+                .map(|(p, _)| p.replace("~1", "/").replace("~0", "~"))
+                .or_else(|| file_project.clone());
             seen.entry((f.client.as_str(), e.name.clone()))
                 .or_default()
-                .push((f, e));
+                .push((f, e, project));
         }
     }
     for ((client, name), places) in seen {
         if places.len() < 2 {
             continue;
         }
-        let paths: Vec<String> = places
-            .iter()
-            .map(|(f, e)| format!("{}#{}", f.path, e.pointer))
-            .collect();
-        for (f, e) in places.iter().skip(1) {
-            out.add(
-                "duplicate-server-name",
-                Severity::Low,
-                f,
-                e.pointer.clone(),
-                Some(&name),
-                format!("{client} defines server {name} {} times; which one runs depends on the client's precedence", paths.len()),
-                paths.join(", "),
-                Some(SuggestedFix::text("keep one definition and remove the others")),
-            );
+        let mut contexts: Vec<Option<&String>> = places.iter().map(|p| p.2.as_ref()).collect();
+        contexts.sort();
+        contexts.dedup();
+        let mut flagged = std::collections::BTreeSet::new();
+        for ctx in contexts {
+            let together: Vec<&Place<'_>> = places
+                .iter()
+                .filter(|p| p.2.is_none() || p.2.as_ref() == ctx)
+                .collect();
+            if together.len() < 2 {
+                continue;
+            }
+            let paths: Vec<String> = together
+                .iter()
+                .map(|(f, e, _)| format!("{}#{}", f.path, e.pointer))
+                .collect();
+            for (f, e, _) in together.iter().skip(1) {
+                if !flagged.insert((f.path.clone(), e.pointer.clone())) {
+                    continue;
+                }
+                out.add(
+                    "duplicate-server-name",
+                    Severity::Low,
+                    f,
+                    e.pointer.clone(),
+                    Some(&name),
+                    format!(
+                        "{client} defines server {name} {} times where they apply together; which one runs depends on the client's precedence",
+                        paths.len()
+                    ),
+                    paths.join(", "),
+                    Some(SuggestedFix::text("keep one definition and remove the others")),
+                );
+            }
         }
     }
 }

@@ -403,7 +403,15 @@ pub fn apply(
 
 /// Fields `set_server_field` may set directly.
 const SETTABLE: &[&str] = &[
-    "command", "args", "url", "type", "cwd", "disabled", "timeout",
+    "command",
+    "args",
+    "url",
+    "serverUrl",
+    "httpUrl",
+    "type",
+    "cwd",
+    "disabled",
+    "timeout",
 ];
 
 fn check_type(field: &str, value: &Value) -> Result<(), String> {

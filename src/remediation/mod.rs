@@ -267,6 +267,7 @@ impl RemediationService {
                 "nothing to propose: give actions, or an assessment with findings that have automatic fixes",
             ));
         }
+        self.unique_secret_names(&mut actions, new.actions.len())?;
         // Resolve versions to pin now, so the diff shows them and the approval covers them.
         let mut resolved = Vec::with_capacity(actions.len());
         for action in actions {
@@ -339,6 +340,53 @@ impl RemediationService {
             Ok(())
         })?;
         Ok(p)
+    }
+
+    /// Secret names must be new: two moves into one name (or a name already in the store)
+    /// would hand one server another's secret. An explicit action is refused; a suggested one
+    /// gets a unique name.
+    fn unique_secret_names(
+        &self,
+        actions: &mut [Action],
+        explicit: usize,
+    ) -> Result<(), RemediationError> {
+        let mut used = std::collections::HashSet::new();
+        for (i, a) in actions.iter_mut().enumerate() {
+            let Action::MoveSecretToStore {
+                secret_name,
+                server,
+                via: actions::SecretVia::Exec,
+                ..
+            } = a
+            else {
+                continue;
+            };
+            crate::secret::check_name(secret_name)
+                .map_err(|e| invalid("actions", e.to_string()))?;
+            let taken = |n: &str, used: &std::collections::HashSet<String>| {
+                used.contains(n) || self.secrets.exists(n).unwrap_or(false)
+            };
+            if taken(secret_name, &used) {
+                if i < explicit {
+                    return Err(invalid(
+                        "actions",
+                        format!(
+                            "secret {secret_name} already exists in the store or is used twice in this proposal; choose another secret_name"
+                        ),
+                    ));
+                }
+                let base = actions::secret_name_for(server, secret_name);
+                let mut name = base.clone();
+                let mut n = 2;
+                while taken(&name, &used) {
+                    name = format!("{base}_{n}");
+                    n += 1;
+                }
+                *secret_name = name;
+            }
+            used.insert(secret_name.clone());
+        }
+        Ok(())
     }
 
     /// Fills in what an action needs before it can be previewed (a pin's version). `None`
