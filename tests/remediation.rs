@@ -392,3 +392,48 @@ async fn listings_and_findings_never_show_a_secret() {
     }
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn two_secrets_never_share_a_store_name() {
+    let s = setup();
+    let other = "ghp_Aa1Bb2Cc3Dd4Ee5Ff6Gg7Hh8Ii9Jj0Kk1Ll2M";
+    let cursor = cursor_config(s.home.path());
+    let claude = s
+        .home
+        .path()
+        .join(".config/Claude/claude_desktop_config.json");
+    write(
+        &claude,
+        &json!({"mcpServers": {"github": {"command": "npx", "args": ["-y", "@modelcontextprotocol/server-github@2025.4.8"],
+                                           "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": other}}}}),
+    );
+    let (client, _p) = person(&s, "approve").await;
+    let c = client.peer();
+    // Explicitly moving both into one name is refused.
+    let both = |name: &str| {
+        json!({"actions": [
+            {"type": "move_secret_to_store", "file": cursor, "server": "github", "env_var": "GITHUB_PERSONAL_ACCESS_TOKEN", "secret_name": name},
+            {"type": "move_secret_to_store", "file": claude, "server": "github", "env_var": "GITHUB_PERSONAL_ACCESS_TOKEN", "secret_name": name}
+        ]})
+    };
+    let refused = call(c, "remediation_propose", both("GH")).await;
+    assert!(format!("{refused:?}").contains("used twice"), "{refused:?}");
+    // Suggested from an assessment, the second gets its own name.
+    let a = call_ok(c, "assessment_request", json!({"type": "security"})).await;
+    let proposed = call_ok(
+        c,
+        "remediation_propose",
+        json!({"assessment_id": a["assessment_id"], "min_severity": "high"}),
+    )
+    .await;
+    let names: Vec<&str> = proposed["remediation"]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["type"] == "move_secret_to_store")
+        .map(|a| a["secret_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), 2, "{proposed:#}");
+    assert_ne!(names[0], names[1]);
+    client.cancel().await.unwrap();
+}
