@@ -437,3 +437,48 @@ async fn two_secrets_never_share_a_store_name() {
     assert_ne!(names[0], names[1]);
     client.cancel().await.unwrap();
 }
+
+#[tokio::test]
+async fn vscode_secrets_can_move_to_an_input_instead() {
+    let s = setup();
+    let file = s.home.path().join(".config/Code/User/mcp.json");
+    write(
+        &file,
+        &json!({"servers": {"github": {"type": "stdio", "command": "npx",
+            "args": ["-y", "@modelcontextprotocol/server-github@2025.4.8"],
+            "env": {"GITHUB_PERSONAL_ACCESS_TOKEN": TOKEN}}}}),
+    );
+    let (client, _p) = person(&s, "approve").await;
+    let c = client.peer();
+    let a = call_ok(c, "assessment_request", json!({"type": "security"})).await;
+    let fix = a["assessment"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["rule"] == "secret-in-env")
+        .unwrap()["fix"]["action"]
+        .clone();
+    assert_eq!(fix["via"], "vscode_input", "{fix:#}");
+    let proposed = call_ok(c, "remediation_propose", json!({"actions": [fix]})).await;
+    let reviewed = call_ok(
+        c,
+        "remediation_review",
+        json!({"remediation_id": proposed["remediation_id"]}),
+    )
+    .await;
+    assert_eq!(reviewed["status"], "executed", "{reviewed:#}");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let name = fix["secret_name"].as_str().unwrap();
+    assert_eq!(
+        doc["servers"]["github"]["env"]["GITHUB_PERSONAL_ACCESS_TOKEN"],
+        format!("${{input:{name}}}")
+    );
+    assert_eq!(doc["inputs"][0]["id"], name);
+    assert_eq!(doc["inputs"][0]["password"], true);
+    assert_eq!(
+        doc["servers"]["github"]["command"], "npx",
+        "not wrapped in exec"
+    );
+    assert!(!std::fs::read_to_string(&file).unwrap().contains(TOKEN));
+    client.cancel().await.unwrap();
+}
