@@ -221,6 +221,22 @@ pub struct ConfigFile {
 }
 
 impl ConfigFile {
+    /// A file with nothing read yet (for one about to be created, or that failed to read).
+    pub fn empty(path: String, client: Client, scope: Scope, servers_key: &str) -> Self {
+        ConfigFile {
+            path,
+            client,
+            scope,
+            servers_key: servers_key.into(),
+            sha256: String::new(),
+            error: None,
+            servers: Vec::new(),
+            inputs: Vec::new(),
+            jsonc: false,
+            document: Value::Null,
+        }
+    }
+
     pub fn server(&self, name: &str) -> Option<&ServerEntry> {
         self.servers.iter().find(|s| s.name == name)
     }
@@ -370,18 +386,7 @@ pub fn parse(text: &str) -> Result<(Value, bool), String> {
 }
 
 fn read(path: &Path, client: Client, scope: Scope, servers_key: &str) -> ConfigFile {
-    let mut file = ConfigFile {
-        path: path.display().to_string(),
-        client,
-        scope,
-        servers_key: servers_key.into(),
-        sha256: String::new(),
-        error: None,
-        servers: Vec::new(),
-        inputs: Vec::new(),
-        jsonc: false,
-        document: Value::Null,
-    };
+    let mut file = ConfigFile::empty(path.display().to_string(), client, scope, servers_key);
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
@@ -418,18 +423,7 @@ pub fn from_document(
     servers_key: &str,
     doc: Value,
 ) -> ConfigFile {
-    let mut file = ConfigFile {
-        path: path.to_string(),
-        client,
-        scope,
-        servers_key: servers_key.into(),
-        sha256: String::new(),
-        error: None,
-        servers: Vec::new(),
-        inputs: Vec::new(),
-        jsonc: false,
-        document: Value::Null,
-    };
+    let mut file = ConfigFile::empty(path.to_string(), client, scope, servers_key);
     if !doc.is_object() {
         file.error = Some("the top level is not a JSON object".into());
         return file;
@@ -480,7 +474,8 @@ fn collect(doc: &Value, pointer: &str, out: &mut Vec<ServerEntry>, error: &mut O
     }
 }
 
-fn strings(v: Option<&Value>) -> Vec<String> {
+/// The strings of a JSON array (other elements as their JSON text); empty when absent.
+pub fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
         .map(|a| {
             a.iter()

@@ -28,6 +28,23 @@ pub struct Package {
 }
 
 impl Package {
+    fn new(
+        ecosystem: Ecosystem,
+        (name, version): (String, Option<String>),
+        arg_index: usize,
+        registry: Option<String>,
+    ) -> Self {
+        Package {
+            ecosystem,
+            name,
+            version,
+            digest: None,
+            arg_index,
+            registry,
+            prefix: String::new(),
+        }
+    }
+
     /// An exact version (not `latest`, not a range) is given, or for Docker a digest.
     pub fn pinned(&self) -> bool {
         if self.ecosystem == Ecosystem::Docker {
@@ -262,28 +279,17 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                 }
             });
             if let Some((j, spec, prefix)) = named {
-                let (name, version) = split_npm(spec);
-                return Some(Package {
-                    ecosystem: Ecosystem::Npm,
-                    name,
-                    version,
-                    digest: None,
-                    arg_index: j,
-                    registry,
-                    prefix: prefix.into(),
-                });
+                let mut p = Package::new(Ecosystem::Npm, split_npm(spec), j, registry);
+                p.prefix = prefix.into();
+                return Some(p);
             }
             let i = first_positional(args, 0, takes_value)?;
-            let (name, version) = split_npm(&args[i]);
-            Some(Package {
-                ecosystem: Ecosystem::Npm,
-                name,
-                version,
-                digest: None,
-                arg_index: i,
+            Some(Package::new(
+                Ecosystem::Npm,
+                split_npm(&args[i]),
+                i,
                 registry,
-                prefix: String::new(),
-            })
+            ))
         }
         "uvx" | "pipx" => {
             let start = usize::from(cmd == "pipx" && args.first().is_some_and(|a| a == "run"));
@@ -292,72 +298,45 @@ pub fn package(command: &str, args: &[String]) -> Option<Package> {
                 if a == "--from"
                     && let Some((j, spec)) = it.next()
                 {
-                    let (name, version) = split_py(spec);
-                    return Some(Package {
-                        ecosystem: Ecosystem::PyPi,
-                        name,
-                        version,
-                        digest: None,
-                        arg_index: j,
-                        registry,
-                        prefix: String::new(),
-                    });
+                    return Some(Package::new(Ecosystem::PyPi, split_py(spec), j, registry));
                 }
             }
             let i = first_positional(args, start, takes_value)?;
-            let (name, version) = split_py(&args[i]);
-            Some(Package {
-                ecosystem: Ecosystem::PyPi,
-                name,
-                version,
-                digest: None,
-                arg_index: i,
+            Some(Package::new(
+                Ecosystem::PyPi,
+                split_py(&args[i]),
+                i,
                 registry,
-                prefix: String::new(),
-            })
+            ))
         }
         "uv" if args.first().is_some_and(|a| a == "tool")
             && args.get(1).is_some_and(|a| a == "run") =>
         {
             let i = first_positional(args, 2, takes_value)?;
-            let (name, version) = split_py(&args[i]);
-            Some(Package {
-                ecosystem: Ecosystem::PyPi,
-                name,
-                version,
-                digest: None,
-                arg_index: i,
+            Some(Package::new(
+                Ecosystem::PyPi,
+                split_py(&args[i]),
+                i,
                 registry,
-                prefix: String::new(),
-            })
+            ))
         }
         "pip" | "pip3" | "python" | "python3" => {
             let at = args.iter().position(|a| a == "install")?;
             let i = first_positional(args, at + 1, takes_value)?;
-            let (name, version) = split_py(&args[i]);
-            Some(Package {
-                ecosystem: Ecosystem::PyPi,
-                name,
-                version,
-                digest: None,
-                arg_index: i,
+            Some(Package::new(
+                Ecosystem::PyPi,
+                split_py(&args[i]),
+                i,
                 registry,
-                prefix: String::new(),
-            })
+            ))
         }
         "docker" | "podman" => {
             let at = args.iter().position(|a| a == "run")?;
             let i = first_positional(args, at + 1, docker_takes_value)?;
             let (name, version, digest) = split_docker(&args[i]);
-            Some(Package {
-                ecosystem: Ecosystem::Docker,
-                name,
-                version,
-                digest,
-                arg_index: i,
-                registry: None,
-                prefix: String::new(),
-            })
+            let mut p = Package::new(Ecosystem::Docker, (name, version), i, None);
+            p.digest = digest;
+            Some(p)
         }
         _ => None,
     }

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::assessment::clients::{Client, ConfigFile, pointer_segment};
+use crate::assessment::clients::{self, Client, ConfigFile, pointer_segment};
 use crate::assessment::launch::{self, Ecosystem};
 use crate::audit::redact;
 
@@ -274,15 +274,7 @@ pub fn apply(
             })?;
             let entry = entry_mut(doc, file, server)?;
             let command = entry.get("command").and_then(Value::as_str).unwrap_or("");
-            let args: Vec<String> = entry
-                .get("args")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let args = clients::strings(entry.get("args"));
             let pkg = launch::package(command, &args).ok_or_else(|| {
                 format!(
                     "server {server:?} does not launch a package through npx, uvx, pip or docker"
@@ -462,15 +454,7 @@ fn wrap_in_exec(
                 .to_string()
         })?
         .to_string();
-    let args: Vec<String> = entry
-        .get("args")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let args = clients::strings(entry.get("args"));
     let (bin, prefix) = ctx
         .exec_prefix
         .split_first()

@@ -550,16 +550,8 @@ impl RemediationService {
                 };
                 (
                     ConfigFile {
-                        path: path.clone(),
-                        client,
-                        scope: clients::Scope::Project,
-                        servers_key: key.into(),
-                        sha256: String::new(),
-                        error: None,
-                        servers: Vec::new(),
-                        inputs: Vec::new(),
-                        jsonc: false,
                         document: json!({}),
+                        ..ConfigFile::empty(path.clone(), client, clients::Scope::Project, key)
                     },
                     String::new(),
                 )
