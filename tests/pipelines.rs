@@ -1027,3 +1027,75 @@ async fn a_client_with_the_tasks_extension_gets_a_long_run_as_a_task() {
     assert!(unknown.is_err(), "{unknown:?}");
     client.cancel().await.unwrap();
 }
+
+/// A client that records progress notifications.
+#[derive(Clone, Default)]
+struct Watcher {
+    progress: Arc<Mutex<Vec<(f64, String)>>>,
+}
+
+impl rmcp::ClientHandler for Watcher {
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        common::client_config("watcher")
+    }
+
+    async fn on_progress(
+        &self,
+        params: rmcp::model::ProgressNotificationParam,
+        _context: NotificationContext<RoleClient>,
+    ) {
+        self.progress
+            .lock()
+            .unwrap()
+            .push((params.progress, params.message.unwrap_or_default()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_stage_keeps_the_wait_alive_with_rising_progress() {
+    let dir = data_dir();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "[pipelines]\nprogress_keepalive_seconds = 1\n").unwrap();
+    let watcher = Watcher::default();
+    let transport = rmcp::transport::TokioChildProcess::new(common::command(
+        dir.path(),
+        &["--config", cfg.to_str().unwrap()],
+    ))
+    .unwrap();
+    let client = watcher.clone().serve(transport).await.unwrap();
+    let c = client.peer();
+    call_ok(
+        c,
+        "pipeline_create",
+        json!({"name": "slow", "stages": [{"name": "long", "type": "etl"}]}),
+    )
+    .await;
+    let mut params = rmcp::model::CallToolRequestParams::new("pipeline_run").with_arguments(
+        json!({"pipeline": "slow", "wait_seconds": 4})
+            .as_object()
+            .cloned()
+            .unwrap(),
+    );
+    let mut meta = rmcp::model::RequestMetaObject::new();
+    meta.set_progress_token(rmcp::model::ProgressToken(
+        rmcp::model::NumberOrString::Number(5),
+    ));
+    params.meta = Some(meta);
+    let out = c
+        .call_tool(params)
+        .await
+        .unwrap()
+        .structured_content
+        .unwrap();
+    assert_eq!(out["wait"], "wait_elapsed", "{out:#}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut seen = watcher.progress.lock().unwrap().clone();
+    seen.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // The start (0) and at least two keep-alives, each higher and all below one stage.
+    assert!(seen.len() >= 3, "{seen:?}");
+    assert_eq!(seen[0].0, 0.0);
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+    assert!(seen.iter().all(|s| s.0 < 1.0), "{seen:?}");
+    assert!(seen[1].1.contains("still working"), "{seen:?}");
+    client.cancel().await.unwrap();
+}

@@ -40,6 +40,10 @@ pub struct PipelinesConfig {
     pub webhook_backoff_ms: u64,
     /// How long one delivery attempt may take, in seconds (default 10).
     pub webhook_timeout_seconds: u64,
+    /// While a waiting `pipeline_run` sees no stage finish, it sends a progress notification
+    /// this often (seconds, default 10), so clients that time out without progress keep
+    /// waiting.
+    pub progress_keepalive_seconds: u64,
 }
 
 impl Default for PipelinesConfig {
@@ -48,6 +52,7 @@ impl Default for PipelinesConfig {
             webhook_max_attempts: 5,
             webhook_backoff_ms: 1_000,
             webhook_timeout_seconds: 10,
+            progress_keepalive_seconds: 10,
         }
     }
 }
@@ -344,6 +349,10 @@ impl PipelineService {
             .audit()
             .append_in(tx, &e)
             .map(|_| ())
+    }
+
+    pub fn config(&self) -> &PipelinesConfig {
+        &self.inner.config
     }
 
     /// A receiver that sees a new value after every run change made by this process.

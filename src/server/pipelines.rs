@@ -727,8 +727,15 @@ async fn wait_for(
     let mut asked: HashSet<String> = HashSet::new();
     let mut stamp = None;
     let mut reported: Option<usize> = None;
+    // Keep-alive: while no stage finishes, a notification every `keepalive` with a progress
+    // that creeps towards the next whole stage (never reaching it), so clients that reset their
+    // request timeout on progress keep waiting through a long stage.
+    let keepalive = Duration::from_secs(c.pipelines().config().progress_keepalive_seconds.max(1));
+    let mut last_sent = tokio::time::Instant::now();
+    let mut creep = 0u32;
     let run_id = run.id.clone();
     let end = loop {
+        let before = reported;
         match reported {
             None => {
                 call.progress(
@@ -762,7 +769,22 @@ async fn wait_for(
                     .await;
                 }
             }
+            Some(done) if last_sent.elapsed() >= keepalive => {
+                creep += 1;
+                let fraction = 0.99 * f64::from(creep) / f64::from(creep + 1);
+                call.progress(
+                    done as f64 + fraction,
+                    Some(run.stages_total as f64),
+                    format!("run {}: still working; {}", run.id, describe_progress(&run)),
+                )
+                .await;
+                last_sent = tokio::time::Instant::now();
+            }
             Some(_) => {}
+        }
+        if before != Some(run.stages_done) {
+            last_sent = tokio::time::Instant::now();
+            creep = 0;
         }
         reported = Some(run.stages_done);
         if run.status != RunStatus::Running {
