@@ -843,6 +843,57 @@ impl RemediationService {
         Ok(p)
     }
 
+    /// Marks proposals left `executing` for longer than `after` (their coordinator stopped in
+    /// the middle) as failed, naming the backups on disk: they never run again, and a person
+    /// can see what may have been written. Returns how many.
+    pub fn fail_interrupted(&self, after: std::time::Duration) -> Result<usize, RemediationError> {
+        let cutoff = time::OffsetDateTime::now_utc() - after;
+        let cutoff = crate::audit::chain::format_ts(cutoff);
+        let stuck: Vec<Proposal> = self
+            .list(Some(RemediationStatus::Executing), 200)?
+            .into_iter()
+            .filter(|p| p.updated_at < cutoff)
+            .collect();
+        for mut p in stuck.clone() {
+            let dir = self.backups_dir.join(&p.id);
+            let backups: Vec<String> = std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.path().display().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            p.status = RemediationStatus::Failed;
+            p.error = Some(format!(
+                "interrupted while being applied (the coordinator stopped); it will not run again. Compare the files with the backups taken so far: {}",
+                if backups.is_empty() {
+                    "none".to_string()
+                } else {
+                    backups.join(", ")
+                }
+            ));
+            p.updated_at = now_ts();
+            self.audit
+                .store()
+                .write(|tx| -> Result<(), RemediationError> {
+                    self.save(tx, &p, RemediationStatus::Executing)?;
+                    self.audit.append_in(
+                    tx,
+                    &NewEvent {
+                        actor: Actor::system(),
+                        action: AuditAction::RemediationExecuted,
+                        subject: p.id.clone(),
+                        outcome: Outcome::Error,
+                        detail: json!({"status": "failed", "error": p.error, "backups": backups}),
+                        critical: true,
+                    },
+                )?;
+                    Ok(())
+                })?;
+        }
+        Ok(stuck.len())
+    }
+
     /// Restores an executed proposal's files from its backups, once approved (the rollback
     /// approval's action names each file and the hash it must still have).
     pub fn rollback(&self, id: &str, by: &Actor) -> Result<Proposal, RemediationError> {
@@ -973,4 +1024,79 @@ fn action_risk(a: &Action) -> (Risk, String) {
 
 fn doc(p: &Proposal) -> String {
     serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::audit::AuditSigner;
+    use crate::store::{Location, Store};
+    use std::sync::Arc;
+
+    #[test]
+    fn a_remediation_left_executing_is_failed_with_its_backups_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&Location::Memory).unwrap();
+        let signer = AuditSigner::from_key(ed25519_dalek::SigningKey::from_bytes(&[5u8; 32]));
+        let audit = AuditLog::new(store, Arc::new(signer));
+        let approvals = ApprovalService::new(audit.clone(), Default::default());
+        let assessments = AssessmentService::new(audit.clone(), Default::default());
+        let secrets = SecretStore::new(audit.clone(), dir.path().to_path_buf());
+        let svc = RemediationService::new(
+            audit.clone(),
+            approvals,
+            assessments,
+            secrets,
+            dir.path(),
+            vec!["mcp-coordinator".into()],
+        );
+        let p = Proposal {
+            id: "rem_stuck".into(),
+            status: RemediationStatus::Executing,
+            summary: "x".into(),
+            actions: Vec::new(),
+            risk: Risk::Low,
+            risk_notes: Vec::new(),
+            files: Vec::new(),
+            notes: Vec::new(),
+            assessment_id: None,
+            proposed_by: "client:t".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            approval_id: None,
+            executed_at: None,
+            results: Vec::new(),
+            backups: Vec::new(),
+            error: None,
+            rollback_approval_id: None,
+            rolled_back_at: None,
+        };
+        audit
+            .store()
+            .write(|tx| {
+                sql::insert_remediation(tx, &p.id, "executing", None, &p.created_at, &doc(&p))
+            })
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("backups/rem_stuck")).unwrap();
+        std::fs::write(dir.path().join("backups/rem_stuck/0-mcp.json"), "{}").unwrap();
+        assert_eq!(
+            svc.fail_interrupted(std::time::Duration::from_secs(60))
+                .unwrap(),
+            1
+        );
+        let now = svc.get("rem_stuck").unwrap();
+        assert_eq!(now.status, RemediationStatus::Failed);
+        let error = now.error.unwrap();
+        assert!(
+            error.contains("interrupted") && error.contains("0-mcp.json"),
+            "{error}"
+        );
+        // A fresh one (just started elsewhere) is left alone.
+        assert_eq!(
+            svc.fail_interrupted(std::time::Duration::from_secs(60))
+                .unwrap(),
+            0
+        );
+    }
 }

@@ -489,10 +489,12 @@ async fn sweep_forever(c: Coordinator) {
 }
 
 /// Moves pipeline runs whose approvals were decided elsewhere (the CLI, another process) and
-/// delivers due completion webhooks, every 500 ms, until the server stops.
+/// delivers due completion webhooks, every 500 ms, and once a minute fails remediations left
+/// half-applied by a stopped coordinator, until the server stops.
 async fn pipelines_forever(c: Coordinator) {
     let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
     loop {
         every.tick().await;
         match c.blocking(|c| c.pipelines().tick()).await {
@@ -500,6 +502,26 @@ async fn pipelines_forever(c: Coordinator) {
             Ok(Ok(moved)) => tracing::debug!(moved, "pipeline runs advanced"),
             Ok(Err(e)) => tracing::warn!(error = %e, "pipeline tick failed"),
             Err(e) => tracing::warn!(error = %e.message, "pipeline tick failed"),
+        }
+        ticks += 1;
+        // Once a minute: remediations whose coordinator stopped in the middle of applying them.
+        if ticks % 120 == 1 {
+            match c
+                .blocking(|c| {
+                    c.remediations()
+                        .fail_interrupted(std::time::Duration::from_secs(120))
+                })
+                .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::warn!(n, "marked interrupted remediations as failed"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not check for interrupted remediations")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "could not check for interrupted remediations")
+                }
+            }
         }
         match c.blocking(|c| c.pipelines().deliver_webhooks()).await {
             Ok(Ok(_)) => {}
