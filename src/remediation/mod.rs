@@ -653,6 +653,22 @@ impl RemediationService {
         Ok(())
     }
 
+    /// Saves a status change and its audit event in one transaction.
+    fn save_with_event(
+        &self,
+        p: &Proposal,
+        from: RemediationStatus,
+        event: NewEvent,
+    ) -> Result<(), RemediationError> {
+        self.audit
+            .store()
+            .write(|tx| -> Result<(), RemediationError> {
+                self.save(tx, p, from)?;
+                self.audit.append_in(tx, &event)?;
+                Ok(())
+            })
+    }
+
     /// Records which approval covers a proposal (asked for by `remediation_review`).
     pub fn set_approval(
         &self,
@@ -682,23 +698,18 @@ impl RemediationService {
         }
         p.status = RemediationStatus::Withdrawn;
         p.updated_at = now_ts();
-        self.audit
-            .store()
-            .write(|tx| -> Result<(), RemediationError> {
-                self.save(tx, &p, RemediationStatus::Proposed)?;
-                self.audit.append_in(
-                    tx,
-                    &NewEvent {
-                        actor: by.clone(),
-                        action: AuditAction::RemediationWithdrawn,
-                        subject: id.into(),
-                        outcome: Outcome::Ok,
-                        detail: json!({}),
-                        critical: false,
-                    },
-                )?;
-                Ok(())
-            })?;
+        self.save_with_event(
+            &p,
+            RemediationStatus::Proposed,
+            NewEvent {
+                actor: by.clone(),
+                action: AuditAction::RemediationWithdrawn,
+                subject: id.into(),
+                outcome: Outcome::Ok,
+                detail: json!({}),
+                critical: false,
+            },
+        )?;
         Ok(p)
     }
 
@@ -826,9 +837,7 @@ impl RemediationService {
             Vec::new()
         };
         p.updated_at = now_ts();
-        self.audit.store().write(|tx| -> Result<(), RemediationError> {
-            self.save(tx, &p, RemediationStatus::Executing)?;
-            self.audit.append_in(tx, &NewEvent {
+        self.save_with_event(&p, RemediationStatus::Executing, NewEvent {
                 actor: by.clone(),
                 action: AuditAction::RemediationExecuted,
                 subject: p.id.clone(),
@@ -838,8 +847,6 @@ impl RemediationService {
                                "backups": p.backups.iter().map(|b| b.backup_path.clone()).collect::<Vec<_>>()}),
                 critical: true,
             })?;
-            Ok(())
-        })?;
         Ok(p)
     }
 
@@ -873,23 +880,18 @@ impl RemediationService {
                 }
             ));
             p.updated_at = now_ts();
-            self.audit
-                .store()
-                .write(|tx| -> Result<(), RemediationError> {
-                    self.save(tx, &p, RemediationStatus::Executing)?;
-                    self.audit.append_in(
-                    tx,
-                    &NewEvent {
-                        actor: Actor::system(),
-                        action: AuditAction::RemediationExecuted,
-                        subject: p.id.clone(),
-                        outcome: Outcome::Error,
-                        detail: json!({"status": "failed", "error": p.error, "backups": backups}),
-                        critical: true,
-                    },
-                )?;
-                    Ok(())
-                })?;
+            self.save_with_event(
+                &p,
+                RemediationStatus::Executing,
+                NewEvent {
+                    actor: Actor::system(),
+                    action: AuditAction::RemediationExecuted,
+                    subject: p.id.clone(),
+                    outcome: Outcome::Error,
+                    detail: json!({"status": "failed", "error": p.error, "backups": backups}),
+                    critical: true,
+                },
+            )?;
         }
         Ok(stuck.len())
     }
@@ -943,9 +945,7 @@ impl RemediationService {
         p.status = RemediationStatus::RolledBack;
         p.rolled_back_at = Some(now_ts());
         p.updated_at = now_ts();
-        self.audit.store().write(|tx| -> Result<(), RemediationError> {
-            self.save(tx, &p, RemediationStatus::Executed)?;
-            self.audit.append_in(tx, &NewEvent {
+        self.save_with_event(&p, RemediationStatus::Executed, NewEvent {
                 actor: by.clone(),
                 action: AuditAction::RemediationRolledBack,
                 subject: p.id.clone(),
@@ -953,8 +953,6 @@ impl RemediationService {
                 detail: json!({"approval_id": approval_id, "files": p.backups.iter().map(|b| b.path.clone()).collect::<Vec<_>>()}),
                 critical: true,
             })?;
-            Ok(())
-        })?;
         Ok(p)
     }
 }
