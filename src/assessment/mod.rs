@@ -406,7 +406,7 @@ impl AssessmentService {
     }
 
     pub fn get(&self, id: &str) -> Result<Assessment, AssessmentError> {
-        let text = sql::get_assessment(&self.audit.store().lock(), id)?
+        let text = sql::get_doc(&self.audit.store().lock(), sql::Docs::Assessments, id)?
             .ok_or_else(|| AssessmentError::NotFound(id.into()))?;
         serde_json::from_str(&text).map_err(|e| {
             AssessmentError::Conflict(format!("stored assessment {id} is unreadable: {e}"))
@@ -419,8 +419,9 @@ impl AssessmentService {
         status: Option<AssessmentStatus>,
         limit: u32,
     ) -> Result<Vec<Assessment>, AssessmentError> {
-        let rows = sql::list_assessments(
+        let rows = sql::list_docs(
             &self.audit.store().lock(),
+            sql::Docs::Assessments,
             status.map(AssessmentStatus::as_str),
             i64::from(limit),
         )?;

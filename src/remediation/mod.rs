@@ -609,7 +609,7 @@ impl RemediationService {
     }
 
     pub fn get(&self, id: &str) -> Result<Proposal, RemediationError> {
-        let text = sql::get_remediation(&self.audit.store().lock(), id)?
+        let text = sql::get_doc(&self.audit.store().lock(), sql::Docs::Remediations, id)?
             .ok_or_else(|| RemediationError::NotFound(id.into()))?;
         serde_json::from_str(&text).map_err(|e| {
             RemediationError::Conflict(format!("stored proposal {id} is unreadable: {e}"))
@@ -621,8 +621,9 @@ impl RemediationService {
         status: Option<RemediationStatus>,
         limit: u32,
     ) -> Result<Vec<Proposal>, RemediationError> {
-        sql::list_remediations(
+        sql::list_docs(
             &self.audit.store().lock(),
+            sql::Docs::Remediations,
             status.map(RemediationStatus::as_str),
             i64::from(limit),
         )?

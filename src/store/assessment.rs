@@ -42,30 +42,6 @@ pub fn finish_assessment(
     Ok(n == 1)
 }
 
-pub fn get_assessment(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
-    sqlite(
-        conn.prepare_cached("SELECT doc FROM assessments WHERE id = ?1")?
-            .query_row([id], |r| r.get(0))
-            .optional(),
-    )
-}
-
-pub fn list_assessments(
-    conn: &Connection,
-    status: Option<&str>,
-    limit: i64,
-) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT doc FROM assessments WHERE (?1 IS NULL OR status = ?1)
-         ORDER BY created_at DESC, id DESC LIMIT ?2",
-    )?;
-    let rows = sqlite(
-        stmt.query_map(params![status, limit], |r| r.get(0))?
-            .collect::<rusqlite::Result<Vec<String>>>(),
-    )?;
-    Ok(rows)
-}
-
 pub fn insert_remediation(
     conn: &Connection,
     id: &str,
@@ -103,23 +79,43 @@ pub fn move_remediation(
     Ok(n == 1)
 }
 
-pub fn get_remediation(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
+/// The two tables that keep their records as JSON documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Docs {
+    Assessments,
+    Remediations,
+}
+
+impl Docs {
+    fn table(self) -> &'static str {
+        match self {
+            Docs::Assessments => "assessments",
+            Docs::Remediations => "remediations",
+        }
+    }
+}
+
+/// One record's JSON document.
+pub fn get_doc(conn: &Connection, docs: Docs, id: &str) -> Result<Option<String>, StoreError> {
     sqlite(
-        conn.prepare_cached("SELECT doc FROM remediations WHERE id = ?1")?
+        conn.prepare_cached(&format!("SELECT doc FROM {} WHERE id = ?1", docs.table()))?
             .query_row([id], |r| r.get(0))
             .optional(),
     )
 }
 
-pub fn list_remediations(
+/// Documents newest first, optionally only those in one status.
+pub fn list_docs(
     conn: &Connection,
+    docs: Docs,
     status: Option<&str>,
     limit: i64,
 ) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT doc FROM remediations WHERE (?1 IS NULL OR status = ?1)
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT doc FROM {} WHERE (?1 IS NULL OR status = ?1)
          ORDER BY created_at DESC, id DESC LIMIT ?2",
-    )?;
+        docs.table()
+    ))?;
     let rows = sqlite(
         stmt.query_map(params![status, limit], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>(),
