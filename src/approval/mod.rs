@@ -27,6 +27,8 @@ string_enum!(
         Remediation => "remediation",
         /// Calling a gated tool of a child MCP server.
         InstanceToolCall => "instance_tool_call",
+        /// Exposing a child tool whose definition changed or was flagged (tool pinning).
+        InstanceToolDefinition => "instance_tool_definition",
         /// Running an approval-gated pipeline stage.
         PipelineStage => "pipeline_stage",
         /// Anything else an assistant asks a person to allow.
