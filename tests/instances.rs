@@ -549,3 +549,435 @@ async fn start_proxy_policy_retries_breaker_and_stop() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashes_restart_with_backoff_until_crash_loop() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), None).await;
+    let peer = c.peer().clone();
+
+    // A child that cannot start: the error carries its stderr; the instance is failed.
+    let e = err(&peer, "instance_start", json!({"type": "broken"})).await;
+    assert_eq!(e["code"], "unavailable", "{e}");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("missing required setting FOO_URL"), "{msg}");
+    assert!(
+        e["details"]["stderr"].to_string().contains("FOO_URL"),
+        "{e}"
+    );
+    assert_eq!(status_of(&peer, "broken").await["status"], "failed");
+
+    // A child that exits 300 ms after each start: restarted with backoff, then crash_loop.
+    let t = Instant::now();
+    let s = ok(&peer, "instance_start", json!({"type": "crashy"})).await;
+    assert_eq!(s["status"], "running");
+    let mut pids = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status_of(&peer, "crashy").await;
+        if let Some(p) = s["pid"].as_u64() {
+            pids.insert(p);
+        }
+        if s["status"] == "crash_loop" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no crash_loop: {s}");
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let s = status_of(&peer, "crashy").await;
+    assert_eq!(s["restarts"], 3, "{s}");
+    assert!(
+        s["last_error"].as_str().unwrap().contains("crash_loop"),
+        "{s}"
+    );
+    assert!(
+        s["last_error"].as_str().unwrap().contains("70"),
+        "exit status 70 named: {s}"
+    );
+    assert!(
+        s["detail"]["stderr_tail"]
+            .to_string()
+            .contains("test_child"),
+        "{s}"
+    );
+    // Four runs of ~300 ms plus backoffs of 50, 100 and 200 ms.
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(pids.len() >= 2, "each restart is a new process: {pids:?}");
+    // The coordinator stayed responsive throughout, and a person can stop it.
+    ok(&peer, "coordinator_status", json!({})).await;
+    let e = err(
+        &peer,
+        "instance_call_tool",
+        json!({"instance": "crashy", "tool": "echo", "arguments": {"text": "x"}}),
+    )
+    .await;
+    assert_eq!(e["code"], "conflict", "{e}");
+    let stopped = ok(&peer, "instance_stop", json!({"instance": "crashy"})).await;
+    assert_eq!(stopped["status"], "stopped");
+    let audit = ok(
+        &peer,
+        "audit_query",
+        json!({"action": "instance.exited", "limit": 50}),
+    )
+    .await;
+    assert_eq!(audit["events"].as_array().unwrap().len(), 3, "{audit}");
+
+    // A crash on request: the instance comes back with a new pid and its tools.
+    let s = ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    let first = s["pid"].as_u64().unwrap();
+    let r = common::call(&peer, "kid__crash", json!({"code": 9})).await;
+    assert!(r.is_err() || r.unwrap().is_error == Some(true));
+    wait_for(
+        "a restart after the crash",
+        Duration::from_secs(10),
+        || async {
+            let s = status_of(&peer, "kid").await;
+            s["status"] == "running" && s["pid"].as_u64().is_some_and(|p| p != first)
+        },
+    )
+    .await;
+    assert_eq!(
+        text_of(&call(&peer, "kid__echo", json!({"text": "back"})).await),
+        "back"
+    );
+
+    // A child that stops answering (SIGSTOP) fails its health checks and is restarted.
+    let s = status_of(&peer, "kid").await;
+    let frozen = s["pid"].as_u64().unwrap() as i32;
+    assert_eq!(s["restarts"], 1);
+    std::process::Command::new("kill")
+        .args(["-STOP", &frozen.to_string()])
+        .status()
+        .unwrap();
+    wait_for(
+        "unhealthy, then a new process",
+        Duration::from_secs(10),
+        || async {
+            let s = status_of(&peer, "kid").await;
+            s["status"] == "running" && s["pid"].as_u64().is_some_and(|p| p as i32 != frozen)
+        },
+    )
+    .await;
+    assert!(!alive(frozen as u32), "the frozen child was killed");
+    let unhealthy = ok(
+        &peer,
+        "audit_query",
+        json!({"action": "instance.exited", "subject": "kid", "limit": 10}),
+    )
+    .await;
+    assert!(
+        unhealthy
+            .to_string()
+            .contains("health checks in a row failed"),
+        "{unhealthy}"
+    );
+    ok(&peer, "instance_stop", json!({"instance": "kid"})).await;
+    c.client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_definition_is_quarantined_until_a_person_approves() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), Some(ElicitationAction::Accept)).await;
+    let peer = c.peer().clone();
+    ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    let echo = |tools: &[rmcp::model::Tool]| {
+        tools
+            .iter()
+            .find(|t| t.name == "kid__echo")
+            .and_then(|t| t.description.clone())
+            .map(|d| d.to_string())
+    };
+    let v1 = echo(&peer.list_all_tools().await.unwrap()).unwrap();
+    assert!(v1.ends_with("Echoes the text back unchanged."), "{v1}");
+
+    // The child changes echo's description (a rug pull): echo is hidden and refused.
+    let before = c.changed.load(Ordering::SeqCst);
+    ok(&peer, "kid__set_variant", json!({"variant": "rugpull"})).await;
+    wait_for("echo to be quarantined", Duration::from_secs(5), || async {
+        echo(&peer.list_all_tools().await.unwrap()).is_none()
+    })
+    .await;
+    assert!(
+        c.changed.load(Ordering::SeqCst) > before,
+        "tools/list_changed was sent"
+    );
+    let e = err(&peer, "kid__echo", json!({"text": "x"})).await;
+    assert_eq!(e["code"], "forbidden");
+    assert!(
+        e["message"].as_str().unwrap().contains("quarantined"),
+        "{e}"
+    );
+    let s = status_of(&peer, "kid").await;
+    let hidden = s["detail"]["hidden_tools"].as_array().unwrap().clone();
+    let h = hidden.iter().find(|h| h["tool"] == "echo").unwrap();
+    assert_eq!(h["reason"], "quarantined");
+    assert!(h["detail"].as_str().unwrap().contains("description"), "{h}");
+    let rules: Vec<&str> = h["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap())
+        .collect();
+    assert!(
+        rules.contains(&"hidden-tag")
+            && rules.contains(&"read-secrets")
+            && rules.contains(&"conceal-from-user"),
+        "{rules:?}"
+    );
+    // Other tools are untouched.
+    assert_eq!(
+        ok(&peer, "kid__add", json!({"a": 1, "b": 2})).await["sum"],
+        3
+    );
+
+    // Back to an honest change (v2): still quarantined until a person approves it.
+    ok(&peer, "kid__set_variant", json!({"variant": "v2"})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(echo(&peer.list_all_tools().await.unwrap()).is_none());
+    let asked = c.asked.load(Ordering::SeqCst);
+    let r = ok(
+        &peer,
+        "instance_tool_review",
+        json!({"instance": "kid", "tool": "echo"}),
+    )
+    .await;
+    assert_eq!(r["state"], "approved", "{r}");
+    assert_eq!(
+        c.asked.load(Ordering::SeqCst),
+        asked + 1,
+        "the person was asked"
+    );
+    let v2 = echo(&peer.list_all_tools().await.unwrap()).expect("echo is offered again");
+    assert!(
+        v2.ends_with("Echoes the text back unchanged, trimmed."),
+        "{v2}"
+    );
+    assert_eq!(
+        text_of(&call(&peer, "kid__echo", json!({"text": "ok"})).await),
+        "ok"
+    );
+    let audit = ok(
+        &peer,
+        "audit_query",
+        json!({"action": "instance.tool_approved"}),
+    )
+    .await;
+    assert_eq!(audit["events"].as_array().unwrap().len(), 1, "{audit}");
+    // The pin survives a restart: v2 is now the pinned definition, v1 would be a change.
+    ok(&peer, "instance_restart", json!({"instance": "kid"})).await;
+    let s = status_of(&peer, "kid").await;
+    assert!(
+        s["detail"]["hidden_tools"].to_string().contains("echo"),
+        "v1 after restart differs from the pinned v2: {s}"
+    );
+    c.client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_expiry_stops_the_instance() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), None).await;
+    let peer = c.peer().clone();
+    let s = ok(
+        &peer,
+        "instance_start",
+        json!({"type": "kid", "ttl_seconds": 1}),
+    )
+    .await;
+    let pid = s["pid"].as_u64().unwrap() as u32;
+    assert!(s["expires_at"].is_string());
+    wait_for("expiry", Duration::from_secs(6), || async {
+        status_of(&peer, "kid").await["status"] == "expired"
+    })
+    .await;
+    wait_for("the child to exit", Duration::from_secs(3), || async {
+        !alive(pid)
+    })
+    .await;
+    assert!(
+        !tool_names(&peer)
+            .await
+            .iter()
+            .any(|n| n.starts_with("kid__"))
+    );
+    // The name is free again.
+    let s = ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    assert_eq!(s["name"], "kid");
+    c.client.cancel().await.unwrap();
+}
+
+/// Every process in any of these process groups (by /proc), zombies excluded.
+fn group_members(pgids: &[u32]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let rest: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        // After the comm field: state, ppid, pgrp.
+        if rest.len() > 2 && rest[0] != "Z" && pgids.contains(&rest[2].parse().unwrap_or(0)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_stdin_stops_every_child_within_three_seconds() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), None).await;
+    let peer = c.peer().clone();
+    let stubborn = ok(&peer, "instance_start", json!({"type": "stubborn"})).await;
+    let kid = ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    let pids = [
+        stubborn["pid"].as_u64().unwrap() as u32,
+        kid["pid"].as_u64().unwrap() as u32,
+    ];
+    let tail = status_of(&peer, "stubborn").await["detail"]["stderr_tail"].to_string();
+    let grandchild: u32 = tail
+        .split("grandchild pid ")
+        .nth(1)
+        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no grandchild pid in {tail}"));
+    assert!(alive(grandchild));
+    assert_eq!(
+        group_members(&pids).len(),
+        3,
+        "two children and a grandchild"
+    );
+
+    // The client closes the coordinator's stdin and waits for it to exit.
+    let t = Instant::now();
+    c.client.cancel().await.unwrap();
+    wait_for(
+        "the coordinator to exit",
+        Duration::from_secs(5),
+        || async { !alive(c.pid) },
+    )
+    .await;
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(3), "exit took {took:?}");
+    // Nothing it started is left: not the children, not the grandchild (SIGTERM-proof).
+    wait_for("no survivors", Duration::from_millis(500), || async {
+        group_members(&pids).is_empty() && !alive(grandchild)
+    })
+    .await;
+    let rows = {
+        let conn = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT status, resume FROM instances ORDER BY name")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        rows,
+        vec![("stopped".to_string(), 1), ("stopped".to_string(), 1)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_processes_see_but_do_not_call_and_a_killed_owner_is_replaced() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let a = start(dir.path(), None).await;
+    let s = ok(a.peer(), "instance_start", json!({"type": "kid"})).await;
+    let first_pid = s["pid"].as_u64().unwrap() as u32;
+    let owner_a = s["owner"].as_str().unwrap().to_string();
+
+    // Another coordinator on the same database sees it but does not call or stop it.
+    let b = start(dir.path(), None).await;
+    let list = ok(b.peer(), "instance_list", json!({})).await;
+    let seen = list["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "kid")
+        .unwrap()
+        .clone();
+    assert_eq!(seen["owned_here"], false, "{seen}");
+    assert_eq!(seen["owner"], owner_a.as_str());
+    assert!(
+        !tool_names(b.peer())
+            .await
+            .iter()
+            .any(|n| n.starts_with("kid__"))
+    );
+    let e = err(
+        b.peer(),
+        "instance_call_tool",
+        json!({"instance": "kid", "tool": "echo", "arguments": {"text": "x"}}),
+    )
+    .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("another coordinator process"),
+        "{e}"
+    );
+    let e = err(b.peer(), "instance_stop", json!({"instance": "kid"})).await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    b.client.cancel().await.unwrap();
+
+    // The owner is killed: its child dies with it (parent-death signal), and the next
+    // coordinator restores the instance under its own ownership.
+    std::process::Command::new("kill")
+        .args(["-9", &a.pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for(
+        "the orphaned child to die",
+        Duration::from_secs(3),
+        || async { !alive(first_pid) },
+    )
+    .await;
+    let c = start(dir.path(), None).await;
+    wait_for("the restored instance", Duration::from_secs(10), || async {
+        let s = status_of(c.peer(), "kid").await;
+        s["status"] == "running" && s["owned_here"] == true
+    })
+    .await;
+    assert_eq!(
+        text_of(&call(c.peer(), "kid__echo", json!({"text": "restored"})).await),
+        "restored"
+    );
+    let s = status_of(c.peer(), "kid").await;
+    assert_ne!(s["pid"].as_u64().unwrap() as u32, first_pid);
+    // A clean exit marks it for the next coordinator, which starts it again.
+    c.client.cancel().await.unwrap();
+    wait_for(
+        "the coordinator to exit",
+        Duration::from_secs(5),
+        || async { !alive(c.pid) },
+    )
+    .await;
+    let d = start(dir.path(), None).await;
+    wait_for("the instance resumed", Duration::from_secs(10), || async {
+        status_of(d.peer(), "kid").await["status"] == "running"
+    })
+    .await;
+    d.client.cancel().await.unwrap();
+    drop(a);
+}

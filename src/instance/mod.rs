@@ -227,7 +227,7 @@ enum Cmd {
         done: oneshot::Sender<Result<(), String>>,
     },
     /// Re-apply pins and policy to the current tool list (a definition was approved).
-    Refresh,
+    Refresh { done: Option<oneshot::Sender<()>> },
 }
 
 /// Circuit breaker state of one instance.
@@ -1387,16 +1387,29 @@ impl InstanceService {
             )?;
             Ok(true)
         })?;
-        if done {
-            for l in self
-                .live_all()
-                .into_iter()
-                .filter(|l| l.type_name == type_name)
-            {
-                let _ = l.cmd.send(Cmd::Refresh);
+        Ok(done)
+    }
+
+    /// Re-applies pins and policy on every live instance of a type, and waits (at most 5 s)
+    /// until their offered tools reflect it.
+    pub async fn refresh_type(&self, type_name: &str) {
+        let mut waits = Vec::new();
+        for l in self
+            .live_all()
+            .into_iter()
+            .filter(|l| l.type_name == type_name)
+        {
+            let (done, wait) = oneshot::channel();
+            if l.cmd.send(Cmd::Refresh { done: Some(done) }).is_ok() {
+                waits.push(wait);
             }
         }
-        Ok(done)
+        let all = async {
+            for w in waits {
+                let _ = w.await;
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
     }
 
     /// The types with `autostart`, and instances left by an earlier coordinator: starts them

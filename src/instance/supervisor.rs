@@ -226,7 +226,7 @@ pub(super) async fn supervise(
                                     pending_restart = Some(done);
                                     break;
                                 }
-                                Some(Cmd::Refresh) => {}
+                                Some(Cmd::Refresh { .. }) => {}
                                 None => return,
                             },
                             () = shutdown.cancelled() => {
@@ -263,7 +263,7 @@ pub(super) async fn supervise(
                                 pending_restart = Some(done);
                                 break;
                             }
-                            Some(Cmd::Refresh) => {}
+                            Some(Cmd::Refresh { .. }) => {}
                             None => return,
                         },
                         () = shutdown.cancelled() => {
@@ -516,7 +516,12 @@ async fn watch(
             cmd = rx.recv() => match cmd {
                 Some(Cmd::Stop { by, done }) => return Exit::Stop(by, Some(done)),
                 Some(Cmd::Restart { by, done }) => return Exit::Restart(by, Some(done)),
-                Some(Cmd::Refresh) => refresh(svc, live, None).await,
+                Some(Cmd::Refresh { done }) => {
+                    refresh(svc, live, None).await;
+                    if let Some(done) = done {
+                        let _ = done.send(());
+                    }
+                }
                 None => return Exit::Shutdown,
             },
             () = shutdown.cancelled() => return Exit::Shutdown,

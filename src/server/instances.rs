@@ -547,6 +547,7 @@ async fn instance_tool_review(
         .map_err(failure)?;
     let pending_hash = pin.pending_hash.clone().unwrap_or_default();
     let action = json!({
+        "review": "tool_definition",
         "type": type_name,
         "tool": i.tool,
         "pinned_hash": pin.hash,
@@ -588,7 +589,7 @@ async fn instance_tool_review(
                     pretty(&new_def)
                 );
                 let new = NewApproval {
-                    kind: Kind::InstanceToolDefinition,
+                    kind: Kind::InstanceToolCall,
                     subject_id: format!("{type_name}/{}", i.tool),
                     summary: format!(
                         "Offer the changed definition of tool `{}` of instance type `{type_name}`",
@@ -642,6 +643,9 @@ async fn instance_tool_review(
                     .approve_definition(&type_name, &i.tool, &pending_hash, &call.actor)
             })
             .map_err(failure)?;
+        if pinned {
+            c.instances().refresh_type(&type_name).await;
+        }
         message = if pinned {
             format!(
                 "{message} The new definition of `{}` is pinned and offered again on every running instance of type `{type_name}`.",
