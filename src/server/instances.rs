@@ -368,7 +368,12 @@ pub(super) async fn call_exposed(
         Err(e) => Err(failure(e)),
     };
     match reply {
-        Ok(Reply::Done((r, _))) => CallToolResponse::Complete(r),
+        Ok(Reply::Done((mut r, _))) => {
+            // The child's result was parsed from an older-era reply without `resultType`;
+            // 2026-07-28 clients require it (rmcp clears it again for older peers).
+            r.result_type = Some(rmcp::model::ResultType::COMPLETE);
+            CallToolResponse::Complete(r)
+        }
         Ok(Reply::InputRequired(x)) => x.into(),
         Ok(Reply::Task(t)) => CallToolResponse::Task(t),
         Err(Failure::Domain(e)) => {
