@@ -981,3 +981,39 @@ async fn other_processes_see_but_do_not_call_and_a_killed_owner_is_replaced() {
     d.client.cancel().await.unwrap();
     drop(a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_client_listens_for_tool_list_changes_and_calls_through() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let config = write_config(dir.path());
+    let client = common::connect(
+        dir.path(),
+        &["--config", config.to_str().unwrap()],
+        common::Era::Stateless,
+    )
+    .await;
+    let peer = client.peer().clone();
+    let mut filter = rmcp::model::SubscriptionFilter::new();
+    filter.tools_list_changed = Some(true);
+    let mut subscription = peer.listen(filter).await.unwrap();
+    assert_eq!(subscription.acknowledged().tools_list_changed, Some(true));
+    ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    let next = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+        .await
+        .expect("a notification within 5 s")
+        .unwrap()
+        .expect("the subscription is open");
+    assert!(
+        matches!(
+            next,
+            rmcp::model::ServerNotification::ToolListChangedNotification(_)
+        ),
+        "{next:?}"
+    );
+    assert!(tool_names(&peer).await.contains(&"kid__echo".to_string()));
+    let r = call(&peer, "kid__echo", json!({"text": "modern"})).await;
+    assert_eq!(r.result_type, Some(rmcp::model::ResultType::COMPLETE));
+    assert_eq!(text_of(&r), "modern");
+    client.cancel().await.unwrap();
+}
