@@ -1667,16 +1667,20 @@ fn test_child_bin() -> PathBuf {
     bin
 }
 
-/// A coordinator config: `types` instance types named `kid`, `kid2`, ... (just `kid` when
-/// there is one) running the test child, health checks once an hour.
+/// The name of the `i`-th instance type of [`instances_config`] (from 1): `kid`, `kid2`, ...
+fn type_name(i: usize) -> String {
+    if i == 1 {
+        "kid".to_string()
+    } else {
+        format!("kid{i}")
+    }
+}
+
+/// A coordinator config: `types` instance types named by [`type_name`], each running the test
+/// child, with health checks once an hour.
 fn instances_config(path: &Path, child: &Path, types: usize, autostart: bool) {
     let mut config = String::from("# mcp-coordinator benchmark\n");
-    for i in 1..=types {
-        let name = if i == 1 {
-            "kid".to_string()
-        } else {
-            format!("kid{i}")
-        };
+    for name in (1..=types).map(type_name) {
         config += &format!(
             "\n[instance_types.{name}]\ncommand = \"{}\"\nautostart = {autostart}\n\
              [instance_types.{name}.health]\ninterval_seconds = 3600\n",
@@ -1871,19 +1875,35 @@ async fn close_all(client: McpClient, pid: u32, children: &[u32]) {
     }
 }
 
-/// Waits until tools/list offers every one of `tools`; panics after 30 s.
-async fn wait_for_tools(peer: &Peer<RoleClient>, tools: &[String]) {
+/// Waits until every one of `instances` is running (polling `instance_list`, which is small:
+/// tools/list carries every tool's schemas and costs the coordinator milliseconds), then
+/// checks once that tools/list offers each one's `<instance>__echo`. Panics after 30 s.
+async fn wait_running(peer: &Peer<RoleClient>, instances: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let listed = peer.list_all_tools().await.expect("tools/list");
-        if tools
-            .iter()
-            .all(|t| listed.iter().any(|l| l.name.as_ref() == t.as_str()))
-        {
-            return;
+        let list = call_ok(peer, "instance_list", json!({})).await;
+        let running = |name: &String| {
+            list["instances"].as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|i| i["name"] == name.as_str() && i["status"] == "running")
+            })
+        };
+        if instances.iter().all(running) {
+            break;
         }
-        assert!(Instant::now() < deadline, "tools never listed: {tools:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            Instant::now() < deadline,
+            "instances never running: {instances:?}; last list: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let listed = peer.list_all_tools().await.expect("tools/list");
+    for name in instances {
+        let tool = format!("{name}__echo");
+        assert!(
+            listed.iter().any(|t| t.name.as_ref() == tool.as_str()),
+            "{tool} is not in tools/list"
+        );
     }
 }
 
@@ -1906,7 +1926,7 @@ async fn instances_latency_and_throughput(counts: &InstanceCounts, dir: &Path, c
     let (coordinator, coordinator_pid) =
         spawn_coordinator(&data, &config, &dir.join("proxy.log")).await;
     let proxy = coordinator.peer().clone();
-    wait_for_tools(&proxy, &["kid__echo".to_string()]).await;
+    wait_running(&proxy, &["kid".to_string()]).await;
     let kid_pid = call_ok(&proxy, "instance_get", json!({"instance": "kid"})).await["pid"]
         .as_u64()
         .expect("kid pid") as u32;
@@ -2021,8 +2041,9 @@ async fn instances_latency_and_throughput(counts: &InstanceCounts, dir: &Path, c
 }
 
 /// One cold start with a fresh data dir: (spawn -> initialize answered, spawn -> first
-/// coordinator_status answered, spawn -> every autostarted child's tools listed).
-async fn instances_cold_start(dir: &Path, config: &Path, types: usize) -> [Duration; 3] {
+/// coordinator_status answered, spawn -> every autostarted child running with its tools
+/// listed, and the first coordinator_status call alone).
+async fn instances_cold_start(dir: &Path, config: &Path, types: usize) -> [Duration; 4] {
     let data = tempfile::tempdir_in(dir).expect("temp dir");
     let started = Instant::now();
     let (client, pid) =
@@ -2030,21 +2051,13 @@ async fn instances_cold_start(dir: &Path, config: &Path, types: usize) -> [Durat
     let initialized = started.elapsed();
     call_ok(client.peer(), "coordinator_status", json!({})).await;
     let status = started.elapsed();
-    let tools: Vec<String> = (1..=types)
-        .map(|i| {
-            if i == 1 {
-                "kid__echo".to_string()
-            } else {
-                format!("kid{i}__echo")
-            }
-        })
-        .collect();
-    wait_for_tools(client.peer(), &tools).await;
+    let names: Vec<String> = (1..=types).map(type_name).collect();
+    wait_running(client.peer(), &names).await;
     let all_up = started.elapsed();
     let children = children_of(pid);
     assert_eq!(children.len(), types, "children of the coordinator");
     close_all(client, pid, &children).await;
-    [initialized, status, all_up]
+    [initialized, status, all_up, status - initialized]
 }
 
 async fn instances_cold_starts(counts: &InstanceCounts, dir: &Path, child: &Path) {
@@ -2054,7 +2067,7 @@ async fn instances_cold_starts(counts: &InstanceCounts, dir: &Path, child: &Path
         instances_config(&config, child, types, true);
         // One unmeasured run first (page cache, binaries).
         instances_cold_start(dir, &config, types).await;
-        let mut runs: [Vec<Duration>; 3] = Default::default();
+        let mut runs: [Vec<Duration>; 4] = Default::default();
         for _ in 0..counts.cold_runs {
             let times = instances_cold_start(dir, &config, types).await;
             for (all, t) in runs.iter_mut().zip(times) {
@@ -2064,20 +2077,22 @@ async fn instances_cold_starts(counts: &InstanceCounts, dir: &Path, child: &Path
         for r in &mut runs {
             r.sort();
         }
-        let [init, status, up] = &runs;
+        let [init, status, up, status_call] = &runs;
         println!(
             "cold start, {types} autostarted children: to initialize answer median {:.2} ms \
              (min {:.2}, max {:.2}); to first coordinator_status answer median {:.2} ms (min \
-             {:.2}, max {:.2}){}; {} runs, each on a fresh data dir",
+             {:.2}, max {:.2}; the status call alone median {:.2} ms){}; {} runs, each on a \
+             fresh data dir",
             ms(percentile(init, 50.0)),
             ms(init[0]),
             ms(init[init.len() - 1]),
             ms(percentile(status, 50.0)),
             ms(status[0]),
             ms(status[status.len() - 1]),
+            ms(percentile(status_call, 50.0)),
             if types > 0 {
                 format!(
-                    "; to all {types} children's tools listed median {:.1} ms",
+                    "; to all {types} children running, tools listed, median {:.1} ms",
                     ms(percentile(up, 50.0))
                 )
             } else {
@@ -2127,12 +2142,10 @@ async fn instances_memory(counts: &InstanceCounts, dir: &Path, child: &Path) {
         pids.push(view["pid"].as_u64().expect("pid") as u32);
     }
     // Every child's tools offered and called once.
-    let tools: Vec<String> = (1..=counts.children)
-        .map(|i| format!("k{i}__echo"))
-        .collect();
-    wait_for_tools(&peer, &tools).await;
-    for tool in &tools {
-        call_ok(&peer, tool, json!({"text": "hi"})).await;
+    let names: Vec<String> = (1..=counts.children).map(|i| format!("k{i}")).collect();
+    wait_running(&peer, &names).await;
+    for name in &names {
+        call_ok(&peer, &format!("{name}__echo"), json!({"text": "hi"})).await;
     }
     let started = Instant::now();
     let listed = peer.list_all_tools().await.expect("tools/list").len();

@@ -7,6 +7,7 @@
 //! sees the server side (handlers, elicitation); gating a call on approval is the server's job.
 
 pub mod catalog;
+mod fast;
 mod http;
 pub mod policy;
 pub mod process;
@@ -31,6 +32,7 @@ use crate::macros::string_enum;
 use crate::secret::SecretStore;
 use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
+pub use fast::{ClientOut, FastDone, FastHooks};
 use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
 use policy::{InjectionFlag, ToolAccess};
 
@@ -214,6 +216,8 @@ pub(crate) struct Conn {
     /// The child's full tool list, as last listed.
     raw: Arc<Vec<Tool>>,
     table: Arc<ToolTable>,
+    /// The child's pipes for the fast path (stdio children only).
+    fast: Option<Arc<fast::FastLink>>,
 }
 
 /// What a supervisor is asked to do.
@@ -434,6 +438,8 @@ struct Inner {
     changed: watch::Sender<u64>,
     shutdown: CancellationToken,
     supervisors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Set by the server: where fast-path answers go.
+    fast: std::sync::OnceLock<FastHooks>,
 }
 
 impl InstanceService {
@@ -463,6 +469,7 @@ impl InstanceService {
                 changed,
                 shutdown: CancellationToken::new(),
                 supervisors: Mutex::new(Vec::new()),
+                fast: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -603,13 +610,32 @@ impl InstanceService {
         arguments: Option<JsonObject>,
         cancel: &CancellationToken,
     ) -> Result<CallToolResult, InstanceError> {
-        let live = &target.live;
-        let ty = &live.ty;
         let attempts = if target.tool.read_only {
-            1 + ty.read_only_retries
+            1 + target.live.ty.read_only_retries
         } else {
             1
         };
+        self.forward_attempts(target, arguments, cancel, attempts).await
+    }
+
+    /// A plain call of an allowed tool, for the fast path: the target if it is one.
+    pub fn fast_target(&self, name: &str) -> Option<Target> {
+        match self.resolve_exposed(name)? {
+            Ok(t) if t.tool.access == ToolAccess::Allowed && t.conn.fast.is_some() => Some(t),
+            _ => None,
+        }
+    }
+
+    /// [`Self::forward`] with a given number of attempts.
+    pub(crate) async fn forward_attempts(
+        &self,
+        target: &Target,
+        arguments: Option<JsonObject>,
+        cancel: &CancellationToken,
+        attempts: u32,
+    ) -> Result<CallToolResult, InstanceError> {
+        let live = &target.live;
+        let ty = &live.ty;
         let mut conn = target.conn.clone();
         let mut last = None;
         for attempt in 0..attempts {

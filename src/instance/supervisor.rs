@@ -319,6 +319,7 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
         message,
         stderr,
     };
+    let mut fast_link = None;
     let (service, process) = if let Some(url) = &ty.url {
         let mut headers = Vec::new();
         for (k, v) in &ty.headers {
@@ -365,7 +366,9 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
         *lock(&live.stderr) = child.stderr.clone();
         row.pid = Some(i64::from(child.pid));
         *lock(&live.row) = row.clone();
-        let started = tokio::time::timeout(init, client.serve((stdout, stdin))).await;
+        let (link, from_child, to_child) = super::fast::interpose(svc, live, stdin, stdout);
+        fast_link = Some(link);
+        let started = tokio::time::timeout(init, client.serve((from_child, to_child))).await;
         let service = match started {
             Ok(Ok(s)) => s,
             other => {
@@ -420,6 +423,7 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
         peer: service.peer().clone(),
         raw: Arc::new(tools),
         table: Arc::new(table),
+        fast: fast_link,
     });
     Ok(Session {
         service,
@@ -597,6 +601,7 @@ async fn refresh(svc: &InstanceService, live: &Arc<Live>, session: Option<&mut S
                 peer: conn.peer.clone(),
                 raw: Arc::new(tools),
                 table: Arc::new(table),
+                fast: conn.fast.clone(),
             });
             let mut row = live.row();
             row.tools = count;

@@ -7,6 +7,7 @@ mod assessments;
 mod instances;
 mod pipelines;
 mod queue;
+mod relay;
 mod remediations;
 mod resources;
 pub mod session;
@@ -73,6 +74,9 @@ struct Inner {
     /// Tool-call audit events of proxied calls, written in batches off the call's path.
     audit_batch: tokio::sync::mpsc::UnboundedSender<NewEvent>,
     audit_batch_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NewEvent>>>,
+    /// The initialize-era client of this stdio session, once initialized: the fast path of
+    /// proxied calls serves only it.
+    fast_client: std::sync::OnceLock<FastClient>,
     /// Legacy `resources/subscribe` subscriptions of this process, by URI.
     subscriptions: std::sync::Mutex<HashMap<String, CancellationToken>>,
     /// Seals MRTR `requestState` values. The key is random per process: a state sealed by one
@@ -86,6 +90,12 @@ struct Inner {
     router: ToolRouter<Coordinator>,
     /// Tools switched off by config, with the group that switched them off.
     disabled: HashMap<String, ToolGroup>,
+}
+
+/// Who the initialize-era client is, for the audit records of fast-path calls.
+struct FastClient {
+    actor: crate::audit::Actor,
+    protocol_version: String,
 }
 
 /// Every tool route of every domain. Each domain module contributes its own list.
@@ -166,6 +176,7 @@ impl Coordinator {
                 tool_listeners: std::sync::Mutex::new((Vec::new(), Vec::new())),
                 audit_batch,
                 audit_batch_rx: std::sync::Mutex::new(Some(audit_batch_rx)),
+                fast_client: std::sync::OnceLock::new(),
                 subscriptions: std::sync::Mutex::new(HashMap::new()),
                 codec,
                 settings,
@@ -498,6 +509,15 @@ impl ServerHandler for Coordinator {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if let Some(info) = context.peer.peer_info() {
+            let _ = self.inner.fast_client.set(FastClient {
+                actor: crate::audit::Actor::new(
+                    crate::audit::ActorKind::Client,
+                    format!("{}/{}", info.client_info.name, info.client_info.version),
+                ),
+                protocol_version: info.protocol_version.to_string(),
+            });
+        }
         self.tool_listeners().0.push(context.peer);
     }
 
@@ -681,6 +701,10 @@ async fn audit_batches(
             () = stop.cancelled() => rx.try_recv().ok(),
         };
         let Some(first) = first else { return };
+        // Let a burst gather: one transaction for many calls costs far less than one each.
+        if !stop.is_cancelled() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         let mut batch = vec![first];
         while batch.len() < 512 {
             match rx.try_recv() {
@@ -738,6 +762,9 @@ where
         });
     coordinator.instances().restore_and_autostart();
     let instances = coordinator.instances().clone();
+    let (reader, writer) = transport;
+    let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, reader, writer);
+    let transport = (rmcp_reads, rmcp_writes);
     let stopped = tokio::select! {
         r = serve(coordinator.clone(), transport) => r,
         () = shutdown => Ok(Stopped::Shutdown),
@@ -745,6 +772,8 @@ where
     sweeper.abort();
     pipelines.abort();
     notifier.abort();
+    // rmcp's last answers reach the client before anything else stops.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), output).await;
     // Every child goes with us: close, SIGTERM, SIGKILL of each process group.
     instances
         .shutdown(std::time::Duration::from_millis(2000))
