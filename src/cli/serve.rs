@@ -29,11 +29,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let stopped = runtime.block_on(server::run(
-        coordinator,
-        stdio(),
-        shutdown_signal(),
-    ))?;
+    let stopped = runtime.block_on(server::run(coordinator, stdio(), shutdown_signal()))?;
     tracing::info!(?stopped, "stopped");
     // Do not wait for a blocked stdin read: the session is over.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -94,7 +94,11 @@ pub(super) fn interpose(
     live: &Arc<Live>,
     stdin: ChildStdin,
     stdout: ChildStdout,
-) -> (Arc<FastLink>, tokio::io::DuplexStream, tokio::io::DuplexStream) {
+) -> (
+    Arc<FastLink>,
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+) {
     let link = Arc::new(FastLink {
         stdin: tokio::sync::Mutex::new(Some(stdin)),
         pending: Mutex::new(HashMap::new()),
@@ -102,12 +106,7 @@ pub(super) fn interpose(
     });
     let (rmcp_reads, from_child) = tokio::io::duplex(1 << 20);
     let (to_child, rmcp_writes) = tokio::io::duplex(1 << 20);
-    tokio::spawn(child_reader(
-        svc.clone(),
-        link.clone(),
-        stdout,
-        from_child,
-    ));
+    tokio::spawn(child_reader(svc.clone(), link.clone(), stdout, from_child));
     tokio::spawn(child_writer(link.clone(), rmcp_writes));
     tokio::spawn(sweep_timeouts(svc.clone(), Arc::downgrade(&link)));
     let _ = live;
@@ -205,7 +204,11 @@ async fn child_reader(
 fn fast_response(line: &[u8]) -> Option<(u64, FastResponse)> {
     let r: Response<'_> = serde_json::from_slice(line).ok()?;
     let id = r.id?.get();
-    let n: u64 = id.strip_prefix(ID_PREFIX)?.strip_suffix('"')?.parse().ok()?;
+    let n: u64 = id
+        .strip_prefix(ID_PREFIX)?
+        .strip_suffix('"')?
+        .parse()
+        .ok()?;
     let resp = match (r.result, r.error) {
         (Some(result), None) => FastResponse::Result(result.to_owned()),
         (None, Some(error)) => {
@@ -355,7 +358,8 @@ impl InstanceService {
         }
         let n = link.next.fetch_add(1, Ordering::Relaxed);
         let name = serde_json::to_string(&target.tool.original).unwrap_or_default();
-        let mut line = String::with_capacity(96 + name.len() + arguments.map_or(0, |a| a.get().len()));
+        let mut line =
+            String::with_capacity(96 + name.len() + arguments.map_or(0, |a| a.get().len()));
         line.push_str("{\"jsonrpc\":\"2.0\",\"id\":\"fp-");
         line.push_str(&n.to_string());
         line.push_str("\",\"method\":\"tools/call\",\"params\":{\"name\":");

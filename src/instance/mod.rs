@@ -32,8 +32,8 @@ use crate::macros::string_enum;
 use crate::secret::SecretStore;
 use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
-pub use fast::{ClientOut, FastDone, FastHooks};
 use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
+pub use fast::{ClientOut, FastDone, FastHooks};
 use policy::{InjectionFlag, ToolAccess};
 
 string_enum!(
@@ -615,7 +615,8 @@ impl InstanceService {
         } else {
             1
         };
-        self.forward_attempts(target, arguments, cancel, attempts).await
+        self.forward_attempts(target, arguments, cancel, attempts)
+            .await
     }
 
     /// A plain call of an allowed tool, for the fast path: the target if it is one.

@@ -178,7 +178,10 @@ impl Coordinator {
             && let Ok(n) = serde_json::from_slice::<Cancelled<'_>>(line)
             && n.method == "notifications/cancelled"
         {
-            return self.instances().fast_cancel(n.params.request_id.get()).await;
+            return self
+                .instances()
+                .fast_cancel(n.params.request_id.get())
+                .await;
         }
         false
     }
