@@ -1642,6 +1642,27 @@ fn test_child_bin() -> PathBuf {
     let profile_dir = Path::new(BIN).parent().unwrap();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
+    // Drop what `cargo bench` sets for this process: build scripts that track one of these
+    // (ring's tracks CARGO_MANIFEST_DIR) would otherwise rerun here and again at the next
+    // `cargo bench`, rebuilding ring, rustls, reqwest, rmcp and this crate every time.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
     cmd.args([
         "build",
         "--quiet",

@@ -29,42 +29,15 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let stopped = runtime.block_on(server::run(coordinator, stdio(), shutdown_signal()))?;
+    let stopped = runtime.block_on(server::run(
+        coordinator,
+        (tokio::io::stdin(), tokio::io::stdout()),
+        shutdown_signal(),
+    ))?;
     tracing::info!(?stopped, "stopped");
     // Do not wait for a blocked stdin read: the session is over.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
-}
-
-type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
-type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
-
-/// stdin and stdout for the protocol. When they are pipes (as when a client launches the
-/// server) they are read and written without blocking, through the runtime's event loop:
-/// tokio's own stdin and stdout hand every read and write to a blocking thread, which costs
-/// two thread hand-offs per message. Anything else (a terminal, a file) uses tokio's.
-fn stdio() -> (Reader, Writer) {
-    use std::os::fd::AsFd;
-    use tokio::net::unix::pipe;
-    let reader: Reader = match std::io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::fs::File::from)
-        .and_then(pipe::Receiver::from_file)
-    {
-        Ok(r) => Box::new(r),
-        Err(_) => Box::new(tokio::io::stdin()),
-    };
-    let writer: Writer = match std::io::stdout()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(std::fs::File::from)
-        .and_then(pipe::Sender::from_file)
-    {
-        Ok(w) => Box::new(w),
-        Err(_) => Box::new(tokio::io::stdout()),
-    };
-    (reader, writer)
 }
 
 /// Logs go to stderr, never stdout (stdout carries JSON-RPC only). Colors only on a terminal.

@@ -353,7 +353,9 @@ impl InstanceService {
         let Some(link) = target.conn.fast.clone() else {
             return false;
         };
-        if lock(&target.live.breaker).admit(Instant::now()) != Ok(false) {
+        // Only a closed breaker: an open or half-open one is the rmcp path's to handle (and
+        // `admit` would take the half-open probe).
+        if lock(&target.live.breaker).open_until.is_some() {
             return false;
         }
         let n = link.next.fetch_add(1, Ordering::Relaxed);
