@@ -1720,17 +1720,20 @@ fn client_config() -> ClientConfig {
 
 /// Spawns a command and runs the `initialize` handshake with rmcp's client. Returns the
 /// session and the process id.
-async fn mcp_connect(cmd: tokio::process::Command, stderr: Stdio) -> (McpClient, u32) {
+async fn mcp_connect(
+    cmd: tokio::process::Command,
+    stderr: Stdio,
+) -> Result<(McpClient, u32), String> {
     let (transport, _) = TokioChildProcess::builder(cmd)
         .stderr(stderr)
         .spawn()
-        .expect("spawn MCP server");
+        .map_err(|e| format!("spawn: {e}"))?;
     let pid = transport.id().expect("pid");
     let client = client_config()
         .serve_with_lifecycle(transport, ClientLifecycleMode::Initialize)
         .await
-        .expect("initialize");
-    (client, pid)
+        .map_err(|e| format!("initialize: {e}"))?;
+    Ok((client, pid))
 }
 
 /// The coordinator on `data_dir` with `config`, its stderr (`--log-level warn`) in `log`.
@@ -1746,8 +1749,11 @@ async fn spawn_coordinator(data_dir: &Path, config: &Path, log: &Path) -> (McpCl
         .arg("--config")
         .arg(config)
         .args(["--log-level", "warn"]);
-    let log = std::fs::File::create(log).unwrap();
-    mcp_connect(cmd, log.into()).await
+    let file = std::fs::File::create(log).unwrap();
+    mcp_connect(cmd, file.into()).await.unwrap_or_else(|e| {
+        let stderr = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("{BIN}: {e}; its stderr:\n{stderr}")
+    })
 }
 
 /// The test child, spoken to directly. It gets an empty environment, as the coordinator
@@ -1755,7 +1761,9 @@ async fn spawn_coordinator(data_dir: &Path, config: &Path, log: &Path) -> (McpCl
 async fn spawn_test_child(bin: &Path) -> (McpClient, u32) {
     let mut cmd = tokio::process::Command::new(bin);
     cmd.env_clear();
-    mcp_connect(cmd, Stdio::null()).await
+    mcp_connect(cmd, Stdio::null())
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
 }
 
 fn tool_params(tool: &str, args: serde_json::Value) -> CallToolRequestParams {
