@@ -1,8 +1,10 @@
 //! Benchmark program for mcp-coordinator: prints cold start, tool round-trip latency and
 //! throughput, idle memory, audit append rate, audit verification time, task queue throughput
-//! claim latency against queue depth, pipeline scheduling overhead per stage, and the time of
-//! a security assessment of 202 config files, each next to its target. Run with
-//! `cargo bench --bench coordinator`; `BENCH_ONLY=server,audit,queue,pipelines,assessments` picks sections and
+//! claim latency against queue depth, pipeline scheduling overhead per stage, the time of
+//! a security assessment of 202 config files, and the cost of child MCP instances (added
+//! latency and throughput of proxied tool calls, cold start with autostarted children, memory
+//! with 20 children), each next to its target. Run with `cargo bench --bench coordinator`;
+//! `BENCH_ONLY=server,audit,queue,pipelines,assessments,instances` picks sections and
 //! `BENCH_QUICK=1` shrinks the counts about tenfold for a smoke run. It prints figures and
 //! asserts nothing about timing.
 
@@ -10,9 +12,10 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mcp_coordinator::agent::{
@@ -29,6 +32,10 @@ use mcp_coordinator::store::agent as agent_sql;
 use mcp_coordinator::store::task as task_sql;
 use mcp_coordinator::store::{Location, Store, StoreError};
 use mcp_coordinator::task::{NewTask, NoTask, Priority, Report, Task, TaskService, TasksConfig};
+use rmcp::model::{CallToolRequestParams, ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::{Peer, RoleClient, RunningService};
+use rmcp::transport::TokioChildProcess;
+use rmcp::{ClientLifecycleMode, ClientServiceExt};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -1583,6 +1590,640 @@ fn bench_assessments(dir: &Path) {
     );
 }
 
+// ---- instances ----
+
+/// An rmcp client session over a spawned process (the coordinator or a test child).
+type McpClient = RunningService<RoleClient, ClientConfig>;
+
+/// How much work the instances section does.
+struct InstanceCounts {
+    /// Sequential calls before any timing, on each session.
+    warmup: u64,
+    /// Timed sequential calls on each session.
+    sequential: u64,
+    /// Calls per throughput run.
+    throughput: u64,
+    /// Calls kept in flight in the throughput runs.
+    in_flight: u64,
+    /// Cold starts per configuration.
+    cold_runs: usize,
+    /// Children started for the memory figure.
+    children: usize,
+}
+
+impl InstanceCounts {
+    fn new(quick: bool) -> Self {
+        if quick {
+            InstanceCounts {
+                warmup: 50,
+                sequential: 300,
+                throughput: 1_000,
+                in_flight: 16,
+                cold_runs: 3,
+                children: 20,
+            }
+        } else {
+            InstanceCounts {
+                warmup: 200,
+                sequential: 5_000,
+                throughput: 20_000,
+                in_flight: 16,
+                cold_runs: 10,
+                children: 20,
+            }
+        }
+    }
+}
+
+/// The test child (`examples/test_child.rs`), built in this benchmark's profile (`bench`
+/// builds into the `release` directory) next to the coordinator binary, as
+/// `tests/common/mod.rs::example_bin` does for the tests.
+fn test_child_bin() -> PathBuf {
+    let profile_dir = Path::new(BIN).parent().unwrap();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    // Drop what `cargo bench` sets for this process: build scripts that track one of these
+    // (ring's tracks CARGO_MANIFEST_DIR) would otherwise rerun here and again at the next
+    // `cargo bench`, rebuilding ring, rustls, reqwest, rmcp and this crate every time.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "CARGO_RUSTC_CURRENT_DIR",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd.args([
+        "build",
+        "--quiet",
+        "--example",
+        "test_child",
+        "--manifest-path",
+    ])
+    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+    .arg("--target-dir")
+    .arg(profile_dir.parent().unwrap());
+    if let Some(profile) = profile_dir.file_name().and_then(|n| n.to_str())
+        && profile != "debug"
+    {
+        cmd.args(["--profile", profile]);
+    }
+    let status = cmd.status().expect("run cargo build --example test_child");
+    assert!(
+        status.success(),
+        "cargo build --example test_child: {status}"
+    );
+    let bin = profile_dir.join("examples").join("test_child");
+    assert!(bin.is_file(), "{} is missing", bin.display());
+    bin
+}
+
+/// The name of the `i`-th instance type of [`instances_config`] (from 1): `kid`, `kid2`, ...
+fn type_name(i: usize) -> String {
+    if i == 1 {
+        "kid".to_string()
+    } else {
+        format!("kid{i}")
+    }
+}
+
+/// A coordinator config: `types` instance types named by [`type_name`], each running the test
+/// child, with health checks once an hour.
+fn instances_config(path: &Path, child: &Path, types: usize, autostart: bool) {
+    let mut config = String::from("# mcp-coordinator benchmark\n");
+    for name in (1..=types).map(type_name) {
+        config += &format!(
+            "\n[instance_types.{name}]\ncommand = \"{}\"\nautostart = {autostart}\n\
+             [instance_types.{name}.health]\ninterval_seconds = 3600\n",
+            child.display()
+        );
+    }
+    std::fs::write(path, config).unwrap();
+}
+
+fn client_config() -> ClientConfig {
+    ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("bench", "1"),
+    )
+}
+
+/// Spawns a command and runs the `initialize` handshake with rmcp's client. Returns the
+/// session and the process id.
+async fn mcp_connect(
+    cmd: tokio::process::Command,
+    stderr: Stdio,
+) -> Result<(McpClient, u32), String> {
+    let (transport, _) = TokioChildProcess::builder(cmd)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let pid = transport.id().expect("pid");
+    let client = client_config()
+        .serve_with_lifecycle(transport, ClientLifecycleMode::Initialize)
+        .await
+        .map_err(|e| format!("initialize: {e}"))?;
+    Ok((client, pid))
+}
+
+/// The coordinator on `data_dir` with `config`, its stderr (`--log-level warn`) in `log`.
+async fn spawn_coordinator(data_dir: &Path, config: &Path, log: &Path) -> (McpClient, u32) {
+    let mut cmd = tokio::process::Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config)
+        .args(["--log-level", "warn"]);
+    let file = std::fs::File::create(log).unwrap();
+    mcp_connect(cmd, file.into()).await.unwrap_or_else(|e| {
+        let stderr = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("{BIN}: {e}; its stderr:\n{stderr}")
+    })
+}
+
+/// The test child, spoken to directly. It gets an empty environment, as the coordinator
+/// gives its children.
+async fn spawn_test_child(bin: &Path) -> (McpClient, u32) {
+    let mut cmd = tokio::process::Command::new(bin);
+    cmd.env_clear();
+    mcp_connect(cmd, Stdio::null())
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", bin.display()))
+}
+
+fn tool_params(tool: &str, args: serde_json::Value) -> CallToolRequestParams {
+    let params = CallToolRequestParams::new(tool.to_string());
+    match args {
+        serde_json::Value::Object(map) => params.with_arguments(map),
+        _ => params,
+    }
+}
+
+/// Calls a tool that must succeed; returns its structured content.
+async fn call_ok(
+    peer: &Peer<RoleClient>,
+    tool: &str,
+    args: serde_json::Value,
+) -> serde_json::Value {
+    let result = peer
+        .call_tool(tool_params(tool, args))
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert_ne!(result.is_error, Some(true), "{tool}: {result:?}");
+    result.structured_content.unwrap_or_default()
+}
+
+/// One `echo {"text": "hi"}` (or `kid__echo`), checked.
+async fn echo_hi(peer: &Peer<RoleClient>, tool: &'static str) {
+    let result = peer
+        .call_tool(tool_params(tool, json!({"text": "hi"})))
+        .await
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    assert!(
+        result.is_error != Some(true)
+            && result
+                .structured_content
+                .as_ref()
+                .is_some_and(|s| s["text"] == "hi"),
+        "{tool}: {result:?}"
+    );
+}
+
+/// Times `n` sequential calls.
+async fn time_sequential(
+    peer: &Peer<RoleClient>,
+    tool: &'static str,
+    n: u64,
+    into: &mut Vec<Duration>,
+) {
+    for _ in 0..n {
+        let started = Instant::now();
+        echo_hi(peer, tool).await;
+        into.push(started.elapsed());
+    }
+}
+
+/// `total` calls from `in_flight` tasks sharing one peer, each calling as fast as it can.
+/// Returns the wall time.
+async fn time_throughput(
+    peer: &Peer<RoleClient>,
+    tool: &'static str,
+    total: u64,
+    in_flight: u64,
+) -> Duration {
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..in_flight)
+        .map(|_| {
+            let peer = peer.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    echo_hi(&peer, tool).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("throughput task");
+    }
+    started.elapsed()
+}
+
+/// Processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // Field 4, the parent, counted after the command name's closing parenthesis.
+        let ppid = stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+/// Whether a process runs (a zombie has exited).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat[stat.rfind(')').unwrap() + 2..]
+            .split_whitespace()
+            .next()
+            != Some("Z")
+    })
+}
+
+/// Closes the session (the server's stdin; rmcp waits for the process to exit) and checks
+/// that `children` (the coordinator's, if any) are gone too; any left after 5 s are killed
+/// and reported.
+async fn close_all(client: McpClient, pid: u32, children: &[u32]) {
+    client.cancel().await.expect("close session");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (alive(pid) || children.iter().any(|&c| alive(c))) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &p in std::iter::once(&pid).chain(children) {
+        if alive(p) {
+            println!("   WARNING: process {p} still runs 5 s after the session closed; killing it");
+            // SAFETY: kill(2) on a pid this benchmark started (or its coordinator did).
+            unsafe {
+                libc::kill(p as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Waits until every one of `instances` is running (polling `instance_list`, which is small:
+/// tools/list carries every tool's schemas and costs the coordinator milliseconds), then
+/// checks once that tools/list offers each one's `<instance>__echo`. Panics after 30 s.
+async fn wait_running(peer: &Peer<RoleClient>, instances: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = call_ok(peer, "instance_list", json!({})).await;
+        let running = |name: &String| {
+            list["instances"].as_array().is_some_and(|all| {
+                all.iter()
+                    .any(|i| i["name"] == name.as_str() && i["status"] == "running")
+            })
+        };
+        if instances.iter().all(running) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "instances never running: {instances:?}; last list: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let listed = peer.list_all_tools().await.expect("tools/list");
+    for name in instances {
+        let tool = format!("{name}__echo");
+        assert!(
+            listed.iter().any(|t| t.name.as_ref() == tool.as_str()),
+            "{tool} is not in tools/list"
+        );
+    }
+}
+
+/// Adds the CPU ticks spent between two readings.
+fn add_ticks(total: &mut [u64], before: &[u64], after: &[u64]) {
+    for ((t, b), a) in total.iter_mut().zip(before).zip(after) {
+        *t += a - b;
+    }
+}
+
+/// The p50 and p99 of sorted samples, in µs.
+fn p50_p99(sorted: &[Duration]) -> (f64, f64) {
+    (us(percentile(sorted, 50.0)), us(percentile(sorted, 99.0)))
+}
+
+async fn instances_latency_and_throughput(counts: &InstanceCounts, dir: &Path, child: &Path) {
+    let config = dir.join("proxy.toml");
+    instances_config(&config, child, 1, true);
+    let data = dir.join("proxy-data");
+    let (coordinator, coordinator_pid) =
+        spawn_coordinator(&data, &config, &dir.join("proxy.log")).await;
+    let proxy = coordinator.peer().clone();
+    wait_running(&proxy, &["kid".to_string()]).await;
+    let kid_pid = call_ok(&proxy, "instance_get", json!({"instance": "kid"})).await["pid"]
+        .as_u64()
+        .expect("kid pid") as u32;
+    let (direct_client, direct_pid) = spawn_test_child(child).await;
+    let direct = direct_client.peer().clone();
+
+    for _ in 0..counts.warmup {
+        echo_hi(&direct, "echo").await;
+        echo_hi(&proxy, "kid__echo").await;
+    }
+
+    // Sequential latency, in ten alternating blocks so that a change of load on the machine
+    // hits both sides alike.
+    let block = (counts.sequential / 10).max(1);
+    let mut direct_lat = Vec::with_capacity(counts.sequential as usize);
+    let mut proxied_lat = Vec::with_capacity(counts.sequential as usize);
+    let cpu = |pids: &[u32]| pids.iter().map(|&p| cpu_ticks(p)).collect::<Vec<_>>();
+    let mut ticks_direct = [0u64; 2]; // this process, the child
+    let mut ticks_proxied = [0u64; 3]; // this process, the coordinator, the child
+    let me = std::process::id();
+    let (switches_before, _) = context_switches(coordinator_pid);
+    for _ in 0..10 {
+        let before = cpu(&[me, direct_pid]);
+        time_sequential(&direct, "echo", block, &mut direct_lat).await;
+        add_ticks(&mut ticks_direct, &before, &cpu(&[me, direct_pid]));
+        let before = cpu(&[me, coordinator_pid, kid_pid]);
+        time_sequential(&proxy, "kid__echo", block, &mut proxied_lat).await;
+        add_ticks(
+            &mut ticks_proxied,
+            &before,
+            &cpu(&[me, coordinator_pid, kid_pid]),
+        );
+    }
+    let (switches_after, threads) = context_switches(coordinator_pid);
+    let n = direct_lat.len() as f64;
+    direct_lat.sort();
+    proxied_lat.sort();
+    let (d50, d99) = p50_p99(&direct_lat);
+    let (p50, p99) = p50_p99(&proxied_lat);
+    let added50 = p50 - d50;
+    println!(
+        "echo sequential (1 in flight), {} calls each after {} warm-up: direct p50 {d50:.0} µs, \
+         p99 {d99:.0} µs; through the coordinator (kid__echo) p50 {p50:.0} µs, p99 {p99:.0} µs",
+        direct_lat.len(),
+        counts.warmup,
+    );
+    println!(
+        "added latency of a proxied call: p50 {added50:.0} µs, p99 {:.0} µs   [target added p50 \
+         < 60 µs: {}]",
+        p99 - d99,
+        verdict(added50 < 60.0),
+    );
+    let per_call = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / n;
+    println!(
+        "   (info) CPU per call (user+sys, 10 ms ticks): direct: client {:.0} µs, child {:.0} µs; \
+         proxied: client {:.0} µs, coordinator {:.0} µs, child {:.0} µs; coordinator context \
+         switches {:.1} per call over its {threads} threads",
+        per_call(ticks_direct[0]),
+        per_call(ticks_direct[1]),
+        per_call(ticks_proxied[0]),
+        per_call(ticks_proxied[1]),
+        per_call(ticks_proxied[2]),
+        (switches_after - switches_before) as f64 / n,
+    );
+    println!(
+        "   (info) direct p90 {:.0} µs, max {:.0} µs; proxied p90 {:.0} µs, max {:.0} µs; \
+         proxied/direct p50 {:.2}x",
+        us(percentile(&direct_lat, 90.0)),
+        us(direct_lat[direct_lat.len() - 1]),
+        us(percentile(&proxied_lat, 90.0)),
+        us(proxied_lat[proxied_lat.len() - 1]),
+        p50 / d50,
+    );
+
+    // Throughput with `in_flight` calls outstanding on one session.
+    let total = counts.throughput;
+    let before = cpu(&[me, direct_pid]);
+    let direct_wall = time_throughput(&direct, "echo", total, counts.in_flight).await;
+    let direct_ticks = cpu(&[me, direct_pid]);
+    let before_p = cpu(&[me, coordinator_pid, kid_pid]);
+    let proxied_wall = time_throughput(&proxy, "kid__echo", total, counts.in_flight).await;
+    let proxied_ticks = cpu(&[me, coordinator_pid, kid_pid]);
+    let direct_rate = total as f64 / direct_wall.as_secs_f64();
+    let proxied_rate = total as f64 / proxied_wall.as_secs_f64();
+    let ratio = proxied_rate / direct_rate;
+    println!(
+        "echo throughput ({} in flight, {total} calls each): direct {direct_rate:.0} calls/s, \
+         through the coordinator {proxied_rate:.0} calls/s = {:.0}% of direct   [target >= 90%: \
+         {}]",
+        counts.in_flight,
+        ratio * 100.0,
+        verdict(ratio >= 0.9),
+    );
+    let per = |a: u64, b: u64| (a - b) as f64 / TICKS_PER_SECOND * 1e6 / total as f64;
+    println!(
+        "   (info) CPU per call: direct: client {:.0} µs, child {:.0} µs; proxied: client {:.0} \
+         µs, coordinator {:.0} µs, child {:.0} µs; coordinator CPU use {:.0}% of one core \
+         ({} CPUs on this machine)",
+        per(direct_ticks[0], before[0]),
+        per(direct_ticks[1], before[1]),
+        per(proxied_ticks[0], before_p[0]),
+        per(proxied_ticks[1], before_p[1]),
+        per(proxied_ticks[2], before_p[2]),
+        (proxied_ticks[1] - before_p[1]) as f64 / TICKS_PER_SECOND * 100.0
+            / proxied_wall.as_secs_f64(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+
+    let children = children_of(coordinator_pid);
+    close_all(direct_client, direct_pid, &[]).await;
+    close_all(coordinator, coordinator_pid, &children).await;
+}
+
+/// One cold start with a fresh data dir: (spawn -> initialize answered, spawn -> first
+/// coordinator_status answered, spawn -> every autostarted child running with its tools
+/// listed, and the first coordinator_status call alone).
+async fn instances_cold_start(dir: &Path, config: &Path, types: usize) -> [Duration; 4] {
+    let data = tempfile::tempdir_in(dir).expect("temp dir");
+    let started = Instant::now();
+    let (client, pid) =
+        spawn_coordinator(&data.path().join("data"), config, &data.path().join("log")).await;
+    let initialized = started.elapsed();
+    call_ok(client.peer(), "coordinator_status", json!({})).await;
+    let status = started.elapsed();
+    let names: Vec<String> = (1..=types).map(type_name).collect();
+    wait_running(client.peer(), &names).await;
+    let all_up = started.elapsed();
+    let children = children_of(pid);
+    assert_eq!(children.len(), types, "children of the coordinator");
+    close_all(client, pid, &children).await;
+    [initialized, status, all_up, status - initialized]
+}
+
+async fn instances_cold_starts(counts: &InstanceCounts, dir: &Path, child: &Path) {
+    let mut medians = Vec::new();
+    for types in [0, 5] {
+        let config = dir.join(format!("cold-{types}.toml"));
+        instances_config(&config, child, types, true);
+        // One unmeasured run first (page cache, binaries).
+        instances_cold_start(dir, &config, types).await;
+        let mut runs: [Vec<Duration>; 4] = Default::default();
+        for _ in 0..counts.cold_runs {
+            let times = instances_cold_start(dir, &config, types).await;
+            for (all, t) in runs.iter_mut().zip(times) {
+                all.push(t);
+            }
+        }
+        for r in &mut runs {
+            r.sort();
+        }
+        let [init, status, up, status_call] = &runs;
+        println!(
+            "cold start, {types} autostarted children: to initialize answer median {:.2} ms \
+             (min {:.2}, max {:.2}); to first coordinator_status answer median {:.2} ms (min \
+             {:.2}, max {:.2}; the status call alone median {:.2} ms){}; {} runs, each on a \
+             fresh data dir",
+            ms(percentile(init, 50.0)),
+            ms(init[0]),
+            ms(init[init.len() - 1]),
+            ms(percentile(status, 50.0)),
+            ms(status[0]),
+            ms(status[status.len() - 1]),
+            ms(percentile(status_call, 50.0)),
+            if types > 0 {
+                format!(
+                    "; to all {types} children running, tools listed, median {:.1} ms",
+                    ms(percentile(up, 50.0))
+                )
+            } else {
+                String::new()
+            },
+            counts.cold_runs,
+        );
+        medians.push((percentile(init, 50.0), percentile(status, 50.0)));
+    }
+    let (init0, status0) = medians[0];
+    let (init5, status5) = medians[1];
+    // "Not slowed": within 10% (or 1 ms, the noise of a process start) of the start without
+    // children.
+    let same = |a: Duration, b: Duration| b <= a.mul_f64(1.1).max(a + Duration::from_millis(1));
+    println!(
+        "cold start with 5 autostarted children vs none: initialize {:+.2} ms, first status \
+         {:+.2} ms   [target not slowed (within 10% or 1 ms): initialize {}, status {}]",
+        ms(init5) - ms(init0),
+        ms(status5) - ms(status0),
+        verdict(same(init0, init5)),
+        verdict(same(status0, status5)),
+    );
+}
+
+async fn instances_memory(counts: &InstanceCounts, dir: &Path, child: &Path) {
+    let config = dir.join("memory.toml");
+    instances_config(&config, child, 1, false);
+    let (client, pid) =
+        spawn_coordinator(&dir.join("memory-data"), &config, &dir.join("memory.log")).await;
+    let peer = client.peer().clone();
+    call_ok(&peer, "coordinator_status", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss0, _) = memory_kb(pid);
+
+    let mut starts = Vec::with_capacity(counts.children);
+    let mut pids = Vec::with_capacity(counts.children);
+    for i in 1..=counts.children {
+        let started = Instant::now();
+        let view = call_ok(
+            &peer,
+            "instance_start",
+            json!({"type": "kid", "name": format!("k{i}")}),
+        )
+        .await;
+        starts.push(started.elapsed());
+        assert_eq!(view["status"], "running", "{view}");
+        pids.push(view["pid"].as_u64().expect("pid") as u32);
+    }
+    // Every child's tools offered and called once.
+    let names: Vec<String> = (1..=counts.children).map(|i| format!("k{i}")).collect();
+    wait_running(&peer, &names).await;
+    for name in &names {
+        call_ok(&peer, &format!("{name}__echo"), json!({"text": "hi"})).await;
+    }
+    let started = Instant::now();
+    let listed = peer.list_all_tools().await.expect("tools/list").len();
+    let list_time = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (rss, hwm) = memory_kb(pid);
+    let children_rss: u64 = pids.iter().map(|&p| memory_kb(p).0).sum();
+    let (_, threads) = context_switches(pid);
+    starts.sort();
+    let rss_mb = rss as f64 / 1024.0;
+    println!(
+        "coordinator RSS with {} running children: VmRSS {rss_mb:.1} MB (VmHWM {:.1} MB); with \
+         0 children {:.1} MB   [target < 40 MB: {}]",
+        counts.children,
+        hwm as f64 / 1024.0,
+        rss0 as f64 / 1024.0,
+        verdict(rss_mb < 40.0),
+    );
+    println!(
+        "   (info) coordinator's own RSS, children excluded; {:.0} KB per child; the children \
+         themselves {:.1} MB in all ({:.1} MB each); coordinator threads {threads}; \
+         instance_start median {:.1} ms (max {:.1} ms); tools/list of {listed} tools {:.2} ms",
+        (rss.saturating_sub(rss0)) as f64 / counts.children as f64,
+        children_rss as f64 / 1024.0,
+        children_rss as f64 / 1024.0 / counts.children as f64,
+        ms(percentile(&starts, 50.0)),
+        ms(starts[starts.len() - 1]),
+        ms(list_time),
+    );
+    close_all(client, pid, &pids).await;
+}
+
+fn bench_instances(counts: &InstanceCounts, dir: &Path) {
+    println!(
+        "\n== instances: child MCP servers through the coordinator (test_child over stdio, rmcp \
+         client) =="
+    );
+    let child = test_child_bin();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        instances_latency_and_throughput(counts, dir, &child).await;
+        instances_cold_starts(counts, dir, &child).await;
+        instances_memory(counts, dir, &child).await;
+    });
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this program takes no arguments of its own.
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -1647,6 +2288,10 @@ fn main() {
     if wants("pipelines") {
         let pipeline_dir = tempfile::tempdir().expect("temp dir");
         bench_pipelines(&counts, pipeline_dir.path());
+    }
+    if wants("instances") {
+        let instance_dir = tempfile::tempdir().expect("temp dir");
+        bench_instances(&InstanceCounts::new(quick), instance_dir.path());
     }
 
     println!("\nload average {} at end", load_average());

@@ -43,6 +43,10 @@ pub enum ToolGroup {
     Remediation,
     /// `mcp_config_list`, `mcp_server_install`, `mcp_server_remove`.
     Configs,
+    /// `instance_types`, `instance_start`, `instance_list`, `instance_get`, `instance_stop`,
+    /// `instance_restart`, `instance_call_tool`, `instance_tool_review`, and the tools of
+    /// running instances (`<instance>__<tool>`).
+    Instances,
 }
 
 impl ToolGroup {
@@ -57,6 +61,7 @@ impl ToolGroup {
             ToolGroup::Assessments => "assessments",
             ToolGroup::Remediation => "remediation",
             ToolGroup::Configs => "configs",
+            ToolGroup::Instances => "instances",
         }
     }
 }
@@ -88,6 +93,13 @@ pub struct ConfigFile {
     /// Assessments: where MCP client configs are looked for, the policy file, registries.
     #[serde(default)]
     pub assessments: crate::assessment::AssessmentsConfig,
+    /// Child MCP instances: restore on start, stop grace, how many at once.
+    #[serde(default)]
+    pub instances: crate::instance::catalog::InstancesConfig,
+    /// The catalog of child MCP servers the coordinator may run, by type name
+    /// (`[instance_types.NAME]`).
+    #[serde(default)]
+    pub instance_types: std::collections::BTreeMap<String, crate::instance::catalog::InstanceType>,
 }
 
 /// `[tools]` in the config file.
@@ -128,6 +140,13 @@ impl ConfigFile {
             .approvals
             .validate()
             .and_then(|()| config.agents.validate())
+            .and_then(|()| config.instances.validate())
+            .and_then(|()| {
+                config
+                    .instance_types
+                    .iter()
+                    .try_for_each(|(name, t)| t.validate(name))
+            })
             .map_err(|message| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 message,

@@ -11,7 +11,7 @@ use rmcp::model::ErrorCode;
 use serde_json::{Value, json};
 
 /// Every tool, sorted, with (read-only, destructive) annotations.
-const TOOLS: [(&str, bool, bool); 39] = [
+const TOOLS: [(&str, bool, bool); 47] = [
     ("agent_deregister", false, false),
     ("agent_heartbeat", false, false),
     ("agent_list", true, false),
@@ -26,6 +26,14 @@ const TOOLS: [(&str, bool, bool); 39] = [
     ("audit_query", true, false),
     ("audit_verify", true, false),
     ("coordinator_status", true, false),
+    ("instance_call_tool", false, true),
+    ("instance_get", true, false),
+    ("instance_list", true, false),
+    ("instance_restart", false, true),
+    ("instance_start", false, false),
+    ("instance_stop", false, true),
+    ("instance_tool_review", false, false),
+    ("instance_types", true, false),
     ("mcp_config_list", true, false),
     ("mcp_server_install", false, false),
     ("mcp_server_remove", false, true),
@@ -163,6 +171,29 @@ fn script(
             "mcp_server_remove",
             json!({"file": id("file"), "server": "memory", "review": false}),
         ),
+        ("instance_types", json!({})),
+        (
+            "instance_start",
+            json!({"type": "kid", "name": "schema-kid", "ttl_seconds": 600}),
+        ),
+        ("instance_list", json!({})),
+        ("instance_get", json!({"instance": "schema-kid"})),
+        (
+            "instance_call_tool",
+            json!({"instance": "schema-kid", "tool": "echo", "arguments": {"text": "hi"}}),
+        ),
+        // The child changes echo's description: echo is quarantined until a person approves.
+        (
+            "instance_call_tool",
+            json!({"instance": "schema-kid", "tool": "set_variant", "arguments": {"variant": "v2"}}),
+        ),
+        // No elicitation in this client: the review stays pending, with the CLI command.
+        (
+            "instance_tool_review",
+            json!({"instance": "schema-kid", "tool": "echo"}),
+        ),
+        ("instance_restart", json!({"instance": "schema-kid"})),
+        ("instance_stop", json!({"instance": "schema-kid"})),
         ("audit_query", json!({"limit": 5})),
         ("audit_verify", json!({})),
     ];
@@ -197,7 +228,16 @@ fn protocol_error(r: Result<rmcp::model::CallToolResult, ServiceError>) -> rmcp:
 async fn tools_have_schemas_annotations_and_valid_structured_output() {
     for era in ERAS {
         let dir = data_dir();
-        let client = connect(dir.path(), &[], era).await;
+        let config = dir.path().join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[instance_types.kid]\ncommand = {:?}\n",
+                common::example_bin("test_child").display().to_string()
+            ),
+        )
+        .unwrap();
+        let client = connect(dir.path(), &["--config", config.to_str().unwrap()], era).await;
         let version = client.peer().peer_info().unwrap().protocol_version.clone();
         match era {
             Era::Legacy => assert_eq!(version.as_str(), "2025-11-25"),
@@ -224,6 +264,22 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
         while let Some((name, args)) = script(&ids, step) {
             step += 1;
             let tool = tools.iter().find(|t| t.name == name).expect("tool listed");
+            if name == "instance_tool_review" {
+                // The quarantine follows the child's tools/list_changed; wait for it.
+                let mut waited = 0;
+                while call(&client, "instance_get", json!({"instance": "schema-kid"}))
+                    .await
+                    .unwrap()
+                    .structured_content
+                    .unwrap()["detail"]["hidden_tools"]
+                    .as_array()
+                    .is_none_or(|h| h.is_empty())
+                {
+                    waited += 1;
+                    assert!(waited < 100, "echo was never quarantined");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
             if name == "assessment_cancel" {
                 let r = call(&client, name, args.clone()).await.unwrap();
                 if r.is_error == Some(true) {
@@ -498,7 +554,7 @@ async fn config_can_switch_tool_groups_off() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        "[tools]\ndisabled_groups = [\"audit\", \"approvals\", \"agents\", \"tasks\", \"pipelines\", \"assessments\", \"remediation\", \"configs\"]\n",
+        "[tools]\ndisabled_groups = [\"audit\", \"approvals\", \"agents\", \"tasks\", \"pipelines\", \"assessments\", \"remediation\", \"configs\", \"instances\"]\n",
     )
     .unwrap();
     let client = connect(
@@ -527,7 +583,8 @@ async fn config_can_switch_tool_groups_off() {
             "pipelines",
             "assessments",
             "remediation",
-            "configs"
+            "configs",
+            "instances"
         ])
     );
     assert_eq!(status["tools_enabled"], 1);

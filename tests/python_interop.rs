@@ -2,13 +2,17 @@
 //! built binary over stdio in the legacy (initialize) and the stateless (2026-07-28) eras, and
 //! `tests/interop/approvals.py` answers human approvals through elicitation in both, and
 //! `tests/interop/pipelines.py` decides pipeline approval stages the same way, and
-//! `tests/interop/remediation.py` assesses configs and reviews remediations.
+//! `tests/interop/remediation.py` assesses configs and reviews remediations, and
+//! `tests/interop/instances.py` gates a child instance's destructive tool on approvals.
 //!
 //! The interpreter is `$MCP_COORDINATOR_PYTHON` when set, else `target/interop-venv/bin/python`,
 //! which this test creates (with `python3 -m venv` and `pip install -r
 //! tests/interop/requirements.txt`) when it is missing or its requirements are out of date.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
+use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -109,6 +113,11 @@ fn python() -> PathBuf {
 /// Runs `tests/interop/<script>` with the built binary and a fresh data directory, and requires
 /// exit status 0 and a last line `N passed, 0 failed`.
 fn run_interop_script(script: &str) {
+    run_interop_script_with(script, &[]);
+}
+
+/// [`run_interop_script`], with `extra` arguments after the usual ones.
+fn run_interop_script_with(script: &str, extra: &[&OsStr]) {
     let python = python();
     let script = manifest_dir().join("tests/interop").join(script);
     let data = tempfile::tempdir().expect("create a temp dir");
@@ -119,6 +128,7 @@ fn run_interop_script(script: &str) {
         .arg(env!("CARGO_BIN_EXE_mcp-coordinator"))
         .arg("--data-dir")
         .arg(data.path())
+        .args(extra)
         .env("PYTHONUNBUFFERED", "1")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .output()
@@ -172,4 +182,14 @@ fn official_python_sdk_decides_pipeline_approval_stages() {
 #[test]
 fn official_python_sdk_reviews_remediations() {
     run_interop_script("remediation.py");
+}
+
+/// Approval-gated child instance tools (`tests/interop/instances.py`): with the test child
+/// (`examples/test_child.rs`) as instance `kid`, the SDK's elicitation callback approves
+/// `kid__delete_item` (forwarded once, the child's count goes up by one) and rejects or declines
+/// it (`forbidden`, the child never sees it) in both eras; `kid__echo` goes through unasked.
+#[test]
+fn official_python_sdk_approves_gated_instance_tools() {
+    let child = common::example_bin("test_child");
+    run_interop_script_with("instances.py", &[OsStr::new("--child"), child.as_os_str()]);
 }

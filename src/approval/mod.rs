@@ -25,7 +25,8 @@ string_enum!(
     Kind {
         /// Applying a remediation proposal.
         Remediation => "remediation",
-        /// Calling a gated tool of a child MCP server.
+        /// Calling a gated tool of a child MCP server, or offering a child tool whose
+        /// definition changed or was flagged (tool pinning; the action says which).
         InstanceToolCall => "instance_tool_call",
         /// Running an approval-gated pipeline stage.
         PipelineStage => "pipeline_stage",

@@ -225,6 +225,36 @@ pub enum Action {
     /// An executed remediation was undone from its backups, after approval.
     #[serde(rename = "remediation.rolled_back")]
     RemediationRolledBack,
+    /// A child MCP instance was started and initialized (type, pid, tools).
+    #[serde(rename = "instance.started")]
+    InstanceStarted,
+    /// A child MCP instance was stopped (by whom, why).
+    #[serde(rename = "instance.stopped")]
+    InstanceStopped,
+    /// A child MCP instance exited or became unhealthy on its own (exit status, stderr tail).
+    #[serde(rename = "instance.exited")]
+    InstanceExited,
+    /// A child MCP instance was started again after a crash, a failed health check or a request.
+    #[serde(rename = "instance.restarted")]
+    InstanceRestarted,
+    /// A child MCP instance crashed too often and was left for a person.
+    #[serde(rename = "instance.crash_loop")]
+    InstanceCrashLoop,
+    /// A child MCP instance reached its time to live and was stopped.
+    #[serde(rename = "instance.expired")]
+    InstanceExpired,
+    /// A child MCP instance could not start, or was lost with its coordinator.
+    #[serde(rename = "instance.failed")]
+    InstanceFailed,
+    /// A child tool's definition was seen for the first time and pinned by its hash.
+    #[serde(rename = "instance.tool_pinned")]
+    InstanceToolPinned,
+    /// A child tool's definition changed or looks like a prompt injection; it is hidden until approved.
+    #[serde(rename = "instance.tool_quarantined")]
+    InstanceToolQuarantined,
+    /// A person approved a quarantined child tool definition; it is pinned again and exposed.
+    #[serde(rename = "instance.tool_approved")]
+    InstanceToolApproved,
 }
 
 impl Action {
@@ -269,6 +299,16 @@ impl Action {
             Action::RemediationWithdrawn => "remediation.withdrawn",
             Action::RemediationExecuted => "remediation.executed",
             Action::RemediationRolledBack => "remediation.rolled_back",
+            Action::InstanceStarted => "instance.started",
+            Action::InstanceStopped => "instance.stopped",
+            Action::InstanceExited => "instance.exited",
+            Action::InstanceRestarted => "instance.restarted",
+            Action::InstanceCrashLoop => "instance.crash_loop",
+            Action::InstanceExpired => "instance.expired",
+            Action::InstanceFailed => "instance.failed",
+            Action::InstanceToolPinned => "instance.tool_pinned",
+            Action::InstanceToolQuarantined => "instance.tool_quarantined",
+            Action::InstanceToolApproved => "instance.tool_approved",
         }
     }
 }

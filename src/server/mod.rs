@@ -4,8 +4,10 @@
 
 mod approvals;
 mod assessments;
+mod instances;
 mod pipelines;
 mod queue;
+mod relay;
 mod remediations;
 mod resources;
 pub mod session;
@@ -26,7 +28,9 @@ use rmcp::model::{
     ReadResourceResponse, RequestStateCodec, RequestStateError, ResultType, ServerCapabilities,
     ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::{RequestContext, SubscriptionContext};
+use rmcp::service::{
+    NotificationContext, Peer, RequestContext, SubscriptionContext, SubscriptionSink,
+};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -36,6 +40,7 @@ use crate::approval::ApprovalService;
 use crate::assessment::AssessmentService;
 use crate::audit::{Action, AuditLog, NewEvent, Outcome};
 use crate::config::{Settings, ToolGroup};
+use crate::instance::InstanceService;
 use crate::pipeline::PipelineService;
 use crate::remediation::RemediationService;
 use crate::secret::SecretStore;
@@ -62,6 +67,16 @@ struct Inner {
     pipelines: PipelineService,
     assessments: AssessmentService,
     remediations: RemediationService,
+    instances: InstanceService,
+    /// Clients to tell when the tool list changes: initialize-era peers, and 2026-07-28
+    /// `subscriptions/listen` streams that asked for `tools_list_changed`.
+    tool_listeners: std::sync::Mutex<(Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)>,
+    /// Tool-call audit events of proxied calls, written in batches off the call's path.
+    audit_batch: tokio::sync::mpsc::UnboundedSender<NewEvent>,
+    audit_batch_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NewEvent>>>,
+    /// The initialize-era client of this stdio session, once initialized: the fast path of
+    /// proxied calls serves only it.
+    fast_client: std::sync::OnceLock<FastClient>,
     /// Legacy `resources/subscribe` subscriptions of this process, by URI.
     subscriptions: std::sync::Mutex<HashMap<String, CancellationToken>>,
     /// Seals MRTR `requestState` values. The key is random per process: a state sealed by one
@@ -77,6 +92,12 @@ struct Inner {
     disabled: HashMap<String, ToolGroup>,
 }
 
+/// Who the initialize-era client is, for the audit records of fast-path calls.
+struct FastClient {
+    actor: crate::audit::Actor,
+    protocol_version: String,
+}
+
 /// Every tool route of every domain. Each domain module contributes its own list.
 fn all_routes() -> Vec<tool::Route> {
     let mut routes = system::routes();
@@ -85,6 +106,7 @@ fn all_routes() -> Vec<tool::Route> {
     routes.extend(pipelines::routes());
     routes.extend(assessments::routes());
     routes.extend(remediations::routes());
+    routes.extend(instances::routes());
     routes
 }
 
@@ -125,6 +147,15 @@ impl Coordinator {
         );
         let assessments =
             AssessmentService::new(audit.clone(), settings.config.assessments.clone());
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let instances = InstanceService::new(
+            audit.clone(),
+            SecretStore::new(audit.clone(), settings.data_dir.clone()),
+            settings.config.instance_types.clone(),
+            settings.config.instances.clone(),
+            &session_id,
+        );
+        let (audit_batch, audit_batch_rx) = tokio::sync::mpsc::unbounded_channel();
         let remediations = RemediationService::new(
             audit.clone(),
             approvals.clone(),
@@ -141,11 +172,16 @@ impl Coordinator {
                 pipelines,
                 assessments,
                 remediations,
+                instances,
+                tool_listeners: std::sync::Mutex::new((Vec::new(), Vec::new())),
+                audit_batch,
+                audit_batch_rx: std::sync::Mutex::new(Some(audit_batch_rx)),
+                fast_client: std::sync::OnceLock::new(),
                 subscriptions: std::sync::Mutex::new(HashMap::new()),
                 codec,
                 settings,
                 started: Instant::now(),
-                session_id: uuid::Uuid::new_v4().to_string(),
+                session_id,
                 os_user: crate::audit::Actor::os_user().id,
                 router,
                 disabled,
@@ -175,6 +211,10 @@ impl Coordinator {
 
     pub fn remediations(&self) -> &RemediationService {
         &self.inner.remediations
+    }
+
+    pub fn instances(&self) -> &InstanceService {
+        &self.inner.instances
     }
 
     pub fn codec(&self) -> &RequestStateCodec {
@@ -218,6 +258,33 @@ impl Coordinator {
         tokio::task::spawn_blocking(move || f(&this))
             .await
             .map_err(|e| tool::ToolError::new(tool::ErrorCode::Internal, e.to_string()))
+    }
+
+    fn tool_listeners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, (Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)> {
+        self.inner
+            .tool_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The target of `<instance>__<tool>`, unless the instances group is switched off.
+    fn proxy_target(
+        &self,
+        name: &str,
+    ) -> Option<Result<crate::instance::Target, crate::instance::InstanceError>> {
+        if self
+            .inner
+            .settings
+            .config
+            .tools
+            .disabled_groups
+            .contains(&ToolGroup::Instances)
+        {
+            return None;
+        }
+        self.inner.instances.resolve_exposed(name)
     }
 
     fn unknown_tool(&self, name: &str) -> ErrorData {
@@ -266,6 +333,7 @@ impl ServerHandler for Coordinator {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_tool_list_changed()
                 .enable_resources()
                 .enable_resources_subscribe()
                 .enable_tasks()
@@ -285,9 +353,21 @@ impl ServerHandler for Coordinator {
     ) -> Result<ListToolsResult, ErrorData> {
         let modern =
             session::era_of(context.protocol_version().as_ref()) == session::Era::Stateless;
-        let mut result = ListToolsResult::with_all_items(self.inner.router.list_all());
+        let mut tools = self.inner.router.list_all();
+        if !self
+            .inner
+            .settings
+            .config
+            .tools
+            .disabled_groups
+            .contains(&ToolGroup::Instances)
+        {
+            tools.extend(self.inner.instances.exposed_tools().iter().cloned());
+        }
+        let mut result = ListToolsResult::with_all_items(tools);
         result.result_type = Some(ResultType::COMPLETE);
-        // The tool list of a process never changes, so stateless clients may cache it.
+        // The list changes as child instances start and stop (`tools/list_changed` says when),
+        // so stateless clients are told not to reuse it.
         result.ttl_ms = modern.then_some(0);
         result.cache_scope = modern.then_some(CacheScope::Public);
         Ok(result)
@@ -366,6 +446,7 @@ impl ServerHandler for Coordinator {
         requested: &SubscriptionFilter,
     ) -> Option<SubscriptionFilter> {
         let mut accepted = SubscriptionFilter::new();
+        accepted.tools_list_changed = requested.tools_list_changed.filter(|t| *t);
         accepted.resource_subscriptions = requested.resource_subscriptions.as_ref().map(|uris| {
             uris.iter()
                 .filter(|u| resources::run_id_of(u).is_some())
@@ -376,6 +457,9 @@ impl ServerHandler for Coordinator {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        if context.accepted().tools_list_changed == Some(true) {
+            self.tool_listeners().1.push(context.sink().clone());
+        }
         let stop = CancellationToken::new();
         let _stop_all = stop.clone().drop_guard();
         for uri in context
@@ -415,7 +499,26 @@ impl ServerHandler for Coordinator {
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.inner.router.get(name).cloned()
+        self.inner.router.get(name).cloned().or_else(|| {
+            self.inner
+                .instances
+                .resolve_exposed(name)
+                .and_then(|t| t.ok())
+                .map(|t| t.tool.tool.clone())
+        })
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        if let Some(info) = context.peer.peer_info() {
+            let _ = self.inner.fast_client.set(FastClient {
+                actor: crate::audit::Actor::new(
+                    crate::audit::ActorKind::Client,
+                    format!("{}/{}", info.client_info.name, info.client_info.version),
+                ),
+                protocol_version: info.protocol_version.to_string(),
+            });
+        }
+        self.tool_listeners().0.push(context.peer);
     }
 
     async fn call_tool(
@@ -427,11 +530,18 @@ impl ServerHandler for Coordinator {
         let name = request.name.to_string();
         let call = Call::from_context(&context, self);
         let arguments = request.arguments.clone().map(serde_json::Value::Object);
+        let mut proxied = false;
         let result = if self.inner.router.has_route(&name) {
             self.inner
                 .router
                 .call(ToolCallContext::new(self, request, context))
                 .await
+        } else if let Some(target) = self.proxy_target(&name) {
+            proxied = true;
+            let mut call = call.clone();
+            call.request_state = request.request_state.clone();
+            call.input_responses = request.input_responses.clone();
+            Ok(instances::call_exposed(self, target, request.arguments, &call).await)
         } else {
             Err(self.unknown_tool(&name))
         };
@@ -455,7 +565,23 @@ impl ServerHandler for Coordinator {
             "os_user": self.inner.os_user,
             "error": error,
         });
-        self.audit_call(&call, name, detail, outcome).await;
+        if proxied {
+            // Off the call's path: written in batches by `audit_batches`.
+            let event = NewEvent {
+                actor: call.actor.clone(),
+                action: Action::ToolCall,
+                subject: name,
+                outcome,
+                detail,
+                critical: false,
+            };
+            if let Err(e) = self.inner.audit_batch.send(event) {
+                self.audit_call(&call, e.0.subject.clone(), e.0.detail, e.0.outcome)
+                    .await;
+            }
+        } else {
+            self.audit_call(&call, name, detail, outcome).await;
+        }
         result
     }
 }
@@ -531,6 +657,72 @@ async fn pipelines_forever(c: Coordinator) {
     }
 }
 
+/// Tells every listening client when the offered tools change (child instances started,
+/// stopped, or changed their tools).
+async fn tool_list_changes(c: Coordinator) {
+    let mut changes = c.instances().subscribe();
+    while changes.changed().await.is_ok() {
+        let (peers, sinks) = {
+            let l = c.tool_listeners();
+            (l.0.clone(), l.1.clone())
+        };
+        for peer in peers {
+            if let Err(e) = peer.notify_tool_list_changed().await {
+                tracing::debug!(error = %e, "could not send tools/list_changed");
+            }
+        }
+        let mut dead = Vec::new();
+        for (i, sink) in sinks.iter().enumerate() {
+            if sink.notify_tool_list_changed().await.is_err() {
+                dead.push(i);
+            }
+        }
+        if !dead.is_empty() {
+            let mut l = c.tool_listeners();
+            let mut i = 0;
+            l.1.retain(|_| {
+                i += 1;
+                !dead.contains(&(i - 1))
+            });
+        }
+    }
+}
+
+/// Writes queued tool-call audit events in batches: one transaction for whatever has queued up
+/// (up to 512), so proxied calls do not wait for the database. Ends when the queue closes.
+async fn audit_batches(
+    audit: AuditLog,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<NewEvent>,
+    stop: CancellationToken,
+) {
+    loop {
+        let first = tokio::select! {
+            e = rx.recv() => e,
+            () = stop.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(first) = first else { return };
+        // Let a burst gather: one transaction for many calls costs far less than one each.
+        if !stop.is_cancelled() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        let audit = audit.clone();
+        match tokio::task::spawn_blocking(move || audit.record_batch(&batch)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "could not record tool calls in the audit log")
+            }
+            Err(e) => tracing::error!(error = %e, "could not record tool calls in the audit log"),
+        }
+    }
+}
+
 /// Why the server stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -554,12 +746,45 @@ where
     let audit = coordinator.audit().clone();
     let sweeper = tokio::spawn(sweep_forever(coordinator.clone()));
     let pipelines = tokio::spawn(pipelines_forever(coordinator.clone()));
+    let notifier = tokio::spawn(tool_list_changes(coordinator.clone()));
+    let batches = coordinator
+        .inner
+        .audit_batch_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .map(|rx| {
+            let stop = CancellationToken::new();
+            (
+                tokio::spawn(audit_batches(audit.clone(), rx, stop.clone())),
+                stop,
+            )
+        });
+    coordinator.instances().restore_and_autostart();
+    let instances = coordinator.instances().clone();
+    let (reader, writer) = transport;
+    let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, reader, writer);
+    let transport = (rmcp_reads, rmcp_writes);
     let stopped = tokio::select! {
-        r = serve(coordinator, transport) => r?,
-        () = shutdown => Stopped::Shutdown,
+        r = serve(coordinator.clone(), transport) => r,
+        () = shutdown => Ok(Stopped::Shutdown),
     };
     sweeper.abort();
     pipelines.abort();
+    notifier.abort();
+    // rmcp's last answers reach the client before anything else stops.
+    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), output).await;
+    // Every child goes with us: close, SIGTERM, SIGKILL of each process group.
+    instances
+        .shutdown(std::time::Duration::from_millis(2000))
+        .await;
+    drop(coordinator);
+    if let Some((writer, stop)) = batches {
+        // Write what is queued, then end the writer.
+        stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1000), writer).await;
+    }
+    let stopped = stopped?;
     let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;
     match signed {
         Ok(Ok(seq)) => tracing::debug!(?seq, "signed the audit chain head"),

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod approval;
 pub mod assessment;
 pub mod audit;
+pub mod instance;
 pub mod pipeline;
 pub mod secret;
 pub mod task;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0004_pipelines.sql")),
     M::up(include_str!("migrations/0005_secrets.sql")),
     M::up(include_str!("migrations/0006_assessments.sql")),
+    M::up(include_str!("migrations/0007_instances.sql")),
 ];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
@@ -58,6 +60,14 @@ const DOMAIN_TABLES: &[(&str, &str)] = &[
     ("assessments", "SELECT COUNT(*) FROM assessments"),
     ("remediations", "SELECT COUNT(*) FROM remediations"),
     ("secrets", "SELECT COUNT(*) FROM secrets"),
+    (
+        "instances",
+        "SELECT COUNT(*) FROM instances WHERE status NOT IN ('stopped', 'expired', 'failed')",
+    ),
+    (
+        "instance_tool_pins",
+        "SELECT COUNT(*) FROM instance_tool_pins",
+    ),
 ];
 
 /// What went wrong in the store, named by what happened rather than by SQLite's code.

@@ -210,3 +210,31 @@ impl Drop for RawServer {
         let _ = self.child.wait();
     }
 }
+
+/// An example binary next to the coordinator binary (`<target>/<profile>/examples/NAME`),
+/// built here if needed: a plain `cargo test` builds the examples, but `cargo test --test X`
+/// does not, and a stale or missing binary must not be run.
+pub fn example_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let profile_dir = Path::new(BIN).parent().unwrap();
+    let bin = profile_dir.join("examples").join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--quiet", "--example", name, "--manifest-path"])
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(profile_dir.parent().unwrap());
+        if let Some(profile) = profile_dir.file_name().and_then(|n| n.to_str())
+            && profile != "debug"
+        {
+            cmd.args(["--profile", profile]);
+        }
+        let status = cmd.status().expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name}: {status}");
+        built.push(name.to_string());
+    }
+    assert!(bin.is_file(), "{} is missing", bin.display());
+    bin
+}

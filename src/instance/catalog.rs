@@ -1,0 +1,433 @@
+//! The catalog of instance types from the config file (`[instance_types.NAME]`): how to launch
+//! or reach a child MCP server, its environment template and required secrets, TTL, health
+//! checks, restart policy, resource limits and tool policy; plus `[instances]` defaults.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::policy::{ToolPolicy, check_instance_name};
+
+/// `[instances]`: settings for every instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct InstancesConfig {
+    /// On start, start again the instances a previous coordinator on this database left
+    /// running (it crashed) or stopped only because it exited. Off: they are marked failed.
+    pub restore: bool,
+    /// Seconds a stop waits after closing the child's stdin and again after SIGTERM before
+    /// the whole process group is killed (0.1 to 60).
+    pub stop_grace_seconds: f64,
+    /// At most this many instances run at once in one coordinator (1 to 1000).
+    pub max_instances: u32,
+}
+
+impl Default for InstancesConfig {
+    fn default() -> Self {
+        InstancesConfig {
+            restore: true,
+            stop_grace_seconds: 2.0,
+            max_instances: 64,
+        }
+    }
+}
+
+/// One entry of the catalog: a kind of child MCP server the coordinator may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceType {
+    /// What this server is for, shown by `instance_types`.
+    #[serde(default)]
+    pub description: String,
+    /// stdio transport: the program to run. Without a `/` it is looked up on the `PATH` of
+    /// the child's environment if `env` sets one, else on the coordinator's.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// stdio transport: its arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// stdio transport: the working directory (default: the coordinator's).
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// Streamable HTTP transport: the server's URL (`http://` or `https://`). Give either
+    /// `command` or `url`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Streamable HTTP transport: headers sent with every request. Values are templates like
+    /// `env` values (for example `Authorization = "Bearer ${secret:github_token}"`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The child's whole environment (it starts from an empty one). Values are templates:
+    /// `${secret:NAME}` is a secret from the coordinator's encrypted store (required: the start
+    /// fails if it is missing), `${env:NAME}` copies the coordinator's own variable, and
+    /// anything else is literal. `PATH = "${env:PATH}"` passes the coordinator's PATH on.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds an instance lives before it is stopped as `expired` (default: no limit).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+    /// Start one instance of this type, named after it, when the coordinator starts (in the
+    /// background: the coordinator answers at once).
+    #[serde(default)]
+    pub autostart: bool,
+    /// Seconds to wait for the child to answer `initialize` and `tools/list` (default 20).
+    #[serde(default = "default_init_timeout")]
+    pub init_timeout_seconds: f64,
+    /// Seconds a proxied tool call may take before it is cancelled (default 60).
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_seconds: f64,
+    /// Extra attempts for a failed call of a tool annotated `readOnlyHint` (default 2). Other
+    /// tools are never retried: a retry could do the change twice.
+    #[serde(default = "default_retries")]
+    pub read_only_retries: u32,
+    #[serde(default)]
+    pub health: HealthConfig,
+    #[serde(default)]
+    pub restart: RestartConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub policy: ToolPolicy,
+}
+
+fn default_init_timeout() -> f64 {
+    20.0
+}
+fn default_call_timeout() -> f64 {
+    60.0
+}
+fn default_retries() -> u32 {
+    2
+}
+
+/// Health checks: `ping` every `interval_seconds`; `failure_threshold` failures in a row make
+/// the instance `unhealthy`, and it is restarted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Seconds between checks (0.1 to 3600; default 15).
+    pub interval_seconds: f64,
+    /// Seconds one check may take (default 5).
+    pub timeout_seconds: f64,
+    /// Failed checks in a row before the instance is restarted (default 3).
+    pub failure_threshold: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_seconds: 15.0,
+            timeout_seconds: 5.0,
+            failure_threshold: 3,
+        }
+    }
+}
+
+/// Restarts after a crash or failed health checks: exponential backoff from
+/// `backoff_initial_ms` doubling up to `backoff_max_ms`; more than `max_restarts` within
+/// `window_seconds` puts the instance in `crash_loop`, left for a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct RestartConfig {
+    /// Restart a crashed or unhealthy instance at all (default true).
+    pub enabled: bool,
+    /// Restarts allowed within the window (default 5).
+    pub max_restarts: u32,
+    /// The window, in seconds (default 300).
+    pub window_seconds: u64,
+    /// The first backoff, in milliseconds (default 500).
+    pub backoff_initial_ms: u64,
+    /// The longest backoff, in milliseconds (default 30000).
+    pub backoff_max_ms: u64,
+}
+
+impl Default for RestartConfig {
+    fn default() -> Self {
+        RestartConfig {
+            enabled: true,
+            max_restarts: 5,
+            window_seconds: 300,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 30_000,
+        }
+    }
+}
+
+/// The circuit breaker of an instance: after `failures` failed calls in a row (timeouts,
+/// transport errors; not tool results with `isError`) calls fail at once for `open_seconds`,
+/// then one probe call is let through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Failed calls in a row that open the breaker (default 5).
+    pub failures: u32,
+    /// Seconds it stays open before a probe (default 30).
+    pub open_seconds: f64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            open_seconds: 30.0,
+        }
+    }
+}
+
+/// Resource limits applied to the child process (setrlimit) before it runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Address space, in MiB (`RLIMIT_AS`). Node reserves a lot of virtual memory: give it
+    /// several GiB or leave this out.
+    pub address_space_mb: Option<u64>,
+    /// CPU seconds (`RLIMIT_CPU`): the child is killed by the kernel past this.
+    pub cpu_seconds: Option<u64>,
+    /// Open files (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+}
+
+/// How a type is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Transport {
+    /// A child process speaking MCP on its stdin and stdout.
+    Stdio,
+    /// A server reached over MCP's streamable HTTP transport.
+    StreamableHttp,
+}
+
+/// One piece of an environment template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    Literal(String),
+    Secret(String),
+    Env(String),
+}
+
+/// Splits a template into literal text, `${secret:NAME}` and `${env:NAME}` references.
+pub fn parse_template(template: &str) -> Result<Vec<Piece>, String> {
+    let mut pieces = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("${") {
+        if start > 0 {
+            pieces.push(Piece::Literal(rest[..start].to_string()));
+        }
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(format!("`${{` without a closing `}}` in {template:?}"));
+        };
+        let inner = &after[..end];
+        let piece = match inner.split_once(':') {
+            Some(("secret", name)) if !name.is_empty() => Piece::Secret(name.to_string()),
+            Some(("env", name)) if !name.is_empty() => Piece::Env(name.to_string()),
+            _ => {
+                return Err(format!(
+                    "`${{{inner}}}` is not a reference; expected `${{secret:NAME}}` or `${{env:NAME}}`"
+                ));
+            }
+        };
+        pieces.push(piece);
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        pieces.push(Piece::Literal(rest.to_string()));
+    }
+    Ok(pieces)
+}
+
+impl InstanceType {
+    pub fn transport(&self) -> Transport {
+        if self.url.is_some() {
+            Transport::StreamableHttp
+        } else {
+            Transport::Stdio
+        }
+    }
+
+    /// The secret names the templates (env and headers) reference, sorted, once each.
+    pub fn required_secrets(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .env
+            .values()
+            .chain(self.headers.values())
+            .filter_map(|t| parse_template(t).ok())
+            .flatten()
+            .filter_map(|p| match p {
+                Piece::Secret(n) => Some(n),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    pub fn init_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.init_timeout_seconds)
+    }
+
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.call_timeout_seconds)
+    }
+
+    /// Checks one type; errors name the field (`instance_types.NAME.FIELD`).
+    pub fn validate(&self, name: &str) -> Result<(), String> {
+        let at = |field: &str| format!("instance_types.{name}.{field}");
+        check_instance_name(name).map_err(|e| format!("instance_types.{name}: {e}"))?;
+        match (&self.command, &self.url) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "instance_types.{name}: give either `command` (stdio) or `url` (streamable HTTP), not both"
+                ));
+            }
+            (None, None) => {
+                return Err(format!(
+                    "instance_types.{name}: missing `command` (stdio) or `url` (streamable HTTP)"
+                ));
+            }
+            (Some(c), None) if c.trim().is_empty() => {
+                return Err(format!("{}: must not be empty", at("command")));
+            }
+            (None, Some(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                return Err(format!(
+                    "{}: expected an http:// or https:// URL, got {u:?}",
+                    at("url")
+                ));
+            }
+            _ => {}
+        }
+        if self.url.is_some() && (!self.args.is_empty() || !self.env.is_empty()) {
+            return Err(format!(
+                "instance_types.{name}: `args` and `env` are for stdio types; a `url` type takes `headers`"
+            ));
+        }
+        for (key, value) in self.env.iter().chain(self.headers.iter()) {
+            parse_template(value).map_err(|e| format!("{}: {e}", at(&format!("env.{key}"))))?;
+        }
+        for (field, v, lo, hi) in [
+            (
+                "init_timeout_seconds",
+                self.init_timeout_seconds,
+                0.1,
+                600.0,
+            ),
+            (
+                "call_timeout_seconds",
+                self.call_timeout_seconds,
+                0.1,
+                3600.0,
+            ),
+            (
+                "health.interval_seconds",
+                self.health.interval_seconds,
+                0.1,
+                3600.0,
+            ),
+            (
+                "health.timeout_seconds",
+                self.health.timeout_seconds,
+                0.05,
+                600.0,
+            ),
+            (
+                "breaker.open_seconds",
+                self.breaker.open_seconds,
+                0.05,
+                3600.0,
+            ),
+        ] {
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("{}: expected {lo} to {hi}, got {v}", at(field)));
+            }
+        }
+        if self.health.failure_threshold == 0 || self.breaker.failures == 0 {
+            return Err(format!(
+                "instance_types.{name}: health.failure_threshold and breaker.failures must be at least 1"
+            ));
+        }
+        if self.restart.backoff_initial_ms == 0
+            || self.restart.backoff_max_ms < self.restart.backoff_initial_ms
+        {
+            return Err(format!(
+                "{}: expected backoff_initial_ms >= 1 and backoff_max_ms >= backoff_initial_ms",
+                at("restart")
+            ));
+        }
+        if self.ttl_seconds == Some(0) {
+            return Err(format!("{}: expected at least 1", at("ttl_seconds")));
+        }
+        self.policy
+            .validate()
+            .map_err(|e| format!("instance_types.{name}.{e}"))?;
+        Ok(())
+    }
+}
+
+impl InstancesConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.1..=60.0).contains(&self.stop_grace_seconds) {
+            return Err(format!(
+                "instances.stop_grace_seconds: expected 0.1 to 60, got {}",
+                self.stop_grace_seconds
+            ));
+        }
+        if !(1..=1000).contains(&self.max_instances) {
+            return Err(format!(
+                "instances.max_instances: expected 1 to 1000, got {}",
+                self.max_instances
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_split_into_references() {
+        assert_eq!(
+            parse_template("Bearer ${secret:gh}!").ok(),
+            Some(vec![
+                Piece::Literal("Bearer ".into()),
+                Piece::Secret("gh".into()),
+                Piece::Literal("!".into())
+            ])
+        );
+        assert_eq!(
+            parse_template("${env:PATH}").ok(),
+            Some(vec![Piece::Env("PATH".into())])
+        );
+        assert!(parse_template("${HOME}").is_err());
+        assert!(parse_template("${secret:x").is_err());
+        assert_eq!(
+            parse_template("plain").ok(),
+            Some(vec![Piece::Literal("plain".into())])
+        );
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let t: InstanceType = match toml::from_str("command = \"node\"\nenv = { A = \"${oops}\" }")
+        {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        let e = t.validate("demo").err().unwrap_or_default();
+        assert!(e.contains("instance_types.demo.env.A"), "{e}");
+        let t: InstanceType = match toml::from_str("url = \"ftp://x\"") {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        let e = t.validate("demo").err().unwrap_or_default();
+        assert!(e.contains("instance_types.demo.url"), "{e}");
+        let e = t.validate("Bad__Name").err().unwrap_or_default();
+        assert!(e.contains("Bad__Name"), "{e}");
+    }
+}

@@ -1,0 +1,554 @@
+//! The fast path of a proxied `tools/call`: the request line from the client is rewritten (new
+//! id, the child's tool name) and written straight to the child's stdin, and the child's
+//! response line is rewritten back (the client's id) and written straight to the client, with
+//! no parse of the arguments or the result and no task hand-off in between. Everything that is
+//! not a plain call of an allowed tool (approval, an open breaker, progress, the 2026-07-28
+//! era, retries) takes the rmcp path in `mod.rs`; both share the child's pipes here.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::process::{ChildStdin, ChildStdout};
+
+use super::{ChildTool, InstanceService, Live, lock};
+
+/// Where fast-path responses go: the client's side of the coordinator's stdio, shared with
+/// rmcp's own output, one whole line at a time.
+pub struct ClientOut {
+    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+}
+
+impl ClientOut {
+    pub fn new(writer: Box<dyn AsyncWrite + Send + Unpin>) -> Self {
+        ClientOut {
+            writer: tokio::sync::Mutex::new(writer),
+        }
+    }
+
+    /// Writes one JSON-RPC message and its newline, then flushes.
+    pub async fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut w = self.writer.lock().await;
+        w.write_all(line).await?;
+        if !line.ends_with(b"\n") {
+            w.write_all(b"\n").await?;
+        }
+        w.flush().await
+    }
+}
+
+/// What the server learns when a fast call ends (for its audit record).
+pub struct FastDone {
+    /// The exposed tool name.
+    pub tool: String,
+    pub started: Instant,
+    /// `None` on success, else the error code (`unavailable`, `child_error`).
+    pub error: Option<String>,
+    /// The call's arguments, as the client sent them.
+    pub arguments: Option<Box<RawValue>>,
+}
+
+/// Set once by the server: where responses go and who records them.
+pub struct FastHooks {
+    pub client_out: Arc<ClientOut>,
+    pub on_done: Box<dyn Fn(FastDone) + Send + Sync>,
+}
+
+/// A call in flight on the fast path.
+struct Pending {
+    client_id: Box<RawValue>,
+    live: Arc<Live>,
+    tool: Arc<ChildTool>,
+    started: Instant,
+    deadline: Instant,
+    arguments: Option<Box<RawValue>>,
+    /// The client's progress token; the child gets `"fp-N"` instead.
+    progress_token: Option<Box<RawValue>>,
+}
+
+/// The child's stdin (shared by rmcp's writes and the fast path) and the fast calls in flight.
+pub struct FastLink {
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next: AtomicU64,
+}
+
+impl FastLink {
+    async fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        let mut guard = self.stdin.lock().await;
+        let Some(stdin) = guard.as_mut() else {
+            return Err(std::io::ErrorKind::BrokenPipe.into());
+        };
+        stdin.write_all(line).await?;
+        stdin.flush().await
+    }
+}
+
+/// Interposes on a child's pipes: returns the link and the pipe ends rmcp's client uses.
+pub(super) fn interpose(
+    svc: &InstanceService,
+    live: &Arc<Live>,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+) -> (
+    Arc<FastLink>,
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+) {
+    let link = Arc::new(FastLink {
+        stdin: tokio::sync::Mutex::new(Some(stdin)),
+        pending: Mutex::new(HashMap::new()),
+        next: AtomicU64::new(1),
+    });
+    let (rmcp_reads, from_child) = tokio::io::duplex(1 << 20);
+    let (to_child, rmcp_writes) = tokio::io::duplex(1 << 20);
+    tokio::spawn(child_reader(svc.clone(), link.clone(), stdout, from_child));
+    tokio::spawn(child_writer(link.clone(), rmcp_writes));
+    tokio::spawn(sweep_timeouts(svc.clone(), Arc::downgrade(&link)));
+    let _ = live;
+    (link, rmcp_reads, to_child)
+}
+
+/// Copies rmcp's messages to the child's stdin, whole lines under the shared lock; at rmcp's
+/// end, closes the child's stdin.
+async fn child_writer(link: Arc<FastLink>, from_rmcp: tokio::io::DuplexStream) {
+    let mut lines = BufReader::new(from_rmcp);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if link.write_line(&buf).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // rmcp closed the session: the child sees EOF on stdin.
+    *link.stdin.lock().await = None;
+}
+
+/// A child's response, as far as the fast path needs to read it.
+#[derive(Deserialize)]
+struct Response<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow)]
+    error: Option<&'a RawValue>,
+}
+
+/// The code of a JSON-RPC error object.
+#[derive(Deserialize)]
+struct ErrorCodeOnly {
+    code: i64,
+}
+
+const ID_PREFIX: &str = "\"fp-";
+
+/// Reads the child's stdout: responses to fast calls go straight to the client, everything
+/// else to rmcp. At EOF, fast calls in flight fail.
+async fn child_reader(
+    svc: InstanceService,
+    link: Arc<FastLink>,
+    stdout: ChildStdout,
+    mut to_rmcp: tokio::io::DuplexStream,
+) {
+    let mut lines = BufReader::new(stdout);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if contains(&buf, ID_PREFIX.as_bytes()) {
+            if let Some((n, resp)) = fast_response(&buf) {
+                let taken = lock(&link.pending).remove(&n);
+                if let Some(p) = taken {
+                    svc.fast_finish(p.into_call(), resp).await;
+                }
+                continue;
+            }
+            if let Some(line) = fast_progress(&link, &buf) {
+                if let Some(hooks) = svc.inner.fast.get() {
+                    let _ = hooks.client_out.write_line(line.as_bytes()).await;
+                }
+                continue;
+            }
+        }
+        if to_rmcp.write_all(&buf).await.is_err() {
+            break;
+        }
+    }
+    drop(to_rmcp);
+    let left: Vec<Pending> = lock(&link.pending).drain().map(|(_, p)| p).collect();
+    for p in left {
+        let name = p.live.name.clone();
+        svc.fast_fail(
+            p.into_call(),
+            "unavailable",
+            &format!("instance `{name}` closed its connection before answering"),
+        )
+        .await;
+    }
+}
+
+/// The fast-call number and response of a line whose id is `"fp-N"`.
+fn fast_response(line: &[u8]) -> Option<(u64, FastResponse)> {
+    let r: Response<'_> = serde_json::from_slice(line).ok()?;
+    let id = r.id?.get();
+    let n: u64 = id
+        .strip_prefix(ID_PREFIX)?
+        .strip_suffix('"')?
+        .parse()
+        .ok()?;
+    let resp = match (r.result, r.error) {
+        (Some(result), None) => FastResponse::Result(result.to_owned()),
+        (None, Some(error)) => {
+            let code = serde_json::from_str::<ErrorCodeOnly>(error.get())
+                .map(|e| e.code)
+                .unwrap_or(-32603);
+            FastResponse::Error(code, error.to_owned())
+        }
+        _ => return None,
+    };
+    Some((n, resp))
+}
+
+/// A child's progress notification for a fast call, with the client's token put back.
+#[derive(Deserialize)]
+struct Progress<'a> {
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    params: ProgressParams<'a>,
+}
+
+#[derive(Deserialize)]
+struct ProgressParams<'a> {
+    #[serde(borrow, rename = "progressToken")]
+    token: &'a RawValue,
+    #[serde(borrow)]
+    progress: &'a RawValue,
+    #[serde(borrow)]
+    total: Option<&'a RawValue>,
+    #[serde(borrow)]
+    message: Option<&'a RawValue>,
+}
+
+fn fast_progress(link: &FastLink, line: &[u8]) -> Option<String> {
+    let p: Progress<'_> = serde_json::from_slice(line).ok()?;
+    if p.method != "notifications/progress" {
+        return None;
+    }
+    let n: u64 = p
+        .params
+        .token
+        .get()
+        .strip_prefix(ID_PREFIX)?
+        .strip_suffix('"')?
+        .parse()
+        .ok()?;
+    let token = lock(&link.pending)
+        .get(&n)
+        .and_then(|c| c.progress_token.as_ref().map(|t| t.get().to_string()))?;
+    let mut out = format!(
+        "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{\"progressToken\":{token},\"progress\":{}",
+        p.params.progress.get()
+    );
+    if let Some(t) = p.params.total {
+        out.push_str(",\"total\":");
+        out.push_str(t.get());
+    }
+    if let Some(m) = p.params.message {
+        out.push_str(",\"message\":");
+        out.push_str(m.get());
+    }
+    out.push_str("}}\n");
+    Some(out)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A child's answer to a fast call.
+pub(super) enum FastResponse {
+    Result(Box<RawValue>),
+    Error(i64, Box<RawValue>),
+}
+
+/// A fast call whose child request has ended, handed back to the service.
+pub(super) struct EndedCall {
+    pub client_id: Box<RawValue>,
+    pub live: Arc<Live>,
+    pub tool: Arc<ChildTool>,
+    pub started: Instant,
+    pub arguments: Option<Box<RawValue>>,
+}
+
+impl Pending {
+    fn into_call(self) -> EndedCall {
+        EndedCall {
+            client_id: self.client_id,
+            live: self.live,
+            tool: self.tool,
+            started: self.started,
+            arguments: self.arguments,
+        }
+    }
+}
+
+/// Fails fast calls that passed their deadline (every 100 ms), and tells the child to stop.
+async fn sweep_timeouts(svc: InstanceService, link: Weak<FastLink>) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let Some(link) = link.upgrade() else { return };
+        let now = Instant::now();
+        let expired: Vec<(u64, Pending)> = {
+            let mut pending = lock(&link.pending);
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, p)| p.deadline <= now)
+                .map(|(n, _)| *n)
+                .collect();
+            ids.into_iter()
+                .filter_map(|n| pending.remove(&n).map(|p| (n, p)))
+                .collect()
+        };
+        for (n, p) in expired {
+            let cancel = format!(
+                "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":\"fp-{n}\",\"reason\":\"timed out\"}}}}\n"
+            );
+            let _ = link.write_line(cancel.as_bytes()).await;
+            let ty = p.live.ty.clone();
+            let message = format!(
+                "tool `{}` of instance `{}` did not answer within {} s; the call was cancelled",
+                p.tool.original, p.live.name, ty.call_timeout_seconds
+            );
+            svc.fast_fail(p.into_call(), "unavailable", &message).await;
+        }
+    }
+}
+
+impl InstanceService {
+    /// Sends a plain call of an allowed tool straight to the child. `false` when the fast path
+    /// cannot take it (no fast link, breaker not closed, shutting down): use the rmcp path.
+    pub async fn fast_forward(
+        &self,
+        target: &super::Target,
+        client_id: &RawValue,
+        arguments: Option<&RawValue>,
+        progress_token: Option<&RawValue>,
+    ) -> bool {
+        let Some(link) = target.conn.fast.clone() else {
+            return false;
+        };
+        // Only a closed breaker: an open or half-open one is the rmcp path's to handle (and
+        // `admit` would take the half-open probe).
+        if lock(&target.live.breaker).open_until.is_some() {
+            return false;
+        }
+        let n = link.next.fetch_add(1, Ordering::Relaxed);
+        let name = serde_json::to_string(&target.tool.original).unwrap_or_default();
+        let mut line =
+            String::with_capacity(96 + name.len() + arguments.map_or(0, |a| a.get().len()));
+        line.push_str("{\"jsonrpc\":\"2.0\",\"id\":\"fp-");
+        line.push_str(&n.to_string());
+        line.push_str("\",\"method\":\"tools/call\",\"params\":{\"name\":");
+        line.push_str(&name);
+        if let Some(a) = arguments {
+            line.push_str(",\"arguments\":");
+            line.push_str(a.get());
+        }
+        if progress_token.is_some() {
+            line.push_str(",\"_meta\":{\"progressToken\":\"fp-");
+            line.push_str(&n.to_string());
+            line.push_str("\"}");
+        }
+        line.push_str("}}\n");
+        let now = Instant::now();
+        lock(&link.pending).insert(
+            n,
+            Pending {
+                client_id: client_id.to_owned(),
+                live: target.live.clone(),
+                tool: target.tool.clone(),
+                started: now,
+                deadline: now + target.live.ty.call_timeout(),
+                arguments: arguments.map(|a| a.to_owned()),
+                progress_token: progress_token.map(|p| p.to_owned()),
+            },
+        );
+        if link.write_line(line.as_bytes()).await.is_err() {
+            // Not sent: take it back and let the rmcp path report the problem.
+            return lock(&link.pending).remove(&n).is_none();
+        }
+        true
+    }
+
+    /// A child answered a fast call: the result goes to the client as it is.
+    pub(super) async fn fast_finish(&self, call: EndedCall, resp: FastResponse) {
+        match resp {
+            FastResponse::Result(result) => {
+                lock(&call.live.breaker).success();
+                let line = format!(
+                    "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{}}}\n",
+                    call.client_id.get(),
+                    result.get()
+                );
+                self.fast_reply(call, line.as_bytes(), None).await;
+            }
+            FastResponse::Error(code, error) => {
+                let client_fault = matches!(code, -32602 | -32601 | -32600 | -32700);
+                if client_fault {
+                    lock(&call.live.breaker).success();
+                } else {
+                    let ty = &call.live.ty;
+                    lock(&call.live.breaker).failure(
+                        ty.breaker.failures,
+                        Duration::from_secs_f64(ty.breaker.open_seconds),
+                        Instant::now(),
+                    );
+                    if call.tool.read_only && ty.read_only_retries > 0 {
+                        // Retries go the rmcp way, which knows backoff and reconnects.
+                        self.fast_retry(call).await;
+                        return;
+                    }
+                }
+                let line = format!(
+                    "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{}}}\n",
+                    call.client_id.get(),
+                    error.get()
+                );
+                self.fast_reply(call, line.as_bytes(), Some("child_error".into()))
+                    .await;
+            }
+        }
+    }
+
+    /// Ends a fast call with a tool error result (`isError`, structured `{code, message}`).
+    pub(super) async fn fast_fail(&self, call: EndedCall, code: &str, message: &str) {
+        let ty = &call.live.ty;
+        lock(&call.live.breaker).failure(
+            ty.breaker.failures,
+            Duration::from_secs_f64(ty.breaker.open_seconds),
+            Instant::now(),
+        );
+        let body = serde_json::json!({
+            "content": [{"type": "text", "text": message}],
+            "structuredContent": {"code": code, "message": message, "details": {"instance": call.live.name}, "retryable": true},
+            "isError": true,
+        });
+        let line = format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{body}}}\n",
+            call.client_id.get()
+        );
+        self.fast_reply(call, line.as_bytes(), Some(code.to_string()))
+            .await;
+    }
+
+    async fn fast_retry(&self, call: EndedCall) {
+        let svc = self.clone();
+        tokio::spawn(async move {
+            let arguments = call
+                .arguments
+                .as_ref()
+                .and_then(|a| serde_json::from_str(a.get()).ok());
+            let target = match svc.resolve(&call.live.name, &call.tool.original) {
+                Ok(t) => t,
+                Err(e) => {
+                    let m = e.to_string();
+                    svc.fast_fail(call, "unavailable", &m).await;
+                    return;
+                }
+            };
+            let attempts = call.live.ty.read_only_retries;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            match svc
+                .forward_attempts(&target, arguments, &cancel, attempts)
+                .await
+            {
+                Ok(result) => {
+                    let body = serde_json::to_string(&result).unwrap_or_else(|_| "{}".into());
+                    let line = format!(
+                        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{body}}}\n",
+                        call.client_id.get()
+                    );
+                    svc.fast_reply(call, line.as_bytes(), None).await;
+                }
+                Err(e) => {
+                    let m = e.to_string();
+                    svc.fast_fail(call, "unavailable", &m).await;
+                }
+            }
+        });
+    }
+
+    async fn fast_reply(&self, call: EndedCall, line: &[u8], error: Option<String>) {
+        let Some(hooks) = self.inner.fast.get() else {
+            return;
+        };
+        if let Err(e) = hooks.client_out.write_line(line).await {
+            tracing::debug!(error = %e, "could not answer a proxied call");
+        }
+        (hooks.on_done)(FastDone {
+            tool: call.tool.exposed.clone(),
+            started: call.started,
+            error,
+            arguments: call.arguments,
+        });
+    }
+
+    /// Sets where fast-path responses go. Without it, every call takes the rmcp path.
+    pub fn set_fast_hooks(&self, hooks: FastHooks) {
+        let _ = self.inner.fast.set(hooks);
+    }
+
+    /// Whether the fast path is on (the server set its hooks).
+    pub fn fast_enabled(&self) -> bool {
+        self.inner.fast.get().is_some()
+    }
+
+    /// A client cancelled a call: if it is a fast call in flight, tell its child and drop it.
+    pub async fn fast_cancel(&self, client_id: &str) -> bool {
+        for live in self.live_all() {
+            let Some(link) = live.conn().and_then(|c| c.fast) else {
+                continue;
+            };
+            let found = {
+                let mut pending = lock(&link.pending);
+                let n = pending
+                    .iter()
+                    .find(|(_, p)| p.client_id.get() == client_id)
+                    .map(|(n, _)| *n);
+                n.and_then(|n| pending.remove(&n).map(|p| (n, p)))
+            };
+            if let Some((n, p)) = found {
+                let cancel = format!(
+                    "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":\"fp-{n}\",\"reason\":\"cancelled by the client\"}}}}\n"
+                );
+                let _ = link.write_line(cancel.as_bytes()).await;
+                if let Some(hooks) = self.inner.fast.get() {
+                    (hooks.on_done)(FastDone {
+                        tool: p.tool.exposed.clone(),
+                        started: p.started,
+                        error: Some("cancelled".into()),
+                        arguments: p.arguments,
+                    });
+                }
+                return true;
+            }
+        }
+        false
+    }
+}

@@ -1,0 +1,680 @@
+//! Child MCP instance tools: the catalog, start/list/get/stop/restart, `instance_call_tool`,
+//! `instance_tool_review` (a person approves a changed tool definition), and the proxy that
+//! forwards `<instance>__<tool>` calls, asking a person first for gated tools.
+
+use rmcp::model::{CallToolResponse, CallToolResult, JsonObject};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::Coordinator;
+use super::approvals::{ApprovalRequestInput, approval_request};
+use super::session::Call;
+use super::tool::{ErrorCode, Failure, Reply, Route, ToolError, route, route_with_input, spec};
+use crate::approval::{Kind, NewApproval, Risk, State};
+use crate::config::ToolGroup;
+use crate::instance::policy::ToolAccess;
+use crate::instance::{InstanceError, InstanceView, Overrides, StartRequest, Target, TypeView};
+
+const G: ToolGroup = ToolGroup::Instances;
+
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(
+            spec(
+                "instance_types",
+                "Instance types",
+                include_str!("../../tools/instance_types.md"),
+                G,
+                true,
+                false,
+                true,
+            ),
+            instance_types,
+        ),
+        route(
+            spec(
+                "instance_start",
+                "Start an instance",
+                include_str!("../../tools/instance_start.md"),
+                G,
+                false,
+                false,
+                false,
+            ),
+            instance_start,
+        ),
+        route(
+            spec(
+                "instance_list",
+                "List instances",
+                include_str!("../../tools/instance_list.md"),
+                G,
+                true,
+                false,
+                true,
+            ),
+            instance_list,
+        ),
+        route(
+            spec(
+                "instance_get",
+                "Get an instance",
+                include_str!("../../tools/instance_get.md"),
+                G,
+                true,
+                false,
+                true,
+            ),
+            instance_get,
+        ),
+        route(
+            spec(
+                "instance_stop",
+                "Stop an instance",
+                include_str!("../../tools/instance_stop.md"),
+                G,
+                false,
+                true,
+                true,
+            ),
+            instance_stop,
+        ),
+        route(
+            spec(
+                "instance_restart",
+                "Restart an instance",
+                include_str!("../../tools/instance_restart.md"),
+                G,
+                false,
+                true,
+                false,
+            ),
+            instance_restart,
+        ),
+        route_with_input(
+            spec(
+                "instance_call_tool",
+                "Call a child tool",
+                include_str!("../../tools/instance_call_tool.md"),
+                G,
+                false,
+                true,
+                false,
+            ),
+            instance_call_tool,
+        ),
+        route_with_input(
+            spec(
+                "instance_tool_review",
+                "Review a quarantined tool",
+                include_str!("../../tools/instance_tool_review.md"),
+                G,
+                false,
+                false,
+                false,
+            ),
+            instance_tool_review,
+        ),
+    ]
+}
+
+/// A domain failure for an instance error.
+pub(super) fn failure(e: InstanceError) -> Failure {
+    let code = match &e {
+        InstanceError::UnknownType { .. }
+        | InstanceError::NotFound(_)
+        | InstanceError::UnknownTool { .. } => ErrorCode::NotFound,
+        InstanceError::Invalid(_) => ErrorCode::InvalidRequest,
+        InstanceError::NameTaken(_)
+        | InstanceError::TooMany(_)
+        | InstanceError::NotRunning { .. } => ErrorCode::Conflict,
+        InstanceError::NotOwned { .. }
+        | InstanceError::ToolDenied { .. }
+        | InstanceError::ToolQuarantined { .. } => ErrorCode::Forbidden,
+        InstanceError::CircuitOpen { .. }
+        | InstanceError::Timeout { .. }
+        | InstanceError::Transport { .. }
+        | InstanceError::StartFailed { .. }
+        | InstanceError::ShuttingDown
+        | InstanceError::Cancelled => ErrorCode::Unavailable,
+        InstanceError::Child { .. } => ErrorCode::InvalidRequest,
+        InstanceError::Secret(_) => ErrorCode::Forbidden,
+        InstanceError::Store(s) if s.retryable() => ErrorCode::StorageBusy,
+        InstanceError::Store(_) => ErrorCode::StorageError,
+    };
+    let details = match &e {
+        InstanceError::StartFailed { name, stderr, .. } => {
+            json!({"instance": name, "stderr": stderr})
+        }
+        InstanceError::CircuitOpen {
+            name,
+            retry_after_ms,
+            failures,
+        } => {
+            json!({"instance": name, "retry_after_ms": retry_after_ms, "failures": failures})
+        }
+        InstanceError::Child {
+            name, code, data, ..
+        } => json!({"instance": name, "child_code": code, "child_data": data}),
+        InstanceError::NotOwned { name, owner } => json!({"instance": name, "owner": owner}),
+        InstanceError::NotRunning { name, status, .. } => {
+            json!({"instance": name, "status": status})
+        }
+        InstanceError::Timeout {
+            name,
+            tool,
+            seconds,
+        } => json!({"instance": name, "tool": tool, "timeout_seconds": seconds}),
+        _ => json!({}),
+    };
+    let retryable = matches!(code, ErrorCode::Unavailable | ErrorCode::StorageBusy)
+        && !matches!(e, InstanceError::StartFailed { .. });
+    let mut err = ToolError::new(code, e.to_string()).with_details(details);
+    err.retryable = retryable;
+    Failure::Domain(err)
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct TypesOutput {
+    pub types: Vec<TypeView>,
+    /// Where the catalog comes from.
+    pub config_file: Option<String>,
+}
+
+async fn instance_types(c: Coordinator, _i: Empty, _call: Call) -> Result<TypesOutput, Failure> {
+    let types = c.quick(|c| c.instances().types()).map_err(failure)?;
+    Ok(TypesOutput {
+        types,
+        config_file: c
+            .settings()
+            .config_path
+            .as_ref()
+            .map(|p| p.display().to_string()),
+    })
+}
+
+/// Arguments of `instance_start`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartInput {
+    /// The instance type, from `instance_types`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// The instance's name: 1 to 24 of a-z, 0-9, single `-` or `_`, starting with a letter. Its
+    /// tools appear as `<name>__<tool>`. Default: the type's name (or `<type>-2`, ...).
+    pub name: Option<String>,
+    /// Overrides of the type's literal environment values.
+    #[serde(default)]
+    pub overrides: Overrides,
+    /// Seconds until the instance is stopped as `expired` (default: the type's `ttl_seconds`).
+    #[schemars(range(min = 1))]
+    pub ttl_seconds: Option<u64>,
+}
+
+async fn instance_start(
+    c: Coordinator,
+    i: StartInput,
+    call: Call,
+) -> Result<InstanceView, Failure> {
+    let req = StartRequest {
+        type_name: i.type_name,
+        name: i.name,
+        overrides: i.overrides,
+        ttl_seconds: i.ttl_seconds,
+    };
+    c.instances().start(req, &call.actor).await.map_err(failure)
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListInput {
+    /// Include instances that ended (stopped, expired, failed). Default false.
+    #[serde(default)]
+    pub all: bool,
+    /// At most this many, newest first (default 100).
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ListOutput {
+    pub instances: Vec<InstanceView>,
+    /// This coordinator process (`host:pid:session`): instances with another owner are run
+    /// by another process sharing the database.
+    pub this_coordinator: String,
+}
+
+async fn instance_list(c: Coordinator, i: ListInput, _call: Call) -> Result<ListOutput, Failure> {
+    let limit = i.limit.unwrap_or(100).clamp(1, 1000);
+    let instances = c
+        .quick(|c| c.instances().list(i.all, limit))
+        .map_err(failure)?;
+    Ok(ListOutput {
+        instances,
+        this_coordinator: c.instances().owner().id.clone(),
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstanceInput {
+    /// The instance's name (or id).
+    pub instance: String,
+}
+
+async fn instance_get(
+    c: Coordinator,
+    i: InstanceInput,
+    _call: Call,
+) -> Result<InstanceView, Failure> {
+    c.quick(|c| c.instances().get(&i.instance)).map_err(failure)
+}
+
+async fn instance_stop(
+    c: Coordinator,
+    i: InstanceInput,
+    call: Call,
+) -> Result<InstanceView, Failure> {
+    c.instances()
+        .stop(&i.instance, &call.actor)
+        .await
+        .map_err(failure)
+}
+
+async fn instance_restart(
+    c: Coordinator,
+    i: InstanceInput,
+    call: Call,
+) -> Result<InstanceView, Failure> {
+    c.instances()
+        .restart(&i.instance, &call.actor)
+        .await
+        .map_err(failure)
+}
+
+/// Arguments of `instance_call_tool`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallInput {
+    /// The instance's name.
+    pub instance: String,
+    /// The child's own tool name (as `instance_get` lists it under `tool`).
+    pub tool: String,
+    /// The tool's arguments.
+    pub arguments: Option<JsonObject>,
+    /// For a tool that needs approval, when the person cannot be asked in this client:
+    /// seconds to wait for a decision made at the CLI (0 to 3600, default 0).
+    #[schemars(range(min = 0, max = 3600))]
+    pub wait_seconds: Option<u64>,
+}
+
+/// What `instance_call_tool` returns: the child's result.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CallOutput {
+    pub instance: String,
+    pub tool: String,
+    /// Whether the child reported the call as failed.
+    pub is_error: bool,
+    /// The child's content blocks, as it sent them.
+    pub content: Vec<Value>,
+    /// The child's structured content, if any.
+    pub structured_content: Option<Value>,
+    /// The approval the call went through, for a gated tool.
+    pub approval_id: Option<String>,
+}
+
+async fn instance_call_tool(
+    c: Coordinator,
+    i: CallInput,
+    call: Call,
+) -> Result<Reply<CallOutput>, Failure> {
+    let target = c
+        .instances()
+        .resolve(&i.instance, &i.tool)
+        .map_err(failure)?;
+    let reply = proxy(&c, target, i.arguments, &call, i.wait_seconds).await?;
+    Ok(match reply {
+        Reply::Done((r, approval_id)) => Reply::Done(CallOutput {
+            instance: i.instance,
+            tool: i.tool,
+            is_error: r.is_error == Some(true),
+            content: r
+                .content
+                .iter()
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                .collect(),
+            structured_content: r.structured_content,
+            approval_id,
+        }),
+        Reply::InputRequired(x) => Reply::InputRequired(x),
+        Reply::Task(t) => Reply::Task(t),
+    })
+}
+
+/// Handles a `tools/call` of `<instance>__<tool>`.
+pub(super) async fn call_exposed(
+    c: &Coordinator,
+    target: Result<Target, InstanceError>,
+    arguments: Option<JsonObject>,
+    call: &Call,
+) -> CallToolResponse {
+    let reply = match target {
+        Ok(t) => proxy(c, t, arguments, call, None).await,
+        Err(e) => Err(failure(e)),
+    };
+    match reply {
+        Ok(Reply::Done((mut r, _))) => {
+            // The child's result was parsed from an older-era reply without `resultType`;
+            // 2026-07-28 clients require it (rmcp clears it again for older peers).
+            r.result_type = Some(rmcp::model::ResultType::COMPLETE);
+            CallToolResponse::Complete(r)
+        }
+        Ok(Reply::InputRequired(x)) => x.into(),
+        Ok(Reply::Task(t)) => CallToolResponse::Task(t),
+        Err(Failure::Domain(e)) => {
+            let value = serde_json::to_value(&e).unwrap_or_else(|_| json!({"code": "internal"}));
+            CallToolResponse::Complete(CallToolResult::structured_error(value))
+        }
+        Err(Failure::Protocol(e)) => CallToolResponse::Complete(CallToolResult::error(vec![
+            rmcp::model::ContentBlock::text(e.message.to_string()),
+        ])),
+    }
+}
+
+/// The action an approval of a gated call covers: instance, tool and exact arguments (hashed;
+/// shown to the person with secret-looking values masked).
+fn gated_action(target: &Target, arguments: &Option<JsonObject>) -> Value {
+    let args = Value::Object(arguments.clone().unwrap_or_default());
+    json!({
+        "instance": target.instance(),
+        "instance_id": target.instance_id(),
+        "type": target.type_name(),
+        "tool": target.tool.original,
+        "arguments": crate::audit::redact::redact(&args),
+        "arguments_sha256": crate::approval::canonical::action_hash(&args),
+    })
+}
+
+/// Forwards a call to a child, asking a person first when the tool needs approval.
+async fn proxy(
+    c: &Coordinator,
+    target: Target,
+    arguments: Option<JsonObject>,
+    call: &Call,
+    wait_seconds: Option<u64>,
+) -> Result<Reply<(CallToolResult, Option<String>)>, Failure> {
+    let mut approval_id = None;
+    if target.tool.access == ToolAccess::Approval {
+        let action = gated_action(&target, &arguments);
+        let input = if call.request_state.is_some() {
+            // An MRTR retry: the sealed state names the approval.
+            ApprovalRequestInput {
+                wait_seconds,
+                ..Default::default()
+            }
+        } else {
+            let risk = if target.tool.destructive == Some(true) {
+                Risk::High
+            } else {
+                Risk::Medium
+            };
+            let preview = serde_json::to_string_pretty(&action["arguments"]).unwrap_or_default();
+            let new = NewApproval {
+                kind: Kind::InstanceToolCall,
+                subject_id: target.tool.exposed.clone(),
+                summary: format!(
+                    "Call tool `{}` of child instance `{}` (type {})",
+                    target.tool.original,
+                    target.instance(),
+                    target.type_name()
+                ),
+                action: action.clone(),
+                risk,
+                preview: Some(format!("arguments:\n{preview}")),
+                requested_by: call.actor.clone(),
+                expires_in_seconds: None,
+            };
+            let a = c
+                .blocking(move |c| c.approvals().request(new))
+                .await?
+                .map_err(|e| Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string())))?;
+            ApprovalRequestInput {
+                approval_id: Some(a.id),
+                wait_seconds,
+                ..Default::default()
+            }
+        };
+        let out = match approval_request(c.clone(), input, call.clone()).await? {
+            Reply::Done(out) => out,
+            Reply::InputRequired(r) => return Ok(Reply::InputRequired(r)),
+            Reply::Task(t) => return Ok(Reply::Task(t)),
+        };
+        if out.state != State::Approved {
+            return Err(Failure::Domain(
+                ToolError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "The call of `{}` on instance `{}` was not forwarded: {}",
+                        target.tool.original,
+                        target.instance(),
+                        out.message
+                    ),
+                )
+                .with_details(json!({
+                    "approval_id": out.approval.id,
+                    "state": out.approval.state,
+                    "decide_command": out.decide_command,
+                })),
+            ));
+        }
+        let id = out.approval.id.clone();
+        let actor = call.actor.clone();
+        let consumed = c
+            .blocking(move |c| c.approvals().consume(&id, &action, &actor))
+            .await?;
+        if let Err(e) = consumed {
+            return Err(Failure::Domain(
+                ToolError::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "The approval does not cover this exact call, so it was not forwarded: {e}"
+                    ),
+                )
+                .with_details(json!({"approval_id": out.approval.id})),
+            ));
+        }
+        approval_id = Some(out.approval.id);
+    }
+    let result = c
+        .instances()
+        .forward(&target, arguments, &call.cancel)
+        .await
+        .map_err(failure)?;
+    Ok(Reply::Done((result, approval_id)))
+}
+
+/// Arguments of `instance_tool_review`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReviewInput {
+    /// The instance type whose tool is quarantined (or give `instance`).
+    #[serde(rename = "type")]
+    pub type_name: Option<String>,
+    /// A live instance of that type, instead of `type`.
+    pub instance: Option<String>,
+    /// The child's own tool name.
+    pub tool: String,
+    /// When the person cannot be asked in this client: seconds to wait for a decision made at
+    /// the CLI (0 to 3600, default 0).
+    #[schemars(range(min = 0, max = 3600))]
+    pub wait_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ReviewOutput {
+    #[serde(rename = "type")]
+    pub type_name: String,
+    pub tool: String,
+    /// The approval's state: `approved` (the new definition is pinned and offered), or not.
+    pub state: State,
+    pub approval_id: String,
+    pub message: String,
+    pub decide_command: Option<String>,
+}
+
+async fn instance_tool_review(
+    c: Coordinator,
+    i: ReviewInput,
+    call: Call,
+) -> Result<Reply<ReviewOutput>, Failure> {
+    let type_name = match (&i.type_name, &i.instance) {
+        (Some(t), None) => t.clone(),
+        (None, Some(inst)) => {
+            c.quick(|c| c.instances().get(inst))
+                .map_err(failure)?
+                .type_name
+        }
+        _ => {
+            return Err(Failure::Protocol(super::tool::invalid_field(
+                "instance_tool_review",
+                "type",
+                "give exactly one of `type` or `instance`",
+            )));
+        }
+    };
+    let pin = c
+        .quick(|c| c.instances().pending_definition(&type_name, &i.tool))
+        .map_err(failure)?;
+    let pending_hash = pin.pending_hash.clone().unwrap_or_default();
+    let action = json!({
+        "review": "tool_definition",
+        "type": type_name,
+        "tool": i.tool,
+        "pinned_hash": pin.hash,
+        "new_hash": pending_hash,
+    });
+    let existing = match (&pin.approval_id, call.request_state.is_some()) {
+        (_, true) => None,
+        (Some(aid), false) => {
+            let aid = aid.clone();
+            c.blocking(move |c| c.approvals().get(&aid))
+                .await?
+                .ok()
+                .filter(|a| {
+                    a.state == State::Pending
+                        && a.action_hash == crate::approval::canonical::action_hash(&action)
+                })
+                .map(|a| a.id)
+        }
+        (None, false) => None,
+    };
+    let input = if call.request_state.is_some() {
+        ApprovalRequestInput {
+            wait_seconds: i.wait_seconds,
+            ..Default::default()
+        }
+    } else {
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let flags = pin.pending_flags.clone().unwrap_or_else(|| "[]".into());
+                let old = pin
+                    .definition
+                    .clone()
+                    .unwrap_or_else(|| "(none: quarantined when first seen)".into());
+                let new_def = pin.pending_definition.clone().unwrap_or_default();
+                let preview = format!(
+                    "pinned definition:\n{}\n\nnew definition:\n{}\n\nprompt-injection flags: {flags}",
+                    pretty(&old),
+                    pretty(&new_def)
+                );
+                let new = NewApproval {
+                    kind: Kind::InstanceToolCall,
+                    subject_id: format!("{type_name}/{}", i.tool),
+                    summary: format!(
+                        "Offer the changed definition of tool `{}` of instance type `{type_name}`",
+                        i.tool
+                    ),
+                    action: action.clone(),
+                    risk: Risk::High,
+                    preview: Some(preview),
+                    requested_by: call.actor.clone(),
+                    expires_in_seconds: None,
+                };
+                let a = c
+                    .blocking(move |c| c.approvals().request(new))
+                    .await?
+                    .map_err(|e| {
+                        Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string()))
+                    })?;
+                let (t, tool, aid) = (type_name.clone(), i.tool.clone(), a.id.clone());
+                c.quick(|c| c.instances().set_pin_approval(&t, &tool, &aid))
+                    .map_err(failure)?;
+                a.id
+            }
+        };
+        ApprovalRequestInput {
+            approval_id: Some(id),
+            wait_seconds: i.wait_seconds,
+            ..Default::default()
+        }
+    };
+    let out = match approval_request(c.clone(), input, call.clone()).await? {
+        Reply::Done(out) => out,
+        Reply::InputRequired(r) => return Ok(Reply::InputRequired(r)),
+        Reply::Task(t) => return Ok(Reply::Task(t)),
+    };
+    let mut message = out.message.clone();
+    if out.state == State::Approved {
+        let id = out.approval.id.clone();
+        let actor = call.actor.clone();
+        let act = action.clone();
+        c.blocking(move |c| c.approvals().consume(&id, &act, &actor))
+            .await?
+            .map_err(|e| {
+                Failure::Domain(ToolError::new(
+                    ErrorCode::Conflict,
+                    format!("the approval does not cover the current definition: {e}"),
+                ))
+            })?;
+        let pinned = c
+            .quick(|c| {
+                c.instances()
+                    .approve_definition(&type_name, &i.tool, &pending_hash, &call.actor)
+            })
+            .map_err(failure)?;
+        if pinned {
+            c.instances().refresh_type(&type_name).await;
+        }
+        message = if pinned {
+            format!(
+                "{message} The new definition of `{}` is pinned and offered again on every running instance of type `{type_name}`.",
+                i.tool
+            )
+        } else {
+            format!(
+                "{message} The definition changed again meanwhile, so nothing was pinned; review it again."
+            )
+        };
+    }
+    Ok(Reply::Done(ReviewOutput {
+        type_name,
+        tool: i.tool,
+        state: out.state,
+        approval_id: out.approval.id,
+        message,
+        decide_command: out.decide_command,
+    }))
+}
+
+fn pretty(json_text: &str) -> String {
+    serde_json::from_str::<Value>(json_text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| json_text.to_string())
+}

@@ -1,0 +1,219 @@
+//! The coordinator's stdio, split between rmcp and the fast path of proxied calls: a plain
+//! `tools/call` of an allowed child tool from an initialize-era client goes straight to the
+//! child (see `instance::fast`), every other line goes to rmcp; rmcp's output and fast-path
+//! answers share stdout one whole line at a time.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
+
+use super::Coordinator;
+use crate::audit::{Action, NewEvent, Outcome};
+use crate::config::ToolGroup;
+use crate::instance::{ClientOut, FastDone, FastHooks};
+
+/// A `tools/call` request with nothing but a name, arguments and `_meta` (without a progress
+/// token or 2026-07-28 fields; checked below); no MRTR or task fields. Anything else fails to
+/// parse and takes the rmcp path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainCall<'a> {
+    #[allow(dead_code)]
+    jsonrpc: Cow<'a, str>,
+    #[serde(borrow)]
+    id: &'a RawValue,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    params: PlainParams<'a>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainParams<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+    #[serde(borrow, rename = "_meta")]
+    meta: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Meta<'a> {
+    #[serde(borrow, rename = "progressToken")]
+    progress_token: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Cancelled<'a> {
+    #[serde(borrow)]
+    method: Cow<'a, str>,
+    #[serde(borrow)]
+    params: CancelledParams<'a>,
+}
+
+#[derive(Deserialize)]
+struct CancelledParams<'a> {
+    #[serde(borrow, rename = "requestId")]
+    request_id: &'a RawValue,
+}
+
+/// Splits the client's stdio: returns the streams rmcp serves on. The pumps end when the
+/// client closes stdin (rmcp then sees EOF) or rmcp closes its side.
+pub(super) fn split<R, W>(
+    c: &Coordinator,
+    reader: R,
+    writer: W,
+) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<()>)
+where
+    R: AsyncRead + Send + Unpin + 'static,
+    W: AsyncWrite + Send + Unpin + 'static,
+{
+    let out = Arc::new(ClientOut::new(Box::new(writer)));
+    let (rmcp_reads, to_rmcp) = tokio::io::duplex(1 << 20);
+    let (from_rmcp, rmcp_writes) = tokio::io::duplex(1 << 20);
+    let audit = c.inner.audit_batch.clone();
+    let me = c.clone();
+    c.instances().set_fast_hooks(FastHooks {
+        client_out: out.clone(),
+        on_done: Box::new(move |done: FastDone| {
+            if let Some(event) = me.fast_audit_event(done) {
+                let _ = audit.send(event);
+            }
+        }),
+    });
+    tokio::spawn(input_pump(c.clone(), reader, to_rmcp));
+    let output = tokio::spawn(output_pump(from_rmcp, out));
+    (rmcp_reads, rmcp_writes, output)
+}
+
+/// Client lines: fast calls and their cancellations are handled here, the rest go to rmcp.
+async fn input_pump<R: AsyncRead + Unpin>(c: Coordinator, reader: R, mut to_rmcp: DuplexStream) {
+    let mut lines = BufReader::new(reader);
+    let mut buf = Vec::with_capacity(8192);
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if c.fast_path(&buf).await {
+            continue;
+        }
+        if to_rmcp.write_all(&buf).await.is_err() {
+            break;
+        }
+    }
+    // EOF: rmcp sees the client leave.
+    let _ = to_rmcp.shutdown().await;
+}
+
+/// rmcp's messages to the client, one whole line at a time.
+async fn output_pump(from_rmcp: DuplexStream, out: Arc<ClientOut>) {
+    let mut lines = BufReader::new(from_rmcp);
+    let mut buf = Vec::with_capacity(8192);
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if out.write_line(&buf).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Coordinator {
+    /// Handles a line on the fast path if it can; `false` sends it to rmcp.
+    async fn fast_path(&self, line: &[u8]) -> bool {
+        if self.inner.fast_client.get().is_none()
+            || self
+                .inner
+                .settings
+                .config
+                .tools
+                .disabled_groups
+                .contains(&ToolGroup::Instances)
+        {
+            return false;
+        }
+        if contains(line, b"\"tools/call\"") {
+            let Ok(call) = serde_json::from_slice::<PlainCall<'_>>(line) else {
+                return false;
+            };
+            if call.method != "tools/call" {
+                return false;
+            }
+            // Per-request protocol fields mean the 2026-07-28 era, whose results carry
+            // `resultType`: rmcp's path. A progress token is relayed.
+            let mut progress_token = None;
+            if let Some(m) = call.params.meta {
+                if m.get().contains("io.modelcontextprotocol/") {
+                    return false;
+                }
+                match serde_json::from_str::<Meta<'_>>(m.get()) {
+                    Ok(meta) => progress_token = meta.progress_token,
+                    Err(_) => return false,
+                }
+            }
+            let Some(target) = self.instances().fast_target(&call.params.name) else {
+                return false;
+            };
+            return self
+                .instances()
+                .fast_forward(&target, call.id, call.params.arguments, progress_token)
+                .await;
+        }
+        if contains(line, b"notifications/cancelled")
+            && let Ok(n) = serde_json::from_slice::<Cancelled<'_>>(line)
+            && n.method == "notifications/cancelled"
+        {
+            return self
+                .instances()
+                .fast_cancel(n.params.request_id.get())
+                .await;
+        }
+        false
+    }
+
+    /// The audit event of a fast call, like the one `call_tool` records.
+    fn fast_audit_event(&self, done: FastDone) -> Option<NewEvent> {
+        let client = self.inner.fast_client.get()?;
+        let arguments: Option<serde_json::Value> = done
+            .arguments
+            .as_ref()
+            .and_then(|a| serde_json::from_str(a.get()).ok());
+        let outcome = if done.error.is_some() {
+            Outcome::Error
+        } else {
+            Outcome::Ok
+        };
+        Some(NewEvent {
+            actor: client.actor.clone(),
+            action: Action::ToolCall,
+            subject: done.tool,
+            outcome,
+            detail: serde_json::json!({
+                "arguments": arguments,
+                "duration_us": done.started.elapsed().as_micros() as u64,
+                "protocol_version": client.protocol_version,
+                "era": "legacy",
+                "session": self.inner.session_id,
+                "os_user": self.inner.os_user,
+                "error": done.error,
+                "relay": "fast",
+            }),
+            critical: false,
+        })
+    }
+}
