@@ -1673,10 +1673,16 @@ fn test_child_bin() -> PathBuf {
     .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
     .arg("--target-dir")
     .arg(profile_dir.parent().unwrap());
-    if let Some(profile) = profile_dir.file_name().and_then(|n| n.to_str())
-        && profile != "debug"
-    {
-        cmd.args(["--profile", profile]);
+    // `cargo bench` builds in the `bench` profile (into `release`): the same profile here
+    // reuses this crate's build instead of making a second one that the next run redoes.
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.args(["--profile", "bench"]);
+        }
+        Some(profile) => {
+            cmd.args(["--profile", profile]);
+        }
     }
     let status = cmd.status().expect("run cargo build --example test_child");
     assert!(
@@ -2090,23 +2096,31 @@ async fn instances_cold_start(dir: &Path, config: &Path, types: usize) -> [Durat
 }
 
 async fn instances_cold_starts(counts: &InstanceCounts, dir: &Path, child: &Path) {
-    let mut medians = Vec::new();
-    for types in [0, 5] {
+    const TYPES: [usize; 2] = [0, 5];
+    let configs = TYPES.map(|types| {
         let config = dir.join(format!("cold-{types}.toml"));
         instances_config(&config, child, types, true);
-        // One unmeasured run first (page cache, binaries).
-        instances_cold_start(dir, &config, types).await;
-        let mut runs: [Vec<Duration>; 4] = Default::default();
-        for _ in 0..counts.cold_runs {
-            let times = instances_cold_start(dir, &config, types).await;
-            for (all, t) in runs.iter_mut().zip(times) {
-                all.push(t);
+        config
+    });
+    // runs[configuration][figure]; the two configurations alternate, so that a change of load
+    // on the machine hits both alike. One unmeasured run of each first (page cache, binaries).
+    let mut runs: [[Vec<Duration>; 4]; 2] = Default::default();
+    for round in 0..=counts.cold_runs {
+        for (i, types) in TYPES.into_iter().enumerate() {
+            let times = instances_cold_start(dir, &configs[i], types).await;
+            if round > 0 {
+                for (all, t) in runs[i].iter_mut().zip(times) {
+                    all.push(t);
+                }
             }
         }
-        for r in &mut runs {
+    }
+    let mut medians = Vec::new();
+    for (types, figures) in TYPES.into_iter().zip(&mut runs) {
+        for r in figures.iter_mut() {
             r.sort();
         }
-        let [init, status, up, status_call] = &runs;
+        let [init, status, up, status_call] = &*figures;
         println!(
             "cold start, {types} autostarted children: to initialize answer median {:.2} ms \
              (min {:.2}, max {:.2}); to first coordinator_status answer median {:.2} ms (min \

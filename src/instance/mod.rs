@@ -9,6 +9,7 @@
 pub mod catalog;
 mod fast;
 mod http;
+mod pipe;
 pub mod policy;
 pub mod process;
 mod supervisor;
@@ -34,6 +35,7 @@ use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
 use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
 pub use fast::{ClientOut, FastDone, FastHooks};
+pub use pipe::{LineReader, PipeWriter};
 use policy::{InjectionFlag, ToolAccess};
 
 string_enum!(
@@ -1440,10 +1442,15 @@ impl InstanceService {
     }
 
     /// The types with `autostart`, and instances left by an earlier coordinator: starts them
-    /// in the background (the caller does not wait).
-    pub fn restore_and_autostart(&self) {
+    /// in the background once `after` resolves (the caller does not wait); autostarted types
+    /// one at a time.
+    pub fn restore_and_autostart(
+        &self,
+        after: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let me = self.clone();
         tokio::spawn(async move {
+            after.await;
             if let Err(e) = me.restore() {
                 tracing::warn!(error = %e, "could not restore instances");
             }
@@ -1464,7 +1471,13 @@ impl InstanceService {
                     ..Default::default()
                 };
                 match me.create(req, &Actor::system()) {
-                    Ok((live, rx)) => me.spawn_supervisor(live, rx, None, false),
+                    Ok((live, rx)) => {
+                        // One at a time: a burst of children starting at once would take
+                        // the machine from the client.
+                        let (first, started) = oneshot::channel();
+                        me.spawn_supervisor(live, rx, Some(first), false);
+                        let _ = tokio::time::timeout(ty.init_timeout() * 2, started).await;
+                    }
                     Err(e) => tracing::warn!(instance = %name, error = %e, "could not autostart"),
                 }
             }

@@ -84,6 +84,10 @@ struct Inner {
     codec: RequestStateCodec,
     settings: Settings,
     started: Instant,
+    /// Microseconds after `started` of the client's last line on stdin.
+    client_active_us: std::sync::atomic::AtomicU64,
+    /// Set once rmcp has answered the client's first request (the session is up).
+    answered: tokio::sync::watch::Sender<bool>,
     session_id: String,
     /// The OS user running this process (`NAME@HOST`): who launched the assistant.
     os_user: String,
@@ -181,6 +185,8 @@ impl Coordinator {
                 codec,
                 settings,
                 started: Instant::now(),
+                client_active_us: std::sync::atomic::AtomicU64::new(0),
+                answered: tokio::sync::watch::Sender::new(false),
                 session_id,
                 os_user: crate::audit::Actor::os_user().id,
                 router,
@@ -723,6 +729,40 @@ async fn audit_batches(
     }
 }
 
+impl Coordinator {
+    /// Notes that the client just sent something (the stdin thread calls this per read).
+    fn client_active(&self) {
+        let us = self.inner.started.elapsed().as_micros() as u64;
+        self.inner
+            .client_active_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once the client's session is up and its opening burst of requests is over:
+    /// after the first answer, when the client has sent nothing for 25 ms (at most 1 s later;
+    /// at most 2 s after start if the client never asks anything). Children start then, so
+    /// they never slow the client's start.
+    async fn client_settled(self) {
+        let mut answered = self.inner.answered.subscribe();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), answered.wait_for(|a| *a))
+            .await;
+        let quiet = std::time::Duration::from_millis(25);
+        let until = Instant::now() + std::time::Duration::from_secs(1);
+        while Instant::now() < until {
+            let last = std::time::Duration::from_micros(
+                self.inner
+                    .client_active_us
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let idle = self.inner.started.elapsed().saturating_sub(last);
+            if idle >= quiet {
+                return;
+            }
+            tokio::time::sleep(quiet - idle).await;
+        }
+    }
+}
+
 /// Why the server stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stopped {
@@ -732,17 +772,14 @@ pub enum Stopped {
     Shutdown,
 }
 
-/// Serves MCP on the given byte streams until the client closes them or `shutdown` resolves.
+/// Serves MCP on the given descriptors (the process's stdin and stdout, or any pipe or socket
+/// pair) until the client closes its end or `shutdown` resolves.
 /// The head of the audit chain is signed on the way out.
-pub async fn run<R, W>(
+pub async fn run(
     coordinator: Coordinator,
-    transport: (R, W),
+    stdio: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Stopped>
-where
-    R: tokio::io::AsyncRead + Send + Unpin + 'static,
-    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+) -> anyhow::Result<Stopped> {
     let audit = coordinator.audit().clone();
     let sweeper = tokio::spawn(sweep_forever(coordinator.clone()));
     let pipelines = tokio::spawn(pipelines_forever(coordinator.clone()));
@@ -760,10 +797,13 @@ where
                 stop,
             )
         });
-    coordinator.instances().restore_and_autostart();
+    coordinator
+        .instances()
+        .restore_and_autostart(coordinator.clone().client_settled());
     let instances = coordinator.instances().clone();
-    let (reader, writer) = transport;
-    let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, reader, writer);
+    let (input, output) = stdio;
+    let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, input, output)
+        .map_err(|e| anyhow::anyhow!("cannot set up stdio: {e}"))?;
     let transport = (rmcp_reads, rmcp_writes);
     let stopped = tokio::select! {
         r = serve(coordinator.clone(), transport) => r,
