@@ -72,8 +72,8 @@ struct Inner {
     /// `subscriptions/listen` streams that asked for `tools_list_changed`.
     tool_listeners: std::sync::Mutex<(Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)>,
     /// Tool-call audit events of proxied calls, written in batches off the call's path.
-    audit_batch: tokio::sync::mpsc::UnboundedSender<NewEvent>,
-    audit_batch_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NewEvent>>>,
+    audit_batch: std::sync::mpsc::Sender<NewEvent>,
+    audit_batch_rx: std::sync::Mutex<Option<std::sync::mpsc::Receiver<NewEvent>>>,
     /// The initialize-era client of this stdio session, once initialized: the fast path of
     /// proxied calls serves only it.
     fast_client: std::sync::OnceLock<FastClient>,
@@ -159,7 +159,7 @@ impl Coordinator {
             settings.config.instances.clone(),
             &session_id,
         );
-        let (audit_batch, audit_batch_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (audit_batch, audit_batch_rx) = std::sync::mpsc::channel();
         let remediations = RemediationService::new(
             audit.clone(),
             approvals.clone(),
@@ -572,7 +572,7 @@ impl ServerHandler for Coordinator {
             "error": error,
         });
         if proxied {
-            // Off the call's path: written in batches by `audit_batches`.
+            // Off the call's path: written in batches by `audit_writer`.
             let event = NewEvent {
                 actor: call.actor.clone(),
                 action: Action::ToolCall,
@@ -694,39 +694,54 @@ async fn tool_list_changes(c: Coordinator) {
     }
 }
 
-/// Writes queued tool-call audit events in batches: one transaction for whatever has queued up
-/// (up to 512), so proxied calls do not wait for the database. Ends when the queue closes.
-async fn audit_batches(
+/// Writes the audit events of proxied calls in batches, on a thread of its own at a lower CPU
+/// priority (nice +10): one transaction for a burst of calls costs far less than one each,
+/// and on a busy machine the calls in flight (the client, this relay, the child) go first;
+/// the writer takes the idle time. Ends at `stop` (after writing what is queued) or when every
+/// sender is gone.
+fn audit_writer(
     audit: AuditLog,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<NewEvent>,
-    stop: CancellationToken,
-) {
-    loop {
-        let first = tokio::select! {
-            e = rx.recv() => e,
-            () = stop.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(first) = first else { return };
-        // Let a burst gather: one transaction for many calls costs far less than one each.
-        if !stop.is_cancelled() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let mut batch = vec![first];
-        while batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+    rx: std::sync::mpsc::Receiver<NewEvent>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Duration;
+    std::thread::Builder::new()
+        .name("audit writer".into())
+        .spawn(move || {
+            // SAFETY: setpriority on this thread's own id; no pointers.
+            let niced = unsafe {
+                libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t, 10)
+            };
+            if niced != 0 {
+                tracing::debug!("could not lower the audit writer's priority");
             }
-        }
-        let audit = audit.clone();
-        match tokio::task::spawn_blocking(move || audit.record_batch(&batch)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "could not record tool calls in the audit log")
+            loop {
+                let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(e) => e,
+                    Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
+                    Err(_) => match rx.try_recv() {
+                        Ok(e) => e,
+                        Err(_) => return,
+                    },
+                };
+                // Let a burst gather.
+                if !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let mut batch = vec![first];
+                while batch.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = audit.record_batch(&batch) {
+                    tracing::error!(error = %e, "could not record tool calls in the audit log");
+                }
             }
-            Err(e) => tracing::error!(error = %e, "could not record tool calls in the audit log"),
-        }
-    }
+        })
 }
 
 impl Coordinator {
@@ -739,7 +754,7 @@ impl Coordinator {
     }
 
     /// Resolves once the client's session is up and its opening burst of requests is over:
-    /// after the first answer, when the client has sent nothing for 25 ms (at most 1 s later;
+    /// after the first answer, when the client has sent nothing for 25 ms (at most 300 ms later;
     /// at most 2 s after start if the client never asks anything). Children start then, so
     /// they never slow the client's start.
     async fn client_settled(self) {
@@ -747,7 +762,7 @@ impl Coordinator {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), answered.wait_for(|a| *a))
             .await;
         let quiet = std::time::Duration::from_millis(25);
-        let until = Instant::now() + std::time::Duration::from_secs(1);
+        let until = Instant::now() + std::time::Duration::from_millis(300);
         while Instant::now() < until {
             let last = std::time::Duration::from_micros(
                 self.inner
@@ -791,12 +806,11 @@ pub async fn run(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .map(|rx| {
-            let stop = CancellationToken::new();
-            (
-                tokio::spawn(audit_batches(audit.clone(), rx, stop.clone())),
-                stop,
-            )
-        });
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            audit_writer(audit.clone(), rx, stop.clone()).map(|writer| (writer, stop))
+        })
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("cannot start the audit writer: {e}"))?;
     coordinator
         .instances()
         .restore_and_autostart(coordinator.clone().client_settled());
@@ -821,8 +835,9 @@ pub async fn run(
     drop(coordinator);
     if let Some((writer, stop)) = batches {
         // Write what is queued, then end the writer.
-        stop.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(1000), writer).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1000), joined).await;
     }
     let stopped = stopped?;
     let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;
