@@ -174,6 +174,7 @@ fn child_reader(
     mut to_rmcp: tokio::io::DuplexStream,
     runtime: tokio::runtime::Handle,
 ) {
+    super::pipe::relay_thread_policy();
     let mut to_client: Vec<u8> = Vec::with_capacity(8192);
     let mut ended: Vec<(EndedCall, FastResponse)> = Vec::new();
     let mut for_rmcp: Vec<u8> = Vec::with_capacity(8192);

@@ -35,7 +35,7 @@ use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
 use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
 pub use fast::{ClientOut, FastDone, FastHooks};
-pub use pipe::{LineReader, PipeWriter};
+pub use pipe::{LineReader, PipeWriter, relay_thread_policy};
 use policy::{InjectionFlag, ToolAccess};
 
 string_enum!(

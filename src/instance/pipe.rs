@@ -11,6 +11,18 @@ use std::time::Duration;
 /// Above this much unwritten data a writer waits for the drainer (the reader is not reading).
 const BACKLOG_LIMIT: usize = 64 << 20;
 
+/// Puts the calling relay thread in `SCHED_BATCH`: it still runs at once on an idle CPU, but
+/// its wake-ups do not preempt a busy thread (the child or the client doing the actual work).
+/// With 16 calls in flight on 2 CPUs this kept the child busier; see the README's figures.
+pub fn relay_thread_policy() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets the calling thread's own policy (pid 0); `param` outlives the call.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if r != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "could not set SCHED_BATCH on a relay thread");
+    }
+}
+
 /// Writes whole messages to a pipe (or any file descriptor) from any thread or task.
 ///
 /// On a pipe or socket the descriptor is switched to non-blocking mode: a write takes what the

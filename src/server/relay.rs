@@ -105,6 +105,7 @@ fn input_pump(
     mut to_rmcp: DuplexStream,
     runtime: tokio::runtime::Handle,
 ) {
+    crate::instance::relay_thread_policy();
     let mut for_rmcp = Vec::with_capacity(8192);
     loop {
         let more = input.read_lines(|line| {
