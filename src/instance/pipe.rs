@@ -52,6 +52,18 @@ struct State {
     nonblocking: bool,
 }
 
+impl State {
+    /// Drops the descriptor, back in blocking mode: the open file may be shared (our stdout
+    /// with whoever started us), and others expect the mode they had.
+    fn release(&mut self) {
+        if let Some(file) = self.file.take()
+            && self.nonblocking
+        {
+            let _ = set_nonblocking(&*file, false);
+        }
+    }
+}
+
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -225,7 +237,7 @@ impl PipeWriter {
         let mut st = lock(&self.shared.state);
         st.closing = true;
         if !st.draining {
-            st.file = None;
+            st.release();
         }
     }
 }
@@ -245,7 +257,7 @@ fn drain(shared: &Shared) {
                 st.draining = false;
                 st.backlog = Vec::new();
                 if st.closing {
-                    st.file = None;
+                    st.release();
                 }
                 shared.room.notify_all();
                 return;
@@ -417,6 +429,24 @@ mod tests {
         File::from(r).read_to_end(&mut got).unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes came out of order");
+    }
+
+    fn is_nonblocking(fd: &OwnedFd) -> bool {
+        // SAFETY: F_GETFL on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        assert!(flags >= 0);
+        flags & libc::O_NONBLOCK != 0
+    }
+
+    #[test]
+    fn a_closed_writer_leaves_the_shared_descriptor_blocking_again() {
+        let (_r, w) = pipe();
+        let other = w.try_clone().unwrap(); // shares the open file, like a dup of stdout
+        let writer = PipeWriter::new(w, "test").unwrap();
+        assert!(is_nonblocking(&other));
+        writer.write(b"x\n").unwrap();
+        writer.close();
+        assert!(!is_nonblocking(&other));
     }
 
     #[test]
