@@ -113,14 +113,33 @@ pub(super) fn interpose(
     });
     let (rmcp_reads, from_child) = tokio::io::duplex(1 << 20);
     let (to_child, rmcp_writes) = tokio::io::duplex(1 << 20);
-    let runtime = tokio::runtime::Handle::current();
-    let (s, l) = (svc.clone(), link.clone());
-    std::thread::Builder::new()
-        .name(format!("child {}", live.name))
-        .spawn(move || child_reader(s, l, stdout, from_child, runtime))?;
+    let source = ChildSource {
+        svc: svc.clone(),
+        link: link.clone(),
+        stdout,
+        to_rmcp: rmcp_lines(from_child),
+        to_client: Vec::with_capacity(8192),
+        for_rmcp: Vec::with_capacity(8192),
+    };
+    svc.reactor()?.add(Box::new(source))?;
     tokio::spawn(child_writer(link.clone(), rmcp_writes));
     tokio::spawn(sweep_timeouts(svc.clone(), Arc::downgrade(&link)));
     Ok((link, rmcp_reads, to_child))
+}
+
+/// A task that writes the lines it is sent to `to` (rmcp's side of a pipe), and closes `to`
+/// when the sender is dropped. The reactor never waits on rmcp this way.
+pub fn rmcp_lines(mut to: tokio::io::DuplexStream) -> tokio::sync::mpsc::UnboundedSender<Vec<u8>> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    tokio::spawn(async move {
+        while let Some(lines) = rx.recv().await {
+            if to.write_all(&lines).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    tx
 }
 
 /// Copies rmcp's messages to the child's stdin, whole lines; at rmcp's end, closes the
@@ -165,21 +184,32 @@ struct ErrorCodeOnly {
 
 const ID_PREFIX: &str = "\"fp-";
 
-/// Reads the child's stdout (on its own thread): responses to fast calls go straight to the
-/// client, everything else to rmcp. At EOF, fast calls in flight fail.
-fn child_reader(
+/// A child's stdout, read by the reactor: responses to fast calls go straight to the client,
+/// everything else to rmcp. At EOF, fast calls in flight fail.
+struct ChildSource {
     svc: InstanceService,
     link: Arc<FastLink>,
-    mut stdout: LineReader,
-    mut to_rmcp: tokio::io::DuplexStream,
-    runtime: tokio::runtime::Handle,
-) {
-    super::pipe::relay_thread_policy();
-    let mut to_client: Vec<u8> = Vec::with_capacity(8192);
-    let mut ended: Vec<(EndedCall, FastResponse)> = Vec::new();
-    let mut for_rmcp: Vec<u8> = Vec::with_capacity(8192);
-    let mut rmcp_gone = false;
-    loop {
+    stdout: LineReader,
+    to_rmcp: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    to_client: Vec<u8>,
+    for_rmcp: Vec<u8>,
+}
+
+impl super::reactor::Source for ChildSource {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.stdout.fd()
+    }
+
+    fn ready(&mut self) -> bool {
+        let ChildSource {
+            svc,
+            link,
+            stdout,
+            to_rmcp,
+            to_client,
+            for_rmcp,
+        } = self;
+        let mut ended: Vec<(EndedCall, FastResponse)> = Vec::new();
         let more = stdout.read_lines(|line| {
             if contains(line, ID_PREFIX.as_bytes()) {
                 if let Some((n, resp)) = fast_response(line) {
@@ -188,7 +218,7 @@ fn child_reader(
                     }
                     return;
                 }
-                if let Some(progress) = fast_progress(&link, line) {
+                if let Some(progress) = fast_progress(link, line) {
                     to_client.extend_from_slice(progress.as_bytes());
                     return;
                 }
@@ -200,41 +230,35 @@ fn child_reader(
         });
         // Answers first, in one write; then their bookkeeping.
         let mut done = Vec::with_capacity(ended.len());
-        for (call, resp) in ended.drain(..) {
-            if let Some(d) = svc.fast_finish(call, resp, &mut to_client) {
+        for (call, resp) in ended {
+            if let Some(d) = svc.fast_finish(call, resp, to_client) {
                 done.push(d);
             }
         }
         if !to_client.is_empty() {
-            svc.fast_write(&to_client);
+            svc.fast_write(to_client);
             to_client.clear();
         }
         svc.fast_record(done);
         if !for_rmcp.is_empty() {
-            if !rmcp_gone && runtime.block_on(to_rmcp.write_all(&for_rmcp)).is_err() {
-                // rmcp's session is over; fast answers still go through until EOF.
-                rmcp_gone = true;
-            }
-            for_rmcp.clear();
+            // Fails only once rmcp's session is over; fast answers still go through.
+            let _ = to_rmcp.send(std::mem::take(for_rmcp));
         }
         match more {
-            Ok(true) => {}
-            Ok(false) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "reading a child's stdout failed");
-                break;
-            }
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "reading a child's stdout failed"),
         }
-    }
-    drop(to_rmcp);
-    let left: Vec<Pending> = lock(&link.pending).drain().map(|(_, p)| p).collect();
-    for p in left {
-        let name = p.live.name.clone();
-        svc.fast_fail(
-            p.into_call(),
-            "unavailable",
-            &format!("instance `{name}` closed its connection before answering"),
-        );
+        let left: Vec<Pending> = lock(&link.pending).drain().map(|(_, p)| p).collect();
+        for p in left {
+            let name = p.live.name.clone();
+            svc.fast_fail(
+                p.into_call(),
+                "unavailable",
+                &format!("instance `{name}` closed its connection before answering"),
+            );
+        }
+        false
     }
 }
 
@@ -571,6 +595,17 @@ impl InstanceService {
         for d in done {
             (hooks.on_done)(d);
         }
+    }
+
+    /// The relay thread, started on first use.
+    pub fn reactor(&self) -> std::io::Result<Arc<super::reactor::Reactor>> {
+        let mut slot = lock(&self.inner.reactor);
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(super::reactor::Reactor::start()?);
+        *slot = Some(r.clone());
+        Ok(r)
     }
 
     /// Sets where fast-path responses go. Without it, every call takes the rmcp path.

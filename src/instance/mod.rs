@@ -12,6 +12,7 @@ mod http;
 mod pipe;
 pub mod policy;
 pub mod process;
+mod reactor;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,9 +35,10 @@ use crate::secret::SecretStore;
 use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
 use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
-pub use fast::{ClientOut, FastDone, FastHooks};
-pub use pipe::{LineReader, PipeWriter, relay_thread_policy};
+pub use fast::{ClientOut, FastDone, FastHooks, rmcp_lines};
+pub use pipe::{LineReader, PipeWriter};
 use policy::{InjectionFlag, ToolAccess};
+pub use reactor::Source;
 
 string_enum!(
     /// Where an instance is in its life. `crash_loop` waits for a person; `expired`,
@@ -442,6 +444,8 @@ struct Inner {
     supervisors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Set by the server: where fast-path answers go.
     fast: std::sync::OnceLock<FastHooks>,
+    /// The thread that reads the client's stdin and every child's stdout (started on first use).
+    reactor: Mutex<Option<Arc<reactor::Reactor>>>,
 }
 
 impl InstanceService {
@@ -472,6 +476,7 @@ impl InstanceService {
                 shutdown: CancellationToken::new(),
                 supervisors: Mutex::new(Vec::new()),
                 fast: std::sync::OnceLock::new(),
+                reactor: Mutex::new(None),
             }),
         }
     }

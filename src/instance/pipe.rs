@@ -1,6 +1,6 @@
-//! Pipe ends driven by plain threads for the proxy's hot path: a writer that never blocks its
-//! caller (what the pipe does not take now is kept, in order, and written by a short-lived
-//! drainer thread), and a blocking line reader that hands over every complete line of a read.
+//! Pipe ends for the proxy's hot path: a writer that never blocks its caller (what the pipe
+//! does not take now is kept, in order, and written by a short-lived drainer thread), and a
+//! line reader that hands over every complete line of a read.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -295,7 +295,7 @@ fn write_blocking(file: &File, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads lines from a descriptor with blocking reads, a chunk at a time.
+/// Reads lines from a descriptor, a read at a time (the reactor polls it first).
 pub struct LineReader {
     file: File,
     /// Always fully initialized; `start..filled` is read but not yet handed over.
@@ -308,6 +308,11 @@ pub struct LineReader {
 const READ_CHUNK: usize = 64 << 10;
 
 impl LineReader {
+    /// The descriptor, to poll.
+    pub fn fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+
     pub fn new(fd: OwnedFd) -> Self {
         LineReader {
             file: File::from(fd),
@@ -318,8 +323,8 @@ impl LineReader {
         }
     }
 
-    /// Waits for data, then calls `each` with every complete line it completed (newline
-    /// included), in order. At end of input a last line without a newline is handed over too.
+    /// Reads once (blocking only if the descriptor is blocking and has nothing yet), then
+    /// calls `each` with every complete line it completed (newline included), in order. At end of input a last line without a newline is handed over too.
     /// `Ok(false)` once the input has ended.
     pub fn read_lines(&mut self, mut each: impl FnMut(&[u8])) -> io::Result<bool> {
         if self.eof {
@@ -340,10 +345,8 @@ impl LineReader {
             match self.file.read(&mut self.buf[have..]) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // Handed a non-blocking descriptor: wait like a blocking read would.
-                    wait_ready(&self.file, libc::POLLIN, Duration::from_secs(3600))?;
-                }
+                // A non-blocking descriptor with nothing after all: the caller polls again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
                 Err(e) => return Err(e),
             }
         };

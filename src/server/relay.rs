@@ -1,8 +1,8 @@
 //! The coordinator's stdio, split between rmcp and the fast path of proxied calls: a plain
 //! `tools/call` of an allowed child tool from an initialize-era client goes straight to the
 //! child (see `instance::fast`), every other line goes to rmcp; rmcp's output and fast-path
-//! answers share stdout one whole line at a time. stdin is read by a thread of its own with
-//! blocking reads, so a proxied call costs no task hand-off on its way in.
+//! answers share stdout one whole line at a time. stdin is read by the relay thread
+//! (`instance::reactor`) with the children's stdouts, so a proxied call costs no task hand-off.
 
 use std::borrow::Cow;
 use std::os::fd::OwnedFd;
@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 
 use super::Coordinator;
 use crate::audit::{Action, NewEvent, Outcome};
 use crate::config::ToolGroup;
-use crate::instance::{ClientOut, FastDone, FastHooks, LineReader, PipeWriter};
+use crate::instance::{ClientOut, FastDone, FastHooks, LineReader, PipeWriter, Source};
 
 /// A `tools/call` request with nothing but a name, arguments and `_meta` (without a progress
 /// token or 2026-07-28 fields; checked below); no MRTR or task fields. Anything else fails to
@@ -78,7 +78,6 @@ pub(super) fn split(
     let (from_rmcp, rmcp_writes) = tokio::io::duplex(1 << 20);
     let audit = c.inner.audit_batch.clone();
     let me = c.clone();
-    let runtime = tokio::runtime::Handle::current();
     c.instances().set_fast_hooks(FastHooks {
         client_out: out.clone(),
         on_done: Box::new(move |done: FastDone| {
@@ -86,28 +85,44 @@ pub(super) fn split(
                 let _ = audit.send(event);
             }
         }),
-        runtime: runtime.clone(),
+        runtime: tokio::runtime::Handle::current(),
     });
-    let me = c.clone();
-    std::thread::Builder::new()
-        .name("stdin".into())
-        .spawn(move || input_pump(me, input, to_rmcp, runtime))?;
+    let source = StdinSource {
+        c: c.clone(),
+        fd: input.fd(),
+        input,
+        to_rmcp: crate::instance::rmcp_lines(to_rmcp),
+        for_rmcp: Vec::with_capacity(8192),
+    };
+    c.instances().reactor()?.add(Box::new(source))?;
     let answered = c.inner.answered.clone();
     let output = tokio::spawn(output_pump(from_rmcp, out, answered));
     Ok((rmcp_reads, rmcp_writes, output))
 }
 
-/// Client lines (on the stdin thread): fast calls and their cancellations are handled here,
-/// the rest go to rmcp, a read's worth at a time.
-fn input_pump(
+/// The client's stdin, read by the reactor: fast calls and their cancellations are handled
+/// here, the rest go to rmcp, a read's worth at a time. At EOF rmcp sees the client leave.
+struct StdinSource {
     c: Coordinator,
-    mut input: LineReader,
-    mut to_rmcp: DuplexStream,
-    runtime: tokio::runtime::Handle,
-) {
-    crate::instance::relay_thread_policy();
-    let mut for_rmcp = Vec::with_capacity(8192);
-    loop {
+    input: LineReader,
+    fd: std::os::fd::RawFd,
+    to_rmcp: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    for_rmcp: Vec<u8>,
+}
+
+impl Source for StdinSource {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+
+    fn ready(&mut self) -> bool {
+        let StdinSource {
+            c,
+            input,
+            for_rmcp,
+            to_rmcp,
+            ..
+        } = self;
         let more = input.read_lines(|line| {
             c.client_active();
             if !c.fast_path(line) {
@@ -118,22 +133,18 @@ fn input_pump(
             if !for_rmcp.ends_with(b"\n") {
                 for_rmcp.push(b'\n');
             }
-            if runtime.block_on(to_rmcp.write_all(&for_rmcp)).is_err() {
-                break;
+            if to_rmcp.send(std::mem::take(for_rmcp)).is_err() {
+                return false;
             }
-            for_rmcp.clear();
         }
         match more {
-            Ok(true) => {}
-            Ok(false) => break,
+            Ok(more) => more,
             Err(e) => {
                 tracing::warn!(error = %e, "reading stdin failed; ending the session");
-                break;
+                false
             }
         }
     }
-    // EOF: rmcp sees the client leave.
-    let _ = runtime.block_on(to_rmcp.shutdown());
 }
 
 /// rmcp's messages to the client, whole lines, each read's worth in one write.
