@@ -1,9 +1,9 @@
 //! The fast path of a proxied `tools/call`: the request line from the client is rewritten (new
 //! id, the child's tool name) and written straight to the child's stdin, and the child's
 //! response line is rewritten back (the client's id) and written straight to the client, with
-//! no parse of the arguments or the result and no task hand-off in between: the client's reader
-//! thread writes to the child, and the child's reader thread (one per child) writes to the
-//! client, both with writes that never block (`pipe.rs`). Everything that is not a plain call
+//! no parse of the arguments or the result and no task hand-off in between: the relay thread
+//! (`reactor.rs`) reads the client's stdin and every child's stdout and does both, with writes
+//! that never block (`pipe.rs`). Everything that is not a plain call
 //! of an allowed tool (approval, an open breaker, the 2026-07-28 era, retries) takes the rmcp
 //! path in `mod.rs`; both share the child's pipes here.
 
@@ -63,7 +63,7 @@ pub struct FastDone {
 pub struct FastHooks {
     pub client_out: Arc<ClientOut>,
     pub on_done: Box<dyn Fn(FastDone) + Send + Sync>,
-    /// The runtime, for the work the reader threads hand off (retries, rmcp's lines).
+    /// The runtime, for the work the relay thread hands off (retries).
     pub runtime: tokio::runtime::Handle,
 }
 
