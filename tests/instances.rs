@@ -721,10 +721,11 @@ async fn changed_definition_is_quarantined_until_a_person_approves() {
         echo(&peer.list_all_tools().await.unwrap()).is_none()
     })
     .await;
-    assert!(
-        c.changed.load(Ordering::SeqCst) > before,
-        "tools/list_changed was sent"
-    );
+    // The notification may trail the list by a moment (it is sent by a task of its own).
+    wait_for("tools/list_changed", Duration::from_secs(5), || async {
+        c.changed.load(Ordering::SeqCst) > before
+    })
+    .await;
     let e = err(&peer, "kid__echo", json!({"text": "x"})).await;
     assert_eq!(e["code"], "forbidden");
     assert!(

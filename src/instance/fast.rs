@@ -117,7 +117,7 @@ pub(super) fn interpose(
         svc: svc.clone(),
         link: link.clone(),
         stdout,
-        to_rmcp: rmcp_lines(from_child),
+        to_rmcp: RmcpLines::new(from_child),
         to_client: Vec::with_capacity(8192),
         for_rmcp: Vec::with_capacity(8192),
     };
@@ -127,19 +127,50 @@ pub(super) fn interpose(
     Ok((link, rmcp_reads, to_child))
 }
 
-/// A task that writes the lines it is sent to `to` (rmcp's side of a pipe), and closes `to`
-/// when the sender is dropped. The reactor never waits on rmcp this way.
-pub fn rmcp_lines(mut to: tokio::io::DuplexStream) -> tokio::sync::mpsc::UnboundedSender<Vec<u8>> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-    tokio::spawn(async move {
-        while let Some(lines) = rx.recv().await {
-            if to.write_all(&lines).await.is_err() {
-                return;
+/// Lines on their way to rmcp: a task writes them to rmcp's side of a pipe, so the relay
+/// thread never waits on rmcp. While more than [`RmcpLines::LIMIT`] bytes wait, the source
+/// stops reading (its writer then blocks on a full pipe, not our memory).
+pub struct RmcpLines {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicU64>,
+}
+
+impl RmcpLines {
+    const LIMIT: u64 = 4 << 20;
+
+    /// Starts the task writing to `to`; it closes `to` when this is dropped.
+    pub fn new(mut to: tokio::io::DuplexStream) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let queued = Arc::new(AtomicU64::new(0));
+        let q = queued.clone();
+        tokio::spawn(async move {
+            while let Some(lines) = rx.recv().await {
+                let written = to.write_all(&lines).await;
+                q.fetch_sub(lines.len() as u64, Ordering::Relaxed);
+                if written.is_err() {
+                    return;
+                }
             }
+            let _ = to.shutdown().await;
+        });
+        RmcpLines { tx, queued }
+    }
+
+    /// Queues whole lines; `false` once rmcp's side is gone.
+    pub fn send(&self, lines: Vec<u8>) -> bool {
+        let n = lines.len() as u64;
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.send(lines).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
         }
-        let _ = to.shutdown().await;
-    });
-    tx
+        true
+    }
+
+    /// Whether rmcp is behind by more than the limit.
+    pub fn backlogged(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > Self::LIMIT
+    }
 }
 
 /// Copies rmcp's messages to the child's stdin, whole lines; at rmcp's end, closes the
@@ -190,7 +221,7 @@ struct ChildSource {
     svc: InstanceService,
     link: Arc<FastLink>,
     stdout: LineReader,
-    to_rmcp: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    to_rmcp: RmcpLines,
     to_client: Vec<u8>,
     for_rmcp: Vec<u8>,
 }
@@ -198,6 +229,10 @@ struct ChildSource {
 impl super::reactor::Source for ChildSource {
     fn fd(&self) -> std::os::fd::RawFd {
         self.stdout.fd()
+    }
+
+    fn paused(&self) -> bool {
+        self.to_rmcp.backlogged()
     }
 
     fn ready(&mut self) -> bool {
@@ -242,7 +277,7 @@ impl super::reactor::Source for ChildSource {
         svc.fast_record(done);
         if !for_rmcp.is_empty() {
             // Fails only once rmcp's session is over; fast answers still go through.
-            let _ = to_rmcp.send(std::mem::take(for_rmcp));
+            to_rmcp.send(std::mem::take(for_rmcp));
         }
         match more {
             Ok(true) => return true,

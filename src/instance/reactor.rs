@@ -11,6 +11,10 @@ use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 pub trait Source: Send {
     /// The descriptor to wait on (readable or hung up).
     fn fd(&self) -> RawFd;
+    /// Not to be read for now (whoever takes its lines is behind); asked again every 10 ms.
+    fn paused(&self) -> bool {
+        false
+    }
     /// The descriptor is ready: read once and handle what came, without blocking. `false`
     /// once the source has ended (it is then dropped).
     fn ready(&mut self) -> bool;
@@ -103,13 +107,24 @@ fn run(wake: &OwnedFd, taken: &Receiver<Box<dyn Source>>) {
             events: libc::POLLIN,
             revents: 0,
         });
-        fds.extend(sources.iter().map(|s| libc::pollfd {
-            fd: s.fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let mut any_paused = false;
+        fds.extend(sources.iter().map(|s| {
+            // A negative descriptor is skipped by poll.
+            let fd = if s.paused() {
+                any_paused = true;
+                -1
+            } else {
+                s.fd()
+            };
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }
         }));
+        let timeout = if any_paused { 10 } else { -1 };
         // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -157,11 +172,15 @@ mod tests {
         reader: super::super::pipe::LineReader,
         fd: RawFd,
         got: Arc<Mutex<Vec<String>>>,
+        paused: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl Source for Lines {
         fn fd(&self) -> RawFd {
             self.fd
+        }
+        fn paused(&self) -> bool {
+            self.paused.load(std::sync::atomic::Ordering::SeqCst)
         }
         fn ready(&mut self) -> bool {
             let got = &self.got;
@@ -195,6 +214,7 @@ mod tests {
                     reader: super::super::pipe::LineReader::new(r),
                     fd,
                     got: got.clone(),
+                    paused: Default::default(),
                 }))
                 .unwrap();
             writers.push(std::fs::File::from(w));
@@ -214,5 +234,35 @@ mod tests {
         let mut all = got.lock().unwrap().clone();
         all.sort();
         assert_eq!(all, ["from 0", "from 1", "from 2", "later"]);
+    }
+
+    #[test]
+    fn a_paused_source_is_not_read_until_it_resumes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let reactor = Reactor::start().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let paused = Arc::new(AtomicBool::new(true));
+        let (r, w) = pipe();
+        let fd = r.as_raw_fd();
+        reactor
+            .add(Box::new(Lines {
+                reader: super::super::pipe::LineReader::new(r),
+                fd,
+                got: got.clone(),
+                paused: paused.clone(),
+            }))
+            .unwrap();
+        let mut w = std::fs::File::from(w);
+        writeln!(w, "held").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(got.lock().unwrap().is_empty(), "read while paused");
+        paused.store(false, Ordering::SeqCst);
+        for _ in 0..200 {
+            if !got.lock().unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(*got.lock().unwrap(), ["held"]);
     }
 }

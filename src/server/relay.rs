@@ -15,7 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 use super::Coordinator;
 use crate::audit::{Action, NewEvent, Outcome};
 use crate::config::ToolGroup;
-use crate::instance::{ClientOut, FastDone, FastHooks, LineReader, PipeWriter, Source};
+use crate::instance::{ClientOut, FastDone, FastHooks, LineReader, PipeWriter, RmcpLines, Source};
 
 /// A `tools/call` request with nothing but a name, arguments and `_meta` (without a progress
 /// token or 2026-07-28 fields; checked below); no MRTR or task fields. Anything else fails to
@@ -91,7 +91,7 @@ pub(super) fn split(
         c: c.clone(),
         fd: input.fd(),
         input,
-        to_rmcp: crate::instance::rmcp_lines(to_rmcp),
+        to_rmcp: RmcpLines::new(to_rmcp),
         for_rmcp: Vec::with_capacity(8192),
     };
     c.instances().reactor()?.add(Box::new(source))?;
@@ -106,13 +106,17 @@ struct StdinSource {
     c: Coordinator,
     input: LineReader,
     fd: std::os::fd::RawFd,
-    to_rmcp: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    to_rmcp: RmcpLines,
     for_rmcp: Vec<u8>,
 }
 
 impl Source for StdinSource {
     fn fd(&self) -> std::os::fd::RawFd {
         self.fd
+    }
+
+    fn paused(&self) -> bool {
+        self.to_rmcp.backlogged()
     }
 
     fn ready(&mut self) -> bool {
@@ -133,7 +137,7 @@ impl Source for StdinSource {
             if !for_rmcp.ends_with(b"\n") {
                 for_rmcp.push(b'\n');
             }
-            if to_rmcp.send(std::mem::take(for_rmcp)).is_err() {
+            if !to_rmcp.send(std::mem::take(for_rmcp)) {
                 return false;
             }
         }
