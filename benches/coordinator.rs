@@ -1673,10 +1673,16 @@ fn test_child_bin() -> PathBuf {
     .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
     .arg("--target-dir")
     .arg(profile_dir.parent().unwrap());
-    if let Some(profile) = profile_dir.file_name().and_then(|n| n.to_str())
-        && profile != "debug"
-    {
-        cmd.args(["--profile", profile]);
+    // `cargo bench` builds in the `bench` profile (into `release`): the same profile here
+    // reuses this crate's build instead of making a second one that the next run redoes.
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.args(["--profile", "bench"]);
+        }
+        Some(profile) => {
+            cmd.args(["--profile", profile]);
+        }
     }
     let status = cmd.status().expect("run cargo build --example test_child");
     assert!(
@@ -2030,25 +2036,47 @@ async fn instances_latency_and_throughput(counts: &InstanceCounts, dir: &Path, c
         p50 / d50,
     );
 
-    // Throughput with `in_flight` calls outstanding on one session.
-    let total = counts.throughput;
-    let before = cpu(&[me, direct_pid]);
-    let direct_wall = time_throughput(&direct, "echo", total, counts.in_flight).await;
-    let direct_ticks = cpu(&[me, direct_pid]);
-    let before_p = cpu(&[me, coordinator_pid, kid_pid]);
-    let proxied_wall = time_throughput(&proxy, "kid__echo", total, counts.in_flight).await;
-    let proxied_ticks = cpu(&[me, coordinator_pid, kid_pid]);
+    // Throughput with `in_flight` calls outstanding on one session, in rounds that alternate
+    // direct and proxied runs, so that a change of load on the machine hits both alike.
+    const ROUNDS: u64 = 4;
+    let per_round = counts.throughput / ROUNDS;
+    let total = per_round * ROUNDS;
+    let (mut direct_wall, mut proxied_wall) = (Duration::ZERO, Duration::ZERO);
+    let (mut direct_cpu, mut proxied_cpu) = ([0u64; 2], [0u64; 3]);
+    let mut ratios = Vec::new();
+    for _ in 0..ROUNDS {
+        let before = cpu(&[me, direct_pid]);
+        let d = time_throughput(&direct, "echo", per_round, counts.in_flight).await;
+        add_ticks(&mut direct_cpu, &before, &cpu(&[me, direct_pid]));
+        let before = cpu(&[me, coordinator_pid, kid_pid]);
+        let p = time_throughput(&proxy, "kid__echo", per_round, counts.in_flight).await;
+        add_ticks(
+            &mut proxied_cpu,
+            &before,
+            &cpu(&[me, coordinator_pid, kid_pid]),
+        );
+        ratios.push(d.as_secs_f64() / p.as_secs_f64());
+        direct_wall += d;
+        proxied_wall += p;
+    }
     let direct_rate = total as f64 / direct_wall.as_secs_f64();
     let proxied_rate = total as f64 / proxied_wall.as_secs_f64();
     let ratio = proxied_rate / direct_rate;
+    let rounds: Vec<String> = ratios
+        .iter()
+        .map(|r| format!("{:.0}%", r * 100.0))
+        .collect();
     println!(
-        "echo throughput ({} in flight, {total} calls each): direct {direct_rate:.0} calls/s, \
-         through the coordinator {proxied_rate:.0} calls/s = {:.0}% of direct   [target >= 90%: \
-         {}]",
+        "echo throughput ({} in flight, {total} calls each way in {ROUNDS} alternating rounds): \
+         direct {direct_rate:.0} calls/s, through the coordinator {proxied_rate:.0} calls/s = \
+         {:.0}% of direct (rounds: {})   [target >= 90%: {}]",
         counts.in_flight,
         ratio * 100.0,
+        rounds.join(", "),
         verdict(ratio >= 0.9),
     );
+    let (before, direct_ticks) = ([0u64; 2], direct_cpu);
+    let (before_p, proxied_ticks) = ([0u64; 3], proxied_cpu);
     let per = |a: u64, b: u64| (a - b) as f64 / TICKS_PER_SECOND * 1e6 / total as f64;
     println!(
         "   (info) CPU per call: direct: client {:.0} µs, child {:.0} µs; proxied: client {:.0} \
@@ -2090,23 +2118,31 @@ async fn instances_cold_start(dir: &Path, config: &Path, types: usize) -> [Durat
 }
 
 async fn instances_cold_starts(counts: &InstanceCounts, dir: &Path, child: &Path) {
-    let mut medians = Vec::new();
-    for types in [0, 5] {
+    const TYPES: [usize; 2] = [0, 5];
+    let configs = TYPES.map(|types| {
         let config = dir.join(format!("cold-{types}.toml"));
         instances_config(&config, child, types, true);
-        // One unmeasured run first (page cache, binaries).
-        instances_cold_start(dir, &config, types).await;
-        let mut runs: [Vec<Duration>; 4] = Default::default();
-        for _ in 0..counts.cold_runs {
-            let times = instances_cold_start(dir, &config, types).await;
-            for (all, t) in runs.iter_mut().zip(times) {
-                all.push(t);
+        config
+    });
+    // runs[configuration][figure]; the two configurations alternate, so that a change of load
+    // on the machine hits both alike. One unmeasured run of each first (page cache, binaries).
+    let mut runs: [[Vec<Duration>; 4]; 2] = Default::default();
+    for round in 0..=counts.cold_runs {
+        for (i, types) in TYPES.into_iter().enumerate() {
+            let times = instances_cold_start(dir, &configs[i], types).await;
+            if round > 0 {
+                for (all, t) in runs[i].iter_mut().zip(times) {
+                    all.push(t);
+                }
             }
         }
-        for r in &mut runs {
+    }
+    let mut medians = Vec::new();
+    for (types, figures) in TYPES.into_iter().zip(&mut runs) {
+        for r in figures.iter_mut() {
             r.sort();
         }
-        let [init, status, up, status_call] = &runs;
+        let [init, status, up, status_call] = &*figures;
         println!(
             "cold start, {types} autostarted children: to initialize answer median {:.2} ms \
              (min {:.2}, max {:.2}); to first coordinator_status answer median {:.2} ms (min \

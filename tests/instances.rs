@@ -340,6 +340,23 @@ async fn start_proxy_policy_retries_breaker_and_stop() {
     let r = call(&peer, "kid__echo", json!({"text": "hello there"})).await;
     assert_eq!(text_of(&r), "hello there");
     assert_eq!(r.structured_content, Some(json!({"text": "hello there"})));
+    // It took the fast relay, and is audited all the same (in a batch, so shortly).
+    wait_for(
+        "the proxied call's audit event",
+        Duration::from_secs(5),
+        || async {
+            let a = ok(
+                &peer,
+                "audit_query",
+                json!({"action": "tool.call", "subject": "kid__echo"}),
+            )
+            .await;
+            a["events"].as_array().unwrap().iter().any(|e| {
+                e["detail"]["relay"] == "fast" && e["detail"]["arguments"]["text"] == "hello there"
+            })
+        },
+    )
+    .await;
     // Routing splits on the separator exactly: a prefix of a name is not a tool.
     let e = common::call(&peer, "kid__ech", json!({})).await;
     assert!(e.is_err() || e.unwrap().is_error == Some(true));
@@ -704,10 +721,11 @@ async fn changed_definition_is_quarantined_until_a_person_approves() {
         echo(&peer.list_all_tools().await.unwrap()).is_none()
     })
     .await;
-    assert!(
-        c.changed.load(Ordering::SeqCst) > before,
-        "tools/list_changed was sent"
-    );
+    // The notification may trail the list by a moment (it is sent by a task of its own).
+    wait_for("tools/list_changed", Duration::from_secs(5), || async {
+        c.changed.load(Ordering::SeqCst) > before
+    })
+    .await;
     let e = err(&peer, "kid__echo", json!({"text": "x"})).await;
     assert_eq!(e["code"], "forbidden");
     assert!(

@@ -2,6 +2,7 @@
 //! and serve MCP on stdio until the client leaves or a signal arrives.
 
 use std::io::IsTerminal;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -29,11 +30,16 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let stopped = runtime.block_on(server::run(
-        coordinator,
-        (tokio::io::stdin(), tokio::io::stdout()),
-        shutdown_signal(),
-    ))?;
+    // The relay reads and writes the descriptors itself (threads, no blocking pool).
+    let input = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot take over stdin")?;
+    let output = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot take over stdout")?;
+    let stopped = runtime.block_on(server::run(coordinator, (input, output), shutdown_signal()))?;
     tracing::info!(?stopped, "stopped");
     // Do not wait for a blocked stdin read: the session is over.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));

@@ -1,9 +1,11 @@
 //! The fast path of a proxied `tools/call`: the request line from the client is rewritten (new
 //! id, the child's tool name) and written straight to the child's stdin, and the child's
 //! response line is rewritten back (the client's id) and written straight to the client, with
-//! no parse of the arguments or the result and no task hand-off in between. Everything that is
-//! not a plain call of an allowed tool (approval, an open breaker, progress, the 2026-07-28
-//! era, retries) takes the rmcp path in `mod.rs`; both share the child's pipes here.
+//! no parse of the arguments or the result and no task hand-off in between: the relay thread
+//! (`reactor.rs`) reads the client's stdin and every child's stdout and does both, with writes
+//! that never block (`pipe.rs`). Everything that is not a plain call
+//! of an allowed tool (approval, an open breaker, the 2026-07-28 era, retries) takes the rmcp
+//! path in `mod.rs`; both share the child's pipes here.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,32 +14,37 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout};
 
+use super::pipe::{LineReader, PipeWriter};
 use super::{ChildTool, InstanceService, Live, lock};
 
 /// Where fast-path responses go: the client's side of the coordinator's stdio, shared with
-/// rmcp's own output, one whole line at a time.
+/// rmcp's own output, one whole line at a time. Writes never block (see [`PipeWriter`]).
 pub struct ClientOut {
-    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    writer: PipeWriter,
 }
 
 impl ClientOut {
-    pub fn new(writer: Box<dyn AsyncWrite + Send + Unpin>) -> Self {
-        ClientOut {
-            writer: tokio::sync::Mutex::new(writer),
-        }
+    pub fn new(writer: PipeWriter) -> Self {
+        ClientOut { writer }
     }
 
-    /// Writes one JSON-RPC message and its newline, then flushes.
-    pub async fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut w = self.writer.lock().await;
-        w.write_all(line).await?;
-        if !line.ends_with(b"\n") {
-            w.write_all(b"\n").await?;
-        }
-        w.flush().await
+    /// Writes one or more whole JSON-RPC lines (each ending in a newline).
+    pub fn write_lines(&self, lines: &[u8]) -> std::io::Result<()> {
+        debug_assert!(lines.ends_with(b"\n"));
+        self.writer.write(lines)
+    }
+
+    /// Closes stdout once everything queued is written.
+    pub fn close(&self) {
+        self.writer.close();
+    }
+
+    /// Waits up to `limit` until everything queued has reached the client.
+    pub fn wait_drained(&self, limit: Duration) -> bool {
+        self.writer.wait_drained(limit)
     }
 }
 
@@ -56,6 +63,8 @@ pub struct FastDone {
 pub struct FastHooks {
     pub client_out: Arc<ClientOut>,
     pub on_done: Box<dyn Fn(FastDone) + Send + Sync>,
+    /// The runtime, for the work the relay thread hands off (retries).
+    pub runtime: tokio::runtime::Handle,
 }
 
 /// A call in flight on the fast path.
@@ -72,49 +81,100 @@ struct Pending {
 
 /// The child's stdin (shared by rmcp's writes and the fast path) and the fast calls in flight.
 pub struct FastLink {
-    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    stdin: PipeWriter,
     pending: Mutex<HashMap<u64, Pending>>,
     next: AtomicU64,
 }
 
 impl FastLink {
-    async fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
-        let mut guard = self.stdin.lock().await;
-        let Some(stdin) = guard.as_mut() else {
-            return Err(std::io::ErrorKind::BrokenPipe.into());
-        };
-        stdin.write_all(line).await?;
-        stdin.flush().await
+    fn write_line(&self, line: &[u8]) -> std::io::Result<()> {
+        self.stdin.write(line)
     }
 }
 
 /// Interposes on a child's pipes: returns the link and the pipe ends rmcp's client uses.
+/// The child's stdout is read by a thread of its own (named after the instance).
 pub(super) fn interpose(
     svc: &InstanceService,
     live: &Arc<Live>,
     stdin: ChildStdin,
     stdout: ChildStdout,
-) -> (
+) -> std::io::Result<(
     Arc<FastLink>,
     tokio::io::DuplexStream,
     tokio::io::DuplexStream,
-) {
+)> {
+    let stdin = PipeWriter::new(stdin.into_owned_fd()?, &format!("{} stdin", live.name))?;
+    let stdout = LineReader::new(stdout.into_owned_fd()?);
     let link = Arc::new(FastLink {
-        stdin: tokio::sync::Mutex::new(Some(stdin)),
+        stdin,
         pending: Mutex::new(HashMap::new()),
         next: AtomicU64::new(1),
     });
     let (rmcp_reads, from_child) = tokio::io::duplex(1 << 20);
     let (to_child, rmcp_writes) = tokio::io::duplex(1 << 20);
-    tokio::spawn(child_reader(svc.clone(), link.clone(), stdout, from_child));
+    let source = ChildSource {
+        svc: svc.clone(),
+        link: link.clone(),
+        stdout,
+        to_rmcp: RmcpLines::new(from_child),
+        to_client: Vec::with_capacity(8192),
+        for_rmcp: Vec::with_capacity(8192),
+    };
+    svc.reactor()?.add(Box::new(source))?;
     tokio::spawn(child_writer(link.clone(), rmcp_writes));
     tokio::spawn(sweep_timeouts(svc.clone(), Arc::downgrade(&link)));
-    let _ = live;
-    (link, rmcp_reads, to_child)
+    Ok((link, rmcp_reads, to_child))
 }
 
-/// Copies rmcp's messages to the child's stdin, whole lines under the shared lock; at rmcp's
-/// end, closes the child's stdin.
+/// Lines on their way to rmcp: a task writes them to rmcp's side of a pipe, so the relay
+/// thread never waits on rmcp. While more than [`RmcpLines::LIMIT`] bytes wait, the source
+/// stops reading (its writer then blocks on a full pipe, not our memory).
+pub struct RmcpLines {
+    tx: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    queued: Arc<AtomicU64>,
+}
+
+impl RmcpLines {
+    const LIMIT: u64 = 4 << 20;
+
+    /// Starts the task writing to `to`; it closes `to` when this is dropped.
+    pub fn new(mut to: tokio::io::DuplexStream) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let queued = Arc::new(AtomicU64::new(0));
+        let q = queued.clone();
+        tokio::spawn(async move {
+            while let Some(lines) = rx.recv().await {
+                let written = to.write_all(&lines).await;
+                q.fetch_sub(lines.len() as u64, Ordering::Relaxed);
+                if written.is_err() {
+                    return;
+                }
+            }
+            let _ = to.shutdown().await;
+        });
+        RmcpLines { tx, queued }
+    }
+
+    /// Queues whole lines; `false` once rmcp's side is gone.
+    pub fn send(&self, lines: Vec<u8>) -> bool {
+        let n = lines.len() as u64;
+        self.queued.fetch_add(n, Ordering::Relaxed);
+        if self.tx.send(lines).is_err() {
+            self.queued.fetch_sub(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Whether rmcp is behind by more than the limit.
+    pub fn backlogged(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) > Self::LIMIT
+    }
+}
+
+/// Copies rmcp's messages to the child's stdin, whole lines; at rmcp's end, closes the
+/// child's stdin.
 async fn child_writer(link: Arc<FastLink>, from_rmcp: tokio::io::DuplexStream) {
     let mut lines = BufReader::new(from_rmcp);
     let mut buf = Vec::with_capacity(4096);
@@ -123,14 +183,17 @@ async fn child_writer(link: Arc<FastLink>, from_rmcp: tokio::io::DuplexStream) {
         match lines.read_until(b'\n', &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(_) => {
-                if link.write_line(&buf).await.is_err() {
+                if !buf.ends_with(b"\n") {
+                    buf.push(b'\n');
+                }
+                if link.write_line(&buf).is_err() {
                     break;
                 }
             }
         }
     }
     // rmcp closed the session: the child sees EOF on stdin.
-    *link.stdin.lock().await = None;
+    link.stdin.close();
 }
 
 /// A child's response, as far as the fast path needs to read it.
@@ -152,51 +215,85 @@ struct ErrorCodeOnly {
 
 const ID_PREFIX: &str = "\"fp-";
 
-/// Reads the child's stdout: responses to fast calls go straight to the client, everything
-/// else to rmcp. At EOF, fast calls in flight fail.
-async fn child_reader(
+/// A child's stdout, read by the reactor: responses to fast calls go straight to the client,
+/// everything else to rmcp. At EOF, fast calls in flight fail.
+struct ChildSource {
     svc: InstanceService,
     link: Arc<FastLink>,
-    stdout: ChildStdout,
-    mut to_rmcp: tokio::io::DuplexStream,
-) {
-    let mut lines = BufReader::new(stdout);
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        match lines.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        if contains(&buf, ID_PREFIX.as_bytes()) {
-            if let Some((n, resp)) = fast_response(&buf) {
-                let taken = lock(&link.pending).remove(&n);
-                if let Some(p) = taken {
-                    svc.fast_finish(p.into_call(), resp).await;
-                }
-                continue;
-            }
-            if let Some(line) = fast_progress(&link, &buf) {
-                if let Some(hooks) = svc.inner.fast.get() {
-                    let _ = hooks.client_out.write_line(line.as_bytes()).await;
-                }
-                continue;
-            }
-        }
-        if to_rmcp.write_all(&buf).await.is_err() {
-            break;
-        }
+    stdout: LineReader,
+    to_rmcp: RmcpLines,
+    to_client: Vec<u8>,
+    for_rmcp: Vec<u8>,
+}
+
+impl super::reactor::Source for ChildSource {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.stdout.fd()
     }
-    drop(to_rmcp);
-    let left: Vec<Pending> = lock(&link.pending).drain().map(|(_, p)| p).collect();
-    for p in left {
-        let name = p.live.name.clone();
-        svc.fast_fail(
-            p.into_call(),
-            "unavailable",
-            &format!("instance `{name}` closed its connection before answering"),
-        )
-        .await;
+
+    fn paused(&self) -> bool {
+        self.to_rmcp.backlogged()
+    }
+
+    fn ready(&mut self) -> bool {
+        let ChildSource {
+            svc,
+            link,
+            stdout,
+            to_rmcp,
+            to_client,
+            for_rmcp,
+        } = self;
+        let mut ended: Vec<(EndedCall, FastResponse)> = Vec::new();
+        let more = stdout.read_lines(|line| {
+            if contains(line, ID_PREFIX.as_bytes()) {
+                if let Some((n, resp)) = fast_response(line) {
+                    if let Some(p) = lock(&link.pending).remove(&n) {
+                        ended.push((p.into_call(), resp));
+                    }
+                    return;
+                }
+                if let Some(progress) = fast_progress(link, line) {
+                    to_client.extend_from_slice(progress.as_bytes());
+                    return;
+                }
+            }
+            for_rmcp.extend_from_slice(line);
+            if !line.ends_with(b"\n") {
+                for_rmcp.push(b'\n');
+            }
+        });
+        // Answers first, in one write; then their bookkeeping.
+        let mut done = Vec::with_capacity(ended.len());
+        for (call, resp) in ended {
+            if let Some(d) = svc.fast_finish(call, resp, to_client) {
+                done.push(d);
+            }
+        }
+        if !to_client.is_empty() {
+            svc.fast_write(to_client);
+            to_client.clear();
+        }
+        svc.fast_record(done);
+        if !for_rmcp.is_empty() {
+            // Fails only once rmcp's session is over; fast answers still go through.
+            to_rmcp.send(std::mem::take(for_rmcp));
+        }
+        match more {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(error = %e, "reading a child's stdout failed"),
+        }
+        let left: Vec<Pending> = lock(&link.pending).drain().map(|(_, p)| p).collect();
+        for p in left {
+            let name = p.live.name.clone();
+            svc.fast_fail(
+                p.into_call(),
+                "unavailable",
+                &format!("instance `{name}` closed its connection before answering"),
+            );
+        }
+        false
     }
 }
 
@@ -294,6 +391,17 @@ pub(super) struct EndedCall {
     pub arguments: Option<Box<RawValue>>,
 }
 
+impl EndedCall {
+    fn done(self, error: Option<String>) -> FastDone {
+        FastDone {
+            tool: self.tool.exposed.clone(),
+            started: self.started,
+            error,
+            arguments: self.arguments,
+        }
+    }
+}
+
 impl Pending {
     fn into_call(self) -> EndedCall {
         EndedCall {
@@ -329,21 +437,33 @@ async fn sweep_timeouts(svc: InstanceService, link: Weak<FastLink>) {
             let cancel = format!(
                 "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":\"fp-{n}\",\"reason\":\"timed out\"}}}}\n"
             );
-            let _ = link.write_line(cancel.as_bytes()).await;
+            let _ = link.write_line(cancel.as_bytes());
             let ty = p.live.ty.clone();
             let message = format!(
                 "tool `{}` of instance `{}` did not answer within {} s; the call was cancelled",
                 p.tool.original, p.live.name, ty.call_timeout_seconds
             );
-            svc.fast_fail(p.into_call(), "unavailable", &message).await;
+            svc.fast_fail(p.into_call(), "unavailable", &message);
         }
     }
 }
 
+/// Appends `{"jsonrpc":"2.0","id":ID,"KEY":BODY}` and a newline to `out`.
+fn push_response(out: &mut Vec<u8>, id: &RawValue, key: &str, body: &str) {
+    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":");
+    out.extend_from_slice(id.get().as_bytes());
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":");
+    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(b"}\n");
+}
+
 impl InstanceService {
     /// Sends a plain call of an allowed tool straight to the child. `false` when the fast path
-    /// cannot take it (no fast link, breaker not closed, shutting down): use the rmcp path.
-    pub async fn fast_forward(
+    /// cannot take it (no fast link, breaker not closed, the child's stdin closed): use the
+    /// rmcp path.
+    pub fn fast_forward(
         &self,
         target: &super::Target,
         client_id: &RawValue,
@@ -389,24 +509,27 @@ impl InstanceService {
                 progress_token: progress_token.map(|p| p.to_owned()),
             },
         );
-        if link.write_line(line.as_bytes()).await.is_err() {
-            // Not sent: take it back and let the rmcp path report the problem.
+        if link.write_line(line.as_bytes()).is_err() {
+            // Not sent: take it back and let the rmcp path report the problem (unless the
+            // child answered already, which it cannot have without the request).
             return lock(&link.pending).remove(&n).is_none();
         }
         true
     }
 
-    /// A child answered a fast call: the result goes to the client as it is.
-    pub(super) async fn fast_finish(&self, call: EndedCall, resp: FastResponse) {
+    /// A child answered a fast call: its answer for the client is appended to `out` as it
+    /// is. Returns the call's record, or `None` when a retry took the call over.
+    pub(super) fn fast_finish(
+        &self,
+        call: EndedCall,
+        resp: FastResponse,
+        out: &mut Vec<u8>,
+    ) -> Option<FastDone> {
         match resp {
             FastResponse::Result(result) => {
                 lock(&call.live.breaker).success();
-                let line = format!(
-                    "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{}}}\n",
-                    call.client_id.get(),
-                    result.get()
-                );
-                self.fast_reply(call, line.as_bytes(), None).await;
+                push_response(out, &call.client_id, "result", result.get());
+                Some(call.done(None))
             }
             FastResponse::Error(code, error) => {
                 let client_fault = matches!(code, -32602 | -32601 | -32600 | -32700);
@@ -421,23 +544,18 @@ impl InstanceService {
                     );
                     if call.tool.read_only && ty.read_only_retries > 0 {
                         // Retries go the rmcp way, which knows backoff and reconnects.
-                        self.fast_retry(call).await;
-                        return;
+                        self.fast_retry(call);
+                        return None;
                     }
                 }
-                let line = format!(
-                    "{{\"jsonrpc\":\"2.0\",\"id\":{},\"error\":{}}}\n",
-                    call.client_id.get(),
-                    error.get()
-                );
-                self.fast_reply(call, line.as_bytes(), Some("child_error".into()))
-                    .await;
+                push_response(out, &call.client_id, "error", error.get());
+                Some(call.done(Some("child_error".into())))
             }
         }
     }
 
     /// Ends a fast call with a tool error result (`isError`, structured `{code, message}`).
-    pub(super) async fn fast_fail(&self, call: EndedCall, code: &str, message: &str) {
+    pub(super) fn fast_fail(&self, call: EndedCall, code: &str, message: &str) {
         let ty = &call.live.ty;
         lock(&call.live.breaker).failure(
             ty.breaker.failures,
@@ -449,17 +567,18 @@ impl InstanceService {
             "structuredContent": {"code": code, "message": message, "details": {"instance": call.live.name}, "retryable": true},
             "isError": true,
         });
-        let line = format!(
-            "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{body}}}\n",
-            call.client_id.get()
-        );
-        self.fast_reply(call, line.as_bytes(), Some(code.to_string()))
-            .await;
+        let mut out = Vec::new();
+        push_response(&mut out, &call.client_id, "result", &body.to_string());
+        self.fast_write(&out);
+        self.fast_record(vec![call.done(Some(code.to_string()))]);
     }
 
-    async fn fast_retry(&self, call: EndedCall) {
+    fn fast_retry(&self, call: EndedCall) {
+        let Some(hooks) = self.inner.fast.get() else {
+            return;
+        };
         let svc = self.clone();
-        tokio::spawn(async move {
+        hooks.runtime.spawn(async move {
             let arguments = call
                 .arguments
                 .as_ref()
@@ -468,7 +587,7 @@ impl InstanceService {
                 Ok(t) => t,
                 Err(e) => {
                     let m = e.to_string();
-                    svc.fast_fail(call, "unavailable", &m).await;
+                    svc.fast_fail(call, "unavailable", &m);
                     return;
                 }
             };
@@ -480,33 +599,48 @@ impl InstanceService {
             {
                 Ok(result) => {
                     let body = serde_json::to_string(&result).unwrap_or_else(|_| "{}".into());
-                    let line = format!(
-                        "{{\"jsonrpc\":\"2.0\",\"id\":{},\"result\":{body}}}\n",
-                        call.client_id.get()
-                    );
-                    svc.fast_reply(call, line.as_bytes(), None).await;
+                    let mut out = Vec::new();
+                    push_response(&mut out, &call.client_id, "result", &body);
+                    svc.fast_write(&out);
+                    svc.fast_record(vec![call.done(None)]);
                 }
                 Err(e) => {
                     let m = e.to_string();
-                    svc.fast_fail(call, "unavailable", &m).await;
+                    svc.fast_fail(call, "unavailable", &m);
                 }
             }
         });
     }
 
-    async fn fast_reply(&self, call: EndedCall, line: &[u8], error: Option<String>) {
+    /// Writes whole answer lines to the client.
+    fn fast_write(&self, lines: &[u8]) {
         let Some(hooks) = self.inner.fast.get() else {
             return;
         };
-        if let Err(e) = hooks.client_out.write_line(line).await {
+        if let Err(e) = hooks.client_out.write_lines(lines) {
             tracing::debug!(error = %e, "could not answer a proxied call");
         }
-        (hooks.on_done)(FastDone {
-            tool: call.tool.exposed.clone(),
-            started: call.started,
-            error,
-            arguments: call.arguments,
-        });
+    }
+
+    /// Hands ended calls to the server for its audit records.
+    fn fast_record(&self, done: Vec<FastDone>) {
+        let Some(hooks) = self.inner.fast.get() else {
+            return;
+        };
+        for d in done {
+            (hooks.on_done)(d);
+        }
+    }
+
+    /// The relay thread, started on first use.
+    pub fn reactor(&self) -> std::io::Result<Arc<super::reactor::Reactor>> {
+        let mut slot = lock(&self.inner.reactor);
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(super::reactor::Reactor::start()?);
+        *slot = Some(r.clone());
+        Ok(r)
     }
 
     /// Sets where fast-path responses go. Without it, every call takes the rmcp path.
@@ -520,7 +654,7 @@ impl InstanceService {
     }
 
     /// A client cancelled a call: if it is a fast call in flight, tell its child and drop it.
-    pub async fn fast_cancel(&self, client_id: &str) -> bool {
+    pub fn fast_cancel(&self, client_id: &str) -> bool {
         for live in self.live_all() {
             let Some(link) = live.conn().and_then(|c| c.fast) else {
                 continue;
@@ -537,15 +671,8 @@ impl InstanceService {
                 let cancel = format!(
                     "{{\"jsonrpc\":\"2.0\",\"method\":\"notifications/cancelled\",\"params\":{{\"requestId\":\"fp-{n}\",\"reason\":\"cancelled by the client\"}}}}\n"
                 );
-                let _ = link.write_line(cancel.as_bytes()).await;
-                if let Some(hooks) = self.inner.fast.get() {
-                    (hooks.on_done)(FastDone {
-                        tool: p.tool.exposed.clone(),
-                        started: p.started,
-                        error: Some("cancelled".into()),
-                        arguments: p.arguments,
-                    });
-                }
+                let _ = link.write_line(cancel.as_bytes());
+                self.fast_record(vec![p.into_call().done(Some("cancelled".into()))]);
                 return true;
             }
         }

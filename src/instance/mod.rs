@@ -9,8 +9,10 @@
 pub mod catalog;
 mod fast;
 mod http;
+mod pipe;
 pub mod policy;
 pub mod process;
+mod reactor;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap};
@@ -33,8 +35,10 @@ use crate::secret::SecretStore;
 use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
 use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
-pub use fast::{ClientOut, FastDone, FastHooks};
+pub use fast::{ClientOut, FastDone, FastHooks, RmcpLines};
+pub use pipe::{LineReader, PipeWriter};
 use policy::{InjectionFlag, ToolAccess};
+pub use reactor::Source;
 
 string_enum!(
     /// Where an instance is in its life. `crash_loop` waits for a person; `expired`,
@@ -440,6 +444,8 @@ struct Inner {
     supervisors: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Set by the server: where fast-path answers go.
     fast: std::sync::OnceLock<FastHooks>,
+    /// The thread that reads the client's stdin and every child's stdout (started on first use).
+    reactor: Mutex<Option<Arc<reactor::Reactor>>>,
 }
 
 impl InstanceService {
@@ -470,6 +476,7 @@ impl InstanceService {
                 shutdown: CancellationToken::new(),
                 supervisors: Mutex::new(Vec::new()),
                 fast: std::sync::OnceLock::new(),
+                reactor: Mutex::new(None),
             }),
         }
     }
@@ -1440,10 +1447,15 @@ impl InstanceService {
     }
 
     /// The types with `autostart`, and instances left by an earlier coordinator: starts them
-    /// in the background (the caller does not wait).
-    pub fn restore_and_autostart(&self) {
+    /// in the background once `after` resolves (the caller does not wait); autostarted types
+    /// one at a time.
+    pub fn restore_and_autostart(
+        &self,
+        after: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
         let me = self.clone();
         tokio::spawn(async move {
+            after.await;
             if let Err(e) = me.restore() {
                 tracing::warn!(error = %e, "could not restore instances");
             }
@@ -1464,7 +1476,13 @@ impl InstanceService {
                     ..Default::default()
                 };
                 match me.create(req, &Actor::system()) {
-                    Ok((live, rx)) => me.spawn_supervisor(live, rx, None, false),
+                    Ok((live, rx)) => {
+                        // One at a time: a burst of children starting at once would take
+                        // the machine from the client.
+                        let (first, started) = oneshot::channel();
+                        me.spawn_supervisor(live, rx, Some(first), false);
+                        let _ = tokio::time::timeout(ty.init_timeout() * 2, started).await;
+                    }
                     Err(e) => tracing::warn!(instance = %name, error = %e, "could not autostart"),
                 }
             }

@@ -366,7 +366,13 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
         *lock(&live.stderr) = child.stderr.clone();
         row.pid = Some(i64::from(child.pid));
         *lock(&live.row) = row.clone();
-        let (link, from_child, to_child) = super::fast::interpose(svc, live, stdin, stdout);
+        let (link, from_child, to_child) = match super::fast::interpose(svc, live, stdin, stdout) {
+            Ok(parts) => parts,
+            Err(e) => {
+                child.terminate(Duration::from_millis(500)).await;
+                return Err(fail(format!("cannot relay its pipes: {e}"), Vec::new()));
+            }
+        };
         fast_link = Some(link);
         let started = tokio::time::timeout(init, client.serve((from_child, to_child))).await;
         let service = match started {

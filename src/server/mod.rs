@@ -72,8 +72,8 @@ struct Inner {
     /// `subscriptions/listen` streams that asked for `tools_list_changed`.
     tool_listeners: std::sync::Mutex<(Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)>,
     /// Tool-call audit events of proxied calls, written in batches off the call's path.
-    audit_batch: tokio::sync::mpsc::UnboundedSender<NewEvent>,
-    audit_batch_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NewEvent>>>,
+    audit_batch: std::sync::mpsc::Sender<NewEvent>,
+    audit_batch_rx: std::sync::Mutex<Option<std::sync::mpsc::Receiver<NewEvent>>>,
     /// The initialize-era client of this stdio session, once initialized: the fast path of
     /// proxied calls serves only it.
     fast_client: std::sync::OnceLock<FastClient>,
@@ -84,6 +84,10 @@ struct Inner {
     codec: RequestStateCodec,
     settings: Settings,
     started: Instant,
+    /// Microseconds after `started` of the client's last line on stdin.
+    client_active_us: std::sync::atomic::AtomicU64,
+    /// Set once rmcp has answered the client's first request (the session is up).
+    answered: tokio::sync::watch::Sender<bool>,
     session_id: String,
     /// The OS user running this process (`NAME@HOST`): who launched the assistant.
     os_user: String,
@@ -155,7 +159,7 @@ impl Coordinator {
             settings.config.instances.clone(),
             &session_id,
         );
-        let (audit_batch, audit_batch_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (audit_batch, audit_batch_rx) = std::sync::mpsc::channel();
         let remediations = RemediationService::new(
             audit.clone(),
             approvals.clone(),
@@ -181,6 +185,8 @@ impl Coordinator {
                 codec,
                 settings,
                 started: Instant::now(),
+                client_active_us: std::sync::atomic::AtomicU64::new(0),
+                answered: tokio::sync::watch::Sender::new(false),
                 session_id,
                 os_user: crate::audit::Actor::os_user().id,
                 router,
@@ -566,7 +572,7 @@ impl ServerHandler for Coordinator {
             "error": error,
         });
         if proxied {
-            // Off the call's path: written in batches by `audit_batches`.
+            // Off the call's path: written in batches by `audit_writer`.
             let event = NewEvent {
                 actor: call.actor.clone(),
                 action: Action::ToolCall,
@@ -688,37 +694,86 @@ async fn tool_list_changes(c: Coordinator) {
     }
 }
 
-/// Writes queued tool-call audit events in batches: one transaction for whatever has queued up
-/// (up to 512), so proxied calls do not wait for the database. Ends when the queue closes.
-async fn audit_batches(
+/// Writes the audit events of proxied calls in batches, on a thread of its own at a lower CPU
+/// priority (nice +10): one transaction for a burst of calls costs far less than one each,
+/// and on a busy machine the calls in flight (the client, this relay, the child) go first;
+/// the writer takes the idle time. Ends at `stop` (after writing what is queued) or when every
+/// sender is gone.
+fn audit_writer(
     audit: AuditLog,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<NewEvent>,
-    stop: CancellationToken,
-) {
-    loop {
-        let first = tokio::select! {
-            e = rx.recv() => e,
-            () = stop.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(first) = first else { return };
-        // Let a burst gather: one transaction for many calls costs far less than one each.
-        if !stop.is_cancelled() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        let mut batch = vec![first];
-        while batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
+    rx: std::sync::mpsc::Receiver<NewEvent>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    use std::sync::atomic::Ordering;
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Duration;
+    std::thread::Builder::new()
+        .name("audit writer".into())
+        .spawn(move || {
+            // SAFETY: setpriority on this thread's own id; no pointers.
+            let niced = unsafe {
+                libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t, 10)
+            };
+            if niced != 0 {
+                tracing::debug!("could not lower the audit writer's priority");
             }
-        }
-        let audit = audit.clone();
-        match tokio::task::spawn_blocking(move || audit.record_batch(&batch)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "could not record tool calls in the audit log")
+            loop {
+                let first = match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(e) => e,
+                    Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
+                    Err(_) => match rx.try_recv() {
+                        Ok(e) => e,
+                        Err(_) => return,
+                    },
+                };
+                // Let a burst gather.
+                if !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let mut batch = vec![first];
+                while batch.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = audit.record_batch(&batch) {
+                    tracing::error!(error = %e, "could not record tool calls in the audit log");
+                }
             }
-            Err(e) => tracing::error!(error = %e, "could not record tool calls in the audit log"),
+        })
+}
+
+impl Coordinator {
+    /// Notes that the client just sent something (the stdin thread calls this per read).
+    fn client_active(&self) {
+        let us = self.inner.started.elapsed().as_micros() as u64;
+        self.inner
+            .client_active_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once the client's session is up and its opening burst of requests is over:
+    /// after the first answer, when the client has sent nothing for 25 ms (at most 300 ms later;
+    /// at most 2 s after start if the client never asks anything). Children start then, so
+    /// they never slow the client's start.
+    async fn client_settled(self) {
+        let mut answered = self.inner.answered.subscribe();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), answered.wait_for(|a| *a))
+            .await;
+        let quiet = std::time::Duration::from_millis(25);
+        let until = Instant::now() + std::time::Duration::from_millis(300);
+        while Instant::now() < until {
+            let last = std::time::Duration::from_micros(
+                self.inner
+                    .client_active_us
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let idle = self.inner.started.elapsed().saturating_sub(last);
+            if idle >= quiet {
+                return;
+            }
+            tokio::time::sleep(quiet - idle).await;
         }
     }
 }
@@ -732,17 +787,14 @@ pub enum Stopped {
     Shutdown,
 }
 
-/// Serves MCP on the given byte streams until the client closes them or `shutdown` resolves.
+/// Serves MCP on the given descriptors (the process's stdin and stdout, or any pipe or socket
+/// pair) until the client closes its end or `shutdown` resolves.
 /// The head of the audit chain is signed on the way out.
-pub async fn run<R, W>(
+pub async fn run(
     coordinator: Coordinator,
-    transport: (R, W),
+    stdio: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<Stopped>
-where
-    R: tokio::io::AsyncRead + Send + Unpin + 'static,
-    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+) -> anyhow::Result<Stopped> {
     let audit = coordinator.audit().clone();
     let sweeper = tokio::spawn(sweep_forever(coordinator.clone()));
     let pipelines = tokio::spawn(pipelines_forever(coordinator.clone()));
@@ -754,16 +806,18 @@ where
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .map(|rx| {
-            let stop = CancellationToken::new();
-            (
-                tokio::spawn(audit_batches(audit.clone(), rx, stop.clone())),
-                stop,
-            )
-        });
-    coordinator.instances().restore_and_autostart();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            audit_writer(audit.clone(), rx, stop.clone()).map(|writer| (writer, stop))
+        })
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("cannot start the audit writer: {e}"))?;
+    coordinator
+        .instances()
+        .restore_and_autostart(coordinator.clone().client_settled());
     let instances = coordinator.instances().clone();
-    let (reader, writer) = transport;
-    let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, reader, writer);
+    let (input, output) = stdio;
+    let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, input, output)
+        .map_err(|e| anyhow::anyhow!("cannot set up stdio: {e}"))?;
     let transport = (rmcp_reads, rmcp_writes);
     let stopped = tokio::select! {
         r = serve(coordinator.clone(), transport) => r,
@@ -781,8 +835,9 @@ where
     drop(coordinator);
     if let Some((writer, stop)) = batches {
         // Write what is queued, then end the writer.
-        stop.cancel();
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(1000), writer).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(1000), joined).await;
     }
     let stopped = stopped?;
     let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;

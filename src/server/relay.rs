@@ -1,19 +1,21 @@
 //! The coordinator's stdio, split between rmcp and the fast path of proxied calls: a plain
 //! `tools/call` of an allowed child tool from an initialize-era client goes straight to the
 //! child (see `instance::fast`), every other line goes to rmcp; rmcp's output and fast-path
-//! answers share stdout one whole line at a time.
+//! answers share stdout one whole line at a time. stdin is read by the relay thread
+//! (`instance::reactor`) with the children's stdouts, so a proxied call costs no task hand-off.
 
 use std::borrow::Cow;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
+use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 
 use super::Coordinator;
 use crate::audit::{Action, NewEvent, Outcome};
 use crate::config::ToolGroup;
-use crate::instance::{ClientOut, FastDone, FastHooks};
+use crate::instance::{ClientOut, FastDone, FastHooks, LineReader, PipeWriter, RmcpLines, Source};
 
 /// A `tools/call` request with nothing but a name, arguments and `_meta` (without a progress
 /// token or 2026-07-28 fields; checked below); no MRTR or task fields. Anything else fails to
@@ -62,18 +64,16 @@ struct CancelledParams<'a> {
     request_id: &'a RawValue,
 }
 
-/// Splits the client's stdio: returns the streams rmcp serves on. The pumps end when the
-/// client closes stdin (rmcp then sees EOF) or rmcp closes its side.
-pub(super) fn split<R, W>(
+/// Splits the client's stdio (`input` and `output`, usually the process's fd 0 and 1): returns
+/// the streams rmcp serves on, and the task that ends once rmcp's last line is written. The
+/// input thread ends when the client closes stdin (rmcp then sees EOF).
+pub(super) fn split(
     c: &Coordinator,
-    reader: R,
-    writer: W,
-) -> (DuplexStream, DuplexStream, tokio::task::JoinHandle<()>)
-where
-    R: AsyncRead + Send + Unpin + 'static,
-    W: AsyncWrite + Send + Unpin + 'static,
-{
-    let out = Arc::new(ClientOut::new(Box::new(writer)));
+    input: OwnedFd,
+    output: OwnedFd,
+) -> std::io::Result<(DuplexStream, DuplexStream, tokio::task::JoinHandle<()>)> {
+    let out = Arc::new(ClientOut::new(PipeWriter::new(output, "stdout")?));
+    let input = LineReader::new(input);
     let (rmcp_reads, to_rmcp) = tokio::io::duplex(1 << 20);
     let (from_rmcp, rmcp_writes) = tokio::io::duplex(1 << 20);
     let audit = c.inner.audit_batch.clone();
@@ -85,15 +85,79 @@ where
                 let _ = audit.send(event);
             }
         }),
+        runtime: tokio::runtime::Handle::current(),
     });
-    tokio::spawn(input_pump(c.clone(), reader, to_rmcp));
-    let output = tokio::spawn(output_pump(from_rmcp, out));
-    (rmcp_reads, rmcp_writes, output)
+    let source = StdinSource {
+        c: c.clone(),
+        fd: input.fd(),
+        input,
+        to_rmcp: RmcpLines::new(to_rmcp),
+        for_rmcp: Vec::with_capacity(8192),
+    };
+    c.instances().reactor()?.add(Box::new(source))?;
+    let answered = c.inner.answered.clone();
+    let output = tokio::spawn(output_pump(from_rmcp, out, answered));
+    Ok((rmcp_reads, rmcp_writes, output))
 }
 
-/// Client lines: fast calls and their cancellations are handled here, the rest go to rmcp.
-async fn input_pump<R: AsyncRead + Unpin>(c: Coordinator, reader: R, mut to_rmcp: DuplexStream) {
-    let mut lines = BufReader::new(reader);
+/// The client's stdin, read by the reactor: fast calls and their cancellations are handled
+/// here, the rest go to rmcp, a read's worth at a time. At EOF rmcp sees the client leave.
+struct StdinSource {
+    c: Coordinator,
+    input: LineReader,
+    fd: std::os::fd::RawFd,
+    to_rmcp: RmcpLines,
+    for_rmcp: Vec<u8>,
+}
+
+impl Source for StdinSource {
+    fn fd(&self) -> std::os::fd::RawFd {
+        self.fd
+    }
+
+    fn paused(&self) -> bool {
+        self.to_rmcp.backlogged()
+    }
+
+    fn ready(&mut self) -> bool {
+        let StdinSource {
+            c,
+            input,
+            for_rmcp,
+            to_rmcp,
+            ..
+        } = self;
+        let more = input.read_lines(|line| {
+            c.client_active();
+            if !c.fast_path(line) {
+                for_rmcp.extend_from_slice(line);
+            }
+        });
+        if !for_rmcp.is_empty() {
+            if !for_rmcp.ends_with(b"\n") {
+                for_rmcp.push(b'\n');
+            }
+            if !to_rmcp.send(std::mem::take(for_rmcp)) {
+                return false;
+            }
+        }
+        match more {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading stdin failed; ending the session");
+                false
+            }
+        }
+    }
+}
+
+/// rmcp's messages to the client, whole lines, each read's worth in one write.
+async fn output_pump(
+    from_rmcp: DuplexStream,
+    out: Arc<ClientOut>,
+    answered: tokio::sync::watch::Sender<bool>,
+) {
+    let mut lines = BufReader::with_capacity(1 << 16, from_rmcp);
     let mut buf = Vec::with_capacity(8192);
     loop {
         buf.clear();
@@ -101,32 +165,33 @@ async fn input_pump<R: AsyncRead + Unpin>(c: Coordinator, reader: R, mut to_rmcp
             Ok(0) | Err(_) => break,
             Ok(_) => {}
         }
-        if c.fast_path(&buf).await {
-            continue;
-        }
-        if to_rmcp.write_all(&buf).await.is_err() {
-            break;
-        }
-    }
-    // EOF: rmcp sees the client leave.
-    let _ = to_rmcp.shutdown().await;
-}
-
-/// rmcp's messages to the client, one whole line at a time.
-async fn output_pump(from_rmcp: DuplexStream, out: Arc<ClientOut>) {
-    let mut lines = BufReader::new(from_rmcp);
-    let mut buf = Vec::with_capacity(8192);
-    loop {
-        buf.clear();
-        match lines.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if out.write_line(&buf).await.is_err() {
-                    return;
+        // Whatever else is already buffered and complete goes in the same write.
+        loop {
+            let more = lines.buffer();
+            match more.iter().rposition(|&b| b == b'\n') {
+                Some(i) if buf.ends_with(b"\n") => {
+                    buf.extend_from_slice(&more[..=i]);
+                    lines.consume(i + 1);
                 }
+                _ => break,
             }
         }
+        if !buf.ends_with(b"\n") {
+            buf.push(b'\n');
+        }
+        if out.write_lines(&buf).is_err() {
+            break;
+        }
+        if !*answered.borrow() {
+            answered.send_replace(true);
+        }
     }
+    out.close();
+    // The last answers reach the client before the process ends.
+    let _ = tokio::task::spawn_blocking(move || {
+        out.wait_drained(std::time::Duration::from_millis(500))
+    })
+    .await;
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -135,7 +200,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 impl Coordinator {
     /// Handles a line on the fast path if it can; `false` sends it to rmcp.
-    async fn fast_path(&self, line: &[u8]) -> bool {
+    fn fast_path(&self, line: &[u8]) -> bool {
         if self.inner.fast_client.get().is_none()
             || self
                 .inner
@@ -169,19 +234,18 @@ impl Coordinator {
             let Some(target) = self.instances().fast_target(&call.params.name) else {
                 return false;
             };
-            return self
-                .instances()
-                .fast_forward(&target, call.id, call.params.arguments, progress_token)
-                .await;
+            return self.instances().fast_forward(
+                &target,
+                call.id,
+                call.params.arguments,
+                progress_token,
+            );
         }
         if contains(line, b"notifications/cancelled")
             && let Ok(n) = serde_json::from_slice::<Cancelled<'_>>(line)
             && n.method == "notifications/cancelled"
         {
-            return self
-                .instances()
-                .fast_cancel(n.params.request_id.get())
-                .await;
+            return self.instances().fast_cancel(n.params.request_id.get());
         }
         false
     }

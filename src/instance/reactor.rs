@@ -1,0 +1,268 @@
+//! One thread that waits on every relayed pipe at once with poll(2): the client's stdin and
+//! each child's stdout. Under load one wake-up serves whatever is ready on all of them (a
+//! request in and several answers out), instead of a thread per pipe waking for each line.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+
+/// A pipe the reactor reads.
+pub trait Source: Send {
+    /// The descriptor to wait on (readable or hung up).
+    fn fd(&self) -> RawFd;
+    /// Not to be read for now (whoever takes its lines is behind); asked again every 10 ms.
+    fn paused(&self) -> bool {
+        false
+    }
+    /// The descriptor is ready: read once and handle what came, without blocking. `false`
+    /// once the source has ended (it is then dropped).
+    fn ready(&mut self) -> bool;
+}
+
+/// The handle to the reactor thread: add sources to it from anywhere.
+pub struct Reactor {
+    add: Mutex<Sender<Box<dyn Source>>>,
+    /// An eventfd that wakes the thread to take new sources (or to end).
+    wake: OwnedFd,
+}
+
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn signal(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a local u64 to an eventfd we hold open.
+    unsafe {
+        libc::write(
+            fd.as_raw_fd(),
+            (&one as *const u64).cast::<libc::c_void>(),
+            std::mem::size_of::<u64>(),
+        );
+    }
+}
+
+fn clear(fd: &OwnedFd) {
+    let mut count: u64 = 0;
+    // SAFETY: reads 8 bytes into a local u64 from a non-blocking eventfd we hold open.
+    unsafe {
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut count as *mut u64).cast::<libc::c_void>(),
+            std::mem::size_of::<u64>(),
+        );
+    }
+}
+
+impl Reactor {
+    /// Starts the reactor thread.
+    pub fn start() -> io::Result<Reactor> {
+        let wake = eventfd()?;
+        let theirs = wake.try_clone()?;
+        let (add, taken) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || run(&theirs, &taken))?;
+        Ok(Reactor {
+            add: Mutex::new(add),
+            wake,
+        })
+    }
+
+    /// Hands a source to the reactor thread.
+    pub fn add(&self, source: Box<dyn Source>) -> io::Result<()> {
+        self.add
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(source)
+            .map_err(|_| io::Error::other("the relay thread has ended"))?;
+        signal(&self.wake);
+        Ok(())
+    }
+}
+
+impl Drop for Reactor {
+    fn drop(&mut self) {
+        // The thread sees the channel closed and ends once its sources have.
+        signal(&self.wake);
+    }
+}
+
+fn run(wake: &OwnedFd, taken: &Receiver<Box<dyn Source>>) {
+    super::pipe::relay_thread_policy();
+    let mut sources: Vec<Box<dyn Source>> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    let mut open = true;
+    loop {
+        fds.clear();
+        fds.push(libc::pollfd {
+            fd: wake.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        let mut any_paused = false;
+        fds.extend(sources.iter().map(|s| {
+            // A negative descriptor is skipped by poll.
+            let fd = if s.paused() {
+                any_paused = true;
+                -1
+            } else {
+                s.fd()
+            };
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            }
+        }));
+        let timeout = if any_paused { 10 } else { -1 };
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %e, "the relay cannot wait on its pipes; relaying ends");
+            return;
+        }
+        // Ready sources first, from the back so that removing one moves only sources already
+        // handled (or added after the poll) into its place.
+        let polled = fds.len() - 1;
+        for i in (0..polled).rev() {
+            if fds[i + 1].revents != 0 && !sources[i].ready() {
+                sources.swap_remove(i);
+            }
+        }
+        if fds[0].revents != 0 {
+            clear(wake);
+            loop {
+                match taken.try_recv() {
+                    Ok(s) => sources.push(s),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if !open && sources.is_empty() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    struct Lines {
+        reader: super::super::pipe::LineReader,
+        fd: RawFd,
+        got: Arc<Mutex<Vec<String>>>,
+        paused: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Source for Lines {
+        fn fd(&self) -> RawFd {
+            self.fd
+        }
+        fn paused(&self) -> bool {
+            self.paused.load(std::sync::atomic::Ordering::SeqCst)
+        }
+        fn ready(&mut self) -> bool {
+            let got = &self.got;
+            let more = self.reader.read_lines(|l| {
+                got.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(l).trim_end().to_string());
+            });
+            more.unwrap_or(false)
+        }
+    }
+
+    fn pipe() -> (OwnedFd, OwnedFd) {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two-element array we own.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both descriptors were just created and are owned by nobody else.
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn one_thread_serves_every_pipe_and_drops_ended_ones() {
+        let reactor = Reactor::start().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let mut writers = Vec::new();
+        for _ in 0..3 {
+            let (r, w) = pipe();
+            let fd = r.as_raw_fd();
+            reactor
+                .add(Box::new(Lines {
+                    reader: super::super::pipe::LineReader::new(r),
+                    fd,
+                    got: got.clone(),
+                    paused: Default::default(),
+                }))
+                .unwrap();
+            writers.push(std::fs::File::from(w));
+        }
+        for (i, w) in writers.iter_mut().enumerate() {
+            writeln!(w, "from {i}").unwrap();
+        }
+        // One pipe ends; the others still work.
+        drop(writers.remove(0));
+        writeln!(writers[1], "later").unwrap();
+        for _ in 0..200 {
+            if got.lock().unwrap().len() == 4 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut all = got.lock().unwrap().clone();
+        all.sort();
+        assert_eq!(all, ["from 0", "from 1", "from 2", "later"]);
+    }
+
+    #[test]
+    fn a_paused_source_is_not_read_until_it_resumes() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let reactor = Reactor::start().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let paused = Arc::new(AtomicBool::new(true));
+        let (r, w) = pipe();
+        let fd = r.as_raw_fd();
+        reactor
+            .add(Box::new(Lines {
+                reader: super::super::pipe::LineReader::new(r),
+                fd,
+                got: got.clone(),
+                paused: paused.clone(),
+            }))
+            .unwrap();
+        let mut w = std::fs::File::from(w);
+        writeln!(w, "held").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(got.lock().unwrap().is_empty(), "read while paused");
+        paused.store(false, Ordering::SeqCst);
+        for _ in 0..200 {
+            if !got.lock().unwrap().is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(*got.lock().unwrap(), ["held"]);
+    }
+}
