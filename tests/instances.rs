@@ -882,6 +882,12 @@ async fn closing_stdin_stops_every_child_within_three_seconds() {
         "two children and a grandchild"
     );
 
+    // Calls just before the end: their audit events, still queued, are written on the way out.
+    for i in 0..3 {
+        let r = call(&peer, "kid__echo", json!({"text": format!("last {i}")})).await;
+        assert_eq!(text_of(&r), format!("last {i}"));
+    }
+
     // The client closes the coordinator's stdin and waits for it to exit.
     let t = Instant::now();
     c.client.cancel().await.unwrap();
@@ -912,6 +918,16 @@ async fn closing_stdin_stops_every_child_within_three_seconds() {
         rows,
         vec![("stopped".to_string(), 1), ("stopped".to_string(), 1)]
     );
+    let audited: i64 = rusqlite::Connection::open(common::db_path(dir.path()))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM audit_events WHERE action = 'tool.call' AND subject = 'kid__echo' \
+             AND detail LIKE '%\"last %'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 3, "every proxied call is in the audit log");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

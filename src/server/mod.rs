@@ -71,9 +71,10 @@ struct Inner {
     /// Clients to tell when the tool list changes: initialize-era peers, and 2026-07-28
     /// `subscriptions/listen` streams that asked for `tools_list_changed`.
     tool_listeners: std::sync::Mutex<(Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)>,
-    /// Tool-call audit events of proxied calls, written in batches off the call's path.
-    audit_batch: std::sync::mpsc::Sender<NewEvent>,
-    audit_batch_rx: std::sync::Mutex<Option<std::sync::mpsc::Receiver<NewEvent>>>,
+    /// Tool-call audit events of proxied calls, written in batches off the call's path
+    /// (`None` tells the writer to finish).
+    audit_batch: std::sync::mpsc::Sender<Option<NewEvent>>,
+    audit_batch_rx: std::sync::Mutex<Option<std::sync::mpsc::Receiver<Option<NewEvent>>>>,
     /// The initialize-era client of this stdio session, once initialized: the fast path of
     /// proxied calls serves only it.
     fast_client: std::sync::OnceLock<FastClient>,
@@ -581,8 +582,10 @@ impl ServerHandler for Coordinator {
                 detail,
                 critical: false,
             };
-            if let Err(e) = self.inner.audit_batch.send(event) {
-                self.audit_call(&call, e.0.subject.clone(), e.0.detail, e.0.outcome)
+            if let Err(std::sync::mpsc::SendError(Some(e))) =
+                self.inner.audit_batch.send(Some(event))
+            {
+                self.audit_call(&call, e.subject.clone(), e.detail, e.outcome)
                     .await;
             }
         } else {
@@ -697,16 +700,12 @@ async fn tool_list_changes(c: Coordinator) {
 /// Writes the audit events of proxied calls in batches, on a thread of its own at a lower CPU
 /// priority (nice +10): one transaction for a burst of calls costs far less than one each,
 /// and on a busy machine the calls in flight (the client, this relay, the child) go first;
-/// the writer takes the idle time. Ends at `stop` (after writing what is queued) or when every
-/// sender is gone.
+/// the writer takes the idle time. A `None` on the queue makes it write what is queued and
+/// end; so does the queue closing.
 fn audit_writer(
     audit: AuditLog,
-    rx: std::sync::mpsc::Receiver<NewEvent>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    rx: std::sync::mpsc::Receiver<Option<NewEvent>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    use std::sync::atomic::Ordering;
-    use std::sync::mpsc::RecvTimeoutError;
-    use std::time::Duration;
     std::thread::Builder::new()
         .name("audit writer".into())
         .spawn(move || {
@@ -717,23 +716,31 @@ fn audit_writer(
             if niced != 0 {
                 tracing::debug!("could not lower the audit writer's priority");
             }
+            let mut stopping = false;
             loop {
-                let first = match rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok(e) => e,
-                    Err(RecvTimeoutError::Timeout) if !stop.load(Ordering::Relaxed) => continue,
-                    Err(_) => match rx.try_recv() {
-                        Ok(e) => e,
-                        Err(_) => return,
-                    },
+                // Once asked to stop, only what is already queued.
+                let next = if stopping {
+                    rx.try_recv().ok()
+                } else {
+                    rx.recv().ok()
+                };
+                let first = match next {
+                    Some(Some(e)) => e,
+                    Some(None) => {
+                        stopping = true;
+                        continue;
+                    }
+                    None => return,
                 };
                 // Let a burst gather.
-                if !stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(20));
+                if !stopping {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
                 let mut batch = vec![first];
                 while batch.len() < 512 {
                     match rx.try_recv() {
-                        Ok(e) => batch.push(e),
+                        Ok(Some(e)) => batch.push(e),
+                        Ok(None) => stopping = true,
                         Err(_) => break,
                     }
                 }
@@ -805,10 +812,7 @@ pub async fn run(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .take()
-        .map(|rx| {
-            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            audit_writer(audit.clone(), rx, stop.clone()).map(|writer| (writer, stop))
-        })
+        .map(|rx| audit_writer(audit.clone(), rx))
         .transpose()
         .map_err(|e| anyhow::anyhow!("cannot start the audit writer: {e}"))?;
     coordinator
@@ -832,13 +836,13 @@ pub async fn run(
     instances
         .shutdown(std::time::Duration::from_millis(2000))
         .await;
-    drop(coordinator);
-    if let Some((writer, stop)) = batches {
+    if let Some(writer) = batches {
         // Write what is queued, then end the writer.
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = coordinator.inner.audit_batch.send(None);
         let joined = tokio::task::spawn_blocking(move || writer.join());
         let _ = tokio::time::timeout(std::time::Duration::from_millis(1000), joined).await;
     }
+    drop(coordinator);
     let stopped = stopped?;
     let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;
     match signed {

@@ -82,7 +82,7 @@ pub(super) fn split(
         client_out: out.clone(),
         on_done: Box::new(move |done: FastDone| {
             if let Some(event) = me.fast_audit_event(done) {
-                let _ = audit.send(event);
+                let _ = audit.send(Some(event));
             }
         }),
         runtime: tokio::runtime::Handle::current(),
