@@ -372,7 +372,8 @@ fn fast_progress(link: &FastLink, line: &[u8]) -> Option<String> {
     Some(out)
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+/// Whether `needle` occurs in `hay` (a cheap test before parsing a line).
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 

@@ -35,7 +35,7 @@ use crate::secret::SecretStore;
 use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
 use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
-pub use fast::{ClientOut, FastDone, FastHooks, RmcpLines};
+pub use fast::{ClientOut, FastDone, FastHooks, RmcpLines, contains};
 pub use pipe::{LineReader, PipeWriter};
 use policy::{InjectionFlag, ToolAccess};
 pub use reactor::Source;

@@ -380,12 +380,13 @@ impl LineReader {
 }
 
 #[cfg(test)]
-mod tests {
+pub(in crate::instance) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use std::os::fd::FromRawFd;
 
-    fn pipe() -> (OwnedFd, OwnedFd) {
+    /// A fresh pipe: (read end, write end).
+    pub(in crate::instance) fn pipe() -> (OwnedFd, OwnedFd) {
         let mut fds = [0; 2];
         // SAFETY: pipe2 fills the two-element array we own.
         let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };

@@ -164,23 +164,26 @@ fn run(wake: &OwnedFd, taken: &Receiver<Box<dyn Source>>) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use crate::instance::pipe::LineReader;
+    use crate::instance::pipe::tests::pipe;
     use std::io::Write;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
+    /// Collects the lines of one pipe.
     struct Lines {
-        reader: super::super::pipe::LineReader,
-        fd: RawFd,
+        reader: LineReader,
         got: Arc<Mutex<Vec<String>>>,
-        paused: Arc<std::sync::atomic::AtomicBool>,
+        paused: Arc<AtomicBool>,
     }
 
     impl Source for Lines {
         fn fd(&self) -> RawFd {
-            self.fd
+            self.reader.fd()
         }
         fn paused(&self) -> bool {
-            self.paused.load(std::sync::atomic::Ordering::SeqCst)
+            self.paused.load(Ordering::SeqCst)
         }
         fn ready(&mut self) -> bool {
             let got = &self.got;
@@ -193,44 +196,46 @@ mod tests {
         }
     }
 
-    fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the two-element array we own.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    /// A new pipe whose lines the reactor collects into `got`: returns its write end.
+    fn add_pipe(
+        reactor: &Reactor,
+        got: &Arc<Mutex<Vec<String>>>,
+        paused: &Arc<AtomicBool>,
+    ) -> std::fs::File {
+        let (r, w) = pipe();
+        reactor
+            .add(Box::new(Lines {
+                reader: LineReader::new(r),
+                got: got.clone(),
+                paused: paused.clone(),
+            }))
+            .unwrap();
+        std::fs::File::from(w)
+    }
+
+    /// Waits up to 2 s for `got` to hold `n` lines.
+    fn wait_for_lines(got: &Mutex<Vec<String>>, n: usize) {
+        for _ in 0..200 {
+            if got.lock().unwrap().len() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
     fn one_thread_serves_every_pipe_and_drops_ended_ones() {
         let reactor = Reactor::start().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let mut writers = Vec::new();
-        for _ in 0..3 {
-            let (r, w) = pipe();
-            let fd = r.as_raw_fd();
-            reactor
-                .add(Box::new(Lines {
-                    reader: super::super::pipe::LineReader::new(r),
-                    fd,
-                    got: got.clone(),
-                    paused: Default::default(),
-                }))
-                .unwrap();
-            writers.push(std::fs::File::from(w));
-        }
+        let running = Arc::new(AtomicBool::new(false));
+        let mut writers: Vec<_> = (0..3).map(|_| add_pipe(&reactor, &got, &running)).collect();
         for (i, w) in writers.iter_mut().enumerate() {
             writeln!(w, "from {i}").unwrap();
         }
         // One pipe ends; the others still work.
         drop(writers.remove(0));
         writeln!(writers[1], "later").unwrap();
-        for _ in 0..200 {
-            if got.lock().unwrap().len() == 4 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_lines(&got, 4);
         let mut all = got.lock().unwrap().clone();
         all.sort();
         assert_eq!(all, ["from 0", "from 1", "from 2", "later"]);
@@ -238,31 +243,15 @@ mod tests {
 
     #[test]
     fn a_paused_source_is_not_read_until_it_resumes() {
-        use std::sync::atomic::{AtomicBool, Ordering};
         let reactor = Reactor::start().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let paused = Arc::new(AtomicBool::new(true));
-        let (r, w) = pipe();
-        let fd = r.as_raw_fd();
-        reactor
-            .add(Box::new(Lines {
-                reader: super::super::pipe::LineReader::new(r),
-                fd,
-                got: got.clone(),
-                paused: paused.clone(),
-            }))
-            .unwrap();
-        let mut w = std::fs::File::from(w);
+        let mut w = add_pipe(&reactor, &got, &paused);
         writeln!(w, "held").unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert!(got.lock().unwrap().is_empty(), "read while paused");
         paused.store(false, Ordering::SeqCst);
-        for _ in 0..200 {
-            if !got.lock().unwrap().is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_lines(&got, 1);
         assert_eq!(*got.lock().unwrap(), ["held"]);
     }
 }

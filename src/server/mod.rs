@@ -276,19 +276,23 @@ impl Coordinator {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The target of `<instance>__<tool>`, unless the instances group is switched off.
-    fn proxy_target(
-        &self,
-        name: &str,
-    ) -> Option<Result<crate::instance::Target, crate::instance::InstanceError>> {
-        if self
+    /// Whether the config leaves the instances group on (child tools are offered and routed).
+    fn instances_enabled(&self) -> bool {
+        !self
             .inner
             .settings
             .config
             .tools
             .disabled_groups
             .contains(&ToolGroup::Instances)
-        {
+    }
+
+    /// The target of `<instance>__<tool>`, unless the instances group is switched off.
+    fn proxy_target(
+        &self,
+        name: &str,
+    ) -> Option<Result<crate::instance::Target, crate::instance::InstanceError>> {
+        if !self.instances_enabled() {
             return None;
         }
         self.inner.instances.resolve_exposed(name)

@@ -14,8 +14,9 @@ use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 
 use super::Coordinator;
 use crate::audit::{Action, NewEvent, Outcome};
-use crate::config::ToolGroup;
-use crate::instance::{ClientOut, FastDone, FastHooks, LineReader, PipeWriter, RmcpLines, Source};
+use crate::instance::{
+    ClientOut, FastDone, FastHooks, LineReader, PipeWriter, RmcpLines, Source, contains,
+};
 
 /// A `tools/call` request with nothing but a name, arguments and `_meta` (without a progress
 /// token or 2026-07-28 fields; checked below); no MRTR or task fields. Anything else fails to
@@ -89,7 +90,6 @@ pub(super) fn split(
     });
     let source = StdinSource {
         c: c.clone(),
-        fd: input.fd(),
         input,
         to_rmcp: RmcpLines::new(to_rmcp),
         for_rmcp: Vec::with_capacity(8192),
@@ -105,14 +105,13 @@ pub(super) fn split(
 struct StdinSource {
     c: Coordinator,
     input: LineReader,
-    fd: std::os::fd::RawFd,
     to_rmcp: RmcpLines,
     for_rmcp: Vec<u8>,
 }
 
 impl Source for StdinSource {
     fn fd(&self) -> std::os::fd::RawFd {
-        self.fd
+        self.input.fd()
     }
 
     fn paused(&self) -> bool {
@@ -125,7 +124,6 @@ impl Source for StdinSource {
             input,
             for_rmcp,
             to_rmcp,
-            ..
         } = self;
         let more = input.read_lines(|line| {
             c.client_active();
@@ -194,22 +192,10 @@ async fn output_pump(
     .await;
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
-}
-
 impl Coordinator {
     /// Handles a line on the fast path if it can; `false` sends it to rmcp.
     fn fast_path(&self, line: &[u8]) -> bool {
-        if self.inner.fast_client.get().is_none()
-            || self
-                .inner
-                .settings
-                .config
-                .tools
-                .disabled_groups
-                .contains(&ToolGroup::Instances)
-        {
+        if self.inner.fast_client.get().is_none() || !self.instances_enabled() {
             return false;
         }
         if contains(line, b"\"tools/call\"") {
