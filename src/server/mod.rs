@@ -316,23 +316,9 @@ impl Coordinator {
         }
     }
 
-    /// Records one tool call in the audit log: tool, actor, outcome, duration, redacted
-    /// arguments. A failure to record is logged, not hidden.
-    async fn audit_call(
-        &self,
-        call: &Call,
-        name: String,
-        detail: serde_json::Value,
-        outcome: Outcome,
-    ) {
-        let event = NewEvent {
-            actor: call.actor.clone(),
-            action: Action::ToolCall,
-            subject: name,
-            outcome,
-            detail,
-            critical: false,
-        };
+    /// Records one tool call's event (tool, actor, outcome, duration, redacted arguments) in
+    /// the audit log now. A failure to record is logged, not hidden.
+    async fn audit_call(&self, event: NewEvent) {
         if let Err(e) = self.quick(|c| c.audit().record(event)) {
             tracing::error!(error = %e, "could not record a tool call in the audit log");
         }
@@ -576,24 +562,23 @@ impl ServerHandler for Coordinator {
             "os_user": self.inner.os_user,
             "error": error,
         });
+        let event = NewEvent {
+            actor: call.actor.clone(),
+            action: Action::ToolCall,
+            subject: name,
+            outcome,
+            detail,
+            critical: false,
+        };
         if proxied {
-            // Off the call's path: written in batches by `audit_writer`.
-            let event = NewEvent {
-                actor: call.actor.clone(),
-                action: Action::ToolCall,
-                subject: name,
-                outcome,
-                detail,
-                critical: false,
-            };
-            if let Err(std::sync::mpsc::SendError(Some(e))) =
+            // Off the call's path: written in batches by `audit_writer` (now if it is gone).
+            if let Err(std::sync::mpsc::SendError(Some(event))) =
                 self.inner.audit_batch.send(Some(event))
             {
-                self.audit_call(&call, e.subject.clone(), e.detail, e.outcome)
-                    .await;
+                self.audit_call(event).await;
             }
         } else {
-            self.audit_call(&call, name, detail, outcome).await;
+            self.audit_call(event).await;
         }
         result
     }
