@@ -1170,6 +1170,13 @@ impl InstanceService {
 
     /// Rebuilds the offered tool list from every live connection and tells listeners.
     fn publish_tools(&self) {
+        // Computed and stored under the write lock, so two children coming up together
+        // cannot store their lists out of order (an older list overwriting a newer one).
+        let mut exposed = self
+            .inner
+            .exposed
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let mut tools: Vec<Tool> = self
             .live_all()
             .iter()
@@ -1183,17 +1190,9 @@ impl InstanceService {
             })
             .collect();
         tools.sort_by(|a, b| a.name.cmp(&b.name));
-        let new = Arc::new(tools);
-        let same = {
-            let current = self.exposed_tools();
-            *current == *new
-        };
-        *self
-            .inner
-            .exposed
-            .write()
-            .unwrap_or_else(|p| p.into_inner()) = new;
-        if !same {
+        if **exposed != tools {
+            *exposed = Arc::new(tools);
+            drop(exposed);
             self.inner.changed.send_modify(|n| *n += 1);
         }
     }

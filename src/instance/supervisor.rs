@@ -462,6 +462,9 @@ fn on_up(svc: &InstanceService, live: &Arc<Live>, session: &Session, is_restart:
     row.health = "ok".into();
     row.tools = tools;
     row.updated_at = now;
+    // Offer the tools before the status says running: whoever sees `running` (in
+    // instance_list) must find the tools in tools/list too.
+    svc.publish_tools();
     *lock(&live.row) = row.clone();
     *lock(&live.up_since) = Some(Instant::now());
     lock(&live.breaker).success();
@@ -479,7 +482,6 @@ fn on_up(svc: &InstanceService, live: &Arc<Live>, session: &Session, is_restart:
         tracing::warn!(instance = %live.name, error = %e, "could not record the instance start");
     }
     tracing::info!(instance = %live.name, pid = ?row.pid, tools, "child instance running");
-    svc.publish_tools();
 }
 
 /// Watches a running session until something ends it.
