@@ -2,7 +2,7 @@
 //! real process: start, proxied tools and `tools/list_changed`, the child's environment and
 //! secrets, approval-gated tools, read-only retries, timeouts, the circuit breaker, garbage on
 //! stdout, crash restarts with backoff and `crash_loop`, failed health checks, quarantine of a
-//! changed definition, TTL expiry, restore after a kill, ownership across processes, and no
+//! changed definition, TTL expiry, autostart, restore after a kill, ownership across processes, and no
 //! process left alive after the client closes stdin.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -171,12 +171,16 @@ fn set_secret(dir: &Path) {
 
 async fn start(dir: &Path, answer: Option<ElicitationAction>) -> Coordinator {
     let config = write_config(dir);
+    start_with(dir, &config, answer).await
+}
+
+async fn start_with(dir: &Path, config: &Path, answer: Option<ElicitationAction>) -> Coordinator {
     let log = dir.join(format!("coordinator-{}.log", uuid_like()));
     let mut cmd = tokio::process::Command::new(common::BIN);
     cmd.arg("--data-dir")
         .arg(dir)
         .args(["--log-level", "mcp_coordinator=debug", "--config"])
-        .arg(&config)
+        .arg(config)
         .env_remove("MCP_COORDINATOR_DB")
         .env_remove("MCP_COORDINATOR_CONFIG")
         .env_remove("MCP_COORDINATOR_LOG");
@@ -1050,4 +1054,94 @@ async fn a_2026_client_listens_for_tool_list_changes_and_calls_through() {
     assert_eq!(r.result_type, Some(rmcp::model::ResultType::COMPLETE));
     assert_eq!(text_of(&r), "modern");
     client.cancel().await.unwrap();
+}
+
+/// Autostarted types come up in the background, even while another process keeps the
+/// database busy, and whoever sees one `running` in `instance_list` finds its tools in
+/// `tools/list` too. (CI's bench once saw the status first: the tools were published only
+/// after the start's audit row was written. That gap was microseconds, so this poll only
+/// catches it by chance; the fix publishes the tools before the status changes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autostarted_children_come_up_with_their_tools_listed_when_running() {
+    let dir = common::data_dir();
+    let bin = child_bin();
+    let names = ["auto1", "auto2", "auto3", "auto4"];
+    let config: String = names
+        .iter()
+        .map(|n| {
+            format!(
+                "[instance_types.{n}]\ncommand = \"{}\"\nautostart = true\n\n",
+                bin.display()
+            )
+        })
+        .collect();
+    let config_path = dir.path().join("autostart.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let c = start_with(dir.path(), &config_path, None).await;
+    let peer = c.client.peer().clone();
+    // Another process on the same database (as a second coordinator would) takes its write
+    // lock for 15 ms at a time, so each of the coordinator's writes waits for it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let locker = {
+        let stop = stop.clone();
+        let db = common::db_path(dir.path());
+        std::thread::spawn(move || {
+            let conn = rusqlite::Connection::open(db).unwrap();
+            conn.busy_timeout(Duration::from_secs(5)).unwrap();
+            let mut held = 0u32;
+            while !stop.load(Ordering::SeqCst) {
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                std::thread::sleep(Duration::from_millis(15));
+                conn.execute_batch("COMMIT").unwrap();
+                held += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            held
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = ok(&peer, "instance_list", json!({})).await;
+        let running: Vec<String> = list["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["status"] == "running")
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect();
+        let tools = tool_names(&peer).await;
+        for name in &running {
+            assert!(
+                tools.contains(&format!("{name}__echo")),
+                "{name} is running in instance_list but {name}__echo is not in tools/list: {tools:?}"
+            );
+        }
+        if running.len() == names.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "autostarted instances not all running after 30 s: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(locker.join().unwrap() > 0, "the lock was never held");
+    wait_for(
+        "a tools/list_changed notification",
+        Duration::from_secs(5),
+        || {
+            let n = c.changed.load(Ordering::SeqCst);
+            async move { n > 0 }
+        },
+    )
+    .await;
+    let pid = c.pid;
+    c.client.cancel().await.unwrap();
+    wait_for(
+        "the coordinator to exit",
+        Duration::from_secs(5),
+        || async move { !alive(pid) },
+    )
+    .await;
 }
