@@ -2,8 +2,8 @@
 //! real process: start, proxied tools and `tools/list_changed`, the child's environment and
 //! secrets, approval-gated tools, read-only retries, timeouts, the circuit breaker, garbage on
 //! stdout, crash restarts with backoff and `crash_loop`, failed health checks, quarantine of a
-//! changed definition, TTL expiry, autostart, restore after a kill, ownership across processes, and no
-//! process left alive after the client closes stdin.
+//! changed definition, TTL expiry, autostart, restore after a kill, ownership across processes,
+//! and no process left alive after the client closes stdin.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
