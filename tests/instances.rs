@@ -1145,3 +1145,78 @@ async fn autostarted_children_come_up_with_their_tools_listed_when_running() {
     )
     .await;
 }
+
+/// An instance in `crash_loop` still has a time to live, and waits for a person, not for the
+/// next coordinator: one whose coordinator was killed is marked lost, not started again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_expires_with_its_ttl_and_is_not_restored_after_a_kill() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), None).await;
+    let peer = c.peer().clone();
+    ok(
+        &peer,
+        "instance_start",
+        json!({"type": "crashy", "name": "brief", "ttl_seconds": 4}),
+    )
+    .await;
+    ok(
+        &peer,
+        "instance_start",
+        json!({"type": "crashy", "name": "looping"}),
+    )
+    .await;
+    for name in ["brief", "looping"] {
+        wait_for(
+            &format!("{name} in crash_loop"),
+            Duration::from_secs(15),
+            || async { status_of(&peer, name).await["status"] == "crash_loop" },
+        )
+        .await;
+    }
+    wait_for(
+        "the crash loop to expire",
+        Duration::from_secs(8),
+        || async { status_of(&peer, "brief").await["status"] == "expired" },
+    )
+    .await;
+    assert_eq!(status_of(&peer, "looping").await["status"], "crash_loop");
+
+    std::process::Command::new("kill")
+        .args(["-9", &c.pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for(
+        "the killed coordinator to be gone",
+        Duration::from_secs(3),
+        || async { !alive(c.pid) },
+    )
+    .await;
+    let d = start(dir.path(), None).await;
+    wait_for(
+        "the crash loop marked lost",
+        Duration::from_secs(10),
+        || async { status_of(d.peer(), "looping").await["status"] == "failed" },
+    )
+    .await;
+    let s = status_of(d.peer(), "looping").await;
+    assert!(
+        s["last_error"].as_str().unwrap().contains("crash_loop"),
+        "{s}"
+    );
+    assert!(s["pid"].is_null(), "not started again: {s}");
+    let restarted = ok(
+        d.peer(),
+        "audit_query",
+        json!({"action": "instance.restarted", "subject": "looping", "limit": 10}),
+    )
+    .await;
+    assert!(
+        !restarted
+            .to_string()
+            .contains("restored by a new coordinator"),
+        "{restarted}"
+    );
+    d.client.cancel().await.unwrap();
+    drop(c);
+}

@@ -244,24 +244,39 @@ struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
     probing: bool,
+    /// Counts probes, so a probe that ends without a verdict releases only itself.
+    probe: u64,
 }
 
 impl Breaker {
-    /// Ok(true) for the half-open probe, Ok(false) for a normal call, Err(wait) while open.
-    fn admit(&mut self, now: Instant) -> Result<bool, Duration> {
+    /// Ok(Some(probe)) for the half-open probe, Ok(None) for a normal call, Err(wait) while
+    /// open.
+    fn admit(&mut self, now: Instant) -> Result<Option<u64>, Duration> {
         match self.open_until {
             Some(until) if now < until => Err(until - now),
             Some(_) if self.probing => Err(Duration::from_millis(100)),
             Some(_) => {
                 self.probing = true;
-                Ok(true)
+                self.probe += 1;
+                Ok(Some(self.probe))
             }
-            None => Ok(false),
+            None => Ok(None),
+        }
+    }
+
+    /// A probe that ended without a verdict (cancelled, or its caller went away): the next
+    /// call may probe instead.
+    fn release(&mut self, probe: u64) {
+        if self.probing && self.probe == probe {
+            self.probing = false;
         }
     }
 
     fn success(&mut self) {
-        *self = Breaker::default();
+        *self = Breaker {
+            probe: self.probe,
+            ..Breaker::default()
+        };
     }
 
     fn failure(&mut self, threshold: u32, open: Duration, now: Instant) {
@@ -283,6 +298,18 @@ impl Breaker {
             None if self.failures > 0 => format!("closed ({} recent failures)", self.failures),
             None => "closed".into(),
         }
+    }
+}
+
+/// Releases a half-open probe when the attempt that holds it ends.
+struct ProbeGuard<'a> {
+    live: &'a Live,
+    id: u64,
+}
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.live.breaker).release(self.id);
     }
 }
 
@@ -659,13 +686,19 @@ impl InstanceService {
                 let mut b = lock(&live.breaker);
                 b.admit(now).map_err(|wait| (wait, b.failures))
             };
-            if let Err((wait, failures)) = admitted {
-                return Err(last.unwrap_or(InstanceError::CircuitOpen {
-                    name: live.name.clone(),
-                    failures,
-                    retry_after_ms: wait.as_millis() as u64,
-                }));
-            }
+            let probe = match admitted {
+                Ok(probe) => probe,
+                Err((wait, failures)) => {
+                    return Err(last.unwrap_or(InstanceError::CircuitOpen {
+                        name: live.name.clone(),
+                        failures,
+                        retry_after_ms: wait.as_millis() as u64,
+                    }));
+                }
+            };
+            // However this attempt ends (a verdict, a cancel, the caller dropping the call),
+            // a probe does not stay in flight.
+            let _probe = probe.map(|id| ProbeGuard { live, id });
             let mut params = CallToolRequestParams::new(target.tool.original.clone());
             params.arguments = arguments.clone();
             let call = conn.peer.call_tool_once(params);
@@ -1542,6 +1575,14 @@ impl InstanceService {
                     Action::InstanceFailed,
                     "lost: its coordinator exited and [instances] restore is off".to_string(),
                 ),
+                // A crash loop waits for a person, not for the next coordinator.
+                _ if previous == Status::CrashLoop.as_str() => (
+                    Status::Failed,
+                    Action::InstanceFailed,
+                    "lost: it was in crash_loop when its coordinator exited; start it again \
+                     with instance_start once its cause is fixed"
+                        .to_string(),
+                ),
                 (Some(_), false, true) => {
                     (Status::Restarting, Action::InstanceRestarted, String::new())
                 }
@@ -1727,20 +1768,31 @@ mod tests {
     fn breaker_opens_then_probes_once() {
         let mut b = Breaker::default();
         let t0 = Instant::now();
-        assert_eq!(b.admit(t0), Ok(false));
+        assert_eq!(b.admit(t0), Ok(None));
         b.failure(2, Duration::from_secs(1), t0);
-        assert_eq!(b.admit(t0), Ok(false));
+        assert_eq!(b.admit(t0), Ok(None));
         b.failure(2, Duration::from_secs(1), t0);
         assert!(b.admit(t0).is_err(), "open after 2 failures");
         let later = t0 + Duration::from_millis(1500);
-        assert_eq!(b.admit(later), Ok(true), "half-open probe");
+        assert_eq!(b.admit(later), Ok(Some(1)), "half-open probe");
         assert!(b.admit(later).is_err(), "only one probe at a time");
         b.failure(2, Duration::from_secs(1), later);
         assert!(b.admit(later).is_err(), "a failed probe opens it again");
         let later = later + Duration::from_millis(1500);
-        assert_eq!(b.admit(later), Ok(true));
+        assert_eq!(b.admit(later), Ok(Some(2)));
+        b.release(1);
+        assert!(
+            b.admit(later).is_err(),
+            "an older probe's release leaves this one"
+        );
+        b.release(2);
+        assert_eq!(
+            b.admit(later),
+            Ok(Some(3)),
+            "a released probe lets the next call probe"
+        );
         b.success();
-        assert_eq!(b.admit(later), Ok(false));
+        assert_eq!(b.admit(later), Ok(None));
         assert_eq!(b.state(later), "closed");
     }
 

@@ -153,14 +153,7 @@ pub(super) async fn supervise(
                 return;
             }
             Exit::Expired => {
-                finish(
-                    &svc,
-                    &live,
-                    Status::Expired,
-                    Action::InstanceExpired,
-                    "its time to live ran out",
-                    false,
-                );
+                expire(&svc, &live);
                 return;
             }
             Exit::Restart(by, done) => {
@@ -234,6 +227,10 @@ pub(super) async fn supervise(
                                 finish(&svc, &live, Status::Stopped, Action::InstanceStopped, "the coordinator exited while it was in crash_loop", false);
                                 return;
                             }
+                            () = ttl_ends(expiry(&live)) => {
+                                expire(&svc, &live);
+                                return;
+                            }
                         }
                     }
                     continue;
@@ -270,11 +267,49 @@ pub(super) async fn supervise(
                             finish(&svc, &live, Status::Stopped, Action::InstanceStopped, "the coordinator exited", true);
                             return;
                         }
+                        () = ttl_ends(expiry(&live)) => {
+                            expire(&svc, &live);
+                            return;
+                        }
                     }
                 }
             }
         }
     }
+}
+
+/// When the instance's time to live runs out, if it has one.
+fn expiry(live: &Live) -> Option<tokio::time::Instant> {
+    live.row()
+        .expires_at
+        .and_then(|e| {
+            time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|e| {
+            let left = (e - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+            tokio::time::Instant::now() + Duration::from_secs_f64(left.as_seconds_f64())
+        })
+}
+
+/// Resolves when `expires` passes; never without one.
+async fn ttl_ends(expires: Option<tokio::time::Instant>) {
+    match expires {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Ends an instance whose time to live ran out while it had no child (waiting to restart,
+/// or in crash_loop).
+fn expire(svc: &InstanceService, live: &Arc<Live>) {
+    finish(
+        svc,
+        live,
+        Status::Expired,
+        Action::InstanceExpired,
+        "its time to live ran out",
+        false,
+    );
 }
 
 /// The last stderr lines carried by a start failure.
@@ -496,24 +531,10 @@ async fn watch(
     health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     health.tick().await;
     let mut failures = 0u32;
-    let expires = live
-        .row()
-        .expires_at
-        .and_then(|e| {
-            time::OffsetDateTime::parse(&e, &time::format_description::well_known::Rfc3339).ok()
-        })
-        .map(|e| {
-            let left = (e - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
-            tokio::time::Instant::now() + Duration::from_secs_f64(left.as_seconds_f64())
-        });
+    let expires = expiry(live);
     let shutdown = svc.inner.shutdown.clone();
     loop {
-        let ttl = async {
-            match expires {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let ttl = ttl_ends(expires);
         let exited = async {
             match session.process.as_mut() {
                 Some(p) => p
