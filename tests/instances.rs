@@ -125,6 +125,10 @@ deny = ["stderr"]
 [instance_types.kid.limits]
 open_files = 200
 
+[instance_types.tuned]
+command = "{bin}"
+env = {{ MODE = "plain", PATH = "/usr/bin:/bin", HOME = "${{env:HOME}}" }}
+
 [instance_types.crashy]
 command = "{bin}"
 args = ["--crash-after-ms", "300"]
@@ -1219,4 +1223,61 @@ async fn crash_loop_expires_with_its_ttl_and_is_not_restored_after_a_kill() {
     );
     d.client.cancel().await.unwrap();
     drop(c);
+}
+
+/// `instance_start` overrides: only literal values the type declares, never a value taken
+/// from the secret store or the coordinator's environment, never a variable that decides
+/// which code runs; each refusal names the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_change_only_declared_literal_values() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), None).await;
+    let peer = c.peer().clone();
+    for (key, value, says) in [
+        ("PATH", "/tmp/evil", "decides which program or code"),
+        ("HOME", "/tmp", "coordinator's environment"),
+        ("LD_PRELOAD", "/tmp/x.so", "does not declare"),
+        ("NOPE", "x", "does not declare"),
+    ] {
+        let e = err(
+            &peer,
+            "instance_start",
+            json!({"type": "tuned", "overrides": {"env": {key: value}}}),
+        )
+        .await;
+        let message = e["message"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("overrides.env.{key}")) && message.contains(says),
+            "{key}: {e}"
+        );
+    }
+    let e = err(
+        &peer,
+        "instance_start",
+        json!({"type": "kid", "overrides": {"env": {"TOKEN": "mine"}}}),
+    )
+    .await;
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("overrides.env.TOKEN"),
+        "{e}"
+    );
+    // Nothing was started by the refused calls.
+    let list = ok(&peer, "instance_list", json!({})).await;
+    assert_eq!(list["instances"], json!([]), "{list}");
+
+    ok(
+        &peer,
+        "instance_start",
+        json!({"type": "tuned", "overrides": {"env": {"MODE": "custom"}}}),
+    )
+    .await;
+    let r = call(&peer, "tuned__env", json!({})).await;
+    let vars = &r.structured_content.unwrap()["vars"];
+    assert_eq!(vars["MODE"], sha256("custom"), "{vars}");
+    assert_eq!(vars["PATH"], sha256("/usr/bin:/bin"), "{vars}");
+    c.client.cancel().await.unwrap();
 }

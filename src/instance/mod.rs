@@ -159,12 +159,42 @@ pub struct Owner {
     pub pid: u32,
 }
 
+/// Environment variables that decide which program or code a child runs (where a bare
+/// command is found, what the dynamic linker or an interpreter loads first). An override
+/// of one would let the caller run code of its choosing with the type's secrets, so only
+/// the config file sets them.
+fn chooses_code(key: &str) -> bool {
+    const EXACT: [&str; 14] = [
+        "PATH",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONUSERBASE",
+        "BASH_ENV",
+        "ENV",
+        "PERL5LIB",
+        "PERL5OPT",
+        "RUBYLIB",
+        "RUBYOPT",
+        "JAVA_TOOL_OPTIONS",
+    ];
+    // Package runners (npx, uvx, pip) read their registry and index from these.
+    const PREFIXES: [&str; 5] = ["LD_", "DYLD_", "NPM_CONFIG_", "UV_", "PIP_"];
+    let upper = key.to_ascii_uppercase();
+    EXACT.contains(&upper.as_str()) || PREFIXES.iter().any(|p| upper.starts_with(p))
+}
+
 /// Overrides an `instance_start` may give.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
-    /// Values for environment variables the type declares with a literal (non-secret) value.
-    /// Variables the type does not declare, and secret references, cannot be overridden.
+    /// Values for environment variables the type declares with a literal value. Variables
+    /// the type does not declare, values the type takes from the secret store or the
+    /// coordinator's environment (`${secret:…}`, `${env:…}`), and variables that decide
+    /// which code runs (`PATH`, `LD_*`, `NODE_OPTIONS`, `PYTHONPATH`, …) cannot be
+    /// overridden.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -866,6 +896,17 @@ impl InstanceService {
                     return Err(InstanceError::Invalid(format!(
                         "overrides.env.{key}: holds a secret reference in type `{}`; secrets come only from the store",
                         req.type_name
+                    )));
+                }
+                Some(t) if t.contains("${") => {
+                    return Err(InstanceError::Invalid(format!(
+                        "overrides.env.{key}: type `{}` takes it from the coordinator's environment ({t}); only literal values can be overridden",
+                        req.type_name
+                    )));
+                }
+                Some(_) if chooses_code(key) => {
+                    return Err(InstanceError::Invalid(format!(
+                        "overrides.env.{key}: decides which program or code the child runs, so only the config file sets it"
                     )));
                 }
                 Some(_) => {}
@@ -1763,6 +1804,25 @@ fn expand(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_that_choose_code_are_not_overridable() {
+        for key in [
+            "PATH",
+            "LD_PRELOAD",
+            "DYLD_INSERT_LIBRARIES",
+            "NODE_OPTIONS",
+            "npm_config_registry",
+            "UV_INDEX_URL",
+            "PIP_INDEX_URL",
+            "PYTHONPATH",
+        ] {
+            assert!(chooses_code(key), "{key}");
+        }
+        for key in ["MODE", "LOG_LEVEL", "ALLOWED_DIRS", "PATHS"] {
+            assert!(!chooses_code(key), "{key}");
+        }
+    }
 
     #[test]
     fn breaker_opens_then_probes_once() {
