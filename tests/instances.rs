@@ -1281,3 +1281,50 @@ async fn overrides_change_only_declared_literal_values() {
     assert_eq!(vars["PATH"], sha256("/usr/bin:/bin"), "{vars}");
     c.client.cancel().await.unwrap();
 }
+
+/// Pins belong to the type: a changed definition on one instance stays pending for review
+/// while another instance of the type still shows (and offers) the approved one, even when
+/// that other instance lists its tools again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_instance_stays_pending_while_another_shows_the_pinned_definition() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), Some(ElicitationAction::Accept)).await;
+    let peer = c.peer().clone();
+    ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    ok(
+        &peer,
+        "instance_start",
+        json!({"type": "kid", "name": "kid2"}),
+    )
+    .await;
+    ok(&peer, "kid__set_variant", json!({"variant": "v2"})).await;
+    wait_for(
+        "kid__echo to be quarantined",
+        Duration::from_secs(5),
+        || async { !tool_names(&peer).await.contains(&"kid__echo".to_string()) },
+    )
+    .await;
+    // kid2 shows the pinned definition: offered, and listing it again leaves the change pending.
+    ok(&peer, "instance_restart", json!({"instance": "kid2"})).await;
+    let names = tool_names(&peer).await;
+    assert!(names.contains(&"kid2__echo".to_string()), "{names:?}");
+    assert!(!names.contains(&"kid__echo".to_string()), "{names:?}");
+    let r = ok(
+        &peer,
+        "instance_tool_review",
+        json!({"instance": "kid", "tool": "echo"}),
+    )
+    .await;
+    assert_eq!(r["state"], "approved", "{r}");
+    // Now v2 is pinned: kid offers it, and kid2's v1 is the changed one.
+    wait_for(
+        "kid__echo offered again",
+        Duration::from_secs(5),
+        || async { tool_names(&peer).await.contains(&"kid__echo".to_string()) },
+    )
+    .await;
+    ok(&peer, "instance_restart", json!({"instance": "kid2"})).await;
+    assert!(!tool_names(&peer).await.contains(&"kid2__echo".to_string()));
+    c.client.cancel().await.unwrap();
+}

@@ -15,7 +15,7 @@ pub mod process;
 mod reactor;
 mod supervisor;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -1278,6 +1278,22 @@ impl InstanceService {
         let type_name = &live.type_name;
         let now = now_ts();
         let mut decided: Vec<(Tool, Option<String>, Vec<InjectionFlag>)> = Vec::new();
+        // Tools another instance of this type hides for a pending change: that change stays
+        // pending when this one shows the approved definition.
+        let quarantined_elsewhere: HashSet<String> = self
+            .live_all()
+            .iter()
+            .filter(|l| l.type_name == *type_name && l.id != live.id)
+            .filter_map(|l| l.conn())
+            .flat_map(|c| {
+                c.table
+                    .hidden
+                    .iter()
+                    .filter(|h| h.reason == "quarantined")
+                    .map(|h| h.tool.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         audit.store().write(|tx| -> Result<(), StoreError> {
             for tool in tools {
                 let def = serde_json::to_value(tool).unwrap_or(Value::Null);
@@ -1333,8 +1349,9 @@ impl InstanceService {
                         quarantine(format!("its description has prompt-injection markers ({})", flag_rules(&flags)))
                     }
                     Some(p) if p.hash.as_deref() == Some(hash.as_str()) => {
-                        if p.status != "pinned" {
-                            // The child went back to the approved definition.
+                        if p.status != "pinned" && !quarantined_elsewhere.contains(&name) {
+                            // The child went back to the approved definition, and no other
+                            // instance shows the changed one.
                             let mut p = p;
                             p.status = "pinned".into();
                             p.pending_hash = None;
