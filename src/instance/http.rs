@@ -15,8 +15,12 @@ pub fn transport(
     let mut map = HashMap::new();
     let mut auth = None;
     for (name, value) in headers {
-        if name.eq_ignore_ascii_case("authorization") {
-            auth = Some(value.clone());
+        // A bearer token goes through rmcp's own auth setting (which adds the scheme);
+        // any other scheme (`Basic …`, `token …`) is sent as written.
+        if name.eq_ignore_ascii_case("authorization")
+            && let Some(token) = bearer_token(value)
+        {
+            auth = Some(token.to_string());
             continue;
         }
         let n = HeaderName::try_from(name.as_str())
@@ -27,12 +31,33 @@ pub fn transport(
         map.insert(n, v);
     }
     let mut config = StreamableHttpClientTransportConfig::with_uri(url).custom_headers(map);
-    if let Some(a) = auth {
-        // rmcp adds "Bearer " itself.
-        config = config.auth_header(a.strip_prefix("Bearer ").unwrap_or(&a).to_string());
+    if let Some(token) = auth {
+        config = config.auth_header(token);
     }
     Ok(StreamableHttpClientTransport::with_client(
         reqwest::Client::new(),
         config,
     ))
+}
+
+/// The token of a `Bearer <token>` value (the scheme in any case), or None for another scheme.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn only_bearer_values_lose_their_scheme() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc"), Some("abc"));
+        assert_eq!(bearer_token("token abc"), None);
+        assert_eq!(bearer_token("Basic dXNlcjpwdw=="), None);
+        assert_eq!(bearer_token("abc"), None);
+    }
 }
