@@ -77,7 +77,7 @@ enum Variant {
     V2,
     /// `echo` with a prompt injection in its description
     Rugpull,
-    /// v1 plus `extra_tool`
+    /// v1 plus `extra_tool` and `extra tool` (two names with the same sanitized form)
     Extra,
 }
 
@@ -215,6 +215,12 @@ fn tools(variant: Variant) -> Vec<Tool> {
         list.push(tool(
             "extra_tool",
             "Only in the extra variant.",
+            none.clone(),
+            ReadOnly,
+        ));
+        list.push(tool(
+            "extra tool",
+            "Only in the extra variant; its name has a space.",
             none,
             ReadOnly,
         ));
@@ -404,8 +410,8 @@ impl TestChild {
                 })?;
                 Ok(CallToolResult::structured(json!({"ok": true})))
             }
-            "extra_tool" if *lock(&self.variant) == Variant::Extra => {
-                Ok(CallToolResult::structured(json!({"extra": true})))
+            "extra_tool" | "extra tool" if *lock(&self.variant) == Variant::Extra => {
+                Ok(CallToolResult::structured(json!({"extra": name})))
             }
             _ => Err(ErrorData::invalid_params(
                 format!("unknown tool `{name}`"),

@@ -1328,3 +1328,33 @@ async fn a_change_on_one_instance_stays_pending_while_another_shows_the_pinned_d
     assert!(!tool_names(&peer).await.contains(&"kid2__echo".to_string()));
     c.client.cancel().await.unwrap();
 }
+
+/// Two child tools whose exposed names would be the same (`extra_tool` and `extra tool`):
+/// the one whose name is valid as is keeps it, the other gets its hashed form, and each
+/// name reaches its own tool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_whose_names_sanitize_alike_get_distinct_exposed_names() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), None).await;
+    let peer = c.peer().clone();
+    ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    ok(&peer, "kid__set_variant", json!({"variant": "extra"})).await;
+    wait_for("the extra tools", Duration::from_secs(5), || async {
+        tool_names(&peer)
+            .await
+            .iter()
+            .filter(|n| n.starts_with("kid__extra_tool"))
+            .count()
+            == 2
+    })
+    .await;
+    let names = tool_names(&peer).await;
+    let hashed = format!("kid__extra_tool-{}", &sha256("extra tool")[..6]);
+    assert!(names.contains(&hashed), "{hashed} not in {names:?}");
+    let plain = call(&peer, "kid__extra_tool", json!({})).await;
+    assert_eq!(plain.structured_content.unwrap()["extra"], "extra_tool");
+    let spaced = call(&peer, &hashed, json!({})).await;
+    assert_eq!(spaced.structured_content.unwrap()["extra"], "extra tool");
+    c.client.cancel().await.unwrap();
+}

@@ -1387,6 +1387,11 @@ impl InstanceService {
             Ok(())
         })?;
         let mut table = ToolTable::default();
+        // Tools whose names are offered unchanged claim them first; a shortened or sanitized
+        // name that collides with one taken falls back to its hashed form.
+        decided.sort_by_key(|(tool, _, _)| {
+            policy::exposed_tool_part(&live.name, &tool.name) != tool.name.as_ref()
+        });
         for (tool, quarantined, flags) in decided {
             let original = tool.name.to_string();
             if let Some(detail) = quarantined {
@@ -1411,7 +1416,24 @@ impl InstanceService {
                 });
                 continue;
             }
-            let part = policy::exposed_tool_part(&live.name, &original);
+            let mut part = policy::exposed_tool_part(&live.name, &original);
+            if table.by_part.contains_key(&part) {
+                part = policy::hashed_tool_part(&live.name, &original);
+            }
+            if let Some(other) = table.by_part.get(&part) {
+                table.hidden.push(HiddenTool {
+                    detail: format!(
+                        "its exposed name {}{}{part} is taken by the child's tool `{}`",
+                        live.name,
+                        policy::SEPARATOR,
+                        other.original
+                    ),
+                    tool: original,
+                    reason: "name_collision".into(),
+                    flags,
+                });
+                continue;
+            }
             let exposed = format!("{}{}{part}", live.name, policy::SEPARATOR);
             let mut offered = tool.clone();
             offered.name = exposed.clone().into();

@@ -88,6 +88,17 @@ pub fn exposed_tool_part(instance: &str, tool: &str) -> String {
     if !sanitized.is_empty() && fits(sanitized.len()) {
         return sanitized;
     }
+    hashed_tool_part(instance, tool)
+}
+
+/// The hashed form of [`exposed_tool_part`]: the sanitized name, cut to fit, then `-` and the
+/// first 6 hex characters of the SHA-256 of the original name. Used as is for names that do
+/// not fit, and for a name whose plain form another tool of the instance already has.
+pub fn hashed_tool_part(instance: &str, tool: &str) -> String {
+    let sanitized: String = tool
+        .chars()
+        .map(|c| if tool_char_allowed(c) { c } else { '_' })
+        .collect();
     let digest = hex::encode(Sha256::digest(tool.as_bytes()));
     let room = MAX_TOOL_NAME.saturating_sub(instance.len() + SEPARATOR.len() + 1 + HASH_CHARS);
     // `sanitized` is ASCII only, so taking chars is taking bytes.
