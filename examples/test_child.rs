@@ -2,14 +2,14 @@
 //! `mcp-coordinator`'s integration tests and benchmark.
 //!
 //! Its tools echo, add and count, but can also fail, flake, crash the process, hang, write
-//! garbage to stdout, change their descriptions at runtime (including a "rug pull" with a
-//! prompt injection) and announce it with `notifications/tools/list_changed`. Flags make the
-//! process fail at startup, crash after a delay, ignore SIGTERM or leave a grandchild behind;
-//! see `--help`.
+//! garbage to stdout (a line, or one longer than the coordinator takes), change their
+//! descriptions at runtime (including a "rug pull" with a prompt injection) and announce it
+//! with `notifications/tools/list_changed`. Flags make the process fail at startup, crash
+//! after a delay, ignore SIGTERM or leave a grandchild behind; see `--help`.
 //!
-//! stdout carries only MCP messages (and the deliberate garbage of the `garbage` tool); every
-//! diagnostic goes to stderr, prefixed with `test_child:` (the `stderr` tool's text is written
-//! as given).
+//! stdout carries only MCP messages (and the deliberate garbage of the `garbage` and `flood`
+//! tools); every diagnostic goes to stderr, prefixed with `test_child:` (the `stderr` tool's
+//! text is written as given).
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -190,6 +190,12 @@ fn tools(variant: Variant) -> Vec<Tool> {
             "garbage",
             "Writes a line that is not JSON-RPC to stdout, then replies.",
             none.clone(),
+            Unspecified,
+        ),
+        tool(
+            "flood",
+            "Writes `bytes` bytes of garbage to stdout with no newline until the end, then replies.",
+            json!({"bytes": {"type": "integer"}}),
             Unspecified,
         ),
         tool(
@@ -374,6 +380,23 @@ impl TestChild {
                 let mut stdout = std::io::stdout().lock();
                 stdout
                     .write_all(b"this is not json-rpc {{{\n")
+                    .and_then(|()| stdout.flush())
+                    .map_err(|e| {
+                        ErrorData::internal_error(format!("cannot write to stdout: {e}"), None)
+                    })?;
+                Ok(CallToolResult::structured(json!({"ok": true})))
+            }
+            "flood" => {
+                let bytes = arg(args, "bytes")?
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| bad_argument("bytes", "must be a non-negative integer"))?;
+                let mut line = vec![b'#'; bytes];
+                line.push(b'\n');
+                // Held lock: see `garbage`.
+                let mut stdout = std::io::stdout().lock();
+                stdout
+                    .write_all(&line)
                     .and_then(|()| stdout.flush())
                     .map_err(|e| {
                         ErrorData::internal_error(format!("cannot write to stdout: {e}"), None)

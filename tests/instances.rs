@@ -467,6 +467,17 @@ async fn start_proxy_policy_retries_breaker_and_stop() {
         text_of(&call(&peer, "kid__echo", json!({"text": "still"})).await),
         "still"
     );
+    // Nor does a line longer than the coordinator takes (32 MiB): it is dropped and logged.
+    ok(&peer, "kid__flood", json!({"bytes": 33 << 20})).await;
+    assert_eq!(
+        text_of(&call(&peer, "kid__echo", json!({"text": "after"})).await),
+        "after"
+    );
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(
+        log.contains("dropped stdout lines longer than 32 MiB"),
+        "the dropped line is logged"
+    );
 
     // Timeouts: a hanging call is cancelled after 1.5 s while the coordinator stays responsive.
     let hung = {

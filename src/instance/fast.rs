@@ -115,6 +115,7 @@ pub(super) fn interpose(
     let (to_child, rmcp_writes) = tokio::io::duplex(1 << 20);
     let source = ChildSource {
         svc: svc.clone(),
+        name: live.name.clone(),
         link: link.clone(),
         stdout,
         to_rmcp: RmcpLines::new(from_child),
@@ -219,6 +220,8 @@ const ID_PREFIX: &str = "\"fp-";
 /// everything else to rmcp. At EOF, fast calls in flight fail.
 struct ChildSource {
     svc: InstanceService,
+    /// The instance's name, for log lines.
+    name: String,
     link: Arc<FastLink>,
     stdout: LineReader,
     to_rmcp: RmcpLines,
@@ -238,6 +241,7 @@ impl super::reactor::Source for ChildSource {
     fn ready(&mut self) -> bool {
         let ChildSource {
             svc,
+            name,
             link,
             stdout,
             to_rmcp,
@@ -263,6 +267,15 @@ impl super::reactor::Source for ChildSource {
                 for_rmcp.push(b'\n');
             }
         });
+        let dropped = stdout.take_dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                instance = %name,
+                dropped,
+                "dropped stdout lines longer than {} MiB from the child",
+                super::pipe::MAX_LINE >> 20
+            );
+        }
         // Answers first, in one write; then their bookkeeping.
         let mut done = Vec::with_capacity(ended.len());
         for (call, resp) in ended {

@@ -36,7 +36,7 @@ use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
 use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
 pub use fast::{ClientOut, FastDone, FastHooks, RmcpLines, contains};
-pub use pipe::{LineReader, PipeWriter};
+pub use pipe::{LineReader, MAX_LINE, PipeWriter};
 use policy::{InjectionFlag, ToolAccess};
 pub use reactor::Source;
 

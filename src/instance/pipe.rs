@@ -295,7 +295,9 @@ fn write_blocking(file: &File, mut data: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads lines from a descriptor, a read at a time (the reactor polls it first).
+/// Reads lines from a descriptor, a read at a time (the reactor polls it first). A line
+/// longer than its limit is dropped (its bytes are skipped up to the next newline), so a
+/// peer that never writes a newline cannot make the buffer grow without end.
 pub struct LineReader {
     file: File,
     /// Always fully initialized; `start..filled` is read but not yet handed over.
@@ -303,9 +305,17 @@ pub struct LineReader {
     start: usize,
     filled: usize,
     eof: bool,
+    max_line: usize,
+    /// Inside a line that was too long: skipping to its end.
+    skipping: bool,
+    /// Lines dropped since [`LineReader::take_dropped`] last asked.
+    dropped: u64,
 }
 
 const READ_CHUNK: usize = 64 << 10;
+
+/// The longest line handed over (a JSON-RPC message; large tool results fit).
+pub const MAX_LINE: usize = 32 << 20;
 
 impl LineReader {
     /// The descriptor, to poll.
@@ -314,13 +324,25 @@ impl LineReader {
     }
 
     pub fn new(fd: OwnedFd) -> Self {
+        Self::with_max_line(fd, MAX_LINE)
+    }
+
+    pub fn with_max_line(fd: OwnedFd, max_line: usize) -> Self {
         LineReader {
             file: File::from(fd),
             buf: vec![0; READ_CHUNK],
             start: 0,
             filled: 0,
             eof: false,
+            max_line,
+            skipping: false,
+            dropped: 0,
         }
+    }
+
+    /// How many lines were dropped for being longer than the limit since the last call.
+    pub fn take_dropped(&mut self) -> u64 {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Reads once (blocking only if the descriptor is blocking and has nothing yet), then
@@ -352,10 +374,10 @@ impl LineReader {
         };
         if n == 0 {
             self.eof = true;
-            if self.filled > 0 {
+            if self.filled > 0 && !self.skipping {
                 each(&self.buf[..self.filled]);
-                self.filled = 0;
             }
+            self.filled = 0;
             return Ok(false);
         }
         self.filled += n;
@@ -363,11 +385,22 @@ impl LineReader {
         let mut from = have;
         while let Some(i) = self.buf[from..self.filled].iter().position(|&b| b == b'\n') {
             let end = from + i + 1;
-            each(&self.buf[self.start..end]);
+            if self.skipping {
+                self.skipping = false;
+            } else if end - self.start > self.max_line {
+                self.dropped += 1;
+            } else {
+                each(&self.buf[self.start..end]);
+            }
             self.start = end;
             from = end;
         }
-        if self.start == self.filled {
+        if !self.skipping && self.filled - self.start > self.max_line {
+            // Too long already: the rest of it is skipped as it comes.
+            self.skipping = true;
+            self.dropped += 1;
+        }
+        if self.skipping || self.start == self.filled {
             self.start = 0;
             self.filled = 0;
         }
@@ -393,6 +426,45 @@ pub(in crate::instance) mod tests {
         assert_eq!(r, 0);
         // SAFETY: both descriptors were just created and are owned by nobody else.
         unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+    }
+
+    #[test]
+    fn a_line_over_the_limit_is_dropped_and_the_next_one_kept() {
+        let (r, w) = pipe();
+        let mut w = File::from(w);
+        let mut reader = LineReader::with_max_line(r, 100);
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        // A line that grows past the limit over several reads, then ends.
+        w.write_all(b"short\n").unwrap();
+        w.write_all(&[b'x'; 80]).unwrap();
+        assert!(reader.read_lines(|l| lines.push(l.to_vec())).unwrap());
+        w.write_all(&[b'x'; 80]).unwrap();
+        assert!(reader.read_lines(|l| lines.push(l.to_vec())).unwrap());
+        assert_eq!(reader.take_dropped(), 1);
+        w.write_all(&[b'x'; 80]).unwrap();
+        assert!(reader.read_lines(|l| lines.push(l.to_vec())).unwrap());
+        w.write_all(b"xx\nnext\n").unwrap();
+        assert!(reader.read_lines(|l| lines.push(l.to_vec())).unwrap());
+        // A complete line over the limit in one read.
+        let mut long = vec![b'y'; 150];
+        long.extend_from_slice(b"\nlast\n");
+        w.write_all(&long).unwrap();
+        assert!(reader.read_lines(|l| lines.push(l.to_vec())).unwrap());
+        assert_eq!(reader.take_dropped(), 1);
+        assert_eq!(reader.take_dropped(), 0);
+        assert_eq!(
+            lines,
+            vec![b"short\n".to_vec(), b"next\n".to_vec(), b"last\n".to_vec()]
+        );
+        assert!(
+            reader.buf.len() <= 4 * READ_CHUNK,
+            "the buffer stayed small"
+        );
+        // An unfinished over-long line at the end of input is not handed over.
+        w.write_all(&[b'z'; 150]).unwrap();
+        drop(w);
+        while reader.read_lines(|l| lines.push(l.to_vec())).unwrap() {}
+        assert_eq!(lines.len(), 3);
     }
 
     #[test]

@@ -131,6 +131,14 @@ impl Source for StdinSource {
                 for_rmcp.extend_from_slice(line);
             }
         });
+        let dropped = input.take_dropped();
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "dropped client messages longer than {} MiB; they get no answer",
+                crate::instance::MAX_LINE >> 20
+            );
+        }
         if !for_rmcp.is_empty() {
             if !for_rmcp.ends_with(b"\n") {
                 for_rmcp.push(b'\n');
