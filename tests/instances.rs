@@ -125,6 +125,13 @@ deny = ["stderr"]
 [instance_types.kid.limits]
 open_files = 200
 
+[instance_types.frozen]
+command = "{bin}"
+[instance_types.frozen.health]
+interval_seconds = 0.2
+timeout_seconds = 30
+failure_threshold = 1
+
 [instance_types.tuned]
 command = "{bin}"
 env = {{ MODE = "plain", PATH = "/usr/bin:/bin", HOME = "${{env:HOME}}" }}
@@ -883,9 +890,12 @@ async fn closing_stdin_stops_every_child_within_three_seconds() {
     let peer = c.peer().clone();
     let stubborn = ok(&peer, "instance_start", json!({"type": "stubborn"})).await;
     let kid = ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    // A child that stops answering (SIGSTOP) while its health check waits up to 30 s.
+    let frozen = ok(&peer, "instance_start", json!({"type": "frozen"})).await;
     let pids = [
         stubborn["pid"].as_u64().unwrap() as u32,
         kid["pid"].as_u64().unwrap() as u32,
+        frozen["pid"].as_u64().unwrap() as u32,
     ];
     let tail = status_of(&peer, "stubborn").await["detail"]["stderr_tail"].to_string();
     let grandchild: u32 = tail
@@ -897,8 +907,8 @@ async fn closing_stdin_stops_every_child_within_three_seconds() {
     assert!(alive(grandchild));
     assert_eq!(
         group_members(&pids).len(),
-        3,
-        "two children and a grandchild"
+        4,
+        "three children and a grandchild"
     );
 
     // Calls just before the end: their audit events, still queued, are written on the way out.
@@ -906,6 +916,12 @@ async fn closing_stdin_stops_every_child_within_three_seconds() {
         let r = call(&peer, "kid__echo", json!({"text": format!("last {i}")})).await;
         assert_eq!(text_of(&r), format!("last {i}"));
     }
+
+    std::process::Command::new("kill")
+        .args(["-STOP", &pids[2].to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // The client closes the coordinator's stdin and waits for it to exit.
     let t = Instant::now();
@@ -935,7 +951,8 @@ async fn closing_stdin_stops_every_child_within_three_seconds() {
     };
     assert_eq!(
         rows,
-        vec![("stopped".to_string(), 1), ("stopped".to_string(), 1)]
+        vec![("stopped".to_string(), 1); 3],
+        "the frozen child's pending health check did not hold up its stop"
     );
     let audited: i64 = rusqlite::Connection::open(common::db_path(dir.path()))
         .unwrap()

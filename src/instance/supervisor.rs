@@ -550,7 +550,10 @@ async fn watch(
                 Some(Cmd::Stop { by, done }) => return Exit::Stop(by, Some(done)),
                 Some(Cmd::Restart { by, done }) => return Exit::Restart(by, Some(done)),
                 Some(Cmd::Refresh { done }) => {
-                    refresh(svc, live, None).await;
+                    tokio::select! {
+                        () = refresh(svc, live, None) => {}
+                        () = shutdown.cancelled() => return Exit::Shutdown,
+                    }
                     if let Some(done) = done {
                         let _ = done.send(());
                     }
@@ -570,11 +573,20 @@ async fn watch(
             Some(()) = session.tools_changed.recv() => {
                 // Several notifications in a burst need one listing.
                 while session.tools_changed.try_recv().is_ok() {}
-                refresh(svc, live, Some(session)).await;
+                // The child may take its time to list: the coordinator's exit does not wait.
+                tokio::select! {
+                    () = refresh(svc, live, Some(session)) => {}
+                    () = shutdown.cancelled() => return Exit::Shutdown,
+                }
             }
             _ = health.tick() => {
                 let ping = session.service.peer().send_request(ClientRequest::PingRequest(PingRequest::default()));
-                let ok = match tokio::time::timeout(Duration::from_secs_f64(ty.health.timeout_seconds), ping).await {
+                let ping = tokio::time::timeout(Duration::from_secs_f64(ty.health.timeout_seconds), ping);
+                let answer = tokio::select! {
+                    a = ping => a,
+                    () = shutdown.cancelled() => return Exit::Shutdown,
+                };
+                let ok = match answer {
                     Ok(Ok(_)) => true,
                     Ok(Err(e)) => { tracing::debug!(instance = %live.name, error = %e, "health check failed"); false }
                     Err(_) => false,

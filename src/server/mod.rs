@@ -819,17 +819,22 @@ pub async fn run(
     sweeper.abort();
     pipelines.abort();
     notifier.abort();
-    // rmcp's last answers reach the client before anything else stops.
-    let _ = tokio::time::timeout(std::time::Duration::from_millis(500), output).await;
-    // Every child goes with us: close, SIGTERM, SIGKILL of each process group.
-    instances
-        .shutdown(std::time::Duration::from_millis(2000))
-        .await;
+    // The whole way out stays under 3 s: rmcp's last answers reach the client while every
+    // child goes with us (close, SIGTERM, SIGKILL of each process group), then the audit
+    // writer gets what is left of the budget.
+    let leaving = std::time::Instant::now();
+    let budget = std::time::Duration::from_millis(2800);
+    let flushed = tokio::time::timeout(std::time::Duration::from_millis(500), output);
+    let stopped_children = instances.shutdown(std::time::Duration::from_millis(2000));
+    let _ = tokio::join!(flushed, stopped_children);
     if let Some(writer) = batches {
         // Write what is queued, then end the writer.
         let _ = coordinator.inner.audit_batch.send(None);
         let joined = tokio::task::spawn_blocking(move || writer.join());
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(1000), joined).await;
+        let left = budget
+            .saturating_sub(leaving.elapsed())
+            .max(std::time::Duration::from_millis(200));
+        let _ = tokio::time::timeout(left, joined).await;
     }
     drop(coordinator);
     let stopped = stopped?;
