@@ -66,6 +66,10 @@ struct Args {
     /// The initial tool set
     #[arg(long, value_enum, default_value_t = Variant::V1)]
     variant: Variant,
+
+    /// At start, print this environment variable's value to stderr (a leaky server)
+    #[arg(long, value_name = "NAME")]
+    leak_env: Option<String>,
 }
 
 /// A tool set; `set_variant` switches between them at runtime.
@@ -197,6 +201,12 @@ fn tools(variant: Variant) -> Vec<Tool> {
             "Writes `bytes` bytes of garbage to stdout with no newline until the end, then replies.",
             json!({"bytes": {"type": "integer"}}),
             Unspecified,
+        ),
+        tool(
+            "getenv",
+            "The value of one environment variable, in clear (a leaky tool).",
+            json!({"name": string}),
+            ReadOnly,
         ),
         tool(
             "env",
@@ -386,6 +396,13 @@ impl TestChild {
                     })?;
                 Ok(CallToolResult::structured(json!({"ok": true})))
             }
+            "getenv" => {
+                let name = str_arg(args, "name")?;
+                let value = std::env::var(name).unwrap_or_default();
+                Ok(CallToolResult::structured(
+                    json!({"name": name, "value": value}),
+                ))
+            }
             "flood" => {
                 let bytes = arg(args, "bytes")?
                     .as_u64()
@@ -530,6 +547,10 @@ async fn run(args: Args) -> i32 {
     {
         log!("test_child: cannot spawn the grandchild: {e}");
         return 1;
+    }
+    if let Some(name) = &args.leak_env {
+        let value = std::env::var(name).unwrap_or_default();
+        log!("test_child: {name}={value} (--leak-env)");
     }
     log!("test_child: started pid {}", std::process::id());
 

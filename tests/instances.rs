@@ -125,6 +125,11 @@ deny = ["stderr"]
 [instance_types.kid.limits]
 open_files = 200
 
+[instance_types.leaky]
+command = "{bin}"
+args = ["--leak-env", "TOKEN"]
+env = {{ TOKEN = "${{secret:kid_token}}" }}
+
 [instance_types.frozen]
 command = "{bin}"
 [instance_types.frozen.health]
@@ -1385,4 +1390,52 @@ async fn tools_whose_names_sanitize_alike_get_distinct_exposed_names() {
     let spaced = call(&peer, &hashed, json!({})).await;
     assert_eq!(spaced.structured_content.unwrap()["extra"], "extra tool");
     c.client.cancel().await.unwrap();
+}
+
+/// A child that prints its secret to stderr and returns it from a tool: the value is masked
+/// in the tool result (relayed and through `instance_call_tool`), in `instance_get`'s stderr
+/// tail and in the coordinator's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaky_child_cannot_put_its_secret_in_results_stderr_or_logs() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), None).await;
+    let peer = c.peer().clone();
+    ok(&peer, "instance_start", json!({"type": "leaky"})).await;
+    let relayed = call(&peer, "leaky__getenv", json!({"name": "TOKEN"})).await;
+    let explicit = ok(
+        &peer,
+        "instance_call_tool",
+        json!({"instance": "leaky", "tool": "getenv", "arguments": {"name": "TOKEN"}}),
+    )
+    .await;
+    for (how, result) in [
+        ("relayed", serde_json::to_value(&relayed).unwrap()),
+        ("instance_call_tool", explicit),
+    ] {
+        let text = result.to_string();
+        assert!(!text.contains(SECRET), "{how}: {text}");
+        assert!(text.contains("[REDACTED]"), "{how}: {text}");
+    }
+    assert_eq!(relayed.structured_content.unwrap()["value"], "[REDACTED]");
+    wait_for(
+        "the leak in the stderr tail",
+        Duration::from_secs(5),
+        || async {
+            status_of(&peer, "leaky").await["detail"]["stderr_tail"]
+                .to_string()
+                .contains("TOKEN=[REDACTED]")
+        },
+    )
+    .await;
+    let s = status_of(&peer, "leaky").await;
+    assert!(!s.to_string().contains(SECRET), "{s}");
+    c.client.cancel().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(
+        log.contains("TOKEN=[REDACTED]"),
+        "the child's line is logged, masked"
+    );
+    assert!(!log.contains(SECRET), "secret in the log");
 }

@@ -116,6 +116,7 @@ pub(super) fn interpose(
     let source = ChildSource {
         svc: svc.clone(),
         name: live.name.clone(),
+        redact: lock(&live.redact).clone(),
         link: link.clone(),
         stdout,
         to_rmcp: RmcpLines::new(from_child),
@@ -222,6 +223,8 @@ struct ChildSource {
     svc: InstanceService,
     /// The instance's name, for log lines.
     name: String,
+    /// Its secret values, masked in progress messages.
+    redact: super::redact::Redactor,
     link: Arc<FastLink>,
     stdout: LineReader,
     to_rmcp: RmcpLines,
@@ -242,6 +245,7 @@ impl super::reactor::Source for ChildSource {
         let ChildSource {
             svc,
             name,
+            redact,
             link,
             stdout,
             to_rmcp,
@@ -257,7 +261,7 @@ impl super::reactor::Source for ChildSource {
                     }
                     return;
                 }
-                if let Some(progress) = fast_progress(link, line) {
+                if let Some(progress) = fast_progress(link, redact, line) {
                     to_client.extend_from_slice(progress.as_bytes());
                     return;
                 }
@@ -353,7 +357,7 @@ struct ProgressParams<'a> {
     message: Option<&'a RawValue>,
 }
 
-fn fast_progress(link: &FastLink, line: &[u8]) -> Option<String> {
+fn fast_progress(link: &FastLink, redact: &super::redact::Redactor, line: &[u8]) -> Option<String> {
     let p: Progress<'_> = serde_json::from_slice(line).ok()?;
     if p.method != "notifications/progress" {
         return None;
@@ -379,7 +383,10 @@ fn fast_progress(link: &FastLink, line: &[u8]) -> Option<String> {
     }
     if let Some(m) = p.params.message {
         out.push_str(",\"message\":");
-        out.push_str(m.get());
+        match redact.json_text(m.get()) {
+            Some(masked) => out.push_str(&masked),
+            None => out.push_str(m.get()),
+        }
     }
     out.push_str("}}\n");
     Some(out)
@@ -542,7 +549,9 @@ impl InstanceService {
         match resp {
             FastResponse::Result(result) => {
                 lock(&call.live.breaker).success();
-                push_response(out, &call.client_id, "result", result.get());
+                let masked = lock(&call.live.redact).json_text(result.get());
+                let result = masked.as_deref().unwrap_or(result.get());
+                push_response(out, &call.client_id, "result", result);
                 Some(call.done(None))
             }
             FastResponse::Error(code, error) => {
@@ -562,7 +571,9 @@ impl InstanceService {
                         return None;
                     }
                 }
-                push_response(out, &call.client_id, "error", error.get());
+                let masked = lock(&call.live.redact).json_text(error.get());
+                let error = masked.as_deref().unwrap_or(error.get());
+                push_response(out, &call.client_id, "error", error);
                 Some(call.done(Some("child_error".into())))
             }
         }

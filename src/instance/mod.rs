@@ -13,6 +13,7 @@ mod pipe;
 pub mod policy;
 pub mod process;
 mod reactor;
+mod redact;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -353,6 +354,8 @@ pub(crate) struct Live {
     row: Mutex<InstanceRow>,
     conn: Mutex<Option<Conn>>,
     stderr: Mutex<process::StderrTail>,
+    /// The secret values the child was given, masked in what it sends back.
+    redact: Mutex<redact::Redactor>,
     breaker: Mutex<Breaker>,
     /// When the current connection came up.
     up_since: Mutex<Option<Instant>>,
@@ -739,7 +742,8 @@ impl InstanceService {
             let err = match outcome {
                 Ok(Ok(CallToolResponse::Complete(result))) => {
                     lock(&live.breaker).success();
-                    return Ok(result);
+                    let redact = lock(&live.redact).clone();
+                    return Ok(redact.serde(result));
                 }
                 Ok(Ok(_)) => {
                     lock(&live.breaker).success();
@@ -751,6 +755,7 @@ impl InstanceService {
                     });
                 }
                 Ok(Err(ServiceError::McpError(e))) => {
+                    let e = lock(&live.redact).clone().serde(e);
                     let client_fault = matches!(e.code.0, -32602 | -32601 | -32600 | -32700);
                     if client_fault {
                         lock(&live.breaker).success();
@@ -992,6 +997,7 @@ impl InstanceService {
             row: Mutex::new(row),
             conn: Mutex::new(None),
             stderr: Mutex::new(process::StderrTail::default()),
+            redact: Mutex::new(redact::Redactor::default()),
             breaker: Mutex::new(Breaker::default()),
             up_since: Mutex::new(None),
             cmd,

@@ -19,6 +19,7 @@
 //!   never-ending spawner thread (see [`spawn`]). Grandchildren are not covered
 //!   by this: if the coordinator is SIGKILLed they survive the direct child.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -85,6 +86,8 @@ pub struct SpawnSpec {
     pub limits: Limits,
     /// Label for log lines (the instance name).
     pub label: String,
+    /// Secret values masked in the child's stderr before it is kept or logged.
+    pub redact: super::redact::Redactor,
 }
 
 /// Why [`spawn`] failed.
@@ -471,6 +474,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<(ChildProcess, ChildStdin, ChildStdout)
         stderr_pipe,
         process.stderr.clone(),
         spec.label.clone(),
+        spec.redact.clone(),
     )));
     tracing::debug!(instance = %spec.label, pid, program = %path.display(), "child started");
     Ok((process, stdin, stdout))
@@ -693,7 +697,12 @@ impl LimitPlan {
 }
 
 /// Reads `reader` line by line until EOF, into `tail` and the debug log.
-async fn drain_stderr<R: AsyncRead + Unpin>(reader: R, tail: StderrTail, label: String) {
+async fn drain_stderr<R: AsyncRead + Unpin>(
+    reader: R,
+    tail: StderrTail,
+    label: String,
+    redact: super::redact::Redactor,
+) {
     let mut reader = BufReader::new(reader);
     let mut line: Vec<u8> = Vec::new();
     loop {
@@ -707,7 +716,7 @@ async fn drain_stderr<R: AsyncRead + Unpin>(reader: R, tail: StderrTail, label: 
         };
         if buf.is_empty() {
             if !line.is_empty() {
-                emit_line(&line, &tail, &label);
+                emit_line(&line, &tail, &label, &redact);
             }
             break;
         }
@@ -718,16 +727,21 @@ async fn drain_stderr<R: AsyncRead + Unpin>(reader: R, tail: StderrTail, label: 
         let consumed = newline.map_or(buf.len(), |i| i + 1);
         reader.consume(consumed);
         if newline.is_some() {
-            emit_line(&line, &tail, &label);
+            emit_line(&line, &tail, &label, &redact);
             line.clear();
         }
     }
     tracing::trace!(instance = %label, "child stderr closed");
 }
 
-fn emit_line(bytes: &[u8], tail: &StderrTail, label: &str) {
+fn emit_line(bytes: &[u8], tail: &StderrTail, label: &str, redact: &super::redact::Redactor) {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     let text = String::from_utf8_lossy(bytes);
+    // Masked before the line is cut to its kept length.
+    let text = match redact.text(&text) {
+        Cow::Owned(masked) => Cow::Owned(masked),
+        Cow::Borrowed(_) => text,
+    };
     // MAX_LINE_BYTES holds at least MAX_LINE_CHARS whole characters, so a
     // character split at the byte cut never survives this cut.
     let line = match text.char_indices().nth(MAX_LINE_CHARS) {
@@ -905,6 +919,7 @@ mod tests {
             cwd: None,
             limits: Limits::default(),
             label: "test".to_owned(),
+            redact: super::super::redact::Redactor::default(),
         }
     }
 
@@ -1076,14 +1091,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn drain_handles_crlf_invalid_utf8_and_wide_chars() {
-        let mut input: Vec<u8> = b"one\r\ntwo\xff\n\n".to_vec();
+    async fn drain_handles_crlf_invalid_utf8_wide_chars_and_masks_secrets() {
+        let mut input: Vec<u8> = b"one hunter2-secret\r\ntwo\xff\n\n".to_vec();
         input.extend("é".repeat(3000).as_bytes());
         input.extend(b"\nlast");
         let tail = StderrTail::default();
-        drain_stderr(&input[..], tail.clone(), "t".into()).await;
+        drain_stderr(
+            &input[..],
+            tail.clone(),
+            "t".into(),
+            super::super::redact::Redactor::new(["hunter2-secret"]),
+        )
+        .await;
         let lines = tail.lines();
-        assert_eq!(lines[0], "one");
+        assert_eq!(lines[0], "one [REDACTED]");
         assert_eq!(lines[1], "two\u{fffd}");
         assert_eq!(lines[2], "");
         assert_eq!(lines[3], "é".repeat(MAX_LINE_CHARS));

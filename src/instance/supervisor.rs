@@ -344,14 +344,18 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
             .into_iter()
             .collect()
     };
+    let redact = super::redact::Redactor::new(secrets.values());
+    *lock(&live.redact) = redact.clone();
     let (tools_tx, tools_rx) = mpsc::unbounded_channel();
     let client = ChildClient {
         tools_changed: tools_tx,
     };
     let init = ty.init_timeout();
+    let masks = redact.clone();
     let fail = |message: String, stderr: Vec<String>| InstanceError::StartFailed {
         name: name.clone(),
-        message,
+        // The error may quote what the child sent.
+        message: masks.text(&message).into_owned(),
         stderr,
     };
     let mut fast_link = None;
@@ -395,6 +399,7 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
                 open_files: ty.limits.open_files,
             },
             label: name.clone(),
+            redact,
         };
         let (mut child, stdin, stdout) =
             process::spawn(&spec).map_err(|e| fail(e.to_string(), Vec::new()))?;
