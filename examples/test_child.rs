@@ -51,6 +51,10 @@ struct Args {
     #[arg(long)]
     fail_init: bool,
 
+    /// Never answer `initialize` (stdin is not read at all)
+    #[arg(long)]
+    hang_init: bool,
+
     /// Exit with status 70 this many milliseconds after start, even mid-session
     #[arg(long, value_name = "MS")]
     crash_after_ms: Option<u64>,
@@ -519,6 +523,10 @@ async fn run(args: Args) -> i32 {
     if args.fail_init {
         log!("test_child: cannot start: missing required setting FOO_URL");
         return 3;
+    }
+    if args.hang_init {
+        log!("test_child: hanging before initialize (--hang-init)");
+        std::future::pending::<()>().await;
     }
     if let Some(ms) = args.crash_after_ms {
         tokio::spawn(async move {

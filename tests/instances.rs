@@ -130,6 +130,11 @@ command = "{bin}"
 args = ["--leak-env", "TOKEN"]
 env = {{ TOKEN = "${{secret:kid_token}}" }}
 
+[instance_types.slowstart]
+command = "{bin}"
+args = ["--hang-init"]
+init_timeout_seconds = 30
+
 [instance_types.frozen]
 command = "{bin}"
 [instance_types.frozen.health]
@@ -1438,4 +1443,72 @@ async fn a_leaky_child_cannot_put_its_secret_in_results_stderr_or_logs() {
         "the child's line is logged, masked"
     );
     assert!(!log.contains(SECRET), "secret in the log");
+}
+
+/// The pids of `pid`'s children.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            out.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out.retain(|&p| alive(p));
+    out
+}
+
+/// `instance_stop` on a child stuck in `initialize` does not wait for the start's timeout:
+/// the start is abandoned, its caller told why, and the child is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_child_that_hangs_in_initialize_does_not_wait_for_the_timeout() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), None).await;
+    let peer = c.peer().clone();
+    let starting = {
+        let peer = peer.clone();
+        tokio::spawn(async move {
+            common::call(&peer, "instance_start", json!({"type": "slowstart"}))
+                .await
+                .unwrap()
+        })
+    };
+    wait_for(
+        "the child to be starting",
+        Duration::from_secs(10),
+        || async {
+            let list = ok(&peer, "instance_list", json!({})).await;
+            list["instances"][0]["status"] == "starting" && children_of(c.pid).len() == 1
+        },
+    )
+    .await;
+    let t = Instant::now();
+    let stopped = ok(&peer, "instance_stop", json!({"instance": "slowstart"})).await;
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    let started = tokio::time::timeout(Duration::from_secs(5), starting)
+        .await
+        .expect("instance_start answered")
+        .unwrap();
+    assert_eq!(started.is_error, Some(true), "{started:?}");
+    assert!(
+        text_of(&started).contains("while starting"),
+        "{}",
+        text_of(&started)
+    );
+    wait_for("no child left", Duration::from_secs(3), || async {
+        children_of(c.pid).is_empty()
+    })
+    .await;
+    c.client.cancel().await.unwrap();
 }

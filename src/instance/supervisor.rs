@@ -71,11 +71,47 @@ pub(super) async fn supervise(
     let mut is_restart = restored;
     loop {
         let shutdown = svc.inner.shutdown.clone();
-        let attempt = tokio::select! {
-            r = connect(&svc, &live) => r,
-            () = shutdown.cancelled() => {
-                finish(&svc, &live, Status::Stopped, Action::InstanceStopped, "the coordinator is shutting down", true);
-                return;
+        // A stop does not wait for a slow start: the attempt is dropped, and with it the
+        // child (dropping a `ChildProcess` SIGKILLs its group).
+        let connecting = connect(&svc, &live);
+        tokio::pin!(connecting);
+        let attempt = loop {
+            tokio::select! {
+                r = &mut connecting => break r,
+                () = shutdown.cancelled() => {
+                    finish(&svc, &live, Status::Stopped, Action::InstanceStopped, "the coordinator is shutting down", true);
+                    return;
+                }
+                cmd = rx.recv() => match cmd {
+                    Some(Cmd::Stop { by, done }) => {
+                        let why = format!("stopped by {} while starting", by.render());
+                        finish(&svc, &live, Status::Stopped, Action::InstanceStopped, &why, false);
+                        if let Some(tx) = first.take() {
+                            let _ = tx.send(Err(InstanceError::NotRunning {
+                                name: live.name.clone(),
+                                status: Status::Stopped,
+                                hint: format!("it was {why}"),
+                            }));
+                        }
+                        if let Some(tx) = pending_restart.take() {
+                            let _ = tx.send(Err(why));
+                        }
+                        let _ = done.send(());
+                        return;
+                    }
+                    // Already starting: the restart is answered when this start ends.
+                    Some(Cmd::Restart { done, .. }) => {
+                        if let Some(earlier) = pending_restart.replace(done) {
+                            let _ = earlier.send(Err("another restart was asked for".into()));
+                        }
+                    }
+                    Some(Cmd::Refresh { done }) => {
+                        if let Some(done) = done {
+                            let _ = done.send(());
+                        }
+                    }
+                    None => return,
+                },
             }
         };
         let exit = match attempt {
