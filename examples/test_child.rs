@@ -248,6 +248,17 @@ fn tools(variant: Variant) -> Vec<Tool> {
     list
 }
 
+/// Writes bytes straight to stdout, outside the MCP messages. rmcp writes through tokio's
+/// stdout, which hands each whole buffer to std's locked stdout, so holding the lock keeps
+/// these bytes out of rmcp's lines.
+fn raw_line(bytes: &[u8]) -> Result<(), ErrorData> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(bytes)
+        .and_then(|()| stdout.flush())
+        .map_err(|e| ErrorData::internal_error(format!("cannot write to stdout: {e}"), None))
+}
+
 fn bad_argument(name: &str, problem: &str) -> ErrorData {
     ErrorData::invalid_params(
         format!("argument `{name}` {problem}"),
@@ -389,15 +400,7 @@ impl TestChild {
             // Never resolves; rmcp runs each request in its own task, so others go on.
             "hang" => std::future::pending().await,
             "garbage" => {
-                // rmcp writes through tokio's stdout, which hands each whole buffer to std's
-                // locked stdout, so holding the lock keeps this line out of rmcp's messages.
-                let mut stdout = std::io::stdout().lock();
-                stdout
-                    .write_all(b"this is not json-rpc {{{\n")
-                    .and_then(|()| stdout.flush())
-                    .map_err(|e| {
-                        ErrorData::internal_error(format!("cannot write to stdout: {e}"), None)
-                    })?;
+                raw_line(b"this is not json-rpc {{{\n")?;
                 Ok(CallToolResult::structured(json!({"ok": true})))
             }
             "getenv" => {
@@ -414,14 +417,7 @@ impl TestChild {
                     .ok_or_else(|| bad_argument("bytes", "must be a non-negative integer"))?;
                 let mut line = vec![b'#'; bytes];
                 line.push(b'\n');
-                // Held lock: see `garbage`.
-                let mut stdout = std::io::stdout().lock();
-                stdout
-                    .write_all(&line)
-                    .and_then(|()| stdout.flush())
-                    .map_err(|e| {
-                        ErrorData::internal_error(format!("cannot write to stdout: {e}"), None)
-                    })?;
+                raw_line(&line)?;
                 Ok(CallToolResult::structured(json!({"ok": true})))
             }
             "env" => {
