@@ -97,6 +97,7 @@ impl FastLink {
 pub(super) fn interpose(
     svc: &InstanceService,
     live: &Arc<Live>,
+    redact: &super::redact::Redactor,
     stdin: ChildStdin,
     stdout: ChildStdout,
 ) -> std::io::Result<(
@@ -116,7 +117,7 @@ pub(super) fn interpose(
     let source = ChildSource {
         svc: svc.clone(),
         name: live.name.clone(),
-        redact: lock(&live.redact).clone(),
+        redact: redact.clone(),
         link: link.clone(),
         stdout,
         to_rmcp: RmcpLines::new(from_child),
@@ -223,7 +224,7 @@ struct ChildSource {
     svc: InstanceService,
     /// The instance's name, for log lines.
     name: String,
-    /// Its secret values, masked in progress messages.
+    /// Its secret values, masked in answers and progress messages.
     redact: super::redact::Redactor,
     link: Arc<FastLink>,
     stdout: LineReader,
@@ -283,7 +284,7 @@ impl super::reactor::Source for ChildSource {
         // Answers first, in one write; then their bookkeeping.
         let mut done = Vec::with_capacity(ended.len());
         for (call, resp) in ended {
-            if let Some(d) = svc.fast_finish(call, resp, to_client) {
+            if let Some(d) = svc.fast_finish(call, resp, redact, to_client) {
                 done.push(d);
             }
         }
@@ -544,12 +545,13 @@ impl InstanceService {
         &self,
         call: EndedCall,
         resp: FastResponse,
+        redact: &super::redact::Redactor,
         out: &mut Vec<u8>,
     ) -> Option<FastDone> {
         match resp {
             FastResponse::Result(result) => {
                 lock(&call.live.breaker).success();
-                let masked = lock(&call.live.redact).json_text(result.get());
+                let masked = redact.json_text(result.get());
                 let result = masked.as_deref().unwrap_or(result.get());
                 push_response(out, &call.client_id, "result", result);
                 Some(call.done(None))
@@ -571,7 +573,7 @@ impl InstanceService {
                         return None;
                     }
                 }
-                let masked = lock(&call.live.redact).json_text(error.get());
+                let masked = redact.json_text(error.get());
                 let error = masked.as_deref().unwrap_or(error.get());
                 push_response(out, &call.client_id, "error", error);
                 Some(call.done(Some("child_error".into())))

@@ -253,6 +253,8 @@ pub(crate) struct Conn {
     table: Arc<ToolTable>,
     /// The child's pipes for the fast path (stdio children only).
     fast: Option<Arc<fast::FastLink>>,
+    /// The secret values the child was given, masked in what it sends back.
+    redact: redact::Redactor,
 }
 
 /// What a supervisor is asked to do.
@@ -354,8 +356,6 @@ pub(crate) struct Live {
     row: Mutex<InstanceRow>,
     conn: Mutex<Option<Conn>>,
     stderr: Mutex<process::StderrTail>,
-    /// The secret values the child was given, masked in what it sends back.
-    redact: Mutex<redact::Redactor>,
     breaker: Mutex<Breaker>,
     /// When the current connection came up.
     up_since: Mutex<Option<Instant>>,
@@ -742,8 +742,7 @@ impl InstanceService {
             let err = match outcome {
                 Ok(Ok(CallToolResponse::Complete(result))) => {
                     lock(&live.breaker).success();
-                    let redact = lock(&live.redact).clone();
-                    return Ok(redact.serde(result));
+                    return Ok(conn.redact.serde(result));
                 }
                 Ok(Ok(_)) => {
                     lock(&live.breaker).success();
@@ -755,7 +754,7 @@ impl InstanceService {
                     });
                 }
                 Ok(Err(ServiceError::McpError(e))) => {
-                    let e = lock(&live.redact).clone().serde(e);
+                    let e = conn.redact.serde(e);
                     let client_fault = matches!(e.code.0, -32602 | -32601 | -32600 | -32700);
                     if client_fault {
                         lock(&live.breaker).success();
@@ -997,7 +996,6 @@ impl InstanceService {
             row: Mutex::new(row),
             conn: Mutex::new(None),
             stderr: Mutex::new(process::StderrTail::default()),
-            redact: Mutex::new(redact::Redactor::default()),
             breaker: Mutex::new(Breaker::default()),
             up_since: Mutex::new(None),
             cmd,

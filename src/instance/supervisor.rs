@@ -381,7 +381,6 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
             .collect()
     };
     let redact = super::redact::Redactor::new(secrets.values());
-    *lock(&live.redact) = redact.clone();
     let (tools_tx, tools_rx) = mpsc::unbounded_channel();
     let client = ChildClient {
         tools_changed: tools_tx,
@@ -435,20 +434,21 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
                 open_files: ty.limits.open_files,
             },
             label: name.clone(),
-            redact,
+            redact: redact.clone(),
         };
         let (mut child, stdin, stdout) =
             process::spawn(&spec).map_err(|e| fail(e.to_string(), Vec::new()))?;
         *lock(&live.stderr) = child.stderr.clone();
         row.pid = Some(i64::from(child.pid));
         *lock(&live.row) = row.clone();
-        let (link, from_child, to_child) = match super::fast::interpose(svc, live, stdin, stdout) {
-            Ok(parts) => parts,
-            Err(e) => {
-                child.terminate(Duration::from_millis(500)).await;
-                return Err(fail(format!("cannot relay its pipes: {e}"), Vec::new()));
-            }
-        };
+        let (link, from_child, to_child) =
+            match super::fast::interpose(svc, live, &redact, stdin, stdout) {
+                Ok(parts) => parts,
+                Err(e) => {
+                    child.terminate(Duration::from_millis(500)).await;
+                    return Err(fail(format!("cannot relay its pipes: {e}"), Vec::new()));
+                }
+            };
         fast_link = Some(link);
         let started = tokio::time::timeout(init, client.serve((from_child, to_child))).await;
         let service = match started {
@@ -506,6 +506,7 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
         raw: Arc::new(tools),
         table: Arc::new(table),
         fast: fast_link,
+        redact,
     });
     Ok(Session {
         service,
@@ -684,6 +685,7 @@ async fn refresh(svc: &InstanceService, live: &Arc<Live>, session: Option<&mut S
                 raw: Arc::new(tools),
                 table: Arc::new(table),
                 fast: conn.fast.clone(),
+                redact: conn.redact.clone(),
             });
             let mut row = live.row();
             row.tools = count;
