@@ -231,6 +231,15 @@ async fn start_with(dir: &Path, config: &Path, answer: Option<ElicitationAction>
     }
 }
 
+/// A fresh data dir with the test secret set, and a coordinator on it (the dir lives as long
+/// as the returned handle).
+async fn started(answer: Option<ElicitationAction>) -> (tempfile::TempDir, Coordinator) {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let c = start(dir.path(), answer).await;
+    (dir, c)
+}
+
 fn uuid_like() -> String {
     format!(
         "{}",
@@ -315,9 +324,7 @@ fn sha256(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_proxy_policy_retries_breaker_and_stop() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (dir, c) = started(None).await;
     let peer = c.peer().clone();
 
     let types = ok(&peer, "instance_types", json!({})).await;
@@ -605,9 +612,7 @@ async fn start_proxy_policy_retries_breaker_and_stop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashes_restart_with_backoff_until_crash_loop() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (_dir, c) = started(None).await;
     let peer = c.peer().clone();
 
     // A child that cannot start: the error carries its stderr; the instance is failed.
@@ -735,9 +740,7 @@ async fn crashes_restart_with_backoff_until_crash_loop() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_definition_is_quarantined_until_a_person_approves() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), Some(ElicitationAction::Accept)).await;
+    let (_dir, c) = started(Some(ElicitationAction::Accept)).await;
     let peer = c.peer().clone();
     ok(&peer, "instance_start", json!({"type": "kid"})).await;
     let echo = |tools: &[rmcp::model::Tool]| {
@@ -836,9 +839,7 @@ async fn changed_definition_is_quarantined_until_a_person_approves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ttl_expiry_stops_the_instance() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (_dir, c) = started(None).await;
     let peer = c.peer().clone();
     let s = ok(
         &peer,
@@ -894,9 +895,7 @@ fn group_members(pgids: &[u32]) -> Vec<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_stdin_stops_every_child_within_three_seconds() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (dir, c) = started(None).await;
     let peer = c.peer().clone();
     let stubborn = ok(&peer, "instance_start", json!({"type": "stubborn"})).await;
     let kid = ok(&peer, "instance_start", json!({"type": "kid"})).await;
@@ -1192,9 +1191,7 @@ async fn autostarted_children_come_up_with_their_tools_listed_when_running() {
 /// next coordinator: one whose coordinator was killed is marked lost, not started again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_loop_expires_with_its_ttl_and_is_not_restored_after_a_kill() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (dir, c) = started(None).await;
     let peer = c.peer().clone();
     ok(
         &peer,
@@ -1268,9 +1265,7 @@ async fn crash_loop_expires_with_its_ttl_and_is_not_restored_after_a_kill() {
 /// which code runs; each refusal names the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overrides_change_only_declared_literal_values() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (_dir, c) = started(None).await;
     let peer = c.peer().clone();
     for (key, value, says) in [
         ("PATH", "/tmp/evil", "decides which program or code"),
@@ -1325,9 +1320,7 @@ async fn overrides_change_only_declared_literal_values() {
 /// that other instance lists its tools again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_on_one_instance_stays_pending_while_another_shows_the_pinned_definition() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), Some(ElicitationAction::Accept)).await;
+    let (_dir, c) = started(Some(ElicitationAction::Accept)).await;
     let peer = c.peer().clone();
     ok(&peer, "instance_start", json!({"type": "kid"})).await;
     ok(
@@ -1372,9 +1365,7 @@ async fn a_change_on_one_instance_stays_pending_while_another_shows_the_pinned_d
 /// name reaches its own tool.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tools_whose_names_sanitize_alike_get_distinct_exposed_names() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (_dir, c) = started(None).await;
     let peer = c.peer().clone();
     ok(&peer, "instance_start", json!({"type": "kid"})).await;
     ok(&peer, "kid__set_variant", json!({"variant": "extra"})).await;
@@ -1402,9 +1393,7 @@ async fn tools_whose_names_sanitize_alike_get_distinct_exposed_names() {
 /// tail and in the coordinator's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leaky_child_cannot_put_its_secret_in_results_stderr_or_logs() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (_dir, c) = started(None).await;
     let peer = c.peer().clone();
     ok(&peer, "instance_start", json!({"type": "leaky"})).await;
     let relayed = call(&peer, "leaky__getenv", json!({"name": "TOKEN"})).await;
@@ -1467,9 +1456,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 /// the start is abandoned, its caller told why, and the child is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_a_child_that_hangs_in_initialize_does_not_wait_for_the_timeout() {
-    let dir = common::data_dir();
-    set_secret(dir.path());
-    let c = start(dir.path(), None).await;
+    let (_dir, c) = started(None).await;
     let peer = c.peer().clone();
     let starting = {
         let peer = peer.clone();
