@@ -3,7 +3,8 @@
 //! `tests/interop/approvals.py` answers human approvals through elicitation in both, and
 //! `tests/interop/pipelines.py` decides pipeline approval stages the same way, and
 //! `tests/interop/remediation.py` assesses configs and reviews remediations, and
-//! `tests/interop/instances.py` gates a child instance's destructive tool on approvals.
+//! `tests/interop/instances.py` gates a child instance's destructive tool on approvals, and
+//! `tests/interop/gate.py` attacks the approval gate with spliced request states.
 //!
 //! The interpreter is `$MCP_COORDINATOR_PYTHON` when set, else `target/interop-venv/bin/python`,
 //! which this test creates (with `python3 -m venv` and `pip install -r
@@ -192,4 +193,16 @@ fn official_python_sdk_reviews_remediations() {
 fn official_python_sdk_approves_gated_instance_tools() {
     let child = common::example_bin("test_child");
     run_interop_script_with("instances.py", &[OsStr::new("--child"), child.as_os_str()]);
+}
+
+/// The approval gate under attack (`tests/interop/gate.py`, 2026-07-28 mode): the sealed
+/// `requestState` of the attacker's own generic `approval_request` (an action copied from the
+/// gated call, risk low), answered "approve", is spliced into the retry of a gated child call
+/// (under an out-of-band policy and under the default one), of `remediation_review` and of
+/// `remediation_rollback`; states are moved between tools. Every splice is a JSON-RPC error,
+/// nothing runs or is written, and the spliced approval stays pending.
+#[test]
+fn official_python_sdk_cannot_splice_request_states_past_the_gate() {
+    let child = common::example_bin("test_child");
+    run_interop_script_with("gate.py", &[OsStr::new("--child"), child.as_os_str()]);
 }

@@ -3,6 +3,7 @@
 //! person's final decision, expires, and lets the approved action execute at most once.
 
 pub mod canonical;
+pub mod gate;
 pub mod policy;
 
 use std::str::FromStr;
@@ -18,6 +19,7 @@ use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
 use crate::macros::string_enum;
 use crate::store::approval::{self as sql, ApprovalRow, DecisionRow, Redeemed};
 use crate::store::{Store, StoreError};
+pub use gate::{Executor, Gate, Ticket};
 pub use policy::ApprovalPolicy;
 
 string_enum!(
@@ -275,85 +277,124 @@ impl ApprovalService {
         &self.policy
     }
 
-    /// Records a pending approval, or returns the pending one for exactly the same kind,
-    /// subject and action (asking twice does not create two questions).
+    /// Records a pending generic approval (what `approval_request` asks), or returns the
+    /// pending one for exactly the same subject and action (asking twice does not create two
+    /// questions). A generic approval authorises no executor.
     pub fn request(&self, new: NewApproval) -> Result<Approval, ApprovalError> {
         self.store().write(|tx| self.request_in(tx, &new))
     }
 
     /// [`request`](Self::request) inside the caller's write transaction, so the approval and
-    /// the state change that needs it (a pipeline stage waiting for a person) commit together.
+    /// the state change that needs it commit together.
     pub fn request_in(
         &self,
         tx: &Connection,
         new: &NewApproval,
     ) -> Result<Approval, ApprovalError> {
-        if new.summary.trim().is_empty() {
+        validate(new)?;
+        if new.kind != Kind::Generic {
+            // Approvals that let something run are opened by that executor's gate, with the
+            // kind, subject, action and risk it fixes (`open`), never described by a caller.
             return Err(ApprovalError::Invalid {
-                field: "summary",
-                message: "must say in words what will happen".into(),
+                field: "kind",
+                message: format!(
+                    "a {} approval is opened by its executor's gate, not requested directly",
+                    new.kind
+                ),
             });
         }
-        if !new.action.is_object() {
-            return Err(ApprovalError::Invalid {
-                field: "action",
-                message: "must be a JSON object describing exactly what will be done".into(),
-            });
+        expire_due_in(&self.audit, tx)?;
+        let hash = canonical::action_hash(&new.action);
+        if let Some(existing) = sql::find_pending(tx, new.kind.as_str(), &new.subject_id, &hash)? {
+            return Ok(Approval::from_row(existing)?);
         }
+        self.insert_in(tx, new)
+    }
+
+    /// Records a new pending approval (no search for an existing one), with its audit event.
+    fn insert_in(&self, tx: &Connection, new: &NewApproval) -> Result<Approval, ApprovalError> {
+        validate(new)?;
         let resolved = self.policy.resolve(new.kind, new.risk);
         let expiry = new
             .expires_in_seconds
             .unwrap_or(resolved.expiry_seconds)
             .min(policy::MAX_EXPIRY_SECONDS);
-        let hash = canonical::action_hash(&new.action);
         let now = OffsetDateTime::now_utc();
         let expires = now + time::Duration::seconds(expiry as i64);
+        let row = ApprovalRow {
+            id: format!("apr_{}", uuid::Uuid::new_v4().simple()),
+            kind: new.kind.as_str().into(),
+            subject_id: new.subject_id.clone(),
+            summary: new.summary.trim().to_string(),
+            action: canonical::canonical_json(&new.action),
+            action_hash: canonical::action_hash(&new.action),
+            risk: new.risk.as_str().into(),
+            preview: new.preview.clone(),
+            requested_by: new.requested_by.render(),
+            created_at: format_ts(now),
+            expires_at: format_ts(expires),
+            decide_with: resolved.decide_with.as_str().into(),
+            state: State::Pending.as_str().into(),
+            decided_by: None,
+            decided_via: None,
+            decided_at: None,
+            reason: None,
+            cause: None,
+            executed_at: None,
+        };
+        sql::insert(tx, &row)?;
+        self.audit.append_in(
+            tx,
+            &NewEvent {
+                actor: new.requested_by.clone(),
+                action: Action::ApprovalRequested,
+                subject: row.id.clone(),
+                outcome: Outcome::Ok,
+                detail: json!({
+                    "kind": row.kind, "subject_id": row.subject_id, "summary": row.summary,
+                    "risk": row.risk, "action_hash": row.action_hash,
+                    "decide_with": row.decide_with, "expires_at": row.expires_at,
+                }),
+                critical: false,
+            },
+        )?;
+        Ok(Approval::from_row(row)?)
+    }
+
+    /// What the policy requires of this gate's approvals now.
+    pub fn required(&self, gate: &Gate) -> DecideWith {
+        self.policy.resolve(gate.kind(), gate.risk).decide_with
+    }
+
+    /// The approval that can let this gate through: the newest one of exactly this executor's
+    /// kind, subject, action and risk, opened under the current policy, that is pending or
+    /// approved and not yet run; else a new pending one. Asking twice opens one question.
+    pub fn open(&self, gate: &Gate, requested_by: &Actor) -> Result<Approval, ApprovalError> {
+        self.store()
+            .write(|tx| self.open_in(tx, gate, requested_by))
+    }
+
+    /// [`open`](Self::open) inside the caller's write transaction.
+    pub fn open_in(
+        &self,
+        tx: &Connection,
+        gate: &Gate,
+        requested_by: &Actor,
+    ) -> Result<Approval, ApprovalError> {
         expire_due_in(&self.audit, tx)?;
-        {
-            if let Some(existing) =
-                sql::find_pending(tx, new.kind.as_str(), &new.subject_id, &hash)?
-            {
-                return Ok(Approval::from_row(existing)?);
+        let required = self.required(gate);
+        for row in sql::find_open(
+            tx,
+            gate.kind().as_str(),
+            &gate.subject_id,
+            &gate.action_hash(),
+        )? {
+            let a = Approval::from_row(row)?;
+            if gate::binding(&a, gate, required).is_ok() {
+                return Ok(a);
             }
-            let row = ApprovalRow {
-                id: format!("apr_{}", uuid::Uuid::new_v4().simple()),
-                kind: new.kind.as_str().into(),
-                subject_id: new.subject_id.clone(),
-                summary: new.summary.trim().to_string(),
-                action: canonical::canonical_json(&new.action),
-                action_hash: hash.clone(),
-                risk: new.risk.as_str().into(),
-                preview: new.preview.clone(),
-                requested_by: new.requested_by.render(),
-                created_at: format_ts(now),
-                expires_at: format_ts(expires),
-                decide_with: resolved.decide_with.as_str().into(),
-                state: State::Pending.as_str().into(),
-                decided_by: None,
-                decided_via: None,
-                decided_at: None,
-                reason: None,
-                cause: None,
-                executed_at: None,
-            };
-            sql::insert(tx, &row)?;
-            self.audit.append_in(
-                tx,
-                &NewEvent {
-                    actor: new.requested_by.clone(),
-                    action: Action::ApprovalRequested,
-                    subject: row.id.clone(),
-                    outcome: Outcome::Ok,
-                    detail: json!({
-                        "kind": row.kind, "subject_id": row.subject_id, "summary": row.summary,
-                        "risk": row.risk, "action_hash": row.action_hash,
-                        "decide_with": row.decide_with, "expires_at": row.expires_at,
-                    }),
-                    critical: false,
-                },
-            )?;
-            Ok(Approval::from_row(row)?)
         }
+        self.insert_in(tx, &gate.new_approval(requested_by))
     }
 
     /// One approval (expired first if its time has passed).
@@ -416,30 +457,37 @@ impl ApprovalService {
     /// Records a person's final decision. Refused when the approval is already decided, has
     /// expired (it is marked expired), or the policy needs a channel other than `via`.
     pub fn decide(&self, id: &str, verdict: Verdict) -> Result<Approval, ApprovalError> {
-        self.decide_with_question(id, verdict, None)
-    }
-
-    /// Like [`decide`](Self::decide), also redeeming the one-time MRTR question `nonce` in the
-    /// same transaction, so an answer can never be recorded twice.
-    pub fn decide_with_question(
-        &self,
-        id: &str,
-        verdict: Verdict,
-        nonce: Option<&str>,
-    ) -> Result<Approval, ApprovalError> {
-        if !matches!(
-            verdict.state,
-            State::Approved | State::Rejected | State::Cancelled
-        ) {
-            return Err(ApprovalError::Invalid {
-                field: "state",
-                message: "a decision approves, rejects or cancels".into(),
-            });
-        }
+        check_verdict(&verdict)?;
         // The expiry must commit even when the decision is refused, so it runs first.
         self.expire_due()?;
         self.store()
-            .write(|tx| self.decide_in(tx, id, &verdict, nonce))
+            .write(|tx| self.decide_in(tx, id, &verdict, None))
+    }
+
+    /// Records the client's answer to a question asked with an input-required result (MRTR).
+    /// The ticket must have been issued by `tool`, about this approval, and, for an executor's
+    /// call, about exactly that executor's `gate`; its one-time nonce is redeemed in the same
+    /// transaction. A ticket presented anywhere else is refused and records nothing.
+    pub fn answer(
+        &self,
+        ticket: &Ticket,
+        tool: &str,
+        gate: Option<&Gate>,
+        verdict: Verdict,
+    ) -> Result<Approval, ApprovalError> {
+        check_verdict(&verdict)?;
+        self.expire_due()?;
+        self.store().write(|tx| {
+            let row = sql::get(tx, &ticket.approval_id)?
+                .ok_or_else(|| ApprovalError::NotFound(ticket.approval_id.clone()))?;
+            let approval = Approval::from_row(row)?;
+            ticket.check(tool, gate, &approval)?;
+            if let Some(gate) = gate {
+                gate::binding(&approval, gate, self.required(gate))
+                    .map_err(ApprovalError::Question)?;
+            }
+            self.decide_in(tx, &ticket.approval_id, &verdict, Some(&ticket.nonce))
+        })
     }
 
     /// Records a decision inside the caller's write transaction (a pipeline run being
@@ -538,32 +586,30 @@ impl ApprovalService {
         }
     }
 
-    /// The gate every executor calls: succeeds once, and only if approval `id` is approved for
-    /// exactly `action`. Runs inside the executor's own write transaction, so the state change
-    /// it guards and the mark commit together.
+    /// The door every executor passes: succeeds once, and only if approval `id` is approved
+    /// for exactly this `gate` (kind, subject, action hash, risk, and the policy's channel).
+    /// Runs inside the executor's own write transaction, so the state change it guards and
+    /// the mark commit together.
     pub fn consume_in(
         &self,
         tx: &Connection,
         id: &str,
-        action: &Value,
+        gate: &Gate,
         executor: &Actor,
     ) -> Result<Approval, ApprovalError> {
-        let hash = canonical::action_hash(action);
         let row = sql::get(tx, id)?.ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
         let approval = Approval::from_row(row)?;
         let refuse = |why: String| Err(ApprovalError::NotExecutable(why));
+        if let Err(why) = gate::binding(&approval, gate, self.required(gate)) {
+            return refuse(why);
+        }
         if approval.state != State::Approved {
             return refuse(format!(
                 "approval {id} is {}, not approved",
                 approval.state.as_str()
             ));
         }
-        if approval.action_hash != hash {
-            return refuse(format!(
-                "approval {id} authorises action {} but this action hashes to {hash}",
-                approval.action_hash
-            ));
-        }
+        let hash = gate.action_hash();
         if !sql::mark_executed(tx, id, &hash, &now_ts())? {
             return refuse(format!("the action approved by {id} already ran"));
         }
@@ -574,7 +620,7 @@ impl ApprovalService {
                 action: Action::ApprovalExecuted,
                 subject: id.to_string(),
                 outcome: Outcome::Ok,
-                detail: json!({"action_hash": hash}),
+                detail: json!({"action_hash": hash, "executor": gate.executor.as_str()}),
                 critical: true,
             },
         )?;
@@ -586,11 +632,11 @@ impl ApprovalService {
     pub fn consume(
         &self,
         id: &str,
-        action: &Value,
+        gate: &Gate,
         executor: &Actor,
     ) -> Result<Approval, ApprovalError> {
         self.store()
-            .write(|tx| self.consume_in(tx, id, action, executor))
+            .write(|tx| self.consume_in(tx, id, gate, executor))
     }
 
     /// Records that a question about `id` was asked with a fresh nonce, and returns the nonce.
@@ -600,6 +646,38 @@ impl ApprovalService {
             .write(|tx| sql::ask(tx, &nonce, id, &now_ts()))?;
         Ok(nonce)
     }
+}
+
+/// A decision approves, rejects or cancels.
+fn check_verdict(verdict: &Verdict) -> Result<(), ApprovalError> {
+    if matches!(
+        verdict.state,
+        State::Approved | State::Rejected | State::Cancelled
+    ) {
+        Ok(())
+    } else {
+        Err(ApprovalError::Invalid {
+            field: "state",
+            message: "a decision approves, rejects or cancels".into(),
+        })
+    }
+}
+
+/// What every new approval needs: words for the person and an action object.
+fn validate(new: &NewApproval) -> Result<(), ApprovalError> {
+    if new.summary.trim().is_empty() {
+        return Err(ApprovalError::Invalid {
+            field: "summary",
+            message: "must say in words what will happen".into(),
+        });
+    }
+    if !new.action.is_object() {
+        return Err(ApprovalError::Invalid {
+            field: "action",
+            message: "must be a JSON object describing exactly what will be done".into(),
+        });
+    }
+    Ok(())
 }
 
 /// Expires due approvals inside a write transaction.

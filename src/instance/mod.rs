@@ -8,6 +8,7 @@
 
 pub mod catalog;
 mod fast;
+pub mod gates;
 mod http;
 mod pipe;
 pub mod policy;

@@ -4,6 +4,7 @@
 //! moved it, so a killed coordinator loses nothing and no stage runs twice.
 
 pub mod dag;
+mod gate;
 pub mod webhook;
 
 use std::collections::HashMap;
@@ -17,10 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::agent::now_ms;
-use crate::approval::{
-    self, Approval, ApprovalError, ApprovalService, Channel, Kind, NewApproval, Risk, State,
-    Verdict,
-};
+use crate::approval::{self, Approval, ApprovalError, ApprovalService, Channel, State, Verdict};
 use crate::audit::chain::{format_ms, now_ts};
 use crate::audit::{Action, Actor, NewEvent, Outcome};
 use crate::macros::string_enum;
@@ -1075,7 +1073,8 @@ impl PipelineService {
                     self.collect_task(tx, &run, row, now)?
                 }
                 StageStatus::AwaitingApproval => {
-                    self.collect_approval(tx, &run, row, now, &system)?
+                    let gate = gate::stage_gate(&run, &dag, i, &state);
+                    self.collect_approval(tx, &run, row, &gate, now, &system)?
                 }
                 _ => None,
             };
@@ -1203,56 +1202,12 @@ impl PipelineService {
         }
         // What the stage receives: the run's input and parameters, its own fixed params, and
         // the outputs (or errors) of the stages it depends on.
-        let mut upstream = serde_json::Map::new();
-        let mut upstream_errors = serde_json::Map::new();
-        for &u in &dag.upstream[i] {
-            let name = &dag.definition.stages[u].name;
-            if let Some((s, output, error)) = state.get(name) {
-                let output = output
-                    .as_deref()
-                    .and_then(|o| serde_json::from_str(o).ok())
-                    .unwrap_or(Value::Null);
-                upstream.insert(name.clone(), output);
-                if *s != StageStatus::Completed {
-                    upstream_errors.insert(name.clone(), json!(error));
-                }
-            }
-        }
+        let (upstream, upstream_errors) = gate::upstream(dag, i, state);
         let input: Value = serde_json::from_str(&run.input).unwrap_or(Value::Null);
         let parameters: Value = serde_json::from_str(&run.parameters).unwrap_or(Value::Null);
         if def.approval {
-            let action = json!({
-                "pipeline_run": run.id, "pipeline_id": run.pipeline_id, "version": run.version,
-                "stage": def.name, "upstream": upstream,
-            });
-            let summary = format!(
-                "Pipeline run {} has reached approval stage \"{}\" ({}). Approve to let the stages after it run; reject to stop this branch{}.",
-                run.id,
-                def.name,
-                def.stage_type,
-                if def.required {
-                    " and fail the run"
-                } else {
-                    ""
-                },
-            );
-            let preview = serde_json::to_string_pretty(&json!({
-                "input": input, "parameters": parameters, "upstream_outputs": upstream,
-            }))
-            .ok();
-            let approval = self.inner.approvals.request_in(
-                tx,
-                &NewApproval {
-                    kind: Kind::PipelineStage,
-                    subject_id: format!("{}/{}", run.id, def.name),
-                    summary,
-                    action,
-                    risk: def.risk.unwrap_or(Risk::Medium),
-                    preview,
-                    requested_by: Actor::system(),
-                    expires_in_seconds: None,
-                },
-            )?;
+            let gate = gate::stage_gate(run, dag, i, state);
+            let approval = self.inner.approvals.open_in(tx, &gate, &Actor::system())?;
             return self.start_stage(tx, run, &def.name, None, Some(&approval.id), now);
         }
         let params = json!({
@@ -1417,13 +1372,15 @@ impl PipelineService {
         Ok(Some((to, output, error)))
     }
 
-    /// An approval stage: completed once its approval is approved (the approval is consumed in
-    /// this transaction, so it lets the branch through once), failed once it is refused.
+    /// An approval stage: completed once its approval is approved (the approval is consumed
+    /// through the stage's gate in this transaction, so it lets the branch through once, and
+    /// only if it was made for exactly this stage), failed once it is refused.
     fn collect_approval(
         &self,
         tx: &Connection,
         run: &RunRow,
         row: &StageRow,
+        gate: &crate::approval::Gate,
         now: i64,
         system: &Actor,
     ) -> Result<Option<StageState>, PipelineError> {
@@ -1436,18 +1393,28 @@ impl PipelineService {
         let a = Approval::from_row(a)?;
         let (to, output, error) = match a.state {
             State::Pending => return Ok(None),
-            State::Approved => {
-                let action: Value = a.action.clone();
-                self.inner.approvals.consume_in(tx, id, &action, system)?;
-                let d = a.decision.as_ref();
-                let output = json!({
-                    "approval_id": id,
-                    "approved_by": d.map(|d| d.by.clone()),
-                    "via": d.map(|d| d.via),
-                    "reason": d.and_then(|d| d.reason.clone()),
-                });
-                (StageStatus::Completed, Some(output.to_string()), None)
-            }
+            State::Approved => match self.inner.approvals.consume_in(tx, id, gate, system) {
+                Ok(_) => {
+                    let d = a.decision.as_ref();
+                    let output = json!({
+                        "approval_id": id,
+                        "approved_by": d.map(|d| d.by.clone()),
+                        "via": d.map(|d| d.via),
+                        "reason": d.and_then(|d| d.reason.clone()),
+                    });
+                    (StageStatus::Completed, Some(output.to_string()), None)
+                }
+                // Approved, but not for exactly this stage under the current policy: the
+                // branch stops here rather than the run getting stuck on it.
+                Err(ApprovalError::NotExecutable(why)) => (
+                    StageStatus::Failed,
+                    None,
+                    Some(format!(
+                        "approval {id} does not let this stage through: {why}"
+                    )),
+                ),
+                Err(e) => return Err(e.into()),
+            },
             state => {
                 let d = a.decision.as_ref();
                 let why = d

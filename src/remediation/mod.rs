@@ -14,7 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::approval::{ApprovalError, ApprovalService, Risk};
+use crate::approval::{ApprovalError, ApprovalService, Executor, Gate, Risk};
 use crate::assessment::clients::{self, Client, ConfigFile};
 use crate::assessment::launch::{self, Ecosystem};
 use crate::assessment::{AssessmentError, AssessmentService, AssessmentStatus, Severity};
@@ -137,6 +137,53 @@ impl Proposal {
             "rollback": self.id,
             "restore": self.backups.iter().map(|b| json!({"path": b.path, "from": b.backup_path, "expect_sha256": b.written_sha256})).collect::<Vec<_>>(),
         })
+    }
+
+    /// What a person must approve before this proposal is applied (`rollback` false) or
+    /// undone (`rollback` true): the remediation executor's gate, built from the proposal.
+    pub fn gate(&self, rollback: bool) -> Gate {
+        if rollback {
+            Gate {
+                executor: Executor::RemediationRollback,
+                subject_id: self.id.clone(),
+                summary: format!(
+                    "Undo remediation {}: restore {} file(s) from their backups ({})",
+                    self.id,
+                    self.backups.len(),
+                    self.summary
+                ),
+                action: self.rollback_action(),
+                risk: self.risk,
+                preview: Some(
+                    self.backups
+                        .iter()
+                        .map(|b| {
+                            format!(
+                                "restore {} from {}",
+                                b.path,
+                                b.backup_path
+                                    .as_deref()
+                                    .unwrap_or("(delete: it did not exist)")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+            }
+        } else {
+            Gate {
+                executor: Executor::RemediationApply,
+                subject_id: self.id.clone(),
+                summary: format!("Apply remediation {}: {}", self.id, self.summary),
+                action: self.approval_action(),
+                risk: self.risk,
+                preview: Some(format!(
+                    "{}\nRisk notes:\n- {}",
+                    self.preview(),
+                    self.risk_notes.join("\n- ")
+                )),
+            }
+        }
     }
 
     /// Every file's diff, for the person.
@@ -714,11 +761,17 @@ impl RemediationService {
         Ok(p)
     }
 
-    /// Runs an approved proposal: refuses if any file changed since the preview; consumes the
-    /// approval and marks the proposal executing in one transaction (so it never runs twice);
-    /// stores moved secrets; backs up and atomically writes each file; records the results.
-    /// A failed write puts back the files already written.
-    pub fn execute(&self, id: &str, by: &Actor) -> Result<Proposal, RemediationError> {
+    /// Runs an approved proposal: refuses if any file changed since the preview; consumes
+    /// `approval_id` through the proposal's gate and marks the proposal executing in one
+    /// transaction (so it never runs twice); stores moved secrets; backs up and atomically
+    /// writes each file; records the results. A failed write puts back the files already
+    /// written.
+    pub fn execute(
+        &self,
+        id: &str,
+        approval_id: &str,
+        by: &Actor,
+    ) -> Result<Proposal, RemediationError> {
         let mut p = self.get(id)?;
         if p.status != RemediationStatus::Proposed {
             return Err(RemediationError::Conflict(format!(
@@ -726,9 +779,7 @@ impl RemediationService {
                 p.status
             )));
         }
-        let approval_id = p.approval_id.clone().ok_or_else(|| {
-            RemediationError::Conflict(format!("remediation {id} has not been reviewed"))
-        })?;
+        let approval_id = approval_id.to_string();
         // Every file must be exactly as previewed.
         for f in &p.files {
             let now = std::fs::read(&f.path).ok().map(|b| files::sha256(&b));
@@ -757,13 +808,14 @@ impl RemediationService {
                 )));
             }
         }
-        let action = p.approval_action();
+        let gate = p.gate(false);
+        p.approval_id = Some(approval_id.clone());
         p.status = RemediationStatus::Executing;
         p.updated_at = now_ts();
         self.audit
             .store()
             .write(|tx| -> Result<(), RemediationError> {
-                self.approvals.consume_in(tx, &approval_id, &action, by)?;
+                self.approvals.consume_in(tx, &approval_id, &gate, by)?;
                 self.save(tx, &p, RemediationStatus::Proposed)
             })?;
         let mut results = Vec::new();
@@ -897,9 +949,14 @@ impl RemediationService {
         Ok(stuck.len())
     }
 
-    /// Restores an executed proposal's files from its backups, once approved (the rollback
-    /// approval's action names each file and the hash it must still have).
-    pub fn rollback(&self, id: &str, by: &Actor) -> Result<Proposal, RemediationError> {
+    /// Restores an executed proposal's files from its backups, once `approval_id` passes the
+    /// rollback gate (its action names each file and the hash it must still have).
+    pub fn rollback(
+        &self,
+        id: &str,
+        approval_id: &str,
+        by: &Actor,
+    ) -> Result<Proposal, RemediationError> {
         let mut p = self.get(id)?;
         if p.status != RemediationStatus::Executed {
             return Err(RemediationError::Conflict(format!(
@@ -907,9 +964,7 @@ impl RemediationService {
                 p.status
             )));
         }
-        let approval_id = p.rollback_approval_id.clone().ok_or_else(|| {
-            RemediationError::Conflict(format!("the rollback of {id} has not been reviewed"))
-        })?;
+        let approval_id = approval_id.to_string();
         for b in &p.backups {
             let now = std::fs::read(&b.path).ok().map(|x| files::sha256(&x));
             if now.as_deref() != Some(b.written_sha256.as_str()) {
@@ -919,13 +974,14 @@ impl RemediationService {
                 )));
             }
         }
-        let action = p.rollback_action();
+        let gate = p.gate(true);
         self.audit
             .store()
             .write(|tx| -> Result<(), RemediationError> {
-                self.approvals.consume_in(tx, &approval_id, &action, by)?;
+                self.approvals.consume_in(tx, &approval_id, &gate, by)?;
                 Ok(())
             })?;
+        p.rollback_approval_id = Some(approval_id.clone());
         let dir = self.backups_dir.join(&p.id).join("before-rollback");
         for (n, b) in p.backups.iter().enumerate() {
             let _ = files::backup(Path::new(&b.path), &dir, n);

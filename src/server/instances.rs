@@ -8,11 +8,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Coordinator;
-use super::approvals::{ApprovalRequestInput, approval_request};
+use super::gate::{self, Passage};
 use super::session::Call;
 use super::tool::{ErrorCode, Failure, Reply, Route, ToolError, route, route_with_input, spec};
-use crate::approval::{Kind, NewApproval, Risk, State};
+use crate::approval::State;
 use crate::config::ToolGroup;
+use crate::instance::gates;
 use crate::instance::policy::ToolAccess;
 use crate::instance::{InstanceError, InstanceView, Overrides, StartRequest, Target, TypeView};
 
@@ -337,7 +338,15 @@ async fn instance_call_tool(
         .instances()
         .resolve(&i.instance, &i.tool)
         .map_err(failure)?;
-    let reply = proxy(&c, target, i.arguments, &call, i.wait_seconds).await?;
+    let reply = proxy(
+        &c,
+        "instance_call_tool",
+        target,
+        i.arguments,
+        &call,
+        i.wait_seconds,
+    )
+    .await?;
     Ok(match reply {
         Reply::Done((r, approval_id)) => Reply::Done(CallOutput {
             instance: i.instance,
@@ -362,12 +371,15 @@ pub(super) async fn call_exposed(
     target: Result<Target, InstanceError>,
     arguments: Option<JsonObject>,
     call: &Call,
-) -> CallToolResponse {
+) -> Result<CallToolResponse, rmcp::ErrorData> {
     let reply = match target {
-        Ok(t) => proxy(c, t, arguments, call, None).await,
+        Ok(t) => {
+            let name = t.tool.exposed.clone();
+            proxy(c, &name, t, arguments, call, None).await
+        }
         Err(e) => Err(failure(e)),
     };
-    match reply {
+    Ok(match reply {
         Ok(Reply::Done((mut r, _))) => {
             // The child's result was parsed from an older-era reply without `resultType`;
             // 2026-07-28 clients require it (rmcp clears it again for older peers).
@@ -380,29 +392,17 @@ pub(super) async fn call_exposed(
             let value = serde_json::to_value(&e).unwrap_or_else(|_| json!({"code": "internal"}));
             CallToolResponse::Complete(CallToolResult::structured_error(value))
         }
-        Err(Failure::Protocol(e)) => CallToolResponse::Complete(CallToolResult::error(vec![
-            rmcp::model::ContentBlock::text(e.message.to_string()),
-        ])),
-    }
-}
-
-/// The action an approval of a gated call covers: instance, tool and exact arguments (hashed;
-/// shown to the person with secret-looking values masked).
-fn gated_action(target: &Target, arguments: &Option<JsonObject>) -> Value {
-    let args = Value::Object(arguments.clone().unwrap_or_default());
-    json!({
-        "instance": target.instance(),
-        "instance_id": target.instance_id(),
-        "type": target.type_name(),
-        "tool": target.tool.original,
-        "arguments": crate::audit::redact::redact(&args),
-        "arguments_sha256": crate::approval::canonical::action_hash(&args),
+        // A refused requestState is a JSON-RPC error, as on every other tool.
+        Err(Failure::Protocol(e)) => return Err(e),
     })
 }
 
-/// Forwards a call to a child, asking a person first when the tool needs approval.
+/// Forwards a call to a child, passing the gate first when the tool needs approval. `tool` is
+/// the MCP tool this call came through (`instance_call_tool` or `<instance>__<tool>`): only a
+/// retry of that same tool may answer the question it asked.
 async fn proxy(
     c: &Coordinator,
+    tool: &str,
     target: Target,
     arguments: Option<JsonObject>,
     call: &Call,
@@ -410,72 +410,32 @@ async fn proxy(
 ) -> Result<Reply<(CallToolResult, Option<String>)>, Failure> {
     let mut approval_id = None;
     if target.tool.access == ToolAccess::Approval {
-        let action = gated_action(&target, &arguments);
-        let input = if call.request_state.is_some() {
-            // An MRTR retry: the sealed state names the approval.
-            ApprovalRequestInput {
-                wait_seconds,
-                ..Default::default()
-            }
-        } else {
-            let risk = if target.tool.destructive == Some(true) {
-                Risk::High
-            } else {
-                Risk::Medium
-            };
-            let preview = serde_json::to_string_pretty(&action["arguments"]).unwrap_or_default();
-            let new = NewApproval {
-                kind: Kind::InstanceToolCall,
-                subject_id: target.tool.exposed.clone(),
-                summary: format!(
-                    "Call tool `{}` of child instance `{}` (type {})",
-                    target.tool.original,
-                    target.instance(),
-                    target.type_name()
-                ),
-                action: action.clone(),
-                risk,
-                preview: Some(format!("arguments:\n{preview}")),
-                requested_by: call.actor.clone(),
-                expires_in_seconds: None,
-            };
-            let a = c
-                .blocking(move |c| c.approvals().request(new))
-                .await?
-                .map_err(|e| Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string())))?;
-            ApprovalRequestInput {
-                approval_id: Some(a.id),
-                wait_seconds,
-                ..Default::default()
+        let gate = gates::call_gate(&target, arguments.as_ref());
+        let approval = match gate::pass(c, call, tool, &gate, wait_seconds).await? {
+            Passage::Approved(a) => a,
+            Passage::InputRequired(r, _) => return Ok(Reply::InputRequired(r)),
+            Passage::Stopped(out) => {
+                return Err(Failure::Domain(
+                    ToolError::new(
+                        ErrorCode::Forbidden,
+                        format!(
+                            "The call of `{}` on instance `{}` was not forwarded: {}",
+                            target.tool.original,
+                            target.instance(),
+                            out.message
+                        ),
+                    )
+                    .with_details(json!({
+                        "approval_id": out.approval.id,
+                        "state": out.approval.state,
+                        "decide_command": out.decide_command,
+                    })),
+                ));
             }
         };
-        let out = match approval_request(c.clone(), input, call.clone()).await? {
-            Reply::Done(out) => out,
-            Reply::InputRequired(r) => return Ok(Reply::InputRequired(r)),
-            Reply::Task(t) => return Ok(Reply::Task(t)),
-        };
-        if out.state != State::Approved {
-            return Err(Failure::Domain(
-                ToolError::new(
-                    ErrorCode::Forbidden,
-                    format!(
-                        "The call of `{}` on instance `{}` was not forwarded: {}",
-                        target.tool.original,
-                        target.instance(),
-                        out.message
-                    ),
-                )
-                .with_details(json!({
-                    "approval_id": out.approval.id,
-                    "state": out.approval.state,
-                    "decide_command": out.decide_command,
-                })),
-            ));
-        }
-        let id = out.approval.id.clone();
-        let actor = call.actor.clone();
+        let (id, actor) = (approval.id.clone(), call.actor.clone());
         let consumed = c
-            .blocking(move |c| c.approvals().consume(&id, &action, &actor))
+            .blocking(move |c| c.approvals().consume(&id, &gate, &actor))
             .await?;
         if let Err(e) = consumed {
             return Err(Failure::Domain(
@@ -485,10 +445,10 @@ async fn proxy(
                         "The approval does not cover this exact call, so it was not forwarded: {e}"
                     ),
                 )
-                .with_details(json!({"approval_id": out.approval.id})),
+                .with_details(json!({"approval_id": approval.id})),
             ));
         }
-        approval_id = Some(out.approval.id);
+        approval_id = Some(approval.id);
     }
     let result = c
         .instances()
@@ -551,130 +511,63 @@ async fn instance_tool_review(
         .quick(|c| c.instances().pending_definition(&type_name, &i.tool))
         .map_err(failure)?;
     let pending_hash = pin.pending_hash.clone().unwrap_or_default();
-    let action = json!({
-        "review": "tool_definition",
-        "type": type_name,
-        "tool": i.tool,
-        "pinned_hash": pin.hash,
-        "new_hash": pending_hash,
-    });
-    let existing = match (&pin.approval_id, call.request_state.is_some()) {
-        (_, true) => None,
-        (Some(aid), false) => {
-            let aid = aid.clone();
-            c.blocking(move |c| c.approvals().get(&aid))
-                .await?
-                .ok()
-                .filter(|a| {
-                    a.state == State::Pending
-                        && a.action_hash == crate::approval::canonical::action_hash(&action)
-                })
-                .map(|a| a.id)
-        }
-        (None, false) => None,
-    };
-    let input = if call.request_state.is_some() {
-        ApprovalRequestInput {
-            wait_seconds: i.wait_seconds,
-            ..Default::default()
-        }
-    } else {
-        let id = match existing {
-            Some(id) => id,
-            None => {
-                let flags = pin.pending_flags.clone().unwrap_or_else(|| "[]".into());
-                let old = pin
-                    .definition
-                    .clone()
-                    .unwrap_or_else(|| "(none: quarantined when first seen)".into());
-                let new_def = pin.pending_definition.clone().unwrap_or_default();
-                let preview = format!(
-                    "pinned definition:\n{}\n\nnew definition:\n{}\n\nprompt-injection flags: {flags}",
-                    pretty(&old),
-                    pretty(&new_def)
-                );
-                let new = NewApproval {
-                    kind: Kind::InstanceToolCall,
-                    subject_id: format!("{type_name}/{}", i.tool),
-                    summary: format!(
-                        "Offer the changed definition of tool `{}` of instance type `{type_name}`",
-                        i.tool
-                    ),
-                    action: action.clone(),
-                    risk: Risk::High,
-                    preview: Some(preview),
-                    requested_by: call.actor.clone(),
-                    expires_in_seconds: None,
-                };
-                let a = c
-                    .blocking(move |c| c.approvals().request(new))
-                    .await?
-                    .map_err(|e| {
-                        Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string()))
-                    })?;
-                let (t, tool, aid) = (type_name.clone(), i.tool.clone(), a.id.clone());
-                c.quick(|c| c.instances().set_pin_approval(&t, &tool, &aid))
-                    .map_err(failure)?;
-                a.id
-            }
-        };
-        ApprovalRequestInput {
-            approval_id: Some(id),
-            wait_seconds: i.wait_seconds,
-            ..Default::default()
-        }
-    };
-    let out = match approval_request(c.clone(), input, call.clone()).await? {
-        Reply::Done(out) => out,
-        Reply::InputRequired(r) => return Ok(Reply::InputRequired(r)),
-        Reply::Task(t) => return Ok(Reply::Task(t)),
-    };
-    let mut message = out.message.clone();
-    if out.state == State::Approved {
-        let id = out.approval.id.clone();
-        let actor = call.actor.clone();
-        let act = action.clone();
-        c.blocking(move |c| c.approvals().consume(&id, &act, &actor))
-            .await?
-            .map_err(|e| {
-                Failure::Domain(ToolError::new(
-                    ErrorCode::Conflict,
-                    format!("the approval does not cover the current definition: {e}"),
-                ))
-            })?;
-        let pinned = c
-            .quick(|c| {
-                c.instances()
-                    .approve_definition(&type_name, &i.tool, &pending_hash, &call.actor)
-            })
+    let gate = gates::review_gate(&type_name, &i.tool, &pin);
+    let passage = gate::pass(&c, &call, "instance_tool_review", &gate, i.wait_seconds).await?;
+    let aid = passage.approval().id.clone();
+    if pin.approval_id.as_deref() != Some(aid.as_str()) {
+        let (t, tool) = (type_name.clone(), i.tool.clone());
+        c.quick(|c| c.instances().set_pin_approval(&t, &tool, &aid))
             .map_err(failure)?;
-        if pinned {
-            c.instances().refresh_type(&type_name).await;
-        }
-        message = if pinned {
-            format!(
-                "{message} The new definition of `{}` is pinned and offered again on every running instance of type `{type_name}`.",
-                i.tool
-            )
-        } else {
-            format!(
-                "{message} The definition changed again meanwhile, so nothing was pinned; review it again."
-            )
-        };
     }
+    let (state, message, decide_command) = match passage {
+        Passage::InputRequired(r, _) => return Ok(Reply::InputRequired(r)),
+        Passage::Stopped(out) => (out.state, out.message, out.decide_command),
+        Passage::Approved(approval) => {
+            let (id, actor) = (approval.id.clone(), call.actor.clone());
+            c.blocking(move |c| c.approvals().consume(&id, &gate, &actor))
+                .await?
+                .map_err(|e| {
+                    Failure::Domain(ToolError::new(
+                        ErrorCode::Conflict,
+                        format!("the approval does not cover the current definition: {e}"),
+                    ))
+                })?;
+            let pinned = c
+                .quick(|c| {
+                    c.instances().approve_definition(
+                        &type_name,
+                        &i.tool,
+                        &pending_hash,
+                        &call.actor,
+                    )
+                })
+                .map_err(failure)?;
+            if pinned {
+                c.instances().refresh_type(&type_name).await;
+            }
+            let by = approval
+                .decision
+                .as_ref()
+                .map_or("a person".into(), |d| format!("{} via {}", d.by, d.via));
+            let message = if pinned {
+                format!(
+                    "Approval {aid} was approved by {by}. The new definition of `{}` is pinned and offered again on every running instance of type `{type_name}`.",
+                    i.tool
+                )
+            } else {
+                format!(
+                    "Approval {aid} was approved by {by}, but the definition changed again meanwhile, so nothing was pinned; review it again."
+                )
+            };
+            (State::Approved, message, None)
+        }
+    };
     Ok(Reply::Done(ReviewOutput {
         type_name,
         tool: i.tool,
-        state: out.state,
-        approval_id: out.approval.id,
+        state,
+        approval_id: aid,
         message,
-        decide_command: out.decide_command,
+        decide_command,
     }))
-}
-
-fn pretty(json_text: &str) -> String {
-    serde_json::from_str::<Value>(json_text)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| json_text.to_string())
 }

@@ -4,6 +4,7 @@
 
 mod approvals;
 mod assessments;
+mod gate;
 mod instances;
 mod pipelines;
 mod queue;
@@ -538,7 +539,7 @@ impl ServerHandler for Coordinator {
             let mut call = call.clone();
             call.request_state = request.request_state.clone();
             call.input_responses = request.input_responses.clone();
-            Ok(instances::call_exposed(self, target, request.arguments, &call).await)
+            instances::call_exposed(self, target, request.arguments, &call).await
         } else {
             Err(self.unknown_tool(&name))
         };

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
-use super::approvals::{decide_command, elicit_legacy};
+use super::gate::{self, Asked};
 use super::session::{Call, Era};
 use super::system::store_error;
 use super::tool::{
@@ -28,8 +28,6 @@ use crate::task::Priority;
 
 /// How often a waiting call checks the database for changes made by other processes.
 const POLL: Duration = Duration::from_millis(250);
-/// The longest wait a call may ask for.
-const MAX_WAIT_SECONDS: u64 = 3600;
 
 fn spec(
     name: &'static str,
@@ -152,17 +150,6 @@ fn pipeline_failure(tool: &str, e: PipelineError) -> Failure {
             Failure::Protocol(invalid_field(tool, &field, message))
         }
     }
-}
-
-fn check_wait(tool: &str, wait: u64) -> Result<Duration, Failure> {
-    if wait > MAX_WAIT_SECONDS {
-        return Err(Failure::Protocol(invalid_field(
-            tool,
-            "wait_seconds",
-            format!("expected 0 to {MAX_WAIT_SECONDS}, got {wait}"),
-        )));
-    }
-    Ok(Duration::from_secs(wait))
 }
 
 /// Arguments of `pipeline_create`.
@@ -468,7 +455,7 @@ async fn pipeline_run(
     call: Call,
 ) -> Result<Reply<RunResult>, Failure> {
     const TOOL: &str = "pipeline_run";
-    let wait = check_wait(TOOL, i.wait_seconds.unwrap_or(0))?;
+    let wait = gate::wait_for(TOOL, i.wait_seconds)?;
     let new = NewRun {
         pipeline: i.pipeline,
         version: i.version,
@@ -597,7 +584,7 @@ async fn pipeline_run_get(
     call: Call,
 ) -> Result<RunResult, Failure> {
     const TOOL: &str = "pipeline_run_get";
-    let wait = check_wait(TOOL, i.wait_seconds.unwrap_or(0))?;
+    let wait = gate::wait_for(TOOL, i.wait_seconds)?;
     let run = c
         .blocking(move |c| c.pipelines().get_run(&i.run_id))
         .await?
@@ -889,13 +876,21 @@ fn ask(c: &Coordinator, call: &Call, approval_id: &str, run_id: &str, cancel: Ca
         if approval.decide_with == DecideWith::OutOfBand {
             tracing::info!(
                 approval = %approval_id,
-                command = ?decide_command(&c, &approval),
+                command = ?gate::decide_command(&c, &approval),
                 "approval stage needs a decision outside the client"
             );
             return;
         }
-        match elicit_legacy(&c, &call, approval).await {
-            Ok(out) if out.state != State::Pending => {
+        match gate::ask(
+            &c,
+            &call,
+            "pipeline_run",
+            approval,
+            std::time::Duration::ZERO,
+        )
+        .await
+        {
+            Ok(Asked::Done(out)) if out.state != State::Pending => {
                 let id = run_id.clone();
                 match c.blocking(move |c| c.pipelines().advance(&id)).await {
                     Ok(Ok(_)) => {}

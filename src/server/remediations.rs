@@ -1,22 +1,22 @@
 //! Remediation and installer tools: `remediation_propose`, `remediation_get`,
 //! `remediation_list`, `remediation_review`, `remediation_withdraw`, `remediation_rollback`,
-//! `mcp_server_install`, `mcp_server_remove`. Review asks the person through the approval
-//! service (form elicitation, input-required result, or the CLI) and runs the proposal only
-//! once it is approved.
+//! `mcp_server_install`, `mcp_server_remove`. Review and rollback describe their gate
+//! (`Proposal::gate`); the approval gate asks the person, and the proposal runs only once an
+//! approval of exactly that gate is consumed.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::Coordinator;
-use super::approvals::{ApprovalRequestInput, ApprovalRequestOutput, approval_request};
 use super::assessments::assessment_failure;
+use super::gate::{self, Passage};
 use super::session::Call;
 use super::system::store_error;
 use super::tool::{
     self, ErrorCode, Failure, Reply, Route, ToolError, invalid_field, route, route_with_input,
 };
-use crate::approval::{Kind, NewApproval, State};
+use crate::approval::{Approval, State};
 use crate::assessment::Severity;
 use crate::assessment::clients::{Client, Scope};
 use crate::config::ToolGroup;
@@ -378,154 +378,82 @@ async fn review(
                 .with_details(json!({"remediation_id": p.id, "status": p.status})),
         ));
     }
-    let existing = if rollback {
-        p.rollback_approval_id.clone()
+    let gate = p.gate(rollback);
+    let passage = gate::pass(&c, &call, tool, &gate, i.wait_seconds).await?;
+    // The proposal shows the approval it waits for (remediation_get, approval_id).
+    let approval_id = passage.approval().id.clone();
+    let shown = if rollback {
+        &p.rollback_approval_id
     } else {
-        p.approval_id.clone()
+        &p.approval_id
     };
-    let usable = match existing {
-        Some(aid) => {
-            let a = c.blocking(move |c| c.approvals().get(&aid)).await?.ok();
-            a.filter(|a| {
-                matches!(a.state, State::Pending | State::Approved) && a.executed_at.is_none()
-            })
-            .map(|a| a.id)
-        }
-        None => None,
-    };
-    let approval_id = match usable {
-        Some(id) => id,
-        None => {
-            let action = if rollback {
-                p.rollback_action()
-            } else {
-                p.approval_action()
-            };
-            let (summary, preview) = if rollback {
-                (
-                    format!(
-                        "Undo remediation {}: restore {} file(s) from their backups ({})",
-                        p.id,
-                        p.backups.len(),
-                        p.summary
-                    ),
-                    p.backups
-                        .iter()
-                        .map(|b| {
-                            format!(
-                                "restore {} from {}",
-                                b.path,
-                                b.backup_path
-                                    .as_deref()
-                                    .unwrap_or("(delete: it did not exist)")
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                        .join("\n"),
-                )
-            } else {
-                (
-                    format!("Apply remediation {}: {}", p.id, p.summary),
-                    format!(
-                        "{}\nRisk notes:\n- {}",
-                        p.preview(),
-                        p.risk_notes.join("\n- ")
-                    ),
-                )
-            };
-            let new = NewApproval {
-                kind: Kind::Remediation,
-                subject_id: p.id.clone(),
-                summary,
-                action,
-                risk: p.risk,
-                preview: Some(preview),
-                requested_by: call.actor.clone(),
-                expires_in_seconds: None,
-            };
-            let pid = p.id.clone();
-            c.blocking(move |c| -> Result<String, RemediationError> {
-                let a = c.remediations().approvals().request(new)?;
-                c.remediations().set_approval(&pid, &a.id, rollback)?;
-                Ok(a.id)
-            })
+    if shown.as_deref() != Some(approval_id.as_str()) {
+        let (pid, aid) = (p.id.clone(), approval_id.clone());
+        c.blocking(move |c| c.remediations().set_approval(&pid, &aid, rollback))
             .await?
-            .map_err(|e| failure(tool, e))?
-        }
-    };
-    let asked = approval_request(
-        c.clone(),
-        ApprovalRequestInput {
-            approval_id: Some(approval_id),
-            wait_seconds: i.wait_seconds,
-            ..Default::default()
-        },
-        call.clone(),
-    )
-    .await?;
-    let out: ApprovalRequestOutput = match asked {
-        Reply::Done(out) => out,
-        Reply::InputRequired(r) => return Ok(Reply::InputRequired(r)),
-        Reply::Task(t) => return Ok(Reply::Task(t)),
-    };
+            .map_err(|e| failure(tool, e))?;
+    }
     let actor = call.actor.clone();
     let id = p.id.clone();
-    let (p, message) = if out.state == State::Approved {
-        let done = c
-            .blocking(move |c| {
-                if rollback {
-                    c.remediations().rollback(&id, &actor)
-                } else {
-                    c.remediations().execute(&id, &actor)
-                }
-            })
-            .await?
-            .map_err(|e| failure(tool, e))?;
-        let m = match (rollback, done.status) {
-            (true, _) => format!(
-                "Approved by {}. Remediation {} was rolled back: {} file(s) restored from their backups.",
-                decided_by(&out),
-                done.id,
-                done.backups.len()
-            ),
-            (false, RemediationStatus::Executed) => format!(
-                "Approved by {}. Remediation {} was applied: {} file(s) written atomically, each backed up first ({}). remediation_rollback undoes it.",
-                decided_by(&out),
-                done.id,
-                done.backups.len(),
-                done.backups
-                    .iter()
-                    .filter_map(|b| b.backup_path.clone())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            (false, status) => format!(
-                "Approved, but remediation {} {}: {}",
-                done.id,
-                status,
-                done.error.as_deref().unwrap_or("see results")
-            ),
-        };
-        (done, m)
-    } else {
-        let p = c
-            .blocking(move |c| c.remediations().get(&id))
-            .await?
-            .map_err(|e| failure(tool, e))?;
-        let m = format!(
-            "{} Nothing was written; remediation {} is still {}.",
-            out.message, p.id, p.status
-        );
-        (p, m)
+    let (p, message, out) = match passage {
+        Passage::InputRequired(r, _) => return Ok(Reply::InputRequired(r)),
+        Passage::Approved(approval) => {
+            let done = c
+                .blocking(move |c| {
+                    if rollback {
+                        c.remediations().rollback(&id, &approval_id, &actor)
+                    } else {
+                        c.remediations().execute(&id, &approval_id, &actor)
+                    }
+                })
+                .await?
+                .map_err(|e| failure(tool, e))?;
+            let by = decided_by(&approval);
+            let m = match (rollback, done.status) {
+                (true, _) => format!(
+                    "Approved by {by}. Remediation {} was rolled back: {} file(s) restored from their backups.",
+                    done.id,
+                    done.backups.len()
+                ),
+                (false, RemediationStatus::Executed) => format!(
+                    "Approved by {by}. Remediation {} was applied: {} file(s) written atomically, each backed up first ({}). remediation_rollback undoes it.",
+                    done.id,
+                    done.backups.len(),
+                    done.backups
+                        .iter()
+                        .filter_map(|b| b.backup_path.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                (false, status) => format!(
+                    "Approved, but remediation {} {}: {}",
+                    done.id,
+                    status,
+                    done.error.as_deref().unwrap_or("see results")
+                ),
+            };
+            (done, m, (State::Approved, None))
+        }
+        Passage::Stopped(out) => {
+            let p = c
+                .blocking(move |c| c.remediations().get(&id))
+                .await?
+                .map_err(|e| failure(tool, e))?;
+            let m = format!(
+                "{} Nothing was written; remediation {} is still {}.",
+                out.message, p.id, p.status
+            );
+            (p, m, (out.state, out.decide_command))
+        }
     };
     let mut r = result(p, message);
-    r.approval_state = Some(out.state);
-    r.decide_command = out.decide_command;
+    r.approval_state = Some(out.0);
+    r.decide_command = out.1;
     Ok(Reply::Done(r))
 }
 
-fn decided_by(out: &ApprovalRequestOutput) -> String {
-    out.approval
+fn decided_by(approval: &Approval) -> String {
+    approval
         .decision
         .as_ref()
         .map_or("a person".into(), |d| format!("{} via {}", d.by, d.via))

@@ -116,6 +116,25 @@ pub fn find_pending(
     .map_err(StoreError::from_sqlite)
 }
 
+/// Approvals for exactly this kind, subject and action that can still let it run: pending, or
+/// approved and not yet executed. Newest first.
+pub fn find_open(
+    conn: &Connection,
+    kind: &str,
+    subject_id: &str,
+    action_hash: &str,
+) -> Result<Vec<ApprovalRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM approvals
+         WHERE action_hash = ?1 AND kind = ?2 AND subject_id = ?3
+           AND (state = 'pending' OR (state = 'approved' AND executed_at IS NULL))
+         ORDER BY created_at DESC, id DESC LIMIT 20"
+    ))?;
+    let rows = stmt.query_map(params![action_hash, kind, subject_id], from_row)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
 /// Approvals, newest first, optionally filtered; `before` is a `created_at|id` cursor.
 pub fn list(
     conn: &Connection,

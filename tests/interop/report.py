@@ -30,3 +30,16 @@ class Report:
         self.failed += 1
         print(f"FAIL {label}: raised {type(exc).__name__}: {exc}", flush=True)
         traceback.print_exception(exc, file=sys.stderr)
+
+
+class Expect:
+    """The conditions of one check: what failed, and notes for the PASS line."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.notes: list[str] = []
+
+    def that(self, ok: object, what: str) -> bool:
+        if not ok:
+            self.problems.append(what)
+        return bool(ok)
