@@ -82,6 +82,20 @@ fn write(path: &Path, v: &Value) {
     std::fs::write(path, serde_json::to_string_pretty(v).unwrap() + "\n").unwrap();
 }
 
+/// Every file below `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 fn sha(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
@@ -189,11 +203,24 @@ async fn assess_propose_approve_applies_exactly_the_diff_once_with_backups() {
         "@modelcontextprotocol/server-github@2025.4.8"
     );
     assert_eq!(github["args"][2], "exec", "{github:#}");
-    // The backup is the file as it was.
+    // The backup is the file as it was, sealed: the token moved to the store is not in it in
+    // clear, and `secrets open-backup` gives back the exact bytes.
     let backup = reviewed["remediation"]["backups"][0]["backup_path"]
         .as_str()
         .unwrap();
-    assert_eq!(std::fs::read_to_string(backup).unwrap(), before);
+    let sealed = std::fs::read(backup).unwrap();
+    assert!(
+        !sealed.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+        "the backup holds the token in clear"
+    );
+    assert!(!String::from_utf8_lossy(&sealed).contains("server-github\""));
+    let (code, opened, err) = common::cli(s.data.path(), &["secrets", "open-backup", backup]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(opened, before);
+    assert!(err.contains(file.to_str().unwrap()), "{err}");
+    // The backup key is the coordinator's own: not listed, not settable.
+    let (_, listed, _) = common::cli(s.data.path(), &["secrets", "list"]);
+    assert!(!listed.contains("backup-key"), "{listed}");
     assert!(backup.starts_with(s.data.path().to_str().unwrap()));
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
@@ -225,10 +252,26 @@ async fn assess_propose_approve_applies_exactly_the_diff_once_with_backups() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), TOKEN);
 
+    // A master key rotation re-encrypts the backup key with the other secrets, so the sealed
+    // backup still restores, byte for byte.
+    let (code, _, err) = common::cli(s.data.path(), &["secrets", "rotate-key"]);
+    assert_eq!(code, 0, "{err}");
+    let undone = call_ok(c, "remediation_rollback", json!({"remediation_id": id})).await;
+    assert_eq!(undone["status"], "rolled_back", "{undone:#}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
+
     let verify = call_ok(c, "audit_verify", json!({})).await;
     assert_eq!(verify["ok"], true);
     client.cancel().await.unwrap();
-    // The token is nowhere in the database (file and WAL) or the audit export.
+    // The token is nowhere in the database (file and WAL), the audit export or the backups.
+    for entry in walk(&s.data.path().join("backups")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes()),
+            "{} holds the token",
+            entry.display()
+        );
+    }
     for name in ["coordinator.db", "coordinator.db-wal"] {
         if let Ok(bytes) = std::fs::read(s.data.path().join(name)) {
             assert!(
@@ -480,5 +523,144 @@ async fn vscode_secrets_can_move_to_an_input_instead() {
         "not wrapped in exec"
     );
     assert!(!std::fs::read_to_string(&file).unwrap().contains(TOKEN));
+    client.cancel().await.unwrap();
+}
+
+/// What a refused call's JSON-RPC error says.
+fn refusal(r: Result<rmcp::model::CallToolResult, rmcp::ServiceError>) -> String {
+    match r {
+        Err(rmcp::ServiceError::McpError(e)) => {
+            assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{e:?}");
+            e.message.to_string()
+        }
+        other => panic!("expected a JSON-RPC error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn config_edits_stay_inside_the_users_own_configs() {
+    let s = setup();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let outside = cursor_config(elsewhere.path());
+    let before = std::fs::read_to_string(&outside).unwrap();
+    let entry =
+        json!({"command": "npx", "args": ["-y", "@modelcontextprotocol/server-memory@2025.4.25"]});
+    let (client, p) = person(&s, "approve").await;
+    let c = client.peer();
+
+    // A file shaped like a client config, outside the home and the configured projects.
+    let m = refusal(
+        call(
+            c,
+            "mcp_server_install",
+            json!({"client": "cursor", "file": outside, "server": "mem", "entry": entry}),
+        )
+        .await,
+    );
+    assert!(
+        m.contains("`file`") && m.contains("[assessments] files"),
+        "{m}"
+    );
+    assert!(m.contains(outside.to_str().unwrap()), "{m}");
+    // The same through a project directory nobody configured.
+    let m = refusal(
+        call(c, "mcp_server_install", json!({"client": "cursor", "project": elsewhere.path(), "server": "mem", "entry": entry})).await,
+    );
+    assert!(
+        m.contains("`project`") && m.contains("[assessments] projects"),
+        "{m}"
+    );
+    let m = refusal(
+        call(
+            c,
+            "mcp_server_remove",
+            json!({"file": outside, "server": "memory"}),
+        )
+        .await,
+    );
+    assert!(m.contains("`file`"), "{m}");
+    let m = refusal(
+        call(
+            c,
+            "remediation_propose",
+            json!({"actions": [
+                {"type": "remove_server", "file": outside, "server": "memory"}
+            ]}),
+        )
+        .await,
+    );
+    assert!(
+        m.contains("`actions`") && m.contains("[assessments] files"),
+        "{m}"
+    );
+    // `..` cannot walk out of the home directory.
+    let walked = s
+        .home
+        .path()
+        .join(".cursor/../..")
+        .join(outside.strip_prefix("/").unwrap());
+    let m = refusal(
+        call(
+            c,
+            "mcp_server_remove",
+            json!({"file": walked, "server": "memory"}),
+        )
+        .await,
+    );
+    assert!(
+        m.contains("is not a client config this coordinator may change"),
+        "{m}"
+    );
+    // An assessment may look anywhere; a remediation from its findings still may not write there.
+    let a = call_ok(
+        c,
+        "assessment_request",
+        json!({"type": "security", "target": {"file": outside}}),
+    )
+    .await;
+    let m = refusal(
+        call(
+            c,
+            "remediation_propose",
+            json!({"assessment_id": a["assessment_id"]}),
+        )
+        .await,
+    );
+    assert!(m.contains("[assessments] files"), "{m}");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 0, "nobody was asked");
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), before);
+    // The user's own config is fine.
+    let ok = call_ok(
+        c,
+        "mcp_server_install",
+        json!({"client": "cursor", "server": "mem", "entry": entry, "review": false}),
+    )
+    .await;
+    assert_eq!(ok["status"], "proposed", "{ok:#}");
+    client.cancel().await.unwrap();
+
+    // Once a person lists the file in the config, it may be changed.
+    std::fs::write(
+        &s.config,
+        format!(
+            "[assessments]\nhome = \"{}\"\nprojects = []\nfiles = [\"{}\"]\nnpm_registry = \"http://127.0.0.1:9\"\n",
+            s.home.path().display(),
+            outside.display()
+        ),
+    )
+    .unwrap();
+    let (client, _) = person(&s, "approve").await;
+    let removed = call_ok(
+        client.peer(),
+        "mcp_server_remove",
+        json!({"file": outside, "server": "memory"}),
+    )
+    .await;
+    assert_eq!(removed["status"], "executed", "{removed:#}");
+    assert!(
+        !std::fs::read_to_string(&outside)
+            .unwrap()
+            .contains("\"memory\"")
+    );
     client.cancel().await.unwrap();
 }

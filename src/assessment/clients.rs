@@ -299,6 +299,23 @@ pub fn discover(roots: &Roots) -> Vec<ConfigFile> {
     out
 }
 
+/// Every place a client keeps its config under the roots, whether the file exists or not:
+/// user-scope files under the home directory, project-scope files under each project.
+pub fn standard_locations(roots: &Roots) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(home) = &roots.home {
+        for loc in LOCATIONS.iter().filter(|l| l.scope == Scope::User) {
+            out.push(home.join(loc.path));
+        }
+    }
+    for project in &roots.projects {
+        for loc in LOCATIONS.iter().filter(|l| l.scope == Scope::Project) {
+            out.push(project.join(loc.path));
+        }
+    }
+    out
+}
+
 /// Reads one file as the given client's format (a file the caller names directly: the client
 /// is recognized from its path when not given).
 pub fn read_path(path: &Path, client: Option<Client>) -> Result<ConfigFile, String> {

@@ -9,7 +9,7 @@ pub mod policy;
 pub mod rules;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -187,6 +187,11 @@ pub struct AssessmentsConfig {
     pub npm_registry: Option<String>,
     /// PyPI JSON API base (default https://pypi.org/pypi).
     pub pypi_registry: Option<String>,
+    /// Config files outside the standard locations that remediations and the installer may
+    /// change (absolute paths). The standard client configs under `home` and `projects` (and
+    /// the directory the coordinator runs in) need no entry.
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
 }
 
 /// Errors of assessments.
@@ -242,6 +247,47 @@ impl AssessmentService {
             }
         };
         Roots { home, projects }
+    }
+
+    /// Whether a remediation or the installer may write `path`: a standard client config
+    /// location under the configured roots (never a root a tool call named), or a file listed
+    /// in `[assessments] files`. Compared after resolving symbolic links in the directories, so
+    /// `..` and links cannot walk out. The error says how to allow the path.
+    pub fn may_change(&self, path: &Path) -> Result<(), String> {
+        if !path.is_absolute() {
+            return Err(format!(
+                "{} is not an absolute path; give the config file's full path",
+                path.display()
+            ));
+        }
+        let wanted = resolved(path);
+        let roots = self.roots(&Target::default());
+        let allowed = clients::standard_locations(&roots)
+            .into_iter()
+            .chain(self.config.files.iter().cloned());
+        for candidate in allowed {
+            if resolved(&candidate) == wanted {
+                return Ok(());
+            }
+        }
+        let projects: Vec<String> = roots
+            .projects
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        Err(format!(
+            "{path} is not a client config this coordinator may change: remediations and the installer write only the clients' standard config files under the home directory ({home}) and the configured projects ({projects}), and files listed in the config file. To allow it, a person adds it to the coordinator's config file first: [assessments] files = [\"{path}\"] (or its project directory to [assessments] projects)",
+            path = path.display(),
+            home = roots
+                .home
+                .as_ref()
+                .map_or("unknown".to_string(), |h| h.display().to_string()),
+            projects = if projects.is_empty() {
+                "none".to_string()
+            } else {
+                projects.join(", ")
+            },
+        ))
     }
 
     /// The policy in force: the configured file, or the built-in default.
@@ -475,4 +521,34 @@ impl AssessmentService {
 
 fn doc(a: &Assessment) -> String {
     serde_json::to_string(a).unwrap_or_else(|_| "{}".into())
+}
+
+/// `path` with its directory's symbolic links and `..` resolved as far as the directories
+/// exist (the file itself may not exist yet, and is not followed: a link in its place is
+/// replaced by a write, never written through).
+fn resolved(path: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    let mut existing = dir.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(last)) => {
+                rest.push(last.to_os_string());
+                existing = parent.to_path_buf();
+            }
+            _ => break,
+        }
+    }
+    let mut out = std::fs::canonicalize(&existing).unwrap_or(existing);
+    for part in rest.into_iter().rev() {
+        if part == ".." {
+            out.pop();
+        } else if part != "." {
+            out.push(part);
+        }
+    }
+    out.push(name);
+    out
 }

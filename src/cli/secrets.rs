@@ -1,5 +1,5 @@
-//! `mcp-coordinator secrets set|list|rm|rotate-key`: the encrypted secret store, from the
-//! terminal. Values come in on stdin only and are never printed; listings show the last four
+//! `mcp-coordinator secrets set|list|rm|rotate-key|open-backup`: the encrypted secret store,
+//! from the terminal. Values come in on stdin only and are never printed; listings show the last four
 //! characters at most.
 
 use std::io::{BufRead, IsTerminal, Read, Write};
@@ -35,6 +35,7 @@ Examples:
   mcp-coordinator secrets list
   mcp-coordinator secrets rm OLD_TOKEN
   mcp-coordinator secrets rotate-key
+  mcp-coordinator secrets open-backup backups/rem_…/…-mcp.json.sealed
   mcp-coordinator exec --secret GITHUB_TOKEN -- npx -y @modelcontextprotocol/server-github";
 
 #[derive(Debug, Subcommand)]
@@ -98,6 +99,21 @@ coordinator runs. Running it again with both set is harmless.",
 MCP_COORDINATOR_NEW_MASTER_KEY=$(openssl rand -hex 32) mcp-coordinator secrets rotate-key"
     )]
     RotateKey,
+    /// Print a remediation backup: the exact bytes it holds, on stdout
+    #[command(
+        name = "open-backup",
+        long_about = "Print the exact bytes a remediation backup holds. Backups (the files \
+under backups/ in the data directory, named ...sealed) keep a client config as it was before a \
+remediation, secrets included, so they are sealed under the secret store; this opens one for a \
+person to look at or compare. The path it was taken from is printed on stderr. \
+`remediation_rollback` is how a remediation is undone; this changes nothing.",
+        after_help = "Example:\n  mcp-coordinator secrets open-backup \
+~/.local/share/mcp-coordinator/backups/rem_1f…/20261203T101500Z-0-mcp.json.sealed | diff - ~/.cursor/mcp.json"
+    )]
+    OpenBackup {
+        /// The backup file
+        file: std::path::PathBuf,
+    },
 }
 
 pub fn run(global: &GlobalArgs, cmd: SecretsCommand) -> anyhow::Result<ExitCode> {
@@ -167,6 +183,20 @@ store them again",
                 eprintln!("mcp-coordinator: {}", SecretError::NotFound(name));
                 Ok(ExitCode::from(1))
             }
+        }
+        SecretsCommand::OpenBackup { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+            let Some(origin) = mcp_coordinator::secret::sealed_origin(&bytes) else {
+                anyhow::bail!(
+                    "{} is not a sealed backup (backups taken before backups were sealed are plain copies: read it directly)",
+                    file.display()
+                );
+            };
+            let plain = store.open_file(&origin, &bytes)?;
+            eprintln!("mcp-coordinator: backup of {origin}");
+            std::io::stdout().write_all(&plain)?;
+            Ok(ExitCode::SUCCESS)
         }
         SecretsCommand::RotateKey => {
             let before = store.key_status()?;

@@ -1,6 +1,6 @@
 //! Files on disk for remediations: rendering a document back to text, unified diffs with
 //! secrets masked, atomic writes (temporary file, fsync, rename, fsync of the directory) that
-//! keep the file's mode, and timestamped backups in the data directory.
+//! keep the file's mode, and timestamped backups (sealed by the caller) in the data directory.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -114,22 +114,26 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Copies `path` into `backups_dir` (0700) as `<timestamp>-<n>-<file name>` (0600) and returns
-/// the copy's path.
-pub fn backup(path: &Path, backups_dir: &Path, n: usize) -> std::io::Result<PathBuf> {
+/// Writes `bytes` (the sealed copy of `original`) into `backups_dir` (0700) as
+/// `<timestamp>-<n>-<file name>.sealed` (0600) and returns its path.
+pub fn write_backup(
+    bytes: &[u8],
+    original: &Path,
+    backups_dir: &Path,
+    n: usize,
+) -> std::io::Result<PathBuf> {
     crate::store::create_private_dir(backups_dir)?;
     let stamp = time::OffsetDateTime::now_utc()
         .format(&time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
         ))
         .unwrap_or_else(|_| "backup".into());
-    let name = path
+    let name = original
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "config".into());
-    let target = backups_dir.join(format!("{stamp}-{n}-{name}"));
-    let bytes = std::fs::read(path)?;
-    atomic_write(&target, &bytes)?;
+    let target = backups_dir.join(format!("{stamp}-{n}-{name}.sealed"));
+    atomic_write(&target, bytes)?;
     std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))?;
     Ok(target)
 }
@@ -163,7 +167,12 @@ mod tests {
             1,
             "no temp file left"
         );
-        let b = backup(&p, &dir.path().join("backups"), 0).unwrap();
-        assert_eq!(std::fs::read_to_string(b).unwrap(), "new");
+        let b = write_backup(b"sealed", &p, &dir.path().join("backups"), 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&b).unwrap(), "sealed");
+        assert!(
+            b.display().to_string().ends_with("-0-c.json.sealed"),
+            "{}",
+            b.display()
+        );
     }
 }

@@ -570,6 +570,10 @@ impl RemediationService {
         let mut notes = Vec::new();
         let mut risk = Risk::Low;
         for (path, acts) in by_file {
+            // Only the user's own client configs, never any file a caller names.
+            self.assessments
+                .may_change(Path::new(&path))
+                .map_err(|m| invalid("actions", m))?;
             let creating = !Path::new(&path).exists();
             let (file, before) = if creating {
                 let client = acts.iter().find_map(|a| match a {
@@ -831,8 +835,8 @@ impl RemediationService {
             }
             let existed = Path::new(path).exists();
             let backup_path = if existed {
-                match files::backup(Path::new(path), &dir, n) {
-                    Ok(b) => Some(b.display().to_string()),
+                match self.back_up(path, &dir, n) {
+                    Ok(b) => Some(b),
                     Err(e) => {
                         failure = Some(format!("could not back up {path}: {e}"));
                         break;
@@ -872,9 +876,10 @@ impl RemediationService {
             // Put back what was written, newest first.
             for b in backups.iter().rev() {
                 let _ = match &b.backup_path {
-                    Some(from) => std::fs::read(from)
-                        .and_then(|bytes| files::atomic_write(Path::new(&b.path), &bytes)),
-                    None => std::fs::remove_file(&b.path),
+                    Some(from) => self.backed_up(from, &b.path).and_then(|bytes| {
+                        files::atomic_write(Path::new(&b.path), &bytes).map_err(|e| e.to_string())
+                    }),
+                    None => std::fs::remove_file(&b.path).map_err(|e| e.to_string()),
                 };
             }
             p.status = RemediationStatus::Failed;
@@ -974,6 +979,20 @@ impl RemediationService {
                 )));
             }
         }
+        // Every backup opens before anything is consumed or written.
+        let mut restores = Vec::with_capacity(p.backups.len());
+        for b in &p.backups {
+            let bytes = match &b.backup_path {
+                Some(from) => Some(self.backed_up(from, &b.path).map_err(|e| {
+                    RemediationError::Conflict(format!(
+                        "cannot read the backup of {}: {e}; nothing was restored",
+                        b.path
+                    ))
+                })?),
+                None => None,
+            };
+            restores.push((b.path.clone(), bytes));
+        }
         let gate = p.gate(true);
         self.audit
             .store()
@@ -983,19 +1002,14 @@ impl RemediationService {
             })?;
         p.rollback_approval_id = Some(approval_id.clone());
         let dir = self.backups_dir.join(&p.id).join("before-rollback");
-        for (n, b) in p.backups.iter().enumerate() {
-            let _ = files::backup(Path::new(&b.path), &dir, n);
-            match &b.backup_path {
-                Some(from) => {
-                    let bytes = std::fs::read(from).map_err(|e| {
-                        RemediationError::Conflict(format!("cannot read backup {from}: {e}"))
-                    })?;
-                    files::atomic_write(Path::new(&b.path), &bytes).map_err(|e| {
-                        RemediationError::Conflict(format!("cannot restore {}: {e}", b.path))
-                    })?;
-                }
-                None => std::fs::remove_file(&b.path).map_err(|e| {
-                    RemediationError::Conflict(format!("cannot remove {}: {e}", b.path))
+        for (n, (path, bytes)) in restores.iter().enumerate() {
+            let _ = self.back_up(path, &dir, n);
+            match bytes {
+                Some(bytes) => files::atomic_write(Path::new(path), bytes).map_err(|e| {
+                    RemediationError::Conflict(format!("cannot restore {path}: {e}"))
+                })?,
+                None => std::fs::remove_file(path).map_err(|e| {
+                    RemediationError::Conflict(format!("cannot remove {path}: {e}"))
                 })?,
             }
         }
@@ -1011,6 +1025,33 @@ impl RemediationService {
                 critical: true,
             })?;
         Ok(p)
+    }
+}
+
+impl RemediationService {
+    /// Copies the file at `path` into `dir`, sealed under the secret store (a config file's
+    /// backup holds its secrets as they were). Returns the backup's path.
+    fn back_up(&self, path: &str, dir: &Path, n: usize) -> Result<String, String> {
+        let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+        let sealed = self
+            .secrets
+            .seal_file(path, &bytes)
+            .map_err(|e| e.to_string())?;
+        files::write_backup(&sealed, Path::new(path), dir, n)
+            .map(|b| b.display().to_string())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The exact bytes a backup holds of the file at `path` (a backup taken before backups
+    /// were sealed is a plain copy, and read as one).
+    fn backed_up(&self, backup: &str, path: &str) -> Result<Vec<u8>, String> {
+        let bytes = std::fs::read(backup).map_err(|e| format!("cannot read {backup}: {e}"))?;
+        if !crate::secret::is_sealed(&bytes) {
+            return Ok(bytes);
+        }
+        self.secrets
+            .open_file(path, &bytes)
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+mod sealed;
+
+pub use sealed::{BACKUP_KEY, is_sealed, sealed_origin};
+
 use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome, chain};
 use crate::store::StoreError;
 use crate::store::secret::{self as sql, SecretRow};
@@ -112,7 +116,8 @@ pub struct KeyStatus {
     pub source: String,
 }
 
-/// Checks a secret name: 1 to 128 characters of `A-Z a-z 0-9 _ . -`.
+/// Checks a secret name: 1 to 128 characters of `A-Z a-z 0-9 _ . -`, not starting with the
+/// coordinator's reserved `mcp-coordinator.`.
 pub fn check_name(name: &str) -> Result<(), SecretError> {
     let invalid = |message: String| SecretError::Invalid {
         field: "name",
@@ -127,6 +132,12 @@ pub fn check_name(name: &str) -> Result<(), SecretError> {
         return Err(invalid(format!(
             "is {} characters long; use at most {MAX_NAME}",
             name.chars().count()
+        )));
+    }
+    if name.starts_with(sealed::RESERVED_PREFIX) {
+        return Err(invalid(format!(
+            "names starting with {} are reserved for the coordinator's own keys",
+            sealed::RESERVED_PREFIX
         )));
     }
     if let Some(c) = name
@@ -652,6 +663,8 @@ rand -hex 32`), or store a first secret with `mcp-coordinator secrets set NAME`,
         let rows = sql::all(&conn)?;
         Ok(rows
             .into_iter()
+            // The coordinator's own keys are not the person's secrets.
+            .filter(|row| !row.name.starts_with(sealed::RESERVED_PREFIX))
             .map(|row| {
                 let last4 = key
                     .as_ref()

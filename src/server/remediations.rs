@@ -541,6 +541,11 @@ async fn mcp_server_install(
                 .to_string()
         }
     };
+    // Named here so the error names the argument that chose the file.
+    let field = if i.file.is_some() { "file" } else { "project" };
+    c.assessments()
+        .may_change(std::path::Path::new(&file))
+        .map_err(|m| Failure::Protocol(invalid_field(TOOL, field, m)))?;
     let action = Action::InstallServer {
         file,
         server: i.server,
@@ -556,6 +561,9 @@ async fn mcp_server_remove(
     i: RemoveInput,
     call: Call,
 ) -> Result<Reply<RemediationResult>, Failure> {
+    c.assessments()
+        .may_change(std::path::Path::new(&i.file))
+        .map_err(|m| Failure::Protocol(invalid_field("mcp_server_remove", "file", m)))?;
     let action = Action::RemoveServer {
         file: i.file,
         server: i.server,

@@ -56,7 +56,9 @@ def client_for(binary: str, child: str, data_dir: Path, out_of_band_calls: bool)
     home = data_dir / "home"
     home.mkdir(parents=True, exist_ok=True)
     config = data_dir / "config.toml"
-    text = f"[instance_types.kid]\ncommand = {json.dumps(child)}\n"
+    # The installer writes only configs under the home and the configured projects.
+    text = f"[assessments]\nprojects = [{json.dumps(str(data_dir / 'project'))}]\n\n"
+    text += f"[instance_types.kid]\ncommand = {json.dumps(child)}\n"
     if out_of_band_calls:
         text += '\n[[approvals.rules]]\nkind = "instance_tool_call"\ndecide_with = "out_of_band"\n'
     config.write_text(text, encoding="utf-8")
