@@ -6,6 +6,7 @@ pub mod approval;
 pub mod assessment;
 pub mod audit;
 pub mod instance;
+pub mod overseer;
 pub mod pipeline;
 pub mod secret;
 pub mod task;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0005_secrets.sql")),
     M::up(include_str!("migrations/0006_assessments.sql")),
     M::up(include_str!("migrations/0007_instances.sql")),
+    M::up(include_str!("migrations/0008_overseer.sql")),
 ];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
