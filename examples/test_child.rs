@@ -5,7 +5,9 @@
 //! garbage to stdout (a line, or one longer than the coordinator takes), change their
 //! descriptions at runtime (including a "rug pull" with a prompt injection) and announce it
 //! with `notifications/tools/list_changed`. Flags make the process fail at startup, crash
-//! after a delay, ignore SIGTERM or leave a grandchild behind; see `--help`.
+//! after a delay, ignore SIGTERM or leave a grandchild behind; see `--help`. With
+//! `--shell-tools` it is also a hostile child with a shell: it reads its parent's command line
+//! and runs programs (`parent_cmdline`, `run_command`).
 //!
 //! stdout carries only MCP messages (and the deliberate garbage of the `garbage` and `flood`
 //! tools); every diagnostic goes to stderr, prefixed with `test_child:` (the `stderr` tool's
@@ -74,6 +76,10 @@ struct Args {
     /// At start, print this environment variable's value to stderr (a leaky server)
     #[arg(long, value_name = "NAME")]
     leak_env: Option<String>,
+
+    /// Also offer `parent_cmdline` and `run_command`: a hostile child with a shell
+    #[arg(long)]
+    shell_tools: bool,
 }
 
 /// A tool set; `set_variant` switches between them at runtime.
@@ -478,7 +484,11 @@ impl ServerHandler for TestChild {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let variant = *lock(&self.variant);
-        Ok(ListToolsResult::with_all_items(tools(variant)))
+        let mut list = tools(variant);
+        if SHELL_TOOLS.get().copied().unwrap_or(false) {
+            list.extend(shell_tools());
+        }
+        Ok(ListToolsResult::with_all_items(list))
     }
 
     async fn call_tool(
@@ -487,10 +497,89 @@ impl ServerHandler for TestChild {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let args = request.arguments.unwrap_or_default();
+        if SHELL_TOOLS.get().copied().unwrap_or(false)
+            && let Some(result) = run_shell_tool(&request.name, &args).await
+        {
+            return result.map(CallToolResponse::from);
+        }
         self.run_tool(&request.name, &args, context)
             .await
             .map(CallToolResponse::from)
     }
+}
+
+/// Whether `--shell-tools` was given (set once at start).
+static SHELL_TOOLS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+/// The tools of a hostile child that has a shell, as any MCP server does: it can read its
+/// parent's command line (world-readable in /proc) and run programs.
+fn shell_tools() -> Vec<Tool> {
+    let argv = json!({"type": "array", "items": {"type": "string"}, "minItems": 1});
+    vec![
+        tool(
+            "parent_cmdline",
+            "The command line of the process that started this one, from /proc/<ppid>/cmdline.",
+            json!({}),
+            Hints::ReadOnly,
+        ),
+        tool(
+            "run_command",
+            "Runs argv (no shell, stdin empty) and returns its exit status, stdout and stderr.",
+            json!({"argv": argv}),
+            Hints::Unspecified,
+        ),
+    ]
+}
+
+/// Runs one of [`shell_tools`], or returns `None` for any other name.
+async fn run_shell_tool(
+    name: &str,
+    args: &JsonObject,
+) -> Option<Result<CallToolResult, ErrorData>> {
+    match name {
+        "parent_cmdline" => Some(parent_cmdline()),
+        "run_command" => Some(run_command(args).await),
+        _ => None,
+    }
+}
+
+fn parent_cmdline() -> Result<CallToolResult, ErrorData> {
+    let ppid = std::os::unix::process::parent_id();
+    let raw = std::fs::read(format!("/proc/{ppid}/cmdline")).map_err(|e| {
+        ErrorData::internal_error(format!("cannot read /proc/{ppid}/cmdline: {e}"), None)
+    })?;
+    let argv: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect();
+    Ok(CallToolResult::structured(
+        json!({"ppid": ppid, "argv": argv}),
+    ))
+}
+
+async fn run_command(args: &JsonObject) -> Result<CallToolResult, ErrorData> {
+    let argv: Vec<String> = arg(args, "argv")?
+        .as_array()
+        .and_then(|items| {
+            items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+        })
+        .filter(|argv| !argv.is_empty())
+        .ok_or_else(|| bad_argument("argv", "must be a non-empty array of strings"))?;
+    let output = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| ErrorData::internal_error(format!("cannot run {}: {e}", argv[0]), None))?;
+    Ok(CallToolResult::structured(json!({
+        "status": output.status.code(),
+        "stdout": String::from_utf8_lossy(&output.stdout),
+        "stderr": String::from_utf8_lossy(&output.stderr),
+    })))
 }
 
 /// Starts `sleep 1000` in our process group, with no access to our stdio pipes.
@@ -556,6 +645,7 @@ async fn run(args: Args) -> i32 {
         let value = std::env::var(name).unwrap_or_default();
         log!("test_child: {name}={value} (--leak-env)");
     }
+    let _ = SHELL_TOOLS.set(args.shell_tools);
     log!("test_child: started pid {}", std::process::id());
 
     let service = match TestChild::new(args.variant)

@@ -9,6 +9,7 @@ pub mod config;
 pub mod instance;
 pub mod keyfile;
 mod macros;
+pub mod overseer;
 pub mod pipeline;
 pub mod remediation;
 pub mod secret;

@@ -221,3 +221,66 @@ fn help_explains_secrets_and_exec() {
         }
     }
 }
+
+#[test]
+fn help_explains_the_overseer() {
+    let dir = common::data_dir();
+    let cases: [(&[&str], &[&str]); 8] = [
+        (&["--help"], &["overseer init", "First run"]),
+        (
+            &["overseer", "--help"],
+            &[
+                "init",
+                "status",
+                "change",
+                "reset",
+                "/dev/tty",
+                "argon2id",
+                "3 wrong answers",
+                "60 seconds",
+                "same OS user",
+                "another OS user",
+            ],
+        ),
+        (
+            &["overseer", "init", "--help"],
+            &["--name", "twice", "recovery code", "12 characters"],
+        ),
+        (
+            &["overseer", "status", "--help"],
+            &["--json", "unprotected"],
+        ),
+        (
+            &["overseer", "change", "--help"],
+            &["current passphrase", "--name"],
+        ),
+        (
+            &["overseer", "reset", "--help"],
+            &["recovery code", "Lost both", "--db"],
+        ),
+        (
+            &["approvals", "approve", "--help"],
+            &[
+                "overseer's passphrase",
+                "/dev/tty",
+                "--yes does not skip it",
+                "no terminal",
+                "60 seconds",
+                "overseer:NAME (user:OS@HOST)",
+                "not $USER",
+            ],
+        ),
+        (&["approvals", "reject", "--help"], &["Never needs"]),
+    ];
+    for (args, needles) in cases {
+        let (code, out, err) = common::cli(dir.path(), args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        for n in needles {
+            assert!(
+                out.contains(n),
+                "`mcp-coordinator {}` does not mention {n:?}:\n{out}",
+                args.join(" ")
+            );
+        }
+    }
+}

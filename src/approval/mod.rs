@@ -126,7 +126,8 @@ pub enum ApprovalError {
 /// A person's decision (or an expiry), as stored.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct Decision {
-    /// Who decided: `client:NAME/VERSION` (elicitation), `user:NAME@HOST` (CLI), or
+    /// Who decided: `client:NAME/VERSION` (elicitation), `overseer:NAME (user:OS@HOST)` (CLI,
+    /// with the overseer's passphrase), `user:OS@HOST` (CLI, no overseer set), or
     /// `system:mcp-coordinator` (expiry).
     pub by: String,
     pub via: Channel,

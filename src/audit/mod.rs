@@ -41,8 +41,12 @@ pub enum AuditError {
 pub enum ActorKind {
     /// An MCP client (the assistant), named by its client name and version.
     Client,
-    /// A person at the machine (the CLI), named by OS user and host.
+    /// Someone at the machine (the CLI) who gave no overseer passphrase, named by OS user and
+    /// host.
     User,
+    /// The overseer, who proved it with the passphrase at the CLI: named, with the OS user and
+    /// host the passphrase was typed under.
+    Overseer,
     /// A registered worker agent, named by its id.
     Agent,
     /// The coordinator itself (sweepers, supervision, signing).
@@ -64,11 +68,20 @@ impl Actor {
         }
     }
 
-    /// The person running this process: `user:NAME@HOST`.
+    /// The OS user running this process: `user:NAME@HOST`.
     pub fn os_user() -> Self {
         Actor::new(
             ActorKind::User,
             format!("{}@{}", os_user_name(), host_name()),
+        )
+    }
+
+    /// The overseer `name`, who gave the passphrase in this process:
+    /// `overseer:NAME (user:OS@HOST)`.
+    pub fn overseer(name: &str) -> Self {
+        Actor::new(
+            ActorKind::Overseer,
+            format!("{name} ({})", Actor::os_user().render()),
         )
     }
 
@@ -81,6 +94,7 @@ impl Actor {
         let kind = match self.kind {
             ActorKind::Client => "client",
             ActorKind::User => "user",
+            ActorKind::Overseer => "overseer",
             ActorKind::Agent => "agent",
             ActorKind::System => "system",
         };
@@ -88,11 +102,45 @@ impl Actor {
     }
 }
 
-/// The login name of the OS user running this process.
+/// The login name of the OS user running this process, from the password database entry of
+/// its real user id (`getpwuid_r(getuid())`), or `uid:N` when there is none. Never from
+/// `$USER` or `$LOGNAME`: any process can set those, and a decision must not name whoever the
+/// environment claims.
 pub fn os_user_name() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into())
+    // SAFETY: getuid cannot fail and has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    passwd_name(uid).unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+/// The user name of `uid` in the password database, if it has an entry.
+fn passwd_name(uid: libc::uid_t) -> Option<String> {
+    let mut buf = vec![0u8; 1024];
+    loop {
+        // SAFETY: an all-zero passwd is a valid value of a plain C struct of integers and
+        // pointers; getpwuid_r fills it in, pointing into `buf`, which outlives every read below.
+        let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the length given, and getpwuid_r is thread-safe.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut entry,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() || entry.pw_name.is_null() {
+            return None;
+        }
+        // SAFETY: on success pw_name points at a NUL-terminated string inside `buf`.
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.pw_name) };
+        return Some(name.to_string_lossy().into_owned()).filter(|n| !n.is_empty());
+    }
 }
 
 /// This machine's host name.
@@ -255,6 +303,18 @@ pub enum Action {
     /// A person approved a quarantined child tool definition; it is pinned again and exposed.
     #[serde(rename = "instance.tool_approved")]
     InstanceToolApproved,
+    /// An overseer was set for this database (the name; never the passphrase or its hash).
+    #[serde(rename = "overseer.set")]
+    OverseerSet,
+    /// The overseer's passphrase (or name) was changed, with the old passphrase.
+    #[serde(rename = "overseer.changed")]
+    OverseerChanged,
+    /// The overseer's passphrase was reset with the recovery code.
+    #[serde(rename = "overseer.reset")]
+    OverseerReset,
+    /// A wrong overseer passphrase or recovery code was given (and whether it locked the CLI).
+    #[serde(rename = "overseer.refused")]
+    OverseerRefused,
 }
 
 impl Action {
@@ -309,6 +369,10 @@ impl Action {
             Action::InstanceToolPinned => "instance.tool_pinned",
             Action::InstanceToolQuarantined => "instance.tool_quarantined",
             Action::InstanceToolApproved => "instance.tool_approved",
+            Action::OverseerSet => "overseer.set",
+            Action::OverseerChanged => "overseer.changed",
+            Action::OverseerReset => "overseer.reset",
+            Action::OverseerRefused => "overseer.refused",
         }
     }
 }
@@ -354,7 +418,8 @@ pub struct AuditEvent {
     pub seq: i64,
     /// When, RFC 3339 UTC.
     pub ts: String,
-    /// Who: `client:NAME/VERSION`, `user:NAME@HOST`, `agent:ID` or `system:mcp-coordinator`.
+    /// Who: `client:NAME/VERSION`, `user:NAME@HOST`, `overseer:NAME (user:NAME@HOST)`,
+    /// `agent:ID` or `system:mcp-coordinator`.
     pub actor: String,
     /// What, for example `tool.call`.
     pub action: String,

@@ -9,10 +9,23 @@ use clap::Subcommand;
 use serde_json::json;
 
 use super::GlobalArgs;
+use super::tty::Tty;
 use mcp_coordinator::approval::{
     Approval, ApprovalError, ApprovalService, Channel, Kind, ListFilter, State, Verdict,
 };
 use mcp_coordinator::audit::{Actor, host_name, os_user_name};
+use mcp_coordinator::overseer::{Overseer, OverseerError, OverseerService, Purpose};
+
+pub const LONG_ABOUT: &str = "\
+Decide approvals as a person: list what waits, show one in full, approve or reject it. These \
+work on the same database running servers use; a tool call waiting on an approval returns \
+within a second of the decision.
+
+Once an overseer is set (`mcp-coordinator overseer init`), approve asks for the overseer's \
+passphrase on the terminal and records the overseer's name and your OS user; without a \
+terminal it refuses, whatever the options. Without an overseer, anyone who can run commands as \
+your OS user (an assistant with a shell, a child MCP server) can approve. Reject never needs \
+the passphrase: saying no is never the risky direction.";
 
 #[derive(Debug, Subcommand)]
 pub enum ApprovalsCommand {
@@ -41,11 +54,22 @@ pub enum ApprovalsCommand {
     },
     /// Approve an approval: the action it names may then run, once
     #[command(
-        long_about = "Approve an approval as the person at this machine (recorded as \
-user:NAME@HOST via cli, with your reason, in the signed audit log). The action it names may then \
-run, exactly as shown and once. On a terminal you are shown the approval and asked to confirm; \
---yes skips the question. A tool call waiting on this approval returns within a second. \
-Decisions are final; an expired approval cannot be approved."
+        long_about = "Approve an approval as the person at this machine. The action it names \
+may then run, exactly as shown and once. A tool call waiting on this approval returns within a \
+second. Decisions are final; an expired approval cannot be approved.
+
+With an overseer set (`mcp-coordinator overseer init`): you are shown the approval on the \
+terminal (/dev/tty) and asked for the overseer's passphrase, which is your confirmation. It is \
+never read from stdin, an argument or an environment variable, and --yes does not skip it; \
+with no terminal the command refuses. Three wrong passphrases in a row lock approving from the \
+CLI for 60 seconds, for every process on this database (the error says when it lifts). \
+Recorded as overseer:NAME (user:OS@HOST) via cli, with your reason, in the signed audit log; \
+OS is the user of this process in the password database, not $USER.
+
+Without an overseer: recorded as user:OS@HOST. On a terminal you are asked to confirm by typing \
+yes; --yes skips the question, and without a terminal --yes is required.",
+        after_help = "Examples:\n  mcp-coordinator approvals approve apr_1f2e... --reason \"checked the diff\"\n  \
+mcp-coordinator overseer init        (once: protect approving with a passphrase)"
     )]
     Approve {
         /// The approval id (apr_...)
@@ -53,11 +77,16 @@ Decisions are final; an expired approval cannot be approved."
         /// Why you approve it (recorded in the audit log)
         #[arg(long)]
         reason: String,
-        /// Do not ask for confirmation
+        /// Do not ask to type yes (without an overseer); never skips the overseer's passphrase
         #[arg(long, short)]
         yes: bool,
     },
-    /// Reject an approval: the action it names must not run
+    /// Reject an approval: the action it names must not run (no passphrase needed)
+    #[command(
+        long_about = "Reject an approval: the action it names must not run. Recorded with your \
+reason in the signed audit log, as user:OS@HOST via cli. Never needs the overseer's passphrase \
+or a terminal: saying no is never the risky direction. Decisions are final."
+    )]
     Reject {
         /// The approval id (apr_...)
         id: String,
@@ -82,6 +111,7 @@ struct StateArg(Option<State>);
 
 pub fn run(global: &GlobalArgs, cmd: ApprovalsCommand) -> anyhow::Result<ExitCode> {
     let (settings, audit) = super::open(global)?;
+    let overseers = OverseerService::new(audit.clone());
     let service = ApprovalService::new(audit, settings.config.approvals.clone());
     match cmd {
         ApprovalsCommand::List {
@@ -138,6 +168,17 @@ pub fn run(global: &GlobalArgs, cmd: ApprovalsCommand) -> anyhow::Result<ExitCod
             if a.state != State::Pending {
                 anyhow::bail!("approval {id} is already {}; decisions are final", a.state);
             }
+            if reason.trim().is_empty() {
+                anyhow::bail!("--reason: say why (it is recorded in the audit log)");
+            }
+            if overseers.current()?.is_some() {
+                return match ask_overseer(&overseers, &a)? {
+                    Some(overseer) => {
+                        decide(&service, &id, State::Approved, reason, Some(overseer))
+                    }
+                    None => Ok(ExitCode::from(1)),
+                };
+            }
             if !yes {
                 if !std::io::stdin().is_terminal() {
                     anyhow::bail!(
@@ -154,29 +195,75 @@ pub fn run(global: &GlobalArgs, cmd: ApprovalsCommand) -> anyhow::Result<ExitCod
                     return Ok(ExitCode::from(1));
                 }
             }
-            decide(&service, &id, State::Approved, reason)
+            decide(&service, &id, State::Approved, reason, None)
         }
-        ApprovalsCommand::Reject { id, reason } => decide(&service, &id, State::Rejected, reason),
+        ApprovalsCommand::Reject { id, reason } => {
+            decide(&service, &id, State::Rejected, reason, None)
+        }
     }
 }
 
+/// Shows the approval on the terminal and asks for the overseer's passphrase. `None` when the
+/// person typed nothing (not approved) or gave a wrong passphrase (said on stderr; the lock
+/// counts it).
+fn ask_overseer(overseers: &OverseerService, a: &Approval) -> anyhow::Result<Option<Overseer>> {
+    let id = &a.id;
+    let mut tty = Tty::open(&format!(
+        "approving {id} needs the overseer's passphrase (--yes does not skip it)"
+    ))?;
+    if let Err(e @ OverseerError::Locked { .. }) = overseers.check_unlocked() {
+        eprintln!("mcp-coordinator: {e}; approval {id} is still pending");
+        return Ok(None);
+    }
+    let Some(name) = overseers.current()?.map(|o| o.name) else {
+        return Err(OverseerError::NotSet.into());
+    };
+    tty.say(&describe(a))?;
+    let passphrase = tty.secret(&format!(
+        "\nTo approve, the passphrase of overseer {name} (not echoed; empty to leave it pending): "
+    ))?;
+    if passphrase.is_empty() {
+        println!("not approved; approval {id} is still pending");
+        return Ok(None);
+    }
+    match overseers.verify(&passphrase, Purpose::Approve, &Actor::os_user()) {
+        Ok(overseer) => Ok(Some(overseer)),
+        Err(e @ (OverseerError::Wrong { .. } | OverseerError::Locked { .. })) => {
+            eprintln!("mcp-coordinator: {e}; approval {id} is still pending");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+/// Records the decision: by the overseer who gave the passphrase, else by the OS user.
 fn decide(
     service: &ApprovalService,
     id: &str,
     state: State,
     reason: String,
+    overseer: Option<Overseer>,
 ) -> anyhow::Result<ExitCode> {
     let reason = reason.trim().to_string();
     if reason.is_empty() {
         anyhow::bail!("--reason: say why (it is recorded in the audit log)");
     }
+    let mut context =
+        json!({"user": os_user_name(), "host": host_name(), "pid": std::process::id()});
+    let by = match &overseer {
+        Some(o) => {
+            context["overseer"] = json!(o.name);
+            context["credential"] = json!(o.credential);
+            Actor::overseer(&o.name)
+        }
+        None => Actor::os_user(),
+    };
     let verdict = Verdict {
         state,
-        by: Actor::os_user(),
+        by,
         via: Channel::Cli,
         reason: Some(reason),
         cause: None,
-        context: json!({"user": os_user_name(), "host": host_name(), "pid": std::process::id()}),
+        context,
     };
     match service.decide(id, verdict) {
         Ok(a) => {

@@ -4,8 +4,10 @@
 mod approvals;
 mod audit;
 mod exec;
+mod overseer;
 mod secrets;
 mod serve;
+mod tty;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,11 +37,15 @@ VS Code (.vscode/mcp.json):
 Try it in the MCP Inspector:
   npx @modelcontextprotocol/inspector mcp-coordinator
 
+First run: set the overseer, whose passphrase approving at the CLI then needs (without one, an
+assistant with a shell can approve its own requests):
+  mcp-coordinator overseer init
+
 Examples:
   mcp-coordinator                          serve on stdio with the default database
   mcp-coordinator serve --db :memory:      serve without touching disk
   mcp-coordinator approvals list           what is waiting for a person
-  mcp-coordinator approvals approve ID --reason \"checked the diff\"
+  mcp-coordinator approvals approve ID --reason \"checked the diff\"   (asks the passphrase)
   mcp-coordinator audit verify             check the audit chain and its signatures
   mcp-coordinator audit export > log.jsonl export every audit event";
 
@@ -105,8 +111,11 @@ with status 0 when the client closes stdin, or on SIGINT/SIGTERM. Logs go to std
     )]
     Serve,
     /// Decide approvals as a person: list, show, approve, reject
-    #[command(subcommand)]
+    #[command(subcommand, long_about = approvals::LONG_ABOUT)]
     Approvals(approvals::ApprovalsCommand),
+    /// Set the overseer whose passphrase approving at the CLI needs: init, status, change, reset
+    #[command(subcommand, long_about = overseer::LONG_ABOUT, after_help = overseer::AFTER_HELP)]
+    Overseer(overseer::OverseerCommand),
     /// Inspect the audit log: verify the chain, export events
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -124,6 +133,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Serve) => serve::run(&cli.global),
         Some(Command::Approvals(cmd)) => approvals::run(&cli.global, cmd),
+        Some(Command::Overseer(cmd)) => overseer::run(&cli.global, cmd),
         Some(Command::Audit(cmd)) => audit::run(&cli.global, cmd),
         Some(Command::Secrets(cmd)) => secrets::run(&cli.global, cmd),
         Some(Command::Exec(args)) => exec::run(&cli.global, args),

@@ -9,6 +9,9 @@ use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
 use super::GlobalArgs;
+use mcp_coordinator::audit::AuditLog;
+use mcp_coordinator::config::Settings;
+use mcp_coordinator::overseer::{OverseerService, unprotected_warning};
 use mcp_coordinator::server::{self, Coordinator};
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
@@ -23,6 +26,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         banner(&settings);
     }
     tracing::info!(db = %settings.db.display(), data_dir = %settings.data_dir.display(), "serving MCP on stdio");
+    warn_if_unprotected(&settings, &audit);
     let coordinator = Coordinator::new(audit, settings)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -46,6 +50,21 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Says on stderr, at start, when no overseer guards approving at the CLI. `:memory:` is left
+/// out: no other process can reach it.
+fn warn_if_unprotected(settings: &Settings, audit: &AuditLog) {
+    let Some(cli) = settings.cli_prefix() else {
+        return;
+    };
+    match OverseerService::new(audit.clone()).current() {
+        Ok(None) => tracing::warn!("{}", unprotected_warning(&cli)),
+        Ok(Some(o)) => {
+            tracing::info!(overseer = %o.name, "approving at the CLI needs the overseer's passphrase")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the overseer credential"),
+    }
+}
+
 /// Logs go to stderr, never stdout (stdout carries JSON-RPC only). Colors only on a terminal.
 fn init_tracing(level: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(level).with_context(|| {
@@ -60,7 +79,7 @@ fn init_tracing(level: &str) -> anyhow::Result<()> {
 }
 
 /// Started by hand: say what this is and how to use it, on stderr.
-fn banner(settings: &mcp_coordinator::config::Settings) {
+fn banner(settings: &Settings) {
     let versions = server::supported_versions().join(", ");
     eprintln!(
         "mcp-coordinator {version}: an MCP server speaking JSON-RPC on stdin/stdout.\n\

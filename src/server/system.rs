@@ -11,6 +11,7 @@ use super::session::{Call, Era};
 use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
 use crate::audit::{AuditError, Outcome, Page, Query, VerifyReport};
 use crate::config::ToolGroup;
+use crate::overseer::{OverseerError, OverseerService, unprotected_warning};
 use crate::store::{Store, StoreError};
 
 pub fn routes() -> Vec<Route> {
@@ -101,6 +102,19 @@ pub struct DatabaseStatus {
     pub known_schema_version: usize,
 }
 
+/// Whether approving at the CLI needs the overseer's passphrase.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct OverseerStatus {
+    /// Whether an overseer is set for this database.
+    pub set: bool,
+    /// The overseer's name, when set.
+    pub name: Option<String>,
+    /// Until when wrong passphrases have locked approving at the CLI, if they have.
+    pub locked_until: Option<String>,
+    /// Present while no overseer is set: CLI approvals are unprotected, and how to fix it.
+    pub warning: Option<String>,
+}
+
 /// What `coordinator_status` returns.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct StatusOutput {
@@ -120,6 +134,8 @@ pub struct StatusOutput {
     /// The config file in effect, if any.
     pub config_file: Option<String>,
     pub database: DatabaseStatus,
+    /// The overseer credential that guards approving at the CLI.
+    pub overseer: OverseerStatus,
     /// Rows per domain table.
     pub counts: BTreeMap<String, i64>,
     /// Tools offered now.
@@ -140,6 +156,21 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
     });
     let (health, schema_version, counts) = db.map_err(store_error)?;
     let settings = c.settings();
+    let overseer = c
+        .quick(|c| OverseerService::new(c.audit().clone()).status())
+        .map_err(|e| match e {
+            OverseerError::Store(e) => store_error(e),
+            other => ToolError::new(ErrorCode::StorageError, other.to_string()),
+        })?;
+    let overseer = OverseerStatus {
+        set: overseer.overseer.is_some(),
+        warning: match (&overseer.overseer, settings.cli_prefix()) {
+            (None, Some(cli)) => Some(unprotected_warning(&cli)),
+            _ => None,
+        },
+        name: overseer.overseer.map(|o| o.name),
+        locked_until: overseer.locked_until,
+    };
     Ok(StatusOutput {
         name: "mcp-coordinator".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -159,6 +190,7 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
             schema_version,
             known_schema_version: Store::known_schema_version(),
         },
+        overseer,
         counts: counts.into_iter().collect(),
         tools_enabled: c.enabled_tool_count(),
         disabled_groups: settings.config.tools.disabled_groups.clone(),

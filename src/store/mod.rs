@@ -6,6 +6,7 @@ pub mod approval;
 pub mod assessment;
 pub mod audit;
 pub mod instance;
+pub mod overseer;
 pub mod pipeline;
 pub mod secret;
 pub mod task;
@@ -34,6 +35,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0005_secrets.sql")),
     M::up(include_str!("migrations/0006_assessments.sql")),
     M::up(include_str!("migrations/0007_instances.sql")),
+    M::up(include_str!("migrations/0008_overseer.sql")),
 ];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
@@ -289,8 +291,24 @@ fn open_connection(location: &Location) -> Result<Connection, StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
     if matches!(location, Location::File(_)) {
         // WAL lets readers (the CLI, a second coordinator) work while one process writes.
-        conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(()))
-            .map_err(open_err)?;
+        // Switching a fresh file to WAL answers SQLITE_BUSY at once, without the busy handler,
+        // while another process switches it too: wait and retry here instead.
+        let started = std::time::Instant::now();
+        loop {
+            match conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(())) {
+                Err(ref e)
+                    if matches!(
+                        e.sqlite_error_code(),
+                        Some(
+                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                        )
+                    ) && started.elapsed() < BUSY_TIMEOUT =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other.map_err(open_err)?,
+            }
+        }
         // NORMAL in WAL mode is durable against process kills; only an OS crash can lose the
         // last commits, and the chain stays consistent either way.
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -315,7 +333,20 @@ fn migrate(conn: &mut Connection, location: &Location) -> Result<(), StoreError>
     // Two processes may start on a fresh file at once: IMMEDIATE makes the second wait for the
     // first's migration instead of failing to upgrade its read lock.
     conn.set_transaction_behavior(TransactionBehavior::Immediate);
-    let result = Migrations::from_slice(MIGRATIONS).to_latest(conn);
+    let migrations = Migrations::from_slice(MIGRATIONS);
+    let mut seen = found;
+    let mut result = migrations.to_latest(conn);
+    // rusqlite_migration reads user_version before it takes the write lock, so the second of
+    // two processes may run a migration the first has just committed ("table already exists").
+    // When the version moved meanwhile, that is what happened: try again from the new version.
+    while result.is_err() {
+        let now: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if now <= seen {
+            break;
+        }
+        seen = now;
+        result = migrations.to_latest(conn);
+    }
     conn.set_transaction_behavior(TransactionBehavior::Deferred);
     result.map_err(|e| StoreError::Migration {
         path,
@@ -362,6 +393,30 @@ mod tests {
         // Opening again is a no-op migration.
         let again = Store::open(&loc)?;
         assert_eq!(again.schema_version()?, MIGRATIONS.len() as i64);
+        Ok(())
+    }
+
+    #[test]
+    fn processes_opening_a_fresh_file_at_once_all_migrate() -> Result<(), Box<dyn std::error::Error>>
+    {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir()?;
+            let loc = Location::File(dir.path().join("c.db"));
+            let barrier = Arc::new(std::sync::Barrier::new(4));
+            let openers: Vec<_> = (0..4)
+                .map(|_| {
+                    let (loc, barrier) = (loc.clone(), barrier.clone());
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        Store::open(&loc).map(|_| ()).map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            for opener in openers {
+                let opened = opener.join().map_err(|_| "an opener panicked")?;
+                assert!(opened.is_ok(), "{opened:?}");
+            }
+        }
         Ok(())
     }
 
