@@ -8,6 +8,7 @@ pub mod audit;
 pub mod config;
 pub mod instance;
 pub mod keyfile;
+pub mod logging;
 mod macros;
 pub mod overseer;
 pub mod pipeline;

@@ -6,7 +6,6 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
 
 use super::GlobalArgs;
 use mcp_coordinator::audit::AuditLog;
@@ -65,17 +64,11 @@ fn warn_if_unprotected(settings: &Settings, audit: &AuditLog) {
     }
 }
 
-/// Logs go to stderr, never stdout (stdout carries JSON-RPC only). Colors only on a terminal.
+/// Logs go to stderr, never stdout (stdout carries JSON-RPC only), masked so that no level
+/// shows a secret. Colors only on a terminal.
 fn init_tracing(level: &str) -> anyhow::Result<()> {
-    let filter = EnvFilter::try_new(level).with_context(|| {
-        format!("--log-level {level:?} is not a level or tracing filter (try info, debug or trace)")
-    })?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot start logging: {e}"))
+    mcp_coordinator::logging::init(level, std::io::stderr().is_terminal())
+        .map_err(anyhow::Error::msg)
 }
 
 /// Started by hand: say what this is and how to use it, on stderr.

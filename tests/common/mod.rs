@@ -238,3 +238,28 @@ pub fn example_bin(name: &str) -> PathBuf {
     assert!(bin.is_file(), "{} is missing", bin.display());
     bin
 }
+
+/// Stores secret `name` with `value` through the CLI (`secrets set`, value on stdin) in the
+/// data directory's store.
+pub fn set_secret(data_dir: &Path, name: &str, value: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(BIN)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["secrets", "set", name])
+        .env_remove("MCP_COORDINATOR_MASTER_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run mcp-coordinator secrets set");
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{value}").expect("write the secret");
+    }
+    let out = child.wait_with_output().expect("wait for secrets set");
+    assert!(
+        out.status.success(),
+        "secrets set {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
