@@ -144,7 +144,8 @@ failure_threshold = 1
 
 [instance_types.tuned]
 command = "{bin}"
-env = {{ MODE = "plain", PATH = "/usr/bin:/bin", HOME = "${{env:HOME}}" }}
+env = {{ MODE = "plain", DATA_FILE = "/var/lib/kid/memory.jsonl", PATH = "/usr/bin:/bin", HOME = "${{env:HOME}}" }}
+overridable = ["MODE"]
 
 [instance_types.crashy]
 command = "{bin}"
@@ -1260,18 +1261,32 @@ async fn crash_loop_expires_with_its_ttl_and_is_not_restored_after_a_kill() {
     drop(c);
 }
 
-/// `instance_start` overrides: only literal values the type declares, never a value taken
-/// from the secret store or the coordinator's environment, never a variable that decides
-/// which code runs; each refusal names the field.
+/// `instance_start` overrides: only the variables the type lists in `overridable`, never one
+/// that decides which code runs; each refusal names the field. The attack of issue 13: an
+/// override pointing the child's data file elsewhere (server-memory's `MEMORY_FILE_PATH`) is
+/// refused because the type does not list it, although it is a declared literal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overrides_change_only_declared_literal_values() {
+async fn overrides_change_only_variables_the_type_lists_as_overridable() {
     let (_dir, c) = started(None).await;
     let peer = c.peer().clone();
+    let types = ok(&peer, "instance_types", json!({})).await;
+    let tuned = types["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "tuned")
+        .unwrap();
+    assert_eq!(tuned["overridable"], json!(["MODE"]), "{tuned}");
     for (key, value, says) in [
+        (
+            "DATA_FILE",
+            "/tmp/elsewhere.jsonl",
+            "must list it in `overridable`",
+        ),
         ("PATH", "/tmp/evil", "decides which program or code"),
-        ("HOME", "/tmp", "coordinator's environment"),
-        ("LD_PRELOAD", "/tmp/x.so", "does not declare"),
-        ("NOPE", "x", "does not declare"),
+        ("HOME", "/tmp", "must list it in `overridable`"),
+        ("LD_PRELOAD", "/tmp/x.so", "decides which program or code"),
+        ("NOPE", "x", "must list it in `overridable`"),
     ] {
         let e = err(
             &peer,
@@ -1311,6 +1326,11 @@ async fn overrides_change_only_declared_literal_values() {
     let r = call(&peer, "tuned__env", json!({})).await;
     let vars = &r.structured_content.unwrap()["vars"];
     assert_eq!(vars["MODE"], sha256("custom"), "{vars}");
+    assert_eq!(
+        vars["DATA_FILE"],
+        sha256("/var/lib/kid/memory.jsonl"),
+        "{vars}"
+    );
     assert_eq!(vars["PATH"], sha256("/usr/bin:/bin"), "{vars}");
     c.client.cancel().await.unwrap();
 }
