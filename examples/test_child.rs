@@ -5,7 +5,9 @@
 //! garbage to stdout (a line, or one longer than the coordinator takes), change their
 //! descriptions at runtime (including a "rug pull" with a prompt injection) and announce it
 //! with `notifications/tools/list_changed`. Flags make the process fail at startup, crash
-//! after a delay, ignore SIGTERM or leave a grandchild behind; see `--help`.
+//! after a delay, ignore SIGTERM or leave a grandchild behind; see `--help`. As an attacker, its `peek` tool
+//! reads another process's environment and descriptors the way a same-user process without
+//! privileges can.
 //!
 //! stdout carries only MCP messages (and the deliberate garbage of the `garbage` and `flood`
 //! tools); every diagnostic goes to stderr, prefixed with `test_child:` (the `stderr` tool's
@@ -230,6 +232,21 @@ fn tools(variant: Variant) -> Vec<Tool> {
             json!({"text": string}),
             Unspecified,
         ),
+        tool(
+            "peek",
+            "Acts as a same-user attacker: drops every capability from the thread (root's \
+             CAP_SYS_PTRACE, CAP_SYS_ADMIN and CAP_PERFMON see through the non-dumpable flag), \
+             then reads /proc/<pid>/environ and the targets of /proc/<pid>/fd (pid 0: our \
+             parent). Returns the variable names and fd targets it got, or the errno.",
+            json!({"pid": count}),
+            ReadOnly,
+        ),
+        tool(
+            "fds",
+            "The targets of this process's open file descriptors.",
+            none.clone(),
+            ReadOnly,
+        ),
     ];
     if variant == Variant::Extra {
         list.push(tool(
@@ -450,6 +467,24 @@ impl TestChild {
                 })?;
                 Ok(CallToolResult::structured(json!({"ok": true})))
             }
+            "peek" => {
+                let pid = match count_arg(args, "pid")? {
+                    0 => std::os::unix::process::parent_id(),
+                    n => u32::try_from(n).map_err(|_| bad_argument("pid", "is not a pid"))?,
+                };
+                // Capabilities are per thread: drop on a fresh one, read there, let it end.
+                let report = std::thread::spawn(move || peek(pid))
+                    .join()
+                    .map_err(|_| ErrorData::internal_error("the peeking thread panicked", None))?
+                    .map_err(|e| {
+                        ErrorData::internal_error(format!("cannot drop capabilities: {e}"), None)
+                    })?;
+                Ok(CallToolResult::structured(report))
+            }
+            "fds" => {
+                let targets = fd_targets("self").unwrap_or_default();
+                Ok(CallToolResult::structured(json!({"targets": targets})))
+            }
             "extra_tool" | "extra tool" if *lock(&self.variant) == Variant::Extra => {
                 Ok(CallToolResult::structured(json!({"extra": name})))
             }
@@ -491,6 +526,96 @@ impl ServerHandler for TestChild {
             .await
             .map(CallToolResponse::from)
     }
+}
+
+/// `capget`/`capset` header (`struct __user_cap_header_struct`).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two (capabilities 0-31 and 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops every capability from the calling thread's effective and permitted sets, so that it
+/// reads `/proc` as a process of the same user without privileges would: root's
+/// CAP_SYS_PTRACE overrides the non-dumpable flag, and so (for reads of `environ` and `maps`
+/// on recent kernels) do CAP_SYS_ADMIN and CAP_PERFMON. Returns whether the thread had any.
+fn drop_capabilities() -> std::io::Result<bool> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget fills the two data structs of a version 3 header for this thread.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let had = data.iter().any(|d| d.effective != 0 || d.permitted != 0);
+    if had {
+        for d in &mut data {
+            d.effective = 0;
+            d.permitted = 0;
+        }
+        // SAFETY: capset with a version 3 header for this thread and two data structs.
+        if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(had)
+}
+
+/// The targets of `/proc/<pid>/fd/*`, in fd order.
+fn fd_targets(pid: &str) -> std::io::Result<Vec<String>> {
+    let mut fds: Vec<(u32, String)> = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let target = std::fs::read_link(entry.path())?;
+        fds.push((fd, target.display().to_string()));
+    }
+    fds.sort();
+    Ok(fds.into_iter().map(|(_, t)| t).collect())
+}
+
+/// What a same-user process without privileges can read of process `pid` (run on a thread
+/// of its own: capabilities are dropped for the calling thread only).
+fn peek(pid: u32) -> std::io::Result<Value> {
+    let had_capabilities = drop_capabilities()?;
+    let failure =
+        |e: std::io::Error| json!({"ok": false, "errno": e.raw_os_error(), "error": e.to_string()});
+    let environ = match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(bytes) => {
+            let names: Vec<String> = bytes
+                .split(|&b| b == 0)
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    let name = v.split(|&b| b == b'=').next().unwrap_or_default();
+                    String::from_utf8_lossy(name).into_owned()
+                })
+                .collect();
+            json!({"ok": true, "names": names})
+        }
+        Err(e) => failure(e),
+    };
+    let fds = match fd_targets(&pid.to_string()) {
+        Ok(targets) => json!({"ok": true, "targets": targets}),
+        Err(e) => failure(e),
+    };
+    Ok(
+        json!({"pid": pid, "dropped_capabilities": had_capabilities, "environ": environ, "fds": fds}),
+    )
 }
 
 /// Starts `sleep 1000` in our process group, with no access to our stdio pipes.

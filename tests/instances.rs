@@ -197,7 +197,6 @@ async fn start(dir: &Path, answer: Option<ElicitationAction>) -> Coordinator {
 }
 
 async fn start_with(dir: &Path, config: &Path, answer: Option<ElicitationAction>) -> Coordinator {
-    let log = dir.join(format!("coordinator-{}.log", uuid_like()));
     let mut cmd = tokio::process::Command::new(common::BIN);
     cmd.arg("--data-dir")
         .arg(dir)
@@ -206,6 +205,49 @@ async fn start_with(dir: &Path, config: &Path, answer: Option<ElicitationAction>
         .env_remove("MCP_COORDINATOR_DB")
         .env_remove("MCP_COORDINATOR_CONFIG")
         .env_remove("MCP_COORDINATOR_LOG");
+    launch(cmd, dir, answer).await
+}
+
+/// A coordinator told where its data and config are by its environment
+/// (`MCP_COORDINATOR_DATA_DIR`, `_DB`, `_CONFIG`), as a client config may do, and run
+/// without any capability, as an ordinary user runs it: when the tests run as root its
+/// capability bounding set is emptied before exec, so that neither it nor its children hold
+/// root's capabilities (which see through the non-dumpable flag, and which the kernel's
+/// capability rule for ptrace access would weigh too).
+async fn start_unprivileged_via_env(dir: &Path, config: &Path) -> Coordinator {
+    let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.args(["--log-level", "mcp_coordinator=debug"])
+        .env("MCP_COORDINATOR_DATA_DIR", dir)
+        .env("MCP_COORDINATOR_DB", common::db_path(dir))
+        .env("MCP_COORDINATOR_CONFIG", config)
+        .env_remove("MCP_COORDINATOR_LOG");
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        let last: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        // SAFETY: only prctl (a plain syscall) runs between fork and exec; nothing allocates.
+        unsafe {
+            cmd.pre_exec(move || {
+                for cap in 0..=last {
+                    if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    launch(cmd, dir, None).await
+}
+
+async fn launch(
+    mut cmd: tokio::process::Command,
+    dir: &Path,
+    answer: Option<ElicitationAction>,
+) -> Coordinator {
+    let log = dir.join(format!("coordinator-{}.log", uuid_like()));
     cmd.env("LEAK_CANARY", "must-not-reach-children")
         .env_remove("MCP_COORDINATOR_MASTER_KEY");
     let (transport, stderr) = TokioChildProcess::builder(cmd)
@@ -1517,5 +1559,88 @@ async fn stopping_a_child_that_hangs_in_initialize_does_not_wait_for_the_timeout
         children_of(c.pid).is_empty()
     })
     .await;
+    c.client.cancel().await.unwrap();
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, session, ...
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Issue 13, item 3: a child, acting as a same-user attacker, cannot read the coordinator's
+/// environment or the targets of its descriptors through /proc, while the same reads of its
+/// sibling (another child of the same user) succeed. The coordinator gets its data directory,
+/// database and config through its environment here, and none of it reaches the child: not
+/// in its environment, not as an open descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_cannot_read_the_coordinator_through_proc() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let config = write_config(dir.path());
+    let c = start_unprivileged_via_env(dir.path(), &config).await;
+    let peer = c.peer().clone();
+    let kid = ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    let kid_pid = kid["pid"].as_u64().unwrap() as u32;
+    assert_eq!(
+        stat_fields(kid_pid).unwrap()[1],
+        c.pid.to_string(),
+        "the coordinator is the child's parent"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{kid_pid}/status")).unwrap();
+    assert!(
+        status.contains("CapEff:\t0000000000000000"),
+        "the child runs without capabilities: {status}"
+    );
+
+    let got = ok(&peer, "kid__peek", json!({"pid": 0})).await;
+    assert_eq!(got["pid"], c.pid, "{got}");
+    assert_eq!(
+        got["environ"]["ok"], false,
+        "read the coordinator's environment: {got}"
+    );
+    assert_eq!(got["environ"]["errno"], libc::EACCES, "{got}");
+    assert_eq!(
+        got["fds"]["ok"], false,
+        "read the coordinator's descriptors: {got}"
+    );
+    assert_eq!(got["fds"]["errno"], libc::EACCES, "{got}");
+
+    // Control: the same reads of a sibling, an ordinary process of the same user, succeed.
+    let sibling = ok(
+        &peer,
+        "instance_start",
+        json!({"type": "kid", "name": "sibling"}),
+    )
+    .await;
+    let seen = ok(&peer, "kid__peek", json!({"pid": sibling["pid"]})).await;
+    assert_eq!(seen["environ"]["ok"], true, "{seen}");
+    assert_eq!(
+        seen["environ"]["names"],
+        json!(["TOKEN", "VISIBLE"]),
+        "{seen}"
+    );
+    assert_eq!(seen["fds"]["ok"], true, "{seen}");
+
+    // Nothing of the data directory reaches the child.
+    let env = ok(&peer, "kid__env", json!({})).await;
+    let names: Vec<&String> = env["vars"].as_object().unwrap().keys().collect();
+    assert_eq!(names, vec!["TOKEN", "VISIBLE"], "{env}");
+    let data_dir = dir.path().canonicalize().unwrap().display().to_string();
+    let fds = ok(&peer, "kid__fds", json!({})).await;
+    let targets = fds["targets"].as_array().unwrap();
+    assert!(!targets.is_empty(), "{fds}");
+    assert!(
+        targets
+            .iter()
+            .all(|t| !t.as_str().unwrap().contains(&data_dir)),
+        "the child holds a descriptor in the data directory: {fds}"
+    );
     c.client.cancel().await.unwrap();
 }
