@@ -5,7 +5,8 @@
 //! garbage to stdout (a line, or one longer than the coordinator takes), change their
 //! descriptions at runtime (including a "rug pull" with a prompt injection) and announce it
 //! with `notifications/tools/list_changed`. Flags make the process fail at startup, crash
-//! after a delay, ignore SIGTERM or leave a grandchild behind; see `--help`. As an attacker, its `peek` tool
+//! after a delay, ignore SIGTERM or leave a grandchild behind (in its group, in a session of
+//! its own, or orphaned by a double fork); see `--help`. As an attacker, its `peek` tool
 //! reads another process's environment and descriptors the way a same-user process without
 //! privileges can.
 //!
@@ -65,9 +66,17 @@ struct Args {
     #[arg(long)]
     ignore_sigterm: bool,
 
-    /// At start, spawn `sleep 1000` in our process group and print its pid to stderr
-    #[arg(long)]
-    spawn_grandchild: bool,
+    /// At start, spawn `sleep 1000` and print its pid to stderr: in our process group
+    /// (`group`, the default), in a session of its own (`setsid`), in a session of its own
+    /// and orphaned at once by a short-lived parent (`double-fork`), or that after we stop
+    /// being a child subreaper (`escape`)
+    #[arg(long, value_enum, value_name = "HOW", num_args = 0..=1, default_missing_value = "group")]
+    spawn_grandchild: Option<Grandchild>,
+
+    /// Internal, for `--spawn-grandchild double-fork`: start `sleep 1000` in a new session,
+    /// print its pid to stdout and exit at once
+    #[arg(long, hide = true)]
+    orphan_a_sleep: bool,
 
     /// The initial tool set
     #[arg(long, value_enum, default_value_t = Variant::V1)]
@@ -76,6 +85,21 @@ struct Args {
     /// At start, print this environment variable's value to stderr (a leaky server)
     #[arg(long, value_name = "NAME")]
     leak_env: Option<String>,
+}
+
+/// Where `--spawn-grandchild` puts its `sleep 1000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Grandchild {
+    /// In our process group: a signal to the group reaches it
+    Group,
+    /// In a new session (`setsid`): out of our group, still our child
+    Setsid,
+    /// In a new session, its parent (a second test_child) exiting at once: an orphan,
+    /// re-parented to the nearest subreaper or init
+    DoubleFork,
+    /// As `double-fork`, after we stop being a child subreaper (if the coordinator made us
+    /// one), so that the orphan goes past us to the coordinator
+    Escape,
 }
 
 /// A tool set; `set_variant` switches between them at runtime.
@@ -618,18 +642,76 @@ fn peek(pid: u32) -> std::io::Result<Value> {
     )
 }
 
-/// Starts `sleep 1000` in our process group, with no access to our stdio pipes.
-fn spawn_grandchild() -> std::io::Result<()> {
-    let mut child = std::process::Command::new("sleep")
+/// Starts `sleep 1000` as `how` says, with no access to our stdio pipes, and logs its pid.
+fn spawn_grandchild(how: Grandchild) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    if how == Grandchild::Escape {
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 0) only clears a flag of this process.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if matches!(how, Grandchild::DoubleFork | Grandchild::Escape) {
+        // A second test_child starts the sleep and exits at once, orphaning it.
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .arg("--orphan-a-sleep")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()?;
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        log!("test_child: grandchild pid {pid} ({how:?}, orphaned)");
+        return Ok(());
+    }
+    let mut command = std::process::Command::new("sleep");
+    command
         .arg("1000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    log!("test_child: grandchild pid {}", child.id());
+        .stderr(Stdio::null());
+    if how == Grandchild::Setsid {
+        // SAFETY: setsid is async-signal-safe; it only fails if we lead a group, which a
+        // freshly forked child never does.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn()?;
+    log!("test_child: grandchild pid {} ({how:?})", child.id());
     // Reap it should it exit while we live.
     std::thread::spawn(move || child.wait());
     Ok(())
+}
+
+/// `--orphan-a-sleep`: `sleep 1000` in a new session; its pid on stdout; then exit without
+/// waiting, so that it is orphaned.
+fn orphan_a_sleep() -> i32 {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("sleep");
+    command
+        .arg("1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: as in spawn_grandchild.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    match command.spawn() {
+        Ok(child) => {
+            println!("{}", child.id());
+            0
+        }
+        Err(e) => {
+            log!("test_child: cannot start sleep: {e}");
+            1
+        }
+    }
 }
 
 #[tokio::main]
@@ -641,6 +723,9 @@ async fn main() {
 }
 
 async fn run(args: Args) -> i32 {
+    if args.orphan_a_sleep {
+        return orphan_a_sleep();
+    }
     if args.fail_init {
         log!("test_child: cannot start: missing required setting FOO_URL");
         return 3;
@@ -671,8 +756,8 @@ async fn run(args: Args) -> i32 {
             }
         });
     }
-    if args.spawn_grandchild
-        && let Err(e) = spawn_grandchild()
+    if let Some(how) = args.spawn_grandchild
+        && let Err(e) = spawn_grandchild(how)
     {
         log!("test_child: cannot spawn the grandchild: {e}");
         return 1;

@@ -163,6 +163,27 @@ args = ["--fail-init"]
 [instance_types.stubborn]
 command = "{bin}"
 args = ["--ignore-sigterm", "--spawn-grandchild"]
+
+[instance_types.setsider]
+command = "{bin}"
+args = ["--spawn-grandchild", "setsid"]
+
+[instance_types.orphaner]
+command = "{bin}"
+args = ["--spawn-grandchild", "double-fork"]
+
+[instance_types.escaper]
+command = "{bin}"
+args = ["--spawn-grandchild", "escape"]
+
+[instance_types.orphaner-crashy]
+command = "{bin}"
+args = ["--spawn-grandchild", "double-fork", "--crash-after-ms", "600"]
+[instance_types.orphaner-crashy.restart]
+max_restarts = 3
+window_seconds = 60
+backoff_initial_ms = 100
+backoff_max_ms = 200
 "#
     );
     let path = dir.join("config.toml");
@@ -1572,6 +1593,164 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
             .map(str::to_string)
             .collect(),
     )
+}
+
+/// Zombie children of `pid` (exited, never reaped).
+fn zombie_children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(f) = stat_fields(p)
+            && f.len() > 1
+            && f[0] == "Z"
+            && f[1] == pid.to_string()
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The pid the test child logged as its grandchild's, from the instance's stderr tail.
+async fn grandchild_of(peer: &Peer<RoleClient>, name: &str) -> u32 {
+    let mut tail = String::new();
+    for _ in 0..100 {
+        tail = status_of(peer, name).await["detail"]["stderr_tail"].to_string();
+        if let Some(pid) = tail
+            .rsplit("grandchild pid ")
+            .next()
+            .filter(|_| tail.contains("grandchild pid "))
+            .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no grandchild pid in {tail}")
+}
+
+/// Gone from the process table: killed and reaped (a zombie still counts as there).
+fn gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Issue 13, item 4: a grandchild that calls `setsid` (leaving the child's process group), and
+/// one orphaned by a double fork, die with their instance: on `instance_stop`, when the child
+/// crashes, and when the coordinator exits; one that escapes to the coordinator while its
+/// instance runs is killed at once. None is left behind as a zombie either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grandchildren_that_leave_the_group_die_with_their_instance() {
+    let (_dir, c) = started(None).await;
+    let peer = c.peer().clone();
+
+    // instance_stop.
+    let setsider = ok(&peer, "instance_start", json!({"type": "setsider"})).await;
+    let orphaner = ok(&peer, "instance_start", json!({"type": "orphaner"})).await;
+    let setsider_pid = setsider["pid"].as_u64().unwrap() as u32;
+    let orphaner_pid = orphaner["pid"].as_u64().unwrap() as u32;
+    let g1 = grandchild_of(&peer, "setsider").await;
+    let g2 = grandchild_of(&peer, "orphaner").await;
+    assert!(alive(g1) && alive(g2));
+    let child_session = stat_fields(setsider_pid).unwrap()[3].clone();
+    assert_ne!(
+        stat_fields(g1).unwrap()[3],
+        child_session,
+        "the setsid grandchild has a session of its own"
+    );
+    assert_eq!(
+        stat_fields(g2).unwrap()[1],
+        orphaner_pid.to_string(),
+        "the orphan of the double fork was re-parented to the child, its subreaper"
+    );
+    for name in ["setsider", "orphaner"] {
+        ok(&peer, "instance_stop", json!({"instance": name})).await;
+    }
+    wait_for(
+        "the grandchildren to be killed and reaped after instance_stop",
+        Duration::from_secs(3),
+        || async { gone(g1) && gone(g2) },
+    )
+    .await;
+
+    // A crash: the child exits and its orphaned grandchild comes up to the coordinator.
+    let crashy = ok(&peer, "instance_start", json!({"type": "orphaner-crashy"})).await;
+    let g3 = grandchild_of(&peer, "orphaner-crashy").await;
+    assert!(alive(g3));
+    wait_for(
+        "a restart after the crash",
+        Duration::from_secs(10),
+        || async {
+            status_of(&peer, "orphaner-crashy").await["restarts"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 1
+        },
+    )
+    .await;
+    wait_for(
+        "the crashed child's grandchild to be killed and reaped",
+        Duration::from_secs(3),
+        || async { gone(g3) },
+    )
+    .await;
+    assert!(!alive(crashy["pid"].as_u64().unwrap() as u32));
+    ok(
+        &peer,
+        "instance_stop",
+        json!({"instance": "orphaner-crashy"}),
+    )
+    .await;
+    wait_for(
+        "no zombie child of the coordinator",
+        Duration::from_secs(3),
+        || async { zombie_children(c.pid).is_empty() },
+    )
+    .await;
+
+    // A child that stops being a subreaper and double-forks: the orphan comes straight up to
+    // the coordinator while its instance runs. It adopts it, kills it and reaps it.
+    ok(&peer, "instance_start", json!({"type": "escaper"})).await;
+    let g6 = grandchild_of(&peer, "escaper").await;
+    wait_for(
+        "the escaped orphan to be killed and reaped by the coordinator",
+        Duration::from_secs(3),
+        || async { gone(g6) },
+    )
+    .await;
+    assert_eq!(status_of(&peer, "escaper").await["status"], "running");
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(
+        log.contains("killed a process the coordinator adopted"),
+        "{log}"
+    );
+    ok(&peer, "instance_stop", json!({"instance": "escaper"})).await;
+
+    // The coordinator's exit.
+    ok(&peer, "instance_start", json!({"type": "setsider"})).await;
+    ok(&peer, "instance_start", json!({"type": "orphaner"})).await;
+    let g4 = grandchild_of(&peer, "setsider").await;
+    let g5 = grandchild_of(&peer, "orphaner").await;
+    assert!(alive(g4) && alive(g5));
+    let t = Instant::now();
+    c.client.cancel().await.unwrap();
+    wait_for(
+        "the coordinator to exit",
+        Duration::from_secs(5),
+        || async { !alive(c.pid) },
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "exit took {:?}",
+        t.elapsed()
+    );
+    wait_for("no survivors", Duration::from_millis(500), || async {
+        !alive(g4) && !alive(g5)
+    })
+    .await;
 }
 
 /// Issue 13, item 3: a child, acting as a same-user attacker, cannot read the coordinator's

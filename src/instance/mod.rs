@@ -13,6 +13,7 @@ mod pipe;
 pub mod policy;
 pub mod process;
 mod reactor;
+pub mod reaper;
 mod redact;
 mod supervisor;
 
@@ -1694,19 +1695,37 @@ impl InstanceService {
         Ok(())
     }
 
+    /// Starts killing and reaping the processes this coordinator adopts as a child subreaper
+    /// (see `reaper.rs`), until [`InstanceService::shutdown`]. Does nothing unless `serve`
+    /// made the process a subreaper.
+    pub fn start_reaper(&self) {
+        if reaper::is_subreaper() {
+            tokio::spawn(reaper::run(self.inner.shutdown.clone()));
+        }
+    }
+
     /// Stops every instance run here (children of a closing coordinator), marking them to be
-    /// restored by the next one, within `deadline`.
+    /// restored by the next one, then kills every process the coordinator adopted, all within
+    /// `deadline`.
     pub async fn shutdown(&self, deadline: Duration) {
+        let began = Instant::now();
         self.inner.shutdown.cancel();
         let handles: Vec<_> = lock(&self.inner.supervisors).drain(..).collect();
         let all = futures_join(handles);
-        if tokio::time::timeout(deadline, all).await.is_err() {
+        // The adopted processes get what is left, at least a moment.
+        let adopted = Duration::from_millis(300).min(deadline / 4);
+        if tokio::time::timeout(deadline.saturating_sub(adopted), all)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "some child instances did not stop in time; killing their process groups"
             );
         }
         // Whatever is left is killed when the runtime drops the supervisors: dropping a
-        // `ChildProcess` SIGKILLs its process group.
+        // `ChildProcess` SIGKILLs its process group and its remembered descendants.
+        let left = deadline.saturating_sub(began.elapsed()).max(adopted);
+        reaper::kill_all_adopted(left).await;
     }
 }
 
