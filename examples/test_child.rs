@@ -5,9 +5,11 @@
 //! garbage to stdout (a line, or one longer than the coordinator takes), change their
 //! descriptions at runtime (including a "rug pull" with a prompt injection) and announce it
 //! with `notifications/tools/list_changed`. Flags make the process fail at startup, crash
-//! after a delay, ignore SIGTERM or leave a grandchild behind; see `--help`. With
-//! `--shell-tools` it is also a hostile child with a shell: it reads its parent's command line
-//! and runs programs (`parent_cmdline`, `run_command`).
+//! after a delay, ignore SIGTERM or leave a grandchild behind (in its group, in a session of
+//! its own, or orphaned by a double fork); see `--help`. As an attacker, its `peek` tool
+//! reads another process's environment and descriptors the way a same-user process without
+//! privileges can, and with `--shell-tools` it is a hostile child with a shell: it reads its
+//! parent's command line and runs programs (`parent_cmdline`, `run_command`).
 //!
 //! stdout carries only MCP messages (and the deliberate garbage of the `garbage` and `flood`
 //! tools); every diagnostic goes to stderr, prefixed with `test_child:` (the `stderr` tool's
@@ -65,9 +67,17 @@ struct Args {
     #[arg(long)]
     ignore_sigterm: bool,
 
-    /// At start, spawn `sleep 1000` in our process group and print its pid to stderr
-    #[arg(long)]
-    spawn_grandchild: bool,
+    /// At start, spawn `sleep 1000` and print its pid to stderr: in our process group
+    /// (`group`, the default), in a session of its own (`setsid`), in a session of its own
+    /// and orphaned at once by a short-lived parent (`double-fork`), or that after we stop
+    /// being a child subreaper (`escape`)
+    #[arg(long, value_enum, value_name = "HOW", num_args = 0..=1, default_missing_value = "group")]
+    spawn_grandchild: Option<Grandchild>,
+
+    /// Internal, for `--spawn-grandchild double-fork`: start `sleep 1000` in a new session,
+    /// print its pid to stdout and exit at once
+    #[arg(long, hide = true)]
+    orphan_a_sleep: bool,
 
     /// The initial tool set
     #[arg(long, value_enum, default_value_t = Variant::V1)]
@@ -80,6 +90,21 @@ struct Args {
     /// Also offer `parent_cmdline` and `run_command`: a hostile child with a shell
     #[arg(long)]
     shell_tools: bool,
+}
+
+/// Where `--spawn-grandchild` puts its `sleep 1000`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Grandchild {
+    /// In our process group: a signal to the group reaches it
+    Group,
+    /// In a new session (`setsid`): out of our group, still our child
+    Setsid,
+    /// In a new session, its parent (a second test_child) exiting at once: an orphan,
+    /// re-parented to the nearest subreaper or init
+    DoubleFork,
+    /// As `double-fork`, after we stop being a child subreaper (if the coordinator made us
+    /// one), so that the orphan goes past us to the coordinator
+    Escape,
 }
 
 /// A tool set; `set_variant` switches between them at runtime.
@@ -235,6 +260,21 @@ fn tools(variant: Variant) -> Vec<Tool> {
             "Writes the text as a line to stderr.",
             json!({"text": string}),
             Unspecified,
+        ),
+        tool(
+            "peek",
+            "Acts as a same-user attacker: drops every capability from the thread (root's \
+             CAP_SYS_PTRACE, CAP_SYS_ADMIN and CAP_PERFMON see through the non-dumpable flag), \
+             then reads /proc/<pid>/environ and the targets of /proc/<pid>/fd (pid 0: our \
+             parent). Returns the variable names and fd targets it got, or the errno.",
+            json!({"pid": count}),
+            ReadOnly,
+        ),
+        tool(
+            "fds",
+            "The targets of this process's open file descriptors.",
+            none.clone(),
+            ReadOnly,
         ),
     ];
     if variant == Variant::Extra {
@@ -456,6 +496,24 @@ impl TestChild {
                 })?;
                 Ok(CallToolResult::structured(json!({"ok": true})))
             }
+            "peek" => {
+                let pid = match count_arg(args, "pid")? {
+                    0 => std::os::unix::process::parent_id(),
+                    n => u32::try_from(n).map_err(|_| bad_argument("pid", "is not a pid"))?,
+                };
+                // Capabilities are per thread: drop on a fresh one, read there, let it end.
+                let report = std::thread::spawn(move || peek(pid))
+                    .join()
+                    .map_err(|_| ErrorData::internal_error("the peeking thread panicked", None))?
+                    .map_err(|e| {
+                        ErrorData::internal_error(format!("cannot drop capabilities: {e}"), None)
+                    })?;
+                Ok(CallToolResult::structured(report))
+            }
+            "fds" => {
+                let targets = fd_targets("self").unwrap_or_default();
+                Ok(CallToolResult::structured(json!({"targets": targets})))
+            }
             "extra_tool" | "extra tool" if *lock(&self.variant) == Variant::Extra => {
                 Ok(CallToolResult::structured(json!({"extra": name})))
             }
@@ -582,18 +640,166 @@ async fn run_command(args: &JsonObject) -> Result<CallToolResult, ErrorData> {
     })))
 }
 
-/// Starts `sleep 1000` in our process group, with no access to our stdio pipes.
-fn spawn_grandchild() -> std::io::Result<()> {
-    let mut child = std::process::Command::new("sleep")
+/// `capget`/`capset` header (`struct __user_cap_header_struct`).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two (capabilities 0-31 and 32-63).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Drops every capability from the calling thread's effective and permitted sets, so that it
+/// reads `/proc` as a process of the same user without privileges would: root's
+/// CAP_SYS_PTRACE overrides the non-dumpable flag, and so (for reads of `environ` and `maps`
+/// on recent kernels) do CAP_SYS_ADMIN and CAP_PERFMON. Returns whether the thread had any.
+fn drop_capabilities() -> std::io::Result<bool> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget fills the two data structs of a version 3 header for this thread.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let had = data.iter().any(|d| d.effective != 0 || d.permitted != 0);
+    if had {
+        for d in &mut data {
+            d.effective = 0;
+            d.permitted = 0;
+        }
+        // SAFETY: capset with a version 3 header for this thread and two data structs.
+        if unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(had)
+}
+
+/// The targets of `/proc/<pid>/fd/*`, in fd order.
+fn fd_targets(pid: &str) -> std::io::Result<Vec<String>> {
+    let mut fds: Vec<(u32, String)> = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let target = std::fs::read_link(entry.path())?;
+        fds.push((fd, target.display().to_string()));
+    }
+    fds.sort();
+    Ok(fds.into_iter().map(|(_, t)| t).collect())
+}
+
+/// What a same-user process without privileges can read of process `pid` (run on a thread
+/// of its own: capabilities are dropped for the calling thread only).
+fn peek(pid: u32) -> std::io::Result<Value> {
+    let had_capabilities = drop_capabilities()?;
+    let failure =
+        |e: std::io::Error| json!({"ok": false, "errno": e.raw_os_error(), "error": e.to_string()});
+    let environ = match std::fs::read(format!("/proc/{pid}/environ")) {
+        Ok(bytes) => {
+            let names: Vec<String> = bytes
+                .split(|&b| b == 0)
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    let name = v.split(|&b| b == b'=').next().unwrap_or_default();
+                    String::from_utf8_lossy(name).into_owned()
+                })
+                .collect();
+            json!({"ok": true, "names": names})
+        }
+        Err(e) => failure(e),
+    };
+    let fds = match fd_targets(&pid.to_string()) {
+        Ok(targets) => json!({"ok": true, "targets": targets}),
+        Err(e) => failure(e),
+    };
+    Ok(
+        json!({"pid": pid, "dropped_capabilities": had_capabilities, "environ": environ, "fds": fds}),
+    )
+}
+
+/// Starts `sleep 1000` as `how` says, with no access to our stdio pipes, and logs its pid.
+fn spawn_grandchild(how: Grandchild) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    if how == Grandchild::Escape {
+        // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 0) only clears a flag of this process.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    if matches!(how, Grandchild::DoubleFork | Grandchild::Escape) {
+        // A second test_child starts the sleep and exits at once, orphaning it.
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .arg("--orphan-a-sleep")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()?;
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        log!("test_child: grandchild pid {pid} ({how:?}, orphaned)");
+        return Ok(());
+    }
+    let mut command = std::process::Command::new("sleep");
+    command
         .arg("1000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    log!("test_child: grandchild pid {}", child.id());
+        .stderr(Stdio::null());
+    if how == Grandchild::Setsid {
+        // SAFETY: setsid is async-signal-safe; it only fails if we lead a group, which a
+        // freshly forked child never does.
+        unsafe {
+            command.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = command.spawn()?;
+    log!("test_child: grandchild pid {} ({how:?})", child.id());
     // Reap it should it exit while we live.
     std::thread::spawn(move || child.wait());
     Ok(())
+}
+
+/// `--orphan-a-sleep`: `sleep 1000` in a new session; its pid on stdout; then exit without
+/// waiting, so that it is orphaned.
+fn orphan_a_sleep() -> i32 {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("sleep");
+    command
+        .arg("1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: as in spawn_grandchild.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    match command.spawn() {
+        Ok(child) => {
+            println!("{}", child.id());
+            0
+        }
+        Err(e) => {
+            log!("test_child: cannot start sleep: {e}");
+            1
+        }
+    }
 }
 
 #[tokio::main]
@@ -605,6 +811,9 @@ async fn main() {
 }
 
 async fn run(args: Args) -> i32 {
+    if args.orphan_a_sleep {
+        return orphan_a_sleep();
+    }
     if args.fail_init {
         log!("test_child: cannot start: missing required setting FOO_URL");
         return 3;
@@ -635,8 +844,8 @@ async fn run(args: Args) -> i32 {
             }
         });
     }
-    if args.spawn_grandchild
-        && let Err(e) = spawn_grandchild()
+    if let Some(how) = args.spawn_grandchild
+        && let Err(e) = spawn_grandchild(how)
     {
         log!("test_child: cannot spawn the grandchild: {e}");
         return 1;

@@ -144,7 +144,8 @@ failure_threshold = 1
 
 [instance_types.tuned]
 command = "{bin}"
-env = {{ MODE = "plain", PATH = "/usr/bin:/bin", HOME = "${{env:HOME}}" }}
+env = {{ MODE = "plain", DATA_FILE = "/var/lib/kid/memory.jsonl", PATH = "/usr/bin:/bin", HOME = "${{env:HOME}}" }}
+overridable = ["MODE"]
 
 [instance_types.crashy]
 command = "{bin}"
@@ -162,6 +163,27 @@ args = ["--fail-init"]
 [instance_types.stubborn]
 command = "{bin}"
 args = ["--ignore-sigterm", "--spawn-grandchild"]
+
+[instance_types.setsider]
+command = "{bin}"
+args = ["--spawn-grandchild", "setsid"]
+
+[instance_types.orphaner]
+command = "{bin}"
+args = ["--spawn-grandchild", "double-fork"]
+
+[instance_types.escaper]
+command = "{bin}"
+args = ["--spawn-grandchild", "escape"]
+
+[instance_types.orphaner-crashy]
+command = "{bin}"
+args = ["--spawn-grandchild", "double-fork", "--crash-after-ms", "600"]
+[instance_types.orphaner-crashy.restart]
+max_restarts = 3
+window_seconds = 60
+backoff_initial_ms = 100
+backoff_max_ms = 200
 "#
     );
     let path = dir.join("config.toml");
@@ -196,7 +218,6 @@ async fn start(dir: &Path, answer: Option<ElicitationAction>) -> Coordinator {
 }
 
 async fn start_with(dir: &Path, config: &Path, answer: Option<ElicitationAction>) -> Coordinator {
-    let log = dir.join(format!("coordinator-{}.log", uuid_like()));
     let mut cmd = tokio::process::Command::new(common::BIN);
     cmd.arg("--data-dir")
         .arg(dir)
@@ -205,6 +226,49 @@ async fn start_with(dir: &Path, config: &Path, answer: Option<ElicitationAction>
         .env_remove("MCP_COORDINATOR_DB")
         .env_remove("MCP_COORDINATOR_CONFIG")
         .env_remove("MCP_COORDINATOR_LOG");
+    launch(cmd, dir, answer).await
+}
+
+/// A coordinator told where its data and config are by its environment
+/// (`MCP_COORDINATOR_DATA_DIR`, `_DB`, `_CONFIG`), as a client config may do, and run
+/// without any capability, as an ordinary user runs it: when the tests run as root its
+/// capability bounding set is emptied before exec, so that neither it nor its children hold
+/// root's capabilities (which see through the non-dumpable flag, and which the kernel's
+/// capability rule for ptrace access would weigh too).
+async fn start_unprivileged_via_env(dir: &Path, config: &Path) -> Coordinator {
+    let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.args(["--log-level", "mcp_coordinator=debug"])
+        .env("MCP_COORDINATOR_DATA_DIR", dir)
+        .env("MCP_COORDINATOR_DB", common::db_path(dir))
+        .env("MCP_COORDINATOR_CONFIG", config)
+        .env_remove("MCP_COORDINATOR_LOG");
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        let last: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        // SAFETY: only prctl (a plain syscall) runs between fork and exec; nothing allocates.
+        unsafe {
+            cmd.pre_exec(move || {
+                for cap in 0..=last {
+                    if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    launch(cmd, dir, None).await
+}
+
+async fn launch(
+    mut cmd: tokio::process::Command,
+    dir: &Path,
+    answer: Option<ElicitationAction>,
+) -> Coordinator {
+    let log = dir.join(format!("coordinator-{}.log", uuid_like()));
     cmd.env("LEAK_CANARY", "must-not-reach-children")
         .env_remove("MCP_COORDINATOR_MASTER_KEY");
     let (transport, stderr) = TokioChildProcess::builder(cmd)
@@ -1260,18 +1324,32 @@ async fn crash_loop_expires_with_its_ttl_and_is_not_restored_after_a_kill() {
     drop(c);
 }
 
-/// `instance_start` overrides: only literal values the type declares, never a value taken
-/// from the secret store or the coordinator's environment, never a variable that decides
-/// which code runs; each refusal names the field.
+/// `instance_start` overrides: only the variables the type lists in `overridable`, never one
+/// that decides which code runs; each refusal names the field. The attack of issue 13: an
+/// override pointing the child's data file elsewhere (server-memory's `MEMORY_FILE_PATH`) is
+/// refused because the type does not list it, although it is a declared literal.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn overrides_change_only_declared_literal_values() {
+async fn overrides_change_only_variables_the_type_lists_as_overridable() {
     let (_dir, c) = started(None).await;
     let peer = c.peer().clone();
+    let types = ok(&peer, "instance_types", json!({})).await;
+    let tuned = types["types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "tuned")
+        .unwrap();
+    assert_eq!(tuned["overridable"], json!(["MODE"]), "{tuned}");
     for (key, value, says) in [
+        (
+            "DATA_FILE",
+            "/tmp/elsewhere.jsonl",
+            "must list it in `overridable`",
+        ),
         ("PATH", "/tmp/evil", "decides which program or code"),
-        ("HOME", "/tmp", "coordinator's environment"),
-        ("LD_PRELOAD", "/tmp/x.so", "does not declare"),
-        ("NOPE", "x", "does not declare"),
+        ("HOME", "/tmp", "must list it in `overridable`"),
+        ("LD_PRELOAD", "/tmp/x.so", "decides which program or code"),
+        ("NOPE", "x", "must list it in `overridable`"),
     ] {
         let e = err(
             &peer,
@@ -1311,6 +1389,11 @@ async fn overrides_change_only_declared_literal_values() {
     let r = call(&peer, "tuned__env", json!({})).await;
     let vars = &r.structured_content.unwrap()["vars"];
     assert_eq!(vars["MODE"], sha256("custom"), "{vars}");
+    assert_eq!(
+        vars["DATA_FILE"],
+        sha256("/var/lib/kid/memory.jsonl"),
+        "{vars}"
+    );
     assert_eq!(vars["PATH"], sha256("/usr/bin:/bin"), "{vars}");
     c.client.cancel().await.unwrap();
 }
@@ -1497,5 +1580,246 @@ async fn stopping_a_child_that_hangs_in_initialize_does_not_wait_for_the_timeout
         children_of(c.pid).is_empty()
     })
     .await;
+    c.client.cancel().await.unwrap();
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name: state, ppid, pgrp, session, ...
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit(')')
+            .next()?
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// Zombie children of `pid` (exited, never reaped).
+fn zombie_children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Some(f) = stat_fields(p)
+            && f.len() > 1
+            && f[0] == "Z"
+            && f[1] == pid.to_string()
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The pid the test child logged as its grandchild's, from the instance's stderr tail.
+async fn grandchild_of(peer: &Peer<RoleClient>, name: &str) -> u32 {
+    let mut tail = String::new();
+    for _ in 0..100 {
+        tail = status_of(peer, name).await["detail"]["stderr_tail"].to_string();
+        if let Some(pid) = tail
+            .rsplit("grandchild pid ")
+            .next()
+            .filter(|_| tail.contains("grandchild pid "))
+            .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+            .and_then(|p| p.parse().ok())
+        {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no grandchild pid in {tail}")
+}
+
+/// Gone from the process table: killed and reaped (a zombie still counts as there).
+fn gone(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Issue 13, item 4: a grandchild that calls `setsid` (leaving the child's process group), and
+/// one orphaned by a double fork, die with their instance: on `instance_stop`, when the child
+/// crashes, and when the coordinator exits; one that escapes to the coordinator while its
+/// instance runs is killed at once. None is left behind as a zombie either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grandchildren_that_leave_the_group_die_with_their_instance() {
+    let (_dir, c) = started(None).await;
+    let peer = c.peer().clone();
+
+    // instance_stop.
+    let setsider = ok(&peer, "instance_start", json!({"type": "setsider"})).await;
+    let orphaner = ok(&peer, "instance_start", json!({"type": "orphaner"})).await;
+    let setsider_pid = setsider["pid"].as_u64().unwrap() as u32;
+    let orphaner_pid = orphaner["pid"].as_u64().unwrap() as u32;
+    let g1 = grandchild_of(&peer, "setsider").await;
+    let g2 = grandchild_of(&peer, "orphaner").await;
+    assert!(alive(g1) && alive(g2));
+    let child_session = stat_fields(setsider_pid).unwrap()[3].clone();
+    assert_ne!(
+        stat_fields(g1).unwrap()[3],
+        child_session,
+        "the setsid grandchild has a session of its own"
+    );
+    assert_eq!(
+        stat_fields(g2).unwrap()[1],
+        orphaner_pid.to_string(),
+        "the orphan of the double fork was re-parented to the child, its subreaper"
+    );
+    for name in ["setsider", "orphaner"] {
+        ok(&peer, "instance_stop", json!({"instance": name})).await;
+    }
+    wait_for(
+        "the grandchildren to be killed and reaped after instance_stop",
+        Duration::from_secs(3),
+        || async { gone(g1) && gone(g2) },
+    )
+    .await;
+
+    // A crash: the child exits and its orphaned grandchild comes up to the coordinator.
+    let crashy = ok(&peer, "instance_start", json!({"type": "orphaner-crashy"})).await;
+    let g3 = grandchild_of(&peer, "orphaner-crashy").await;
+    assert!(alive(g3));
+    wait_for(
+        "a restart after the crash",
+        Duration::from_secs(10),
+        || async {
+            status_of(&peer, "orphaner-crashy").await["restarts"]
+                .as_i64()
+                .unwrap_or(0)
+                >= 1
+        },
+    )
+    .await;
+    wait_for(
+        "the crashed child's grandchild to be killed and reaped",
+        Duration::from_secs(3),
+        || async { gone(g3) },
+    )
+    .await;
+    assert!(!alive(crashy["pid"].as_u64().unwrap() as u32));
+    ok(
+        &peer,
+        "instance_stop",
+        json!({"instance": "orphaner-crashy"}),
+    )
+    .await;
+    wait_for(
+        "no zombie child of the coordinator",
+        Duration::from_secs(3),
+        || async { zombie_children(c.pid).is_empty() },
+    )
+    .await;
+
+    // A child that stops being a subreaper and double-forks: the orphan comes straight up to
+    // the coordinator while its instance runs. It adopts it, kills it and reaps it.
+    ok(&peer, "instance_start", json!({"type": "escaper"})).await;
+    let g6 = grandchild_of(&peer, "escaper").await;
+    wait_for(
+        "the escaped orphan to be killed and reaped by the coordinator",
+        Duration::from_secs(3),
+        || async { gone(g6) },
+    )
+    .await;
+    assert_eq!(status_of(&peer, "escaper").await["status"], "running");
+    let log = std::fs::read_to_string(&c.log).unwrap();
+    assert!(
+        log.contains("killed a process the coordinator adopted"),
+        "{log}"
+    );
+    ok(&peer, "instance_stop", json!({"instance": "escaper"})).await;
+
+    // The coordinator's exit.
+    ok(&peer, "instance_start", json!({"type": "setsider"})).await;
+    ok(&peer, "instance_start", json!({"type": "orphaner"})).await;
+    let g4 = grandchild_of(&peer, "setsider").await;
+    let g5 = grandchild_of(&peer, "orphaner").await;
+    assert!(alive(g4) && alive(g5));
+    let t = Instant::now();
+    c.client.cancel().await.unwrap();
+    wait_for(
+        "the coordinator to exit",
+        Duration::from_secs(5),
+        || async { !alive(c.pid) },
+    )
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "exit took {:?}",
+        t.elapsed()
+    );
+    wait_for("no survivors", Duration::from_millis(500), || async {
+        !alive(g4) && !alive(g5)
+    })
+    .await;
+}
+
+/// Issue 13, item 3: a child, acting as a same-user attacker, cannot read the coordinator's
+/// environment or the targets of its descriptors through /proc, while the same reads of its
+/// sibling (another child of the same user) succeed. The coordinator gets its data directory,
+/// database and config through its environment here, and none of it reaches the child: not
+/// in its environment, not as an open descriptor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_cannot_read_the_coordinator_through_proc() {
+    let dir = common::data_dir();
+    set_secret(dir.path());
+    let config = write_config(dir.path());
+    let c = start_unprivileged_via_env(dir.path(), &config).await;
+    let peer = c.peer().clone();
+    let kid = ok(&peer, "instance_start", json!({"type": "kid"})).await;
+    let kid_pid = kid["pid"].as_u64().unwrap() as u32;
+    assert_eq!(
+        stat_fields(kid_pid).unwrap()[1],
+        c.pid.to_string(),
+        "the coordinator is the child's parent"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{kid_pid}/status")).unwrap();
+    assert!(
+        status.contains("CapEff:\t0000000000000000"),
+        "the child runs without capabilities: {status}"
+    );
+
+    let got = ok(&peer, "kid__peek", json!({"pid": 0})).await;
+    assert_eq!(got["pid"], c.pid, "{got}");
+    assert_eq!(
+        got["environ"]["ok"], false,
+        "read the coordinator's environment: {got}"
+    );
+    assert_eq!(got["environ"]["errno"], libc::EACCES, "{got}");
+    assert_eq!(
+        got["fds"]["ok"], false,
+        "read the coordinator's descriptors: {got}"
+    );
+    assert_eq!(got["fds"]["errno"], libc::EACCES, "{got}");
+
+    // Control: the same reads of a sibling, an ordinary process of the same user, succeed.
+    let sibling = ok(
+        &peer,
+        "instance_start",
+        json!({"type": "kid", "name": "sibling"}),
+    )
+    .await;
+    let seen = ok(&peer, "kid__peek", json!({"pid": sibling["pid"]})).await;
+    assert_eq!(seen["environ"]["ok"], true, "{seen}");
+    assert_eq!(
+        seen["environ"]["names"],
+        json!(["TOKEN", "VISIBLE"]),
+        "{seen}"
+    );
+    assert_eq!(seen["fds"]["ok"], true, "{seen}");
+
+    // Nothing of the data directory reaches the child.
+    let env = ok(&peer, "kid__env", json!({})).await;
+    let names: Vec<&String> = env["vars"].as_object().unwrap().keys().collect();
+    assert_eq!(names, vec!["TOKEN", "VISIBLE"], "{env}");
+    let data_dir = dir.path().canonicalize().unwrap().display().to_string();
+    let fds = ok(&peer, "kid__fds", json!({})).await;
+    let targets = fds["targets"].as_array().unwrap();
+    assert!(!targets.is_empty(), "{fds}");
+    assert!(
+        targets
+            .iter()
+            .all(|t| !t.as_str().unwrap().contains(&data_dir)),
+        "the child holds a descriptor in the data directory: {fds}"
+    );
     c.client.cancel().await.unwrap();
 }

@@ -4,6 +4,7 @@
 mod approvals;
 mod audit;
 mod exec;
+mod hardening;
 mod overseer;
 mod secrets;
 mod serve;
@@ -129,6 +130,8 @@ with status 0 when the client closes stdin, or on SIGINT/SIGTERM. Logs go to std
 
 /// Parses arguments and runs the chosen command.
 pub fn main() -> ExitCode {
+    // First of all, before any secret, passphrase or key is read, in every command.
+    hardening::not_dumpable();
     let cli = Cli::parse();
     let result = match cli.command {
         None | Some(Command::Serve) => serve::run(&cli.global),

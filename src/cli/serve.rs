@@ -26,6 +26,11 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     }
     tracing::info!(db = %settings.db.display(), data_dir = %settings.data_dir.display(), "serving MCP on stdio");
     warn_if_unprotected(&settings, &audit);
+    // Orphans of child servers come to us rather than to init, so that they can be killed
+    // and reaped (src/instance/reaper.rs); before any child is started.
+    if let Err(e) = mcp_coordinator::instance::reaper::become_subreaper() {
+        tracing::warn!(error = %e, "cannot become a child subreaper: processes that child servers leave behind after setsid and a double fork may outlive them");
+    }
     let coordinator = Coordinator::new(audit, settings)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -65,6 +65,13 @@ pub struct InstanceType {
     /// anything else is literal. `PATH = "${env:PATH}"` passes the coordinator's PATH on.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The `env` variables an `instance_start` may give another value with `overrides.env`
+    /// (default: none). Each must be declared in `env` with a literal value (no `${secret:…}`
+    /// or `${env:…}`), and none may decide which code runs (`PATH`, `LD_*`, `NODE_OPTIONS`,
+    /// `PYTHONPATH`, npm/uv/pip settings, …). List only what a caller may choose freely: a
+    /// data file or directory here lets the caller point the child at other data.
+    #[serde(default)]
+    pub overridable: Vec<String>,
     /// Seconds an instance lives before it is stopped as `expired` (default: no limit).
     #[serde(default)]
     pub ttl_seconds: Option<u64>,
@@ -191,6 +198,39 @@ pub struct LimitsConfig {
     pub open_files: Option<u64>,
 }
 
+/// Environment variables that decide which program or code a child runs (where a bare
+/// command is found, what the dynamic linker or an interpreter loads first). An override
+/// of one would let the caller run code of its choosing with the type's secrets, so only
+/// the config file sets them: a type cannot list them in `overridable`.
+pub fn chooses_code(key: &str) -> bool {
+    const EXACT: [&str; 14] = [
+        "PATH",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "PYTHONUSERBASE",
+        "BASH_ENV",
+        "ENV",
+        "PERL5LIB",
+        "PERL5OPT",
+        "RUBYLIB",
+        "RUBYOPT",
+        "JAVA_TOOL_OPTIONS",
+    ];
+    // Package runners (npx, uvx, pip) read their registry and index from these.
+    const PREFIXES: [&str; 5] = ["LD_", "DYLD_", "NPM_CONFIG_", "UV_", "PIP_"];
+    let upper = key.to_ascii_uppercase();
+    EXACT.contains(&upper.as_str()) || PREFIXES.iter().any(|p| upper.starts_with(p))
+}
+
+/// The coordinator's own variables (`MCP_COORDINATOR_DATA_DIR`, `_DB`, `_CONFIG`,
+/// `_MASTER_KEY`, …): never copied into a child with `${env:…}`.
+pub fn is_coordinator_setting(var: &str) -> bool {
+    var.to_ascii_uppercase().starts_with("MCP_COORDINATOR_")
+}
+
 /// How a type is reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -306,8 +346,47 @@ impl InstanceType {
                 "instance_types.{name}: `args` and `env` are for stdio types; a `url` type takes `headers`"
             ));
         }
-        for (key, value) in self.env.iter().chain(self.headers.iter()) {
-            parse_template(value).map_err(|e| format!("{}: {e}", at(&format!("env.{key}"))))?;
+        let templates = self.env.iter().map(|(k, v)| (format!("env.{k}"), v)).chain(
+            self.headers
+                .iter()
+                .map(|(k, v)| (format!("headers.{k}"), v)),
+        );
+        for (field, value) in templates {
+            let pieces = parse_template(value).map_err(|e| format!("{}: {e}", at(&field)))?;
+            for piece in pieces {
+                if let Piece::Env(var) = piece
+                    && is_coordinator_setting(&var)
+                {
+                    return Err(format!(
+                        "{}: `${{env:{var}}}` would hand the coordinator's own settings (its data \
+                         directory, database, config file or master key) to the child, so \
+                         `${{env:MCP_COORDINATOR_*}}` is refused; write the value itself if the \
+                         child needs it",
+                        at(&field)
+                    ));
+                }
+            }
+        }
+        for (i, var) in self.overridable.iter().enumerate() {
+            let field = at(&format!("overridable[{i}]"));
+            match self.env.get(var) {
+                None => {
+                    return Err(format!(
+                        "{field}: `{var}` is not declared in `env`; declare it there with its default value"
+                    ));
+                }
+                Some(t) if t.contains("${") => {
+                    return Err(format!(
+                        "{field}: `{var}` takes its value from a reference ({t}); only literal values can be overridable"
+                    ));
+                }
+                Some(_) if chooses_code(var) => {
+                    return Err(format!(
+                        "{field}: `{var}` decides which program or code the child runs, so it cannot be overridable"
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         for (field, v, lo, hi) in [
             (
@@ -429,5 +508,107 @@ mod tests {
         assert!(e.contains("instance_types.demo.url"), "{e}");
         let e = t.validate("Bad__Name").err().unwrap_or_default();
         assert!(e.contains("Bad__Name"), "{e}");
+    }
+
+    fn parsed(toml_text: &str) -> InstanceType {
+        match toml::from_str(toml_text) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn overridable_names_only_declared_literal_variables_that_choose_no_code() {
+        let base = "command = \"node\"\n\
+                    env = { MODE = \"plain\", DATA = \"/srv/d.json\", PATH = \"/usr/bin\", \
+                    HOME = \"${env:HOME}\", TOKEN = \"${secret:tok}\", LD_PRELOAD = \"\" }\n";
+        assert_eq!(
+            parsed(&format!("{base}overridable = [\"MODE\", \"DATA\"]")).validate("demo"),
+            Ok(())
+        );
+        for (list, field, says) in [
+            (
+                "[\"MODE\", \"NOPE\"]",
+                "overridable[1]",
+                "not declared in `env`",
+            ),
+            (
+                "[\"PATH\"]",
+                "overridable[0]",
+                "decides which program or code",
+            ),
+            (
+                "[\"LD_PRELOAD\"]",
+                "overridable[0]",
+                "decides which program or code",
+            ),
+            ("[\"HOME\"]", "overridable[0]", "only literal values"),
+            ("[\"TOKEN\"]", "overridable[0]", "only literal values"),
+        ] {
+            let e = parsed(&format!("{base}overridable = {list}"))
+                .validate("demo")
+                .err()
+                .unwrap_or_default();
+            assert!(
+                e.contains(&format!("instance_types.demo.{field}")) && e.contains(says),
+                "{list}: {e}"
+            );
+        }
+        // A url type has no environment to override.
+        let e = parsed("url = \"https://x.test/mcp\"\noverridable = [\"MODE\"]")
+            .validate("remote")
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("instance_types.remote.overridable[0]"), "{e}");
+    }
+
+    #[test]
+    fn the_coordinators_own_variables_are_never_templated_into_a_child() {
+        for (text, field) in [
+            (
+                "command = \"x\"\nenv = { D = \"${env:MCP_COORDINATOR_DATA_DIR}\" }",
+                "env.D",
+            ),
+            (
+                "command = \"x\"\nenv = { D = \"db=${env:MCP_COORDINATOR_DB}\" }",
+                "env.D",
+            ),
+            (
+                "url = \"https://x.test/mcp\"\nheaders = { K = \"${env:MCP_COORDINATOR_MASTER_KEY}\" }",
+                "headers.K",
+            ),
+        ] {
+            let e = parsed(text).validate("demo").err().unwrap_or_default();
+            assert!(
+                e.contains(&format!("instance_types.demo.{field}"))
+                    && e.contains("MCP_COORDINATOR_"),
+                "{text}: {e}"
+            );
+        }
+        // Other variables of the coordinator, and literal values, are the config's choice.
+        assert_eq!(
+            parsed("command = \"x\"\nenv = { H = \"${env:HOME}\", M = \"MCP_COORDINATOR_X\" }")
+                .validate("demo"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn variables_that_choose_code_are_not_overridable() {
+        for key in [
+            "PATH",
+            "LD_PRELOAD",
+            "DYLD_INSERT_LIBRARIES",
+            "NODE_OPTIONS",
+            "npm_config_registry",
+            "UV_INDEX_URL",
+            "PIP_INDEX_URL",
+            "PYTHONPATH",
+        ] {
+            assert!(chooses_code(key), "{key}");
+        }
+        for key in ["MODE", "LOG_LEVEL", "ALLOWED_DIRS", "PATHS"] {
+            assert!(!chooses_code(key), "{key}");
+        }
     }
 }

@@ -14,6 +14,7 @@ mod pipe;
 pub mod policy;
 pub mod process;
 mod reactor;
+pub mod reaper;
 mod redact;
 mod supervisor;
 
@@ -36,7 +37,7 @@ use crate::macros::string_enum;
 use crate::secret::SecretStore;
 use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
-use catalog::{InstanceType, InstancesConfig, Piece, parse_template};
+use catalog::{InstanceType, InstancesConfig, Piece, is_coordinator_setting, parse_template};
 pub use fast::{ClientOut, FastDone, FastHooks, RmcpLines, contains};
 pub use pipe::{LineReader, MAX_LINE, PipeWriter};
 use policy::{InjectionFlag, ToolAccess};
@@ -161,42 +162,49 @@ pub struct Owner {
     pub pid: u32,
 }
 
-/// Environment variables that decide which program or code a child runs (where a bare
-/// command is found, what the dynamic linker or an interpreter loads first). An override
-/// of one would let the caller run code of its choosing with the type's secrets, so only
-/// the config file sets them.
-fn chooses_code(key: &str) -> bool {
-    const EXACT: [&str; 14] = [
-        "PATH",
-        "NODE_OPTIONS",
-        "NODE_PATH",
-        "PYTHONPATH",
-        "PYTHONHOME",
-        "PYTHONSTARTUP",
-        "PYTHONUSERBASE",
-        "BASH_ENV",
-        "ENV",
-        "PERL5LIB",
-        "PERL5OPT",
-        "RUBYLIB",
-        "RUBYOPT",
-        "JAVA_TOOL_OPTIONS",
-    ];
-    // Package runners (npx, uvx, pip) read their registry and index from these.
-    const PREFIXES: [&str; 5] = ["LD_", "DYLD_", "NPM_CONFIG_", "UV_", "PIP_"];
-    let upper = key.to_ascii_uppercase();
-    EXACT.contains(&upper.as_str()) || PREFIXES.iter().any(|p| upper.starts_with(p))
+/// Whether an `instance_start` may set `key` with `overrides.env`: only a variable the type
+/// lists in `overridable`, never one that decides which code runs. (The config load already
+/// refuses an `overridable` entry that is undeclared, a reference or code-deciding; the
+/// reference and code checks are repeated here so that no path around the load lets one in.)
+fn check_override(type_name: &str, ty: &InstanceType, key: &str) -> Result<(), InstanceError> {
+    let refuse = |why: String| {
+        Err(InstanceError::Invalid(format!(
+            "overrides.env.{key}: {why}"
+        )))
+    };
+    if catalog::chooses_code(key) {
+        return refuse(
+            "decides which program or code the child runs, so only the config file sets it".into(),
+        );
+    }
+    if !ty.overridable.iter().any(|v| v == key) {
+        let listed = if ty.overridable.is_empty() {
+            "it lists none".to_string()
+        } else {
+            format!("it lists: {}", ty.overridable.join(", "))
+        };
+        return refuse(format!(
+            "type `{type_name}` does not let an instance_start set {key}; the type must list it in `overridable` in the config file ({listed})"
+        ));
+    }
+    match ty.env.get(key) {
+        None => refuse(format!(
+            "type `{type_name}` does not declare {key} in `env`"
+        )),
+        Some(t) if t.contains("${") => refuse(format!(
+            "type `{type_name}` takes it from a reference ({t}); only literal values can be overridden"
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 /// Overrides an `instance_start` may give.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
-    /// Values for environment variables the type declares with a literal value. Variables
-    /// the type does not declare, values the type takes from the secret store or the
-    /// coordinator's environment (`${secret:…}`, `${env:…}`), and variables that decide
-    /// which code runs (`PATH`, `LD_*`, `NODE_OPTIONS`, `PYTHONPATH`, …) cannot be
-    /// overridden.
+    /// Values for environment variables the type lists in `overridable` (`instance_types`
+    /// shows them). Any other variable is refused, and so is every variable that decides
+    /// which code runs (`PATH`, `LD_*`, `NODE_OPTIONS`, `PYTHONPATH`, …).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -407,6 +415,8 @@ pub struct TypeView {
     pub launch: String,
     /// Environment variable names the child gets (values are not shown).
     pub env: Vec<String>,
+    /// The variables `instance_start` may set with `overrides.env`; no others.
+    pub overridable: Vec<String>,
     /// Secrets the type needs from the store, and whether each is there.
     pub secrets: Vec<SecretNeed>,
     pub ttl_seconds: Option<u64>,
@@ -831,6 +841,7 @@ impl InstanceService {
                 transport: t.transport(),
                 launch,
                 env: t.env.keys().cloned().collect(),
+                overridable: t.overridable.clone(),
                 secrets,
                 ttl_seconds: t.ttl_seconds,
                 autostart: t.autostart,
@@ -889,33 +900,7 @@ impl InstanceService {
         }
         let ty = self.type_of(&req.type_name)?;
         for key in req.overrides.env.keys() {
-            match ty.env.get(key) {
-                None => {
-                    return Err(InstanceError::Invalid(format!(
-                        "overrides.env.{key}: type `{}` does not declare {key}; it declares: {}",
-                        req.type_name,
-                        ty.env.keys().cloned().collect::<Vec<_>>().join(", ")
-                    )));
-                }
-                Some(t) if t.contains("${secret:") => {
-                    return Err(InstanceError::Invalid(format!(
-                        "overrides.env.{key}: holds a secret reference in type `{}`; secrets come only from the store",
-                        req.type_name
-                    )));
-                }
-                Some(t) if t.contains("${") => {
-                    return Err(InstanceError::Invalid(format!(
-                        "overrides.env.{key}: type `{}` takes it from the coordinator's environment ({t}); only literal values can be overridden",
-                        req.type_name
-                    )));
-                }
-                Some(_) if chooses_code(key) => {
-                    return Err(InstanceError::Invalid(format!(
-                        "overrides.env.{key}: decides which program or code the child runs, so only the config file sets it"
-                    )));
-                }
-                Some(_) => {}
-            }
+            check_override(&req.type_name, &ty, key)?;
         }
         if req.ttl_seconds == Some(0) {
             return Err(InstanceError::Invalid(
@@ -1711,19 +1696,37 @@ impl InstanceService {
         Ok(())
     }
 
+    /// Starts killing and reaping the processes this coordinator adopts as a child subreaper
+    /// (see `reaper.rs`), until [`InstanceService::shutdown`]. Does nothing unless `serve`
+    /// made the process a subreaper.
+    pub fn start_reaper(&self) {
+        if reaper::is_subreaper() {
+            tokio::spawn(reaper::run(self.inner.shutdown.clone()));
+        }
+    }
+
     /// Stops every instance run here (children of a closing coordinator), marking them to be
-    /// restored by the next one, within `deadline`.
+    /// restored by the next one, then kills every process the coordinator adopted, all within
+    /// `deadline`.
     pub async fn shutdown(&self, deadline: Duration) {
+        let began = Instant::now();
         self.inner.shutdown.cancel();
         let handles: Vec<_> = lock(&self.inner.supervisors).drain(..).collect();
         let all = futures_join(handles);
-        if tokio::time::timeout(deadline, all).await.is_err() {
+        // The adopted processes get what is left, at least a moment.
+        let adopted = Duration::from_millis(300).min(deadline / 4);
+        if tokio::time::timeout(deadline.saturating_sub(adopted), all)
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 "some child instances did not stop in time; killing their process groups"
             );
         }
         // Whatever is left is killed when the runtime drops the supervisors: dropping a
-        // `ChildProcess` SIGKILLs its process group.
+        // `ChildProcess` SIGKILLs its process group and its remembered descendants.
+        let left = deadline.saturating_sub(began.elapsed()).max(adopted);
+        reaper::kill_all_adopted(left).await;
     }
 }
 
@@ -1832,6 +1835,12 @@ fn expand(
                     )));
                 }
             },
+            // Refused when the config is loaded; checked again so no path hands them out.
+            Piece::Env(name) if is_coordinator_setting(&name) => {
+                return Err(InstanceError::Invalid(format!(
+                    "{field}: `${{env:{name}}}`: the coordinator's own MCP_COORDINATOR_* variables are never passed to a child"
+                )));
+            }
             Piece::Env(name) => match std::env::var(&name) {
                 Ok(v) => out.push_str(&v),
                 Err(_) => {
@@ -1848,25 +1857,6 @@ fn expand(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn variables_that_choose_code_are_not_overridable() {
-        for key in [
-            "PATH",
-            "LD_PRELOAD",
-            "DYLD_INSERT_LIBRARIES",
-            "NODE_OPTIONS",
-            "npm_config_registry",
-            "UV_INDEX_URL",
-            "PIP_INDEX_URL",
-            "PYTHONPATH",
-        ] {
-            assert!(chooses_code(key), "{key}");
-        }
-        for key in ["MODE", "LOG_LEVEL", "ALLOWED_DIRS", "PATHS"] {
-            assert!(!chooses_code(key), "{key}");
-        }
-    }
 
     #[test]
     fn breaker_opens_then_probes_once() {

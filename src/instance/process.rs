@@ -2,11 +2,16 @@
 //!
 //! # Guarantees and their limits
 //!
-//! * Every child is the leader of a new process group (pgid == pid), so signals
+//! * Every child is the leader of a new process group (pgid == pid), and signals
 //!   sent with [`ChildProcess::terminate`], [`ChildProcess::kill_group_now`] and
-//!   `Drop` reach its whole process tree, unless a descendant deliberately moves
-//!   itself to another group or session (`setsid`, `setpgid`); only cgroups could
-//!   catch those.
+//!   `Drop` go to that group *and* to every descendant of the child found by
+//!   walking `/proc` ppid links, so a descendant that moved itself to another group
+//!   or session (`setsid`, `setpgid`) is signalled too. Descendants are remembered
+//!   (pid and start time) at each [`ChildProcess::scan_tree`], so those orphaned by
+//!   the child's death are still killed with it. The child is made a child
+//!   subreaper before exec, so an orphan of a double fork is re-parented to it and
+//!   stays in its tree (see `reaper.rs`, which also kills what reaches the
+//!   coordinator).
 //! * As soon as the leader is reaped (by [`ChildProcess::try_exit`],
 //!   [`ChildProcess::wait`] or [`ChildProcess::terminate`]) the rest of its group
 //!   is SIGKILLed at that very moment. The group is never signalled again after
@@ -18,6 +23,10 @@
 //!   that forked, not to the process, so every fork happens on one dedicated,
 //!   never-ending spawner thread (see [`spawn`]). Grandchildren are not covered
 //!   by this: if the coordinator is SIGKILLed they survive the direct child.
+//! * Every child is registered with `reaper.rs` while the spawn holds its lock, so
+//!   the coordinator's reaper never kills or `waitpid`s a child spawned here (Tokio
+//!   reaps those). Spawning from the coordinator by any other means would be taken
+//!   for an adopted orphan and killed.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
@@ -33,6 +42,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
+
+use super::reaper::{self, Proc};
 
 /// How many stderr lines a [`StderrTail`] keeps.
 const TAIL_LINES: usize = 100;
@@ -200,6 +211,8 @@ pub struct ChildProcess {
     status: Option<ExitStatus>,
     /// The stderr reader task, until it has been seen to finish.
     drain: Option<JoinHandle<()>>,
+    /// Descendants seen by [`ChildProcess::scan_tree`] (and still alive when last looked at).
+    tree: Vec<Proc>,
 }
 
 impl fmt::Debug for ChildProcess {
@@ -216,6 +229,44 @@ impl ChildProcess {
     /// The child's pid, which is also its process-group id.
     pub fn id(&self) -> u32 {
         self.pid
+    }
+
+    /// Looks up the child's descendants in `/proc` and remembers them, so that they are
+    /// killed with it even if they leave its process group or are orphaned when it exits.
+    /// Forgets those that have ended. Cheap enough for every health check (one pass over
+    /// `/proc`); a no-op walk once the leader has been reaped.
+    pub fn scan_tree(&mut self) {
+        self.tree.retain(Proc::alive);
+        if self.status.is_some() {
+            return;
+        }
+        for p in reaper::descendants(self.pid) {
+            if !self.tree.contains(&p) {
+                self.tree.push(p);
+            }
+        }
+    }
+
+    /// The descendants remembered by the last [`ChildProcess::scan_tree`].
+    pub fn tree(&self) -> &[Proc] {
+        &self.tree
+    }
+
+    /// Sends `sig` to the group (while the leader is unreaped) and to every remembered
+    /// descendant, after looking for new ones.
+    fn signal_all(&mut self, sig: libc::c_int) {
+        self.scan_tree();
+        if self.status.is_none() {
+            self.signal_group(sig);
+        }
+        self.signal_tree(sig);
+    }
+
+    /// Sends `sig` to every remembered descendant that is still the same process.
+    fn signal_tree(&self, sig: libc::c_int) {
+        for p in &self.tree {
+            p.signal(sig);
+        }
     }
 
     /// The leader's exit status if it has exited, without blocking.
@@ -268,7 +319,7 @@ impl ChildProcess {
             self.flush_stderr().await;
             return TerminateOutcome::AlreadyExited(status);
         }
-        self.signal_group(libc::SIGTERM);
+        self.signal_all(libc::SIGTERM);
         match tokio::time::timeout(grace, self.child.wait()).await {
             Ok(Ok(status)) => {
                 self.on_reaped(status);
@@ -282,7 +333,7 @@ impl ChildProcess {
                 tracing::debug!(instance = %self.label, pid = self.pid, "child still running after {grace:?} grace; killing its group");
             }
         }
-        self.signal_group(libc::SIGKILL);
+        self.signal_all(libc::SIGKILL);
         match tokio::time::timeout(KILL_REAP_TIMEOUT, self.child.wait()).await {
             Ok(Ok(status)) => {
                 self.on_reaped(status);
@@ -306,7 +357,7 @@ impl ChildProcess {
     /// killed at that moment.
     pub fn kill_group_now(&mut self) {
         if self.status.is_none() {
-            self.signal_group(libc::SIGKILL);
+            self.signal_all(libc::SIGKILL);
         }
     }
 
@@ -319,6 +370,9 @@ impl ChildProcess {
         self.status = Some(status);
         tracing::debug!(instance = %self.label, pid = self.pid, %status, "child exited");
         self.signal_group(libc::SIGKILL);
+        // Its descendants outside the group were orphaned by its exit: the remembered ones
+        // die now; any it spawned since the last scan reach the coordinator's reaper.
+        self.signal_tree(libc::SIGKILL);
     }
 
     /// Waits (bounded) for the stderr reader to reach EOF.
@@ -343,7 +397,9 @@ impl Drop for ChildProcess {
     fn drop(&mut self) {
         if self.status.is_none() {
             tracing::debug!(instance = %self.label, pid = self.pid, "dropping unreaped child; killing its group");
-            self.signal_group(libc::SIGKILL);
+            self.signal_all(libc::SIGKILL);
+        } else {
+            self.signal_tree(libc::SIGKILL);
         }
         // `kill_on_drop` then makes Tokio kill the leader too (harmless
         // repetition) and reap it in the background.
@@ -430,6 +486,18 @@ pub fn spawn(spec: &SpawnSpec) -> Result<(ChildProcess, ChildStdin, ChildStdout)
     unsafe {
         cmd.pre_exec(move || {
             plan.apply()?;
+            // Orphans below the child are re-parented to it rather than to the
+            // coordinator or init, so they stay in its tree (kept across exec).
+            if libc::prctl(
+                libc::PR_SET_CHILD_SUBREAPER,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             if libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -466,6 +534,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<(ChildProcess, ChildStdin, ChildStdout)
         label: spec.label.clone(),
         status: None,
         drain: None,
+        tree: Vec::new(),
     };
     let (Some(stdin), Some(stdout), Some(stderr_pipe)) = (stdin, stdout, stderr_pipe) else {
         return Err(io_err(io::Error::other("child pipes missing after spawn")));
@@ -546,9 +615,16 @@ fn spawn_on_spawner_thread(mut cmd: Command, handle: tokio::runtime::Handle) -> 
     let (result_tx, result_rx) = mpsc::sync_channel::<io::Result<Child>>(1);
     let job: SpawnJob = Box::new(move || {
         let _runtime = handle.enter();
+        // Registered before the reaper can look: it waits for this lock.
+        let mut registry = reaper::spawning();
+        let spawned = cmd.spawn();
+        if let Some(pid) = spawned.as_ref().ok().and_then(Child::id) {
+            registry.register(pid);
+        }
+        drop(registry);
         // The receiver only goes away if the caller is gone, and then the
         // child is dropped here, which kills it.
-        let _ = result_tx.send(cmd.spawn());
+        let _ = result_tx.send(spawned);
     });
     if let Err(job) = submit_to_spawner(job) {
         tracing::warn!(
@@ -859,29 +935,33 @@ fn for_each_group_member(pgid: u32, mut f: impl FnMut(u32, &ProcStat)) {
     }
 }
 
-/// The fields of `/proc/<pid>/stat` used here.
+/// The fields of `/proc/<pid>/stat` used here and in `reaper.rs`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProcStat {
+pub(super) struct ProcStat {
     /// Field 3.
-    state: char,
+    pub(super) state: char,
+    /// Field 4: the parent's pid.
+    pub(super) ppid: i64,
     /// Field 5.
-    pgrp: i64,
+    pub(super) pgrp: i64,
     /// Field 14, in clock ticks.
-    utime: u64,
+    pub(super) utime: u64,
     /// Field 15, in clock ticks.
-    stime: u64,
+    pub(super) stime: u64,
     /// Field 20.
-    threads: u64,
+    pub(super) threads: u64,
+    /// Field 22: when the process started, in clock ticks after boot.
+    pub(super) start: u64,
 }
 
 impl ProcStat {
     /// Not a zombie (`Z`) and not dead (`X`/`x`).
-    fn is_alive(&self) -> bool {
+    pub(super) fn is_alive(&self) -> bool {
         !matches!(self.state, 'Z' | 'X' | 'x')
     }
 }
 
-fn read_stat(pid: u32) -> Option<ProcStat> {
+pub(super) fn read_stat(pid: u32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
@@ -895,10 +975,12 @@ fn parse_stat(content: &str) -> Option<ProcStat> {
     let field = |n: usize| fields.get(n - 3).copied();
     Some(ProcStat {
         state: field(3)?.chars().next()?,
+        ppid: field(4)?.parse().ok()?,
         pgrp: field(5)?.parse().ok()?,
         utime: field(14)?.parse().ok()?,
         stime: field(15)?.parse().ok()?,
         threads: field(20)?.parse().ok()?,
+        start: field(22)?.parse().ok()?,
     })
 }
 
@@ -1304,10 +1386,12 @@ mod tests {
             parse_stat(line),
             Some(ProcStat {
                 state: 'S',
+                ppid: 1,
                 pgrp: 999,
                 utime: 25,
                 stime: 17,
                 threads: 3,
+                start: 100,
             })
         );
         assert_eq!(parse_stat("1 (x) S 0"), None);

@@ -140,6 +140,9 @@ pub(super) async fn supervise(
                 Exit::Crashed(message)
             }
             Ok(mut session) => {
+                if let Some(p) = session.process.as_mut() {
+                    p.scan_tree();
+                }
                 on_up(&svc, &live, &session, is_restart);
                 if let Some(tx) = first.take() {
                     let _ = tx.send(Ok(()));
@@ -622,6 +625,10 @@ async fn watch(
                 }
             }
             _ = health.tick() => {
+                // Remember its descendants, so a crash leaves none behind (see process.rs).
+                if let Some(p) = session.process.as_mut() {
+                    p.scan_tree();
+                }
                 let ping = session.service.peer().send_request(ClientRequest::PingRequest(PingRequest::default()));
                 let ping = tokio::time::timeout(Duration::from_secs_f64(ty.health.timeout_seconds), ping);
                 let answer = tokio::select! {
@@ -715,6 +722,11 @@ async fn teardown(svc: &InstanceService, live: &Arc<Live>, mut session: Session,
 
 /// Close (stdin EOF / HTTP session end), wait, SIGTERM the group, wait, SIGKILL the group.
 async fn close(session: &mut Session, grace: Duration) {
+    // Take stock of its descendants while they are still its own: once it exits, those in
+    // other groups or sessions are orphans, known only by this list.
+    if let Some(p) = session.process.as_mut() {
+        p.scan_tree();
+    }
     let token = session.service.cancellation_token();
     token.cancel();
     if let Some(p) = session.process.as_mut() {

@@ -209,7 +209,7 @@ pub struct StartInput {
     /// The instance's name: 1 to 24 of a-z, 0-9, single `-` or `_`, starting with a letter. Its
     /// tools appear as `<name>__<tool>`. Default: the type's name (or `<type>-2`, ...).
     pub name: Option<String>,
-    /// Overrides of the type's literal environment values.
+    /// Other values for the environment variables the type lists as `overridable`.
     #[serde(default)]
     pub overrides: Overrides,
     /// Seconds until the instance is stopped as `expired` (default: the type's `ttl_seconds`).

@@ -805,6 +805,7 @@ pub async fn run(
         .map(|rx| audit_writer(audit.clone(), rx))
         .transpose()
         .map_err(|e| anyhow::anyhow!("cannot start the audit writer: {e}"))?;
+    coordinator.instances().start_reaper();
     coordinator
         .instances()
         .restore_and_autostart(coordinator.clone().client_settled());
@@ -821,8 +822,8 @@ pub async fn run(
     pipelines.abort();
     notifier.abort();
     // The whole way out stays under 3 s: rmcp's last answers reach the client while every
-    // child goes with us (close, SIGTERM, SIGKILL of each process group), then the audit
-    // writer gets what is left of the budget.
+    // child goes with us (close, SIGTERM, SIGKILL of each process group and descendants, then
+    // of every process adopted), then the audit writer gets what is left of the budget.
     let leaving = std::time::Instant::now();
     let budget = std::time::Duration::from_millis(2800);
     let flushed = tokio::time::timeout(std::time::Duration::from_millis(500), output);
