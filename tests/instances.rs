@@ -192,24 +192,7 @@ backoff_max_ms = 200
 }
 
 fn set_secret(dir: &Path) {
-    let mut child = std::process::Command::new(common::BIN)
-        .arg("--data-dir")
-        .arg(dir)
-        .args(["secrets", "set", "kid_token"])
-        .env_remove("MCP_COORDINATOR_MASTER_KEY")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{SECRET}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::set_secret(dir, "kid_token", SECRET);
 }
 
 async fn start(dir: &Path, answer: Option<ElicitationAction>) -> Coordinator {

@@ -1,12 +1,11 @@
 //! Real npm MCP servers as child instances of the real binary: `server-everything` over stdio
 //! (proxied tools, `tools/list_changed`, resources, stop) and over streamable HTTP, TTL expiry,
 //! and `server-memory`'s destructive tool held for approval. Needs Node.js 20+ and npm; the two
-//! packages are installed into `target/npm-children` on first use (`.ci/run` does it up front).
+//! packages are installed into `target/npm-children` on first use.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,7 +51,8 @@ fn require(tool: &str) -> String {
 }
 
 /// `target/npm-children` with both packages installed: npm runs at most once, whether tests
-/// run in parallel threads (the `OnceLock`) or in parallel processes (the lock file).
+/// run in parallel threads (the `OnceLock`) or in parallel processes (the lock file,
+/// `tests/common/setup.rs`).
 fn npm_children() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -68,12 +68,11 @@ fn npm_children() -> &'static Path {
             return dir;
         }
         require("npm");
-        std::fs::create_dir_all(&dir).unwrap();
-        let lock = std::fs::File::create(dir.join(".install.lock")).unwrap();
-        // SAFETY: flock on a descriptor that stays open until `lock` is dropped below.
-        let rc = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
-        if !installed(&dir) {
+        common::setup::locked(&dir.with_extension("lock"), || {
+            if installed(&dir) {
+                return;
+            }
+            std::fs::create_dir_all(&dir).unwrap();
             let specs = PACKAGES.map(|(name, v)| format!("@modelcontextprotocol/{name}@{v}"));
             let out = Command::new("npm")
                 .args(["install", "--prefix"])
@@ -85,14 +84,13 @@ fn npm_children() -> &'static Path {
                 .unwrap();
             assert!(
                 out.status.success() && installed(&dir),
-                "npm install {specs:?} into {} failed ({}): {}{}",
+                "npm install {specs:?} into {} failed ({}): {}{}\nThe npm tests need Node.js 20+ with npm and the npm registry reachable on the first run.",
                 dir.display(),
                 out.status,
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
-        }
-        drop(lock);
+        });
         dir
     })
 }

@@ -7,32 +7,22 @@
 //! `tests/interop/gate.py` attacks the approval gate with spliced request states.
 //!
 //! The interpreter is `$MCP_COORDINATOR_PYTHON` when set, else `target/interop-venv/bin/python`,
-//! which this test creates (with `python3 -m venv` and `pip install -r
-//! tests/interop/requirements.txt`) when it is missing or its requirements are out of date.
+//! which the first test to need it creates (with `python3 -m venv` and `pip install -r
+//! tests/interop/requirements.txt`) under a lock file the others wait on
+//! (`tests/common/setup.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
 use std::ffi::OsStr;
-use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// Where the venv lives, relative to the crate root.
 const VENV: &str = "target/interop-venv";
-/// Inside the venv: a copy of the requirements it was built from, to notice when they change.
-const STAMP: &str = "interop-requirements.txt";
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn venv_python(venv: &Path) -> PathBuf {
-    if cfg!(windows) {
-        venv.join("Scripts").join("python.exe")
-    } else {
-        venv.join("bin").join("python")
-    }
 }
 
 fn show(output: &Output) -> String {
@@ -44,71 +34,18 @@ fn show(output: &Output) -> String {
     )
 }
 
-fn run(what: &str, command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: could not start {command:?}: {e}"));
-    assert!(output.status.success(), "{what} failed\n{}", show(&output));
-}
-
-fn pip_install(python: &Path, requirements: &Path) {
-    run(
-        "pip install -r tests/interop/requirements.txt",
-        Command::new(python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(requirements),
-    );
-}
-
-/// The interpreter to run the interop script with, creating the venv if need be.
+/// The interpreter to run the interop scripts with: `$MCP_COORDINATOR_PYTHON`, else the venv,
+/// built on first use by whichever test asks first (the others wait for it).
 fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("MCP_COORDINATOR_PYTHON") {
         return PathBuf::from(python);
     }
     let root = manifest_dir();
-    let requirements_path = root.join("tests/interop/requirements.txt");
-    let requirements =
-        fs::read_to_string(&requirements_path).expect("read tests/interop/requirements.txt");
-    let venv = root.join(VENV);
-    let python = venv_python(&venv);
-
-    if python.exists() {
-        // Reuse it, bringing it up to date first if the requirements changed since it was built.
-        if fs::read_to_string(venv.join(STAMP)).ok().as_deref() != Some(requirements.as_str()) {
-            pip_install(&python, &requirements_path);
-            fs::write(venv.join(STAMP), &requirements)
-                .expect("write the venv's requirements stamp");
-        }
-        return python;
-    }
-
-    // Build it under a name of its own, then rename it into place: another test process
-    // building it at the same time cannot leave a half-made venv where this one looks.
-    let building = root.join(format!("{VENV}.building-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&building);
-    run(
-        "python3 -m venv (set MCP_COORDINATOR_PYTHON to use another interpreter)",
-        Command::new("python3").args(["-m", "venv"]).arg(&building),
-    );
-    pip_install(&venv_python(&building), &requirements_path);
-    fs::write(building.join(STAMP), &requirements).expect("write the venv's requirements stamp");
-    if fs::rename(&building, &venv).is_err() {
-        // Someone else's venv got there first; use that one.
-        let _ = fs::remove_dir_all(&building);
-    }
-    assert!(
-        python.exists(),
-        "no interpreter at {} after creating the venv",
-        python.display()
-    );
-    python
+    common::setup::venv(
+        &root.join(VENV),
+        &root.join("tests/interop/requirements.txt"),
+    )
+    .unwrap_or_else(|e| panic!("cannot make the Python venv for the interop tests:\n{e}"))
 }
 
 /// Runs `tests/interop/<script>` with the built binary and a fresh data directory, and requires
@@ -205,4 +142,84 @@ fn official_python_sdk_approves_gated_instance_tools() {
 fn official_python_sdk_cannot_splice_request_states_past_the_gate() {
     let child = common::example_bin("test_child");
     run_interop_script_with("gate.py", &[OsStr::new("--child"), child.as_os_str()]);
+}
+
+/// Eight processes ask for a venv at once (`venv_for_a_racing_process` in copies of this test
+/// binary): it is built once, and every one of them gets the same working interpreter.
+#[test]
+fn eight_processes_asking_for_the_venv_at_once_share_one_build() {
+    let root = tempfile::tempdir().expect("create a temp dir");
+    let venv = root.path().join("venv");
+    let requirements = root.path().join("requirements.txt");
+    // Nothing to download: the race is in making the venv, not in pip.
+    std::fs::write(&requirements, "# no packages\n").expect("write requirements");
+    let me = std::env::current_exe().expect("this test binary");
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new(&me)
+                .args([
+                    "--exact",
+                    "venv_for_a_racing_process",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env("RACE_VENV", &venv)
+                .env("RACE_REQUIREMENTS", &requirements)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start a racing process")
+        })
+        .collect();
+    let mut prefixes = Vec::new();
+    for child in children {
+        let out = child.wait_with_output().expect("wait for a racing process");
+        assert!(
+            out.status.success(),
+            "a racing process failed\n{}",
+            show(&out)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let prefix = stdout
+            .lines()
+            .find_map(|l| l.split_once("sys.prefix=").map(|(_, prefix)| prefix.trim()))
+            .unwrap_or_else(|| panic!("no sys.prefix line\n{}", show(&out)))
+            .to_string();
+        prefixes.push(prefix);
+    }
+    prefixes.dedup();
+    assert_eq!(prefixes.len(), 1, "different interpreters: {prefixes:?}");
+    assert_eq!(
+        std::fs::canonicalize(&prefixes[0]).ok(),
+        std::fs::canonicalize(&venv).ok()
+    );
+    let builds = std::fs::read_to_string(venv.with_extension("builds")).expect("the builds log");
+    assert_eq!(
+        builds.lines().count(),
+        1,
+        "built more than once: {builds:?}"
+    );
+    assert!(!venv.with_extension("building").exists());
+}
+
+/// One of the racing processes above (does nothing when run on its own).
+#[test]
+#[ignore = "run by eight_processes_asking_for_the_venv_at_once_share_one_build"]
+fn venv_for_a_racing_process() {
+    let (Some(venv), Some(requirements)) = (
+        std::env::var_os("RACE_VENV"),
+        std::env::var_os("RACE_REQUIREMENTS"),
+    ) else {
+        return;
+    };
+    let python = common::setup::venv(Path::new(&venv), Path::new(&requirements))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new(python)
+        .args(["-c", "import sys; print('sys.prefix=' + sys.prefix)"])
+        .output()
+        .expect("run the venv's python");
+    assert!(out.status.success(), "{}", show(&out));
+    print!("{}", String::from_utf8_lossy(&out.stdout));
 }
