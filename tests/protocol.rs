@@ -229,10 +229,12 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
     for era in ERAS {
         let dir = data_dir();
         let config = dir.path().join("config.toml");
+        // The remediation steps change a config under this home: it must be the configured one.
         std::fs::write(
             &config,
             format!(
-                "[instance_types.kid]\ncommand = {:?}\n",
+                "[assessments]\nhome = {:?}\n\n[instance_types.kid]\ncommand = {:?}\n",
+                dir.path().join("home").display().to_string(),
                 common::example_bin("test_child").display().to_string()
             ),
         )

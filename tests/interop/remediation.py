@@ -12,7 +12,7 @@ of MCP client configs:
  3. remediation_propose (from the assessment and explicit pins) previews a diff per file
  4. the person approves in the elicitation callback: each file now equals its original with the
     previewed diff applied (checked by applying the diff here), its hash is the previewed one,
-    the backup holds the original, and the token is gone from the file
+    the backup (sealed: no token in it) opens to the original, and the token is gone from the file
  4b. mcp_server_install asks the same way and installs into the VS Code config
  5. a second proposal is rejected in the callback: nothing changes, no backup is taken
  6. the audit chain verifies
@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import importlib.metadata
 import json
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +128,15 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def open_backup(binary: str, data: Path, backup: str) -> str:
+    """The original a sealed backup holds, through `mcp-coordinator secrets open-backup`."""
+    out = subprocess.run(
+        [binary, "--data-dir", str(data), "secrets", "open-backup", backup],
+        capture_output=True, timeout=30, check=True,
+    )
+    return out.stdout.decode()
+
+
 async def run_era(r: Report, binary: str, base: Path, mode: str) -> None:
     data = base / mode / "data"
     home = base / mode / "home"
@@ -195,7 +205,11 @@ async def run_era(r: Report, binary: str, base: Path, mode: str) -> None:
         ok = ok and cursor.read_text() == expected
         ok = ok and all(sha(Path(p)) == plan["after_sha256"] for p, plan in plans.items())
         backups = {b["path"]: b["backup_path"] for b in reviewed["remediation"]["backups"]}
-        ok = ok and all(Path(backups[str(p)]).read_text() == originals[k] for k, p in files.items() if str(p) in backups)
+        # Sealed at rest (the token is not in them); `secrets open-backup` gives the originals.
+        ok = ok and all(TOKEN.encode() not in Path(b).read_bytes() for b in backups.values())
+        ok = ok and all(
+            open_backup(binary, data, backups[str(p)]) == originals[k] for k, p in files.items() if str(p) in backups
+        )
         ok = ok and TOKEN not in files["claude"].read_text()
         r.check(f"4 {mode}: approved: files equal original + diff, hashes match, backups hold the originals", ok, detail)
 
