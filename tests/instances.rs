@@ -539,7 +539,13 @@ async fn start_proxy_policy_retries_breaker_and_stop() {
         "still"
     );
     // Nor does a line longer than the coordinator takes (32 MiB): it is dropped and logged.
-    ok(&peer, "kid__flood", json!({"bytes": 33 << 20})).await;
+    // On a loaded machine the 33 MiB may take longer than the 1.5 s call timeout to pass;
+    // either way the connection must survive it.
+    let flood = call(&peer, "kid__flood", json!({"bytes": 33 << 20})).await;
+    if flood.is_error == Some(true) {
+        let e = flood.structured_content.clone().unwrap_or_default();
+        assert_eq!(e["code"], "unavailable", "{flood:?}");
+    }
     assert_eq!(
         text_of(&call(&peer, "kid__echo", json!({"text": "after"})).await),
         "after"
