@@ -4,6 +4,7 @@
 //! atomic writes, results per action, never twice); and rollback from the backups.
 
 pub mod actions;
+pub mod diff;
 pub mod files;
 
 use std::collections::BTreeMap;
@@ -648,7 +649,7 @@ impl RemediationService {
                 existed: !creating,
                 before_sha256: (!creating).then(|| files::sha256(before.as_bytes())),
                 after_sha256: files::sha256(after.as_bytes()),
-                diff: files::unified_diff(&path, &before, &after),
+                diff: diff::unified_diff(&path, &before, &after),
             });
             writes.push((path, after, moved));
         }
