@@ -352,6 +352,97 @@ async fn a_file_edited_after_the_preview_is_not_overwritten() {
     client.cancel().await.unwrap();
 }
 
+/// The field an invalid-params refusal names (`data.field`) and its message.
+fn refused_field(r: Result<rmcp::model::CallToolResult, rmcp::ServiceError>) -> (String, String) {
+    match r {
+        Err(rmcp::ServiceError::McpError(e)) => {
+            assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{e:?}");
+            let field = e.data.as_ref().unwrap()["field"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (field, e.message.to_string())
+        }
+        other => panic!("expected a JSON-RPC error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn errors_name_the_field_the_caller_gave() {
+    let s = setup();
+    let file = cursor_config(s.home.path());
+    let (client, p) = person(&s, "approve").await;
+    let c = client.peer();
+
+    let (field, m) = refused_field(
+        call(
+            c,
+            "mcp_server_remove",
+            json!({"file": file, "server": "nope"}),
+        )
+        .await,
+    );
+    assert_eq!(field, "server", "{m}");
+    assert!(m.contains("`server`") && m.contains("\"nope\""), "{m}");
+    assert!(m.contains("github, memory"), "the servers it has: {m}");
+
+    let entry = |entry: Value| json!({"client": "cursor", "server": "gh", "entry": entry});
+    for (e, expected) in [
+        (
+            json!({"command": "npx", "args": ["-y", "x@1.0.0"], "env": {"MODE": "fast", "GITHUB_TOKEN": TOKEN}}),
+            "entry.env.GITHUB_TOKEN",
+        ),
+        (
+            json!({"command": "npx", "args": ["-y", "x@1.0.0", format!("--token={TOKEN}")]}),
+            "entry.args[2]",
+        ),
+        (
+            json!({"url": "https://mcp.example.com/mcp", "headers": {"Authorization": format!("Bearer {TOKEN}")}}),
+            "entry.headers.Authorization",
+        ),
+        (
+            json!({"url": "https://me:hunter2hunter2@mcp.example.com/mcp"}),
+            "entry.url",
+        ),
+    ] {
+        let (field, m) = refused_field(call(c, "mcp_server_install", entry(e)).await);
+        assert_eq!(field, expected, "{m}");
+        assert!(m.contains(&format!("`{expected}`")), "{m}");
+        assert!(!m.contains(TOKEN) && !m.contains("hunter2"), "{m}");
+    }
+    let (field, m) = refused_field(
+        call(
+            c,
+            "mcp_server_install",
+            json!({"client": "cursor", "server": "memory",
+            "entry": {"command": "npx", "args": ["-y", "x@1.0.0"]}}),
+        )
+        .await,
+    );
+    assert_eq!(field, "server", "{m}");
+    let (field, m) = refused_field(
+        call(
+            c,
+            "mcp_server_install",
+            json!({"client": "cursor", "server": "bare", "entry": {"args": []}}),
+        )
+        .await,
+    );
+    assert_eq!(field, "entry", "{m}");
+
+    // remediation_propose names the action and its field.
+    let (field, m) = refused_field(
+        call(c, "remediation_propose", json!({"actions": [
+            {"type": "disable_server", "file": file, "server": "memory"},
+            {"type": "move_secret_to_store", "file": file, "server": "github", "env_var": "NOPE", "secret_name": "GH"}
+        ]}))
+        .await,
+    );
+    assert_eq!(field, "actions[1].env_var", "{m}");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 0);
+    client.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn installer_tools_install_and_remove_and_rollback_restores() {
     let s = setup();
@@ -590,7 +681,7 @@ async fn config_edits_stay_inside_the_users_own_configs() {
         .await,
     );
     assert!(
-        m.contains("`actions`") && m.contains("[assessments] files"),
+        m.contains("`actions[0].file`") && m.contains("[assessments] files"),
         "{m}"
     );
     // `..` cannot walk out of the home directory.
