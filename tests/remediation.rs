@@ -443,6 +443,55 @@ async fn errors_name_the_field_the_caller_gave() {
     client.cancel().await.unwrap();
 }
 
+/// A VS Code mcp.json with comments, trailing commas, tabs and CRLF keeps all of them through a
+/// remediation: the file written is the fixture's expected text, byte for byte, and the diff
+/// the person approved shows only the lines that changed.
+#[tokio::test]
+async fn a_jsonc_config_keeps_its_comments_and_layout() {
+    let s = setup();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/edits");
+    let file = s.home.path().join(".config/Code/User/mcp.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::copy(fixtures.join("vscode-tabs-crlf.before.json"), &file).unwrap();
+    let expected = std::fs::read(fixtures.join("vscode-tabs-crlf.after.json")).unwrap();
+    let (client, p) = person(&s, "approve").await;
+    let c = client.peer();
+    let proposed = call_ok(
+        c,
+        "remediation_propose",
+        json!({"actions": [{"type": "move_secret_to_store", "file": file, "server": "brave",
+                            "env_var": "BRAVE_API_KEY", "secret_name": "brave_key", "via": "vscode_input"}]}),
+    )
+    .await;
+    let diff = proposed["remediation"]["files"][0]["diff"]
+        .as_str()
+        .unwrap();
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('-') || l.starts_with('+'))
+                && !l.starts_with("---")
+                && !l.starts_with("+++")
+        })
+        .collect();
+    assert_eq!(changed.len(), 8, "{diff}");
+    assert!(!diff.contains("BSAq8Zr2"), "{diff}");
+    let reviewed = call_ok(
+        c,
+        "remediation_review",
+        json!({"remediation_id": proposed["remediation_id"]}),
+    )
+    .await;
+    assert_eq!(reviewed["status"], "executed", "{reviewed:#}");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(&file).unwrap()),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), expected);
+    client.cancel().await.unwrap();
+}
+
 #[tokio::test]
 async fn installer_tools_install_and_remove_and_rollback_restores() {
     let s = setup();

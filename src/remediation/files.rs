@@ -1,24 +1,15 @@
-//! Files on disk for remediations: rendering a document back to text, content hashes, atomic
-//! writes (temporary file, fsync, rename, fsync of the directory) that keep the file's mode,
-//! and timestamped backups (sealed by the caller) in the data directory.
+//! Files on disk for remediations: content hashes, atomic writes (temporary file, fsync,
+//! rename, fsync of the directory) that keep the file's mode, and timestamped backups (sealed
+//! by the caller) in the data directory.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// The text a document is written as: two-space indented JSON and a final newline (the shape
-/// every client writes its own config in).
-pub fn render(doc: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".into());
-    s.push('\n');
-    s
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it (same mode as the file it

@@ -5,7 +5,10 @@
 
 pub mod actions;
 pub mod diff;
+pub mod edit;
 pub mod files;
+#[cfg(test)]
+mod layout_tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -654,10 +657,11 @@ impl RemediationService {
                 let f = self.read(&path, None).map_err(|e| first.blame(e))?;
                 let text = std::fs::read_to_string(&path)
                     .map_err(|e| file_error(format!("cannot read {path}: {e}")))?;
-                if f.jsonc {
-                    notes.push(format!("{path} has comments or trailing commas; the rewritten file keeps its content but not its comments"));
-                }
-                (f, text)
+                // The document is the text's, read once: the edit and the hash both start from
+                // exactly these bytes.
+                let (doc, _) = clients::parse(&text)
+                    .map_err(|e| file_error(format!("{path} cannot be changed safely: {e}")))?;
+                (reparse(&f, &doc), text)
             };
             let mut doc = file.document.clone();
             let mut moved = Vec::new();
@@ -681,7 +685,16 @@ impl RemediationService {
                 }
                 notes.push(note);
             }
-            let after = files::render(&doc);
+            let after = if creating {
+                edit::render_new(&doc)
+            } else {
+                edit::edit(&before, &doc).unwrap_or_else(|why| {
+                    notes.push(format!(
+                        "{path} could not be edited in place ({why}); it is written whole, without its comments"
+                    ));
+                    edit::render_new(&doc)
+                })
+            };
             if after == before {
                 notes.push(format!("{path}: no change"));
                 continue;
