@@ -316,7 +316,7 @@ async fn a_rejected_review_changes_nothing() {
 async fn a_file_edited_after_the_preview_is_not_overwritten() {
     let s = setup();
     let file = cursor_config(s.home.path());
-    let (client, _p) = person(&s, "approve").await;
+    let (client, p) = person(&s, "approve").await;
     let c = client.peer();
     let proposed = call_ok(
         c,
@@ -347,8 +347,58 @@ async fn a_file_edited_after_the_preview_is_not_overwritten() {
         edited,
         "the edit survives"
     );
+    // Refused before anyone was asked: no question, no approval opened or consumed.
+    assert_eq!(p.asked.load(Ordering::SeqCst), 0, "the person was asked");
+    let approvals = call_ok(c, "approval_list", json!({})).await;
+    assert_eq!(approvals["approvals"], json!([]), "{approvals:#}");
     let got = call_ok(c, "remediation_get", json!({"remediation_id": id})).await;
     assert_eq!(got["status"], "failed");
+
+    // The same for a rollback: a file changed since the remediation wrote it.
+    let applied = call_ok(
+        c,
+        "remediation_propose",
+        json!({"actions": [{"type": "disable_server", "file": file, "server": "github"}]}),
+    )
+    .await;
+    let applied_id = applied["remediation_id"].as_str().unwrap();
+    let reviewed = call_ok(
+        c,
+        "remediation_review",
+        json!({"remediation_id": applied_id}),
+    )
+    .await;
+    assert_eq!(reviewed["status"], "executed", "{reviewed:#}");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 1);
+    let written = std::fs::read_to_string(&file).unwrap();
+    let edited = written.replace("\"disabled\": true", "\"disabled\": false");
+    assert_ne!(edited, written);
+    std::fs::write(&file, &edited).unwrap();
+    let undo = call(
+        c,
+        "remediation_rollback",
+        json!({"remediation_id": applied_id}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(undo.is_error, Some(true));
+    let err = undo.structured_content.unwrap();
+    assert_eq!(err["code"], "conflict", "{err:#}");
+    assert_eq!(err["details"]["reason"], "file_changed", "{err:#}");
+    assert_eq!(
+        p.asked.load(Ordering::SeqCst),
+        1,
+        "asked about the rollback"
+    );
+    let approvals = call_ok(c, "approval_list", json!({})).await;
+    assert_eq!(
+        approvals["approvals"].as_array().unwrap().len(),
+        1,
+        "{approvals:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), edited);
+    let got = call_ok(c, "remediation_get", json!({"remediation_id": applied_id})).await;
+    assert_eq!(got["status"], "executed");
     client.cancel().await.unwrap();
 }
 

@@ -841,23 +841,14 @@ impl RemediationService {
             )));
         }
         let approval_id = approval_id.to_string();
-        // Every file must be exactly as previewed.
-        for f in &p.files {
-            let now = std::fs::read(&f.path).ok().map(|b| files::sha256(&b));
-            if now != f.before_sha256 {
-                let why = format!(
-                    "{} changed since the preview (the diff the person approved no longer applies); nothing was written. Propose again to see the current diff",
-                    f.path
-                );
-                p.status = RemediationStatus::Failed;
-                p.error = Some(why.clone());
-                p.updated_at = now_ts();
-                self.audit
-                    .store()
-                    .write(|tx| self.save(tx, &p, RemediationStatus::Proposed))?;
-                return Err(RemediationError::Stale(why));
-            }
-        }
+        // Every file must be exactly as previewed (checked before the person was asked, and
+        // again now: the file may have changed while they looked).
+        self.refuse_if_changed(
+            &mut p,
+            false,
+            "the diff the person approved no longer applies",
+            by,
+        )?;
         let given: Vec<Origin> = (0..p.actions.len()).map(Origin::Given).collect();
         let (_, writes, _, _) = self.plan(&p.actions, &given)?;
         for (path, text, _) in &writes {
@@ -966,6 +957,81 @@ impl RemediationService {
         Ok(p)
     }
 
+    /// Refuses, before anyone is asked, a proposal whose files changed since its preview (or a
+    /// rollback of one whose files changed since it wrote them): the approval would describe
+    /// files that are no longer there. Nothing is asked, consumed or written; a proposal is
+    /// marked failed, since it can never run as previewed. A proposal not in the state its
+    /// review needs passes here (the caller reports that).
+    pub fn check_unchanged(
+        &self,
+        id: &str,
+        rollback: bool,
+        by: &Actor,
+    ) -> Result<(), RemediationError> {
+        let mut p = self.get(id)?;
+        let ready = if rollback {
+            RemediationStatus::Executed
+        } else {
+            RemediationStatus::Proposed
+        };
+        if p.status != ready {
+            return Ok(());
+        }
+        self.refuse_if_changed(
+            &mut p,
+            rollback,
+            "the diff no longer applies, so nobody was asked",
+            by,
+        )
+    }
+
+    /// Every file of `p` must have the hash it had at the preview (`rollback`: the hash the
+    /// remediation wrote). A changed file fails a proposal (saved with its audit event) and
+    /// errors with `Stale`; `why` says what that means at this point.
+    fn refuse_if_changed(
+        &self,
+        p: &mut Proposal,
+        rollback: bool,
+        why: &str,
+        by: &Actor,
+    ) -> Result<(), RemediationError> {
+        let now = |path: &str| std::fs::read(path).ok().map(|b| files::sha256(&b));
+        if rollback {
+            for b in &p.backups {
+                if now(&b.path).as_deref() != Some(b.written_sha256.as_str()) {
+                    return Err(RemediationError::Stale(format!(
+                        "{} changed after the remediation wrote it; rolling back would overwrite those changes, so nothing was restored",
+                        b.path
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        let Some(changed) = p.files.iter().find(|f| now(&f.path) != f.before_sha256) else {
+            return Ok(());
+        };
+        let why = format!(
+            "{} changed since the preview ({why}); nothing was written. Propose again to see the current diff",
+            changed.path
+        );
+        p.status = RemediationStatus::Failed;
+        p.error = Some(why.clone());
+        p.updated_at = now_ts();
+        self.save_with_event(
+            p,
+            RemediationStatus::Proposed,
+            NewEvent {
+                actor: by.clone(),
+                action: AuditAction::RemediationExecuted,
+                subject: p.id.clone(),
+                outcome: Outcome::Error,
+                detail: json!({"status": "failed", "error": p.error}),
+                critical: false,
+            },
+        )?;
+        Err(RemediationError::Stale(why))
+    }
+
     /// Marks proposals left `executing` for longer than `after` (their coordinator stopped in
     /// the middle) as failed, naming the backups on disk: they never run again, and a person
     /// can see what may have been written. Returns how many.
@@ -1028,15 +1094,7 @@ impl RemediationService {
             )));
         }
         let approval_id = approval_id.to_string();
-        for b in &p.backups {
-            let now = std::fs::read(&b.path).ok().map(|x| files::sha256(&x));
-            if now.as_deref() != Some(b.written_sha256.as_str()) {
-                return Err(RemediationError::Stale(format!(
-                    "{} changed after the remediation wrote it; rolling back would overwrite those changes, so nothing was restored",
-                    b.path
-                )));
-            }
-        }
+        self.refuse_if_changed(&mut p, true, "", by)?;
         // Every backup opens before anything is consumed or written.
         let mut restores = Vec::with_capacity(p.backups.len());
         for b in &p.backups {

@@ -378,6 +378,12 @@ async fn review(
                 .with_details(json!({"remediation_id": p.id, "status": p.status})),
         ));
     }
+    // Files changed since the preview make the approval worthless: refuse before asking (the
+    // executor checks again before writing).
+    let (pid, actor) = (p.id.clone(), call.actor.clone());
+    c.blocking(move |c| c.remediations().check_unchanged(&pid, rollback, &actor))
+        .await?
+        .map_err(|e| failure(tool, e))?;
     let gate = p.gate(rollback);
     let passage = gate::pass(&c, &call, tool, &gate, i.wait_seconds).await?;
     // The proposal shows the approval it waits for (remediation_get, approval_id).
