@@ -316,7 +316,7 @@ async fn a_rejected_review_changes_nothing() {
 async fn a_file_edited_after_the_preview_is_not_overwritten() {
     let s = setup();
     let file = cursor_config(s.home.path());
-    let (client, _p) = person(&s, "approve").await;
+    let (client, p) = person(&s, "approve").await;
     let c = client.peer();
     let proposed = call_ok(
         c,
@@ -347,8 +347,198 @@ async fn a_file_edited_after_the_preview_is_not_overwritten() {
         edited,
         "the edit survives"
     );
+    // Refused before anyone was asked: no question, no approval opened or consumed.
+    assert_eq!(p.asked.load(Ordering::SeqCst), 0, "the person was asked");
+    let approvals = call_ok(c, "approval_list", json!({})).await;
+    assert_eq!(approvals["approvals"], json!([]), "{approvals:#}");
     let got = call_ok(c, "remediation_get", json!({"remediation_id": id})).await;
     assert_eq!(got["status"], "failed");
+
+    // The same for a rollback: a file changed since the remediation wrote it.
+    let applied = call_ok(
+        c,
+        "remediation_propose",
+        json!({"actions": [{"type": "disable_server", "file": file, "server": "github"}]}),
+    )
+    .await;
+    let applied_id = applied["remediation_id"].as_str().unwrap();
+    let reviewed = call_ok(
+        c,
+        "remediation_review",
+        json!({"remediation_id": applied_id}),
+    )
+    .await;
+    assert_eq!(reviewed["status"], "executed", "{reviewed:#}");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 1);
+    let written = std::fs::read_to_string(&file).unwrap();
+    let edited = written.replace("\"disabled\": true", "\"disabled\": false");
+    assert_ne!(edited, written);
+    std::fs::write(&file, &edited).unwrap();
+    let undo = call(
+        c,
+        "remediation_rollback",
+        json!({"remediation_id": applied_id}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(undo.is_error, Some(true));
+    let err = undo.structured_content.unwrap();
+    assert_eq!(err["code"], "conflict", "{err:#}");
+    assert_eq!(err["details"]["reason"], "file_changed", "{err:#}");
+    assert_eq!(
+        p.asked.load(Ordering::SeqCst),
+        1,
+        "asked about the rollback"
+    );
+    let approvals = call_ok(c, "approval_list", json!({})).await;
+    assert_eq!(
+        approvals["approvals"].as_array().unwrap().len(),
+        1,
+        "{approvals:#}"
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), edited);
+    let got = call_ok(c, "remediation_get", json!({"remediation_id": applied_id})).await;
+    assert_eq!(got["status"], "executed");
+    client.cancel().await.unwrap();
+}
+
+/// The field an invalid-params refusal names (`data.field`) and its message.
+fn refused_field(r: Result<rmcp::model::CallToolResult, rmcp::ServiceError>) -> (String, String) {
+    match r {
+        Err(rmcp::ServiceError::McpError(e)) => {
+            assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{e:?}");
+            let field = e.data.as_ref().unwrap()["field"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (field, e.message.to_string())
+        }
+        other => panic!("expected a JSON-RPC error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn errors_name_the_field_the_caller_gave() {
+    let s = setup();
+    let file = cursor_config(s.home.path());
+    let (client, p) = person(&s, "approve").await;
+    let c = client.peer();
+
+    let (field, m) = refused_field(
+        call(
+            c,
+            "mcp_server_remove",
+            json!({"file": file, "server": "nope"}),
+        )
+        .await,
+    );
+    assert_eq!(field, "server", "{m}");
+    assert!(m.contains("`server`") && m.contains("\"nope\""), "{m}");
+    assert!(m.contains("github, memory"), "the servers it has: {m}");
+
+    let entry = |entry: Value| json!({"client": "cursor", "server": "gh", "entry": entry});
+    for (e, expected) in [
+        (
+            json!({"command": "npx", "args": ["-y", "x@1.0.0"], "env": {"MODE": "fast", "GITHUB_TOKEN": TOKEN}}),
+            "entry.env.GITHUB_TOKEN",
+        ),
+        (
+            json!({"command": "npx", "args": ["-y", "x@1.0.0", format!("--token={TOKEN}")]}),
+            "entry.args[2]",
+        ),
+        (
+            json!({"url": "https://mcp.example.com/mcp", "headers": {"Authorization": format!("Bearer {TOKEN}")}}),
+            "entry.headers.Authorization",
+        ),
+        (
+            json!({"url": "https://me:hunter2hunter2@mcp.example.com/mcp"}),
+            "entry.url",
+        ),
+    ] {
+        let (field, m) = refused_field(call(c, "mcp_server_install", entry(e)).await);
+        assert_eq!(field, expected, "{m}");
+        assert!(m.contains(&format!("`{expected}`")), "{m}");
+        assert!(!m.contains(TOKEN) && !m.contains("hunter2"), "{m}");
+    }
+    let (field, m) = refused_field(
+        call(
+            c,
+            "mcp_server_install",
+            json!({"client": "cursor", "server": "memory",
+            "entry": {"command": "npx", "args": ["-y", "x@1.0.0"]}}),
+        )
+        .await,
+    );
+    assert_eq!(field, "server", "{m}");
+    let (field, m) = refused_field(
+        call(
+            c,
+            "mcp_server_install",
+            json!({"client": "cursor", "server": "bare", "entry": {"args": []}}),
+        )
+        .await,
+    );
+    assert_eq!(field, "entry", "{m}");
+
+    // remediation_propose names the action and its field.
+    let (field, m) = refused_field(
+        call(c, "remediation_propose", json!({"actions": [
+            {"type": "disable_server", "file": file, "server": "memory"},
+            {"type": "move_secret_to_store", "file": file, "server": "github", "env_var": "NOPE", "secret_name": "GH"}
+        ]}))
+        .await,
+    );
+    assert_eq!(field, "actions[1].env_var", "{m}");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 0);
+    client.cancel().await.unwrap();
+}
+
+/// A VS Code mcp.json with comments, trailing commas, tabs and CRLF keeps all of them through a
+/// remediation: the file written is the fixture's expected text, byte for byte, and the diff
+/// the person approved shows only the lines that changed.
+#[tokio::test]
+async fn a_jsonc_config_keeps_its_comments_and_layout() {
+    let s = setup();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/edits");
+    let file = s.home.path().join(".config/Code/User/mcp.json");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::copy(fixtures.join("vscode-tabs-crlf.before.json"), &file).unwrap();
+    let expected = std::fs::read(fixtures.join("vscode-tabs-crlf.after.json")).unwrap();
+    let (client, p) = person(&s, "approve").await;
+    let c = client.peer();
+    let proposed = call_ok(
+        c,
+        "remediation_propose",
+        json!({"actions": [{"type": "move_secret_to_store", "file": file, "server": "brave",
+                            "env_var": "BRAVE_API_KEY", "secret_name": "brave_key", "via": "vscode_input"}]}),
+    )
+    .await;
+    let diff = proposed["remediation"]["files"][0]["diff"]
+        .as_str()
+        .unwrap();
+    let changed: Vec<&str> = diff
+        .lines()
+        .filter(|l| {
+            (l.starts_with('-') || l.starts_with('+'))
+                && !l.starts_with("---")
+                && !l.starts_with("+++")
+        })
+        .collect();
+    assert_eq!(changed.len(), 8, "{diff}");
+    assert!(!diff.contains("BSAq8Zr2"), "{diff}");
+    let reviewed = call_ok(
+        c,
+        "remediation_review",
+        json!({"remediation_id": proposed["remediation_id"]}),
+    )
+    .await;
+    assert_eq!(reviewed["status"], "executed", "{reviewed:#}");
+    assert_eq!(p.asked.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&std::fs::read(&file).unwrap()),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), expected);
     client.cancel().await.unwrap();
 }
 
@@ -590,7 +780,7 @@ async fn config_edits_stay_inside_the_users_own_configs() {
         .await,
     );
     assert!(
-        m.contains("`actions`") && m.contains("[assessments] files"),
+        m.contains("`actions[0].file`") && m.contains("[assessments] files"),
         "{m}"
     );
     // `..` cannot walk out of the home directory.

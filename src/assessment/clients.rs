@@ -213,7 +213,7 @@ pub struct ConfigFile {
     /// VS Code `inputs` ids (prompted values a server can use instead of a secret in the file).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<String>,
-    /// The file's text has comments or trailing commas (JSONC); a rewrite drops the comments.
+    /// The file's text has comments or trailing commas (JSONC); remediations keep them.
     pub jsonc: bool,
     #[serde(skip)]
     #[schemars(skip)]

@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::{RemediationError, invalid};
 use crate::assessment::clients::{self, Client, ConfigFile, pointer_segment};
 use crate::assessment::launch::{self, Ecosystem};
 use crate::audit::redact;
@@ -166,16 +167,19 @@ impl std::fmt::Debug for MovedSecret {
 fn servers_mut<'a>(
     doc: &'a mut Value,
     file: &ConfigFile,
-) -> Result<&'a mut Map<String, Value>, String> {
+) -> Result<&'a mut Map<String, Value>, RemediationError> {
     let root = doc
         .as_object_mut()
-        .ok_or_else(|| format!("{} is not a JSON object", file.path))?;
+        .ok_or_else(|| invalid("file", format!("{} is not a JSON object", file.path)))?;
     let servers = root
         .entry(file.servers_key.clone())
         .or_insert_with(|| Value::Object(Map::new()));
-    servers
-        .as_object_mut()
-        .ok_or_else(|| format!("{}: `{}` is not an object", file.path, file.servers_key))
+    servers.as_object_mut().ok_or_else(|| {
+        invalid(
+            "file",
+            format!("{}: `{}` is not an object", file.path, file.servers_key),
+        )
+    })
 }
 
 /// The entry of `server` (top level, or a Claude Code project's).
@@ -183,14 +187,35 @@ fn entry_mut<'a>(
     doc: &'a mut Value,
     file: &ConfigFile,
     server: &str,
-) -> Result<&'a mut Map<String, Value>, String> {
+) -> Result<&'a mut Map<String, Value>, RemediationError> {
     let pointer = file
         .server(server)
         .map(|s| s.pointer.clone())
-        .ok_or_else(|| format!("{} has no server named {server:?}", file.path))?;
+        .ok_or_else(|| no_server(file, server))?;
     doc.pointer_mut(&pointer)
         .and_then(Value::as_object_mut)
-        .ok_or_else(|| format!("{}: server {server:?} is not an object", file.path))
+        .ok_or_else(|| {
+            invalid(
+                "server",
+                format!("{}: server {server:?} is not an object", file.path),
+            )
+        })
+}
+
+fn no_server(file: &ConfigFile, server: &str) -> RemediationError {
+    let known: Vec<&str> = file.servers.iter().map(|s| s.name.as_str()).collect();
+    invalid(
+        "server",
+        format!(
+            "{} has no server named {server:?}; it has {}",
+            file.path,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            }
+        ),
+    )
 }
 
 /// Whether a string holds something shaped like a secret (a known token, or a URL password).
@@ -198,28 +223,29 @@ pub fn looks_secret(s: &str) -> bool {
     redact::redact_str(s) != s
 }
 
-/// Applies one action to `doc` (the parsed file). Returns the secrets it took out.
+/// Applies one action to `doc` (the parsed file). Returns the secrets it took out. An error
+/// names the action's own field that is wrong (`server`, `env_var`, `entry.env.NAME`, ...).
 pub fn apply(
     doc: &mut Value,
     file: &ConfigFile,
     action: &Action,
     ctx: &Context<'_>,
     resolved_version: Option<&str>,
-) -> Result<Vec<MovedSecret>, String> {
+) -> Result<Vec<MovedSecret>, RemediationError> {
     match action {
         Action::RemoveServer { server, .. } => {
             let pointer = file
                 .server(server)
                 .map(|s| s.pointer.clone())
-                .ok_or_else(|| format!("{} has no server named {server:?}", file.path))?;
+                .ok_or_else(|| no_server(file, server))?;
             let (parent, key) = pointer
                 .rsplit_once('/')
-                .ok_or_else(|| format!("bad pointer {pointer}"))?;
+                .ok_or_else(|| no_server(file, server))?;
             let key = key.replace("~1", "/").replace("~0", "~");
             doc.pointer_mut(parent)
                 .and_then(Value::as_object_mut)
                 .and_then(|m| m.shift_remove(&key))
-                .ok_or_else(|| format!("{} has no server named {server:?}", file.path))?;
+                .ok_or_else(|| no_server(file, server))?;
             Ok(Vec::new())
         }
         Action::DisableServer { server, .. } => {
@@ -233,8 +259,11 @@ pub fn apply(
             ..
         } => {
             if value_looks_secret(value) {
-                return Err(format!(
-                    "the value for {field} looks like a secret; use move_secret_to_store instead of writing it into the file"
+                return Err(invalid(
+                    "value",
+                    format!(
+                        "the value for {field} looks like a secret; use move_secret_to_store instead of writing it into the file"
+                    ),
                 ));
             }
             let entry = entry_mut(doc, file, server)?;
@@ -244,7 +273,12 @@ pub fn apply(
                         .entry(map.to_string())
                         .or_insert_with(|| Value::Object(Map::new()))
                         .as_object_mut()
-                        .ok_or_else(|| format!("server {server:?}: {map} is not an object"))?;
+                        .ok_or_else(|| {
+                            invalid(
+                                "field",
+                                format!("server {server:?}: {map} is not an object"),
+                            )
+                        })?;
                     if value.is_null() {
                         m.shift_remove(name);
                     } else {
@@ -260,9 +294,12 @@ pub fn apply(
                     }
                 }
                 _ => {
-                    return Err(format!(
-                        "field {field:?} cannot be set; expected one of {}, env.NAME or headers.NAME",
-                        SETTABLE.join(", ")
+                    return Err(invalid(
+                        "field",
+                        format!(
+                            "field {field:?} cannot be set; expected one of {}, env.NAME or headers.NAME",
+                            SETTABLE.join(", ")
+                        ),
                     ));
                 }
             }
@@ -270,14 +307,20 @@ pub fn apply(
         }
         Action::PinPackageVersion { server, .. } => {
             let version = resolved_version.ok_or_else(|| {
-                "no version to pin to (give version or lookup_latest)".to_string()
+                invalid(
+                    "version",
+                    "no version to pin to (give version or lookup_latest)",
+                )
             })?;
             let entry = entry_mut(doc, file, server)?;
             let command = entry.get("command").and_then(Value::as_str).unwrap_or("");
             let args = clients::strings(entry.get("args"));
             let pkg = launch::package(command, &args).ok_or_else(|| {
-                format!(
-                    "server {server:?} does not launch a package through npx, uvx, pip or docker"
+                invalid(
+                    "server",
+                    format!(
+                        "server {server:?} does not launch a package through npx, uvx, pip or docker"
+                    ),
                 )
             })?;
             let mut args = args;
@@ -297,33 +340,42 @@ pub fn apply(
             let env = entry
                 .get_mut("env")
                 .and_then(Value::as_object_mut)
-                .ok_or_else(|| format!("server {server:?} has no env"))?;
+                .ok_or_else(|| invalid("env_var", format!("server {server:?} has no env")))?;
             let value = env
                 .get(env_var)
                 .and_then(Value::as_str)
                 .map(String::from)
-                .ok_or_else(|| format!("server {server:?} has no env variable {env_var}"))?;
+                .ok_or_else(|| {
+                    invalid(
+                        "env_var",
+                        format!("server {server:?} has no env variable {env_var}"),
+                    )
+                })?;
             if value.is_empty() || launch::is_placeholder(&value) {
-                return Err(format!(
-                    "{env_var} of server {server:?} holds no literal value to move"
+                return Err(invalid(
+                    "env_var",
+                    format!("{env_var} of server {server:?} holds no literal value to move"),
                 ));
             }
             match via {
                 SecretVia::VscodeInput => {
                     if !is_vscode {
-                        return Err(
-                            "via vscode_input applies only to VS Code mcp.json files".into()
-                        );
+                        return Err(invalid(
+                            "via",
+                            "via vscode_input applies only to VS Code mcp.json files",
+                        ));
                     }
                     env.insert(env_var.clone(), json!(format!("${{input:{secret_name}}}")));
-                    let root = doc
-                        .as_object_mut()
-                        .ok_or_else(|| format!("{} is not a JSON object", file.path))?;
+                    let root = doc.as_object_mut().ok_or_else(|| {
+                        invalid("file", format!("{} is not a JSON object", file.path))
+                    })?;
                     let inputs = root
                         .entry("inputs")
                         .or_insert_with(|| Value::Array(Vec::new()))
                         .as_array_mut()
-                        .ok_or_else(|| "`inputs` is not an array".to_string())?;
+                        .ok_or_else(|| {
+                            invalid("file", format!("{}: `inputs` is not an array", file.path))
+                        })?;
                     if !inputs
                         .iter()
                         .any(|i| i.get("id").and_then(Value::as_str) == Some(secret_name))
@@ -342,7 +394,8 @@ pub fn apply(
                     if env.is_empty() {
                         entry.shift_remove("env");
                     }
-                    wrap_in_exec(entry, &[(env_var.clone(), secret_name.clone())], ctx)?;
+                    wrap_in_exec(entry, &[(env_var.clone(), secret_name.clone())], ctx)
+                        .map_err(|m| invalid("via", m))?;
                     Ok(vec![MovedSecret {
                         name: secret_name.clone(),
                         value,
@@ -359,18 +412,25 @@ pub fn apply(
             if entry.get("command").and_then(Value::as_str).is_none()
                 && entry.get("url").and_then(Value::as_str).is_none()
             {
-                return Err("entry needs `command` (stdio) or `url` (remote)".into());
+                return Err(invalid(
+                    "entry",
+                    "entry needs `command` (stdio) or `url` (remote)",
+                ));
             }
-            if value_looks_secret(&Value::Object(entry.clone())) {
-                return Err(
-                    "the entry holds a value that looks like a secret; put it in the secret store (mcp-coordinator secrets set NAME) and name it in `secrets` instead".into(),
-                );
+            if let Some(at) = secret_at(&Value::Object(entry.clone()), "entry") {
+                return Err(invalid(
+                    at,
+                    "this value looks like a secret; put it in the secret store (mcp-coordinator secrets set NAME) and name it in `secrets` instead",
+                ));
             }
             let servers = servers_mut(doc, file)?;
             if servers.contains_key(server) {
-                return Err(format!(
-                    "{} already has a server named {server:?}; remove it first or choose another name",
-                    file.path
+                return Err(invalid(
+                    "server",
+                    format!(
+                        "{} already has a server named {server:?}; remove it first or choose another name",
+                        file.path
+                    ),
                 ));
             }
             let mut new = entry.clone();
@@ -381,11 +441,14 @@ pub fn apply(
                         name.as_str()
                             .map(|n| (var.clone(), n.to_string()))
                             .ok_or_else(|| {
-                                format!("secrets.{var} must be a secret name (a string)")
+                                invalid(
+                                    format!("secrets.{var}"),
+                                    "expected a secret name (a string)",
+                                )
                             })
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                wrap_in_exec(&mut new, &pairs, ctx)?;
+                wrap_in_exec(&mut new, &pairs, ctx).map_err(|m| invalid("secrets", m))?;
             }
             servers.insert(server.clone(), Value::Object(new));
             Ok(Vec::new())
@@ -406,7 +469,7 @@ const SETTABLE: &[&str] = &[
     "timeout",
 ];
 
-fn check_type(field: &str, value: &Value) -> Result<(), String> {
+fn check_type(field: &str, value: &Value) -> Result<(), RemediationError> {
     let ok = match field {
         "args" => {
             value
@@ -421,21 +484,42 @@ fn check_type(field: &str, value: &Value) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("value for {field} has the wrong type"))
+        Err(invalid(
+            "value",
+            format!("value for {field} has the wrong type"),
+        ))
     }
 }
 
 fn value_looks_secret(v: &Value) -> bool {
+    secret_at(v, "").is_some()
+}
+
+/// Where in `v` (found at `at`) the first value that looks like a secret is: `entry.env.TOKEN`,
+/// `entry.args[2]`, `entry.headers.Authorization`, `entry.url`.
+fn secret_at(v: &Value, at: &str) -> Option<String> {
     match v {
-        Value::String(s) => looks_secret(s),
-        Value::Array(a) => a.iter().any(value_looks_secret),
-        Value::Object(m) => m.iter().any(|(k, v)| {
-            value_looks_secret(v)
-                || (redact::is_secret_key(k)
-                    && v.as_str()
-                        .is_some_and(|s| !s.is_empty() && !launch::is_placeholder(s)))
+        Value::String(s) => looks_secret(s).then(|| at.to_string()),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| secret_at(x, &format!("{at}[{i}]"))),
+        Value::Object(m) => m.iter().find_map(|(k, x)| {
+            let here = if at.is_empty() {
+                k.clone()
+            } else {
+                format!("{at}.{k}")
+            };
+            let literal = x
+                .as_str()
+                .is_some_and(|s| !s.is_empty() && !launch::is_placeholder(s));
+            if redact::is_secret_key(k) && literal {
+                Some(here)
+            } else {
+                secret_at(x, &here)
+            }
         }),
-        _ => false,
+        _ => None,
     }
 }
 

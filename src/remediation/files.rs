@@ -1,81 +1,15 @@
-//! Files on disk for remediations: rendering a document back to text, unified diffs with
-//! secrets masked, atomic writes (temporary file, fsync, rename, fsync of the directory) that
-//! keep the file's mode, and timestamped backups (sealed by the caller) in the data directory.
+//! Files on disk for remediations: content hashes, atomic writes (temporary file, fsync,
+//! rename, fsync of the directory) that keep the file's mode, and timestamped backups (sealed
+//! by the caller) in the data directory.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
-
-use crate::audit::redact;
 
 pub fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// The text a document is written as: two-space indented JSON and a final newline (the shape
-/// every client writes its own config in).
-pub fn render(doc: &Value) -> String {
-    let mut s = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".into());
-    s.push('\n');
-    s
-}
-
-/// A diff line with secret values masked: known token shapes anywhere, and the value of any
-/// `"key": "value"` pair whose key looks secret.
-pub fn mask_line(line: &str) -> String {
-    let line = redact::redact_str(line);
-    // An argument like "--api-key=..." in an args array.
-    let trimmed = line.trim_start();
-    if let Some(inner) = trimmed.strip_prefix('"')
-        && let Some((flag, _)) = inner.split_once('=')
-        && flag.starts_with('-')
-        && redact::is_secret_key(flag)
-    {
-        let indent = &line[..line.len() - trimmed.len()];
-        let comma = if trimmed.ends_with(',') { "," } else { "" };
-        return format!("{indent}\"{flag}={}\"{comma}", redact::REDACTED);
-    }
-    let trimmed = line.trim_start();
-    if let Some(rest) = trimmed.strip_prefix('"')
-        && let Some((key, after)) = rest.split_once('"')
-        && redact::is_secret_key(key)
-    {
-        let after_colon = after.trim_start();
-        if let Some(value) = after_colon.strip_prefix(':') {
-            let value = value.trim();
-            if value.starts_with('"') && value.len() > 2 && !value.starts_with("\"${") {
-                let indent = &line[..line.len() - trimmed.len()];
-                let comma = if value.ends_with(',') { "," } else { "" };
-                return format!("{indent}\"{key}\": \"{}\"{comma}", redact::REDACTED);
-            }
-        }
-    }
-    line
-}
-
-/// A unified diff of `before` -> `after` for `path`, every line masked.
-pub fn unified_diff(path: &str, before: &str, after: &str) -> String {
-    let diff = similar::TextDiff::from_lines(before, after);
-    let text = diff
-        .unified_diff()
-        .context_radius(3)
-        .header(&format!("a{path}"), &format!("b{path}"))
-        .to_string();
-    text.lines()
-        .map(|l| {
-            if l.starts_with("---") || l.starts_with("+++") || l.starts_with("@@") {
-                l.to_string()
-            } else {
-                let (sign, rest) = l.split_at(l.chars().next().map_or(0, char::len_utf8));
-                format!("{sign}{}", mask_line(rest))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-        + "\n"
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file beside it (same mode as the file it
@@ -144,14 +78,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn diffs_mask_secrets_and_writes_are_atomic() {
-        let before = "{\n  \"env\": {\n    \"GITHUB_TOKEN\": \"ghp_abcdefghijklmnopqrstuvwxyz0123456789\",\n    \"API_KEY\": \"q8Zr2LmP0vXw9TkA\",\n    \"MODE\": \"fast\"\n  }\n}\n";
-        let after = "{\n  \"env\": {\n    \"MODE\": \"fast\"\n  }\n}\n";
-        let d = unified_diff("/x.json", before, after);
-        assert!(!d.contains("ghp_abcdef"), "{d}");
-        assert!(!d.contains("q8Zr2LmP0vXw9TkA"), "{d}");
-        assert!(d.contains("-    \"GITHUB_TOKEN\": \"[REDACTED]\","), "{d}");
-        assert!(d.contains("     \"MODE\": \"fast\""), "{d}");
+    fn writes_are_atomic() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.json");
         std::fs::write(&p, "old").unwrap();

@@ -4,7 +4,11 @@
 //! atomic writes, results per action, never twice); and rollback from the backups.
 
 pub mod actions;
+pub mod diff;
+pub mod edit;
 pub mod files;
+#[cfg(test)]
+mod layout_tests;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -239,6 +243,32 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> RemediationE
     }
 }
 
+/// Where an action of a proposal came from, so that an error names the argument to fix.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// `actions[i]` of the call.
+    Given(usize),
+    /// The suggested fix of a finding of `assessment_id`.
+    Finding,
+}
+
+impl Origin {
+    /// An action's error (naming its own field, `server`) as the caller's argument:
+    /// `actions[2].server`, or `assessment_id` for a finding's fix.
+    fn blame(self, e: RemediationError) -> RemediationError {
+        match (self, e) {
+            (Origin::Given(i), RemediationError::Invalid { field, message }) => {
+                invalid(format!("actions[{i}].{field}"), message)
+            }
+            (Origin::Finding, RemediationError::Invalid { message, .. }) => invalid(
+                "assessment_id",
+                format!("a finding's suggested fix cannot be prepared: {message}"),
+            ),
+            (_, e) => e,
+        }
+    }
+}
+
 /// Remediations on one database.
 #[derive(Clone)]
 pub struct RemediationService {
@@ -314,18 +344,26 @@ impl RemediationService {
                 "nothing to propose: give actions, or an assessment with findings that have automatic fixes",
             ));
         }
-        self.unique_secret_names(&mut actions, new.actions.len())?;
+        let given = new.actions.len();
+        let origin = |i: usize| {
+            if i < given {
+                Origin::Given(i)
+            } else {
+                Origin::Finding
+            }
+        };
+        self.unique_secret_names(&mut actions, given)?;
         // Resolve versions to pin now, so the diff shows them and the approval covers them.
         let mut resolved = Vec::with_capacity(actions.len());
-        for action in actions {
-            match self.resolve(
-                action,
-                new.assessment_id.is_some() && new.actions.is_empty(),
-            ) {
-                Ok(Some(a)) => resolved.push(a),
-                Ok(None) => {}
+        let mut origins = Vec::with_capacity(actions.len());
+        for (i, action) in actions.into_iter().enumerate() {
+            match self.resolve(action) {
+                Ok(a) => {
+                    resolved.push(a);
+                    origins.push(origin(i));
+                }
                 Err(RemediationError::Registry(m)) if new.assessment_id.is_some() => notes.push(m),
-                Err(e) => return Err(e),
+                Err(e) => return Err(origin(i).blame(e)),
             }
         }
         if resolved.is_empty() {
@@ -334,7 +372,7 @@ impl RemediationService {
                 format!("no action could be prepared: {}", notes.join("; ")),
             ));
         }
-        let (plans, _, risk, risk_notes) = self.plan(&resolved)?;
+        let (plans, _, risk, risk_notes) = self.plan(&resolved, &origins)?;
         let at = now_ts();
         let summary = new
             .summary
@@ -408,19 +446,24 @@ impl RemediationService {
             else {
                 continue;
             };
+            let origin = if i < explicit {
+                Origin::Given(i)
+            } else {
+                Origin::Finding
+            };
             crate::secret::check_name(secret_name)
-                .map_err(|e| invalid("actions", e.to_string()))?;
+                .map_err(|e| origin.blame(invalid("secret_name", e.to_string())))?;
             let taken = |n: &str, used: &std::collections::HashSet<String>| {
                 used.contains(n) || self.secrets.exists(n).unwrap_or(false)
             };
             if taken(secret_name, &used) {
                 if i < explicit {
-                    return Err(invalid(
-                        "actions",
+                    return Err(origin.blame(invalid(
+                        "secret_name",
                         format!(
                             "secret {secret_name} already exists in the store or is used twice in this proposal; choose another secret_name"
                         ),
-                    ));
+                    )));
                 }
                 let base = actions::secret_name_for(server, secret_name);
                 let mut name = base.clone();
@@ -436,9 +479,8 @@ impl RemediationService {
         Ok(())
     }
 
-    /// Fills in what an action needs before it can be previewed (a pin's version). `None`
-    /// drops an action that has nothing to do.
-    fn resolve(&self, action: Action, _derived: bool) -> Result<Option<Action>, RemediationError> {
+    /// Fills in what an action needs before it can be previewed (a pin's version).
+    fn resolve(&self, action: Action) -> Result<Action, RemediationError> {
         match action {
             Action::PinPackageVersion {
                 file,
@@ -451,29 +493,29 @@ impl RemediationService {
                     _ if lookup_latest => {
                         let cf = self.read(&file, None)?;
                         let entry = cf.server(&server).ok_or_else(|| {
-                            invalid("actions", format!("{file} has no server named {server:?}"))
+                            invalid("server", format!("{file} has no server named {server:?}"))
                         })?;
                         let pkg = launch::package(entry.command.as_deref().unwrap_or(""), &entry.args)
-                            .ok_or_else(|| invalid("actions", format!("server {server:?} does not launch a package through npx, uvx, pip or docker")))?;
+                            .ok_or_else(|| invalid("server", format!("server {server:?} does not launch a package through npx, uvx, pip or docker")))?;
                         self.latest(&pkg)?
                     }
                     _ => {
                         return Err(invalid(
-                            "actions",
+                            "version",
                             format!(
                                 "pin_package_version for {server:?} needs `version`, or `lookup_latest: true` to ask the registry"
                             ),
                         ));
                     }
                 };
-                Ok(Some(Action::PinPackageVersion {
+                Ok(Action::PinPackageVersion {
                     file,
                     server,
                     version: Some(version),
                     lookup_latest: false,
-                }))
+                })
             }
-            other => Ok(Some(other)),
+            other => Ok(other),
         }
     }
 
@@ -533,10 +575,10 @@ impl RemediationService {
     }
 
     fn read(&self, path: &str, client: Option<Client>) -> Result<ConfigFile, RemediationError> {
-        let f = clients::read_path(Path::new(path), client).map_err(|m| invalid("actions", m))?;
+        let f = clients::read_path(Path::new(path), client).map_err(|m| invalid("file", m))?;
         if let Some(e) = &f.error {
             return Err(invalid(
-                "actions",
+                "file",
                 format!("{path} cannot be changed safely: {e}"),
             ));
         }
@@ -549,6 +591,7 @@ impl RemediationService {
     fn plan(
         &self,
         actions: &[Action],
+        origins: &[Origin],
     ) -> Result<
         (
             Vec<FilePlan>,
@@ -558,9 +601,13 @@ impl RemediationService {
         ),
         RemediationError,
     > {
-        let mut by_file: BTreeMap<String, Vec<&Action>> = BTreeMap::new();
-        for a in actions {
-            by_file.entry(a.file().to_string()).or_default().push(a);
+        let mut by_file: BTreeMap<String, Vec<(&Action, Origin)>> = BTreeMap::new();
+        for (i, a) in actions.iter().enumerate() {
+            let origin = origins.get(i).copied().unwrap_or(Origin::Given(i));
+            by_file
+                .entry(a.file().to_string())
+                .or_default()
+                .push((a, origin));
         }
         let ctx = Context {
             exec_prefix: &self.exec_prefix,
@@ -570,29 +617,29 @@ impl RemediationService {
         let mut notes = Vec::new();
         let mut risk = Risk::Low;
         for (path, acts) in by_file {
+            // A problem with the file is blamed on the first action that names it.
+            let first = acts.first().map_or(Origin::Given(0), |(_, o)| *o);
+            let file_error = |m: String| first.blame(invalid("file", m));
             // Only the user's own client configs, never any file a caller names.
             self.assessments
                 .may_change(Path::new(&path))
-                .map_err(|m| invalid("actions", m))?;
+                .map_err(file_error)?;
             let creating = !Path::new(&path).exists();
             let (file, before) = if creating {
-                let client = acts.iter().find_map(|a| match a {
+                let client = acts.iter().find_map(|(a, _)| match a {
                     Action::InstallServer { client, .. } => *client,
                     _ => None,
                 });
                 let client = client.ok_or_else(|| {
-                    invalid(
-                        "actions",
-                        format!(
-                            "{path} does not exist; to create it with install_server, give `client`"
-                        ),
-                    )
+                    file_error(format!(
+                        "{path} does not exist; to create it with install_server, give `client`"
+                    ))
                 })?;
-                if acts
+                if let Some((_, o)) = acts
                     .iter()
-                    .any(|a| !matches!(a, Action::InstallServer { .. }))
+                    .find(|(a, _)| !matches!(a, Action::InstallServer { .. }))
                 {
-                    return Err(invalid("actions", format!("{path} does not exist")));
+                    return Err(o.blame(invalid("file", format!("{path} does not exist"))));
                 }
                 let key = if client == Client::Vscode {
                     "servers"
@@ -607,17 +654,18 @@ impl RemediationService {
                     String::new(),
                 )
             } else {
-                let f = self.read(&path, None)?;
+                let f = self.read(&path, None).map_err(|e| first.blame(e))?;
                 let text = std::fs::read_to_string(&path)
-                    .map_err(|e| invalid("actions", format!("cannot read {path}: {e}")))?;
-                if f.jsonc {
-                    notes.push(format!("{path} has comments or trailing commas; the rewritten file keeps its content but not its comments"));
-                }
-                (f, text)
+                    .map_err(|e| file_error(format!("cannot read {path}: {e}")))?;
+                // The document is the text's, read once: the edit and the hash both start from
+                // exactly these bytes.
+                let (doc, _) = clients::parse(&text)
+                    .map_err(|e| file_error(format!("{path} cannot be changed safely: {e}")))?;
+                (reparse(&f, &doc), text)
             };
             let mut doc = file.document.clone();
             let mut moved = Vec::new();
-            for a in &acts {
+            for (a, origin) in &acts {
                 // Later actions see the document as earlier ones left it.
                 let current = ConfigFile {
                     document: doc.clone(),
@@ -629,7 +677,7 @@ impl RemediationService {
                 };
                 moved.extend(
                     actions::apply(&mut doc, &current, a, &ctx, version)
-                        .map_err(|m| invalid("actions", m))?,
+                        .map_err(|e| origin.blame(e))?,
                 );
                 let (r, note) = action_risk(a);
                 if risk_rank(r) > risk_rank(risk) {
@@ -637,7 +685,16 @@ impl RemediationService {
                 }
                 notes.push(note);
             }
-            let after = files::render(&doc);
+            let after = if creating {
+                edit::render_new(&doc)
+            } else {
+                edit::edit(&before, &doc).unwrap_or_else(|why| {
+                    notes.push(format!(
+                        "{path} could not be edited in place ({why}); it is written whole, without its comments"
+                    ));
+                    edit::render_new(&doc)
+                })
+            };
             if after == before {
                 notes.push(format!("{path}: no change"));
                 continue;
@@ -648,7 +705,7 @@ impl RemediationService {
                 existed: !creating,
                 before_sha256: (!creating).then(|| files::sha256(before.as_bytes())),
                 after_sha256: files::sha256(after.as_bytes()),
-                diff: files::unified_diff(&path, &before, &after),
+                diff: diff::unified_diff(&path, &before, &after),
             });
             writes.push((path, after, moved));
         }
@@ -784,24 +841,16 @@ impl RemediationService {
             )));
         }
         let approval_id = approval_id.to_string();
-        // Every file must be exactly as previewed.
-        for f in &p.files {
-            let now = std::fs::read(&f.path).ok().map(|b| files::sha256(&b));
-            if now != f.before_sha256 {
-                let why = format!(
-                    "{} changed since the preview (the diff the person approved no longer applies); nothing was written. Propose again to see the current diff",
-                    f.path
-                );
-                p.status = RemediationStatus::Failed;
-                p.error = Some(why.clone());
-                p.updated_at = now_ts();
-                self.audit
-                    .store()
-                    .write(|tx| self.save(tx, &p, RemediationStatus::Proposed))?;
-                return Err(RemediationError::Stale(why));
-            }
-        }
-        let (_, writes, _, _) = self.plan(&p.actions)?;
+        // Every file must be exactly as previewed (checked before the person was asked, and
+        // again now: the file may have changed while they looked).
+        self.refuse_if_changed(
+            &mut p,
+            false,
+            "the diff the person approved no longer applies",
+            by,
+        )?;
+        let given: Vec<Origin> = (0..p.actions.len()).map(Origin::Given).collect();
+        let (_, writes, _, _) = self.plan(&p.actions, &given)?;
         for (path, text, _) in &writes {
             let plan = p.files.iter().find(|f| &f.path == path);
             if plan.map(|f| f.after_sha256.as_str())
@@ -908,6 +957,81 @@ impl RemediationService {
         Ok(p)
     }
 
+    /// Refuses, before anyone is asked, a proposal whose files changed since its preview (or a
+    /// rollback of one whose files changed since it wrote them): the approval would describe
+    /// files that are no longer there. Nothing is asked, consumed or written; a proposal is
+    /// marked failed, since it can never run as previewed. A proposal not in the state its
+    /// review needs passes here (the caller reports that).
+    pub fn check_unchanged(
+        &self,
+        id: &str,
+        rollback: bool,
+        by: &Actor,
+    ) -> Result<(), RemediationError> {
+        let mut p = self.get(id)?;
+        let ready = if rollback {
+            RemediationStatus::Executed
+        } else {
+            RemediationStatus::Proposed
+        };
+        if p.status != ready {
+            return Ok(());
+        }
+        self.refuse_if_changed(
+            &mut p,
+            rollback,
+            "the diff no longer applies, so nobody was asked",
+            by,
+        )
+    }
+
+    /// Every file of `p` must have the hash it had at the preview (`rollback`: the hash the
+    /// remediation wrote). A changed file fails a proposal (saved with its audit event) and
+    /// errors with `Stale`; `why` says what that means at this point.
+    fn refuse_if_changed(
+        &self,
+        p: &mut Proposal,
+        rollback: bool,
+        why: &str,
+        by: &Actor,
+    ) -> Result<(), RemediationError> {
+        let now = |path: &str| std::fs::read(path).ok().map(|b| files::sha256(&b));
+        if rollback {
+            for b in &p.backups {
+                if now(&b.path).as_deref() != Some(b.written_sha256.as_str()) {
+                    return Err(RemediationError::Stale(format!(
+                        "{} changed after the remediation wrote it; rolling back would overwrite those changes, so nothing was restored",
+                        b.path
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        let Some(changed) = p.files.iter().find(|f| now(&f.path) != f.before_sha256) else {
+            return Ok(());
+        };
+        let why = format!(
+            "{} changed since the preview ({why}); nothing was written. Propose again to see the current diff",
+            changed.path
+        );
+        p.status = RemediationStatus::Failed;
+        p.error = Some(why.clone());
+        p.updated_at = now_ts();
+        self.save_with_event(
+            p,
+            RemediationStatus::Proposed,
+            NewEvent {
+                actor: by.clone(),
+                action: AuditAction::RemediationExecuted,
+                subject: p.id.clone(),
+                outcome: Outcome::Error,
+                detail: json!({"status": "failed", "error": p.error}),
+                critical: false,
+            },
+        )?;
+        Err(RemediationError::Stale(why))
+    }
+
     /// Marks proposals left `executing` for longer than `after` (their coordinator stopped in
     /// the middle) as failed, naming the backups on disk: they never run again, and a person
     /// can see what may have been written. Returns how many.
@@ -970,15 +1094,7 @@ impl RemediationService {
             )));
         }
         let approval_id = approval_id.to_string();
-        for b in &p.backups {
-            let now = std::fs::read(&b.path).ok().map(|x| files::sha256(&x));
-            if now.as_deref() != Some(b.written_sha256.as_str()) {
-                return Err(RemediationError::Stale(format!(
-                    "{} changed after the remediation wrote it; rolling back would overwrite those changes, so nothing was restored",
-                    b.path
-                )));
-            }
-        }
+        self.refuse_if_changed(&mut p, true, "", by)?;
         // Every backup opens before anything is consumed or written.
         let mut restores = Vec::with_capacity(p.backups.len());
         for b in &p.backups {

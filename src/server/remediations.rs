@@ -378,6 +378,12 @@ async fn review(
                 .with_details(json!({"remediation_id": p.id, "status": p.status})),
         ));
     }
+    // Files changed since the preview make the approval worthless: refuse before asking (the
+    // executor checks again before writing).
+    let (pid, actor) = (p.id.clone(), call.actor.clone());
+    c.blocking(move |c| c.remediations().check_unchanged(&pid, rollback, &actor))
+        .await?
+        .map_err(|e| failure(tool, e))?;
     let gate = p.gate(rollback);
     let passage = gate::pass(&c, &call, tool, &gate, i.wait_seconds).await?;
     // The proposal shows the approval it waits for (remediation_get, approval_id).
@@ -542,7 +548,11 @@ async fn mcp_server_install(
         }
     };
     // Named here so the error names the argument that chose the file.
-    let field = if i.file.is_some() { "file" } else { "project" };
+    let field = match (&i.file, &i.project) {
+        (Some(_), _) => "file",
+        (None, Some(_)) => "project",
+        (None, None) => "client",
+    };
     c.assessments()
         .may_change(std::path::Path::new(&file))
         .map_err(|m| Failure::Protocol(invalid_field(TOOL, field, m)))?;
@@ -553,7 +563,7 @@ async fn mcp_server_install(
         secrets: i.secrets,
         client: Some(i.client),
     };
-    propose_then_review(c, call, action, i.review, i.wait_seconds, TOOL).await
+    propose_then_review(c, call, action, i.review, i.wait_seconds, TOOL, field).await
 }
 
 async fn mcp_server_remove(
@@ -575,8 +585,25 @@ async fn mcp_server_remove(
         i.review,
         i.wait_seconds,
         "mcp_server_remove",
+        "file",
     )
     .await
+}
+
+/// An installer tool builds one action from its own arguments, which carry the action's field
+/// names: the proposal's `actions[0].server` is the tool's `server`, `actions[0].entry.env.X`
+/// its `entry.env.X`, and `actions[0].file` whichever argument chose the file.
+fn installer_error(e: RemediationError, file_field: &str) -> RemediationError {
+    let RemediationError::Invalid { field, message } = e else {
+        return e;
+    };
+    let field = match field.strip_prefix("actions[0].") {
+        Some("file") => file_field.to_string(),
+        Some(own) => own.to_string(),
+        // Nothing of the proposal as a whole is the caller's to fix but the server it names.
+        None => "server".to_string(),
+    };
+    RemediationError::Invalid { field, message }
 }
 
 /// The installer tools: one proposal for one file, then the same review as remediation_review.
@@ -589,6 +616,7 @@ async fn propose_then_review(
     review_now: bool,
     wait_seconds: Option<u64>,
     tool: &'static str,
+    file_field: &'static str,
 ) -> Result<Reply<RemediationResult>, Failure> {
     let actor = call.actor.clone();
     let key = serde_json::to_string(&action).unwrap_or_default();
@@ -616,7 +644,7 @@ async fn propose_then_review(
             };
             c.blocking(move |c| c.remediations().propose(new, &actor))
                 .await?
-                .map_err(|e| failure(tool, e))?
+                .map_err(|e| failure(tool, installer_error(e, file_field)))?
         }
     };
     if !review_now {
