@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout};
 
+use super::ledger::Ledger;
 use super::pipe::{LineReader, PipeWriter};
 use super::{ChildTool, InstanceService, Live, lock};
 
@@ -24,17 +25,39 @@ use super::{ChildTool, InstanceService, Live, lock};
 /// rmcp's own output, one whole line at a time. Writes never block (see [`PipeWriter`]).
 pub struct ClientOut {
     writer: PipeWriter,
+    /// The client's requests in flight, each answered once (batches as one array).
+    ledger: Ledger,
 }
 
 impl ClientOut {
     pub fn new(writer: PipeWriter) -> Self {
-        ClientOut { writer }
+        ClientOut {
+            writer,
+            ledger: Ledger::default(),
+        }
     }
 
-    /// Writes one or more whole JSON-RPC lines (each ending in a newline).
+    /// Writes one or more whole JSON-RPC lines (each ending in a newline); answers are
+    /// accounted in the ledger first (see [`Ledger::settle`]).
     pub fn write_lines(&self, lines: &[u8]) -> std::io::Result<()> {
         debug_assert!(lines.ends_with(b"\n"));
+        let lines = self.ledger.settle(lines);
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.writer.write(&lines)
+    }
+
+    /// Writes lines the relay made itself (errors it answers for rmcp), past the ledger: they
+    /// answer no request in flight.
+    pub fn write_own(&self, lines: &[u8]) -> std::io::Result<()> {
+        debug_assert!(lines.ends_with(b"\n"));
         self.writer.write(lines)
+    }
+
+    /// The client's requests in flight.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// Closes stdout once everything queued is written.

@@ -3,19 +3,23 @@
 //! child (see `instance::fast`), every other line goes to rmcp; rmcp's output and fast-path
 //! answers share stdout one whole line at a time. stdin is read by the relay thread
 //! (`instance::reactor`) with the children's stdouts, so a proxied call costs no task hand-off.
+//! Every request is put in flight in the ledger of `ClientOut` before either path takes it;
+//! what rmcp would not answer is answered here (`jsonrpc.rs`).
 
 use std::borrow::Cow;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use rmcp::model::RequestId;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 
 use super::Coordinator;
+use super::jsonrpc::{self, Message, Refusal};
 use crate::audit::{Action, NewEvent, Outcome};
 use crate::instance::{
-    ClientOut, FastDone, FastHooks, LineReader, PipeWriter, RmcpLines, Source, contains,
+    BatchId, ClientOut, FastDone, FastHooks, LineReader, PipeWriter, RmcpLines, Source, contains,
 };
 
 /// A `tools/call` request with nothing but a name, arguments and `_meta` (without a progress
@@ -51,20 +55,6 @@ struct Meta<'a> {
     progress_token: Option<&'a RawValue>,
 }
 
-#[derive(Deserialize)]
-struct Cancelled<'a> {
-    #[serde(borrow)]
-    method: Cow<'a, str>,
-    #[serde(borrow)]
-    params: CancelledParams<'a>,
-}
-
-#[derive(Deserialize)]
-struct CancelledParams<'a> {
-    #[serde(borrow, rename = "requestId")]
-    request_id: &'a RawValue,
-}
-
 /// Splits the client's stdio (`input` and `output`, usually the process's fd 0 and 1): returns
 /// the streams rmcp serves on, and the task that ends once rmcp's last line is written. The
 /// input thread ends when the client closes stdin (rmcp then sees EOF).
@@ -90,9 +80,13 @@ pub(super) fn split(
     });
     let source = StdinSource {
         c: c.clone(),
+        out: out.clone(),
         input,
         to_rmcp: RmcpLines::new(to_rmcp),
-        for_rmcp: Vec::with_capacity(8192),
+        for_rmcp: ToRmcp {
+            lines: Vec::with_capacity(8192),
+            started: false,
+        },
     };
     c.instances().reactor()?.add(Box::new(source))?;
     let answered = c.inner.answered.clone();
@@ -101,12 +95,23 @@ pub(super) fn split(
 }
 
 /// The client's stdin, read by the reactor: fast calls and their cancellations are handled
-/// here, the rest go to rmcp, a read's worth at a time. At EOF rmcp sees the client leave.
+/// here, and what rmcp would not answer (see `jsonrpc`); the rest go to rmcp, a read's worth
+/// at a time. At EOF rmcp sees the client leave.
 struct StdinSource {
     c: Coordinator,
+    out: Arc<ClientOut>,
     input: LineReader,
     to_rmcp: RmcpLines,
-    for_rmcp: Vec<u8>,
+    for_rmcp: ToRmcp,
+}
+
+/// Messages on their way to rmcp, a read's worth at a time.
+struct ToRmcp {
+    lines: Vec<u8>,
+    /// rmcp has begun a session (initialize, or a 2026-07-28 request with its metadata), as
+    /// far as the messages sent so far go. Before that it reads only requests: any other
+    /// message ends the session, so none is sent.
+    started: bool,
 }
 
 impl Source for StdinSource {
@@ -121,29 +126,44 @@ impl Source for StdinSource {
     fn ready(&mut self) -> bool {
         let StdinSource {
             c,
+            out,
             input,
             for_rmcp,
             to_rmcp,
         } = self;
         let more = input.read_lines(|line| {
             c.client_active();
-            if !c.fast_path(line) {
-                for_rmcp.extend_from_slice(line);
-            }
+            c.take_message(line, None, out, for_rmcp);
         });
         let dropped = input.take_dropped();
         if dropped > 0 {
             tracing::warn!(
                 dropped,
-                "dropped client messages longer than {} MiB; they get no answer",
+                "refused client messages longer than {} MiB",
                 crate::instance::MAX_LINE >> 20
             );
-        }
-        if !for_rmcp.is_empty() {
-            if !for_rmcp.ends_with(b"\n") {
-                for_rmcp.push(b'\n');
+            // Unread, so their ids are unknown: each gets an error with a null id.
+            let refusal = Refusal {
+                id: None,
+                error: rmcp::ErrorData::invalid_request(
+                    format!(
+                        "invalid request: a message longer than {} MiB was dropped unread",
+                        crate::instance::MAX_LINE >> 20
+                    ),
+                    None,
+                ),
+            };
+            let mut line = refusal.to_json(|_| false);
+            line.push(b'\n');
+            for _ in 0..dropped {
+                let _ = out.write_own(&line);
             }
-            if !to_rmcp.send(std::mem::take(for_rmcp)) {
+        }
+        if !for_rmcp.lines.is_empty() {
+            if !for_rmcp.lines.ends_with(b"\n") {
+                for_rmcp.lines.push(b'\n');
+            }
+            if !to_rmcp.send(std::mem::take(&mut for_rmcp.lines)) {
                 return false;
             }
         }
@@ -201,46 +221,145 @@ async fn output_pump(
 }
 
 impl Coordinator {
-    /// Handles a line on the fast path if it can; `false` sends it to rmcp.
-    fn fast_path(&self, line: &[u8]) -> bool {
+    /// Takes one message from the client (a line, or an element of a batch): a fast call goes
+    /// to its child, what rmcp would not answer is answered here, and the rest is queued in
+    /// `for_rmcp`. Each request is put in flight first, so its answer is its only one.
+    fn take_message(
+        &self,
+        line: &[u8],
+        batch: Option<BatchId>,
+        out: &ClientOut,
+        for_rmcp: &mut ToRmcp,
+    ) {
+        if self.fast_path(line, batch, out) {
+            return;
+        }
+        match jsonrpc::classify(line, batch.is_some()) {
+            Message::Blank | Message::Refused(None) => {}
+            Message::Refused(Some(refusal)) => refuse(out, batch, &refusal),
+            Message::Batch(items) => {
+                // MCP 2025-03-26 requires receiving batches and rmcp still negotiates it, so
+                // a batch is answered in full (one array, JSON-RPC 2.0 §6) in every version
+                // rather than refused: a client that sends one gets its answers.
+                let b = out.ledger().batch();
+                for item in items {
+                    self.take_message(item.get().as_bytes(), Some(b), out, for_rmcp);
+                }
+                if let Some(line) = out.ledger().seal(b) {
+                    let _ = out.write_own(&line);
+                }
+            }
+            Message::Request { id, method } => {
+                if batch.is_some() && method == "initialize" {
+                    let refusal = Refusal {
+                        id: Some(id),
+                        error: rmcp::ErrorData::invalid_request(
+                            "invalid request: `initialize` must not be part of a batch",
+                            None,
+                        ),
+                    };
+                    return refuse(out, batch, &refusal);
+                }
+                if !out.ledger().open(&id, batch) {
+                    return refuse(out, batch, &Refusal::duplicate(&id));
+                }
+                if !for_rmcp.started {
+                    for_rmcp.started = self.starts_session(line);
+                }
+                forward(for_rmcp, line);
+            }
+            Message::Notification { method, params } => {
+                if method == "notifications/cancelled"
+                    && let Some((id, raw)) = jsonrpc::cancelled_id(params)
+                {
+                    // No answer follows a cancellation (rmcp drops it; so does the fast path).
+                    if let Some(line) = out.ledger().close(&id) {
+                        let _ = out.write_own(&line);
+                    }
+                    if self.instances().fast_cancel(raw.get()) {
+                        return;
+                    }
+                }
+                if for_rmcp.started {
+                    forward(for_rmcp, line);
+                } else {
+                    tracing::debug!(%method, "dropped a notification sent before the session began");
+                }
+            }
+            Message::Response if for_rmcp.started => forward(for_rmcp, line),
+            Message::Response => {
+                tracing::debug!("dropped a response sent before the session began");
+            }
+        }
+    }
+
+    /// Whether rmcp begins its session with this request: `initialize`, or a request other
+    /// than `ping` and `server/discover` with the complete 2026-07-28 metadata of a version
+    /// this server speaks (read with rmcp's own types, as rmcp reads it).
+    fn starts_session(&self, line: &[u8]) -> bool {
+        use rmcp::model::{ClientJsonRpcMessage, ClientRequest, GetMeta, ProtocolVersion};
+        let Ok(ClientJsonRpcMessage::Request(r)) = serde_json::from_slice(line) else {
+            return false;
+        };
+        match &r.request {
+            ClientRequest::InitializeRequest(_) => true,
+            ClientRequest::PingRequest(_) | ClientRequest::DiscoverRequest(_) => false,
+            request => {
+                let meta = request.get_meta();
+                meta.missing_required_keys(&ProtocolVersion::V_2026_07_28)
+                    .is_empty()
+                    && meta.protocol_version().is_some_and(|v| {
+                        rmcp::ServerHandler::supported_protocol_versions(self).contains(&v)
+                    })
+            }
+        }
+    }
+
+    /// Handles a call on the fast path if it can; `false` leaves it to `take_message`.
+    fn fast_path(&self, line: &[u8], batch: Option<BatchId>, out: &ClientOut) -> bool {
         if self.inner.fast_client.get().is_none() || !self.instances_enabled() {
             return false;
         }
-        if contains(line, b"\"tools/call\"") {
-            let Ok(call) = serde_json::from_slice::<PlainCall<'_>>(line) else {
-                return false;
-            };
-            if call.method != "tools/call" {
-                return false;
-            }
-            // Per-request protocol fields mean the 2026-07-28 era, whose results carry
-            // `resultType`: rmcp's path. A progress token is relayed.
-            let mut progress_token = None;
-            if let Some(m) = call.params.meta {
-                if m.get().contains("io.modelcontextprotocol/") {
-                    return false;
-                }
-                match serde_json::from_str::<Meta<'_>>(m.get()) {
-                    Ok(meta) => progress_token = meta.progress_token,
-                    Err(_) => return false,
-                }
-            }
-            let Some(target) = self.instances().fast_target(&call.params.name) else {
-                return false;
-            };
-            return self.instances().fast_forward(
-                &target,
-                call.id,
-                call.params.arguments,
-                progress_token,
-            );
+        if !contains(line, b"\"tools/call\"") {
+            return false;
         }
-        if contains(line, b"notifications/cancelled")
-            && let Ok(n) = serde_json::from_slice::<Cancelled<'_>>(line)
-            && n.method == "notifications/cancelled"
+        let Ok(call) = serde_json::from_slice::<PlainCall<'_>>(line) else {
+            return false;
+        };
+        if call.method != "tools/call" || call.jsonrpc != "2.0" || jsonrpc::too_deep(line) {
+            return false;
+        }
+        let Ok(id) = serde_json::from_str::<RequestId>(call.id.get()) else {
+            return false;
+        };
+        // Per-request protocol fields mean the 2026-07-28 era, whose results carry
+        // `resultType`: rmcp's path. A progress token is relayed.
+        let mut progress_token = None;
+        if let Some(m) = call.params.meta {
+            if m.get().contains("io.modelcontextprotocol/") {
+                return false;
+            }
+            match serde_json::from_str::<Meta<'_>>(m.get()) {
+                Ok(meta) => progress_token = meta.progress_token,
+                Err(_) => return false,
+            }
+        }
+        let Some(target) = self.instances().fast_target(&call.params.name) else {
+            return false;
+        };
+        if !out.ledger().open(&id, batch) {
+            refuse(out, batch, &Refusal::duplicate(&id));
+            return true;
+        }
+        if self
+            .instances()
+            .fast_forward(&target, call.id, call.params.arguments, progress_token)
         {
-            return self.instances().fast_cancel(n.params.request_id.get());
+            return true;
         }
+        // Not taken after all: rmcp's path puts it in flight again. Its batch, if any, is
+        // not sealed yet, so this cannot complete it.
+        out.ledger().close(&id);
         false
     }
 
@@ -273,5 +392,28 @@ impl Coordinator {
             }),
             critical: false,
         })
+    }
+}
+
+/// Answers a message with an error: now, or in its batch's array.
+fn refuse(out: &ClientOut, batch: Option<BatchId>, refusal: &Refusal) {
+    let answer = refusal.to_json(|id| out.ledger().is_open(id));
+    match batch {
+        Some(b) => out.ledger().batch_answer(b, &answer),
+        None => {
+            let mut line = answer;
+            line.push(b'\n');
+            if let Err(e) = out.write_own(&line) {
+                tracing::debug!(error = %e, "could not answer a client message");
+            }
+        }
+    }
+}
+
+/// Queues a message for rmcp, one line.
+fn forward(for_rmcp: &mut ToRmcp, line: &[u8]) {
+    for_rmcp.lines.extend_from_slice(line);
+    if !line.ends_with(b"\n") {
+        for_rmcp.lines.push(b'\n');
     }
 }
