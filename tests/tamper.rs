@@ -197,7 +197,7 @@ async fn the_audit_verify_tool_reports_tampering_too() {
 #[test]
 fn triggers_refuse_changes_to_the_live_table() {
     let dir = common::data_dir();
-    let (code, _, _) = common::cli(dir.path(), &["audit", "verify"]);
+    let (code, _, _) = common::cli(dir.path(), &["serve"]);
     assert_eq!(code, 0);
     let conn = Connection::open(common::db_path(dir.path())).unwrap();
     conn.execute(

@@ -49,7 +49,7 @@ pub enum ExportFormat {
 }
 
 pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let (_settings, audit) = super::open(global)?;
+    let (_settings, audit) = super::open_with(global, super::Access::ReadExisting)?;
     match cmd {
         AuditCommand::Verify { json } => {
             let report = audit.verify()?;
