@@ -114,23 +114,28 @@ pub struct ToolsConfig {
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    // The cause is in the message and deliberately not the error's `source`, so a chain
+    // printed with `{:#}` says it once.
+    #[error("cannot read config file {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("config file {path} is not valid: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error("no data directory: HOME is not set; pass --data-dir DIR or set {DATA_DIR_ENV}")]
     NoDataDir,
+    /// `--db` is not something this build can store in (a URL).
+    #[error(transparent)]
+    Db(#[from] crate::store::StoreError),
 }
 
 impl ConfigFile {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let config: ConfigFile = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -240,7 +245,7 @@ impl Settings {
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
         };
         let db = match db {
-            Some(arg) => Location::from_arg(&arg),
+            Some(arg) => Location::from_arg(&arg)?,
             None => Location::File(data_dir.join(DB_FILE)),
         };
         let config_path = match config {

@@ -503,6 +503,11 @@ fn cli_approve_confirms_on_a_terminal() {
     ] {
         assert!(out.contains(needle), "show lacks {needle:?}:\n{out}");
     }
+    // Pending: who may decide it, never "decided with".
+    assert!(
+        out.contains("may decide:") && !out.contains("decided with"),
+        "{out}"
+    );
 
     let on_terminal = |answer: &str| {
         let inner = format!(
@@ -527,14 +532,16 @@ fn cli_approve_confirms_on_a_terminal() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
     };
-    let (code, screen) = on_terminal("no");
-    assert_eq!(code, Some(1), "{screen}");
-    assert!(
-        screen.contains("Approve this action?") && screen.contains("still pending"),
-        "{screen}"
-    );
-    let got = s.call("approval_get", json!({"approval_id": id}), false, None);
-    assert_eq!(got["result"]["structuredContent"]["state"], "pending");
+    for answer in ["no", "y", "Y", "YES"] {
+        let (code, screen) = on_terminal(answer);
+        assert_eq!(code, Some(1), "{answer}: {screen}");
+        assert!(
+            screen.contains("Approve this action?") && screen.contains("still pending"),
+            "{answer}: {screen}"
+        );
+        let got = s.call("approval_get", json!({"approval_id": id}), false, None);
+        assert_eq!(got["result"]["structuredContent"]["state"], "pending");
+    }
 
     let (code, screen) = on_terminal("yes");
     assert_eq!(code, Some(0), "{screen}");
@@ -544,5 +551,11 @@ fn cli_approve_confirms_on_a_terminal() {
     assert_eq!(
         got["result"]["structuredContent"]["decision"]["reason"],
         "looked at it"
+    );
+    let (code, out, _) = common::cli(dir.path(), &["approvals", "show", &id]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("decided with: cli") && !out.contains("may decide"),
+        "{out}"
     );
 }

@@ -62,6 +62,26 @@ fn help_explains_every_command() {
     let (code, out, _) = common::cli(dir.path(), &["--version"]);
     assert_eq!(code, 0);
     assert!(out.starts_with("mcp-coordinator "));
+
+    // `--data-dir` says everything the directory holds, by the names the code uses.
+    let (_, help, _) = common::cli(dir.path(), &["--help"]);
+    let data_dir_help = help
+        .split("--data-dir <DIR>")
+        .nth(1)
+        .and_then(|rest| rest.split("\n      --").next())
+        .unwrap_or_default();
+    for held in [
+        mcp_coordinator::config::DB_FILE,
+        mcp_coordinator::audit::signer::KEY_FILE,
+        mcp_coordinator::agent::token::KEY_FILE,
+        mcp_coordinator::secret::KEY_FILE,
+        "backups/",
+    ] {
+        assert!(
+            data_dir_help.contains(held),
+            "--data-dir help does not mention {held}:\n{data_dir_help}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -116,6 +136,8 @@ fn bad_settings_fail_with_a_clear_message() {
         err.contains("cannot read config file") && err.contains("nope.toml"),
         "{err}"
     );
+    // The cause once, not once from the message and again from the error chain.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[tools]\ndisabled_groups = [\"everything\"]\n").unwrap();
@@ -140,7 +162,8 @@ fn default_database_is_created_in_the_data_dir_with_a_private_key() {
     use std::os::unix::fs::PermissionsExt;
     let dir = common::data_dir();
     let data = dir.path().join("fresh/data");
-    let (code, _, err) = common::cli(&data, &["audit", "verify"]);
+    // `serve` with stdin at its end starts, creates what it needs, and stops.
+    let (code, _, err) = common::cli(&data, &["serve"]);
     assert_eq!(code, 0, "{err}");
     assert!(data.join("coordinator.db").is_file());
     let mode = std::fs::metadata(data.join("audit-signing-key.pem"))
@@ -283,4 +306,77 @@ fn help_explains_the_overseer() {
             );
         }
     }
+}
+
+/// A read-only command pointed at a database that does not exist (a typo in `--db`) says so,
+/// naming the path, and creates nothing: no directory, no file, no empty database that would
+/// answer "no pending approvals".
+#[test]
+fn read_only_commands_refuse_a_database_that_does_not_exist() {
+    let dir = common::data_dir();
+    let typo = dir.path().join("typo/dir/x.db");
+    let commands: [&[&str]; 5] = [
+        &["approvals", "list"],
+        &["approvals", "show", "apr_0"],
+        &["audit", "verify"],
+        &["audit", "verify", "--json"],
+        &["audit", "export"],
+    ];
+    for args in commands {
+        let mut argv = vec!["--db", typo.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let (code, out, err) = common::cli(dir.path(), &argv);
+        assert_eq!(code, 2, "{args:?} succeeded on a missing database: {out}");
+        assert!(
+            err.contains(&format!("database {} does not exist", typo.display())),
+            "{args:?}: {err}"
+        );
+        assert!(out.is_empty(), "{args:?} printed {out}");
+        assert!(
+            !dir.path().join("typo").exists(),
+            "{args:?} created the directory of a missing database"
+        );
+    }
+    // Without --db, the default database in a data dir nobody used yet: the same.
+    let fresh = dir.path().join("unused");
+    let (code, _, err) = common::cli(&fresh, &["approvals", "list"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!fresh.join("coordinator.db").exists());
+}
+
+/// `--db` with a URL is refused by every command, before anything is created, and the error
+/// does not repeat the URL (it may carry a password).
+#[test]
+fn a_database_url_is_refused_by_every_command() {
+    let dir = common::data_dir();
+    for url in [
+        "postgres://coord:hunter2secret@db.example/coord",
+        "mysql://localhost/x",
+        "sqlite://x.db",
+    ] {
+        let scheme = url.split_once("://").unwrap().0;
+        for args in [
+            &["serve"][..],
+            &["approvals", "list"],
+            &["audit", "verify"],
+            &["secrets", "list"],
+            &["overseer", "status"],
+        ] {
+            let mut argv = vec!["--db", url];
+            argv.extend_from_slice(args);
+            let (code, out, err) = common::cli(dir.path(), &argv);
+            assert_eq!(code, 2, "{url} {args:?}: {out}{err}");
+            assert!(
+                err.contains(&format!("`{scheme}://...` looks like a database URL")),
+                "{url} {args:?}: {err}"
+            );
+            assert!(!err.contains("hunter2"), "the password was printed: {err}");
+        }
+    }
+    let made: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(made.is_empty(), "a URL made {made:?}");
 }

@@ -700,3 +700,26 @@ fn the_coordinator_warns_while_no_overseer_is_set() {
     assert_eq!(overseer["name"], "alice");
     assert!(overseer["warning"].is_null(), "{overseer}");
 }
+
+/// Ctrl-C at the overseer's passphrase prompt (rpassword has echo, line editing and signals
+/// off while it reads) ends the command with the terminal as it was, and sets no overseer.
+#[test]
+fn ctrl_c_at_the_passphrase_prompt_leaves_echo_on() {
+    let dir = common::data_dir();
+    let (screen, modes) = common::ctrl_c_at_prompt(
+        dir.path(),
+        &["overseer", "init"],
+        &[("Overseer name", "alice")],
+        "New passphrase",
+    );
+    for mode in ["echo", "icanon", "isig"] {
+        assert!(
+            modes.iter().any(|m| m == mode),
+            "after Ctrl-C the terminal lacks {mode}: {modes:?}\n{screen}"
+        );
+    }
+    let (code, out, err) = common::cli(dir.path(), &["overseer", "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["set"], false, "{status:#}");
+}

@@ -679,3 +679,57 @@ fn exec_honours_the_global_db_option() {
         out.stderr
     );
 }
+
+/// On a terminal, `secrets set` asks for the value without echo and stores what was typed;
+/// Ctrl-C at that prompt ends it with the terminal as it was (echo on, canonical, signals),
+/// and stores nothing.
+#[test]
+fn the_hidden_prompt_reads_a_typed_value_and_ctrl_c_leaves_echo_on() {
+    let dir = common::data_dir();
+    let run = Run::new(dir.path());
+    let value = secret_value();
+
+    let inner = format!(
+        "{} --data-dir '{}' secrets set TYPED_TOKEN",
+        common::BIN,
+        dir.path().display()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &inner, "/dev/null"])
+        .env_remove("MCP_COORDINATOR_DB")
+        .env_remove("MCP_COORDINATOR_MASTER_KEY")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{value}\n").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}");
+    assert!(
+        screen.contains("Value for secret TYPED_TOKEN (not echoed)"),
+        "{screen}"
+    );
+    assert!(!screen.contains(&value), "the value was echoed: {screen}");
+    let listed = json_list(&run);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["last4"], last4(&value));
+
+    let (screen, modes) = common::ctrl_c_at_prompt(
+        dir.path(),
+        &["secrets", "set", "INTERRUPTED"],
+        &[],
+        "Value for secret INTERRUPTED (not echoed)",
+    );
+    for mode in ["echo", "icanon", "isig"] {
+        assert!(
+            modes.iter().any(|m| m == mode),
+            "after Ctrl-C the terminal lacks {mode}: {modes:?}\n{screen}"
+        );
+    }
+    assert_eq!(json_list(&run).len(), 1, "Ctrl-C stored a secret");
+}

@@ -4,7 +4,7 @@
 
 mod common;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn two_processes_share_one_database() {
@@ -56,4 +56,91 @@ async fn two_processes_share_one_database() {
     assert_eq!(stateless["events"].as_array().unwrap().len(), N + 2);
     a.cancel().await.unwrap();
     b.cancel().await.unwrap();
+}
+
+/// Waits until `audit verify --json` (run from `data_dir` on `db`) counts `n` stored head
+/// signatures: a server signs its head as it stops.
+fn wait_for_signatures(data_dir: &std::path::Path, db: &str, n: u64) -> serde_json::Value {
+    for _ in 0..300 {
+        let (_, out, _) = common::cli(data_dir, &["--db", db, "audit", "verify", "--json"]);
+        if let Ok(report) = serde_json::from_str::<serde_json::Value>(&out)
+            && report["signatures"]["total"] == n
+        {
+            return report;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    panic!("{n} head signatures never appeared");
+}
+
+/// Two coordinators with their own data directories (so their own signing keys) on one
+/// database, as the README's shared-database setup has it: each introduces its key in the
+/// chain before the first head it signs, and the chain verifies from either data directory
+/// and from a third that never signed, listing both keys.
+#[tokio::test]
+async fn coordinators_with_their_own_keys_share_one_verifiable_chain() {
+    let shared = common::data_dir();
+    let db = shared.path().join("team.db");
+    let db = db.to_str().unwrap();
+    let (dir_a, dir_b, dir_c) = (common::data_dir(), common::data_dir(), common::data_dir());
+    let a = common::connect(dir_a.path(), &["--db", db], common::Era::Legacy).await;
+    let b = common::connect(dir_b.path(), &["--db", db], common::Era::Stateless).await;
+    for i in 0..3 {
+        common::call_ok(&a, "audit_query", json!({"subject": format!("a{i}")})).await;
+        common::call_ok(&b, "audit_query", json!({"subject": format!("b{i}")})).await;
+    }
+    a.cancel().await.unwrap();
+    wait_for_signatures(dir_a.path(), db, 1);
+    common::call_ok(&b, "coordinator_status", json!({})).await;
+    b.cancel().await.unwrap();
+    wait_for_signatures(dir_a.path(), db, 2);
+
+    let key = |dir: &std::path::Path| {
+        let pem = std::fs::read_to_string(dir.join("audit-signing-key.pem")).unwrap();
+        let key =
+            <ed25519_dalek::SigningKey as ed25519_dalek::pkcs8::DecodePrivateKey>::from_pkcs8_pem(
+                &pem,
+            )
+            .unwrap();
+        mcp_coordinator::audit::AuditSigner::from_key(key)
+            .public_key_hex()
+            .to_string()
+    };
+    let (key_a, key_b) = (key(dir_a.path()), key(dir_b.path()));
+    assert_ne!(key_a, key_b);
+
+    for (who, dir) in [("a", &dir_a), ("b", &dir_b), ("c", &dir_c)] {
+        let (code, out, err) = common::cli(dir.path(), &["--db", db, "audit", "verify", "--json"]);
+        let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
+        assert_eq!(code, 0, "verified from {who}: {report:#}");
+        assert_eq!(report["signatures"]["valid"], 2, "{report:#}");
+        let keys = report["signatures"]["keys"].as_array().unwrap();
+        let signer = |k: &str| keys.iter().find(|e| e["public_key"] == k).cloned();
+        for (name, k) in [("a", &key_a), ("b", &key_b)] {
+            let entry = signer(k).unwrap_or_else(|| panic!("key {name} not listed: {report:#}"));
+            assert!(entry["introduced_seq"].is_i64(), "{report:#}");
+            assert_eq!(entry["valid"], 1, "{report:#}");
+            assert_eq!(entry["this_coordinator"], who == name, "{report:#}");
+        }
+        let (code, text, _) = common::cli(dir.path(), &["--db", db, "audit", "verify"]);
+        assert_eq!(code, 0, "{text}");
+        assert!(
+            text.starts_with("audit chain intact")
+                && text.contains(&key_a)
+                && text.contains(&key_b),
+            "{text}"
+        );
+    }
+    // Each key event comes before the head its key signed.
+    let (_, out, _) = common::cli(dir_c.path(), &["--db", db, "audit", "export"]);
+    let events: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let introduced: Vec<&str> = events
+        .iter()
+        .filter(|e| e["action"] == "audit.key_added")
+        .map(|e| e["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(introduced, [key_a.as_str(), key_b.as_str()]);
 }

@@ -11,7 +11,8 @@ use mcp_coordinator::audit::chain::{EventFields, event_hash};
 use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
-/// A data dir whose database holds `calls` audited tool calls and a signed head.
+/// A data dir whose database holds `calls` audited tool calls, then the `audit.key_added`
+/// event of the server's key (written as it signs its first head, at shutdown), signed.
 async fn populated(calls: usize) -> tempfile::TempDir {
     let dir = common::data_dir();
     let client = common::connect(dir.path(), &[], common::Era::Legacy).await;
@@ -68,8 +69,13 @@ async fn untouched_copy_verifies() {
     let (db, _conn) = tamper_copy(dir.path(), "copy.db");
     let (code, report, text) = verify(dir.path(), &db);
     assert_eq!(code, 0, "{report:#}");
-    assert_eq!(report["events_checked"], 6);
-    assert!(text.starts_with("audit chain intact: 6 events"), "{text}");
+    assert_eq!(report["events_checked"], 7);
+    assert!(text.starts_with("audit chain intact: 7 events"), "{text}");
+    let keys = report["signatures"]["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{report:#}");
+    assert_eq!(keys[0]["introduced_seq"], 7);
+    assert_eq!(keys[0]["this_coordinator"], true);
+    assert_eq!(keys[0]["valid"], 1);
 }
 
 #[tokio::test]
@@ -151,22 +157,129 @@ async fn a_reforged_chain_is_caught_by_the_signature() {
         .unwrap();
         prev = hash;
     }
+    // Five calls, then the key event (6), whose head the server signed.
     let (code, report, _) = verify(dir.path(), &db);
     assert_eq!(code, 1, "{report:#}");
-    assert_eq!(first_problem(&report), (5, "signed_head_changed".into()));
+    assert_eq!(first_problem(&report), (6, "signed_head_changed".into()));
 
-    // Re-signing with another key is caught too.
+    // Re-signing with another key is caught too, by this coordinator and by any other.
     let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
     let signer = mcp_coordinator::audit::AuditSigner::from_key(other);
-    let msg = mcp_coordinator::audit::chain::head_message(5, &prev);
+    let msg = mcp_coordinator::audit::chain::head_message(6, &prev);
     conn.execute(
-        "UPDATE audit_signatures SET hash = ?1, public_key = ?2, signature = ?3 WHERE seq = 5",
+        "UPDATE audit_signatures SET hash = ?1, public_key = ?2, signature = ?3 WHERE seq = 6",
         params![prev, signer.public_key_hex(), signer.sign_hex(&msg)],
     )
     .unwrap();
-    let (code, report, _) = verify(dir.path(), &db);
+    let (code, report, text) = verify(dir.path(), &db);
     assert_eq!(code, 1);
-    assert_eq!(first_problem(&report), (5, "unknown_key".into()));
+    assert_eq!(first_problem(&report), (6, "unknown_key".into()));
+    assert!(text.contains("never introduced"), "{text}");
+    let stranger = common::data_dir();
+    let (code, report, _) = verify(stranger.path(), &db);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(first_problem(&report), (6, "unknown_key".into()));
+}
+
+/// Appends one event after the current head, hashed as the coordinator would.
+fn append_event(conn: &Connection, actor: &str, action: &str, subject: &str) -> (i64, String) {
+    let (seq, prev): (i64, String) = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let (seq, ts) = (seq + 1, "2026-12-01T00:00:00.000000Z");
+    let hash = event_hash(&EventFields {
+        seq,
+        ts,
+        actor,
+        action,
+        subject,
+        outcome: "ok",
+        detail: "{}",
+        prev_hash: &prev,
+    });
+    conn.execute(
+        "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'ok', '{}', ?6, ?7)",
+        params![seq, ts, actor, action, subject, prev, hash],
+    )
+    .unwrap();
+    (seq, hash)
+}
+
+/// Someone with write access to the database introduces a key of their own: from then on it
+/// signs, but it cannot vouch for a head written before it, nor can an edited key event
+/// introduce anything.
+#[tokio::test]
+async fn an_introduced_key_cannot_sign_the_past() {
+    let dir = populated(4).await;
+    let intruder = mcp_coordinator::audit::AuditSigner::from_key(
+        ed25519_dalek::SigningKey::from_bytes(&[11u8; 32]),
+    );
+    let key = intruder.public_key_hex().to_string();
+
+    // Introduced at the end and signing a new head after it: a key the chain introduced.
+    let (db, conn) = tamper_copy(dir.path(), "introduced.db");
+    let (at, _) = append_event(&conn, "system:mcp-coordinator", "audit.key_added", &key);
+    let (head, hash) = append_event(&conn, "client:x/1", "tool.call", "later");
+    let sign = |seq: i64, hash: &str| {
+        conn.execute(
+            "INSERT INTO audit_signatures (seq, hash, public_key, signature, signed_at)
+             VALUES (?1, ?2, ?3, ?4, 't')",
+            params![
+                seq,
+                hash,
+                key,
+                intruder.sign_hex(&mcp_coordinator::audit::chain::head_message(seq, hash))
+            ],
+        )
+        .unwrap();
+    };
+    sign(head, &hash);
+    let (code, report, _) = verify(dir.path(), &db);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["signatures"]["keys"][1]["introduced_seq"], at);
+
+    // The same key backdated over an earlier, unsigned head: forged.
+    let earlier: String = conn
+        .query_row("SELECT hash FROM audit_events WHERE seq = 2", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    sign(2, &earlier);
+    let (code, report, text) = verify(dir.path(), &db);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(first_problem(&report), (2, "unknown_key".into()));
+    assert!(
+        report["first_bad_reason"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("introduces only later, at event {at}")),
+        "{report:#}"
+    );
+    assert!(text.contains("audit chain TAMPERED"), "{text}");
+
+    // The coordinator's own key event, edited: it introduces nothing, and is named.
+    let (db, conn) = tamper_copy(dir.path(), "edited-key.db");
+    conn.execute(
+        "UPDATE audit_events SET detail = '{\"host\":\"elsewhere\"}' WHERE action = 'audit.key_added'",
+        [],
+    )
+    .unwrap();
+    let stranger = common::data_dir();
+    let (code, report, _) = verify(stranger.path(), &db);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(first_problem(&report), (5, "edited".into()));
+    let kinds: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"unknown_key"), "{report:#}");
 }
 
 #[tokio::test]
@@ -197,7 +310,7 @@ async fn the_audit_verify_tool_reports_tampering_too() {
 #[test]
 fn triggers_refuse_changes_to_the_live_table() {
     let dir = common::data_dir();
-    let (code, _, _) = common::cli(dir.path(), &["audit", "verify"]);
+    let (code, _, _) = common::cli(dir.path(), &["serve"]);
     assert_eq!(code, 0);
     let conn = Connection::open(common::db_path(dir.path())).unwrap();
     conn.execute(

@@ -17,7 +17,7 @@ use serde_json::Value;
 use crate::store::audit::{self as sql, EventFilter, EventRow, SignatureRow};
 use crate::store::{Store, StoreError};
 pub use signer::AuditSigner;
-pub use verify::{ProblemKind, SignatureStatus, VerifyProblem, VerifyReport};
+pub use verify::{KeyStatus, ProblemKind, SignatureStatus, VerifyProblem, VerifyReport};
 
 /// Errors of the audit layer.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +159,10 @@ pub enum Action {
     /// An MCP tool was called (tool, actor, outcome, duration).
     #[serde(rename = "tool.call")]
     ToolCall,
+    /// A coordinator's audit signing key entered the chain (subject: the hex public key), just
+    /// before the first head it signs: `audit_verify` trusts that key from this event on.
+    #[serde(rename = "audit.key_added")]
+    AuditKeyAdded,
     /// Someone asked a person to approve an action.
     #[serde(rename = "approval.requested")]
     ApprovalRequested,
@@ -321,6 +325,7 @@ impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
             Action::ToolCall => "tool.call",
+            Action::AuditKeyAdded => "audit.key_added",
             Action::ApprovalRequested => "approval.requested",
             Action::ApprovalApproved => "approval.approved",
             Action::ApprovalRejected => "approval.rejected",
@@ -507,6 +512,9 @@ impl AuditLog {
     /// Appends events in one transaction (one fsync, one lock): the fast path for bursts.
     pub fn record_batch(&self, events: &[NewEvent]) -> Result<usize, AuditError> {
         self.store.write(|tx| {
+            if events.iter().any(|e| e.critical) {
+                self.introduce_key_in(tx)?;
+            }
             let mut head = sql::head(tx)?;
             for event in events {
                 let row = self.next_row(head.as_ref(), event);
@@ -524,6 +532,9 @@ impl AuditLog {
     /// audit event commit together or not at all. The caller must hold a write transaction
     /// (see [`Store::write`]), which also serializes appends across processes.
     pub fn append_in(&self, conn: &Connection, event: &NewEvent) -> Result<AuditEvent, StoreError> {
+        if event.critical {
+            self.introduce_key_in(conn)?;
+        }
         let head = sql::head(conn)?;
         let row = self.next_row(head.as_ref(), event);
         sql::insert(conn, &row)?;
@@ -564,6 +575,36 @@ impl AuditLog {
         }
     }
 
+    /// Appends the `audit.key_added` event for this coordinator's key unless the chain already
+    /// has it, inside the caller's write transaction, before the first head the key signs.
+    /// Several coordinators (each with its own data directory, so its own key) may share one
+    /// database: the chain itself says which keys sign it, and since when.
+    fn introduce_key_in(&self, conn: &Connection) -> Result<(), StoreError> {
+        let key = self.signer.public_key_hex();
+        // Looked up every time rather than cached: a cached "done" could outlive a rolled-back
+        // transaction. Only critical events and shutdown sign, and the lookup is indexed.
+        if sql::key_added(conn, Action::AuditKeyAdded.as_str(), key)? {
+            return Ok(());
+        }
+        let head = sql::head(conn)?;
+        let row = self.next_row(
+            head.as_ref(),
+            &NewEvent {
+                actor: Actor::system(),
+                action: Action::AuditKeyAdded,
+                subject: key.to_string(),
+                outcome: Outcome::Ok,
+                detail: serde_json::json!({
+                    "algorithm": "ed25519",
+                    "host": host_name(),
+                    "pid": std::process::id(),
+                }),
+                critical: false,
+            },
+        );
+        sql::insert(conn, &row)
+    }
+
     fn sign_row(&self, conn: &Connection, seq: i64, hash: &str) -> Result<(), StoreError> {
         sql::insert_signature(
             conn,
@@ -581,12 +622,18 @@ impl AuditLog {
     /// is detectable). Returns the signed sequence number.
     pub fn sign_head(&self) -> Result<Option<i64>, AuditError> {
         self.store.write(|tx| {
+            let Some((seq, _)) = sql::head(tx)? else {
+                return Ok(None);
+            };
+            if sql::last_signed_seq(tx)? == Some(seq) {
+                return Ok(Some(seq));
+            }
+            // The first head this key signs: the key event goes in first and becomes the head.
+            self.introduce_key_in(tx)?;
             let Some((seq, hash)) = sql::head(tx)? else {
                 return Ok(None);
             };
-            if sql::last_signed_seq(tx)? != Some(seq) {
-                self.sign_row(tx, seq, &hash)?;
-            }
+            self.sign_row(tx, seq, &hash)?;
             Ok(Some(seq))
         })
     }
@@ -701,15 +748,48 @@ mod tests {
         let log = log()?;
         let a = log.record(event("a", false))?;
         let b = log.record(event("b", true))?;
-        assert_eq!((a.seq, b.seq), (1, 2));
+        // The first critical event brings this key into the chain just before it (seq 2).
+        assert_eq!((a.seq, b.seq), (1, 3));
         assert_eq!(a.prev_hash, chain::GENESIS_HASH);
-        assert_eq!(b.prev_hash, a.hash);
         assert_eq!(a.detail["arguments"]["token"], redact::REDACTED);
+        let key_event = log.query(&Query {
+            action: Some("audit.key_added".into()),
+            ..Default::default()
+        })?;
+        assert_eq!(key_event.events.len(), 1);
+        assert_eq!(key_event.events[0].seq, 2);
+        assert_eq!(key_event.events[0].subject, log.signer().public_key_hex());
+        assert_eq!(key_event.events[0].prev_hash, a.hash);
+        assert_eq!(b.prev_hash, key_event.events[0].hash);
+        // Later critical events and the head at shutdown add no second key event.
+        log.record(event("c", true))?;
+        log.sign_head()?;
+        let report = log.verify()?;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.events_checked, 4);
+        assert_eq!(report.signatures.valid, 2);
+        assert_eq!(report.signatures.last_signed_seq, Some(4));
+        assert_eq!(report.signatures.keys.len(), 1);
+        assert_eq!(report.signatures.keys[0].introduced_seq, Some(2));
+        Ok(())
+    }
+
+    #[test]
+    fn a_rolled_back_key_event_is_written_again() -> Result<(), Box<dyn std::error::Error>> {
+        let log = log()?;
+        let failed: Result<(), AuditError> = log.store().write(|tx| {
+            log.append_in(tx, &event("a", true))?;
+            Err(AuditError::InvalidInput {
+                field: "x",
+                message: "roll back".into(),
+            })
+        });
+        assert!(failed.is_err());
+        log.record(event("b", true))?;
         let report = log.verify()?;
         assert!(report.ok, "{report:?}");
         assert_eq!(report.events_checked, 2);
-        assert_eq!(report.signatures.valid, 1);
-        assert_eq!(report.signatures.last_signed_seq, Some(2));
+        assert_eq!(report.signatures.keys[0].introduced_seq, Some(1));
         Ok(())
     }
 

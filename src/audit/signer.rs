@@ -14,10 +14,11 @@ pub const KEY_FILE: &str = "audit-signing-key.pem";
 /// Why the key could not be loaded or created.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
-    #[error("cannot read or create audit signing key {path}: {source}")]
+    // The cause is in the message, not the error's `source`, so `{:#}` says it once.
+    #[error("cannot read or create audit signing key {path}: {cause}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("audit signing key {path} is not a PKCS#8 Ed25519 key: {message}")]
     Malformed { path: PathBuf, message: String },
@@ -58,7 +59,10 @@ impl AuditSigner {
             keyfile::KeyFileError::Permissions { path, mode } => {
                 KeyError::Permissions { path, mode }
             }
-            keyfile::KeyFileError::Io { path, source } => KeyError::Read { path, source },
+            keyfile::KeyFileError::Io { path, source } => KeyError::Read {
+                path,
+                cause: source,
+            },
         })?;
         let pem = String::from_utf8(bytes).map_err(|e| KeyError::Malformed {
             path: path.clone(),

@@ -1,5 +1,6 @@
 //! Verification of the whole audit chain: recompute every hash, check every link and sequence
-//! number, and check every head signature against the coordinator's key.
+//! number, and check every head signature against a key the chain introduced before that head
+//! (an `audit.key_added` event), or this coordinator's own key.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -8,6 +9,7 @@ use rusqlite::Connection;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::Action;
 use super::chain::{self, EventFields};
 use super::signer::verify_hex;
 use crate::store::StoreError;
@@ -28,7 +30,8 @@ pub enum ProblemKind {
     BrokenLink,
     /// A head signature does not verify.
     BadSignature,
-    /// A head signature was made by a key other than this coordinator's.
+    /// A head signature was made by a key that is not this coordinator's and that the chain
+    /// did not introduce at or before that head.
     UnknownKey,
     /// A signed head no longer matches the event at that position.
     SignedHeadChanged,
@@ -46,12 +49,30 @@ pub struct VerifyProblem {
     pub message: String,
 }
 
+/// One key that signs, or claims to sign, the chain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
+pub struct KeyStatus {
+    /// The hex Ed25519 public key.
+    pub public_key: String,
+    /// The `audit.key_added` event that introduced it; absent when the chain never did.
+    pub introduced_seq: Option<i64>,
+    /// Whether it is the key of the coordinator that ran this check (its data directory).
+    pub this_coordinator: bool,
+    /// Heads it signed that verify.
+    pub valid: u64,
+    /// Signatures by it that fail.
+    pub invalid: u64,
+    /// The newest head it validly signed.
+    pub last_signed_seq: Option<i64>,
+}
+
 /// Signature checks.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct SignatureStatus {
     /// Head signatures stored.
     pub total: u64,
-    /// Signatures that verify with this coordinator's key over the event they name.
+    /// Signatures that verify over the event they name, by a key the chain introduced at or
+    /// before that event, or by this coordinator's key.
     pub valid: u64,
     /// Signatures that fail (bad signature, unknown key, or the head changed).
     pub invalid: u64,
@@ -59,8 +80,11 @@ pub struct SignatureStatus {
     pub last_signed_seq: Option<i64>,
     /// Events after the newest valid signature (not yet covered by a signature).
     pub unsigned_tail: u64,
-    /// The hex Ed25519 key signatures are checked against.
+    /// This coordinator's hex Ed25519 key, trusted without an introduction.
     pub trusted_key: String,
+    /// Every key: this coordinator's, each the chain introduced, and each found on a
+    /// signature; in order of introduction, then unknown ones.
+    pub keys: Vec<KeyStatus>,
 }
 
 /// The result of verifying the whole chain.
@@ -89,7 +113,7 @@ pub struct VerifyReport {
 
 pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyReport, StoreError> {
     let started = Instant::now();
-    let mut sigs: BTreeMap<i64, SignatureRow> = sql::signatures(conn)?
+    let sigs: BTreeMap<i64, SignatureRow> = sql::signatures(conn)?
         .into_iter()
         .map(|s| (s.seq, s))
         .collect();
@@ -103,6 +127,8 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
     let mut prev_hash = chain::GENESIS_HASH.to_string();
     let mut checked = 0u64;
     let mut head: Option<(i64, String)> = None;
+    let mut keys = Keys::new(trusted_key);
+    let mut signed_hashes: BTreeMap<i64, String> = BTreeMap::new();
 
     sql::for_each_in_order(conn, |row| -> Result<(), StoreError> {
         checked += 1;
@@ -153,14 +179,14 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
                 ),
             });
         }
-        if let Some(sig) = sigs.remove(&row.seq) {
-            check_signature(
-                &sig,
-                Some(&recomputed),
-                trusted_key,
-                &mut sig_status,
-                &mut problems,
-            );
+        // A key event counts only as stored: an edited one introduces nothing.
+        if row.action == Action::AuditKeyAdded.as_str() && recomputed == row.hash {
+            keys.introduce(&row.subject, row.seq);
+        }
+        // Signatures are checked after the walk, once every key event is known, so a head
+        // signed before its key was introduced can be told from one by a key never introduced.
+        if sigs.contains_key(&row.seq) {
+            signed_hashes.insert(row.seq, recomputed);
         }
         prev_hash = row.hash;
         expected_seq = row.seq + 1;
@@ -168,11 +194,12 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
         Ok(())
     })?;
 
-    // Signatures over events that no longer exist: the chain was cut short.
     let head_seq = head.as_ref().map(|(s, _)| *s);
     for sig in sigs.into_values() {
-        check_signature(&sig, None, trusted_key, &mut sig_status, &mut problems);
-        if head_seq.is_none_or(|h| sig.seq > h) {
+        let event_hash = signed_hashes.get(&sig.seq).map(String::as_str);
+        check_signature(&sig, event_hash, &mut keys, &mut sig_status, &mut problems);
+        // A signature over an event that no longer exists: the chain was cut short.
+        if event_hash.is_none() && head_seq.is_none_or(|h| sig.seq > h) {
             problems.push(VerifyProblem {
                 seq: head_seq.map_or(1, |h| h + 1),
                 kind: ProblemKind::Truncated,
@@ -191,6 +218,7 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
         (Some(h), None) => h as u64,
         (None, _) => 0,
     };
+    sig_status.keys = keys.into_list();
     let first = problems.first().cloned();
     let problem_count = problems.len() as u64;
     problems.truncate(MAX_LISTED);
@@ -208,23 +236,91 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
     })
 }
 
+/// The keys met so far: this coordinator's, those the chain introduced (and where), and those
+/// found on signatures.
+struct Keys {
+    own: String,
+    list: Vec<KeyStatus>,
+}
+
+impl Keys {
+    fn new(own: &str) -> Self {
+        Keys {
+            own: own.to_string(),
+            list: vec![KeyStatus {
+                public_key: own.to_string(),
+                this_coordinator: true,
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn entry(&mut self, key: &str) -> &mut KeyStatus {
+        let at = match self.list.iter().position(|k| k.public_key == key) {
+            Some(at) => at,
+            None => {
+                self.list.push(KeyStatus {
+                    public_key: key.to_string(),
+                    ..Default::default()
+                });
+                self.list.len() - 1
+            }
+        };
+        &mut self.list[at]
+    }
+
+    /// The chain introduces `key` at `seq`; the first introduction is the one that counts.
+    fn introduce(&mut self, key: &str, seq: i64) {
+        let entry = self.entry(key);
+        entry.introduced_seq.get_or_insert(seq);
+    }
+
+    /// Why a signature at `seq` by `key` may not be trusted, if it may not.
+    fn distrust(&self, key: &str, seq: i64) -> Option<String> {
+        if key == self.own {
+            return None;
+        }
+        match self
+            .list
+            .iter()
+            .find(|k| k.public_key == key)
+            .and_then(|k| k.introduced_seq)
+        {
+            Some(at) if at <= seq => None,
+            Some(at) => Some(format!(
+                "the head at event {seq} is signed by key {}, which the chain introduces only later, at event {at}: a head signed before its key was introduced is forged",
+                short(key)
+            )),
+            None => Some(format!(
+                "the head at event {seq} is signed by key {}, which the chain never introduced (no audit.key_added event) and which is not this coordinator's key {}",
+                short(key),
+                short(&self.own)
+            )),
+        }
+    }
+
+    /// Unknown keys last, the rest in order of introduction (this coordinator's first when
+    /// it was never introduced).
+    fn into_list(mut self) -> Vec<KeyStatus> {
+        self.list.sort_by_key(|k| {
+            (
+                k.introduced_seq.is_none() && !k.this_coordinator,
+                k.introduced_seq,
+            )
+        });
+        self.list
+    }
+}
+
 fn check_signature(
     sig: &SignatureRow,
     event_hash: Option<&str>,
-    trusted_key: &str,
+    keys: &mut Keys,
     status: &mut SignatureStatus,
     problems: &mut Vec<VerifyProblem>,
 ) {
-    let problem = if sig.public_key != trusted_key {
-        Some((
-            ProblemKind::UnknownKey,
-            format!(
-                "the head at event {} is signed by key {}, not this coordinator's key {}",
-                sig.seq,
-                short(&sig.public_key),
-                short(trusted_key)
-            ),
-        ))
+    let problem = if let Some(why) = keys.distrust(&sig.public_key, sig.seq) {
+        Some((ProblemKind::UnknownKey, why))
     } else if !verify_hex(
         &sig.public_key,
         &sig.signature,
@@ -250,9 +346,11 @@ fn check_signature(
     } else {
         None
     };
+    let key = keys.entry(&sig.public_key);
     match problem {
         Some((kind, message)) => {
             status.invalid += 1;
+            key.invalid += 1;
             problems.push(VerifyProblem {
                 seq: sig.seq,
                 kind,
@@ -263,9 +361,14 @@ fn check_signature(
             status.valid += 1;
             status.last_signed_seq =
                 Some(status.last_signed_seq.map_or(sig.seq, |s| s.max(sig.seq)));
+            key.valid += 1;
+            key.last_signed_seq = Some(key.last_signed_seq.map_or(sig.seq, |s| s.max(sig.seq)));
         }
         // A valid signature over an event that is gone is reported as truncation by the caller.
-        None => status.invalid += 1,
+        None => {
+            status.invalid += 1;
+            key.invalid += 1;
+        }
     }
 }
 

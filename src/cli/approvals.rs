@@ -11,7 +11,7 @@ use serde_json::json;
 use super::GlobalArgs;
 use super::tty::Tty;
 use mcp_coordinator::approval::{
-    Approval, ApprovalError, ApprovalService, Channel, Kind, ListFilter, State, Verdict,
+    Approval, ApprovalError, ApprovalService, Channel, DecideWith, Kind, ListFilter, State, Verdict,
 };
 use mcp_coordinator::audit::{Actor, host_name, os_user_name};
 use mcp_coordinator::overseer::{Overseer, OverseerError, OverseerService, Purpose};
@@ -110,7 +110,9 @@ impl std::str::FromStr for StateArg {
 struct StateArg(Option<State>);
 
 pub fn run(global: &GlobalArgs, cmd: ApprovalsCommand) -> anyhow::Result<ExitCode> {
-    let (settings, audit) = super::open(global)?;
+    // Every approval lives in a database some coordinator made: deciding one in a database
+    // that does not exist yet can only be a typo, so no command here creates it.
+    let (settings, audit) = super::open_with(global, super::Access::ReadExisting)?;
     let overseers = OverseerService::new(audit.clone());
     let service = ApprovalService::new(audit, settings.config.approvals.clone());
     match cmd {
@@ -286,7 +288,7 @@ fn decide(
 /// The full, human-readable description of an approval.
 fn describe(a: &Approval) -> String {
     let mut s = format!(
-        "Approval {id}\n  summary:      {summary}\n  kind:         {kind}{subject}\n  risk:         {risk}\n  requested by: {by}\n  created:      {created}\n  expires:      {expires}\n  decided with: {with}\n  state:        {state}\n",
+        "Approval {id}\n  summary:      {summary}\n  kind:         {kind}{subject}\n  risk:         {risk}\n  requested by: {by}\n  created:      {created}\n  expires:      {expires}\n{with}  state:        {state}\n",
         id = a.id,
         summary = a.summary,
         kind = a.kind,
@@ -299,7 +301,7 @@ fn describe(a: &Approval) -> String {
         by = a.requested_by,
         created = a.created_at,
         expires = a.expires_at,
-        with = a.decide_with,
+        with = who_decides(a),
         state = a.state,
     );
     if let Some(d) = &a.decision {
@@ -327,6 +329,25 @@ fn describe(a: &Approval) -> String {
         s.push_str(&format!("\nWhat will change:\n{}\n", indent(preview)));
     }
     s
+}
+
+/// The line saying who may decide a pending approval (the policy), or how it was decided.
+fn who_decides(a: &Approval) -> String {
+    match (&a.decision, a.state) {
+        (Some(d), _) => format!("  decided with: {}\n", d.via),
+        (None, State::Pending) => format!(
+            "  may decide:   {}\n",
+            match a.decide_with {
+                DecideWith::Elicitation => {
+                    "a person, in the MCP client's form or here at the CLI (elicitation)"
+                }
+                DecideWith::OutOfBand => {
+                    "only a person out of band, here at the CLI; the client's form does not count (out_of_band)"
+                }
+            }
+        ),
+        (None, _) => String::new(),
+    }
 }
 
 fn indent(text: &str) -> String {

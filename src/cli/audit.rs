@@ -15,8 +15,12 @@ pub enum AuditCommand {
     /// Recompute every hash and check every signature; exit 1 if anything was tampered with
     #[command(
         long_about = "Recompute the SHA-256 chain of every audit event, check sequence \
-numbers and links, and check every Ed25519 head signature against this coordinator's key. \
-Prints a summary, or the full report with --json. Exits 0 when the chain is intact, 1 when it \
+numbers and links, and check every Ed25519 head signature against the key that signed it: \
+this coordinator's own key (in --data-dir), or a key the chain introduced, with an \
+audit.key_added event, at or before the head it signs. Each coordinator sharing the database \
+introduces its key before the first head it signs; a signature by any other key, or by a key \
+introduced only after the head, is reported. Prints a summary and the keys, or the full report \
+with --json. Exits 0 when the chain is intact, 1 when it \
 is not (the first bad event is named), 2 on error. Safe while servers are running."
     )]
     Verify {
@@ -49,7 +53,7 @@ pub enum ExportFormat {
 }
 
 pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let (_settings, audit) = super::open(global)?;
+    let (_settings, audit) = super::open_with(global, super::Access::ReadExisting)?;
     match cmd {
         AuditCommand::Verify { json } => {
             let report = audit.verify()?;
@@ -68,6 +72,7 @@ pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         .map_or("none".into(), |s| s.to_string()),
                     report.signatures.unsigned_tail,
                 );
+                print_keys(&report.signatures.keys);
             } else {
                 println!(
                     "audit chain TAMPERED: first bad event {}: {}",
@@ -83,6 +88,7 @@ pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                         report.problem_count - report.problems.len() as u64
                     );
                 }
+                print_keys(&report.signatures.keys);
             }
             Ok(if report.ok {
                 ExitCode::SUCCESS
@@ -124,6 +130,34 @@ pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// One line per key: where the chain introduced it and what it signed.
+fn print_keys(keys: &[mcp_coordinator::audit::KeyStatus]) {
+    println!("signing keys:");
+    for k in keys {
+        let introduced = k.introduced_seq.map_or_else(
+            || "never introduced in the chain".to_string(),
+            |s| format!("introduced at event {s}"),
+        );
+        let newest = k
+            .last_signed_seq
+            .map_or(String::new(), |s| format!(", newest at event {s}"));
+        let invalid = if k.invalid > 0 {
+            format!(", {} invalid", k.invalid)
+        } else {
+            String::new()
+        };
+        let own = if k.this_coordinator {
+            " (this coordinator)"
+        } else {
+            ""
+        };
+        println!(
+            "  {}  {introduced}; {} valid signatures{newest}{invalid}{own}",
+            k.public_key, k.valid
+        );
     }
 }
 

@@ -69,7 +69,11 @@ pub struct Cli {
 /// Options every command understands, before or after the command name.
 #[derive(Debug, Args, Clone)]
 pub struct GlobalArgs {
-    /// Directory for the database and the audit signing key
+    /// Directory of this coordinator's state, created 0700: the database coordinator.db (with
+    /// its -wal and -shm files) unless --db puts it elsewhere, the audit signing key
+    /// audit-signing-key.pem, the agent token key agent-token.key, the secret store's
+    /// master.key (master.key.next while rotating), and backups/ (sealed copies of the config
+    /// files remediations changed)
     /// [default: $XDG_DATA_HOME/mcp-coordinator, i.e. ~/.local/share/mcp-coordinator]
     #[arg(
         long,
@@ -150,14 +154,32 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Whether a command may create the database, or only reads one that exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Creates the database (and its directory) when missing: serving, deciding, setting.
+    Create,
+    /// Refuses a database that does not exist, creating nothing: a typo in `--db` must not
+    /// make an empty database that then answers "no pending approvals".
+    ReadExisting,
+}
+
 /// Resolves settings and opens the store and audit log, as every command needs.
 fn open(global: &GlobalArgs) -> anyhow::Result<(Settings, AuditLog)> {
+    open_with(global, Access::Create)
+}
+
+/// [`open`], for a command that creates the database or only reads an existing one.
+fn open_with(global: &GlobalArgs, access: Access) -> anyhow::Result<(Settings, AuditLog)> {
     let settings = Settings::resolve(
         global.data_dir.clone(),
         global.db.clone(),
         global.config.clone(),
     )?;
-    let store = Store::open(&settings.db)?;
+    let store = match access {
+        Access::Create => Store::open(&settings.db)?,
+        Access::ReadExisting => Store::open_existing(&settings.db)?,
+    };
     let signer = AuditSigner::load_or_create(&settings.data_dir)?;
     let audit = AuditLog::new(store, std::sync::Arc::new(signer));
     Ok((settings, audit))

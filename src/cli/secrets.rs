@@ -2,7 +2,7 @@
 //! from the terminal. Values come in on stdin only and are never printed; listings show the last four
 //! characters at most.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use clap::Subcommand;
@@ -242,15 +242,12 @@ fn describe(s: &SecretInfo) -> String {
 fn read_value(name: &str) -> anyhow::Result<String> {
     let stdin = std::io::stdin();
     let mut value = if stdin.is_terminal() {
-        eprint!("Value for secret {name} (not echoed): ");
-        std::io::stderr().flush()?;
-        let _echo = EchoOff::new()?;
-        let mut line = String::new();
-        let read = stdin.lock().read_line(&mut line);
-        drop(_echo);
-        eprintln!();
-        read?;
-        line
+        // Read from the terminal that is stdin, echo off; a Ctrl-C leaves echo on.
+        super::tty::read_hidden(
+            "/dev/stdin",
+            &format!("Value for secret {name} (not echoed): "),
+            None,
+        )?
     } else {
         let mut bytes = Vec::new();
         stdin
@@ -274,34 +271,4 @@ fn read_value(name: &str) -> anyhow::Result<String> {
         );
     }
     Ok(value)
-}
-
-/// Turns terminal echo off (with `stty`, which acts on stdin) until dropped.
-struct EchoOff;
-
-impl EchoOff {
-    fn new() -> anyhow::Result<Self> {
-        let ok = std::process::Command::new("stty")
-            .arg("-echo")
-            .stdin(std::process::Stdio::inherit())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            anyhow::bail!(
-                "cannot turn off echo on this terminal (stty failed); pipe the value in instead: printf %s \"$TOKEN\" | mcp-coordinator secrets set NAME"
-            );
-        }
-        Ok(EchoOff)
-    }
-}
-
-impl Drop for EchoOff {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("stty")
-            .arg("echo")
-            .stdin(std::process::Stdio::inherit())
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
 }

@@ -193,6 +193,15 @@ pub fn signatures(conn: &Connection) -> Result<Vec<SignatureRow>, StoreError> {
         .map_err(StoreError::from_sqlite)
 }
 
+/// Whether the chain has a key event (`action`) for `public_key` (its subject).
+pub fn key_added(conn: &Connection, action: &str, public_key: &str) -> Result<bool, StoreError> {
+    conn.prepare_cached(
+        "SELECT EXISTS(SELECT 1 FROM audit_events WHERE action = ?1 AND subject = ?2)",
+    )?
+    .query_row(params![action, public_key], |r| r.get(0))
+    .map_err(StoreError::from_sqlite)
+}
+
 /// The sequence number of the newest signed head, if any.
 pub fn last_signed_seq(conn: &Connection) -> Result<Option<i64>, StoreError> {
     conn.prepare_cached("SELECT MAX(seq) FROM audit_signatures")?

@@ -76,12 +76,23 @@ const DOMAIN_TABLES: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database file could not be opened or created.
-    #[error("cannot open database {path}: {source}")]
+    // The cause is in the message, not the error's `source`, so `{:#}` says it once.
+    #[error("cannot open database {path}: {cause}")]
     Open {
         path: String,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
+    /// A command that only reads was pointed at a database file that does not exist.
+    #[error(
+        "database {path} does not exist (nothing was created): check --db or --data-dir; a coordinator creates it on first start"
+    )]
+    Missing { path: String },
+    /// `--db` names a URL: no backend for it exists in this build. Only the scheme is kept,
+    /// as the rest of a URL may carry a password.
+    #[error(
+        "--db: `{scheme}://...` looks like a database URL, and this build stores state only in SQLite files; give a file path, or :memory:"
+    )]
+    Url { scheme: String },
     /// A migration failed; the database is left at its previous version.
     #[error("cannot migrate database {path}: {message}")]
     Migration { path: String, message: String },
@@ -138,13 +149,24 @@ pub enum Location {
 }
 
 impl Location {
-    /// Parses the `--db` argument: `:memory:` or a path.
-    pub fn from_arg(arg: &str) -> Self {
+    /// Parses the `--db` argument: `:memory:` or a path. A URL (`postgres://...`, any
+    /// `scheme://`) is refused rather than taken as a relative directory named `scheme:`.
+    pub fn from_arg(arg: &str) -> Result<Self, StoreError> {
         if arg == MEMORY {
-            Location::Memory
-        } else {
-            Location::File(PathBuf::from(arg))
+            return Ok(Location::Memory);
         }
+        if let Some((scheme, _)) = arg.split_once("://")
+            && let Some(first) = scheme.chars().next()
+            && first.is_ascii_alphabetic()
+            && scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            return Err(StoreError::Url {
+                scheme: scheme.to_string(),
+            });
+        }
+        Ok(Location::File(PathBuf::from(arg)))
     }
 
     /// Human-readable form: the path, or `:memory:`.
@@ -161,6 +183,24 @@ impl Store {
     /// applies pending migrations.
     pub fn open(location: &Location) -> Result<Self, StoreError> {
         let mut conn = open_connection(location)?;
+        migrate(&mut conn, location)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            location: Arc::new(location.clone()),
+        })
+    }
+
+    /// Opens a database that must already exist, for commands that only read: a missing file
+    /// is [`StoreError::Missing`], and neither it nor its directory is created.
+    pub fn open_existing(location: &Location) -> Result<Self, StoreError> {
+        if let Location::File(path) = location
+            && !path.is_file()
+        {
+            return Err(StoreError::Missing {
+                path: location.display(),
+            });
+        }
+        let mut conn = open_connection_with(location, false)?;
         migrate(&mut conn, location)?;
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
@@ -264,28 +304,35 @@ impl std::ops::Deref for ReadConn<'_> {
 }
 
 fn open_connection(location: &Location) -> Result<Connection, StoreError> {
+    open_connection_with(location, true)
+}
+
+/// Opens one connection; `create` makes the file and its directory when missing.
+fn open_connection_with(location: &Location, create: bool) -> Result<Connection, StoreError> {
     let path_str = location.display();
-    let open_err = |source| StoreError::Open {
+    let open_err = |cause| StoreError::Open {
         path: path_str.clone(),
-        source,
+        cause,
     };
     let conn = match location {
         Location::Memory => Connection::open_in_memory().map_err(open_err)?,
         Location::File(path) => {
-            if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if let Some(parent) = path
+                .parent()
+                .filter(|p| create && !p.as_os_str().is_empty())
+            {
                 create_private_dir(parent).map_err(|e| StoreError::Open {
                     path: path_str.clone(),
-                    source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                    cause: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
                 })?;
             }
-            Connection::open_with_flags(
-                path,
-                OpenFlags::SQLITE_OPEN_READ_WRITE
-                    | OpenFlags::SQLITE_OPEN_CREATE
-                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                    | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .map_err(open_err)?
+            let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                | OpenFlags::SQLITE_OPEN_URI;
+            if create {
+                flags |= OpenFlags::SQLITE_OPEN_CREATE;
+            }
+            Connection::open_with_flags(path, flags).map_err(open_err)?
         }
     };
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;

@@ -265,3 +265,105 @@ pub fn set_secret(data_dir: &Path, name: &str, value: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `mcp-coordinator --data-dir DIR ARGS` on a fresh pseudo-terminal (`script(1)`), types
+/// each of `answers` after the screen shows its prompt, then Ctrl-C once the screen shows
+/// `interrupt_at`; then `stty -a` runs on the same terminal. Returns the whole screen and the
+/// terminal's local modes as `stty -a` printed them (`echo` or `-echo`, ...).
+pub fn ctrl_c_at_prompt(
+    data_dir: &Path,
+    args: &[&str],
+    answers: &[(&str, &str)],
+    interrupt_at: &str,
+) -> (String, Vec<String>) {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let mut inner = format!(
+        "{} --data-dir {}",
+        BIN,
+        quote(&data_dir.display().to_string())
+    );
+    for a in args {
+        inner.push(' ');
+        inner.push_str(&quote(a));
+    }
+    // If the terminal sends SIGINT to the whole foreground group (echo off with `stty`, as
+    // before), the shell must still get to `stty -a`: a trap (reset to the default in the
+    // child by exec) does that.
+    let script = format!(
+        "trap 'echo; echo MODES: $(stty -a); exit 130' INT; {inner}; echo; echo MODES: $(stty -a)"
+    );
+    let mut child = std::process::Command::new("script")
+        .args([
+            "-q",
+            "-e",
+            "-c",
+            &format!("sh -c {}", quote(&script)),
+            "/dev/null",
+        ])
+        .env_remove("MCP_COORDINATOR_DB")
+        .env_remove("MCP_COORDINATOR_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = screen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !screen.lock().unwrap().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the terminal never showed {needle:?}:\n{}",
+                screen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Let the program settle into reading.
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    for (prompt, answer) in answers {
+        wait_for(prompt);
+        stdin.write_all(format!("{answer}\n").as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    }
+    wait_for(interrupt_at);
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    wait_for("MODES:");
+    drop(stdin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+    let _ = reader.join();
+    let screen = screen.lock().unwrap().clone();
+    let modes = screen
+        .split("MODES:")
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|w| w.trim_end_matches(';').to_string())
+        .collect();
+    (screen, modes)
+}
