@@ -6,6 +6,7 @@ pub mod approval;
 pub mod assessment;
 pub mod audit;
 pub mod config;
+pub mod glob;
 pub mod instance;
 pub mod keyfile;
 pub mod logging;
