@@ -11,6 +11,7 @@ pub mod instance;
 pub mod keyfile;
 pub mod logging;
 mod macros;
+pub mod net;
 pub mod overseer;
 pub mod pipeline;
 pub mod remediation;

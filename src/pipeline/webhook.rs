@@ -55,22 +55,19 @@ pub fn masked(url: &str) -> String {
 
 /// POSTs `body` as JSON. Ok on any 2xx answer; otherwise says what happened.
 pub fn post(url: &str, body: &Value, delivery_id: &str, timeout: Duration) -> Result<u16, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let response = agent
+    let failed = |e: String| format!("request to {} failed: {e}", masked(url));
+    let client = crate::net::client().map_err(failed)?;
+    let request = client
         .post(url)
+        .timeout(timeout)
         .header("content-type", "application/json")
-        .header(
-            "user-agent",
-            concat!("mcp-coordinator/", env!("CARGO_PKG_VERSION")),
-        )
         .header("x-mcp-coordinator-event", "pipeline_run.finished")
         .header("x-mcp-coordinator-delivery", delivery_id)
-        .send(body.to_string())
-        .map_err(|e| format!("request to {} failed: {e}", masked(url)))?;
+        .body(body.to_string())
+        .send();
+    let response = crate::net::block_on(request)
+        .map_err(failed)?
+        .map_err(|e| failed(crate::net::describe(e)))?;
     let status = response.status().as_u16();
     if (200..300).contains(&status) {
         Ok(status)
