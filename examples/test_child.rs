@@ -641,6 +641,7 @@ async fn run_command(args: &JsonObject) -> Result<CallToolResult, ErrorData> {
 }
 
 /// `capget`/`capset` header (`struct __user_cap_header_struct`).
+#[cfg(target_os = "linux")]
 #[repr(C)]
 struct CapHeader {
     version: u32,
@@ -648,6 +649,7 @@ struct CapHeader {
 }
 
 /// `struct __user_cap_data_struct`; version 3 takes two (capabilities 0-31 and 32-63).
+#[cfg(target_os = "linux")]
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct CapData {
@@ -656,12 +658,20 @@ struct CapData {
     inheritable: u32,
 }
 
+#[cfg(target_os = "linux")]
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 /// Drops every capability from the calling thread's effective and permitted sets, so that it
 /// reads `/proc` as a process of the same user without privileges would: root's
 /// CAP_SYS_PTRACE overrides the non-dumpable flag, and so (for reads of `environ` and `maps`
 /// on recent kernels) do CAP_SYS_ADMIN and CAP_PERFMON. Returns whether the thread had any.
+/// Capabilities are Linux's; elsewhere there are none to drop.
+#[cfg(not(target_os = "linux"))]
+fn drop_capabilities() -> std::io::Result<bool> {
+    Ok(false)
+}
+
+#[cfg(target_os = "linux")]
 fn drop_capabilities() -> std::io::Result<bool> {
     let mut header = CapHeader {
         version: LINUX_CAPABILITY_VERSION_3,
@@ -733,6 +743,8 @@ fn peek(pid: u32) -> std::io::Result<Value> {
 /// Starts `sleep 1000` as `how` says, with no access to our stdio pipes, and logs its pid.
 fn spawn_grandchild(how: Grandchild) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
+    // Only Linux has child subreapers; elsewhere there is no flag to clear.
+    #[cfg(target_os = "linux")]
     if how == Grandchild::Escape {
         // SAFETY: prctl(PR_SET_CHILD_SUBREAPER, 0) only clears a flag of this process.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0) } != 0 {

@@ -225,7 +225,9 @@ async fn start_unprivileged_via_env(dir: &Path, config: &Path) -> Coordinator {
         .env("MCP_COORDINATOR_DB", common::db_path(dir))
         .env("MCP_COORDINATOR_CONFIG", config)
         .env_remove("MCP_COORDINATOR_LOG");
+    // Capability bounding sets are Linux's; elsewhere root keeps what it has.
     // SAFETY: getuid has no preconditions.
+    #[cfg(target_os = "linux")]
     if unsafe { libc::getuid() } == 0 {
         let last: libc::c_ulong = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()

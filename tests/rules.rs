@@ -1076,6 +1076,71 @@ fn plain_http_remote() {
     assert!(case.rule(Security, "plain-http-remote").is_empty());
 }
 
+/// The two cases of issue 14 item 8: a scheme in capitals is still plain http, and an npm
+/// prerelease version is an exact pin.
+#[test]
+fn uppercase_http_is_plain_http_and_a_prerelease_is_a_pin() {
+    let case = Case::new().json(
+        CURSOR,
+        mcp_servers(json!({
+            "api": {"url": "HTTP://api.example.com"},
+            "mixed": {"url": "Http://API.Example.com:8080/mcp"},
+            "local": {"url": "HTTP://LOCALHOST:3000/mcp"},
+            "fix": {"command": "npx", "args": ["-y", "pkg@1.4.0-fix.2"]},
+            "build": {"command": "npx", "args": ["-y", "@scope/pkg@2.0.0+build.7"]},
+            "short": {"command": "npx", "args": ["-y", "pkg@1.4"]}
+        })),
+    );
+    let found = case.rule(Security, "plain-http-remote");
+    assert_eq!(
+        at(&found),
+        [
+            (Severity::High, "/mcpServers/api/url"),
+            (Severity::High, "/mcpServers/mixed/url"),
+        ]
+    );
+    assert!(
+        found[0].message.contains("at api.example.com"),
+        "{}",
+        found[0].message
+    );
+    // The fix changes only the scheme; the rest stays as written.
+    match &found[1].fix.as_ref().unwrap().action {
+        Some(Action::SetServerField { value, .. }) => {
+            assert_eq!(value, &json!("https://API.Example.com:8080/mcp"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // `1.4` is a range in npm (any 1.4.x); a prerelease or build version is exact.
+    let unpinned = case.rule(Security, "unpinned-package");
+    assert_eq!(
+        at(&unpinned),
+        [(Severity::Medium, "/mcpServers/short/args/1")]
+    );
+    let policy = case.rule(Compliance, "policy-unpinned");
+    assert_eq!(at(&policy), [(Severity::High, "/mcpServers/short/args/1")]);
+}
+
+/// Policy lists take the one glob dialect of the tool policies: `?` is one character.
+#[test]
+fn policy_globs_take_question_marks() {
+    let case = Case::new()
+        .json(
+            DESKTOP,
+            mcp_servers(json!({
+                "db1": {"command": "node", "args": ["/srv/db1.js"]},
+                "db12": {"command": "node", "args": ["/srv/db12.js"]}
+            })),
+        )
+        .policy(Policy {
+            servers: lists(&[], &["db?"]),
+            ..Policy::default()
+        });
+    let found = case.rule(Security, "policy-denied");
+    assert_eq!(at(&found), [(Severity::High, "/mcpServers/db1")]);
+    assert!(found[0].message.contains("(db?)"), "{}", found[0].message);
+}
+
 #[test]
 fn duplicate_server_name_across_the_files_of_one_client() {
     let github = json!({"command": "docker", "args": ["run", "-i", "--rm", "-e", "GITHUB_PERSONAL_ACCESS_TOKEN",

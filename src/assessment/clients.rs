@@ -535,21 +535,32 @@ fn entry(name: &str, pointer: &str, raw: &Value) -> ServerEntry {
     }
 }
 
-/// A URL with its user info and query hidden.
+/// A URL with its user info and query hidden, and token shapes in the rest masked. Text that
+/// does not parse as a URL (a placeholder, a typo) is shown with only token shapes masked.
 pub fn shown_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = match rest.split_once('@') {
-        Some((userinfo, after)) if !userinfo.contains('/') => format!("…@{after}"),
-        _ => rest.to_string(),
-    };
-    let rest = match rest.split_once('?') {
-        Some((before, _)) => format!("{before}?…"),
-        None => rest,
-    };
-    let shown = if scheme.is_empty() {
-        rest
-    } else {
-        format!("{scheme}://{rest}")
+    let shown = match url::Url::parse(url.trim()) {
+        Ok(u) => {
+            let mut shown = format!("{}:", u.scheme());
+            if let Some(host) = u.host_str() {
+                shown.push_str("//");
+                if !u.username().is_empty() || u.password().is_some() {
+                    shown.push_str("…@");
+                }
+                shown.push_str(host);
+                if let Some(port) = u.port() {
+                    shown.push_str(&format!(":{port}"));
+                }
+            }
+            shown.push_str(u.path());
+            if u.query().is_some() {
+                shown.push_str("?…");
+            }
+            if let Some(fragment) = u.fragment() {
+                shown.push_str(&format!("#{fragment}"));
+            }
+            shown
+        }
+        Err(_) => url.to_string(),
     };
     // A token can sit in the path too (`https://actions.example.com/mcp/sk-.../sse`).
     crate::audit::redact::redact_str(&shown)

@@ -1,6 +1,10 @@
 //! What a stdio server's command line launches: the package (npx, uvx, pip, docker), its
 //! version pin, its registry, and how to write a pinned spec back.
 
+use std::str::FromStr;
+
+use url::Url;
+
 /// Where a package comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ecosystem {
@@ -45,23 +49,65 @@ impl Package {
         }
     }
 
-    /// An exact version (not `latest`, not a range) is given, or for Docker a digest.
+    /// An exact version is given (for npm a full semver version, prerelease and build
+    /// included, not a range or a tag like `latest`; for PyPI `==` or `===` a valid PEP 440
+    /// version, not `==1.*`), or for Docker a digest.
     pub fn pinned(&self) -> bool {
-        if self.ecosystem == Ecosystem::Docker {
-            return self.digest.is_some();
+        let Some(v) = self.version.as_deref() else {
+            return self.ecosystem == Ecosystem::Docker && self.digest.is_some();
+        };
+        match self.ecosystem {
+            Ecosystem::Docker => self.digest.is_some(),
+            // npm takes `v1.2.3` and `=1.2.3` for the exact version too.
+            Ecosystem::Npm => {
+                let v = v.trim();
+                let v = v.strip_prefix('=').unwrap_or(v);
+                let v = v.strip_prefix('v').unwrap_or(v);
+                semver::Version::parse(v).is_ok()
+            }
+            // `===` is arbitrary equality: one exact string, whatever its shape (PEP 440
+            // leaves it unparsed, and so does pep440_rs).
+            Ecosystem::PyPi if v.starts_with('=') => {
+                let exact = v[1..].trim();
+                !exact.is_empty() && !exact.contains([',', ' ', '*'])
+            }
+            Ecosystem::PyPi => {
+                // `version` is what followed `==` or uv's `@`, or
+                // a whole specifier that is no pin (`>=1`, `~=1.2`, `!=1.0`).
+                let spec = if v.starts_with(['<', '>', '~', '!']) {
+                    v.to_string()
+                } else {
+                    format!("=={v}")
+                };
+                pep440_rs::VersionSpecifiers::from_str(spec.trim()).is_ok_and(|specs| {
+                    specs.iter().any(|s| {
+                        matches!(
+                            s.operator(),
+                            pep440_rs::Operator::Equal | pep440_rs::Operator::ExactEqual
+                        )
+                    })
+                })
+            }
         }
-        self.version.as_deref().is_some_and(|v| {
-            v != "latest"
-                && v.chars().next().is_some_and(|c| c.is_ascii_digit())
-                && !v.contains(['^', '~', '*', '>', '<', 'x', ' '])
-        })
     }
 
-    /// The registry host the package comes from.
+    /// The registry host the package comes from (with its port when one is given).
     pub fn registry_host(&self) -> String {
         if let Some(r) = &self.registry {
-            let r = r.split_once("://").map_or(r.as_str(), |(_, rest)| rest);
-            return r.split('/').next().unwrap_or(r).to_string();
+            let r = r.trim();
+            // `--registry` takes a URL; a bare host (`npm.example.com/path`) is read as https.
+            let parsed = Url::parse(r)
+                .ok()
+                .filter(|u| u.has_host())
+                .or_else(|| Url::parse(&format!("https://{r}")).ok());
+            return match parsed
+                .as_ref()
+                .and_then(|u| u.host_str().map(|h| (h, u.port())))
+            {
+                Some((host, Some(port))) => format!("{host}:{port}"),
+                Some((host, None)) => host.to_string(),
+                None => r.to_string(),
+            };
         }
         match self.ecosystem {
             Ecosystem::Npm => "registry.npmjs.org".into(),
@@ -416,6 +462,90 @@ mod tests {
         let p = package("python", &s(&["-m", "pip", "install", "mcp-thing>=1"])).unwrap();
         assert!(!p.pinned());
         assert!(package("node", &s(&["server.js"])).is_none());
+    }
+
+    #[test]
+    fn npm_pins_are_exact_semver_versions() {
+        let pinned = |spec: &str| package("npx", &s(&["-y", spec])).unwrap().pinned();
+        for yes in [
+            "pkg@1.4.0-fix.2",
+            "pkg@1.0.0+build.5",
+            "@scope/x@1.2.3-rc.1",
+            "@scope/x@2025.4.8",
+            "pkg@v1.2.3",
+            "pkg@=1.2.3",
+        ] {
+            assert!(pinned(yes), "{yes} is pinned");
+        }
+        for no in [
+            "pkg",
+            "pkg@latest",
+            "pkg@next",
+            "pkg@1.2",
+            "pkg@1",
+            "pkg@1.x",
+            "pkg@1.2.*",
+            "pkg@^1.2.3",
+            "pkg@~1.2.3",
+            "pkg@>=1.0.0",
+            "pkg@1.2.3 - 2.0.0",
+            "pkg@1.2.3 || 1.2.4",
+            "@scope/x",
+            "pkg@",
+        ] {
+            assert!(!pinned(no), "{no} is not pinned");
+        }
+    }
+
+    #[test]
+    fn pypi_pins_are_exact_pep440_versions() {
+        let pinned = |spec: &str| package("uvx", &s(&[spec])).unwrap().pinned();
+        for yes in [
+            "mcp-server-fetch==0.6.2",
+            "pkg==1.0rc1",
+            "pkg==1.0.post1",
+            "pkg==2!1.0",
+            "pkg==1.0+local.7",
+            "pkg===1.0-odd",
+            "pkg@0.6.2",
+            "pkg[extra]==1.0",
+        ] {
+            assert!(pinned(yes), "{yes} is pinned");
+        }
+        for no in [
+            "pkg",
+            "pkg==1.*",
+            "pkg>=1.0",
+            "pkg~=1.2",
+            "pkg!=1.0",
+            "pkg@latest",
+            "pkg==latest",
+            "pkg<2",
+        ] {
+            assert!(!pinned(no), "{no} is not pinned");
+        }
+    }
+
+    #[test]
+    fn registry_hosts_come_from_the_url() {
+        let host = |flag: &str| {
+            package("npx", &s(&[flag, "pkg@1.0.0"]))
+                .unwrap()
+                .registry_host()
+        };
+        assert_eq!(
+            host("--registry=HTTPS://NPM.Example.com/path/"),
+            "npm.example.com"
+        );
+        assert_eq!(
+            host("--registry=http://user:pw@npm.example.com:8443/"),
+            "npm.example.com:8443"
+        );
+        assert_eq!(host("--registry=npm.example.com/mirror"), "npm.example.com");
+        assert_eq!(
+            host("--registry=https://npm.example.com:443/"),
+            "npm.example.com"
+        );
     }
 
     #[test]

@@ -7,8 +7,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Severity;
+use crate::glob;
 
-/// A list of globs (`*` matches any run of characters) that allows or denies.
+/// A list of globs (`*` matches any run of characters, `?` exactly one) that allows or denies.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Lists {
@@ -30,10 +31,10 @@ pub enum Verdict {
 
 impl Lists {
     pub fn check(&self, name: &str) -> Verdict {
-        if let Some(g) = self.deny.iter().find(|g| glob(g, name)) {
+        if let Some(g) = self.deny.iter().find(|g| glob::matches(g, name)) {
             return Verdict::Denied(g.clone());
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|g| glob(g, name)) {
+        if !self.allow.is_empty() && !self.allow.iter().any(|g| glob::matches(g, name)) {
             return Verdict::NotAllowed;
         }
         Verdict::Allowed
@@ -83,45 +84,23 @@ impl Policy {
     }
 }
 
-/// `*` matches any run of characters; everything else matches itself.
-pub fn glob(pattern: &str, name: &str) -> bool {
-    let parts: Vec<&str> = pattern.split('*').collect();
-    if parts.len() == 1 {
-        return pattern == name;
-    }
-    let mut rest = name;
-    for (i, part) in parts.iter().enumerate() {
-        if i == 0 {
-            match rest.strip_prefix(part) {
-                Some(r) => rest = r,
-                None => return false,
-            }
-        } else if i == parts.len() - 1 {
-            return rest.ends_with(part);
-        } else {
-            match rest.find(part) {
-                Some(at) => rest = &rest[at + part.len()..],
-                None => return false,
-            }
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn globs_and_lists() {
-        assert!(glob(
+        assert!(glob::matches(
             "@modelcontextprotocol/*",
             "@modelcontextprotocol/server-github"
         ));
-        assert!(!glob("@modelcontextprotocol/*", "@evil/server-github"));
-        assert!(glob("*-mcp", "weather-mcp"));
-        assert!(glob("a*c*e", "abcde"));
-        assert!(!glob("a*c*e", "abcd"));
+        assert!(!glob::matches(
+            "@modelcontextprotocol/*",
+            "@evil/server-github"
+        ));
+        assert!(glob::matches("*-mcp", "weather-mcp"));
+        assert!(glob::matches("a*c*e", "abcde"));
+        assert!(!glob::matches("a*c*e", "abcd"));
         let lists = Lists {
             allow: vec!["@modelcontextprotocol/*".into()],
             deny: vec!["*evil*".into()],

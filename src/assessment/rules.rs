@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
+use url::{Host, Url};
 
 use super::clients::{Client, ConfigFile, ServerEntry, Transport, pointer_segment};
 use super::launch::{self, Ecosystem};
@@ -305,12 +306,17 @@ fn high_entropy_secret(name: &str, value: &str) -> bool {
         && entropy(value) >= 3.0
 }
 
-fn is_loopback(host: &str) -> bool {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return ip.is_loopback() || ip.is_unspecified();
+/// A host that is this machine: a loopback or unspecified address, `localhost` or a name
+/// under `.localhost`.
+fn is_loopback(host: &Host<&str>) -> bool {
+    match host {
+        Host::Ipv4(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Host::Ipv6(ip) => ip.is_loopback() || ip.is_unspecified(),
+        Host::Domain(d) => {
+            let d = d.trim_end_matches('.');
+            d == "localhost" || d.ends_with(".localhost")
+        }
     }
-    host == "localhost" || host.ends_with(".localhost")
 }
 
 /// Applies every rule of `kinds` to the files (cross-file rules included); most severe first.
@@ -478,16 +484,16 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
         .into_iter()
         .find_map(|k| e.raw.get(k).and_then(Value::as_str).map(|u| (k, u)));
     if let Some((url_key, url)) = url_field {
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let query_secret = url.split_once('?').is_some_and(|(_, q)| {
-            q.split('&').any(|kv| {
-                kv.split_once('=')
-                    .is_some_and(|(k, v)| high_entropy_secret(k, v) || token_in(v).is_some())
-            })
+        // Parsed as a browser would (scheme and host in any case, userinfo, IPv6, percent
+        // escapes); text that is not a URL (a placeholder) can still carry a token.
+        let parsed = Url::parse(url.trim()).ok();
+        let query_secret = parsed.as_ref().is_some_and(|u| {
+            u.query_pairs()
+                .any(|(k, v)| high_entropy_secret(&k, &v) || token_in(&v).is_some())
         });
-        let url_has_credential = authority.contains('@')
-            && authority.split('@').next().is_some_and(|u| u.contains(':'))
+        let url_has_credential = parsed
+            .as_ref()
+            .is_some_and(|u| u.password().is_some_and(|p| !p.is_empty()))
             || query_secret
             || token_in(url).is_some();
         if url_has_credential {
@@ -505,40 +511,36 @@ fn check_entry(out: &mut Out<'_>, file: &ConfigFile, e: &ServerEntry, ctx: &Rule
             );
         }
         // --- plain http ---
-        if let Some(hostport) = url
-            .strip_prefix("http://")
-            .map(|r| r.split(['/', '?', '#']).next().unwrap_or(""))
+        if let Some(host) = parsed
+            .as_ref()
+            .filter(|u| u.scheme() == "http")
+            .and_then(Url::host)
+            .filter(|h| !is_loopback(h))
         {
-            let host = hostport.rsplit('@').next().unwrap_or(hostport);
-            let host = if host.starts_with('[') {
-                host.split(']').next().unwrap_or(host).to_string() + "]"
-            } else {
-                host.split(':').next().unwrap_or(host).to_string()
-            };
-            if !is_loopback(&host) {
-                out.add(
-                    "plain-http-remote",
-                    Severity::High,
-                    file,
-                    at(&format!("/{url_key}")),
-                    Some(name),
-                    format!("server {name} is reached over plain http:// at {host}: requests and any credentials travel unencrypted"),
-                    crate::assessment::clients::shown_url(url),
-                    Some(if url_has_credential {
-                        SuggestedFix::text("use https:// (and move the credential out of the URL first)")
-                    } else {
-                        SuggestedFix::action(
+            out.add(
+                "plain-http-remote",
+                Severity::High,
+                file,
+                at(&format!("/{url_key}")),
+                Some(name),
+                format!("server {name} is reached over plain http:// at {host}: requests and any credentials travel unencrypted"),
+                crate::assessment::clients::shown_url(url),
+                Some(if url_has_credential {
+                    SuggestedFix::text("use https:// (and move the credential out of the URL first)")
+                } else {
+                    // Only the scheme changes; the rest stays as the person wrote it.
+                    let rest = url.trim().split_once(':').map_or("", |(_, r)| r);
+                    SuggestedFix::action(
                         "use https://",
                         Action::SetServerField {
                             file: file.path.clone(),
                             server: name.into(),
                             field: url_key.into(),
-                            value: json!(format!("https://{}", &url["http://".len()..])),
+                            value: json!(format!("https:{rest}")),
                         },
                     )
-                    }),
-                );
-            }
+                }),
+            );
         }
     }
     if e.transport == Transport::Stdio && e.command.is_none() {

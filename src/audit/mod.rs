@@ -143,13 +143,18 @@ fn passwd_name(uid: libc::uid_t) -> Option<String> {
     }
 }
 
-/// This machine's host name.
+/// This machine's host name (`gethostname`, on every Unix; `/proc` is Linux's alone).
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer we own.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let name = (rc == 0)
+        .then(|| {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            String::from_utf8_lossy(&buf[..end]).trim().to_string()
+        })
+        .filter(|s| !s.is_empty());
+    name.or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "localhost".into())
 }
 
@@ -723,6 +728,14 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// gethostname (every Unix) names the machine as Linux's `/proc` does.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn host_name_is_the_kernel_host_name() {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        assert_eq!(host_name(), kernel.trim());
+    }
     use crate::store::Location;
     use serde_json::json;
 

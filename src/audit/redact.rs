@@ -137,7 +137,10 @@ fn jwt_len(s: &str) -> usize {
     }
 }
 
-/// `scheme://user:password@host` becomes `scheme://user:[REDACTED]@host`.
+/// `scheme://user:password@host` becomes `scheme://user:[REDACTED]@host`, for every URL in a
+/// line of text. Whether a word is a URL with a password is the `url` crate's call; text that
+/// looks like one but does not parse (a bad port, a space in the host) still has whatever sits
+/// between the first `:` and the last `@` of its authority hidden: redaction errs on hiding.
 fn redact_url_password(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -146,8 +149,19 @@ fn redact_url_password(s: &str) -> String {
         out.push_str(head);
         let authority_end = tail.find(['/', '?', '#', ' ']).unwrap_or(tail.len());
         let authority = &tail[..authority_end];
+        // The scheme is the run of scheme characters before `://`.
+        let scheme_start = head[..i]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+-.".contains(c)))
+            .map_or(0, |at| at + 1);
+        let candidate = format!("{}{authority}", &head[scheme_start..]);
+        let has_password = match url::Url::parse(&candidate) {
+            Ok(u) => u.password().is_some_and(|p| !p.is_empty() && p != REDACTED),
+            Err(_) => true,
+        };
         match (authority.rfind('@'), authority.find(':')) {
-            (Some(at), Some(colon)) if colon < at && &authority[colon + 1..at] != REDACTED => {
+            (Some(at), Some(colon))
+                if has_password && colon < at && &authority[colon + 1..at] != REDACTED =>
+            {
                 out.push_str(&authority[..=colon]);
                 out.push_str(REDACTED);
                 out.push_str(&authority[at..]);
@@ -213,5 +227,22 @@ mod tests {
             format!("postgres://app:{REDACTED}@db.local:5432/x")
         );
         assert_eq!(redact_str("https://host/a:b@c"), "https://host/a:b@c");
+        // Any scheme case; a password with an `@` in it; one in a line of text.
+        assert_eq!(
+            redact_str("HTTPS://u:p@ss@host/x"),
+            format!("HTTPS://u:{REDACTED}@host/x")
+        );
+        assert_eq!(
+            redact_str("connect to redis://default:s3cret@cache:6379 now"),
+            format!("connect to redis://default:{REDACTED}@cache:6379 now")
+        );
+        // No password: nothing to hide (a user name alone, an empty password).
+        assert_eq!(redact_str("https://git@host/x"), "https://git@host/x");
+        assert_eq!(redact_str("https://git:@host/x"), "https://git:@host/x");
+        // Not a valid URL (port out of range): the password is hidden all the same.
+        assert_eq!(
+            redact_str("https://u:pw@host:99999/x"),
+            format!("https://u:{REDACTED}@host:99999/x")
+        );
     }
 }

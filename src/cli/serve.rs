@@ -28,8 +28,15 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     warn_if_unprotected(&settings, &audit);
     // Orphans of child servers come to us rather than to init, so that they can be killed
     // and reaped (src/instance/reaper.rs); before any child is started.
-    if let Err(e) = mcp_coordinator::instance::reaper::become_subreaper() {
-        tracing::warn!(error = %e, "cannot become a child subreaper: processes that child servers leave behind after setsid and a double fork may outlive them");
+    match mcp_coordinator::instance::reaper::become_subreaper() {
+        Ok(()) => {}
+        // Not Linux: a known gap (README, Platforms), not worth a warning at every start.
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::debug!(error = %e, "no child subreaper: each child's process group is killed, not what leaves it");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot become a child subreaper: processes that child servers leave behind after setsid and a double fork may outlive them");
+        }
     }
     let coordinator = Coordinator::new(audit, settings)?;
 

@@ -333,9 +333,12 @@ impl InstanceType {
             (Some(c), None) if c.trim().is_empty() => {
                 return Err(format!("{}: must not be empty", at("command")));
             }
-            (None, Some(u)) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+            (None, Some(u))
+                if !url::Url::parse(u.trim())
+                    .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.has_host()) =>
+            {
                 return Err(format!(
-                    "{}: expected an http:// or https:// URL, got {u:?}",
+                    "{}: expected an http:// or https:// URL with a host, got {u:?}",
                     at("url")
                 ));
             }

@@ -1,5 +1,6 @@
-//! The streamable HTTP transport to a child server reached by URL (rmcp's reqwest client),
-//! with the type's headers (templates already expanded, secrets included) on every request.
+//! The streamable HTTP transport to a child server reached by URL (rmcp over the coordinator's
+//! one reqwest client, `crate::net`), with the type's headers (templates already expanded,
+//! secrets included) on every request.
 
 use std::collections::HashMap;
 
@@ -35,7 +36,7 @@ pub fn transport(
         config = config.auth_header(token);
     }
     Ok(StreamableHttpClientTransport::with_client(
-        reqwest::Client::new(),
+        crate::net::client()?,
         config,
     ))
 }

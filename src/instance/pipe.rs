@@ -14,6 +14,8 @@ const BACKLOG_LIMIT: usize = 64 << 20;
 /// Puts the calling relay thread in `SCHED_BATCH`: it still runs at once on an idle CPU, but
 /// its wake-ups do not preempt a busy thread (the child or the client doing the actual work).
 /// With 16 calls in flight on 2 CPUs this kept the child busier; see the README's figures.
+/// Linux only: other systems have no such class, and their relay threads keep the default.
+#[cfg(target_os = "linux")]
 pub fn relay_thread_policy() {
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: sets the calling thread's own policy (pid 0); `param` outlives the call.
@@ -22,6 +24,10 @@ pub fn relay_thread_policy() {
         tracing::debug!(error = %io::Error::last_os_error(), "could not set SCHED_BATCH on a relay thread");
     }
 }
+
+/// Not Linux: no batch scheduling class; the relay threads keep the default policy.
+#[cfg(not(target_os = "linux"))]
+pub fn relay_thread_policy() {}
 
 /// Writes whole messages to a pipe (or any file descriptor) from any thread or task.
 ///
@@ -416,16 +422,12 @@ impl LineReader {
 pub(in crate::instance) mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use std::os::fd::FromRawFd;
 
     /// A fresh pipe: (read end, write end).
     pub(in crate::instance) fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the two-element array we own.
-        let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-        assert_eq!(r, 0);
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        // std's pipe is close-on-exec on every platform (pipe2 where there is one).
+        let (r, w) = std::io::pipe().unwrap();
+        (OwnedFd::from(r), OwnedFd::from(w))
     }
 
     #[test]

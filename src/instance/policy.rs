@@ -1,5 +1,5 @@
 //! Pure policy decisions for child MCP server instances: instance and exposed tool names,
-//! glob matching, per-tool access (allow, deny, approval), tool definition pinning hashes and
+//! per-tool access (allow, deny, approval), tool definition pinning hashes and
 //! prompt-injection flags for tool descriptions.
 
 use schemars::JsonSchema;
@@ -115,38 +115,6 @@ pub fn split_exposed(name: &str) -> Option<(&str, &str)> {
     (!instance.is_empty() && !tool.is_empty()).then_some((instance, tool))
 }
 
-/// Whole-string, case-sensitive glob match: `*` matches any run of characters (also none),
-/// `?` exactly one character, everything else itself. Iterative, O(pattern × name) at worst.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
-    let n: Vec<char> = name.chars().collect();
-    let (mut pi, mut ni) = (0, 0);
-    // The last `*` seen: the pattern index after it and the name index it currently swallows to.
-    // Only the last one matters: an earlier star can never help a later mismatch.
-    let mut star: Option<(usize, usize)> = None;
-    while let Some(&c) = n.get(ni) {
-        match p.get(pi) {
-            Some('*') => {
-                star = Some((pi + 1, ni));
-                pi += 1;
-            }
-            Some(&q) if q == '?' || q == c => {
-                pi += 1;
-                ni += 1;
-            }
-            _ => match star {
-                Some((after, swallowed)) => {
-                    star = Some((after, swallowed + 1));
-                    pi = after;
-                    ni = swallowed + 1;
-                }
-                None => return false,
-            },
-        }
-    }
-    p.iter().skip(pi).all(|&c| c == '*')
-}
-
 /// Which tools of an instance are exposed, and which need a person's approval per call.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -189,7 +157,7 @@ impl ToolAccess {
 }
 
 fn any_match(globs: &[String], tool: &str) -> bool {
-    globs.iter().any(|g| glob_match(g, tool))
+    globs.iter().any(|g| crate::glob::matches(g, tool))
 }
 
 impl ToolPolicy {
@@ -866,82 +834,6 @@ mod tests {
         for none in ["gh_create", "__create", "gh__", "__", ""] {
             assert_eq!(split_exposed(none), None, "{none}");
         }
-    }
-
-    /// Obviously correct, exponential reference matcher.
-    fn reference(p: &[char], n: &[char]) -> bool {
-        match p.split_first() {
-            None => n.is_empty(),
-            Some(('*', rest)) => (0..=n.len()).any(|k| reference(rest, &n[k..])),
-            Some((&c, rest)) => {
-                n.first().is_some_and(|&m| c == '?' || c == m) && reference(rest, &n[1..])
-            }
-        }
-    }
-
-    /// Every string over `alphabet` up to `max_len` characters.
-    fn all_strings(alphabet: &[char], max_len: usize) -> Vec<String> {
-        let mut out = vec![String::new()];
-        let mut layer = vec![String::new()];
-        for _ in 0..max_len {
-            layer = layer
-                .iter()
-                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
-                .collect();
-            out.extend(layer.iter().cloned());
-        }
-        out
-    }
-
-    #[test]
-    fn glob_examples() {
-        let yes = [
-            ("*", ""),
-            ("*", "anything"),
-            ("delete_*", "delete_repo"),
-            ("delete_*", "delete_"),
-            ("*_file", "read_file"),
-            ("get_?", "get_x"),
-            ("a*b*c", "aXXbYYc"),
-            ("é?", "éü"),
-            ("", ""),
-            ("a.b", "a.b"),
-        ];
-        let no = [
-            ("delete_*", "xdelete_repo"),
-            ("*_file", "read_files"),
-            ("get_?", "get_"),
-            ("get_?", "get_xy"),
-            ("Read*", "read_file"),
-            ("", "a"),
-            ("a.b", "axb"),
-        ];
-        yes.iter()
-            .for_each(|(p, n)| assert!(glob_match(p, n), "{p} {n}"));
-        no.iter()
-            .for_each(|(p, n)| assert!(!glob_match(p, n), "{p} {n}"));
-    }
-
-    #[test]
-    fn glob_agrees_with_reference_exhaustively() {
-        let names = all_strings(&['a', 'b'], 6);
-        for p in all_strings(&['a', 'b', '*', '?'], 5) {
-            let pc: Vec<char> = p.chars().collect();
-            for n in &names {
-                let nc: Vec<char> = n.chars().collect();
-                assert_eq!(glob_match(&p, n), reference(&pc, &nc), "{p:?} vs {n:?}");
-            }
-        }
-    }
-
-    #[test]
-    fn glob_pathological_input_is_fast() {
-        let pattern = format!("{}b", "a*".repeat(100));
-        let name = "a".repeat(10_000);
-        let started = std::time::Instant::now();
-        assert!(!glob_match(&pattern, &name));
-        assert!(glob_match(&pattern, &format!("{name}b")));
-        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     fn policy(allow: &[&str], deny: &[&str], approval: &[&str], no: &[&str]) -> ToolPolicy {

@@ -23,6 +23,10 @@
 //!   that forked, not to the process, so every fork happens on one dedicated,
 //!   never-ending spawner thread (see [`spawn`]). Grandchildren are not covered
 //!   by this: if the coordinator is SIGKILLed they survive the direct child.
+//! * All of the above that names `/proc`, subreapers or `PR_SET_PDEATHSIG` is Linux's.
+//!   Elsewhere (macOS, the BSDs) the child still leads its own group and the group is what
+//!   is signalled; descendants that leave it, group statistics and the death signal are
+//!   gaps the README lists (Platforms).
 //! * Every child is registered with `reaper.rs` while the spawn holds its lock, so
 //!   the coordinator's reaper never kills or `waitpid`s a child spawned here (Tokio
 //!   reaps those). Spawning from the coordinator by any other means would be taken
@@ -476,6 +480,7 @@ pub fn spawn(spec: &SpawnSpec) -> Result<(ChildProcess, ChildStdin, ChildStdout)
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+    #[cfg(target_os = "linux")]
     let parent_pid =
         libc::pid_t::try_from(std::process::id()).map_err(|e| io_err(io::Error::other(e)))?;
     // SAFETY: the closure runs in the forked child before exec, where only
@@ -486,33 +491,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<(ChildProcess, ChildStdin, ChildStdout)
     unsafe {
         cmd.pre_exec(move || {
             plan.apply()?;
-            // Orphans below the child are re-parented to it rather than to the
-            // coordinator or init, so they stay in its tree (kept across exec).
-            if libc::prctl(
-                libc::PR_SET_CHILD_SUBREAPER,
-                1 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            ) != 0
-            {
-                return Err(io::Error::last_os_error());
-            }
-            // If the coordinator died between fork and prctl, the death signal
-            // was missed and we have already been reparented: give up.
-            if libc::getppid() != parent_pid {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
+            #[cfg(target_os = "linux")]
+            linux_child_ties(parent_pid)?;
             Ok(())
         });
     }
@@ -547,6 +527,48 @@ pub fn spawn(spec: &SpawnSpec) -> Result<(ChildProcess, ChildStdin, ChildStdout)
     )));
     tracing::debug!(instance = %spec.label, pid, program = %path.display(), "child started");
     Ok((process, stdin, stdout))
+}
+
+/// In the forked child before exec, Linux only: makes the child a subreaper (orphans below it
+/// are re-parented to it rather than to the coordinator or init, so they stay in its tree;
+/// kept across exec) and ties its life to the coordinator's (`PR_SET_PDEATHSIG`). Other
+/// systems have neither: there the group is what is killed, and a child outlives a
+/// coordinator killed with SIGKILL until it notices its closed stdin (README, Platforms).
+///
+/// # Safety
+///
+/// Async-signal-safe: plain syscalls only, no allocation, no locks.
+#[cfg(target_os = "linux")]
+unsafe fn linux_child_ties(parent_pid: libc::pid_t) -> io::Result<()> {
+    // SAFETY: prctl and getppid are plain syscalls on this process.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_CHILD_SUBREAPER,
+            1 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // If the coordinator died between fork and prctl, the death signal
+        // was missed and we have already been reparented: give up.
+        if libc::getppid() != parent_pid {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
 }
 
 /// Resolves `program` to the path handed to exec (see [`spawn`]).
@@ -719,6 +741,13 @@ impl Resource {
     }
 }
 
+/// `v` as an rlimit value: `rlim_t` is u64 on Linux and macOS (a plain copy) but i64 on
+/// FreeBSD, where a value past its range can only mean no limit.
+#[allow(clippy::useless_conversion, clippy::unnecessary_fallible_conversions)]
+fn rlim(v: u64) -> libc::rlim_t {
+    libc::rlim_t::try_from(v).unwrap_or(libc::RLIM_INFINITY)
+}
+
 /// The rlimits to set in the child, computed before fork so that applying
 /// them allocates nothing.
 #[derive(Clone, Copy, Debug)]
@@ -726,13 +755,14 @@ struct LimitPlan([Option<(Resource, libc::rlim_t)>; 3]);
 
 impl LimitPlan {
     fn new(limits: &Limits) -> io::Result<Self> {
-        let address_space = limits
-            .address_space_mb
-            .map(|mb| mb.checked_mul(BYTES_PER_MB).unwrap_or(libc::RLIM_INFINITY));
+        let address_space = limits.address_space_mb.map(|mb| {
+            mb.checked_mul(BYTES_PER_MB)
+                .map_or(libc::RLIM_INFINITY, rlim)
+        });
         let entries = [
             address_space.map(|v| (Resource::AddressSpace, v)),
-            limits.cpu_seconds.map(|v| (Resource::Cpu, v)),
-            limits.open_files.map(|v| (Resource::OpenFiles, v)),
+            limits.cpu_seconds.map(|v| (Resource::Cpu, rlim(v))),
+            limits.open_files.map(|v| (Resource::OpenFiles, rlim(v))),
         ];
         for (resource, value) in entries.iter().flatten().copied() {
             let mut current = libc::rlimit {
@@ -1414,7 +1444,9 @@ mod tests {
             ..Limits::default()
         })
         .unwrap();
-        assert!(matches!(plan.0[0], Some((Resource::AddressSpace, v)) if v == 3 * BYTES_PER_MB));
+        assert!(
+            matches!(plan.0[0], Some((Resource::AddressSpace, v)) if v == rlim(3 * BYTES_PER_MB))
+        );
         assert!(plan.0[1].is_none() && plan.0[2].is_none());
         let huge = LimitPlan::new(&Limits {
             address_space_mb: Some(u64::MAX),

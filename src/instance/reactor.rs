@@ -3,7 +3,7 @@
 //! request in and several answers out), instead of a thread per pipe waking for each line.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 
@@ -23,23 +23,39 @@ pub trait Source: Send {
 /// The handle to the reactor thread: add sources to it from anywhere.
 pub struct Reactor {
     add: Mutex<Sender<Box<dyn Source>>>,
-    /// An eventfd that wakes the thread to take new sources (or to end).
+    /// Written to wake the thread to take new sources (or to end).
     wake: OwnedFd,
 }
 
-fn eventfd() -> io::Result<OwnedFd> {
+/// A descriptor the thread polls and one that makes it readable: an eventfd for both on
+/// Linux; elsewhere (no eventfd) the two ends of a non-blocking pipe.
+#[cfg(target_os = "linux")]
+fn wake_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
     // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
     let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just created and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let other = fd.try_clone()?;
+    Ok((fd, other))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn wake_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (read, write) = io::pipe()?;
+    let (read, write) = (OwnedFd::from(read), OwnedFd::from(write));
+    super::pipe::set_nonblocking(&read, true)?;
+    super::pipe::set_nonblocking(&write, true)?;
+    Ok((read, write))
 }
 
 fn signal(fd: &OwnedFd) {
     let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a local u64 to an eventfd we hold open.
+    // SAFETY: writes 8 bytes from a local u64 to a descriptor we hold open (an eventfd adds
+    // one to its count; a full pipe refuses, and is readable already).
     unsafe {
         libc::write(
             fd.as_raw_fd(),
@@ -50,22 +66,23 @@ fn signal(fd: &OwnedFd) {
 }
 
 fn clear(fd: &OwnedFd) {
-    let mut count: u64 = 0;
-    // SAFETY: reads 8 bytes into a local u64 from a non-blocking eventfd we hold open.
-    unsafe {
+    let mut buf = [0u8; 64];
+    // SAFETY: reads into a local buffer of the length given from a non-blocking descriptor we
+    // hold open, until it has nothing more (an eventfd gives its count once).
+    while unsafe {
         libc::read(
             fd.as_raw_fd(),
-            (&mut count as *mut u64).cast::<libc::c_void>(),
-            std::mem::size_of::<u64>(),
-        );
-    }
+            buf.as_mut_ptr().cast::<libc::c_void>(),
+            buf.len(),
+        )
+    } > 0
+    {}
 }
 
 impl Reactor {
     /// Starts the reactor thread.
     pub fn start() -> io::Result<Reactor> {
-        let wake = eventfd()?;
-        let theirs = wake.try_clone()?;
+        let (theirs, wake) = wake_pair()?;
         let (add, taken) = mpsc::channel();
         std::thread::Builder::new()
             .name("relay".into())

@@ -76,20 +76,30 @@ impl Proc {
         if pid <= 1 {
             return false;
         }
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if fd >= 0 {
+                return self.signal_pidfd(fd as libc::c_int, sig);
+            }
             if io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
                 return false; // gone (ESRCH) or not ours to know
             }
-            // Kernels before 5.3: check, then signal by pid (a tiny window for reuse).
-            if read_stat(self.pid).is_none_or(|s| s.start != self.start) {
-                return false;
-            }
-            // SAFETY: kill only sends a signal; pid > 1.
-            return unsafe { libc::kill(pid, sig) } == 0;
         }
-        let fd = fd as libc::c_int;
+        // Kernels before 5.3 (and systems without pidfds, which have no `/proc` to name a
+        // process by either, so nothing gets here): check, then signal by pid (a tiny window
+        // for reuse).
+        if read_stat(self.pid).is_none_or(|s| s.start != self.start) {
+            return false;
+        }
+        // SAFETY: kill only sends a signal; pid > 1.
+        unsafe { libc::kill(pid, sig) == 0 }
+    }
+
+    /// Sends `sig` through `fd`, a pidfd of this pid that this function closes.
+    #[cfg(target_os = "linux")]
+    fn signal_pidfd(&self, fd: libc::c_int, sig: libc::c_int) -> bool {
         // The descriptor names the process that had this pid when it was opened; if that
         // process has our start time, the signal can reach no other.
         let same = read_stat(self.pid).is_some_and(|s| s.start == self.start);
@@ -164,14 +174,27 @@ fn descendants_in(table: &[Entry], roots: &[u32]) -> Vec<Proc> {
 
 /// Makes this process a child subreaper: orphans below it are re-parented to it. Call once,
 /// early in `serve`; from then on [`run`] must run, or adopted zombies pile up.
+///
+/// Linux only; elsewhere this returns an `Unsupported` error and orphans go to init (or
+/// launchd), out of reach: only each child's process group is killed (README, Platforms).
 pub fn become_subreaper() -> io::Result<()> {
-    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag of this process.
-    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: prctl with PR_SET_CHILD_SUBREAPER only sets a flag of this process.
+        let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        SUBREAPER.store(true, Ordering::SeqCst);
+        Ok(())
     }
-    SUBREAPER.store(true, Ordering::SeqCst);
-    Ok(())
+    #[cfg(not(target_os = "linux"))]
+    {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "child subreapers exist on Linux only",
+        ))
+    }
 }
 
 /// Whether [`become_subreaper`] succeeded in this process.

@@ -546,23 +546,25 @@ impl RemediationService {
                 )));
             }
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(10)))
-            .build()
-            .into();
         let unreachable = |e: String| {
             RemediationError::Registry(format!(
                 "could not ask the registry for the newest version of {} ({url}): {e}; give `version` instead",
                 pkg.name
             ))
         };
-        let text = agent
-            .get(&url)
-            .call()
-            .map_err(|e| unreachable(e.to_string()))?
-            .body_mut()
-            .read_to_string()
-            .map_err(|e| unreachable(e.to_string()))?;
+        let client = crate::net::client().map_err(unreachable)?;
+        let request = async {
+            let response = client
+                .get(&url)
+                .timeout(std::time::Duration::from_secs(10))
+                .send()
+                .await?
+                .error_for_status()?;
+            response.text().await
+        };
+        let text = crate::net::block_on(request)
+            .map_err(unreachable)?
+            .map_err(|e| unreachable(crate::net::describe(e)))?;
         let body: Value =
             serde_json::from_str(&text).map_err(|e| unreachable(format!("not JSON: {e}")))?;
         let version = match pkg.ecosystem {

@@ -701,6 +701,21 @@ async fn tool_list_changes(c: Coordinator) {
     }
 }
 
+/// Nice +10 for the calling thread. Linux only: there a thread has its own nice value
+/// (`setpriority` on its tid); elsewhere the value belongs to the whole process, which must
+/// keep its own, so the audit writer runs at the default priority (a throughput cost only).
+fn lower_own_thread_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority on this thread's own id; no pointers.
+        let niced =
+            unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t, 10) };
+        if niced != 0 {
+            tracing::debug!("could not lower the audit writer's priority");
+        }
+    }
+}
+
 /// Writes the audit events of proxied calls in batches, on a thread of its own at a lower CPU
 /// priority (nice +10): one transaction for a burst of calls costs far less than one each,
 /// and on a busy machine the calls in flight (the client, this relay, the child) go first;
@@ -713,13 +728,7 @@ fn audit_writer(
     std::thread::Builder::new()
         .name("audit writer".into())
         .spawn(move || {
-            // SAFETY: setpriority on this thread's own id; no pointers.
-            let niced = unsafe {
-                libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t, 10)
-            };
-            if niced != 0 {
-                tracing::debug!("could not lower the audit writer's priority");
-            }
+            lower_own_thread_priority();
             let mut stopping = false;
             loop {
                 // Once asked to stop, only what is already queued.
