@@ -2127,8 +2127,14 @@ fn raw_echo_calls(server: &mut Server, tool: &str, first_id: u64, n: u64) -> Dur
     let started = Instant::now();
     for id in first_id..first_id + n {
         server.send(&echo_call(id, tool));
-        let line = server.recv();
-        let response = Response::parse(line);
+        // Skip notifications (no id) up to the answer.
+        let (line, response) = loop {
+            let line = server.recv();
+            let response = Response::parse(line);
+            if response.id.is_some() {
+                break (line, response);
+            }
+        };
         if response.id != Some(id) {
             panic!("answer to another request: {line}");
         }
@@ -2152,7 +2158,14 @@ fn instances_raw_cpu(counts: &InstanceCounts, dir: &Path, child: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         server.send(&list);
-        if server.recv().contains("\"kid__echo\"") {
+        // Notifications (tools/list_changed) may come first: read up to the answer.
+        let listed = loop {
+            let line = server.recv();
+            if Response::parse(line).id == Some(2) {
+                break line.contains("\"kid__echo\"");
+            }
+        };
+        if listed {
             break;
         }
         assert!(Instant::now() < deadline, "kid__echo never listed");
