@@ -159,21 +159,34 @@ struct Server {
 
 impl Server {
     fn spawn(data_dir: &Path) -> Server {
+        Server::spawn_with(data_dir, None)
+    }
+
+    /// The coordinator on `data_dir`, with `config` if given.
+    fn spawn_with(data_dir: &Path, config: Option<&Path>) -> Server {
         let mut cmd = Command::new(BIN);
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
                 cmd.env_remove(key);
             }
         }
-        let mut child = cmd
-            .arg("--data-dir")
+        cmd.arg("--data-dir")
             .arg(data_dir)
-            .args(["--log-level", "error"])
+            .args(["--log-level", "error"]);
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        Server::start(cmd)
+    }
+
+    /// Any MCP server over stdio (its stderr discarded).
+    fn start(mut cmd: Command) -> Server {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn mcp-coordinator");
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdin = child.stdin.take();
         let stdout = BufReader::with_capacity(64 * 1024, child.stdout.take().unwrap());
         Server {
@@ -1605,6 +1618,9 @@ struct InstanceCounts {
     throughput: u64,
     /// Calls kept in flight in the throughput runs.
     in_flight: u64,
+    /// Sequential calls of the raw client whose process CPU time is read (`/proc` counts in
+    /// 10 ms ticks: enough calls for a figure to the µs).
+    raw_calls: u64,
     /// Cold starts per configuration.
     cold_runs: usize,
     /// Children started for the memory figure.
@@ -1619,6 +1635,7 @@ impl InstanceCounts {
                 sequential: 300,
                 throughput: 1_000,
                 in_flight: 16,
+                raw_calls: 3_000,
                 cold_runs: 3,
                 children: 20,
             }
@@ -1628,6 +1645,7 @@ impl InstanceCounts {
                 sequential: 5_000,
                 throughput: 20_000,
                 in_flight: 16,
+                raw_calls: 20_000,
                 cold_runs: 10,
                 children: 20,
             }
@@ -2097,6 +2115,103 @@ async fn instances_latency_and_throughput(counts: &InstanceCounts, dir: &Path, c
     close_all(coordinator, coordinator_pid, &children).await;
 }
 
+fn echo_call(id: u64, tool: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"hi"}}}}}}"#
+    ) + "\n"
+}
+
+/// `n` sequential `echo {"text": "hi"}` calls of `tool` over raw JSON-RPC lines, each answer
+/// checked; returns the wall time.
+fn raw_echo_calls(server: &mut Server, tool: &str, first_id: u64, n: u64) -> Duration {
+    let started = Instant::now();
+    for id in first_id..first_id + n {
+        server.send(&echo_call(id, tool));
+        // Skip notifications (no id) up to the answer.
+        let (line, response) = loop {
+            let line = server.recv();
+            let response = Response::parse(line);
+            if response.id.is_some() {
+                break (line, response);
+            }
+        };
+        if response.id != Some(id) {
+            panic!("answer to another request: {line}");
+        }
+        let line = line.to_string();
+        response.expect_ok(&line);
+    }
+    started.elapsed()
+}
+
+/// CPU the coordinator's process spends per proxied `tools/call`, measured from outside as a
+/// client that writes raw JSON-RPC lines sees it: utime+stime of the process (all its
+/// threads, exited ones included) from `/proc/<pid>/stat` before and after `raw_calls`
+/// sequential calls of `kid__echo`, read after the audit writer has written the last batch.
+/// Beside it, the test child's own CPU per call, proxied and called directly the same way.
+fn instances_raw_cpu(counts: &InstanceCounts, dir: &Path, child: &Path) {
+    let config = dir.join("raw.toml");
+    instances_config(&config, child, 1, true);
+    let mut server = Server::spawn_with(&dir.join("raw-data"), Some(&config));
+    server.initialize();
+    let list = r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#.to_string() + "\n";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        server.send(&list);
+        // Notifications (tools/list_changed) may come first: read up to the answer.
+        let listed = loop {
+            let line = server.recv();
+            if Response::parse(line).id == Some(2) {
+                break line.contains("\"kid__echo\"");
+            }
+        };
+        if listed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "kid__echo never listed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let kids = children_of(server.pid());
+    assert_eq!(kids.len(), 1, "children of the coordinator: {kids:?}");
+    let (pid, kid) = (server.pid(), kids[0]);
+    let warmup = counts.warmup;
+    raw_echo_calls(&mut server, "kid__echo", 10, warmup);
+    // The warm-up's audit batch is written before the first reading.
+    std::thread::sleep(Duration::from_millis(100));
+    let n = counts.raw_calls;
+    let before = (cpu_ticks(pid), cpu_ticks(kid));
+    let wall = raw_echo_calls(&mut server, "kid__echo", 10 + warmup, n);
+    std::thread::sleep(Duration::from_millis(100));
+    let after = (cpu_ticks(pid), cpu_ticks(kid));
+    let per_call = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / n as f64;
+    let coordinator = per_call(after.0 - before.0);
+    let proxied_child = per_call(after.1 - before.1);
+    server.finish();
+
+    let mut cmd = Command::new(child);
+    cmd.env_clear();
+    let mut direct = Server::start(cmd);
+    direct.initialize();
+    raw_echo_calls(&mut direct, "echo", 10, warmup);
+    let before = cpu_ticks(direct.pid());
+    let direct_wall = raw_echo_calls(&mut direct, "echo", 10 + warmup, n);
+    let direct_child = per_call(cpu_ticks(direct.pid()) - before);
+    direct.finish();
+    println!(
+        "coordinator CPU per proxied tools/call (raw client, {n} sequential kid__echo calls, \
+         utime+stime from /proc/<pid>/stat): {coordinator:.0} µs   [target < 50 µs: {}]",
+        verdict(coordinator < 50.0),
+    );
+    println!(
+        "   (info) the child's own CPU per call {proxied_child:.0} µs proxied, {direct_child:.0} \
+         µs called directly; server tree (coordinator + child) {:.0} µs vs {direct_child:.0} µs; \
+         wall per call {:.0} µs proxied, {:.0} µs direct",
+        coordinator + proxied_child,
+        us(wall) / n as f64,
+        us(direct_wall) / n as f64,
+    );
+}
+
 /// One cold start with a fresh data dir: (spawn -> initialize answered, spawn -> first
 /// coordinator_status answered, spawn -> every autostarted child running with its tools
 /// listed, and the first coordinator_status call alone).
@@ -2255,6 +2370,7 @@ fn bench_instances(counts: &InstanceCounts, dir: &Path) {
         .expect("tokio runtime");
     runtime.block_on(async {
         instances_latency_and_throughput(counts, dir, &child).await;
+        tokio::task::block_in_place(|| instances_raw_cpu(counts, dir, &child));
         instances_cold_starts(counts, dir, &child).await;
         instances_memory(counts, dir, &child).await;
     });

@@ -554,7 +554,7 @@ impl AuditLog {
             Some((seq, hash)) => (seq + 1, hash.clone()),
             None => (1, chain::GENESIS_HASH.to_string()),
         };
-        let detail = redact::redact(&event.detail).to_string();
+        let detail = redact::redacted_text(&event.detail);
         let ts = chain::now_ts();
         let actor = event.actor.render();
         let hash = chain::event_hash(&chain::EventFields {

@@ -67,8 +67,66 @@ pub fn redact(value: &Value) -> Value {
     }
 }
 
+/// The JSON text of `value` with every secret replaced by [`REDACTED`]: the same text as
+/// `redact(value).to_string()`, written in one pass without building the redacted copy (the
+/// audit log does this for every event).
+pub fn redacted_text(value: &Value) -> String {
+    // Serializing JSON values to a String cannot fail; the fallback is never taken.
+    serde_json::to_string(&Redacted(value)).unwrap_or_else(|_| redact(value).to_string())
+}
+
+/// Serializes the value it holds as [`redact`] would return it.
+struct Redacted<'a>(&'a Value);
+
+impl serde::Serialize for Redacted<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Object(map) => {
+                let mut m = s.serialize_map(Some(map.len()))?;
+                for (k, v) in map {
+                    if is_secret_key(k) && !v.is_null() {
+                        m.serialize_entry(k, REDACTED)?;
+                    } else {
+                        m.serialize_entry(k, &Redacted(v))?;
+                    }
+                }
+                m.end()
+            }
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&Redacted(v))?;
+                }
+                seq.end()
+            }
+            Value::String(text) => s.serialize_str(&redact_str(text)),
+            other => other.serialize(s),
+        }
+    }
+}
+
 /// Whether a JSON key names a secret (`apiKey`, `GITHUB_TOKEN`, `client-secret`, ...).
 pub fn is_secret_key(key: &str) -> bool {
+    // Most keys are short ASCII: normalized on the stack, without an allocation per key.
+    let mut buf = [0u8; 64];
+    let mut len = 0;
+    for b in key.bytes() {
+        if !b.is_ascii() || len == buf.len() {
+            return is_secret_key_slow(key);
+        }
+        if b != b'_' && b != b'-' {
+            buf[len] = b.to_ascii_lowercase();
+            len += 1;
+        }
+    }
+    let norm = &buf[..len];
+    SECRET_KEY_PARTS
+        .iter()
+        .any(|part| norm.windows(part.len()).any(|w| w == part.as_bytes()))
+}
+
+fn is_secret_key_slow(key: &str) -> bool {
     let norm: String = key
         .chars()
         .filter(|c| *c != '_' && *c != '-')
@@ -218,6 +276,41 @@ mod tests {
         ] {
             assert_eq!(redact_str(s), s);
         }
+    }
+
+    #[test]
+    fn redacted_text_is_the_text_of_the_redacted_value() {
+        let gh = "ghp_0123456789abcdefghijABCDEFGHIJ0123";
+        for v in [
+            json!({"env": {"GITHUB_TOKEN": "abc", "PATH": "/bin"}, "apiKey": "k", "n": 1.5,
+                   "list": [{"client_secret": "s"}, null, true, format!("x {gh}")],
+                   "token": null, "Ünïcode-Secret": "v", "emoji": "\u{1F600}\"quoted\"\n",
+                   "a_very_long_key_name_that_goes_on_and_on_well_past_sixty_four_bytes_token": 1}),
+            json!("postgres://app:hunter2@db.local/x"),
+            json!([]),
+            json!(null),
+        ] {
+            assert_eq!(redacted_text(&v), redact(&v).to_string(), "{v}");
+        }
+    }
+
+    #[test]
+    fn secret_keys_match_in_any_case_and_spelling() {
+        for k in [
+            "apiKey",
+            "API_KEY",
+            "x-api-key",
+            "GITHUB_TOKEN",
+            "Private-Key",
+            "ÜberSecret",
+        ] {
+            assert!(is_secret_key(k), "{k}");
+        }
+        for k in ["path", "url", "name", "arguments", "duration_us", "Ünïcode"] {
+            assert!(!is_secret_key(k), "{k}");
+        }
+        let long = format!("{}token", "x".repeat(70));
+        assert!(is_secret_key(&long));
     }
 
     #[test]

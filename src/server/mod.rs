@@ -9,6 +9,7 @@ mod instances;
 mod jsonrpc;
 mod pipelines;
 mod queue;
+mod registry;
 mod relay;
 mod remediations;
 mod resources;
@@ -21,7 +22,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
     CacheScope, CallToolRequestParams, CallToolResponse, CancelTaskParams, CustomRequest,
@@ -95,9 +95,7 @@ struct Inner {
     session_id: String,
     /// The OS user running this process (`NAME@HOST`): who launched the assistant.
     os_user: String,
-    router: ToolRouter<Coordinator>,
-    /// Tools switched off by config, with the group that switched them off.
-    disabled: HashMap<String, ToolGroup>,
+    tools: registry::Registry,
 }
 
 /// Who the initialize-era client is, for the audit records of fast-path calls.
@@ -121,22 +119,14 @@ fn all_routes() -> Vec<tool::Route> {
 /// The tool definitions (name, description, schemas, annotations) of every tool this build
 /// offers, enabled or not, sorted by name. Used by `schemas/` generation and its drift test.
 pub fn all_tools() -> Vec<Tool> {
-    let mut tools: Vec<Tool> = all_routes().into_iter().map(|r| r.route.attr).collect();
+    let mut tools: Vec<Tool> = all_routes().iter().map(tool::Route::definition).collect();
     tools.sort_by(|a, b| a.name.cmp(&b.name));
     tools
 }
 
 impl Coordinator {
     pub fn new(audit: AuditLog, settings: Settings) -> Result<Self, StartError> {
-        let mut router = ToolRouter::new();
-        let mut disabled = HashMap::new();
-        for r in all_routes() {
-            if settings.config.tools.disabled_groups.contains(&r.group) {
-                disabled.insert(r.route.name().to_string(), r.group);
-            } else {
-                router.add_route(r.route);
-            }
-        }
+        let tools = registry::Registry::new(all_routes(), &settings.config.tools.disabled_groups);
         let mut key = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
         let codec = RequestStateCodec::try_new(key.to_vec())?;
@@ -193,8 +183,7 @@ impl Coordinator {
                 answered: tokio::sync::watch::Sender::new(false),
                 session_id,
                 os_user: crate::audit::Actor::os_user().id,
-                router,
-                disabled,
+                tools,
             }),
         })
     }
@@ -248,7 +237,7 @@ impl Coordinator {
     }
 
     pub fn enabled_tool_count(&self) -> usize {
-        self.inner.router.list_all().len()
+        self.inner.tools.enabled_count()
     }
 
     /// Runs short store work (a few indexed reads, or one small write transaction) right here.
@@ -302,7 +291,7 @@ impl Coordinator {
     }
 
     fn unknown_tool(&self, name: &str) -> ErrorData {
-        match self.inner.disabled.get(name) {
+        match self.inner.tools.disabled_group(name) {
             Some(group) => ErrorData::invalid_params(
                 format!(
                     "tool `{name}` is switched off: its group `{}` is listed in tools.disabled_groups of the config file",
@@ -353,7 +342,7 @@ impl ServerHandler for Coordinator {
     ) -> Result<ListToolsResult, ErrorData> {
         let modern =
             session::era_of(context.protocol_version().as_ref()) == session::Era::Stateless;
-        let mut tools = self.inner.router.list_all();
+        let mut tools = Vec::clone(&self.inner.tools.definitions());
         if !self
             .inner
             .settings
@@ -499,7 +488,7 @@ impl ServerHandler for Coordinator {
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.inner.router.get(name).cloned().or_else(|| {
+        self.inner.tools.definition(name).or_else(|| {
             self.inner
                 .instances
                 .resolve_exposed(name)
@@ -543,11 +532,8 @@ impl ServerHandler for Coordinator {
         let call = Call::from_context(&context, self);
         let arguments = request.arguments.clone().map(serde_json::Value::Object);
         let mut proxied = false;
-        let result = if self.inner.router.has_route(&name) {
-            self.inner
-                .router
-                .call(ToolCallContext::new(self, request, context))
-                .await
+        let result = if let Some(handler) = self.inner.tools.handler(&name) {
+            handler(ToolCallContext::new(self, request, context)).await
         } else if let Some(target) = self.proxy_target(&name) {
             proxied = true;
             let mut call = call.clone();

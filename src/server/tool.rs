@@ -3,10 +3,10 @@
 //! and the structured `{code, message, details, retryable}` error of a domain failure.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use rmcp::ErrorData;
-use rmcp::handler::server::router::tool::ToolRoute;
 use rmcp::handler::server::tool::{ToolCallContext, schema_for_input, schema_for_output};
 use rmcp::model::{
     CallToolResponse, CallToolResult, CreateTaskResult, InputRequiredResult, JsonObject, Tool,
@@ -102,6 +102,7 @@ pub fn invalid_field(tool: &str, field: &str, expected: impl std::fmt::Display) 
 }
 
 /// Static facts about a tool.
+#[derive(Clone, Copy)]
 pub struct ToolSpec {
     pub name: &'static str,
     pub title: &'static str,
@@ -147,10 +148,39 @@ pub fn spec(
     }
 }
 
-/// A route plus the group it belongs to (for switching groups off).
+/// The call half of a route: parses the arguments, runs the handler and maps its result.
+pub type Handler = Arc<
+    dyn Fn(
+            ToolCallContext<'_, Coordinator>,
+        ) -> Pin<Box<dyn Future<Output = Result<CallToolResponse, ErrorData>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A tool: its static facts, how to build its definition, and how to call it.
+///
+/// The definition (schemas generated from the Rust types, made portable) is built only when
+/// asked for: for every tool at once that is most of a cold start's own work, and a client
+/// that never lists tools never needs it.
 pub struct Route {
-    pub group: ToolGroup,
-    pub route: ToolRoute<Coordinator>,
+    pub spec: ToolSpec,
+    define: fn(&ToolSpec) -> Tool,
+    pub call: Handler,
+}
+
+impl Route {
+    pub fn name(&self) -> &'static str {
+        self.spec.name
+    }
+
+    pub fn group(&self) -> ToolGroup {
+        self.spec.group
+    }
+
+    /// The tool definition clients see in `tools/list`.
+    pub fn definition(&self) -> Tool {
+        (self.define)(&self.spec)
+    }
 }
 
 /// What a tool that may need input from a person returns.
@@ -188,27 +218,9 @@ where
     F: Fn(Coordinator, In, Call) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Reply<Out>, Failure>> + Send + 'static,
 {
-    let input_schema = match schema_for_input::<In>() {
-        Ok(s) => s,
-        // The input types are ours and are all objects; an error here is a bug caught by tests.
-        Err(e) => Arc::new(
-            json!({"type": "object", "description": e})
-                .as_object()
-                .cloned()
-                .unwrap_or_default(),
-        ),
-    };
-    let tool = Tool::new(
-        spec.name,
-        spec.description.trim(),
-        portable_schema(&input_schema),
-    )
-    .with_title(spec.title)
-    .with_raw_output_schema(portable_schema(&schema_for_output::<Out>()))
-    .with_annotations(spec.annotations());
     let name = spec.name;
     let handler = Arc::new(handler);
-    let route = ToolRoute::new_dyn(tool, move |ctx: ToolCallContext<'_, Coordinator>| {
+    let call: Handler = Arc::new(move |ctx: ToolCallContext<'_, Coordinator>| {
         let handler = handler.clone();
         let coordinator = ctx.service.clone();
         let mut call = Call::from_context(&ctx.request_context, &coordinator);
@@ -235,9 +247,33 @@ where
         })
     });
     Route {
-        group: spec.group,
-        route,
+        spec,
+        define: definition::<In, Out>,
+        call,
     }
+}
+
+/// A tool's definition: input and output schemas from `In` and `Out`, description, title and
+/// annotations from `spec`.
+fn definition<In: JsonSchema + 'static, Out: JsonSchema + 'static>(spec: &ToolSpec) -> Tool {
+    let input_schema = match schema_for_input::<In>() {
+        Ok(s) => s,
+        // The input types are ours and are all objects; an error here is a bug caught by tests.
+        Err(e) => Arc::new(
+            json!({"type": "object", "description": e})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        ),
+    };
+    Tool::new(
+        spec.name,
+        spec.description.trim(),
+        portable_schema(&input_schema),
+    )
+    .with_title(spec.title)
+    .with_raw_output_schema(portable_schema(&schema_for_output::<Out>()))
+    .with_annotations(spec.annotations())
 }
 
 /// Formats JSON Schema 2020-12 defines; schemars adds Rust ones (`uint64`, `int32`, `double`)

@@ -253,7 +253,8 @@ impl Store {
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self
             .lock()
-            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+            .prepare_cached("PRAGMA user_version")?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// The number of migrations this build knows.
@@ -264,8 +265,13 @@ impl Store {
     /// A cheap health probe: the journal mode and a trivial query.
     pub fn health(&self) -> Result<String, StoreError> {
         let conn = self.lock();
-        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0))?;
-        let one: i64 = conn.query_row("SELECT 1", [], |r| r.get(0))?;
+        // Cached statements: `coordinator_status` asks on every call.
+        let mode: String = conn
+            .prepare_cached("PRAGMA journal_mode")?
+            .query_row([], |r| r.get(0))?;
+        let one: i64 = conn
+            .prepare_cached("SELECT 1")?
+            .query_row([], |r| r.get(0))?;
         if one != 1 {
             return Ok("degraded".into());
         }

@@ -1,0 +1,75 @@
+//! The tools this process offers: their routes by name, the ones the config switched off, and
+//! their definitions, built the first time a client lists them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use rmcp::model::Tool;
+
+use super::tool::{Handler, Route};
+use crate::config::ToolGroup;
+
+/// The enabled tools of this process and the switched-off ones.
+pub struct Registry {
+    routes: HashMap<&'static str, Route>,
+    /// Tools switched off by config, with the group that switched them off.
+    disabled: HashMap<&'static str, ToolGroup>,
+    /// The enabled tools' definitions, sorted by name; built on first use (generating every
+    /// schema is most of what a cold start would otherwise spend before answering).
+    definitions: OnceLock<Arc<Vec<Tool>>>,
+}
+
+impl Registry {
+    /// `routes`, less those in a group listed in `disabled_groups`.
+    pub fn new(routes: Vec<Route>, disabled_groups: &[ToolGroup]) -> Self {
+        let mut enabled = HashMap::with_capacity(routes.len());
+        let mut disabled = HashMap::new();
+        for r in routes {
+            if disabled_groups.contains(&r.group()) {
+                disabled.insert(r.name(), r.group());
+            } else {
+                enabled.insert(r.name(), r);
+            }
+        }
+        Registry {
+            routes: enabled,
+            disabled,
+            definitions: OnceLock::new(),
+        }
+    }
+
+    /// The handler of an enabled tool.
+    pub fn handler(&self, name: &str) -> Option<&Handler> {
+        self.routes.get(name).map(|r| &r.call)
+    }
+
+    /// The group that switched `name` off, if the config did.
+    pub fn disabled_group(&self, name: &str) -> Option<ToolGroup> {
+        self.disabled.get(name).copied()
+    }
+
+    /// How many tools are enabled.
+    pub fn enabled_count(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Every enabled tool's definition, sorted by name.
+    pub fn definitions(&self) -> Arc<Vec<Tool>> {
+        self.definitions
+            .get_or_init(|| {
+                let mut tools: Vec<Tool> = self.routes.values().map(Route::definition).collect();
+                tools.sort_by(|a, b| a.name.cmp(&b.name));
+                Arc::new(tools)
+            })
+            .clone()
+    }
+
+    /// One enabled tool's definition.
+    pub fn definition(&self, name: &str) -> Option<Tool> {
+        self.routes.get(name)?;
+        let all = self.definitions();
+        all.binary_search_by(|t| t.name.as_ref().cmp(name))
+            .ok()
+            .map(|i| all[i].clone())
+    }
+}
