@@ -773,10 +773,7 @@ fn register_agent(tasks: &TaskService, name: &str) -> String {
 }
 
 fn completed() -> Report {
-    Report {
-        result: Some(json!({"exit_code": 0, "stdout": ""})),
-        ..Report::default()
-    }
+    Report::Result(json!({"exit_code": 0, "stdout": ""}))
 }
 
 /// Claims one task; `None` when the queue is empty.
