@@ -482,8 +482,13 @@ async fn task_claim(c: Coordinator, i: ClaimInput, call: Call) -> Result<Claimed
     let until = Instant::now() + Duration::from_secs_f64(wait);
     let fail = |e| task_failure("task_claim", e);
     let reason = loop {
-        // Read before claiming, so a task queued during the claim is not slept through.
-        let seen = c.tasks().version().map_err(fail)?;
+        // Read before claiming, so a task queued during the claim is not slept through; only
+        // when there is time left to wait (a plain claim does not touch the watch connection).
+        let seen = if Instant::now() < until {
+            Some(c.tasks().version().map_err(fail)?)
+        } else {
+            None
+        };
         let (token, load) = (i.token.clone(), i.load);
         match c
             .blocking(move |c| c.tasks().claim_many(&token, load, max as usize))
@@ -497,7 +502,8 @@ async fn task_claim(c: Coordinator, i: ClaimInput, call: Call) -> Result<Claimed
                     reason: None,
                 });
             }
-            Err(NoTask::QueueEmpty) if Instant::now() < until => {
+            Err(NoTask::QueueEmpty) if seen.is_some() && Instant::now() < until => {
+                let seen = seen.unwrap_or_default();
                 tokio::select! {
                     waited = c.tasks().wait_for_change(seen, until) => waited.map_err(fail)?,
                     () = call.cancel.cancelled() => break NoTask::QueueEmpty,
