@@ -988,44 +988,49 @@ impl TaskService {
     pub fn sweep(&self) -> Result<(usize, usize), TaskError> {
         let now = now_ms();
         let interval = self.agents.config().heartbeat_interval_ms as i64;
-        self.store().write(|tx| {
-            let system = Actor::system();
-            let expired = sql::expired_leases(tx, now)?;
-            for t in &expired {
-                self.append(
-                    tx,
-                    event(
-                        system.clone(),
-                        Action::TaskTimedOut,
-                        &t.id,
-                        json!({"leased_by": t.leased_by, "attempt": t.attempts}),
-                    ),
-                )?;
-                self.retry_or_bury(
-                    tx,
-                    t,
-                    "lease expired before the agent reported a result",
-                    &system,
-                    now,
-                )?;
-            }
-            let mut orphaned = 0;
-            for agent in agent_sql::silent_since(tx, now - 5 * interval)? {
-                for t in sql::held_by(tx, &agent)? {
-                    sql::requeue(tx, &t.id, now, None, true, false, now)?;
+        // Lazily, like a claim: a sweep that finds nothing (almost all of them) takes no write
+        // lock, so idle coordinators sharing a file do not queue behind each other's sweeps.
+        self.store().write_lazily(
+            |tx| {
+                let system = Actor::system();
+                let expired = sql::expired_leases(tx, now)?;
+                for t in &expired {
                     self.append(
                         tx,
                         event(
                             system.clone(),
-                            Action::TaskRequeued,
+                            Action::TaskTimedOut,
                             &t.id,
-                            json!({"why": "agent offline", "agent": agent}),
+                            json!({"leased_by": t.leased_by, "attempt": t.attempts}),
                         ),
                     )?;
-                    orphaned += 1;
+                    self.retry_or_bury(
+                        tx,
+                        t,
+                        "lease expired before the agent reported a result",
+                        &system,
+                        now,
+                    )?;
                 }
-            }
-            Ok((expired.len(), orphaned))
-        })
+                let mut orphaned = 0;
+                for agent in agent_sql::silent_since(tx, now - 5 * interval)? {
+                    for t in sql::held_by(tx, &agent)? {
+                        sql::requeue(tx, &t.id, now, None, true, false, now)?;
+                        self.append(
+                            tx,
+                            event(
+                                system.clone(),
+                                Action::TaskRequeued,
+                                &t.id,
+                                json!({"why": "agent offline", "agent": agent}),
+                            ),
+                        )?;
+                        orphaned += 1;
+                    }
+                }
+                Ok((expired.len(), orphaned))
+            },
+            TaskError::is_busy,
+        )
     }
 }
