@@ -786,10 +786,7 @@ fn register_agent(tasks: &TaskService, name: &str) -> String {
 }
 
 fn completed() -> Report {
-    Report {
-        result: Some(json!({"exit_code": 0, "stdout": ""})),
-        ..Report::default()
-    }
+    Report::Result(json!({"exit_code": 0, "stdout": ""}))
 }
 
 /// Claims one task; `None` when the queue is empty.
@@ -1168,6 +1165,67 @@ fn claim_breakdown(path: &Path, depth: usize) {
     );
 }
 
+/// WAL appended by each step of a task (submit, claim, report), read off the size of the
+/// `-wal` file with automatic checkpoints off, on a queue warmed by `warm` tasks; and by one
+/// audit event alone in its own transaction, for the audit log's share.
+fn wal_per_step(path: &Path, warm: usize) {
+    let (tasks, _) = task_service(path);
+    let token = register_agent(&tasks, "wal");
+    let by = submitter();
+    let wal = PathBuf::from(format!("{}-wal", path.display()));
+    let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    let step = |i: usize, sizes: &mut [u64; 3]| {
+        let s0 = size();
+        tasks.submit(mixed_task(i, false), &by).expect("submit");
+        let s1 = size();
+        let task = claim_one(&tasks, &token).expect("queue ran dry");
+        let s2 = size();
+        tasks.report(&token, &task.id, completed()).expect("report");
+        let s3 = size();
+        sizes[0] += s1 - s0;
+        sizes[1] += s2 - s1;
+        sizes[2] += s3 - s2;
+    };
+    let mut ignored = [0; 3];
+    for i in 0..warm {
+        step(i, &mut ignored);
+    }
+    let store = tasks.agents().audit().store().clone();
+    let page: u64 = {
+        let conn = store.lock();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA wal_autocheckpoint = 0;")
+            .expect("checkpoint");
+        conn.pragma_query_value(None, "page_size", |r| r.get(0))
+            .expect("page_size")
+    };
+    let n = 1_000;
+    let mut sizes = [0; 3];
+    for i in 0..n {
+        step(warm + i, &mut sizes);
+    }
+    let audit = tasks.agents().audit().clone();
+    let before = size();
+    for _ in 0..n {
+        let mut e = event();
+        e.subject = format!("tsk_{}", uuid::Uuid::new_v4().simple());
+        audit.record(e).expect("record");
+    }
+    let audit_bytes = size() - before;
+    let frame = (page + 24) as f64;
+    let total: u64 = sizes.iter().sum();
+    println!(
+        "   (info) WAL per task after {warm} tasks ({page}-byte pages, checkpoints off): {:.1} KB \
+         = {:.1} frames (submit {:.1}, claim {:.1}, report {:.1}); one audit event alone in its \
+         transaction {:.1} frames",
+        total as f64 / n as f64 / 1024.0,
+        total as f64 / n as f64 / frame,
+        sizes[0] as f64 / n as f64 / frame,
+        sizes[1] as f64 / n as f64 / frame,
+        sizes[2] as f64 / n as f64 / frame,
+        audit_bytes as f64 / n as f64 / frame,
+    );
+}
+
 fn bench_task_throughput(counts: &Counts, dir: &Path) {
     println!(
         "\n== 6. Task queue throughput (TaskService, SQLite file in WAL mode, \
@@ -1189,6 +1247,7 @@ fn bench_task_throughput(counts: &Counts, dir: &Path) {
     );
     task_throughput(counts.tasks, 1, &dir.join("throughput-nockpt.db"), false);
     claim_breakdown(&dir.join("breakdown.db"), 2_000);
+    wal_per_step(&dir.join("wal.db"), counts.tasks.min(20_000));
 }
 
 /// Sorted claim latencies at one queue depth.

@@ -34,8 +34,9 @@ claimed and run here.
 
 The worker registers with `agent_register` (type worker, one capability), heartbeats every \
 heartbeat_interval_ms with its load (tasks in flight / --concurrency), claims tasks with \
-`task_claim` (backing off from 200 ms to 1 s while the queue is empty), runs them, and reports \
-progress and the outcome with `task_report`.
+`task_claim`, runs them, and reports progress and the outcome with `task_report`. While the \
+queue is empty it long-polls: each claim waits up to 10 s (`wait_seconds`) and returns as soon \
+as a task is queued, so a new task starts within milliseconds and an idle worker costs nothing.
 
 Task kinds it runs (results also name the worker):
   sum        params {\"numbers\": [1, 2, 3]}   result {\"sum\": 6}
@@ -117,7 +118,10 @@ struct Args {
 
 /// How long one tool call may take before the worker gives up on it.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Backoff while the queue is empty: starts here, doubles per empty claim...
+/// How long one claim waits for a task (`wait_seconds`): well inside [`CALL_TIMEOUT`].
+const LONG_POLL_SECONDS: u64 = 10;
+/// Backoff when a claim is refused for another reason (load above the ceiling, draining) or
+/// fails: starts here, doubles per claim...
 const IDLE_MIN: Duration = Duration::from_millis(200);
 /// ...up to this.
 const IDLE_MAX: Duration = Duration::from_millis(1000);
@@ -688,7 +692,25 @@ async fn work(
         // None: wait for a running task to end (or a signal).
         let mut wait = None;
         if quota_left && running.len() < shared.concurrency {
-            match claim(shared).await {
+            // A long poll: keep counting tasks that end meanwhile, and stop at a signal (a
+            // task leased to this agent as it stops goes back to the queue when it
+            // deregisters).
+            let claimed = {
+                let claiming = claim(shared);
+                tokio::pin!(claiming);
+                loop {
+                    tokio::select! {
+                        claimed = &mut claiming => break Some(claimed),
+                        () = shutdown.cancelled() => break None,
+                        Some(joined) = running.join_next(), if !running.is_empty() => {
+                            counts.record(joined);
+                            shared.in_flight.store(running.len(), Ordering::SeqCst);
+                        }
+                    }
+                }
+            };
+            let Some(claimed) = claimed else { continue };
+            match claimed {
                 Ok(Ok(task)) => {
                     failures = 0;
                     idle = IDLE_MIN;
@@ -696,6 +718,13 @@ async fn work(
                     let span = tracing::info_span!("task", id = %task.id, kind = %task.kind);
                     running.spawn(run_task(shared.clone(), task, abandon.clone()).instrument(span));
                     shared.in_flight.store(running.len(), Ordering::SeqCst);
+                    continue;
+                }
+                Ok(Err(reason)) if reason == "queue_empty" => {
+                    // The coordinator already waited for a task: claim again at once.
+                    failures = 0;
+                    idle = IDLE_MIN;
+                    tracing::trace!("no task within {LONG_POLL_SECONDS} s");
                     continue;
                 }
                 Ok(Err(reason)) => {
@@ -777,7 +806,12 @@ async fn claim(shared: &Shared) -> anyhow::Result<Result<Task, String>> {
         shared.heartbeat().await?;
     }
     let claimed: Claimed = serde_json::from_value(
-        call(&shared.peer, "task_claim", json!({"token": shared.token()})).await?,
+        call(
+            &shared.peer,
+            "task_claim",
+            json!({"token": shared.token(), "wait_seconds": LONG_POLL_SECONDS}),
+        )
+        .await?,
     )
     .context("task_claim returned an unexpected shape")?;
     match claimed.task {

@@ -1529,3 +1529,223 @@ async fn a_claim_can_lease_several_tasks_in_dispatch_order() {
     assert_eq!(events(&c, "task.leased", &urgent).await.len(), 1);
     verify_chain(&c).await;
 }
+
+/// A report carrying the key `result` completes the task, whatever the value (`null` too); a
+/// report carries exactly one kind, and an argument error names the field that breaks that.
+#[tokio::test]
+async fn a_null_result_completes_the_task_and_a_report_is_one_kind() {
+    for era in ERAS {
+        let dir = data_dir();
+        let c = start(dir.path(), CALM, era).await;
+        let w = register(&c, "nuller", &[]).await;
+        let id = submit(&c, json!({"kind": "noop", "max_retries": 0})).await;
+        claim_task(&c, &w).await;
+        for (fields, field) in [
+            (json!({}), "result"),
+            (json!({"result": 1, "error": {"message": "x"}}), "error"),
+            (json!({"result": null, "error": {"message": "x"}}), "error"),
+            (json!({"result": null, "progress": 0.5}), "progress"),
+            (json!({"result": {}, "message": "done"}), "message"),
+            (
+                json!({"error": {"message": "x"}, "progress": 1.0}),
+                "progress",
+            ),
+        ] {
+            let mut args = json!({"token": w.token, "task_id": id});
+            args.as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            let m = protocol_error(&c, "task_report", args).await;
+            assert!(m.contains(&format!("`{field}`")), "{fields}: {m}");
+            assert!(m.contains("exactly one of"), "{fields}: {m}");
+        }
+        assert_eq!(get(&c, &id).await["status"], "leased");
+
+        let done = report(&c, &w, &id, json!({"result": null})).await;
+        assert_eq!(done["status"], "completed", "{done:#}");
+        assert!(done["result"].is_null());
+        assert!(done["leased_by"].is_null());
+        let stored = get(&c, &id).await;
+        assert_eq!(stored["status"], "completed", "{stored:#}");
+        assert!(stored["finished_at"].is_string());
+        assert_eq!(
+            task_actions(&c, &id).await,
+            ["task.submitted", "task.leased", "task.completed"]
+        );
+        // Completed means completed: the lease is gone, a late report is refused.
+        let e = tool_error(
+            &c,
+            "task_report",
+            json!({"token": w.token, "task_id": id, "progress": 0.5}),
+        )
+        .await;
+        assert_eq!(e["code"], "not_leaseholder", "{e:#}");
+        c.cancel().await.unwrap();
+    }
+}
+
+/// The newest audit sequence number and the database's data_version, read on a connection of
+/// the test's own (data_version changes when any other connection commits).
+fn db_marks(db: &rusqlite::Connection) -> (i64, i64) {
+    let seq = db
+        .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let version = db
+        .pragma_query_value(None, "data_version", |r| r.get(0))
+        .unwrap();
+    (seq, version)
+}
+
+/// Idle workers polling fill nothing: a claim that finds no task commits nothing (no write
+/// transaction reaches the database, no audit event), with or without a `load` it already
+/// reported. A claim that finds a task is audited as before.
+#[tokio::test]
+async fn idle_claims_write_nothing() {
+    for era in ERAS {
+        let dir = data_dir();
+        let c = start(dir.path(), CALM, era).await;
+        let w = register(&c, "idler", &["etl"]).await;
+        heartbeat(&c, &w, 0.25, "ready").await;
+        // Queued, but not for this agent.
+        let foreign = submit(&c, json!({"kind": "k", "capabilities": ["gpu"]})).await;
+        let db = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
+        let before = db_marks(&db);
+        for i in 0..100 {
+            let args = if i % 2 == 0 {
+                json!({"token": w.token})
+            } else {
+                json!({"token": w.token, "load": 0.25})
+            };
+            let r = call_ok(&c, "task_claim", args).await;
+            assert_eq!(r["reason"], "queue_empty", "{r:#}");
+        }
+        assert_eq!(
+            db_marks(&db),
+            before,
+            "100 idle claims changed the database (audit seq, data_version)"
+        );
+
+        let id = submit(&c, json!({"kind": "k", "capabilities": ["etl"]})).await;
+        claim_task(&c, &w).await;
+        assert_eq!(events(&c, "task.leased", &id).await.len(), 1);
+        let claims = events(&c, "tool.call", "task_claim").await;
+        assert_eq!(
+            claims.len(),
+            1,
+            "only the claim that leased a task: {claims:#?}"
+        );
+        assert_eq!(get(&c, &foreign).await["status"], "queued");
+        verify_chain(&c).await;
+        c.cancel().await.unwrap();
+    }
+}
+
+/// `wait_seconds` turns a claim into a long poll: it returns as soon as another coordinator
+/// process on the same database queues a task for this agent (within 100 ms plus what a debug
+/// build on a busy machine adds), or empty when the time is up, having written nothing.
+#[tokio::test]
+async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task() {
+    let dir = data_dir();
+    let worker_side = start(dir.path(), CALM, Era::Legacy).await;
+    let other = start(dir.path(), CALM, Era::Stateless).await;
+    let w = register(&worker_side, "long-poller", &["etl"]).await;
+    for bad in [60.5, -1.0] {
+        let m = protocol_error(
+            &worker_side,
+            "task_claim",
+            json!({"token": w.token, "wait_seconds": bad}),
+        )
+        .await;
+        assert!(m.contains("`wait_seconds`") && m.contains("0 to 60"), "{m}");
+    }
+
+    // Nothing comes: the poll lasts its time, returns empty and leaves no trace.
+    let db = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
+    let before = db_marks(&db);
+    let started = Instant::now();
+    let r = call_ok(
+        &worker_side,
+        "task_claim",
+        json!({"token": w.token, "wait_seconds": 1.5}),
+    )
+    .await;
+    let waited = started.elapsed();
+    assert_eq!(r["reason"], "queue_empty", "{r:#}");
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_millis(2500)).contains(&waited),
+        "{waited:?}"
+    );
+    assert_eq!(
+        db_marks(&db).0,
+        before.0,
+        "an empty long poll left audit events"
+    );
+
+    // A task aimed at someone else does not end the wait; one for this agent does, at once.
+    let bystander = register(&other, "bystander", &["etl"]).await;
+    let mut latencies = Vec::new();
+    for round in 0..5 {
+        let peer = worker_side.peer().clone();
+        let token = w.token.clone();
+        let poll = tokio::spawn(async move {
+            let r = call_ok(
+                &peer,
+                "task_claim",
+                json!({"token": token, "wait_seconds": 20}),
+            )
+            .await;
+            (r, Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        submit(
+            &other,
+            json!({"kind": "k", "capabilities": ["etl"], "target_agent_id": bystander.id}),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !poll.is_finished(),
+            "round {round}: woke for another agent's task"
+        );
+        let submitting = Instant::now();
+        let id = submit(&other, json!({"kind": "k", "capabilities": ["etl"]})).await;
+        let (r, claimed_at) = poll.await.unwrap();
+        assert_eq!(r["task"]["id"], id.as_str(), "round {round}: {r:#}");
+        assert_eq!(r["task"]["leased_by"], w.id.as_str());
+        latencies.push(claimed_at.saturating_duration_since(submitting));
+    }
+    latencies.sort();
+    eprintln!("long poll: submit (other process) to claim returned: {latencies:?}");
+    assert!(
+        latencies[2] < Duration::from_millis(150) && latencies[4] < Duration::from_millis(400),
+        "long polls returned {latencies:?} after the submit began"
+    );
+
+    // A task that becomes claimable by time alone (not_before) is noticed too.
+    let soon = (OffsetDateTime::now_utc() + Duration::from_millis(600))
+        .format(&Rfc3339)
+        .unwrap();
+    let id = submit(
+        &other,
+        json!({"kind": "k", "capabilities": ["etl"], "not_before": soon}),
+    )
+    .await;
+    let started = Instant::now();
+    let r = call_ok(
+        &worker_side,
+        "task_claim",
+        json!({"token": w.token, "wait_seconds": 10}),
+    )
+    .await;
+    assert_eq!(r["task"]["id"], id.as_str(), "{r:#}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    verify_chain(&worker_side).await;
+    worker_side.cancel().await.unwrap();
+    other.cancel().await.unwrap();
+}

@@ -296,6 +296,49 @@ async fn two_workers_share_the_queue_and_leave_cleanly() {
         assert_eq!(agents[name]["health"], "active", "{agents:#?}\n{logs}");
     }
 
+    // Idle workers long-poll: a task submitted to them is leased within milliseconds (two
+    // workers polling with a backoff up to 1 s took up to that long, a third of a second on
+    // average).
+    let mut pickup = Vec::new();
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let id = submit(&client, "sum", json!({"numbers": [2, 2]}), json!({})).await;
+        let start = Instant::now();
+        while common::call_ok(&client, "task_get", json!({"task_id": id})).await["status"]
+            != "completed"
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{}",
+                all_logs(&workers)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let at = |action: &'static str| {
+            let client = client.peer().clone();
+            let id = id.clone();
+            async move {
+                let page = common::call_ok(
+                    &client,
+                    "audit_query",
+                    json!({"action": action, "subject": id}),
+                )
+                .await;
+                let ts = page["events"][0]["ts"].as_str().unwrap().to_string();
+                time::OffsetDateTime::parse(&ts, &time::format_description::well_known::Rfc3339)
+                    .unwrap()
+            }
+        };
+        pickup.push(at("task.leased").await - at("task.submitted").await);
+    }
+    assert!(
+        pickup
+            .iter()
+            .all(|d| *d < time::Duration::milliseconds(200)),
+        "idle workers took {pickup:?} to lease a new task\n{}",
+        all_logs(&workers)
+    );
+
     // A task still running at SIGINT is handed back after the grace period.
     let long = submit(&client, "sleep", json!({"ms": 60_000}), json!({})).await;
     let start = Instant::now();

@@ -525,10 +525,12 @@ impl ServerHandler for Coordinator {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        context: RequestContext<RoleServer>,
+        mut context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let started = Instant::now();
         let name = request.name.to_string();
+        let quiet = session::Quiet::default();
+        context.extensions.insert(quiet.clone());
         let call = Call::from_context(&context, self);
         let arguments = request.arguments.clone().map(serde_json::Value::Object);
         let mut proxied = false;
@@ -551,6 +553,7 @@ impl ServerHandler for Coordinator {
                     .and_then(|s| s.get("code"))
                     .cloned(),
             ),
+            Ok(_) if quiet.is_set() => return result,
             Ok(_) => (Outcome::Ok, None),
             Err(e) => (Outcome::Invalid, Some(json!(e.message))),
         };

@@ -2,6 +2,8 @@
 //! `agent_deregister`, `task_submit`, `task_claim`, `task_report`, `task_get`, `task_list`,
 //! `task_cancel`, `task_requeue`, `queue_stats`, `queue_purge`.
 
+use std::time::{Duration, Instant};
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -14,7 +16,9 @@ use crate::agent::{
     Agent, AgentError, AgentStatus, AgentType, Health, NewAgent, Registration, Resources,
 };
 use crate::config::ToolGroup;
-use crate::task::{NewTask, NoTask, Priority, QueueStats, Report, Task, TaskError, TaskStatus};
+use crate::task::{
+    MAX_WAIT_SECONDS, NewTask, NoTask, Priority, QueueStats, Report, Task, TaskError, TaskStatus,
+};
 
 pub fn routes() -> Vec<Route> {
     use ToolGroup::{Agents, Tasks};
@@ -441,6 +445,10 @@ pub struct ClaimInput {
     /// slots; they come in dispatch order.
     #[schemars(range(min = 1, max = 100))]
     pub max_tasks: Option<u32>,
+    /// Long poll: when no task is there, wait up to this many seconds (0 to 60, default 0)
+    /// for one to be queued, by any coordinator on the database, and return it at once.
+    #[schemars(range(min = 0.0, max = 60.0))]
+    pub wait_seconds: Option<f64>,
 }
 
 /// What `task_claim` returns.
@@ -454,7 +462,7 @@ pub struct Claimed {
     pub reason: Option<NoTask>,
 }
 
-async fn task_claim(c: Coordinator, i: ClaimInput, _call: Call) -> Result<Claimed, Failure> {
+async fn task_claim(c: Coordinator, i: ClaimInput, call: Call) -> Result<Claimed, Failure> {
     let max = i.max_tasks.unwrap_or(1);
     if !(1..=100).contains(&max) {
         return Err(Failure::Protocol(invalid_field(
@@ -463,21 +471,54 @@ async fn task_claim(c: Coordinator, i: ClaimInput, _call: Call) -> Result<Claime
             format!("expected 1 to 100, got {max}"),
         )));
     }
-    c.blocking(move |c| c.tasks().claim_many(&i.token, i.load, max as usize))
-        .await?
-        .map(|r| match r {
-            Ok(tasks) => Claimed {
-                task: tasks.first().cloned(),
-                tasks,
-                reason: None,
-            },
-            Err(reason) => Claimed {
-                task: None,
-                tasks: Vec::new(),
-                reason: Some(reason),
-            },
-        })
-        .map_err(|e| task_failure("task_claim", e))
+    let wait = i.wait_seconds.unwrap_or(0.0);
+    if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) {
+        return Err(Failure::Protocol(invalid_field(
+            "task_claim",
+            "wait_seconds",
+            format!("expected 0 to {MAX_WAIT_SECONDS} seconds, got {wait}"),
+        )));
+    }
+    let until = Instant::now() + Duration::from_secs_f64(wait);
+    let fail = |e| task_failure("task_claim", e);
+    let reason = loop {
+        // Read before claiming, so a task queued during the claim is not slept through; only
+        // when there is time left to wait (a plain claim does not touch the watch connection).
+        let seen = if Instant::now() < until {
+            Some(c.tasks().version().map_err(fail)?)
+        } else {
+            None
+        };
+        let (token, load) = (i.token.clone(), i.load);
+        match c
+            .blocking(move |c| c.tasks().claim_many(&token, load, max as usize))
+            .await?
+            .map_err(fail)?
+        {
+            Ok(tasks) => {
+                return Ok(Claimed {
+                    task: tasks.first().cloned(),
+                    tasks,
+                    reason: None,
+                });
+            }
+            Err(NoTask::QueueEmpty) if seen.is_some() && Instant::now() < until => {
+                let seen = seen.unwrap_or_default();
+                tokio::select! {
+                    waited = c.tasks().wait_for_change(seen, until) => waited.map_err(fail)?,
+                    () = call.cancel.cancelled() => break NoTask::QueueEmpty,
+                }
+            }
+            Err(reason) => break reason,
+        }
+    };
+    // Nothing changed and nothing was handed out: no audit event (idle workers poll).
+    call.unaudited();
+    Ok(Claimed {
+        task: None,
+        tasks: Vec::new(),
+        reason: Some(reason),
+    })
 }
 
 /// An error reported by the agent.
@@ -490,32 +531,86 @@ pub struct ReportedError {
     pub retryable: Option<bool>,
 }
 
-/// Arguments of `task_report`.
+/// Arguments of `task_report`. A report carries exactly one kind: `result` (completes the
+/// task, whatever the value, `null` included), `error` (ends this attempt), or `progress`
+/// and/or `message` (still working; renews the lease).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportInput {
     /// The agent token; only the agent holding the lease may report.
     pub token: String,
     pub task_id: String,
-    /// Progress so far, 0 to 1.
+    /// Progress so far, 0 to 1 (a progress report; not with `result` or `error`).
     #[schemars(range(min = 0.0, max = 1.0))]
     pub progress: Option<f64>,
-    /// What it is doing now.
+    /// What it is doing now (a progress report; not with `result` or `error`).
     pub message: Option<String>,
-    /// The final result: completes the task.
+    /// The final result, any JSON value including `null`: completes the task. Present means
+    /// done; leave the key out for a progress report.
+    #[serde(default, deserialize_with = "present")]
+    #[schemars(transform = no_default)]
     pub result: Option<Value>,
-    /// The final error of this attempt.
+    /// The final error of this attempt (not with `result`).
     pub error: Option<ReportedError>,
 }
 
+/// Keeps a key that is present with `null` apart from an absent one (`#[serde(default)]`
+/// gives `None` for absent; this gives `Some(Value::Null)` for `null`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// Drops the `"default": null` schemars writes for `result`: leaving the key out is not the
+/// same as sending `null`.
+fn no_default(schema: &mut schemars::Schema) {
+    schema.remove("default");
+}
+
+impl ReportInput {
+    /// The one kind of report these arguments carry, or the field that breaks the rule.
+    fn into_report(self) -> Result<Report, (&'static str, String)> {
+        const KINDS: &str = "a report carries exactly one of `result` (completes the task), \
+                             `error` (ends the attempt) or `progress`/`message` (still working)";
+        let progress = self.progress.is_some() || self.message.is_some();
+        let progress_field = if self.progress.is_some() {
+            "progress"
+        } else {
+            "message"
+        };
+        match (self.result, self.error) {
+            (Some(_), Some(_)) => Err((
+                "error",
+                format!("{KINDS}; this one has `result` and `error`"),
+            )),
+            (Some(_), None) if progress => Err((
+                progress_field,
+                format!("{KINDS}; this one has `result` and `{progress_field}`"),
+            )),
+            (None, Some(_)) if progress => Err((
+                progress_field,
+                format!("{KINDS}; this one has `error` and `{progress_field}`"),
+            )),
+            (Some(result), None) => Ok(Report::Result(result)),
+            (None, Some(e)) => Ok(Report::Error {
+                message: e.message,
+                retryable: e.retryable.unwrap_or(true),
+            }),
+            (None, None) if progress => Ok(Report::Progress {
+                progress: self.progress,
+                message: self.message,
+            }),
+            (None, None) => Err(("result", format!("{KINDS}; this one has none"))),
+        }
+    }
+}
+
 async fn task_report(c: Coordinator, i: ReportInput, _call: Call) -> Result<Task, Failure> {
-    let report = Report {
-        progress: i.progress,
-        message: i.message,
-        result: i.result,
-        error: i.error.map(|e| (e.message, e.retryable.unwrap_or(true))),
-    };
-    c.blocking(move |c| c.tasks().report(&i.token, &i.task_id, report))
+    let token = i.token.clone();
+    let task_id = i.task_id.clone();
+    let report = i
+        .into_report()
+        .map_err(|(field, m)| Failure::Protocol(invalid_field("task_report", field, m)))?;
+    c.blocking(move |c| c.tasks().report(&token, &task_id, report))
         .await?
         .map_err(|e| task_failure("task_report", e))
 }

@@ -1,6 +1,9 @@
 //! Who is calling and how: the protocol era of the request (initialize handshake or stateless
 //! 2026-07-28), the client's name and version, and the handles a long tool call needs.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use rmcp::RoleServer;
 use rmcp::model::{InputResponses, ProgressNotificationParam, ProgressToken, ProtocolVersion};
 use rmcp::service::{Peer, RequestContext};
@@ -48,6 +51,19 @@ pub struct Call {
     pub request_state: Option<String>,
     /// MRTR retry (2026-07-28): the client's answers to the server's input requests.
     pub input_responses: Option<InputResponses>,
+    /// Set by [`Call::unaudited`]; shared with `call_tool`, which records the call.
+    quiet: Quiet,
+}
+
+/// Whether a call asked to leave no `tool.call` event (see [`Call::unaudited`]). `call_tool`
+/// puts one in the request's extensions and reads it after the handler ran.
+#[derive(Clone, Default)]
+pub struct Quiet(Arc<AtomicBool>);
+
+impl Quiet {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
 }
 
 impl Call {
@@ -77,7 +93,14 @@ impl Call {
             progress_token: ctx.meta.get_progress_token(),
             request_state: None,
             input_responses: None,
+            quiet: ctx.extensions.get::<Quiet>().cloned().unwrap_or_default(),
         }
+    }
+
+    /// Marks this call as one that changed and returned nothing (a claim that found no task):
+    /// it leaves no `tool.call` event, so idle workers polling do not fill the audit log.
+    pub fn unaudited(&self) {
+        self.quiet.0.store(true, Ordering::Relaxed);
     }
 
     /// Sends a progress notification if the client asked for them; failures are only logged

@@ -12,7 +12,8 @@ pub mod secret;
 pub mod task;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
@@ -36,6 +37,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0006_assessments.sql")),
     M::up(include_str!("migrations/0007_instances.sql")),
     M::up(include_str!("migrations/0008_overseer.sql")),
+    M::up(include_str!("migrations/0010_task_indexes.sql")),
 ];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
@@ -137,6 +139,11 @@ impl StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     location: Arc<Location>,
+    /// A second connection that only asks `PRAGMA data_version` (opened on first use), so
+    /// long polls notice commits of any process without touching the main connection.
+    watch: Arc<OnceLock<Mutex<Connection>>>,
+    /// Commits through this handle: what a `:memory:` database has instead of data_version.
+    commits: Arc<AtomicU64>,
 }
 
 /// Where the database lives.
@@ -187,6 +194,8 @@ impl Store {
         Ok(Store {
             conn: Arc::new(Mutex::new(conn)),
             location: Arc::new(location.clone()),
+            watch: Arc::new(OnceLock::new()),
+            commits: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -246,7 +255,66 @@ impl Store {
             .map_err(StoreError::from_sqlite)?;
         let value = f(&tx)?;
         tx.commit().map_err(StoreError::from_sqlite)?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(value)
+    }
+
+    /// Like [`write`](Self::write) for work that often writes nothing (a claim on an empty
+    /// queue): `f` runs in a DEFERRED transaction, which reads without the write lock and
+    /// takes it only at its first write, so a run that writes nothing never blocks another
+    /// writer, never waits for one, and adds nothing to the WAL. Upgrading a read to a write
+    /// fails at once with SQLITE_BUSY when another process holds the lock or wrote since `f`
+    /// began reading (SQLite does not wait there: waiting could deadlock); then `f` runs again
+    /// from the start under IMMEDIATE, as `write` would have. `busy` says whether an error of
+    /// `f` is that failure.
+    pub fn write_lazily<T, E>(
+        &self,
+        f: impl Fn(&rusqlite::Transaction<'_>) -> Result<T, E>,
+        busy: impl Fn(&E) -> bool,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        {
+            let mut conn = self.lock();
+            let before = conn.total_changes();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Deferred)
+                .map_err(StoreError::from_sqlite)?;
+            match f(&tx) {
+                Ok(value) => {
+                    let wrote = tx.total_changes() != before;
+                    tx.commit().map_err(StoreError::from_sqlite)?;
+                    if wrote {
+                        self.commits.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(value);
+                }
+                Err(e) if busy(&e) => {} // dropped: rolled back; try again below
+                Err(e) => return Err(e),
+            }
+        }
+        self.write(f)
+    }
+
+    /// A number that changes whenever any connection, in any process, commits a change to the
+    /// database (`PRAGMA data_version` on a connection of its own, for files; commits through
+    /// this handle, for `:memory:`). Cheap enough to poll every few milliseconds.
+    pub fn data_version(&self) -> Result<u64, StoreError> {
+        let local = self.commits.load(Ordering::Relaxed);
+        if matches!(*self.location, Location::Memory) {
+            return Ok(local);
+        }
+        let watch = match self.watch.get() {
+            Some(w) => w,
+            None => {
+                let conn = open_connection(&self.location)?;
+                self.watch.get_or_init(|| Mutex::new(conn))
+            }
+        };
+        let conn = watch.lock().unwrap_or_else(|p| p.into_inner());
+        let version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        Ok(version as u64)
     }
 
     /// The schema version (number of migrations applied).

@@ -269,10 +269,13 @@ pub fn expired_leases(conn: &Connection, now_ms: i64) -> Result<Vec<TaskRow>, St
         .map_err(StoreError::from_sqlite)
 }
 
-/// Tasks leased by this agent.
+/// Tasks leased by this agent. A lease sets `last_agent_id` to the holder as well, so the
+/// index of last agents finds them (there is no index of holders: one fewer page per claim and
+/// per completion).
 pub fn held_by(conn: &Connection, agent_id: &str) -> Result<Vec<TaskRow>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_holder WHERE t.leased_by = ?1"
+        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_agent
+         WHERE t.last_agent_id = ?1 AND t.leased_by = ?1"
     ))?;
     let rows = stmt.query_map([agent_id], from_row)?;
     rows.collect::<Result<Vec<_>, _>>()

@@ -6,6 +6,7 @@
 
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -18,6 +19,13 @@ use crate::macros::string_enum;
 use crate::store::agent as agent_sql;
 use crate::store::task::{self as sql, TaskRow};
 use crate::store::{Store, StoreError};
+
+/// How often a long-polling claim checks whether the database changed.
+pub const POLL: Duration = Duration::from_millis(10);
+/// How long a long-polling claim waits at most before it claims again anyway.
+pub const RECHECK: Duration = Duration::from_secs(1);
+/// The longest `wait_seconds` a claim may ask for.
+pub const MAX_WAIT_SECONDS: f64 = 60.0;
 
 /// `[tasks]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -190,13 +198,18 @@ pub struct NewTask {
     pub not_before_ms: Option<i64>,
 }
 
-/// An agent's report on its task.
-#[derive(Debug, Clone, Default)]
-pub struct Report {
-    pub progress: Option<f64>,
-    pub message: Option<String>,
-    pub result: Option<Value>,
-    pub error: Option<(String, bool)>,
+/// An agent's report on its task: exactly one kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// Still working: progress (0..1) and/or what it is doing now; renews the lease.
+    Progress {
+        progress: Option<f64>,
+        message: Option<String>,
+    },
+    /// Done: completes the task with this result, whatever it is (`null` included).
+    Result(Value),
+    /// This attempt failed; `retryable` sends it back to the queue while retries last.
+    Error { message: String, retryable: bool },
 }
 
 /// Why a claim returned no task.
@@ -248,6 +261,17 @@ pub enum TaskError {
         field: &'static str,
         message: String,
     },
+}
+
+impl TaskError {
+    /// Whether the database was busy (another process held the write lock, or wrote first).
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            TaskError::Store(StoreError::Busy(_))
+                | TaskError::Agent(AgentError::Store(StoreError::Busy(_)))
+        )
+    }
 }
 
 /// Told, inside the same write transaction, when a task reaches a final state (completed,
@@ -425,7 +449,10 @@ impl TaskService {
             });
         }
         let row = TaskRow {
-            id: format!("tsk_{}", uuid::Uuid::new_v4().simple()),
+            // Time-ordered (UUIDv7): a new task's entries in the id index and in the audit
+            // log's subject index land next to the previous task's, on a page that is already
+            // in cache, instead of on a random page of an index that grows with every task.
+            id: format!("tsk_{}", uuid::Uuid::now_v7().simple()),
             kind,
             params: new.params.to_string(),
             capabilities: serde_json::to_string(&caps).unwrap_or_else(|_| "[]".into()),
@@ -488,89 +515,127 @@ impl TaskService {
         }
         let now = now_ms();
         let cfg = self.agents.config().clone();
-        self.store().write(|tx| {
-            let mut me = self.agents.authenticate(tx, token)?;
-            if let Some(l) = load {
-                agent_sql::set_load(tx, &me.id, l)?;
-                me.load = l;
-            }
-            if me.status == AgentStatus::Draining.as_str() {
-                return Ok(Err(NoTask::Draining));
-            }
-            if me.load > cfg.load_ceiling {
-                return Ok(Err(NoTask::LoadAboveCeiling));
-            }
-            // Untargeted work goes first to the least-loaded capable agent: a task that a
-            // less-loaded, active agent could run is skipped until it has waited long enough.
-            let lighter: Vec<Vec<String>> = agent_sql::list_registered(tx)?
-                .into_iter()
-                .filter(|a| {
-                    a.id != me.id
-                        && a.load < me.load
-                        && a.load <= cfg.load_ceiling
-                        && a.status != AgentStatus::Draining.as_str()
-                        && self.agents.health_at(a.last_heartbeat_ms, now) == Health::Active
-                })
-                .map(|a| serde_json::from_str(&a.capabilities).unwrap_or_default())
-                .collect();
-            let actor = Actor::new(ActorKind::Agent, me.id.clone());
-            let max = max.max(1);
-            let mut leased = Vec::new();
-            let mut lease = |mut task: TaskRow| -> Result<bool, TaskError> {
-                let expires = now + task.timeout_ms;
-                if !sql::lease(tx, &task.id, &me.id, now, expires)? {
-                    return Ok(false);
+        // Lazily: a claim that finds nothing (an idle worker polling) writes nothing, so it
+        // neither waits for nor blocks other writers and adds nothing to the WAL.
+        self.store().write_lazily(
+            |tx| {
+                let mut me = self.agents.authenticate(tx, token)?;
+                if let Some(l) = load
+                    && l != me.load
+                {
+                    agent_sql::set_load(tx, &me.id, l)?;
+                    me.load = l;
                 }
-                self.append(
-                    tx,
-                    event(
-                        actor.clone(),
-                        Action::TaskLeased,
-                        &task.id,
-                        json!({"attempt": task.attempts + 1, "lease_expires_ms": expires}),
-                    ),
-                )?;
-                // What `sql::lease` wrote, without reading the row back.
-                task.status = TaskStatus::Leased.as_str().into();
-                task.leased_by = Some(me.id.clone());
-                task.last_agent_id = Some(me.id.clone());
-                task.lease_expires_ms = Some(expires);
-                task.attempts += 1;
-                task.updated_ms = now;
-                task.progress = None;
-                task.message = None;
-                leased.push(Task::from(task));
-                Ok(true)
-            };
-            // Aimed at this agent first, then untargeted work in dispatch order. With no
-            // lighter agent to defer to, one query fetches the whole batch.
-            let mut taken = 0;
-            for t in sql::targeted_candidates(tx, &me.id, &me.capabilities, now, max as i64)? {
-                taken += usize::from(lease(t)?);
-            }
-            if taken < max && lighter.is_empty() {
-                let rest =
-                    sql::open_candidates(tx, &me.capabilities, now, None, (max - taken) as i64)?;
-                for t in rest {
-                    lease(t)?;
+                if me.status == AgentStatus::Draining.as_str() {
+                    return Ok(Err(NoTask::Draining));
                 }
-            } else if taken < max {
-                while taken < max {
-                    let Some(t) = self.pick(tx, &me.id, &me.capabilities, &lighter, now)? else {
-                        break;
-                    };
-                    if !lease(t)? {
-                        break;
+                if me.load > cfg.load_ceiling {
+                    return Ok(Err(NoTask::LoadAboveCeiling));
+                }
+                // Untargeted work goes first to the least-loaded capable agent: a task that a
+                // less-loaded, active agent could run is skipped until it has waited long enough.
+                let lighter: Vec<Vec<String>> = agent_sql::list_registered(tx)?
+                    .into_iter()
+                    .filter(|a| {
+                        a.id != me.id
+                            && a.load < me.load
+                            && a.load <= cfg.load_ceiling
+                            && a.status != AgentStatus::Draining.as_str()
+                            && self.agents.health_at(a.last_heartbeat_ms, now) == Health::Active
+                    })
+                    .map(|a| serde_json::from_str(&a.capabilities).unwrap_or_default())
+                    .collect();
+                let actor = Actor::new(ActorKind::Agent, me.id.clone());
+                let max = max.max(1);
+                let mut leased = Vec::new();
+                let mut lease = |mut task: TaskRow| -> Result<bool, TaskError> {
+                    let expires = now + task.timeout_ms;
+                    if !sql::lease(tx, &task.id, &me.id, now, expires)? {
+                        return Ok(false);
                     }
-                    taken += 1;
+                    self.append(
+                        tx,
+                        event(
+                            actor.clone(),
+                            Action::TaskLeased,
+                            &task.id,
+                            json!({"attempt": task.attempts + 1, "lease_expires_ms": expires}),
+                        ),
+                    )?;
+                    // What `sql::lease` wrote, without reading the row back.
+                    task.status = TaskStatus::Leased.as_str().into();
+                    task.leased_by = Some(me.id.clone());
+                    task.last_agent_id = Some(me.id.clone());
+                    task.lease_expires_ms = Some(expires);
+                    task.attempts += 1;
+                    task.updated_ms = now;
+                    task.progress = None;
+                    task.message = None;
+                    leased.push(Task::from(task));
+                    Ok(true)
+                };
+                // Aimed at this agent first, then untargeted work in dispatch order. With no
+                // lighter agent to defer to, one query fetches the whole batch.
+                let mut taken = 0;
+                for t in sql::targeted_candidates(tx, &me.id, &me.capabilities, now, max as i64)? {
+                    taken += usize::from(lease(t)?);
                 }
+                if taken < max && lighter.is_empty() {
+                    let rest = sql::open_candidates(
+                        tx,
+                        &me.capabilities,
+                        now,
+                        None,
+                        (max - taken) as i64,
+                    )?;
+                    for t in rest {
+                        lease(t)?;
+                    }
+                } else if taken < max {
+                    while taken < max {
+                        let Some(t) = self.pick(tx, &me.id, &me.capabilities, &lighter, now)?
+                        else {
+                            break;
+                        };
+                        if !lease(t)? {
+                            break;
+                        }
+                        taken += 1;
+                    }
+                }
+                Ok(if leased.is_empty() {
+                    Err(NoTask::QueueEmpty)
+                } else {
+                    Ok(leased)
+                })
+            },
+            TaskError::is_busy,
+        )
+    }
+
+    /// A number that changes whenever anything is committed to the database, by any process:
+    /// read it before a claim, and [`wait_for_change`](Self::wait_for_change) after an empty
+    /// one.
+    pub fn version(&self) -> Result<u64, TaskError> {
+        Ok(self.store().data_version()?)
+    }
+
+    /// Resolves when the database changed since `seen` (a task may have been queued, by any
+    /// process), when `until` passes, or after [`RECHECK`] at the latest (tasks also become
+    /// claimable by time alone: `not_before`, retry backoff, the offer window). Polls the
+    /// change counter every [`POLL`]: a pragma, not a transaction.
+    pub async fn wait_for_change(&self, seen: u64, until: Instant) -> Result<(), TaskError> {
+        let until = until.min(Instant::now() + RECHECK);
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
             }
-            Ok(if leased.is_empty() {
-                Err(NoTask::QueueEmpty)
-            } else {
-                Ok(leased)
-            })
-        })
+            tokio::time::sleep(POLL.min(until - now)).await;
+            if self.version()? != seen {
+                return Ok(());
+            }
+        }
     }
 
     /// The next task this agent may take: aimed at it first, then untargeted in dispatch
@@ -675,18 +740,14 @@ impl TaskService {
 
     /// A report from the agent holding the task's lease: progress, a result, or an error.
     pub fn report(&self, token: &str, task_id: &str, report: Report) -> Result<Task, TaskError> {
-        if let Some(p) = report.progress
+        if let Report::Progress {
+            progress: Some(p), ..
+        } = report
             && (!(0.0..=1.0).contains(&p) || p.is_nan())
         {
             return Err(TaskError::Invalid {
                 field: "progress",
                 message: format!("expected 0 to 1, got {p}"),
-            });
-        }
-        if report.result.is_some() && report.error.is_some() {
-            return Err(TaskError::Invalid {
-                field: "error",
-                message: "report either a result or an error, not both".into(),
             });
         }
         let now = now_ms();
@@ -707,19 +768,21 @@ impl TaskService {
                 }));
             }
             let actor = Actor::new(ActorKind::Agent, me.id.clone());
-            if let Some((message, retryable)) = &report.error {
+            match report {
+            Report::Error { message, retryable } => {
                 self.append(
                     tx,
                     event(actor.clone(), Action::TaskFailed, task_id,
                           json!({"attempt": t.attempts, "error": message, "retryable": retryable})),
                 )?;
-                if *retryable {
-                    self.retry_or_bury(tx, &t, message, &actor, now)?;
+                if retryable {
+                    self.retry_or_bury(tx, &t, &message, &actor, now)?;
                 } else {
-                    sql::finish(tx, task_id, TaskStatus::Failed.as_str(), None, Some(message), now)?;
+                    sql::finish(tx, task_id, TaskStatus::Failed.as_str(), None, Some(&message), now)?;
                     self.finished(tx, task_id, TaskStatus::Failed)?;
                 }
-            } else if let Some(result) = &report.result {
+            }
+            Report::Result(result) => {
                 let result = result.to_string();
                 sql::finish(tx, task_id, TaskStatus::Completed.as_str(), Some(&result), None, now)?;
                 self.append(
@@ -737,11 +800,13 @@ impl TaskService {
                 done.updated_ms = now;
                 done.progress = Some(1.0);
                 return Ok(Task::from(done));
-            } else {
-                sql::progress(tx, task_id, report.progress, report.message.as_deref(), now)?;
+            }
+            Report::Progress { progress, message } => {
+                sql::progress(tx, task_id, progress, message.as_deref(), now)?;
                 if status == TaskStatus::Leased {
                     self.append(tx, event(actor, Action::TaskRunning, task_id, json!({})))?;
                 }
+            }
             }
             let row = sql::get(tx, task_id)?.ok_or_else(|| TaskError::NotFound(task_id.into()))?;
             Ok(Task::from(row))
@@ -923,44 +988,49 @@ impl TaskService {
     pub fn sweep(&self) -> Result<(usize, usize), TaskError> {
         let now = now_ms();
         let interval = self.agents.config().heartbeat_interval_ms as i64;
-        self.store().write(|tx| {
-            let system = Actor::system();
-            let expired = sql::expired_leases(tx, now)?;
-            for t in &expired {
-                self.append(
-                    tx,
-                    event(
-                        system.clone(),
-                        Action::TaskTimedOut,
-                        &t.id,
-                        json!({"leased_by": t.leased_by, "attempt": t.attempts}),
-                    ),
-                )?;
-                self.retry_or_bury(
-                    tx,
-                    t,
-                    "lease expired before the agent reported a result",
-                    &system,
-                    now,
-                )?;
-            }
-            let mut orphaned = 0;
-            for agent in agent_sql::silent_since(tx, now - 5 * interval)? {
-                for t in sql::held_by(tx, &agent)? {
-                    sql::requeue(tx, &t.id, now, None, true, false, now)?;
+        // Lazily, like a claim: a sweep that finds nothing (almost all of them) takes no write
+        // lock, so idle coordinators sharing a file do not queue behind each other's sweeps.
+        self.store().write_lazily(
+            |tx| {
+                let system = Actor::system();
+                let expired = sql::expired_leases(tx, now)?;
+                for t in &expired {
                     self.append(
                         tx,
                         event(
                             system.clone(),
-                            Action::TaskRequeued,
+                            Action::TaskTimedOut,
                             &t.id,
-                            json!({"why": "agent offline", "agent": agent}),
+                            json!({"leased_by": t.leased_by, "attempt": t.attempts}),
                         ),
                     )?;
-                    orphaned += 1;
+                    self.retry_or_bury(
+                        tx,
+                        t,
+                        "lease expired before the agent reported a result",
+                        &system,
+                        now,
+                    )?;
                 }
-            }
-            Ok((expired.len(), orphaned))
-        })
+                let mut orphaned = 0;
+                for agent in agent_sql::silent_since(tx, now - 5 * interval)? {
+                    for t in sql::held_by(tx, &agent)? {
+                        sql::requeue(tx, &t.id, now, None, true, false, now)?;
+                        self.append(
+                            tx,
+                            event(
+                                system.clone(),
+                                Action::TaskRequeued,
+                                &t.id,
+                                json!({"why": "agent offline", "agent": agent}),
+                            ),
+                        )?;
+                        orphaned += 1;
+                    }
+                }
+                Ok((expired.len(), orphaned))
+            },
+            TaskError::is_busy,
+        )
     }
 }
