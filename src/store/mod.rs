@@ -37,7 +37,7 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0006_assessments.sql")),
     M::up(include_str!("migrations/0007_instances.sql")),
     M::up(include_str!("migrations/0008_overseer.sql")),
-    M::up(include_str!("migrations/0010_task_indexes.sql")),
+    M::up(include_str!("migrations/0009_task_indexes.sql")),
 ];
 
 /// Domain tables whose row counts `coordinator_status` reports, with the query that counts them.
