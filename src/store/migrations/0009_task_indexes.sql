@@ -1,4 +1,4 @@
--- 0010: fewer index pages per task step. Every index a step changes costs at least one 4 KB
+-- 0009: fewer index pages per task step. Every index a step changes costs at least one 4 KB
 -- page of WAL in that step's transaction, so indexes that only some queries need are kept
 -- small. tasks_holder (leased_by) is dropped: a lease sets last_agent_id to the holder too,
 -- so tasks_agent finds the tasks an agent holds (last_agent_id = ? AND leased_by = ?), and
