@@ -191,12 +191,16 @@ impl Store {
     pub fn open(location: &Location) -> Result<Self, StoreError> {
         let mut conn = open_connection(location)?;
         migrate(&mut conn, location)?;
-        Ok(Store {
+        Ok(Store::from_connection(conn, location))
+    }
+
+    fn from_connection(conn: Connection, location: &Location) -> Self {
+        Store {
             conn: Arc::new(Mutex::new(conn)),
             location: Arc::new(location.clone()),
             watch: Arc::new(OnceLock::new()),
             commits: Arc::new(AtomicU64::new(0)),
-        })
+        }
     }
 
     /// Opens a database that must already exist, for commands that only read: a missing file
@@ -211,10 +215,7 @@ impl Store {
         }
         let mut conn = open_connection_with(location, false)?;
         migrate(&mut conn, location)?;
-        Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-            location: Arc::new(location.clone()),
-        })
+        Ok(Store::from_connection(conn, location))
     }
 
     /// Opens a second, independent connection to the same file, for long reads (verifying the
