@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Stdio};
 use std::sync::{Arc, Mutex};
@@ -52,20 +52,8 @@ impl Terminal {
         }
         let mut child = cmd.spawn().expect("script(1) from util-linux");
         let stdin = child.stdin.take();
-        let mut stdout = child.stdout.take().unwrap();
-        let screen = Arc::new(Mutex::new(String::new()));
-        let sink = screen.clone();
-        let reader = std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
+        let stdout = child.stdout.take().unwrap();
+        let (screen, reader) = common::read_screen(stdout);
         Terminal {
             child,
             stdin,

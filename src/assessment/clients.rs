@@ -378,22 +378,27 @@ pub const ALL_CLIENTS: &[&str] = &[
     "gemini_cli",
 ];
 
+/// What a client config may be as JSONC: comments and trailing commas, nothing looser. The
+/// remediation editor parses with the same options, so it edits exactly what was assessed.
+pub fn jsonc_options() -> jsonc_parser::ParseOptions {
+    jsonc_parser::ParseOptions {
+        allow_comments: true,
+        allow_trailing_commas: true,
+        allow_loose_object_property_names: false,
+        allow_missing_commas: false,
+        allow_single_quoted_strings: false,
+        allow_hexadecimal_numbers: false,
+        ..Default::default()
+    }
+}
+
 /// Parses config text: strict JSON, else JSONC (comments, trailing commas). Returns the
 /// document and whether it needed JSONC.
 pub fn parse(text: &str) -> Result<(Value, bool), String> {
     match serde_json::from_str::<Value>(text) {
         Ok(v) => Ok((v, false)),
         Err(strict) => {
-            let options = jsonc_parser::ParseOptions {
-                allow_comments: true,
-                allow_trailing_commas: true,
-                allow_loose_object_property_names: false,
-                allow_missing_commas: false,
-                allow_single_quoted_strings: false,
-                allow_hexadecimal_numbers: false,
-                ..Default::default()
-            };
-            match jsonc_parser::parse_to_serde_value::<Option<Value>>(text, &options) {
+            match jsonc_parser::parse_to_serde_value::<Option<Value>>(text, &jsonc_options()) {
                 Ok(Some(v)) => Ok((v, true)),
                 Ok(None) => Err("the file is empty".into()),
                 Err(_) => Err(format!("not valid JSON: {strict}")),

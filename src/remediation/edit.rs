@@ -3,7 +3,6 @@
 //! comments, trailing commas, indentation, key order and line endings the person wrote stay, and
 //! only the lines that change differ.
 
-use jsonc_parser::ParseOptions;
 use jsonc_parser::cst::{CstContainerNode, CstInputValue, CstLeafNode, CstNode, CstRootNode};
 use serde_json::{Map, Value};
 
@@ -34,23 +33,10 @@ pub fn edit(text: &str, target: &Value) -> Result<String, String> {
     Ok(edited)
 }
 
-/// What `clients::parse` accepts as JSONC: comments and trailing commas, nothing looser.
-fn options() -> ParseOptions {
-    ParseOptions {
-        allow_comments: true,
-        allow_trailing_commas: true,
-        allow_loose_object_property_names: false,
-        allow_missing_commas: false,
-        allow_single_quoted_strings: false,
-        allow_hexadecimal_numbers: false,
-        ..Default::default()
-    }
-}
-
 fn edit_tree(text: &str, target: &Value) -> Result<String, String> {
     let (current, _) = clients::parse(text)?;
     // The root must outlive every node taken from it (the tree's parent links are weak).
-    let root = CstRootNode::parse(text, &options()).map_err(|e| e.to_string())?;
+    let root = CstRootNode::parse(text, &clients::jsonc_options()).map_err(|e| e.to_string())?;
     let value = root.value().ok_or("the file is empty")?;
     let style = Style::of(&value);
     style.patch(&value, &current, target)?;

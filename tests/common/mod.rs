@@ -276,7 +276,7 @@ pub fn ctrl_c_at_prompt(
     answers: &[(&str, &str)],
     interrupt_at: &str,
 ) -> (String, Vec<String>) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::time::{Duration, Instant};
     let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
     let mut inner = format!(
@@ -310,20 +310,8 @@ pub fn ctrl_c_at_prompt(
         .spawn()
         .expect("script(1) from util-linux");
     let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let sink = screen.clone();
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
+    let stdout = child.stdout.take().unwrap();
+    let (screen, reader) = read_screen(stdout);
     let wait_for = |needle: &str| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !screen.lock().unwrap().contains(needle) {
@@ -366,4 +354,28 @@ pub fn ctrl_c_at_prompt(
         .map(|w| w.trim_end_matches(';').to_string())
         .collect();
     (screen, modes)
+}
+
+/// Collects what a terminal program prints (the screen) on a thread of its own, so a test can
+/// wait for a prompt while the program blocks on its input.
+pub fn read_screen(
+    mut stdout: impl std::io::Read + Send + 'static,
+) -> (
+    std::sync::Arc<std::sync::Mutex<String>>,
+    std::thread::JoinHandle<()>,
+) {
+    let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = screen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    (screen, reader)
 }
