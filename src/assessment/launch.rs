@@ -53,13 +53,11 @@ impl Package {
     /// included, not a range or a tag like `latest`; for PyPI `==` or `===` a valid PEP 440
     /// version, not `==1.*`), or for Docker a digest.
     pub fn pinned(&self) -> bool {
-        let Some(v) = self.version.as_deref() else {
-            return self.ecosystem == Ecosystem::Docker && self.digest.is_some();
-        };
-        match self.ecosystem {
-            Ecosystem::Docker => self.digest.is_some(),
+        match (self.ecosystem, self.version.as_deref()) {
+            (Ecosystem::Docker, _) => self.digest.is_some(),
+            (_, None) => false,
             // npm takes `v1.2.3` and `=1.2.3` for the exact version too.
-            Ecosystem::Npm => {
+            (Ecosystem::Npm, Some(v)) => {
                 let v = v.trim();
                 let v = v.strip_prefix('=').unwrap_or(v);
                 let v = v.strip_prefix('v').unwrap_or(v);
@@ -67,11 +65,11 @@ impl Package {
             }
             // `===` is arbitrary equality: one exact string, whatever its shape (PEP 440
             // leaves it unparsed, and so does pep440_rs).
-            Ecosystem::PyPi if v.starts_with('=') => {
+            (Ecosystem::PyPi, Some(v)) if v.starts_with('=') => {
                 let exact = v[1..].trim();
                 !exact.is_empty() && !exact.contains([',', ' ', '*'])
             }
-            Ecosystem::PyPi => {
+            (Ecosystem::PyPi, Some(v)) => {
                 // `version` is what followed `==` or uv's `@`, or
                 // a whole specifier that is no pin (`>=1`, `~=1.2`, `!=1.0`).
                 let spec = if v.starts_with(['<', '>', '~', '!']) {

@@ -728,6 +728,8 @@ impl AuditLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Location;
+    use serde_json::json;
 
     /// gethostname (every Unix) names the machine as Linux's `/proc` does.
     #[cfg(target_os = "linux")]
@@ -736,8 +738,6 @@ mod tests {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         assert_eq!(host_name(), kernel.trim());
     }
-    use crate::store::Location;
-    use serde_json::json;
 
     fn log() -> Result<AuditLog, Box<dyn std::error::Error>> {
         let store = Store::open(&Location::Memory)?;
