@@ -119,9 +119,7 @@ fn all_routes() -> Vec<tool::Route> {
 /// The tool definitions (name, description, schemas, annotations) of every tool this build
 /// offers, enabled or not, sorted by name. Used by `schemas/` generation and its drift test.
 pub fn all_tools() -> Vec<Tool> {
-    let mut tools: Vec<Tool> = all_routes().iter().map(tool::Route::definition).collect();
-    tools.sort_by(|a, b| a.name.cmp(&b.name));
-    tools
+    Vec::clone(&registry::Registry::new(all_routes(), &[]).definitions())
 }
 
 impl Coordinator {
