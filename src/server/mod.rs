@@ -539,7 +539,15 @@ impl ServerHandler for Coordinator {
             let mut call = call.clone();
             call.request_state = request.request_state.clone();
             call.input_responses = request.input_responses.clone();
-            instances::call_exposed(self, target, request.arguments, &call).await
+            // Boxed: inline, this future's state would size every tool call's future, which
+            // rmcp and tokio move by value several times per request.
+            Box::pin(instances::call_exposed(
+                self,
+                target,
+                request.arguments,
+                &call,
+            ))
+            .await
         } else {
             Err(self.unknown_tool(&name))
         };
