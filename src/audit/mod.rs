@@ -527,7 +527,11 @@ impl AuditLog {
                 if event.critical {
                     self.sign_row(tx, row.seq, &row.hash)?;
                 }
-                head = Some((row.seq, row.hash));
+                head = Some(sql::Head {
+                    seq: row.seq,
+                    hash: row.hash,
+                    ts: row.ts,
+                });
             }
             Ok(events.len())
         })
@@ -549,13 +553,20 @@ impl AuditLog {
         Ok(row.into())
     }
 
-    fn next_row(&self, head: Option<&(i64, String)>, event: &NewEvent) -> EventRow {
+    fn next_row(&self, head: Option<&sql::Head>, event: &NewEvent) -> EventRow {
         let (seq, prev_hash) = match head {
-            Some((seq, hash)) => (seq + 1, hash.clone()),
+            Some(h) => (h.seq + 1, h.hash.clone()),
             None => (1, chain::GENESIS_HASH.to_string()),
         };
         let detail = redact::redacted_text(&event.detail);
-        let ts = chain::now_ts();
+        // Never earlier than the head: a time range of the chain is then a range of seq (see
+        // store::audit::first_seq_at_or_after). A clock that steps back, or a coordinator
+        // sharing the database whose clock runs behind, repeats the head's time meanwhile.
+        let now = chain::now_ts();
+        let ts = match head {
+            Some(h) if h.ts > now => h.ts.clone(),
+            _ => now,
+        };
         let actor = event.actor.render();
         let hash = chain::event_hash(&chain::EventFields {
             seq,
@@ -627,7 +638,7 @@ impl AuditLog {
     /// is detectable). Returns the signed sequence number.
     pub fn sign_head(&self) -> Result<Option<i64>, AuditError> {
         self.store.write(|tx| {
-            let Some((seq, _)) = sql::head(tx)? else {
+            let Some(sql::Head { seq, .. }) = sql::head(tx)? else {
                 return Ok(None);
             };
             if sql::last_signed_seq(tx)? == Some(seq) {
@@ -635,7 +646,7 @@ impl AuditLog {
             }
             // The first head this key signs: the key event goes in first and becomes the head.
             self.introduce_key_in(tx)?;
-            let Some((seq, hash)) = sql::head(tx)? else {
+            let Some(sql::Head { seq, hash, .. }) = sql::head(tx)? else {
                 return Ok(None);
             };
             self.sign_row(tx, seq, &hash)?;
@@ -784,6 +795,76 @@ mod tests {
         assert_eq!(report.signatures.last_signed_seq, Some(4));
         assert_eq!(report.signatures.keys.len(), 1);
         assert_eq!(report.signatures.keys[0].introduced_seq, Some(2));
+        Ok(())
+    }
+
+    /// A time range is answered from seq bounds found by binary search: the same events as
+    /// filtering every event by its time, newest first.
+    #[test]
+    fn time_ranges_find_the_events_in_them() -> Result<(), Box<dyn std::error::Error>> {
+        let log = log()?;
+        let mut all = Vec::new();
+        for i in 0..40 {
+            all.push(log.record(event(&format!("s{i}"), false))?);
+            if i % 7 == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }
+        let stored = |seq: usize| chain::normalize_ts(&all[seq].ts).unwrap_or_default();
+        for (since, until) in [(3, 31), (0, 39), (14, 15), (22, 39)] {
+            let (since, until) = (stored(since), stored(until));
+            if since >= until {
+                continue;
+            }
+            let page = log.query(&Query {
+                since: Some(since.clone()),
+                until: Some(until.clone()),
+                limit: Some(500),
+                ..Default::default()
+            })?;
+            let got: Vec<i64> = page.events.iter().map(|e| e.seq).collect();
+            let want: Vec<i64> = all
+                .iter()
+                .rev()
+                .filter(|e| {
+                    let t = chain::normalize_ts(&e.ts).unwrap_or_default();
+                    t >= since && t < until
+                })
+                .map(|e| e.seq)
+                .collect();
+            assert!(!want.is_empty());
+            assert_eq!(got, want, "since {since} until {until}");
+        }
+        let after_all = log.query(&Query {
+            since: Some(chain::now_ts()),
+            ..Default::default()
+        })?;
+        assert!(after_all.events.is_empty());
+        Ok(())
+    }
+
+    /// An event never takes a time before the head's: when the head is ahead of this clock (a
+    /// coordinator sharing the database whose clock runs ahead), the next event repeats its
+    /// time, and a range starting there finds it.
+    #[test]
+    fn appends_never_go_back_in_time() -> Result<(), Box<dyn std::error::Error>> {
+        let log = log()?;
+        log.record(event("a", false))?;
+        let ahead = "2999-01-01T00:00:00.000000Z";
+        log.store().write(|tx| {
+            let head = sql::head(tx)?;
+            let mut row = log.next_row(head.as_ref(), &event("from-the-future", false));
+            row.ts = ahead.into();
+            sql::insert(tx, &row)
+        })?;
+        let next = log.record(event("b", false))?;
+        assert_eq!(chain::normalize_ts(&next.ts).as_deref(), Some(ahead));
+        let page = log.query(&Query {
+            since: Some(ahead.into()),
+            ..Default::default()
+        })?;
+        let subjects: Vec<&str> = page.events.iter().map(|e| e.subject.as_str()).collect();
+        assert_eq!(subjects, ["b", "from-the-future"]);
         Ok(())
     }
 

@@ -58,12 +58,53 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     })
 }
 
-/// The newest event's sequence number and hash, if any.
-pub fn head(conn: &Connection) -> Result<Option<(i64, String)>, StoreError> {
-    conn.prepare_cached("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+/// The newest event: what the next one links to, and the earliest time it may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub seq: i64,
+    pub hash: String,
+    pub ts: String,
+}
+
+/// The newest event's sequence number, hash and time, if any.
+pub fn head(conn: &Connection) -> Result<Option<Head>, StoreError> {
+    conn.prepare_cached("SELECT seq, hash, ts FROM audit_events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| {
+            Ok(Head {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                ts: r.get(2)?,
+            })
+        })
         .optional()
         .map_err(StoreError::from_sqlite)
+}
+
+/// The first sequence number whose event is at or after `ts` (a stored-form time), or one past
+/// the head when there is none. Appends never go back in time, so this is a binary search over
+/// the primary key (about 20 lookups for a million events) instead of an index on `ts` that
+/// every append would write to.
+pub fn first_seq_at_or_after(conn: &Connection, ts: &str) -> Result<i64, StoreError> {
+    let Some(head) = head(conn)? else {
+        return Ok(1);
+    };
+    // The event at or after `seq` (seq has no gaps, but a lookup that tolerates them costs
+    // nothing more).
+    let mut at = conn
+        .prepare_cached("SELECT seq, ts FROM audit_events WHERE seq >= ?1 ORDER BY seq LIMIT 1")?;
+    let (mut lo, mut hi) = (1, head.seq + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let found: Option<(i64, String)> = at
+            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(StoreError::from_sqlite)?;
+        match found {
+            Some((seq, t)) if t.as_str() < ts => lo = seq + 1,
+            _ => hi = mid,
+        }
+    }
+    Ok(lo)
 }
 
 /// Inserts one event row. The caller computed its hash over these exact values and holds the
@@ -117,13 +158,58 @@ pub fn page(
     filter: &EventFilter,
     limit: u32,
 ) -> Result<Vec<EventRow>, StoreError> {
+    // Times become seq bounds (see first_seq_at_or_after).
+    let since = match &filter.since {
+        Some(ts) => Some(first_seq_at_or_after(conn, ts)?),
+        None => None,
+    };
+    let until = match &filter.until {
+        Some(ts) => Some(first_seq_at_or_after(conn, ts)?),
+        None => None,
+    };
+    let (sql, args) = page_sql(filter, since, until, limit);
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// The condition of the partial index `audit_events_action` (migration 0010), word for word:
+/// SQLite uses a partial index only for a query that states its condition.
+const RARE_ACTION: &str = "action NOT IN ('tool.call', 'task.submitted', 'task.leased', \
+    'task.running', 'task.completed')";
+
+/// The actions `audit_events_action` leaves out: frequent enough that walking the newest
+/// events first finds them at once.
+const HOT_ACTIONS: [&str; 5] = [
+    "tool.call",
+    "task.submitted",
+    "task.leased",
+    "task.running",
+    "task.completed",
+];
+
+/// The query [`page`] runs, and its arguments, given the seq bounds of its time range.
+fn page_sql(
+    filter: &EventFilter,
+    since_seq: Option<i64>,
+    until_seq: Option<i64>,
+    limit: u32,
+) -> (String, Vec<rusqlite::types::Value>) {
     let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(since) = &filter.since {
+    // The ts conditions stay beside the seq bounds: a chain written before appends kept time
+    // order may step back where a clock did, and then the page misses rather than includes
+    // events near that step.
+    if let (Some(seq), Some(since)) = (since_seq, &filter.since) {
+        args.push(seq.into());
+        sql.push_str(&format!(" AND seq >= ?{}", args.len()));
         args.push(since.clone().into());
         sql.push_str(&format!(" AND ts >= ?{}", args.len()));
     }
-    if let Some(until) = &filter.until {
+    if let (Some(seq), Some(until)) = (until_seq, &filter.until) {
+        args.push(seq.into());
+        sql.push_str(&format!(" AND seq < ?{}", args.len()));
         args.push(until.clone().into());
         sql.push_str(&format!(" AND ts < ?{}", args.len()));
     }
@@ -133,14 +219,17 @@ pub fn page(
     }
     push_text_filter(&mut sql, &mut args, "actor", &filter.actor);
     push_text_filter(&mut sql, &mut args, "action", &filter.action);
+    if let Some(action) = &filter.action
+        && !action.ends_with('*')
+        && !HOT_ACTIONS.contains(&action.as_str())
+    {
+        sql.push_str(&format!(" AND {RARE_ACTION}"));
+    }
     push_text_filter(&mut sql, &mut args, "subject", &filter.subject);
     push_text_filter(&mut sql, &mut args, "outcome", &filter.outcome);
     args.push(i64::from(limit).into());
     sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", args.len()));
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    (sql, args)
 }
 
 /// Calls `f` for every event in sequence order, oldest first, without loading them all.
@@ -207,4 +296,61 @@ pub fn last_signed_seq(conn: &Connection) -> Result<Option<i64>, StoreError> {
     conn.prepare_cached("SELECT MAX(seq) FROM audit_signatures")?
         .query_row([], |r| r.get(0))
         .map_err(StoreError::from_sqlite)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Location, Store};
+
+    /// What the plan of an audit page reads.
+    fn plan(conn: &Connection, filter: &EventFilter) -> Result<String, StoreError> {
+        let (sql, args) = page_sql(filter, None, None, 50);
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let steps: Vec<String> = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| r.get(3))?
+            .collect::<Result<_, _>>()?;
+        Ok(steps.join("; "))
+    }
+
+    /// A filter on a rare action reads the action index; one on a frequent action, which the
+    /// index leaves out, walks the newest events first (the primary key), never a sort. If
+    /// HOT_ACTIONS and the migration's list drift apart, the first assertion fails.
+    #[test]
+    fn action_filters_read_an_index() -> Result<(), Box<dyn std::error::Error>> {
+        let store = Store::open(&Location::Memory)?;
+        let conn = store.lock();
+        for action in [
+            "approval.approved",
+            "task.failed",
+            "instance.tool_quarantined",
+        ] {
+            let filter = EventFilter {
+                action: Some(action.into()),
+                before_seq: Some(1_000),
+                ..Default::default()
+            };
+            let plan = plan(&conn, &filter)?;
+            assert!(plan.contains("audit_events_action"), "{action}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{action}: {plan}");
+        }
+        for action in HOT_ACTIONS {
+            let filter = EventFilter {
+                action: Some(action.into()),
+                ..Default::default()
+            };
+            let plan = plan(&conn, &filter)?;
+            assert!(!plan.contains("TEMP B-TREE"), "{action}: {plan}");
+        }
+        let index: String = conn.query_row(
+            "SELECT sql FROM sqlite_schema WHERE name = 'audit_events_action'",
+            [],
+            |r| r.get(0),
+        )?;
+        let listed = HOT_ACTIONS
+            .iter()
+            .all(|a| index.contains(&format!("'{a}'")));
+        assert!(listed, "{index}");
+        Ok(())
+    }
 }

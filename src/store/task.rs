@@ -111,6 +111,25 @@ pub fn by_idempotency_key(conn: &Connection, key: &str) -> Result<Option<TaskRow
 const CAPABLE: &str = "NOT EXISTS (SELECT 1 FROM json_each(t.capabilities) need
      WHERE need.value NOT IN (SELECT value FROM json_each(:caps)))";
 
+fn targeted_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_target
+         WHERE t.status = 'queued' AND t.target_agent_id = :agent AND t.not_before_ms <= :now
+           AND {CAPABLE}
+         ORDER BY t.priority DESC, t.created_ms LIMIT :limit"
+    )
+}
+
+fn open_sql() -> String {
+    format!(
+        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_queue
+         WHERE t.status = 'queued' AND t.target_agent_id IS NULL AND t.not_before_ms <= :now
+           AND (t.priority < :p OR (t.priority = :p AND (t.created_ms > :c OR (t.created_ms = :c AND t.id > :i))))
+           AND {CAPABLE}
+         ORDER BY t.priority DESC, t.created_ms, t.id LIMIT :limit"
+    )
+}
+
 /// Up to `limit` claimable tasks aimed at `agent_id`, in dispatch order.
 pub fn targeted_candidates(
     conn: &Connection,
@@ -119,13 +138,7 @@ pub fn targeted_candidates(
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<TaskRow>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_target
-         WHERE t.status = 'queued' AND t.target_agent_id = :agent AND t.not_before_ms <= :now
-           AND {CAPABLE}
-         ORDER BY t.priority DESC, t.created_ms LIMIT :limit"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&targeted_sql())?;
     let rows = stmt.query_map(
         rusqlite::named_params! {":agent": agent_id, ":caps": caps_json, ":now": now_ms, ":limit": limit},
         from_row,
@@ -144,14 +157,7 @@ pub fn open_candidates(
     limit: i64,
 ) -> Result<Vec<TaskRow>, StoreError> {
     let (p, c, i) = after.unwrap_or((i64::MAX, i64::MIN, ""));
-    let sql = format!(
-        "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_queue
-         WHERE t.status = 'queued' AND t.target_agent_id IS NULL AND t.not_before_ms <= :now
-           AND (t.priority < :p OR (t.priority = :p AND (t.created_ms > :c OR (t.created_ms = :c AND t.id > :i))))
-           AND {CAPABLE}
-         ORDER BY t.priority DESC, t.created_ms, t.id LIMIT :limit"
-    );
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&open_sql())?;
     let rows = stmt.query_map(
         rusqlite::named_params! {":now": now_ms, ":p": p, ":c": c, ":i": i, ":caps": caps_json, ":limit": limit},
         from_row,
@@ -304,14 +310,43 @@ pub struct ListFilter<'a> {
 
 /// Tasks, most recently updated first.
 pub fn list(conn: &Connection, f: &ListFilter<'_>, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
+    let (sql, args) = list_sql(f, limit);
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// The query [`list`] runs, and its arguments.
+fn list_sql(f: &ListFilter<'_>, limit: i64) -> (String, Vec<rusqlite::types::Value>) {
     let mut sql = format!("SELECT {COLUMNS} FROM tasks t WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     let mut push = |sql: &mut String, cond: &str, v: rusqlite::types::Value| {
         args.push(v);
         sql.push_str(&cond.replace('?', &format!("?{}", args.len())));
     };
+    // There is no index of every status (each step of a task would rewrite its entry): a
+    // status is found through the partial index of its group, whose condition is repeated
+    // here word for word so that SQLite sees the index applies. A finished task's updated_ms
+    // is its finished_ms, so one final status is listed in the order of tasks_finished.
+    let finished = f.status.is_some_and(|s| FINAL.contains(&s));
+    let updated = if finished {
+        "t.finished_ms"
+    } else {
+        "t.updated_ms"
+    };
     if let Some(s) = f.status {
-        push(&mut sql, " AND t.status = ?", s.to_string().into());
+        // Spelled as a literal: SQLite matches a partial index's condition only against
+        // literals when plans do not depend on bound values (see store::open_connection).
+        match STATUSES.iter().find(|known| **known == s) {
+            Some(known) => sql.push_str(&format!(" AND t.status = '{known}'")),
+            None => push(&mut sql, " AND t.status = ?", s.to_string().into()),
+        }
+        sql.push_str(match s {
+            "leased" | "running" => " AND t.status IN ('leased', 'running')",
+            _ if finished => " AND t.finished_ms IS NOT NULL",
+            _ => "",
+        });
     }
     if let Some(k) = f.kind {
         push(&mut sql, " AND t.kind = ?", k.to_string().into());
@@ -324,19 +359,16 @@ pub fn list(conn: &Connection, f: &ListFilter<'_>, limit: i64) -> Result<Vec<Tas
         push(&mut sql, " AND t.priority = ?", p.into());
     }
     if let Some((u, id)) = f.before {
-        push(&mut sql, " AND (t.updated_ms < ?", u.into());
-        push(&mut sql, " OR (t.updated_ms = ?", u.into());
+        push(&mut sql, &format!(" AND ({updated} < ?"), u.into());
+        push(&mut sql, &format!(" OR ({updated} = ?"), u.into());
         push(&mut sql, " AND t.id < ?))", id.to_string().into());
     }
     push(
         &mut sql,
-        " ORDER BY t.updated_ms DESC, t.id DESC LIMIT ?",
+        &format!(" ORDER BY {updated} DESC, t.id DESC LIMIT ?"),
         limit.into(),
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    (sql, args)
 }
 
 /// Counts by status and priority.
@@ -355,10 +387,29 @@ pub fn oldest_queued_ms(conn: &Connection) -> Result<Option<i64>, StoreError> {
         .map_err(StoreError::from_sqlite)
 }
 
+/// Every status the schema allows.
+const STATUSES: [&str; 8] = [
+    "queued",
+    "leased",
+    "running",
+    "completed",
+    "failed",
+    "timed_out",
+    "cancelled",
+    "dead",
+];
+
+/// The statuses a task ends in; only these have a `finished_ms`.
+const FINAL: [&str; 5] = ["completed", "failed", "timed_out", "cancelled", "dead"];
+
 /// Tasks that finished (any final status) at or after `since_ms`, by status.
 pub fn finished_since(conn: &Connection, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    // Spelled out so that each status is a range of tasks_finished (status, finished_ms).
     let mut stmt = conn.prepare_cached(
-        "SELECT status, COUNT(*) FROM tasks WHERE finished_ms >= ?1 GROUP BY status",
+        "SELECT status, COUNT(*) FROM tasks INDEXED BY tasks_finished
+         WHERE status IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead')
+           AND finished_ms >= ?1
+         GROUP BY status",
     )?;
     let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect::<Result<Vec<_>, _>>()
@@ -374,4 +425,116 @@ pub fn purge(conn: &Connection, statuses: &[&str], before_ms: i64) -> Result<usi
     )?
     .execute(params![before_ms, list])
     .map_err(StoreError::from_sqlite)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+    use crate::store::{Location, Store};
+
+    fn row(id: &str, priority: i64, caps: &str, target: Option<&str>) -> TaskRow {
+        TaskRow {
+            id: id.into(),
+            kind: "shell.run".into(),
+            params: "{}".into(),
+            capabilities: caps.into(),
+            target_agent_id: target.map(Into::into),
+            priority,
+            status: "queued".into(),
+            timeout_ms: 60_000,
+            max_retries: 3,
+            attempts: 0,
+            idempotency_key: None,
+            not_before_ms: 0,
+            created_ms: 1,
+            updated_ms: 1,
+            submitted_by: "test".into(),
+            leased_by: None,
+            lease_expires_ms: None,
+            last_agent_id: None,
+            progress: None,
+            message: None,
+            result: None,
+            last_error: None,
+            finished_ms: None,
+        }
+    }
+
+    /// Listing one status reads the partial index of its group, never the whole table: with a
+    /// million finished tasks, a scan and sort would take a second.
+    #[test]
+    fn listing_a_status_uses_its_groups_index() -> Result<(), Box<dyn std::error::Error>> {
+        let store = Store::open(&Location::Memory)?;
+        let conn = store.lock();
+        for (status, index) in [
+            ("queued", "tasks_queue"),
+            ("leased", "tasks_leases"),
+            ("running", "tasks_leases"),
+            ("completed", "tasks_finished"),
+            ("dead", "tasks_finished"),
+        ] {
+            let filter = ListFilter {
+                status: Some(status),
+                before: Some((5, "tsk_x")),
+                ..Default::default()
+            };
+            let (sql, args) = list_sql(&filter, 50);
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get(3))?
+                .collect::<Result<_, _>>()?;
+            let plan = plan.join("; ");
+            assert!(plan.contains(index), "{status}: {plan}");
+            if index == "tasks_finished" {
+                assert!(
+                    !plan.contains("TEMP B-TREE FOR ORDER BY"),
+                    "{status}: {plan}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The claim's two candidate queries run from the statement cache as prepared: SQLite built
+    /// with STAT4 re-parses a statement on every run when its plan was made for the values
+    /// bound at the time, and a claim binds a new `now` every time.
+    #[test]
+    fn candidate_queries_are_not_prepared_again_per_claim() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&Location::File(dir.path().join("c.db")))?;
+        let conn = store.lock();
+        conn.execute(
+            "INSERT INTO agents (id, name, agent_type, capabilities, endpoints, resources, metadata,
+                 status, load, registered_at, last_heartbeat_ms, token_generation)
+             VALUES ('agt_1', 'w', 'worker', '[\"linux\"]', '{}', '{}', '{}', 'ready', 0, 'now', 0, 1)",
+            [],
+        )?;
+        insert(&conn, &row("tsk_1", 2, "[\"linux\"]", None))?;
+        insert(&conn, &row("tsk_2", 1, "[\"gpu\"]", None))?;
+        insert(&conn, &row("tsk_3", 3, "[]", Some("agt_1")))?;
+        for now in 10..60 {
+            let open = open_candidates(&conn, r#"["linux"]"#, now, None, 1)?;
+            assert_eq!(
+                open.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+                ["tsk_1"]
+            );
+            let after = open_candidates(&conn, r#"["linux"]"#, now, Some((2, 1, "tsk_1")), 5)?;
+            assert!(after.is_empty(), "the gpu task is not for a linux agent");
+            let aimed = targeted_candidates(&conn, "agt_1", r#"["linux"]"#, now, 1)?;
+            assert_eq!(aimed.len(), 1);
+        }
+        for sql in [open_sql(), targeted_sql()] {
+            let stmt = conn.prepare_cached(&sql)?;
+            assert_eq!(
+                stmt.get_status(StatementStatus::RePrepare),
+                0,
+                "prepared again on some run: {sql}"
+            );
+            assert!(stmt.get_status(StatementStatus::Run) >= 50);
+        }
+        Ok(())
+    }
 }
