@@ -91,7 +91,9 @@ async fn verify_and_export_work_while_a_server_runs() {
     for _ in 0..5 {
         common::call_ok(&client, "coordinator_status", json!({})).await;
     }
-    // The server is still connected and holding its database open.
+    // The server is still connected and holding its database open (its audit writer has
+    // written the calls' events).
+    common::settle_audit(dir.path());
     let (code, out, err) = common::cli(dir.path(), &["audit", "verify"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("audit chain intact: 5 events"), "{out}");

@@ -36,10 +36,13 @@ async fn two_processes_share_one_database() {
     let sb = common::call_ok(&b, "coordinator_status", json!({})).await;
     assert_eq!(sa["database"]["path"], sb["database"]["path"]);
     assert_ne!(sa["pid"], sb["pid"]);
+    // b's verify writes what b queued first; a's writer writes on its own, within 20 ms.
+    common::settle_audit(dir.path());
     let verify = common::call_ok(&b, "audit_verify", json!({})).await;
     assert_eq!(verify["ok"], true, "{verify:#}");
     // Both processes' calls, gapless: 2N work calls + 2 status calls (+ this verify, audited after).
     assert_eq!(verify["events_checked"], 2 * N + 2);
+    common::settle_audit(dir.path());
     let legacy = common::call_ok(
         &a,
         "audit_query",

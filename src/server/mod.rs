@@ -4,6 +4,7 @@
 
 mod approvals;
 mod assessments;
+mod audit_writer;
 mod gate;
 mod instances;
 mod jsonrpc;
@@ -74,10 +75,8 @@ struct Inner {
     /// Clients to tell when the tool list changes: initialize-era peers, and 2026-07-28
     /// `subscriptions/listen` streams that asked for `tools_list_changed`.
     tool_listeners: std::sync::Mutex<(Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)>,
-    /// Tool-call audit events of proxied calls, written in batches off the call's path
-    /// (`None` tells the writer to finish).
-    audit_batch: std::sync::mpsc::Sender<Option<NewEvent>>,
-    audit_batch_rx: std::sync::Mutex<Option<std::sync::mpsc::Receiver<Option<NewEvent>>>>,
+    /// Tool-call audit events, written in batches off the calls' path.
+    audit_queue: audit_writer::AuditQueue,
     /// The initialize-era client of this stdio session, once initialized: the fast path of
     /// proxied calls serves only it.
     fast_client: std::sync::OnceLock<FastClient>,
@@ -151,7 +150,6 @@ impl Coordinator {
             settings.config.instances.clone(),
             &session_id,
         );
-        let (audit_batch, audit_batch_rx) = std::sync::mpsc::channel();
         let remediations = RemediationService::new(
             audit.clone(),
             approvals.clone(),
@@ -170,8 +168,7 @@ impl Coordinator {
                 remediations,
                 instances,
                 tool_listeners: std::sync::Mutex::new((Vec::new(), Vec::new())),
-                audit_batch,
-                audit_batch_rx: std::sync::Mutex::new(Some(audit_batch_rx)),
+                audit_queue: audit_writer::AuditQueue::new(),
                 fast_client: std::sync::OnceLock::new(),
                 subscriptions: std::sync::Mutex::new(HashMap::new()),
                 codec,
@@ -306,12 +303,24 @@ impl Coordinator {
         }
     }
 
-    /// Records one tool call's event (tool, actor, outcome, duration, redacted arguments) in
-    /// the audit log now. A failure to record is logged, not hidden.
-    async fn audit_call(&self, event: NewEvent) {
-        if let Err(e) = self.quick(|c| c.audit().record(event)) {
+    /// Records one tool call's event (tool, actor, outcome, duration, redacted arguments):
+    /// through the audit writer, or now when none runs. A failure to record is logged, not
+    /// hidden.
+    fn audit_call(&self, event: NewEvent) {
+        if let Some(event) = self.inner.audit_queue.send(event)
+            && let Err(e) = self.audit().record(event)
+        {
             tracing::error!(error = %e, "could not record a tool call in the audit log");
         }
+    }
+
+    /// Waits until every tool call's event queued so far is in the database (blocking: call
+    /// it off the runtime). Readers of the audit log call this first, so that they see the
+    /// calls made before them.
+    pub(crate) fn flush_audit(&self) {
+        self.inner
+            .audit_queue
+            .flush(std::time::Duration::from_secs(5));
     }
 }
 
@@ -531,11 +540,9 @@ impl ServerHandler for Coordinator {
         context.extensions.insert(quiet.clone());
         let call = Call::from_context(&context, self);
         let arguments = request.arguments.clone().map(serde_json::Value::Object);
-        let mut proxied = false;
         let result = if let Some(handler) = self.inner.tools.handler(&name) {
             handler(ToolCallContext::new(self, request, context)).await
         } else if let Some(target) = self.proxy_target(&name) {
-            proxied = true;
             let mut call = call.clone();
             call.request_state = request.request_state.clone();
             call.input_responses = request.input_responses.clone();
@@ -580,16 +587,7 @@ impl ServerHandler for Coordinator {
             detail,
             critical: false,
         };
-        if proxied {
-            // Off the call's path: written in batches by `audit_writer` (now if it is gone).
-            if let Err(std::sync::mpsc::SendError(Some(event))) =
-                self.inner.audit_batch.send(Some(event))
-            {
-                self.audit_call(event).await;
-            }
-        } else {
-            self.audit_call(event).await;
-        }
+        self.audit_call(event);
         result
     }
 }
@@ -696,69 +694,6 @@ async fn tool_list_changes(c: Coordinator) {
     }
 }
 
-/// Nice +10 for the calling thread. Linux only: there a thread has its own nice value
-/// (`setpriority` on its tid); elsewhere the value belongs to the whole process, which must
-/// keep its own, so the audit writer runs at the default priority (a throughput cost only).
-fn lower_own_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: setpriority on this thread's own id; no pointers.
-        let niced =
-            unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as libc::id_t, 10) };
-        if niced != 0 {
-            tracing::debug!("could not lower the audit writer's priority");
-        }
-    }
-}
-
-/// Writes the audit events of proxied calls in batches, on a thread of its own at a lower CPU
-/// priority (nice +10): one transaction for a burst of calls costs far less than one each,
-/// and on a busy machine the calls in flight (the client, this relay, the child) go first;
-/// the writer takes the idle time. A `None` on the queue makes it write what is queued and
-/// end; so does the queue closing.
-fn audit_writer(
-    audit: AuditLog,
-    rx: std::sync::mpsc::Receiver<Option<NewEvent>>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("audit writer".into())
-        .spawn(move || {
-            lower_own_thread_priority();
-            let mut stopping = false;
-            loop {
-                // Once asked to stop, only what is already queued.
-                let next = if stopping {
-                    rx.try_recv().ok()
-                } else {
-                    rx.recv().ok()
-                };
-                let first = match next {
-                    Some(Some(e)) => e,
-                    Some(None) => {
-                        stopping = true;
-                        continue;
-                    }
-                    None => return,
-                };
-                // Let a burst gather.
-                if !stopping {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                let mut batch = vec![first];
-                while batch.len() < 512 {
-                    match rx.try_recv() {
-                        Ok(Some(e)) => batch.push(e),
-                        Ok(None) => stopping = true,
-                        Err(_) => break,
-                    }
-                }
-                if let Err(e) = audit.record_batch(&batch) {
-                    tracing::error!(error = %e, "could not record tool calls in the audit log");
-                }
-            }
-        })
-}
-
 impl Coordinator {
     /// Notes that the client just sent something (the stdin thread calls this per read).
     fn client_active(&self) {
@@ -816,12 +751,8 @@ pub async fn run(
     let notifier = tokio::spawn(tool_list_changes(coordinator.clone()));
     let batches = coordinator
         .inner
-        .audit_batch_rx
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .map(|rx| audit_writer(audit.clone(), rx))
-        .transpose()
+        .audit_queue
+        .start(audit.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the audit writer: {e}"))?;
     coordinator.instances().start_reaper();
     coordinator
@@ -849,7 +780,7 @@ pub async fn run(
     let _ = tokio::join!(flushed, stopped_children);
     if let Some(writer) = batches {
         // Write what is queued, then end the writer.
-        let _ = coordinator.inner.audit_batch.send(None);
+        coordinator.inner.audit_queue.stop();
         let joined = tokio::task::spawn_blocking(move || writer.join());
         let left = budget
             .saturating_sub(leaving.elapsed())

@@ -67,13 +67,12 @@ pub(super) fn split(
     let input = LineReader::new(input);
     let (rmcp_reads, to_rmcp) = tokio::io::duplex(1 << 20);
     let (from_rmcp, rmcp_writes) = tokio::io::duplex(1 << 20);
-    let audit = c.inner.audit_batch.clone();
     let me = c.clone();
     c.instances().set_fast_hooks(FastHooks {
         client_out: out.clone(),
         on_done: Box::new(move |done: FastDone| {
             if let Some(event) = me.fast_audit_event(done) {
-                let _ = audit.send(Some(event));
+                me.audit_call(event);
             }
         }),
         runtime: tokio::runtime::Handle::current(),

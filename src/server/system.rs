@@ -235,9 +235,12 @@ async fn audit_query(c: Coordinator, input: AuditQueryInput, _call: Call) -> Res
         limit: input.limit,
         cursor: input.cursor,
     };
-    c.blocking(move |c| c.audit().query(&q))
-        .await?
-        .map_err(|e| audit_failure("audit_query", e))
+    c.blocking(move |c| {
+        c.flush_audit();
+        c.audit().query(&q)
+    })
+    .await?
+    .map_err(|e| audit_failure("audit_query", e))
 }
 
 /// `audit_verify` takes no arguments: it always checks the whole chain.
@@ -250,7 +253,10 @@ async fn audit_verify(
     _input: VerifyInput,
     _call: Call,
 ) -> Result<VerifyReport, Failure> {
-    c.blocking(|c| c.audit().verify())
-        .await?
-        .map_err(|e| audit_failure("audit_verify", e))
+    c.blocking(|c| {
+        c.flush_audit();
+        c.audit().verify()
+    })
+    .await?
+    .map_err(|e| audit_failure("audit_verify", e))
 }

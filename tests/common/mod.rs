@@ -110,6 +110,30 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("coordinator.db")
 }
 
+/// Waits until the servers on this data directory's database have written the `tool.call`
+/// events of the calls made so far: their audit writers write within 20 ms, so the head stops
+/// moving. For tests that read the database from outside a server (the CLI, rusqlite).
+pub fn settle_audit(data_dir: &Path) {
+    let head = || {
+        rusqlite::Connection::open(db_path(data_dir))
+            .and_then(|db| {
+                db.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .unwrap_or(-1)
+    };
+    let mut last = head();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let now = head();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// Runs the binary as a CLI command and returns (status code, stdout, stderr).
 pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(BIN)
