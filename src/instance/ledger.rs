@@ -144,10 +144,7 @@ impl Ledger {
         let mut out: Option<Vec<u8>> = None;
         let mut from = 0;
         while from < lines.len() {
-            let end = lines[from..]
-                .iter()
-                .position(|&b| b == b'\n')
-                .map_or(lines.len(), |i| from + i + 1);
+            let end = memchr::memchr(b'\n', &lines[from..]).map_or(lines.len(), |i| from + i + 1);
             let line = &lines[from..end];
             let (keep, extra) = if let Some(rest) = line.strip_prefix(IDLESS_ERROR) {
                 let mut fixed = Vec::with_capacity(line.len() + 10);

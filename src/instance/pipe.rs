@@ -389,7 +389,7 @@ impl LineReader {
         self.filled += n;
         // Lines end in the part just read; the tail before it had none.
         let mut from = have;
-        while let Some(i) = self.buf[from..self.filled].iter().position(|&b| b == b'\n') {
+        while let Some(i) = memchr::memchr(b'\n', &self.buf[from..self.filled]) {
             let end = from + i + 1;
             if self.skipping {
                 self.skipping = false;

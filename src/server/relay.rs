@@ -193,7 +193,7 @@ async fn output_pump(
         // Whatever else is already buffered and complete goes in the same write.
         loop {
             let more = lines.buffer();
-            match more.iter().rposition(|&b| b == b'\n') {
+            match memchr::memrchr(b'\n', more) {
                 Some(i) if buf.ends_with(b"\n") => {
                     buf.extend_from_slice(&more[..=i]);
                     lines.consume(i + 1);
