@@ -754,6 +754,10 @@ pub async fn run(
         .audit_queue
         .start(audit.clone())
         .map_err(|e| anyhow::anyhow!("cannot start the audit writer: {e}"))?;
+    // Checkpoints off the callers' path; without it SQLite checkpoints inside a commit.
+    if let Err(e) = audit.store().start_checkpointer() {
+        tracing::warn!(error = %e, "cannot start the background checkpointer");
+    }
     coordinator.instances().start_reaper();
     coordinator
         .instances()

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod approval;
 pub mod assessment;
 pub mod audit;
+mod checkpointer;
 pub mod instance;
 pub mod overseer;
 pub mod pipeline;
@@ -185,6 +186,8 @@ pub struct Store {
     watch: Arc<OnceLock<Mutex<Connection>>>,
     /// Commits through this handle: what a `:memory:` database has instead of data_version.
     commits: Arc<AtomicU64>,
+    /// The background checkpointer, once started (see [`Store::start_checkpointer`]).
+    checkpointer: Arc<OnceLock<checkpointer::Nudge>>,
 }
 
 /// Where the database lives.
@@ -241,6 +244,28 @@ impl Store {
             location: Arc::new(location.clone()),
             watch: Arc::new(OnceLock::new()),
             commits: Arc::new(AtomicU64::new(0)),
+            checkpointer: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Moves WAL checkpoints of a database file to a thread of their own (see
+    /// `store/checkpointer.rs`): for a long-running server, whose callers should not wait for
+    /// the copying and the fsync. Once per handle; nothing for `:memory:`.
+    pub fn start_checkpointer(&self) -> Result<(), StoreError> {
+        if matches!(*self.location, Location::Memory) || self.checkpointer.get().is_some() {
+            return Ok(());
+        }
+        let nudge = checkpointer::start(&self.location)?;
+        // A second start racing this one drops its nudge, which ends its thread.
+        let _ = self.checkpointer.set(nudge);
+        Ok(())
+    }
+
+    /// Counts a commit through this handle and tells the checkpointer.
+    fn committed(&self) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some(nudge) = self.checkpointer.get() {
+            nudge.commit();
         }
     }
 
@@ -292,7 +317,7 @@ impl Store {
         let tx = Tx::begin(&conn, "BEGIN IMMEDIATE")?;
         let value = f(&conn)?;
         tx.commit()?;
-        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.committed();
         Ok(value)
     }
 
@@ -321,7 +346,7 @@ impl Store {
                     let wrote = conn.total_changes() != before;
                     tx.commit()?;
                     if wrote {
-                        self.commits.fetch_add(1, Ordering::Relaxed);
+                        self.committed();
                     }
                     return Ok(value);
                 }
@@ -470,12 +495,13 @@ fn open_connection_with(location: &Location, create: bool) -> Result<Connection,
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         // A checkpoint copies every page changed since the last one back into the database
-        // file and fsyncs it. Hot pages (the queue's index leaves, the audit chain's right
-        // edge) change in every transaction, so checkpointing every 8,192 frames instead of
-        // SQLite's 1,000 copies each of them an eighth as often, and waits for an eighth of
-        // the fsyncs. Durability is the same: a commit is in the WAL either way. The WAL grows
-        // to about 32 MB between checkpoints, and is cut back to 64 MB at most after one that
-        // a long reader held up.
+        // file and fsyncs it. A server checkpoints on a thread of its own (checkpointer.rs);
+        // this automatic one, in whichever commit crosses the threshold, is for processes
+        // without it and a backstop when it falls behind. Hot pages (the queue's index
+        // leaves, the audit chain's right edge) change in every transaction, so 8,192 frames
+        // instead of SQLite's 1,000 copies each of them an eighth as often. Durability is the
+        // same: a commit is in the WAL either way. The WAL grows to about 32 MB at most
+        // between checkpoints, and is cut back to 64 MB after one that a long reader held up.
         conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)
             .map_err(open_err)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
