@@ -410,7 +410,8 @@ fn bench_status(counts: &Counts, data_dir: &Path) {
         verdict(p50 < Duration::from_micros(200)),
     );
     println!(
-        "   (info) each call also appends one audit event (own SQLite transaction); response \
+        "   (info) each call's audit event is written by the audit writer in batches, after \
+         the answer (its CPU is in the server CPU below); response \
          line {response_bytes} bytes; server CPU {:.0} µs per call (user+sys, 10 ms tick \
          resolution); {:.0} calls/s sequential",
         server_cpu * 1e6 / counts.status_sequential as f64,
