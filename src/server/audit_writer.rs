@@ -8,8 +8,8 @@
 //! queued before them ([`AuditQueue::flush`]), and shutdown writes what is left. A crash can
 //! lose the last [`GATHER`] of `tool.call` events, never a state change's.
 
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, SyncSender};
-use std::sync::{Mutex, PoisonError};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ pub(super) struct AuditQueue {
     tx: Sender<Job>,
     /// The writer's end, until the writer takes it.
     rx: Mutex<Option<Receiver<Job>>>,
+    /// The writer thread, to wake when a flush or a stop should not wait out the gathering.
+    writer: OnceLock<std::thread::Thread>,
 }
 
 impl AuditQueue {
@@ -44,6 +46,7 @@ impl AuditQueue {
         AuditQueue {
             tx,
             rx: Mutex::new(Some(rx)),
+            writer: OnceLock::new(),
         }
     }
 
@@ -61,12 +64,14 @@ impl AuditQueue {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        rx.map(|rx| {
-            std::thread::Builder::new()
-                .name("audit writer".into())
-                .spawn(move || write_batches(&audit, &rx))
-        })
-        .transpose()
+        let Some(rx) = rx else {
+            return Ok(None);
+        };
+        let handle = std::thread::Builder::new()
+            .name("audit writer".into())
+            .spawn(move || write_batches(&audit, &rx))?;
+        let _ = self.writer.set(handle.thread().clone());
+        Ok(Some(handle))
     }
 
     /// Queues an event for the writer, or gives it back when no writer runs.
@@ -89,6 +94,7 @@ impl AuditQueue {
         }
         let (done, written) = std::sync::mpsc::sync_channel(1);
         if self.tx.send(Job::Flush(done)).is_ok() {
+            self.wake();
             let _ = written.recv_timeout(wait);
         }
     }
@@ -96,12 +102,21 @@ impl AuditQueue {
     /// Asks the writer to write what is queued and end.
     pub(super) fn stop(&self) {
         let _ = self.tx.send(Job::Stop);
+        self.wake();
+    }
+
+    fn wake(&self) {
+        if let Some(writer) = self.writer.get() {
+            writer.unpark();
+        }
     }
 }
 
-/// The writer's loop: wait for an event, let a burst gather for up to [`GATHER`] (less when a
-/// flush or stop comes), write it in one transaction, answer the flushes. At nice +10: on a
-/// busy machine the calls in flight (the client, the relay, a child) go first.
+/// The writer's loop: wait for an event, let a burst gather for up to [`GATHER`], write it in
+/// one transaction, answer the flushes. It sleeps through the gathering window rather than
+/// waking for every event (a wake-up per proxied call cost about 10 µs of CPU each); a flush or
+/// a stop unparks it. At nice +10: on a busy machine the calls in flight (the client, the
+/// relay, a child) go first.
 fn write_batches(audit: &AuditLog, rx: &Receiver<Job>) {
     lower_own_thread_priority();
     let mut stopping = false;
@@ -109,19 +124,27 @@ fn write_batches(audit: &AuditLog, rx: &Receiver<Job>) {
         let mut burst = Burst::default();
         burst.take(rx.recv().ok(), &mut stopping);
         let deadline = Instant::now() + GATHER;
-        while burst.flushes.is_empty() && !stopping && burst.events.len() < BATCH {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(job) => burst.take(Some(job), &mut stopping),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => stopping = true,
+        loop {
+            // What is queued now, without waiting.
+            while burst.events.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(job) => burst.take(Some(job), &mut stopping),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        stopping = true;
+                        break;
+                    }
+                }
             }
-        }
-        // Whatever else is already queued goes in the same transaction.
-        while burst.events.len() < BATCH {
-            match rx.try_recv() {
-                Ok(job) => burst.take(Some(job), &mut stopping),
-                Err(_) => break,
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !burst.flushes.is_empty()
+                || stopping
+                || burst.events.len() >= BATCH
+                || left.is_zero()
+            {
+                break;
             }
+            std::thread::park_timeout(left);
         }
         if !burst.events.is_empty()
             && let Err(e) = audit.record_batch(&burst.events)
