@@ -1,6 +1,8 @@
 //! SQL for the task queue: submit, the claim scan (index order, capability match in SQL),
 //! lease and status updates, sweeps of expired leases, listing, stats and purging.
 
+use std::sync::LazyLock;
+
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::StoreError;
@@ -91,8 +93,12 @@ pub fn insert(conn: &Connection, t: &TaskRow) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Spelled once: every task report reads its task by this text.
+static GET_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"));
+
 pub fn get(conn: &Connection, id: &str) -> Result<Option<TaskRow>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))?
+    conn.prepare_cached(&GET_SQL)?
         .query_row([id], from_row)
         .optional()
         .map_err(StoreError::from_sqlite)
@@ -111,16 +117,17 @@ pub fn by_idempotency_key(conn: &Connection, key: &str) -> Result<Option<TaskRow
 const CAPABLE: &str = "NOT EXISTS (SELECT 1 FROM json_each(t.capabilities) need
      WHERE need.value NOT IN (SELECT value FROM json_each(:caps)))";
 
-fn targeted_sql() -> String {
+/// The claim's queries, spelled once: every claim looks its statements up by this text.
+static TARGETED_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_target
          WHERE t.status = 'queued' AND t.target_agent_id = :agent AND t.not_before_ms <= :now
            AND {CAPABLE}
          ORDER BY t.priority DESC, t.created_ms LIMIT :limit"
     )
-}
+});
 
-fn open_sql() -> String {
+static OPEN_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_queue
          WHERE t.status = 'queued' AND t.target_agent_id IS NULL AND t.not_before_ms <= :now
@@ -128,7 +135,7 @@ fn open_sql() -> String {
            AND {CAPABLE}
          ORDER BY t.priority DESC, t.created_ms, t.id LIMIT :limit"
     )
-}
+});
 
 /// Up to `limit` claimable tasks aimed at `agent_id`, in dispatch order.
 pub fn targeted_candidates(
@@ -138,7 +145,7 @@ pub fn targeted_candidates(
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<TaskRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&targeted_sql())?;
+    let mut stmt = conn.prepare_cached(&TARGETED_SQL)?;
     let rows = stmt.query_map(
         rusqlite::named_params! {":agent": agent_id, ":caps": caps_json, ":now": now_ms, ":limit": limit},
         from_row,
@@ -157,7 +164,7 @@ pub fn open_candidates(
     limit: i64,
 ) -> Result<Vec<TaskRow>, StoreError> {
     let (p, c, i) = after.unwrap_or((i64::MAX, i64::MIN, ""));
-    let mut stmt = conn.prepare_cached(&open_sql())?;
+    let mut stmt = conn.prepare_cached(&OPEN_SQL)?;
     let rows = stmt.query_map(
         rusqlite::named_params! {":now": now_ms, ":p": p, ":c": c, ":i": i, ":caps": caps_json, ":limit": limit},
         from_row,
@@ -402,15 +409,21 @@ const STATUSES: [&str; 8] = [
 /// The statuses a task ends in; only these have a `finished_ms`.
 const FINAL: [&str; 5] = ["completed", "failed", "timed_out", "cancelled", "dead"];
 
+/// The final statuses spelled out, so that each is a range of tasks_finished (status,
+/// finished_ms).
+static FINISHED_SINCE_SQL: LazyLock<String> = LazyLock::new(|| {
+    let statuses: Vec<String> = FINAL.iter().map(|s| format!("'{s}'")).collect();
+    format!(
+        "SELECT status, COUNT(*) FROM tasks INDEXED BY tasks_finished
+         WHERE status IN ({}) AND finished_ms >= ?1
+         GROUP BY status",
+        statuses.join(", ")
+    )
+});
+
 /// Tasks that finished (any final status) at or after `since_ms`, by status.
 pub fn finished_since(conn: &Connection, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
-    // Spelled out so that each status is a range of tasks_finished (status, finished_ms).
-    let mut stmt = conn.prepare_cached(
-        "SELECT status, COUNT(*) FROM tasks INDEXED BY tasks_finished
-         WHERE status IN ('completed', 'failed', 'timed_out', 'cancelled', 'dead')
-           AND finished_ms >= ?1
-         GROUP BY status",
-    )?;
+    let mut stmt = conn.prepare_cached(&FINISHED_SINCE_SQL)?;
     let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect::<Result<Vec<_>, _>>()
         .map_err(StoreError::from_sqlite)
@@ -526,8 +539,8 @@ mod tests {
             let aimed = targeted_candidates(&conn, "agt_1", r#"["linux"]"#, now, 1)?;
             assert_eq!(aimed.len(), 1);
         }
-        for sql in [open_sql(), targeted_sql()] {
-            let stmt = conn.prepare_cached(&sql)?;
+        for sql in [&*OPEN_SQL, &*TARGETED_SQL] {
+            let stmt = conn.prepare_cached(sql)?;
             assert_eq!(
                 stmt.get_status(StatementStatus::RePrepare),
                 0,
