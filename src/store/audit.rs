@@ -81,18 +81,15 @@ pub fn head(conn: &Connection) -> Result<Option<Head>, StoreError> {
 }
 
 /// The first sequence number whose event is at or after `ts` (a stored-form time), or one past
-/// the head when there is none. Appends never go back in time, so this is a binary search over
+/// the head (`head_seq`, 0 for an empty chain) when there is none. Appends never go back in time, so this is a binary search over
 /// the primary key (about 20 lookups for a million events) instead of an index on `ts` that
 /// every append would write to.
-pub fn first_seq_at_or_after(conn: &Connection, ts: &str) -> Result<i64, StoreError> {
-    let Some(head) = head(conn)? else {
-        return Ok(1);
-    };
+fn first_seq_at_or_after(conn: &Connection, head_seq: i64, ts: &str) -> Result<i64, StoreError> {
     // The event at or after `seq` (seq has no gaps, but a lookup that tolerates them costs
     // nothing more).
     let mut at = conn
         .prepare_cached("SELECT seq, ts FROM audit_events WHERE seq >= ?1 ORDER BY seq LIMIT 1")?;
-    let (mut lo, mut hi) = (1, head.seq + 1);
+    let (mut lo, mut hi) = (1, head_seq + 1);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let found: Option<(i64, String)> = at
@@ -158,15 +155,18 @@ pub fn page(
     filter: &EventFilter,
     limit: u32,
 ) -> Result<Vec<EventRow>, StoreError> {
-    // Times become seq bounds (see first_seq_at_or_after).
-    let since = match &filter.since {
-        Some(ts) => Some(first_seq_at_or_after(conn, ts)?),
-        None => None,
+    // Times become seq bounds (see first_seq_at_or_after), under one read of the head.
+    let head_seq = if filter.since.is_some() || filter.until.is_some() {
+        head(conn)?.map_or(0, |h| h.seq)
+    } else {
+        0
     };
-    let until = match &filter.until {
-        Some(ts) => Some(first_seq_at_or_after(conn, ts)?),
-        None => None,
+    let bound = |ts: &Option<String>| {
+        ts.as_deref()
+            .map(|ts| first_seq_at_or_after(conn, head_seq, ts))
+            .transpose()
     };
+    let (since, until) = (bound(&filter.since)?, bound(&filter.until)?);
     let (sql, args) = page_sql(filter, since, until, limit);
     let mut stmt = conn.prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
@@ -174,13 +174,9 @@ pub fn page(
         .map_err(StoreError::from_sqlite)
 }
 
-/// The condition of the partial index `audit_events_action` (migration 0010), word for word:
-/// SQLite uses a partial index only for a query that states its condition.
-const RARE_ACTION: &str = "action NOT IN ('tool.call', 'task.submitted', 'task.leased', \
-    'task.running', 'task.completed')";
-
-/// The actions `audit_events_action` leaves out: frequent enough that walking the newest
-/// events first finds them at once.
+/// The actions `audit_events_action` (migration 0010) leaves out: frequent enough that walking
+/// the newest events first finds them at once. A query states the index's condition,
+/// `action NOT IN (these)`, for SQLite to use the index.
 const HOT_ACTIONS: [&str; 5] = [
     "tool.call",
     "task.submitted",
@@ -223,7 +219,8 @@ fn page_sql(
         && !action.ends_with('*')
         && !HOT_ACTIONS.contains(&action.as_str())
     {
-        sql.push_str(&format!(" AND {RARE_ACTION}"));
+        let hot: Vec<String> = HOT_ACTIONS.iter().map(|a| format!("'{a}'")).collect();
+        sql.push_str(&format!(" AND action NOT IN ({})", hot.join(", ")));
     }
     push_text_filter(&mut sql, &mut args, "subject", &filter.subject);
     push_text_filter(&mut sql, &mut args, "outcome", &filter.outcome);
