@@ -78,6 +78,9 @@ pub struct ConfigFile {
     /// Tool settings.
     #[serde(default)]
     pub tools: ToolsConfig,
+    /// The database: how long a call may wait for another process's lock.
+    #[serde(default)]
+    pub database: DatabaseConfig,
     /// Approval policy: which channel may decide what, and how long approvals stay open.
     #[serde(default)]
     pub approvals: ApprovalPolicy,
@@ -109,6 +112,42 @@ pub struct ToolsConfig {
     /// Tool groups to switch off: their tools are not listed and cannot be called.
     #[serde(default)]
     pub disabled_groups: Vec<ToolGroup>,
+}
+
+/// `[database]` in the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// The most one tool call (or one command's write) waits, in total, for another process's
+    /// lock on the database, in milliseconds (default 10000); then it fails with the
+    /// retryable `storage_busy`. Background work never waits.
+    #[schemars(range(min = 100, max = 600000))]
+    pub busy_timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            busy_timeout_ms: crate::store::budget::DEFAULT_BUSY_TIMEOUT.as_millis() as u64,
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(100..=600_000).contains(&self.busy_timeout_ms) {
+            return Err(format!(
+                "database.busy_timeout_ms must be 100 to 600000, got {}",
+                self.busy_timeout_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// The busy timeout.
+    pub fn busy_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.busy_timeout_ms)
+    }
 }
 
 /// Why the configuration could not be loaded.
@@ -144,6 +183,7 @@ impl ConfigFile {
         config
             .approvals
             .validate()
+            .and_then(|()| config.database.validate())
             .and_then(|()| config.agents.validate())
             .and_then(|()| config.instances.validate())
             .and_then(|()| {

@@ -18,6 +18,7 @@ use crate::audit::chain::{format_ts, now_ts};
 use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
 use crate::macros::string_enum;
 use crate::store::approval::{self as sql, ApprovalRow, DecisionRow, Redeemed};
+use crate::store::budget::{self, Budget};
 use crate::store::{Store, StoreError};
 pub use gate::{Executor, Gate, Ticket};
 pub use policy::ApprovalPolicy;
@@ -400,7 +401,7 @@ impl ApprovalService {
 
     /// One approval (expired first if its time has passed).
     pub fn get(&self, id: &str) -> Result<Approval, ApprovalError> {
-        self.expire_due()?;
+        self.expire_due_if_free()?;
         let row = sql::get(&self.store().lock(), id)?;
         row.map(Approval::from_row)
             .transpose()?
@@ -419,7 +420,7 @@ impl ApprovalService {
 
     /// Approvals, newest first.
     pub fn list(&self, filter: &ListFilter) -> Result<ApprovalPage, ApprovalError> {
-        self.expire_due()?;
+        self.expire_due_if_free()?;
         let limit = if filter.limit == 0 { 50 } else { filter.limit };
         let before = match &filter.cursor {
             Some(c) => Some(c.split_once('|').ok_or_else(|| ApprovalError::Invalid {
@@ -451,8 +452,24 @@ impl ApprovalService {
     }
 
     /// Marks every pending approval past its expiry as `expired`, each with its audit event.
+    /// Lazily: when none is due (almost always) it takes no write lock, so it never waits.
     pub fn expire_due(&self) -> Result<usize, ApprovalError> {
-        Ok(self.store().write(|tx| expire_due_in(&self.audit, tx))?)
+        Ok(self
+            .store()
+            .write_lazily(|tx| expire_due_in(&self.audit, tx), StoreError::is_busy)?)
+    }
+
+    /// [`expire_due`](Self::expire_due) for reads: skipped, not waited for, when another
+    /// process holds the write lock (a read serves what is stored; the next read or a write
+    /// records the expiry).
+    fn expire_due_if_free(&self) -> Result<(), ApprovalError> {
+        match budget::sync_scope(Budget::none(), || self.expire_due()) {
+            Err(ApprovalError::Store(e)) if e.is_busy() => {
+                tracing::debug!(error = %e, "expiring due approvals skipped");
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// Records a person's final decision. Refused when the approval is already decided, has

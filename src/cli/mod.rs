@@ -176,6 +176,7 @@ fn open_with(global: &GlobalArgs, access: Access) -> anyhow::Result<(Settings, A
         global.db.clone(),
         global.config.clone(),
     )?;
+    mcp_coordinator::store::budget::set_default(settings.config.database.busy_timeout());
     let store = match access {
         Access::Create => Store::open(&settings.db)?,
         Access::ReadExisting => Store::open_existing(&settings.db)?,

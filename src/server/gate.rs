@@ -43,7 +43,9 @@ pub(super) fn approval_failure(tool: &str, e: ApprovalError) -> Failure {
         Failure::Domain(ToolError::new(code, e.to_string()).with_details(details))
     };
     match e {
-        ApprovalError::Store(e) => Failure::Domain(store_error(e)),
+        ApprovalError::Store(e) | ApprovalError::Audit(crate::audit::AuditError::Store(e)) => {
+            Failure::Domain(store_error(e))
+        }
         ApprovalError::Audit(e) => {
             Failure::Domain(ToolError::new(ErrorCode::StorageError, e.to_string()))
         }

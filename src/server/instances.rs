@@ -141,8 +141,7 @@ pub(super) fn failure(e: InstanceError) -> Failure {
         | InstanceError::Cancelled => ErrorCode::Unavailable,
         InstanceError::Child { .. } => ErrorCode::InvalidRequest,
         InstanceError::Secret(_) => ErrorCode::Forbidden,
-        InstanceError::Store(s) if s.retryable() => ErrorCode::StorageBusy,
-        InstanceError::Store(_) => ErrorCode::StorageError,
+        InstanceError::Store(s) => ToolError::store(s).code,
     };
     let details = match &e {
         InstanceError::StartFailed { name, stderr, .. } => {
@@ -169,8 +168,10 @@ pub(super) fn failure(e: InstanceError) -> Failure {
         } => json!({"instance": name, "tool": tool, "timeout_seconds": seconds}),
         _ => json!({}),
     };
-    let retryable = matches!(code, ErrorCode::Unavailable | ErrorCode::StorageBusy)
-        && !matches!(e, InstanceError::StartFailed { .. });
+    let retryable = matches!(
+        code,
+        ErrorCode::Unavailable | ErrorCode::StorageBusy | ErrorCode::StorageFull
+    ) && !matches!(e, InstanceError::StartFailed { .. });
     let mut err = ToolError::new(code, e.to_string()).with_details(details);
     err.retryable = retryable;
     Failure::Domain(err)

@@ -45,10 +45,11 @@ use crate::assessment::AssessmentService;
 use crate::audit::{Action, AuditLog, NewEvent, Outcome};
 use crate::config::{Settings, ToolGroup};
 use crate::instance::InstanceService;
-use crate::pipeline::PipelineService;
-use crate::remediation::RemediationService;
+use crate::pipeline::{PipelineError, PipelineService};
+use crate::remediation::{RemediationError, RemediationService};
 use crate::secret::SecretStore;
 use crate::store::Store;
+use crate::store::budget::{self, Budget};
 use crate::task::TaskService;
 use session::Call;
 
@@ -243,13 +244,31 @@ impl Coordinator {
         f(self)
     }
 
-    /// Runs store work that may take long (scans, verification) off the async threads.
+    /// Runs store work that may take long (scans, verification) off the async threads, under
+    /// the caller's lock-wait budget.
     pub async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Coordinator) -> T + Send + 'static,
     ) -> Result<T, tool::ToolError> {
         let this = self.clone();
-        tokio::task::spawn_blocking(move || f(&this))
+        let budget = budget::current();
+        tokio::task::spawn_blocking(move || match budget {
+            Some(budget) => budget::sync_scope(budget, || f(&this)),
+            None => f(&this),
+        })
+        .await
+        .map_err(|e| tool::ToolError::new(tool::ErrorCode::Internal, e.to_string()))
+    }
+
+    /// Runs periodic background work off the async threads without any lock-wait budget: when
+    /// another process holds the database it fails at once (and runs again at its next tick)
+    /// instead of holding the connection that calls need.
+    async fn background<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Coordinator) -> T + Send + 'static,
+    ) -> Result<T, tool::ToolError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || budget::sync_scope(Budget::none(), || f(&this)))
             .await
             .map_err(|e| tool::ToolError::new(tool::ErrorCode::Internal, e.to_string()))
     }
@@ -540,19 +559,23 @@ impl ServerHandler for Coordinator {
         context.extensions.insert(quiet.clone());
         let call = Call::from_context(&context, self);
         let arguments = request.arguments.clone().map(serde_json::Value::Object);
+        // One lock-wait budget for everything this call does (store/budget.rs).
+        let budget = Budget::for_call();
         let result = if let Some(handler) = self.inner.tools.handler(&name) {
-            handler(ToolCallContext::new(self, request, context)).await
+            budget::scope(
+                budget,
+                handler(ToolCallContext::new(self, request, context)),
+            )
+            .await
         } else if let Some(target) = self.proxy_target(&name) {
             let mut call = call.clone();
             call.request_state = request.request_state.clone();
             call.input_responses = request.input_responses.clone();
             // Boxed: inline, this future's state would size every tool call's future, which
             // rmcp and tokio move by value several times per request.
-            Box::pin(instances::call_exposed(
-                self,
-                target,
-                request.arguments,
-                &call,
+            Box::pin(budget::scope(
+                budget,
+                instances::call_exposed(self, target, request.arguments, &call),
             ))
             .await
         } else {
@@ -609,11 +632,12 @@ async fn sweep_forever(c: Coordinator) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        match c.blocking(|c| c.tasks().sweep()).await {
+        match c.background(|c| c.tasks().sweep()).await {
             Ok(Ok((0, 0))) => {}
             Ok(Ok((timed_out, orphaned))) => {
                 tracing::info!(timed_out, orphaned, "returned task leases to the queue")
             }
+            Ok(Err(e)) if e.is_busy() => tracing::debug!(error = %e, "task sweep skipped"),
             Ok(Err(e)) => tracing::warn!(error = %e, "task sweep failed"),
             Err(e) => tracing::warn!(error = %e.message, "task sweep failed"),
         }
@@ -629,9 +653,12 @@ async fn pipelines_forever(c: Coordinator) {
     let mut ticks: u64 = 0;
     loop {
         every.tick().await;
-        match c.blocking(|c| c.pipelines().tick()).await {
+        match c.background(|c| c.pipelines().tick()).await {
             Ok(Ok(0)) => {}
             Ok(Ok(moved)) => tracing::debug!(moved, "pipeline runs advanced"),
+            Ok(Err(PipelineError::Store(e))) if e.is_busy() => {
+                tracing::debug!(error = %e, "pipeline tick skipped")
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "pipeline tick failed"),
             Err(e) => tracing::warn!(error = %e.message, "pipeline tick failed"),
         }
@@ -639,7 +666,7 @@ async fn pipelines_forever(c: Coordinator) {
         // Once a minute: remediations whose coordinator stopped in the middle of applying them.
         if ticks % 120 == 1 {
             match c
-                .blocking(|c| {
+                .background(|c| {
                     c.remediations()
                         .fail_interrupted(std::time::Duration::from_secs(120))
                 })
@@ -647,6 +674,9 @@ async fn pipelines_forever(c: Coordinator) {
             {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::warn!(n, "marked interrupted remediations as failed"),
+                Ok(Err(RemediationError::Store(e))) if e.is_busy() => {
+                    tracing::debug!(error = %e, "check for interrupted remediations skipped")
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "could not check for interrupted remediations")
                 }
@@ -655,8 +685,11 @@ async fn pipelines_forever(c: Coordinator) {
                 }
             }
         }
-        match c.blocking(|c| c.pipelines().deliver_webhooks()).await {
+        match c.background(|c| c.pipelines().deliver_webhooks()).await {
             Ok(Ok(_)) => {}
+            Ok(Err(PipelineError::Store(e))) if e.is_busy() => {
+                tracing::debug!(error = %e, "webhook delivery skipped")
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "webhook delivery failed"),
             Err(e) => tracing::warn!(error = %e.message, "webhook delivery failed"),
         }

@@ -24,7 +24,7 @@ use crate::pipeline::{
     Definition, Dependency, NewPipeline, NewRun, Pipeline, PipelineError, PipelineSummary, Run,
     RunStatus, StageDef, StageRun, Template, describe_progress,
 };
-use crate::task::Priority;
+use crate::task::{Priority, TaskError};
 
 /// How often a waiting call checks the database for changes made by other processes.
 const POLL: Duration = Duration::from_millis(250);
@@ -133,7 +133,9 @@ pub fn routes() -> Vec<Route> {
 /// Maps pipeline errors to tool failures.
 fn pipeline_failure(tool: &str, e: PipelineError) -> Failure {
     match e {
-        PipelineError::Store(e) => Failure::Domain(store_error(e)),
+        PipelineError::Store(e) | PipelineError::Task(TaskError::Store(e)) => {
+            Failure::Domain(store_error(e))
+        }
         PipelineError::Task(e) => {
             Failure::Domain(ToolError::new(ErrorCode::Conflict, e.to_string()))
         }

@@ -60,12 +60,7 @@ pub fn routes() -> Vec<Route> {
 
 /// Maps a store failure to a domain error.
 pub(super) fn store_error(e: StoreError) -> ToolError {
-    let code = if e.retryable() {
-        ErrorCode::StorageBusy
-    } else {
-        ErrorCode::StorageError
-    };
-    ToolError::new(code, e.to_string())
+    ToolError::store(&e)
 }
 
 fn audit_failure(tool: &str, e: AuditError) -> Failure {

@@ -41,6 +41,9 @@ pub enum ErrorCode {
     NotLeaseholder,
     /// The database was locked by another process for too long; try again.
     StorageBusy,
+    /// The disk holding the database is full; nothing was written. Try again once there is
+    /// room.
+    StorageFull,
     /// The database failed; see the message.
     StorageError,
     /// A bug or an unexpected state in the coordinator.
@@ -65,8 +68,22 @@ impl ToolError {
             code,
             message: message.into(),
             details: Value::Object(Default::default()),
-            retryable: matches!(code, ErrorCode::StorageBusy | ErrorCode::Unavailable),
+            retryable: matches!(
+                code,
+                ErrorCode::StorageBusy | ErrorCode::StorageFull | ErrorCode::Unavailable
+            ),
         }
+    }
+
+    /// A store failure: `storage_busy`, `storage_full` (both retryable) or `storage_error`.
+    pub fn store(e: &crate::store::StoreError) -> Self {
+        use crate::store::StoreError;
+        let code = match e {
+            StoreError::Busy { .. } => ErrorCode::StorageBusy,
+            StoreError::Full { .. } => ErrorCode::StorageFull,
+            _ => ErrorCode::StorageError,
+        };
+        ToolError::new(code, e.to_string())
     }
 
     pub fn with_details(mut self, details: Value) -> Self {

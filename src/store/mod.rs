@@ -5,6 +5,7 @@ pub mod agent;
 pub mod approval;
 pub mod assessment;
 pub mod audit;
+pub mod budget;
 mod checkpointer;
 pub mod instance;
 pub mod overseer;
@@ -14,16 +15,12 @@ pub mod task;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
-
-/// How long a writer waits for another process's write lock before giving up.
-/// Two coordinators sharing one file take turns well inside this.
-pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The database path that means "no file": state lives in memory and dies with the process.
 pub const MEMORY: &str = ":memory:";
@@ -149,28 +146,72 @@ pub enum StoreError {
         found: i64,
         known: usize,
     },
-    /// Another process held the write lock for longer than the busy timeout.
-    #[error("database is busy (another process held the write lock for over {0:?})")]
-    Busy(Duration),
+    /// Another process held the lock for longer than this operation's budget (see
+    /// [`budget`]): how long it waited in all, and the busy timeout.
+    #[error("{}", busy_message(*waited, *timeout))]
+    Busy { waited: Duration, timeout: Duration },
+    /// The disk (or the database's size limit) is full: nothing was written.
+    #[error(
+        "database {path} is full: the disk has no room left (nothing was written; free some space and try again)"
+    )]
+    Full { path: String },
     /// Any other SQLite failure.
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
 }
 
 impl StoreError {
     /// Whether trying the same operation again may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, StoreError::Busy(_))
+        matches!(self, StoreError::Busy { .. } | StoreError::Full { .. })
     }
 
-    /// Turns SQLite's busy code into [`StoreError::Busy`], everything else into `Sqlite`.
+    /// Whether another process held the lock too long.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, StoreError::Busy { .. })
+    }
+
+    /// Turns SQLite's busy code into [`StoreError::Busy`] (with the current operation's wait),
+    /// a full disk into [`StoreError::Full`], everything else into `Sqlite`.
     pub fn from_sqlite(err: rusqlite::Error) -> Self {
         match err.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                StoreError::Busy(BUSY_TIMEOUT)
+                let (waited, timeout) = budget::waited();
+                StoreError::Busy { waited, timeout }
             }
+            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full {
+                path: LOCKED
+                    .with_borrow(|l| l.as_ref().map(|l| l.display()))
+                    .unwrap_or_else(|| "(unknown)".into()),
+            },
             _ => StoreError::Sqlite(err),
         }
+    }
+}
+
+/// What [`StoreError::Busy`] says: how long the operation waited, in tenths of a second, and
+/// its budget (`10 s`, `2.5 s`); background work, which has none, says so instead.
+fn busy_message(waited: Duration, timeout: Duration) -> String {
+    if timeout.is_zero() {
+        return "database is busy: another process holds the write lock (background work does not wait for it)".into();
+    }
+    format!(
+        "database is busy: waited {:.1} s for another process's write lock (busy timeout {} s)",
+        waited.as_secs_f64(),
+        timeout.as_secs_f64()
+    )
+}
+
+thread_local! {
+    /// The database whose connection this thread locked last ([`Store::lock`]): the one a
+    /// full-disk error on this thread is about (SQLite's error does not say which file).
+    static LOCKED: std::cell::RefCell<Option<Arc<Location>>> = const { std::cell::RefCell::new(None) };
+}
+
+impl From<rusqlite::Error> for StoreError {
+    /// Busy and a full disk by what happened (see [`StoreError::from_sqlite`]).
+    fn from(err: rusqlite::Error) -> Self {
+        StoreError::from_sqlite(err)
     }
 }
 
@@ -301,10 +342,30 @@ impl Store {
 
     /// Locks the process's connection. A poisoned lock (a panic while holding it) is recovered:
     /// SQLite rolls back any transaction left open, so the data is consistent.
+    /// A wait for it (another thread of this process is using it) counts against the current
+    /// lock-wait budget ([`budget`]).
     pub fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        LOCKED.with_borrow_mut(|locked| {
+            if !locked
+                .as_ref()
+                .is_some_and(|l| Arc::ptr_eq(l, &self.location))
+            {
+                *locked = Some(self.location.clone());
+            }
+        });
+        match self.conn.try_lock() {
+            Ok(conn) => conn,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                let started = Instant::now();
+                let conn = self
+                    .conn
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                budget::charge(started.elapsed());
+                conn
+            }
+        }
     }
 
     /// Runs `f` inside one `BEGIN IMMEDIATE` transaction and commits it; any error rolls back.
@@ -313,12 +374,46 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let conn = self.lock();
-        let tx = Tx::begin(&conn, "BEGIN IMMEDIATE")?;
+        let conn = self.lock_for_write()?;
+        let tx = Tx {
+            conn: &conn,
+            open: true,
+        };
         let value = f(&conn)?;
         tx.commit()?;
         self.committed();
         Ok(value)
+    }
+
+    /// Locks the connection with a `BEGIN IMMEDIATE` transaction open on it. While another
+    /// process holds the write lock this waits, within the current budget, with the connection
+    /// released: the other threads of this process (reads, other calls) go on meanwhile, and
+    /// a background job under [`Budget::none`](budget::Budget::none) gives up at once.
+    fn lock_for_write(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        budget::ensure(|budget| {
+            let mut attempt = 0;
+            loop {
+                let conn = self.lock();
+                let begun =
+                    budget::without_waiting(|| conn.prepare_cached("BEGIN IMMEDIATE")?.execute([]));
+                match begun.map_err(StoreError::from_sqlite) {
+                    Ok(_) => return Ok(conn),
+                    Err(StoreError::Busy { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                drop(conn);
+                let nap = budget::pause(attempt).min(budget.remaining());
+                if nap.is_zero() {
+                    return Err(StoreError::Busy {
+                        waited: budget.spent(),
+                        timeout: budget.limit(),
+                    });
+                }
+                std::thread::sleep(nap);
+                budget.charge(nap);
+                attempt += 1;
+            }
+        })
     }
 
     /// Like [`write`](Self::write) for work that often writes nothing (a claim on an empty
@@ -469,7 +564,8 @@ fn open_connection_with(location: &Location, create: bool) -> Result<Connection,
             Connection::open_with_flags(path, flags).map_err(open_err)?
         }
     };
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    // Waits for other processes' locks draw on the current operation's budget (budget.rs).
+    conn.busy_handler(Some(budget::on_busy)).map_err(open_err)?;
     if matches!(location, Location::File(_)) {
         // WAL lets readers (the CLI, a second coordinator) work while one process writes.
         // Switching a fresh file to WAL answers SQLITE_BUSY at once, without the busy handler,
@@ -483,7 +579,7 @@ fn open_connection_with(location: &Location, create: bool) -> Result<Connection,
                         Some(
                             rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
                         )
-                    ) && started.elapsed() < BUSY_TIMEOUT =>
+                    ) && started.elapsed() < budget::default_limit() =>
                 {
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -655,6 +751,114 @@ mod tests {
             .query_map([], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         assert_eq!(rows, [3]);
+        Ok(())
+    }
+
+    /// While another process holds the write lock, a write waits no longer than its budget,
+    /// says how long it waited, and leaves the connection to the process's other threads
+    /// meanwhile; background work (no budget) fails at once.
+    #[test]
+    fn a_write_waits_one_budget_with_the_connection_free() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.db");
+        let store = Store::open(&Location::File(path.clone()))?;
+        store.lock().execute_batch("CREATE TABLE t (x INTEGER)")?;
+        let holder = Connection::open(&path)?;
+        holder.execute_batch("BEGIN EXCLUSIVE")?;
+        let insert = |store: &Store| {
+            store.write(|tx| -> Result<(), StoreError> {
+                tx.execute("INSERT INTO t VALUES (1)", [])?;
+                Ok(())
+            })
+        };
+
+        let started = std::time::Instant::now();
+        let reads = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                // Reads through the same connection go on while the write waits.
+                std::thread::sleep(Duration::from_millis(100));
+                let read = std::time::Instant::now();
+                let n: i64 = store
+                    .lock()
+                    .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+                    .unwrap_or(-1);
+                (n, read.elapsed())
+            });
+            let budget = budget::Budget::new(Duration::from_millis(600));
+            let written = budget::sync_scope(budget, || insert(&store));
+            (written, reader.join())
+        });
+        let took = started.elapsed();
+        let (written, read) = reads;
+        let (n, read_took) = read.map_err(|_| "the reader panicked")?;
+        assert_eq!(n, 0);
+        assert!(read_took < Duration::from_millis(100), "{read_took:?}");
+        match written {
+            Err(StoreError::Busy { waited, timeout }) => {
+                assert_eq!(timeout, Duration::from_millis(600));
+                assert!(waited >= Duration::from_millis(550), "{waited:?}");
+            }
+            other => return Err(format!("expected busy, got {other:?}").into()),
+        }
+        assert!(
+            (Duration::from_millis(550)..Duration::from_millis(900)).contains(&took),
+            "{took:?}"
+        );
+        let message = insert_error_message(budget::sync_scope(
+            budget::Budget::new(Duration::from_millis(200)),
+            || insert(&store),
+        ));
+        assert_eq!(
+            message,
+            "database is busy: waited 0.2 s for another process's write lock (busy timeout 0.2 s)"
+        );
+
+        let started = std::time::Instant::now();
+        let skipped = budget::sync_scope(budget::Budget::none(), || insert(&store));
+        assert!(
+            skipped.as_ref().is_err_and(StoreError::is_busy),
+            "{skipped:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(50));
+
+        holder.execute_batch("ROLLBACK")?;
+        budget::sync_scope(budget::Budget::none(), || insert(&store))?;
+        Ok(())
+    }
+
+    fn insert_error_message(r: Result<(), StoreError>) -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    /// A full disk (here the database's page limit) is the retryable `Full`, naming the file.
+    #[test]
+    fn a_full_database_is_retryable_and_named() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.db");
+        let store = Store::open(&Location::File(path.clone()))?;
+        store.lock().execute_batch("CREATE TABLE t (x BLOB)")?;
+        let pages: i64 = store
+            .lock()
+            .query_row("PRAGMA page_count", [], |r| r.get(0))?;
+        store
+            .lock()
+            .pragma_update(None, "max_page_count", pages + 2)?;
+        let full = store.write(|tx| -> Result<(), StoreError> {
+            tx.execute("INSERT INTO t VALUES (zeroblob(100000))", [])?;
+            Ok(())
+        });
+        let Err(e) = full else {
+            return Err("a write past the page limit succeeded".into());
+        };
+        assert!(matches!(e, StoreError::Full { .. }), "{e:?}");
+        assert!(e.retryable());
+        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+        // Nothing half-written, and a small write still fits.
+        let rows: i64 = store
+            .lock()
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?;
+        assert_eq!(rows, 0);
         Ok(())
     }
 

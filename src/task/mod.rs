@@ -268,8 +268,8 @@ impl TaskError {
     pub fn is_busy(&self) -> bool {
         matches!(
             self,
-            TaskError::Store(StoreError::Busy(_))
-                | TaskError::Agent(AgentError::Store(StoreError::Busy(_)))
+            TaskError::Store(StoreError::Busy { .. })
+                | TaskError::Agent(AgentError::Store(StoreError::Busy { .. }))
         )
     }
 }
