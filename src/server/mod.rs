@@ -333,6 +333,11 @@ impl Coordinator {
         }
     }
 
+    /// Tool calls whose audit events are not in the database (waiting, or given up), if any.
+    fn unaudited_calls(&self) -> Option<audit_writer::Unaudited> {
+        self.inner.audit_queue.unaudited()
+    }
+
     /// Waits until every tool call's event queued so far is in the database (blocking: call
     /// it off the runtime). Readers of the audit log call this first, so that they see the
     /// calls made before them.

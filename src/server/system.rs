@@ -89,8 +89,14 @@ pub struct StatusInput {}
 pub struct DatabaseStatus {
     /// The database file, or `:memory:`.
     pub path: String,
-    /// `ok (journal_mode=wal)` when a trivial query succeeds, else the error.
+    /// `ok (journal_mode=wal)` when a trivial query succeeds and every tool call so far is in
+    /// the audit log; `degraded: ...` with the reason while calls go unaudited (the database
+    /// is locked by another process, read-only or full: calls that only read are still
+    /// served, and their `tool.call` events wait to be written).
     pub health: String,
+    /// Tool calls whose `tool.call` event is not in the audit log: waiting to be written, or
+    /// given up (more than 10,000 waited) since this process started.
+    pub unaudited_calls: u64,
     /// Migrations applied to this database.
     pub schema_version: i64,
     /// Migrations this build knows.
@@ -149,7 +155,20 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
             store.table_counts()?,
         ))
     });
-    let (health, schema_version, counts) = db.map_err(store_error)?;
+    let (mut health, schema_version, counts) = db.map_err(store_error)?;
+    let unaudited = c.unaudited_calls();
+    if let Some(u) = &unaudited {
+        health = format!(
+            "degraded: {} tool calls are not in the audit log ({} waiting to be written, {} given up){}",
+            u.waiting + u.dropped,
+            u.waiting,
+            u.dropped,
+            u.error
+                .as_ref()
+                .map(|e| format!("; the last write failed: {e}"))
+                .unwrap_or_default()
+        );
+    }
     let settings = c.settings();
     let overseer = c
         .quick(|c| OverseerService::new(c.audit().clone()).status())
@@ -182,6 +201,7 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
         database: DatabaseStatus {
             path: settings.db.display(),
             health,
+            unaudited_calls: unaudited.map_or(0, |u| u.waiting + u.dropped),
             schema_version,
             known_schema_version: Store::known_schema_version(),
         },
