@@ -8,11 +8,12 @@
 //! queued before them ([`AuditQueue::flush`]), and shutdown writes what is left. A crash can
 //! lose the last [`GATHER`] of `tool.call` events, never a state change's.
 //!
-//! The writer never waits for the database lock (it has no lock-wait budget, see
-//! `store/budget.rs`), as it shares the process's connection with the calls. When another
-//! process holds the lock, or the database cannot be written (read-only, disk full), the
-//! events stay queued and the writer tries again every [`RETRY`]; the calls themselves (reads
-//! among them) are served meanwhile. Past [`MAX_WAITING`] waiting events the oldest are given
+//! The writer waits at most [`WAIT`] for another process's lock (its lock-wait budget, see
+//! `store/budget.rs`; it waits with the connection released, so calls go on meanwhile): long
+//! enough for a coordinator sharing the file to finish a transaction, short enough that a
+//! flush is answered at once. When another process holds the lock longer, or the database
+//! cannot be written (read-only, disk full), the events stay queued and the writer tries again
+//! every [`RETRY`]; the calls themselves (reads among them) are served meanwhile. Past [`MAX_WAITING`] waiting events the oldest are given
 //! up. Both counts are the [`Backlog`] that `coordinator_status` reports as degraded health.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +30,9 @@ pub(super) const GATHER: Duration = Duration::from_millis(20);
 
 /// Events per transaction at most.
 const BATCH: usize = 512;
+
+/// How long one write may wait for another process's lock.
+const WAIT: Duration = Duration::from_millis(100);
 
 /// How long the writer waits before trying again after a failed write.
 const RETRY: Duration = Duration::from_millis(200);
@@ -228,8 +232,7 @@ fn write_batches(audit: &AuditLog, rx: &Receiver<Job>, backlog: &Backlog) {
             }
             std::thread::park_timeout(left);
         }
-        // No waiting for the lock while calls may need the connection; on the way out, a little.
-        let wait = if stopping { LAST_WAIT } else { Duration::ZERO };
+        let wait = if stopping { LAST_WAIT } else { WAIT };
         match budget::sync_scope(Budget::new(wait), || write_all(audit, burst.events)) {
             Ok(()) => {
                 if failing {
@@ -371,9 +374,9 @@ mod tests {
         Ok(())
     }
 
-    /// While another process holds the database, the writer neither waits nor loses events:
-    /// a flush returns at once, the backlog counts what waits and says why, and the events
-    /// are written, in order, once the lock is gone.
+    /// While another process holds the database, the writer neither waits long nor loses
+    /// events: a flush returns after one short try, the backlog counts what waits and says
+    /// why, and the events are written, in order, once the lock is gone.
     #[test]
     fn events_wait_for_a_locked_database_without_holding_anyone_up()
     -> Result<(), Box<dyn std::error::Error>> {

@@ -7,9 +7,10 @@
 //! task-local for the whole call ([`scope`]); every wait anywhere under it draws on it:
 //! [`Store::write`](super::Store::write) waiting for the write lock, a statement's wait through
 //! the connection's busy handler ([`on_busy`]), and waiting for the process's connection
-//! mutex. Background work (sweeps, ticks, the audit writer) runs under [`Budget::none`]: when
-//! the lock is not free at once it is skipped or retried later, never waited for while it
-//! holds the connection a call needs. Code outside any scope (CLI commands, a child's
+//! mutex. Background work (sweeps, ticks) runs under [`Budget::none`]: when the lock is not
+//! free at once it is skipped and runs at its next tick (the audit writer waits 100 ms, then
+//! retries later). No wait for another process's lock in `Store::write` holds the process's
+//! connection, so nothing in the background holds up a call. Code outside any scope (CLI commands, a child's
 //! supervisor) gets a fresh budget of the default size per operation, as before.
 
 use std::cell::Cell;
