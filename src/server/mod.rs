@@ -758,6 +758,14 @@ pub async fn run(
     if let Err(e) = audit.store().start_checkpointer() {
         tracing::warn!(error = %e, "cannot start the background checkpointer");
     }
+    // Signs what was written within a second, so a crash can hide at most that much.
+    let head_signer = match crate::audit::HeadSigner::start(&audit) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the audit head signer");
+            None
+        }
+    };
     coordinator.instances().start_reaper();
     coordinator
         .instances()
@@ -793,7 +801,11 @@ pub async fn run(
     }
     drop(coordinator);
     let stopped = stopped?;
-    let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;
+    let signed = tokio::task::spawn_blocking(move || {
+        drop(head_signer);
+        audit.sign_head()
+    })
+    .await;
     match signed {
         Ok(Ok(seq)) => tracing::debug!(?seq, "signed the audit chain head"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not sign the audit chain head"),
