@@ -134,6 +134,39 @@ pub fn settle_audit(data_dir: &Path) {
     }
 }
 
+/// [`settle_audit`], then waits until the head is signed too: a server's head signer signs
+/// within a second of a commit, and may write an `audit.key_added` event first. For tests that
+/// count events or commits from outside while a server runs.
+pub fn settle_signed(data_dir: &Path) {
+    settle_audit(data_dir);
+    settle_signed_db(&db_path(data_dir));
+}
+
+/// Waits until the head of the chain in the database file `db` is signed (5 s at most).
+pub fn settle_signed_db(db: &Path) {
+    let started = std::time::Instant::now();
+    loop {
+        let signed = rusqlite::Connection::open(db)
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT (SELECT COALESCE(MAX(seq), 0) FROM audit_events)
+                          = (SELECT COALESCE(MAX(seq), 0) FROM audit_signatures)",
+                    [],
+                    |r| r.get::<_, bool>(0),
+                )
+            })
+            .unwrap_or(false);
+        if signed {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the audit head was not signed within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Runs the binary as a CLI command and returns (status code, stdout, stderr).
 pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(BIN)
