@@ -822,7 +822,7 @@ where
     match coordinator.serve(transport).await {
         Ok(running) => {
             let reason = running.waiting().await?;
-            tracing::info!(?reason, "client session ended");
+            tracing::debug!(?reason, "client session ended");
             Ok(Stopped::ClientClosed)
         }
         // A client that connects and leaves without a word is a clean close, not a failure.
