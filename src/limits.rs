@@ -155,9 +155,11 @@ pub struct SizeLimits {
     /// the field.
     #[schemars(range(min = MAX_PAYLOAD_BYTES.min, max = MAX_PAYLOAD_BYTES.max))]
     pub max_payload_bytes: u64,
-    /// The largest tool result, in bytes of its JSON-RPC line (default 4194304 = 4 MiB, well
+    /// The largest tool result, in bytes of its JSON-RPC line (default 8388608 = 8 MiB, well
     /// under the 32 MiB line the server accepts). Past it, the largest free-form values in the
-    /// result are replaced by `"…[truncated N bytes]"`.
+    /// result are replaced by `"…[truncated N bytes]"`. At least six payloads plus 64 KiB, so
+    /// one task with the largest `params` and `result` always comes back whole (a result line
+    /// holds the value twice, and the second copy is escaped).
     #[schemars(range(min = RESPONSE_BUDGET_BYTES.min, max = RESPONSE_BUDGET_BYTES.max))]
     pub response_budget_bytes: u64,
     /// The most bytes of a call's arguments a `tool.call` audit event keeps (default 4096);
@@ -167,9 +169,14 @@ pub struct SizeLimits {
 }
 
 /// `limits.max_payload_bytes`.
-pub const MAX_PAYLOAD_BYTES: Range<u64> = Range::new(1024, 16 << 20);
+pub const MAX_PAYLOAD_BYTES: Range<u64> = Range::new(1024, 4 << 20);
 /// `limits.response_budget_bytes`.
 pub const RESPONSE_BUDGET_BYTES: Range<u64> = Range::new(64 << 10, 24 << 20);
+/// A task's `params` and `result`, each written twice (structured and as escaped text, which
+/// at worst doubles it): the payloads a response budget must hold at least.
+const BUDGET_PAYLOADS: u64 = 6;
+/// Room for the rest of a task and the JSON-RPC envelope.
+const BUDGET_SLACK: u64 = 64 << 10;
 /// `limits.audit_arguments_bytes`.
 pub const AUDIT_ARGUMENTS_BYTES: Range<u64> = Range::new(256, 1 << 20);
 
@@ -177,7 +184,7 @@ impl Default for SizeLimits {
     fn default() -> Self {
         SizeLimits {
             max_payload_bytes: 1 << 20,
-            response_budget_bytes: 4 << 20,
+            response_budget_bytes: 8 << 20,
             audit_arguments_bytes: 4096,
         }
     }
@@ -187,6 +194,15 @@ impl SizeLimits {
     pub fn validate(&self) -> Result<(), String> {
         MAX_PAYLOAD_BYTES.check("limits.max_payload_bytes", self.max_payload_bytes)?;
         RESPONSE_BUDGET_BYTES.check("limits.response_budget_bytes", self.response_budget_bytes)?;
+        let least = BUDGET_PAYLOADS * self.max_payload_bytes + BUDGET_SLACK;
+        if self.response_budget_bytes < least {
+            return Err(format!(
+                "limits.response_budget_bytes: expected at least {BUDGET_PAYLOADS} × \
+                 limits.max_payload_bytes + {BUDGET_SLACK} = {least}, so one task with the largest \
+                 params and result fits whole, got {}",
+                self.response_budget_bytes
+            ));
+        }
         AUDIT_ARGUMENTS_BYTES.check("limits.audit_arguments_bytes", self.audit_arguments_bytes)
     }
 

@@ -14,7 +14,7 @@ use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
 
 const PAYLOAD: usize = 64 * 1024;
-const BUDGET: usize = 256 * 1024;
+const BUDGET: usize = 512 * 1024;
 
 fn config(dir: &Path) -> String {
     let path = dir.join("limits.toml");
@@ -271,12 +271,17 @@ fn a_config_outside_its_bounds_stops_the_start_naming_the_key() {
         (
             "[limits]\nmax_payload_bytes = 100\n",
             "limits.max_payload_bytes",
-            "expected 1024 to 16777216",
+            "expected 1024 to 4194304",
         ),
         (
             "[limits]\nresponse_budget_bytes = 1073741824\n",
             "limits.response_budget_bytes",
             "expected 65536 to 25165824",
+        ),
+        (
+            "[limits]\nresponse_budget_bytes = 1048576\n",
+            "limits.response_budget_bytes",
+            "expected at least 6 × limits.max_payload_bytes + 65536 = 6356992",
         ),
     ] {
         let (code, err) = serve_with(text);

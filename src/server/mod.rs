@@ -606,7 +606,7 @@ impl ServerHandler for Coordinator {
         };
         self.audit_call(event);
         if large {
-            crate::limits::release_memory();
+            tool::release_memory_soon();
         }
         result
     }

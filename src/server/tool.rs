@@ -272,9 +272,12 @@ fn input_schema<In: JsonSchema + 'static>() -> Value {
 
 /// Keeps a result's JSON-RPC line within the response budget: past it, the largest strings
 /// and free-form values are cut with a `…[truncated N bytes]` marker, in a way the output
-/// schema still allows. Gives the memory back after a large result.
+/// schema still allows. A large result gives its memory back once it has been written.
 fn fit_result<Out: JsonSchema + 'static>(tool: &str, value: &mut Value, budget: usize) {
     let mut line = limits::result_line_size(value);
+    if line > LARGE_RESULT {
+        release_memory_soon();
+    }
     if line <= budget {
         return;
     }
@@ -300,7 +303,23 @@ fn fit_result<Out: JsonSchema + 'static>(tool: &str, value: &mut Value, budget: 
         budget,
         "result over the response budget: cut its largest values"
     );
-    limits::release_memory();
+}
+
+/// A result line longer than this leaves freed memory behind worth giving back.
+const LARGE_RESULT: usize = 1 << 20;
+
+/// Trims the allocator shortly after now, once the answer being built has been written and
+/// freed; calls in the meantime share one trim.
+pub(super) fn release_memory_soon() {
+    static PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if PENDING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        PENDING.store(false, std::sync::atomic::Ordering::Release);
+        let _ = tokio::task::spawn_blocking(limits::release_memory).await;
+    });
 }
 
 /// A tool's definition: input and output schemas from `In` and `Out`, description, title and
