@@ -513,14 +513,20 @@ fn bench_status(counts: &Counts, data_dir: &Path) {
     server.finish();
 }
 
-fn bench_idle_memory(data_dir: &Path) {
-    println!("\n== 3. Idle memory (fresh process: initialize + one coordinator_status) ==");
+/// A fresh server after `initialize` and one `coordinator_status`, left idle for 300 ms.
+fn idle_server(data_dir: &Path) -> Server {
     let mut server = Server::spawn(data_dir);
     server.initialize();
     server.send(&status_call(2));
     let line = server.recv().to_string();
     Response::parse(&line).expect_ok(&line);
     std::thread::sleep(Duration::from_millis(300));
+    server
+}
+
+fn bench_idle_memory(data_dir: &Path) {
+    println!("\n== 3. Idle memory (fresh process: initialize + one coordinator_status) ==");
+    let server = idle_server(data_dir);
     let (rss, hwm) = memory_kb(server.pid());
     let rss_mb = rss as f64 / 1024.0;
     println!(
@@ -539,12 +545,7 @@ fn bench_memory_burst(counts: &Counts, data_dir: &Path) {
         "\n== 3b. Memory after a burst of the largest payloads (defaults: 1 MiB per payload, \
          8 MiB per result) =="
     );
-    let mut server = Server::spawn(data_dir);
-    server.initialize();
-    server.send(&status_call(2));
-    let line = server.recv().to_string();
-    Response::parse(&line).expect_ok(&line);
-    std::thread::sleep(Duration::from_millis(300));
+    let mut server = idle_server(data_dir);
     let (rss0, _) = memory_kb(server.pid());
     let payload = mcp_coordinator::limits::SizeLimits::default().max_payload();
     // `{"kind":"big","params":{"blob":"…"}}`: the blob fills `params` to the limit.

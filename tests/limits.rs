@@ -149,6 +149,15 @@ async fn oversized_arguments_are_refused_and_nothing_is_stored() {
     c.cancel().await.unwrap();
 }
 
+/// Calls a tool; asserts its response line is within the budget; returns its structured content.
+fn within_budget(s: &mut RawServer, tool: &str, args: Value) -> Value {
+    let params = json!({"name": tool, "arguments": args, "_meta": RawServer::meta(false)});
+    let line = s.request_line("tools/call", params);
+    assert!(line.len() <= BUDGET, "{tool} line of {} bytes", line.len());
+    let v: Value = serde_json::from_str(&line).unwrap();
+    v["result"]["structuredContent"].clone()
+}
+
 #[test]
 fn a_large_listing_comes_back_under_the_budget_with_markers() {
     let dir = data_dir();
@@ -169,18 +178,8 @@ fn a_large_listing_comes_back_under_the_budget_with_markers() {
             .unwrap_or_else(|| panic!("{r}"));
         ids.push(id.to_string());
     }
-    let params =
-        json!({"name": "task_list", "arguments": {"limit": 50}, "_meta": RawServer::meta(false)});
-    let line = s.request_line("tools/call", params);
-    assert!(
-        line.len() <= BUDGET,
-        "task_list line of {} bytes",
-        line.len()
-    );
-    let v: Value = serde_json::from_str(&line).unwrap();
-    let tasks = v["result"]["structuredContent"]["tasks"]
-        .as_array()
-        .unwrap();
+    let v = within_budget(&mut s, "task_list", json!({"limit": 50}));
+    let tasks = v["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 10, "every task is listed");
     for t in tasks {
         assert!(ids.iter().any(|id| t["id"] == **id));
@@ -200,18 +199,12 @@ fn a_large_listing_comes_back_under_the_budget_with_markers() {
     }
 
     // Each tool.call event kept at most ~1 KiB of its arguments, so a full page of them fits.
-    let params = json!({"name": "audit_query", "arguments": {"action": "tool.call", "limit": 500},
-                        "_meta": RawServer::meta(false)});
-    let line = s.request_line("tools/call", params);
-    assert!(
-        line.len() <= BUDGET,
-        "audit_query line of {} bytes",
-        line.len()
+    let v = within_budget(
+        &mut s,
+        "audit_query",
+        json!({"action": "tool.call", "limit": 500}),
     );
-    let v: Value = serde_json::from_str(&line).unwrap();
-    let events = v["result"]["structuredContent"]["events"]
-        .as_array()
-        .unwrap();
+    let events = v["events"].as_array().unwrap();
     let submits: Vec<&Value> = events
         .iter()
         .filter(|e| e["subject"] == "task_submit")
