@@ -93,6 +93,10 @@ pub struct ConfigFile {
     /// Assessments: where MCP client configs are looked for, the policy file, registries.
     #[serde(default)]
     pub assessments: crate::assessment::AssessmentsConfig,
+    /// Sizes: the largest payload a tool argument may hold, the largest result, how much of a
+    /// call's arguments its audit event keeps.
+    #[serde(default)]
+    pub limits: crate::limits::SizeLimits,
     /// Child MCP instances: restore on start, stop grace, how many at once.
     #[serde(default)]
     pub instances: crate::instance::catalog::InstancesConfig,
@@ -145,6 +149,9 @@ impl ConfigFile {
             .approvals
             .validate()
             .and_then(|()| config.agents.validate())
+            .and_then(|()| config.tasks.validate())
+            .and_then(|()| config.pipelines.validate())
+            .and_then(|()| config.limits.validate())
             .and_then(|()| config.instances.validate())
             .and_then(|()| {
                 config

@@ -488,7 +488,7 @@ pub struct Page {
 
 /// Default and maximum page sizes of [`AuditLog::query`].
 pub const DEFAULT_PAGE: u32 = 50;
-pub const MAX_PAGE: u32 = 500;
+pub const MAX_PAGE: u32 = crate::limits::PAGE.max;
 
 /// The audit log of one database, signing with one key.
 #[derive(Clone)]

@@ -14,6 +14,8 @@ use mcp_coordinator::overseer::{OverseerService, unprotected_warning};
 use mcp_coordinator::server::{self, Coordinator};
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    // Before the runtime's threads start allocating.
+    mcp_coordinator::limits::tune_allocator();
     let (settings, audit) = super::open(global)?;
     let level = global
         .log_level

@@ -306,7 +306,15 @@ impl Coordinator {
     /// Records one tool call's event (tool, actor, outcome, duration, redacted arguments):
     /// through the audit writer, or now when none runs. A failure to record is logged, not
     /// hidden.
-    fn audit_call(&self, event: NewEvent) {
+    fn audit_call(&self, mut event: NewEvent) {
+        // The event keeps a bounded copy of the arguments: a 1 MiB payload is the task's to
+        // store, not every page of the audit log's.
+        let max = self.inner.settings.config.limits.audit_arguments();
+        if let Some(args) = event.detail.get_mut("arguments")
+            && crate::limits::json_size(args) > max
+        {
+            *args = crate::limits::cap_for_audit(args, max);
+        }
         if let Some(event) = self.inner.audit_queue.send(event)
             && let Err(e) = self.audit().record(event)
         {
@@ -539,7 +547,16 @@ impl ServerHandler for Coordinator {
         let quiet = session::Quiet::default();
         context.extensions.insert(quiet.clone());
         let call = Call::from_context(&context, self);
-        let arguments = request.arguments.clone().map(serde_json::Value::Object);
+        // Only a bounded copy is kept for the audit event (see `audit_call`).
+        let max = self.inner.settings.config.limits.audit_arguments();
+        let (arguments, size) = match &request.arguments {
+            Some(a) => {
+                let (copy, size) = crate::limits::audit_copy(a, max);
+                (Some(copy), size)
+            }
+            None => (None, 0),
+        };
+        let large = size > LARGE_REQUEST;
         let result = if let Some(handler) = self.inner.tools.handler(&name) {
             handler(ToolCallContext::new(self, request, context)).await
         } else if let Some(target) = self.proxy_target(&name) {
@@ -588,9 +605,15 @@ impl ServerHandler for Coordinator {
             critical: false,
         };
         self.audit_call(event);
+        if large {
+            tool::release_memory_soon();
+        }
         result
     }
 }
+
+/// Arguments larger than this leave freed memory behind worth giving back after the call.
+const LARGE_REQUEST: usize = 1 << 20;
 
 /// Why a coordinator could not start.
 #[derive(Debug, thiserror::Error)]

@@ -194,10 +194,16 @@ pub struct RawServer {
 
 impl RawServer {
     pub fn spawn(data_dir: &Path) -> Self {
+        Self::spawn_with(data_dir, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with more arguments (`--config FILE`).
+    pub fn spawn_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = std::process::Command::new(BIN)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--log-level", "error"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -229,6 +235,11 @@ impl RawServer {
 
     /// Sends one request and returns the whole response message.
     pub fn request(&mut self, method: &str, params: Value) -> Value {
+        serde_json::from_str(&self.request_line(method, params)).unwrap()
+    }
+
+    /// Sends one request and returns its response line as the server wrote it.
+    pub fn request_line(&mut self, method: &str, params: Value) -> String {
         use std::io::Write;
         let id = self.next_id;
         self.next_id += 1;
@@ -240,7 +251,7 @@ impl RawServer {
             let line = self.lines.next().expect("server closed stdout").unwrap();
             let v: Value = serde_json::from_str(&line).unwrap();
             if v["id"] == id {
-                return v;
+                return line;
             }
         }
     }
