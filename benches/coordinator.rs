@@ -4,7 +4,7 @@
 //! a security assessment of 202 config files, and the cost of child MCP instances (added
 //! latency and throughput of proxied tool calls, cold start with autostarted children, memory
 //! with 20 children), each next to its target. Run with `cargo bench --bench coordinator`;
-//! `BENCH_ONLY=server,audit,queue,pipelines,assessments,instances` picks sections and
+//! `BENCH_ONLY=server,memory,audit,queue,pipelines,assessments,instances` picks sections and
 //! `BENCH_QUICK=1` shrinks the counts about tenfold for a smoke run. It prints figures and
 //! asserts nothing about timing.
 
@@ -61,6 +61,8 @@ struct Counts {
     queue_depths: [usize; 2],
     /// Timed claims at each depth.
     claims_per_depth: usize,
+    /// Largest-payload `task_submit`s in the memory burst.
+    memory_submits: usize,
     /// Runs of each 100-stage pipeline.
     pipeline_runs: usize,
 }
@@ -80,6 +82,7 @@ impl Counts {
                 tasks: 2_000,
                 queue_depths: [1_000, 100_000],
                 claims_per_depth: 1_000,
+                memory_submits: 20,
                 pipeline_runs: 3,
             }
         } else {
@@ -95,6 +98,7 @@ impl Counts {
                 tasks: 20_000,
                 queue_depths: [1_000, 1_000_000],
                 claims_per_depth: 1_000,
+                memory_submits: 50,
                 pipeline_runs: 10,
             }
         }
@@ -509,14 +513,20 @@ fn bench_status(counts: &Counts, data_dir: &Path) {
     server.finish();
 }
 
-fn bench_idle_memory(data_dir: &Path) {
-    println!("\n== 3. Idle memory (fresh process: initialize + one coordinator_status) ==");
+/// A fresh server after `initialize` and one `coordinator_status`, left idle for 300 ms.
+fn idle_server(data_dir: &Path) -> Server {
     let mut server = Server::spawn(data_dir);
     server.initialize();
     server.send(&status_call(2));
     let line = server.recv().to_string();
     Response::parse(&line).expect_ok(&line);
     std::thread::sleep(Duration::from_millis(300));
+    server
+}
+
+fn bench_idle_memory(data_dir: &Path) {
+    println!("\n== 3. Idle memory (fresh process: initialize + one coordinator_status) ==");
+    let server = idle_server(data_dir);
     let (rss, hwm) = memory_kb(server.pid());
     let rss_mb = rss as f64 / 1024.0;
     println!(
@@ -524,6 +534,64 @@ fn bench_idle_memory(data_dir: &Path) {
          [target VmRSS < 15 MB: {}]",
         hwm as f64 / 1024.0,
         verdict(rss_mb < 15.0),
+    );
+    server.finish();
+}
+
+/// A burst of the largest payloads the default `[limits]` allow, then the largest listings:
+/// peak and settled memory of the process, beside a stated bound (not a timing).
+fn bench_memory_burst(counts: &Counts, data_dir: &Path) {
+    println!(
+        "\n== 3b. Memory after a burst of the largest payloads (defaults: 1 MiB per payload, \
+         8 MiB per result) =="
+    );
+    let mut server = idle_server(data_dir);
+    let (rss0, _) = memory_kb(server.pid());
+    let payload = mcp_coordinator::limits::SizeLimits::default().max_payload();
+    // `{"kind":"big","params":{"blob":"…"}}`: the blob fills `params` to the limit.
+    let blob = "b".repeat(payload - r#"{"blob":""}"#.len());
+    let submits = counts.memory_submits;
+    let mut id = 10;
+    for _ in 0..submits {
+        id += 1;
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "task_submit", "arguments": {"kind": "big", "params": {"blob": blob}}}});
+        server.send(&format!("{call}\n"));
+        let line = server.recv().to_string();
+        Response::parse(&line).expect_ok(&line);
+    }
+    let mut longest = 0;
+    for (tool, args) in [
+        ("audit_query", json!({"limit": 500})),
+        ("task_list", json!({"limit": 500})),
+        ("audit_query", json!({"limit": 500})),
+        ("task_list", json!({"limit": 500})),
+    ] {
+        id += 1;
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": args}});
+        server.send(&format!("{call}\n"));
+        let line = server.recv().to_string();
+        Response::parse(&line).expect_ok(&line);
+        longest = longest.max(line.len());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss, hwm) = memory_kb(server.pid());
+    let (rss_mb, hwm_mb) = (rss as f64 / 1024.0, hwm as f64 / 1024.0);
+    println!(
+        "{submits} task_submits of {:.1} MiB params, then audit_query and task_list at limit 500 \
+         (twice): longest result line {:.2} MiB   [bound 8 MiB: {}]",
+        payload as f64 / 1048576.0,
+        longest as f64 / 1048576.0,
+        verdict(longest <= 8 << 20),
+    );
+    let grown = rss_mb - rss0 as f64 / 1024.0;
+    println!(
+        "peak VmHWM {hwm_mb:.1} MB   [bound < 200 MB: {}]; VmRSS 500 ms after the last call \
+         {rss_mb:.1} MB, {grown:.1} MB over idle ({:.1} MB)   [bound: grown < 32 MB: {}]",
+        verdict(hwm_mb < 200.0),
+        rss0 as f64 / 1024.0,
+        verdict(grown < 32.0),
     );
     server.finish();
 }
@@ -2503,6 +2571,10 @@ fn main() {
         bench_cold_start(&counts, &data_dir);
         bench_status(&counts, &data_dir);
         bench_idle_memory(&data_dir);
+    }
+    if wants("memory") {
+        let data = tempfile::tempdir().expect("temp dir");
+        bench_memory_burst(&counts, &data.path().join("data"));
     }
     if wants("audit") {
         let audit_dir = tempfile::tempdir().expect("temp dir");

@@ -96,6 +96,10 @@ pub struct ConfigFile {
     /// Assessments: where MCP client configs are looked for, the policy file, registries.
     #[serde(default)]
     pub assessments: crate::assessment::AssessmentsConfig,
+    /// Sizes: the largest payload a tool argument may hold, the largest result, how much of a
+    /// call's arguments its audit event keeps.
+    #[serde(default)]
+    pub limits: crate::limits::SizeLimits,
     /// Child MCP instances: restore on start, stop grace, how many at once.
     #[serde(default)]
     pub instances: crate::instance::catalog::InstancesConfig,
@@ -121,7 +125,7 @@ pub struct DatabaseConfig {
     /// The most one tool call (or one command's write) waits, in total, for another process's
     /// lock on the database, in milliseconds (default 10000); then it fails with the
     /// retryable `storage_busy`. Background work never waits.
-    #[schemars(range(min = 100, max = 600000))]
+    #[schemars(range(min = crate::limits::BUSY_TIMEOUT_MS.min, max = crate::limits::BUSY_TIMEOUT_MS.max))]
     pub busy_timeout_ms: u64,
 }
 
@@ -135,13 +139,7 @@ impl Default for DatabaseConfig {
 
 impl DatabaseConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(100..=600_000).contains(&self.busy_timeout_ms) {
-            return Err(format!(
-                "database.busy_timeout_ms must be 100 to 600000, got {}",
-                self.busy_timeout_ms
-            ));
-        }
-        Ok(())
+        crate::limits::BUSY_TIMEOUT_MS.check("database.busy_timeout_ms", self.busy_timeout_ms)
     }
 
     /// The busy timeout.
@@ -185,6 +183,9 @@ impl ConfigFile {
             .validate()
             .and_then(|()| config.database.validate())
             .and_then(|()| config.agents.validate())
+            .and_then(|()| config.tasks.validate())
+            .and_then(|()| config.pipelines.validate())
+            .and_then(|()| config.limits.validate())
             .and_then(|()| config.instances.validate())
             .and_then(|()| {
                 config

@@ -9,6 +9,7 @@ pub mod config;
 pub mod glob;
 pub mod instance;
 pub mod keyfile;
+pub mod limits;
 pub mod logging;
 mod macros;
 pub mod net;

@@ -131,11 +131,34 @@ fn message_name(debug: &str) -> &str {
     &debug[..end]
 }
 
+/// The filter when neither `--log-level` nor the config names one: rmcp's own info lines
+/// (a whole `InitializeRequestParams` at every start) are left out.
+pub const DEFAULT_FILTER: &str = "info,rmcp=warn";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message`, `spans` and the
+    /// event's fields), for log shippers.
+    Json,
+}
+
 /// Starts logging on stderr at `filter` (a level or a tracing filter), masked as above.
-pub fn init(filter: &str, ansi: bool) -> Result<(), String> {
+pub fn init(filter: &str, format: LogFormat, ansi: bool) -> Result<(), String> {
     let filter = EnvFilter::try_new(filter).map_err(|e| {
         format!("--log-level {filter:?} is not a level or tracing filter (try info, debug or trace): {e}")
     })?;
+    if format == LogFormat::Json {
+        return tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .event_format(json::JsonLine)
+            .with_writer(MaskedStderr)
+            .try_init()
+            .map_err(|e| format!("cannot start logging: {e}"));
+    }
     let fields = debug_fn(|w, field, value| {
         let name = field.name();
         if name == "message" {
@@ -155,6 +178,89 @@ pub fn init(filter: &str, ansi: bool) -> Result<(), String> {
         .with_ansi(ansi)
         .try_init()
         .map_err(|e| format!("cannot start logging: {e}"))
+}
+
+/// `--log-format json`: each event one JSON object, its fields read by the same rules as the
+/// text format (protocol payloads cut to their name), then masked like every line.
+mod json {
+    use std::fmt;
+
+    use serde_json::{Map, Value};
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    use super::{PAYLOAD_FIELDS, message_name};
+
+    pub struct JsonLine;
+
+    struct Fields(Map<String, Value>);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            let text = format!("{value:?}");
+            let text = if PAYLOAD_FIELDS.contains(&field.name()) {
+                format!("{} (payload not logged)", message_name(&text))
+            } else {
+                text
+            };
+            self.0.insert(field.name().to_string(), Value::String(text));
+        }
+
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0
+                .insert(field.name().to_string(), Value::String(value.to_string()));
+        }
+
+        fn record_i64(&mut self, field: &Field, value: i64) {
+            self.0.insert(field.name().to_string(), value.into());
+        }
+
+        fn record_u64(&mut self, field: &Field, value: u64) {
+            self.0.insert(field.name().to_string(), value.into());
+        }
+
+        fn record_bool(&mut self, field: &Field, value: bool) {
+            self.0.insert(field.name().to_string(), value.into());
+        }
+    }
+
+    impl<S, N> FormatEvent<S, N> for JsonLine
+    where
+        S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut writer: Writer<'_>,
+            event: &tracing::Event<'_>,
+        ) -> fmt::Result {
+            let mut fields = Fields(Map::new());
+            event.record(&mut fields);
+            let meta = event.metadata();
+            let mut line = Map::new();
+            let now = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            line.insert("timestamp".into(), now.into());
+            line.insert("level".into(), meta.level().as_str().into());
+            line.insert("target".into(), meta.target().into());
+            if let Some(message) = fields.0.remove("message") {
+                line.insert("message".into(), message);
+            }
+            if let Some(scope) = ctx.event_scope() {
+                let spans: Vec<Value> = scope.from_root().map(|s| s.name().into()).collect();
+                line.insert("spans".into(), spans.into());
+            }
+            for (k, v) in fields.0 {
+                line.entry(k).or_insert(v);
+            }
+            let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
+            writeln!(writer, "{text}")
+        }
+    }
 }
 
 #[cfg(test)]

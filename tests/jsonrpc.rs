@@ -95,12 +95,10 @@ impl Raw {
         self.stdin.flush().unwrap();
     }
 
-    fn next_line(&self, until: Instant) -> Option<Value> {
+    fn next_text(&self, until: Instant) -> Option<String> {
         let left = until.saturating_duration_since(Instant::now());
         match self.lines.recv_timeout(left) {
-            Ok(line) => Some(serde_json::from_str(&line).unwrap_or_else(|e| {
-                panic!("stdout carried a line that is not JSON ({e}): {line}")
-            })),
+            Ok(line) => Some(line),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => panic!("the server closed stdout"),
         }
@@ -108,11 +106,19 @@ impl Raw {
 
     /// Every line up to and including the response with this id (10 s at most).
     fn until_id(&self, id: &Value) -> Vec<Value> {
+        self.text_until_id(id)
+            .iter()
+            .map(|line| parse(line))
+            .collect()
+    }
+
+    fn text_until_id(&self, id: &Value) -> Vec<String> {
         let until = Instant::now() + Duration::from_secs(10);
         let mut got = Vec::new();
-        while let Some(v) = self.next_line(until) {
-            let done = v.get("id") == Some(id);
-            got.push(v);
+        while let Some(line) = self.next_text(until) {
+            // A line serde_json cannot read (an id echoed as written) is not the one sought.
+            let done = serde_json::from_str::<Value>(&line).is_ok_and(|v| v.get("id") == Some(id));
+            got.push(line);
             if done {
                 return got;
             }
@@ -124,6 +130,14 @@ impl Raw {
     /// and `expect` lines have come. Anything a message causes is on its way by the time the
     /// sentinel after it is answered, so a second answer to one request would show here.
     fn exchange(&mut self, text: &str, expect: usize) -> Vec<Value> {
+        self.exchange_text(text, expect)
+            .iter()
+            .map(|line| parse(line))
+            .collect()
+    }
+
+    /// [`Raw::exchange`], the lines as written.
+    fn exchange_text(&mut self, text: &str, expect: usize) -> Vec<String> {
         self.next += 1;
         let sentinel = json!(format!("sentinel-{}", self.next));
         self.send(text);
@@ -135,19 +149,19 @@ impl Raw {
         let ping = json!({"jsonrpc": "2.0", "id": sentinel, "method": method,
             "params": self.params(json!({}))});
         self.send(&ping.to_string());
-        let mut got = self.until_id(&sentinel);
-        let pong = got.pop().unwrap();
+        let mut got = self.text_until_id(&sentinel);
+        let pong = parse(&got.pop().unwrap());
         assert!(pong["result"].is_object(), "the sentinel: {pong}");
         let until = Instant::now() + Duration::from_secs(10);
         while got.len() < expect {
-            match self.next_line(until) {
+            match self.next_text(until) {
                 Some(v) => got.push(v),
                 None => break,
             }
         }
         // Whatever else is already on its way.
         let until = Instant::now() + Duration::from_millis(200);
-        while let Some(v) = self.next_line(until) {
+        while let Some(v) = self.next_text(until) {
             got.push(v);
         }
         got
@@ -172,6 +186,11 @@ impl Drop for Raw {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn parse(line: &str) -> Value {
+    serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("stdout carried a line that is not JSON ({e}): {line}"))
 }
 
 fn meta() -> Value {
@@ -301,6 +320,50 @@ fn every_malformed_request_gets_exactly_one_error_in_both_eras() {
 }
 
 #[test]
+fn ids_no_request_id_holds_are_echoed_as_written() {
+    let digits = "7".repeat(4000);
+    for era in common::ERAS {
+        let mut s = Raw::start(era);
+        for (what, id) in [
+            ("2^63", "9223372036854775808"),
+            ("-2^63-1", "-9223372036854775809"),
+            ("a fraction", "1.5"),
+            ("4,000 digits", digits.as_str()),
+            ("a lone surrogate", r#""k\ud800""#),
+        ] {
+            let what = format!("{era:?}: {what}");
+            for request in [
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#),
+                format!(r#"{{"jsonrpc":"1.0","id":{id},"method":"tools/list"}}"#),
+            ] {
+                let got = s.exchange_text(&request, 1);
+                assert_eq!(got.len(), 1, "{what}: one answer to {request}: {got:?}");
+                let prefix = format!(r#"{{"jsonrpc":"2.0","id":{id},"error":{{"code":-32600,"#);
+                assert!(got[0].starts_with(&prefix), "{what}: {}", got[0]);
+            }
+        }
+        // In a batch as well, inside its one array.
+        let got = s.exchange_text(
+            r#"[{"jsonrpc":"2.0","id":18446744073709551616,"method":"ping"}]"#,
+            1,
+        );
+        assert_eq!(got.len(), 1, "{era:?}: {got:?}");
+        let answers = parse(&got[0]);
+        assert_eq!(
+            answers[0]["id"],
+            json!(18446744073709551616.0),
+            "{era:?}: {answers}"
+        );
+        assert!(
+            got[0].contains(r#""id":18446744073709551616,"#),
+            "{era:?}: {}",
+            got[0]
+        );
+        s.still_serves("after-unread-ids");
+    }
+}
+
+#[test]
 fn notifications_get_no_response() {
     for era in common::ERAS {
         let mut s = Raw::start(era);
@@ -399,6 +462,21 @@ fn notifications_and_answers_before_the_session_do_not_end_it() {
     )
     .unwrap();
     writeln!(stdin, r#"{{"jsonrpc":"2.0","id":77,"result":{{}}}}"#).unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/cancelled","params":{{"requestId":1}}}}"#
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/progress","params":{{"progressToken":1,"progress":1}}}}"#
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":78,"error":{{"code":1,"message":"x"}}}}"#
+    )
+    .unwrap();
     writeln!(stdin, "{init}").unwrap();
     stdin.flush().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

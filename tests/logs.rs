@@ -22,6 +22,72 @@ const URL_PASSWORD: &str = "pw-in-url-0a1b2c";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trace_logs_show_no_secret() {
+    trace_logs_show_no_secret_in("text").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_trace_logs_show_no_secret_and_are_json() {
+    let log = trace_logs_show_no_secret_in("json").await;
+    for line in log.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a --log-format json line is not JSON ({e}): {line}"));
+        for key in ["timestamp", "level", "target"] {
+            assert!(v[key].is_string(), "{key} missing: {line}");
+        }
+    }
+    assert!(log.contains(r#""level":"TRACE""#), "{log}");
+}
+
+/// At the default level: one line as the server starts, one as it stops, warnings; none of
+/// rmcp's (which would print the whole `initialize` request).
+#[test]
+fn the_default_level_is_quiet() {
+    use std::io::{BufRead, Write};
+    let dir = common::data_dir();
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("MCP_COORDINATOR_LOG")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    for line in [
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "quiet", "version": "1"}}}),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "coordinator_status", "arguments": {}}}),
+    ] {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    stdin.flush().unwrap();
+    out.next().unwrap().unwrap();
+    out.next().unwrap().unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let info: Vec<&str> = log.lines().filter(|l| l.contains(" INFO ")).collect();
+    assert_eq!(info.len(), 2, "one line at start, one at stop:\n{log}");
+    assert!(info[0].contains("serving MCP on stdio"), "{log}");
+    assert!(info[1].contains("stopped"), "{log}");
+    assert!(
+        !log.contains("rmcp"),
+        "rmcp's info lines are off by default:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .all(|l| l.contains(" INFO ") || l.contains(" WARN ")),
+        "{log}"
+    );
+}
+
+async fn trace_logs_show_no_secret_in(format: &str) -> String {
     let dir = common::data_dir();
     common::set_secret(dir.path(), "leak_token", STORED);
     let child = common::example_bin("test_child");
@@ -38,7 +104,7 @@ async fn trace_logs_show_no_secret() {
     let mut cmd = tokio::process::Command::new(common::BIN);
     cmd.arg("--data-dir")
         .arg(dir.path())
-        .args(["--log-level", "trace", "--config"])
+        .args(["--log-level", "trace", "--log-format", format, "--config"])
         .arg(&config)
         .env("HOME", home.path())
         .env_remove("MCP_COORDINATOR_MASTER_KEY")
@@ -116,4 +182,5 @@ async fn trace_logs_show_no_secret() {
                 .join("\n")
         );
     }
+    log
 }

@@ -1611,7 +1611,7 @@ async fn idle_claims_write_nothing() {
         // Queued, but not for this agent.
         let foreign = submit(&c, json!({"kind": "k", "capabilities": ["gpu"]})).await;
         let db = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
-        common::settle_audit(dir.path());
+        common::settle_signed(dir.path());
         let before = db_marks(&db);
         for i in 0..100 {
             let args = if i % 2 == 0 {
@@ -1664,7 +1664,7 @@ async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task() {
 
     // Nothing comes: the poll lasts its time, returns empty and leaves no trace.
     let db = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
-    common::settle_audit(dir.path());
+    common::settle_signed(dir.path());
     let before = db_marks(&db);
     let started = Instant::now();
     let r = call_ok(

@@ -40,8 +40,15 @@ async fn two_processes_share_one_database() {
     common::settle_audit(dir.path());
     let verify = common::call_ok(&b, "audit_verify", json!({})).await;
     assert_eq!(verify["ok"], true, "{verify:#}");
-    // Both processes' calls, gapless: 2N work calls + 2 status calls (+ this verify, audited after).
-    assert_eq!(verify["events_checked"], 2 * N + 2);
+    // Both processes' calls, gapless: 2N work calls + 2 status calls (+ this verify, audited
+    // after), and the key event of each key that signed a head meanwhile (within a second).
+    let introduced = verify["signatures"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["introduced_seq"].is_i64())
+        .count();
+    assert_eq!(verify["events_checked"], 2 * N + 2 + introduced);
     common::settle_audit(dir.path());
     let legacy = common::call_ok(
         &a,
@@ -61,13 +68,13 @@ async fn two_processes_share_one_database() {
     b.cancel().await.unwrap();
 }
 
-/// Waits until `audit verify --json` (run from `data_dir` on `db`) counts `n` stored head
-/// signatures: a server signs its head as it stops.
+/// Waits until `audit verify --json` (run from `data_dir` on `db`) counts at least `n` stored
+/// head signatures.
 fn wait_for_signatures(data_dir: &std::path::Path, db: &str, n: u64) -> serde_json::Value {
     for _ in 0..300 {
         let (_, out, _) = common::cli(data_dir, &["--db", db, "audit", "verify", "--json"]);
         if let Ok(report) = serde_json::from_str::<serde_json::Value>(&out)
-            && report["signatures"]["total"] == n
+            && report["signatures"]["total"].as_u64() >= Some(n)
         {
             return report;
         }
@@ -88,15 +95,20 @@ async fn coordinators_with_their_own_keys_share_one_verifiable_chain() {
     let (dir_a, dir_b, dir_c) = (common::data_dir(), common::data_dir(), common::data_dir());
     let a = common::connect(dir_a.path(), &["--db", db], common::Era::Legacy).await;
     let b = common::connect(dir_b.path(), &["--db", db], common::Era::Stateless).await;
+    // a writes alone first, so its head signer (the only one with commits to look at) signs
+    // a head with a's key; then b writes, a stops, and b writes and signs last.
     for i in 0..3 {
         common::call_ok(&a, "audit_query", json!({"subject": format!("a{i}")})).await;
+    }
+    common::settle_signed_db(std::path::Path::new(db));
+    for i in 0..3 {
         common::call_ok(&b, "audit_query", json!({"subject": format!("b{i}")})).await;
     }
     a.cancel().await.unwrap();
-    wait_for_signatures(dir_a.path(), db, 1);
     common::call_ok(&b, "coordinator_status", json!({})).await;
     b.cancel().await.unwrap();
     wait_for_signatures(dir_a.path(), db, 2);
+    common::settle_signed_db(std::path::Path::new(db));
 
     let key = |dir: &std::path::Path| {
         let pem = std::fs::read_to_string(dir.join("audit-signing-key.pem")).unwrap();
@@ -116,13 +128,15 @@ async fn coordinators_with_their_own_keys_share_one_verifiable_chain() {
         let (code, out, err) = common::cli(dir.path(), &["--db", db, "audit", "verify", "--json"]);
         let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
         assert_eq!(code, 0, "verified from {who}: {report:#}");
-        assert_eq!(report["signatures"]["valid"], 2, "{report:#}");
+        let total = report["signatures"]["total"].as_u64().unwrap();
+        assert!(total >= 2, "{report:#}");
+        assert_eq!(report["signatures"]["valid"], total, "{report:#}");
         let keys = report["signatures"]["keys"].as_array().unwrap();
         let signer = |k: &str| keys.iter().find(|e| e["public_key"] == k).cloned();
         for (name, k) in [("a", &key_a), ("b", &key_b)] {
             let entry = signer(k).unwrap_or_else(|| panic!("key {name} not listed: {report:#}"));
             assert!(entry["introduced_seq"].is_i64(), "{report:#}");
-            assert_eq!(entry["valid"], 1, "{report:#}");
+            assert!(entry["valid"].as_u64().unwrap() >= 1, "{report:#}");
             assert_eq!(entry["this_coordinator"], who == name, "{report:#}");
         }
         let (code, text, _) = common::cli(dir.path(), &["--db", db, "audit", "verify"]);

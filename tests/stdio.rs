@@ -189,7 +189,10 @@ fn sigterm_exits_zero_and_signs_the_head() {
     assert_eq!(code, 0, "{out}");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["signatures"]["unsigned_tail"], 0, "{report:#}");
-    assert_eq!(report["signatures"]["valid"], 1);
+    assert!(
+        report["signatures"]["valid"].as_u64().unwrap() >= 1,
+        "{report:#}"
+    );
     drop(stdin);
 }
 

@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use crate::audit::chain::{format_ms, now_ts};
 use crate::audit::{Action, Actor, ActorKind, AuditLog, NewEvent, Outcome};
+use crate::limits;
 use crate::macros::string_enum;
 use crate::store::agent::{self as sql, AgentRow};
 use crate::store::task as task_sql;
@@ -25,16 +26,17 @@ pub use token::{Claims, TokenError, TokenKeys};
 pub struct AgentsConfig {
     /// How often agents are expected to heartbeat, in milliseconds (default 30000). An agent
     /// that missed two is `stale`, five is `offline` (its leased tasks go back to the queue).
-    #[schemars(range(min = 50, max = 86400000))]
+    #[schemars(range(min = limits::HEARTBEAT_INTERVAL_MS.min, max = limits::HEARTBEAT_INTERVAL_MS.max))]
     pub heartbeat_interval_ms: u64,
     /// Agents reporting a load above this (0..1) are not offered tasks (default 0.9).
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = limits::LOAD.min, max = limits::LOAD.max))]
     pub load_ceiling: f64,
     /// How long agent tokens are valid, in seconds (default 86400).
-    #[schemars(range(min = 60, max = 31536000))]
+    #[schemars(range(min = limits::TOKEN_TTL_SECONDS.min, max = limits::TOKEN_TTL_SECONDS.max))]
     pub token_ttl_seconds: u64,
     /// An untargeted task is first offered to the least-loaded capable agent; after it has
     /// waited this long (ms) any capable agent may take it (default 1000).
+    #[schemars(range(min = limits::OFFER_WINDOW_MS.min, max = limits::OFFER_WINDOW_MS.max))]
     pub offer_window_ms: u64,
 }
 
@@ -51,25 +53,11 @@ impl Default for AgentsConfig {
 
 impl AgentsConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(50..=86_400_000).contains(&self.heartbeat_interval_ms) {
-            return Err(format!(
-                "agents.heartbeat_interval_ms must be 50 to 86400000, got {}",
-                self.heartbeat_interval_ms
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.load_ceiling) {
-            return Err(format!(
-                "agents.load_ceiling must be 0 to 1, got {}",
-                self.load_ceiling
-            ));
-        }
-        if !(60..=31_536_000).contains(&self.token_ttl_seconds) {
-            return Err(format!(
-                "agents.token_ttl_seconds must be 60 to 31536000, got {}",
-                self.token_ttl_seconds
-            ));
-        }
-        Ok(())
+        limits::HEARTBEAT_INTERVAL_MS
+            .check("agents.heartbeat_interval_ms", self.heartbeat_interval_ms)?;
+        limits::LOAD.check("agents.load_ceiling", self.load_ceiling)?;
+        limits::TOKEN_TTL_SECONDS.check("agents.token_ttl_seconds", self.token_ttl_seconds)?;
+        limits::OFFER_WINDOW_MS.check("agents.offer_window_ms", self.offer_window_ms)
     }
 }
 
@@ -198,13 +186,22 @@ pub fn now_ms() -> i64 {
 
 /// Normalizes capabilities: trimmed, non-empty, sorted, unique.
 pub fn normalize_capabilities(caps: &[String]) -> Result<Vec<String>, AgentError> {
+    if caps.len() > limits::CAPABILITIES {
+        return Err(AgentError::Invalid {
+            field: "capabilities",
+            message: format!("at most {} items, got {}", limits::CAPABILITIES, caps.len()),
+        });
+    }
     let mut out: Vec<String> = Vec::with_capacity(caps.len());
     for c in caps {
         let c = c.trim();
-        if c.is_empty() || c.len() > 200 {
+        if c.is_empty() || c.chars().count() > limits::NAME_CHARS {
             return Err(AgentError::Invalid {
                 field: "capabilities",
-                message: "each capability is a non-empty string of at most 200 characters".into(),
+                message: format!(
+                    "each capability is a non-empty string of at most {} characters",
+                    limits::NAME_CHARS
+                ),
             });
         }
         out.push(c.to_string());
@@ -277,10 +274,13 @@ impl AgentService {
     /// proves it is that agent (its token) or the old one is gone (deregistered or offline).
     pub fn register(&self, new: NewAgent) -> Result<Registration, AgentError> {
         let name = new.name.trim().to_string();
-        if name.is_empty() || name.len() > 200 {
+        if name.is_empty() || name.chars().count() > limits::NAME_CHARS {
             return Err(AgentError::Invalid {
                 field: "name",
-                message: "a non-empty name of at most 200 characters".into(),
+                message: format!(
+                    "a non-empty name of at most {} characters",
+                    limits::NAME_CHARS
+                ),
             });
         }
         let caps = normalize_capabilities(&new.capabilities)?;

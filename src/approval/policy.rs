@@ -11,7 +11,7 @@ use super::{DecideWith, Kind, Risk};
 /// How long an approval stays open when neither a rule nor the request says otherwise.
 pub const DEFAULT_EXPIRY_SECONDS: u64 = 3600;
 /// The longest an approval may stay open: a week.
-pub const MAX_EXPIRY_SECONDS: u64 = 7 * 24 * 3600;
+pub const MAX_EXPIRY_SECONDS: u64 = crate::limits::APPROVAL_EXPIRY_SECONDS.max;
 
 /// `[approvals]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -19,7 +19,10 @@ pub const MAX_EXPIRY_SECONDS: u64 = 7 * 24 * 3600;
 pub struct ApprovalPolicy {
     /// Seconds an approval stays open before it expires (default 3600).
     #[serde(default = "default_expiry")]
-    #[schemars(range(min = 1, max = 604800))]
+    #[schemars(range(
+        min = crate::limits::APPROVAL_EXPIRY_SECONDS.min,
+        max = crate::limits::APPROVAL_EXPIRY_SECONDS.max
+    ))]
     pub default_expiry_seconds: u64,
     /// Rules, checked in order before the built-in default (critical: out_of_band).
     #[serde(default)]
@@ -49,7 +52,10 @@ pub struct PolicyRule {
     /// `out_of_band` (only the CLI).
     pub decide_with: DecideWith,
     /// Seconds approvals matching this rule stay open.
-    #[schemars(range(min = 1, max = 604800))]
+    #[schemars(range(
+        min = crate::limits::APPROVAL_EXPIRY_SECONDS.min,
+        max = crate::limits::APPROVAL_EXPIRY_SECONDS.max
+    ))]
     pub expiry_seconds: Option<u64>,
 }
 
@@ -63,15 +69,7 @@ pub struct Resolved {
 impl ApprovalPolicy {
     /// Validates values serde cannot (ranges).
     pub fn validate(&self) -> Result<(), String> {
-        let check = |what: &str, v: u64| {
-            if v == 0 || v > MAX_EXPIRY_SECONDS {
-                Err(format!(
-                    "{what} must be 1 to {MAX_EXPIRY_SECONDS} seconds, got {v}"
-                ))
-            } else {
-                Ok(())
-            }
-        };
+        let check = |what: &str, v: u64| crate::limits::APPROVAL_EXPIRY_SECONDS.check(what, v);
         check(
             "approvals.default_expiry_seconds",
             self.default_expiry_seconds,

@@ -3,6 +3,7 @@
 //! whole chain.
 
 pub mod chain;
+mod head_signer;
 pub mod redact;
 pub mod signer;
 mod verify;
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 use crate::store::audit::{self as sql, EventFilter, EventRow, SignatureRow};
 use crate::store::{Store, StoreError};
+pub use head_signer::HeadSigner;
 pub use signer::AuditSigner;
 pub use verify::{KeyStatus, ProblemKind, SignatureStatus, VerifyProblem, VerifyReport};
 
@@ -486,7 +488,7 @@ pub struct Page {
 
 /// Default and maximum page sizes of [`AuditLog::query`].
 pub const DEFAULT_PAGE: u32 = 50;
-pub const MAX_PAGE: u32 = 500;
+pub const MAX_PAGE: u32 = crate::limits::PAGE.max;
 
 /// The audit log of one database, signing with one key.
 #[derive(Clone)]
@@ -632,6 +634,22 @@ impl AuditLog {
                 signed_at: chain::now_ts(),
             },
         )
+    }
+
+    /// Signs the head like [`AuditLog::sign_head`], but looks first without the write lock:
+    /// nothing is written, and no lock taken, when the head is signed already.
+    pub fn sign_head_if_unsigned(&self) -> Result<Option<i64>, AuditError> {
+        let (head, signed) = {
+            let conn = self.store.lock();
+            (
+                sql::head(&conn)?.map(|h| h.seq),
+                sql::last_signed_seq(&conn)?,
+            )
+        };
+        if head.is_none() || head == signed {
+            return Ok(head);
+        }
+        self.sign_head()
     }
 
     /// Signs the current chain head if it is not signed yet (at shutdown, so a truncated tail

@@ -78,8 +78,11 @@ pub struct SignatureStatus {
     pub invalid: u64,
     /// The newest validly signed sequence number.
     pub last_signed_seq: Option<i64>,
-    /// Events after the newest valid signature (not yet covered by a signature).
+    /// Events after the newest valid signature (not yet covered by a signature): these could
+    /// be deleted without this check noticing. A running coordinator signs within a second.
     pub unsigned_tail: u64,
+    /// When the first of those events was written (RFC 3339), if any.
+    pub unsigned_since: Option<String>,
     /// This coordinator's hex Ed25519 key, trusted without an introduction.
     pub trusted_key: String,
     /// Every key: this coordinator's, each the chain introduced, and each found on a
@@ -107,6 +110,8 @@ pub struct VerifyReport {
     /// The first problems, in chain order.
     pub problems: Vec<VerifyProblem>,
     pub signatures: SignatureStatus,
+    /// What is not wrong but not proven either: an unsigned tail of events.
+    pub warnings: Vec<String>,
     /// How long verification took.
     pub duration_ms: u64,
 }
@@ -129,6 +134,10 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
     let mut head: Option<(i64, String)> = None;
     let mut keys = Keys::new(trusted_key);
     let mut signed_hashes: BTreeMap<i64, String> = BTreeMap::new();
+    // The first event after every signature, and the newest event's time: the unsigned tail.
+    let newest_signature = sigs.keys().next_back().copied().unwrap_or(0);
+    let mut first_unsigned: Option<(i64, String)> = None;
+    let mut head_ts = String::new();
 
     sql::for_each_in_order(conn, |row| -> Result<(), StoreError> {
         checked += 1;
@@ -188,6 +197,10 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
         if sigs.contains_key(&row.seq) {
             signed_hashes.insert(row.seq, recomputed);
         }
+        if row.seq > newest_signature && first_unsigned.is_none() {
+            first_unsigned = Some((row.seq, row.ts.clone()));
+        }
+        head_ts.clone_from(&row.ts);
         prev_hash = row.hash;
         expected_seq = row.seq + 1;
         head = Some((row.seq, prev_hash.clone()));
@@ -219,6 +232,22 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
         (None, _) => 0,
     };
     sig_status.keys = keys.into_list();
+    let mut warnings = Vec::new();
+    if let Some(head) = head_seq.filter(|_| sig_status.unsigned_tail > 0) {
+        let from = head + 1 - sig_status.unsigned_tail as i64;
+        sig_status.unsigned_since = first_unsigned
+            .filter(|(seq, _)| *seq == from)
+            .map(|(_, ts)| ts);
+        let when = match &sig_status.unsigned_since {
+            Some(since) => format!(", written {since} to {head_ts}"),
+            None => String::new(),
+        };
+        warnings.push(format!(
+            "the newest {} event(s) ({from}..{head}{when}) are not covered by a signature: deleting them would not be detected. A running coordinator signs within {} s and at shutdown; a longer tail means it was killed, or events were written by a process that does not sign",
+            sig_status.unsigned_tail,
+            super::head_signer::INTERVAL.as_secs()
+        ));
+    }
     let first = problems.first().cloned();
     let problem_count = problems.len() as u64;
     problems.truncate(MAX_LISTED);
@@ -232,6 +261,7 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
         problem_count,
         problems,
         signatures: sig_status,
+        warnings,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }

@@ -90,6 +90,11 @@ pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 }
                 print_keys(&report.signatures.keys);
             }
+            if !json {
+                for w in &report.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
             Ok(if report.ok {
                 ExitCode::SUCCESS
             } else {

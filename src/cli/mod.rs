@@ -99,9 +99,21 @@ pub struct GlobalArgs {
     pub config: Option<PathBuf>,
 
     /// Log level for stderr: error, warn, info, debug, trace, or a filter such as
-    /// `mcp_coordinator=debug,rmcp=info` [default: the config's log_level, else info]
+    /// `mcp_coordinator=debug,rmcp=info` [default: the config's log_level, else
+    /// `info,rmcp=warn`]
     #[arg(long, global = true, env = "MCP_COORDINATOR_LOG", value_name = "LEVEL")]
     pub log_level: Option<String>,
+
+    /// Log line format on stderr: `text`, or `json` (one object per line, for log shippers)
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_COORDINATOR_LOG_FORMAT",
+        value_name = "FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    pub log_format: mcp_coordinator::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,13 +14,15 @@ use mcp_coordinator::overseer::{OverseerService, unprotected_warning};
 use mcp_coordinator::server::{self, Coordinator};
 
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    // Before the runtime's threads start allocating.
+    mcp_coordinator::limits::tune_allocator();
     let (settings, audit) = super::open(global)?;
     let level = global
         .log_level
         .clone()
         .or_else(|| settings.config.log_level.clone())
-        .unwrap_or_else(|| "info".into());
-    init_tracing(&level)?;
+        .unwrap_or_else(|| mcp_coordinator::logging::DEFAULT_FILTER.into());
+    init_tracing(&level, global.log_format)?;
     if std::io::stdin().is_terminal() {
         banner(&settings);
     }
@@ -78,8 +80,8 @@ fn warn_if_unprotected(settings: &Settings, audit: &AuditLog) {
 
 /// Logs go to stderr, never stdout (stdout carries JSON-RPC only), masked so that no level
 /// shows a secret. Colors only on a terminal.
-fn init_tracing(level: &str) -> anyhow::Result<()> {
-    mcp_coordinator::logging::init(level, std::io::stderr().is_terminal())
+fn init_tracing(level: &str, format: mcp_coordinator::logging::LogFormat) -> anyhow::Result<()> {
+    mcp_coordinator::logging::init(level, format, std::io::stderr().is_terminal())
         .map_err(anyhow::Error::msg)
 }
 

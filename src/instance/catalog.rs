@@ -19,8 +19,10 @@ pub struct InstancesConfig {
     pub restore: bool,
     /// Seconds a stop waits after closing the child's stdin and again after SIGTERM before
     /// the whole process group is killed (0.1 to 60).
+    #[schemars(range(min = crate::limits::STOP_GRACE_SECONDS.min, max = crate::limits::STOP_GRACE_SECONDS.max))]
     pub stop_grace_seconds: f64,
     /// At most this many instances run at once in one coordinator (1 to 1000).
+    #[schemars(range(min = crate::limits::MAX_INSTANCES.min, max = crate::limits::MAX_INSTANCES.max))]
     pub max_instances: u32,
 }
 
@@ -74,6 +76,7 @@ pub struct InstanceType {
     pub overridable: Vec<String>,
     /// Seconds an instance lives before it is stopped as `expired` (default: no limit).
     #[serde(default)]
+    #[schemars(range(min = crate::limits::INSTANCE_TTL_SECONDS.min, max = crate::limits::INSTANCE_TTL_SECONDS.max))]
     pub ttl_seconds: Option<u64>,
     /// Start one instance of this type, named after it, when the coordinator starts (in the
     /// background: the coordinator answers at once).
@@ -81,13 +84,16 @@ pub struct InstanceType {
     pub autostart: bool,
     /// Seconds to wait for the child to answer `initialize` and `tools/list` (default 20).
     #[serde(default = "default_init_timeout")]
+    #[schemars(range(min = crate::limits::INIT_TIMEOUT_SECONDS.min, max = crate::limits::INIT_TIMEOUT_SECONDS.max))]
     pub init_timeout_seconds: f64,
     /// Seconds a proxied tool call may take before it is cancelled (default 60).
     #[serde(default = "default_call_timeout")]
+    #[schemars(range(min = crate::limits::CALL_TIMEOUT_SECONDS.min, max = crate::limits::CALL_TIMEOUT_SECONDS.max))]
     pub call_timeout_seconds: f64,
     /// Extra attempts for a failed call of a tool annotated `readOnlyHint` (default 2). Other
     /// tools are never retried: a retry could do the change twice.
     #[serde(default = "default_retries")]
+    #[schemars(range(min = crate::limits::READ_ONLY_RETRIES.min, max = crate::limits::READ_ONLY_RETRIES.max))]
     pub read_only_retries: u32,
     #[serde(default)]
     pub health: HealthConfig,
@@ -117,10 +123,13 @@ fn default_retries() -> u32 {
 #[serde(deny_unknown_fields, default)]
 pub struct HealthConfig {
     /// Seconds between checks (0.1 to 3600; default 15).
+    #[schemars(range(min = crate::limits::HEALTH_INTERVAL_SECONDS.min, max = crate::limits::HEALTH_INTERVAL_SECONDS.max))]
     pub interval_seconds: f64,
     /// Seconds one check may take (default 5).
+    #[schemars(range(min = crate::limits::HEALTH_TIMEOUT_SECONDS.min, max = crate::limits::HEALTH_TIMEOUT_SECONDS.max))]
     pub timeout_seconds: f64,
     /// Failed checks in a row before the instance is restarted (default 3).
+    #[schemars(range(min = crate::limits::FAILURES_IN_A_ROW.min, max = crate::limits::FAILURES_IN_A_ROW.max))]
     pub failure_threshold: u32,
 }
 
@@ -143,12 +152,16 @@ pub struct RestartConfig {
     /// Restart a crashed or unhealthy instance at all (default true).
     pub enabled: bool,
     /// Restarts allowed within the window (default 5).
+    #[schemars(range(min = crate::limits::MAX_RESTARTS.min, max = crate::limits::MAX_RESTARTS.max))]
     pub max_restarts: u32,
     /// The window, in seconds (default 300).
+    #[schemars(range(min = crate::limits::RESTART_WINDOW_SECONDS.min, max = crate::limits::RESTART_WINDOW_SECONDS.max))]
     pub window_seconds: u64,
     /// The first backoff, in milliseconds (default 500).
+    #[schemars(range(min = crate::limits::RESTART_BACKOFF_MS.min, max = crate::limits::RESTART_BACKOFF_MS.max))]
     pub backoff_initial_ms: u64,
     /// The longest backoff, in milliseconds (default 30000).
+    #[schemars(range(min = crate::limits::RESTART_BACKOFF_MS.min, max = crate::limits::RESTART_BACKOFF_MS.max))]
     pub backoff_max_ms: u64,
 }
 
@@ -171,8 +184,10 @@ impl Default for RestartConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
     /// Failed calls in a row that open the breaker (default 5).
+    #[schemars(range(min = crate::limits::FAILURES_IN_A_ROW.min, max = crate::limits::FAILURES_IN_A_ROW.max))]
     pub failures: u32,
     /// Seconds it stays open before a probe (default 30).
+    #[schemars(range(min = crate::limits::BREAKER_OPEN_SECONDS.min, max = crate::limits::BREAKER_OPEN_SECONDS.max))]
     pub open_seconds: f64,
 }
 
@@ -391,57 +406,89 @@ impl InstanceType {
                 Some(_) => {}
             }
         }
-        for (field, v, lo, hi) in [
+        use crate::limits as l;
+        for (field, v, range) in [
             (
                 "init_timeout_seconds",
                 self.init_timeout_seconds,
-                0.1,
-                600.0,
+                l::INIT_TIMEOUT_SECONDS,
             ),
             (
                 "call_timeout_seconds",
                 self.call_timeout_seconds,
-                0.1,
-                3600.0,
+                l::CALL_TIMEOUT_SECONDS,
             ),
             (
                 "health.interval_seconds",
                 self.health.interval_seconds,
-                0.1,
-                3600.0,
+                l::HEALTH_INTERVAL_SECONDS,
             ),
             (
                 "health.timeout_seconds",
                 self.health.timeout_seconds,
-                0.05,
-                600.0,
+                l::HEALTH_TIMEOUT_SECONDS,
             ),
             (
                 "breaker.open_seconds",
                 self.breaker.open_seconds,
-                0.05,
-                3600.0,
+                l::BREAKER_OPEN_SECONDS,
             ),
         ] {
-            if !(lo..=hi).contains(&v) {
-                return Err(format!("{}: expected {lo} to {hi}, got {v}", at(field)));
-            }
+            range.check(&at(field), v)?;
         }
-        if self.health.failure_threshold == 0 || self.breaker.failures == 0 {
+        for (field, v, range) in [
+            (
+                "read_only_retries",
+                self.read_only_retries,
+                l::READ_ONLY_RETRIES,
+            ),
+            (
+                "health.failure_threshold",
+                self.health.failure_threshold,
+                l::FAILURES_IN_A_ROW,
+            ),
+            (
+                "breaker.failures",
+                self.breaker.failures,
+                l::FAILURES_IN_A_ROW,
+            ),
+            (
+                "restart.max_restarts",
+                self.restart.max_restarts,
+                l::MAX_RESTARTS,
+            ),
+        ] {
+            range.check(&at(field), v)?;
+        }
+        for (field, v, range) in [
+            (
+                "restart.window_seconds",
+                self.restart.window_seconds,
+                l::RESTART_WINDOW_SECONDS,
+            ),
+            (
+                "restart.backoff_initial_ms",
+                self.restart.backoff_initial_ms,
+                l::RESTART_BACKOFF_MS,
+            ),
+            (
+                "restart.backoff_max_ms",
+                self.restart.backoff_max_ms,
+                l::RESTART_BACKOFF_MS,
+            ),
+        ] {
+            range.check(&at(field), v)?;
+        }
+        if self.restart.backoff_max_ms < self.restart.backoff_initial_ms {
             return Err(format!(
-                "instance_types.{name}: health.failure_threshold and breaker.failures must be at least 1"
+                "{}: expected at least restart.backoff_initial_ms ({}), got {}",
+                at("restart.backoff_max_ms"),
+                self.restart.backoff_initial_ms,
+                self.restart.backoff_max_ms
             ));
         }
-        if self.restart.backoff_initial_ms == 0
-            || self.restart.backoff_max_ms < self.restart.backoff_initial_ms
-        {
-            return Err(format!(
-                "{}: expected backoff_initial_ms >= 1 and backoff_max_ms >= backoff_initial_ms",
-                at("restart")
-            ));
-        }
-        if self.ttl_seconds == Some(0) {
-            return Err(format!("{}: expected at least 1", at("ttl_seconds")));
+        if let Some(ttl) = self.ttl_seconds {
+            l::INSTANCE_TTL_SECONDS.check(&at("ttl_seconds"), ttl)?;
         }
         self.policy
             .validate()
@@ -452,19 +499,9 @@ impl InstanceType {
 
 impl InstancesConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(0.1..=60.0).contains(&self.stop_grace_seconds) {
-            return Err(format!(
-                "instances.stop_grace_seconds: expected 0.1 to 60, got {}",
-                self.stop_grace_seconds
-            ));
-        }
-        if !(1..=1000).contains(&self.max_instances) {
-            return Err(format!(
-                "instances.max_instances: expected 1 to 1000, got {}",
-                self.max_instances
-            ));
-        }
-        Ok(())
+        crate::limits::STOP_GRACE_SECONDS
+            .check("instances.stop_grace_seconds", self.stop_grace_seconds)?;
+        crate::limits::MAX_INSTANCES.check("instances.max_instances", self.max_instances)
     }
 }
 

@@ -21,6 +21,7 @@ use crate::agent::now_ms;
 use crate::approval::{self, Approval, ApprovalError, ApprovalService, Channel, State, Verdict};
 use crate::audit::chain::{format_ms, now_ts};
 use crate::audit::{Action, Actor, NewEvent, Outcome};
+use crate::limits;
 use crate::macros::string_enum;
 use crate::store::pipeline::{self as sql, PipelineRow, RunRow, StageRow, VersionRow};
 use crate::store::task as task_sql;
@@ -33,15 +34,42 @@ pub use dag::{Dag, Definition, Dependency, StageDef, Template};
 #[serde(deny_unknown_fields, default)]
 pub struct PipelinesConfig {
     /// Delivery attempts of a run's completion webhook before giving up (default 5).
+    #[schemars(range(min = limits::WEBHOOK_MAX_ATTEMPTS.min, max = limits::WEBHOOK_MAX_ATTEMPTS.max))]
     pub webhook_max_attempts: u32,
     /// Delay before the second attempt in milliseconds; doubles per attempt (default 1000).
+    #[schemars(range(min = limits::WEBHOOK_BACKOFF_MS.min, max = limits::WEBHOOK_BACKOFF_MS.max))]
     pub webhook_backoff_ms: u64,
     /// How long one delivery attempt may take, in seconds (default 10).
+    #[schemars(range(
+        min = limits::WEBHOOK_TIMEOUT_SECONDS.min,
+        max = limits::WEBHOOK_TIMEOUT_SECONDS.max
+    ))]
     pub webhook_timeout_seconds: u64,
     /// While a waiting `pipeline_run` sees no stage finish, it sends a progress notification
     /// this often (seconds, default 10), so clients that time out without progress keep
     /// waiting.
+    #[schemars(range(
+        min = limits::PROGRESS_KEEPALIVE_SECONDS.min,
+        max = limits::PROGRESS_KEEPALIVE_SECONDS.max
+    ))]
     pub progress_keepalive_seconds: u64,
+}
+
+impl PipelinesConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        limits::WEBHOOK_MAX_ATTEMPTS
+            .check("pipelines.webhook_max_attempts", self.webhook_max_attempts)?;
+        limits::WEBHOOK_BACKOFF_MS
+            .check("pipelines.webhook_backoff_ms", self.webhook_backoff_ms)?;
+        limits::WEBHOOK_TIMEOUT_SECONDS.check(
+            "pipelines.webhook_timeout_seconds",
+            self.webhook_timeout_seconds,
+        )?;
+        limits::PROGRESS_KEEPALIVE_SECONDS.check(
+            "pipelines.progress_keepalive_seconds",
+            self.progress_keepalive_seconds,
+        )
+    }
 }
 
 impl Default for PipelinesConfig {
@@ -380,8 +408,11 @@ impl PipelineService {
                 format!("expected 1 to 100 letters, digits, '-', '_' or '.', got {name:?}"),
             ));
         }
-        if new.description.len() > 4000 {
-            return Err(invalid("description", "at most 4000 characters"));
+        if new.description.chars().count() > limits::SUMMARY_CHARS {
+            return Err(invalid(
+                "description",
+                format!("at most {} characters", limits::SUMMARY_CHARS),
+            ));
         }
         let dag = dag::validate(new.definition)?;
         let definition =

@@ -67,6 +67,7 @@ pub struct ApprovalRequestInput {
     /// Ask again about (or wait for) an approval that already exists.
     pub approval_id: Option<String>,
     /// One line a person reads: what will happen and why.
+    #[schemars(length(max = crate::limits::SUMMARY_CHARS))]
     pub summary: Option<String>,
     /// Exactly what will be done, as a JSON object. The person sees it verbatim, and the
     /// approval covers this action and nothing else.
@@ -74,16 +75,17 @@ pub struct ApprovalRequestInput {
     /// How much could go wrong. By default `critical` can only be approved from the CLI.
     pub risk: Option<Risk>,
     /// What the action is about (a file, a server name, an id), for filtering; optional.
+    #[schemars(length(max = crate::limits::SUBJECT_CHARS))]
     pub subject_id: Option<String>,
     /// What will change, for the person: a diff, a command line, a description.
     pub preview: Option<String>,
     /// Seconds until the approval expires (default from policy, 3600).
-    #[schemars(range(min = 1, max = 604800))]
+    #[schemars(range(min = crate::limits::APPROVAL_EXPIRY_SECONDS.min, max = crate::limits::APPROVAL_EXPIRY_SECONDS.max))]
     pub expires_in_seconds: Option<u64>,
     /// When the person cannot be asked in this client (no elicitation, or policy needs the
     /// CLI): seconds to wait for a decision from the CLI before returning `pending`
     /// (0 to 3600, default 0). Progress notifications are sent while waiting.
-    #[schemars(range(min = 0, max = 3600))]
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 
@@ -178,7 +180,7 @@ pub struct ApprovalListInput {
     /// Only approvals of this kind.
     pub kind: Option<Kind>,
     /// Approvals per page, 1 to 200 (default 50).
-    #[schemars(range(min = 1, max = 200))]
+    #[schemars(range(min = crate::limits::SHORT_PAGE.min, max = crate::limits::SHORT_PAGE.max))]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,

@@ -18,7 +18,7 @@ use crate::assessment::{
 use crate::config::ToolGroup;
 
 /// The longest wait a call may ask for.
-const MAX_WAIT_SECONDS: u64 = 600;
+const MAX_WAIT_SECONDS: u64 = crate::limits::ASSESSMENT_WAIT_SECONDS.max;
 
 pub fn routes() -> Vec<Route> {
     use ToolGroup::{Assessments, Configs};
@@ -304,6 +304,7 @@ async fn assessment_get(
 pub struct ListInput {
     pub status: Option<AssessmentStatus>,
     /// At most this many (1 to 200, default 20), newest first.
+    #[schemars(range(min = crate::limits::SHORT_PAGE.min, max = crate::limits::SHORT_PAGE.max))]
     pub limit: Option<u32>,
 }
 
@@ -320,11 +321,11 @@ async fn assessment_list(
     _call: Call,
 ) -> Result<AssessmentList, Failure> {
     let limit = i.limit.unwrap_or(20);
-    if !(1..=200).contains(&limit) {
+    if !crate::limits::SHORT_PAGE.contains(limit) {
         return Err(Failure::Protocol(invalid_field(
             "assessment_list",
             "limit",
-            format!("expected 1 to 200, got {limit}"),
+            format!("{}, got {limit}", crate::limits::SHORT_PAGE.expected()),
         )));
     }
     let assessments = c

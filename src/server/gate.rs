@@ -30,7 +30,7 @@ const POLL: Duration = Duration::from_millis(200);
 /// How often a waiting call sends a progress notification.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// The longest `wait_seconds` a call may ask for.
-pub(super) const MAX_WAIT_SECONDS: u64 = 3600;
+pub(super) const MAX_WAIT_SECONDS: u64 = crate::limits::WAIT_SECONDS.max;
 /// The key under which the decision is asked in an input-required result.
 const QUESTION_KEY: &str = "decision";
 /// Associated data of sealed request states. v2 states carry a [`Ticket`]; a v1 state (from

@@ -214,7 +214,7 @@ pub struct StartInput {
     #[serde(default)]
     pub overrides: Overrides,
     /// Seconds until the instance is stopped as `expired` (default: the type's `ttl_seconds`).
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = crate::limits::INSTANCE_TTL_SECONDS.min, max = crate::limits::INSTANCE_TTL_SECONDS.max))]
     pub ttl_seconds: Option<u64>,
 }
 
@@ -239,7 +239,7 @@ pub struct ListInput {
     #[serde(default)]
     pub all: bool,
     /// At most this many, newest first (default 100).
-    #[schemars(range(min = 1, max = 1000))]
+    #[schemars(range(min = crate::limits::INSTANCE_PAGE.min, max = crate::limits::INSTANCE_PAGE.max))]
     pub limit: Option<u32>,
 }
 
@@ -252,7 +252,10 @@ pub struct ListOutput {
 }
 
 async fn instance_list(c: Coordinator, i: ListInput, _call: Call) -> Result<ListOutput, Failure> {
-    let limit = i.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = i.limit.unwrap_or(100).clamp(
+        crate::limits::INSTANCE_PAGE.min,
+        crate::limits::INSTANCE_PAGE.max,
+    );
     let instances = c
         .quick(|c| c.instances().list(i.all, limit))
         .map_err(failure)?;
@@ -311,7 +314,7 @@ pub struct CallInput {
     pub arguments: Option<JsonObject>,
     /// For a tool that needs approval, when the person cannot be asked in this client:
     /// seconds to wait for a decision made at the CLI (0 to 3600, default 0).
-    #[schemars(range(min = 0, max = 3600))]
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 
@@ -472,7 +475,7 @@ pub struct ReviewInput {
     pub tool: String,
     /// When the person cannot be asked in this client: seconds to wait for a decision made at
     /// the CLI (0 to 3600, default 0).
-    #[schemars(range(min = 0, max = 3600))]
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 

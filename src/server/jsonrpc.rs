@@ -39,6 +39,10 @@ pub(super) enum Message<'a> {
 pub(super) struct Refusal {
     /// The request's id, when it could be read.
     pub id: Option<RequestId>,
+    /// The id exactly as written, when it is a number or string that is no [`RequestId`] (an
+    /// integer beyond 64 bits, a string with a lone surrogate): echoed as written, since the
+    /// client can read it back (JSON-RPC 2.0 §5 leaves `null` for ids that cannot be read).
+    pub written_id: Option<Box<RawValue>>,
     pub error: ErrorData,
 }
 
@@ -46,6 +50,7 @@ impl Refusal {
     fn parse(message: impl std::fmt::Display) -> Message<'static> {
         Message::Refused(Some(Refusal {
             id: None,
+            written_id: None,
             error: ErrorData::parse_error(format!("parse error: {message}"), None),
         }))
     }
@@ -53,6 +58,7 @@ impl Refusal {
     fn invalid(id: Option<RequestId>, message: impl std::fmt::Display) -> Message<'static> {
         Message::Refused(Some(Refusal {
             id,
+            written_id: None,
             error: ErrorData::invalid_request(format!("invalid request: {message}"), None),
         }))
     }
@@ -61,6 +67,7 @@ impl Refusal {
     pub fn duplicate(id: &RequestId) -> Refusal {
         Refusal {
             id: None,
+            written_id: None,
             error: ErrorData::invalid_request(
                 format!(
                     "invalid request: id {} is already used by a request in flight; each request needs an id of its own",
@@ -82,7 +89,15 @@ impl Refusal {
                 Value::Null
             }
             Some(id) => id_json(id),
-            None => Value::Null,
+            None => match &self.written_id {
+                // Written out as the client wrote it: no `Value` holds it.
+                Some(raw) => {
+                    let error = serde_json::to_string(&error).unwrap_or_default();
+                    return format!(r#"{{"jsonrpc":"2.0","id":{},"error":{error}}}"#, raw.get())
+                        .into_bytes();
+                }
+                None => Value::Null,
+            },
         };
         let v = json!({ "jsonrpc": "2.0", "id": id, "error": error });
         serde_json::to_vec(&v).unwrap_or_default()
@@ -197,8 +212,28 @@ pub(super) fn classify(line: &[u8], in_batch: bool) -> Message<'_> {
     }
 }
 
-/// Checks a message's members as rmcp will read them.
+/// Checks a message's members as rmcp will read them; a refusal of a request whose id is
+/// written but no [`RequestId`] repeats the id as written.
 fn check(m: Envelope<'_>) -> Message<'_> {
+    let answer = m.result.is_some() || m.error.is_some();
+    let written = m.id.filter(|raw| {
+        !answer
+            && matches!(
+                raw.get().as_bytes().first(),
+                Some(b'"' | b'-' | b'0'..=b'9')
+            )
+            && serde_json::from_str::<RequestId>(raw.get()).is_err()
+    });
+    let mut message = check_members(m);
+    if let (Message::Refused(Some(r)), Some(raw)) = (&mut message, written)
+        && r.id.is_none()
+    {
+        r.written_id = Some(raw.to_owned());
+    }
+    message
+}
+
+fn check_members(m: Envelope<'_>) -> Message<'_> {
     let answer = m.result.is_some() || m.error.is_some();
     let id: Option<Result<RequestId, _>> = m.id.map(|raw| serde_json::from_str(raw.get()));
     // An answer's id is the server's, not a request of the client's: never echoed.
@@ -234,13 +269,14 @@ fn check(m: Envelope<'_>) -> Message<'_> {
             },
             Some(_) => Message::Refused(None),
         },
-        Some(Err(_)) => Refusal::invalid(None, "`id` must be a string or an integer"),
+        Some(Err(_)) => Refusal::invalid(None, id_problem(m.id)),
         Some(Ok(id)) => match params_kind {
             None => Message::Request { id, method },
             // Structured but not what any MCP method takes: the request is well formed, its
             // params are not.
             Some("an array") => Message::Refused(Some(Refusal {
                 id: Some(id),
+                written_id: None,
                 error: ErrorData::invalid_params(
                     format!(
                         "invalid params of `{method}`: `params` must be an object, not an array"
@@ -253,6 +289,19 @@ fn check(m: Envelope<'_>) -> Message<'_> {
                 format_args!("`params` must be an object, not {k}"),
             ),
         },
+    }
+}
+
+/// Why an id that is written is no [`RequestId`].
+fn id_problem(raw: Option<&RawValue>) -> &'static str {
+    match raw.and_then(|r| r.get().as_bytes().first()) {
+        Some(b'-' | b'0'..=b'9') => {
+            "`id` must be a string or an integer from -2^63 to 2^63-1 (this one is out of range or has a fraction)"
+        }
+        Some(b'"') => {
+            "`id` must be a string of Unicode text (this one has a lone surrogate escape)"
+        }
+        _ => "`id` must be a string or an integer",
     }
 }
 

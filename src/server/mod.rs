@@ -325,7 +325,15 @@ impl Coordinator {
     /// Records one tool call's event (tool, actor, outcome, duration, redacted arguments):
     /// through the audit writer, or now when none runs. A failure to record is logged, not
     /// hidden.
-    fn audit_call(&self, event: NewEvent) {
+    fn audit_call(&self, mut event: NewEvent) {
+        // The event keeps a bounded copy of the arguments: a 1 MiB payload is the task's to
+        // store, not every page of the audit log's.
+        let max = self.inner.settings.config.limits.audit_arguments();
+        if let Some(args) = event.detail.get_mut("arguments")
+            && crate::limits::json_size(args) > max
+        {
+            *args = crate::limits::cap_for_audit(args, max);
+        }
         if let Some(event) = self.inner.audit_queue.send(event)
             && let Err(e) = self.audit().record(event)
         {
@@ -563,7 +571,16 @@ impl ServerHandler for Coordinator {
         let quiet = session::Quiet::default();
         context.extensions.insert(quiet.clone());
         let call = Call::from_context(&context, self);
-        let arguments = request.arguments.clone().map(serde_json::Value::Object);
+        // Only a bounded copy is kept for the audit event (see `audit_call`).
+        let max = self.inner.settings.config.limits.audit_arguments();
+        let (arguments, size) = match &request.arguments {
+            Some(a) => {
+                let (copy, size) = crate::limits::audit_copy(a, max);
+                (Some(copy), size)
+            }
+            None => (None, 0),
+        };
+        let large = size > LARGE_REQUEST;
         // One lock-wait budget for everything this call does (store/budget.rs).
         let budget = Budget::for_call();
         let result = if let Some(handler) = self.inner.tools.handler(&name) {
@@ -616,9 +633,15 @@ impl ServerHandler for Coordinator {
             critical: false,
         };
         self.audit_call(event);
+        if large {
+            tool::release_memory_soon();
+        }
         result
     }
 }
+
+/// Arguments larger than this leave freed memory behind worth giving back after the call.
+const LARGE_REQUEST: usize = 1 << 20;
 
 /// Why a coordinator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -796,6 +819,14 @@ pub async fn run(
     if let Err(e) = audit.store().start_checkpointer() {
         tracing::warn!(error = %e, "cannot start the background checkpointer");
     }
+    // Signs what was written within a second, so a crash can hide at most that much.
+    let head_signer = match crate::audit::HeadSigner::start(&audit) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the audit head signer");
+            None
+        }
+    };
     coordinator.instances().start_reaper();
     coordinator
         .instances()
@@ -831,7 +862,11 @@ pub async fn run(
     }
     drop(coordinator);
     let stopped = stopped?;
-    let signed = tokio::task::spawn_blocking(move || audit.sign_head()).await;
+    let signed = tokio::task::spawn_blocking(move || {
+        drop(head_signer);
+        audit.sign_head()
+    })
+    .await;
     match signed {
         Ok(Ok(seq)) => tracing::debug!(?seq, "signed the audit chain head"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not sign the audit chain head"),
@@ -848,7 +883,7 @@ where
     match coordinator.serve(transport).await {
         Ok(running) => {
             let reason = running.waiting().await?;
-            tracing::info!(?reason, "client session ended");
+            tracing::debug!(?reason, "client session ended");
             Ok(Stopped::ClientClosed)
         }
         // A client that connects and leaves without a word is a clean close, not a failure.

@@ -162,6 +162,7 @@ pub struct CreateInput {
     pub name: String,
     /// What the pipeline is for.
     #[serde(default)]
+    #[schemars(length(max = crate::limits::SUMMARY_CHARS))]
     pub description: Option<String>,
     /// Start from a built-in definition instead of giving `stages` (`pipeline_list` shows
     /// the templates).
@@ -278,6 +279,7 @@ async fn pipeline_get(c: Coordinator, i: GetInput, _call: Call) -> Result<Pipeli
 #[serde(deny_unknown_fields)]
 pub struct ListInput {
     /// At most this many pipelines (1 to 200, default 50).
+    #[schemars(range(min = crate::limits::SHORT_PAGE.min, max = crate::limits::SHORT_PAGE.max))]
     pub limit: Option<u32>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -319,11 +321,11 @@ pub struct PipelineList {
 async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<PipelineList, Failure> {
     const TOOL: &str = "pipeline_list";
     let limit = i.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
+    if !crate::limits::SHORT_PAGE.contains(limit) {
         return Err(Failure::Protocol(invalid_field(
             TOOL,
             "limit",
-            format!("expected 1 to 200, got {limit}"),
+            format!("{}, got {limit}", crate::limits::SHORT_PAGE.expected()),
         )));
     }
     let recent = i.recent_runs.unwrap_or(10);
@@ -600,6 +602,7 @@ async fn pipeline_run_get(
 pub struct CancelInput {
     pub run_id: String,
     /// Why (recorded on the run, its tasks and in the audit log).
+    #[schemars(length(max = crate::limits::MESSAGE_CHARS))]
     pub reason: Option<String>,
 }
 

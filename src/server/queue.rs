@@ -229,11 +229,13 @@ fn task_failure(tool: &str, e: TaskError) -> Failure {
 #[serde(deny_unknown_fields)]
 pub struct RegisterInput {
     /// A unique, stable name, such as `etl-worker-1`.
+    #[schemars(length(max = crate::limits::NAME_CHARS))]
     pub name: String,
     /// `worker` (default), `orchestrator` or `validator`.
     pub agent_type: Option<AgentType>,
     /// What it can do, such as `data-processing` or `assessment:security`.
     #[serde(default)]
+    #[schemars(length(max = crate::limits::CAPABILITIES), inner(length(max = crate::limits::NAME_CHARS)))]
     pub capabilities: Vec<String>,
     /// How to reach it (URLs, queue names), free-form.
     #[serde(default)]
@@ -272,11 +274,12 @@ pub struct HeartbeatInput {
     /// The agent token from agent_register.
     pub token: String,
     /// Current load, 0 (idle) to 1 (full).
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = crate::limits::LOAD.min, max = crate::limits::LOAD.max))]
     pub load: f64,
     /// `ready` (default), `busy` or `draining` (takes no new tasks).
     pub status: Option<AgentStatus>,
     /// Replaces the agent's capabilities when given.
+    #[schemars(length(max = crate::limits::CAPABILITIES), inner(length(max = crate::limits::NAME_CHARS)))]
     pub capabilities: Option<Vec<String>>,
 }
 
@@ -361,22 +364,28 @@ async fn agent_deregister(
 #[serde(deny_unknown_fields)]
 pub struct SubmitInput {
     /// The tool or command the agent should run, such as `transform_csv`.
+    #[schemars(length(max = crate::limits::NAME_CHARS))]
     pub kind: String,
     /// Its parameters.
     #[serde(default)]
     pub params: Value,
     /// Capabilities the agent must all have.
     #[serde(default)]
+    #[schemars(length(max = crate::limits::CAPABILITIES), inner(length(max = crate::limits::NAME_CHARS)))]
     pub capabilities: Vec<String>,
     /// Only this agent may claim it.
+    #[schemars(length(max = crate::limits::NAME_CHARS))]
     pub target_agent_id: Option<String>,
     /// `urgent`, `high`, `normal` (default) or `low`.
     pub priority: Option<Priority>,
     /// How long a claim lasts before the task is retried (default 300).
+    #[schemars(range(min = crate::limits::TASK_TIMEOUT_SECONDS.min, max = crate::limits::TASK_TIMEOUT_SECONDS.max))]
     pub timeout_seconds: Option<f64>,
     /// Retries after failures or timeouts before the task is dead (default 3).
+    #[schemars(range(min = crate::limits::TASK_MAX_RETRIES.min, max = crate::limits::TASK_MAX_RETRIES.max))]
     pub max_retries: Option<u32>,
     /// Submitting again with the same key returns the first task instead of a new one.
+    #[schemars(length(max = crate::limits::KEY_CHARS))]
     pub idempotency_key: Option<String>,
     /// Not claimable before this time (RFC 3339).
     #[schemars(extend("format" = "date-time"))]
@@ -439,15 +448,15 @@ pub struct ClaimInput {
     pub token: String,
     /// The agent's load right now (0..1), recorded before dispatch decides; defaults to the
     /// load of its last heartbeat.
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = crate::limits::LOAD.min, max = crate::limits::LOAD.max))]
     pub load: Option<f64>,
     /// Lease up to this many tasks at once, 1 to 100 (default 1), for an agent with spare
     /// slots; they come in dispatch order.
-    #[schemars(range(min = 1, max = 100))]
+    #[schemars(range(min = crate::limits::CLAIM_MAX_TASKS.min, max = crate::limits::CLAIM_MAX_TASKS.max))]
     pub max_tasks: Option<u32>,
     /// Long poll: when no task is there, wait up to this many seconds (0 to 60, default 0)
     /// for one to be queued, by any coordinator on the database, and return it at once.
-    #[schemars(range(min = 0.0, max = 60.0))]
+    #[schemars(range(min = crate::limits::CLAIM_WAIT_SECONDS.min, max = crate::limits::CLAIM_WAIT_SECONDS.max))]
     pub wait_seconds: Option<f64>,
 }
 
@@ -525,6 +534,7 @@ async fn task_claim(c: Coordinator, i: ClaimInput, call: Call) -> Result<Claimed
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReportedError {
+    #[schemars(length(max = crate::limits::MESSAGE_CHARS))]
     pub message: String,
     /// Whether trying again may succeed (default true): retried with backoff until
     /// max_retries, then dead. False fails the task for good.
@@ -541,9 +551,10 @@ pub struct ReportInput {
     pub token: String,
     pub task_id: String,
     /// Progress so far, 0 to 1 (a progress report; not with `result` or `error`).
-    #[schemars(range(min = 0.0, max = 1.0))]
+    #[schemars(range(min = crate::limits::LOAD.min, max = crate::limits::LOAD.max))]
     pub progress: Option<f64>,
     /// What it is doing now (a progress report; not with `result` or `error`).
+    #[schemars(length(max = crate::limits::MESSAGE_CHARS))]
     pub message: Option<String>,
     /// The final result, any JSON value including `null`: completes the task. Present means
     /// done; leave the key out for a progress report.
@@ -638,7 +649,7 @@ pub struct TaskListInput {
     pub agent_id: Option<String>,
     pub priority: Option<Priority>,
     /// Tasks per page, 1 to 500 (default 50).
-    #[schemars(range(min = 1, max = 500))]
+    #[schemars(range(min = crate::limits::PAGE.min, max = crate::limits::PAGE.max))]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -682,6 +693,7 @@ async fn task_list(c: Coordinator, i: TaskListInput, _call: Call) -> Result<Task
 pub struct CancelInput {
     pub task_id: String,
     /// Why, recorded with the task and in the audit log.
+    #[schemars(length(max = crate::limits::MESSAGE_CHARS))]
     pub reason: Option<String>,
 }
 

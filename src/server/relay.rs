@@ -144,6 +144,7 @@ impl Source for StdinSource {
             // Unread, so their ids are unknown: each gets an error with a null id.
             let refusal = Refusal {
                 id: None,
+                written_id: None,
                 error: rmcp::ErrorData::invalid_request(
                     format!(
                         "invalid request: a message longer than {} MiB was dropped unread",
@@ -252,6 +253,7 @@ impl Coordinator {
                 if batch.is_some() && method == "initialize" {
                     let refusal = Refusal {
                         id: Some(id),
+                        written_id: None,
                         error: rmcp::ErrorData::invalid_request(
                             "invalid request: `initialize` must not be part of a batch",
                             None,

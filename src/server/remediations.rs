@@ -171,6 +171,7 @@ fn failure(tool: &str, e: RemediationError) -> Failure {
 #[serde(deny_unknown_fields)]
 pub struct ProposeInput {
     /// One line for the person (default: made from the actions).
+    #[schemars(length(max = crate::limits::SUMMARY_CHARS))]
     pub summary: Option<String>,
     /// Explicit actions (each names its `file` and `server`).
     #[serde(default)]
@@ -270,6 +271,7 @@ async fn remediation_get(
 pub struct ListInput {
     pub status: Option<RemediationStatus>,
     /// At most this many (1 to 200, default 20), newest first.
+    #[schemars(range(min = crate::limits::SHORT_PAGE.min, max = crate::limits::SHORT_PAGE.max))]
     pub limit: Option<u32>,
 }
 
@@ -285,11 +287,11 @@ async fn remediation_list(
     _call: Call,
 ) -> Result<RemediationList, Failure> {
     let limit = i.limit.unwrap_or(20);
-    if !(1..=200).contains(&limit) {
+    if !crate::limits::SHORT_PAGE.contains(limit) {
         return Err(Failure::Protocol(invalid_field(
             "remediation_list",
             "limit",
-            format!("expected 1 to 200, got {limit}"),
+            format!("{}, got {limit}", crate::limits::SHORT_PAGE.expected()),
         )));
     }
     let remediations = c

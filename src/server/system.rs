@@ -232,7 +232,7 @@ pub struct AuditQueryInput {
     /// How it ended.
     pub outcome: Option<Outcome>,
     /// Events per page, 1 to 500 (default 50).
-    #[schemars(range(min = 1, max = 500))]
+    #[schemars(range(min = crate::limits::PAGE.min, max = crate::limits::PAGE.max))]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page, to continue with older events.
     #[schemars(regex(pattern = r"^[1-9][0-9]*$"))]

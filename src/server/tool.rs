@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use super::Coordinator;
 use super::session::Call;
 use crate::config::ToolGroup;
+use crate::limits;
 
 /// A closed set of domain error codes, stable for clients to branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -237,6 +238,7 @@ where
 {
     let name = spec.name;
     let handler = Arc::new(handler);
+    let schema: Arc<std::sync::OnceLock<Value>> = Arc::default();
     let call: Handler = Arc::new(move |ctx: ToolCallContext<'_, Coordinator>| {
         let handler = handler.clone();
         let coordinator = ctx.service.clone();
@@ -244,16 +246,24 @@ where
         call.request_state = ctx.request_state;
         call.input_responses = ctx.input_responses;
         let arguments = ctx.arguments;
+        let sizes = coordinator.settings().config.limits;
+        let schema = schema.clone();
         Box::pin(async move {
+            if let Some(args) = &arguments {
+                let schema = schema.get_or_init(input_schema::<In>);
+                limits::check_arguments(args, schema, sizes.max_payload())
+                    .map_err(|e| invalid_field(name, &e.field, e.message))?;
+            }
             let input: In = parse_arguments(name, arguments)?;
             match handler(coordinator, input, call).await {
                 Ok(Reply::Done(out)) => {
-                    let value = serde_json::to_value(out).map_err(|e| {
+                    let mut value = serde_json::to_value(out).map_err(|e| {
                         ErrorData::internal_error(
                             format!("{name}: cannot encode result: {e}"),
                             None,
                         )
                     })?;
+                    fit_result::<Out>(name, &mut value, sizes.response_budget());
                     Ok(CallToolResult::structured(value).into())
                 }
                 Ok(Reply::InputRequired(r)) => Ok(r.into()),
@@ -268,6 +278,65 @@ where
         define: definition::<In, Out>,
         call,
     }
+}
+
+/// `In`'s input schema as JSON, or `{}` if it cannot be built.
+fn input_schema<In: JsonSchema + 'static>() -> Value {
+    schema_for_input::<In>()
+        .map(|s| Value::Object((*s).clone()))
+        .unwrap_or(Value::Bool(true))
+}
+
+/// Keeps a result's JSON-RPC line within the response budget: past it, the largest strings
+/// and free-form values are cut with a `…[truncated N bytes]` marker, in a way the output
+/// schema still allows. A large result gives its memory back once it has been written.
+fn fit_result<Out: JsonSchema + 'static>(tool: &str, value: &mut Value, budget: usize) {
+    let mut line = limits::result_line_size(value);
+    if line > LARGE_RESULT {
+        release_memory_soon();
+    }
+    if line <= budget {
+        return;
+    }
+    let before = line;
+    let schema = Value::Object((*schema_for_output::<Out>()).clone());
+    let mut cut = 0;
+    // The line holds the value twice (structured and as text, escaped), so aim the value at
+    // its share of the budget; a second pass covers what escaping added.
+    for _ in 0..4 {
+        let size = limits::json_size(value);
+        let target = (size as u128 * budget as u128 / line as u128) as usize * 95 / 100;
+        cut += limits::shrink(value, &schema, target);
+        line = limits::result_line_size(value);
+        if line <= budget {
+            break;
+        }
+    }
+    tracing::info!(
+        tool,
+        before,
+        after = line,
+        cut,
+        budget,
+        "result over the response budget: cut its largest values"
+    );
+}
+
+/// A result line longer than this leaves freed memory behind worth giving back.
+const LARGE_RESULT: usize = 1 << 20;
+
+/// Trims the allocator shortly after now, once the answer being built has been written and
+/// freed; calls in the meantime share one trim.
+pub(super) fn release_memory_soon() {
+    static PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if PENDING.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    tokio::spawn(async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        PENDING.store(false, std::sync::atomic::Ordering::Release);
+        let _ = tokio::task::spawn_blocking(limits::release_memory).await;
+    });
 }
 
 /// A tool's definition: input and output schemas from `In` and `Out`, description, title and

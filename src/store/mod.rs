@@ -302,6 +302,11 @@ impl Store {
         Ok(())
     }
 
+    /// How many transactions were committed through this handle (and its clones).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
     /// Counts a commit through this handle and tells the checkpointer.
     fn committed(&self) {
         self.commits.fetch_add(1, Ordering::Relaxed);

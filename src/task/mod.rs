@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::agent::{AgentError, AgentService, AgentStatus, Health, normalize_capabilities, now_ms};
 use crate::audit::chain::format_ms;
 use crate::audit::{Action, Actor, ActorKind, NewEvent, Outcome};
+use crate::limits;
 use crate::macros::string_enum;
 use crate::store::agent as agent_sql;
 use crate::store::task::{self as sql, TaskRow};
@@ -25,20 +26,44 @@ pub const POLL: Duration = Duration::from_millis(10);
 /// How long a long-polling claim waits at most before it claims again anyway.
 pub const RECHECK: Duration = Duration::from_secs(1);
 /// The longest `wait_seconds` a claim may ask for.
-pub const MAX_WAIT_SECONDS: f64 = 60.0;
+pub const MAX_WAIT_SECONDS: f64 = limits::CLAIM_WAIT_SECONDS.max;
 
 /// `[tasks]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TasksConfig {
     /// Lease length when a task names no timeout, in seconds (default 300).
+    #[schemars(range(min = 1, max = limits::TASK_TIMEOUT_SECONDS.max))]
     pub default_timeout_seconds: u64,
     /// Retries when a task names none (default 3).
+    #[schemars(range(min = limits::TASK_MAX_RETRIES.min, max = limits::TASK_MAX_RETRIES.max))]
     pub default_max_retries: u32,
     /// First retry delay in milliseconds; doubles per attempt, with ±50% jitter (default 1000).
+    #[schemars(range(min = limits::TASK_BACKOFF_BASE_MS.min, max = limits::TASK_BACKOFF_BASE_MS.max))]
     pub backoff_base_ms: u64,
-    /// Longest retry delay in milliseconds (default 300000).
+    /// Longest retry delay in milliseconds, at least `backoff_base_ms` (default 300000).
+    #[schemars(range(min = limits::TASK_BACKOFF_MAX_MS.min, max = limits::TASK_BACKOFF_MAX_MS.max))]
     pub backoff_max_ms: u64,
+}
+
+impl TasksConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        // Whole seconds here; a task may ask for a fraction.
+        limits::TASK_TIMEOUT_SECONDS.check(
+            "tasks.default_timeout_seconds",
+            self.default_timeout_seconds as f64,
+        )?;
+        limits::TASK_MAX_RETRIES.check("tasks.default_max_retries", self.default_max_retries)?;
+        limits::TASK_BACKOFF_BASE_MS.check("tasks.backoff_base_ms", self.backoff_base_ms)?;
+        limits::TASK_BACKOFF_MAX_MS.check("tasks.backoff_max_ms", self.backoff_max_ms)?;
+        if self.backoff_max_ms < self.backoff_base_ms {
+            return Err(format!(
+                "tasks.backoff_max_ms: expected at least tasks.backoff_base_ms ({}), got {}",
+                self.backoff_base_ms, self.backoff_max_ms
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for TasksConfig {
@@ -435,17 +460,17 @@ impl TaskService {
         let timeout = new
             .timeout_seconds
             .unwrap_or(self.config.default_timeout_seconds as f64);
-        if !(0.05..=86_400.0 * 7.0).contains(&timeout) {
+        if !limits::TASK_TIMEOUT_SECONDS.contains(timeout) {
             return Err(TaskError::Invalid {
                 field: "timeout_seconds",
-                message: format!("expected 0.05 to 604800, got {timeout}"),
+                message: format!("{}, got {timeout}", limits::TASK_TIMEOUT_SECONDS.expected()),
             });
         }
         let retries = new.max_retries.unwrap_or(self.config.default_max_retries);
-        if retries > 100 {
+        if !limits::TASK_MAX_RETRIES.contains(retries) {
             return Err(TaskError::Invalid {
                 field: "max_retries",
-                message: format!("expected 0 to 100, got {retries}"),
+                message: format!("{}, got {retries}", limits::TASK_MAX_RETRIES.expected()),
             });
         }
         let row = TaskRow {

@@ -134,6 +134,39 @@ pub fn settle_audit(data_dir: &Path) {
     }
 }
 
+/// [`settle_audit`], then waits until the head is signed too: a server's head signer signs
+/// within a second of a commit, and may write an `audit.key_added` event first. For tests that
+/// count events or commits from outside while a server runs.
+pub fn settle_signed(data_dir: &Path) {
+    settle_audit(data_dir);
+    settle_signed_db(&db_path(data_dir));
+}
+
+/// Waits until the head of the chain in the database file `db` is signed (5 s at most).
+pub fn settle_signed_db(db: &Path) {
+    let started = std::time::Instant::now();
+    loop {
+        let signed = rusqlite::Connection::open(db)
+            .and_then(|db| {
+                db.query_row(
+                    "SELECT (SELECT COALESCE(MAX(seq), 0) FROM audit_events)
+                          = (SELECT COALESCE(MAX(seq), 0) FROM audit_signatures)",
+                    [],
+                    |r| r.get::<_, bool>(0),
+                )
+            })
+            .unwrap_or(false);
+        if signed {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the audit head was not signed within 5 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Runs the binary as a CLI command and returns (status code, stdout, stderr).
 pub fn cli(data_dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(BIN)
@@ -161,10 +194,16 @@ pub struct RawServer {
 
 impl RawServer {
     pub fn spawn(data_dir: &Path) -> Self {
+        Self::spawn_with(data_dir, &[])
+    }
+
+    /// [`spawn`](Self::spawn) with more arguments (`--config FILE`).
+    pub fn spawn_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = std::process::Command::new(BIN)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--log-level", "error"])
+            .args(extra)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -196,6 +235,11 @@ impl RawServer {
 
     /// Sends one request and returns the whole response message.
     pub fn request(&mut self, method: &str, params: Value) -> Value {
+        serde_json::from_str(&self.request_line(method, params)).unwrap()
+    }
+
+    /// Sends one request and returns its response line as the server wrote it.
+    pub fn request_line(&mut self, method: &str, params: Value) -> String {
         use std::io::Write;
         let id = self.next_id;
         self.next_id += 1;
@@ -207,7 +251,7 @@ impl RawServer {
             let line = self.lines.next().expect("server closed stdout").unwrap();
             let v: Value = serde_json::from_str(&line).unwrap();
             if v["id"] == id {
-                return v;
+                return line;
             }
         }
     }

@@ -1,0 +1,88 @@
+//! The head signer: signs the audit chain's head once a second while events are written, so
+//! that a crash (`kill -9`, power loss) leaves at most about a second of events that could be
+//! deleted without `audit verify` noticing. Critical events are signed as they are written and
+//! the head once more at shutdown; this covers everything in between.
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::{AuditError, AuditLog};
+use crate::store::{Location, Store, StoreError};
+
+/// The longest an event written through this coordinator waits for a signature over it.
+pub const INTERVAL: Duration = Duration::from_secs(1);
+
+/// The running head signer; stops (and is joined) when dropped.
+pub struct HeadSigner {
+    stop: Option<Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HeadSigner {
+    /// Starts signing the head of `log`'s chain once a second whenever something was
+    /// committed through its store since the last look.
+    pub fn start(log: &AuditLog) -> Result<Self, AuditError> {
+        let log = log.clone();
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("audit-head-signer".into())
+            .spawn(move || {
+                // A connection of its own (opened here, off the start-up path): waiting for
+                // another process's write lock never holds up a tool call on the shared one.
+                // `:memory:` has no second connection to the same data.
+                let own = match log.store().location() {
+                    Location::File(_) => match Store::open_existing(log.store().location()) {
+                        Ok(store) => AuditLog::new(store, log.signer.clone()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the audit head signer cannot open the database; heads are signed only with critical events and at shutdown");
+                            return;
+                        }
+                    },
+                    Location::Memory => log.clone(),
+                };
+                run(log.store(), &own, &stopped);
+            })
+            .map_err(|e| {
+                AuditError::Store(StoreError::Open {
+                    path: "(a thread for the audit head signer)".into(),
+                    cause: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+                })
+            })?;
+        Ok(HeadSigner {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HeadSigner {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run(watched: &Store, own: &AuditLog, stopped: &Receiver<()>) {
+    // Commits through the server's store since the last look (from 0: those made while this
+    // thread started count too); the signer's own go through its own handle and do not.
+    let mut seen = 0;
+    loop {
+        match stopped.recv_timeout(INTERVAL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = watched.commits();
+        if now == seen {
+            continue;
+        }
+        match own.sign_head_if_unsigned() {
+            Ok(_) => seen = now,
+            // Tried again in a second (a busy or read-only database); the tail stays unsigned
+            // meanwhile and `audit verify` says so.
+            Err(e) => tracing::debug!(error = %e, "could not sign the audit chain head"),
+        }
+    }
+}
