@@ -27,22 +27,7 @@ impl HeadSigner {
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("audit-head-signer".into())
-            .spawn(move || {
-                // A connection of its own (opened here, off the start-up path): waiting for
-                // another process's write lock never holds up a tool call on the shared one.
-                // `:memory:` has no second connection to the same data.
-                let own = match log.store().location() {
-                    Location::File(_) => match Store::open_existing(log.store().location()) {
-                        Ok(store) => AuditLog::new(store, log.signer.clone()),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "the audit head signer cannot open the database; heads are signed only with critical events and at shutdown");
-                            return;
-                        }
-                    },
-                    Location::Memory => log.clone(),
-                };
-                run(log.store(), &own, &stopped);
-            })
+            .spawn(move || run(&log, &stopped))
             .map_err(|e| {
                 AuditError::Store(StoreError::Open {
                     path: "(a thread for the audit head signer)".into(),
@@ -65,7 +50,11 @@ impl Drop for HeadSigner {
     }
 }
 
-fn run(watched: &Store, own: &AuditLog, stopped: &Receiver<()>) {
+fn run(log: &AuditLog, stopped: &Receiver<()>) {
+    // A connection of its own, opened at the first head to sign (not during start-up, which
+    // it would slow): waiting for another process's write lock never holds up a tool call on
+    // the shared one. `:memory:` has no second connection to the same data.
+    let mut own: Option<AuditLog> = None;
     // Commits through the server's store since the last look (from 0: those made while this
     // thread started count too); the signer's own go through its own handle and do not.
     let mut seen = 0;
@@ -74,11 +63,24 @@ fn run(watched: &Store, own: &AuditLog, stopped: &Receiver<()>) {
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
-        let now = watched.commits();
+        let now = log.store().commits();
         if now == seen {
             continue;
         }
-        match own.sign_head_if_unsigned() {
+        if own.is_none() {
+            own = match log.store().location() {
+                Location::File(_) => match Store::open_existing(log.store().location()) {
+                    Ok(store) => Some(AuditLog::new(store, log.signer.clone())),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "the audit head signer cannot open the database; trying again in a second");
+                        continue;
+                    }
+                },
+                Location::Memory => Some(log.clone()),
+            };
+        }
+        let Some(signer) = &own else { continue };
+        match signer.sign_head_if_unsigned() {
             Ok(_) => seen = now,
             // Tried again in a second (a busy or read-only database); the tail stays unsigned
             // meanwhile and `audit verify` says so.
