@@ -255,6 +255,33 @@ pub fn json_size(value: &Value) -> usize {
     count(value).bytes
 }
 
+/// An upper bound of `value`'s size as compact JSON, found without writing it (every string
+/// byte counted as a six-byte escape, every number as 24 bytes). Most values are far below any
+/// limit, and this walk costs a fraction of serializing them (a tool call's result is
+/// serialized twice by rmcp already).
+pub fn size_bound(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => 6 * s.len() + 2,
+        Value::Array(items) => items.iter().map(|v| size_bound(v) + 1).sum::<usize>() + 2,
+        Value::Object(map) => map_size_bound(map),
+    }
+}
+
+fn map_size_bound(map: &Map<String, Value>) -> usize {
+    map.iter()
+        .map(|(k, v)| 6 * k.len() + 4 + size_bound(v))
+        .sum::<usize>()
+        + 2
+}
+
+/// An upper bound of [`result_line_size`], as cheap as [`size_bound`].
+pub fn result_line_bound(value: &Value) -> usize {
+    // The escapes of the text copy are at most one per byte.
+    3 * size_bound(value) + 2 + ENVELOPE
+}
+
 /// The size of a tool result carrying `value` twice, as structured content and as its JSON
 /// text in a string (what rmcp's structured results hold), plus the envelope.
 pub fn result_line_size(value: &Value) -> usize {
@@ -448,8 +475,12 @@ pub fn shrink(value: &mut Value, schema: &Value, target: usize) -> usize {
 }
 
 /// [`cap_for_audit`] of an arguments object, without first copying its large values; and the
-/// object's own size in bytes.
+/// object's own size in bytes (or, when small, an upper bound of it under `max`).
 pub fn audit_copy(arguments: &Map<String, Value>, max: usize) -> (Value, usize) {
+    let bound = map_size_bound(arguments);
+    if bound <= max {
+        return (Value::Object(arguments.clone()), bound);
+    }
     let mut c = Counter::default();
     let _ = serde_json::to_writer(&mut c, arguments);
     if c.bytes <= max {
@@ -502,6 +533,9 @@ pub fn check_arguments(
     max_payload: usize,
 ) -> Result<(), TooLarge> {
     for (key, value) in arguments {
+        if size_bound(value) <= max_payload {
+            continue;
+        }
         let size = json_size(value);
         if size > max_payload {
             return Err(TooLarge {
@@ -637,6 +671,27 @@ fn num_cpus() -> i32 {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_cheap_bounds_bound_the_exact_sizes() {
+        let values = [
+            json!(null),
+            json!(-1.5e300),
+            json!(u64::MAX),
+            json!("\u{0}\u{1f}\"\\é😀 plain"),
+            json!({"a\n\"": [true, null, 1, "x".repeat(300)], "": {}}),
+            json!([[[]], {"k": "\u{7f}\u{1}"}]),
+        ];
+        for v in &values {
+            assert!(size_bound(v) >= json_size(v), "{v}");
+            assert!(result_line_bound(v) >= result_line_size(v), "{v}");
+        }
+        let Value::Object(map) = &values[4] else {
+            return;
+        };
+        let (_, size) = audit_copy(map, 1 << 20);
+        assert!(size >= json_size(&values[4]));
+    }
 
     #[test]
     fn ranges_name_the_key_and_bounds() {

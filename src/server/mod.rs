@@ -330,6 +330,7 @@ impl Coordinator {
         // store, not every page of the audit log's.
         let max = self.inner.settings.config.limits.audit_arguments();
         if let Some(args) = event.detail.get_mut("arguments")
+            && crate::limits::size_bound(args) > max
             && crate::limits::json_size(args) > max
         {
             *args = crate::limits::cap_for_audit(args, max);

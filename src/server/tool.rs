@@ -291,6 +291,10 @@ fn input_schema<In: JsonSchema + 'static>() -> Value {
 /// and free-form values are cut with a `…[truncated N bytes]` marker, in a way the output
 /// schema still allows. A large result gives its memory back once it has been written.
 fn fit_result<Out: JsonSchema + 'static>(tool: &str, value: &mut Value, budget: usize) {
+    // Nearly every result is far below both lines: known without writing it out.
+    if limits::result_line_bound(value) <= budget.min(LARGE_RESULT) {
+        return;
+    }
     let mut line = limits::result_line_size(value);
     if line > LARGE_RESULT {
         release_memory_soon();
