@@ -1,0 +1,263 @@
+//! How a server runs: serving stdio until the client leaves or a shutdown is asked for, the
+//! periodic background work beside it (lease sweeps, pipeline ticks, tool-list changes), and
+//! the way out (children stopped, audit events written, the chain head signed).
+
+use std::future::Future;
+use std::time::Instant;
+
+use rmcp::ServiceExt;
+use rmcp::model::ProtocolVersion;
+
+use super::{Coordinator, relay};
+use crate::pipeline::PipelineError;
+use crate::remediation::RemediationError;
+
+/// Returns expired and orphaned task leases to the queue, every half heartbeat interval
+/// (between 100 ms and 1 s), until the server stops.
+async fn sweep_forever(c: Coordinator) {
+    let half = c.tasks().agents().config().heartbeat_interval_ms / 2;
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(half.clamp(100, 1000)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        match c.background(|c| c.tasks().sweep()).await {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((timed_out, orphaned))) => {
+                tracing::info!(timed_out, orphaned, "returned task leases to the queue")
+            }
+            Ok(Err(e)) if e.is_busy() => tracing::debug!(error = %e, "task sweep skipped"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "task sweep failed"),
+            Err(e) => tracing::warn!(error = %e.message, "task sweep failed"),
+        }
+    }
+}
+
+/// Moves pipeline runs whose approvals were decided elsewhere (the CLI, another process) and
+/// delivers due completion webhooks, every 500 ms, and once a minute fails remediations left
+/// half-applied by a stopped coordinator, until the server stops.
+async fn pipelines_forever(c: Coordinator) {
+    let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks: u64 = 0;
+    loop {
+        every.tick().await;
+        match c.background(|c| c.pipelines().tick()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(moved)) => tracing::debug!(moved, "pipeline runs advanced"),
+            Ok(Err(PipelineError::Store(e))) if e.is_busy() => {
+                tracing::debug!(error = %e, "pipeline tick skipped")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "pipeline tick failed"),
+            Err(e) => tracing::warn!(error = %e.message, "pipeline tick failed"),
+        }
+        ticks += 1;
+        // Once a minute: remediations whose coordinator stopped in the middle of applying them.
+        if ticks % 120 == 1 {
+            match c
+                .background(|c| {
+                    c.remediations()
+                        .fail_interrupted(std::time::Duration::from_secs(120))
+                })
+                .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::warn!(n, "marked interrupted remediations as failed"),
+                Ok(Err(RemediationError::Store(e))) if e.is_busy() => {
+                    tracing::debug!(error = %e, "check for interrupted remediations skipped")
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not check for interrupted remediations")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "could not check for interrupted remediations")
+                }
+            }
+        }
+        match c.background(|c| c.pipelines().deliver_webhooks()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(PipelineError::Store(e))) if e.is_busy() => {
+                tracing::debug!(error = %e, "webhook delivery skipped")
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "webhook delivery failed"),
+            Err(e) => tracing::warn!(error = %e.message, "webhook delivery failed"),
+        }
+    }
+}
+
+/// Tells every listening client when the offered tools change (child instances started,
+/// stopped, or changed their tools).
+async fn tool_list_changes(c: Coordinator) {
+    let mut changes = c.instances().subscribe();
+    while changes.changed().await.is_ok() {
+        let (peers, sinks) = {
+            let l = c.tool_listeners();
+            (l.0.clone(), l.1.clone())
+        };
+        for peer in peers {
+            if let Err(e) = peer.notify_tool_list_changed().await {
+                tracing::debug!(error = %e, "could not send tools/list_changed");
+            }
+        }
+        let mut dead = Vec::new();
+        for (i, sink) in sinks.iter().enumerate() {
+            if sink.notify_tool_list_changed().await.is_err() {
+                dead.push(i);
+            }
+        }
+        if !dead.is_empty() {
+            let mut l = c.tool_listeners();
+            let mut i = 0;
+            l.1.retain(|_| {
+                i += 1;
+                !dead.contains(&(i - 1))
+            });
+        }
+    }
+}
+
+impl Coordinator {
+    /// Notes that the client just sent something (the stdin thread calls this per read).
+    pub(super) fn client_active(&self) {
+        let us = self.inner.started.elapsed().as_micros() as u64;
+        self.inner
+            .client_active_us
+            .store(us, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once the client's session is up and its opening burst of requests is over:
+    /// after the first answer, when the client has sent nothing for 25 ms (at most 300 ms later;
+    /// at most 2 s after start if the client never asks anything). Children start then, so
+    /// they never slow the client's start.
+    async fn client_settled(self) {
+        let mut answered = self.inner.answered.subscribe();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), answered.wait_for(|a| *a))
+            .await;
+        let quiet = std::time::Duration::from_millis(25);
+        let until = Instant::now() + std::time::Duration::from_millis(300);
+        while Instant::now() < until {
+            let last = std::time::Duration::from_micros(
+                self.inner
+                    .client_active_us
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let idle = self.inner.started.elapsed().saturating_sub(last);
+            if idle >= quiet {
+                return;
+            }
+            tokio::time::sleep(quiet - idle).await;
+        }
+    }
+}
+
+/// Why the server stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// The client closed the connection (stdin reached EOF).
+    ClientClosed,
+    /// The shutdown future completed (a signal, or a test asked).
+    Shutdown,
+}
+
+/// Serves MCP on the given descriptors (the process's stdin and stdout, or any pipe or socket
+/// pair) until the client closes its end or `shutdown` resolves.
+/// The head of the audit chain is signed on the way out.
+pub async fn run(
+    coordinator: Coordinator,
+    stdio: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<Stopped> {
+    let audit = coordinator.audit().clone();
+    let sweeper = tokio::spawn(sweep_forever(coordinator.clone()));
+    let pipelines = tokio::spawn(pipelines_forever(coordinator.clone()));
+    let notifier = tokio::spawn(tool_list_changes(coordinator.clone()));
+    let batches = coordinator
+        .inner
+        .audit_queue
+        .start(audit.clone())
+        .map_err(|e| anyhow::anyhow!("cannot start the audit writer: {e}"))?;
+    // Checkpoints off the callers' path; without it SQLite checkpoints inside a commit.
+    if let Err(e) = audit.store().start_checkpointer() {
+        tracing::warn!(error = %e, "cannot start the background checkpointer");
+    }
+    // Signs what was written within a second, so a crash can hide at most that much.
+    let head_signer = match crate::audit::HeadSigner::start(&audit) {
+        Ok(h) => Some(h),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the audit head signer");
+            None
+        }
+    };
+    coordinator.instances().start_reaper();
+    coordinator
+        .instances()
+        .restore_and_autostart(coordinator.clone().client_settled());
+    let instances = coordinator.instances().clone();
+    let (input, output) = stdio;
+    let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, input, output)
+        .map_err(|e| anyhow::anyhow!("cannot set up stdio: {e}"))?;
+    let transport = (rmcp_reads, rmcp_writes);
+    let stopped = tokio::select! {
+        r = serve(coordinator.clone(), transport) => r,
+        () = shutdown => Ok(Stopped::Shutdown),
+    };
+    sweeper.abort();
+    pipelines.abort();
+    notifier.abort();
+    // The whole way out stays under 3 s: rmcp's last answers reach the client while every
+    // child goes with us (close, SIGTERM, SIGKILL of each process group and descendants, then
+    // of every process adopted), then the audit writer gets what is left of the budget.
+    let leaving = std::time::Instant::now();
+    let budget = std::time::Duration::from_millis(2800);
+    let flushed = tokio::time::timeout(std::time::Duration::from_millis(500), output);
+    let stopped_children = instances.shutdown(std::time::Duration::from_millis(2000));
+    let _ = tokio::join!(flushed, stopped_children);
+    if let Some(writer) = batches {
+        // Write what is queued, then end the writer.
+        coordinator.inner.audit_queue.stop();
+        let joined = tokio::task::spawn_blocking(move || writer.join());
+        let left = budget
+            .saturating_sub(leaving.elapsed())
+            .max(std::time::Duration::from_millis(200));
+        let _ = tokio::time::timeout(left, joined).await;
+    }
+    drop(coordinator);
+    let stopped = stopped?;
+    let signed = tokio::task::spawn_blocking(move || {
+        drop(head_signer);
+        audit.sign_head()
+    })
+    .await;
+    match signed {
+        Ok(Ok(seq)) => tracing::debug!(?seq, "signed the audit chain head"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not sign the audit chain head"),
+        Err(e) => tracing::warn!(error = %e, "could not sign the audit chain head"),
+    }
+    Ok(stopped)
+}
+
+async fn serve<R, W>(coordinator: Coordinator, transport: (R, W)) -> anyhow::Result<Stopped>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+    W: tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    match coordinator.serve(transport).await {
+        Ok(running) => {
+            let reason = running.waiting().await?;
+            tracing::debug!(?reason, "client session ended");
+            Ok(Stopped::ClientClosed)
+        }
+        // A client that connects and leaves without a word is a clean close, not a failure.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => Ok(Stopped::ClientClosed),
+        Err(e) => Err(anyhow::anyhow!("MCP session failed to start: {e}")),
+    }
+}
+
+/// The protocol versions this server answers, newest first (for `--help` and the banner).
+pub fn supported_versions() -> Vec<String> {
+    let mut v: Vec<String> = ProtocolVersion::KNOWN_VERSIONS
+        .iter()
+        .map(|v| v.to_string())
+        .collect();
+    v.sort_by(|a, b| b.cmp(a));
+    v
+}
