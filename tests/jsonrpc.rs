@@ -201,6 +201,14 @@ fn meta() -> Value {
     })
 }
 
+/// A `tools/call` of `coordinator_status` with `raw` (JSON text serde_json cannot read into a
+/// value) as an argument.
+fn unreadable(s: &Raw, id: u64, raw: &str) -> String {
+    let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": s.params(json!({"name": "coordinator_status", "arguments": {"x": "RAW"}}))});
+    call.to_string().replace(r#""RAW""#, raw)
+}
+
 /// Asserts `got` is exactly one error response with this code and id.
 fn one_error(what: &str, got: &[Value], code: i64, id: Value) {
     assert_eq!(got.len(), 1, "{what}: expected one response, got {got:?}");
@@ -309,6 +317,19 @@ fn every_malformed_request_gets_exactly_one_error_in_both_eras() {
                 Value::Null,
             ),
             ("an empty batch", "[]".into(), -32600, Value::Null),
+            // serde_json reads these into no value: rmcp used to drop the request unanswered.
+            (
+                "a lone surrogate in the arguments",
+                unreadable(&s, 9, r#""\ud800""#),
+                -32602,
+                json!(9),
+            ),
+            (
+                "a number beyond f64 in the arguments",
+                unreadable(&s, 10, "1e400"),
+                -32602,
+                json!(10),
+            ),
         ];
         for (what, text, code, id) in &cases {
             let what = format!("{era:?}: {what}");

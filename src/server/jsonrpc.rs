@@ -1,7 +1,8 @@
 //! What the stdio relay answers itself so that every JSON-RPC request gets exactly one
 //! response: a line that is not JSON (-32700), a message that is not a valid request
-//! (-32600, with the request's id when it can be read), and a request whose id is already in
-//! flight. Batches are split here and answered as one array. Only messages rmcp reads without
+//! (-32600, with the request's id when it can be read, as written when no `RequestId` holds
+//! it), params serde_json reads into no value (-32602: a lone surrogate escape, `1e400`), and a
+//! request whose id is already in flight. Batches are split here and answered as one array. Only messages rmcp reads without
 //! complaint go on to it; rmcp would drop the rest without a word, or answer without the id.
 
 use std::borrow::Cow;
@@ -271,7 +272,21 @@ fn check_members(m: Envelope<'_>) -> Message<'_> {
         },
         Some(Err(_)) => Refusal::invalid(None, id_problem(m.id)),
         Some(Ok(id)) => match params_kind {
-            None => Message::Request { id, method },
+            None => match m.params.and_then(|p| unreadable(p.get())) {
+                // rmcp reads params into values; what serde_json cannot read into one would be
+                // dropped there without a word.
+                Some(problem) => Message::Refused(Some(Refusal {
+                    id: Some(id),
+                    written_id: None,
+                    error: ErrorData::invalid_params(
+                        format!(
+                            "invalid params of `{method}`: {problem}: strings must be Unicode text (no lone surrogate escape such as \\ud800) and numbers within the range of a 64-bit float"
+                        ),
+                        None,
+                    ),
+                })),
+                None => Message::Request { id, method },
+            },
             // Structured but not what any MCP method takes: the request is well formed, its
             // params are not.
             Some("an array") => Message::Refused(Some(Refusal {
@@ -289,6 +304,66 @@ fn check_members(m: Envelope<'_>) -> Message<'_> {
                 format_args!("`params` must be an object, not {k}"),
             ),
         },
+    }
+}
+
+/// Whether well-formed JSON text holds something serde_json reads into no value, so that rmcp
+/// would drop the message without a word: a lone surrogate escape (`"\ud800"`), a number
+/// beyond f64 (`1e400`). Read without building anything.
+fn unreadable(text: &str) -> Option<String> {
+    serde_json::from_str::<Readable>(text)
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// A JSON value read in full (strings decoded, numbers converted) and kept nowhere.
+struct Readable;
+
+impl<'de> Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Readable)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Readable {
+    type Value = Readable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_unit<E>(self) -> Result<Readable, E> {
+        Ok(Readable)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Readable, A::Error> {
+        while seq.next_element::<Readable>()?.is_some() {}
+        Ok(Readable)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Readable, A::Error> {
+        while map.next_entry::<Readable, Readable>()?.is_some() {}
+        Ok(Readable)
     }
 }
 
