@@ -2,8 +2,9 @@
 //! response: a line that is not JSON (-32700), a message that is not a valid request
 //! (-32600, with the request's id when it can be read, as written when no `RequestId` holds
 //! it), params serde_json reads into no value (-32602: a lone surrogate escape, `1e400`), and a
-//! request whose id is already in flight. Batches are split here and answered as one array. Only messages rmcp reads without
-//! complaint go on to it; rmcp would drop the rest without a word, or answer without the id.
+//! request whose id is already in flight. Batches are split here and answered as one array.
+//! Only messages rmcp reads without complaint go on to it; rmcp would drop the rest without a
+//! word, or answer without the id.
 
 use std::borrow::Cow;
 
