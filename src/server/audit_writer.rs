@@ -13,8 +13,9 @@
 //! enough for a coordinator sharing the file to finish a transaction, short enough that a
 //! flush is answered at once. When another process holds the lock longer, or the database
 //! cannot be written (read-only, disk full), the events stay queued and the writer tries again
-//! every [`RETRY`]; the calls themselves (reads among them) are served meanwhile. Past [`MAX_WAITING`] waiting events the oldest are given
-//! up. Both counts are the [`Backlog`] that `coordinator_status` reports as degraded health.
+//! every [`RETRY`]; the calls themselves (reads among them) are served meanwhile. Past
+//! [`MAX_WAITING`] waiting events the oldest are given up. Both counts are the [`Backlog`] that
+//! `coordinator_status` reports as degraded health.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender, TryRecvError};

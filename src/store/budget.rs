@@ -10,8 +10,9 @@
 //! mutex. Background work (sweeps, ticks) runs under [`Budget::none`]: when the lock is not
 //! free at once it is skipped and runs at its next tick (the audit writer waits 100 ms, then
 //! retries later). No wait for another process's lock in `Store::write` holds the process's
-//! connection, so nothing in the background holds up a call. Code outside any scope (CLI commands, a child's
-//! supervisor) gets a fresh budget of the default size per operation, as before.
+//! connection, so nothing in the background holds up a call. Code outside any scope (CLI
+//! commands, a child's supervisor) gets a fresh budget of the default size per operation, as
+//! before.
 
 use std::cell::Cell;
 use std::future::Future;
