@@ -317,12 +317,15 @@ fn help_explains_the_overseer() {
 fn read_only_commands_refuse_a_database_that_does_not_exist() {
     let dir = common::data_dir();
     let typo = dir.path().join("typo/dir/x.db");
-    let commands: [&[&str]; 5] = [
+    let commands: [&[&str]; 8] = [
         &["approvals", "list"],
         &["approvals", "show", "apr_0"],
         &["audit", "verify"],
         &["audit", "verify", "--json"],
         &["audit", "export"],
+        &["secrets", "list"],
+        &["secrets", "rm", "gh_token"],
+        &["secrets", "rotate-key"],
     ];
     for args in commands {
         let mut argv = vec!["--db", typo.to_str().unwrap()];
@@ -339,6 +342,19 @@ fn read_only_commands_refuse_a_database_that_does_not_exist() {
             "{args:?} created the directory of a missing database"
         );
     }
+    // `overseer status` answers (no overseer, and how to set one) but creates nothing either.
+    let mut argv = vec!["--db", typo.to_str().unwrap()];
+    argv.extend_from_slice(&["overseer", "status"]);
+    let (code, out, err) = common::cli(dir.path(), &argv);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("overseer: none") && out.contains("not created yet"),
+        "{out}"
+    );
+    assert!(
+        !dir.path().join("typo").exists(),
+        "overseer status created it"
+    );
     // Without --db, the default database in a data dir nobody used yet: the same.
     let fresh = dir.path().join("unused");
     let (code, _, err) = common::cli(&fresh, &["approvals", "list"]);

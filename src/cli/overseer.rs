@@ -9,10 +9,12 @@ use serde_json::json;
 use super::GlobalArgs;
 use super::tty::Tty;
 use mcp_coordinator::audit::{Actor, os_user_name};
+use mcp_coordinator::config::Settings;
 use mcp_coordinator::overseer::{
     MAX_FAILURES, MIN_PASSPHRASE_CHARS, OverseerError, OverseerService, RecoveryCode,
     check_passphrase, unprotected_warning,
 };
+use mcp_coordinator::store::Location;
 
 pub const LONG_ABOUT: &str = "\
 The overseer is the person who approves at the command line. Once an overseer is set, \
@@ -102,6 +104,29 @@ verifiable."
 }
 
 pub fn run(global: &GlobalArgs, cmd: OverseerCommand) -> anyhow::Result<ExitCode> {
+    // Looking creates nothing: on a database not created yet, `status` says so (no overseer,
+    // and how to set one) without creating it.
+    if let OverseerCommand::Status { json } = &cmd {
+        let settings = Settings::resolve(
+            global.data_dir.clone(),
+            global.db.clone(),
+            global.config.clone(),
+        )?;
+        if let Location::File(path) = &settings.db
+            && !path.exists()
+        {
+            let db = settings.db.display();
+            if *json {
+                let out = json!({"database": db, "exists": false, "set": false});
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!("overseer: none");
+                println!("database: {db} (not created yet; nothing was created now)");
+                println!("{}", unprotected_warning(&cli(&settings)));
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let (settings, audit) = super::open(global)?;
     let service = OverseerService::new(audit);
     let by = Actor::os_user();
@@ -210,7 +235,7 @@ passphrase on the terminal",
 }
 
 /// The start of a command reaching this database (`:memory:` has none; the plain name then).
-fn cli(settings: &mcp_coordinator::config::Settings) -> String {
+fn cli(settings: &Settings) -> String {
     settings
         .cli_prefix()
         .unwrap_or_else(|| "mcp-coordinator".into())

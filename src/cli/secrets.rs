@@ -125,7 +125,12 @@ pub fn run(global: &GlobalArgs, cmd: SecretsCommand) -> anyhow::Result<ExitCode>
         SecretsCommand::Set { name } => Some(read_value(name)?),
         _ => None,
     };
-    let (settings, audit) = super::open(global)?;
+    // Only `set` may start a database; listing, removing and rotating need one that exists.
+    let access = match cmd {
+        SecretsCommand::Set { .. } => super::Access::Create,
+        _ => super::Access::ReadExisting,
+    };
+    let (settings, audit) = super::open_with(global, access)?;
     let store = SecretStore::new(audit, settings.data_dir.clone());
     let by = Actor::os_user();
     match cmd {
