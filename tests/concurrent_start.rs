@@ -65,7 +65,7 @@ fn server(data_dir: &Path, db: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// A CLI command that creates the database on first use.
+/// A CLI command, which must succeed.
 fn cli(data_dir: &Path, db: &Path, args: &[&str]) -> Result<(), String> {
     let out = base(data_dir, db)
         .args(args)
@@ -124,15 +124,15 @@ fn processes_started_together_on_a_new_database_all_come_up() {
                 let (db, data, start) = (db.clone(), data.clone(), start.clone());
                 std::thread::spawn(move || {
                     start.wait();
-                    let what = match i % 3 {
+                    // `overseer status` creates nothing while the file is missing, and
+                    // migrates it like any other command once a server has created it.
+                    let what = match i % 2 {
                         _ if i < SERVERS => "serve + initialize",
-                        0 => "secrets list",
-                        1 => "overseer status",
+                        0 => "overseer status",
                         _ => "serve (stdin closed)",
                     };
                     let result = match what {
                         "serve + initialize" => server(&data, &db),
-                        "secrets list" => cli(&data, &db, &["secrets", "list"]),
                         "overseer status" => cli(&data, &db, &["overseer", "status"]),
                         _ => cli(&data, &db, &["serve"]),
                     };
