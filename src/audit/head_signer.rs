@@ -7,8 +7,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::{AuditError, AuditLog};
-use crate::store::{Location, Store, StoreError};
+use super::AuditLog;
+use crate::store::{Location, Store};
 
 /// The longest an event written through this coordinator waits for a signature over it.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -21,19 +21,14 @@ pub struct HeadSigner {
 
 impl HeadSigner {
     /// Starts signing the head of `log`'s chain once a second whenever something was
-    /// committed through its store since the last look.
-    pub fn start(log: &AuditLog) -> Result<Self, AuditError> {
+    /// committed through its store since the last look. Fails only if no thread can be
+    /// started.
+    pub fn start(log: &AuditLog) -> std::io::Result<Self> {
         let log = log.clone();
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("audit-head-signer".into())
-            .spawn(move || run(&log, &stopped))
-            .map_err(|e| {
-                AuditError::Store(StoreError::Open {
-                    path: "(a thread for the audit head signer)".into(),
-                    cause: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-                })
-            })?;
+            .spawn(move || run(&log, &stopped))?;
         Ok(HeadSigner {
             stop: Some(stop),
             thread: Some(thread),
