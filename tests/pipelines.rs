@@ -639,7 +639,10 @@ async fn approval_stage_blocks_only_its_branch_and_a_cli_decision_moves_it() {
 
 /// A loopback HTTP server that answers the first request 500 and the rest 200, keeping the
 /// bodies.
-fn webhook_server() -> (String, Arc<Mutex<Vec<Value>>>) {
+/// A loopback webhook receiver that records each body. The first delivery is answered 500
+/// and the rest 200; with `busy_db`, each answer is sent while the receiver holds that
+/// database's write lock, which it keeps 500 ms longer (as another process's write would).
+fn webhook_server(busy_db: Option<std::path::PathBuf>) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "http://{}/hooks/T0123/secret-path",
@@ -674,10 +677,20 @@ fn webhook_server() -> (String, Arc<Mutex<Vec<Value>>>) {
             } else {
                 "200 OK"
             };
+            let holder = busy_db.as_ref().map(|db| {
+                let conn = rusqlite::Connection::open(db).unwrap();
+                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
+                conn
+            });
             let _ = reader.get_mut().write_all(
                 format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     .as_bytes(),
             );
+            if let Some(conn) = holder {
+                drop(reader);
+                std::thread::sleep(Duration::from_millis(500));
+                conn.execute_batch("COMMIT").unwrap();
+            }
         }
     });
     (url, bodies)
@@ -711,7 +724,7 @@ async fn spawn_killable(
 async fn a_run_survives_kill_9_and_finishes_each_stage_once_then_calls_its_webhook() {
     let dir = data_dir();
     let cfg = config(dir.path());
-    let (url, bodies) = webhook_server();
+    let (url, bodies) = webhook_server(None);
     let (client, mut child) = spawn_killable(dir.path(), &cfg).await;
     let c = client.peer().clone();
     call_ok(
@@ -1097,5 +1110,50 @@ async fn a_long_stage_keeps_the_wait_alive_with_rising_progress() {
     assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
     assert!(seen.iter().all(|s| s.0 < 1.0), "{seen:?}");
     assert!(seen[1].1.contains("still working"), "{seen:?}");
+    client.cancel().await.unwrap();
+}
+
+/// A delivery's outcome is recorded even when another writer holds the database as the answer
+/// comes back: the attempt has happened, so its outcome waits for the lock (background work
+/// that has changed nothing yet may skip a busy tick, this may not).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_webhook_answered_while_the_database_is_busy_is_recorded() {
+    let dir = data_dir();
+    let cfg = config(dir.path());
+    let (url, bodies) = webhook_server(Some(common::db_path(dir.path())));
+    let (client, _child) = spawn_killable(dir.path(), &cfg).await;
+    let c = client.peer().clone();
+    call_ok(
+        &c,
+        "pipeline_create",
+        json!({"name": "one", "stages": [{"name": "s1", "type": "etl"}]}),
+    )
+    .await;
+    let w = register(&c, "w", &["etl"]).await;
+    let started = call_ok(
+        &c,
+        "pipeline_run",
+        json!({"pipeline": "one", "webhook_url": url}),
+    )
+    .await;
+    let run_id = started["run_id"].as_str().unwrap().to_string();
+    let s1 = claim(&c, &w).await;
+    complete(&c, &w, &s1, json!({"step": 1})).await;
+
+    // The first attempt is answered 500, the second 200, each with the database locked.
+    let start = Instant::now();
+    loop {
+        let run = run_get(&c, &run_id).await;
+        if run["webhook"]["state"] == "delivered" {
+            assert_eq!(run["webhook"]["attempts"], 2, "{run:#}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(8),
+            "webhook outcome not recorded: {run:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(bodies.lock().unwrap().len(), 2);
     client.cancel().await.unwrap();
 }

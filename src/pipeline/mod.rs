@@ -23,6 +23,7 @@ use crate::audit::chain::{format_ms, now_ts};
 use crate::audit::{Action, Actor, NewEvent, Outcome};
 use crate::limits;
 use crate::macros::string_enum;
+use crate::store::budget::{self, Budget};
 use crate::store::pipeline::{self as sql, PipelineRow, RunRow, StageRow, VersionRow};
 use crate::store::task as task_sql;
 use crate::store::{Store, StoreError};
@@ -1504,48 +1505,56 @@ impl PipelineService {
                 continue;
             }
             attempted += 1;
-            let attempt = r.webhook_attempts + 1;
-            let run = self.get_run(&r.id)?;
-            let body = json!({"event": "pipeline_run.finished", "attempt": attempt, "run": run});
-            let result = webhook::post(&url, &body, &format!("{}:{attempt}", r.id), timeout);
-            let max = i64::from(self.inner.config.webhook_max_attempts.max(1));
-            self.store().write(|tx| -> Result<(), PipelineError> {
-                let (state, next, error) = match &result {
-                    Ok(_) => ("delivered", None, None),
-                    Err(e) if attempt >= max => ("failed", None, Some(e.clone())),
-                    Err(e) => {
-                        let delay = self
-                            .inner
-                            .config
-                            .webhook_backoff_ms
-                            .saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32);
-                        ("pending", Some(now_ms() + delay as i64), Some(e.clone()))
-                    }
-                };
-                sql::webhook_outcome(tx, &r.id, state, next, error.as_deref())?;
-                if state != "pending" {
-                    self.append(
-                        tx,
-                        NewEvent {
-                            actor: Actor::system(),
-                            action: Action::PipelineWebhook,
-                            subject: r.id.clone(),
-                            outcome: if state == "delivered" {
-                                Outcome::Ok
-                            } else {
-                                Outcome::Error
-                            },
-                            detail: json!({"state": state, "attempts": attempt,
-                                           "url": webhook::masked(&url), "error": error}),
-                            critical: false,
-                        },
-                    )?;
-                }
-                Ok(())
-            })?;
+            // From here on the attempt is taken and (below) made, so its reads and its outcome
+            // wait for the lock like a call does: skipping them as a busy background tick may
+            // would leave the attempt counted but unrecorded, held back for minutes.
+            budget::sync_scope(Budget::for_call(), || self.deliver_one(&r, &url, timeout))?;
             self.notify();
         }
         Ok(attempted)
+    }
+
+    /// Makes one claimed delivery attempt of `r`'s webhook and records its outcome.
+    fn deliver_one(&self, r: &RunRow, url: &str, timeout: Duration) -> Result<(), PipelineError> {
+        let attempt = r.webhook_attempts + 1;
+        let run = self.get_run(&r.id)?;
+        let body = json!({"event": "pipeline_run.finished", "attempt": attempt, "run": run});
+        let result = webhook::post(url, &body, &format!("{}:{attempt}", r.id), timeout);
+        let max = i64::from(self.inner.config.webhook_max_attempts.max(1));
+        self.store().write(|tx| -> Result<(), PipelineError> {
+            let (state, next, error) = match &result {
+                Ok(_) => ("delivered", None, None),
+                Err(e) if attempt >= max => ("failed", None, Some(e.clone())),
+                Err(e) => {
+                    let delay = self
+                        .inner
+                        .config
+                        .webhook_backoff_ms
+                        .saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32);
+                    ("pending", Some(now_ms() + delay as i64), Some(e.clone()))
+                }
+            };
+            sql::webhook_outcome(tx, &r.id, state, next, error.as_deref())?;
+            if state != "pending" {
+                self.append(
+                    tx,
+                    NewEvent {
+                        actor: Actor::system(),
+                        action: Action::PipelineWebhook,
+                        subject: r.id.clone(),
+                        outcome: if state == "delivered" {
+                            Outcome::Ok
+                        } else {
+                            Outcome::Error
+                        },
+                        detail: json!({"state": state, "attempts": attempt,
+                                   "url": webhook::masked(url), "error": error}),
+                        critical: false,
+                    },
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 
