@@ -169,6 +169,7 @@ impl Server {
     /// The coordinator on `data_dir`, with `config` if given.
     fn spawn_with(data_dir: &Path, config: Option<&Path>) -> Server {
         let mut cmd = Command::new(BIN);
+        cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
                 cmd.env_remove(key);
@@ -1911,6 +1912,7 @@ async fn mcp_connect(
 /// The coordinator on `data_dir` with `config`, its stderr (`--log-level warn`) in `log`.
 async fn spawn_coordinator(data_dir: &Path, config: &Path, log: &Path) -> (McpClient, u32) {
     let mut cmd = tokio::process::Command::new(BIN);
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
             cmd.env_remove(key);

@@ -556,7 +556,15 @@ async fn connect(
     if let Some(config) = &args.config {
         cmd.arg("--config").arg(config);
     }
-    cmd.args(["--log-level", &args.coordinator_log_level, "serve"]);
+    // A worker needs the agent and task tools only: its session lists those (a dozen tools)
+    // instead of everything the coordinator offers.
+    cmd.args([
+        "--log-level",
+        &args.coordinator_log_level,
+        "--toolsets",
+        "agents",
+        "serve",
+    ]);
     // Its own process group: a Ctrl-C in the terminal reaches only the worker, which still needs
     // the coordinator to hand its tasks back and deregister. The coordinator exits when the
     // worker closes its stdin (or dies).

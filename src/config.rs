@@ -109,13 +109,150 @@ pub struct ConfigFile {
     pub instance_types: std::collections::BTreeMap<String, crate::instance::catalog::InstanceType>,
 }
 
+impl ToolGroup {
+    /// The toolset a client enables to see this group's tools.
+    pub fn toolset(self) -> Toolset {
+        match self {
+            ToolGroup::System | ToolGroup::Audit => Toolset::System,
+            ToolGroup::Approvals => Toolset::Approvals,
+            ToolGroup::Assessments | ToolGroup::Remediation => Toolset::Assessments,
+            ToolGroup::Configs => Toolset::Installer,
+            ToolGroup::Agents | ToolGroup::Tasks => Toolset::Agents,
+            ToolGroup::Pipelines => Toolset::Pipelines,
+            ToolGroup::Instances => Toolset::Instances,
+        }
+    }
+}
+
+/// What a client's `tools/list` offers, chosen per connection: by default a few toolsets, so
+/// that a conversation does not pay for every tool's schema before it starts; the `toolsets`
+/// tool enables the others on demand.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Toolset {
+    /// Status and the audit log: `coordinator_status`, `audit_query`, `audit_verify`.
+    System,
+    /// A person's decisions: `approval_request`, `approval_list`, `approval_get`.
+    Approvals,
+    /// Assessing MCP client configs and fixing them: `assessment_*`, `remediation_*`.
+    Assessments,
+    /// Adding and removing servers in MCP client configs: `mcp_config_list`,
+    /// `mcp_server_install`, `mcp_server_remove`.
+    Installer,
+    /// Worker agents and the task queue: `agent_*`, `task_*`, `queue_stats`, `queue_purge`.
+    Agents,
+    /// DAG pipelines and their runs: `pipeline_*`.
+    Pipelines,
+    /// Starting and supervising child MCP servers: `instance_*`.
+    Instances,
+    /// The tools of every running child (`<instance>__<tool>`); `child:<instance>` is one
+    /// child's.
+    Children,
+    /// Every toolset.
+    All,
+}
+
+impl Toolset {
+    /// The toolsets that hold tools of their own (all but `children`, which stands for the
+    /// running children's, and `all`).
+    pub const BUILT_IN: [Toolset; 7] = [
+        Toolset::System,
+        Toolset::Approvals,
+        Toolset::Assessments,
+        Toolset::Installer,
+        Toolset::Agents,
+        Toolset::Pipelines,
+        Toolset::Instances,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Toolset::System => "system",
+            Toolset::Approvals => "approvals",
+            Toolset::Assessments => "assessments",
+            Toolset::Installer => "installer",
+            Toolset::Agents => "agents",
+            Toolset::Pipelines => "pipelines",
+            Toolset::Instances => "instances",
+            Toolset::Children => "children",
+            Toolset::All => "all",
+        }
+    }
+
+    /// One line saying what the toolset is for, as the `toolsets` tool lists it.
+    pub fn summary(self) -> &'static str {
+        match self {
+            Toolset::System => "coordinator status and the audit log (query, verify)",
+            Toolset::Approvals => "ask a person to approve an action; list and read approvals",
+            Toolset::Assessments => {
+                "assess MCP client configs; propose, review, roll back remediations"
+            }
+            Toolset::Installer => "list MCP client configs; add or remove a server in one",
+            Toolset::Agents => "register worker agents; submit, claim, report and manage tasks",
+            Toolset::Pipelines => "define DAG pipelines of tasks, run them, follow their runs",
+            Toolset::Instances => "start, stop and inspect child MCP servers; call their tools",
+            Toolset::Children => "the tools of every running child MCP server",
+            Toolset::All => "every toolset",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Toolset> {
+        [Toolset::Children, Toolset::All]
+            .into_iter()
+            .chain(Toolset::BUILT_IN)
+            .find(|t| t.as_str() == name)
+    }
+}
+
+/// The toolsets a connection starts with when neither the config nor `--toolsets` says:
+/// what an assistant needs to start (17 tools, under 40 KB of `tools/list`), and the tools of
+/// the children it starts.
+pub const DEFAULT_TOOLSETS: [Toolset; 4] = [
+    Toolset::System,
+    Toolset::Approvals,
+    Toolset::Assessments,
+    Toolset::Children,
+];
+
 /// `[tools]` in the config file.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ToolsConfig {
-    /// Tool groups to switch off: their tools are not listed and cannot be called.
+    /// Tool groups to switch off: their tools are not listed and cannot be called, and no
+    /// toolset brings them back.
     #[serde(default)]
     pub disabled_groups: Vec<ToolGroup>,
+    /// The toolsets a client's connection starts with (default `["system", "approvals",
+    /// "assessments", "children"]`; `["all"]` for every tool). The `toolsets` tool enables
+    /// the others for one connection; `--toolsets` overrides this list.
+    #[serde(default = "default_toolsets")]
+    pub toolsets: Vec<Toolset>,
+}
+
+fn default_toolsets() -> Vec<Toolset> {
+    DEFAULT_TOOLSETS.to_vec()
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        ToolsConfig {
+            disabled_groups: Vec::new(),
+            toolsets: default_toolsets(),
+        }
+    }
 }
 
 /// `[database]` in the config file.

@@ -20,6 +20,7 @@ const ROUNDS: usize = 20;
 
 fn base(data_dir: &Path, db: &Path) -> Command {
     let mut cmd = Command::new(common::BIN);
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     cmd.arg("--data-dir")
         .arg(data_dir)
         .arg("--db")

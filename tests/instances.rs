@@ -202,6 +202,7 @@ async fn start(dir: &Path, answer: Option<ElicitationAction>) -> Coordinator {
 
 async fn start_with(dir: &Path, config: &Path, answer: Option<ElicitationAction>) -> Coordinator {
     let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     cmd.arg("--data-dir")
         .arg(dir)
         .args(["--log-level", "mcp_coordinator=debug", "--config"])
@@ -220,6 +221,7 @@ async fn start_with(dir: &Path, config: &Path, answer: Option<ElicitationAction>
 /// capability rule for ptrace access would weigh too).
 async fn start_unprivileged_via_env(dir: &Path, config: &Path) -> Coordinator {
     let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     cmd.args(["--log-level", "mcp_coordinator=debug"])
         .env("MCP_COORDINATOR_DATA_DIR", dir)
         .env("MCP_COORDINATOR_DB", common::db_path(dir))

@@ -169,6 +169,7 @@ init_timeout_seconds = 60
     let config_path = dir.join("config.toml");
     std::fs::write(&config_path, config).unwrap();
     let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     cmd.arg("--data-dir")
         .arg(dir)
         .args(["--log-level", "mcp_coordinator=debug", "--config"])

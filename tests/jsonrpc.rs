@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 /// The server on a data directory, stdin and stdout piped.
 fn spawn(dir: &std::path::Path) -> Child {
     Command::new(common::BIN)
+        .env("MCP_COORDINATOR_TOOLSETS", "all")
         .arg("--data-dir")
         .arg(dir)
         .args(["--log-level", "error"])

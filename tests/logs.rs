@@ -102,6 +102,7 @@ async fn trace_logs_show_no_secret_in(format: &str) -> String {
     .unwrap();
     let home = tempfile::tempdir().unwrap();
     let mut cmd = tokio::process::Command::new(common::BIN);
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     cmd.arg("--data-dir")
         .arg(dir.path())
         .args(["--log-level", "trace", "--log-format", format, "--config"])

@@ -136,6 +136,7 @@ fn init_overseer(dir: &Path, name: &str, passphrase: &str) -> String {
 fn detached(dir: &Path, args: &[&str], input: &str) -> (i32, String, String) {
     use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(common::BIN);
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     cmd.arg("--data-dir")
         .arg(dir)
         .args(args)

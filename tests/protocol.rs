@@ -11,7 +11,7 @@ use rmcp::model::ErrorCode;
 use serde_json::{Value, json};
 
 /// Every tool, sorted, with (read-only, destructive) annotations.
-const TOOLS: [(&str, bool, bool); 47] = [
+const TOOLS: [(&str, bool, bool); 48] = [
     ("agent_deregister", false, false),
     ("agent_heartbeat", false, false),
     ("agent_list", true, false),
@@ -59,6 +59,7 @@ const TOOLS: [(&str, bool, bool); 47] = [
     ("task_report", false, false),
     ("task_requeue", false, false),
     ("task_submit", false, false),
+    ("toolsets", false, false),
 ];
 
 /// Calls that make every tool succeed, in an order where each finds what it needs.
@@ -69,6 +70,7 @@ fn script(
     let id = |k: &str| ids.get(k).cloned().unwrap_or_default();
     let calls: Vec<(&'static str, Value)> = vec![
         ("coordinator_status", json!({})),
+        ("toolsets", json!({})),
         (
             "approval_request",
             json!({"summary": "try the schema", "action": {"op": "noop"}, "risk": "low"}),
@@ -567,7 +569,8 @@ async fn config_can_switch_tool_groups_off() {
     .await;
     let tools = client.list_all_tools().await.unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    assert_eq!(names, ["coordinator_status"]);
+    // The `toolsets` tool stays whatever is switched off.
+    assert_eq!(names, ["coordinator_status", "toolsets"]);
     let e = protocol_error(call(&client, "audit_verify", json!({})).await);
     assert!(
         e.message.contains("switched off") && e.message.contains("`audit`"),
@@ -589,7 +592,7 @@ async fn config_can_switch_tool_groups_off() {
             "instances"
         ])
     );
-    assert_eq!(status["tools_enabled"], 1);
+    assert_eq!(status["tools_enabled"], 2);
     client.cancel().await.unwrap();
 }
 

@@ -67,6 +67,7 @@ fn calls() -> Vec<(&'static str, Value)> {
 /// Starts the server with all three standard streams piped.
 fn spawn(dir: &std::path::Path, log_level: &str) -> std::process::Child {
     Command::new(common::BIN)
+        .env("MCP_COORDINATOR_TOOLSETS", "all")
         .arg("--data-dir")
         .arg(dir)
         .args(["--log-level", log_level])

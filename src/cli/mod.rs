@@ -114,6 +114,21 @@ pub struct GlobalArgs {
         default_value_t
     )]
     pub log_format: mcp_coordinator::logging::LogFormat,
+
+    /// Toolsets a client's connection starts with, comma-separated (`serve` only): system,
+    /// approvals, assessments, installer, agents, pipelines, instances, children (the tools
+    /// of running child servers), or all. The `toolsets` tool enables the others on demand
+    /// [default: the config's tools.toolsets, else system,approvals,assessments,children]
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_COORDINATOR_TOOLSETS",
+        value_name = "LIST",
+        value_enum,
+        value_delimiter = ',',
+        hide_possible_values = true
+    )]
+    pub toolsets: Option<Vec<mcp_coordinator::config::Toolset>>,
 }
 
 #[derive(Debug, Subcommand)]

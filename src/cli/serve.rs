@@ -16,7 +16,10 @@ use mcp_coordinator::server::{self, Coordinator};
 pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     // Before the runtime's threads start allocating.
     mcp_coordinator::limits::tune_allocator();
-    let (settings, audit) = super::open(global)?;
+    let (mut settings, audit) = super::open(global)?;
+    if let Some(toolsets) = &global.toolsets {
+        settings.config.tools.toolsets = toolsets.clone();
+    }
     let level = global
         .log_level
         .clone()

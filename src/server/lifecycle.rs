@@ -89,29 +89,36 @@ async fn pipelines_forever(c: Coordinator) {
 async fn tool_list_changes(c: Coordinator) {
     let mut changes = c.instances().subscribe();
     while changes.changed().await.is_ok() {
-        let (peers, sinks) = {
-            let l = c.tool_listeners();
-            (l.0.clone(), l.1.clone())
-        };
-        for peer in peers {
-            if let Err(e) = peer.notify_tool_list_changed().await {
-                tracing::debug!(error = %e, "could not send tools/list_changed");
-            }
+        announce_tool_list_changed(&c).await;
+    }
+}
+
+/// Tells every listening client that `tools/list` changed: initialize-era peers with
+/// `notifications/tools/list_changed`, 2026-07-28 `subscriptions/listen` streams with its
+/// event. Streams that are gone are dropped.
+pub(super) async fn announce_tool_list_changed(c: &Coordinator) {
+    let (peers, sinks) = {
+        let l = c.tool_listeners();
+        (l.0.clone(), l.1.clone())
+    };
+    for peer in peers {
+        if let Err(e) = peer.notify_tool_list_changed().await {
+            tracing::debug!(error = %e, "could not send tools/list_changed");
         }
-        let mut dead = Vec::new();
-        for (i, sink) in sinks.iter().enumerate() {
-            if sink.notify_tool_list_changed().await.is_err() {
-                dead.push(i);
-            }
+    }
+    let mut dead = Vec::new();
+    for (i, sink) in sinks.iter().enumerate() {
+        if sink.notify_tool_list_changed().await.is_err() {
+            dead.push(i);
         }
-        if !dead.is_empty() {
-            let mut l = c.tool_listeners();
-            let mut i = 0;
-            l.1.retain(|_| {
-                i += 1;
-                !dead.contains(&(i - 1))
-            });
-        }
+    }
+    if !dead.is_empty() {
+        let mut l = c.tool_listeners();
+        let mut i = 0;
+        l.1.retain(|_| {
+            i += 1;
+            !dead.contains(&(i - 1))
+        });
     }
 }
 

@@ -18,6 +18,7 @@ mod resources;
 pub mod session;
 mod system;
 pub mod tool;
+mod toolsets;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,11 +26,12 @@ use std::time::Instant;
 
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CancelTaskParams, CustomRequest,
-    CustomResult, GetTaskParams, GetTaskResult, Implementation, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, RequestStateCodec, RequestStateError, ResultType, ServerCapabilities,
-    ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
+    CustomRequest, CustomResult, GetTaskParams, GetTaskResult, Implementation,
+    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, RequestStateCodec, RequestStateError,
+    ResultType, ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
+    UnsubscribeRequestParams,
 };
 use rmcp::service::{
     NotificationContext, Peer, RequestContext, SubscriptionContext, SubscriptionSink,
@@ -97,6 +99,8 @@ struct Inner {
     /// The OS user running this process (`NAME@HOST`): who launched the assistant.
     os_user: String,
     tools: registry::Registry,
+    /// The toolsets this process's connection is offered.
+    toolsets: toolsets::Toolsets,
 }
 
 /// Who the initialize-era client is, for the audit records of fast-path calls.
@@ -114,6 +118,7 @@ fn all_routes() -> Vec<tool::Route> {
     routes.extend(assessments::routes());
     routes.extend(remediations::routes());
     routes.extend(instances::routes());
+    routes.extend(toolsets::routes());
     routes
 }
 
@@ -126,6 +131,7 @@ pub fn all_tools() -> Vec<Tool> {
 impl Coordinator {
     pub fn new(audit: AuditLog, settings: Settings) -> Result<Self, StartError> {
         let tools = registry::Registry::new(all_routes(), &settings.config.tools.disabled_groups);
+        let offered = toolsets::Toolsets::new(&settings.config.tools.toolsets);
         let mut key = [0u8; 32];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
         let codec = RequestStateCodec::try_new(key.to_vec())?;
@@ -180,6 +186,7 @@ impl Coordinator {
                 answered: tokio::sync::watch::Sender::new(false),
                 session_id,
                 os_user: crate::audit::Actor::os_user().id,
+                toolsets: offered,
                 tools,
             }),
         })
@@ -283,6 +290,39 @@ impl Coordinator {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    fn toolsets(&self) -> &toolsets::Toolsets {
+        &self.inner.toolsets
+    }
+
+    /// How many tools `toolset` holds here, and whether the config switched some off.
+    fn toolset_size(&self, toolset: crate::config::Toolset) -> (usize, bool) {
+        self.inner.tools.toolset_size(toolset)
+    }
+
+    /// The tools this connection is offered now: the enabled toolsets' and the `toolsets`
+    /// tool, then the tools of the running children whose toolset is on.
+    fn offered_tools(&self) -> Vec<Tool> {
+        let sets = self.toolsets();
+        let mut tools = self
+            .inner
+            .tools
+            .definitions_where(|r| r.name() == toolsets::TOOL || sets.shows(r.group()));
+        if self.instances_enabled() {
+            tools.extend(
+                self.inner
+                    .instances
+                    .exposed_tools()
+                    .iter()
+                    .filter(|t| {
+                        crate::instance::policy::split_exposed(&t.name)
+                            .is_some_and(|(instance, _)| sets.shows_child(instance))
+                    })
+                    .cloned(),
+            );
+        }
+        tools
+    }
+
     /// Whether the config leaves the instances group on (child tools are offered and routed).
     fn instances_enabled(&self) -> bool {
         !self
@@ -303,6 +343,20 @@ impl Coordinator {
             return None;
         }
         self.inner.instances.resolve_exposed(name)
+    }
+
+    /// The toolset to enable before `name` can be called on this connection, if it is off.
+    fn toolset_off(&self, name: &str) -> Option<String> {
+        if let Some(route) = self.inner.tools.route(name) {
+            let group = route.group();
+            return (name != toolsets::TOOL && !self.toolsets().shows(group))
+                .then(|| group.toolset().as_str().to_string());
+        }
+        let (instance, _) = crate::instance::policy::split_exposed(name)?;
+        (self.instances_enabled()
+            && self.inner.instances.resolve_exposed(name).is_some()
+            && !self.toolsets().shows_child(instance))
+        .then(|| toolsets::child_toolset(instance))
     }
 
     fn unknown_tool(&self, name: &str) -> ErrorData {
@@ -383,18 +437,7 @@ impl ServerHandler for Coordinator {
     ) -> Result<ListToolsResult, ErrorData> {
         let modern =
             session::era_of(context.protocol_version().as_ref()) == session::Era::Stateless;
-        let mut tools = Vec::clone(&self.inner.tools.definitions());
-        if !self
-            .inner
-            .settings
-            .config
-            .tools
-            .disabled_groups
-            .contains(&ToolGroup::Instances)
-        {
-            tools.extend(self.inner.instances.exposed_tools().iter().cloned());
-        }
-        let mut result = ListToolsResult::with_all_items(tools);
+        let mut result = ListToolsResult::with_all_items(self.offered_tools());
         result.result_type = Some(ResultType::COMPLETE);
         // The list changes as child instances start and stop (`tools/list_changed` says when),
         // so stateless clients are told not to reuse it.
@@ -585,7 +628,12 @@ impl ServerHandler for Coordinator {
         let large = size > LARGE_REQUEST;
         // One lock-wait budget for everything this call does (store/budget.rs).
         let budget = Budget::for_call();
-        let result = if let Some(handler) = self.inner.tools.handler(&name) {
+        let result = if let Some(off) = self.toolset_off(&name) {
+            Ok(CallToolResult::structured_error(
+                serde_json::to_value(toolsets::refused(&name, &off)).unwrap_or_default(),
+            )
+            .into())
+        } else if let Some(handler) = self.inner.tools.handler(&name) {
             budget::scope(
                 budget,
                 handler(ToolCallContext::new(self, request, context)),

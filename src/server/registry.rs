@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use rmcp::model::Tool;
 
 use super::tool::{Handler, Route};
-use crate::config::ToolGroup;
+use crate::config::{ToolGroup, Toolset};
 
 /// The enabled tools of this process and the switched-off ones.
 pub struct Registry {
@@ -25,7 +25,8 @@ impl Registry {
         let mut enabled = HashMap::with_capacity(routes.len());
         let mut disabled = HashMap::new();
         for r in routes {
-            if disabled_groups.contains(&r.group()) {
+            // The `toolsets` tool stays: it is how a connection gets its other tools back.
+            if disabled_groups.contains(&r.group()) && r.name() != super::toolsets::TOOL {
                 disabled.insert(r.name(), r.group());
             } else {
                 enabled.insert(r.name(), r);
@@ -41,6 +42,23 @@ impl Registry {
     /// The handler of an enabled tool.
     pub fn handler(&self, name: &str) -> Option<&Handler> {
         self.routes.get(name).map(|r| &r.call)
+    }
+
+    /// An enabled tool's route.
+    pub fn route(&self, name: &str) -> Option<&Route> {
+        self.routes.get(name)
+    }
+
+    /// How many enabled tools `toolset` holds, and whether the config switched off any of
+    /// its tools.
+    pub fn toolset_size(&self, toolset: Toolset) -> (usize, bool) {
+        let holds = |g: &ToolGroup| g.toolset() == toolset;
+        let enabled = self
+            .routes
+            .values()
+            .filter(|r| r.name() != super::toolsets::TOOL && holds(&r.group()))
+            .count();
+        (enabled, self.disabled.values().any(holds))
     }
 
     /// The group that switched `name` off, if the config did.
@@ -62,6 +80,15 @@ impl Registry {
                 Arc::new(tools)
             })
             .clone()
+    }
+
+    /// The definitions of the enabled tools `shown` keeps, sorted by name.
+    pub fn definitions_where(&self, shown: impl Fn(&Route) -> bool) -> Vec<Tool> {
+        self.definitions()
+            .iter()
+            .filter(|t| self.routes.get(t.name.as_ref()).is_some_and(&shown))
+            .cloned()
+            .collect()
     }
 
     /// One enabled tool's definition.

@@ -47,6 +47,9 @@ pub enum ErrorCode {
     StorageFull,
     /// The database failed; see the message.
     StorageError,
+    /// The tool's toolset is not enabled on this connection; `details.enable_with` says the
+    /// `toolsets` call that enables it.
+    ToolsetDisabled,
     /// A bug or an unexpected state in the coordinator.
     Internal,
 }

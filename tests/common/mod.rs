@@ -41,6 +41,8 @@ pub fn client_config(name: &str) -> ClientConfig {
 /// A command for the binary with an isolated data directory and quiet logs.
 pub fn command(data_dir: &Path, extra: &[&str]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(BIN);
+    // Every toolset: these tests use every tool (tests/toolsets.rs covers the default set).
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     cmd.arg("--data-dir")
         .arg(data_dir)
         .args(["--log-level", "warn"])
@@ -200,6 +202,7 @@ impl RawServer {
     /// [`spawn`](Self::spawn) with more arguments (`--config FILE`).
     pub fn spawn_with(data_dir: &Path, extra: &[&str]) -> Self {
         let mut child = std::process::Command::new(BIN)
+            .env("MCP_COORDINATOR_TOOLSETS", "all")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--log-level", "error"])

@@ -188,7 +188,7 @@ def client_for(run: Run, person: Person | None) -> Client:
     """A client that declares form elicitation when given a person, and no elicitation otherwise."""
     params = StdioServerParameters(
         command=run.binary,
-        args=["--data-dir", str(run.data_dir), "--log-level", "warn"],
+        args=["--data-dir", str(run.data_dir), "--log-level", "warn", "--toolsets", "all"],
         env=isolated_env(run.data_dir),
     )
     return Client(

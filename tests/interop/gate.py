@@ -64,7 +64,7 @@ def client_for(binary: str, child: str, data_dir: Path, out_of_band_calls: bool)
     config.write_text(text, encoding="utf-8")
     params = StdioServerParameters(
         command=binary,
-        args=["--data-dir", str(data_dir), "--log-level", "warn", "--config", str(config)],
+        args=["--data-dir", str(data_dir), "--log-level", "warn", "--toolsets", "all", "--config", str(config)],
         env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share")},
     )
 

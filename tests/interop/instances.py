@@ -99,7 +99,7 @@ def client_for(mode: str, binary: str, child: str, data_dir: Path, person: Perso
     config.write_text(f"[instance_types.kid]\ncommand = {json.dumps(child)}\n", encoding="utf-8")
     params = StdioServerParameters(
         command=binary,
-        args=["--data-dir", str(data_dir), "--log-level", "warn", "--config", str(config)],
+        args=["--data-dir", str(data_dir), "--log-level", "warn", "--toolsets", "all", "--config", str(config)],
         env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share")},
     )
     return Client(

@@ -74,7 +74,7 @@ def server_params(binary: str, data_dir: Path) -> StdioServerParameters:
     home.mkdir(exist_ok=True)
     return StdioServerParameters(
         command=binary,
-        args=["--data-dir", str(data_dir), "--log-level", "warn"],
+        args=["--data-dir", str(data_dir), "--log-level", "warn", "--toolsets", "all"],
         # Keep the server away from the real user's config and data directories.
         env={
             "HOME": str(home),

@@ -70,7 +70,7 @@ class Person:
 def client_for(binary: str, data_dir: Path, mode: str, person: Person) -> Client:
     params = StdioServerParameters(
         command=binary,
-        args=["--data-dir", str(data_dir), "--log-level", "warn"],
+        args=["--data-dir", str(data_dir), "--log-level", "warn", "--toolsets", "all"],
         env={"HOME": str(data_dir / "home")},
     )
     return Client(

@@ -150,7 +150,7 @@ async def run_era(r: Report, binary: str, base: Path, mode: str) -> None:
     person = Person()
     params = StdioServerParameters(
         command=binary,
-        args=["--data-dir", str(data), "--config", str(config), "--log-level", "warn"],
+        args=["--data-dir", str(data), "--config", str(config), "--log-level", "warn", "--toolsets", "all"],
         env={"HOME": str(home)},
     )
     async with Client(
