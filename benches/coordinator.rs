@@ -1,4 +1,5 @@
-//! Benchmark program for mcp-coordinator: prints cold start, tool round-trip latency and
+//! Benchmark program for mcp-coordinator: prints cold start, the size of `tools/list`, tool
+//! round-trip latency and
 //! throughput, idle memory, audit append rate, audit verification time, task queue throughput
 //! claim latency against queue depth, pipeline scheduling overhead per stage, the time of
 //! a security assessment of 202 config files, and the cost of child MCP instances (added
@@ -169,12 +170,12 @@ impl Server {
     /// The coordinator on `data_dir`, with `config` if given.
     fn spawn_with(data_dir: &Path, config: Option<&Path>) -> Server {
         let mut cmd = Command::new(BIN);
-        cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
                 cmd.env_remove(key);
             }
         }
+        cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
         cmd.arg("--data-dir")
             .arg(data_dir)
             .args(["--log-level", "error"]);
@@ -362,6 +363,48 @@ fn bench_cold_start(counts: &Counts, data_dir: &Path) {
             ms(percentile(&exited, 50.0)),
             ms(percentile(&exited, 90.0)),
         );
+    }
+}
+
+/// The tokens a client pays before the user says a word: `tools/list` with the default
+/// toolsets and with every toolset, in bytes of the JSON-RPC line and tools.
+fn bench_tool_list(data_dir: &Path) {
+    println!("\n== 1b. tools/list size (legacy session) ==");
+    for (label, toolsets, max_tools, max_bytes) in [
+        ("default toolsets", None, Some(20), 40_000),
+        ("--toolsets all", Some("all"), None, 100_000),
+    ] {
+        let mut cmd = Command::new(BIN);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.arg("--data-dir")
+            .arg(data_dir)
+            .args(["--log-level", "error"]);
+        if let Some(t) = toolsets {
+            cmd.args(["--toolsets", t]);
+        }
+        let mut server = Server::start(cmd);
+        server.initialize();
+        server.send("{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"tools/list\"}\n");
+        let line = server.recv().to_string();
+        let tools = serde_json::from_str::<serde_json::Value>(&line)
+            .ok()
+            .and_then(|v| v["result"]["tools"].as_array().map(Vec::len))
+            .unwrap_or(0);
+        let met = line.len() <= max_bytes && max_tools.is_none_or(|m| tools <= m);
+        println!(
+            "tools/list, {label:<16} {tools:3} tools, {:7} bytes (~{} tokens)   [target{} <= {max_bytes} bytes: {}]",
+            line.len(),
+            line.len() / 4,
+            max_tools
+                .map(|m| format!(" <= {m} tools,"))
+                .unwrap_or_default(),
+            verdict(met),
+        );
+        server.finish();
     }
 }
 
@@ -1912,12 +1955,12 @@ async fn mcp_connect(
 /// The coordinator on `data_dir` with `config`, its stderr (`--log-level warn`) in `log`.
 async fn spawn_coordinator(data_dir: &Path, config: &Path, log: &Path) -> (McpClient, u32) {
     let mut cmd = tokio::process::Command::new(BIN);
-    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     for (key, _) in std::env::vars_os() {
         if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
             cmd.env_remove(key);
         }
     }
+    cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
     cmd.arg("--data-dir")
         .arg(data_dir)
         .arg("--config")
@@ -2571,6 +2614,7 @@ fn main() {
         let data = tempfile::tempdir().expect("temp dir");
         let data_dir = data.path().join("data");
         bench_cold_start(&counts, &data_dir);
+        bench_tool_list(&data_dir);
         bench_status(&counts, &data_dir);
         bench_idle_memory(&data_dir);
     }

@@ -94,6 +94,15 @@ fn official_python_sdk_drives_both_protocol_eras() {
     run_interop_script("interop.py");
 }
 
+/// Toolsets (`tests/interop/toolsets.py`): with the default set (at most 20 tools), the SDK
+/// lists the toolsets, enables `agents` and hears the list change (`tools/list_changed` in the
+/// legacy era, a `subscriptions/listen` event on 2026-07-28), calls `task_submit`, disables
+/// `agents` and sees `task_get` refused with `toolset_disabled` naming it.
+#[test]
+fn official_python_sdk_enables_and_disables_toolsets() {
+    run_interop_script("toolsets.py");
+}
+
 /// Human approvals through elicitation (`tests/interop/approvals.py`): the SDK's elicitation
 /// callback answers the approval form in both eras (a blocking `elicitation/create` in the
 /// legacy era, an input-required result in the 2026-07-28 era), alongside the CLI decisions,

@@ -345,6 +345,12 @@ impl Coordinator {
                 Err(_) => return false,
             }
         }
+        // A child whose toolset is off on this connection: `call_tool` refuses it.
+        if crate::instance::policy::split_exposed(&call.params.name)
+            .is_some_and(|(instance, _)| !self.toolsets().shows_child(instance))
+        {
+            return false;
+        }
         let Some(target) = self.instances().fast_target(&call.params.name) else {
             return false;
         };

@@ -55,21 +55,30 @@ pub fn command(data_dir: &Path, extra: &[&str]) -> tokio::process::Command {
 
 /// Spawns the server and connects a client in the given era.
 pub async fn connect(data_dir: &Path, extra: &[&str], era: Era) -> Client {
-    let (transport, _stderr) = TokioChildProcess::builder(command(data_dir, extra))
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn mcp-coordinator");
     let config = client_config(match era {
         Era::Legacy => "legacy-test",
         Era::Stateless => "stateless-test",
     });
+    connect_command(command(data_dir, extra), config, era).await
+}
+
+/// Runs `cmd` (a coordinator) and connects `handler` to it in the given era.
+pub async fn connect_command<H: rmcp::ClientHandler>(
+    cmd: tokio::process::Command,
+    handler: H,
+    era: Era,
+) -> RunningService<RoleClient, H> {
+    let (transport, _stderr) = TokioChildProcess::builder(cmd)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mcp-coordinator");
     let lifecycle = match era {
         Era::Legacy => ClientLifecycleMode::Initialize,
         Era::Stateless => ClientLifecycleMode::Discover {
             preferred_versions: vec![ProtocolVersion::V_2026_07_28],
         },
     };
-    config
+    handler
         .serve_with_lifecycle(transport, lifecycle)
         .await
         .expect("connect to mcp-coordinator")
