@@ -20,24 +20,11 @@ use serde_json::{Value, json};
 
 use common::call_ok as ok;
 
-/// The npm packages the tests run, as (name under `@modelcontextprotocol/`, version).
+/// The npm packages the tests run, as (name, exact version).
 const PACKAGES: [(&str, &str); 2] = [
-    ("server-everything", "2026.8.31"),
-    ("server-memory", "2026.8.31"),
+    ("@modelcontextprotocol/server-everything", "2026.8.31"),
+    ("@modelcontextprotocol/server-memory", "2026.8.31"),
 ];
-
-fn package_dir(root: &Path, name: &str) -> PathBuf {
-    root.join("node_modules/@modelcontextprotocol").join(name)
-}
-
-fn installed(root: &Path) -> bool {
-    PACKAGES.iter().all(|(name, version)| {
-        let dir = package_dir(root, name);
-        let manifest = std::fs::read_to_string(dir.join("package.json")).unwrap_or_default();
-        let manifest: Value = serde_json::from_str(&manifest).unwrap_or(Value::Null);
-        manifest["version"] == *version && dir.join("dist/index.js").is_file()
-    })
-}
 
 /// Runs `tool --version`, failing the test with what to install if it is not there.
 fn require(tool: &str) -> String {
@@ -64,40 +51,14 @@ fn npm_children() -> &'static Path {
             recent,
             "node {node} is too old: install Node.js 20 or newer"
         );
-        if installed(&dir) {
-            return dir;
-        }
-        require("npm");
-        common::setup::locked(&dir.with_extension("lock"), || {
-            if installed(&dir) {
-                return;
-            }
-            std::fs::create_dir_all(&dir).unwrap();
-            let specs = PACKAGES.map(|(name, v)| format!("@modelcontextprotocol/{name}@{v}"));
-            let out = Command::new("npm")
-                .args(["install", "--prefix"])
-                .arg(&dir)
-                .args(["--no-audit", "--no-fund", "--no-save"])
-                .args(&specs)
-                .stdin(Stdio::null())
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success() && installed(&dir),
-                "npm install {specs:?} into {} failed ({}): {}{}\nThe npm tests need Node.js 20+ with npm and the npm registry reachable on the first run.",
-                dir.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        });
+        common::setup::npm_install(&dir, &PACKAGES).unwrap_or_else(|e| panic!("{e}"));
         dir
     })
 }
 
 /// The entry file of one of the packages.
 fn entry(name: &str) -> String {
-    let dir = package_dir(npm_children(), name);
+    let dir = common::setup::npm_package(npm_children(), &format!("@modelcontextprotocol/{name}"));
     dir.join("dist/index.js").display().to_string()
 }
 

@@ -1,5 +1,5 @@
 //! What the tests install for themselves on first use (the Python venv with the official MCP
-//! SDK, the npm MCP servers), built once under a cross-process lock file in `target/`: `cargo
+//! SDK, the npm MCP servers, the MCP Inspector), built once under a cross-process lock file in `target/`: `cargo
 //! test` runs test binaries and threads in parallel, and whichever asks first builds while the
 //! others wait, then all use the one result. A failed build says every command it ran, with its
 //! whole output, and what to do about it.
@@ -132,5 +132,85 @@ pub fn venv(venv: &Path, requirements: &Path) -> Result<PathBuf, String> {
             .open(&builds)
             .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
         Ok(python.clone())
+    })
+}
+
+/// Inside an npm prefix: the packages last installed there, written once npm has finished, so
+/// that a prefix npm is still filling (or died filling) never passes for installed.
+const NPM_STAMP: &str = "installed-packages.txt";
+
+/// The `name@version` specs of `packages`, one a line, as the stamp holds them.
+fn npm_specs(packages: &[(&str, &str)]) -> Vec<String> {
+    packages
+        .iter()
+        .map(|(name, version)| format!("{name}@{version}"))
+        .collect()
+}
+
+/// Where npm puts package `name` under `prefix`.
+pub fn npm_package(prefix: &Path, name: &str) -> PathBuf {
+    prefix.join("node_modules").join(name)
+}
+
+/// Whether `prefix` holds exactly the `packages` last installed there, each at its version.
+fn npm_installed(prefix: &Path, packages: &[(&str, &str)]) -> bool {
+    let stamp = std::fs::read_to_string(prefix.join(NPM_STAMP)).unwrap_or_default();
+    stamp == npm_specs(packages).join("\n")
+        && packages.iter().all(|(name, version)| {
+            let manifest = npm_package(prefix, name).join("package.json");
+            let manifest = std::fs::read_to_string(manifest).unwrap_or_default();
+            let manifest: serde_json::Value =
+                serde_json::from_str(&manifest).unwrap_or(serde_json::Value::Null);
+            manifest["version"] == *version
+        })
+}
+
+/// The npm `packages` ((name, exact version)) installed into `prefix` (as `npm install --prefix`
+/// does, into `prefix/node_modules`), once across every process and thread that asks. Each
+/// prefix holds one set: npm removes from it what the set does not name. Lifecycle scripts are
+/// not run (none of the packages the tests use needs one). `Err` with npm's whole output and
+/// what to do when npm is missing or fails.
+pub fn npm_install(prefix: &Path, packages: &[(&str, &str)]) -> Result<(), String> {
+    if npm_installed(prefix, packages) {
+        return Ok(());
+    }
+    locked(&prefix.with_extension("lock"), || {
+        if npm_installed(prefix, packages) {
+            return Ok(());
+        }
+        let specs = npm_specs(packages);
+        let fail = |e: String| {
+            format!(
+                "{e}\n\nInstalling {specs:?} into {} failed. The tests that run npm packages need \
+                 npm on PATH (Node.js with npm, for example `apt-get install nodejs npm`) and the \
+                 npm registry reachable on their first run.",
+                prefix.display()
+            )
+        };
+        std::fs::create_dir_all(prefix)
+            .map_err(|e| fail(format!("create {}: {e}", prefix.display())))?;
+        let _ = std::fs::remove_file(prefix.join(NPM_STAMP));
+        let mut log = Vec::new();
+        step(
+            &mut log,
+            "npm install",
+            Command::new("npm")
+                .args(["install", "--prefix"])
+                .arg(prefix)
+                .args(["--no-audit", "--no-fund", "--no-save", "--ignore-scripts"])
+                .args(&specs),
+        )
+        .map_err(fail)?;
+        std::fs::write(prefix.join(NPM_STAMP), specs.join("\n"))
+            .map_err(|e| fail(format!("write the npm stamp in {}: {e}", prefix.display())))?;
+        if npm_installed(prefix, packages) {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "npm reported success, but the versions in {} are not the ones asked for\n\n{}",
+                prefix.display(),
+                log.join("\n\n")
+            )))
+        }
     })
 }
