@@ -281,14 +281,9 @@ fn no_tool_accepts_a_decision() {
         false,
         None,
     );
-    assert_eq!(r["error"]["code"], -32602);
-    assert!(
-        r["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `decision`"),
-        "{r:#}"
-    );
+    let (field, message) = common::raw_invalid_argument("approval_request", &r);
+    assert_eq!(field, "decision");
+    assert!(message.contains("unknown field `decision`"), "{message}");
     let tools = s.request("tools/list", json!({"_meta": RawServer::meta(false)}));
     for tool in tools["result"]["tools"].as_array().unwrap() {
         let props = tool["inputSchema"]["properties"]

@@ -29,15 +29,9 @@ fn config(dir: &Path) -> String {
     path.to_str().unwrap().to_string()
 }
 
-/// The invalid-params error of a refused call: its message.
+/// The message of a call refused for an argument (an `invalid_argument` tool result).
 async fn refused(c: &Peer<RoleClient>, tool: &str, args: Value) -> String {
-    match call(c, tool, args).await {
-        Err(rmcp::ServiceError::McpError(e)) => {
-            assert_eq!(e.code.0, -32602, "{tool}: {e:?}");
-            e.message.to_string()
-        }
-        other => panic!("{tool}: expected an invalid-params error, got {other:?}"),
-    }
+    common::invalid_argument(tool, call(c, tool, args).await).1
 }
 
 #[tokio::test]

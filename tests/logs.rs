@@ -151,7 +151,7 @@ async fn trace_logs_show_no_secret_in(format: &str) -> String {
         }}),
     )
     .await;
-    assert!(refused.is_err(), "{refused:?}");
+    common::invalid_argument("mcp_server_install", refused);
     // A generic approval whose action carries them too (no elicitation here: it stays pending).
     common::call_ok(
         &peer,

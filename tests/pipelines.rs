@@ -422,10 +422,7 @@ async fn definitions_are_validated_and_versioned_and_runs_pin_their_version() {
     let bad = |args: Value| {
         let c = c.clone();
         async move {
-            match call(&c, "pipeline_create", args).await {
-                Err(rmcp::ServiceError::McpError(e)) => e.message.to_string(),
-                other => panic!("expected a protocol error, got {other:?}"),
-            }
+            common::invalid_argument("pipeline_create", call(&c, "pipeline_create", args).await).1
         }
     };
     let cycle = bad(json!({"name": "loop",

@@ -1,11 +1,12 @@
 //! Protocol tests over the real binary with rmcp's client, in both eras: tool listing and
-//! schemas, structured results that validate, protocol errors that name the field, domain
-//! errors as structured `isError` results, every call audited with secrets redacted.
+//! schemas, structured results that validate, refused arguments and domain errors as
+//! structured `isError` results naming the field, unknown tools as protocol errors, every call
+//! audited with secrets redacted.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{ERAS, Era, call, call_ok, connect, data_dir};
+use common::{ERAS, Era, call, call_ok, connect, data_dir, invalid_argument};
 use rmcp::ServiceError;
 use rmcp::model::ErrorCode;
 use serde_json::{Value, json};
@@ -400,8 +401,10 @@ async fn tools_have_schemas_annotations_and_valid_structured_output() {
     }
 }
 
+/// Since MCP 2025-11-25 a refused argument is a tool result the model sees and corrects; an
+/// unknown tool stays a JSON-RPC error.
 #[tokio::test]
-async fn bad_calls_are_protocol_errors_naming_the_problem() {
+async fn bad_arguments_are_results_naming_the_field_and_unknown_tools_protocol_errors() {
     for era in ERAS {
         let dir = data_dir();
         let client = connect(dir.path(), &[], era).await;
@@ -414,38 +417,47 @@ async fn bad_calls_are_protocol_errors_naming_the_problem() {
             e.message
         );
 
-        let e = protocol_error(call(&client, "audit_query", json!({"limit": "ten"})).await);
-        assert_eq!(e.code, ErrorCode::INVALID_PARAMS);
-        assert!(
-            e.message.contains("`limit`") && e.message.contains("expected u32"),
-            "{}",
-            e.message
-        );
-        assert_eq!(e.data.as_ref().unwrap()["field"], "limit");
-
-        let e = protocol_error(call(&client, "audit_query", json!({"limt": 5})).await);
-        assert!(e.message.contains("unknown field `limt`"), "{}", e.message);
-
-        let e = protocol_error(call(&client, "audit_query", json!({"since": "yesterday"})).await);
-        assert!(
-            e.message.contains("`since`") && e.message.contains("RFC 3339"),
-            "{}",
-            e.message
-        );
-
-        let e = protocol_error(call(&client, "audit_query", json!({"limit": 501})).await);
-        assert!(
-            e.message.contains("`limit`") && e.message.contains("1 to 500"),
-            "{}",
-            e.message
-        );
-
-        let e = protocol_error(call(&client, "audit_query", json!({"outcome": "fine"})).await);
-        assert!(
-            e.message.contains("`outcome`") && e.message.contains("unknown variant"),
-            "{}",
-            e.message
-        );
+        // (tool, arguments, the field named, what the message says was expected)
+        let cases = [
+            (
+                "audit_query",
+                json!({"limit": "ten"}),
+                "limit",
+                "expected u32",
+            ),
+            (
+                "audit_query",
+                json!({"limt": 5}),
+                "limt",
+                "unknown field `limt`",
+            ),
+            (
+                "audit_query",
+                json!({"since": "yesterday"}),
+                "since",
+                "RFC 3339",
+            ),
+            ("audit_query", json!({"limit": 501}), "limit", "1 to 500"),
+            (
+                "audit_query",
+                json!({"outcome": "fine"}),
+                "outcome",
+                "unknown variant",
+            ),
+            ("approval_get", json!({}), "approval_id", "missing field"),
+            // A handler's own check, after parsing.
+            (
+                "pipeline_delete",
+                json!({"pipeline": "p", "version": 1}),
+                "version",
+                "leave out version",
+            ),
+        ];
+        for (tool, args, expected_field, expected) in cases {
+            let (field, message) = invalid_argument(tool, call(&client, tool, args).await);
+            assert_eq!(field, expected_field, "{era:?} {tool}: {message}");
+            assert!(message.contains(expected), "{era:?} {tool}: {message}");
+        }
 
         // The server is still healthy after all that.
         call_ok(&client, "coordinator_status", json!({})).await;
@@ -509,6 +521,13 @@ async fn every_call_is_audited_with_secrets_redacted() {
     assert_eq!(events[1]["outcome"], "error");
     assert_eq!(events[1]["detail"]["error"], "invalid_request");
     assert_eq!(events[2]["outcome"], "invalid");
+    assert!(
+        events[2]["detail"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid argument `limit`"),
+        "{page:#}"
+    );
     assert_eq!(events[3]["outcome"], "ok");
     assert_eq!(events[3]["actor"], "client:legacy-test/1.2.3");
     assert!(events[3]["detail"]["duration_us"].as_u64().is_some());
@@ -524,6 +543,12 @@ async fn every_call_is_audited_with_secrets_redacted() {
     for pair in events.windows(2) {
         assert_eq!(pair[0]["prev_hash"], pair[1]["hash"]);
     }
+
+    // The refused call is found by its outcome.
+    let invalid = call_ok(&client, "audit_query", json!({"outcome": "invalid"})).await;
+    let invalid = invalid["events"].as_array().unwrap();
+    assert_eq!(invalid.len(), 1, "{invalid:#?}");
+    assert_eq!(invalid[0]["seq"], events[2]["seq"]);
 
     // Paging with filters: prefix match and the cursor.
     let p1 = call_ok(

@@ -145,15 +145,10 @@ async fn tool_error(c: &Peer<RoleClient>, tool: &str, args: Value) -> Value {
     r.structured_content.expect("structured error")
 }
 
-/// Calls a tool that must fail with a JSON-RPC invalid-params error; returns its message.
-async fn protocol_error(c: &Peer<RoleClient>, tool: &str, args: Value) -> String {
-    match call(c, tool, args).await {
-        Err(rmcp::ServiceError::McpError(e)) => {
-            assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS);
-            e.message.to_string()
-        }
-        other => panic!("{tool}: expected a protocol error, got {other:?}"),
-    }
+/// Calls a tool that must be refused for an argument (an `invalid_argument` tool result);
+/// returns its message.
+async fn refused_argument(c: &Peer<RoleClient>, tool: &str, args: Value) -> String {
+    common::invalid_argument(tool, call(c, tool, args).await).1
 }
 
 /// The `task.*` audit actions of one task, oldest first.
@@ -308,14 +303,14 @@ async fn register_heartbeat_and_discover_agents() {
         assert!(names(&filter(json!({"health": "stale"})).await).is_empty());
         assert!(names(&filter(json!({"health": "offline"})).await).is_empty());
 
-        let m = protocol_error(
+        let m = refused_argument(
             &c,
             "agent_heartbeat",
             json!({"token": etl.token, "load": 1.5}),
         )
         .await;
         assert!(m.contains("load"), "{m}");
-        let m = protocol_error(
+        let m = refused_argument(
             &c,
             "agent_heartbeat",
             json!({"token": etl.token, "load": 0.1, "status": "asleep"}),
@@ -593,7 +588,7 @@ async fn claims_come_targeted_first_then_by_priority_then_age() {
         // Distinct creation times, so age decides between equal priorities.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let m = protocol_error(
+    let m = refused_argument(
         &c,
         "task_submit",
         json!({"kind": "x", "target_agent_id": "agt_nobody"}),
@@ -840,14 +835,14 @@ async fn task_lifecycle_with_retries_dead_letters_and_requeue() {
         let e = tool_error(&c, "task_get", json!({"task_id": "tsk_missing"})).await;
         assert_eq!(e["code"], "not_found", "{e:#}");
         claim_task(&c, &w).await;
-        let m = protocol_error(
+        let m = refused_argument(
             &c,
             "task_report",
             json!({"token": w.token, "task_id": t4, "result": 1, "error": {"message": "x"}}),
         )
         .await;
         assert!(m.contains("error"), "{m}");
-        let m = protocol_error(
+        let m = refused_argument(
             &c,
             "task_report",
             json!({"token": w.token, "task_id": t4, "progress": 1.5}),
@@ -1050,7 +1045,7 @@ async fn idempotency_keys_and_not_before() {
         .unwrap();
     let p = submit(&c, json!({"kind": "past", "not_before": past})).await;
     assert_eq!(claim_task(&c, &w).await["id"], p.as_str());
-    let m = protocol_error(
+    let m = refused_argument(
         &c,
         "task_submit",
         json!({"kind": "x", "not_before": "tomorrow"}),
@@ -1394,7 +1389,7 @@ async fn queue_stats_and_purge() {
     let s = call_ok(&c, "queue_stats", json!({})).await;
     assert_eq!(s["by_status"], json!({"leased": 1, "queued": 2}), "{s:#}");
     assert_eq!(s["dead_letters"], 0);
-    let m = protocol_error(
+    let m = refused_argument(
         &c,
         "queue_purge",
         json!({"retention_seconds": 0, "statuses": ["queued"]}),
@@ -1468,9 +1463,9 @@ async fn task_list_filters_and_pages() {
     assert_eq!(of_b["tasks"][0]["id"], aimed.as_str());
     let leased = call_ok(&c, "task_list", json!({"status": "leased"})).await;
     assert_eq!(leased["tasks"].as_array().unwrap().len(), 1);
-    let m = protocol_error(&c, "task_list", json!({"limit": 501})).await;
+    let m = refused_argument(&c, "task_list", json!({"limit": 501})).await;
     assert!(m.contains("limit"), "{m}");
-    let m = protocol_error(&c, "task_list", json!({"cursor": "garbage"})).await;
+    let m = refused_argument(&c, "task_list", json!({"cursor": "garbage"})).await;
     assert!(m.contains("cursor"), "{m}");
     c.cancel().await.unwrap();
 }
@@ -1524,7 +1519,7 @@ async fn a_claim_can_lease_several_tasks_in_dispatch_order() {
     assert_eq!(ids, vec![low.as_str()]);
     assert_eq!(claim_nothing(&c, &a).await, "queue_empty");
     assert_eq!(get(&c, &other).await["status"], "queued");
-    let e = protocol_error(&c, "task_claim", json!({"token": a.token, "max_tasks": 0})).await;
+    let e = refused_argument(&c, "task_claim", json!({"token": a.token, "max_tasks": 0})).await;
     assert!(e.contains("max_tasks"), "{e}");
     assert_eq!(events(&c, "task.leased", &urgent).await.len(), 1);
     verify_chain(&c).await;
@@ -1555,7 +1550,7 @@ async fn a_null_result_completes_the_task_and_a_report_is_one_kind() {
             args.as_object_mut()
                 .unwrap()
                 .extend(fields.as_object().unwrap().clone());
-            let m = protocol_error(&c, "task_report", args).await;
+            let m = refused_argument(&c, "task_report", args).await;
             assert!(m.contains(&format!("`{field}`")), "{fields}: {m}");
             assert!(m.contains("exactly one of"), "{fields}: {m}");
         }
@@ -1653,7 +1648,7 @@ async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task() {
     let other = start(dir.path(), CALM, Era::Stateless).await;
     let w = register(&worker_side, "long-poller", &["etl"]).await;
     for bad in [60.5, -1.0] {
-        let m = protocol_error(
+        let m = refused_argument(
             &worker_side,
             "task_claim",
             json!({"token": w.token, "wait_seconds": bad}),

@@ -21,7 +21,7 @@ use rmcp::{ClientHandler, ErrorData, ServiceExt};
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use common::{call, call_ok, data_dir};
+use common::{call, call_ok, data_dir, invalid_argument};
 
 const TOKEN: &str = "ghp_Zq8RmT2vLx9KpW4sNbYc7HdJ0aEfGiUo1Q3r";
 
@@ -402,21 +402,6 @@ async fn a_file_edited_after_the_preview_is_not_overwritten() {
     client.cancel().await.unwrap();
 }
 
-/// The field an invalid-params refusal names (`data.field`) and its message.
-fn refused_field(r: Result<rmcp::model::CallToolResult, rmcp::ServiceError>) -> (String, String) {
-    match r {
-        Err(rmcp::ServiceError::McpError(e)) => {
-            assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{e:?}");
-            let field = e.data.as_ref().unwrap()["field"]
-                .as_str()
-                .unwrap()
-                .to_string();
-            (field, e.message.to_string())
-        }
-        other => panic!("expected a JSON-RPC error, got {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn errors_name_the_field_the_caller_gave() {
     let s = setup();
@@ -424,7 +409,8 @@ async fn errors_name_the_field_the_caller_gave() {
     let (client, p) = person(&s, "approve").await;
     let c = client.peer();
 
-    let (field, m) = refused_field(
+    let (field, m) = invalid_argument(
+        "mcp_server_remove",
         call(
             c,
             "mcp_server_remove",
@@ -455,12 +441,16 @@ async fn errors_name_the_field_the_caller_gave() {
             "entry.url",
         ),
     ] {
-        let (field, m) = refused_field(call(c, "mcp_server_install", entry(e)).await);
+        let (field, m) = invalid_argument(
+            "mcp_server_install",
+            call(c, "mcp_server_install", entry(e)).await,
+        );
         assert_eq!(field, expected, "{m}");
         assert!(m.contains(&format!("`{expected}`")), "{m}");
         assert!(!m.contains(TOKEN) && !m.contains("hunter2"), "{m}");
     }
-    let (field, m) = refused_field(
+    let (field, m) = invalid_argument(
+        "mcp_server_install",
         call(
             c,
             "mcp_server_install",
@@ -470,7 +460,8 @@ async fn errors_name_the_field_the_caller_gave() {
         .await,
     );
     assert_eq!(field, "server", "{m}");
-    let (field, m) = refused_field(
+    let (field, m) = invalid_argument(
+        "mcp_server_install",
         call(
             c,
             "mcp_server_install",
@@ -481,7 +472,7 @@ async fn errors_name_the_field_the_caller_gave() {
     assert_eq!(field, "entry", "{m}");
 
     // remediation_propose names the action and its field.
-    let (field, m) = refused_field(
+    let (field, m) = invalid_argument("remediation_propose",
         call(c, "remediation_propose", json!({"actions": [
             {"type": "disable_server", "file": file, "server": "memory"},
             {"type": "move_secret_to_store", "file": file, "server": "github", "env_var": "NOPE", "secret_name": "GH"}
@@ -554,7 +545,8 @@ async fn installer_tools_install_and_remove_and_rollback_restores() {
         json!({"client": "cursor", "server": "gh", "entry": {"command": "npx", "args": ["-y", "x@1.0.0"], "env": {"GITHUB_TOKEN": TOKEN}}}),
     )
     .await;
-    assert!(refused.is_err(), "{refused:?}");
+    let (field, _) = invalid_argument("mcp_server_install", refused);
+    assert_eq!(field, "entry.env.GITHUB_TOKEN");
     let installed = call_ok(
         c,
         "mcp_server_install",
@@ -716,15 +708,9 @@ async fn vscode_secrets_can_move_to_an_input_instead() {
     client.cancel().await.unwrap();
 }
 
-/// What a refused call's JSON-RPC error says.
-fn refusal(r: Result<rmcp::model::CallToolResult, rmcp::ServiceError>) -> String {
-    match r {
-        Err(rmcp::ServiceError::McpError(e)) => {
-            assert_eq!(e.code, rmcp::model::ErrorCode::INVALID_PARAMS, "{e:?}");
-            e.message.to_string()
-        }
-        other => panic!("expected a JSON-RPC error, got {other:?}"),
-    }
+/// What a call refused for an argument says.
+fn refusal(tool: &str, r: Result<rmcp::model::CallToolResult, rmcp::ServiceError>) -> String {
+    invalid_argument(tool, r).1
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -740,6 +726,7 @@ async fn config_edits_stay_inside_the_users_own_configs() {
 
     // A file shaped like a client config, outside the home and the configured projects.
     let m = refusal(
+        "mcp_server_install",
         call(
             c,
             "mcp_server_install",
@@ -753,7 +740,7 @@ async fn config_edits_stay_inside_the_users_own_configs() {
     );
     assert!(m.contains(outside.to_str().unwrap()), "{m}");
     // The same through a project directory nobody configured.
-    let m = refusal(
+    let m = refusal("mcp_server_install",
         call(c, "mcp_server_install", json!({"client": "cursor", "project": elsewhere.path(), "server": "mem", "entry": entry})).await,
     );
     assert!(
@@ -761,6 +748,7 @@ async fn config_edits_stay_inside_the_users_own_configs() {
         "{m}"
     );
     let m = refusal(
+        "mcp_server_remove",
         call(
             c,
             "mcp_server_remove",
@@ -770,6 +758,7 @@ async fn config_edits_stay_inside_the_users_own_configs() {
     );
     assert!(m.contains("`file`"), "{m}");
     let m = refusal(
+        "remediation_propose",
         call(
             c,
             "remediation_propose",
@@ -790,6 +779,7 @@ async fn config_edits_stay_inside_the_users_own_configs() {
         .join(".cursor/../..")
         .join(outside.strip_prefix("/").unwrap());
     let m = refusal(
+        "mcp_server_remove",
         call(
             c,
             "mcp_server_remove",
@@ -809,6 +799,7 @@ async fn config_edits_stay_inside_the_users_own_configs() {
     )
     .await;
     let m = refusal(
+        "remediation_propose",
         call(
             c,
             "remediation_propose",

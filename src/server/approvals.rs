@@ -129,7 +129,7 @@ pub(super) async fn approval_request(
     let approval = match &input.approval_id {
         Some(id) => {
             if input.summary.is_some() || input.action.is_some() || input.risk.is_some() {
-                return Err(Failure::Protocol(invalid_field(
+                return Err(Failure::Domain(invalid_field(
                     TOOL,
                     "approval_id",
                     "give either approval_id (an existing approval) or summary, action and risk (a new one), not both",
@@ -142,7 +142,7 @@ pub(super) async fn approval_request(
         }
         None => {
             let missing = |field| {
-                Failure::Protocol(invalid_field(
+                Failure::Domain(invalid_field(
                     TOOL,
                     field,
                     "required when no approval_id is given",
@@ -193,7 +193,7 @@ async fn approval_list(
 ) -> Result<ApprovalPage, Failure> {
     let limit = input.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             "approval_list",
             "limit",
             format!("expected 1 to 200, got {limit}"),

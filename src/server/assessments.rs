@@ -95,7 +95,7 @@ pub(super) fn assessment_failure(tool: &str, e: AssessmentError) -> Failure {
         ),
         AssessmentError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
         AssessmentError::Invalid { field, message } => {
-            Failure::Protocol(invalid_field(tool, field, message))
+            Failure::Domain(invalid_field(tool, field, message))
         }
     }
 }
@@ -230,7 +230,7 @@ async fn assessment_request(
     const TOOL: &str = "assessment_request";
     let wait = i.wait_seconds.unwrap_or(30);
     if wait > MAX_WAIT_SECONDS {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             TOOL,
             "wait_seconds",
             format!("expected 0 to {MAX_WAIT_SECONDS}, got {wait}"),
@@ -322,7 +322,7 @@ async fn assessment_list(
 ) -> Result<AssessmentList, Failure> {
     let limit = i.limit.unwrap_or(20);
     if !crate::limits::SHORT_PAGE.contains(limit) {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             "assessment_list",
             "limit",
             format!("{}, got {limit}", crate::limits::SHORT_PAGE.expected()),

@@ -50,7 +50,7 @@ pub(super) fn approval_failure(tool: &str, e: ApprovalError) -> Failure {
             Failure::Domain(ToolError::new(ErrorCode::StorageError, e.to_string()))
         }
         ApprovalError::Invalid { field, message } => {
-            Failure::Protocol(invalid_field(tool, field, message))
+            Failure::Domain(invalid_field(tool, field, message))
         }
         ApprovalError::NotFound(ref id) => {
             domain(ErrorCode::NotFound, &e, json!({"approval_id": id}))
@@ -72,10 +72,7 @@ pub(super) fn approval_failure(tool: &str, e: ApprovalError) -> Failure {
         ),
         ApprovalError::NotExecutable(_) => domain(ErrorCode::Forbidden, &e, json!({})),
         // A replayed or unknown question handle is a bad request from the client.
-        ApprovalError::Question(message) => Failure::Protocol(rmcp::ErrorData::invalid_params(
-            format!("{tool}: requestState refused: {message}"),
-            Some(json!({"tool": tool, "field": "requestState"})),
-        )),
+        ApprovalError::Question(message) => refuse_state(tool, message),
     }
 }
 
@@ -141,7 +138,7 @@ impl Passage {
 pub(super) fn wait_for(tool: &str, wait_seconds: Option<u64>) -> Result<Duration, Failure> {
     let wait = wait_seconds.unwrap_or(0);
     if wait > MAX_WAIT_SECONDS {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             tool,
             "wait_seconds",
             format!("expected 0 to {MAX_WAIT_SECONDS}, got {wait}"),

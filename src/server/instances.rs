@@ -392,10 +392,7 @@ pub(super) async fn call_exposed(
         }
         Ok(Reply::InputRequired(x)) => x.into(),
         Ok(Reply::Task(t)) => CallToolResponse::Task(t),
-        Err(Failure::Domain(e)) => {
-            let value = serde_json::to_value(&e).unwrap_or_else(|_| json!({"code": "internal"}));
-            CallToolResponse::Complete(CallToolResult::structured_error(value))
-        }
+        Err(Failure::Domain(e)) => CallToolResponse::Complete(e.into_result()),
         // A refused requestState is a JSON-RPC error, as on every other tool.
         Err(Failure::Protocol(e)) => return Err(e),
     })
@@ -504,7 +501,7 @@ async fn instance_tool_review(
                 .type_name
         }
         _ => {
-            return Err(Failure::Protocol(super::tool::invalid_field(
+            return Err(Failure::Domain(super::tool::invalid_field(
                 "instance_tool_review",
                 "type",
                 "give exactly one of `type` or `instance`",

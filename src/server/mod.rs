@@ -654,13 +654,20 @@ impl ServerHandler for Coordinator {
             Err(self.unknown_tool(&name))
         };
         let (outcome, error) = match &result {
-            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => (
-                Outcome::Error,
-                r.structured_content
-                    .as_ref()
-                    .and_then(|s| s.get("code"))
-                    .cloned(),
-            ),
+            Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => {
+                let error = r.structured_content.as_ref();
+                let code = error.and_then(|s| s.get("code"));
+                // Refused arguments are results the model can correct, but still a refused
+                // call, as an unknown tool is: outcome `invalid`, with the message.
+                if code == Some(&json!(tool::ErrorCode::InvalidArgument)) {
+                    (
+                        Outcome::Invalid,
+                        error.and_then(|s| s.get("message")).cloned(),
+                    )
+                } else {
+                    (Outcome::Error, code.cloned())
+                }
+            }
             Ok(_) if quiet.is_set() => return result,
             Ok(_) => (Outcome::Ok, None),
             Err(e) => (Outcome::Invalid, Some(json!(e.message))),

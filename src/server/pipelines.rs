@@ -149,7 +149,7 @@ fn pipeline_failure(tool: &str, e: PipelineError) -> Failure {
         ),
         PipelineError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
         PipelineError::Invalid { field, message } => {
-            Failure::Protocol(invalid_field(tool, &field, message))
+            Failure::Domain(invalid_field(tool, &field, message))
         }
     }
 }
@@ -192,7 +192,7 @@ async fn pipeline_create(c: Coordinator, i: CreateInput, call: Call) -> Result<C
     const TOOL: &str = "pipeline_create";
     let definition = match (i.template, i.stages) {
         (Some(_), Some(_)) => {
-            return Err(Failure::Protocol(invalid_field(
+            return Err(Failure::Domain(invalid_field(
                 TOOL,
                 "template",
                 "give either template or stages, not both",
@@ -200,7 +200,7 @@ async fn pipeline_create(c: Coordinator, i: CreateInput, call: Call) -> Result<C
         }
         (Some(t), None) => {
             if i.dependencies.is_some() {
-                return Err(Failure::Protocol(invalid_field(
+                return Err(Failure::Domain(invalid_field(
                     TOOL,
                     "dependencies",
                     "a template brings its own dependencies; give stages to define your own",
@@ -213,7 +213,7 @@ async fn pipeline_create(c: Coordinator, i: CreateInput, call: Call) -> Result<C
             dependencies: i.dependencies.unwrap_or_default(),
         },
         (None, None) => {
-            return Err(Failure::Protocol(invalid_field(
+            return Err(Failure::Domain(invalid_field(
                 TOOL,
                 "stages",
                 "give the stages (or a template such as \"six_stage\")",
@@ -322,7 +322,7 @@ async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<Pipe
     const TOOL: &str = "pipeline_list";
     let limit = i.limit.unwrap_or(50);
     if !crate::limits::SHORT_PAGE.contains(limit) {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             TOOL,
             "limit",
             format!("{}, got {limit}", crate::limits::SHORT_PAGE.expected()),
@@ -330,7 +330,7 @@ async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<Pipe
     }
     let recent = i.recent_runs.unwrap_or(10);
     if recent > 100 {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             TOOL,
             "recent_runs",
             format!("expected 0 to 100, got {recent}"),
@@ -379,7 +379,7 @@ async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<Pipe
 
 async fn pipeline_delete(c: Coordinator, i: GetInput, call: Call) -> Result<Pipeline, Failure> {
     if i.version.is_some() {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             "pipeline_delete",
             "version",
             "a pipeline is deleted with all its versions; leave out version",

@@ -201,7 +201,7 @@ fn agent_failure(tool: &str, e: AgentError) -> Failure {
             Failure::Domain(ToolError::new(ErrorCode::Conflict, e.to_string()))
         }
         AgentError::Invalid { field, message } => {
-            Failure::Protocol(invalid_field(tool, field, message))
+            Failure::Domain(invalid_field(tool, field, message))
         }
     }
 }
@@ -219,7 +219,7 @@ fn task_failure(tool: &str, e: TaskError) -> Failure {
         }
         TaskError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
         TaskError::Invalid { field, message } => {
-            Failure::Protocol(invalid_field(tool, field, message))
+            Failure::Domain(invalid_field(tool, field, message))
         }
     }
 }
@@ -407,7 +407,7 @@ async fn task_submit(c: Coordinator, i: SubmitInput, call: Call) -> Result<Submi
             time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
                 .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
                 .map_err(|_| {
-                    Failure::Protocol(invalid_field(
+                    Failure::Domain(invalid_field(
                         "task_submit",
                         "not_before",
                         format!(
@@ -474,7 +474,7 @@ pub struct Claimed {
 async fn task_claim(c: Coordinator, i: ClaimInput, call: Call) -> Result<Claimed, Failure> {
     let max = i.max_tasks.unwrap_or(1);
     if !(1..=100).contains(&max) {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             "task_claim",
             "max_tasks",
             format!("expected 1 to 100, got {max}"),
@@ -482,7 +482,7 @@ async fn task_claim(c: Coordinator, i: ClaimInput, call: Call) -> Result<Claimed
     }
     let wait = i.wait_seconds.unwrap_or(0.0);
     if !(0.0..=MAX_WAIT_SECONDS).contains(&wait) {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             "task_claim",
             "wait_seconds",
             format!("expected 0 to {MAX_WAIT_SECONDS} seconds, got {wait}"),
@@ -620,7 +620,7 @@ async fn task_report(c: Coordinator, i: ReportInput, _call: Call) -> Result<Task
     let task_id = i.task_id.clone();
     let report = i
         .into_report()
-        .map_err(|(field, m)| Failure::Protocol(invalid_field("task_report", field, m)))?;
+        .map_err(|(field, m)| Failure::Domain(invalid_field("task_report", field, m)))?;
     c.blocking(move |c| c.tasks().report(&token, &task_id, report))
         .await?
         .map_err(|e| task_failure("task_report", e))
@@ -666,7 +666,7 @@ pub struct TaskPage {
 async fn task_list(c: Coordinator, i: TaskListInput, _call: Call) -> Result<TaskPage, Failure> {
     let limit = i.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             "task_list",
             "limit",
             format!("expected 1 to 500, got {limit}"),

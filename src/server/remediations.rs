@@ -161,7 +161,7 @@ fn failure(tool: &str, e: RemediationError) -> Failure {
                 .with_details(json!({"reason": "registry_unreachable"})),
         ),
         RemediationError::Invalid { field, message } => {
-            Failure::Protocol(invalid_field(tool, &field, message))
+            Failure::Domain(invalid_field(tool, &field, message))
         }
     }
 }
@@ -288,7 +288,7 @@ async fn remediation_list(
 ) -> Result<RemediationList, Failure> {
     let limit = i.limit.unwrap_or(20);
     if !crate::limits::SHORT_PAGE.contains(limit) {
-        return Err(Failure::Protocol(invalid_field(
+        return Err(Failure::Domain(invalid_field(
             "remediation_list",
             "limit",
             format!("{}, got {limit}", crate::limits::SHORT_PAGE.expected()),
@@ -531,7 +531,7 @@ async fn mcp_server_install(
                 None => (Scope::User, home(&c)),
             };
             let base = base.ok_or_else(|| {
-                Failure::Protocol(invalid_field(
+                Failure::Domain(invalid_field(
                     TOOL,
                     "file",
                     "no home directory is known; give `file`",
@@ -539,7 +539,7 @@ async fn mcp_server_install(
             })?;
             crate::assessment::clients::standard_path(i.client, scope, &base)
                 .ok_or_else(|| {
-                    Failure::Protocol(invalid_field(
+                    Failure::Domain(invalid_field(
                         TOOL,
                         "project",
                         format!("{} has no {} config; give `file`", i.client, scope),
@@ -557,7 +557,7 @@ async fn mcp_server_install(
     };
     c.assessments()
         .may_change(std::path::Path::new(&file))
-        .map_err(|m| Failure::Protocol(invalid_field(TOOL, field, m)))?;
+        .map_err(|m| Failure::Domain(invalid_field(TOOL, field, m)))?;
     let action = Action::InstallServer {
         file,
         server: i.server,
@@ -575,7 +575,7 @@ async fn mcp_server_remove(
 ) -> Result<Reply<RemediationResult>, Failure> {
     c.assessments()
         .may_change(std::path::Path::new(&i.file))
-        .map_err(|m| Failure::Protocol(invalid_field("mcp_server_remove", "file", m)))?;
+        .map_err(|m| Failure::Domain(invalid_field("mcp_server_remove", "file", m)))?;
     let action = Action::RemoveServer {
         file: i.file,
         server: i.server,

@@ -67,7 +67,7 @@ fn audit_failure(tool: &str, e: AuditError) -> Failure {
     match e {
         AuditError::Store(e) => Failure::Domain(store_error(e)),
         AuditError::InvalidInput { field, message } => {
-            Failure::Protocol(invalid_field(tool, field, message))
+            Failure::Domain(invalid_field(tool, field, message))
         }
         AuditError::EmptyRange { since, until } => Failure::Domain(
             ToolError::new(

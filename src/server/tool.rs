@@ -1,6 +1,6 @@
 //! How a tool is declared and called: the typed route builder (schemas from Rust types,
 //! description from `tools/<name>.md`, annotations), argument parsing that names the bad field,
-//! and the structured `{code, message, details, retryable}` error of a domain failure.
+//! and the structured `{code, message, details, retryable}` error of a failed call.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -9,8 +9,8 @@ use std::sync::Arc;
 use rmcp::ErrorData;
 use rmcp::handler::server::tool::{ToolCallContext, schema_for_input, schema_for_output};
 use rmcp::model::{
-    CallToolResponse, CallToolResult, CreateTaskResult, InputRequiredResult, JsonObject, Tool,
-    ToolAnnotations,
+    CallToolResponse, CallToolResult, ContentBlock, CreateTaskResult, InputRequiredResult,
+    JsonObject, Tool, ToolAnnotations,
 };
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
@@ -26,6 +26,9 @@ use crate::limits;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
+    /// An argument is missing, unknown, of the wrong type or out of bounds: `details.field`
+    /// names it and the message says what was expected. Correct the call and send it again.
+    InvalidArgument,
     /// The request is well-formed but asks for something impossible (an empty time range).
     InvalidRequest,
     /// The thing named does not exist.
@@ -54,8 +57,8 @@ pub enum ErrorCode {
     Internal,
 }
 
-/// A domain failure, returned as a tool result with `isError: true` and this object as its
-/// structured content.
+/// A failed call the model can act on (a domain failure, or an argument to correct), returned
+/// as a tool result with `isError: true` and this object as its structured content.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct ToolError {
     pub code: ErrorCode,
@@ -95,16 +98,29 @@ impl ToolError {
         self
     }
 
-    fn into_result(self) -> CallToolResult {
+    /// The tool result carrying this error: the object as structured content, and as text
+    /// the same JSON, or for an argument error its message alone.
+    pub(super) fn into_result(self) -> CallToolResult {
         let value = serde_json::to_value(&self).unwrap_or_else(|_| json!({"code": "internal"}));
-        CallToolResult::structured_error(value)
+        let mut result = CallToolResult::structured_error(value);
+        // The message names the field and what was expected, all a model needs to correct
+        // the call; other errors keep the whole object as text, as their details (an approval
+        // id, the command a person runs) are not always in the message.
+        if self.code == ErrorCode::InvalidArgument {
+            result.content = vec![ContentBlock::text(self.message)];
+        }
+        result
     }
 }
 
-/// The outcome of a tool handler: a typed result, a domain failure, or a protocol error
-/// (arguments that are valid JSON but not acceptable values, reported as JSON-RPC errors).
+/// Why a tool handler did not produce its result.
 pub enum Failure {
+    /// A domain failure or a refused argument: a tool result with `isError: true`, which the
+    /// model sees and can act on.
     Domain(ToolError),
+    /// A request field that is not a tool argument does not hold (a replayed or altered
+    /// `requestState`, `inputResponses` without the answer): a JSON-RPC error, since the
+    /// client sent it and the model cannot correct it.
     Protocol(ErrorData),
 }
 
@@ -114,12 +130,13 @@ impl From<ToolError> for Failure {
     }
 }
 
-/// A JSON-RPC invalid-params error naming the field and what was expected.
-pub fn invalid_field(tool: &str, field: &str, expected: impl std::fmt::Display) -> ErrorData {
-    ErrorData::invalid_params(
+/// An `invalid_argument` error naming the field and what was expected.
+pub fn invalid_field(tool: &str, field: &str, expected: impl std::fmt::Display) -> ToolError {
+    ToolError::new(
+        ErrorCode::InvalidArgument,
         format!("{tool}: invalid argument `{field}`: {expected}"),
-        Some(json!({"tool": tool, "field": field})),
     )
+    .with_details(json!({"tool": tool, "field": field}))
 }
 
 /// Static facts about a tool.
@@ -252,23 +269,33 @@ where
         let sizes = coordinator.settings().config.limits;
         let schema = schema.clone();
         Box::pin(async move {
+            // Refused arguments are results the model sees and corrects (MCP 2025-11-25), not
+            // JSON-RPC errors.
             if let Some(args) = &arguments {
                 let schema = schema.get_or_init(input_schema::<In>);
-                limits::check_arguments(args, schema, sizes.max_payload())
-                    .map_err(|e| invalid_field(name, &e.field, e.message))?;
-            }
-            let input: In = parse_arguments(name, arguments)?;
-            match handler(coordinator, input, call).await {
-                Ok(Reply::Done(out)) => {
-                    let mut value = serde_json::to_value(out).map_err(|e| {
-                        ErrorData::internal_error(
-                            format!("{name}: cannot encode result: {e}"),
-                            None,
-                        )
-                    })?;
-                    fit_result::<Out>(name, &mut value, sizes.response_budget());
-                    Ok(CallToolResult::structured(value).into())
+                if let Err(e) = limits::check_arguments(args, schema, sizes.max_payload()) {
+                    return Ok(invalid_field(name, &e.field, e.message)
+                        .into_result()
+                        .into());
                 }
+            }
+            let input: In = match parse_arguments(name, arguments) {
+                Ok(input) => input,
+                Err(e) => return Ok(e.into_result().into()),
+            };
+            match handler(coordinator, input, call).await {
+                Ok(Reply::Done(out)) => match serde_json::to_value(out) {
+                    Ok(mut value) => {
+                        fit_result::<Out>(name, &mut value, sizes.response_budget());
+                        Ok(CallToolResult::structured(value).into())
+                    }
+                    Err(e) => Ok(ToolError::new(
+                        ErrorCode::Internal,
+                        format!("{name}: cannot encode result: {e}"),
+                    )
+                    .into_result()
+                    .into()),
+                },
                 Ok(Reply::InputRequired(r)) => Ok(r.into()),
                 Ok(Reply::Task(t)) => Ok(CallToolResponse::Task(t)),
                 Err(Failure::Domain(e)) => Ok(e.into_result().into()),
@@ -432,24 +459,38 @@ fn portable_schema(schema: &JsonObject) -> Arc<JsonObject> {
 pub fn parse_arguments<T: DeserializeOwned>(
     tool: &str,
     arguments: Option<JsonObject>,
-) -> Result<T, ErrorData> {
+) -> Result<T, ToolError> {
     let value = Value::Object(arguments.unwrap_or_default());
     serde_path_to_error::deserialize::<_, T>(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
         // serde names missing and unknown fields in its message; for type errors the path is
-        // the only place the field appears.
-        let field = if path == "." { None } else { Some(path) };
-        let message = match &field {
+        // the only place the field appears. `details.field` is the field's whole path.
+        let at = if path == "." { None } else { Some(path) };
+        let message = match &at {
             Some(f) => format!("{tool}: invalid argument `{f}`: {inner}"),
             None => format!("{tool}: invalid arguments: {inner}"),
         };
-        ErrorData::invalid_params(message, Some(json!({"tool": tool, "field": field})))
+        let field = match (missing_field(&inner), at) {
+            (Some(name), Some(at)) => Some(format!("{at}.{name}")),
+            (Some(name), None) => Some(name.to_string()),
+            (None, at) => at,
+        };
+        ToolError::new(ErrorCode::InvalidArgument, message)
+            .with_details(json!({"tool": tool, "field": field}))
     })
+}
+
+/// The field serde names in a missing-field message, which the path does not reach (it stops
+/// at the object that lacks the field).
+fn missing_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("missing field `")?;
+    rest.split_once('`').map(|(name, _)| name)
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[derive(Debug, Deserialize)]
@@ -471,20 +512,50 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let e = parse_arguments::<Args>("t", obj(json!({"limit": "ten"}))).err();
-        let msg = e.map(|e| e.message.to_string()).unwrap_or_default();
+        // The message and `details.field` of a refused argument.
+        let refused = |args: Value| {
+            let e = parse_arguments::<Args>("t", obj(args)).err().unwrap();
+            assert_eq!(e.code, ErrorCode::InvalidArgument);
+            assert!(!e.retryable);
+            assert_eq!(e.details["tool"], "t");
+            (
+                e.message,
+                e.details["field"].as_str().unwrap_or("").to_string(),
+            )
+        };
+        let (msg, field) = refused(json!({"limit": "ten"}));
         assert!(
             msg.contains("`limit`") && msg.contains("expected u32"),
             "{msg}"
         );
-        let e = parse_arguments::<Args>("t", obj(json!({"limit": 1, "nested": {"n": 300}}))).err();
-        let msg = e.map(|e| e.message.to_string()).unwrap_or_default();
+        assert_eq!(field, "limit");
+        let (msg, field) = refused(json!({"limit": 1, "nested": {"n": 300}}));
         assert!(msg.contains("nested.n"), "{msg}");
-        let e = parse_arguments::<Args>("t", obj(json!({}))).err();
-        let msg = e.map(|e| e.message.to_string()).unwrap_or_default();
+        assert_eq!(field, "nested.n");
+        let (msg, field) = refused(json!({}));
         assert!(msg.contains("missing field `limit`"), "{msg}");
-        let e = parse_arguments::<Args>("t", obj(json!({"limit": 1, "limt": 2}))).err();
-        let msg = e.map(|e| e.message.to_string()).unwrap_or_default();
+        assert_eq!(field, "limit");
+        let (msg, field) = refused(json!({"limit": 1, "limt": 2}));
         assert!(msg.contains("unknown field `limt`"), "{msg}");
+        assert_eq!(field, "limt");
+        let (msg, field) = refused(json!({"limit": 1, "nested": {}}));
+        assert!(msg.contains("missing field `n`"), "{msg}");
+        assert_eq!(field, "nested.n");
+    }
+
+    #[test]
+    fn an_argument_error_reads_as_its_message() {
+        let r = invalid_field("t", "limit", "expected 1 to 5, got 9").into_result();
+        assert_eq!(r.is_error, Some(true));
+        let s = r.structured_content.clone().unwrap();
+        assert_eq!(s["code"], "invalid_argument");
+        assert_eq!(s["retryable"], false);
+        assert_eq!(s["details"], json!({"tool": "t", "field": "limit"}));
+        let text: Vec<_> = r.content.iter().filter_map(|c| c.as_text()).collect();
+        assert_eq!(text.len(), 1);
+        assert_eq!(
+            text[0].text,
+            "t: invalid argument `limit`: expected 1 to 5, got 9"
+        );
     }
 }

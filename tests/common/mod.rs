@@ -112,6 +112,49 @@ pub async fn call_ok(client: &Peer<RoleClient>, tool: &str, args: Value) -> Valu
         .unwrap_or_else(|| panic!("{tool} returned no structured content"))
 }
 
+/// A call refused for one of its arguments: a tool result (not a JSON-RPC error) with
+/// `isError: true`, structured content `{code: "invalid_argument", message, details: {tool,
+/// field}, retryable: false}` and the message as its text. Returns the field and the message.
+pub fn invalid_argument(tool: &str, r: Result<CallToolResult, ServiceError>) -> (String, String) {
+    let r = r.unwrap_or_else(|e| {
+        panic!("{tool}: expected an invalid_argument result, got a protocol error: {e}")
+    });
+    invalid_argument_result(tool, &serde_json::to_value(&r).unwrap())
+}
+
+/// [`invalid_argument`] of a raw JSON-RPC response.
+pub fn raw_invalid_argument(tool: &str, response: &Value) -> (String, String) {
+    assert!(
+        response.get("error").is_none(),
+        "{tool}: expected an invalid_argument result, got a protocol error: {response:#}"
+    );
+    invalid_argument_result(tool, &response["result"])
+}
+
+fn invalid_argument_result(tool: &str, result: &Value) -> (String, String) {
+    assert_eq!(result["isError"], true, "{tool}: {result:#}");
+    let s = &result["structuredContent"];
+    assert_eq!(s["code"], "invalid_argument", "{tool}: {result:#}");
+    assert_eq!(s["retryable"], false, "{tool}: {result:#}");
+    assert_eq!(s["details"]["tool"], tool, "{tool}: {result:#}");
+    let message = s["message"].as_str().unwrap().to_string();
+    assert_eq!(
+        result["content"],
+        serde_json::json!([{"type": "text", "text": message}]),
+        "{tool}: the text is the message: {result:#}"
+    );
+    let field = s["details"]["field"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{tool}: no details.field: {result:#}"))
+        .to_string();
+    let last = field.rsplit(['.', '[']).next().unwrap();
+    assert!(
+        message.contains(last),
+        "{tool}: the message names the field `{field}`: {message}"
+    );
+    (field, message)
+}
+
 /// A temporary data directory.
 pub fn data_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")

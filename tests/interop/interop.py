@@ -6,7 +6,8 @@ Usage: interop.py --binary PATH --data-dir DIR
 For each protocol era the SDK can speak, a fresh server process is started over
 stdio (with its own data directory under DIR) and checked end to end: the
 negotiated version, the tool listing, structured results against the declared
-output schemas, protocol errors, domain errors, the audit trail those calls
+output schemas, a refused argument as an isError result naming the field, an
+unknown tool as a protocol error, domain errors, the audit trail those calls
 left, and the audit chain's verification. A short third run checks that the
 SDK's default `mode="auto"` picks the stateless era.
 
@@ -112,6 +113,36 @@ async def expect_protocol_error(
         False,
         f"expected a JSON-RPC error, got a result: isError={result.is_error}, "
         f"structuredContent={result.structured_content!r}",
+    )
+
+
+async def expect_invalid_argument(
+    r: Report, label: str, client: Client, name: str, arguments: dict[str, Any], field: str
+) -> None:
+    """The call is refused as a tool result the model can read: isError, code invalid_argument,
+    details.field naming `field`, and the message (naming it too) as the text."""
+    try:
+        result = await client.call_tool(name, arguments)
+    except MCPError as exc:
+        r.check(label, False, f"expected an isError result, got a JSON-RPC error: code {exc.code}, message {exc.message!r}")
+        return
+    sc = result.structured_content
+    details = sc.get("details") if isinstance(sc, dict) else None
+    message = sc.get("message") if isinstance(sc, dict) else None
+    texts = [block.text for block in result.content if isinstance(block, types.TextContent)]
+    r.check(
+        label,
+        result.is_error is True
+        and isinstance(sc, dict)
+        and sc.get("code") == "invalid_argument"
+        and sc.get("retryable") is False
+        and isinstance(details, dict)
+        and details.get("tool") == name
+        and details.get("field") == field
+        and isinstance(message, str)
+        and f"`{field}`" in message
+        and texts == [message],
+        f"isError={result.is_error}, structuredContent={sc!r}, text={texts!r}",
     )
 
 
@@ -253,16 +284,19 @@ async def run_era(r: Report, binary: str, data_dir: Path, mode: str) -> None:
             )
         check_structured(r, f"{p} audit_verify", listed.get("audit_verify"), await client.call_tool("audit_verify"))
 
-        # 4. Protocol errors: wrong argument type, unknown tool.
-        await expect_protocol_error(
+        # 4. A wrong argument is a result the model sees and corrects (MCP 2025-11-25); an unknown
+        # tool is a protocol error.
+        await expect_invalid_argument(
             r,
-            f'{p} audit_query limit="ten": JSON-RPC error naming limit',
+            f'{p} audit_query limit="ten": isError result invalid_argument naming limit',
             client,
             "audit_query",
             {"limit": "ten"},
             "limit",
         )
-        await expect_protocol_error(r, f"{p} unknown tool: JSON-RPC error", client, UNKNOWN_TOOL, {}, UNKNOWN_TOOL)
+        await expect_protocol_error(
+            r, f"{p} unknown tool: JSON-RPC error {INVALID_PARAMS}", client, UNKNOWN_TOOL, {}, UNKNOWN_TOOL
+        )
 
         # 5. A domain failure is a normal result with isError and a structured error.
         since, until = "2030-01-01T00:00:00Z", "2020-01-01T00:00:00Z"
