@@ -218,12 +218,12 @@ async fn enabling_a_toolset_lists_its_tools_and_disabling_refuses_them() {
             (json!({"enable": "agent"}), "enable"),
             (json!({"enable": "agents", "disable": "system"}), "disable"),
         ] {
-            let e = call(&peer, "toolsets", args.clone()).await;
-            let text = format!("{e:?}");
-            assert!(text.contains(field), "{args}: {text}");
+            let (named, message) =
+                common::invalid_argument("toolsets", call(&peer, "toolsets", args.clone()).await);
+            assert_eq!(named, field, "{args}: {message}");
             assert!(
-                text.contains("unknown toolset") || text.contains("not both"),
-                "{args}: {text}"
+                message.contains("unknown toolset") || message.contains("not both"),
+                "{args}: {message}"
             );
         }
         let e = call_ok(&peer, "toolsets", json!({})).await;

@@ -395,9 +395,10 @@ impl Action {
 pub enum Outcome {
     /// It succeeded.
     Ok,
-    /// A domain failure (the tool returned `isError`).
+    /// A domain failure (the tool returned `isError` with any code but `invalid_argument`).
     Error,
-    /// Refused before it ran: unknown tool or arguments that do not match the schema.
+    /// Refused before it ran: an unknown tool, or an argument the tool refused
+    /// (`invalid_argument`).
     Invalid,
 }
 

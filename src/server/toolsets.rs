@@ -181,11 +181,12 @@ async fn toolsets(
 ) -> Result<ToolsetsOutput, Failure> {
     let change = match (input.enable, input.disable) {
         (Some(_), Some(_)) => {
-            return Err(Failure::Protocol(invalid_field(
+            return Err(invalid_field(
                 TOOL,
                 "disable",
                 "give `enable` or `disable`, not both (one toolset per call)",
-            )));
+            )
+            .into());
         }
         (Some(name), None) => Some((parse(&c, "enable", &name)?, true)),
         (None, Some(name)) => Some((parse(&c, "disable", &name)?, false)),
@@ -262,14 +263,15 @@ fn parse(c: &Coordinator, field: &str, name: &str) -> Result<Name, Failure> {
         .chain(&[Toolset::Children, Toolset::All])
         .map(|t| t.as_str())
         .collect();
-    Err(Failure::Protocol(invalid_field(
+    Err(invalid_field(
         TOOL,
         field,
         format!(
             "unknown toolset {name:?}; expected one of {}, or child:<instance>",
             known.join(", ")
         ),
-    )))
+    )
+    .into())
 }
 
 /// Every toolset with its state, built-in ones first, then the running children's.
