@@ -115,6 +115,7 @@ pub struct ConfigListInput {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ConfigList {
     /// Where it looked.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub home: Option<String>,
     pub projects: Vec<String>,
     /// Every config file found, with its servers (secret values never shown).

@@ -464,10 +464,12 @@ pub struct ClaimInput {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Claimed {
     /// The (first) leased task, or null.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<Task>,
     /// Every task leased by this claim (one unless `max_tasks` asked for more).
     pub tasks: Vec<Task>,
     /// Why there is no task, when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<NoTask>,
 }
 
