@@ -103,6 +103,7 @@ string_enum!(
 pub struct Resources {
     /// CPU cores.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub cpu: Option<f64>,
     /// Memory in MB.
     #[serde(skip_serializing_if = "Option::is_none")]

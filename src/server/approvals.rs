@@ -192,11 +192,11 @@ async fn approval_list(
     _call: Call,
 ) -> Result<ApprovalPage, Failure> {
     let limit = input.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
+    if !crate::limits::SHORT_PAGE.contains(limit) {
         return Err(Failure::Protocol(invalid_field(
             "approval_list",
             "limit",
-            format!("expected 1 to 200, got {limit}"),
+            format!("{}, got {limit}", crate::limits::SHORT_PAGE.expected()),
         )));
     }
     let filter = ListFilter {

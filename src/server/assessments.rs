@@ -162,6 +162,7 @@ pub struct RequestInput {
     #[serde(default)]
     pub target: Target,
     /// Wait up to this many seconds for the result (default 30; 0 returns the id at once).
+    #[schemars(range(min = crate::limits::ASSESSMENT_WAIT_SECONDS.min, max = crate::limits::ASSESSMENT_WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 

@@ -284,6 +284,7 @@ pub struct ListInput {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// How many recent runs to include (0 to 100, default 10).
+    #[schemars(range(min = crate::limits::RECENT_RUNS.min, max = crate::limits::RECENT_RUNS.max))]
     pub recent_runs: Option<u32>,
 }
 
@@ -329,11 +330,11 @@ async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<Pipe
         )));
     }
     let recent = i.recent_runs.unwrap_or(10);
-    if recent > 100 {
+    if !crate::limits::RECENT_RUNS.contains(recent) {
         return Err(Failure::Protocol(invalid_field(
             TOOL,
             "recent_runs",
-            format!("expected 0 to 100, got {recent}"),
+            format!("{}, got {recent}", crate::limits::RECENT_RUNS.expected()),
         )));
     }
     let (pipelines, next_cursor, runs) = c
@@ -399,6 +400,7 @@ pub struct RunInput {
     pub pipeline: String,
     /// The definition version to run (default: the latest). The run keeps it even if the
     /// pipeline gets new versions meanwhile.
+    #[schemars(range(min = 1))]
     pub version: Option<i64>,
     /// Input data every stage receives (a JSON object).
     #[serde(default)]
@@ -414,6 +416,7 @@ pub struct RunInput {
     /// Wait up to this many seconds for the run to end, with progress notifications
     /// (default 0: return the run id at once). On initialize-era clients that support
     /// elicitation, approval stages are asked about while waiting.
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
     /// If the client cancels this call while it waits, also cancel the run (default false:
     /// only the wait ends and the run goes on).
@@ -579,6 +582,7 @@ pub struct RunGetInput {
     pub run_id: String,
     /// Wait up to this many seconds for the run to end, with progress notifications
     /// (default 0: answer at once).
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 

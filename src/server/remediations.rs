@@ -322,6 +322,7 @@ pub struct ReviewInput {
     pub remediation_id: String,
     /// When the person cannot be asked in this client: seconds to wait for a decision made at
     /// the CLI (0 to 3600, default 0).
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 
@@ -493,6 +494,7 @@ pub struct InstallInput {
     #[serde(default = "yes")]
     pub review: bool,
     /// As in remediation_review.
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 
@@ -510,6 +512,8 @@ pub struct RemoveInput {
     /// Ask the person right away (default true); false only records the proposal.
     #[serde(default = "yes")]
     pub review: bool,
+    /// As in remediation_review.
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 

@@ -1005,7 +1005,17 @@ impl TaskService {
                 ),
             });
         }
-        let before = now_ms() - (retention_seconds as i64).saturating_mul(1000);
+        // A larger value wrapped to a negative one and purged every finished task.
+        if !limits::PURGE_RETENTION_SECONDS.contains(retention_seconds) {
+            return Err(TaskError::Invalid {
+                field: "retention_seconds",
+                message: format!(
+                    "{}, got {retention_seconds}",
+                    limits::PURGE_RETENTION_SECONDS.expected()
+                ),
+            });
+        }
+        let before = now_ms() - (retention_seconds as i64) * 1000;
         let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         self.store().write(|tx| {
             let n = sql::purge(tx, &names, before)?;
