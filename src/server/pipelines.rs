@@ -265,7 +265,16 @@ pub struct GetInput {
     /// The pipeline's id or name.
     pub pipeline: String,
     /// A version (default: the latest).
+    #[schemars(range(min = 1))]
     pub version: Option<i64>,
+}
+
+/// Arguments of `pipeline_delete`: a pipeline goes with all its versions.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteInput {
+    /// The pipeline's id or name.
+    pub pipeline: String,
 }
 
 async fn pipeline_get(c: Coordinator, i: GetInput, _call: Call) -> Result<Pipeline, Failure> {
@@ -378,14 +387,7 @@ async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<Pipe
     })
 }
 
-async fn pipeline_delete(c: Coordinator, i: GetInput, call: Call) -> Result<Pipeline, Failure> {
-    if i.version.is_some() {
-        return Err(Failure::Protocol(invalid_field(
-            "pipeline_delete",
-            "version",
-            "a pipeline is deleted with all its versions; leave out version",
-        )));
-    }
+async fn pipeline_delete(c: Coordinator, i: DeleteInput, call: Call) -> Result<Pipeline, Failure> {
     let actor = call.actor.clone();
     c.blocking(move |c| c.pipelines().delete(&i.pipeline, &actor))
         .await?
