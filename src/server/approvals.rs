@@ -64,15 +64,17 @@ pub fn routes() -> Vec<Route> {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalRequestInput {
-    /// Ask again about (or wait for) an approval that already exists.
+    /// Ask again about (or wait for) an approval that already exists; then leave out
+    /// `summary`, `action` and `risk`.
     pub approval_id: Option<String>,
-    /// One line a person reads: what will happen and why.
+    /// Required for a new approval: one line a person reads, what will happen and why.
     #[schemars(length(max = crate::limits::SUMMARY_CHARS))]
     pub summary: Option<String>,
-    /// Exactly what will be done, as a JSON object. The person sees it verbatim, and the
-    /// approval covers this action and nothing else.
+    /// Required for a new approval: exactly what will be done, as a JSON object. The person
+    /// sees it verbatim, and the approval covers this action and nothing else.
     pub action: Option<serde_json::Map<String, Value>>,
-    /// How much could go wrong. By default `critical` can only be approved from the CLI.
+    /// Required for a new approval: how much could go wrong (`low` easily undone, `medium`,
+    /// `high` hard to undo, `critical` irreversible: by default only the CLI approves it).
     pub risk: Option<Risk>,
     /// What the action is about (a file, a server name, an id), for filtering; optional.
     #[schemars(length(max = crate::limits::SUBJECT_CHARS))]

@@ -155,7 +155,8 @@ async fn mcp_config_list(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestInput {
-    /// `security`, `compliance` or `health`.
+    /// `security` (secrets, unpinned packages, dangerous launches), `compliance` (the policy
+    /// file's rules) or `health` (files that do not parse, commands not found).
     #[serde(rename = "type")]
     pub kind: AssessmentType,
     /// What to assess (default: every config found).

@@ -167,7 +167,7 @@ pub struct CreateInput {
     /// Start from a built-in definition instead of giving `stages` (`pipeline_list` shows
     /// the templates).
     pub template: Option<Template>,
-    /// The stages (at least one; names unique).
+    /// The stages (at least one; names unique). Required unless `template` is given.
     pub stages: Option<Vec<StageDef>>,
     /// `from` runs before `to`; stages with no path between them run in parallel.
     #[serde(default)]

@@ -173,10 +173,11 @@ pub struct ProposeInput {
     /// One line for the person (default: made from the actions).
     #[schemars(length(max = crate::limits::SUMMARY_CHARS))]
     pub summary: Option<String>,
-    /// Explicit actions (each names its `file` and `server`).
+    /// Explicit actions (each names its `file` and `server`). Give `actions`,
+    /// `assessment_id`, or both.
     #[serde(default)]
     pub actions: Vec<Action>,
-    /// Also take the suggested actions of this assessment's findings.
+    /// Take the suggested actions of this assessment's findings (with `actions`, too).
     pub assessment_id: Option<String>,
     /// With `assessment_id`: only findings at or above this severity (default: the policy's
     /// `severity_threshold`, medium).
@@ -473,8 +474,7 @@ fn decided_by(approval: &Approval) -> String {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallInput {
-    /// The client whose config to change (`claude_desktop`, `claude_code`, `vscode`,
-    /// `cursor`, `kilo_code`, `windsurf`, `gemini_cli`).
+    /// The client whose config to change.
     pub client: Client,
     /// The config file (default: the client's standard file, in `project` when given, else the
     /// user's).

@@ -233,7 +233,8 @@ pub struct AuditQueryInput {
     pub action: Option<String>,
     /// On what: a tool name, an id, or a prefix such as `audit_*`.
     pub subject: Option<String>,
-    /// How it ended.
+    /// How it ended: `ok`, `error` (the tool returned an error) or `invalid` (refused before
+    /// it ran).
     pub outcome: Option<Outcome>,
     /// Events per page, 1 to 500 (default 50).
     #[schemars(range(min = crate::limits::PAGE.min, max = crate::limits::PAGE.max))]

@@ -82,9 +82,11 @@ string_enum!(
     Priority {
         /// Before everything else.
         Urgent => "urgent",
+        /// Before normal and low.
         High => "high",
         /// The default.
         Normal => "normal",
+        /// After everything else.
         Low => "low",
     }
 );
