@@ -1,0 +1,250 @@
+//! What a client pays for the tool list, over the real binary in both protocol eras: the full
+//! `tools/list` stays within its byte budget, and every schema in it is portable: no type
+//! arrays, closed sets as plain string enums, no `$ref`s, and input schemas whose root is a
+//! plain object (a root `anyOf`/`oneOf`/`allOf` makes Claude's API refuse the whole tool list).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use common::{ERAS, Era};
+use serde_json::{Value, json};
+
+/// The arguments that make a server list every tool (once tools come in toolsets, add the
+/// flag that enables them all here).
+const FULL_SET_ARGS: &[&str] = &[];
+/// How many tools the full set has.
+const FULL_SET_TOOLS: usize = 47;
+/// The most `tools/list` may weigh with every tool enabled: about 25,000 tokens.
+const FULL_SET_MAX_BYTES: usize = 100_000;
+
+/// A server spoken to with raw JSON-RPC lines, so the test measures the bytes it writes.
+struct Raw {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    era: Era,
+    next_id: u64,
+}
+
+impl Raw {
+    fn start(dir: &std::path::Path, extra: &[&str], era: Era) -> Raw {
+        let mut child = Command::new(common::BIN)
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--log-level", "error"])
+            .args(extra)
+            .env_remove("MCP_COORDINATOR_CONFIG")
+            .env_remove("MCP_COORDINATOR_DB")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn mcp-coordinator");
+        let stdin = child.stdin.take().unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut raw = Raw {
+            child,
+            stdin,
+            lines,
+            era,
+            next_id: 1,
+        };
+        if era == Era::Legacy {
+            let init = raw.request(
+                "initialize",
+                json!({"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "surface", "version": "1"}}),
+            );
+            assert!(init.contains("\"result\""), "{init}");
+            raw.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        }
+        raw
+    }
+
+    fn send(&mut self, msg: &Value) {
+        writeln!(self.stdin, "{msg}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// Sends a request (with the 2026-07-28 request metadata in that era) and returns the
+    /// response line exactly as the server wrote it.
+    fn request(&mut self, method: &str, mut params: Value) -> String {
+        if self.era == Era::Stateless {
+            params["_meta"] = json!({
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientInfo": {"name": "surface", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {}
+            });
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        loop {
+            let line = self.lines.next().expect("server closed stdout").unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == id {
+                return line;
+            }
+        }
+    }
+
+    /// Every page of `tools/list`: the tools, and the bytes of the response lines.
+    fn list_tools(&mut self) -> (Vec<Value>, usize) {
+        let (mut tools, mut bytes) = (Vec::new(), 0);
+        let mut params = json!({});
+        loop {
+            let line = self.request("tools/list", params);
+            bytes += line.len();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            let result = &v["result"];
+            tools.extend(
+                result["tools"]
+                    .as_array()
+                    .expect("a tool list")
+                    .iter()
+                    .cloned(),
+            );
+            match result.get("nextCursor").and_then(Value::as_str) {
+                Some(cursor) => params = json!({"cursor": cursor}),
+                None => return (tools, bytes),
+            }
+        }
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn compact_len(v: &Value) -> usize {
+    serde_json::to_string(v).unwrap().len()
+}
+
+/// Per tool: (name, whole definition, input schema, output schema, description) in bytes,
+/// largest first, for the message of a failed size check.
+fn size_table(tools: &[Value]) -> String {
+    let mut rows: Vec<(usize, usize, usize, usize, &str)> = tools
+        .iter()
+        .map(|t| {
+            (
+                compact_len(t),
+                compact_len(&t["inputSchema"]),
+                compact_len(&t["outputSchema"]),
+                t["description"].as_str().map_or(0, str::len),
+                t["name"].as_str().unwrap_or("?"),
+            )
+        })
+        .collect();
+    rows.sort_unstable_by(|a, b| b.cmp(a));
+    let mut out = String::from("tool: total / input schema / output schema / description\n");
+    for (total, input, output, desc, name) in rows.iter().take(15) {
+        out.push_str(&format!("{name}: {total} / {input} / {output} / {desc}\n"));
+    }
+    let sum =
+        |f: fn(&(usize, usize, usize, usize, &str)) -> usize| -> usize { rows.iter().map(f).sum() };
+    out.push_str(&format!(
+        "all {} tools: input schemas {}, output schemas {}, descriptions {}",
+        rows.len(),
+        sum(|r| r.1),
+        sum(|r| r.2),
+        sum(|r| r.3)
+    ));
+    out
+}
+
+/// What makes a schema unportable, as `path: problem` lines.
+fn portability_problems(schema: &Value, path: &str, out: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            if map.get("type").is_some_and(Value::is_array) {
+                out.push(format!("{path}: type array {}", map["type"]));
+            }
+            if map.contains_key("$ref") {
+                out.push(format!("{path}: $ref {}", map["$ref"]));
+            }
+            for key in ["oneOf", "anyOf"] {
+                let Some(branches) = map.get(key).and_then(Value::as_array) else {
+                    continue;
+                };
+                if branches.iter().all(|b| b.get("const").is_some()) {
+                    out.push(format!(
+                        "{path}: a closed set as {key} of consts, not a plain enum"
+                    ));
+                }
+                if branches
+                    .iter()
+                    .any(|b| b.get("type") == Some(&json!("null")))
+                {
+                    out.push(format!("{path}: {key} with a null branch"));
+                }
+            }
+            for (k, v) in map {
+                portability_problems(v, &format!("{path}/{k}"), out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                portability_problems(v, &format!("{path}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn the_full_tool_list_fits_its_byte_budget_in_both_eras() {
+    for era in ERAS {
+        let dir = common::data_dir();
+        let mut server = Raw::start(dir.path(), FULL_SET_ARGS, era);
+        let (tools, bytes) = server.list_tools();
+        assert_eq!(
+            tools.len(),
+            FULL_SET_TOOLS,
+            "{era:?}: tools {:?}",
+            tools.iter().map(|t| &t["name"]).collect::<Vec<_>>()
+        );
+        assert!(
+            bytes <= FULL_SET_MAX_BYTES,
+            "{era:?}: tools/list is {bytes} bytes, over {FULL_SET_MAX_BYTES}\n{}",
+            size_table(&tools)
+        );
+    }
+}
+
+#[test]
+fn every_schema_in_the_tool_list_is_portable_in_both_eras() {
+    for era in ERAS {
+        let dir = common::data_dir();
+        let mut server = Raw::start(dir.path(), FULL_SET_ARGS, era);
+        let (tools, _) = server.list_tools();
+        assert!(!tools.is_empty());
+        let mut problems = Vec::new();
+        for tool in &tools {
+            let name = tool["name"].as_str().unwrap();
+            for (key, schema) in [
+                ("inputSchema", &tool["inputSchema"]),
+                ("outputSchema", &tool["outputSchema"]),
+            ] {
+                assert_eq!(schema["type"], "object", "{era:?}: {name} {key}: {schema}");
+                portability_problems(schema, &format!("{name}/{key}"), &mut problems);
+            }
+            for key in ["anyOf", "oneOf", "allOf", "not", "if"] {
+                if tool["inputSchema"].get(key).is_some() {
+                    problems.push(format!("{name}/inputSchema: `{key}` at the root"));
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "{era:?}: {} problems:\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
+    }
+}
