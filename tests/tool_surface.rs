@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Lines, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-
-use common::{ERAS, Era};
+use common::{ERAS, Era, RawServer};
 use serde_json::{Value, json};
 
 /// The arguments that make a server list every tool (once tools come in toolsets, add the
@@ -20,105 +17,44 @@ const FULL_SET_TOOLS: usize = 47;
 /// The most `tools/list` may weigh with every tool enabled: about 25,000 tokens.
 const FULL_SET_MAX_BYTES: usize = 100_000;
 
-/// A server spoken to with raw JSON-RPC lines, so the test measures the bytes it writes.
-struct Raw {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Lines<BufReader<ChildStdout>>,
-    era: Era,
-    next_id: u64,
-}
-
-impl Raw {
-    fn start(dir: &std::path::Path, extra: &[&str], era: Era) -> Raw {
-        let mut child = Command::new(common::BIN)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--log-level", "error"])
-            .args(extra)
-            .env_remove("MCP_COORDINATOR_CONFIG")
-            .env_remove("MCP_COORDINATOR_DB")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mcp-coordinator");
-        let stdin = child.stdin.take().unwrap();
-        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut raw = Raw {
-            child,
-            stdin,
-            lines,
-            era,
-            next_id: 1,
-        };
-        if era == Era::Legacy {
-            let init = raw.request(
+/// Every page of the `tools/list` a new server (started with `args`) answers to a client of
+/// `era`: the tools, and the bytes of the response lines as the server wrote them.
+fn list_tools(dir: &std::path::Path, args: &[&str], era: Era) -> (Vec<Value>, usize) {
+    let mut server = RawServer::spawn_with(dir, args);
+    let meta = match era {
+        Era::Legacy => {
+            let init = server.request(
                 "initialize",
                 json!({"protocolVersion": "2025-11-25", "capabilities": {},
                        "clientInfo": {"name": "surface", "version": "1"}}),
             );
-            assert!(init.contains("\"result\""), "{init}");
-            raw.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+            assert!(init.get("result").is_some(), "{init}");
+            server.notify("notifications/initialized", json!({}));
+            None
         }
-        raw
-    }
-
-    fn send(&mut self, msg: &Value) {
-        writeln!(self.stdin, "{msg}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// Sends a request (with the 2026-07-28 request metadata in that era) and returns the
-    /// response line exactly as the server wrote it.
-    fn request(&mut self, method: &str, mut params: Value) -> String {
-        if self.era == Era::Stateless {
-            params["_meta"] = json!({
-                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                "io.modelcontextprotocol/clientInfo": {"name": "surface", "version": "1"},
-                "io.modelcontextprotocol/clientCapabilities": {}
-            });
+        Era::Stateless => Some(RawServer::meta(false)),
+    };
+    let (mut tools, mut bytes) = (Vec::new(), 0);
+    let mut params = json!({});
+    loop {
+        if let Some(meta) = &meta {
+            params["_meta"] = meta.clone();
         }
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        loop {
-            let line = self.lines.next().expect("server closed stdout").unwrap();
-            let v: Value = serde_json::from_str(&line).unwrap();
-            if v["id"] == id {
-                return line;
-            }
+        let line = server.request_line("tools/list", params);
+        bytes += line.len();
+        let v: Value = serde_json::from_str(&line).unwrap();
+        let result = &v["result"];
+        tools.extend(
+            result["tools"]
+                .as_array()
+                .expect("a tool list")
+                .iter()
+                .cloned(),
+        );
+        match result.get("nextCursor").and_then(Value::as_str) {
+            Some(cursor) => params = json!({"cursor": cursor}),
+            None => return (tools, bytes),
         }
-    }
-
-    /// Every page of `tools/list`: the tools, and the bytes of the response lines.
-    fn list_tools(&mut self) -> (Vec<Value>, usize) {
-        let (mut tools, mut bytes) = (Vec::new(), 0);
-        let mut params = json!({});
-        loop {
-            let line = self.request("tools/list", params);
-            bytes += line.len();
-            let v: Value = serde_json::from_str(&line).unwrap();
-            let result = &v["result"];
-            tools.extend(
-                result["tools"]
-                    .as_array()
-                    .expect("a tool list")
-                    .iter()
-                    .cloned(),
-            );
-            match result.get("nextCursor").and_then(Value::as_str) {
-                Some(cursor) => params = json!({"cursor": cursor}),
-                None => return (tools, bytes),
-            }
-        }
-    }
-}
-
-impl Drop for Raw {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -201,8 +137,7 @@ fn portability_problems(schema: &Value, path: &str, out: &mut Vec<String>) {
 fn the_full_tool_list_fits_its_byte_budget_in_both_eras() {
     for era in ERAS {
         let dir = common::data_dir();
-        let mut server = Raw::start(dir.path(), FULL_SET_ARGS, era);
-        let (tools, bytes) = server.list_tools();
+        let (tools, bytes) = list_tools(dir.path(), FULL_SET_ARGS, era);
         assert_eq!(
             tools.len(),
             FULL_SET_TOOLS,
@@ -221,8 +156,7 @@ fn the_full_tool_list_fits_its_byte_budget_in_both_eras() {
 fn every_schema_in_the_tool_list_is_portable_in_both_eras() {
     for era in ERAS {
         let dir = common::data_dir();
-        let mut server = Raw::start(dir.path(), FULL_SET_ARGS, era);
-        let (tools, _) = server.list_tools();
+        let (tools, _) = list_tools(dir.path(), FULL_SET_ARGS, era);
         assert!(!tools.is_empty());
         let mut problems = Vec::new();
         for tool in &tools {

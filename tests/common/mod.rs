@@ -233,6 +233,14 @@ impl RawServer {
         })
     }
 
+    /// Sends one notification (nothing answers it).
+    pub fn notify(&mut self, method: &str, params: Value) {
+        use std::io::Write;
+        let msg = serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params});
+        writeln!(self.stdin, "{msg}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
     /// Sends one request and returns the whole response message.
     pub fn request(&mut self, method: &str, params: Value) -> Value {
         serde_json::from_str(&self.request_line(method, params)).unwrap()
