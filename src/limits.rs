@@ -59,6 +59,9 @@ pub const CLAIM_MAX_TASKS: Range<u32> = Range::new(1, 100);
 pub const CLAIM_WAIT_SECONDS: Range<f64> = Range::new(0.0, 60.0);
 /// A load figure (0..1): `load` of `task_claim` and `agent_heartbeat`, `agents.load_ceiling`.
 pub const LOAD: Range<f64> = Range::new(0.0, 1.0);
+/// `retention_seconds` of `queue_purge`: up to 100 years (past that, counting back from now in
+/// milliseconds would overflow).
+pub const PURGE_RETENTION_SECONDS: Range<u64> = Range::new(0, 3_153_600_000);
 
 // --- The database (`[database]`) ---
 
@@ -132,6 +135,8 @@ pub const INSTANCE_PAGE: Range<u32> = Range::new(1, MAX_INSTANCES.max);
 pub const WAIT_SECONDS: Range<u64> = Range::new(0, 3600);
 /// `wait_seconds` of `assessment_request`.
 pub const ASSESSMENT_WAIT_SECONDS: Range<u64> = Range::new(0, 600);
+/// `recent_runs` of `pipeline_list`.
+pub const RECENT_RUNS: Range<u32> = Range::new(0, 100);
 
 // --- Short strings, in characters (JSON Schema `maxLength` counts characters too) ---
 

@@ -58,7 +58,12 @@ struct Run {
 /// Runs `inspector --cli --format json <inspector_args> -- <binary> --data-dir <data_dir>
 /// --log-level warn`, as a user would type it, and fails the test with the whole output
 /// unless it succeeds with a result.
-fn inspect((node, launcher): &(PathBuf, PathBuf), data_dir: &Path, inspector_args: &[&str]) -> Run {
+fn inspect(
+    (node, launcher): &(PathBuf, PathBuf),
+    data_dir: &Path,
+    inspector_args: &[&str],
+    server_args: &[&str],
+) -> Run {
     let mut cmd = Command::new(node);
     cmd.arg(launcher)
         .args(["--cli", "--format", "json"])
@@ -70,6 +75,7 @@ fn inspect((node, launcher): &(PathBuf, PathBuf), data_dir: &Path, inspector_arg
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--log-level", "warn"])
+        .args(server_args)
         // The Inspector keeps a catalog and client settings under $HOME: a fresh one keeps the
         // user's out of the test and the test's out of theirs.
         .env("HOME", data_dir.join("home"))
@@ -98,7 +104,7 @@ fn inspect((node, launcher): &(PathBuf, PathBuf), data_dir: &Path, inspector_arg
 /// `isError`); returns its structured content.
 fn call_tool(inspector: &(PathBuf, PathBuf), data_dir: &Path, tool: &str, more: &[&str]) -> Value {
     let args = [&["--method", "tools/call", "--tool-name", tool], more].concat();
-    let run = inspect(inspector, data_dir, &args);
+    let run = inspect(inspector, data_dir, &args, &[]);
     assert_eq!(run.result["isError"], false, "{tool}: {}", run.result);
     run.result["structuredContent"].clone()
 }
@@ -130,10 +136,9 @@ impl PortabilityFinding {
     }
 }
 
-/// SCHEMA PORTABILITY: the findings in the stderr of a `tools/list --strict` run. Not asserted
-/// yet: tools still have type arrays (and `{}` schemas for free-form JSON, which it flags as
-/// accepting anything). Once they are gone, assert `portability_findings(..).is_empty()`, or
-/// that none `is_type_array()`.
+/// The schema-portability findings in the stderr of a `tools/list --strict` run. Type arrays
+/// must be none; `{}` schemas for free-form JSON (a task's params, an event's detail) are
+/// flagged as accepting anything, which they mean to.
 fn portability_findings(stderr: &str) -> Vec<PortabilityFinding> {
     let mut findings = Vec::new();
     let mut lines = stderr.lines();
@@ -159,49 +164,69 @@ fn portability_findings(stderr: &str) -> Vec<PortabilityFinding> {
     findings
 }
 
+/// The names of the tools a `tools/list` run listed, each checked for an object input schema.
+fn tool_names(list: &Run) -> Vec<String> {
+    let tools = list.result["tools"].as_array().expect("tools/list: tools");
+    tools
+        .iter()
+        .map(|tool| {
+            let name = tool["name"].as_str().expect("every tool has a name");
+            assert_eq!(
+                tool["inputSchema"]["type"], "object",
+                "{name}: inputSchema is not an object schema: {}",
+                tool["inputSchema"]
+            );
+            name.to_string()
+        })
+        .collect()
+}
+
 #[test]
 fn inspector_cli_lists_the_tools_and_calls_them() {
     let inspector = install();
     let dir = common::data_dir();
 
-    // tools/list: every tool has a name and an object input schema, and coordinator_status and
-    // approval_request are among them (how many are listed by default is not this test's
-    // business).
+    // tools/list, default toolsets: every tool has a name and an object input schema, at most
+    // 20 tools, coordinator_status and approval_request among them.
     let list = inspect(
         &inspector,
         dir.path(),
         &["--method", "tools/list", "--strict"],
+        &[],
     );
-    let tools = list.result["tools"].as_array().expect("tools/list: tools");
-    let mut names = Vec::new();
-    for tool in tools {
-        let name = tool["name"].as_str().expect("every tool has a name");
-        assert_eq!(
-            tool["inputSchema"]["type"], "object",
-            "{name}: inputSchema is not an object schema: {}",
-            tool["inputSchema"]
+    let names = tool_names(&list);
+    assert!(
+        names.len() <= 20,
+        "{} tools by default: {names:?}",
+        names.len()
+    );
+    for wanted in ["coordinator_status", "approval_request", "toolsets"] {
+        assert!(
+            names.contains(&wanted.to_string()),
+            "{wanted} is not listed: {names:?}"
         );
-        names.push(name);
     }
-    for wanted in ["coordinator_status", "approval_request"] {
-        assert!(names.contains(&wanted), "{wanted} is not listed: {names:?}");
-    }
-    // `--strict` exits with status 6 on an error-severity finding (there are none); warnings
-    // are only reported, see `portability_findings`.
-    let findings = portability_findings(&list.stderr);
-    let flagged: std::collections::BTreeSet<&str> =
-        findings.iter().map(|f| f.tool.as_str()).collect();
-    eprintln!(
-        "Inspector schema portability: {} findings ({} errors, {} type arrays) in {} tools",
-        findings.len(),
-        findings.iter().filter(|f| f.severity == "Error").count(),
-        findings.iter().filter(|f| f.is_type_array()).count(),
-        flagged.len(),
+    // Every tool: `--strict` exits with status 6 on an error-severity finding, and no schema
+    // has a type array.
+    let all = inspect(
+        &inspector,
+        dir.path(),
+        &["--method", "tools/list", "--strict"],
+        &["--toolsets", "all"],
     );
-    if let Some(f) = findings.first() {
+    let names = tool_names(&all);
+    assert!(names.contains(&"task_submit".to_string()), "{names:?}");
+    for list in [&list, &all] {
+        let findings = portability_findings(&list.stderr);
+        let bad: Vec<&PortabilityFinding> = findings
+            .iter()
+            .filter(|f| f.severity == "Error" || f.is_type_array())
+            .collect();
+        assert!(bad.is_empty(), "{} findings: {bad:#?}", bad.len());
         eprintln!(
-            "first: {} tool {:?} at {}: {}",
-            f.severity, f.tool, f.path, f.issue
+            "Inspector schema portability: {} warnings (none a type array), in {} tools listed",
+            findings.len(),
+            list.result["tools"].as_array().map_or(0, Vec::len),
         );
     }
 

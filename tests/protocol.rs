@@ -447,10 +447,10 @@ async fn bad_arguments_are_results_naming_the_field_and_unknown_tools_protocol_e
             ("approval_get", json!({}), "approval_id", "missing field"),
             // A handler's own check, after parsing.
             (
-                "pipeline_delete",
-                json!({"pipeline": "p", "version": 1}),
-                "version",
-                "leave out version",
+                "toolsets",
+                json!({"enable": "agents", "disable": "system"}),
+                "disable",
+                "not both",
             ),
         ];
         for (tool, args, expected_field, expected) in cases {

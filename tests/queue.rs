@@ -1367,6 +1367,15 @@ async fn queue_stats_and_purge() {
     assert_eq!(s["queued_by_priority"], json!({"low": 2}));
 
     tokio::time::sleep(Duration::from_millis(20)).await;
+    // Past 100 years the cut-off, counted back from now in milliseconds, overflowed: u64::MAX
+    // purged every finished task and 2^63 panicked. Refused, they purge nothing (below).
+    for huge in [u64::MAX, 1 << 63] {
+        let m = refused_argument(&c, "queue_purge", json!({"retention_seconds": huge})).await;
+        assert!(
+            m.contains("retention_seconds") && m.contains("expected 0 to 3153600000"),
+            "{m}"
+        );
+    }
     let p = call_ok(&c, "queue_purge", json!({"retention_seconds": 3600})).await;
     assert_eq!(p["deleted"], 0);
     let p = call_ok(&c, "queue_purge", json!({"retention_seconds": 0})).await;

@@ -102,10 +102,14 @@ string_enum!(
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// CPU cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
     pub cpu: Option<f64>,
     /// Memory in MB.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
     /// GPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<u32>,
 }
 

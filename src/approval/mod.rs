@@ -135,8 +135,10 @@ pub struct Decision {
     /// When, RFC 3339 UTC.
     pub at: String,
     /// The person's reason, if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Why it ended this way when no one chose: declined, cancelled, expired.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
 }
 
@@ -155,6 +157,7 @@ pub struct Approval {
     pub action_hash: String,
     pub risk: Risk,
     /// What will change (a diff or description), if given.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub preview: Option<String>,
     /// Who asked.
     pub requested_by: String,
@@ -164,8 +167,10 @@ pub struct Approval {
     pub decide_with: DecideWith,
     pub state: State,
     /// Present once the approval is no longer pending.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
     /// When the approved action ran (it runs at most once).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub executed_at: Option<String>,
 }
 

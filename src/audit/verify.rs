@@ -55,6 +55,7 @@ pub struct KeyStatus {
     /// The hex Ed25519 public key.
     pub public_key: String,
     /// The `audit.key_added` event that introduced it; absent when the chain never did.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub introduced_seq: Option<i64>,
     /// Whether it is the key of the coordinator that ran this check (its data directory).
     pub this_coordinator: bool,
@@ -63,6 +64,7 @@ pub struct KeyStatus {
     /// Signatures by it that fail.
     pub invalid: u64,
     /// The newest head it validly signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_signed_seq: Option<i64>,
 }
 
@@ -77,11 +79,13 @@ pub struct SignatureStatus {
     /// Signatures that fail (bad signature, unknown key, or the head changed).
     pub invalid: u64,
     /// The newest validly signed sequence number.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_signed_seq: Option<i64>,
     /// Events after the newest valid signature (not yet covered by a signature): these could
     /// be deleted without this check noticing. A running coordinator signs within a second.
     pub unsigned_tail: u64,
     /// When the first of those events was written (RFC 3339), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub unsigned_since: Option<String>,
     /// This coordinator's hex Ed25519 key, trusted without an introduction.
     pub trusted_key: String,
@@ -98,12 +102,16 @@ pub struct VerifyReport {
     /// Events read.
     pub events_checked: u64,
     /// The newest event's sequence number.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub head_seq: Option<i64>,
     /// The newest event's hash.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub head_hash: Option<String>,
     /// The first bad sequence number, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub first_bad_seq: Option<i64>,
     /// Why that event is bad.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub first_bad_reason: Option<String>,
     /// All problems found.
     pub problem_count: u64,

@@ -206,10 +206,13 @@ impl Default for BreakerConfig {
 pub struct LimitsConfig {
     /// Address space, in MiB (`RLIMIT_AS`). Node reserves a lot of virtual memory: give it
     /// several GiB or leave this out.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub address_space_mb: Option<u64>,
     /// CPU seconds (`RLIMIT_CPU`): the child is killed by the kernel past this.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_seconds: Option<u64>,
     /// Open files (`RLIMIT_NOFILE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub open_files: Option<u64>,
 }
 

@@ -421,6 +421,7 @@ pub struct TypeView {
     pub overridable: Vec<String>,
     /// Secrets the type needs from the store, and whether each is there.
     pub secrets: Vec<SecretNeed>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
     pub autostart: bool,
     pub policy: policy::ToolPolicy,
@@ -447,17 +448,23 @@ pub struct InstanceView {
     pub owner: String,
     /// Whether this coordinator process runs it (only the owner can call or stop it).
     pub owned_here: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<String>,
     pub restarts: i64,
     /// `ok`, `failing (n/threshold)`, or `unknown`.
     pub health: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
     /// Tools offered through the coordinator.
     pub tools: i64,
     /// Seconds the current connection has been up (owner only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<f64>,
     /// `instance_get` only: details the owner knows.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -468,6 +475,7 @@ pub struct InstanceView {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct InstanceDetail {
     /// Resident memory and CPU time of the child's process group, from /proc.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resources: Option<Resources>,
     /// The last lines the child wrote to stderr.
     pub stderr_tail: Vec<String>,

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use crate::agent::normalize_capabilities;
 use crate::approval::Risk;
+use crate::limits;
 use crate::macros::string_enum;
 
 /// The most stages one pipeline may have.
@@ -39,9 +40,11 @@ pub struct StageDef {
     /// How long one attempt may take before its lease expires and it is retried, in seconds.
     /// Defaults to the queue's default (`[tasks] default_timeout_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = limits::TASK_TIMEOUT_SECONDS.min, max = limits::TASK_TIMEOUT_SECONDS.max))]
     pub timeout_seconds: Option<f64>,
     /// Retries after a failed or timed-out attempt. Defaults to the queue's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = limits::TASK_MAX_RETRIES.min, max = limits::TASK_MAX_RETRIES.max))]
     pub retries: Option<u32>,
     /// True makes this stage a human gate: instead of a task it asks a person through the
     /// approval service, and only its own branch waits for the answer.
@@ -228,19 +231,19 @@ pub fn validate(mut def: Definition) -> Result<Dag, Invalid> {
             return Err(invalid(at("kind"), "must not be empty when given"));
         }
         if let Some(t) = stage.timeout_seconds
-            && (!(0.05..=604_800.0).contains(&t) || t.is_nan())
+            && !limits::TASK_TIMEOUT_SECONDS.contains(t)
         {
             return Err(invalid(
                 at("timeout_seconds"),
-                format!("expected 0.05 to 604800, got {t}"),
+                format!("{}, got {t}", limits::TASK_TIMEOUT_SECONDS.expected()),
             ));
         }
         if let Some(r) = stage.retries
-            && r > 100
+            && !limits::TASK_MAX_RETRIES.contains(r)
         {
             return Err(invalid(
                 at("retries"),
-                format!("expected 0 to 100, got {r}"),
+                format!("{}, got {r}", limits::TASK_MAX_RETRIES.expected()),
             ));
         }
         if stage.approval {

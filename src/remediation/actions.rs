@@ -31,6 +31,13 @@ pub enum SecretVia {
 pub enum Action {
     /// Make the package a stdio server launches (`npx`, `uvx`, `pip`, `docker`) name an exact
     /// version: `version` as given, or the registry's newest release with `lookup_latest`.
+    // One of the two is required (`RemediationService::resolve` refuses neither). Nested in
+    // the list of actions, an `anyOf` suits every client; only an input schema's root must
+    // not have one.
+    #[schemars(extend("anyOf" = [
+        {"required": ["version"]},
+        {"required": ["lookup_latest"], "properties": {"lookup_latest": {"const": true}}}
+    ]))]
     PinPackageVersion {
         file: String,
         server: String,
@@ -46,6 +53,8 @@ pub enum Action {
         server: String,
         env_var: String,
         secret_name: String,
+        /// `exec` (default: the secret store; the entry launches through `mcp-coordinator
+        /// exec`) or `vscode_input` (VS Code only: VS Code asks for it and keeps it).
         #[serde(default)]
         via: SecretVia,
     },

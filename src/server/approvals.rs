@@ -61,18 +61,27 @@ pub fn routes() -> Vec<Route> {
 
 /// Arguments of `approval_request`: either `approval_id` (ask again about an existing
 /// approval), or `summary`, `action` and `risk` (a new one).
+///
+/// The schema says so with a root `if`/`else`: Claude's API refuses a tool list in which an
+/// input schema has `anyOf`/`oneOf`/`allOf` at its root, but takes `if`/`then`/`else`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend(
+    "if" = {"required": ["approval_id"]},
+    "else" = {"required": ["summary", "action", "risk"]}
+))]
 pub struct ApprovalRequestInput {
-    /// Ask again about (or wait for) an approval that already exists.
+    /// Ask again about (or wait for) an approval that already exists; then leave out
+    /// `summary`, `action` and `risk`.
     pub approval_id: Option<String>,
-    /// One line a person reads: what will happen and why.
+    /// Required for a new approval: one line a person reads, what will happen and why.
     #[schemars(length(max = crate::limits::SUMMARY_CHARS))]
     pub summary: Option<String>,
-    /// Exactly what will be done, as a JSON object. The person sees it verbatim, and the
-    /// approval covers this action and nothing else.
+    /// Required for a new approval: exactly what will be done, as a JSON object. The person
+    /// sees it verbatim, and the approval covers this action and nothing else.
     pub action: Option<serde_json::Map<String, Value>>,
-    /// How much could go wrong. By default `critical` can only be approved from the CLI.
+    /// Required for a new approval: how much could go wrong (`low` easily undone, `medium`,
+    /// `high` hard to undo, `critical` irreversible: by default only the CLI approves it).
     pub risk: Option<Risk>,
     /// What the action is about (a file, a server name, an id), for filtering; optional.
     #[schemars(length(max = crate::limits::SUBJECT_CHARS))]
@@ -192,11 +201,11 @@ async fn approval_list(
     _call: Call,
 ) -> Result<ApprovalPage, Failure> {
     let limit = input.limit.unwrap_or(50);
-    if !(1..=200).contains(&limit) {
+    if !crate::limits::SHORT_PAGE.contains(limit) {
         return Err(Failure::Domain(invalid_field(
             "approval_list",
             "limit",
-            format!("expected 1 to 200, got {limit}"),
+            format!("{}, got {limit}", crate::limits::SHORT_PAGE.expected()),
         )));
     }
     let filter = ListFilter {

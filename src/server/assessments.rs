@@ -115,6 +115,7 @@ pub struct ConfigListInput {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ConfigList {
     /// Where it looked.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub home: Option<String>,
     pub projects: Vec<String>,
     /// Every config file found, with its servers (secret values never shown).
@@ -154,13 +155,15 @@ async fn mcp_config_list(
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestInput {
-    /// `security`, `compliance` or `health`.
+    /// `security` (secrets, unpinned packages, dangerous launches), `compliance` (the policy
+    /// file's rules) or `health` (files that do not parse, commands not found).
     #[serde(rename = "type")]
     pub kind: AssessmentType,
     /// What to assess (default: every config found).
     #[serde(default)]
     pub target: Target,
     /// Wait up to this many seconds for the result (default 30; 0 returns the id at once).
+    #[schemars(range(min = crate::limits::ASSESSMENT_WAIT_SECONDS.min, max = crate::limits::ASSESSMENT_WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 

@@ -97,10 +97,12 @@ pub struct ApprovalRequestOutput {
     pub state: State,
     pub approval: Approval,
     /// Present while pending: why no decision yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<PendingReason>,
     /// What happened, in words, including what to do next.
     pub message: String,
     /// While pending: the exact command a person runs to decide.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decide_command: Option<String>,
 }
 

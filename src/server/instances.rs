@@ -185,6 +185,7 @@ pub struct Empty {}
 pub struct TypesOutput {
     pub types: Vec<TypeView>,
     /// Where the catalog comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub config_file: Option<String>,
 }
 
@@ -330,6 +331,7 @@ pub struct CallOutput {
     /// The child's structured content, if any.
     pub structured_content: Option<Value>,
     /// The approval the call went through, for a gated tool.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
 }
 
@@ -485,6 +487,7 @@ pub struct ReviewOutput {
     pub state: State,
     pub approval_id: String,
     pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decide_command: Option<String>,
 }
 

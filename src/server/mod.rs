@@ -15,6 +15,7 @@ mod registry;
 mod relay;
 mod remediations;
 mod resources;
+mod schema;
 pub mod session;
 mod system;
 pub mod tool;

@@ -154,9 +154,11 @@ fn pipeline_failure(tool: &str, e: PipelineError) -> Failure {
     }
 }
 
-/// Arguments of `pipeline_create`.
+/// Arguments of `pipeline_create`. `stages` is required unless `template` is given (a root
+/// `if`/`else`, which Claude's API takes where it refuses a root `anyOf`).
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("if" = {"required": ["template"]}, "else" = {"required": ["stages"]}))]
 pub struct CreateInput {
     /// Unique name: letters, digits, `-`, `_`, `.` (for example `nightly-etl`).
     pub name: String,
@@ -167,7 +169,7 @@ pub struct CreateInput {
     /// Start from a built-in definition instead of giving `stages` (`pipeline_list` shows
     /// the templates).
     pub template: Option<Template>,
-    /// The stages (at least one; names unique).
+    /// The stages (at least one; names unique). Required unless `template` is given.
     pub stages: Option<Vec<StageDef>>,
     /// `from` runs before `to`; stages with no path between them run in parallel.
     #[serde(default)]
@@ -265,7 +267,16 @@ pub struct GetInput {
     /// The pipeline's id or name.
     pub pipeline: String,
     /// A version (default: the latest).
+    #[schemars(range(min = 1))]
     pub version: Option<i64>,
+}
+
+/// Arguments of `pipeline_delete`: a pipeline goes with all its versions.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteInput {
+    /// The pipeline's id or name.
+    pub pipeline: String,
 }
 
 async fn pipeline_get(c: Coordinator, i: GetInput, _call: Call) -> Result<Pipeline, Failure> {
@@ -284,6 +295,7 @@ pub struct ListInput {
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// How many recent runs to include (0 to 100, default 10).
+    #[schemars(range(min = crate::limits::RECENT_RUNS.min, max = crate::limits::RECENT_RUNS.max))]
     pub recent_runs: Option<u32>,
 }
 
@@ -329,11 +341,11 @@ async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<Pipe
         )));
     }
     let recent = i.recent_runs.unwrap_or(10);
-    if recent > 100 {
+    if !crate::limits::RECENT_RUNS.contains(recent) {
         return Err(Failure::Domain(invalid_field(
             TOOL,
             "recent_runs",
-            format!("expected 0 to 100, got {recent}"),
+            format!("{}, got {recent}", crate::limits::RECENT_RUNS.expected()),
         )));
     }
     let (pipelines, next_cursor, runs) = c
@@ -377,14 +389,7 @@ async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<Pipe
     })
 }
 
-async fn pipeline_delete(c: Coordinator, i: GetInput, call: Call) -> Result<Pipeline, Failure> {
-    if i.version.is_some() {
-        return Err(Failure::Domain(invalid_field(
-            "pipeline_delete",
-            "version",
-            "a pipeline is deleted with all its versions; leave out version",
-        )));
-    }
+async fn pipeline_delete(c: Coordinator, i: DeleteInput, call: Call) -> Result<Pipeline, Failure> {
     let actor = call.actor.clone();
     c.blocking(move |c| c.pipelines().delete(&i.pipeline, &actor))
         .await?
@@ -399,6 +404,7 @@ pub struct RunInput {
     pub pipeline: String,
     /// The definition version to run (default: the latest). The run keeps it even if the
     /// pipeline gets new versions meanwhile.
+    #[schemars(range(min = 1))]
     pub version: Option<i64>,
     /// Input data every stage receives (a JSON object).
     #[serde(default)]
@@ -414,6 +420,7 @@ pub struct RunInput {
     /// Wait up to this many seconds for the run to end, with progress notifications
     /// (default 0: return the run id at once). On initialize-era clients that support
     /// elicitation, approval stages are asked about while waiting.
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
     /// If the client cancels this call while it waits, also cancel the run (default false:
     /// only the wait ends and the run goes on).
@@ -579,6 +586,7 @@ pub struct RunGetInput {
     pub run_id: String,
     /// Wait up to this many seconds for the run to end, with progress notifications
     /// (default 0: answer at once).
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 

@@ -464,20 +464,22 @@ pub struct ClaimInput {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Claimed {
     /// The (first) leased task, or null.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub task: Option<Task>,
     /// Every task leased by this claim (one unless `max_tasks` asked for more).
     pub tasks: Vec<Task>,
     /// Why there is no task, when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<NoTask>,
 }
 
 async fn task_claim(c: Coordinator, i: ClaimInput, call: Call) -> Result<Claimed, Failure> {
     let max = i.max_tasks.unwrap_or(1);
-    if !(1..=100).contains(&max) {
+    if !crate::limits::CLAIM_MAX_TASKS.contains(max) {
         return Err(Failure::Domain(invalid_field(
             "task_claim",
             "max_tasks",
-            format!("expected 1 to 100, got {max}"),
+            format!("{}, got {max}", crate::limits::CLAIM_MAX_TASKS.expected()),
         )));
     }
     let wait = i.wait_seconds.unwrap_or(0.0);
@@ -665,11 +667,11 @@ pub struct TaskPage {
 
 async fn task_list(c: Coordinator, i: TaskListInput, _call: Call) -> Result<TaskPage, Failure> {
     let limit = i.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
+    if !crate::limits::PAGE.contains(limit) {
         return Err(Failure::Domain(invalid_field(
             "task_list",
             "limit",
-            format!("expected 1 to 500, got {limit}"),
+            format!("{}, got {limit}", crate::limits::PAGE.expected()),
         )));
     }
     c.blocking(move |c| {
@@ -727,6 +729,7 @@ async fn queue_stats(c: Coordinator, _i: StatsInput, _call: Call) -> Result<Queu
 #[serde(deny_unknown_fields)]
 pub struct PurgeInput {
     /// Keep tasks that finished less than this many seconds ago.
+    #[schemars(range(min = crate::limits::PURGE_RETENTION_SECONDS.min, max = crate::limits::PURGE_RETENTION_SECONDS.max))]
     pub retention_seconds: u64,
     /// Which final states to purge (default `completed` and `cancelled`; dead letters and
     /// failures are kept unless named).

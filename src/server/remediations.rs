@@ -166,17 +166,23 @@ fn failure(tool: &str, e: RemediationError) -> Failure {
     }
 }
 
-/// Arguments of `remediation_propose`.
+/// Arguments of `remediation_propose`: `actions`, `assessment_id`, or both (a root
+/// `if`/`else`, which Claude's API takes where it refuses a root `anyOf`).
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend(
+    "if" = {"required": ["assessment_id"]},
+    "else" = {"required": ["actions"], "properties": {"actions": {"minItems": 1}}}
+))]
 pub struct ProposeInput {
     /// One line for the person (default: made from the actions).
     #[schemars(length(max = crate::limits::SUMMARY_CHARS))]
     pub summary: Option<String>,
-    /// Explicit actions (each names its `file` and `server`).
+    /// Explicit actions (each names its `file` and `server`). Give `actions`,
+    /// `assessment_id`, or both.
     #[serde(default)]
     pub actions: Vec<Action>,
-    /// Also take the suggested actions of this assessment's findings.
+    /// Take the suggested actions of this assessment's findings (with `actions`, too).
     pub assessment_id: Option<String>,
     /// With `assessment_id`: only findings at or above this severity (default: the policy's
     /// `severity_threshold`, medium).
@@ -322,6 +328,7 @@ pub struct ReviewInput {
     pub remediation_id: String,
     /// When the person cannot be asked in this client: seconds to wait for a decision made at
     /// the CLI (0 to 3600, default 0).
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 
@@ -472,8 +479,7 @@ fn decided_by(approval: &Approval) -> String {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstallInput {
-    /// The client whose config to change (`claude_desktop`, `claude_code`, `vscode`,
-    /// `cursor`, `kilo_code`, `windsurf`, `gemini_cli`).
+    /// The client whose config to change.
     pub client: Client,
     /// The config file (default: the client's standard file, in `project` when given, else the
     /// user's).
@@ -493,6 +499,7 @@ pub struct InstallInput {
     #[serde(default = "yes")]
     pub review: bool,
     /// As in remediation_review.
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 
@@ -510,6 +517,8 @@ pub struct RemoveInput {
     /// Ask the person right away (default true); false only records the proposal.
     #[serde(default = "yes")]
     pub review: bool,
+    /// As in remediation_review.
+    #[schemars(range(min = crate::limits::WAIT_SECONDS.min, max = crate::limits::WAIT_SECONDS.max))]
     pub wait_seconds: Option<u64>,
 }
 

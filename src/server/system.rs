@@ -109,10 +109,13 @@ pub struct OverseerStatus {
     /// Whether an overseer is set for this database.
     pub set: bool,
     /// The overseer's name, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Until when wrong passphrases have locked approving at the CLI, if they have.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub locked_until: Option<String>,
     /// Present while no overseer is set: CLI approvals are unprotected, and how to fix it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
 }
 
@@ -133,6 +136,7 @@ pub struct StatusOutput {
     /// Where the signing key (and by default the database) lives.
     pub data_dir: String,
     /// The config file in effect, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub config_file: Option<String>,
     pub database: DatabaseStatus,
     /// The overseer credential that guards approving at the CLI.
@@ -229,7 +233,8 @@ pub struct AuditQueryInput {
     pub action: Option<String>,
     /// On what: a tool name, an id, or a prefix such as `audit_*`.
     pub subject: Option<String>,
-    /// How it ended.
+    /// How it ended: `ok`, `error` (the tool returned an error) or `invalid` (refused before
+    /// it ran).
     pub outcome: Option<Outcome>,
     /// Events per page, 1 to 500 (default 50).
     #[schemars(range(min = crate::limits::PAGE.min, max = crate::limits::PAGE.max))]

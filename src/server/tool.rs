@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Coordinator;
+use super::schema;
 use super::session::Call;
 use crate::config::ToolGroup;
 use crate::limits;
@@ -373,8 +374,8 @@ pub(super) fn release_memory_soon() {
     });
 }
 
-/// A tool's definition: input and output schemas from `In` and `Out`, description, title and
-/// annotations from `spec`.
+/// A tool's definition: input and output schemas from `In` and `Out` (rewritten for clients
+/// by [`schema`]), description, title and annotations from `spec`.
 fn definition<In: JsonSchema + 'static, Out: JsonSchema + 'static>(spec: &ToolSpec) -> Tool {
     let input_schema = match schema_for_input::<In>() {
         Ok(s) => s,
@@ -389,70 +390,11 @@ fn definition<In: JsonSchema + 'static, Out: JsonSchema + 'static>(spec: &ToolSp
     Tool::new(
         spec.name,
         spec.description.trim(),
-        portable_schema(&input_schema),
+        schema::input(&input_schema),
     )
     .with_title(spec.title)
-    .with_raw_output_schema(portable_schema(&schema_for_output::<Out>()))
+    .with_raw_output_schema(schema::output(&schema_for_output::<Out>()))
     .with_annotations(spec.annotations())
-}
-
-/// Formats JSON Schema 2020-12 defines; schemars adds Rust ones (`uint64`, `int32`, `double`)
-/// that strict validators such as the Inspector's warn about. Ranges carry that meaning already.
-const STANDARD_FORMATS: &[&str] = &[
-    "date-time",
-    "date",
-    "time",
-    "duration",
-    "email",
-    "hostname",
-    "ipv4",
-    "ipv6",
-    "uri",
-    "uri-reference",
-    "uuid",
-    "regex",
-];
-
-/// A copy of `schema` that strict validators accept: non-standard `format` keywords removed
-/// and `true` subschemas written as `{}`, at every depth.
-fn portable_schema(schema: &JsonObject) -> Arc<JsonObject> {
-    fn walk(v: &mut Value) {
-        match v {
-            Value::Object(map) => {
-                if map
-                    .get("format")
-                    .and_then(Value::as_str)
-                    .is_some_and(|f| !STANDARD_FORMATS.contains(&f))
-                {
-                    map.remove("format");
-                }
-                // `true` as a property's schema ("any JSON", what schemars writes for
-                // `serde_json::Value`) is valid JSON Schema, but the TypeScript SDK (and so the
-                // MCP Inspector) refuses a tool list holding it; `{}` means the same.
-                for key in ["properties", "$defs", "definitions"] {
-                    if let Some(Value::Object(props)) = map.get_mut(key) {
-                        for schema in props.values_mut() {
-                            if *schema == Value::Bool(true) {
-                                *schema = Value::Object(JsonObject::new());
-                            }
-                        }
-                    }
-                }
-                if map.get("items") == Some(&Value::Bool(true)) {
-                    map.insert("items".into(), Value::Object(JsonObject::new()));
-                }
-                map.values_mut().for_each(walk);
-            }
-            Value::Array(items) => items.iter_mut().for_each(walk),
-            _ => {}
-        }
-    }
-    let mut v = Value::Object(schema.clone());
-    walk(&mut v);
-    match v {
-        Value::Object(map) => Arc::new(map),
-        _ => Arc::new(schema.clone()),
-    }
 }
 
 /// Deserializes tool arguments, naming the offending field on failure.

@@ -82,9 +82,11 @@ string_enum!(
     Priority {
         /// Before everything else.
         Urgent => "urgent",
+        /// Before normal and low.
         High => "high",
         /// The default.
         Normal => "normal",
+        /// After everything else.
         Low => "low",
     }
 );
@@ -149,6 +151,7 @@ pub struct Task {
     pub params: Value,
     /// Capabilities the claiming agent must all have.
     pub capabilities: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_agent_id: Option<String>,
     pub priority: Priority,
     pub status: TaskStatus,
@@ -156,6 +159,7 @@ pub struct Task {
     pub max_retries: i64,
     /// Claims so far (the current one included).
     pub attempts: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Not claimable before this time (RFC 3339): `not_before`, or the retry backoff.
     pub not_before: String,
@@ -163,15 +167,22 @@ pub struct Task {
     pub updated_at: String,
     pub submitted_by: String,
     /// The agent holding the lease now (while `leased` or `running`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub leased_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_expires_at: Option<String>,
     /// The agent that last held the lease (kept once the task finished).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
     /// 0..1, from the agent's reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub progress: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<String>,
 }
 
@@ -257,6 +268,7 @@ pub struct QueueStats {
     /// Queued tasks per priority.
     pub queued_by_priority: std::collections::BTreeMap<String, i64>,
     /// Age of the oldest queued task, in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub oldest_queued_age_seconds: Option<f64>,
     /// Tasks completed in the last minute, per second.
     pub completed_per_second_last_minute: f64,
@@ -995,7 +1007,17 @@ impl TaskService {
                 ),
             });
         }
-        let before = now_ms() - (retention_seconds as i64).saturating_mul(1000);
+        // A larger value wrapped to a negative one and purged every finished task.
+        if !limits::PURGE_RETENTION_SECONDS.contains(retention_seconds) {
+            return Err(TaskError::Invalid {
+                field: "retention_seconds",
+                message: format!(
+                    "{}, got {retention_seconds}",
+                    limits::PURGE_RETENTION_SECONDS.expected()
+                ),
+            });
+        }
+        let before = now_ms() - (retention_seconds as i64) * 1000;
         let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         self.store().write(|tx| {
             let n = sql::purge(tx, &names, before)?;

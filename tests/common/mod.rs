@@ -253,8 +253,18 @@ impl RawServer {
 
     /// [`spawn`](Self::spawn) with more arguments (`--config FILE`).
     pub fn spawn_with(data_dir: &Path, extra: &[&str]) -> Self {
-        let mut child = std::process::Command::new(BIN)
-            .env("MCP_COORDINATOR_TOOLSETS", "all")
+        RawServer::spawn_toolsets(data_dir, extra, Some("all"))
+    }
+
+    /// [`RawServer::spawn_with`], offering `toolsets` (`MCP_COORDINATOR_TOOLSETS`), or with
+    /// `None` the server's default set.
+    pub fn spawn_toolsets(data_dir: &Path, extra: &[&str], toolsets: Option<&str>) -> Self {
+        let mut cmd = std::process::Command::new(BIN);
+        match toolsets {
+            Some(t) => cmd.env("MCP_COORDINATOR_TOOLSETS", t),
+            None => cmd.env_remove("MCP_COORDINATOR_TOOLSETS"),
+        };
+        let mut child = cmd
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--log-level", "error"])
@@ -286,6 +296,14 @@ impl RawServer {
             "io.modelcontextprotocol/clientInfo": {"name": "raw-modern", "version": "7"},
             "io.modelcontextprotocol/clientCapabilities": caps
         })
+    }
+
+    /// Sends one notification (nothing answers it).
+    pub fn notify(&mut self, method: &str, params: Value) {
+        use std::io::Write;
+        let msg = serde_json::json!({"jsonrpc": "2.0", "method": method, "params": params});
+        writeln!(self.stdin, "{msg}").unwrap();
+        self.stdin.flush().unwrap();
     }
 
     /// Sends one request and returns the whole response message.
