@@ -224,9 +224,13 @@ fn inspector_cli_lists_the_tools_and_calls_them() {
             .collect();
         assert!(bad.is_empty(), "{} findings: {bad:#?}", bad.len());
         eprintln!(
-            "Inspector schema portability: {} warnings (none a type array), in {} tools listed",
+            "Inspector schema portability: {} warnings (none a type array), in {} tools listed{}",
             findings.len(),
             list.result["tools"].as_array().map_or(0, Vec::len),
+            findings
+                .first()
+                .map(|f| format!("; first: {} at {}: {}", f.tool, f.path, f.issue))
+                .unwrap_or_default(),
         );
     }
 
