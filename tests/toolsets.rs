@@ -128,6 +128,12 @@ async fn enabling_a_toolset_lists_its_tools_and_disabling_refuses_them() {
         );
         let offered = listing["tools_offered"].as_u64().unwrap() as usize;
         assert_eq!(offered, peer.list_all_tools().await.unwrap().len());
+        let status = call_ok(&peer, "coordinator_status", json!({})).await;
+        assert_eq!(
+            status["toolsets"],
+            json!(["system", "approvals", "assessments", "children"])
+        );
+        assert_eq!(status["tools_offered"], offered as u64);
 
         // Off: refused with the toolset named; nothing queued.
         refused(&peer, "task_submit", json!({"kind": "t"}), "agents").await;

@@ -314,14 +314,38 @@ impl Coordinator {
                     .instances
                     .exposed_tools()
                     .iter()
-                    .filter(|t| {
-                        crate::instance::policy::split_exposed(&t.name)
-                            .is_some_and(|(instance, _)| sets.shows_child(instance))
-                    })
+                    .filter(|t| self.shows_child_tool(&t.name))
                     .cloned(),
             );
         }
         tools
+    }
+
+    /// Whether `name` (`<instance>__<tool>`) is a tool of a child whose toolset is on.
+    fn shows_child_tool(&self, name: &str) -> bool {
+        crate::instance::policy::split_exposed(name)
+            .is_some_and(|(instance, _)| self.toolsets().shows_child(instance))
+    }
+
+    /// How many tools [`Coordinator::offered_tools`] would list, without building their
+    /// definitions (which a cold start defers to the first `tools/list`).
+    fn offered_count(&self) -> usize {
+        let sets = self.toolsets();
+        let own = self
+            .inner
+            .tools
+            .count_where(|r| r.name() == toolsets::TOOL || sets.shows(r.group()));
+        let children = if self.instances_enabled() {
+            self.inner
+                .instances
+                .exposed_tools()
+                .iter()
+                .filter(|t| self.shows_child_tool(&t.name))
+                .count()
+        } else {
+            0
+        };
+        own + children
     }
 
     /// Whether the config leaves the instances group on (child tools are offered and routed).

@@ -91,6 +91,11 @@ impl Registry {
             .collect()
     }
 
+    /// How many enabled tools `shown` keeps (without building any definition).
+    pub fn count_where(&self, shown: impl Fn(&Route) -> bool) -> usize {
+        self.routes.values().filter(|r| shown(r)).count()
+    }
+
     /// One enabled tool's definition.
     pub fn definition(&self, name: &str) -> Option<Tool> {
         self.routes.get(name)?;

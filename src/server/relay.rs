@@ -345,10 +345,9 @@ impl Coordinator {
                 Err(_) => return false,
             }
         }
-        // A child whose toolset is off on this connection: `call_tool` refuses it.
-        if crate::instance::policy::split_exposed(&call.params.name)
-            .is_some_and(|(instance, _)| !self.toolsets().shows_child(instance))
-        {
+        // Not a child's tool, or one whose toolset is off on this connection (then
+        // `call_tool` refuses it).
+        if !self.shows_child_tool(&call.params.name) {
             return false;
         }
         let Some(target) = self.instances().fast_target(&call.params.name) else {

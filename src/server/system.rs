@@ -10,7 +10,7 @@ use super::Coordinator;
 use super::session::{Call, Era};
 use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
 use crate::audit::{AuditError, Outcome, Page, Query, VerifyReport};
-use crate::config::ToolGroup;
+use crate::config::{ToolGroup, Toolset};
 use crate::overseer::{OverseerError, OverseerService, unprotected_warning};
 use crate::store::{Store, StoreError};
 
@@ -143,8 +143,13 @@ pub struct StatusOutput {
     pub overseer: OverseerStatus,
     /// Rows per domain table.
     pub counts: BTreeMap<String, i64>,
-    /// Tools offered now.
+    /// Tools this coordinator offers in all (every toolset; the config's disabled groups
+    /// left out).
     pub tools_enabled: usize,
+    /// The toolsets this connection has on (`toolsets` lists every one and switches them).
+    pub toolsets: Vec<Toolset>,
+    /// Tools this connection is offered now (its `tools/list`).
+    pub tools_offered: usize,
     /// Tool groups switched off by the config file.
     pub disabled_groups: Vec<ToolGroup>,
     pub uptime_seconds: f64,
@@ -212,6 +217,14 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
         overseer,
         counts: counts.into_iter().collect(),
         tools_enabled: c.enabled_tool_count(),
+        toolsets: {
+            let (mut sets, children) = c.toolsets().enabled();
+            if children {
+                sets.push(Toolset::Children);
+            }
+            sets
+        },
+        tools_offered: c.offered_count(),
         disabled_groups: settings.config.tools.disabled_groups.clone(),
         uptime_seconds: c.uptime().as_secs_f64(),
     })

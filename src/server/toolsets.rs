@@ -205,7 +205,7 @@ async fn toolsets(
     Ok(ToolsetsOutput {
         changed,
         toolsets: describe(&c),
-        tools_offered: c.offered_tools().len(),
+        tools_offered: c.offered_count(),
     })
 }
 
