@@ -69,13 +69,14 @@ def schema_is_valid(schema: Any) -> str | None:
     return None
 
 
-def server_params(binary: str, data_dir: Path) -> StdioServerParameters:
+def server_params(binary: str, data_dir: Path, toolsets: str | None = "all") -> StdioServerParameters:
+    """The server on `data_dir` offering `toolsets` (None: its default set)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     home = data_dir / "home"
     home.mkdir(exist_ok=True)
     return StdioServerParameters(
         command=binary,
-        args=["--data-dir", str(data_dir), "--log-level", "warn", "--toolsets", "all"],
+        args=["--data-dir", str(data_dir), "--log-level", "warn"] + (["--toolsets", toolsets] if toolsets else []),
         # Keep the server away from the real user's config and data directories.
         env={
             "HOME": str(home),

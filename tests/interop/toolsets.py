@@ -20,26 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from mcp import Client, StdioServerParameters, types
+from mcp import Client, types
 
+from interop import server_params  # tests/interop/interop.py, beside this script
 from report import Report  # tests/interop/report.py, beside this script
 
 MODERN_VERSION = "2026-07-28"
 RUN_TIMEOUT_SECONDS = 120
 SIGNAL_TIMEOUT_SECONDS = 10
 LIST_CHANGED = "notifications/tools/list_changed"
-
-
-def server_params(binary: str, data_dir: Path) -> StdioServerParameters:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    home = data_dir / "home"
-    home.mkdir(exist_ok=True)
-    # No --toolsets: the default set is what is tested.
-    return StdioServerParameters(
-        command=binary,
-        args=["--data-dir", str(data_dir), "--log-level", "warn"],
-        env={"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config"), "XDG_DATA_HOME": str(home / ".local/share")},
-    )
 
 
 async def names(client: Client) -> list[str]:
@@ -60,7 +49,8 @@ async def run_era(r: Report, binary: str, data_dir: Path, mode: str) -> None:
         if getattr(message, "method", None) == LIST_CHANGED:
             heard[0].set()
 
-    client = Client(server_params(binary, data_dir), mode=mode, message_handler=on_message)
+    # No --toolsets: the default set is what is tested.
+    client = Client(server_params(binary, data_dir, None), mode=mode, message_handler=on_message)
     async with client:
         start = await names(client)
         r.check(f"{p} default list: at most 20 tools", len(start) <= 20, f"{len(start)}: {start}")
