@@ -27,12 +27,11 @@ use std::time::Instant;
 
 use rmcp::handler::server::tool::ToolCallContext;
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams,
-    CustomRequest, CustomResult, GetTaskParams, GetTaskResult, Implementation,
-    ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, RequestStateCodec, RequestStateError,
-    ResultType, ServerCapabilities, ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool,
-    UnsubscribeRequestParams,
+    CacheScope, CallToolRequestParams, CallToolResponse, CancelTaskParams, CustomRequest,
+    CustomResult, GetTaskParams, GetTaskResult, Implementation, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, RequestStateCodec, RequestStateError, ResultType, ServerCapabilities,
+    ServerConfig, SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
 use rmcp::service::{
     NotificationContext, Peer, RequestContext, SubscriptionContext, SubscriptionSink,
@@ -654,10 +653,7 @@ impl ServerHandler for Coordinator {
         // One lock-wait budget for everything this call does (store/budget.rs).
         let budget = Budget::for_call();
         let result = if let Some(off) = self.toolset_off(&name) {
-            Ok(CallToolResult::structured_error(
-                serde_json::to_value(toolsets::refused(&name, &off)).unwrap_or_default(),
-            )
-            .into())
+            Ok(toolsets::refused(&name, &off).into_result().into())
         } else if let Some(handler) = self.inner.tools.handler(&name) {
             budget::scope(
                 budget,
