@@ -327,13 +327,14 @@ impl Coordinator {
     }
 
     /// How many tools [`Coordinator::offered_tools`] would list, without building their
-    /// definitions (which a cold start defers to the first `tools/list`).
+    /// definitions (which a cold start defers to the first `tools/list`): the enabled
+    /// toolsets' sizes, the `toolsets` tool, and the shown children's tools.
     fn offered_count(&self) -> usize {
-        let sets = self.toolsets();
-        let own = self
-            .inner
-            .tools
-            .count_where(|r| r.name() == toolsets::TOOL || sets.shows(r.group()));
+        let (sets, _) = self.toolsets().enabled();
+        let own: usize = sets
+            .iter()
+            .map(|t| self.inner.tools.toolset_size(*t).0)
+            .sum();
         let children = if self.instances_enabled() {
             self.inner
                 .instances
@@ -344,7 +345,7 @@ impl Coordinator {
         } else {
             0
         };
-        own + children
+        own + 1 + children
     }
 
     /// Whether the config leaves the instances group on (child tools are offered and routed).
@@ -369,9 +370,10 @@ impl Coordinator {
         self.inner.instances.resolve_exposed(name)
     }
 
-    /// The toolset to enable before `name` can be called on this connection, if it is off.
-    fn toolset_off(&self, name: &str) -> Option<String> {
-        if let Some(route) = self.inner.tools.route(name) {
+    /// The toolset to enable before `name` (whose route is `route`, if it is one of ours) can
+    /// be called on this connection, if it is off.
+    fn toolset_off(&self, name: &str, route: Option<&tool::Route>) -> Option<String> {
+        if let Some(route) = route {
             let group = route.group();
             return (name != toolsets::TOOL && !self.toolsets().shows(group))
                 .then(|| group.toolset().as_str().to_string());
@@ -652,12 +654,13 @@ impl ServerHandler for Coordinator {
         let large = size > LARGE_REQUEST;
         // One lock-wait budget for everything this call does (store/budget.rs).
         let budget = Budget::for_call();
-        let result = if let Some(off) = self.toolset_off(&name) {
+        let route = self.inner.tools.route(&name);
+        let result = if let Some(off) = self.toolset_off(&name, route) {
             Ok(toolsets::refused(&name, &off).into_result().into())
-        } else if let Some(handler) = self.inner.tools.handler(&name) {
+        } else if let Some(route) = route {
             budget::scope(
                 budget,
-                handler(ToolCallContext::new(self, request, context)),
+                (route.call)(ToolCallContext::new(self, request, context)),
             )
             .await
         } else if let Some(target) = self.proxy_target(&name) {

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use rmcp::model::Tool;
 
-use super::tool::{Handler, Route};
+use super::tool::Route;
 use crate::config::{ToolGroup, Toolset};
 
 /// The enabled tools of this process and the switched-off ones.
@@ -14,6 +14,8 @@ pub struct Registry {
     routes: HashMap<&'static str, Route>,
     /// Tools switched off by config, with the group that switched them off.
     disabled: HashMap<&'static str, ToolGroup>,
+    /// How many enabled tools each toolset holds (the `toolsets` tool in none).
+    sizes: HashMap<Toolset, usize>,
     /// The enabled tools' definitions, sorted by name; built on first use (generating every
     /// schema is most of what a cold start would otherwise spend before answering).
     definitions: OnceLock<Arc<Vec<Tool>>>,
@@ -32,16 +34,18 @@ impl Registry {
                 enabled.insert(r.name(), r);
             }
         }
+        let mut sizes = HashMap::new();
+        for r in enabled.values() {
+            if r.name() != super::toolsets::TOOL {
+                *sizes.entry(r.group().toolset()).or_insert(0) += 1;
+            }
+        }
         Registry {
             routes: enabled,
             disabled,
+            sizes,
             definitions: OnceLock::new(),
         }
-    }
-
-    /// The handler of an enabled tool.
-    pub fn handler(&self, name: &str) -> Option<&Handler> {
-        self.routes.get(name).map(|r| &r.call)
     }
 
     /// An enabled tool's route.
@@ -52,13 +56,9 @@ impl Registry {
     /// How many enabled tools `toolset` holds, and whether the config switched off any of
     /// its tools.
     pub fn toolset_size(&self, toolset: Toolset) -> (usize, bool) {
-        let holds = |g: &ToolGroup| g.toolset() == toolset;
-        let enabled = self
-            .routes
-            .values()
-            .filter(|r| r.name() != super::toolsets::TOOL && holds(&r.group()))
-            .count();
-        (enabled, self.disabled.values().any(holds))
+        let enabled = self.sizes.get(&toolset).copied().unwrap_or(0);
+        let switched_off = self.disabled.values().any(|g| g.toolset() == toolset);
+        (enabled, switched_off)
     }
 
     /// The group that switched `name` off, if the config did.
@@ -89,11 +89,6 @@ impl Registry {
             .filter(|t| self.routes.get(t.name.as_ref()).is_some_and(&shown))
             .cloned()
             .collect()
-    }
-
-    /// How many enabled tools `shown` keeps (without building any definition).
-    pub fn count_where(&self, shown: impl Fn(&Route) -> bool) -> usize {
-        self.routes.values().filter(|r| shown(r)).count()
     }
 
     /// One enabled tool's definition.
