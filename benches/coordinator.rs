@@ -162,6 +162,21 @@ struct Server {
     line: String,
 }
 
+/// The coordinator on `data_dir`, logging errors only, with none of this process's
+/// `MCP_COORDINATOR_*` settings.
+fn coordinator_command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(["--log-level", "error"]);
+    cmd
+}
+
 impl Server {
     fn spawn(data_dir: &Path) -> Server {
         Server::spawn_with(data_dir, None)
@@ -169,16 +184,8 @@ impl Server {
 
     /// The coordinator on `data_dir`, with `config` if given.
     fn spawn_with(data_dir: &Path, config: Option<&Path>) -> Server {
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
-                cmd.env_remove(key);
-            }
-        }
+        let mut cmd = coordinator_command(data_dir);
         cmd.env("MCP_COORDINATOR_TOOLSETS", "all");
-        cmd.arg("--data-dir")
-            .arg(data_dir)
-            .args(["--log-level", "error"]);
         if let Some(config) = config {
             cmd.arg("--config").arg(config);
         }
@@ -374,15 +381,7 @@ fn bench_tool_list(data_dir: &Path) {
         ("default toolsets", None, Some(20), 40_000),
         ("--toolsets all", Some("all"), None, 100_000),
     ] {
-        let mut cmd = Command::new(BIN);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("MCP_COORDINATOR_") {
-                cmd.env_remove(key);
-            }
-        }
-        cmd.arg("--data-dir")
-            .arg(data_dir)
-            .args(["--log-level", "error"]);
+        let mut cmd = coordinator_command(data_dir);
         if let Some(t) = toolsets {
             cmd.args(["--toolsets", t]);
         }

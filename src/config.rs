@@ -210,10 +210,7 @@ impl Toolset {
     }
 
     pub fn from_name(name: &str) -> Option<Toolset> {
-        [Toolset::Children, Toolset::All]
-            .into_iter()
-            .chain(Toolset::BUILT_IN)
-            .find(|t| t.as_str() == name)
+        <Toolset as clap::ValueEnum>::from_str(name, false).ok()
     }
 }
 

@@ -370,19 +370,17 @@ impl Coordinator {
         self.inner.instances.resolve_exposed(name)
     }
 
-    /// The toolset to enable before `name` (whose route is `route`, if it is one of ours) can
-    /// be called on this connection, if it is off.
-    fn toolset_off(&self, name: &str, route: Option<&tool::Route>) -> Option<String> {
+    /// The toolset to enable before `name` can be called on this connection, if it is off:
+    /// `route` is its route if it is one of ours, `child` whether it names a running child's
+    /// tool (`<instance>__<tool>`).
+    fn toolset_off(&self, name: &str, route: Option<&tool::Route>, child: bool) -> Option<String> {
         if let Some(route) = route {
             let group = route.group();
             return (name != toolsets::TOOL && !self.toolsets().shows(group))
                 .then(|| group.toolset().as_str().to_string());
         }
         let (instance, _) = crate::instance::policy::split_exposed(name)?;
-        (self.instances_enabled()
-            && self.inner.instances.resolve_exposed(name).is_some()
-            && !self.toolsets().shows_child(instance))
-        .then(|| toolsets::child_toolset(instance))
+        (child && !self.toolsets().shows_child(instance)).then(|| toolsets::child_toolset(instance))
     }
 
     fn unknown_tool(&self, name: &str) -> ErrorData {
@@ -655,7 +653,9 @@ impl ServerHandler for Coordinator {
         // One lock-wait budget for everything this call does (store/budget.rs).
         let budget = Budget::for_call();
         let route = self.inner.tools.route(&name);
-        let result = if let Some(off) = self.toolset_off(&name, route) {
+        // A child's tool is resolved once, for the toolset check and the call.
+        let target = route.is_none().then(|| self.proxy_target(&name)).flatten();
+        let result = if let Some(off) = self.toolset_off(&name, route, target.is_some()) {
             Ok(toolsets::refused(&name, &off).into_result().into())
         } else if let Some(route) = route {
             budget::scope(
@@ -663,7 +663,7 @@ impl ServerHandler for Coordinator {
                 (route.call)(ToolCallContext::new(self, request, context)),
             )
             .await
-        } else if let Some(target) = self.proxy_target(&name) {
+        } else if let Some(target) = target {
             let mut call = call.clone();
             call.request_state = request.request_state.clone();
             call.input_responses = request.input_responses.clone();

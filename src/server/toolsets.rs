@@ -240,10 +240,7 @@ fn parse(c: &Coordinator, field: &str, name: &str) -> Result<Name, Failure> {
         if running.contains_key(instance) {
             return Ok(Name::Child(instance.to_string()));
         }
-        let names: Vec<String> = running
-            .keys()
-            .map(|n| format!("{CHILD_PREFIX}{n}"))
-            .collect();
+        let names: Vec<String> = running.keys().map(|n| child_toolset(n)).collect();
         return Err(ToolError::new(
             ErrorCode::NotFound,
             format!(
@@ -307,7 +304,7 @@ fn describe(c: &Coordinator) -> Vec<ToolsetInfo> {
         out.push(ToolsetInfo {
             enabled: sets.shows_child(&name),
             summary: format!("the tools of running child `{name}` ({name}__<tool>)"),
-            name: format!("{CHILD_PREFIX}{name}"),
+            name: child_toolset(&name),
             tools,
             switched_off: None,
         });
