@@ -176,13 +176,7 @@ pub struct Approval {
 
 impl Approval {
     pub fn from_row(r: ApprovalRow) -> Result<Self, StoreError> {
-        let bad = |what: &str, v: &str| {
-            StoreError::Sqlite(rusqlite::Error::InvalidColumnType(
-                0,
-                format!("{what}={v}"),
-                rusqlite::types::Type::Text,
-            ))
-        };
+        let bad = StoreError::unreadable;
         let state = State::from_str(&r.state).map_err(|_| bad("state", &r.state))?;
         let decision = match (&r.decided_by, &r.decided_via, &r.decided_at) {
             (Some(by), Some(via), Some(at)) => Some(Decision {

@@ -964,13 +964,9 @@ impl InstanceService {
         let store = self.inner.audit.store();
         store
             .write(|tx| sql::insert(tx, &row))
-            .map_err(|e| match &e {
-                StoreError::Sqlite(s)
-                    if s.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
-                {
-                    InstanceError::NameTaken(name.clone())
-                }
-                _ => InstanceError::Store(e),
+            .map_err(|e| match e {
+                StoreError::Conflict { .. } => InstanceError::NameTaken(name.clone()),
+                e => InstanceError::Store(e),
             })?;
         let _ = by;
         Ok(self.insert_live(row, ty, req.overrides))

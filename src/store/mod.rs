@@ -40,21 +40,46 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0010_fewer_index_pages.sql")),
 ];
 
+/// The database as the domain sees it inside [`Store::write`] or [`Store::read`]: a handle it
+/// passes to the functions of `store/`'s table modules and cannot otherwise use. Only `store/`
+/// reaches the connection under it, so no domain file names rusqlite, and a second backend
+/// implements the same functions over its own handle.
+pub struct Tx<'c> {
+    conn: &'c Connection,
+}
+
+impl<'c> Tx<'c> {
+    /// The connection under the handle: for the table modules only.
+    #[allow(dead_code)] // TEMPORARY (issue 21): used once the table modules take `&Tx`
+    pub(in crate::store) fn conn(&self) -> &'c Connection {
+        self.conn
+    }
+}
+
+// TEMPORARY (issue 21, while the table modules move to `&Tx`): removed once no domain file
+// needs the connection.
+impl std::ops::Deref for Tx<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
 /// An open transaction on a connection: rolled back when dropped uncommitted (the closure of
 /// [`Store::write`] failed or panicked). BEGIN and COMMIT come from the statement cache:
 /// rusqlite's `Transaction` parses them again on every transaction, a few microseconds each
 /// on a path that runs three transactions per task.
-struct Tx<'c> {
+struct Open<'c> {
     conn: &'c Connection,
     open: bool,
 }
 
-impl<'c> Tx<'c> {
+impl<'c> Open<'c> {
     fn begin(conn: &'c Connection, begin: &str) -> Result<Self, StoreError> {
         conn.prepare_cached(begin)?
             .execute([])
             .map_err(StoreError::from_sqlite)?;
-        Ok(Tx { conn, open: true })
+        Ok(Open { conn, open: true })
     }
 
     fn commit(mut self) -> Result<(), StoreError> {
@@ -67,7 +92,7 @@ impl<'c> Tx<'c> {
     }
 }
 
-impl Drop for Tx<'_> {
+impl Drop for Open<'_> {
     fn drop(&mut self) {
         // A failed COMMIT (or statement) may already have ended the transaction.
         if self.open && !self.conn.is_autocommit() {
@@ -155,6 +180,17 @@ pub enum StoreError {
         "database {path} is full: the disk has no room left (nothing was written; free some space and try again)"
     )]
     Full { path: String },
+    /// The row asked for does not exist.
+    #[error("no {what} {id:?}")]
+    NotFound { what: &'static str, id: String },
+    /// A row with the same key already exists (a unique or primary key constraint): nothing
+    /// was written.
+    #[error("already exists: {detail}")]
+    Conflict { detail: String },
+    /// A stored value this build cannot read (a status it does not know): the row was written
+    /// by something else, or by a newer build.
+    #[error("unreadable {column} {value:?} in the database")]
+    Unreadable { column: &'static str, value: String },
     /// Any other SQLite failure.
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
@@ -166,14 +202,38 @@ impl StoreError {
         matches!(self, StoreError::Busy { .. } | StoreError::Full { .. })
     }
 
+    /// A stored status (or other closed value) that does not parse: see [`StoreError::Unreadable`].
+    pub fn unreadable(column: &'static str, value: &str) -> Self {
+        StoreError::Unreadable {
+            column,
+            value: value.to_string(),
+        }
+    }
+
     /// Whether another process held the lock too long.
     pub fn is_busy(&self) -> bool {
         matches!(self, StoreError::Busy { .. })
     }
 
+    /// Whether a row with the same key already exists.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
     /// Turns SQLite's busy code into [`StoreError::Busy`] (with the current operation's wait),
-    /// a full disk into [`StoreError::Full`], everything else into `Sqlite`.
+    /// a full disk into [`StoreError::Full`], a duplicate key into [`StoreError::Conflict`],
+    /// everything else into `Sqlite`.
     pub fn from_sqlite(err: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(e, detail) = &err
+            && matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            )
+        {
+            return StoreError::Conflict {
+                detail: detail.clone().unwrap_or_else(|| e.to_string()),
+            };
+        }
         match err.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
                 let (waited, timeout) = budget::waited();
@@ -373,18 +433,26 @@ impl Store {
         }
     }
 
+    /// Runs `f` on the process's connection without opening a transaction: each statement
+    /// reads a consistent snapshot of its own. For lookups and lists; see [`write`](Self::write)
+    /// for anything that changes a row.
+    pub fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> T) -> T {
+        let conn = self.lock();
+        f(&Tx { conn: &conn })
+    }
+
     /// Runs `f` inside one `BEGIN IMMEDIATE` transaction and commits it; any error rolls back.
     /// IMMEDIATE takes the write lock up front, so two processes never deadlock upgrading a read.
-    pub fn write<T, E>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E>
+    pub fn write<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
         let conn = self.lock_for_write()?;
-        let tx = Tx {
+        let tx = Open {
             conn: &conn,
             open: true,
         };
-        let value = f(&conn)?;
+        let value = f(&Tx { conn: &conn })?;
         tx.commit()?;
         self.committed();
         Ok(value)
@@ -431,7 +499,7 @@ impl Store {
     /// `f` is that failure.
     pub fn write_lazily<T, E>(
         &self,
-        f: impl Fn(&Connection) -> Result<T, E>,
+        f: impl Fn(&Tx<'_>) -> Result<T, E>,
         busy: impl Fn(&E) -> bool,
     ) -> Result<T, E>
     where
@@ -440,8 +508,8 @@ impl Store {
         {
             let conn = self.lock();
             let before = conn.total_changes();
-            let tx = Tx::begin(&conn, "BEGIN DEFERRED")?;
-            match f(&conn) {
+            let tx = Open::begin(&conn, "BEGIN DEFERRED")?;
+            match f(&Tx { conn: &conn }) {
                 Ok(value) => {
                     let wrote = conn.total_changes() != before;
                     tx.commit()?;
@@ -525,6 +593,18 @@ impl Store {
 pub enum ReadConn<'a> {
     Own(Connection),
     Shared(MutexGuard<'a, Connection>),
+}
+
+impl ReadConn<'_> {
+    /// The handle the table modules' functions take.
+    pub fn tx(&self) -> Tx<'_> {
+        Tx {
+            conn: match self {
+                ReadConn::Own(c) => c,
+                ReadConn::Shared(c) => c,
+            },
+        }
+    }
 }
 
 impl std::ops::Deref for ReadConn<'_> {
