@@ -14,6 +14,7 @@ pub mod logging;
 mod macros;
 pub mod net;
 pub mod overseer;
+pub mod periodic;
 pub mod pipeline;
 pub mod remediation;
 pub mod secret;

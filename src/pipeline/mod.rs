@@ -6,6 +6,7 @@
 pub mod dag;
 mod gate;
 pub mod webhook;
+mod periodic;
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -7,6 +7,7 @@ pub mod actions;
 pub mod diff;
 pub mod edit;
 pub mod files;
+mod periodic;
 #[cfg(test)]
 mod layout_tests;
 

@@ -248,7 +248,9 @@ async fn assessment_request(
     // Run it off the request: recorded first, results when done (or never, if cancelled).
     let runner = c.clone();
     let run_id = id.clone();
-    let job = tokio::task::spawn_blocking(move || runner.assessments().run(&run_id));
+    let job = c
+        .workers()
+        .spawn_blocking(move || runner.assessments().run(&run_id));
     if wait == 0 {
         drop(job);
         return Ok(result(a));

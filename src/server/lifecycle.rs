@@ -1,6 +1,7 @@
-//! How a server runs: serving stdio until the client leaves or a shutdown is asked for, the
-//! periodic background work beside it (lease sweeps, pipeline ticks, tool-list changes), and
-//! the way out (children stopped, audit events written, the chain head signed).
+//! How a server runs: serving stdio until the client leaves or a shutdown is asked for, with
+//! the background work beside it started and stopped by its owner (`workers.rs`), telling
+//! clients when the tool list changes, and the way out (children stopped, background jobs
+//! joined, audit events written, the chain head signed).
 
 use std::future::Future;
 use std::time::Instant;
@@ -9,84 +10,10 @@ use rmcp::ServiceExt;
 use rmcp::model::ProtocolVersion;
 
 use super::{Coordinator, relay};
-use crate::pipeline::PipelineError;
-use crate::remediation::RemediationError;
-
-/// Returns expired and orphaned task leases to the queue, every half heartbeat interval
-/// (between 100 ms and 1 s), until the server stops.
-async fn sweep_forever(c: Coordinator) {
-    let half = c.tasks().agents().config().heartbeat_interval_ms / 2;
-    let mut every = tokio::time::interval(std::time::Duration::from_millis(half.clamp(100, 1000)));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        match c.background(|c| c.tasks().sweep()).await {
-            Ok(Ok((0, 0))) => {}
-            Ok(Ok((timed_out, orphaned))) => {
-                tracing::info!(timed_out, orphaned, "returned task leases to the queue")
-            }
-            Ok(Err(e)) if e.is_busy() => tracing::debug!(error = %e, "task sweep skipped"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "task sweep failed"),
-            Err(e) => tracing::warn!(error = %e.message, "task sweep failed"),
-        }
-    }
-}
-
-/// Moves pipeline runs whose approvals were decided elsewhere (the CLI, another process) and
-/// delivers due completion webhooks, every 500 ms, and once a minute fails remediations left
-/// half-applied by a stopped coordinator, until the server stops.
-async fn pipelines_forever(c: Coordinator) {
-    let mut every = tokio::time::interval(std::time::Duration::from_millis(500));
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ticks: u64 = 0;
-    loop {
-        every.tick().await;
-        match c.background(|c| c.pipelines().tick()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(moved)) => tracing::debug!(moved, "pipeline runs advanced"),
-            Ok(Err(PipelineError::Store(e))) if e.is_busy() => {
-                tracing::debug!(error = %e, "pipeline tick skipped")
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "pipeline tick failed"),
-            Err(e) => tracing::warn!(error = %e.message, "pipeline tick failed"),
-        }
-        ticks += 1;
-        // Once a minute: remediations whose coordinator stopped in the middle of applying them.
-        if ticks % 120 == 1 {
-            match c
-                .background(|c| {
-                    c.remediations()
-                        .fail_interrupted(std::time::Duration::from_secs(120))
-                })
-                .await
-            {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::warn!(n, "marked interrupted remediations as failed"),
-                Ok(Err(RemediationError::Store(e))) if e.is_busy() => {
-                    tracing::debug!(error = %e, "check for interrupted remediations skipped")
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "could not check for interrupted remediations")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e.message, "could not check for interrupted remediations")
-                }
-            }
-        }
-        match c.background(|c| c.pipelines().deliver_webhooks()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(PipelineError::Store(e))) if e.is_busy() => {
-                tracing::debug!(error = %e, "webhook delivery skipped")
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "webhook delivery failed"),
-            Err(e) => tracing::warn!(error = %e.message, "webhook delivery failed"),
-        }
-    }
-}
 
 /// Tells every listening client when the offered tools change (child instances started,
 /// stopped, or changed their tools).
-async fn tool_list_changes(c: Coordinator) {
+pub(super) async fn tool_list_changes(c: Coordinator) {
     let mut changes = c.instances().subscribe();
     while changes.changed().await.is_ok() {
         announce_tool_list_changed(&c).await;
@@ -174,26 +101,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Stopped> {
     let audit = coordinator.audit().clone();
-    let sweeper = tokio::spawn(sweep_forever(coordinator.clone()));
-    let pipelines = tokio::spawn(pipelines_forever(coordinator.clone()));
-    let notifier = tokio::spawn(tool_list_changes(coordinator.clone()));
-    let batches = coordinator
-        .inner
-        .audit_queue
-        .start(audit.clone())
-        .map_err(|e| anyhow::anyhow!("cannot start the audit writer: {e}"))?;
-    // Checkpoints off the callers' path; without it SQLite checkpoints inside a commit.
-    if let Err(e) = audit.store().start_checkpointer() {
-        tracing::warn!(error = %e, "cannot start the background checkpointer");
-    }
-    // Signs what was written within a second, so a crash can hide at most that much.
-    let head_signer = match crate::audit::HeadSigner::start(&audit) {
-        Ok(h) => Some(h),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot start the audit head signer");
-            None
-        }
-    };
+    let workers = coordinator.workers().clone();
+    workers.start(&coordinator)?;
     coordinator.instances().start_reaper();
     coordinator
         .instances()
@@ -207,38 +116,24 @@ pub async fn run(
         r = serve(coordinator.clone(), transport) => r,
         () = shutdown => Ok(Stopped::Shutdown),
     };
-    sweeper.abort();
-    pipelines.abort();
-    notifier.abort();
-    // The whole way out stays under 3 s: rmcp's last answers reach the client while every
-    // child goes with us (close, SIGTERM, SIGKILL of each process group and descendants, then
-    // of every process adopted), then the audit writer gets what is left of the budget.
+    workers.cancel();
+    // The whole way out stays under 3 s: rmcp's last answers reach the client and the
+    // background jobs end while every child goes with us (close, SIGTERM, SIGKILL of each
+    // process group and descendants, then of every process adopted), then the audit writer
+    // gets what is left of the budget.
     let leaving = std::time::Instant::now();
     let budget = std::time::Duration::from_millis(2800);
     let flushed = tokio::time::timeout(std::time::Duration::from_millis(500), output);
     let stopped_children = instances.shutdown(std::time::Duration::from_millis(2000));
-    let _ = tokio::join!(flushed, stopped_children);
-    if let Some(writer) = batches {
-        // Write what is queued, then end the writer.
-        coordinator.inner.audit_queue.stop();
-        let joined = tokio::task::spawn_blocking(move || writer.join());
-        let left = budget
-            .saturating_sub(leaving.elapsed())
-            .max(std::time::Duration::from_millis(200));
-        let _ = tokio::time::timeout(left, joined).await;
-    }
+    let jobs = workers.join(std::time::Duration::from_millis(500));
+    let _ = tokio::join!(flushed, stopped_children, jobs);
+    let left = budget
+        .saturating_sub(leaving.elapsed())
+        .max(std::time::Duration::from_millis(200));
+    workers.stop_audit_writer(&coordinator, left).await;
     drop(coordinator);
     let stopped = stopped?;
-    let signed = tokio::task::spawn_blocking(move || {
-        drop(head_signer);
-        audit.sign_head()
-    })
-    .await;
-    match signed {
-        Ok(Ok(seq)) => tracing::debug!(?seq, "signed the audit chain head"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not sign the audit chain head"),
-        Err(e) => tracing::warn!(error = %e, "could not sign the audit chain head"),
-    }
+    let _ = tokio::task::spawn_blocking(move || workers.sign_head_at_exit(&audit)).await;
     Ok(stopped)
 }
 

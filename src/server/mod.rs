@@ -20,6 +20,7 @@ pub mod session;
 mod system;
 pub mod tool;
 mod toolsets;
+mod workers;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ struct Inner {
     tool_listeners: std::sync::Mutex<(Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)>,
     /// Tool-call audit events, written in batches off the calls' path.
     audit_queue: audit_writer::AuditQueue,
+    /// Everything that runs beside the requests, and how it stops.
+    workers: Arc<workers::Workers>,
     /// The initialize-era client of this stdio session, once initialized: the fast path of
     /// proxied calls serves only it.
     fast_client: std::sync::OnceLock<FastClient>,
@@ -177,6 +180,7 @@ impl Coordinator {
                 instances,
                 tool_listeners: std::sync::Mutex::new((Vec::new(), Vec::new())),
                 audit_queue: audit_writer::AuditQueue::new(),
+                workers: Arc::default(),
                 fast_client: std::sync::OnceLock::new(),
                 subscriptions: std::sync::Mutex::new(HashMap::new()),
                 codec,
@@ -190,6 +194,11 @@ impl Coordinator {
                 tools,
             }),
         })
+    }
+
+    /// The owner of the background work (see `workers.rs`).
+    pub(crate) fn workers(&self) -> &Arc<workers::Workers> {
+        &self.inner.workers
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -266,19 +275,6 @@ impl Coordinator {
         })
         .await
         .map_err(|e| tool::ToolError::new(tool::ErrorCode::Internal, e.to_string()))
-    }
-
-    /// Runs periodic background work off the async threads without any lock-wait budget: when
-    /// another process holds the database it fails at once (and runs again at its next tick)
-    /// instead of holding the connection that calls need.
-    async fn background<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Coordinator) -> T + Send + 'static,
-    ) -> Result<T, tool::ToolError> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || budget::sync_scope(Budget::none(), || f(&this)))
-            .await
-            .map_err(|e| tool::ToolError::new(tool::ErrorCode::Internal, e.to_string()))
     }
 
     fn tool_listeners(
@@ -511,7 +507,7 @@ impl ServerHandler for Coordinator {
         if let Some(previous) = previous {
             previous.cancel();
         }
-        tokio::spawn(resources::watch_run(
+        self.workers().spawn(resources::watch_run(
             self.clone(),
             run_id,
             resources::Target::Peer(context.peer.clone()),
@@ -566,7 +562,7 @@ impl ServerHandler for Coordinator {
             .unwrap_or_default()
         {
             if let Some(id) = resources::run_id_of(&uri) {
-                tokio::spawn(resources::watch_run(
+                self.workers().spawn(resources::watch_run(
                     self.clone(),
                     id.to_string(),
                     resources::Target::Sink(context.sink().clone()),

@@ -3,6 +3,8 @@
 //! first), leases, progress and results from the leaseholder only, retries with exponential
 //! backoff and jitter, a dead-letter state, cancellation, stats, purging, and the sweeper that
 //! returns expired and orphaned leases to the queue.
+mod periodic;
+
 
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
