@@ -5,8 +5,8 @@
 
 pub mod dag;
 mod gate;
-pub mod webhook;
 mod periodic;
+pub mod webhook;
 
 use std::collections::HashMap;
 use std::str::FromStr;

@@ -7,9 +7,9 @@ pub mod actions;
 pub mod diff;
 pub mod edit;
 pub mod files;
-mod periodic;
 #[cfg(test)]
 mod layout_tests;
+mod periodic;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

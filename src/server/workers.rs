@@ -102,8 +102,14 @@ impl Workers {
     /// Waits up to `within` for the jobs to end (see [`cancel`](Self::cancel)); blocking jobs
     /// still running then are left to the runtime's shutdown.
     pub(super) async fn join(&self, within: Duration) {
-        if tokio::time::timeout(within, self.jobs.wait()).await.is_err() {
-            tracing::debug!(left = self.jobs.len(), "background jobs still running at exit");
+        if tokio::time::timeout(within, self.jobs.wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                left = self.jobs.len(),
+                "background jobs still running at exit"
+            );
         }
     }
 
@@ -198,7 +204,11 @@ mod tests {
             let started = std::time::Instant::now();
             workers.cancel();
             workers.join(Duration::from_secs(5)).await;
-            assert_eq!(done.load(Ordering::SeqCst), 1, "the blocking job was not waited for");
+            assert_eq!(
+                done.load(Ordering::SeqCst),
+                1,
+                "the blocking job was not waited for"
+            );
             assert!(workers.jobs.is_empty(), "{} jobs left", workers.jobs.len());
             assert!(started.elapsed() < Duration::from_secs(2));
         });
@@ -218,7 +228,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(runs.load(Ordering::SeqCst), 1, "the first run is at once");
             tokio::time::sleep(Duration::from_millis(200)).await;
-            assert!(runs.load(Ordering::SeqCst) >= 3, "a busy run is tried again");
+            assert!(
+                runs.load(Ordering::SeqCst) >= 3,
+                "a busy run is tried again"
+            );
             workers.cancel();
             workers.join(Duration::from_secs(5)).await;
             assert!(workers.jobs.is_empty());

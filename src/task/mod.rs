@@ -5,7 +5,6 @@
 //! returns expired and orphaned leases to the queue.
 mod periodic;
 
-
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
