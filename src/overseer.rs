@@ -252,16 +252,19 @@ impl OverseerService {
 
     /// The overseer in force, if one is set.
     pub fn current(&self) -> Result<Option<Overseer>, OverseerError> {
-        Ok(sql::current(&self.store().lock())?
+        Ok(self
+            .store()
+            .read(|tx| sql::current(tx))?
             .as_ref()
             .map(Overseer::from))
     }
 
     /// Whether an overseer is set, and whether checks are locked now.
     pub fn status(&self) -> Result<Status, OverseerError> {
-        let conn = self.store().lock();
-        let overseer = sql::current(&conn)?.as_ref().map(Overseer::from);
-        let lock = sql::lock(&conn)?;
+        let (current, lock) = self
+            .store()
+            .read(|tx| Ok::<_, StoreError>((sql::current(tx)?, sql::lock(tx)?)))?;
+        let overseer = current.as_ref().map(Overseer::from);
         let now = now_ts();
         Ok(Status {
             overseer,
@@ -273,7 +276,7 @@ impl OverseerService {
 
     /// Refused while checks are locked.
     pub fn check_unlocked(&self) -> Result<(), OverseerError> {
-        locked(&sql::lock(&self.store().lock())?)
+        locked(&self.store().read(|tx| sql::lock(tx))?)
     }
 
     /// Sets the first overseer. Returns it with its recovery code (shown once, stored hashed).
@@ -311,7 +314,10 @@ impl OverseerService {
     ) -> Result<Overseer, OverseerError> {
         let name = name.map(check_name).transpose()?;
         check_passphrase(new)?;
-        let row = sql::current(&self.store().lock())?.ok_or(OverseerError::NotSet)?;
+        let row = self
+            .store()
+            .read(|tx| sql::current(tx))?
+            .ok_or(OverseerError::NotSet)?;
         self.answer(&row, old, Purpose::Change, by)?;
         let passphrase = hash(new)?;
         self.store().write(|tx| {
@@ -331,7 +337,10 @@ impl OverseerService {
     ) -> Result<(Overseer, RecoveryCode), OverseerError> {
         let name = name.map(check_name).transpose()?;
         check_passphrase(new)?;
-        let row = sql::current(&self.store().lock())?.ok_or(OverseerError::NotSet)?;
+        let row = self
+            .store()
+            .read(|tx| sql::current(tx))?
+            .ok_or(OverseerError::NotSet)?;
         self.answer(&row, &normalize_code(code), Purpose::Reset, by)?;
         let fresh = RecoveryCode::generate();
         let (passphrase, recovery) = (hash(new)?, hash(&normalize_code(fresh.reveal()))?);
@@ -350,7 +359,10 @@ impl OverseerService {
         purpose: Purpose,
         by: &Actor,
     ) -> Result<Overseer, OverseerError> {
-        let row = sql::current(&self.store().lock())?.ok_or(OverseerError::NotSet)?;
+        let row = self
+            .store()
+            .read(|tx| sql::current(tx))?
+            .ok_or(OverseerError::NotSet)?;
         self.answer(&row, passphrase, purpose, by)?;
         Ok(Overseer::from(&row))
     }
@@ -434,7 +446,7 @@ impl OverseerService {
     /// Appends a credential row and its audit event (the name and who set it; never a hash).
     fn append_in(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &crate::store::Tx<'_>,
         name: &str,
         passphrase: String,
         recovery: String,
@@ -529,7 +541,7 @@ mod tests {
             Err(OverseerError::AlreadySet { .. })
         ));
         // The hash is argon2id, and the audit event does not carry it.
-        let phc = sql::current(&s.store().lock())?.map(|r| r.passphrase);
+        let phc = s.store().read(|tx| sql::current(tx))?.map(|r| r.passphrase);
         assert!(phc.is_some_and(|p| p.starts_with("$argon2id$")));
         let events = s.audit.query(&Query::default())?;
         assert_eq!(events.events[0].action, "overseer.set");
@@ -559,13 +571,15 @@ mod tests {
         ));
         assert!(s.status()?.locked_until.is_some());
         // The lock lifts at its time.
-        sql::set_lock(
-            &s.store().lock(),
-            &LockRow {
-                failures: 0,
-                locked_until: Some("2000-01-01T00:00:00.000000Z".into()),
-            },
-        )?;
+        s.store().write(|tx| {
+            sql::set_lock(
+                tx,
+                &LockRow {
+                    failures: 0,
+                    locked_until: Some("2000-01-01T00:00:00.000000Z".into()),
+                },
+            )
+        })?;
         assert!(s.status()?.locked_until.is_none());
         s.verify(PASS, Purpose::Approve, &me())?;
         Ok(())
@@ -613,12 +627,12 @@ mod tests {
     fn credentials_are_never_rewritten_or_deleted() -> Result<(), Box<dyn std::error::Error>> {
         let s = service()?;
         s.init("alice", PASS, &me())?;
-        let conn = s.store().lock();
-        let upd = conn.execute("UPDATE overseer_credentials SET name = 'mallory'", []);
+        let store = s.store();
+        let upd = store.execute_for_test("UPDATE overseer_credentials SET name = 'mallory'");
         assert!(upd.is_err_and(|e| e.to_string().contains("never rewritten")));
-        let del = conn.execute("DELETE FROM overseer_credentials", []);
+        let del = store.execute_for_test("DELETE FROM overseer_credentials");
         assert!(del.is_err_and(|e| e.to_string().contains("never deleted")));
-        let del = conn.execute("DELETE FROM overseer_lock", []);
+        let del = store.execute_for_test("DELETE FROM overseer_lock");
         assert!(del.is_err());
         Ok(())
     }

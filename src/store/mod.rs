@@ -434,6 +434,13 @@ impl Store {
         }
     }
 
+    /// Runs one SQL statement as it is: for domain tests that tamper with rows the way an
+    /// attacker with the file would.
+    #[cfg(test)]
+    pub(crate) fn execute_for_test(&self, sql: &str) -> Result<usize, StoreError> {
+        Ok(self.lock().execute(sql, [])?)
+    }
+
     /// Runs `f` on the process's connection without opening a transaction: each statement
     /// reads a consistent snapshot of its own. For lookups and lists; see [`write`](Self::write)
     /// for anything that changes a row.

@@ -2,9 +2,9 @@
 //! that counts wrong answers across processes. Nothing here checks a passphrase; that is
 //! `crate::overseer`.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::StoreError;
+use super::{StoreError, Tx};
 
 /// One row of `overseer_credentials`. The two PHC strings are argon2id hashes, never a secret
 /// in clear; `Debug` still leaves them out, as nothing needs to see them in a log.
@@ -54,7 +54,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<CredentialRow> {
 }
 
 /// The credential in force: the newest row, if any.
-pub fn current(conn: &Connection) -> Result<Option<CredentialRow>, StoreError> {
+pub fn current(tx: &Tx<'_>) -> Result<Option<CredentialRow>, StoreError> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "SELECT seq, name, passphrase, recovery, event, set_at, set_by
          FROM overseer_credentials ORDER BY seq DESC LIMIT 1",
@@ -66,7 +67,8 @@ pub fn current(conn: &Connection) -> Result<Option<CredentialRow>, StoreError> {
 
 /// Adds a credential row after the newest one and returns its sequence number. `row.seq` is
 /// ignored.
-pub fn append(conn: &Connection, row: &CredentialRow) -> Result<i64, StoreError> {
+pub fn append(tx: &Tx<'_>, row: &CredentialRow) -> Result<i64, StoreError> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO overseer_credentials (seq, name, passphrase, recovery, event, set_at, set_by)
          VALUES ((SELECT COALESCE(MAX(seq), 0) + 1 FROM overseer_credentials),
@@ -85,7 +87,8 @@ pub fn append(conn: &Connection, row: &CredentialRow) -> Result<i64, StoreError>
 }
 
 /// The lock row (a database from before the lock existed has it from its migration).
-pub fn lock(conn: &Connection) -> Result<LockRow, StoreError> {
+pub fn lock(tx: &Tx<'_>) -> Result<LockRow, StoreError> {
+    let conn = tx.conn();
     Ok(conn
         .prepare_cached("SELECT failures, locked_until FROM overseer_lock WHERE id = 1")?
         .query_row([], |r| {
@@ -100,7 +103,8 @@ pub fn lock(conn: &Connection) -> Result<LockRow, StoreError> {
 }
 
 /// Replaces the lock row.
-pub fn set_lock(conn: &Connection, lock: &LockRow) -> Result<(), StoreError> {
+pub fn set_lock(tx: &Tx<'_>, lock: &LockRow) -> Result<(), StoreError> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO overseer_lock (id, failures, locked_until) VALUES (1, ?1, ?2)
          ON CONFLICT (id) DO UPDATE SET failures = excluded.failures,
