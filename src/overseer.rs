@@ -254,7 +254,7 @@ impl OverseerService {
     pub fn current(&self) -> Result<Option<Overseer>, OverseerError> {
         Ok(self
             .store()
-            .read(|tx| sql::current(tx))?
+            .read(sql::current)?
             .as_ref()
             .map(Overseer::from))
     }
@@ -276,7 +276,7 @@ impl OverseerService {
 
     /// Refused while checks are locked.
     pub fn check_unlocked(&self) -> Result<(), OverseerError> {
-        locked(&self.store().read(|tx| sql::lock(tx))?)
+        locked(&self.store().read(sql::lock)?)
     }
 
     /// Sets the first overseer. Returns it with its recovery code (shown once, stored hashed).
@@ -316,7 +316,7 @@ impl OverseerService {
         check_passphrase(new)?;
         let row = self
             .store()
-            .read(|tx| sql::current(tx))?
+            .read(sql::current)?
             .ok_or(OverseerError::NotSet)?;
         self.answer(&row, old, Purpose::Change, by)?;
         let passphrase = hash(new)?;
@@ -339,7 +339,7 @@ impl OverseerService {
         check_passphrase(new)?;
         let row = self
             .store()
-            .read(|tx| sql::current(tx))?
+            .read(sql::current)?
             .ok_or(OverseerError::NotSet)?;
         self.answer(&row, &normalize_code(code), Purpose::Reset, by)?;
         let fresh = RecoveryCode::generate();
@@ -361,7 +361,7 @@ impl OverseerService {
     ) -> Result<Overseer, OverseerError> {
         let row = self
             .store()
-            .read(|tx| sql::current(tx))?
+            .read(sql::current)?
             .ok_or(OverseerError::NotSet)?;
         self.answer(&row, passphrase, purpose, by)?;
         Ok(Overseer::from(&row))
@@ -541,7 +541,7 @@ mod tests {
             Err(OverseerError::AlreadySet { .. })
         ));
         // The hash is argon2id, and the audit event does not carry it.
-        let phc = s.store().read(|tx| sql::current(tx))?.map(|r| r.passphrase);
+        let phc = s.store().read(sql::current)?.map(|r| r.passphrase);
         assert!(phc.is_some_and(|p| p.starts_with("$argon2id$")));
         let events = s.audit.query(&Query::default())?;
         assert_eq!(events.events[0].action, "overseer.set");

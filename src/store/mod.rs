@@ -1,5 +1,10 @@
-//! SQLite storage: opening the database (WAL, busy timeout, foreign keys), the embedded numbered
-//! migrations, and one module per table group.
+//! The store: everything the coordinator keeps, behind one surface. SQLite today (`open.rs`:
+//! WAL, busy handler, migrations); one module per table group (`task.rs`, `approval.rs`, ...)
+//! whose functions take the [`Tx`] handle the domain gets from [`Store::write`] or
+//! [`Store::read`]; errors that say what happened (`error.rs`); lock-wait budgets
+//! (`budget.rs`). Only this folder names rusqlite or holds SQL: a second backend implements
+//! the same functions. Depends on nothing in the crate but the domains' leaf value types
+//! (status enums).
 
 pub mod agent;
 pub mod approval;
@@ -7,38 +12,29 @@ pub mod assessment;
 pub mod audit;
 pub mod budget;
 mod checkpointer;
+mod error;
 pub mod instance;
+mod open;
 pub mod overseer;
 pub mod pipeline;
 pub mod secret;
 pub mod task;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use rusqlite_migration::{M, Migrations};
+use rusqlite::Connection;
 
+use error::LOCKED;
 /// The database path that means "no file": state lives in memory and dies with the process.
-pub const MEMORY: &str = ":memory:";
+pub use error::StoreError;
+use open::MIGRATIONS;
+pub use open::create_private_dir;
+use open::{migrate, open_connection, open_connection_with};
 
-/// The numbered migrations, embedded at compile time and applied in order on open.
-/// Append only: a shipped migration is never edited.
-const MIGRATIONS: &[M<'static>] = &[
-    M::up(include_str!("migrations/0001_audit.sql")),
-    M::up(include_str!("migrations/0002_approvals.sql")),
-    M::up(include_str!("migrations/0003_agents_tasks.sql")),
-    M::up(include_str!("migrations/0004_pipelines.sql")),
-    M::up(include_str!("migrations/0005_secrets.sql")),
-    M::up(include_str!("migrations/0006_assessments.sql")),
-    M::up(include_str!("migrations/0007_instances.sql")),
-    M::up(include_str!("migrations/0008_overseer.sql")),
-    M::up(include_str!("migrations/0009_task_indexes.sql")),
-    M::up(include_str!("migrations/0010_fewer_index_pages.sql")),
-];
+pub const MEMORY: &str = ":memory:";
 
 /// The database as the domain sees it inside [`Store::write`] or [`Store::read`]: a handle it
 /// passes to the functions of `store/`'s table modules and cannot otherwise use. Only `store/`
@@ -137,144 +133,6 @@ const DOMAIN_TABLES: &[(&str, &str)] = &[
         "SELECT COUNT(*) FROM instance_tool_pins",
     ),
 ];
-
-/// What went wrong in the store, named by what happened rather than by SQLite's code.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The database file could not be opened or created.
-    // The cause is in the message, not the error's `source`, so `{:#}` says it once.
-    #[error("cannot open database {path}: {cause}")]
-    Open {
-        path: String,
-        cause: rusqlite::Error,
-    },
-    /// A command that only reads was pointed at a database file that does not exist.
-    #[error(
-        "database {path} does not exist (nothing was created): check --db or --data-dir; a coordinator creates it on first start"
-    )]
-    Missing { path: String },
-    /// `--db` names a URL: no backend for it exists in this build. Only the scheme is kept,
-    /// as the rest of a URL may carry a password.
-    #[error(
-        "--db: `{scheme}://...` looks like a database URL, and this build stores state only in SQLite files; give a file path, or :memory:"
-    )]
-    Url { scheme: String },
-    /// A migration failed; the database is left at its previous version.
-    #[error("cannot migrate database {path}: {message}")]
-    Migration { path: String, message: String },
-    /// The database was written by a newer coordinator than this one.
-    #[error(
-        "database {path} has schema version {found}, newer than this build knows ({known}); upgrade mcp-coordinator"
-    )]
-    TooNew {
-        path: String,
-        found: i64,
-        known: usize,
-    },
-    /// Another process held the lock for longer than this operation's budget (see
-    /// [`budget`]): how long it waited in all, and the busy timeout.
-    #[error("{}", busy_message(*waited, *timeout))]
-    Busy { waited: Duration, timeout: Duration },
-    /// The disk (or the database's size limit) is full: nothing was written.
-    #[error(
-        "database {path} is full: the disk has no room left (nothing was written; free some space and try again)"
-    )]
-    Full { path: String },
-    /// The row asked for does not exist.
-    #[error("no {what} {id:?}")]
-    NotFound { what: &'static str, id: String },
-    /// A row with the same key already exists (a unique or primary key constraint): nothing
-    /// was written.
-    #[error("already exists: {detail}")]
-    Conflict { detail: String },
-    /// A stored value this build cannot read (a status it does not know): the row was written
-    /// by something else, or by a newer build.
-    #[error("unreadable {column} {value:?} in the database")]
-    Unreadable { column: &'static str, value: String },
-    /// Any other SQLite failure.
-    #[error("database error: {0}")]
-    Sqlite(rusqlite::Error),
-}
-
-impl StoreError {
-    /// Whether trying the same operation again may succeed.
-    pub fn retryable(&self) -> bool {
-        matches!(self, StoreError::Busy { .. } | StoreError::Full { .. })
-    }
-
-    /// A stored status (or other closed value) that does not parse: see [`StoreError::Unreadable`].
-    pub fn unreadable(column: &'static str, value: &str) -> Self {
-        StoreError::Unreadable {
-            column,
-            value: value.to_string(),
-        }
-    }
-
-    /// Whether another process held the lock too long.
-    pub fn is_busy(&self) -> bool {
-        matches!(self, StoreError::Busy { .. })
-    }
-
-    /// Whether a row with the same key already exists.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, StoreError::Conflict { .. })
-    }
-
-    /// Turns SQLite's busy code into [`StoreError::Busy`] (with the current operation's wait),
-    /// a full disk into [`StoreError::Full`], a duplicate key into [`StoreError::Conflict`],
-    /// everything else into `Sqlite`.
-    pub fn from_sqlite(err: rusqlite::Error) -> Self {
-        if let rusqlite::Error::SqliteFailure(e, detail) = &err
-            && matches!(
-                e.extended_code,
-                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
-            )
-        {
-            return StoreError::Conflict {
-                detail: detail.clone().unwrap_or_else(|| e.to_string()),
-            };
-        }
-        match err.sqlite_error_code() {
-            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                let (waited, timeout) = budget::waited();
-                StoreError::Busy { waited, timeout }
-            }
-            Some(rusqlite::ErrorCode::DiskFull) => StoreError::Full {
-                path: LOCKED
-                    .with_borrow(|l| l.as_ref().map(|l| l.display()))
-                    .unwrap_or_else(|| "(unknown)".into()),
-            },
-            _ => StoreError::Sqlite(err),
-        }
-    }
-}
-
-/// What [`StoreError::Busy`] says: how long the operation waited, in tenths of a second, and
-/// its budget (`10 s`, `2.5 s`); background work, which has none, says so instead.
-fn busy_message(waited: Duration, timeout: Duration) -> String {
-    if timeout.is_zero() {
-        return "database is busy: another process holds the write lock (background work does not wait for it)".into();
-    }
-    format!(
-        "database is busy: waited {:.1} s for another process's write lock (busy timeout {} s)",
-        waited.as_secs_f64(),
-        timeout.as_secs_f64()
-    )
-}
-
-thread_local! {
-    /// The database whose connection this thread locked last ([`Store::lock`]): the one a
-    /// full-disk error on this thread is about (SQLite's error does not say which file).
-    static LOCKED: std::cell::RefCell<Option<Arc<Location>>> = const { std::cell::RefCell::new(None) };
-}
-
-impl From<rusqlite::Error> for StoreError {
-    /// Busy and a full disk by what happened (see [`StoreError::from_sqlite`]).
-    fn from(err: rusqlite::Error) -> Self {
-        StoreError::from_sqlite(err)
-    }
-}
 
 /// A handle to the coordinator database, cheap to clone. One connection per process, guarded by
 /// a mutex: SQLite calls here take microseconds, and a single writer per process keeps the
@@ -625,140 +483,12 @@ impl std::ops::Deref for ReadConn<'_> {
     }
 }
 
-fn open_connection(location: &Location) -> Result<Connection, StoreError> {
-    open_connection_with(location, true)
-}
-
-/// Opens one connection; `create` makes the file and its directory when missing.
-fn open_connection_with(location: &Location, create: bool) -> Result<Connection, StoreError> {
-    let path_str = location.display();
-    let open_err = |cause| StoreError::Open {
-        path: path_str.clone(),
-        cause,
-    };
-    let conn = match location {
-        Location::Memory => Connection::open_in_memory().map_err(open_err)?,
-        Location::File(path) => {
-            if let Some(parent) = path
-                .parent()
-                .filter(|p| create && !p.as_os_str().is_empty())
-            {
-                create_private_dir(parent).map_err(|e| StoreError::Open {
-                    path: path_str.clone(),
-                    cause: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
-                })?;
-            }
-            let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-                | OpenFlags::SQLITE_OPEN_NO_MUTEX
-                | OpenFlags::SQLITE_OPEN_URI;
-            if create {
-                flags |= OpenFlags::SQLITE_OPEN_CREATE;
-            }
-            Connection::open_with_flags(path, flags).map_err(open_err)?
-        }
-    };
-    // Waits for other processes' locks draw on the current operation's budget (budget.rs).
-    conn.busy_handler(Some(budget::on_busy)).map_err(open_err)?;
-    if matches!(location, Location::File(_)) {
-        // WAL lets readers (the CLI, a second coordinator) work while one process writes.
-        // Switching a fresh file to WAL answers SQLITE_BUSY at once, without the busy handler,
-        // while another process switches it too: wait and retry here instead.
-        let started = std::time::Instant::now();
-        loop {
-            match conn.pragma_update_and_check(None, "journal_mode", "wal", |_| Ok(())) {
-                Err(ref e)
-                    if matches!(
-                        e.sqlite_error_code(),
-                        Some(
-                            rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                        )
-                    ) && started.elapsed() < budget::default_limit() =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                other => break other.map_err(open_err)?,
-            }
-        }
-        // NORMAL in WAL mode is durable against process kills; only an OS crash can lose the
-        // last commits, and the chain stays consistent either way.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        // A checkpoint copies every page changed since the last one back into the database
-        // file and fsyncs it. A server checkpoints on a thread of its own (checkpointer.rs);
-        // this automatic one, in whichever commit crosses the threshold, is for processes
-        // without it and a backstop when it falls behind. Hot pages (the queue's index
-        // leaves, the audit chain's right edge) change in every transaction, so 8,192 frames
-        // instead of SQLite's 1,000 copies each of them an eighth as often. Durability is the
-        // same: a commit is in the WAL either way. The WAL grows to about 32 MB at most
-        // between checkpoints, and is cut back to 64 MB after one that a long reader held up.
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT)
-            .map_err(open_err)?;
-        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
-            .map_err(open_err)?;
-    }
-    conn.pragma_update(None, "foreign_keys", "ON")
-        .map_err(open_err)?;
-    // Room for every statement the services prepare (about a hundred): an evicted statement
-    // is parsed again on its next use.
-    conn.set_prepared_statement_cache_capacity(128);
-    // Plans that do not depend on the values bound. Without this, SQLite (built with STAT4)
-    // plans a statement with `LIMIT ?` for the limit bound at the time and marks it stale on
-    // every new bind, so the claim's candidate queries were parsed again on every claim (18%
-    // of a task's time). Our plans are fixed by INDEXED BY anyway.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-        .map_err(open_err)?;
-    Ok(conn)
-}
-
-fn migrate(conn: &mut Connection, location: &Location) -> Result<(), StoreError> {
-    let path = location.display();
-    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if found > MIGRATIONS.len() as i64 {
-        return Err(StoreError::TooNew {
-            path,
-            found,
-            known: MIGRATIONS.len(),
-        });
-    }
-    // Two processes may start on a fresh file at once: IMMEDIATE makes the second wait for the
-    // first's migration instead of failing to upgrade its read lock.
-    conn.set_transaction_behavior(TransactionBehavior::Immediate);
-    let migrations = Migrations::from_slice(MIGRATIONS);
-    let mut seen = found;
-    let mut result = migrations.to_latest(conn);
-    // rusqlite_migration reads user_version before it takes the write lock, so the second of
-    // two processes may run a migration the first has just committed ("table already exists").
-    // When the version moved meanwhile, that is what happened: try again from the new version.
-    while result.is_err() {
-        let now: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if now <= seen {
-            break;
-        }
-        seen = now;
-        result = migrations.to_latest(conn);
-    }
-    conn.set_transaction_behavior(TransactionBehavior::Deferred);
-    result.map_err(|e| StoreError::Migration {
-        path,
-        message: e.to_string(),
-    })
-}
-
-/// Creates a directory (and parents) readable only by the owner, as the data directory holds
-/// the signing key and the database.
-pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use rusqlite_migration::Migrations;
+
     use super::*;
 
     #[test]
