@@ -6,6 +6,7 @@ pub mod approval;
 pub mod assessment;
 pub mod audit;
 pub mod config;
+pub mod fault;
 pub mod glob;
 pub mod instance;
 pub mod keyfile;

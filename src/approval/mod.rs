@@ -16,6 +16,7 @@ use time::OffsetDateTime;
 
 use crate::audit::chain::{format_ts, now_ts};
 use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::macros::string_enum;
 use crate::store::approval::{self as sql, ApprovalRow, DecisionRow, Redeemed};
 use crate::store::budget::{self, Budget};
@@ -122,6 +123,41 @@ pub enum ApprovalError {
     /// An MRTR question handle was already used, or never issued.
     #[error("{0}")]
     Question(String),
+}
+
+impl IntoFault for ApprovalError {
+    fn into_fault(self) -> Fault {
+        let with = |code, e: &ApprovalError, details| {
+            Fault::new(code, e.to_string()).with_details(details)
+        };
+        match self {
+            ApprovalError::Store(e) | ApprovalError::Audit(crate::audit::AuditError::Store(e)) => {
+                Fault::Store(e)
+            }
+            ApprovalError::Audit(e) => Fault::new(ErrorCode::StorageError, e.to_string()),
+            ApprovalError::Invalid { field, message } => Fault::invalid(field, message),
+            ApprovalError::NotFound(ref id) => {
+                with(ErrorCode::NotFound, &self, json!({"approval_id": id}))
+            }
+            ApprovalError::AlreadyDecided { ref id, state } => with(
+                ErrorCode::Conflict,
+                &self,
+                json!({"approval_id": id, "state": state}),
+            ),
+            ApprovalError::Expired { ref id, .. } => with(
+                ErrorCode::Conflict,
+                &self,
+                json!({"approval_id": id, "state": "expired"}),
+            ),
+            ApprovalError::OutOfBandRequired { ref id, risk } => with(
+                ErrorCode::Forbidden,
+                &self,
+                json!({"approval_id": id, "risk": risk}),
+            ),
+            ApprovalError::NotExecutable(_) => with(ErrorCode::Forbidden, &self, json!({})),
+            ApprovalError::Question(message) => Fault::Refused(message),
+        }
+    }
 }
 
 /// A person's decision (or an expiry), as stored.

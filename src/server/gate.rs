@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 
 use super::Coordinator;
 use super::session::{Call, Era};
-use super::system::store_error;
 use super::tool::{ErrorCode, Failure, ToolError, invalid_field};
 use crate::approval::{Approval, ApprovalError, Channel, DecideWith, Gate, State, Ticket, Verdict};
 
@@ -39,41 +38,7 @@ const STATE_CONTEXT: &[u8] = b"mcp-coordinator/gate/v2";
 
 /// Maps approval-service errors to tool failures.
 pub(super) fn approval_failure(tool: &str, e: ApprovalError) -> Failure {
-    let domain = |code, e: &ApprovalError, details| {
-        Failure::Domain(ToolError::new(code, e.to_string()).with_details(details))
-    };
-    match e {
-        ApprovalError::Store(e) | ApprovalError::Audit(crate::audit::AuditError::Store(e)) => {
-            Failure::Domain(store_error(e))
-        }
-        ApprovalError::Audit(e) => {
-            Failure::Domain(ToolError::new(ErrorCode::StorageError, e.to_string()))
-        }
-        ApprovalError::Invalid { field, message } => {
-            Failure::Domain(invalid_field(tool, field, message))
-        }
-        ApprovalError::NotFound(ref id) => {
-            domain(ErrorCode::NotFound, &e, json!({"approval_id": id}))
-        }
-        ApprovalError::AlreadyDecided { ref id, state } => domain(
-            ErrorCode::Conflict,
-            &e,
-            json!({"approval_id": id, "state": state}),
-        ),
-        ApprovalError::Expired { ref id, .. } => domain(
-            ErrorCode::Conflict,
-            &e,
-            json!({"approval_id": id, "state": "expired"}),
-        ),
-        ApprovalError::OutOfBandRequired { ref id, risk } => domain(
-            ErrorCode::Forbidden,
-            &e,
-            json!({"approval_id": id, "risk": risk}),
-        ),
-        ApprovalError::NotExecutable(_) => domain(ErrorCode::Forbidden, &e, json!({})),
-        // A replayed or unknown question handle is a bad request from the client.
-        ApprovalError::Question(message) => refuse_state(tool, message),
-    }
+    super::tool::failure(tool, e)
 }
 
 /// Why an approval is still pending when `approval_request` returns.

@@ -23,40 +23,8 @@ use super::session::Call;
 use crate::config::ToolGroup;
 use crate::limits;
 
-/// A closed set of domain error codes, stable for clients to branch on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// An argument is missing, unknown, of the wrong type or out of bounds: `details.field`
-    /// names it and the message says what was expected. Correct the call and send it again.
-    InvalidArgument,
-    /// The request is well-formed but asks for something impossible (an empty time range).
-    InvalidRequest,
-    /// The thing named does not exist.
-    NotFound,
-    /// The request clashes with the current state (already decided, expired).
-    Conflict,
-    /// Policy does not allow this here (for example approving a critical action in the client).
-    Forbidden,
-    /// The client or a child could not be reached; try again or use another channel.
-    Unavailable,
-    /// The agent token is missing, forged, expired or revoked.
-    Unauthorized,
-    /// The reporting agent does not hold the task's lease (it expired or was reassigned).
-    NotLeaseholder,
-    /// The database was locked by another process for too long; try again.
-    StorageBusy,
-    /// The disk holding the database is full; nothing was written. Try again once there is
-    /// room.
-    StorageFull,
-    /// The database failed; see the message.
-    StorageError,
-    /// The tool's toolset is not enabled on this connection; `details.enable_with` says the
-    /// `toolsets` call that enables it.
-    ToolsetDisabled,
-    /// A bug or an unexpected state in the coordinator.
-    Internal,
-}
+pub use crate::fault::ErrorCode;
+use crate::fault::{Fault, IntoFault};
 
 /// A failed call the model can act on (a domain failure, or an argument to correct), returned
 /// as a tool result with `isError: true` and this object as its structured content.
@@ -128,6 +96,29 @@ pub enum Failure {
 impl From<ToolError> for Failure {
     fn from(e: ToolError) -> Self {
         Failure::Domain(e)
+    }
+}
+
+/// A domain error as the tool failure the client sees (see [`IntoFault`], implemented next to
+/// each domain error): `tool` names the call in an argument error.
+pub fn failure(tool: &str, e: impl IntoFault) -> Failure {
+    match e.into_fault() {
+        Fault::Error {
+            code,
+            message,
+            details,
+            retryable,
+        } => {
+            let mut err = ToolError::new(code, message).with_details(details);
+            if let Some(retryable) = retryable {
+                err.retryable = retryable;
+            }
+            Failure::Domain(err)
+        }
+        Fault::Invalid { field, message } => Failure::Domain(invalid_field(tool, &field, message)),
+        Fault::Store(e) => Failure::Domain(ToolError::store(&e)),
+        // A replayed or unknown question handle is a bad request from the client.
+        Fault::Refused(message) => super::gate::refuse_state(tool, message),
     }
 }
 
