@@ -106,132 +106,158 @@ verifiable."
 pub fn run(global: &GlobalArgs, cmd: OverseerCommand) -> anyhow::Result<ExitCode> {
     // Looking creates nothing: on a database not created yet, `status` says so (no overseer,
     // and how to set one) without creating it.
-    if let OverseerCommand::Status { json } = &cmd {
-        let settings = Settings::resolve(
-            global.data_dir.clone(),
-            global.db.clone(),
-            global.config.clone(),
-        )?;
-        if let Location::File(path) = &settings.db
-            && !path.exists()
-        {
-            let db = settings.db.display();
-            if *json {
-                let out = json!({"database": db, "exists": false, "set": false});
-                println!("{}", serde_json::to_string_pretty(&out)?);
-            } else {
-                println!("overseer: none");
-                println!("database: {db} (not created yet; nothing was created now)");
-                println!("{}", unprotected_warning(&cli(&settings)));
-            }
-            return Ok(ExitCode::SUCCESS);
-        }
+    if let OverseerCommand::Status { json } = &cmd
+        && status_of_missing_database(global, *json)?
+    {
+        return Ok(ExitCode::SUCCESS);
     }
     let (settings, audit) = super::open(global)?;
     let service = OverseerService::new(audit);
     let by = Actor::os_user();
     match cmd {
-        OverseerCommand::Status { json } => {
-            let status = service.status()?;
-            let db = settings.db.display();
-            if json {
-                let out = json!({
-                    "database": db,
-                    "set": status.overseer.is_some(),
-                    "name": status.overseer.as_ref().map(|o| &o.name),
-                    "credential": status.overseer.as_ref().map(|o| o.credential),
-                    "set_at": status.overseer.as_ref().map(|o| &o.set_at),
-                    "set_by": status.overseer.as_ref().map(|o| &o.set_by),
-                    "locked_until": status.locked_until,
-                });
-                println!("{}", serde_json::to_string_pretty(&out)?);
-                return Ok(ExitCode::SUCCESS);
-            }
-            match &status.overseer {
-                Some(o) => {
-                    println!(
-                        "overseer: {} (credential #{}, set {} by {})",
-                        o.name, o.credential, o.set_at, o.set_by
-                    );
-                    println!("database: {db}");
-                    println!(
-                        "approvals approve asks for the overseer's passphrase on the terminal"
-                    );
-                }
-                None => {
-                    println!("overseer: none");
-                    println!("database: {db}");
-                    println!("{}", unprotected_warning(&cli(&settings)));
-                }
-            }
-            if let Some(until) = &status.locked_until {
-                println!(
-                    "locked: approving from the CLI is refused until {until}, after {MAX_FAILURES} \
-wrong answers"
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        OverseerCommand::Init { name } => {
-            if let Some(o) = service.current()? {
-                return Err(OverseerError::AlreadySet { name: o.name }.into());
-            }
-            let mut tty = Tty::open("setting the overseer needs the name and passphrase")?;
-            let name = match name {
-                Some(n) => n,
-                None => {
-                    let default = os_user_name();
-                    let typed = tty.ask(&format!("Overseer name [{default}]: "))?;
-                    if typed.is_empty() { default } else { typed }
-                }
-            };
-            mcp_coordinator::overseer::check_name(&name)?;
-            let passphrase = new_passphrase(&mut tty)?;
-            let (overseer, code) = service.init(&name, &passphrase, &by)?;
-            drop(passphrase);
-            show_code(&mut tty, &code)?;
+        OverseerCommand::Status { json } => status(&settings, &service, json)?,
+        OverseerCommand::Init { name } => init(&settings, &service, name, &by)?,
+        OverseerCommand::Change { name } => change(&service, name, &by)?,
+        OverseerCommand::Reset { name } => reset(&service, name, &by)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `overseer status` on a database file not created yet: says so, creating nothing. False
+/// when the database exists (or is `:memory:`).
+fn status_of_missing_database(global: &GlobalArgs, json: bool) -> anyhow::Result<bool> {
+    let settings = Settings::resolve(
+        global.data_dir.clone(),
+        global.db.clone(),
+        global.config.clone(),
+    )?;
+    let Location::File(path) = &settings.db else {
+        return Ok(false);
+    };
+    if path.exists() {
+        return Ok(false);
+    }
+    let db = settings.db.display();
+    if json {
+        let out = json!({"database": db, "exists": false, "set": false});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("overseer: none");
+        println!("database: {db} (not created yet; nothing was created now)");
+        println!("{}", unprotected_warning(&cli(&settings)));
+    }
+    Ok(true)
+}
+
+/// `overseer status`.
+fn status(settings: &Settings, service: &OverseerService, json: bool) -> anyhow::Result<()> {
+    let status = service.status()?;
+    let db = settings.db.display();
+    if json {
+        let out = json!({
+            "database": db,
+            "set": status.overseer.is_some(),
+            "name": status.overseer.as_ref().map(|o| &o.name),
+            "credential": status.overseer.as_ref().map(|o| o.credential),
+            "set_at": status.overseer.as_ref().map(|o| &o.set_at),
+            "set_by": status.overseer.as_ref().map(|o| &o.set_by),
+            "locked_until": status.locked_until,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    match &status.overseer {
+        Some(o) => {
             println!(
-                "overseer {} set for database {}; approvals approve now asks for this \
-passphrase on the terminal",
-                overseer.name,
-                settings.db.display()
+                "overseer: {} (credential #{}, set {} by {})",
+                o.name, o.credential, o.set_at, o.set_by
             );
-            Ok(ExitCode::SUCCESS)
+            println!("database: {db}");
+            println!("approvals approve asks for the overseer's passphrase on the terminal");
         }
-        OverseerCommand::Change { name } => {
-            let current = service.current()?.ok_or(OverseerError::NotSet)?;
-            service.check_unlocked()?;
-            let mut tty = Tty::open("changing the overseer needs the current passphrase")?;
-            let old = tty.secret(&format!(
-                "Current passphrase of overseer {} (not echoed): ",
-                current.name
-            ))?;
-            let new = new_passphrase(&mut tty)?;
-            let overseer = service.change(&old, name.as_deref(), &new, &by)?;
-            println!(
-                "overseer {} changed (credential #{}); the recovery code is unchanged",
-                overseer.name, overseer.credential
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        OverseerCommand::Reset { name } => {
-            let current = service.current()?.ok_or(OverseerError::NotSet)?;
-            service.check_unlocked()?;
-            let mut tty = Tty::open("resetting the overseer needs the recovery code")?;
-            let code = tty.secret(&format!(
-                "Recovery code of overseer {} (not echoed): ",
-                current.name
-            ))?;
-            let new = new_passphrase(&mut tty)?;
-            let (overseer, fresh) = service.reset(&code, name.as_deref(), &new, &by)?;
-            show_code(&mut tty, &fresh)?;
-            println!(
-                "overseer {} reset (credential #{}); the old recovery code no longer works",
-                overseer.name, overseer.credential
-            );
-            Ok(ExitCode::SUCCESS)
+        None => {
+            println!("overseer: none");
+            println!("database: {db}");
+            println!("{}", unprotected_warning(&cli(settings)));
         }
     }
+    if let Some(until) = &status.locked_until {
+        println!(
+            "locked: approving from the CLI is refused until {until}, after {MAX_FAILURES} \
+wrong answers"
+        );
+    }
+    Ok(())
+}
+
+/// `overseer init`.
+fn init(
+    settings: &Settings,
+    service: &OverseerService,
+    name: Option<String>,
+    by: &Actor,
+) -> anyhow::Result<()> {
+    if let Some(o) = service.current()? {
+        return Err(OverseerError::AlreadySet { name: o.name }.into());
+    }
+    let mut tty = Tty::open("setting the overseer needs the name and passphrase")?;
+    let name = match name {
+        Some(n) => n,
+        None => {
+            let default = os_user_name();
+            let typed = tty.ask(&format!("Overseer name [{default}]: "))?;
+            if typed.is_empty() { default } else { typed }
+        }
+    };
+    mcp_coordinator::overseer::check_name(&name)?;
+    let passphrase = new_passphrase(&mut tty)?;
+    let (overseer, code) = service.init(&name, &passphrase, by)?;
+    drop(passphrase);
+    show_code(&mut tty, &code)?;
+    println!(
+        "overseer {} set for database {}; approvals approve now asks for this \
+passphrase on the terminal",
+        overseer.name,
+        settings.db.display()
+    );
+    Ok(())
+}
+
+/// `overseer change`.
+fn change(service: &OverseerService, name: Option<String>, by: &Actor) -> anyhow::Result<()> {
+    let current = service.current()?.ok_or(OverseerError::NotSet)?;
+    service.check_unlocked()?;
+    let mut tty = Tty::open("changing the overseer needs the current passphrase")?;
+    let old = tty.secret(&format!(
+        "Current passphrase of overseer {} (not echoed): ",
+        current.name
+    ))?;
+    let new = new_passphrase(&mut tty)?;
+    let overseer = service.change(&old, name.as_deref(), &new, by)?;
+    println!(
+        "overseer {} changed (credential #{}); the recovery code is unchanged",
+        overseer.name, overseer.credential
+    );
+    Ok(())
+}
+
+/// `overseer reset`.
+fn reset(service: &OverseerService, name: Option<String>, by: &Actor) -> anyhow::Result<()> {
+    let current = service.current()?.ok_or(OverseerError::NotSet)?;
+    service.check_unlocked()?;
+    let mut tty = Tty::open("resetting the overseer needs the recovery code")?;
+    let code = tty.secret(&format!(
+        "Recovery code of overseer {} (not echoed): ",
+        current.name
+    ))?;
+    let new = new_passphrase(&mut tty)?;
+    let (overseer, fresh) = service.reset(&code, name.as_deref(), &new, by)?;
+    show_code(&mut tty, &fresh)?;
+    println!(
+        "overseer {} reset (credential #{}); the old recovery code no longer works",
+        overseer.name, overseer.credential
+    );
+    Ok(())
 }
 
 /// The start of a command reaching this database (`:memory:` has none; the plain name then).
