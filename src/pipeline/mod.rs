@@ -5,14 +5,13 @@
 
 pub mod dag;
 mod gate;
+pub mod status;
 pub mod webhook;
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::Connection;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,13 +21,13 @@ use crate::approval::{self, Approval, ApprovalError, ApprovalService, Channel, S
 use crate::audit::chain::{format_ms, now_ts};
 use crate::audit::{Action, Actor, NewEvent, Outcome};
 use crate::limits;
-use crate::macros::string_enum;
 use crate::store::budget::{self, Budget};
 use crate::store::pipeline::{self as sql, PipelineRow, RunRow, StageRow, VersionRow};
 use crate::store::task as task_sql;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Tx};
 use crate::task::{NewTask, Priority, TaskError, TaskObserver, TaskService, TaskStatus};
 pub use dag::{Dag, Definition, Dependency, StageDef, Template};
+pub use status::{RunStatus, StageStatus, WebhookState};
 
 /// `[pipelines]` in the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -81,54 +80,6 @@ impl Default for PipelinesConfig {
             webhook_timeout_seconds: 10,
             progress_keepalive_seconds: 10,
         }
-    }
-}
-
-string_enum!(
-    /// Where a run is. `running` until no stage can move any more.
-    RunStatus {
-        /// Stages are queued, running or waiting for a person.
-        Running => "running",
-        /// Every required stage completed.
-        Completed => "completed",
-        /// A required stage failed (or its approval was refused); what depended on it was skipped.
-        Failed => "failed",
-        /// Cancelled by `pipeline_run_cancel`.
-        Cancelled => "cancelled",
-    }
-);
-
-string_enum!(
-    /// Where a stage of a run is.
-    StageStatus {
-        /// Waiting for the stages it depends on.
-        Waiting => "waiting",
-        /// Its task is in the queue.
-        Queued => "queued",
-        /// An agent holds its task.
-        Running => "running",
-        /// An approval stage waiting for a person's decision.
-        AwaitingApproval => "awaiting_approval",
-        /// Done; its output went to the stages after it.
-        Completed => "completed",
-        /// Its task failed for good, or its approval was rejected, expired or dismissed.
-        Failed => "failed",
-        /// Not run because a required stage before it failed.
-        Skipped => "skipped",
-        /// The run was cancelled before this stage finished.
-        Cancelled => "cancelled",
-    }
-);
-
-impl StageStatus {
-    fn is_open(self) -> bool {
-        matches!(
-            self,
-            StageStatus::Waiting
-                | StageStatus::Queued
-                | StageStatus::Running
-                | StageStatus::AwaitingApproval
-        )
     }
 }
 
@@ -369,7 +320,7 @@ impl PipelineService {
         self.inner.tasks.agents().audit().store()
     }
 
-    fn append(&self, tx: &Connection, e: NewEvent) -> Result<(), StoreError> {
+    fn append(&self, tx: &Tx<'_>, e: NewEvent) -> Result<(), StoreError> {
         self.inner
             .tasks
             .agents()
@@ -509,11 +460,7 @@ impl PipelineService {
         Ok((self.get(&id, None)?, created))
     }
 
-    fn pipeline_row(
-        &self,
-        conn: &Connection,
-        id_or_name: &str,
-    ) -> Result<PipelineRow, PipelineError> {
+    fn pipeline_row(&self, conn: &Tx<'_>, id_or_name: &str) -> Result<PipelineRow, PipelineError> {
         let found = match sql::get_pipeline(conn, id_or_name)? {
             Some(p) => Some(p),
             None => sql::pipeline_by_name(conn, id_or_name)?,
@@ -527,7 +474,7 @@ impl PipelineService {
     /// A validated definition, from the cache or the database.
     fn dag(
         &self,
-        conn: &Connection,
+        conn: &Tx<'_>,
         pipeline_id: &str,
         version: i64,
     ) -> Result<(Arc<Dag>, VersionRow), PipelineError> {
@@ -563,8 +510,16 @@ impl PipelineService {
 
     /// A pipeline by id or name, at `version` (default: the latest).
     pub fn get(&self, id_or_name: &str, version: Option<i64>) -> Result<Pipeline, PipelineError> {
-        let conn = self.store().lock();
-        let p = self.pipeline_row(&conn, id_or_name)?;
+        self.store().read(|tx| self.get_in(tx, id_or_name, version))
+    }
+
+    fn get_in(
+        &self,
+        conn: &Tx<'_>,
+        id_or_name: &str,
+        version: Option<i64>,
+    ) -> Result<Pipeline, PipelineError> {
+        let p = self.pipeline_row(conn, id_or_name)?;
         let version = version.unwrap_or(p.latest_version);
         if version < 1 || version > p.latest_version {
             return Err(invalid(
@@ -575,8 +530,8 @@ impl PipelineService {
                 ),
             ));
         }
-        let (dag, v) = self.dag(&conn, &p.id, version)?;
-        let active_runs = sql::active_runs(&conn, &p.id)?;
+        let (dag, v) = self.dag(conn, &p.id, version)?;
+        let active_runs = sql::active_runs(conn, &p.id)?;
         Ok(Pipeline {
             order: dag
                 .order
@@ -604,8 +559,16 @@ impl PipelineService {
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<(Vec<PipelineSummary>, Option<String>), PipelineError> {
-        let conn = self.store().lock();
-        let mut rows = sql::list_pipelines(&conn, cursor, i64::from(limit) + 1)?;
+        self.store().read(|tx| self.list_in(tx, limit, cursor))
+    }
+
+    fn list_in(
+        &self,
+        conn: &Tx<'_>,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<PipelineSummary>, Option<String>), PipelineError> {
+        let mut rows = sql::list_pipelines(conn, cursor, i64::from(limit) + 1)?;
         let next = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|p| p.name.clone())
@@ -614,7 +577,7 @@ impl PipelineService {
         };
         let mut out = Vec::with_capacity(rows.len());
         for p in rows {
-            let (dag, v) = self.dag(&conn, &p.id, p.latest_version)?;
+            let (dag, v) = self.dag(conn, &p.id, p.latest_version)?;
             out.push(PipelineSummary {
                 stage_count: dag.definition.stages.len(),
                 description: v.description,
@@ -716,7 +679,7 @@ impl PipelineService {
                     id: id.clone(),
                     pipeline_id: p.id.clone(),
                     version,
-                    status: RunStatus::Running.as_str().into(),
+                    status: RunStatus::Running,
                     input: obj(&new.input),
                     parameters: obj(&new.parameters),
                     priority: priority_rank(new.priority),
@@ -725,7 +688,7 @@ impl PipelineService {
                     updated_ms: now,
                     finished_ms: None,
                     error: None,
-                    webhook_state: webhook_url.as_ref().map(|_| "waiting".to_string()),
+                    webhook_state: webhook_url.as_ref().map(|_| WebhookState::Waiting),
                     webhook_url: webhook_url.clone(),
                     webhook_attempts: 0,
                     webhook_next_ms: None,
@@ -739,7 +702,7 @@ impl PipelineService {
                         run_id: id.clone(),
                         stage: dag.definition.stages[i].name.clone(),
                         position: position as i64,
-                        status: StageStatus::Waiting.as_str().into(),
+                        status: StageStatus::Waiting,
                         task_id: None,
                         approval_id: None,
                         output: None,
@@ -771,11 +734,10 @@ impl PipelineService {
 
     /// A run with every stage, joined with its tasks' live state.
     pub fn get_run(&self, id: &str) -> Result<Run, PipelineError> {
-        let conn = self.store().lock();
-        self.run_in(&conn, id)
+        self.store().read(|tx| self.run_in(tx, id))
     }
 
-    fn run_in(&self, conn: &Connection, id: &str) -> Result<Run, PipelineError> {
+    fn run_in(&self, conn: &Tx<'_>, id: &str) -> Result<Run, PipelineError> {
         let r = sql::get_run(conn, id)?.ok_or_else(|| PipelineError::NotFound {
             what: "pipeline run",
             id: id.to_string(),
@@ -796,14 +758,14 @@ impl PipelineService {
                 continue;
             };
             let def = &dag.definition.stages[i];
-            let mut status = StageStatus::from_str(&row.status).unwrap_or(StageStatus::Waiting);
+            let mut status = row.status;
             let task = match &row.task_id {
                 Some(t) => task_sql::get(conn, t)?,
                 None => None,
             };
             if status == StageStatus::Queued
                 && let Some(t) = &task
-                && matches!(t.status.as_str(), "leased" | "running")
+                && matches!(t.status, TaskStatus::Leased | TaskStatus::Running)
             {
                 status = StageStatus::Running;
             }
@@ -855,7 +817,7 @@ impl PipelineService {
         let end = r.finished_ms.unwrap_or_else(now_ms);
         Ok(Run {
             resource_uri: run_uri(&r.id),
-            status: RunStatus::from_str(&r.status).unwrap_or(RunStatus::Running),
+            status: r.status,
             input: serde_json::from_str(&r.input).unwrap_or(Value::Null),
             parameters: serde_json::from_str(&r.parameters).unwrap_or(Value::Null),
             priority: rank_priority(r.priority),
@@ -869,7 +831,10 @@ impl PipelineService {
             awaiting_approvals: awaiting,
             webhook: r.webhook_url.as_deref().map(|u| WebhookStatus {
                 url: webhook::masked(u),
-                state: r.webhook_state.clone().unwrap_or_default(),
+                state: r
+                    .webhook_state
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_default(),
                 attempts: r.webhook_attempts,
                 last_error: r.webhook_error.clone(),
             }),
@@ -887,15 +852,16 @@ impl PipelineService {
     /// agent offers: the capability and those stages. Such stages wait in the queue until an
     /// agent with it registers.
     pub fn unserved(&self, run: &Run) -> Result<Vec<(String, Vec<String>)>, PipelineError> {
-        let conn = self.store().lock();
-        let (dag, _) = self.dag(&conn, &run.pipeline_id, run.version)?;
-        let offered: std::collections::HashSet<String> =
-            crate::store::agent::list_registered(&conn)?
-                .iter()
-                .flat_map(|a| {
-                    serde_json::from_str::<Vec<String>>(&a.capabilities).unwrap_or_default()
-                })
-                .collect();
+        let (dag, agents) = self.store().read(|tx| -> Result<_, PipelineError> {
+            Ok((
+                self.dag(tx, &run.pipeline_id, run.version)?.0,
+                crate::store::agent::list_registered(tx)?,
+            ))
+        })?;
+        let offered: std::collections::HashSet<String> = agents
+            .iter()
+            .flat_map(|a| serde_json::from_str::<Vec<String>>(&a.capabilities).unwrap_or_default())
+            .collect();
         let mut missing: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for stage in run
             .stages
@@ -916,8 +882,7 @@ impl PipelineService {
 
     /// The run's status and last change (cheap; for polling).
     pub fn stamp(&self, id: &str) -> Result<Option<(RunStatus, i64)>, PipelineError> {
-        Ok(sql::run_stamp(&self.store().lock(), id)?
-            .map(|(s, at)| (RunStatus::from_str(&s).unwrap_or(RunStatus::Running), at)))
+        Ok(self.store().read(|tx| sql::run_stamp(tx, id))?)
     }
 
     /// Runs, newest first.
@@ -940,28 +905,29 @@ impl PipelineService {
                     })
             })
             .transpose()?;
-        let conn = self.store().lock();
-        let pipeline_id = pipeline
-            .map(|p| self.pipeline_row(&conn, p).map(|p| p.id))
-            .transpose()?;
-        let mut rows = sql::list_runs(
-            &conn,
-            pipeline_id.as_deref(),
-            status.map(RunStatus::as_str),
-            before,
-            i64::from(limit) + 1,
-        )?;
-        let next = if rows.len() > limit as usize {
-            rows.truncate(limit as usize);
-            rows.last().map(|r| format!("{}|{}", r.created_ms, r.id))
-        } else {
-            None
-        };
-        let runs = rows
-            .iter()
-            .map(|r| self.run_in(&conn, &r.id))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((runs, next))
+        self.store().read(|tx| {
+            let pipeline_id = pipeline
+                .map(|p| self.pipeline_row(tx, p).map(|p| p.id))
+                .transpose()?;
+            let mut rows = sql::list_runs(
+                tx,
+                pipeline_id.as_deref(),
+                status,
+                before,
+                i64::from(limit) + 1,
+            )?;
+            let next = if rows.len() > limit as usize {
+                rows.truncate(limit as usize);
+                rows.last().map(|r| format!("{}|{}", r.created_ms, r.id))
+            } else {
+                None
+            };
+            let runs = rows
+                .iter()
+                .map(|r| self.run_in(tx, &r.id))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((runs, next))
+        })
     }
 
     /// Cancels a running run: its queued and running tasks are cancelled (a leaseholder's later
@@ -979,7 +945,7 @@ impl PipelineService {
                 what: "pipeline run",
                 id: id.to_string(),
             })?;
-            if r.status != RunStatus::Running.as_str() {
+            if r.status != RunStatus::Running {
                 return Err(PipelineError::Conflict(format!(
                     "run {id} already ended: {}; only running runs can be cancelled",
                     r.status
@@ -990,15 +956,15 @@ impl PipelineService {
                 None => format!("cancelled by {}", by.render()),
             };
             // The run ends first, so the task observer below finds it closed and moves nothing.
-            sql::finish_run(tx, id, RunStatus::Cancelled.as_str(), Some(&why), now)?;
+            sql::finish_run(tx, id, RunStatus::Cancelled, Some(&why), now)?;
             for s in sql::stages_of(tx, id)? {
-                let status = StageStatus::from_str(&s.status).unwrap_or(StageStatus::Waiting);
+                let status = s.status;
                 if !status.is_open() {
                     continue;
                 }
                 if let Some(task) = &s.task_id
                     && let Some(t) = task_sql::get(tx, task)?
-                    && !TaskStatus::from_str(&t.status).is_ok_and(TaskStatus::is_final)
+                    && !t.status.is_final()
                 {
                     self.inner.tasks.cancel_in(tx, task, Some(&why), by)?;
                 }
@@ -1024,8 +990,8 @@ impl PipelineService {
                     tx,
                     id,
                     &s.stage,
-                    &s.status,
-                    StageStatus::Cancelled.as_str(),
+                    s.status,
+                    StageStatus::Cancelled,
                     &why,
                     now,
                 )?;
@@ -1060,12 +1026,12 @@ impl PipelineService {
     /// finished tasks and decided approvals, skips what a failed required stage blocks,
     /// dispatches stages whose dependencies are done, and ends the run when nothing is left
     /// to move. Idempotent: a second pass with nothing new changes nothing.
-    pub fn advance_in(&self, tx: &Connection, run_id: &str) -> Result<Advanced, PipelineError> {
+    pub fn advance_in(&self, tx: &Tx<'_>, run_id: &str) -> Result<Advanced, PipelineError> {
         let mut out = Advanced::default();
         let Some(run) = sql::get_run(tx, run_id)? else {
             return Ok(out);
         };
-        if run.status != RunStatus::Running.as_str() {
+        if run.status != RunStatus::Running {
             return Ok(out);
         }
         let (dag, _) = self.dag(tx, &run.pipeline_id, run.version)?;
@@ -1075,11 +1041,7 @@ impl PipelineService {
             .map(|r| {
                 (
                     r.stage.clone(),
-                    (
-                        StageStatus::from_str(&r.status).unwrap_or(StageStatus::Waiting),
-                        r.output.clone(),
-                        r.error.clone(),
-                    ),
+                    (r.status, r.output.clone(), r.error.clone()),
                 )
             })
             .collect();
@@ -1087,7 +1049,7 @@ impl PipelineService {
             rows.iter().map(|r| (r.stage.as_str(), r)).collect();
         if rows
             .iter()
-            .any(|r| r.status == StageStatus::AwaitingApproval.as_str())
+            .any(|r| r.status == StageStatus::AwaitingApproval)
         {
             approval::expire_due_in(self.inner.tasks.agents().audit(), tx)?;
         }
@@ -1141,7 +1103,7 @@ impl PipelineService {
                     )
                 }
             };
-            if sql::finish_run(tx, run_id, status.as_str(), error.as_deref(), now)? {
+            if sql::finish_run(tx, run_id, status, error.as_deref(), now)? {
                 out.finished = true;
                 self.append(
                     tx,
@@ -1167,7 +1129,7 @@ impl PipelineService {
 
     fn stage_event(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         action: Action,
         run: &RunRow,
         stage: &str,
@@ -1199,7 +1161,7 @@ impl PipelineService {
     /// when every stage before it is done, left waiting otherwise.
     fn try_start(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         run: &RunRow,
         dag: &Dag,
         i: usize,
@@ -1222,7 +1184,15 @@ impl PipelineService {
         }
         if let Some((up, s)) = blocked_by {
             let why = format!("skipped: stage {up} before it was {s}");
-            sql::close_stage(tx, &run.id, &def.name, "waiting", "skipped", &why, now)?;
+            sql::close_stage(
+                tx,
+                &run.id,
+                &def.name,
+                StageStatus::Waiting,
+                StageStatus::Skipped,
+                &why,
+                now,
+            )?;
             self.stage_event(
                 tx,
                 Action::PipelineStageSkipped,
@@ -1280,7 +1250,7 @@ impl PipelineService {
     /// approval), with its audit event.
     fn start_stage(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         run: &RunRow,
         stage: &str,
         task_id: Option<&str>,
@@ -1296,8 +1266,8 @@ impl PipelineService {
             tx,
             &run.id,
             stage,
-            StageStatus::Waiting.as_str(),
-            to.as_str(),
+            StageStatus::Waiting,
+            to,
             task_id,
             approval_id,
             None,
@@ -1318,7 +1288,7 @@ impl PipelineService {
     /// A stage with a task: completed, failed or cancelled once its task is.
     fn collect_task(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         run: &RunRow,
         row: &StageRow,
         now: i64,
@@ -1332,7 +1302,7 @@ impl PipelineService {
                 None,
                 Some(format!("task {task_id} no longer exists (purged?)")),
             ),
-            Some(t) => match TaskStatus::from_str(&t.status).unwrap_or(TaskStatus::Queued) {
+            Some(t) => match t.status {
                 TaskStatus::Completed => (StageStatus::Completed, t.result.clone(), None),
                 TaskStatus::Failed | TaskStatus::Dead => (
                     StageStatus::Failed,
@@ -1371,7 +1341,7 @@ impl PipelineService {
     /// Moves a stage to its final state with its audit event; `None` when it had already moved.
     fn end_stage(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         run: &RunRow,
         row: &StageRow,
         (to, output, error): StageState,
@@ -1382,8 +1352,8 @@ impl PipelineService {
             tx,
             &run.id,
             &row.stage,
-            &row.status,
-            to.as_str(),
+            row.status,
+            to,
             None,
             None,
             output.as_deref(),
@@ -1409,7 +1379,7 @@ impl PipelineService {
     /// only if it was made for exactly this stage), failed once it is refused.
     fn collect_approval(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         run: &RunRow,
         row: &StageRow,
         gate: &crate::approval::Gate,
@@ -1475,7 +1445,9 @@ impl PipelineService {
     /// finished task whose stage was not moved yet (a report made by an older build, or a
     /// pass that failed). Runs in every serving process; cheap when nothing is due.
     pub fn tick(&self) -> Result<usize, PipelineError> {
-        let due = sql::runs_to_collect(&self.store().lock(), &now_ts())?;
+        let due = self
+            .store()
+            .read(|tx| sql::runs_to_collect(tx, &now_ts()))?;
         let mut moved = 0;
         for id in due {
             let a = self.advance(&id)?;
@@ -1489,7 +1461,7 @@ impl PipelineService {
     pub fn deliver_webhooks(&self) -> Result<usize, PipelineError> {
         let now = now_ms();
         let timeout = Duration::from_secs(self.inner.config.webhook_timeout_seconds.max(1));
-        let due = sql::due_webhooks(&self.store().lock(), now, 16)?;
+        let due = self.store().read(|tx| sql::due_webhooks(tx, now, 16))?;
         let mut attempted = 0;
         for r in due {
             let Some(url) = r.webhook_url.clone() else {
@@ -1523,26 +1495,30 @@ impl PipelineService {
         let max = i64::from(self.inner.config.webhook_max_attempts.max(1));
         self.store().write(|tx| -> Result<(), PipelineError> {
             let (state, next, error) = match &result {
-                Ok(_) => ("delivered", None, None),
-                Err(e) if attempt >= max => ("failed", None, Some(e.clone())),
+                Ok(_) => (WebhookState::Delivered, None, None),
+                Err(e) if attempt >= max => (WebhookState::Failed, None, Some(e.clone())),
                 Err(e) => {
                     let delay = self
                         .inner
                         .config
                         .webhook_backoff_ms
                         .saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32);
-                    ("pending", Some(now_ms() + delay as i64), Some(e.clone()))
+                    (
+                        WebhookState::Pending,
+                        Some(now_ms() + delay as i64),
+                        Some(e.clone()),
+                    )
                 }
             };
             sql::webhook_outcome(tx, &r.id, state, next, error.as_deref())?;
-            if state != "pending" {
+            if state != WebhookState::Pending {
                 self.append(
                     tx,
                     NewEvent {
                         actor: Actor::system(),
                         action: Action::PipelineWebhook,
                         subject: r.id.clone(),
-                        outcome: if state == "delivered" {
+                        outcome: if state == WebhookState::Delivered {
                             Outcome::Ok
                         } else {
                             Outcome::Error
@@ -1584,7 +1560,7 @@ struct Observer(std::sync::Weak<Inner>);
 impl TaskObserver for Observer {
     fn task_finished(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         task_id: &str,
         _status: TaskStatus,
     ) -> Result<(), StoreError> {
@@ -1594,19 +1570,16 @@ impl TaskObserver for Observer {
         let Some(stage) = sql::stage_by_task(tx, task_id)? else {
             return Ok(());
         };
-        if stage.status != StageStatus::Queued.as_str() {
+        if stage.status != StageStatus::Queued {
             return Ok(());
         }
         let service = PipelineService { inner };
-        tx.execute_batch("SAVEPOINT pipeline_advance")?;
-        match service.advance_in(tx, &stage.run_id) {
-            Ok(_) => {
-                tx.execute_batch("RELEASE pipeline_advance")?;
-                service.notify();
-            }
+        match sql::within_savepoint(tx, "pipeline_advance", |tx| {
+            service.advance_in(tx, &stage.run_id)
+        })? {
+            Ok(_) => service.notify(),
             Err(e) => {
                 tracing::warn!(run = %stage.run_id, error = %e, "could not advance the pipeline run; the next tick retries");
-                tx.execute_batch("ROLLBACK TO pipeline_advance; RELEASE pipeline_advance")?;
             }
         }
         Ok(())

@@ -7,6 +7,7 @@ pub mod assessment;
 pub mod audit;
 pub mod budget;
 mod checkpointer;
+mod closed;
 pub mod instance;
 pub mod overseer;
 pub mod pipeline;

@@ -4,6 +4,8 @@
 //! backoff and jitter, a dead-letter state, cancellation, stats, purging, and the sweeper that
 //! returns expired and orphaned leases to the queue.
 
+pub mod status;
+
 use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -19,7 +21,8 @@ use crate::limits;
 use crate::macros::string_enum;
 use crate::store::agent as agent_sql;
 use crate::store::task::{self as sql, TaskRow};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Tx};
+pub use status::TaskStatus;
 
 /// How often a long-polling claim checks whether the database changed.
 pub const POLL: Duration = Duration::from_millis(10);
@@ -110,38 +113,6 @@ impl Priority {
     }
 }
 
-string_enum!(
-    /// Where a task is: `queued` -> `leased` -> `running` -> a final state. Failed and
-    /// timed-out attempts go back to `queued` (with backoff) until retries run out: `dead`.
-    TaskStatus {
-        /// Waiting for an agent.
-        Queued => "queued",
-        /// Claimed by an agent, not started yet.
-        Leased => "leased",
-        /// The agent reported progress.
-        Running => "running",
-        /// Finished with a result.
-        Completed => "completed",
-        /// Failed with an error that is not worth retrying.
-        Failed => "failed",
-        /// The lease expired (only seen in the audit log; the task is requeued or dead).
-        TimedOut => "timed_out",
-        /// Cancelled before it finished.
-        Cancelled => "cancelled",
-        /// Retries exhausted: the dead-letter state. `task_requeue` can put it back.
-        Dead => "dead",
-    }
-);
-
-impl TaskStatus {
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            TaskStatus::Completed | TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Dead
-        )
-    }
-}
-
 /// A task as tools show it.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema, PartialEq)]
 pub struct Task {
@@ -192,7 +163,7 @@ impl From<TaskRow> for Task {
             params: serde_json::from_str(&r.params).unwrap_or(Value::Null),
             capabilities: serde_json::from_str(&r.capabilities).unwrap_or_default(),
             priority: Priority::from_rank(r.priority),
-            status: TaskStatus::from_str(&r.status).unwrap_or(TaskStatus::Queued),
+            status: r.status,
             timeout_seconds: r.timeout_ms as f64 / 1000.0,
             not_before: format_ms(r.not_before_ms),
             created_at: format_ms(r.created_ms),
@@ -316,7 +287,7 @@ impl TaskError {
 pub trait TaskObserver: Send + Sync {
     fn task_finished(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &Tx<'_>,
         task_id: &str,
         status: TaskStatus,
     ) -> Result<(), StoreError>;
@@ -357,12 +328,7 @@ impl TaskService {
     }
 
     /// Tells the observer, in the same transaction, that a task reached a final state.
-    fn finished(
-        &self,
-        tx: &rusqlite::Connection,
-        task_id: &str,
-        status: TaskStatus,
-    ) -> Result<(), StoreError> {
+    fn finished(&self, tx: &Tx<'_>, task_id: &str, status: TaskStatus) -> Result<(), StoreError> {
         match self.observer.get() {
             Some(o) => o.task_finished(tx, task_id, status),
             None => Ok(()),
@@ -377,7 +343,7 @@ impl TaskService {
         self.agents.audit().store()
     }
 
-    fn append(&self, tx: &rusqlite::Connection, e: NewEvent) -> Result<(), StoreError> {
+    fn append(&self, tx: &Tx<'_>, e: NewEvent) -> Result<(), StoreError> {
         self.agents.audit().append_in(tx, &e).map(|_| ())
     }
 
@@ -402,7 +368,7 @@ impl TaskService {
     /// the stage's new state). Same rules as [`submit_many`](Self::submit_many).
     pub fn submit_in(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &Tx<'_>,
         tasks: Vec<NewTask>,
         by: &Actor,
     ) -> Result<Vec<(Task, bool)>, TaskError> {
@@ -416,7 +382,7 @@ impl TaskService {
 
     fn insert_rows(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &Tx<'_>,
         rows: Vec<(TaskRow, Vec<String>, Priority)>,
         by: &Actor,
     ) -> Result<Vec<(Task, bool)>, TaskError> {
@@ -495,7 +461,7 @@ impl TaskService {
             capabilities: serde_json::to_string(&caps).unwrap_or_else(|_| "[]".into()),
             target_agent_id: new.target_agent_id,
             priority: new.priority.rank(),
-            status: TaskStatus::Queued.as_str().into(),
+            status: TaskStatus::Queued,
             timeout_ms: (timeout * 1000.0) as i64,
             max_retries: i64::from(retries),
             attempts: 0,
@@ -563,7 +529,7 @@ impl TaskService {
                     agent_sql::set_load(tx, &me.id, l)?;
                     me.load = l;
                 }
-                if me.status == AgentStatus::Draining.as_str() {
+                if me.status == AgentStatus::Draining {
                     return Ok(Err(NoTask::Draining));
                 }
                 if me.load > cfg.load_ceiling {
@@ -577,7 +543,7 @@ impl TaskService {
                         a.id != me.id
                             && a.load < me.load
                             && a.load <= cfg.load_ceiling
-                            && a.status != AgentStatus::Draining.as_str()
+                            && a.status != AgentStatus::Draining
                             && self.agents.health_at(a.last_heartbeat_ms, now) == Health::Active
                     })
                     .map(|a| serde_json::from_str(&a.capabilities).unwrap_or_default())
@@ -600,7 +566,7 @@ impl TaskService {
                         ),
                     )?;
                     // What `sql::lease` wrote, without reading the row back.
-                    task.status = TaskStatus::Leased.as_str().into();
+                    task.status = TaskStatus::Leased;
                     task.leased_by = Some(me.id.clone());
                     task.last_agent_id = Some(me.id.clone());
                     task.lease_expires_ms = Some(expires);
@@ -679,7 +645,7 @@ impl TaskService {
     /// order, skipping tasks reserved for a lighter agent.
     fn pick(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &Tx<'_>,
         agent_id: &str,
         caps: &str,
         lighter: &[Vec<String>],
@@ -740,7 +706,7 @@ impl TaskService {
     /// A failed or timed-out attempt: back to the queue with backoff, or to the dead letters.
     fn retry_or_bury(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &Tx<'_>,
         t: &TaskRow,
         error: &str,
         actor: &Actor,
@@ -760,7 +726,7 @@ impl TaskService {
             )?;
             Ok(TaskStatus::Queued)
         } else {
-            sql::finish(tx, &t.id, TaskStatus::Dead.as_str(), None, Some(error), now)?;
+            sql::finish(tx, &t.id, TaskStatus::Dead, None, Some(error), now)?;
             self.append(
                 tx,
                 event(
@@ -791,7 +757,7 @@ impl TaskService {
         self.store().write(|tx| {
             let me = self.agents.authenticate(tx, token)?;
             let t = sql::get(tx, task_id)?.ok_or_else(|| TaskError::NotFound(task_id.into()))?;
-            let status = TaskStatus::from_str(&t.status).unwrap_or(TaskStatus::Queued);
+            let status = t.status;
             if t.leased_by.as_deref() != Some(me.id.as_str()) {
                 return Err(TaskError::NotLeaseholder(match (&t.leased_by, status) {
                     (Some(other), _) => format!(
@@ -815,13 +781,13 @@ impl TaskService {
                 if retryable {
                     self.retry_or_bury(tx, &t, &message, &actor, now)?;
                 } else {
-                    sql::finish(tx, task_id, TaskStatus::Failed.as_str(), None, Some(&message), now)?;
+                    sql::finish(tx, task_id, TaskStatus::Failed, None, Some(&message), now)?;
                     self.finished(tx, task_id, TaskStatus::Failed)?;
                 }
             }
             Report::Result(result) => {
                 let result = result.to_string();
-                sql::finish(tx, task_id, TaskStatus::Completed.as_str(), Some(&result), None, now)?;
+                sql::finish(tx, task_id, TaskStatus::Completed, Some(&result), None, now)?;
                 self.append(
                     tx,
                     event(actor, Action::TaskCompleted, task_id, json!({"attempt": t.attempts})),
@@ -829,7 +795,7 @@ impl TaskService {
                 self.finished(tx, task_id, TaskStatus::Completed)?;
                 // The hot path: what `sql::finish` wrote, without reading the row back.
                 let mut done = t;
-                done.status = TaskStatus::Completed.as_str().into();
+                done.status = TaskStatus::Completed;
                 done.result = Some(result);
                 done.leased_by = None;
                 done.lease_expires_ms = None;
@@ -851,7 +817,8 @@ impl TaskService {
     }
 
     pub fn get(&self, id: &str) -> Result<Task, TaskError> {
-        sql::get(&self.store().lock(), id)?
+        self.store()
+            .read(|tx| sql::get(tx, id))?
             .map(Task::from)
             .ok_or_else(|| TaskError::NotFound(id.into()))
     }
@@ -877,13 +844,15 @@ impl TaskService {
             })
             .transpose()?;
         let filter = sql::ListFilter {
-            status: status.map(TaskStatus::as_str),
+            status,
             kind,
             agent_id,
             priority: priority.map(Priority::rank),
             before,
         };
-        let mut rows = sql::list(&self.store().lock(), &filter, i64::from(limit) + 1)?;
+        let mut rows = self
+            .store()
+            .read(|tx| sql::list(tx, &filter, i64::from(limit) + 1))?;
         let next = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|r| format!("{}|{}", r.updated_ms, r.id))
@@ -901,7 +870,7 @@ impl TaskService {
     /// [`cancel`](Self::cancel) inside the caller's write transaction.
     pub fn cancel_in(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &Tx<'_>,
         id: &str,
         reason: Option<&str>,
         by: &Actor,
@@ -909,14 +878,14 @@ impl TaskService {
         let now = now_ms();
         {
             let t = sql::get(tx, id)?.ok_or_else(|| TaskError::NotFound(id.into()))?;
-            let status = TaskStatus::from_str(&t.status).unwrap_or(TaskStatus::Queued);
+            let status = t.status;
             if status.is_final() {
                 return Err(TaskError::Conflict(format!(
                     "task {id} is already {}; only unfinished tasks can be cancelled",
                     status.as_str()
                 )));
             }
-            sql::finish(tx, id, TaskStatus::Cancelled.as_str(), None, reason, now)?;
+            sql::finish(tx, id, TaskStatus::Cancelled, None, reason, now)?;
             self.append(
                 tx,
                 event(
@@ -938,7 +907,7 @@ impl TaskService {
         let now = now_ms();
         self.store().write(|tx| {
             let t = sql::get(tx, id)?.ok_or_else(|| TaskError::NotFound(id.into()))?;
-            if t.status != "dead" && t.status != "failed" {
+            if !matches!(t.status, TaskStatus::Dead | TaskStatus::Failed) {
                 return Err(TaskError::Conflict(format!(
                     "task {id} is {}; only dead or failed tasks can be requeued",
                     t.status
@@ -963,24 +932,29 @@ impl TaskService {
 
     pub fn stats(&self) -> Result<QueueStats, TaskError> {
         let now = now_ms();
-        let conn = self.store().lock();
+        let (counts, finished, oldest) = self.store().read(|tx| {
+            Ok::<_, StoreError>((
+                sql::counts(tx)?,
+                sql::finished_since(tx, now - 60_000)?,
+                sql::oldest_queued_ms(tx)?,
+            ))
+        })?;
         let mut by_status = std::collections::BTreeMap::new();
         let mut queued_by_priority = std::collections::BTreeMap::new();
-        for (status, priority, n) in sql::counts(&conn)? {
-            *by_status.entry(status.clone()).or_insert(0) += n;
-            if status == "queued" {
+        for (status, priority, n) in counts {
+            *by_status.entry(status.as_str().to_string()).or_insert(0) += n;
+            if status == TaskStatus::Queued {
                 *queued_by_priority
                     .entry(Priority::from_rank(priority).as_str().to_string())
                     .or_insert(0) += n;
             }
         }
-        let finished: std::collections::BTreeMap<String, i64> =
-            sql::finished_since(&conn, now - 60_000)?
-                .into_iter()
-                .collect();
+        let finished: std::collections::BTreeMap<String, i64> = finished
+            .into_iter()
+            .map(|(status, n)| (status.as_str().to_string(), n))
+            .collect();
         Ok(QueueStats {
-            oldest_queued_age_seconds: sql::oldest_queued_ms(&conn)?
-                .map(|ms| (now - ms) as f64 / 1000.0),
+            oldest_queued_age_seconds: oldest.map(|ms| (now - ms) as f64 / 1000.0),
             completed_per_second_last_minute: finished.get("completed").copied().unwrap_or(0)
                 as f64
                 / 60.0,
@@ -1020,7 +994,7 @@ impl TaskService {
         let before = now_ms() - (retention_seconds as i64) * 1000;
         let names: Vec<&str> = statuses.iter().map(|s| s.as_str()).collect();
         self.store().write(|tx| {
-            let n = sql::purge(tx, &names, before)?;
+            let n = sql::purge(tx, statuses, before)?;
             self.append(
                 tx,
                 event(by.clone(), Action::TaskPurged, "tasks",
