@@ -1,6 +1,15 @@
 //! Worker agents: registration with a signed token, heartbeats, health derived from heartbeat
 //! age, discovery by capability, type and health, and graceful deregistration that hands the
 //! agent's work back to the queue.
+//!
+//! What lives here: this file (the config, the agent as tools show it, errors, the service),
+//! `token.rs` (the signed agent tokens and their key) and `status.rs` (an agent's type and
+//! status, a leaf the store reads).
+//!
+//! It may depend on `audit` and `store` (the agents table through `store::agent`, and the
+//! tasks table through `store::task` to hand a leaving agent's work back, inside one
+//! `store::Tx`). It is below `task` and `pipeline`, which authenticate agents through it, and
+//! never sees rmcp or SQL.
 
 pub mod status;
 pub mod token;
