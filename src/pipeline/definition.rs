@@ -61,6 +61,21 @@ pub struct NewPipeline {
     pub pipeline_id: Option<String>,
 }
 
+/// `version` of pipeline `p`, its latest by default: one that exists.
+pub(super) fn version_of(p: &PipelineRow, version: Option<i64>) -> Result<i64, PipelineError> {
+    let version = version.unwrap_or(p.latest_version);
+    if version < 1 || version > p.latest_version {
+        return Err(invalid(
+            "version",
+            format!(
+                "pipeline {} has versions 1 to {}, not {version}",
+                p.id, p.latest_version
+            ),
+        ));
+    }
+    Ok(version)
+}
+
 impl PipelineService {
     /// Creates a pipeline, or (with `pipeline_id`) a new version of one. An identical
     /// definition and description adds no version: the current one is returned (`created`
@@ -242,16 +257,7 @@ impl PipelineService {
         version: Option<i64>,
     ) -> Result<Pipeline, PipelineError> {
         let p = self.pipeline_row(conn, id_or_name)?;
-        let version = version.unwrap_or(p.latest_version);
-        if version < 1 || version > p.latest_version {
-            return Err(invalid(
-                "version",
-                format!(
-                    "pipeline {} has versions 1 to {}, not {version}",
-                    p.id, p.latest_version
-                ),
-            ));
-        }
+        let version = version_of(&p, version)?;
         let (dag, v) = self.dag(conn, &p.id, version)?;
         let active_runs = sql::active_runs(conn, &p.id)?;
         Ok(Pipeline {

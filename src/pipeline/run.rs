@@ -5,6 +5,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::definition::version_of;
 use super::{
     PipelineError, PipelineService, RunStatus, StageStatus, WebhookState, invalid, webhook,
 };
@@ -147,16 +148,7 @@ impl PipelineService {
                     p.id
                 )));
             }
-            let version = new.version.unwrap_or(p.latest_version);
-            if version < 1 || version > p.latest_version {
-                return Err(invalid(
-                    "version",
-                    format!(
-                        "pipeline {} has versions 1 to {}, not {version}",
-                        p.id, p.latest_version
-                    ),
-                ));
-            }
+            let version = version_of(&p, new.version)?;
             let (dag, _) = self.dag(tx, &p.id, version)?;
             let id = format!("run_{}", uuid::Uuid::new_v4().simple());
             let obj = |v: &Value| {
