@@ -195,12 +195,12 @@ impl PipelineService {
 
     pub(super) fn pipeline_row(
         &self,
-        conn: &Tx<'_>,
+        tx: &Tx<'_>,
         id_or_name: &str,
     ) -> Result<PipelineRow, PipelineError> {
-        let found = match sql::get_pipeline(conn, id_or_name)? {
+        let found = match sql::get_pipeline(tx, id_or_name)? {
             Some(p) => Some(p),
-            None => sql::pipeline_by_name(conn, id_or_name)?,
+            None => sql::pipeline_by_name(tx, id_or_name)?,
         };
         found.ok_or_else(|| PipelineError::NotFound {
             what: "pipeline",
@@ -211,16 +211,15 @@ impl PipelineService {
     /// A validated definition, from the cache or the database.
     pub(super) fn dag(
         &self,
-        conn: &Tx<'_>,
+        tx: &Tx<'_>,
         pipeline_id: &str,
         version: i64,
     ) -> Result<(Arc<Dag>, VersionRow), PipelineError> {
-        let v = sql::get_version(conn, pipeline_id, version)?.ok_or_else(|| {
-            PipelineError::NotFound {
+        let v =
+            sql::get_version(tx, pipeline_id, version)?.ok_or_else(|| PipelineError::NotFound {
                 what: "pipeline version",
                 id: format!("{pipeline_id} v{version}"),
-            }
-        })?;
+            })?;
         let key = (pipeline_id.to_string(), version);
         if let Some(d) = self
             .inner
@@ -252,14 +251,14 @@ impl PipelineService {
 
     fn get_in(
         &self,
-        conn: &Tx<'_>,
+        tx: &Tx<'_>,
         id_or_name: &str,
         version: Option<i64>,
     ) -> Result<Pipeline, PipelineError> {
-        let p = self.pipeline_row(conn, id_or_name)?;
+        let p = self.pipeline_row(tx, id_or_name)?;
         let version = version_of(&p, version)?;
-        let (dag, v) = self.dag(conn, &p.id, version)?;
-        let active_runs = sql::active_runs(conn, &p.id)?;
+        let (dag, v) = self.dag(tx, &p.id, version)?;
+        let active_runs = sql::active_runs(tx, &p.id)?;
         Ok(Pipeline {
             order: dag
                 .order
@@ -292,11 +291,11 @@ impl PipelineService {
 
     fn list_in(
         &self,
-        conn: &Tx<'_>,
+        tx: &Tx<'_>,
         limit: u32,
         cursor: Option<&str>,
     ) -> Result<(Vec<PipelineSummary>, Option<String>), PipelineError> {
-        let mut rows = sql::list_pipelines(conn, cursor, i64::from(limit) + 1)?;
+        let mut rows = sql::list_pipelines(tx, cursor, i64::from(limit) + 1)?;
         let next = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|p| p.name.clone())
@@ -305,7 +304,7 @@ impl PipelineService {
         };
         let mut out = Vec::with_capacity(rows.len());
         for p in rows {
-            let (dag, v) = self.dag(conn, &p.id, p.latest_version)?;
+            let (dag, v) = self.dag(tx, &p.id, p.latest_version)?;
             out.push(PipelineSummary {
                 stage_count: dag.definition.stages.len(),
                 description: v.description,

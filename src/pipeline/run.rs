@@ -222,18 +222,17 @@ impl PipelineService {
         self.store().read(|tx| self.run_in(tx, id))
     }
 
-    fn run_in(&self, conn: &Tx<'_>, id: &str) -> Result<Run, PipelineError> {
-        let r = sql::get_run(conn, id)?.ok_or_else(|| PipelineError::NotFound {
+    fn run_in(&self, tx: &Tx<'_>, id: &str) -> Result<Run, PipelineError> {
+        let r = sql::get_run(tx, id)?.ok_or_else(|| PipelineError::NotFound {
             what: "pipeline run",
             id: id.to_string(),
         })?;
-        let p =
-            sql::get_pipeline(conn, &r.pipeline_id)?.ok_or_else(|| PipelineError::NotFound {
-                what: "pipeline",
-                id: r.pipeline_id.clone(),
-            })?;
-        let (dag, _) = self.dag(conn, &r.pipeline_id, r.version)?;
-        let rows = sql::stages_of(conn, id)?;
+        let p = sql::get_pipeline(tx, &r.pipeline_id)?.ok_or_else(|| PipelineError::NotFound {
+            what: "pipeline",
+            id: r.pipeline_id.clone(),
+        })?;
+        let (dag, _) = self.dag(tx, &r.pipeline_id, r.version)?;
+        let rows = sql::stages_of(tx, id)?;
         let mut stages = Vec::with_capacity(rows.len());
         let mut current = Vec::new();
         let mut awaiting = Vec::new();
@@ -245,7 +244,7 @@ impl PipelineService {
             let def = &dag.definition.stages[i];
             let mut status = row.status;
             let task = match &row.task_id {
-                Some(t) => task_sql::get(conn, t)?,
+                Some(t) => task_sql::get(tx, t)?,
                 None => None,
             };
             if status == StageStatus::Queued
