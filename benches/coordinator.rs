@@ -1164,31 +1164,30 @@ fn claim_breakdown(path: &Path, depth: usize) {
     let runs = 2_000;
 
     // The reads of a claim, each alone, then together inside one write transaction.
-    let (authenticate, targeted, listing, page_32, page_1) = {
-        let conn = store.lock();
+    let (authenticate, targeted, listing, page_32, page_1) = store.read(|conn| {
         let now = i64::MAX;
         (
             mean_of(runs, || {
                 tasks
                     .agents()
-                    .authenticate(&conn, &token)
+                    .authenticate(conn, &token)
                     .expect("authenticate");
             }),
             mean_of(runs, || {
-                task_sql::targeted_candidates(&conn, &agent_id, &caps, now, 1).expect("targeted");
+                task_sql::targeted_candidates(conn, &agent_id, &caps, now, 1).expect("targeted");
             }),
             mean_of(runs, || {
-                agent_sql::list_registered(&conn).expect("list_registered");
+                agent_sql::list_registered(conn).expect("list_registered");
             }),
             mean_of(runs, || {
-                let page = task_sql::open_candidates(&conn, &caps, now, None, 32).expect("query");
+                let page = task_sql::open_candidates(conn, &caps, now, None, 32).expect("query");
                 assert_eq!(page.len(), 32);
             }),
             mean_of(runs, || {
-                task_sql::open_candidates(&conn, &caps, now, None, 1).expect("query");
+                task_sql::open_candidates(conn, &caps, now, None, 1).expect("query");
             }),
         )
-    };
+    });
     let verify = mean_of(runs, || {
         keys.verify(&token).expect("verify");
     });
@@ -1416,7 +1415,8 @@ fn fill_by_store(tasks: &TaskService, depth: usize) {
         .submit(mixed_task(0, true), &submitter())
         .expect("submit");
     let store = tasks.agents().audit().store();
-    let template = task_sql::get(&store.lock(), &first.id)
+    let template = store
+        .read(|tx| task_sql::get(tx, &first.id))
         .expect("get")
         .expect("submitted row");
     for start in (1..depth).step_by(10_000) {
@@ -1495,8 +1495,9 @@ fn claims_at_depth(counts: &Counts, depth: usize, path: &Path) -> DepthResult {
     let store = tasks.agents().audit().store().clone();
     let caps = serde_json::to_string(&AGENT_CAPS).expect("caps json");
     let query = mean_of(200, || {
-        let page =
-            task_sql::open_candidates(&store.lock(), &caps, i64::MAX, None, 32).expect("query");
+        let page = store
+            .read(|tx| task_sql::open_candidates(tx, &caps, i64::MAX, None, 32))
+            .expect("query");
         assert_eq!(page.len(), 32);
     });
     let started = Instant::now();

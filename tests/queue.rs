@@ -1755,3 +1755,33 @@ async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task() {
     worker_side.cancel().await.unwrap();
     other.cancel().await.unwrap();
 }
+
+/// A task status this build does not know (a row written by a newer build, or by hand) is
+/// refused with a storage error naming the column and the value, where it used to be shown
+/// as `queued`: a claim or a report must not act on a guess.
+#[tokio::test]
+async fn a_stored_status_this_build_does_not_know_is_an_error_not_a_guess() {
+    let dir = data_dir();
+    let c = start(dir.path(), CALM, Era::Stateless).await;
+    let id = submit(&c, json!({"kind": "k"})).await;
+    assert_eq!(get(&c, &id).await["status"], "queued");
+
+    let db = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    // The schema's CHECK allows only the statuses of this build: set one past it, as a
+    // newer build's row would be.
+    db.pragma_update(None, "ignore_check_constraints", true)
+        .unwrap();
+    db.execute("UPDATE tasks SET status = 'paused' WHERE id = ?1", [&id])
+        .unwrap();
+    drop(db);
+
+    let e = tool_error(&c, "task_get", json!({"task_id": id})).await;
+    assert_eq!(e["code"], "storage_error", "{e:#}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains(r#"unreadable tasks.status "paused""#),
+        "{message}"
+    );
+    c.cancel().await.unwrap();
+}

@@ -1,7 +1,17 @@
 //! Worker agents: registration with a signed token, heartbeats, health derived from heartbeat
 //! age, discovery by capability, type and health, and graceful deregistration that hands the
 //! agent's work back to the queue.
+//!
+//! What lives here: this file (the config, the agent as tools show it, errors, the service),
+//! `token.rs` (the signed agent tokens and their key) and `status.rs` (an agent's type and
+//! status, a leaf the store reads).
+//!
+//! It may depend on `audit` and `store` (the agents table through `store::agent`, and the
+//! tasks table through `store::task` to hand a leaving agent's work back, inside one
+//! `store::Tx`). It is below `task` and `pipeline`, which authenticate agents through it, and
+//! never sees rmcp or SQL.
 
+pub mod status;
 pub mod token;
 
 use std::str::FromStr;
@@ -17,7 +27,8 @@ use crate::limits;
 use crate::macros::string_enum;
 use crate::store::agent::{self as sql, AgentRow};
 use crate::store::task as task_sql;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Tx};
+pub use status::{AgentStatus, AgentType};
 pub use token::{Claims, TokenError, TokenKeys};
 
 /// `[agents]` in the config file.
@@ -60,30 +71,6 @@ impl AgentsConfig {
         limits::OFFER_WINDOW_MS.check("agents.offer_window_ms", self.offer_window_ms)
     }
 }
-
-string_enum!(
-    /// What an agent is for.
-    AgentType {
-        /// Runs tasks.
-        Worker => "worker",
-        /// Splits work and submits tasks for others.
-        Orchestrator => "orchestrator",
-        /// Checks the results of others.
-        Validator => "validator",
-    }
-);
-
-string_enum!(
-    /// What the agent says about itself.
-    AgentStatus {
-        /// Can take work.
-        Ready => "ready",
-        /// Working, may take more if its load allows.
-        Busy => "busy",
-        /// Finishing what it has; takes no new tasks.
-        Draining => "draining",
-    }
-);
 
 string_enum!(
     /// Health, from heartbeat age against the configured interval.
@@ -258,12 +245,12 @@ impl AgentService {
 
     pub fn to_agent(&self, r: AgentRow, now: i64) -> Agent {
         Agent {
-            agent_type: AgentType::from_str(&r.agent_type).unwrap_or(AgentType::Worker),
+            agent_type: r.agent_type,
             capabilities: serde_json::from_str(&r.capabilities).unwrap_or_default(),
             endpoints: serde_json::from_str(&r.endpoints).unwrap_or_default(),
             resources: serde_json::from_str(&r.resources).unwrap_or_default(),
             metadata: serde_json::from_str(&r.metadata).unwrap_or_default(),
-            status: AgentStatus::from_str(&r.status).unwrap_or(AgentStatus::Ready),
+            status: r.status,
             load: r.load,
             health: self.health_at(r.last_heartbeat_ms, now),
             last_heartbeat: format_ms(r.last_heartbeat_ms),
@@ -317,12 +304,12 @@ impl AgentService {
             let row = AgentRow {
                 id,
                 name: name.clone(),
-                agent_type: new.agent_type.as_str().into(),
+                agent_type: new.agent_type,
                 capabilities: serde_json::to_string(&caps).unwrap_or_else(|_| "[]".into()),
                 endpoints: Value::Object(new.endpoints.clone()).to_string(),
                 resources: serde_json::to_string(&new.resources).unwrap_or_else(|_| "{}".into()),
                 metadata: Value::Object(new.metadata.clone()).to_string(),
-                status: AgentStatus::Ready.as_str().into(),
+                status: AgentStatus::Ready,
                 load: 0.0,
                 registered_at,
                 last_heartbeat_ms: now,
@@ -363,13 +350,9 @@ impl AgentService {
     }
 
     /// Checks a token and returns the live agent it names.
-    pub fn authenticate(
-        &self,
-        conn: &rusqlite::Connection,
-        token: &str,
-    ) -> Result<AgentRow, AgentError> {
+    pub fn authenticate(&self, tx: &Tx<'_>, token: &str) -> Result<AgentRow, AgentError> {
         let claims = self.keys.verify(token)?;
-        let row = sql::get(conn, &claims.sub)?
+        let row = sql::get(tx, &claims.sub)?
             .ok_or_else(|| AgentError::Revoked(format!("agent {} does not exist", claims.sub)))?;
         if row.deregistered_at.is_some() {
             return Err(AgentError::Revoked(format!(
@@ -409,7 +392,7 @@ impl AgentService {
         // still audited as tool calls.
         let row = self.store().write(|tx| -> Result<_, AgentError> {
             let row = self.authenticate(tx, token)?;
-            sql::heartbeat(tx, &row.id, now, load, status.as_str(), caps.as_deref())?;
+            sql::heartbeat(tx, &row.id, now, load, status, caps.as_deref())?;
             sql::get(tx, &row.id)?.ok_or_else(|| AgentError::NotFound(row.id.clone()))
         })?;
         Ok(self.to_agent(row, now))
@@ -423,7 +406,7 @@ impl AgentService {
         health: Option<Health>,
     ) -> Result<Vec<Agent>, AgentError> {
         let now = now_ms();
-        let rows = sql::list_registered(&self.store().lock())?;
+        let rows = self.store().read(sql::list_registered)?;
         Ok(rows
             .into_iter()
             .map(|r| self.to_agent(r, now))

@@ -195,80 +195,113 @@ pub fn validate(mut def: Definition) -> Result<Dag, Invalid> {
     }
     let mut index: HashMap<String, usize> = HashMap::new();
     for (i, stage) in def.stages.iter_mut().enumerate() {
-        let at = |f: &str| format!("stages[{i}].{f}");
-        stage.name = stage.name.trim().to_string();
-        let ok = !stage.name.is_empty()
-            && stage.name.len() <= 64
-            && stage
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !ok {
-            return Err(invalid(
-                at("name"),
-                format!(
-                    "expected 1 to 64 letters, digits, '-', '_' or '.', got {:?}",
-                    stage.name
-                ),
-            ));
-        }
-        if let Some(first) = index.insert(stage.name.clone(), i) {
-            return Err(invalid(
-                at("name"),
-                format!(
-                    "stage name {:?} is already used by stages[{first}]; stage names must be unique",
-                    stage.name
-                ),
-            ));
-        }
-        stage.stage_type = stage.stage_type.trim().to_string();
-        if stage.stage_type.is_empty() {
-            return Err(invalid(at("type"), "must not be empty"));
-        }
-        if let Some(kind) = &stage.kind
-            && kind.trim().is_empty()
-        {
-            return Err(invalid(at("kind"), "must not be empty when given"));
-        }
-        if let Some(t) = stage.timeout_seconds
-            && !limits::TASK_TIMEOUT_SECONDS.contains(t)
-        {
-            return Err(invalid(
-                at("timeout_seconds"),
-                format!("{}, got {t}", limits::TASK_TIMEOUT_SECONDS.expected()),
-            ));
-        }
-        if let Some(r) = stage.retries
-            && !limits::TASK_MAX_RETRIES.contains(r)
-        {
-            return Err(invalid(
-                at("retries"),
-                format!("{}, got {r}", limits::TASK_MAX_RETRIES.expected()),
-            ));
-        }
-        if stage.approval {
-            if stage.kind.is_some() || stage.capability.is_some() || stage.retries.is_some() {
-                return Err(invalid(
-                    at("approval"),
-                    "an approval stage asks a person and runs no task: leave out kind, capability and retries",
-                ));
-            }
-        } else {
-            if stage.risk.is_some() {
-                return Err(invalid(
-                    at("risk"),
-                    "risk applies only to approval stages (approval: true)",
-                ));
-            }
-            let cap = stage
-                .capability
-                .clone()
-                .unwrap_or_else(|| stage.stage_type.clone());
-            let caps = normalize_capabilities(&[cap])
-                .map_err(|e| invalid(at("capability"), e.to_string()))?;
-            stage.capability = caps.into_iter().next();
-        }
+        check_stage(i, stage, &mut index)?;
     }
+    let (mut upstream, downstream) = link(&def, &index)?;
+    for dep in &mut def.dependencies {
+        dep.from = dep.from.trim().to_string();
+        dep.to = dep.to.trim().to_string();
+    }
+    let order = topological_order(&def, &upstream, &downstream)?;
+    for list in &mut upstream {
+        list.sort_unstable();
+    }
+    Ok(Dag {
+        definition: def,
+        order,
+        upstream,
+    })
+}
+
+/// Checks stage `i` (and normalizes its name, type and capability), recording its name in
+/// `index`.
+fn check_stage(
+    i: usize,
+    stage: &mut StageDef,
+    index: &mut HashMap<String, usize>,
+) -> Result<(), Invalid> {
+    let at = |f: &str| format!("stages[{i}].{f}");
+    stage.name = stage.name.trim().to_string();
+    let ok = !stage.name.is_empty()
+        && stage.name.len() <= 64
+        && stage
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(invalid(
+            at("name"),
+            format!(
+                "expected 1 to 64 letters, digits, '-', '_' or '.', got {:?}",
+                stage.name
+            ),
+        ));
+    }
+    if let Some(first) = index.insert(stage.name.clone(), i) {
+        return Err(invalid(
+            at("name"),
+            format!(
+                "stage name {:?} is already used by stages[{first}]; stage names must be unique",
+                stage.name
+            ),
+        ));
+    }
+    stage.stage_type = stage.stage_type.trim().to_string();
+    if stage.stage_type.is_empty() {
+        return Err(invalid(at("type"), "must not be empty"));
+    }
+    if let Some(kind) = &stage.kind
+        && kind.trim().is_empty()
+    {
+        return Err(invalid(at("kind"), "must not be empty when given"));
+    }
+    if let Some(t) = stage.timeout_seconds
+        && !limits::TASK_TIMEOUT_SECONDS.contains(t)
+    {
+        return Err(invalid(
+            at("timeout_seconds"),
+            format!("{}, got {t}", limits::TASK_TIMEOUT_SECONDS.expected()),
+        ));
+    }
+    if let Some(r) = stage.retries
+        && !limits::TASK_MAX_RETRIES.contains(r)
+    {
+        return Err(invalid(
+            at("retries"),
+            format!("{}, got {r}", limits::TASK_MAX_RETRIES.expected()),
+        ));
+    }
+    if stage.approval {
+        if stage.kind.is_some() || stage.capability.is_some() || stage.retries.is_some() {
+            return Err(invalid(
+                at("approval"),
+                "an approval stage asks a person and runs no task: leave out kind, capability and retries",
+            ));
+        }
+    } else {
+        if stage.risk.is_some() {
+            return Err(invalid(
+                at("risk"),
+                "risk applies only to approval stages (approval: true)",
+            ));
+        }
+        let cap = stage
+            .capability
+            .clone()
+            .unwrap_or_else(|| stage.stage_type.clone());
+        let caps =
+            normalize_capabilities(&[cap]).map_err(|e| invalid(at("capability"), e.to_string()))?;
+        stage.capability = caps.into_iter().next();
+    }
+    Ok(())
+}
+
+/// For each stage, the indexes of other stages (those it depends on, or those depending on it).
+type Edges = Vec<Vec<usize>>;
+
+/// Each stage's upstream and downstream stages, from the dependencies, whose names must be
+/// known, distinct and listed once.
+fn link(def: &Definition, index: &HashMap<String, usize>) -> Result<(Edges, Edges), Invalid> {
     let n = def.stages.len();
     let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -305,10 +338,16 @@ pub fn validate(mut def: Definition) -> Result<Dag, Invalid> {
         upstream[to].push(from);
         downstream[from].push(to);
     }
-    for dep in &mut def.dependencies {
-        dep.from = dep.from.trim().to_string();
-        dep.to = dep.to.trim().to_string();
-    }
+    Ok((upstream, downstream))
+}
+
+/// The order runs start the stages in, or the cycle that leaves none.
+fn topological_order(
+    def: &Definition,
+    upstream: &[Vec<usize>],
+    downstream: &[Vec<usize>],
+) -> Result<Vec<usize>, Invalid> {
+    let n = def.stages.len();
     // Kahn's algorithm, always taking the earliest-declared ready stage.
     let mut missing: Vec<usize> = upstream.iter().map(Vec::len).collect();
     let mut ready: std::collections::BTreeSet<usize> =
@@ -325,21 +364,14 @@ pub fn validate(mut def: Definition) -> Result<Dag, Invalid> {
         }
     }
     if order.len() < n {
-        let cycle = find_cycle(&downstream, &missing);
+        let cycle = find_cycle(downstream, &missing);
         let names: Vec<&str> = cycle.iter().map(|&i| def.stages[i].name.as_str()).collect();
         return Err(invalid(
             "dependencies",
             format!("the dependencies form a cycle: {}", names.join(" -> ")),
         ));
     }
-    for list in &mut upstream {
-        list.sort_unstable();
-    }
-    Ok(Dag {
-        definition: def,
-        order,
-        upstream,
-    })
+    Ok(order)
 }
 
 /// One cycle among the stages Kahn's algorithm could not order, as a closed path

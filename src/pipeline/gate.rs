@@ -6,9 +6,9 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::StageState;
 use super::StageStatus;
 use super::dag::Dag;
+use super::engine::StageState;
 use crate::approval::{Executor, Gate, Risk};
 use crate::store::pipeline::RunRow;
 

@@ -1,10 +1,17 @@
-//! Completion webhooks: checking a run's webhook URL, showing it without its secret parts, and
-//! one HTTP POST of the final run status (the retry schedule lives in the run's row).
+//! Completion webhooks: checking a run's webhook URL, showing it without its secret parts, one
+//! HTTP POST of the final run status, and the delivery of due webhooks with their retries (the
+//! schedule lives in the run's row, so every process may deliver and none repeats an attempt).
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use url::Url;
+
+use super::{PipelineError, PipelineService, WebhookState};
+use crate::agent::now_ms;
+use crate::audit::{Action, Actor, NewEvent, Outcome};
+use crate::store::budget::{self, Budget};
+use crate::store::pipeline::{self as sql, RunRow};
 
 /// Checks a webhook URL: `http://` or `https://` (any case) with a host. Returns the trimmed URL.
 pub fn check_url(url: &str) -> Result<String, String> {
@@ -73,6 +80,85 @@ pub fn post(url: &str, body: &Value, delivery_id: &str, timeout: Duration) -> Re
         Ok(status)
     } else {
         Err(format!("{} answered HTTP {status}", masked(url)))
+    }
+}
+
+impl PipelineService {
+    /// Delivers due completion webhooks (one attempt each), recording the outcome. Returns
+    /// how many were attempted.
+    pub fn deliver_webhooks(&self) -> Result<usize, PipelineError> {
+        let now = now_ms();
+        let timeout = Duration::from_secs(self.inner.config.webhook_timeout_seconds.max(1));
+        let due = self.store().read(|tx| sql::due_webhooks(tx, now, 16))?;
+        let mut attempted = 0;
+        for r in due {
+            let Some(url) = r.webhook_url.clone() else {
+                continue;
+            };
+            let seen = r.webhook_next_ms.unwrap_or(now);
+            // Hold the attempt for longer than it can take, so no other process repeats it.
+            let hold = now + timeout.as_millis() as i64 * 2 + 1_000;
+            let claimed = self
+                .store()
+                .write(|tx| sql::claim_webhook(tx, &r.id, seen, hold))?;
+            if !claimed {
+                continue;
+            }
+            attempted += 1;
+            // From here on the attempt is taken and (below) made, so its reads and its outcome
+            // wait for the lock like a call does: skipping them as a busy background tick may
+            // would leave the attempt counted but unrecorded, held back for minutes.
+            budget::sync_scope(Budget::for_call(), || self.deliver_one(&r, &url, timeout))?;
+            self.notify();
+        }
+        Ok(attempted)
+    }
+
+    /// Makes one claimed delivery attempt of `r`'s webhook and records its outcome.
+    fn deliver_one(&self, r: &RunRow, url: &str, timeout: Duration) -> Result<(), PipelineError> {
+        let attempt = r.webhook_attempts + 1;
+        let run = self.get_run(&r.id)?;
+        let body = json!({"event": "pipeline_run.finished", "attempt": attempt, "run": run});
+        let result = post(url, &body, &format!("{}:{attempt}", r.id), timeout);
+        let max = i64::from(self.inner.config.webhook_max_attempts.max(1));
+        self.store().write(|tx| -> Result<(), PipelineError> {
+            let (state, next, error) = match &result {
+                Ok(_) => (WebhookState::Delivered, None, None),
+                Err(e) if attempt >= max => (WebhookState::Failed, None, Some(e.clone())),
+                Err(e) => {
+                    let delay = self
+                        .inner
+                        .config
+                        .webhook_backoff_ms
+                        .saturating_mul(1u64 << (attempt - 1).clamp(0, 20) as u32);
+                    (
+                        WebhookState::Pending,
+                        Some(now_ms() + delay as i64),
+                        Some(e.clone()),
+                    )
+                }
+            };
+            sql::webhook_outcome(tx, &r.id, state, next, error.as_deref())?;
+            if state != WebhookState::Pending {
+                self.append(
+                    tx,
+                    NewEvent {
+                        actor: Actor::system(),
+                        action: Action::PipelineWebhook,
+                        subject: r.id.clone(),
+                        outcome: if state == WebhookState::Delivered {
+                            Outcome::Ok
+                        } else {
+                            Outcome::Error
+                        },
+                        detail: json!({"state": state, "attempts": attempt,
+                                   "url": masked(url), "error": error}),
+                        critical: false,
+                    },
+                )?;
+            }
+            Ok(())
+        })
     }
 }
 

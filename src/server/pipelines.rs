@@ -1,33 +1,30 @@
 //! Pipeline tools: `pipeline_create`, `pipeline_get`, `pipeline_list`, `pipeline_delete`,
-//! `pipeline_run`, `pipeline_run_get`, `pipeline_run_cancel`, and the wait that sends progress
-//! notifications and, on initialize-era sessions, asks a person about approval stages.
+//! `pipeline_run`, `pipeline_run_get`, `pipeline_run_cancel`, and runs as tasks of the tasks
+//! extension. The wait that sends progress notifications and, on initialize-era sessions, asks
+//! a person about approval stages is in `pipelines/wait.rs`.
 
-use std::collections::HashSet;
-use std::time::Duration;
+mod wait;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
-use super::gate::{self, Asked};
-use super::session::{Call, Era};
+use super::gate;
+use super::session::Call;
 use super::system::store_error;
 use super::tool::{
     self, ErrorCode, Failure, Reply, Route, ToolError, ToolSpec, invalid_field, route,
     route_with_input,
 };
-use crate::approval::{ApprovalError, DecideWith, State};
+use crate::approval::ApprovalError;
 use crate::config::ToolGroup;
 use crate::pipeline::{
     Definition, Dependency, NewPipeline, NewRun, Pipeline, PipelineError, PipelineSummary, Run,
-    RunStatus, StageDef, StageRun, Template, describe_progress,
+    RunStatus, StageDef, Template, describe_progress,
 };
 use crate::task::{Priority, TaskError};
-
-/// How often a waiting call checks the database for changes made by other processes.
-const POLL: Duration = Duration::from_millis(250);
+use wait::wait_for;
 
 fn spec(
     name: &'static str,
@@ -700,225 +697,4 @@ fn result(c: &Coordinator, run: Run, wait: WaitEnd) -> RunResult {
         warnings,
         run,
     }
-}
-
-/// Waits up to `wait` for the run to end, sending a progress notification when it starts and
-/// each time a stage finishes. On initialize-era sessions with form elicitation, each approval
-/// stage reached is asked about (concurrently: the other branches keep going).
-async fn wait_for(
-    c: &Coordinator,
-    call: &Call,
-    mut run: Run,
-    wait: Duration,
-    cancel_run: bool,
-) -> Result<RunResult, Failure> {
-    if wait.is_zero() || run.status != RunStatus::Running {
-        let end = if run.status == RunStatus::Running {
-            WaitEnd::NoWait
-        } else {
-            WaitEnd::Finished
-        };
-        return Ok(result(c, run, end));
-    }
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = c.pipelines().watch();
-    let questions = CancellationToken::new();
-    let _withdraw = questions.clone().drop_guard();
-    let mut asked: HashSet<String> = HashSet::new();
-    let mut stamp = None;
-    let mut reported: Option<usize> = None;
-    // Keep-alive: while no stage finishes, a notification every `keepalive` with a progress
-    // that creeps towards the next whole stage (never reaching it), so clients that reset their
-    // request timeout on progress keep waiting through a long stage.
-    let keepalive = Duration::from_secs(c.pipelines().config().progress_keepalive_seconds.max(1));
-    let mut last_sent = tokio::time::Instant::now();
-    let mut creep = 0u32;
-    let run_id = run.id.clone();
-    let end = loop {
-        let before = reported;
-        match reported {
-            None => {
-                call.progress(
-                    run.stages_done as f64,
-                    Some(run.stages_total as f64),
-                    format!("run {}: {}", run.id, describe_progress(&run)),
-                )
-                .await;
-            }
-            // One notification per stage that finished since the last one, even when several
-            // finished between two looks (they may have been moved by another process).
-            Some(before) if run.stages_done > before => {
-                let mut ended: Vec<&StageRun> = run
-                    .stages
-                    .iter()
-                    .filter(|s| s.finished_at.is_some())
-                    .collect();
-                ended.sort_by(|a, b| a.finished_at.cmp(&b.finished_at));
-                for (k, stage) in ended.iter().enumerate().skip(before) {
-                    call.progress(
-                        (k + 1) as f64,
-                        Some(run.stages_total as f64),
-                        format!(
-                            "run {}: stage {} {}; {}",
-                            run.id,
-                            stage.name,
-                            stage.status,
-                            describe_progress(&run)
-                        ),
-                    )
-                    .await;
-                }
-            }
-            Some(done) if last_sent.elapsed() >= keepalive => {
-                creep += 1;
-                let fraction = 0.99 * f64::from(creep) / f64::from(creep + 1);
-                call.progress(
-                    done as f64 + fraction,
-                    Some(run.stages_total as f64),
-                    format!("run {}: still working; {}", run.id, describe_progress(&run)),
-                )
-                .await;
-                last_sent = tokio::time::Instant::now();
-            }
-            Some(_) => {}
-        }
-        if before != Some(run.stages_done) {
-            last_sent = tokio::time::Instant::now();
-            creep = 0;
-        }
-        reported = Some(run.stages_done);
-        if run.status != RunStatus::Running {
-            break WaitEnd::Finished;
-        }
-        for id in &run.awaiting_approvals {
-            if asked.contains(id) {
-                continue;
-            }
-            match call.era {
-                Era::Legacy if call.elicitation_form => {
-                    asked.insert(id.clone());
-                    ask(c, call, id, &run_id, questions.child_token());
-                }
-                Era::Stateless => {}
-                // No way to ask here: the person decides with the CLI; keep waiting.
-                Era::Legacy => {
-                    asked.insert(id.clone());
-                }
-            }
-        }
-        if call.era == Era::Stateless && !run.awaiting_approvals.is_empty() {
-            // A decision made elsewhere may not have been collected yet: collect it first.
-            let id = run_id.clone();
-            run = c
-                .blocking(move |c| {
-                    c.pipelines().advance(&id)?;
-                    c.pipelines().get_run(&id)
-                })
-                .await?
-                .map_err(|e| pipeline_failure("pipeline_run", e))?;
-            if !run.awaiting_approvals.is_empty() {
-                break WaitEnd::NeedsApproval;
-            }
-            continue;
-        }
-        tokio::select! {
-            _ = changes.changed() => {}
-            () = tokio::time::sleep(POLL) => {
-                // Another process (a worker's coordinator, the CLI) may have moved the run.
-                let id = run_id.clone();
-                let now = c.blocking(move |c| c.pipelines().stamp(&id)).await?
-                    .map_err(|e| pipeline_failure("pipeline_run", e))?;
-                if now == stamp {
-                    continue;
-                }
-                stamp = now;
-            }
-            () = call.cancel.cancelled() => {
-                if cancel_run {
-                    let actor = call.actor.clone();
-                    let id = run_id.clone();
-                    let cancelled = c
-                        .blocking(move |c| {
-                            c.pipelines().cancel_run(&id, Some("the waiting tool call was cancelled"), &actor)
-                        })
-                        .await?;
-                    if let Err(e) = cancelled {
-                        tracing::warn!(run = %run_id, error = %e, "could not cancel the run after the client cancelled the call");
-                    }
-                }
-                break WaitEnd::ClientCancelled;
-            }
-            () = tokio::time::sleep_until(deadline) => break WaitEnd::WaitElapsed,
-        }
-        let id = run_id.clone();
-        run = c
-            .blocking(move |c| c.pipelines().get_run(&id))
-            .await?
-            .map_err(|e| pipeline_failure("pipeline_run", e))?;
-    };
-    if end != WaitEnd::Finished {
-        let id = run_id.clone();
-        run = c
-            .blocking(move |c| c.pipelines().get_run(&id))
-            .await?
-            .map_err(|e| pipeline_failure("pipeline_run", e))?;
-    }
-    Ok(result(c, run, end))
-}
-
-/// Asks the person about one approval stage through the client (a form elicitation) in the
-/// background, then moves the run on. `cancel` withdraws the question when the wait ends.
-fn ask(c: &Coordinator, call: &Call, approval_id: &str, run_id: &str, cancel: CancellationToken) {
-    let c = c.clone();
-    let mut call = call.clone();
-    call.cancel = cancel;
-    // The waiting call's progress token counts stages; the question must not reuse it (its
-    // own "asking..." notifications would make progress go backwards).
-    call.progress_token = None;
-    let approval_id = approval_id.to_string();
-    let run_id = run_id.to_string();
-    tokio::spawn(async move {
-        let id = approval_id.clone();
-        let approval = match c.blocking(move |c| c.approvals().get(&id)).await {
-            Ok(Ok(a)) => a,
-            _ => return,
-        };
-        if approval.state != State::Pending {
-            return;
-        }
-        if approval.decide_with == DecideWith::OutOfBand {
-            tracing::info!(
-                approval = %approval_id,
-                command = ?gate::decide_command(&c, &approval),
-                "approval stage needs a decision outside the client"
-            );
-            return;
-        }
-        match gate::ask(
-            &c,
-            &call,
-            "pipeline_run",
-            approval,
-            std::time::Duration::ZERO,
-        )
-        .await
-        {
-            Ok(Asked::Done(out)) if out.state != State::Pending => {
-                let id = run_id.clone();
-                match c.blocking(move |c| c.pipelines().advance(&id)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(run = %run_id, error = %e, "could not advance the run after a decision")
-                    }
-                    Err(e) => {
-                        tracing::warn!(run = %run_id, error = %e.message, "could not advance the run after a decision")
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(_) => {
-                tracing::debug!(approval = %approval_id, "asking about an approval stage failed")
-            }
-        }
-    });
 }

@@ -21,7 +21,14 @@ use crate::task::{
 };
 
 pub fn routes() -> Vec<Route> {
-    use ToolGroup::{Agents, Tasks};
+    let mut routes = agent_routes();
+    routes.extend(task_routes());
+    routes
+}
+
+/// The agent tools: register, heartbeat, list, deregister.
+fn agent_routes() -> Vec<Route> {
+    use ToolGroup::Agents;
     vec![
         route(
             spec(
@@ -71,6 +78,13 @@ pub fn routes() -> Vec<Route> {
             ),
             agent_deregister,
         ),
+    ]
+}
+
+/// The task and queue tools.
+fn task_routes() -> Vec<Route> {
+    use ToolGroup::Tasks;
+    vec![
         route(
             spec(
                 "task_submit",

@@ -1,21 +1,22 @@
 //! SQL for agents: insert or refresh a registration, heartbeats, lookups, discovery, and
 //! deregistration.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::StoreError;
+use super::{StoreError, Tx, closed};
+use crate::agent::status::{AgentStatus, AgentType};
 
 /// One row of `agents`, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentRow {
     pub id: String,
     pub name: String,
-    pub agent_type: String,
+    pub agent_type: AgentType,
     pub capabilities: String,
     pub endpoints: String,
     pub resources: String,
     pub metadata: String,
-    pub status: String,
+    pub status: AgentStatus,
     pub load: f64,
     pub registered_at: String,
     pub last_heartbeat_ms: i64,
@@ -30,12 +31,12 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     Ok(AgentRow {
         id: r.get(0)?,
         name: r.get(1)?,
-        agent_type: r.get(2)?,
+        agent_type: closed::get(r, 2, "agents.agent_type")?,
         capabilities: r.get(3)?,
         endpoints: r.get(4)?,
         resources: r.get(5)?,
         metadata: r.get(6)?,
-        status: r.get(7)?,
+        status: closed::get(r, 7, "agents.status")?,
         load: r.get(8)?,
         registered_at: r.get(9)?,
         last_heartbeat_ms: r.get(10)?,
@@ -44,23 +45,25 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     })
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<AgentRow>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM agents WHERE id = ?1"))?
+pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<AgentRow>, StoreError> {
+    tx.conn()
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM agents WHERE id = ?1"))?
         .query_row([id], from_row)
         .optional()
-        .map_err(StoreError::from_sqlite)
+        .map_err(closed::error)
 }
 
-pub fn by_name(conn: &Connection, name: &str) -> Result<Option<AgentRow>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM agents WHERE name = ?1"))?
+pub fn by_name(tx: &Tx<'_>, name: &str) -> Result<Option<AgentRow>, StoreError> {
+    tx.conn()
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM agents WHERE name = ?1"))?
         .query_row([name], from_row)
         .optional()
-        .map_err(StoreError::from_sqlite)
+        .map_err(closed::error)
 }
 
 /// Inserts a new agent, or replaces every field of the agent with this id (a refresh).
-pub fn upsert(conn: &Connection, a: &AgentRow) -> Result<(), StoreError> {
-    conn.prepare_cached(
+pub fn upsert(tx: &Tx<'_>, a: &AgentRow) -> Result<(), StoreError> {
+    tx.conn().prepare_cached(
         "INSERT INTO agents (id, name, agent_type, capabilities, endpoints, resources, metadata,
              status, load, registered_at, last_heartbeat_ms, token_generation, deregistered_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -73,76 +76,77 @@ pub fn upsert(conn: &Connection, a: &AgentRow) -> Result<(), StoreError> {
     .execute(params![
         a.id,
         a.name,
-        a.agent_type,
+        a.agent_type.as_str(),
         a.capabilities,
         a.endpoints,
         a.resources,
         a.metadata,
-        a.status,
+        a.status.as_str(),
         a.load,
         a.registered_at,
         a.last_heartbeat_ms,
         a.token_generation,
         a.deregistered_at
     ])
-    .map_err(StoreError::from_sqlite)?;
+    .map_err(closed::error)?;
     Ok(())
 }
 
 /// Records a heartbeat; capabilities only when given.
 pub fn heartbeat(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
     now_ms: i64,
     load: f64,
-    status: &str,
+    status: AgentStatus,
     capabilities: Option<&str>,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE agents SET last_heartbeat_ms = ?2, load = ?3, status = ?4,
+    tx.conn()
+        .prepare_cached(
+            "UPDATE agents SET last_heartbeat_ms = ?2, load = ?3, status = ?4,
              capabilities = COALESCE(?5, capabilities)
          WHERE id = ?1",
-    )?
-    .execute(params![id, now_ms, load, status, capabilities])
-    .map_err(StoreError::from_sqlite)?;
+        )?
+        .execute(params![id, now_ms, load, status.as_str(), capabilities])
+        .map_err(closed::error)?;
     Ok(())
 }
 
 /// Records an agent's current load (reported with a claim).
-pub fn set_load(conn: &Connection, id: &str, load: f64) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE agents SET load = ?2 WHERE id = ?1")?
+pub fn set_load(tx: &Tx<'_>, id: &str, load: f64) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached("UPDATE agents SET load = ?2 WHERE id = ?1")?
         .execute(params![id, load])
-        .map_err(StoreError::from_sqlite)?;
+        .map_err(closed::error)?;
     Ok(())
 }
 
 /// Marks an agent deregistered and revokes its tokens (bumps the generation).
-pub fn deregister(conn: &Connection, id: &str, at: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE agents SET deregistered_at = ?2, token_generation = token_generation + 1
+pub fn deregister(tx: &Tx<'_>, id: &str, at: &str) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "UPDATE agents SET deregistered_at = ?2, token_generation = token_generation + 1
          WHERE id = ?1",
-    )?
-    .execute(params![id, at])
-    .map_err(StoreError::from_sqlite)?;
+        )?
+        .execute(params![id, at])
+        .map_err(closed::error)?;
     Ok(())
 }
 
 /// Registered (not deregistered) agents, by name; filters applied by the caller.
-pub fn list_registered(conn: &Connection) -> Result<Vec<AgentRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+pub fn list_registered(tx: &Tx<'_>) -> Result<Vec<AgentRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {COLUMNS} FROM agents WHERE deregistered_at IS NULL ORDER BY name"
     ))?;
     let rows = stmt.query_map([], from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// Ids of registered agents whose last heartbeat is older than `before_ms`.
-pub fn silent_since(conn: &Connection, before_ms: i64) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn silent_since(tx: &Tx<'_>, before_ms: i64) -> Result<Vec<String>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(
         "SELECT id FROM agents WHERE deregistered_at IS NULL AND last_heartbeat_ms < ?1",
     )?;
     let rows = stmt.query_map([before_ms], |r| r.get(0))?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }

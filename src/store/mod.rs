@@ -12,6 +12,7 @@ pub mod assessment;
 pub mod audit;
 pub mod budget;
 mod checkpointer;
+mod closed;
 mod error;
 pub mod instance;
 mod open;

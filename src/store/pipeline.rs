@@ -1,9 +1,10 @@
 //! SQL for pipelines: definitions and their versions, runs, one row per stage of a run, and the
 //! durable webhook delivery state of finished runs.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::StoreError;
+use super::{StoreError, Tx, closed};
+use crate::pipeline::status::{RunStatus, StageStatus, WebhookState};
 
 /// One row of `pipelines` joined with its latest version.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +35,7 @@ pub struct RunRow {
     pub id: String,
     pub pipeline_id: String,
     pub version: i64,
-    pub status: String,
+    pub status: RunStatus,
     pub input: String,
     pub parameters: String,
     pub priority: i64,
@@ -44,7 +45,7 @@ pub struct RunRow {
     pub finished_ms: Option<i64>,
     pub error: Option<String>,
     pub webhook_url: Option<String>,
-    pub webhook_state: Option<String>,
+    pub webhook_state: Option<WebhookState>,
     pub webhook_attempts: i64,
     pub webhook_next_ms: Option<i64>,
     pub webhook_error: Option<String>,
@@ -56,7 +57,7 @@ pub struct StageRow {
     pub run_id: String,
     pub stage: String,
     pub position: i64,
-    pub status: String,
+    pub status: StageStatus,
     pub task_id: Option<String>,
     pub approval_id: Option<String>,
     pub output: Option<String>,
@@ -90,7 +91,7 @@ fn run_from(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         id: r.get(0)?,
         pipeline_id: r.get(1)?,
         version: r.get(2)?,
-        status: r.get(3)?,
+        status: closed::get(r, 3, "pipeline_runs.status")?,
         input: r.get(4)?,
         parameters: r.get(5)?,
         priority: r.get(6)?,
@@ -100,7 +101,7 @@ fn run_from(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         finished_ms: r.get(10)?,
         error: r.get(11)?,
         webhook_url: r.get(12)?,
-        webhook_state: r.get(13)?,
+        webhook_state: closed::get_opt(r, 13, "pipeline_runs.webhook_state")?,
         webhook_attempts: r.get(14)?,
         webhook_next_ms: r.get(15)?,
         webhook_error: r.get(16)?,
@@ -112,7 +113,7 @@ fn stage_from(r: &Row<'_>) -> rusqlite::Result<StageRow> {
         run_id: r.get(0)?,
         stage: r.get(1)?,
         position: r.get(2)?,
-        status: r.get(3)?,
+        status: closed::get(r, 3, "pipeline_stage_runs.status")?,
         task_id: r.get(4)?,
         approval_id: r.get(5)?,
         output: r.get(6)?,
@@ -123,12 +124,12 @@ fn stage_from(r: &Row<'_>) -> rusqlite::Result<StageRow> {
 }
 
 fn sqlite<T>(r: rusqlite::Result<T>) -> Result<T, StoreError> {
-    r.map_err(StoreError::from_sqlite)
+    r.map_err(closed::error)
 }
 
-pub fn insert_pipeline(conn: &Connection, p: &PipelineRow) -> Result<(), StoreError> {
+pub fn insert_pipeline(tx: &Tx<'_>, p: &PipelineRow) -> Result<(), StoreError> {
     sqlite(
-        conn.prepare_cached(
+        tx.conn().prepare_cached(
             "INSERT INTO pipelines (id, name, latest_version, created_at, updated_at, created_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
@@ -144,34 +145,36 @@ pub fn insert_pipeline(conn: &Connection, p: &PipelineRow) -> Result<(), StoreEr
     Ok(())
 }
 
-pub fn get_pipeline(conn: &Connection, id: &str) -> Result<Option<PipelineRow>, StoreError> {
+pub fn get_pipeline(tx: &Tx<'_>, id: &str) -> Result<Option<PipelineRow>, StoreError> {
     sqlite(
-        conn.prepare_cached(&format!(
-            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE id = ?1"
-        ))?
-        .query_row([id], pipeline_from)
-        .optional(),
+        tx.conn()
+            .prepare_cached(&format!(
+                "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE id = ?1"
+            ))?
+            .query_row([id], pipeline_from)
+            .optional(),
     )
 }
 
 /// The live (not deleted) pipeline with this name.
-pub fn pipeline_by_name(conn: &Connection, name: &str) -> Result<Option<PipelineRow>, StoreError> {
+pub fn pipeline_by_name(tx: &Tx<'_>, name: &str) -> Result<Option<PipelineRow>, StoreError> {
     sqlite(
-        conn.prepare_cached(&format!(
-            "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE name = ?1 AND deleted_at IS NULL"
-        ))?
-        .query_row([name], pipeline_from)
-        .optional(),
+        tx.conn()
+            .prepare_cached(&format!(
+                "SELECT {PIPELINE_COLUMNS} FROM pipelines WHERE name = ?1 AND deleted_at IS NULL"
+            ))?
+            .query_row([name], pipeline_from)
+            .optional(),
     )
 }
 
 /// Live pipelines by name, after `after` (a name) when paging.
 pub fn list_pipelines(
-    conn: &Connection,
+    tx: &Tx<'_>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<PipelineRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {PIPELINE_COLUMNS} FROM pipelines
          WHERE deleted_at IS NULL AND (?1 IS NULL OR name > ?1) ORDER BY name LIMIT ?2"
     ))?;
@@ -182,110 +185,114 @@ pub fn list_pipelines(
     Ok(rows)
 }
 
-pub fn set_latest_version(
-    conn: &Connection,
-    id: &str,
-    version: i64,
-    at: &str,
-) -> Result<(), StoreError> {
+pub fn set_latest_version(tx: &Tx<'_>, id: &str, version: i64, at: &str) -> Result<(), StoreError> {
     sqlite(
-        conn.prepare_cached(
-            "UPDATE pipelines SET latest_version = ?2, updated_at = ?3 WHERE id = ?1",
-        )?
-        .execute(params![id, version, at]),
+        tx.conn()
+            .prepare_cached(
+                "UPDATE pipelines SET latest_version = ?2, updated_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![id, version, at]),
     )?;
     Ok(())
 }
 
-pub fn mark_deleted(conn: &Connection, id: &str, at: &str) -> Result<(), StoreError> {
+pub fn mark_deleted(tx: &Tx<'_>, id: &str, at: &str) -> Result<(), StoreError> {
     sqlite(
-        conn.prepare_cached("UPDATE pipelines SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1")?
+        tx.conn()
+            .prepare_cached("UPDATE pipelines SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1")?
             .execute(params![id, at]),
     )?;
     Ok(())
 }
 
-pub fn insert_version(conn: &Connection, v: &VersionRow) -> Result<(), StoreError> {
+pub fn insert_version(tx: &Tx<'_>, v: &VersionRow) -> Result<(), StoreError> {
     sqlite(
-        conn.prepare_cached(
-            "INSERT INTO pipeline_versions
+        tx.conn()
+            .prepare_cached(
+                "INSERT INTO pipeline_versions
                  (pipeline_id, version, description, definition, created_at, created_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            v.pipeline_id,
-            v.version,
-            v.description,
-            v.definition,
-            v.created_at,
-            v.created_by
-        ]),
+            )?
+            .execute(params![
+                v.pipeline_id,
+                v.version,
+                v.description,
+                v.definition,
+                v.created_at,
+                v.created_by
+            ]),
     )?;
     Ok(())
 }
 
 pub fn get_version(
-    conn: &Connection,
+    tx: &Tx<'_>,
     pipeline_id: &str,
     version: i64,
 ) -> Result<Option<VersionRow>, StoreError> {
     sqlite(
-        conn.prepare_cached(
-            "SELECT pipeline_id, version, description, definition, created_at, created_by
+        tx.conn()
+            .prepare_cached(
+                "SELECT pipeline_id, version, description, definition, created_at, created_by
              FROM pipeline_versions WHERE pipeline_id = ?1 AND version = ?2",
-        )?
-        .query_row(params![pipeline_id, version], |r| {
-            Ok(VersionRow {
-                pipeline_id: r.get(0)?,
-                version: r.get(1)?,
-                description: r.get(2)?,
-                definition: r.get(3)?,
-                created_at: r.get(4)?,
-                created_by: r.get(5)?,
+            )?
+            .query_row(params![pipeline_id, version], |r| {
+                Ok(VersionRow {
+                    pipeline_id: r.get(0)?,
+                    version: r.get(1)?,
+                    description: r.get(2)?,
+                    definition: r.get(3)?,
+                    created_at: r.get(4)?,
+                    created_by: r.get(5)?,
+                })
             })
-        })
-        .optional(),
+            .optional(),
     )
 }
 
-pub fn insert_run(conn: &Connection, r: &RunRow) -> Result<(), StoreError> {
+pub fn insert_run(tx: &Tx<'_>, r: &RunRow) -> Result<(), StoreError> {
     sqlite(
-        conn.prepare_cached(
-            "INSERT INTO pipeline_runs (id, pipeline_id, version, status, input, parameters,
+        tx.conn()
+            .prepare_cached(
+                "INSERT INTO pipeline_runs (id, pipeline_id, version, status, input, parameters,
                  priority, started_by, created_ms, updated_ms, webhook_url, webhook_state)
              VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?8, ?9, ?10)",
-        )?
-        .execute(params![
-            r.id,
-            r.pipeline_id,
-            r.version,
-            r.input,
-            r.parameters,
-            r.priority,
-            r.started_by,
-            r.created_ms,
-            r.webhook_url,
-            r.webhook_state
-        ]),
+            )?
+            .execute(params![
+                r.id,
+                r.pipeline_id,
+                r.version,
+                r.input,
+                r.parameters,
+                r.priority,
+                r.started_by,
+                r.created_ms,
+                r.webhook_url,
+                r.webhook_state.map(WebhookState::as_str)
+            ]),
     )?;
     Ok(())
 }
 
-pub fn get_run(conn: &Connection, id: &str) -> Result<Option<RunRow>, StoreError> {
+pub fn get_run(tx: &Tx<'_>, id: &str) -> Result<Option<RunRow>, StoreError> {
     sqlite(
-        conn.prepare_cached(&format!(
-            "SELECT {RUN_COLUMNS} FROM pipeline_runs WHERE id = ?1"
-        ))?
-        .query_row([id], run_from)
-        .optional(),
+        tx.conn()
+            .prepare_cached(&format!(
+                "SELECT {RUN_COLUMNS} FROM pipeline_runs WHERE id = ?1"
+            ))?
+            .query_row([id], run_from)
+            .optional(),
     )
 }
 
 /// The run's status and last change, the cheap poll of waiting calls and subscriptions.
-pub fn run_stamp(conn: &Connection, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+pub fn run_stamp(tx: &Tx<'_>, id: &str) -> Result<Option<(RunStatus, i64)>, StoreError> {
     sqlite(
-        conn.prepare_cached("SELECT status, updated_ms FROM pipeline_runs WHERE id = ?1")?
-            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        tx.conn()
+            .prepare_cached("SELECT status, updated_ms FROM pipeline_runs WHERE id = ?1")?
+            .query_row([id], |r| {
+                Ok((closed::get(r, 0, "pipeline_runs.status")?, r.get(1)?))
+            })
             .optional(),
     )
 }
@@ -293,13 +300,13 @@ pub fn run_stamp(conn: &Connection, id: &str) -> Result<Option<(String, i64)>, S
 /// Runs, newest first, optionally of one pipeline and/or in one status; `before` pages on
 /// `(created_ms, id)`.
 pub fn list_runs(
-    conn: &Connection,
+    tx: &Tx<'_>,
     pipeline_id: Option<&str>,
-    status: Option<&str>,
+    status: Option<RunStatus>,
     before: Option<(i64, &str)>,
     limit: i64,
 ) -> Result<Vec<RunRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM pipeline_runs
          WHERE (?1 IS NULL OR pipeline_id = ?1) AND (?2 IS NULL OR status = ?2)
            AND (?3 IS NULL OR created_ms < ?3 OR (created_ms = ?3 AND id < ?4))
@@ -307,29 +314,34 @@ pub fn list_runs(
     ))?;
     let (ms, id) = before.unzip();
     let rows = sqlite(
-        stmt.query_map(params![pipeline_id, status, ms, id, limit], run_from)?
-            .collect::<rusqlite::Result<Vec<_>>>(),
+        stmt.query_map(
+            params![pipeline_id, status.map(RunStatus::as_str), ms, id, limit],
+            run_from,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>(),
     )?;
     Ok(rows)
 }
 
 /// How many runs of this pipeline are running.
-pub fn active_runs(conn: &Connection, pipeline_id: &str) -> Result<i64, StoreError> {
+pub fn active_runs(tx: &Tx<'_>, pipeline_id: &str) -> Result<i64, StoreError> {
     sqlite(
-        conn.prepare_cached(
-            "SELECT COUNT(*) FROM pipeline_runs WHERE pipeline_id = ?1 AND status = 'running'",
-        )?
-        .query_row([pipeline_id], |r| r.get(0)),
+        tx.conn()
+            .prepare_cached(
+                "SELECT COUNT(*) FROM pipeline_runs WHERE pipeline_id = ?1 AND status = 'running'",
+            )?
+            .query_row([pipeline_id], |r| r.get(0)),
     )
 }
 
 /// Marks a run changed (waiting calls and subscribers watch `updated_ms`).
-pub fn touch_run(conn: &Connection, id: &str, now_ms: i64) -> Result<(), StoreError> {
+pub fn touch_run(tx: &Tx<'_>, id: &str, now_ms: i64) -> Result<(), StoreError> {
     sqlite(
-        conn.prepare_cached(
-            "UPDATE pipeline_runs SET updated_ms = MAX(updated_ms + 1, ?2) WHERE id = ?1",
-        )?
-        .execute(params![id, now_ms]),
+        tx.conn()
+            .prepare_cached(
+                "UPDATE pipeline_runs SET updated_ms = MAX(updated_ms + 1, ?2) WHERE id = ?1",
+            )?
+            .execute(params![id, now_ms]),
     )?;
     Ok(())
 }
@@ -337,39 +349,41 @@ pub fn touch_run(conn: &Connection, id: &str, now_ms: i64) -> Result<(), StoreEr
 /// Ends a running run. False when it had already ended. A run with a webhook becomes due for
 /// delivery now.
 pub fn finish_run(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
-    status: &str,
+    status: RunStatus,
     error: Option<&str>,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     let n = sqlite(
-        conn.prepare_cached(
-            "UPDATE pipeline_runs SET status = ?2, error = ?3, finished_ms = ?4,
+        tx.conn()
+            .prepare_cached(
+                "UPDATE pipeline_runs SET status = ?2, error = ?3, finished_ms = ?4,
                  updated_ms = MAX(updated_ms + 1, ?4),
                  webhook_state = CASE WHEN webhook_url IS NULL THEN NULL ELSE 'pending' END,
                  webhook_next_ms = CASE WHEN webhook_url IS NULL THEN NULL ELSE ?4 END
              WHERE id = ?1 AND status = 'running'",
-        )?
-        .execute(params![id, status, error, now_ms]),
+            )?
+            .execute(params![id, status.as_str(), error, now_ms]),
     )?;
     Ok(n == 1)
 }
 
-pub fn insert_stage(conn: &Connection, s: &StageRow) -> Result<(), StoreError> {
+pub fn insert_stage(tx: &Tx<'_>, s: &StageRow) -> Result<(), StoreError> {
     sqlite(
-        conn.prepare_cached(
-            "INSERT INTO pipeline_stage_runs (run_id, stage, position, status)
+        tx.conn()
+            .prepare_cached(
+                "INSERT INTO pipeline_stage_runs (run_id, stage, position, status)
              VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![s.run_id, s.stage, s.position, s.status]),
+            )?
+            .execute(params![s.run_id, s.stage, s.position, s.status.as_str()]),
     )?;
     Ok(())
 }
 
 /// The stages of a run in topological order.
-pub fn stages_of(conn: &Connection, run_id: &str) -> Result<Vec<StageRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+pub fn stages_of(tx: &Tx<'_>, run_id: &str) -> Result<Vec<StageRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {STAGE_COLUMNS} FROM pipeline_stage_runs WHERE run_id = ?1 ORDER BY position"
     ))?;
     let rows = sqlite(
@@ -380,20 +394,21 @@ pub fn stages_of(conn: &Connection, run_id: &str) -> Result<Vec<StageRow>, Store
 }
 
 /// The stage a task runs, if the task belongs to a pipeline run.
-pub fn stage_by_task(conn: &Connection, task_id: &str) -> Result<Option<StageRow>, StoreError> {
+pub fn stage_by_task(tx: &Tx<'_>, task_id: &str) -> Result<Option<StageRow>, StoreError> {
     sqlite(
-        conn.prepare_cached(&format!(
-            "SELECT {STAGE_COLUMNS} FROM pipeline_stage_runs WHERE task_id = ?1"
-        ))?
-        .query_row([task_id], stage_from)
-        .optional(),
+        tx.conn()
+            .prepare_cached(&format!(
+                "SELECT {STAGE_COLUMNS} FROM pipeline_stage_runs WHERE task_id = ?1"
+            ))?
+            .query_row([task_id], stage_from)
+            .optional(),
     )
 }
 
 /// Runs with something to collect: a stage whose question was decided or expired (`now` is
 /// RFC 3339), or whose task finished (or vanished) without the stage moving.
-pub fn runs_to_collect(conn: &Connection, now: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn runs_to_collect(tx: &Tx<'_>, now: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(
         "SELECT s.run_id FROM pipeline_stage_runs s LEFT JOIN approvals a ON a.id = s.approval_id
          WHERE s.status = 'awaiting_approval'
            AND (a.id IS NULL OR a.state != 'pending' OR a.expires_at <= ?1)
@@ -413,11 +428,11 @@ pub fn runs_to_collect(conn: &Connection, now: &str) -> Result<Vec<String>, Stor
 /// else moved it first), so no transition is applied twice.
 #[allow(clippy::too_many_arguments)]
 pub fn move_stage(
-    conn: &Connection,
+    tx: &Tx<'_>,
     run_id: &str,
     stage: &str,
-    from: &str,
-    to: &str,
+    from: StageStatus,
+    to: StageStatus,
     task_id: Option<&str>,
     approval_id: Option<&str>,
     output: Option<&str>,
@@ -426,43 +441,44 @@ pub fn move_stage(
     finished: bool,
 ) -> Result<bool, StoreError> {
     let n = sqlite(
-        conn.prepare_cached(
-            "UPDATE pipeline_stage_runs SET status = ?4,
+        tx.conn()
+            .prepare_cached(
+                "UPDATE pipeline_stage_runs SET status = ?4,
                  task_id = COALESCE(?5, task_id), approval_id = COALESCE(?6, approval_id),
                  output = COALESCE(?7, output), error = COALESCE(?8, error),
                  started_ms = CASE WHEN started_ms IS NULL AND ?4 IN ('queued', 'awaiting_approval')
                                    THEN ?9 ELSE started_ms END,
                  finished_ms = CASE WHEN ?10 THEN ?9 ELSE finished_ms END
              WHERE run_id = ?1 AND stage = ?2 AND status = ?3",
-        )?
-        .execute(params![
-            run_id,
-            stage,
-            from,
-            to,
-            task_id,
-            approval_id,
-            output,
-            error,
-            now_ms,
-            finished
-        ]),
+            )?
+            .execute(params![
+                run_id,
+                stage,
+                from.as_str(),
+                to.as_str(),
+                task_id,
+                approval_id,
+                output,
+                error,
+                now_ms,
+                finished
+            ]),
     )?;
     Ok(n == 1)
 }
 
 /// Ends a stage that never produced output (skipped, cancelled) with the reason.
 pub fn close_stage(
-    conn: &Connection,
+    tx: &Tx<'_>,
     run_id: &str,
     stage: &str,
-    from: &str,
-    to: &str,
+    from: StageStatus,
+    to: StageStatus,
     why: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
     move_stage(
-        conn,
+        tx,
         run_id,
         stage,
         from,
@@ -478,8 +494,8 @@ pub fn close_stage(
 
 /// Finished runs whose webhook is due. Several processes may see the same run; [`claim_webhook`]
 /// lets only one of them deliver each attempt.
-pub fn due_webhooks(conn: &Connection, now_ms: i64, limit: i64) -> Result<Vec<RunRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+pub fn due_webhooks(tx: &Tx<'_>, now_ms: i64, limit: i64) -> Result<Vec<RunRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {RUN_COLUMNS} FROM pipeline_runs
          WHERE webhook_state = 'pending' AND webhook_next_ms <= ?1
          ORDER BY webhook_next_ms LIMIT ?2"
@@ -494,13 +510,13 @@ pub fn due_webhooks(conn: &Connection, now_ms: i64, limit: i64) -> Result<Vec<Ru
 /// Takes one delivery attempt: pushes the next attempt time to `hold_until_ms` (so no other
 /// process delivers meanwhile) and counts the attempt. False when another process took it.
 pub fn claim_webhook(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
     seen_next_ms: i64,
     hold_until_ms: i64,
 ) -> Result<bool, StoreError> {
     let n = sqlite(
-        conn.prepare_cached(
+        tx.conn().prepare_cached(
             "UPDATE pipeline_runs SET webhook_next_ms = ?3, webhook_attempts = webhook_attempts + 1
              WHERE id = ?1 AND webhook_state = 'pending' AND webhook_next_ms = ?2",
         )?
@@ -511,18 +527,42 @@ pub fn claim_webhook(
 
 /// Records the outcome of a delivery attempt.
 pub fn webhook_outcome(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
-    state: &str,
+    state: WebhookState,
     next_ms: Option<i64>,
     error: Option<&str>,
 ) -> Result<(), StoreError> {
     sqlite(
-        conn.prepare_cached(
+        tx.conn().prepare_cached(
             "UPDATE pipeline_runs SET webhook_state = ?2, webhook_next_ms = ?3, webhook_error = ?4
              WHERE id = ?1",
         )?
-        .execute(params![id, state, next_ms, error]),
+        .execute(params![id, state.as_str(), next_ms, error]),
     )?;
     Ok(())
+}
+
+/// Runs `f` under a savepoint of the open transaction: its writes stay when it succeeds and
+/// are undone when it fails, the transaction going on either way (a pipeline run advanced
+/// inside a task report must not fail the report). The outer `Err` is the savepoint's own
+/// failure.
+pub fn within_savepoint<T, E>(
+    tx: &Tx<'_>,
+    name: &'static str,
+    f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+) -> Result<Result<T, E>, StoreError> {
+    tx.conn()
+        .execute_batch(&format!("SAVEPOINT {name}"))
+        .map_err(StoreError::from_sqlite)?;
+    let out = f(tx);
+    let end = if out.is_ok() {
+        format!("RELEASE {name}")
+    } else {
+        format!("ROLLBACK TO {name}; RELEASE {name}")
+    };
+    tx.conn()
+        .execute_batch(&end)
+        .map_err(StoreError::from_sqlite)?;
+    Ok(out)
 }

@@ -3,9 +3,10 @@
 
 use std::sync::LazyLock;
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::StoreError;
+use super::{StoreError, Tx, closed};
+use crate::task::status::TaskStatus;
 
 /// One row of `tasks`, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,7 +17,7 @@ pub struct TaskRow {
     pub capabilities: String,
     pub target_agent_id: Option<String>,
     pub priority: i64,
-    pub status: String,
+    pub status: TaskStatus,
     pub timeout_ms: i64,
     pub max_retries: i64,
     pub attempts: i64,
@@ -48,7 +49,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         capabilities: r.get(3)?,
         target_agent_id: r.get(4)?,
         priority: r.get(5)?,
-        status: r.get(6)?,
+        status: closed::get(r, 6, "tasks.status")?,
         timeout_ms: r.get(7)?,
         max_retries: r.get(8)?,
         attempts: r.get(9)?,
@@ -68,28 +69,29 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
     })
 }
 
-pub fn insert(conn: &Connection, t: &TaskRow) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO tasks (id, kind, params, capabilities, target_agent_id, priority, status,
+pub fn insert(tx: &Tx<'_>, t: &TaskRow) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO tasks (id, kind, params, capabilities, target_agent_id, priority, status,
              timeout_ms, max_retries, attempts, idempotency_key, not_before_ms, created_ms,
              updated_ms, submitted_by)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, 0, ?9, ?10, ?11, ?11, ?12)",
-    )?
-    .execute(params![
-        t.id,
-        t.kind,
-        t.params,
-        t.capabilities,
-        t.target_agent_id,
-        t.priority,
-        t.timeout_ms,
-        t.max_retries,
-        t.idempotency_key,
-        t.not_before_ms,
-        t.created_ms,
-        t.submitted_by
-    ])
-    .map_err(StoreError::from_sqlite)?;
+        )?
+        .execute(params![
+            t.id,
+            t.kind,
+            t.params,
+            t.capabilities,
+            t.target_agent_id,
+            t.priority,
+            t.timeout_ms,
+            t.max_retries,
+            t.idempotency_key,
+            t.not_before_ms,
+            t.created_ms,
+            t.submitted_by
+        ])
+        .map_err(closed::error)?;
     Ok(())
 }
 
@@ -97,20 +99,22 @@ pub fn insert(conn: &Connection, t: &TaskRow) -> Result<(), StoreError> {
 static GET_SQL: LazyLock<String> =
     LazyLock::new(|| format!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"));
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<TaskRow>, StoreError> {
-    conn.prepare_cached(&GET_SQL)?
+pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<TaskRow>, StoreError> {
+    tx.conn()
+        .prepare_cached(&GET_SQL)?
         .query_row([id], from_row)
         .optional()
-        .map_err(StoreError::from_sqlite)
+        .map_err(closed::error)
 }
 
-pub fn by_idempotency_key(conn: &Connection, key: &str) -> Result<Option<TaskRow>, StoreError> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?1"
-    ))?
-    .query_row([key], from_row)
-    .optional()
-    .map_err(StoreError::from_sqlite)
+pub fn by_idempotency_key(tx: &Tx<'_>, key: &str) -> Result<Option<TaskRow>, StoreError> {
+    tx.conn()
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?1"
+        ))?
+        .query_row([key], from_row)
+        .optional()
+        .map_err(closed::error)
 }
 
 /// The SQL condition "every capability the task needs is in the JSON array ?caps".
@@ -139,49 +143,48 @@ static OPEN_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// Up to `limit` claimable tasks aimed at `agent_id`, in dispatch order.
 pub fn targeted_candidates(
-    conn: &Connection,
+    tx: &Tx<'_>,
     agent_id: &str,
     caps_json: &str,
     now_ms: i64,
     limit: i64,
 ) -> Result<Vec<TaskRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&TARGETED_SQL)?;
+    let mut stmt = tx.conn().prepare_cached(&TARGETED_SQL)?;
     let rows = stmt.query_map(
         rusqlite::named_params! {":agent": agent_id, ":caps": caps_json, ":now": now_ms, ":limit": limit},
         from_row,
     )?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// Up to `limit` claimable untargeted tasks this agent's capabilities cover, in dispatch order
 /// (priority, then age), starting after `after` (priority, created_ms, id) when paging.
 pub fn open_candidates(
-    conn: &Connection,
+    tx: &Tx<'_>,
     caps_json: &str,
     now_ms: i64,
     after: Option<(i64, i64, &str)>,
     limit: i64,
 ) -> Result<Vec<TaskRow>, StoreError> {
     let (p, c, i) = after.unwrap_or((i64::MAX, i64::MIN, ""));
-    let mut stmt = conn.prepare_cached(&OPEN_SQL)?;
+    let mut stmt = tx.conn().prepare_cached(&OPEN_SQL)?;
     let rows = stmt.query_map(
         rusqlite::named_params! {":now": now_ms, ":p": p, ":c": c, ":i": i, ":caps": caps_json, ":limit": limit},
         from_row,
     )?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// Leases a queued task to an agent. Returns false if it was no longer queued.
 pub fn lease(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
     agent_id: &str,
     now_ms: i64,
     expires_ms: i64,
 ) -> Result<bool, StoreError> {
-    let n = conn
+    let n = tx
+        .conn()
         .prepare_cached(
             "UPDATE tasks SET status = 'leased', leased_by = ?2, last_agent_id = ?2,
                  lease_expires_ms = ?4, attempts = attempts + 1, updated_ms = ?3,
@@ -189,53 +192,54 @@ pub fn lease(
              WHERE id = ?1 AND status = 'queued'",
         )?
         .execute(params![id, agent_id, now_ms, expires_ms])
-        .map_err(StoreError::from_sqlite)?;
+        .map_err(closed::error)?;
     Ok(n == 1)
 }
 
 /// Records progress from the leaseholder; the task becomes `running` and its lease is renewed
 /// for another full timeout (an agent that reports progress is alive and working).
 pub fn progress(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
     progress: Option<f64>,
     message: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE tasks SET status = 'running', progress = COALESCE(?2, progress),
+    tx.conn()
+        .prepare_cached(
+            "UPDATE tasks SET status = 'running', progress = COALESCE(?2, progress),
              message = COALESCE(?3, message), updated_ms = ?4, lease_expires_ms = ?4 + timeout_ms
          WHERE id = ?1",
-    )?
-    .execute(params![id, progress, message, now_ms])
-    .map_err(StoreError::from_sqlite)?;
+        )?
+        .execute(params![id, progress, message, now_ms])
+        .map_err(closed::error)?;
     Ok(())
 }
 
 /// Moves a task to a final status, releasing any lease.
 pub fn finish(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
-    status: &str,
+    status: TaskStatus,
     result: Option<&str>,
     error: Option<&str>,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
+    tx.conn().prepare_cached(
         "UPDATE tasks SET status = ?2, result = COALESCE(?3, result), last_error = COALESCE(?4, last_error),
              leased_by = NULL, lease_expires_ms = NULL, finished_ms = ?5, updated_ms = ?5,
              progress = CASE WHEN ?2 = 'completed' THEN 1.0 ELSE progress END
          WHERE id = ?1",
     )?
-    .execute(params![id, status, result, error, now_ms])
-    .map_err(StoreError::from_sqlite)?;
+    .execute(params![id, status.as_str(), result, error, now_ms])
+    .map_err(closed::error)?;
     Ok(())
 }
 
 /// Puts a task back in the queue, claimable from `not_before_ms`. `refund` gives back the
 /// attempt (work taken away through no fault of the task: its agent left).
 pub fn requeue(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
     not_before_ms: i64,
     error: Option<&str>,
@@ -243,71 +247,71 @@ pub fn requeue(
     clear_target: bool,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE tasks SET status = 'queued', leased_by = NULL, lease_expires_ms = NULL,
+    tx.conn()
+        .prepare_cached(
+            "UPDATE tasks SET status = 'queued', leased_by = NULL, lease_expires_ms = NULL,
              not_before_ms = ?2, last_error = COALESCE(?3, last_error),
              attempts = attempts - ?4, finished_ms = NULL, updated_ms = ?6,
              target_agent_id = CASE WHEN ?5 THEN NULL ELSE target_agent_id END
          WHERE id = ?1",
-    )?
-    .execute(params![
-        id,
-        not_before_ms,
-        error,
-        i64::from(refund),
-        clear_target,
-        now_ms
-    ])
-    .map_err(StoreError::from_sqlite)?;
+        )?
+        .execute(params![
+            id,
+            not_before_ms,
+            error,
+            i64::from(refund),
+            clear_target,
+            now_ms
+        ])
+        .map_err(closed::error)?;
     Ok(())
 }
 
 /// Gives a task a fresh retry budget.
-pub fn reset_attempts(conn: &Connection, id: &str) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE tasks SET attempts = 0 WHERE id = ?1")?
+pub fn reset_attempts(tx: &Tx<'_>, id: &str) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached("UPDATE tasks SET attempts = 0 WHERE id = ?1")?
         .execute([id])
-        .map_err(StoreError::from_sqlite)?;
+        .map_err(closed::error)?;
     Ok(())
 }
 
 /// Leased or running tasks whose lease expired before `now_ms`.
-pub fn expired_leases(conn: &Connection, now_ms: i64) -> Result<Vec<TaskRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+pub fn expired_leases(tx: &Tx<'_>, now_ms: i64) -> Result<Vec<TaskRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_leases
          WHERE t.status IN ('leased', 'running') AND t.lease_expires_ms < ?1
          ORDER BY t.lease_expires_ms LIMIT 500"
     ))?;
     let rows = stmt.query_map([now_ms], from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// Tasks leased by this agent. A lease sets `last_agent_id` to the holder as well, so the
 /// index of last agents finds them (there is no index of holders: one fewer page per claim and
 /// per completion).
-pub fn held_by(conn: &Connection, agent_id: &str) -> Result<Vec<TaskRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+pub fn held_by(tx: &Tx<'_>, agent_id: &str) -> Result<Vec<TaskRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {COLUMNS} FROM tasks t INDEXED BY tasks_agent
          WHERE t.last_agent_id = ?1 AND t.leased_by = ?1"
     ))?;
     let rows = stmt.query_map([agent_id], from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// Queued tasks aimed at this agent.
-pub fn targeting(conn: &Connection, agent_id: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn
+pub fn targeting(tx: &Tx<'_>, agent_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = tx
+        .conn()
         .prepare_cached("SELECT id FROM tasks WHERE target_agent_id = ?1 AND status = 'queued'")?;
     let rows = stmt.query_map([agent_id], |r| r.get(0))?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// Filters for [`list`].
 #[derive(Debug, Default, Clone)]
 pub struct ListFilter<'a> {
-    pub status: Option<&'a str>,
+    pub status: Option<TaskStatus>,
     pub kind: Option<&'a str>,
     pub agent_id: Option<&'a str>,
     pub priority: Option<i64>,
@@ -316,12 +320,11 @@ pub struct ListFilter<'a> {
 }
 
 /// Tasks, most recently updated first.
-pub fn list(conn: &Connection, f: &ListFilter<'_>, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
+pub fn list(tx: &Tx<'_>, f: &ListFilter<'_>, limit: i64) -> Result<Vec<TaskRow>, StoreError> {
     let (sql, args) = list_sql(f, limit);
-    let mut stmt = conn.prepare(&sql)?;
+    let mut stmt = tx.conn().prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// The query [`list`] runs, and its arguments.
@@ -336,7 +339,7 @@ fn list_sql(f: &ListFilter<'_>, limit: i64) -> (String, Vec<rusqlite::types::Val
     // status is found through the partial index of its group, whose condition is repeated
     // here word for word so that SQLite sees the index applies. A finished task's updated_ms
     // is its finished_ms, so one final status is listed in the order of tasks_finished.
-    let finished = f.status.is_some_and(|s| FINAL.contains(&s));
+    let finished = f.status.is_some_and(|s| FINAL.contains(&s.as_str()));
     let updated = if finished {
         "t.finished_ms"
     } else {
@@ -345,12 +348,9 @@ fn list_sql(f: &ListFilter<'_>, limit: i64) -> (String, Vec<rusqlite::types::Val
     if let Some(s) = f.status {
         // Spelled as a literal: SQLite matches a partial index's condition only against
         // literals when plans do not depend on bound values (see store::open_connection).
-        match STATUSES.iter().find(|known| **known == s) {
-            Some(known) => sql.push_str(&format!(" AND t.status = '{known}'")),
-            None => push(&mut sql, " AND t.status = ?", s.to_string().into()),
-        }
+        sql.push_str(&format!(" AND t.status = '{}'", s.as_str()));
         sql.push_str(match s {
-            "leased" | "running" => " AND t.status IN ('leased', 'running')",
+            TaskStatus::Leased | TaskStatus::Running => " AND t.status IN ('leased', 'running')",
             _ if finished => " AND t.finished_ms IS NOT NULL",
             _ => "",
         });
@@ -379,32 +379,23 @@ fn list_sql(f: &ListFilter<'_>, limit: i64) -> (String, Vec<rusqlite::types::Val
 }
 
 /// Counts by status and priority.
-pub fn counts(conn: &Connection) -> Result<Vec<(String, i64, i64)>, StoreError> {
-    let mut stmt = conn
+pub fn counts(tx: &Tx<'_>) -> Result<Vec<(TaskStatus, i64, i64)>, StoreError> {
+    let mut stmt = tx
+        .conn()
         .prepare_cached("SELECT status, priority, COUNT(*) FROM tasks GROUP BY status, priority")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    let rows = stmt.query_map([], |r| {
+        Ok((closed::get(r, 0, "tasks.status")?, r.get(1)?, r.get(2)?))
+    })?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// Creation time of the oldest queued task.
-pub fn oldest_queued_ms(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    conn.prepare_cached("SELECT MIN(created_ms) FROM tasks WHERE status = 'queued'")?
+pub fn oldest_queued_ms(tx: &Tx<'_>) -> Result<Option<i64>, StoreError> {
+    tx.conn()
+        .prepare_cached("SELECT MIN(created_ms) FROM tasks WHERE status = 'queued'")?
         .query_row([], |r| r.get(0))
-        .map_err(StoreError::from_sqlite)
+        .map_err(closed::error)
 }
-
-/// Every status the schema allows.
-const STATUSES: [&str; 8] = [
-    "queued",
-    "leased",
-    "running",
-    "completed",
-    "failed",
-    "timed_out",
-    "cancelled",
-    "dead",
-];
 
 /// The statuses a task ends in; only these have a `finished_ms`.
 const FINAL: [&str; 5] = ["completed", "failed", "timed_out", "cancelled", "dead"];
@@ -422,22 +413,24 @@ static FINISHED_SINCE_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Tasks that finished (any final status) at or after `since_ms`, by status.
-pub fn finished_since(conn: &Connection, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(&FINISHED_SINCE_SQL)?;
-    let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+pub fn finished_since(tx: &Tx<'_>, since_ms: i64) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&FINISHED_SINCE_SQL)?;
+    let rows = stmt.query_map([since_ms], |r| {
+        Ok((closed::get(r, 0, "tasks.status")?, r.get(1)?))
+    })?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
 
 /// Deletes finished tasks (of the given final statuses) that finished before `before_ms`.
-pub fn purge(conn: &Connection, statuses: &[&str], before_ms: i64) -> Result<usize, StoreError> {
+pub fn purge(tx: &Tx<'_>, statuses: &[TaskStatus], before_ms: i64) -> Result<usize, StoreError> {
     let list = serde_json::to_string(statuses).unwrap_or_else(|_| "[]".into());
-    conn.prepare_cached(
-        "DELETE FROM tasks WHERE finished_ms < ?1
+    tx.conn()
+        .prepare_cached(
+            "DELETE FROM tasks WHERE finished_ms < ?1
            AND status IN (SELECT value FROM json_each(?2))",
-    )?
-    .execute(params![before_ms, list])
-    .map_err(StoreError::from_sqlite)
+        )?
+        .execute(params![before_ms, list])
+        .map_err(closed::error)
 }
 
 #[cfg(test)]
@@ -455,7 +448,7 @@ mod tests {
             capabilities: caps.into(),
             target_agent_id: target.map(Into::into),
             priority,
-            status: "queued".into(),
+            status: TaskStatus::Queued,
             timeout_ms: 60_000,
             max_retries: 3,
             attempts: 0,
@@ -481,6 +474,7 @@ mod tests {
     fn listing_a_status_uses_its_groups_index() -> Result<(), Box<dyn std::error::Error>> {
         let store = Store::open(&Location::Memory)?;
         let conn = store.lock();
+        let tx = Tx { conn: &conn };
         for (status, index) in [
             ("queued", "tasks_queue"),
             ("leased", "tasks_leases"),
@@ -489,12 +483,12 @@ mod tests {
             ("dead", "tasks_finished"),
         ] {
             let filter = ListFilter {
-                status: Some(status),
+                status: Some(status.parse()?),
                 before: Some((5, "tsk_x")),
                 ..Default::default()
             };
             let (sql, args) = list_sql(&filter, 50);
-            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let mut stmt = tx.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
             let plan: Vec<String> = stmt
                 .query_map(rusqlite::params_from_iter(args), |r| r.get(3))?
                 .collect::<Result<_, _>>()?;
@@ -519,28 +513,29 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = Store::open(&Location::File(dir.path().join("c.db")))?;
         let conn = store.lock();
-        conn.execute(
+        let tx = Tx { conn: &conn };
+        tx.conn().execute(
             "INSERT INTO agents (id, name, agent_type, capabilities, endpoints, resources, metadata,
                  status, load, registered_at, last_heartbeat_ms, token_generation)
              VALUES ('agt_1', 'w', 'worker', '[\"linux\"]', '{}', '{}', '{}', 'ready', 0, 'now', 0, 1)",
             [],
         )?;
-        insert(&conn, &row("tsk_1", 2, "[\"linux\"]", None))?;
-        insert(&conn, &row("tsk_2", 1, "[\"gpu\"]", None))?;
-        insert(&conn, &row("tsk_3", 3, "[]", Some("agt_1")))?;
+        insert(&tx, &row("tsk_1", 2, "[\"linux\"]", None))?;
+        insert(&tx, &row("tsk_2", 1, "[\"gpu\"]", None))?;
+        insert(&tx, &row("tsk_3", 3, "[]", Some("agt_1")))?;
         for now in 10..60 {
-            let open = open_candidates(&conn, r#"["linux"]"#, now, None, 1)?;
+            let open = open_candidates(&tx, r#"["linux"]"#, now, None, 1)?;
             assert_eq!(
                 open.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
                 ["tsk_1"]
             );
-            let after = open_candidates(&conn, r#"["linux"]"#, now, Some((2, 1, "tsk_1")), 5)?;
+            let after = open_candidates(&tx, r#"["linux"]"#, now, Some((2, 1, "tsk_1")), 5)?;
             assert!(after.is_empty(), "the gpu task is not for a linux agent");
-            let aimed = targeted_candidates(&conn, "agt_1", r#"["linux"]"#, now, 1)?;
+            let aimed = targeted_candidates(&tx, "agt_1", r#"["linux"]"#, now, 1)?;
             assert_eq!(aimed.len(), 1);
         }
         for sql in [&*OPEN_SQL, &*TARGETED_SQL] {
-            let stmt = conn.prepare_cached(sql)?;
+            let stmt = tx.conn().prepare_cached(sql)?;
             assert_eq!(
                 stmt.get_status(StatementStatus::RePrepare),
                 0,
