@@ -8,7 +8,7 @@ pub mod policy;
 
 use std::str::FromStr;
 
-use rusqlite::Connection;
+use crate::store::Tx;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -323,11 +323,7 @@ impl ApprovalService {
 
     /// [`request`](Self::request) inside the caller's write transaction, so the approval and
     /// the state change that needs it commit together.
-    pub fn request_in(
-        &self,
-        tx: &Connection,
-        new: &NewApproval,
-    ) -> Result<Approval, ApprovalError> {
+    pub fn request_in(&self, tx: &Tx<'_>, new: &NewApproval) -> Result<Approval, ApprovalError> {
         validate(new)?;
         if new.kind != Kind::Generic {
             // Approvals that let something run are opened by that executor's gate, with the
@@ -349,7 +345,7 @@ impl ApprovalService {
     }
 
     /// Records a new pending approval (no search for an existing one), with its audit event.
-    fn insert_in(&self, tx: &Connection, new: &NewApproval) -> Result<Approval, ApprovalError> {
+    fn insert_in(&self, tx: &Tx<'_>, new: &NewApproval) -> Result<Approval, ApprovalError> {
         validate(new)?;
         let resolved = self.policy.resolve(new.kind, new.risk);
         let expiry = new
@@ -414,7 +410,7 @@ impl ApprovalService {
     /// [`open`](Self::open) inside the caller's write transaction.
     pub fn open_in(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         gate: &Gate,
         requested_by: &Actor,
     ) -> Result<Approval, ApprovalError> {
@@ -437,7 +433,7 @@ impl ApprovalService {
     /// One approval (expired first if its time has passed).
     pub fn get(&self, id: &str) -> Result<Approval, ApprovalError> {
         self.expire_due_if_free()?;
-        let row = sql::get(&self.store().lock(), id)?;
+        let row = self.store().read(|tx| sql::get(tx, id))?;
         row.map(Approval::from_row)
             .transpose()?
             .ok_or_else(|| ApprovalError::NotFound(id.to_string()))
@@ -445,7 +441,9 @@ impl ApprovalService {
 
     /// The state of one approval without expiring anything: the cheap poll of waiting loops.
     pub fn peek_state(&self, id: &str) -> Result<State, ApprovalError> {
-        let state = sql::state(&self.store().lock(), id)?
+        let state = self
+            .store()
+            .read(|tx| sql::state(tx, id))?
             .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
         State::from_str(&state).map_err(|e| ApprovalError::Invalid {
             field: "state",
@@ -464,13 +462,15 @@ impl ApprovalService {
             })?),
             None => None,
         };
-        let mut rows = sql::list(
-            &self.store().lock(),
-            filter.state.map(State::as_str),
-            filter.kind.map(Kind::as_str),
-            before,
-            limit + 1,
-        )?;
+        let mut rows = self.store().read(|tx| {
+            sql::list(
+                tx,
+                filter.state.map(State::as_str),
+                filter.kind.map(Kind::as_str),
+                before,
+                limit + 1,
+            )
+        })?;
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|r| format!("{}|{}", r.created_at, r.id))
@@ -547,7 +547,7 @@ impl ApprovalService {
     /// cancelled withdraws its pending stage approvals this way).
     pub fn decide_in(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         id: &str,
         verdict: &Verdict,
         nonce: Option<&str>,
@@ -645,7 +645,7 @@ impl ApprovalService {
     /// the mark commit together.
     pub fn consume_in(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         id: &str,
         gate: &Gate,
         executor: &Actor,
@@ -734,7 +734,7 @@ fn validate(new: &NewApproval) -> Result<(), ApprovalError> {
 }
 
 /// Expires due approvals inside a write transaction.
-pub fn expire_due_in(audit: &AuditLog, tx: &Connection) -> Result<usize, StoreError> {
+pub fn expire_due_in(audit: &AuditLog, tx: &Tx<'_>) -> Result<usize, StoreError> {
     let now = now_ts();
     let due = sql::due_for_expiry(tx, &now)?;
     let system = Actor::system();

@@ -348,13 +348,16 @@ fn the_database_refuses_to_rewrite_a_decision() -> Result<(), ApprovalError> {
     let s = service();
     let a = s.request(new(json!({"op": "t"}), Risk::Low, None))?;
     s.decide(&a.id, verdict(State::Rejected, Channel::Cli))?;
-    let conn = s.store().lock();
-    let e = conn.execute(
-        "UPDATE approvals SET state = 'approved' WHERE id = ?1",
-        [&a.id],
-    );
+    let store = s.store();
+    let e = store.execute_for_test(&format!(
+        "UPDATE approvals SET state = 'approved' WHERE id = '{}'",
+        a.id
+    ));
     assert!(e.is_err_and(|e| e.to_string().contains("final")));
-    let e = conn.execute("UPDATE approvals SET action = '{}' WHERE id = ?1", [&a.id]);
+    let e = store.execute_for_test(&format!(
+        "UPDATE approvals SET action = '{{}}' WHERE id = '{}'",
+        a.id
+    ));
     assert!(e.is_err());
     Ok(())
 }

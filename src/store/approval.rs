@@ -1,9 +1,9 @@
 //! SQL for approvals: insert, read, list, record the final decision, mark executed, expire
 //! what is due, and issue and redeem the one-time handles of MRTR questions.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::StoreError;
+use super::{StoreError, Tx};
 
 /// One row of `approvals`, as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<ApprovalRow> {
     })
 }
 
-pub fn insert(conn: &Connection, a: &ApprovalRow) -> Result<(), StoreError> {
+pub fn insert(tx: &Tx<'_>, a: &ApprovalRow) -> Result<(), StoreError> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO approvals (id, kind, subject_id, summary, action, action_hash, risk, preview,
              requested_by, created_at, expires_at, decide_with, state)
@@ -92,7 +93,8 @@ pub fn insert(conn: &Connection, a: &ApprovalRow) -> Result<(), StoreError> {
     Ok(())
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<ApprovalRow>, StoreError> {
+    let conn = tx.conn();
     conn.prepare_cached(&format!("SELECT {COLUMNS} FROM approvals WHERE id = ?1"))?
         .query_row([id], from_row)
         .optional()
@@ -101,11 +103,12 @@ pub fn get(conn: &Connection, id: &str) -> Result<Option<ApprovalRow>, StoreErro
 
 /// A pending approval for exactly this kind, subject and action, if one exists.
 pub fn find_pending(
-    conn: &Connection,
+    tx: &Tx<'_>,
     kind: &str,
     subject_id: &str,
     action_hash: &str,
 ) -> Result<Option<ApprovalRow>, StoreError> {
+    let conn = tx.conn();
     conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM approvals
          WHERE action_hash = ?1 AND kind = ?2 AND subject_id = ?3 AND state = 'pending'
@@ -119,11 +122,12 @@ pub fn find_pending(
 /// Approvals for exactly this kind, subject and action that can still let it run: pending, or
 /// approved and not yet executed. Newest first.
 pub fn find_open(
-    conn: &Connection,
+    tx: &Tx<'_>,
     kind: &str,
     subject_id: &str,
     action_hash: &str,
 ) -> Result<Vec<ApprovalRow>, StoreError> {
+    let conn = tx.conn();
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM approvals
          WHERE action_hash = ?1 AND kind = ?2 AND subject_id = ?3
@@ -137,12 +141,13 @@ pub fn find_open(
 
 /// Approvals, newest first, optionally filtered; `before` is a `created_at|id` cursor.
 pub fn list(
-    conn: &Connection,
+    tx: &Tx<'_>,
     state: Option<&str>,
     kind: Option<&str>,
     before: Option<(&str, &str)>,
     limit: u32,
 ) -> Result<Vec<ApprovalRow>, StoreError> {
+    let conn = tx.conn();
     let mut sql = format!("SELECT {COLUMNS} FROM approvals WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
     if let Some(state) = state {
@@ -175,7 +180,8 @@ pub fn list(
 
 /// Records a final decision on a pending approval. Returns false when it was no longer pending
 /// (someone decided first); the trigger makes a decided row immutable in any case.
-pub fn decide(conn: &Connection, id: &str, d: &DecisionRow<'_>) -> Result<bool, StoreError> {
+pub fn decide(tx: &Tx<'_>, id: &str, d: &DecisionRow<'_>) -> Result<bool, StoreError> {
+    let conn = tx.conn();
     let n = conn
         .prepare_cached(
             "UPDATE approvals SET state = ?2, decided_by = ?3, decided_via = ?4, decided_at = ?5,
@@ -196,7 +202,8 @@ pub fn decide(conn: &Connection, id: &str, d: &DecisionRow<'_>) -> Result<bool, 
 }
 
 /// Ids of pending approvals whose expiry is at or before `now`.
-pub fn due_for_expiry(conn: &Connection, now: &str) -> Result<Vec<String>, StoreError> {
+pub fn due_for_expiry(tx: &Tx<'_>, now: &str) -> Result<Vec<String>, StoreError> {
+    let conn = tx.conn();
     let mut stmt = conn.prepare_cached(
         "SELECT id FROM approvals WHERE state = 'pending' AND expires_at <= ?1 ORDER BY created_at",
     )?;
@@ -208,11 +215,12 @@ pub fn due_for_expiry(conn: &Connection, now: &str) -> Result<Vec<String>, Store
 /// Marks an approved action as executed. Returns false when it is not approved, its hash does
 /// not match, or it already ran.
 pub fn mark_executed(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
     action_hash: &str,
     now: &str,
 ) -> Result<bool, StoreError> {
+    let conn = tx.conn();
     let n = conn
         .prepare_cached(
             "UPDATE approvals SET executed_at = ?3
@@ -224,7 +232,8 @@ pub fn mark_executed(
 }
 
 /// The state of one approval, cheaply (for waiting loops).
-pub fn state(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> {
+pub fn state(tx: &Tx<'_>, id: &str) -> Result<Option<String>, StoreError> {
+    let conn = tx.conn();
     conn.prepare_cached("SELECT state FROM approvals WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()
@@ -232,7 +241,8 @@ pub fn state(conn: &Connection, id: &str) -> Result<Option<String>, StoreError> 
 }
 
 /// Records that a question with this nonce was asked about an approval.
-pub fn ask(conn: &Connection, nonce: &str, approval_id: &str, now: &str) -> Result<(), StoreError> {
+pub fn ask(tx: &Tx<'_>, nonce: &str, approval_id: &str, now: &str) -> Result<(), StoreError> {
+    let conn = tx.conn();
     conn.prepare_cached(
         "INSERT INTO approval_questions (nonce, approval_id, asked_at) VALUES (?1, ?2, ?3)",
     )?
@@ -254,11 +264,12 @@ pub enum Redeemed {
 
 /// Marks a question answered, once.
 pub fn redeem(
-    conn: &Connection,
+    tx: &Tx<'_>,
     nonce: &str,
     approval_id: &str,
     now: &str,
 ) -> Result<Redeemed, StoreError> {
+    let conn = tx.conn();
     let n = conn
         .prepare_cached(
             "UPDATE approval_questions SET redeemed_at = ?3

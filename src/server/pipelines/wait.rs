@@ -276,7 +276,8 @@ fn ask(c: &Coordinator, call: &Call, approval_id: &str, run_id: &str, cancel: Ca
     call.progress_token = None;
     let approval_id = approval_id.to_string();
     let run_id = run_id.to_string();
-    tokio::spawn(async move {
+    let workers = c.workers().clone();
+    workers.spawn(async move {
         let id = approval_id.clone();
         let approval = match c.blocking(move |c| c.approvals().get(&id)).await {
             Ok(Ok(a)) => a,
