@@ -21,6 +21,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::audit::chain::{format_ms, now_ts};
 use crate::audit::{Action, Actor, ActorKind, AuditLog, NewEvent, Outcome};
 use crate::limits;
@@ -168,6 +169,26 @@ pub enum AgentError {
         field: &'static str,
         message: String,
     },
+}
+
+impl IntoFault for AgentError {
+    fn into_fault(self) -> Fault {
+        match self {
+            AgentError::Store(e) => Fault::Store(e),
+            AgentError::Token(e) => Fault::new(ErrorCode::Unauthorized, e.to_string())
+                .with_details(json!({"field": "token"})),
+            AgentError::Revoked(m) => {
+                Fault::new(ErrorCode::Unauthorized, format!("agent token refused: {m}"))
+                    .with_details(json!({"field": "token"}))
+            }
+            AgentError::NotFound(id) => {
+                Fault::new(ErrorCode::NotFound, format!("agent {id} not found"))
+                    .with_details(json!({"agent_id": id}))
+            }
+            e @ AgentError::NameTaken(_) => Fault::new(ErrorCode::Conflict, e.to_string()),
+            AgentError::Invalid { field, message } => Fault::invalid(field, message),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -29,6 +29,8 @@ use std::sync::{Arc, Mutex};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::fault::{ErrorCode, Fault, IntoFault};
+use serde_json::json;
 use crate::approval::{ApprovalError, ApprovalService};
 use crate::audit::NewEvent;
 use crate::limits;
@@ -110,6 +112,23 @@ pub enum PipelineError {
     Conflict(String),
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+}
+
+impl IntoFault for PipelineError {
+    fn into_fault(self) -> Fault {
+        match self {
+            PipelineError::Store(e) | PipelineError::Task(TaskError::Store(e)) => Fault::Store(e),
+            PipelineError::Task(e) => Fault::new(ErrorCode::Conflict, e.to_string()),
+            PipelineError::Approval(ApprovalError::Store(e)) => Fault::Store(e),
+            PipelineError::Approval(e) => Fault::new(ErrorCode::Conflict, e.to_string()),
+            PipelineError::NotFound { what, ref id } => {
+                Fault::new(ErrorCode::NotFound, self.to_string())
+                    .with_details(json!({"what": what, "id": id}))
+            }
+            PipelineError::Conflict(m) => Fault::new(ErrorCode::Conflict, m),
+            PipelineError::Invalid { field, message } => Fault::invalid(field, message),
+        }
+    }
 }
 
 impl From<dag::Invalid> for PipelineError {

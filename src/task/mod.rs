@@ -30,6 +30,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::fault::{ErrorCode, Fault, IntoFault};
+use serde_json::json;
 use crate::agent::{AgentError, AgentService};
 use crate::audit::chain::format_ms;
 use crate::audit::{Action, Actor, NewEvent, Outcome};
@@ -284,6 +286,22 @@ pub enum TaskError {
         field: &'static str,
         message: String,
     },
+}
+
+impl IntoFault for TaskError {
+    fn into_fault(self) -> Fault {
+        match self {
+            TaskError::Agent(e) => e.into_fault(),
+            TaskError::Store(e) => Fault::Store(e),
+            TaskError::NotFound(id) => {
+                Fault::new(ErrorCode::NotFound, format!("task {id} not found"))
+                    .with_details(json!({"task_id": id}))
+            }
+            TaskError::NotLeaseholder(m) => Fault::new(ErrorCode::NotLeaseholder, m),
+            TaskError::Conflict(m) => Fault::new(ErrorCode::Conflict, m),
+            TaskError::Invalid { field, message } => Fault::invalid(field, message),
+        }
+    }
 }
 
 impl TaskError {
