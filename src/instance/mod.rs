@@ -17,10 +17,10 @@ pub mod process;
 mod reactor;
 pub mod reaper;
 mod redact;
+pub mod status;
 mod supervisor;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audit::chain::{format_ts, now_ts};
 use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
-use crate::macros::string_enum;
 use crate::secret::SecretStore;
 use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow, PinRow};
@@ -44,36 +43,7 @@ pub use ledger::{BatchId, Ledger};
 pub use pipe::{LineReader, MAX_LINE, PipeWriter};
 use policy::{InjectionFlag, ToolAccess};
 pub use reactor::Source;
-
-string_enum!(
-    /// Where an instance is in its life. `crash_loop` waits for a person; `expired`,
-    /// `stopped` and `failed` are final.
-    Status {
-        /// Launched; waiting for `initialize` and `tools/list`.
-        Starting => "starting",
-        /// Initialized; its tools are offered.
-        Running => "running",
-        /// Health checks are failing; it will be restarted at the threshold.
-        Unhealthy => "unhealthy",
-        /// Exited or failed its health checks; waiting out the backoff before starting again.
-        Restarting => "restarting",
-        /// Restarted too often within the window; left stopped for a person to look at.
-        CrashLoop => "crash_loop",
-        /// Reached its time to live and was stopped.
-        Expired => "expired",
-        /// Stopped on request, or because its coordinator exited.
-        Stopped => "stopped",
-        /// Could not start, or was lost with its coordinator and not restored.
-        Failed => "failed",
-    }
-);
-
-impl Status {
-    /// Whether the instance holds its name (it is not over).
-    pub fn is_live(self) -> bool {
-        !matches!(self, Status::Expired | Status::Stopped | Status::Failed)
-    }
-}
+pub use status::{PinStatus, Status};
 
 /// Why an instance operation failed. Messages name the instance, the tool or the field.
 #[derive(Debug, thiserror::Error)]
@@ -617,18 +587,14 @@ impl InstanceService {
 
     /// Why an instance that is not live here cannot be called.
     fn not_here(&self, name: &str) -> InstanceError {
-        let row = {
-            let conn = self.inner.audit.store().lock();
-            sql::live_by_name(&conn, name)
+        let row = self.inner.audit.store().read(|tx| {
+            sql::live_by_name(tx, name)
                 .ok()
                 .flatten()
-                .or_else(|| sql::newest_by_name(&conn, name).ok().flatten())
-        };
+                .or_else(|| sql::newest_by_name(tx, name).ok().flatten())
+        });
         match row {
-            Some(r)
-                if r.owner != self.inner.owner.id
-                    && Status::from_str(&r.status).is_ok_and(Status::is_live) =>
-            {
+            Some(r) if r.owner != self.inner.owner.id && r.status.is_live() => {
                 InstanceError::NotOwned {
                     name: name.into(),
                     owner: r.owner,
@@ -636,7 +602,7 @@ impl InstanceService {
             }
             Some(r) => InstanceError::NotRunning {
                 name: name.into(),
-                status: Status::from_str(&r.status).unwrap_or(Status::Failed),
+                status: r.status,
                 hint: "instance_start starts a new one".into(),
             },
             None => InstanceError::NotFound(name.into()),
@@ -650,7 +616,7 @@ impl InstanceService {
         asked: &str,
     ) -> Result<Target, InstanceError> {
         let Some(conn) = live.conn() else {
-            let status = Status::from_str(&live.row().status).unwrap_or(Status::Failed);
+            let status = live.row().status;
             return Err(InstanceError::NotRunning {
                 name: live.name.clone(),
                 status,
@@ -819,9 +785,13 @@ impl InstanceService {
     /// The catalog.
     pub fn types(&self) -> Result<Vec<TypeView>, InstanceError> {
         let counts: HashMap<String, u32> = {
-            let conn = self.inner.audit.store().lock();
+            let rows = self
+                .inner
+                .audit
+                .store()
+                .read(|tx| sql::list(tx, true, 10_000))?;
             let mut m = HashMap::new();
-            for r in sql::list(&conn, true, 10_000)? {
+            for r in rows {
                 *m.entry(r.type_name).or_insert(0) += 1;
             }
             m
@@ -943,7 +913,7 @@ impl InstanceService {
             id: uuid::Uuid::new_v4().to_string(),
             name: name.clone(),
             type_name: req.type_name.clone(),
-            status: Status::Starting.as_str().into(),
+            status: Status::Starting,
             owner: self.inner.owner.id.clone(),
             owner_host: self.inner.owner.host.clone(),
             owner_pid: i64::from(self.inner.owner.pid),
@@ -1002,7 +972,7 @@ impl InstanceService {
 
     /// The type's name if free, else `<type>-2`, `<type>-3`, ...
     fn free_name(&self, type_name: &str) -> Result<String, InstanceError> {
-        let conn = self.inner.audit.store().lock();
+        let store = self.inner.audit.store();
         for n in 1..1000 {
             let candidate = if n == 1 {
                 type_name.to_string()
@@ -1014,7 +984,10 @@ impl InstanceService {
                 let stem = type_name[..keep].trim_end_matches(['-', '_']);
                 format!("{stem}{suffix}")
             };
-            if sql::live_by_name(&conn, &candidate)?.is_none() {
+            if store
+                .read(|tx| sql::live_by_name(tx, &candidate))?
+                .is_none()
+            {
                 return Ok(candidate);
             }
         }
@@ -1059,10 +1032,11 @@ impl InstanceService {
             }
             return Ok(self.view(&live.row(), false));
         }
-        let row = {
-            let conn = self.inner.audit.store().lock();
-            sql::live_by_name(&conn, name)?
-        };
+        let row = self
+            .inner
+            .audit
+            .store()
+            .read(|tx| sql::live_by_name(tx, name))?;
         let Some(mut row) = row else {
             return Err(self.not_here(name));
         };
@@ -1072,7 +1046,7 @@ impl InstanceService {
                 owner: row.owner,
             });
         }
-        row.status = Status::Stopped.as_str().into();
+        row.status = Status::Stopped;
         row.stopped_at = Some(now_ts());
         row.last_error = Some("its coordinator process was gone; marked stopped".into());
         self.persist(
@@ -1109,10 +1083,11 @@ impl InstanceService {
 
     /// Instances in the database (every process), newest first.
     pub fn list(&self, all: bool, limit: u32) -> Result<Vec<InstanceView>, InstanceError> {
-        let rows = {
-            let conn = self.inner.audit.store().lock();
-            sql::list(&conn, !all, limit)?
-        };
+        let rows = self
+            .inner
+            .audit
+            .store()
+            .read(|tx| sql::list(tx, !all, limit))?;
         Ok(rows.iter().map(|r| self.view(r, false)).collect())
     }
 
@@ -1121,13 +1096,14 @@ impl InstanceService {
         if let Some(live) = self.live_get(name_or_id) {
             return Ok(self.view(&live.row(), true));
         }
-        let row = {
-            let conn = self.inner.audit.store().lock();
-            match sql::get(&conn, name_or_id)? {
-                Some(r) => Some(r),
-                None => sql::newest_by_name(&conn, name_or_id)?,
-            }
-        };
+        let row = self
+            .inner
+            .audit
+            .store()
+            .read(|tx| match sql::get(tx, name_or_id)? {
+                Some(r) => Ok::<_, StoreError>(Some(r)),
+                None => sql::newest_by_name(tx, name_or_id),
+            })?;
         match row {
             Some(r) => Ok(self.view(&r, true)),
             None => Err(InstanceError::NotFound(name_or_id.into())),
@@ -1188,7 +1164,7 @@ impl InstanceService {
             id: row.id,
             name: row.name,
             type_name: row.type_name,
-            status: row.status,
+            status: row.status.to_string(),
             owner: row.owner,
             pid: row.pid,
             started_at: row.started_at,
@@ -1312,7 +1288,7 @@ impl InstanceService {
                         sql::put_pin(tx, &PinRow {
                             type_name: type_name.clone(),
                             tool: name.clone(),
-                            status: "pinned".into(),
+                            status: PinStatus::Pinned,
                             hash: Some(hash.clone()),
                             definition: Some(def.to_string()),
                             flags: flags_json,
@@ -1330,7 +1306,7 @@ impl InstanceService {
                         sql::put_pin(tx, &PinRow {
                             type_name: type_name.clone(),
                             tool: name.clone(),
-                            status: "quarantined".into(),
+                            status: PinStatus::Quarantined,
                             hash: None,
                             definition: None,
                             flags: "[]".into(),
@@ -1345,11 +1321,11 @@ impl InstanceService {
                         quarantine(format!("its description has prompt-injection markers ({})", flag_rules(&flags)))
                     }
                     Some(p) if p.hash.as_deref() == Some(hash.as_str()) => {
-                        if p.status != "pinned" && !quarantined_elsewhere.contains(&name) {
+                        if p.status != PinStatus::Pinned && !quarantined_elsewhere.contains(&name) {
                             // The child went back to the approved definition, and no other
                             // instance shows the changed one.
                             let mut p = p;
-                            p.status = "pinned".into();
+                            p.status = PinStatus::Pinned;
                             p.pending_hash = None;
                             p.pending_definition = None;
                             p.pending_flags = None;
@@ -1361,7 +1337,7 @@ impl InstanceService {
                     Some(mut p) => {
                         let first_change = p.pending_hash.as_deref() != Some(hash.as_str());
                         if first_change {
-                            p.status = "quarantined".into();
+                            p.status = PinStatus::Quarantined;
                             p.pending_hash = Some(hash.clone());
                             p.pending_definition = Some(def.to_string());
                             p.pending_flags = Some(flags_json);
@@ -1462,9 +1438,13 @@ impl InstanceService {
     /// A quarantined tool of a type: its pin row, for review.
     pub fn pending_definition(&self, type_name: &str, tool: &str) -> Result<PinRow, InstanceError> {
         self.type_of(type_name)?;
-        let conn = self.inner.audit.store().lock();
-        match sql::pin(&conn, type_name, tool)? {
-            Some(p) if p.status == "quarantined" => Ok(p),
+        let pin = self
+            .inner
+            .audit
+            .store()
+            .read(|tx| sql::pin(tx, type_name, tool))?;
+        match pin {
+            Some(p) if p.status == PinStatus::Quarantined => Ok(p),
             Some(_) => Err(InstanceError::Invalid(format!(
                 "tool `{tool}` of type `{type_name}` is pinned, not quarantined: nothing to review"
             ))),
@@ -1507,10 +1487,10 @@ impl InstanceService {
             let Some(mut p) = sql::pin(tx, type_name, tool)? else {
                 return Ok(false);
             };
-            if p.status != "quarantined" || p.pending_hash.as_deref() != Some(hash) {
+            if p.status != PinStatus::Quarantined || p.pending_hash.as_deref() != Some(hash) {
                 return Ok(false);
             }
-            p.status = "pinned".into();
+            p.status = PinStatus::Pinned;
             p.hash = p.pending_hash.take();
             p.definition = p.pending_definition.take();
             p.flags = p.pending_flags.take().unwrap_or_else(|| "[]".into());
@@ -1571,10 +1551,11 @@ impl InstanceService {
                 if !ty.autostart || me.live_get(&name).is_some() {
                     continue;
                 }
-                let taken = {
-                    let conn = me.inner.audit.store().lock();
-                    sql::live_by_name(&conn, &name).ok().flatten()
-                };
+                let taken = me
+                    .inner
+                    .audit
+                    .store()
+                    .read(|tx| sql::live_by_name(tx, &name).ok().flatten());
                 if taken.is_some() {
                     continue;
                 }
@@ -1598,10 +1579,7 @@ impl InstanceService {
     }
 
     fn restore(&self) -> Result<(), InstanceError> {
-        let rows = {
-            let conn = self.inner.audit.store().lock();
-            sql::restorable(&conn)?
-        };
+        let rows = self.inner.audit.store().read(sql::restorable)?;
         let me = &self.inner.owner;
         for row in rows {
             if row.owner == me.id || owner_alive(&row, me) {
@@ -1626,7 +1604,7 @@ impl InstanceService {
                 resume: false,
                 ..row
             };
-            let previous = row.status.clone();
+            let previous = row.status;
             let expired = row
                 .expires_at
                 .as_deref()
@@ -1652,7 +1630,7 @@ impl InstanceService {
                     "lost: its coordinator exited and [instances] restore is off".to_string(),
                 ),
                 // A crash loop waits for a person, not for the next coordinator.
-                _ if previous == Status::CrashLoop.as_str() => (
+                _ if previous == Status::CrashLoop => (
                     Status::Failed,
                     Action::InstanceFailed,
                     "lost: it was in crash_loop when its coordinator exited; start it again \
@@ -1663,7 +1641,7 @@ impl InstanceService {
                     (Status::Restarting, Action::InstanceRestarted, String::new())
                 }
             };
-            row.status = status.as_str().into();
+            row.status = status;
             row.pid = None;
             row.updated_at = now_ts();
             if status != Status::Restarting {
@@ -1679,7 +1657,7 @@ impl InstanceService {
             }
             let Some(ty) = ty else { continue };
             if self.live_get(&row.name).is_some() {
-                row.status = Status::Failed.as_str().into();
+                row.status = Status::Failed;
                 row.last_error = Some("lost: its name is taken by another instance".into());
                 self.persist(
                     &row,

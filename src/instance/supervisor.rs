@@ -119,7 +119,7 @@ pub(super) async fn supervise(
                 let message = e.to_string();
                 if let Some(tx) = first.take() {
                     let mut row = live.row();
-                    row.status = Status::Failed.as_str().into();
+                    row.status = Status::Failed;
                     row.last_error = Some(message.clone());
                     row.stopped_at = Some(now_ts());
                     row.updated_at = now_ts();
@@ -534,7 +534,7 @@ fn on_up(svc: &InstanceService, live: &Arc<Live>, session: &Session, is_restart:
         .unwrap_or_default();
     let mut row = live.row();
     let now = now_ts();
-    row.status = Status::Running.as_str().into();
+    row.status = Status::Running;
     row.pid = session.process.as_ref().map(|p| i64::from(p.pid));
     if row.started_at.is_none() || is_restart {
         row.started_at = Some(now.clone());
@@ -642,10 +642,10 @@ async fn watch(
                 };
                 let mut row = live.row();
                 if ok {
-                    if failures > 0 || row.status != Status::Running.as_str() {
+                    if failures > 0 || row.status != Status::Running {
                         failures = 0;
                         row.health = "ok".into();
-                        row.status = Status::Running.as_str().into();
+                        row.status = Status::Running;
                         row.updated_at = now_ts();
                         *lock(&live.row) = row.clone();
                         svc.persist_quiet(&row);
@@ -653,7 +653,7 @@ async fn watch(
                 } else {
                     failures += 1;
                     row.health = format!("failing ({failures}/{})", ty.health.failure_threshold);
-                    row.status = Status::Unhealthy.as_str().into();
+                    row.status = Status::Unhealthy;
                     row.updated_at = now_ts();
                     *lock(&live.row) = row.clone();
                     svc.persist_quiet(&row);
@@ -751,7 +751,7 @@ fn finish(
     resume: bool,
 ) {
     let mut row = live.row();
-    row.status = status.as_str().into();
+    row.status = status;
     row.stopped_at = Some(now_ts());
     row.updated_at = now_ts();
     row.resume = resume && status == Status::Stopped;
@@ -780,7 +780,7 @@ fn finish(
 /// Moves an instance to a non-final status with an audit event, counting a restart.
 fn bump(svc: &InstanceService, live: &Arc<Live>, status: Status, action: Action, why: &str) {
     let mut row = live.row();
-    row.status = status.as_str().into();
+    row.status = status;
     row.updated_at = now_ts();
     row.health = "unknown".into();
     row.tools = 0;
