@@ -102,7 +102,7 @@ pub struct SpawnSpec {
     /// Label for log lines (the instance name).
     pub label: String,
     /// Secret values masked in the child's stderr before it is kept or logged.
-    pub redact: super::redact::Redactor,
+    pub redact: crate::instance::redact::Redactor,
 }
 
 /// Why [`spawn`] failed.
@@ -807,7 +807,7 @@ async fn drain_stderr<R: AsyncRead + Unpin>(
     reader: R,
     tail: StderrTail,
     label: String,
-    redact: super::redact::Redactor,
+    redact: crate::instance::redact::Redactor,
 ) {
     let mut reader = BufReader::new(reader);
     let mut line: Vec<u8> = Vec::new();
@@ -840,7 +840,12 @@ async fn drain_stderr<R: AsyncRead + Unpin>(
     tracing::trace!(instance = %label, "child stderr closed");
 }
 
-fn emit_line(bytes: &[u8], tail: &StderrTail, label: &str, redact: &super::redact::Redactor) {
+fn emit_line(
+    bytes: &[u8],
+    tail: &StderrTail,
+    label: &str,
+    redact: &crate::instance::redact::Redactor,
+) {
     let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
     let text = String::from_utf8_lossy(bytes);
     // Masked before the line is cut to its kept length.
@@ -1031,7 +1036,7 @@ mod tests {
             cwd: None,
             limits: Limits::default(),
             label: "test".to_owned(),
-            redact: super::super::redact::Redactor::default(),
+            redact: crate::instance::redact::Redactor::default(),
         }
     }
 
@@ -1212,7 +1217,7 @@ mod tests {
             &input[..],
             tail.clone(),
             "t".into(),
-            super::super::redact::Redactor::new(["hunter2-secret"]),
+            crate::instance::redact::Redactor::new(["hunter2-secret"]),
         )
         .await;
         let lines = tail.lines();
