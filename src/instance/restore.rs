@@ -4,7 +4,7 @@
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use super::child::process;
+use super::child::procfs;
 use super::{InstanceError, InstanceService, Overrides, Owner, StartRequest, Status};
 use crate::audit::chain::now_ts;
 use crate::audit::{Action, Actor, Outcome};
@@ -171,5 +171,5 @@ pub(super) fn owner_alive(row: &InstanceRow, me: &Owner) -> bool {
         // Our pid, another session: an earlier process with our pid (pid reuse) is gone.
         return false;
     }
-    process::pid_alive(row.owner_pid as u32)
+    procfs::pid_alive(row.owner_pid as u32)
 }

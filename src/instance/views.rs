@@ -7,7 +7,7 @@ use std::time::Instant;
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::child::process;
+use super::child::procfs;
 use super::policy::{self, ToolAccess};
 use super::{HiddenTool, InstanceError, InstanceService, catalog, lock};
 use crate::store::StoreError;
@@ -205,7 +205,7 @@ impl InstanceService {
                 let resources = row
                     .pid
                     .filter(|_| conn.is_some())
-                    .and_then(|p| process::group_stats(p as u32))
+                    .and_then(|p| procfs::group_stats(p as u32))
                     .map(|s| Resources {
                         rss_bytes: s.rss_bytes,
                         cpu_seconds: s.cpu_seconds,

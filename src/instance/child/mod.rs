@@ -13,8 +13,10 @@
 
 pub(crate) mod fast;
 mod http;
+mod limits;
 pub(crate) mod pipe;
 pub mod process;
+pub mod procfs;
 pub(crate) mod reactor;
 pub mod reaper;
 
