@@ -524,7 +524,7 @@ impl InstanceService {
     }
 
     /// Starts killing and reaping the processes this coordinator adopts as a child subreaper
-    /// (see `reaper.rs`), until [`InstanceService::shutdown`]. Does nothing unless `serve`
+    /// (see `child/reaper.rs`), until [`InstanceService::shutdown`]. Does nothing unless `serve`
     /// made the process a subreaper.
     pub fn start_reaper(&self) {
         if reaper::is_subreaper() {

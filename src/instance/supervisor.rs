@@ -593,7 +593,7 @@ async fn watch(
                 }
             },
             _ = health.tick() => {
-                // Remember its descendants, so a crash leaves none behind (see process.rs).
+                // Remember its descendants, so a crash leaves none behind (see child/process.rs).
                 session.scan_tree();
                 let ping = session.ping(Duration::from_secs_f64(ty.health.timeout_seconds));
                 let answer = tokio::select! {

@@ -318,3 +318,76 @@ fn all<T>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::{Location, Store};
+
+    fn row(id: &str) -> InstanceRow {
+        InstanceRow {
+            id: id.into(),
+            name: "echo".into(),
+            type_name: "echo".into(),
+            status: Status::Running,
+            owner: "host:1:s".into(),
+            owner_host: "host".into(),
+            owner_pid: 1,
+            pid: None,
+            overrides: "{}".into(),
+            ttl_seconds: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+            expires_at: None,
+            stopped_at: None,
+            restarts: 0,
+            health: "unknown".into(),
+            last_error: None,
+            tools: 0,
+            resume: false,
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    /// A status this build does not know is reported as unreadable, naming the column and
+    /// the value, rather than handed to the domain to guess at.
+    #[test]
+    fn an_unknown_status_is_unreadable() {
+        let store = Store::open(&Location::Memory).unwrap();
+        store.write(|tx| insert(tx, &row("i1"))).unwrap();
+        assert_eq!(
+            store.read(|tx| get(tx, "i1")).unwrap().map(|r| r.status),
+            Some(Status::Running)
+        );
+        // As a newer build might write it: this one's CHECK constraint would refuse it.
+        store
+            .write(|tx| {
+                tx.conn()
+                    .execute_batch(
+                        "PRAGMA ignore_check_constraints = ON; \
+                         UPDATE instances SET status = 'paused' WHERE id = 'i1'; \
+                         PRAGMA ignore_check_constraints = OFF;",
+                    )
+                    .map_err(StoreError::from)
+            })
+            .unwrap();
+        let err = store.read(|tx| get(tx, "i1")).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unreadable { column: "instances.status", value } if value == "paused"),
+            "{err}"
+        );
+    }
+
+    /// Writing back an instance that has no row says so by name.
+    #[test]
+    fn updating_a_missing_instance_is_not_found() {
+        let store = Store::open(&Location::Memory).unwrap();
+        let err = store.write(|tx| update(tx, &row("gone"))).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NotFound { what: "instance", id } if id == "gone"),
+            "{err}"
+        );
+    }
+}

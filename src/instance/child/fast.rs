@@ -5,7 +5,7 @@
 //! (`reactor.rs`) reads the client's stdin and every child's stdout and does both, with writes
 //! that never block (`pipe.rs`). Everything that is not a plain call
 //! of an allowed tool (approval, an open breaker, the 2026-07-28 era, retries) takes the rmcp
-//! path in `mod.rs`; both share the child's pipes here.
+//! path in `call.rs`; both share the child's pipes here.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
