@@ -1,7 +1,8 @@
 //! The coordinator as an MCP client of its children: the one place below `server/` that uses
 //! rmcp. A child is reached over one of two transports behind [`Transport`]: a stdio process
-//! the coordinator starts (`stdio.rs`, with `process.rs`, `reaper.rs` and the fast relay of
-//! `fast.rs`, `pipe.rs` and `reactor.rs`), or a streamable HTTP server it reaches by URL
+//! the coordinator starts (`stdio.rs`, with `process.rs`, `limits.rs`, `procfs.rs`,
+//! `reaper.rs` and the fast relay of `fast.rs`, `pipe.rs` and `reactor.rs`), or a streamable
+//! HTTP server it reaches by URL
 //! (`http.rs`). [`Session`] is one connection (initialize, list tools, ping, close), [`Conn`]
 //! what a running child's calls go through (`call.rs`).
 //!
