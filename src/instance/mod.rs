@@ -8,10 +8,10 @@
 //! The transport to the children (processes, HTTP, the fast relay) is `child/`, the one place
 //! below `server/` that uses rmcp: no file here outside `child/` names rmcp (the MCP data this
 //! domain handles, a tool's definition and a call's result, are rmcp's types re-exported by
-//! `child`), rusqlite or a connection. The domain may depend on `child/`, `store/` (through
-//! `store::Tx` and its table module `store/instance.rs`), `audit`, `secret` and `approval`;
-//! it never sees the server side (handlers, elicitation): gating a call on approval is the
-//! server's job.
+//! `child`). The domain may depend on `child/`, `store/` (only through `store::Tx`,
+//! `StoreError` and the table module `store/instance.rs`, never the database driver), `audit`,
+//! `secret` and `approval`; it never sees the server side (handlers, elicitation): gating a
+//! call on approval is the server's job.
 
 mod breaker;
 pub mod catalog;
