@@ -227,8 +227,7 @@ impl StoreError {
         if let rusqlite::Error::SqliteFailure(e, detail) = &err
             && matches!(
                 e.extended_code,
-                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
-                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             )
         {
             return StoreError::Conflict {
