@@ -1,5 +1,5 @@
 //! mcp-coordinator as a library: the layers the binary, the tests and the benchmark share.
-//! Dependencies point down only: `server` -> domains (`audit`, `approval`, `agent`, `task`) -> `store`.
+//! Dependencies point down only: `server` -> domains (`audit`, `approval`, `agent`, `task`, `instance`) -> `store`; rmcp is used only by `server`, `cli` and `instance::child` (the coordinator as an MCP client of its children).
 
 pub mod agent;
 pub mod approval;

@@ -335,8 +335,21 @@ impl InstanceType {
 
     /// Checks one type; errors name the field (`instance_types.NAME.FIELD`).
     pub fn validate(&self, name: &str) -> Result<(), String> {
-        let at = |field: &str| format!("instance_types.{name}.{field}");
         check_instance_name(name).map_err(|e| format!("instance_types.{name}: {e}"))?;
+        self.check_launch(name)?;
+        self.check_templates(name)?;
+        self.check_overridable(name)?;
+        self.check_ranges(name)?;
+        self.policy
+            .validate()
+            .map_err(|e| format!("instance_types.{name}.{e}"))?;
+        Ok(())
+    }
+
+    /// Exactly one of `command` and `url`, each well formed, and only the fields of its
+    /// transport.
+    fn check_launch(&self, name: &str) -> Result<(), String> {
+        let at = |field: &str| format!("instance_types.{name}.{field}");
         match (&self.command, &self.url) {
             (Some(_), Some(_)) => {
                 return Err(format!(
@@ -367,6 +380,12 @@ impl InstanceType {
                 "instance_types.{name}: `args` and `env` are for stdio types; a `url` type takes `headers`"
             ));
         }
+        Ok(())
+    }
+
+    /// `env` and `headers` templates parse, and none hands out a coordinator setting.
+    fn check_templates(&self, name: &str) -> Result<(), String> {
+        let at = |field: &str| format!("instance_types.{name}.{field}");
         let templates = self.env.iter().map(|(k, v)| (format!("env.{k}"), v)).chain(
             self.headers
                 .iter()
@@ -388,6 +407,13 @@ impl InstanceType {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Each `overridable` variable is declared in `env` with a literal value, and does not
+    /// decide which code runs.
+    fn check_overridable(&self, name: &str) -> Result<(), String> {
+        let at = |field: &str| format!("instance_types.{name}.{field}");
         for (i, var) in self.overridable.iter().enumerate() {
             let field = at(&format!("overridable[{i}]"));
             match self.env.get(var) {
@@ -409,6 +435,12 @@ impl InstanceType {
                 Some(_) => {}
             }
         }
+        Ok(())
+    }
+
+    /// Timeouts, thresholds, retries and backoffs within their limits (`crate::limits`).
+    fn check_ranges(&self, name: &str) -> Result<(), String> {
+        let at = |field: &str| format!("instance_types.{name}.{field}");
         use crate::limits as l;
         for (field, v, range) in [
             (
@@ -493,9 +525,6 @@ impl InstanceType {
         if let Some(ttl) = self.ttl_seconds {
             l::INSTANCE_TTL_SECONDS.check(&at("ttl_seconds"), ttl)?;
         }
-        self.policy
-            .validate()
-            .map_err(|e| format!("instance_types.{name}.{e}"))?;
         Ok(())
     }
 }

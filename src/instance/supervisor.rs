@@ -1,5 +1,5 @@
-//! The supervisor of one instance: launches the child (or connects to its URL), initializes it
-//! with a timeout, lists and pins its tools, then watches it (exit, health checks, TTL, tool
+//! The supervisor of one instance: launches the child (or connects to its URL) through
+//! `child::Session`, lists and pins its tools, then watches it (exit, health checks, TTL, tool
 //! list changes, commands) and restarts it with exponential backoff until it is stopped,
 //! expires, or crashes too often (`crash_loop`).
 
@@ -7,45 +7,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rmcp::model::{
-    ClientCapabilities, ClientConfig, ClientRequest, Implementation, PingRequest, ProtocolVersion,
-};
-use rmcp::service::{NotificationContext, RoleClient, RunningService};
-use rmcp::{ClientHandler, ServiceExt};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
-use super::process::{self, ChildProcess, SpawnSpec};
-use super::{Cmd, Conn, InstanceError, InstanceService, Live, Status, expand, lock};
+use super::catalog::RestartConfig;
+use super::child::process::{self, SpawnSpec};
+use super::child::{Launch, Session, SessionEvent};
+use super::redact::Redactor;
+use super::{Cmd, InstanceError, InstanceService, Live, Status, expand, lock};
 use crate::audit::chain::now_ts;
 use crate::audit::{Action, Actor, Outcome};
-
-/// The coordinator's client side of one child: it only listens for `tools/list_changed`.
-#[derive(Clone)]
-pub(super) struct ChildClient {
-    tools_changed: mpsc::UnboundedSender<()>,
-}
-
-impl ClientHandler for ChildClient {
-    fn get_info(&self) -> ClientConfig {
-        ClientConfig::new(
-            ClientCapabilities::default(),
-            Implementation::new("mcp-coordinator", env!("CARGO_PKG_VERSION")),
-        )
-        .with_protocol_version(ProtocolVersion::LATEST_WITH_INITIALIZE)
-    }
-
-    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
-        let _ = self.tools_changed.send(());
-    }
-}
-
-/// One connection to a child.
-struct Session {
-    service: RunningService<RoleClient, ChildClient>,
-    process: Option<ChildProcess>,
-    tools_changed: mpsc::UnboundedReceiver<()>,
-}
 
 /// Why a session ended.
 enum Exit {
@@ -57,51 +28,93 @@ enum Exit {
     Unhealthy(String),
 }
 
+/// One supervisor's state across the sessions of its instance.
+struct Supervisor {
+    svc: InstanceService,
+    live: Arc<Live>,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    /// Who waits for the first start (`instance_start`), until it is answered.
+    first: Option<oneshot::Sender<Result<(), InstanceError>>>,
+    /// Who waits for a restart to come up.
+    pending_restart: Option<oneshot::Sender<Result<(), String>>>,
+    restart: RestartConfig,
+    /// When the recent restarts happened (within the crash-loop window).
+    recent: VecDeque<Instant>,
+    backoff: Duration,
+    /// The next session comes up as a restart (an audit `instance_restarted`).
+    is_restart: bool,
+}
+
+/// Whether the supervisor goes on after a step.
+type Go = Option<()>;
+
 pub(super) async fn supervise(
     svc: InstanceService,
     live: Arc<Live>,
-    mut rx: mpsc::UnboundedReceiver<Cmd>,
-    mut first: Option<oneshot::Sender<Result<(), InstanceError>>>,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    first: Option<oneshot::Sender<Result<(), InstanceError>>>,
     restored: bool,
 ) {
     let restart = live.ty.restart.clone();
-    let mut recent: VecDeque<Instant> = VecDeque::new();
-    let mut backoff = Duration::from_millis(restart.backoff_initial_ms);
-    let mut pending_restart: Option<oneshot::Sender<Result<(), String>>> = None;
-    let mut is_restart = restored;
-    loop {
+    let mut s = Supervisor {
+        svc,
+        live,
+        rx,
+        first,
+        pending_restart: None,
+        backoff: Duration::from_millis(restart.backoff_initial_ms),
+        restart,
+        recent: VecDeque::new(),
+        is_restart: restored,
+    };
+    while s.round().await.is_some() {}
+}
+
+impl Supervisor {
+    /// One session: start it, run it until it ends, and decide what comes next. `None` once
+    /// the instance is over (or the supervisor is no longer wanted).
+    async fn round(&mut self) -> Go {
+        let attempt = self.starting().await?;
+        let exit = self.run(attempt).await?;
+        self.is_restart = true;
+        self.after(exit).await
+    }
+
+    /// Connects, answering commands meanwhile. A stop does not wait for a slow start: the
+    /// attempt is dropped, and with it the child (dropping a `ChildProcess` SIGKILLs its
+    /// group).
+    async fn starting(&mut self) -> Option<Result<Session, InstanceError>> {
+        let (svc, live) = (&self.svc, &self.live);
         let shutdown = svc.inner.shutdown.clone();
-        // A stop does not wait for a slow start: the attempt is dropped, and with it the
-        // child (dropping a `ChildProcess` SIGKILLs its group).
-        let connecting = connect(&svc, &live);
+        let connecting = connect(svc, live);
         tokio::pin!(connecting);
-        let attempt = loop {
+        loop {
             tokio::select! {
-                r = &mut connecting => break r,
+                r = &mut connecting => return Some(r),
                 () = shutdown.cancelled() => {
-                    finish(&svc, &live, Status::Stopped, Action::InstanceStopped, "the coordinator is shutting down", true);
-                    return;
+                    finish(svc, live, Status::Stopped, Action::InstanceStopped, "the coordinator is shutting down", true);
+                    return None;
                 }
-                cmd = rx.recv() => match cmd {
+                cmd = self.rx.recv() => match cmd {
                     Some(Cmd::Stop { by, done }) => {
                         let why = format!("stopped by {} while starting", by.render());
-                        finish(&svc, &live, Status::Stopped, Action::InstanceStopped, &why, false);
-                        if let Some(tx) = first.take() {
+                        finish(svc, live, Status::Stopped, Action::InstanceStopped, &why, false);
+                        if let Some(tx) = self.first.take() {
                             let _ = tx.send(Err(InstanceError::NotRunning {
                                 name: live.name.clone(),
                                 status: Status::Stopped,
                                 hint: format!("it was {why}"),
                             }));
                         }
-                        if let Some(tx) = pending_restart.take() {
+                        if let Some(tx) = self.pending_restart.take() {
                             let _ = tx.send(Err(why));
                         }
                         let _ = done.send(());
-                        return;
+                        return None;
                     }
                     // Already starting: the restart is answered when this start ends.
                     Some(Cmd::Restart { done, .. }) => {
-                        if let Some(earlier) = pending_restart.replace(done) {
+                        if let Some(earlier) = self.pending_restart.replace(done) {
                             let _ = earlier.send(Err("another restart was asked for".into()));
                         }
                     }
@@ -110,16 +123,23 @@ pub(super) async fn supervise(
                             let _ = done.send(());
                         }
                     }
-                    None => return,
+                    None => return None,
                 },
             }
-        };
-        let exit = match attempt {
+        }
+    }
+
+    /// Runs a started session until it ends, or records why it did not start. `None` when a
+    /// first start failed (the instance is over).
+    async fn run(&mut self, attempt: Result<Session, InstanceError>) -> Option<Exit> {
+        let (svc, live) = (&self.svc, &self.live);
+        let mut session = match attempt {
+            Ok(session) => session,
             Err(e) => {
                 let message = e.to_string();
-                if let Some(tx) = first.take() {
+                if let Some(tx) = self.first.take() {
                     let mut row = live.row();
-                    row.status = Status::Failed.as_str().into();
+                    row.status = Status::Failed;
                     row.last_error = Some(message.clone());
                     row.stopped_at = Some(now_ts());
                     row.updated_at = now_ts();
@@ -130,46 +150,47 @@ pub(super) async fn supervise(
                         Outcome::Error,
                         json!({"error": message, "stderr": stderr_tail(&e)}),
                     );
-                    remove(&svc, &live);
+                    remove(svc, live);
                     let _ = tx.send(Err(e));
-                    return;
+                    return None;
                 }
-                if let Some(tx) = pending_restart.take() {
+                if let Some(tx) = self.pending_restart.take() {
                     let _ = tx.send(Err(message.clone()));
                 }
-                Exit::Crashed(message)
-            }
-            Ok(mut session) => {
-                if let Some(p) = session.process.as_mut() {
-                    p.scan_tree();
-                }
-                on_up(&svc, &live, &session, is_restart);
-                if let Some(tx) = first.take() {
-                    let _ = tx.send(Ok(()));
-                }
-                if let Some(tx) = pending_restart.take() {
-                    let _ = tx.send(Ok(()));
-                }
-                let up = Instant::now();
-                let exit = watch(&svc, &live, &mut session, &mut rx).await;
-                // A session that stayed up a while earns a fresh backoff.
-                if up.elapsed()
-                    >= Duration::from_millis(restart.backoff_max_ms).max(Duration::from_secs(60))
-                {
-                    backoff = Duration::from_millis(restart.backoff_initial_ms);
-                }
-                let shutting_down = matches!(exit, Exit::Shutdown);
-                teardown(&svc, &live, session, shutting_down).await;
-                exit
+                return Some(Exit::Crashed(message));
             }
         };
-        is_restart = true;
+        session.scan_tree();
+        on_up(svc, live, &session, self.is_restart);
+        if let Some(tx) = self.first.take() {
+            let _ = tx.send(Ok(()));
+        }
+        if let Some(tx) = self.pending_restart.take() {
+            let _ = tx.send(Ok(()));
+        }
+        let up = Instant::now();
+        let exit = watch(svc, live, &mut session, &mut self.rx).await;
+        // A session that stayed up a while earns a fresh backoff.
+        if up.elapsed()
+            >= Duration::from_millis(self.restart.backoff_max_ms).max(Duration::from_secs(60))
+        {
+            self.backoff = Duration::from_millis(self.restart.backoff_initial_ms);
+        }
+        let shutting_down = matches!(exit, Exit::Shutdown);
+        teardown(svc, live, session, shutting_down).await;
+        Some(exit)
+    }
+
+    /// What follows a session's end: the instance is over, restarts now, or restarts after
+    /// its backoff (or, crashing too often, waits in crash_loop for a person).
+    async fn after(&mut self, exit: Exit) -> Go {
+        let (svc, live) = (&self.svc, &self.live);
         match exit {
             Exit::Stop(by, done) => {
                 let why = format!("stopped by {}", by.render());
                 finish(
-                    &svc,
-                    &live,
+                    svc,
+                    live,
                     Status::Stopped,
                     Action::InstanceStopped,
                     &why,
@@ -178,139 +199,157 @@ pub(super) async fn supervise(
                 if let Some(done) = done {
                     let _ = done.send(());
                 }
-                return;
+                None
             }
             Exit::Shutdown => {
                 finish(
-                    &svc,
-                    &live,
+                    svc,
+                    live,
                     Status::Stopped,
                     Action::InstanceStopped,
                     "the coordinator exited",
                     true,
                 );
-                return;
+                None
             }
             Exit::Expired => {
-                expire(&svc, &live);
-                return;
+                expire(svc, live);
+                None
             }
             Exit::Restart(by, done) => {
                 bump(
-                    &svc,
-                    &live,
+                    svc,
+                    live,
                     Status::Restarting,
                     Action::InstanceRestarted,
                     &format!("restart requested by {}", by.render()),
                 );
-                pending_restart = done;
+                self.pending_restart = done;
+                Some(())
             }
-            Exit::Crashed(why) | Exit::Unhealthy(why) => {
-                let mut row = live.row();
-                row.last_error = Some(why.clone());
-                *lock(&live.row) = row;
-                if !restart.enabled {
-                    finish(
-                        &svc,
-                        &live,
-                        Status::Failed,
-                        Action::InstanceExited,
-                        &why,
-                        false,
-                    );
-                    return;
-                }
-                let now = Instant::now();
-                let window = Duration::from_secs(restart.window_seconds);
-                while recent
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > window)
-                {
-                    recent.pop_front();
-                }
-                if recent.len() as u32 >= restart.max_restarts {
-                    let msg = format!(
-                        "{why}; {} restarts within {} s: left in crash_loop for a person (instance_get shows its stderr; instance_restart or instance_stop)",
-                        recent.len(),
-                        restart.window_seconds
-                    );
-                    bump(
-                        &svc,
-                        &live,
-                        Status::CrashLoop,
-                        Action::InstanceCrashLoop,
-                        &msg,
-                    );
-                    // Wait for a person: stop, restart, or the coordinator's exit.
-                    loop {
-                        let shutdown = svc.inner.shutdown.clone();
-                        tokio::select! {
-                            cmd = rx.recv() => match cmd {
-                                Some(Cmd::Stop { by, done }) => {
-                                    finish(&svc, &live, Status::Stopped, Action::InstanceStopped, &format!("stopped by {}", by.render()), false);
-                                    let _ = done.send(());
-                                    return;
-                                }
-                                Some(Cmd::Restart { by, done }) => {
-                                    recent.clear();
-                                    backoff = Duration::from_millis(restart.backoff_initial_ms);
-                                    bump(&svc, &live, Status::Restarting, Action::InstanceRestarted, &format!("restart requested by {}", by.render()));
-                                    pending_restart = Some(done);
-                                    break;
-                                }
-                                Some(Cmd::Refresh { .. }) => {}
-                                None => return,
-                            },
-                            () = shutdown.cancelled() => {
-                                // A crash loop is not resumed by the next coordinator.
-                                finish(&svc, &live, Status::Stopped, Action::InstanceStopped, "the coordinator exited while it was in crash_loop", false);
-                                return;
-                            }
-                            () = ttl_ends(expiry(&live)) => {
-                                expire(&svc, &live);
-                                return;
-                            }
-                        }
+            Exit::Crashed(why) | Exit::Unhealthy(why) => self.crashed(why).await,
+        }
+    }
+
+    /// A session crashed or failed its health checks: restart after the backoff, unless
+    /// restarts are off (failed) or came too often (crash_loop).
+    async fn crashed(&mut self, why: String) -> Go {
+        let (svc, live) = (&self.svc, &self.live);
+        let mut row = live.row();
+        row.last_error = Some(why.clone());
+        *lock(&live.row) = row;
+        if !self.restart.enabled {
+            finish(
+                svc,
+                live,
+                Status::Failed,
+                Action::InstanceExited,
+                &why,
+                false,
+            );
+            return None;
+        }
+        let now = Instant::now();
+        let window = Duration::from_secs(self.restart.window_seconds);
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() as u32 >= self.restart.max_restarts {
+            let msg = format!(
+                "{why}; {} restarts within {} s: left in crash_loop for a person (instance_get shows its stderr; instance_restart or instance_stop)",
+                self.recent.len(),
+                self.restart.window_seconds
+            );
+            bump(
+                svc,
+                live,
+                Status::CrashLoop,
+                Action::InstanceCrashLoop,
+                &msg,
+            );
+            return self.crash_loop().await;
+        }
+        self.recent.push_back(now);
+        bump(
+            svc,
+            live,
+            Status::Restarting,
+            Action::InstanceExited,
+            &format!("{why}; restarting in {} ms", self.backoff.as_millis()),
+        );
+        self.back_off().await
+    }
+
+    /// Waits in crash_loop for a person: stop, restart, or the coordinator's exit.
+    async fn crash_loop(&mut self) -> Go {
+        let (svc, live) = (&self.svc, &self.live);
+        loop {
+            let shutdown = svc.inner.shutdown.clone();
+            tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(Cmd::Stop { by, done }) => {
+                        finish(svc, live, Status::Stopped, Action::InstanceStopped, &format!("stopped by {}", by.render()), false);
+                        let _ = done.send(());
+                        return None;
                     }
-                    continue;
-                }
-                recent.push_back(now);
-                bump(
-                    &svc,
-                    &live,
-                    Status::Restarting,
-                    Action::InstanceExited,
-                    &format!("{why}; restarting in {} ms", backoff.as_millis()),
-                );
-                let shutdown = svc.inner.shutdown.clone();
-                let sleep = tokio::time::sleep(backoff);
-                tokio::pin!(sleep);
-                backoff = (backoff * 2).min(Duration::from_millis(restart.backoff_max_ms));
-                loop {
-                    tokio::select! {
-                        () = &mut sleep => break,
-                        cmd = rx.recv() => match cmd {
-                            Some(Cmd::Stop { by, done }) => {
-                                finish(&svc, &live, Status::Stopped, Action::InstanceStopped, &format!("stopped by {}", by.render()), false);
-                                let _ = done.send(());
-                                return;
-                            }
-                            Some(Cmd::Restart { done, .. }) => {
-                                pending_restart = Some(done);
-                                break;
-                            }
-                            Some(Cmd::Refresh { .. }) => {}
-                            None => return,
-                        },
-                        () = shutdown.cancelled() => {
-                            finish(&svc, &live, Status::Stopped, Action::InstanceStopped, "the coordinator exited", true);
-                            return;
-                        }
-                        () = ttl_ends(expiry(&live)) => {
-                            expire(&svc, &live);
-                            return;
-                        }
+                    Some(Cmd::Restart { by, done }) => {
+                        self.recent.clear();
+                        self.backoff = Duration::from_millis(self.restart.backoff_initial_ms);
+                        bump(svc, live, Status::Restarting, Action::InstanceRestarted, &format!("restart requested by {}", by.render()));
+                        self.pending_restart = Some(done);
+                        return Some(());
                     }
+                    Some(Cmd::Refresh { .. }) => {}
+                    None => return None,
+                },
+                () = shutdown.cancelled() => {
+                    // A crash loop is not resumed by the next coordinator.
+                    finish(svc, live, Status::Stopped, Action::InstanceStopped, "the coordinator exited while it was in crash_loop", false);
+                    return None;
+                }
+                () = ttl_ends(expiry(live)) => {
+                    expire(svc, live);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Waits out the backoff before the next start (a restart command cuts it short), and
+    /// doubles it for the next time.
+    async fn back_off(&mut self) -> Go {
+        let (svc, live) = (&self.svc, &self.live);
+        let shutdown = svc.inner.shutdown.clone();
+        let sleep = tokio::time::sleep(self.backoff);
+        tokio::pin!(sleep);
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(self.restart.backoff_max_ms));
+        loop {
+            tokio::select! {
+                () = &mut sleep => return Some(()),
+                cmd = self.rx.recv() => match cmd {
+                    Some(Cmd::Stop { by, done }) => {
+                        finish(svc, live, Status::Stopped, Action::InstanceStopped, &format!("stopped by {}", by.render()), false);
+                        let _ = done.send(());
+                        return None;
+                    }
+                    Some(Cmd::Restart { done, .. }) => {
+                        self.pending_restart = Some(done);
+                        return Some(());
+                    }
+                    Some(Cmd::Refresh { .. }) => {}
+                    None => return None,
+                },
+                () = shutdown.cancelled() => {
+                    finish(svc, live, Status::Stopped, Action::InstanceStopped, "the coordinator exited", true);
+                    return None;
+                }
+                () = ttl_ends(expiry(live)) => {
+                    expire(svc, live);
+                    return None;
                 }
             }
         }
@@ -363,32 +402,8 @@ fn stderr_tail(e: &InstanceError) -> Vec<String> {
 async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, InstanceError> {
     let ty = live.ty.clone();
     let name = live.name.clone();
-    let mut row = live.row();
-    let secret_names = ty.required_secrets();
-    let secrets: HashMap<String, String> = if secret_names.is_empty() {
-        HashMap::new()
-    } else {
-        svc.inner
-            .secrets
-            .reveal_many_with(
-                &secret_names,
-                &Actor::system(),
-                json!({"instance": name, "type": live.type_name}),
-            )
-            .map_err(|e| InstanceError::StartFailed {
-                name: name.clone(),
-                message: format!("secret store: {e}"),
-                stderr: Vec::new(),
-            })?
-            .into_iter()
-            .collect()
-    };
-    let redact = super::redact::Redactor::new(secrets.values());
-    let (tools_tx, tools_rx) = mpsc::unbounded_channel();
-    let client = ChildClient {
-        tools_changed: tools_tx,
-    };
-    let init = ty.init_timeout();
+    let secrets = reveal_secrets(svc, live)?;
+    let redact = Redactor::new(secrets.values());
     let masks = redact.clone();
     let fail = |message: String, stderr: Vec<String>| InstanceError::StartFailed {
         name: name.clone(),
@@ -396,126 +411,88 @@ async fn connect(svc: &InstanceService, live: &Arc<Live>) -> Result<Session, Ins
         message: masks.text(&message).into_owned(),
         stderr,
     };
-    let mut fast_link = None;
-    let (service, process) = if let Some(url) = &ty.url {
-        let mut headers = Vec::new();
-        for (k, v) in &ty.headers {
-            headers.push((k.clone(), expand(v, &secrets, &format!("headers.{k}"))?));
-        }
-        let transport = super::http::transport(url, &headers).map_err(|m| fail(m, Vec::new()))?;
-        let service = match tokio::time::timeout(init, client.serve(transport)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(fail(format!("initialize failed: {e}"), Vec::new())),
-            Err(_) => {
-                return Err(fail(
-                    format!(
-                        "no answer to initialize within {} s",
-                        ty.init_timeout_seconds
-                    ),
-                    Vec::new(),
-                ));
-            }
-        };
-        (service, None)
-    } else {
-        let mut env = std::collections::BTreeMap::new();
-        for (k, v) in &ty.env {
-            let value = match live.overrides.env.get(k) {
-                Some(o) => o.clone(),
-                None => expand(v, &secrets, &format!("env.{k}"))?,
-            };
-            env.insert(k.clone(), value);
-        }
-        let spec = SpawnSpec {
-            program: ty.command.clone().unwrap_or_default(),
-            args: ty.args.clone(),
-            env,
-            cwd: ty.cwd.as_ref().map(std::path::PathBuf::from),
-            limits: process::Limits {
-                address_space_mb: ty.limits.address_space_mb,
-                cpu_seconds: ty.limits.cpu_seconds,
-                open_files: ty.limits.open_files,
-            },
-            label: name.clone(),
-            redact: redact.clone(),
-        };
-        let (mut child, stdin, stdout) =
-            process::spawn(&spec).map_err(|e| fail(e.to_string(), Vec::new()))?;
-        *lock(&live.stderr) = child.stderr.clone();
-        row.pid = Some(i64::from(child.pid));
-        *lock(&live.row) = row.clone();
-        let (link, from_child, to_child) =
-            match super::fast::interpose(svc, live, &redact, stdin, stdout) {
-                Ok(parts) => parts,
-                Err(e) => {
-                    child.terminate(Duration::from_millis(500)).await;
-                    return Err(fail(format!("cannot relay its pipes: {e}"), Vec::new()));
-                }
-            };
-        fast_link = Some(link);
-        let started = tokio::time::timeout(init, client.serve((from_child, to_child))).await;
-        let service = match started {
-            Ok(Ok(s)) => s,
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => format!("initialize failed: {e}"),
-                    _ => format!(
-                        "no answer to initialize within {} s",
-                        ty.init_timeout_seconds
-                    ),
-                };
-                let status = child.terminate(Duration::from_millis(500)).await;
-                // Give the stderr reader a moment to take the last lines.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let tail = child.stderr.lines();
-                let last = child.stderr.last(5);
-                let message = if last.is_empty() {
-                    format!("{why} ({status:?}); it wrote nothing to stderr")
-                } else {
-                    format!("{why} ({status:?}); its stderr ends with:\n{last}")
-                };
-                return Err(fail(message, tail));
-            }
-        };
-        (service, Some(child))
-    };
-    let tools = match tokio::time::timeout(init, service.peer().list_all_tools()).await {
-        Ok(Ok(t)) => t,
-        other => {
-            let why = match other {
-                Ok(Err(e)) => format!("tools/list failed: {e}"),
-                _ => format!(
-                    "no answer to tools/list within {} s",
-                    ty.init_timeout_seconds
-                ),
-            };
-            let mut session = Session {
-                service,
-                process,
-                tools_changed: tools_rx,
-            };
-            let tail = session
-                .process
-                .as_ref()
-                .map(|p| p.stderr.lines())
-                .unwrap_or_default();
-            close(&mut session, Duration::from_millis(500)).await;
+    let launch = launch(live, &secrets, &redact)?;
+    let mut session = Session::open(svc, live, launch, &redact)
+        .await
+        .map_err(|f| fail(f.message, f.stderr))?;
+    let tools = match session.list_tools(&ty).await {
+        Ok(t) => t,
+        Err(why) => {
+            let tail = session.stderr_lines();
+            session.close(Duration::from_millis(500)).await;
             return Err(fail(why, tail));
         }
     };
     let table = svc.apply_pins(live, &tools)?;
-    *lock(&live.conn) = Some(Conn {
-        peer: service.peer().clone(),
-        raw: Arc::new(tools),
-        table: Arc::new(table),
-        fast: fast_link,
-        redact,
-    });
-    Ok(Session {
-        service,
-        process,
-        tools_changed: tools_rx,
-    })
+    *lock(&live.conn) = Some(session.conn(tools, table, redact));
+    Ok(session)
+}
+
+/// The secrets the instance's type needs, from the store (an audited reveal).
+fn reveal_secrets(
+    svc: &InstanceService,
+    live: &Live,
+) -> Result<HashMap<String, String>, InstanceError> {
+    let secret_names = live.ty.required_secrets();
+    if secret_names.is_empty() {
+        return Ok(HashMap::new());
+    }
+    Ok(svc
+        .inner
+        .secrets
+        .reveal_many_with(
+            &secret_names,
+            &Actor::system(),
+            json!({"instance": live.name, "type": live.type_name}),
+        )
+        .map_err(|e| InstanceError::StartFailed {
+            name: live.name.clone(),
+            message: format!("secret store: {e}"),
+            stderr: Vec::new(),
+        })?
+        .into_iter()
+        .collect())
+}
+
+/// How to reach the child: its URL and headers, or its command line and environment (the
+/// type's templates expanded, the instance's overrides applied).
+fn launch(
+    live: &Live,
+    secrets: &HashMap<String, String>,
+    redact: &Redactor,
+) -> Result<Launch, InstanceError> {
+    let ty = &live.ty;
+    if let Some(url) = &ty.url {
+        let mut headers = Vec::new();
+        for (k, v) in &ty.headers {
+            headers.push((k.clone(), expand(v, secrets, &format!("headers.{k}"))?));
+        }
+        return Ok(Launch::Http {
+            url: url.clone(),
+            headers,
+        });
+    }
+    let mut env = std::collections::BTreeMap::new();
+    for (k, v) in &ty.env {
+        let value = match live.overrides.env.get(k) {
+            Some(o) => o.clone(),
+            None => expand(v, secrets, &format!("env.{k}"))?,
+        };
+        env.insert(k.clone(), value);
+    }
+    Ok(Launch::Stdio(SpawnSpec {
+        program: ty.command.clone().unwrap_or_default(),
+        args: ty.args.clone(),
+        env,
+        cwd: ty.cwd.as_ref().map(std::path::PathBuf::from),
+        limits: process::Limits {
+            address_space_mb: ty.limits.address_space_mb,
+            cpu_seconds: ty.limits.cpu_seconds,
+            open_files: ty.limits.open_files,
+        },
+        label: live.name.clone(),
+        redact: redact.clone(),
+    }))
 }
 
 /// Records that a connection is up and offers its tools.
@@ -534,8 +511,8 @@ fn on_up(svc: &InstanceService, live: &Arc<Live>, session: &Session, is_restart:
         .unwrap_or_default();
     let mut row = live.row();
     let now = now_ts();
-    row.status = Status::Running.as_str().into();
-    row.pid = session.process.as_ref().map(|p| i64::from(p.pid));
+    row.status = Status::Running;
+    row.pid = session.pid().map(i64::from);
     if row.started_at.is_none() || is_restart {
         row.started_at = Some(now.clone());
     }
@@ -580,16 +557,6 @@ async fn watch(
     let shutdown = svc.inner.shutdown.clone();
     loop {
         let ttl = ttl_ends(expires);
-        let exited = async {
-            match session.process.as_mut() {
-                Some(p) => p
-                    .wait()
-                    .await
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|e| e.to_string()),
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             cmd = rx.recv() => match cmd {
                 Some(Cmd::Stop { by, done }) => return Exit::Stop(by, Some(done)),
@@ -607,45 +574,42 @@ async fn watch(
             },
             () = shutdown.cancelled() => return Exit::Shutdown,
             () = ttl => return Exit::Expired,
-            status = exited => {
-                let tail = lock(&live.stderr).last(3);
-                return Exit::Crashed(if tail.is_empty() {
-                    format!("the child exited ({status})")
-                } else {
-                    format!("the child exited ({status}); its stderr ends with:\n{tail}")
-                });
-            }
-            Some(()) = session.tools_changed.recv() => {
+            event = session.event() => match event {
+                SessionEvent::Exited(status) => {
+                    let tail = lock(&live.stderr).last(3);
+                    return Exit::Crashed(if tail.is_empty() {
+                        format!("the child exited ({status})")
+                    } else {
+                        format!("the child exited ({status}); its stderr ends with:\n{tail}")
+                    });
+                }
                 // Several notifications in a burst need one listing.
-                while session.tools_changed.try_recv().is_ok() {}
-                // The child may take its time to list: the coordinator's exit does not wait.
-                tokio::select! {
-                    () = refresh(svc, live, Some(session)) => {}
-                    () = shutdown.cancelled() => return Exit::Shutdown,
+                SessionEvent::ToolsChanged => {
+                    // The child may take its time to list: the coordinator's exit does not wait.
+                    tokio::select! {
+                        () = refresh(svc, live, Some(session)) => {}
+                        () = shutdown.cancelled() => return Exit::Shutdown,
+                    }
                 }
-            }
+            },
             _ = health.tick() => {
-                // Remember its descendants, so a crash leaves none behind (see process.rs).
-                if let Some(p) = session.process.as_mut() {
-                    p.scan_tree();
-                }
-                let ping = session.service.peer().send_request(ClientRequest::PingRequest(PingRequest::default()));
-                let ping = tokio::time::timeout(Duration::from_secs_f64(ty.health.timeout_seconds), ping);
+                // Remember its descendants, so a crash leaves none behind (see child/process.rs).
+                session.scan_tree();
+                let ping = session.ping(Duration::from_secs_f64(ty.health.timeout_seconds));
                 let answer = tokio::select! {
                     a = ping => a,
                     () = shutdown.cancelled() => return Exit::Shutdown,
                 };
                 let ok = match answer {
-                    Ok(Ok(_)) => true,
-                    Ok(Err(e)) => { tracing::debug!(instance = %live.name, error = %e, "health check failed"); false }
-                    Err(_) => false,
+                    Ok(()) => true,
+                    Err(e) => { tracing::debug!(instance = %live.name, error = %e, "health check failed"); false }
                 };
                 let mut row = live.row();
                 if ok {
-                    if failures > 0 || row.status != Status::Running.as_str() {
+                    if failures > 0 || row.status != Status::Running {
                         failures = 0;
                         row.health = "ok".into();
-                        row.status = Status::Running.as_str().into();
+                        row.status = Status::Running;
                         row.updated_at = now_ts();
                         *lock(&live.row) = row.clone();
                         svc.persist_quiet(&row);
@@ -653,7 +617,7 @@ async fn watch(
                 } else {
                     failures += 1;
                     row.health = format!("failing ({failures}/{})", ty.health.failure_threshold);
-                    row.status = Status::Unhealthy.as_str().into();
+                    row.status = Status::Unhealthy;
                     row.updated_at = now_ts();
                     *lock(&live.row) = row.clone();
                     svc.persist_quiet(&row);
@@ -671,29 +635,19 @@ async fn watch(
 async fn refresh(svc: &InstanceService, live: &Arc<Live>, session: Option<&mut Session>) {
     let Some(conn) = live.conn() else { return };
     let tools = match session {
-        Some(s) => {
-            match tokio::time::timeout(live.ty.init_timeout(), s.service.peer().list_all_tools())
-                .await
-            {
-                Ok(Ok(t)) => t,
-                _ => {
-                    tracing::warn!(instance = %live.name, "could not list tools after tools/list_changed");
-                    return;
-                }
+        Some(s) => match s.list_tools(&live.ty).await {
+            Ok(t) => t,
+            Err(_) => {
+                tracing::warn!(instance = %live.name, "could not list tools after tools/list_changed");
+                return;
             }
-        }
+        },
         None => (*conn.raw).clone(),
     };
     match svc.apply_pins(live, &tools) {
         Ok(table) => {
             let count = table.by_part.len() as i64;
-            *lock(&live.conn) = Some(Conn {
-                peer: conn.peer.clone(),
-                raw: Arc::new(tools),
-                table: Arc::new(table),
-                fast: conn.fast.clone(),
-                redact: conn.redact.clone(),
-            });
+            *lock(&live.conn) = Some(conn.with_tools(tools, table));
             let mut row = live.row();
             row.tools = count;
             row.updated_at = now_ts();
@@ -717,28 +671,7 @@ async fn teardown(svc: &InstanceService, live: &Arc<Live>, mut session: Session,
     } else {
         grace
     };
-    close(&mut session, grace).await;
-}
-
-/// Close (stdin EOF / HTTP session end), wait, SIGTERM the group, wait, SIGKILL the group.
-async fn close(session: &mut Session, grace: Duration) {
-    // Take stock of its descendants while they are still its own: once it exits, those in
-    // other groups or sessions are orphans, known only by this list.
-    if let Some(p) = session.process.as_mut() {
-        p.scan_tree();
-    }
-    let token = session.service.cancellation_token();
-    token.cancel();
-    if let Some(p) = session.process.as_mut() {
-        if tokio::time::timeout(grace / 2, p.wait()).await.is_err() {
-            tracing::debug!(
-                pid = p.pid,
-                "child did not exit on stdin close; sending SIGTERM"
-            );
-        }
-        let outcome = p.terminate(grace).await;
-        tracing::debug!(pid = p.pid, ?outcome, "child terminated");
-    }
+    session.close(grace).await;
 }
 
 /// Ends an instance for good (stopped, expired, failed) and removes it from the live table.
@@ -751,7 +684,7 @@ fn finish(
     resume: bool,
 ) {
     let mut row = live.row();
-    row.status = status.as_str().into();
+    row.status = status;
     row.stopped_at = Some(now_ts());
     row.updated_at = now_ts();
     row.resume = resume && status == Status::Stopped;
@@ -780,7 +713,7 @@ fn finish(
 /// Moves an instance to a non-final status with an audit event, counting a restart.
 fn bump(svc: &InstanceService, live: &Arc<Live>, status: Status, action: Action, why: &str) {
     let mut row = live.row();
-    row.status = status.as_str().into();
+    row.status = status;
     row.updated_at = now_ts();
     row.health = "unknown".into();
     row.tools = 0;

@@ -1,14 +1,18 @@
 //! The coordinator's stdio, split between rmcp and the fast path of proxied calls: a plain
 //! `tools/call` of an allowed child tool from an initialize-era client goes straight to the
-//! child (see `instance::fast`), every other line goes to rmcp; rmcp's output and fast-path
-//! answers share stdout one whole line at a time. stdin is read by the relay thread
-//! (`instance::reactor`) with the children's stdouts, so a proxied call costs no task hand-off.
-//! Every request is put in flight in the ledger of `ClientOut` before either path takes it;
-//! what rmcp would not answer is answered here (`jsonrpc.rs`).
+//! child (see `instance::child::fast`), every other line goes to rmcp; rmcp's output and
+//! fast-path answers share stdout one whole line at a time, through [`ClientOut`]. stdin is read
+//! by the relay thread (`instance::child::reactor`) with the children's stdouts, so a proxied
+//! call costs no task hand-off. Every request is put in flight in the ledger of `ClientOut`
+//! (`relay/ledger.rs`) before either path takes it; what rmcp would not answer is answered here
+//! (`jsonrpc.rs`).
+
+mod ledger;
 
 use std::borrow::Cow;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rmcp::model::RequestId;
 use serde::Deserialize;
@@ -18,9 +22,66 @@ use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream};
 use super::Coordinator;
 use super::jsonrpc::{self, Message, Refusal};
 use crate::audit::{Action, NewEvent, Outcome};
-use crate::instance::{
-    BatchId, ClientOut, FastDone, FastHooks, LineReader, PipeWriter, RmcpLines, Source, contains,
+use crate::instance::child::{
+    ClientSink, FastDone, FastHooks, LineReader, MAX_LINE, PipeWriter, RmcpLines, Source, contains,
 };
+use ledger::{BatchId, Ledger};
+
+/// Where fast-path responses go: the client's side of the coordinator's stdio, shared with
+/// rmcp's own output, one whole line at a time. Writes never block (see [`PipeWriter`]).
+pub(super) struct ClientOut {
+    writer: PipeWriter,
+    /// The client's requests in flight, each answered once (batches as one array).
+    ledger: Ledger,
+}
+
+impl ClientOut {
+    pub fn new(writer: PipeWriter) -> Self {
+        ClientOut {
+            writer,
+            ledger: Ledger::default(),
+        }
+    }
+
+    /// Writes one or more whole JSON-RPC lines (each ending in a newline); answers are
+    /// accounted in the ledger first (see [`Ledger::settle`]).
+    pub fn write_lines(&self, lines: &[u8]) -> std::io::Result<()> {
+        debug_assert!(lines.ends_with(b"\n"));
+        let lines = self.ledger.settle(lines);
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.writer.write(&lines)
+    }
+
+    /// Writes lines the relay made itself (errors it answers for rmcp), past the ledger: they
+    /// answer no request in flight.
+    pub fn write_own(&self, lines: &[u8]) -> std::io::Result<()> {
+        debug_assert!(lines.ends_with(b"\n"));
+        self.writer.write(lines)
+    }
+
+    /// The client's requests in flight.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Closes stdout once everything queued is written.
+    pub fn close(&self) {
+        self.writer.close();
+    }
+
+    /// Waits up to `limit` until everything queued has reached the client.
+    pub fn wait_drained(&self, limit: Duration) -> bool {
+        self.writer.wait_drained(limit)
+    }
+}
+
+impl ClientSink for ClientOut {
+    fn write_lines(&self, lines: &[u8]) -> std::io::Result<()> {
+        ClientOut::write_lines(self, lines)
+    }
+}
 
 /// A `tools/call` request with nothing but a name, arguments and `_meta` (without a progress
 /// token or 2026-07-28 fields; checked below); no MRTR or task fields. Anything else fails to
@@ -139,7 +200,7 @@ impl Source for StdinSource {
             tracing::warn!(
                 dropped,
                 "refused client messages longer than {} MiB",
-                crate::instance::MAX_LINE >> 20
+                MAX_LINE >> 20
             );
             // Unread, so their ids are unknown: each gets an error with a null id.
             let refusal = Refusal {
@@ -148,7 +209,7 @@ impl Source for StdinSource {
                 error: rmcp::ErrorData::invalid_request(
                     format!(
                         "invalid request: a message longer than {} MiB was dropped unread",
-                        crate::instance::MAX_LINE >> 20
+                        MAX_LINE >> 20
                     ),
                     None,
                 ),
@@ -214,10 +275,7 @@ async fn output_pump(
     }
     out.close();
     // The last answers reach the client before the process ends.
-    let _ = tokio::task::spawn_blocking(move || {
-        out.wait_drained(std::time::Duration::from_millis(500))
-    })
-    .await;
+    let _ = tokio::task::spawn_blocking(move || out.wait_drained(Duration::from_millis(500))).await;
 }
 
 impl Coordinator {

@@ -1,9 +1,12 @@
 //! SQL for child MCP instances (one row per instance, written whole by its supervisor) and for
 //! the pinned definitions of their tools.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use std::str::FromStr;
 
-use super::StoreError;
+use rusqlite::{Params, Row, params};
+
+use super::{StoreError, Tx};
+use crate::instance::status::{PinStatus, Status};
 
 /// One row of `instances`.
 #[derive(Debug, Clone, PartialEq)]
@@ -11,7 +14,7 @@ pub struct InstanceRow {
     pub id: String,
     pub name: String,
     pub type_name: String,
-    pub status: String,
+    pub status: Status,
     /// `host:pid:session` of the coordinator process that runs it.
     pub owner: String,
     pub owner_host: String,
@@ -37,12 +40,12 @@ const COLUMNS: &str = "id, name, type, status, owner, owner_host, owner_pid, pid
     ttl_seconds, created_at, started_at, expires_at, stopped_at, restarts, health, last_error, \
     tools, resume, updated_at";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
+fn from_row(r: &Row<'_>) -> Result<InstanceRow, StoreError> {
     Ok(InstanceRow {
         id: r.get(0)?,
         name: r.get(1)?,
         type_name: r.get(2)?,
-        status: r.get(3)?,
+        status: parse(r, 3, "instances.status")?,
         owner: r.get(4)?,
         owner_host: r.get(5)?,
         owner_pid: r.get(6)?,
@@ -63,8 +66,8 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<InstanceRow> {
 }
 
 /// Inserts a new instance. A live instance with the same name is a `Conflict`.
-pub fn insert(conn: &Connection, row: &InstanceRow) -> Result<(), StoreError> {
-    conn.prepare_cached(&format!(
+pub fn insert(tx: &Tx<'_>, row: &InstanceRow) -> Result<(), StoreError> {
+    tx.conn().prepare_cached(&format!(
         "INSERT INTO instances ({COLUMNS}) VALUES \
          (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
     ))?
@@ -72,7 +75,7 @@ pub fn insert(conn: &Connection, row: &InstanceRow) -> Result<(), StoreError> {
         row.id,
         row.name,
         row.type_name,
-        row.status,
+        row.status.as_str(),
         row.owner,
         row.owner_host,
         row.owner_pid,
@@ -95,8 +98,9 @@ pub fn insert(conn: &Connection, row: &InstanceRow) -> Result<(), StoreError> {
 }
 
 /// Writes every mutable column of `row` (status, owner, pid, times, counters).
-pub fn update(conn: &Connection, row: &InstanceRow) -> Result<(), StoreError> {
-    let n = conn
+pub fn update(tx: &Tx<'_>, row: &InstanceRow) -> Result<(), StoreError> {
+    let n = tx
+        .conn()
         .prepare_cached(
             "UPDATE instances SET status = ?2, owner = ?3, owner_host = ?4, owner_pid = ?5, \
              pid = ?6, started_at = ?7, expires_at = ?8, stopped_at = ?9, restarts = ?10, \
@@ -105,7 +109,7 @@ pub fn update(conn: &Connection, row: &InstanceRow) -> Result<(), StoreError> {
         )?
         .execute(params![
             row.id,
-            row.status,
+            row.status.as_str(),
             row.owner,
             row.owner_host,
             row.owner_pid,
@@ -122,20 +126,24 @@ pub fn update(conn: &Connection, row: &InstanceRow) -> Result<(), StoreError> {
         ])
         .map_err(StoreError::from_sqlite)?;
     if n == 0 {
-        return Err(StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows));
+        return Err(StoreError::NotFound {
+            what: "instance",
+            id: row.id.clone(),
+        });
     }
     Ok(())
 }
 
 /// Takes an instance over from `old_owner` (compare and swap): true if this caller won.
 pub fn claim(
-    conn: &Connection,
+    tx: &Tx<'_>,
     id: &str,
     old_owner: &str,
     new_owner: (&str, &str, i64),
     now: &str,
 ) -> Result<bool, StoreError> {
-    let n = conn
+    let n = tx
+        .conn()
         .prepare_cached(
             "UPDATE instances SET owner = ?3, owner_host = ?4, owner_pid = ?5, resume = 0, \
              updated_at = ?6 WHERE id = ?1 AND owner = ?2",
@@ -152,63 +160,51 @@ pub fn claim(
     Ok(n == 1)
 }
 
-pub fn get(conn: &Connection, id: &str) -> Result<Option<InstanceRow>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"))?
-        .query_row([id], from_row)
-        .optional()
-        .map_err(StoreError::from_sqlite)
+pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<InstanceRow>, StoreError> {
+    let mut stmt = tx
+        .conn()
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"))?;
+    first(&mut stmt, [id], from_row)
 }
 
 /// The live instance with this name, if any.
-pub fn live_by_name(conn: &Connection, name: &str) -> Result<Option<InstanceRow>, StoreError> {
-    conn.prepare_cached(&format!(
+pub fn live_by_name(tx: &Tx<'_>, name: &str) -> Result<Option<InstanceRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {COLUMNS} FROM instances WHERE name = ?1 \
          AND status NOT IN ('stopped', 'expired', 'failed')"
-    ))?
-    .query_row([name], from_row)
-    .optional()
-    .map_err(StoreError::from_sqlite)
+    ))?;
+    first(&mut stmt, [name], from_row)
 }
 
 /// The newest instance with this name, live or not.
-pub fn newest_by_name(conn: &Connection, name: &str) -> Result<Option<InstanceRow>, StoreError> {
-    conn.prepare_cached(&format!(
+pub fn newest_by_name(tx: &Tx<'_>, name: &str) -> Result<Option<InstanceRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {COLUMNS} FROM instances WHERE name = ?1 ORDER BY created_at DESC LIMIT 1"
-    ))?
-    .query_row([name], from_row)
-    .optional()
-    .map_err(StoreError::from_sqlite)
+    ))?;
+    first(&mut stmt, [name], from_row)
 }
 
 /// Instances, newest first: live ones only, or all (at most `limit`).
-pub fn list(
-    conn: &Connection,
-    live_only: bool,
-    limit: u32,
-) -> Result<Vec<InstanceRow>, StoreError> {
+pub fn list(tx: &Tx<'_>, live_only: bool, limit: u32) -> Result<Vec<InstanceRow>, StoreError> {
     let filter = if live_only {
         "WHERE status NOT IN ('stopped', 'expired', 'failed')"
     } else {
         ""
     };
-    let mut stmt = conn.prepare_cached(&format!(
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {COLUMNS} FROM instances {filter} ORDER BY created_at DESC LIMIT ?1"
     ))?;
-    let rows = stmt.query_map([limit], from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    all(&mut stmt, [limit], from_row)
 }
 
 /// Candidates for restoring at start: live rows, and rows stopped only because their
 /// coordinator exited.
-pub fn restorable(conn: &Connection) -> Result<Vec<InstanceRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+pub fn restorable(tx: &Tx<'_>) -> Result<Vec<InstanceRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {COLUMNS} FROM instances WHERE status NOT IN ('stopped', 'expired', 'failed') \
          OR (status = 'stopped' AND resume = 1) ORDER BY created_at"
     ))?;
-    let rows = stmt.query_map([], from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    all(&mut stmt, [], from_row)
 }
 
 /// One row of `instance_tool_pins`.
@@ -216,8 +212,7 @@ pub fn restorable(conn: &Connection) -> Result<Vec<InstanceRow>, StoreError> {
 pub struct PinRow {
     pub type_name: String,
     pub tool: String,
-    /// `pinned` or `quarantined`.
-    pub status: String,
+    pub status: PinStatus,
     /// The approved definition's hash (none for a tool quarantined when first seen).
     pub hash: Option<String>,
     pub definition: Option<String>,
@@ -234,11 +229,11 @@ pub struct PinRow {
 const PIN_COLUMNS: &str = "type, tool, status, hash, definition, flags, pending_hash, \
     pending_definition, pending_flags, approval_id, first_seen_at, updated_at";
 
-fn pin_from_row(r: &Row<'_>) -> rusqlite::Result<PinRow> {
+fn pin_from_row(r: &Row<'_>) -> Result<PinRow, StoreError> {
     Ok(PinRow {
         type_name: r.get(0)?,
         tool: r.get(1)?,
-        status: r.get(2)?,
+        status: parse(r, 2, "instance_tool_pins.status")?,
         hash: r.get(3)?,
         definition: r.get(4)?,
         flags: r.get(5)?,
@@ -251,44 +246,148 @@ fn pin_from_row(r: &Row<'_>) -> rusqlite::Result<PinRow> {
     })
 }
 
-pub fn pins(conn: &Connection, type_name: &str) -> Result<Vec<PinRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
+pub fn pins(tx: &Tx<'_>, type_name: &str) -> Result<Vec<PinRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {PIN_COLUMNS} FROM instance_tool_pins WHERE type = ?1 ORDER BY tool"
     ))?;
-    let rows = stmt.query_map([type_name], pin_from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    all(&mut stmt, [type_name], pin_from_row)
 }
 
-pub fn pin(conn: &Connection, type_name: &str, tool: &str) -> Result<Option<PinRow>, StoreError> {
-    conn.prepare_cached(&format!(
+pub fn pin(tx: &Tx<'_>, type_name: &str, tool: &str) -> Result<Option<PinRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
         "SELECT {PIN_COLUMNS} FROM instance_tool_pins WHERE type = ?1 AND tool = ?2"
-    ))?
-    .query_row([type_name, tool], pin_from_row)
-    .optional()
-    .map_err(StoreError::from_sqlite)
+    ))?;
+    first(&mut stmt, [type_name, tool], pin_from_row)
 }
 
 /// Inserts or replaces a pin.
-pub fn put_pin(conn: &Connection, p: &PinRow) -> Result<(), StoreError> {
-    conn.prepare_cached(&format!(
-        "INSERT OR REPLACE INTO instance_tool_pins ({PIN_COLUMNS}) \
+pub fn put_pin(tx: &Tx<'_>, p: &PinRow) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(&format!(
+            "INSERT OR REPLACE INTO instance_tool_pins ({PIN_COLUMNS}) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-    ))?
-    .execute(params![
-        p.type_name,
-        p.tool,
-        p.status,
-        p.hash,
-        p.definition,
-        p.flags,
-        p.pending_hash,
-        p.pending_definition,
-        p.pending_flags,
-        p.approval_id,
-        p.first_seen_at,
-        p.updated_at
-    ])
-    .map_err(StoreError::from_sqlite)?;
+        ))?
+        .execute(params![
+            p.type_name,
+            p.tool,
+            p.status.as_str(),
+            p.hash,
+            p.definition,
+            p.flags,
+            p.pending_hash,
+            p.pending_definition,
+            p.pending_flags,
+            p.approval_id,
+            p.first_seen_at,
+            p.updated_at
+        ])
+        .map_err(StoreError::from_sqlite)?;
     Ok(())
+}
+
+/// A stored closed value (`column` names it in the error), parsed into its enum.
+fn parse<T: FromStr>(r: &Row<'_>, i: usize, column: &'static str) -> Result<T, StoreError> {
+    let text: String = r.get(i)?;
+    text.parse()
+        .map_err(|_| StoreError::unreadable(column, &text))
+}
+
+/// The first row of a query, mapped, if there is one.
+fn first<T>(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl Params,
+    map: fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let mut rows = stmt.query(params)?;
+    match rows.next()? {
+        Some(r) => map(r).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Every row of a query, mapped.
+fn all<T>(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl Params,
+    map: fn(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(map(r)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::{Location, Store};
+
+    fn row(id: &str) -> InstanceRow {
+        InstanceRow {
+            id: id.into(),
+            name: "echo".into(),
+            type_name: "echo".into(),
+            status: Status::Running,
+            owner: "host:1:s".into(),
+            owner_host: "host".into(),
+            owner_pid: 1,
+            pid: None,
+            overrides: "{}".into(),
+            ttl_seconds: None,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            started_at: None,
+            expires_at: None,
+            stopped_at: None,
+            restarts: 0,
+            health: "unknown".into(),
+            last_error: None,
+            tools: 0,
+            resume: false,
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    /// A status this build does not know is reported as unreadable, naming the column and
+    /// the value, rather than handed to the domain to guess at.
+    #[test]
+    fn an_unknown_status_is_unreadable() {
+        let store = Store::open(&Location::Memory).unwrap();
+        store.write(|tx| insert(tx, &row("i1"))).unwrap();
+        assert_eq!(
+            store.read(|tx| get(tx, "i1")).unwrap().map(|r| r.status),
+            Some(Status::Running)
+        );
+        // As a newer build might write it: this one's CHECK constraint would refuse it.
+        store
+            .write(|tx| {
+                tx.conn()
+                    .execute_batch(
+                        "PRAGMA ignore_check_constraints = ON; \
+                         UPDATE instances SET status = 'paused' WHERE id = 'i1'; \
+                         PRAGMA ignore_check_constraints = OFF;",
+                    )
+                    .map_err(StoreError::from)
+            })
+            .unwrap();
+        let err = store.read(|tx| get(tx, "i1")).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Unreadable { column: "instances.status", value } if value == "paused"),
+            "{err}"
+        );
+    }
+
+    /// Writing back an instance that has no row says so by name.
+    #[test]
+    fn updating_a_missing_instance_is_not_found() {
+        let store = Store::open(&Location::Memory).unwrap();
+        let err = store.write(|tx| update(tx, &row("gone"))).unwrap_err();
+        assert!(
+            matches!(&err, StoreError::NotFound { what: "instance", id } if id == "gone"),
+            "{err}"
+        );
+    }
 }

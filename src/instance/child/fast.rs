@@ -5,7 +5,7 @@
 //! (`reactor.rs`) reads the client's stdin and every child's stdout and does both, with writes
 //! that never block (`pipe.rs`). Everything that is not a plain call
 //! of an allowed tool (approval, an open breaker, the 2026-07-28 era, retries) takes the rmcp
-//! path in `mod.rs`; both share the child's pipes here.
+//! path in `call.rs`; both share the child's pipes here.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,58 +17,16 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, ChildStdout};
 
-use super::ledger::Ledger;
 use super::pipe::{LineReader, PipeWriter};
-use super::{ChildTool, InstanceService, Live, lock};
+use crate::instance::redact::Redactor;
+use crate::instance::{ChildTool, InstanceService, Live, Target, lock};
 
-/// Where fast-path responses go: the client's side of the coordinator's stdio, shared with
-/// rmcp's own output, one whole line at a time. Writes never block (see [`PipeWriter`]).
-pub struct ClientOut {
-    writer: PipeWriter,
-    /// The client's requests in flight, each answered once (batches as one array).
-    ledger: Ledger,
-}
-
-impl ClientOut {
-    pub fn new(writer: PipeWriter) -> Self {
-        ClientOut {
-            writer,
-            ledger: Ledger::default(),
-        }
-    }
-
-    /// Writes one or more whole JSON-RPC lines (each ending in a newline); answers are
-    /// accounted in the ledger first (see [`Ledger::settle`]).
-    pub fn write_lines(&self, lines: &[u8]) -> std::io::Result<()> {
-        debug_assert!(lines.ends_with(b"\n"));
-        let lines = self.ledger.settle(lines);
-        if lines.is_empty() {
-            return Ok(());
-        }
-        self.writer.write(&lines)
-    }
-
-    /// Writes lines the relay made itself (errors it answers for rmcp), past the ledger: they
-    /// answer no request in flight.
-    pub fn write_own(&self, lines: &[u8]) -> std::io::Result<()> {
-        debug_assert!(lines.ends_with(b"\n"));
-        self.writer.write(lines)
-    }
-
-    /// The client's requests in flight.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
-
-    /// Closes stdout once everything queued is written.
-    pub fn close(&self) {
-        self.writer.close();
-    }
-
-    /// Waits up to `limit` until everything queued has reached the client.
-    pub fn wait_drained(&self, limit: Duration) -> bool {
-        self.writer.wait_drained(limit)
-    }
+/// Where fast-path answers go: the client's side of the coordinator's stdio (the server's
+/// `ClientOut`, in `server/relay.rs`), shared with rmcp's own output, one whole line at a time;
+/// it accounts each answer to the request in flight before writing it, and never blocks.
+pub trait ClientSink: Send + Sync {
+    /// Writes one or more whole JSON-RPC lines (each ending in a newline).
+    fn write_lines(&self, lines: &[u8]) -> std::io::Result<()>;
 }
 
 /// What the server learns when a fast call ends (for its audit record).
@@ -84,7 +42,7 @@ pub struct FastDone {
 
 /// Set once by the server: where responses go and who records them.
 pub struct FastHooks {
-    pub client_out: Arc<ClientOut>,
+    pub client_out: Arc<dyn ClientSink>,
     pub on_done: Box<dyn Fn(FastDone) + Send + Sync>,
     /// The runtime, for the work the relay thread hands off (retries).
     pub runtime: tokio::runtime::Handle,
@@ -120,7 +78,7 @@ impl FastLink {
 pub(super) fn interpose(
     svc: &InstanceService,
     live: &Arc<Live>,
-    redact: &super::redact::Redactor,
+    redact: &Redactor,
     stdin: ChildStdin,
     stdout: ChildStdout,
 ) -> std::io::Result<(
@@ -248,7 +206,7 @@ struct ChildSource {
     /// The instance's name, for log lines.
     name: String,
     /// Its secret values, masked in answers and progress messages.
-    redact: super::redact::Redactor,
+    redact: Redactor,
     link: Arc<FastLink>,
     stdout: LineReader,
     to_rmcp: RmcpLines,
@@ -381,7 +339,7 @@ struct ProgressParams<'a> {
     message: Option<&'a RawValue>,
 }
 
-fn fast_progress(link: &FastLink, redact: &super::redact::Redactor, line: &[u8]) -> Option<String> {
+fn fast_progress(link: &FastLink, redact: &Redactor, line: &[u8]) -> Option<String> {
     let p: Progress<'_> = serde_json::from_slice(line).ok()?;
     if p.method != "notifications/progress" {
         return None;
@@ -510,7 +468,7 @@ impl InstanceService {
     /// rmcp path.
     pub fn fast_forward(
         &self,
-        target: &super::Target,
+        target: &Target,
         client_id: &RawValue,
         arguments: Option<&RawValue>,
         progress_token: Option<&RawValue>,
@@ -568,7 +526,7 @@ impl InstanceService {
         &self,
         call: EndedCall,
         resp: FastResponse,
-        redact: &super::redact::Redactor,
+        redact: &Redactor,
         out: &mut Vec<u8>,
     ) -> Option<FastDone> {
         match resp {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::process::{ProcStat, read_stat};
+use super::procfs::{ProcStat, read_stat};
 
 /// How often [`run`] looks for adopted processes when no `SIGCHLD` arrives (an orphan that is
 /// re-parented to us does not signal; only its death does).

@@ -196,7 +196,7 @@ const IDLESS_ERROR: &[u8] = b"{\"jsonrpc\":\"2.0\",\"error\":";
 
 fn contains_idless_error(lines: &[u8]) -> bool {
     lines.starts_with(IDLESS_ERROR)
-        || super::fast::contains(lines, b"\n{\"jsonrpc\":\"2.0\",\"error\":")
+        || crate::instance::child::contains(lines, b"\n{\"jsonrpc\":\"2.0\",\"error\":")
 }
 
 /// A line as far as telling an answer from a request needs.

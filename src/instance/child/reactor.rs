@@ -181,8 +181,8 @@ fn run(wake: &OwnedFd, taken: &Receiver<Box<dyn Source>>) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::instance::pipe::LineReader;
-    use crate::instance::pipe::tests::pipe;
+    use crate::instance::child::pipe::LineReader;
+    use crate::instance::child::pipe::tests::pipe;
     use std::io::Write;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
