@@ -5,15 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use rusqlite::Connection;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Action;
 use super::chain::{self, EventFields};
 use super::signer::verify_hex;
-use crate::store::StoreError;
 use crate::store::audit::{self as sql, SignatureRow};
+use crate::store::{StoreError, Tx};
 
 /// How many problems a report lists in full; the count covers all of them.
 const MAX_LISTED: usize = 20;
@@ -124,9 +123,9 @@ pub struct VerifyReport {
     pub duration_ms: u64,
 }
 
-pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyReport, StoreError> {
+pub(super) fn verify(tx: &Tx<'_>, trusted_key: &str) -> Result<VerifyReport, StoreError> {
     let started = Instant::now();
-    let sigs: BTreeMap<i64, SignatureRow> = sql::signatures(conn)?
+    let sigs: BTreeMap<i64, SignatureRow> = sql::signatures(tx)?
         .into_iter()
         .map(|s| (s.seq, s))
         .collect();
@@ -147,7 +146,7 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
     let mut first_unsigned: Option<(i64, String)> = None;
     let mut head_ts = String::new();
 
-    sql::for_each_in_order(conn, |row| -> Result<(), StoreError> {
+    sql::for_each_in_order(tx, |row| -> Result<(), StoreError> {
         checked += 1;
         if row.seq != expected_seq {
             problems.push(VerifyProblem {

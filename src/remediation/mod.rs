@@ -9,45 +9,27 @@ pub mod edit;
 pub mod files;
 #[cfg(test)]
 mod layout_tests;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::approval::{ApprovalError, ApprovalService, Executor, Gate, Risk};
-use crate::assessment::clients::{self, Client, ConfigFile};
-use crate::assessment::launch::{self, Ecosystem};
 use crate::assessment::{AssessmentError, AssessmentService, AssessmentStatus, Severity};
 use crate::audit::chain::now_ts;
 use crate::audit::{Action as AuditAction, Actor, AuditLog, NewEvent, Outcome};
-use crate::macros::string_enum;
+use crate::clients::launch::{self, Ecosystem};
+use crate::clients::{self, Client, ConfigFile};
 use crate::secret::{SecretError, SecretStore};
 use crate::store::StoreError;
-use crate::store::assessment as sql;
+use crate::store::Tx;
+use crate::store::remediation as sql;
 use actions::{Action, Context, MovedSecret};
-
-string_enum!(
-    /// Where a proposal is.
-    RemediationStatus {
-        /// Waiting for review (`remediation_review`).
-        Proposed => "proposed",
-        /// Withdrawn before it ran.
-        Withdrawn => "withdrawn",
-        /// Approved and being written (a crash here leaves it so: it never runs again).
-        Executing => "executing",
-        /// Written; backups kept.
-        Executed => "executed",
-        /// Refused at execution (a file changed since the preview) or a write failed (and was
-        /// undone).
-        Failed => "failed",
-        /// Restored from its backups.
-        RolledBack => "rolled_back",
-    }
-);
+pub use status::RemediationStatus;
 
 /// The change a proposal makes to one file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -409,7 +391,7 @@ impl RemediationService {
             rolled_back_at: None,
         };
         self.audit.store().write(|tx| -> Result<(), RemediationError> {
-            sql::insert_remediation(tx, &p.id, p.status.as_str(), p.assessment_id.as_deref(), &at, &doc(&p))?;
+            sql::insert_remediation(tx, &p.id, p.status, p.assessment_id.as_deref(), &at, &doc(&p))?;
             self.audit.append_in(
                 tx,
                 &NewEvent {
@@ -719,7 +701,10 @@ impl RemediationService {
     }
 
     pub fn get(&self, id: &str) -> Result<Proposal, RemediationError> {
-        let text = sql::get_doc(&self.audit.store().lock(), sql::Docs::Remediations, id)?
+        let text = self
+            .audit
+            .store()
+            .read(|tx| sql::get_doc(tx, id))?
             .ok_or_else(|| RemediationError::NotFound(id.into()))?;
         serde_json::from_str(&text).map_err(|e| {
             RemediationError::Conflict(format!("stored proposal {id} is unreadable: {e}"))
@@ -731,31 +716,21 @@ impl RemediationService {
         status: Option<RemediationStatus>,
         limit: u32,
     ) -> Result<Vec<Proposal>, RemediationError> {
-        sql::list_docs(
-            &self.audit.store().lock(),
-            sql::Docs::Remediations,
-            status.map(RemediationStatus::as_str),
-            i64::from(limit),
-        )?
-        .iter()
-        .map(|t| serde_json::from_str(t).map_err(|e| RemediationError::Conflict(e.to_string())))
-        .collect()
+        self.audit
+            .store()
+            .read(|tx| sql::list_docs(tx, status, i64::from(limit)))?
+            .iter()
+            .map(|t| serde_json::from_str(t).map_err(|e| RemediationError::Conflict(e.to_string())))
+            .collect()
     }
 
     fn save(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &Tx<'_>,
         p: &Proposal,
         from: RemediationStatus,
     ) -> Result<(), RemediationError> {
-        if !sql::move_remediation(
-            tx,
-            &p.id,
-            from.as_str(),
-            p.status.as_str(),
-            &p.updated_at,
-            &doc(p),
-        )? {
+        if !sql::move_remediation(tx, &p.id, from, p.status, &p.updated_at, &doc(p))? {
             return Err(RemediationError::Conflict(format!(
                 "remediation {} is no longer {from}; it was changed by someone else",
                 p.id
@@ -1289,7 +1264,14 @@ mod tests {
         audit
             .store()
             .write(|tx| {
-                sql::insert_remediation(tx, &p.id, "executing", None, &p.created_at, &doc(&p))
+                sql::insert_remediation(
+                    tx,
+                    &p.id,
+                    RemediationStatus::Executing,
+                    None,
+                    &p.created_at,
+                    &doc(&p),
+                )
             })
             .unwrap();
         std::fs::create_dir_all(dir.path().join("backups/rem_stuck")).unwrap();

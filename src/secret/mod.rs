@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use rand_core::RngCore;
-use rusqlite::Connection;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,8 +21,8 @@ mod sealed;
 pub use sealed::{BACKUP_KEY, is_sealed, sealed_origin};
 
 use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome, chain};
-use crate::store::StoreError;
 use crate::store::secret::{self as sql, SecretRow};
+use crate::store::{StoreError, Tx};
 
 /// The environment variable holding the master key as 64 hex characters.
 pub const ENV_KEY: &str = "MCP_COORDINATOR_MASTER_KEY";
@@ -432,16 +431,16 @@ impl SecretStore {
 
     /// The current master key. From [`ENV_KEY`] when set; else the key file, which is created
     /// only when `create` (a first write) and no secrets exist under another key.
-    fn current_key(&self, conn: &Connection, create: bool) -> Result<MasterKey, SecretError> {
+    fn current_key(&self, tx: &Tx<'_>, create: bool) -> Result<MasterKey, SecretError> {
         if let Some(text) = self.env_var(ENV_KEY) {
             return MasterKey::parse(&text, KeySource::Env);
         }
-        self.finish_interrupted_rotation(conn)?;
+        self.finish_interrupted_rotation(tx)?;
         let path = self.key_path();
         if let Some(text) = read_key_file(&path)? {
             return MasterKey::parse(&text, KeySource::File(path));
         }
-        let stored = sql::fingerprints(conn)?;
+        let stored = sql::fingerprints(tx)?;
         if !stored.is_empty() {
             let n: i64 = stored.iter().map(|(_, n)| n).sum();
             let fps: Vec<&str> = stored.iter().map(|(f, _)| f.as_str()).collect();
@@ -485,7 +484,7 @@ rand -hex 32`), or store a first secret with `mcp-coordinator secrets set NAME`,
     /// renaming the new key into place: when rows are stored under the key in `master.key.next`,
     /// that key is the current one. A `master.key.next` no row uses is left for `rotate_key`,
     /// which removes it under the write lock.
-    fn finish_interrupted_rotation(&self, conn: &Connection) -> Result<(), SecretError> {
+    fn finish_interrupted_rotation(&self, tx: &Tx<'_>) -> Result<(), SecretError> {
         let next = self.next_key_path();
         let Some(text) = read_key_file(&next)? else {
             return Ok(());
@@ -493,7 +492,7 @@ rand -hex 32`), or store a first secret with `mcp-coordinator secrets set NAME`,
         let Ok(key) = MasterKey::parse(&text, KeySource::File(next.clone())) else {
             return Ok(());
         };
-        if !sql::any_under(conn, &key.fingerprint)? {
+        if !sql::any_under(tx, &key.fingerprint)? {
             return Ok(());
         }
         match std::fs::rename(&next, self.key_path()) {
@@ -518,8 +517,7 @@ rand -hex 32`), or store a first secret with `mcp-coordinator secrets set NAME`,
     /// Which master key is in use (its fingerprint and where it comes from), without creating
     /// one. A malformed key is an error.
     pub fn key_status(&self) -> Result<KeyStatus, SecretError> {
-        let conn = self.audit.store().lock();
-        match self.current_key(&conn, false) {
+        match self.audit.store().read(|tx| self.current_key(tx, false)) {
             Ok(k) => Ok(KeyStatus {
                 fingerprint: Some(k.fingerprint.clone()),
                 source: k.source.to_string(),
@@ -546,7 +544,7 @@ rand -hex 32`), or store a first secret with `mcp-coordinator secrets set NAME`,
     /// Same, inside the caller's write transaction.
     pub fn set_in(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         name: &str,
         value: &str,
         by: &Actor,
@@ -661,13 +659,14 @@ rand -hex 32`), or store a first secret with `mcp-coordinator secrets set NAME`,
     /// Every secret, by name, with the last four characters of those the current key decrypts.
     /// Without any key, every secret is listed unreadable; a malformed key is an error.
     pub fn list(&self) -> Result<Vec<SecretInfo>, SecretError> {
-        let conn = self.audit.store().lock();
-        let key = match self.current_key(&conn, false) {
-            Ok(k) => Some(k),
-            Err(SecretError::NoKey(_)) => None,
-            Err(e) => return Err(e),
-        };
-        let rows = sql::all(&conn)?;
+        let (key, rows) = self.audit.store().read(|tx| {
+            let key = match self.current_key(tx, false) {
+                Ok(k) => Some(k),
+                Err(SecretError::NoKey(_)) => None,
+                Err(e) => return Err(e),
+            };
+            Ok::<_, SecretError>((key, sql::all(tx)?))
+        })?;
         Ok(rows
             .into_iter()
             // The coordinator's own keys are not the person's secrets.
@@ -692,7 +691,7 @@ rand -hex 32`), or store a first secret with `mcp-coordinator secrets set NAME`,
     /// Whether a secret with this name is stored (readable or not).
     pub fn exists(&self, name: &str) -> Result<bool, SecretError> {
         check_name(name)?;
-        Ok(sql::get(&self.audit.store().lock(), name)?.is_some())
+        Ok(self.audit.store().read(|tx| sql::get(tx, name))?.is_some())
     }
 
     /// Deletes a secret (no key needed); whether there was one.
@@ -757,7 +756,7 @@ unset {ENV_NEW_KEY} to rotate the key file {path}, or first move to a variable w
     /// transaction. Rows already under `new` are checked and left alone.
     fn reencrypt_all(
         &self,
-        tx: &Connection,
+        tx: &Tx<'_>,
         new: &MasterKey,
         by: &Actor,
     ) -> Result<usize, SecretError> {
@@ -938,15 +937,14 @@ mod tests {
         let s = store(dir.path(), Some(KEY_A));
         s.set("ONE", "value-number-one-xyz", &me()).unwrap();
         s.set("TWO", "value-number-two-xyz", &me()).unwrap();
-        {
-            let conn = s.audit.store().lock();
-            conn.execute_batch(
-                "UPDATE secrets SET nonce = (SELECT nonce FROM secrets WHERE name = 'TWO'),
-                     ciphertext = (SELECT ciphertext FROM secrets WHERE name = 'TWO')
-                 WHERE name = 'ONE'",
-            )
+        // ONE's row gets TWO's nonce and ciphertext.
+        s.audit
+            .store()
+            .write(|tx| {
+                let two = sql::get(tx, "TWO")?.expect("TWO is stored");
+                sql::reencrypt(tx, "ONE", &two.nonce, &two.ciphertext, &two.key_fingerprint)
+            })
             .unwrap();
-        }
         let err = s.reveal_many(&["ONE".into()], &me()).unwrap_err();
         assert!(matches!(err, SecretError::Tampered { .. }), "{err}");
         assert!(!err.to_string().contains("value-number"));

@@ -10,6 +10,7 @@ mod checkpointer;
 pub mod instance;
 pub mod overseer;
 pub mod pipeline;
+pub mod remediation;
 pub mod secret;
 pub mod task;
 
@@ -227,7 +228,8 @@ impl StoreError {
         if let rusqlite::Error::SqliteFailure(e, detail) = &err
             && matches!(
                 e.extended_code,
-                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
             )
         {
             return StoreError::Conflict {
