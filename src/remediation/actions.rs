@@ -99,21 +99,7 @@ pub fn apply(
     resolved_version: Option<&str>,
 ) -> Result<Vec<MovedSecret>, RemediationError> {
     match action {
-        Action::RemoveServer { server, .. } => {
-            let pointer = file
-                .server(server)
-                .map(|s| s.pointer.clone())
-                .ok_or_else(|| no_server(file, server))?;
-            let (parent, key) = pointer
-                .rsplit_once('/')
-                .ok_or_else(|| no_server(file, server))?;
-            let key = key.replace("~1", "/").replace("~0", "~");
-            doc.pointer_mut(parent)
-                .and_then(Value::as_object_mut)
-                .and_then(|m| m.shift_remove(&key))
-                .ok_or_else(|| no_server(file, server))?;
-            Ok(Vec::new())
-        }
+        Action::RemoveServer { server, .. } => remove_server(doc, file, server),
         Action::DisableServer { server, .. } => {
             entry_mut(doc, file, server)?.insert("disabled".into(), Value::Bool(true));
             Ok(Vec::new())
@@ -123,76 +109,9 @@ pub fn apply(
             field,
             value,
             ..
-        } => {
-            if value_looks_secret(value) {
-                return Err(invalid(
-                    "value",
-                    format!(
-                        "the value for {field} looks like a secret; use move_secret_to_store instead of writing it into the file"
-                    ),
-                ));
-            }
-            let entry = entry_mut(doc, file, server)?;
-            match field.split_once('.') {
-                Some((map @ ("env" | "headers"), name)) if !name.is_empty() => {
-                    let m = entry
-                        .entry(map.to_string())
-                        .or_insert_with(|| Value::Object(Map::new()))
-                        .as_object_mut()
-                        .ok_or_else(|| {
-                            invalid(
-                                "field",
-                                format!("server {server:?}: {map} is not an object"),
-                            )
-                        })?;
-                    if value.is_null() {
-                        m.shift_remove(name);
-                    } else {
-                        m.insert(name.to_string(), value.clone());
-                    }
-                }
-                None if SETTABLE.contains(&field.as_str()) => {
-                    check_type(field, value)?;
-                    if value.is_null() {
-                        entry.shift_remove(field);
-                    } else {
-                        entry.insert(field.clone(), value.clone());
-                    }
-                }
-                _ => {
-                    return Err(invalid(
-                        "field",
-                        format!(
-                            "field {field:?} cannot be set; expected one of {}, env.NAME or headers.NAME",
-                            SETTABLE.join(", ")
-                        ),
-                    ));
-                }
-            }
-            Ok(Vec::new())
-        }
+        } => set_server_field(doc, file, server, field, value),
         Action::PinPackageVersion { server, .. } => {
-            let version = resolved_version.ok_or_else(|| {
-                invalid(
-                    "version",
-                    "no version to pin to (give version or lookup_latest)",
-                )
-            })?;
-            let entry = entry_mut(doc, file, server)?;
-            let command = entry.get("command").and_then(Value::as_str).unwrap_or("");
-            let args = clients::strings(entry.get("args"));
-            let pkg = launch::package(command, &args).ok_or_else(|| {
-                invalid(
-                    "server",
-                    format!(
-                        "server {server:?} does not launch a package through npx, uvx, pip or docker"
-                    ),
-                )
-            })?;
-            let mut args = args;
-            args[pkg.arg_index] = launch::pinned_spec(&pkg, version);
-            entry.insert("args".into(), json!(args));
-            Ok(Vec::new())
+            pin_package_version(doc, file, server, resolved_version)
         }
         Action::MoveSecretToStore {
             server,
@@ -200,126 +119,262 @@ pub fn apply(
             secret_name,
             via,
             ..
-        } => {
-            let is_vscode = file.client == Client::Vscode;
-            let entry = entry_mut(doc, file, server)?;
-            let env = entry
-                .get_mut("env")
-                .and_then(Value::as_object_mut)
-                .ok_or_else(|| invalid("env_var", format!("server {server:?} has no env")))?;
-            let value = env
-                .get(env_var)
-                .and_then(Value::as_str)
-                .map(String::from)
-                .ok_or_else(|| {
-                    invalid(
-                        "env_var",
-                        format!("server {server:?} has no env variable {env_var}"),
-                    )
-                })?;
-            if value.is_empty() || launch::is_placeholder(&value) {
-                return Err(invalid(
-                    "env_var",
-                    format!("{env_var} of server {server:?} holds no literal value to move"),
-                ));
-            }
-            match via {
-                SecretVia::VscodeInput => {
-                    if !is_vscode {
-                        return Err(invalid(
-                            "via",
-                            "via vscode_input applies only to VS Code mcp.json files",
-                        ));
-                    }
-                    env.insert(env_var.clone(), json!(format!("${{input:{secret_name}}}")));
-                    let root = doc.as_object_mut().ok_or_else(|| {
-                        invalid("file", format!("{} is not a JSON object", file.path))
-                    })?;
-                    let inputs = root
-                        .entry("inputs")
-                        .or_insert_with(|| Value::Array(Vec::new()))
-                        .as_array_mut()
-                        .ok_or_else(|| {
-                            invalid("file", format!("{}: `inputs` is not an array", file.path))
-                        })?;
-                    if !inputs
-                        .iter()
-                        .any(|i| i.get("id").and_then(Value::as_str) == Some(secret_name))
-                    {
-                        inputs.push(json!({
-                            "type": "promptString",
-                            "id": secret_name,
-                            "description": format!("{env_var} for MCP server {server}"),
-                            "password": true
-                        }));
-                    }
-                    Ok(Vec::new())
-                }
-                SecretVia::Exec => {
-                    env.shift_remove(env_var);
-                    if env.is_empty() {
-                        entry.shift_remove("env");
-                    }
-                    wrap_in_exec(entry, &[(env_var.clone(), secret_name.clone())], ctx)
-                        .map_err(|m| invalid("via", m))?;
-                    Ok(vec![MovedSecret {
-                        name: secret_name.clone(),
-                        value,
-                    }])
-                }
-            }
-        }
+        } => move_secret_to_store(doc, file, server, env_var, secret_name, *via, ctx),
         Action::InstallServer {
             server,
             entry,
             secrets,
             ..
-        } => {
-            if entry.get("command").and_then(Value::as_str).is_none()
-                && entry.get("url").and_then(Value::as_str).is_none()
-            {
-                return Err(invalid(
-                    "entry",
-                    "entry needs `command` (stdio) or `url` (remote)",
-                ));
+        } => install_server(doc, file, server, entry, secrets, ctx),
+    }
+}
+
+/// `remove_server`: deletes the entry from its parent object.
+fn remove_server(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    let pointer = file
+        .server(server)
+        .map(|s| s.pointer.clone())
+        .ok_or_else(|| no_server(file, server))?;
+    let (parent, key) = pointer
+        .rsplit_once('/')
+        .ok_or_else(|| no_server(file, server))?;
+    let key = key.replace("~1", "/").replace("~0", "~");
+    doc.pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .and_then(|m| m.shift_remove(&key))
+        .ok_or_else(|| no_server(file, server))?;
+    Ok(Vec::new())
+}
+
+/// `set_server_field`: one settable field, or one `env.NAME` / `headers.NAME`; a null value
+/// removes it. A value that looks like a secret is refused.
+fn set_server_field(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+    field: &str,
+    value: &Value,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    if value_looks_secret(value) {
+        return Err(invalid(
+            "value",
+            format!(
+                "the value for {field} looks like a secret; use move_secret_to_store instead of writing it into the file"
+            ),
+        ));
+    }
+    let entry = entry_mut(doc, file, server)?;
+    match field.split_once('.') {
+        Some((map @ ("env" | "headers"), name)) if !name.is_empty() => {
+            let m = entry
+                .entry(map.to_string())
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .ok_or_else(|| {
+                    invalid(
+                        "field",
+                        format!("server {server:?}: {map} is not an object"),
+                    )
+                })?;
+            if value.is_null() {
+                m.shift_remove(name);
+            } else {
+                m.insert(name.to_string(), value.clone());
             }
-            if let Some(at) = secret_at(&Value::Object(entry.clone()), "entry") {
-                return Err(invalid(
-                    at,
-                    "this value looks like a secret; put it in the secret store (mcp-coordinator secrets set NAME) and name it in `secrets` instead",
-                ));
+        }
+        None if SETTABLE.contains(&field) => {
+            check_type(field, value)?;
+            if value.is_null() {
+                entry.shift_remove(field);
+            } else {
+                entry.insert(field.to_string(), value.clone());
             }
-            let servers = servers_mut(doc, file)?;
-            if servers.contains_key(server) {
-                return Err(invalid(
-                    "server",
-                    format!(
-                        "{} already has a server named {server:?}; remove it first or choose another name",
-                        file.path
-                    ),
-                ));
-            }
-            let mut new = entry.clone();
-            if !secrets.is_empty() {
-                let pairs = secrets
-                    .iter()
-                    .map(|(var, name)| {
-                        name.as_str()
-                            .map(|n| (var.clone(), n.to_string()))
-                            .ok_or_else(|| {
-                                invalid(
-                                    format!("secrets.{var}"),
-                                    "expected a secret name (a string)",
-                                )
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                wrap_in_exec(&mut new, &pairs, ctx).map_err(|m| invalid("secrets", m))?;
-            }
-            servers.insert(server.clone(), Value::Object(new));
-            Ok(Vec::new())
+        }
+        _ => {
+            return Err(invalid(
+                "field",
+                format!(
+                    "field {field:?} cannot be set; expected one of {}, env.NAME or headers.NAME",
+                    SETTABLE.join(", ")
+                ),
+            ));
         }
     }
+    Ok(Vec::new())
+}
+
+/// `pin_package_version`: rewrites the package spec on the command line to the version.
+fn pin_package_version(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+    resolved_version: Option<&str>,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    let version = resolved_version.ok_or_else(|| {
+        invalid(
+            "version",
+            "no version to pin to (give version or lookup_latest)",
+        )
+    })?;
+    let entry = entry_mut(doc, file, server)?;
+    let command = entry.get("command").and_then(Value::as_str).unwrap_or("");
+    let args = clients::strings(entry.get("args"));
+    let pkg = launch::package(command, &args).ok_or_else(|| {
+        invalid(
+            "server",
+            format!("server {server:?} does not launch a package through npx, uvx, pip or docker"),
+        )
+    })?;
+    let mut args = args;
+    args[pkg.arg_index] = launch::pinned_spec(&pkg, version);
+    entry.insert("args".into(), json!(args));
+    Ok(Vec::new())
+}
+
+/// `move_secret_to_store`: takes the variable's value out of the file, into a VS Code input
+/// or (returned, for the secret store) behind `mcp-coordinator exec`.
+fn move_secret_to_store(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+    env_var: &str,
+    secret_name: &str,
+    via: SecretVia,
+    ctx: &Context<'_>,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    let is_vscode = file.client == Client::Vscode;
+    let entry = entry_mut(doc, file, server)?;
+    let env = entry
+        .get_mut("env")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| invalid("env_var", format!("server {server:?} has no env")))?;
+    let value = env
+        .get(env_var)
+        .and_then(Value::as_str)
+        .map(String::from)
+        .ok_or_else(|| {
+            invalid(
+                "env_var",
+                format!("server {server:?} has no env variable {env_var}"),
+            )
+        })?;
+    if value.is_empty() || launch::is_placeholder(&value) {
+        return Err(invalid(
+            "env_var",
+            format!("{env_var} of server {server:?} holds no literal value to move"),
+        ));
+    }
+    match via {
+        SecretVia::VscodeInput => {
+            if !is_vscode {
+                return Err(invalid(
+                    "via",
+                    "via vscode_input applies only to VS Code mcp.json files",
+                ));
+            }
+            env.insert(
+                env_var.to_string(),
+                json!(format!("${{input:{secret_name}}}")),
+            );
+            let root = doc
+                .as_object_mut()
+                .ok_or_else(|| invalid("file", format!("{} is not a JSON object", file.path)))?;
+            let inputs = root
+                .entry("inputs")
+                .or_insert_with(|| Value::Array(Vec::new()))
+                .as_array_mut()
+                .ok_or_else(|| {
+                    invalid("file", format!("{}: `inputs` is not an array", file.path))
+                })?;
+            if !inputs
+                .iter()
+                .any(|i| i.get("id").and_then(Value::as_str) == Some(secret_name))
+            {
+                inputs.push(json!({
+                    "type": "promptString",
+                    "id": secret_name,
+                    "description": format!("{env_var} for MCP server {server}"),
+                    "password": true
+                }));
+            }
+            Ok(Vec::new())
+        }
+        SecretVia::Exec => {
+            env.shift_remove(env_var);
+            if env.is_empty() {
+                entry.shift_remove("env");
+            }
+            wrap_in_exec(
+                entry,
+                &[(env_var.to_string(), secret_name.to_string())],
+                ctx,
+            )
+            .map_err(|m| invalid("via", m))?;
+            Ok(vec![MovedSecret {
+                name: secret_name.to_string(),
+                value,
+            }])
+        }
+    }
+}
+
+/// `install_server`: adds a new entry (refusing literal secrets and an existing name),
+/// launched through `mcp-coordinator exec` when it names secrets.
+fn install_server(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+    entry: &Map<String, Value>,
+    secrets: &Map<String, Value>,
+    ctx: &Context<'_>,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    if entry.get("command").and_then(Value::as_str).is_none()
+        && entry.get("url").and_then(Value::as_str).is_none()
+    {
+        return Err(invalid(
+            "entry",
+            "entry needs `command` (stdio) or `url` (remote)",
+        ));
+    }
+    if let Some(at) = secret_at(&Value::Object(entry.clone()), "entry") {
+        return Err(invalid(
+            at,
+            "this value looks like a secret; put it in the secret store (mcp-coordinator secrets set NAME) and name it in `secrets` instead",
+        ));
+    }
+    let servers = servers_mut(doc, file)?;
+    if servers.contains_key(server) {
+        return Err(invalid(
+            "server",
+            format!(
+                "{} already has a server named {server:?}; remove it first or choose another name",
+                file.path
+            ),
+        ));
+    }
+    let mut new = entry.clone();
+    if !secrets.is_empty() {
+        let pairs = secrets
+            .iter()
+            .map(|(var, name)| {
+                name.as_str()
+                    .map(|n| (var.clone(), n.to_string()))
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("secrets.{var}"),
+                            "expected a secret name (a string)",
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        wrap_in_exec(&mut new, &pairs, ctx).map_err(|m| invalid("secrets", m))?;
+    }
+    servers.insert(server.to_string(), Value::Object(new));
+    Ok(Vec::new())
 }
 
 /// Fields `set_server_field` may set directly.

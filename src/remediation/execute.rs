@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::json;
 
+use super::actions::{Action, MovedSecret};
 use super::{ActionResult, Backup, Origin, files};
 use super::{Proposal, RemediationError, RemediationService, RemediationStatus};
 use crate::audit::chain::now_ts;
@@ -61,56 +62,8 @@ impl RemediationService {
                 self.approvals.consume_in(tx, &approval_id, &gate, by)?;
                 self.save(tx, &p, RemediationStatus::Proposed)
             })?;
-        let mut results = Vec::new();
-        let mut backups: Vec<Backup> = Vec::new();
-        let mut failure = None;
-        let dir = self.backups_dir.join(&p.id);
-        'files: for (n, (path, text, moved)) in writes.iter().enumerate() {
-            for s in moved {
-                if let Err(e) = self.secrets.set(&s.name, &s.value, by) {
-                    failure = Some(format!("could not store secret {}: {e}", s.name));
-                    break 'files;
-                }
-            }
-            let existed = Path::new(path).exists();
-            let backup_path = if existed {
-                match self.back_up(path, &dir, n) {
-                    Ok(b) => Some(b),
-                    Err(e) => {
-                        failure = Some(format!("could not back up {path}: {e}"));
-                        break;
-                    }
-                }
-            } else {
-                None
-            };
-            if let Err(e) = files::atomic_write(Path::new(path), text.as_bytes()) {
-                failure = Some(format!("could not write {path}: {e}"));
-                break;
-            }
-            backups.push(Backup {
-                path: path.clone(),
-                backup_path,
-                written_sha256: files::sha256(text.as_bytes()),
-            });
-        }
-        for (i, a) in p.actions.iter().enumerate() {
-            let written = backups.iter().any(|b| b.path == a.file());
-            results.push(ActionResult {
-                index: i,
-                action: a.kind().into(),
-                file: a.file().into(),
-                server: a.server().into(),
-                ok: written && failure.is_none(),
-                message: if failure.is_none() {
-                    format!("done: {}", a.describe())
-                } else if written {
-                    "written, then undone because another file failed".into()
-                } else {
-                    "not written".into()
-                },
-            });
-        }
+        let (backups, failure) = self.write_files(&p.id, &writes, by);
+        let results = action_results(&p.actions, &backups, failure.as_deref());
         if let Some(why) = &failure {
             // Put back what was written, newest first.
             for b in backups.iter().rev() {
@@ -145,6 +98,50 @@ impl RemediationService {
                 critical: true,
             })?;
         Ok(p)
+    }
+
+    /// Stores each file's moved secrets, backs the file up and writes it atomically, in
+    /// order, stopping at the first failure: the backups taken (one per file written) and
+    /// what failed, if anything.
+    fn write_files(
+        &self,
+        id: &str,
+        writes: &[(String, String, Vec<MovedSecret>)],
+        by: &Actor,
+    ) -> (Vec<Backup>, Option<String>) {
+        let mut backups: Vec<Backup> = Vec::new();
+        let mut failure = None;
+        let dir = self.backups_dir.join(id);
+        'files: for (n, (path, text, moved)) in writes.iter().enumerate() {
+            for s in moved {
+                if let Err(e) = self.secrets.set(&s.name, &s.value, by) {
+                    failure = Some(format!("could not store secret {}: {e}", s.name));
+                    break 'files;
+                }
+            }
+            let existed = Path::new(path).exists();
+            let backup_path = if existed {
+                match self.back_up(path, &dir, n) {
+                    Ok(b) => Some(b),
+                    Err(e) => {
+                        failure = Some(format!("could not back up {path}: {e}"));
+                        break;
+                    }
+                }
+            } else {
+                None
+            };
+            if let Err(e) = files::atomic_write(Path::new(path), text.as_bytes()) {
+                failure = Some(format!("could not write {path}: {e}"));
+                break;
+            }
+            backups.push(Backup {
+                path: path.clone(),
+                backup_path,
+                written_sha256: files::sha256(text.as_bytes()),
+            });
+        }
+        (backups, failure)
     }
 
     /// Refuses, before anyone is asked, a proposal whose files changed since its preview (or a
@@ -357,4 +354,34 @@ impl RemediationService {
             .open_file(path, &bytes)
             .map_err(|e| e.to_string())
     }
+}
+
+/// What happened to each action: done when every file was written; otherwise whether its file
+/// was written and then undone, or never written.
+fn action_results(
+    actions: &[Action],
+    backups: &[Backup],
+    failure: Option<&str>,
+) -> Vec<ActionResult> {
+    actions
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let written = backups.iter().any(|b| b.path == a.file());
+            ActionResult {
+                index: i,
+                action: a.kind().into(),
+                file: a.file().into(),
+                server: a.server().into(),
+                ok: written && failure.is_none(),
+                message: if failure.is_none() {
+                    format!("done: {}", a.describe())
+                } else if written {
+                    "written, then undone because another file failed".into()
+                } else {
+                    "not written".into()
+                },
+            }
+        })
+        .collect()
 }

@@ -305,6 +305,62 @@ impl RemediationService {
         Ok(f)
     }
 
+    /// The file an action group changes, as it is now, with its text (`creating`: it does not
+    /// exist, and install_server makes it empty for its client). Only the user's own client
+    /// configs qualify; errors are blamed on `first`, the first action naming the file.
+    fn file_as_now(
+        &self,
+        path: &str,
+        acts: &[(&Action, Origin)],
+        first: Origin,
+    ) -> Result<(ConfigFile, String, bool), RemediationError> {
+        let file_error = |m: String| first.blame(invalid("file", m));
+        // Only the user's own client configs, never any file a caller names.
+        self.assessments
+            .may_change(Path::new(&path))
+            .map_err(file_error)?;
+        let creating = !Path::new(&path).exists();
+        let (file, before) = if creating {
+            let client = acts.iter().find_map(|(a, _)| match a {
+                Action::InstallServer { client, .. } => *client,
+                _ => None,
+            });
+            let client = client.ok_or_else(|| {
+                file_error(format!(
+                    "{path} does not exist; to create it with install_server, give `client`"
+                ))
+            })?;
+            if let Some((_, o)) = acts
+                .iter()
+                .find(|(a, _)| !matches!(a, Action::InstallServer { .. }))
+            {
+                return Err(o.blame(invalid("file", format!("{path} does not exist"))));
+            }
+            let key = if client == Client::Vscode {
+                "servers"
+            } else {
+                "mcpServers"
+            };
+            (
+                ConfigFile {
+                    document: json!({}),
+                    ..ConfigFile::empty(path.to_string(), client, clients::Scope::Project, key)
+                },
+                String::new(),
+            )
+        } else {
+            let f = self.read(path, None).map_err(|e| first.blame(e))?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| file_error(format!("cannot read {path}: {e}")))?;
+            // The document is the text's, read once: the edit and the hash both start from
+            // exactly these bytes.
+            let (doc, _) = clients::parse(&text)
+                .map_err(|e| file_error(format!("{path} cannot be changed safely: {e}")))?;
+            (reparse(&f, &doc), text)
+        };
+        Ok((file, before, creating))
+    }
+
     /// Applies the actions to the files as they are now: per file, the new text and its plan;
     /// and the secrets to store; the overall risk and its notes.
     #[allow(clippy::type_complexity)]
@@ -339,50 +395,7 @@ impl RemediationService {
         for (path, acts) in by_file {
             // A problem with the file is blamed on the first action that names it.
             let first = acts.first().map_or(Origin::Given(0), |(_, o)| *o);
-            let file_error = |m: String| first.blame(invalid("file", m));
-            // Only the user's own client configs, never any file a caller names.
-            self.assessments
-                .may_change(Path::new(&path))
-                .map_err(file_error)?;
-            let creating = !Path::new(&path).exists();
-            let (file, before) = if creating {
-                let client = acts.iter().find_map(|(a, _)| match a {
-                    Action::InstallServer { client, .. } => *client,
-                    _ => None,
-                });
-                let client = client.ok_or_else(|| {
-                    file_error(format!(
-                        "{path} does not exist; to create it with install_server, give `client`"
-                    ))
-                })?;
-                if let Some((_, o)) = acts
-                    .iter()
-                    .find(|(a, _)| !matches!(a, Action::InstallServer { .. }))
-                {
-                    return Err(o.blame(invalid("file", format!("{path} does not exist"))));
-                }
-                let key = if client == Client::Vscode {
-                    "servers"
-                } else {
-                    "mcpServers"
-                };
-                (
-                    ConfigFile {
-                        document: json!({}),
-                        ..ConfigFile::empty(path.clone(), client, clients::Scope::Project, key)
-                    },
-                    String::new(),
-                )
-            } else {
-                let f = self.read(&path, None).map_err(|e| first.blame(e))?;
-                let text = std::fs::read_to_string(&path)
-                    .map_err(|e| file_error(format!("cannot read {path}: {e}")))?;
-                // The document is the text's, read once: the edit and the hash both start from
-                // exactly these bytes.
-                let (doc, _) = clients::parse(&text)
-                    .map_err(|e| file_error(format!("{path} cannot be changed safely: {e}")))?;
-                (reparse(&f, &doc), text)
-            };
+            let (file, before, creating) = self.file_as_now(&path, &acts, first)?;
             let mut doc = file.document.clone();
             let mut moved = Vec::new();
             for (a, origin) in &acts {
