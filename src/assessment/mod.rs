@@ -1,7 +1,14 @@
-//! Assessments of the MCP client configs on this machine: find the files (`clients`), apply
-//! the rules of one assessment type (`rules`, with the `policy`), and record the request and
-//! its findings. Requests are recorded first and run afterwards; a cancelled assessment never
-//! gets results.
+//! Assessments of the MCP client configs on this machine: find the files (`crate::clients`),
+//! apply the rules of one assessment type (`rules`, with the `policy`), and record the request
+//! and its findings. Requests are recorded first and run afterwards; a cancelled assessment
+//! never gets results.
+//!
+//! What lives here: the service and its types (this file), the assessment status (`status`,
+//! a leaf the store parses into), the policy file (`policy`) and the rules, one file per
+//! family (`rules/`). It may depend on `clients` (the config model, the actions a finding
+//! suggests), `audit`, `store` (its `assessment` table module, through `Tx`) and small shared
+//! helpers (`glob`, `macros`); never on `remediation` (which builds on it), `server`, rmcp or
+//! the database driver.
 
 pub mod policy;
 pub mod rules;

@@ -1,6 +1,12 @@
 //! The audit log service: appends redacted, hash-chained events (alone or inside a caller's
 //! state-changing transaction), signs the chain head, pages through events and verifies the
 //! whole chain.
+//!
+//! What lives here: the service (this file), who did something (`actor`), what was done and
+//! how it ended (`action`), the hash chain (`chain`), redaction (`redact`), the signing key and
+//! the head signer (`signer`, `head_signer`) and verification (`verify`). Every other domain
+//! depends on it; it depends only on `store` (its `audit` table module, through `Tx`),
+//! `keyfile` and `limits`, never on another domain, `server`, rmcp or the database driver.
 
 mod action;
 mod actor;

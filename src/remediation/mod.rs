@@ -2,6 +2,16 @@
 //! findings or given explicitly), each proposal with its risk and a unified diff per file;
 //! execution once a person approved exactly that proposal (hash check of every file, backups,
 //! atomic writes, results per action, never twice); and rollback from the backups.
+//!
+//! What lives here: the types and the service's bookkeeping (this file), making a proposal
+//! (`propose`), running and rolling one back (`execute`), applying one action to a document
+//! (`actions`), editing JSONC in place (`edit`), diffs (`diff`), file writes and backups
+//! (`files`) and the proposal status (`status`, a leaf the store parses into). It may depend
+//! on `clients` (the config model and the action types), `assessment` (a proposal made from
+//! an assessment's findings reads that assessment; the dependency runs this way only),
+//! `approval` (the gate every write passes), `secret`, `audit`, `store` (its `remediation`
+//! table module, through `Tx`) and `net` (registry lookups); never on `server`, rmcp or
+//! the database driver.
 
 pub mod actions;
 pub mod diff;

@@ -3,6 +3,11 @@
 //! random 96-bit nonce per value and the name as associated data. It fails closed: a missing or
 //! wrong key is an error naming what to do, never an empty value. Every change is audited in the
 //! same transaction, by name only; no value (or part of one) reaches a log, an error or an event.
+//!
+//! What lives here: the store's service (this file), the master key and sealing one value
+//! (`key`), key rotation (`rotate`) and the coordinator's own sealed files (`sealed`). It may
+//! depend on `audit`, `store` (its `secret` table module, through `Tx`), `keyfile` and
+//! `logging` (to keep values out of logs); never on `server`, rmcp or the database driver.
 
 use std::path::PathBuf;
 
