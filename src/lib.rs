@@ -5,6 +5,7 @@ pub mod agent;
 pub mod approval;
 pub mod assessment;
 pub mod audit;
+pub mod clients;
 pub mod config;
 pub mod fault;
 pub mod glob;

@@ -21,9 +21,9 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::audit::chain::{format_ms, now_ts};
 use crate::audit::{Action, Actor, ActorKind, AuditLog, NewEvent, Outcome};
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::limits;
 use crate::macros::string_enum;
 use crate::store::agent::{self as sql, AgentRow};

@@ -1,12 +1,18 @@
-//! Assessments of the MCP client configs on this machine: find the files (`clients`), apply
-//! the rules of one assessment type (`rules`, with the `policy`), and record the request and
-//! its findings. Requests are recorded first and run afterwards; a cancelled assessment never
-//! gets results.
+//! Assessments of the MCP client configs on this machine: find the files (`crate::clients`),
+//! apply the rules of one assessment type (`rules`, with the `policy`), and record the request
+//! and its findings. Requests are recorded first and run afterwards; a cancelled assessment
+//! never gets results.
+//!
+//! What lives here: the service and its types (this file), the assessment status (`status`,
+//! a leaf the store parses into), the policy file (`policy`) and the rules, one file per
+//! family (`rules/`). It may depend on `clients` (the config model, the actions a finding
+//! suggests), `audit`, `store` (its `assessment` table module, through `Tx`) and small shared
+//! helpers (`glob`, `macros`); never on `remediation` (which builds on it), `server`, rmcp or
+//! the database driver.
 
-pub mod clients;
-pub mod launch;
 pub mod policy;
 pub mod rules;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,12 +23,15 @@ use serde_json::json;
 
 use crate::audit::chain::now_ts;
 use crate::audit::{Action as AuditAction, Actor, AuditLog, NewEvent, Outcome};
+use crate::clients::action::Action;
+use crate::clients::{Client, ConfigFile, Roots};
 use crate::macros::string_enum;
-use crate::remediation::actions::Action;
 use crate::store::StoreError;
 use crate::store::assessment as sql;
-use clients::{Client, ConfigFile, Roots};
+// The client-config model moved to `crate::clients`; these keep its old paths working.
+pub use crate::clients::{self, launch};
 use policy::Policy;
+pub use status::AssessmentStatus;
 use std::str::FromStr;
 
 string_enum!(
@@ -59,16 +68,6 @@ string_enum!(
         /// Files that do not parse, commands not found, incomplete or disabled entries,
         /// duplicates.
         Health => "health",
-    }
-);
-
-string_enum!(
-    /// Where an assessment is.
-    AssessmentStatus {
-        Running => "running",
-        Completed => "completed",
-        Failed => "failed",
-        Cancelled => "cancelled",
     }
 );
 
@@ -362,7 +361,7 @@ impl AssessmentService {
                     tx,
                     &a.id,
                     a.kind.as_str(),
-                    a.status.as_str(),
+                    a.status,
                     &a.created_at,
                     &doc(&a),
                 )?;
@@ -406,7 +405,7 @@ impl AssessmentService {
         }
         a.finished_at = Some(now_ts());
         let stored = self.audit.store().write(|tx| -> Result<bool, AssessmentError> {
-            if !sql::finish_assessment(tx, id, a.status.as_str(), &doc(&a))? {
+            if !sql::finish_assessment(tx, id, a.status, &doc(&a))? {
                 return Ok(false);
             }
             self.audit.append_in(
@@ -452,7 +451,10 @@ impl AssessmentService {
     }
 
     pub fn get(&self, id: &str) -> Result<Assessment, AssessmentError> {
-        let text = sql::get_doc(&self.audit.store().lock(), sql::Docs::Assessments, id)?
+        let text = self
+            .audit
+            .store()
+            .read(|tx| sql::get_doc(tx, id))?
             .ok_or_else(|| AssessmentError::NotFound(id.into()))?;
         serde_json::from_str(&text).map_err(|e| {
             AssessmentError::Conflict(format!("stored assessment {id} is unreadable: {e}"))
@@ -465,12 +467,10 @@ impl AssessmentService {
         status: Option<AssessmentStatus>,
         limit: u32,
     ) -> Result<Vec<Assessment>, AssessmentError> {
-        let rows = sql::list_docs(
-            &self.audit.store().lock(),
-            sql::Docs::Assessments,
-            status.map(AssessmentStatus::as_str),
-            i64::from(limit),
-        )?;
+        let rows = self
+            .audit
+            .store()
+            .read(|tx| sql::list_docs(tx, status, i64::from(limit)))?;
         rows.iter()
             .map(|t| {
                 serde_json::from_str::<Assessment>(t)
@@ -497,7 +497,7 @@ impl AssessmentService {
         self.audit
             .store()
             .write(|tx| -> Result<(), AssessmentError> {
-                if !sql::finish_assessment(tx, id, a.status.as_str(), &doc(&a))? {
+                if !sql::finish_assessment(tx, id, a.status, &doc(&a))? {
                     return Err(AssessmentError::Conflict(format!(
                         "assessment {id} finished before it could be cancelled"
                     )));

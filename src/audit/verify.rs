@@ -5,15 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use rusqlite::Connection;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::Action;
 use super::chain::{self, EventFields};
 use super::signer::verify_hex;
-use crate::store::StoreError;
-use crate::store::audit::{self as sql, SignatureRow};
+use crate::store::audit::{self as sql, EventRow, SignatureRow};
+use crate::store::{StoreError, Tx};
 
 /// How many problems a report lists in full; the count covers all of them.
 const MAX_LISTED: usize = 20;
@@ -124,9 +123,9 @@ pub struct VerifyReport {
     pub duration_ms: u64,
 }
 
-pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyReport, StoreError> {
+pub(super) fn verify(tx: &Tx<'_>, trusted_key: &str) -> Result<VerifyReport, StoreError> {
     let started = Instant::now();
-    let sigs: BTreeMap<i64, SignatureRow> = sql::signatures(conn)?
+    let sigs: BTreeMap<i64, SignatureRow> = sql::signatures(tx)?
         .into_iter()
         .map(|s| (s.seq, s))
         .collect();
@@ -147,55 +146,9 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
     let mut first_unsigned: Option<(i64, String)> = None;
     let mut head_ts = String::new();
 
-    sql::for_each_in_order(conn, |row| -> Result<(), StoreError> {
+    sql::for_each_in_order(tx, |row| -> Result<(), StoreError> {
         checked += 1;
-        if row.seq != expected_seq {
-            problems.push(VerifyProblem {
-                seq: expected_seq,
-                kind: ProblemKind::Missing,
-                message: format!(
-                    "events {expected_seq}..{} are missing: the sequence jumps from {} to {}",
-                    row.seq - 1,
-                    expected_seq - 1,
-                    row.seq
-                ),
-            });
-        }
-        let recomputed = chain::event_hash(&EventFields {
-            seq: row.seq,
-            ts: &row.ts,
-            actor: &row.actor,
-            action: &row.action,
-            subject: &row.subject,
-            outcome: &row.outcome,
-            detail: &row.detail,
-            prev_hash: &row.prev_hash,
-        });
-        if recomputed != row.hash {
-            problems.push(VerifyProblem {
-                seq: row.seq,
-                kind: ProblemKind::Edited,
-                message: format!(
-                    "event {} was edited or moved: its content hashes to {} but the stored hash is {}",
-                    row.seq,
-                    short(&recomputed),
-                    short(&row.hash)
-                ),
-            });
-        } else if row.prev_hash != prev_hash && row.seq == expected_seq {
-            problems.push(VerifyProblem {
-                seq: row.seq,
-                kind: ProblemKind::BrokenLink,
-                message: format!(
-                    "event {} does not follow event {}: its prev_hash is {} but event {} hashes to {} (rows reordered, replaced or inserted)",
-                    row.seq,
-                    row.seq - 1,
-                    short(&row.prev_hash),
-                    row.seq - 1,
-                    short(&prev_hash)
-                ),
-            });
-        }
+        let recomputed = check_event(&row, expected_seq, &prev_hash, &mut problems);
         // A key event counts only as stored: an edited one introduces nothing.
         if row.action == Action::AuditKeyAdded.as_str() && recomputed == row.hash {
             keys.introduce(&row.subject, row.seq);
@@ -234,28 +187,10 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
     }
 
     problems.sort_by_key(|p| p.seq);
-    sig_status.unsigned_tail = match (head_seq, sig_status.last_signed_seq) {
-        (Some(h), Some(s)) => (h - s).max(0) as u64,
-        (Some(h), None) => h as u64,
-        (None, _) => 0,
-    };
     sig_status.keys = keys.into_list();
-    let mut warnings = Vec::new();
-    if let Some(head) = head_seq.filter(|_| sig_status.unsigned_tail > 0) {
-        let from = head + 1 - sig_status.unsigned_tail as i64;
-        sig_status.unsigned_since = first_unsigned
-            .filter(|(seq, _)| *seq == from)
-            .map(|(_, ts)| ts);
-        let when = match &sig_status.unsigned_since {
-            Some(since) => format!(", written {since} to {head_ts}"),
-            None => String::new(),
-        };
-        warnings.push(format!(
-            "the newest {} event(s) ({from}..{head}{when}) are not covered by a signature: deleting them would not be detected. A running coordinator signs within {} s and at shutdown; a longer tail means it was killed, or events were written by a process that does not sign",
-            sig_status.unsigned_tail,
-            super::head_signer::INTERVAL.as_secs()
-        ));
-    }
+    let warnings = unsigned_tail(&mut sig_status, head_seq, first_unsigned, &head_ts)
+        .into_iter()
+        .collect();
     let first = problems.first().cloned();
     let problem_count = problems.len() as u64;
     problems.truncate(MAX_LISTED);
@@ -272,6 +207,95 @@ pub(super) fn verify(conn: &Connection, trusted_key: &str) -> Result<VerifyRepor
         warnings,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Checks one event against its place in the walk (the sequence number and the previous
+/// event's hash it should have) and its own content; returns the hash its content has.
+fn check_event(
+    row: &EventRow,
+    expected_seq: i64,
+    prev_hash: &str,
+    problems: &mut Vec<VerifyProblem>,
+) -> String {
+    if row.seq != expected_seq {
+        problems.push(VerifyProblem {
+            seq: expected_seq,
+            kind: ProblemKind::Missing,
+            message: format!(
+                "events {expected_seq}..{} are missing: the sequence jumps from {} to {}",
+                row.seq - 1,
+                expected_seq - 1,
+                row.seq
+            ),
+        });
+    }
+    let recomputed = chain::event_hash(&EventFields {
+        seq: row.seq,
+        ts: &row.ts,
+        actor: &row.actor,
+        action: &row.action,
+        subject: &row.subject,
+        outcome: &row.outcome,
+        detail: &row.detail,
+        prev_hash: &row.prev_hash,
+    });
+    if recomputed != row.hash {
+        problems.push(VerifyProblem {
+            seq: row.seq,
+            kind: ProblemKind::Edited,
+            message: format!(
+                "event {} was edited or moved: its content hashes to {} but the stored hash is {}",
+                row.seq,
+                short(&recomputed),
+                short(&row.hash)
+            ),
+        });
+    } else if row.prev_hash != prev_hash && row.seq == expected_seq {
+        problems.push(VerifyProblem {
+            seq: row.seq,
+            kind: ProblemKind::BrokenLink,
+            message: format!(
+                "event {} does not follow event {}: its prev_hash is {} but event {} hashes to {} (rows reordered, replaced or inserted)",
+                row.seq,
+                row.seq - 1,
+                short(&row.prev_hash),
+                row.seq - 1,
+                short(prev_hash)
+            ),
+        });
+    }
+    recomputed
+}
+
+/// Counts the events no signature covers (`status.unsigned_tail`, and since when) and says
+/// what that means, if there are any.
+fn unsigned_tail(
+    status: &mut SignatureStatus,
+    head_seq: Option<i64>,
+    first_unsigned: Option<(i64, String)>,
+    head_ts: &str,
+) -> Option<String> {
+    status.unsigned_tail = match (head_seq, status.last_signed_seq) {
+        (Some(h), Some(s)) => (h - s).max(0) as u64,
+        (Some(h), None) => h as u64,
+        (None, _) => 0,
+    };
+    if let Some(head) = head_seq.filter(|_| status.unsigned_tail > 0) {
+        let from = head + 1 - status.unsigned_tail as i64;
+        status.unsigned_since = first_unsigned
+            .filter(|(seq, _)| *seq == from)
+            .map(|(_, ts)| ts);
+        let when = match &status.unsigned_since {
+            Some(since) => format!(", written {since} to {head_ts}"),
+            None => String::new(),
+        };
+        return Some(format!(
+            "the newest {} event(s) ({from}..{head}{when}) are not covered by a signature: deleting them would not be detected. A running coordinator signs within {} s and at shutdown; a longer tail means it was killed, or events were written by a process that does not sign",
+            status.unsigned_tail,
+            super::head_signer::INTERVAL.as_secs()
+        ));
+    }
+    None
 }
 
 /// The keys met so far: this coordinator's, those the chain introduced (and where), and those

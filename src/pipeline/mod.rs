@@ -29,10 +29,9 @@ use std::sync::{Arc, Mutex};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::fault::{ErrorCode, Fault, IntoFault};
-use serde_json::json;
 use crate::approval::{ApprovalError, ApprovalService};
 use crate::audit::NewEvent;
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::limits;
 use crate::store::{Store, StoreError, Tx};
 use crate::task::{TaskError, TaskService};
@@ -40,6 +39,7 @@ pub use dag::{Dag, Definition, Dependency, StageDef, Template};
 pub use definition::{NewPipeline, Pipeline, PipelineSummary};
 pub use engine::Advanced;
 pub use run::{NewRun, Run, StageRun, WebhookStatus, describe_progress, run_uri};
+use serde_json::json;
 pub use status::{RunStatus, StageStatus, WebhookState};
 
 /// `[pipelines]` in the config file.

@@ -2,156 +2,13 @@
 //! package version, move a secret to the store, remove, disable or edit a server entry, and
 //! install a new one. Applying never touches the disk; it returns the new document.
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{RemediationError, invalid};
-use crate::assessment::clients::{self, Client, ConfigFile, pointer_segment};
-use crate::assessment::launch::{self, Ecosystem};
 use crate::audit::redact;
-
-/// How a secret moved out of a file is given back to the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum SecretVia {
-    /// Stored encrypted in the coordinator's secret store; the entry launches through
-    /// `mcp-coordinator exec --secret NAME=VAR -- <original command>`, which puts it in the
-    /// server's environment only.
-    #[default]
-    Exec,
-    /// VS Code only: an `inputs` entry (`promptString`, `password: true`) that VS Code asks for
-    /// and keeps itself; the entry refers to it as `${input:NAME}`. Nothing is stored here.
-    VscodeInput,
-}
-
-/// One change to one client config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Action {
-    /// Make the package a stdio server launches (`npx`, `uvx`, `pip`, `docker`) name an exact
-    /// version: `version` as given, or the registry's newest release with `lookup_latest`.
-    // One of the two is required (`RemediationService::resolve` refuses neither). Nested in
-    // the list of actions, an `anyOf` suits every client; only an input schema's root must
-    // not have one.
-    #[schemars(extend("anyOf" = [
-        {"required": ["version"]},
-        {"required": ["lookup_latest"], "properties": {"lookup_latest": {"const": true}}}
-    ]))]
-    PinPackageVersion {
-        file: String,
-        server: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        version: Option<String>,
-        #[serde(default)]
-        lookup_latest: bool,
-    },
-    /// Take the value of environment variable `env_var` out of the file: into the secret store
-    /// as `secret_name` (launching through `mcp-coordinator exec`), or into a VS Code input.
-    MoveSecretToStore {
-        file: String,
-        server: String,
-        env_var: String,
-        secret_name: String,
-        /// `exec` (default: the secret store; the entry launches through `mcp-coordinator
-        /// exec`) or `vscode_input` (VS Code only: VS Code asks for it and keeps it).
-        #[serde(default)]
-        via: SecretVia,
-    },
-    /// Delete the server entry.
-    RemoveServer { file: String, server: String },
-    /// Set `disabled: true` on the entry (clients that honour it stop launching it).
-    DisableServer { file: String, server: String },
-    /// Set one field of the entry: `command`, `args`, `url`, `type`, `cwd`, `disabled`,
-    /// `timeout`, or one variable `env.NAME` / header `headers.NAME` (values that look like
-    /// secrets are refused: use move_secret_to_store).
-    SetServerField {
-        file: String,
-        server: String,
-        field: String,
-        value: Value,
-    },
-    /// Add a server entry (the installer). `entry` is the client's own shape: `command`,
-    /// `args`, `env` for stdio, or `url` (and `type`) for remote. `secrets` maps environment
-    /// variables to secret-store names: the entry then launches through `mcp-coordinator exec`.
-    InstallServer {
-        file: String,
-        server: String,
-        entry: Map<String, Value>,
-        #[serde(default, skip_serializing_if = "Map::is_empty")]
-        secrets: Map<String, Value>,
-        /// The client format, when the file does not exist yet.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        client: Option<Client>,
-    },
-}
-
-impl Action {
-    pub fn file(&self) -> &str {
-        match self {
-            Action::PinPackageVersion { file, .. }
-            | Action::MoveSecretToStore { file, .. }
-            | Action::RemoveServer { file, .. }
-            | Action::DisableServer { file, .. }
-            | Action::SetServerField { file, .. }
-            | Action::InstallServer { file, .. } => file,
-        }
-    }
-
-    pub fn server(&self) -> &str {
-        match self {
-            Action::PinPackageVersion { server, .. }
-            | Action::MoveSecretToStore { server, .. }
-            | Action::RemoveServer { server, .. }
-            | Action::DisableServer { server, .. }
-            | Action::SetServerField { server, .. }
-            | Action::InstallServer { server, .. } => server,
-        }
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Action::PinPackageVersion { .. } => "pin_package_version",
-            Action::MoveSecretToStore { .. } => "move_secret_to_store",
-            Action::RemoveServer { .. } => "remove_server",
-            Action::DisableServer { .. } => "disable_server",
-            Action::SetServerField { .. } => "set_server_field",
-            Action::InstallServer { .. } => "install_server",
-        }
-    }
-
-    /// One line for people.
-    pub fn describe(&self) -> String {
-        match self {
-            Action::PinPackageVersion {
-                server, version, ..
-            } => format!(
-                "pin the package of server {server} to {}",
-                version.as_deref().unwrap_or("its newest release")
-            ),
-            Action::MoveSecretToStore {
-                server,
-                env_var,
-                secret_name,
-                via,
-                ..
-            } => match via {
-                SecretVia::Exec => format!(
-                    "move {env_var} of server {server} into the secret store as {secret_name}, launched through mcp-coordinator exec"
-                ),
-                SecretVia::VscodeInput => format!(
-                    "replace {env_var} of server {server} with VS Code input ${{input:{secret_name}}}"
-                ),
-            },
-            Action::RemoveServer { server, .. } => format!("remove server {server}"),
-            Action::DisableServer { server, .. } => format!("disable server {server}"),
-            Action::SetServerField { server, field, .. } => {
-                format!("set {field} of server {server}")
-            }
-            Action::InstallServer { server, .. } => format!("install server {server}"),
-        }
-    }
-}
+pub use crate::clients::action::{Action, SecretVia, secret_name_for};
+use crate::clients::launch::{self, Ecosystem};
+use crate::clients::{self, Client, ConfigFile, pointer_segment};
 
 /// What applying an action needs from outside the document.
 pub struct Context<'a> {
@@ -242,21 +99,7 @@ pub fn apply(
     resolved_version: Option<&str>,
 ) -> Result<Vec<MovedSecret>, RemediationError> {
     match action {
-        Action::RemoveServer { server, .. } => {
-            let pointer = file
-                .server(server)
-                .map(|s| s.pointer.clone())
-                .ok_or_else(|| no_server(file, server))?;
-            let (parent, key) = pointer
-                .rsplit_once('/')
-                .ok_or_else(|| no_server(file, server))?;
-            let key = key.replace("~1", "/").replace("~0", "~");
-            doc.pointer_mut(parent)
-                .and_then(Value::as_object_mut)
-                .and_then(|m| m.shift_remove(&key))
-                .ok_or_else(|| no_server(file, server))?;
-            Ok(Vec::new())
-        }
+        Action::RemoveServer { server, .. } => remove_server(doc, file, server),
         Action::DisableServer { server, .. } => {
             entry_mut(doc, file, server)?.insert("disabled".into(), Value::Bool(true));
             Ok(Vec::new())
@@ -266,76 +109,9 @@ pub fn apply(
             field,
             value,
             ..
-        } => {
-            if value_looks_secret(value) {
-                return Err(invalid(
-                    "value",
-                    format!(
-                        "the value for {field} looks like a secret; use move_secret_to_store instead of writing it into the file"
-                    ),
-                ));
-            }
-            let entry = entry_mut(doc, file, server)?;
-            match field.split_once('.') {
-                Some((map @ ("env" | "headers"), name)) if !name.is_empty() => {
-                    let m = entry
-                        .entry(map.to_string())
-                        .or_insert_with(|| Value::Object(Map::new()))
-                        .as_object_mut()
-                        .ok_or_else(|| {
-                            invalid(
-                                "field",
-                                format!("server {server:?}: {map} is not an object"),
-                            )
-                        })?;
-                    if value.is_null() {
-                        m.shift_remove(name);
-                    } else {
-                        m.insert(name.to_string(), value.clone());
-                    }
-                }
-                None if SETTABLE.contains(&field.as_str()) => {
-                    check_type(field, value)?;
-                    if value.is_null() {
-                        entry.shift_remove(field);
-                    } else {
-                        entry.insert(field.clone(), value.clone());
-                    }
-                }
-                _ => {
-                    return Err(invalid(
-                        "field",
-                        format!(
-                            "field {field:?} cannot be set; expected one of {}, env.NAME or headers.NAME",
-                            SETTABLE.join(", ")
-                        ),
-                    ));
-                }
-            }
-            Ok(Vec::new())
-        }
+        } => set_server_field(doc, file, server, field, value),
         Action::PinPackageVersion { server, .. } => {
-            let version = resolved_version.ok_or_else(|| {
-                invalid(
-                    "version",
-                    "no version to pin to (give version or lookup_latest)",
-                )
-            })?;
-            let entry = entry_mut(doc, file, server)?;
-            let command = entry.get("command").and_then(Value::as_str).unwrap_or("");
-            let args = clients::strings(entry.get("args"));
-            let pkg = launch::package(command, &args).ok_or_else(|| {
-                invalid(
-                    "server",
-                    format!(
-                        "server {server:?} does not launch a package through npx, uvx, pip or docker"
-                    ),
-                )
-            })?;
-            let mut args = args;
-            args[pkg.arg_index] = launch::pinned_spec(&pkg, version);
-            entry.insert("args".into(), json!(args));
-            Ok(Vec::new())
+            pin_package_version(doc, file, server, resolved_version)
         }
         Action::MoveSecretToStore {
             server,
@@ -343,126 +119,262 @@ pub fn apply(
             secret_name,
             via,
             ..
-        } => {
-            let is_vscode = file.client == Client::Vscode;
-            let entry = entry_mut(doc, file, server)?;
-            let env = entry
-                .get_mut("env")
-                .and_then(Value::as_object_mut)
-                .ok_or_else(|| invalid("env_var", format!("server {server:?} has no env")))?;
-            let value = env
-                .get(env_var)
-                .and_then(Value::as_str)
-                .map(String::from)
-                .ok_or_else(|| {
-                    invalid(
-                        "env_var",
-                        format!("server {server:?} has no env variable {env_var}"),
-                    )
-                })?;
-            if value.is_empty() || launch::is_placeholder(&value) {
-                return Err(invalid(
-                    "env_var",
-                    format!("{env_var} of server {server:?} holds no literal value to move"),
-                ));
-            }
-            match via {
-                SecretVia::VscodeInput => {
-                    if !is_vscode {
-                        return Err(invalid(
-                            "via",
-                            "via vscode_input applies only to VS Code mcp.json files",
-                        ));
-                    }
-                    env.insert(env_var.clone(), json!(format!("${{input:{secret_name}}}")));
-                    let root = doc.as_object_mut().ok_or_else(|| {
-                        invalid("file", format!("{} is not a JSON object", file.path))
-                    })?;
-                    let inputs = root
-                        .entry("inputs")
-                        .or_insert_with(|| Value::Array(Vec::new()))
-                        .as_array_mut()
-                        .ok_or_else(|| {
-                            invalid("file", format!("{}: `inputs` is not an array", file.path))
-                        })?;
-                    if !inputs
-                        .iter()
-                        .any(|i| i.get("id").and_then(Value::as_str) == Some(secret_name))
-                    {
-                        inputs.push(json!({
-                            "type": "promptString",
-                            "id": secret_name,
-                            "description": format!("{env_var} for MCP server {server}"),
-                            "password": true
-                        }));
-                    }
-                    Ok(Vec::new())
-                }
-                SecretVia::Exec => {
-                    env.shift_remove(env_var);
-                    if env.is_empty() {
-                        entry.shift_remove("env");
-                    }
-                    wrap_in_exec(entry, &[(env_var.clone(), secret_name.clone())], ctx)
-                        .map_err(|m| invalid("via", m))?;
-                    Ok(vec![MovedSecret {
-                        name: secret_name.clone(),
-                        value,
-                    }])
-                }
-            }
-        }
+        } => move_secret_to_store(doc, file, server, env_var, secret_name, *via, ctx),
         Action::InstallServer {
             server,
             entry,
             secrets,
             ..
-        } => {
-            if entry.get("command").and_then(Value::as_str).is_none()
-                && entry.get("url").and_then(Value::as_str).is_none()
-            {
-                return Err(invalid(
-                    "entry",
-                    "entry needs `command` (stdio) or `url` (remote)",
-                ));
+        } => install_server(doc, file, server, entry, secrets, ctx),
+    }
+}
+
+/// `remove_server`: deletes the entry from its parent object.
+fn remove_server(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    let pointer = file
+        .server(server)
+        .map(|s| s.pointer.clone())
+        .ok_or_else(|| no_server(file, server))?;
+    let (parent, key) = pointer
+        .rsplit_once('/')
+        .ok_or_else(|| no_server(file, server))?;
+    let key = key.replace("~1", "/").replace("~0", "~");
+    doc.pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .and_then(|m| m.shift_remove(&key))
+        .ok_or_else(|| no_server(file, server))?;
+    Ok(Vec::new())
+}
+
+/// `set_server_field`: one settable field, or one `env.NAME` / `headers.NAME`; a null value
+/// removes it. A value that looks like a secret is refused.
+fn set_server_field(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+    field: &str,
+    value: &Value,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    if value_looks_secret(value) {
+        return Err(invalid(
+            "value",
+            format!(
+                "the value for {field} looks like a secret; use move_secret_to_store instead of writing it into the file"
+            ),
+        ));
+    }
+    let entry = entry_mut(doc, file, server)?;
+    match field.split_once('.') {
+        Some((map @ ("env" | "headers"), name)) if !name.is_empty() => {
+            let m = entry
+                .entry(map.to_string())
+                .or_insert_with(|| Value::Object(Map::new()))
+                .as_object_mut()
+                .ok_or_else(|| {
+                    invalid(
+                        "field",
+                        format!("server {server:?}: {map} is not an object"),
+                    )
+                })?;
+            if value.is_null() {
+                m.shift_remove(name);
+            } else {
+                m.insert(name.to_string(), value.clone());
             }
-            if let Some(at) = secret_at(&Value::Object(entry.clone()), "entry") {
-                return Err(invalid(
-                    at,
-                    "this value looks like a secret; put it in the secret store (mcp-coordinator secrets set NAME) and name it in `secrets` instead",
-                ));
+        }
+        None if SETTABLE.contains(&field) => {
+            check_type(field, value)?;
+            if value.is_null() {
+                entry.shift_remove(field);
+            } else {
+                entry.insert(field.to_string(), value.clone());
             }
-            let servers = servers_mut(doc, file)?;
-            if servers.contains_key(server) {
-                return Err(invalid(
-                    "server",
-                    format!(
-                        "{} already has a server named {server:?}; remove it first or choose another name",
-                        file.path
-                    ),
-                ));
-            }
-            let mut new = entry.clone();
-            if !secrets.is_empty() {
-                let pairs = secrets
-                    .iter()
-                    .map(|(var, name)| {
-                        name.as_str()
-                            .map(|n| (var.clone(), n.to_string()))
-                            .ok_or_else(|| {
-                                invalid(
-                                    format!("secrets.{var}"),
-                                    "expected a secret name (a string)",
-                                )
-                            })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                wrap_in_exec(&mut new, &pairs, ctx).map_err(|m| invalid("secrets", m))?;
-            }
-            servers.insert(server.clone(), Value::Object(new));
-            Ok(Vec::new())
+        }
+        _ => {
+            return Err(invalid(
+                "field",
+                format!(
+                    "field {field:?} cannot be set; expected one of {}, env.NAME or headers.NAME",
+                    SETTABLE.join(", ")
+                ),
+            ));
         }
     }
+    Ok(Vec::new())
+}
+
+/// `pin_package_version`: rewrites the package spec on the command line to the version.
+fn pin_package_version(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+    resolved_version: Option<&str>,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    let version = resolved_version.ok_or_else(|| {
+        invalid(
+            "version",
+            "no version to pin to (give version or lookup_latest)",
+        )
+    })?;
+    let entry = entry_mut(doc, file, server)?;
+    let command = entry.get("command").and_then(Value::as_str).unwrap_or("");
+    let args = clients::strings(entry.get("args"));
+    let pkg = launch::package(command, &args).ok_or_else(|| {
+        invalid(
+            "server",
+            format!("server {server:?} does not launch a package through npx, uvx, pip or docker"),
+        )
+    })?;
+    let mut args = args;
+    args[pkg.arg_index] = launch::pinned_spec(&pkg, version);
+    entry.insert("args".into(), json!(args));
+    Ok(Vec::new())
+}
+
+/// `move_secret_to_store`: takes the variable's value out of the file, into a VS Code input
+/// or (returned, for the secret store) behind `mcp-coordinator exec`.
+fn move_secret_to_store(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+    env_var: &str,
+    secret_name: &str,
+    via: SecretVia,
+    ctx: &Context<'_>,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    let is_vscode = file.client == Client::Vscode;
+    let entry = entry_mut(doc, file, server)?;
+    let env = entry
+        .get_mut("env")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| invalid("env_var", format!("server {server:?} has no env")))?;
+    let value = env
+        .get(env_var)
+        .and_then(Value::as_str)
+        .map(String::from)
+        .ok_or_else(|| {
+            invalid(
+                "env_var",
+                format!("server {server:?} has no env variable {env_var}"),
+            )
+        })?;
+    if value.is_empty() || launch::is_placeholder(&value) {
+        return Err(invalid(
+            "env_var",
+            format!("{env_var} of server {server:?} holds no literal value to move"),
+        ));
+    }
+    match via {
+        SecretVia::VscodeInput => {
+            if !is_vscode {
+                return Err(invalid(
+                    "via",
+                    "via vscode_input applies only to VS Code mcp.json files",
+                ));
+            }
+            env.insert(
+                env_var.to_string(),
+                json!(format!("${{input:{secret_name}}}")),
+            );
+            let root = doc
+                .as_object_mut()
+                .ok_or_else(|| invalid("file", format!("{} is not a JSON object", file.path)))?;
+            let inputs = root
+                .entry("inputs")
+                .or_insert_with(|| Value::Array(Vec::new()))
+                .as_array_mut()
+                .ok_or_else(|| {
+                    invalid("file", format!("{}: `inputs` is not an array", file.path))
+                })?;
+            if !inputs
+                .iter()
+                .any(|i| i.get("id").and_then(Value::as_str) == Some(secret_name))
+            {
+                inputs.push(json!({
+                    "type": "promptString",
+                    "id": secret_name,
+                    "description": format!("{env_var} for MCP server {server}"),
+                    "password": true
+                }));
+            }
+            Ok(Vec::new())
+        }
+        SecretVia::Exec => {
+            env.shift_remove(env_var);
+            if env.is_empty() {
+                entry.shift_remove("env");
+            }
+            wrap_in_exec(
+                entry,
+                &[(env_var.to_string(), secret_name.to_string())],
+                ctx,
+            )
+            .map_err(|m| invalid("via", m))?;
+            Ok(vec![MovedSecret {
+                name: secret_name.to_string(),
+                value,
+            }])
+        }
+    }
+}
+
+/// `install_server`: adds a new entry (refusing literal secrets and an existing name),
+/// launched through `mcp-coordinator exec` when it names secrets.
+fn install_server(
+    doc: &mut Value,
+    file: &ConfigFile,
+    server: &str,
+    entry: &Map<String, Value>,
+    secrets: &Map<String, Value>,
+    ctx: &Context<'_>,
+) -> Result<Vec<MovedSecret>, RemediationError> {
+    if entry.get("command").and_then(Value::as_str).is_none()
+        && entry.get("url").and_then(Value::as_str).is_none()
+    {
+        return Err(invalid(
+            "entry",
+            "entry needs `command` (stdio) or `url` (remote)",
+        ));
+    }
+    if let Some(at) = secret_at(&Value::Object(entry.clone()), "entry") {
+        return Err(invalid(
+            at,
+            "this value looks like a secret; put it in the secret store (mcp-coordinator secrets set NAME) and name it in `secrets` instead",
+        ));
+    }
+    let servers = servers_mut(doc, file)?;
+    if servers.contains_key(server) {
+        return Err(invalid(
+            "server",
+            format!(
+                "{} already has a server named {server:?}; remove it first or choose another name",
+                file.path
+            ),
+        ));
+    }
+    let mut new = entry.clone();
+    if !secrets.is_empty() {
+        let pairs = secrets
+            .iter()
+            .map(|(var, name)| {
+                name.as_str()
+                    .map(|n| (var.clone(), n.to_string()))
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("secrets.{var}"),
+                            "expected a secret name (a string)",
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        wrap_in_exec(&mut new, &pairs, ctx).map_err(|m| invalid("secrets", m))?;
+    }
+    servers.insert(server.to_string(), Value::Object(new));
+    Ok(Vec::new())
 }
 
 /// Fields `set_server_field` may set directly.
@@ -584,28 +496,6 @@ fn wrap_in_exec(
     entry.insert("command".into(), json!(bin));
     entry.insert("args".into(), json!(new_args));
     Ok(())
-}
-
-/// A secret name from an environment variable name: `GITHUB_TOKEN` -> `GITHUB_TOKEN`, made
-/// unique per server when needed by the caller.
-pub fn secret_name_for(server: &str, env_var: &str) -> String {
-    let clean = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    let (server, var) = (clean(server), clean(env_var));
-    if var.starts_with(&format!("{server}_")) {
-        var
-    } else {
-        format!("{server}_{var}")
-    }
 }
 
 /// Whether this ecosystem's registry can be asked for the newest version.

@@ -7,8 +7,8 @@ use std::collections::HashSet;
 
 use serde_json::Value;
 
-use crate::assessment::{clients, launch};
 use crate::audit::redact::{self, REDACTED};
+use crate::clients::{self, launch};
 
 /// A unified diff of `before` -> `after` for `path`, every line masked.
 pub fn unified_diff(path: &str, before: &str, after: &str) -> String {

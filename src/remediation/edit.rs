@@ -6,7 +6,7 @@
 use jsonc_parser::cst::{CstContainerNode, CstInputValue, CstLeafNode, CstNode, CstRootNode};
 use serde_json::{Map, Value};
 
-use crate::assessment::clients;
+use crate::clients;
 
 /// The text a new file is written as: two-space indented JSON and a final newline (the shape
 /// every client writes its own config in).

@@ -8,11 +8,11 @@
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use rand_core::RngCore;
-use rusqlite::Connection;
 use serde_json::json;
 
 use super::{NONCE_LEN, SecretError, SecretStore};
 use crate::audit::{Action, Actor, NewEvent, Outcome, chain};
+use crate::store::Tx;
 use crate::store::secret::{self as sql, SecretRow};
 
 /// The data key's row. Names with this prefix are refused to people (`check_name`).
@@ -90,8 +90,8 @@ impl SecretStore {
             return Err(damaged("it is cut short"));
         }
         let key = {
-            let conn = self.audit.store().lock();
-            self.file_key(&conn, false, &Actor::system())?
+            let store = self.audit.store();
+            store.read(|tx| self.file_key(tx, false, &Actor::system()))?
         };
         let (nonce, ciphertext) = rest.split_at(NONCE_LEN);
         Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&key))
@@ -106,14 +106,9 @@ impl SecretStore {
     }
 
     /// The data key, created (inside the caller's write transaction) when `create`.
-    fn file_key(
-        &self,
-        conn: &Connection,
-        create: bool,
-        by: &Actor,
-    ) -> Result<[u8; 32], SecretError> {
-        if let Some(row) = sql::get(conn, BACKUP_KEY)? {
-            let master = self.current_key(conn, false)?;
+    fn file_key(&self, tx: &Tx<'_>, create: bool, by: &Actor) -> Result<[u8; 32], SecretError> {
+        if let Some(row) = sql::get(tx, BACKUP_KEY)? {
+            let master = self.current_key(tx, false)?;
             let text = master.open(&row)?;
             let mut key = [0u8; 32];
             hex::decode_to_slice(text.trim(), &mut key).map_err(|_| SecretError::Tampered {
@@ -125,13 +120,13 @@ impl SecretStore {
         if !create {
             return Err(SecretError::NotFound(BACKUP_KEY.into()));
         }
-        let master = self.current_key(conn, true)?;
+        let master = self.current_key(tx, true)?;
         let mut key = [0u8; 32];
         rand_core::OsRng.fill_bytes(&mut key);
         let (nonce, ciphertext) = master.seal(BACKUP_KEY, &hex::encode(key))?;
         let now = chain::now_ts();
         sql::upsert(
-            conn,
+            tx,
             &SecretRow {
                 name: BACKUP_KEY.into(),
                 nonce,
@@ -142,7 +137,7 @@ impl SecretStore {
             },
         )?;
         self.audit.append_in(
-            conn,
+            tx,
             &NewEvent {
                 actor: by.clone(),
                 action: Action::SecretSet,

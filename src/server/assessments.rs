@@ -11,10 +11,10 @@ use super::Coordinator;
 use super::session::Call;
 use super::system::store_error;
 use super::tool::{self, ErrorCode, Failure, Route, ToolError, invalid_field, route};
-use crate::assessment::clients::{self, ConfigFile};
 use crate::assessment::{
     Assessment, AssessmentError, AssessmentStatus, AssessmentType, Severity, Target,
 };
+use crate::clients::{self, ConfigFile};
 use crate::config::ToolGroup;
 
 /// The longest wait a call may ask for.

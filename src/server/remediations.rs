@@ -18,7 +18,7 @@ use super::tool::{
 };
 use crate::approval::{Approval, State};
 use crate::assessment::Severity;
-use crate::assessment::clients::{Client, Scope};
+use crate::clients::{Client, Scope};
 use crate::config::ToolGroup;
 use crate::remediation::actions::Action;
 use crate::remediation::{NewProposal, Proposal, RemediationError, RemediationStatus};
@@ -546,7 +546,7 @@ async fn mcp_server_install(
                     "no home directory is known; give `file`",
                 ))
             })?;
-            crate::assessment::clients::standard_path(i.client, scope, &base)
+            crate::clients::standard_path(i.client, scope, &base)
                 .ok_or_else(|| {
                     Failure::Domain(invalid_field(
                         TOOL,

@@ -1,9 +1,9 @@
 //! SQL for the audit tables: append an event row, read the head, page through events with
 //! filters, stream the whole chain in order, and store and read head signatures.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::StoreError;
+use super::{StoreError, Tx};
 
 /// One row of `audit_events`, exactly as stored (the detail is the JSON text that was hashed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +58,26 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     })
 }
 
+/// TEMPORARY (issue 21): what [`crate::audit::AuditLog::append_in`] accepts while its callers
+/// outside the audit room (approval, overseer, pipeline, task) still hold the connection
+/// rather than a [`Tx`]: either one. Removed, with its impl for the connection, once they all
+/// pass a `Tx`.
+pub trait AsTx {
+    fn as_tx(&self) -> Tx<'_>;
+}
+
+impl AsTx for Tx<'_> {
+    fn as_tx(&self) -> Tx<'_> {
+        Tx { conn: self.conn() }
+    }
+}
+
+impl AsTx for rusqlite::Connection {
+    fn as_tx(&self) -> Tx<'_> {
+        Tx { conn: self }
+    }
+}
+
 /// The newest event: what the next one links to, and the earliest time it may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
@@ -67,8 +87,9 @@ pub struct Head {
 }
 
 /// The newest event's sequence number, hash and time, if any.
-pub fn head(conn: &Connection) -> Result<Option<Head>, StoreError> {
-    conn.prepare_cached("SELECT seq, hash, ts FROM audit_events ORDER BY seq DESC LIMIT 1")?
+pub fn head(tx: &Tx<'_>) -> Result<Option<Head>, StoreError> {
+    tx.conn()
+        .prepare_cached("SELECT seq, hash, ts FROM audit_events ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| {
             Ok(Head {
                 seq: r.get(0)?,
@@ -84,10 +105,11 @@ pub fn head(conn: &Connection) -> Result<Option<Head>, StoreError> {
 /// the head (`head_seq`, 0 for an empty chain) when there is none. Appends never go back in time, so this is a binary search over
 /// the primary key (about 20 lookups for a million events) instead of an index on `ts` that
 /// every append would write to.
-fn first_seq_at_or_after(conn: &Connection, head_seq: i64, ts: &str) -> Result<i64, StoreError> {
+fn first_seq_at_or_after(tx: &Tx<'_>, head_seq: i64, ts: &str) -> Result<i64, StoreError> {
     // The event at or after `seq` (seq has no gaps, but a lookup that tolerates them costs
     // nothing more).
-    let mut at = conn
+    let mut at = tx
+        .conn()
         .prepare_cached("SELECT seq, ts FROM audit_events WHERE seq >= ?1 ORDER BY seq LIMIT 1")?;
     let (mut lo, mut hi) = (1, head_seq + 1);
     while lo < hi {
@@ -106,8 +128,8 @@ fn first_seq_at_or_after(conn: &Connection, head_seq: i64, ts: &str) -> Result<i
 
 /// Inserts one event row. The caller computed its hash over these exact values and holds the
 /// write transaction, so no other writer can slip in between reading the head and this insert.
-pub fn insert(conn: &Connection, row: &EventRow) -> Result<(), StoreError> {
-    conn.prepare_cached(
+pub fn insert(tx: &Tx<'_>, row: &EventRow) -> Result<(), StoreError> {
+    tx.conn().prepare_cached(
         "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
@@ -150,25 +172,21 @@ fn push_text_filter(
 }
 
 /// Up to `limit` events matching `filter`, newest first.
-pub fn page(
-    conn: &Connection,
-    filter: &EventFilter,
-    limit: u32,
-) -> Result<Vec<EventRow>, StoreError> {
+pub fn page(tx: &Tx<'_>, filter: &EventFilter, limit: u32) -> Result<Vec<EventRow>, StoreError> {
     // Times become seq bounds (see first_seq_at_or_after), under one read of the head.
     let head_seq = if filter.since.is_some() || filter.until.is_some() {
-        head(conn)?.map_or(0, |h| h.seq)
+        head(tx)?.map_or(0, |h| h.seq)
     } else {
         0
     };
     let bound = |ts: &Option<String>| {
         ts.as_deref()
-            .map(|ts| first_seq_at_or_after(conn, head_seq, ts))
+            .map(|ts| first_seq_at_or_after(tx, head_seq, ts))
             .transpose()
     };
     let (since, until) = (bound(&filter.since)?, bound(&filter.until)?);
     let (sql, args) = page_sql(filter, since, until, limit);
-    let mut stmt = conn.prepare(&sql)?;
+    let mut stmt = tx.conn().prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
     rows.collect::<Result<Vec<_>, _>>()
         .map_err(StoreError::from_sqlite)
@@ -231,10 +249,11 @@ fn page_sql(
 
 /// Calls `f` for every event in sequence order, oldest first, without loading them all.
 pub fn for_each_in_order<E: From<StoreError>>(
-    conn: &Connection,
+    tx: &Tx<'_>,
     mut f: impl FnMut(EventRow) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut stmt = conn
+    let mut stmt = tx
+        .conn()
         .prepare(&format!("SELECT {COLUMNS} FROM audit_events ORDER BY seq"))
         .map_err(StoreError::from_sqlite)?;
     let mut rows = stmt.query([]).map_err(StoreError::from_sqlite)?;
@@ -245,25 +264,26 @@ pub fn for_each_in_order<E: From<StoreError>>(
 }
 
 /// Stores a signature over the chain head. Signing the same head twice is a no-op.
-pub fn insert_signature(conn: &Connection, sig: &SignatureRow) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO audit_signatures (seq, hash, public_key, signature, signed_at)
+pub fn insert_signature(tx: &Tx<'_>, sig: &SignatureRow) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT OR IGNORE INTO audit_signatures (seq, hash, public_key, signature, signed_at)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![
-        sig.seq,
-        sig.hash,
-        sig.public_key,
-        sig.signature,
-        sig.signed_at
-    ])
-    .map_err(StoreError::from_sqlite)?;
+        )?
+        .execute(params![
+            sig.seq,
+            sig.hash,
+            sig.public_key,
+            sig.signature,
+            sig.signed_at
+        ])
+        .map_err(StoreError::from_sqlite)?;
     Ok(())
 }
 
 /// Every stored signature, oldest first.
-pub fn signatures(conn: &Connection) -> Result<Vec<SignatureRow>, StoreError> {
-    let mut stmt = conn.prepare(
+pub fn signatures(tx: &Tx<'_>) -> Result<Vec<SignatureRow>, StoreError> {
+    let mut stmt = tx.conn().prepare(
         "SELECT seq, hash, public_key, signature, signed_at FROM audit_signatures ORDER BY seq",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -280,17 +300,19 @@ pub fn signatures(conn: &Connection) -> Result<Vec<SignatureRow>, StoreError> {
 }
 
 /// Whether the chain has a key event (`action`) for `public_key` (its subject).
-pub fn key_added(conn: &Connection, action: &str, public_key: &str) -> Result<bool, StoreError> {
-    conn.prepare_cached(
-        "SELECT EXISTS(SELECT 1 FROM audit_events WHERE action = ?1 AND subject = ?2)",
-    )?
-    .query_row(params![action, public_key], |r| r.get(0))
-    .map_err(StoreError::from_sqlite)
+pub fn key_added(tx: &Tx<'_>, action: &str, public_key: &str) -> Result<bool, StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM audit_events WHERE action = ?1 AND subject = ?2)",
+        )?
+        .query_row(params![action, public_key], |r| r.get(0))
+        .map_err(StoreError::from_sqlite)
 }
 
 /// The sequence number of the newest signed head, if any.
-pub fn last_signed_seq(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    conn.prepare_cached("SELECT MAX(seq) FROM audit_signatures")?
+pub fn last_signed_seq(tx: &Tx<'_>) -> Result<Option<i64>, StoreError> {
+    tx.conn()
+        .prepare_cached("SELECT MAX(seq) FROM audit_signatures")?
         .query_row([], |r| r.get(0))
         .map_err(StoreError::from_sqlite)
 }
@@ -299,6 +321,7 @@ pub fn last_signed_seq(conn: &Connection) -> Result<Option<i64>, StoreError> {
 mod tests {
     use super::*;
     use crate::store::{Location, Store};
+    use rusqlite::Connection;
 
     /// What the plan of an audit page reads.
     fn plan(conn: &Connection, filter: &EventFilter) -> Result<String, StoreError> {
@@ -348,6 +371,32 @@ mod tests {
             .iter()
             .all(|a| index.contains(&format!("'{a}'")));
         assert!(listed, "{index}");
+        Ok(())
+    }
+
+    /// The append-only triggers refuse an update or delete of an event, and a delete of a
+    /// signature (moved here from the audit service's tests: it drives SQL directly).
+    #[test]
+    fn triggers_refuse_update_and_delete() -> Result<(), Box<dyn std::error::Error>> {
+        use crate::audit::{Action, Actor, ActorKind, AuditLog, AuditSigner, NewEvent, Outcome};
+        let store = Store::open(&Location::Memory)?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let log = AuditLog::new(store, std::sync::Arc::new(AuditSigner::from_key(key)));
+        log.record(NewEvent {
+            actor: Actor::new(ActorKind::Client, "test/1.0"),
+            action: Action::ToolCall,
+            subject: "a".into(),
+            outcome: Outcome::Ok,
+            detail: serde_json::json!({"arguments": {"token": "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}),
+            critical: true,
+        })?;
+        let conn = log.store().lock();
+        let upd = conn.execute("UPDATE audit_events SET subject = 'x'", []);
+        assert!(upd.is_err_and(|e| e.to_string().contains("append-only")));
+        let del = conn.execute("DELETE FROM audit_events", []);
+        assert!(del.is_err_and(|e| e.to_string().contains("append-only")));
+        let del = conn.execute("DELETE FROM audit_signatures", []);
+        assert!(del.is_err());
         Ok(())
     }
 }

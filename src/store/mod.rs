@@ -18,6 +18,7 @@ pub mod instance;
 mod open;
 pub mod overseer;
 pub mod pipeline;
+pub mod remediation;
 pub mod secret;
 pub mod task;
 

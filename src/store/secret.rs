@@ -1,9 +1,9 @@
 //! SQL for the encrypted secret store: rows of name, nonce, ciphertext and key fingerprint.
 //! Nothing here sees a value in clear; encryption lives in `crate::secret`.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{OptionalExtension, Row, params};
 
-use super::StoreError;
+use super::{StoreError, Tx};
 
 /// One row of `secrets`, as stored.
 #[derive(Clone, PartialEq)]
@@ -43,62 +43,68 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<SecretRow> {
     })
 }
 
-pub fn get(conn: &Connection, name: &str) -> Result<Option<SecretRow>, StoreError> {
-    conn.prepare_cached(&format!("SELECT {COLUMNS} FROM secrets WHERE name = ?1"))?
+pub fn get(tx: &Tx<'_>, name: &str) -> Result<Option<SecretRow>, StoreError> {
+    tx.conn()
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM secrets WHERE name = ?1"))?
         .query_row([name], from_row)
         .optional()
         .map_err(StoreError::from_sqlite)
 }
 
 /// Every row, by name.
-pub fn all(conn: &Connection) -> Result<Vec<SecretRow>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM secrets ORDER BY name"))?;
+pub fn all(tx: &Tx<'_>) -> Result<Vec<SecretRow>, StoreError> {
+    let mut stmt = tx
+        .conn()
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM secrets ORDER BY name"))?;
     let rows = stmt.query_map([], from_row)?;
     rows.collect::<Result<Vec<_>, _>>()
         .map_err(StoreError::from_sqlite)
 }
 
 /// Inserts a row, or replaces the ciphertext of the row with this name (keeping `created_at`).
-pub fn upsert(conn: &Connection, row: &SecretRow) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "INSERT INTO secrets (name, nonce, ciphertext, key_fingerprint, created_at, updated_at)
+pub fn upsert(tx: &Tx<'_>, row: &SecretRow) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO secrets (name, nonce, ciphertext, key_fingerprint, created_at, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (name) DO UPDATE SET nonce = excluded.nonce,
              ciphertext = excluded.ciphertext, key_fingerprint = excluded.key_fingerprint,
              updated_at = excluded.updated_at",
-    )?
-    .execute(params![
-        row.name,
-        row.nonce,
-        row.ciphertext,
-        row.key_fingerprint,
-        row.created_at,
-        row.updated_at
-    ])
-    .map_err(StoreError::from_sqlite)?;
+        )?
+        .execute(params![
+            row.name,
+            row.nonce,
+            row.ciphertext,
+            row.key_fingerprint,
+            row.created_at,
+            row.updated_at
+        ])
+        .map_err(StoreError::from_sqlite)?;
     Ok(())
 }
 
 /// Replaces a row's ciphertext under another key (rotation), leaving `updated_at` alone: the
 /// value did not change.
 pub fn reencrypt(
-    conn: &Connection,
+    tx: &Tx<'_>,
     name: &str,
     nonce: &[u8],
     ciphertext: &[u8],
     key_fingerprint: &str,
 ) -> Result<(), StoreError> {
-    conn.prepare_cached(
-        "UPDATE secrets SET nonce = ?2, ciphertext = ?3, key_fingerprint = ?4 WHERE name = ?1",
-    )?
-    .execute(params![name, nonce, ciphertext, key_fingerprint])
-    .map_err(StoreError::from_sqlite)?;
+    tx.conn()
+        .prepare_cached(
+            "UPDATE secrets SET nonce = ?2, ciphertext = ?3, key_fingerprint = ?4 WHERE name = ?1",
+        )?
+        .execute(params![name, nonce, ciphertext, key_fingerprint])
+        .map_err(StoreError::from_sqlite)?;
     Ok(())
 }
 
 /// Deletes a row; whether there was one.
-pub fn delete(conn: &Connection, name: &str) -> Result<bool, StoreError> {
-    let n = conn
+pub fn delete(tx: &Tx<'_>, name: &str) -> Result<bool, StoreError> {
+    let n = tx
+        .conn()
         .prepare_cached("DELETE FROM secrets WHERE name = ?1")?
         .execute([name])
         .map_err(StoreError::from_sqlite)?;
@@ -106,22 +112,24 @@ pub fn delete(conn: &Connection, name: &str) -> Result<bool, StoreError> {
 }
 
 /// How many rows there are.
-pub fn count(conn: &Connection) -> Result<i64, StoreError> {
-    conn.prepare_cached("SELECT COUNT(*) FROM secrets")?
+pub fn count(tx: &Tx<'_>) -> Result<i64, StoreError> {
+    tx.conn()
+        .prepare_cached("SELECT COUNT(*) FROM secrets")?
         .query_row([], |r| r.get(0))
         .map_err(StoreError::from_sqlite)
 }
 
 /// Whether any row was stored under the key with this fingerprint.
-pub fn any_under(conn: &Connection, key_fingerprint: &str) -> Result<bool, StoreError> {
-    conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM secrets WHERE key_fingerprint = ?1)")?
+pub fn any_under(tx: &Tx<'_>, key_fingerprint: &str) -> Result<bool, StoreError> {
+    tx.conn()
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM secrets WHERE key_fingerprint = ?1)")?
         .query_row([key_fingerprint], |r| r.get(0))
         .map_err(StoreError::from_sqlite)
 }
 
 /// The fingerprints rows are stored under, most used first, with their counts.
-pub fn fingerprints(conn: &Connection) -> Result<Vec<(String, i64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+pub fn fingerprints(tx: &Tx<'_>) -> Result<Vec<(String, i64)>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(
         "SELECT key_fingerprint, COUNT(*) FROM secrets GROUP BY key_fingerprint
          ORDER BY COUNT(*) DESC, key_fingerprint",
     )?;

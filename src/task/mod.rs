@@ -30,15 +30,15 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::fault::{ErrorCode, Fault, IntoFault};
-use serde_json::json;
 use crate::agent::{AgentError, AgentService};
 use crate::audit::chain::format_ms;
 use crate::audit::{Action, Actor, NewEvent, Outcome};
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::limits;
 use crate::macros::string_enum;
 use crate::store::task::TaskRow;
 use crate::store::{Store, StoreError, Tx};
+use serde_json::json;
 pub use status::TaskStatus;
 
 /// How often a long-polling claim checks whether the database changed.

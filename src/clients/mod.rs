@@ -1,7 +1,14 @@
-//! MCP client config files: where each client keeps them (user and project scope), how to read
-//! them (JSON, or JSONC for VS Code), and their server entries normalized to one shape with the
-//! JSON pointer of each. A file that cannot be read or parsed is returned with its error, never
-//! a crash.
+//! The MCP client-config model that assessments and remediations share. What lives here:
+//! the config files themselves (this file: where each client keeps them, user and project
+//! scope, how to read them as JSON or JSONC, and their server entries normalized to one shape
+//! with the JSON pointer of each; a file that cannot be read or parsed is returned with its
+//! error, never a crash), what a stdio entry launches (`launch`), and the closed set of
+//! changes a fix can make to a file (`action`). It may depend on std, serde, the config
+//! parsers and `audit::redact` (to mask what it shows), nothing else of the crate: the
+//! `assessment` and `remediation` rooms depend on it, never the other way.
+
+pub mod action;
+pub mod launch;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
