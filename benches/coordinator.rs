@@ -980,8 +980,7 @@ fn without_autocheckpoint(tasks: &TaskService) {
         .agents()
         .audit()
         .store()
-        .lock()
-        .pragma_update(None, "wal_autocheckpoint", 0)
+        .set_wal_autocheckpoint(0)
         .expect("wal_autocheckpoint");
 }
 
@@ -1322,13 +1321,8 @@ fn wal_per_step(path: &Path, warm: usize) {
         step(i, &mut ignored);
     }
     let store = tasks.agents().audit().store().clone();
-    let page: u64 = {
-        let conn = store.lock();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA wal_autocheckpoint = 0;")
-            .expect("checkpoint");
-        conn.pragma_query_value(None, "page_size", |r| r.get(0))
-            .expect("page_size")
-    };
+    let page = store.checkpoint_truncate().expect("checkpoint");
+    store.set_wal_autocheckpoint(0).expect("wal_autocheckpoint");
     let n = 1_000;
     let mut sizes = [0; 3];
     for i in 0..n {

@@ -177,12 +177,7 @@ impl AuditLog {
     /// Appends one event inside the caller's write transaction, so a state change and its
     /// audit event commit together or not at all. The caller must hold a write transaction
     /// (see [`Store::write`]), which also serializes appends across processes.
-    pub fn append_in(
-        &self,
-        tx: &(impl sql::AsTx + ?Sized),
-        event: &NewEvent,
-    ) -> Result<AuditEvent, StoreError> {
-        let tx = &tx.as_tx();
+    pub fn append_in(&self, tx: &Tx<'_>, event: &NewEvent) -> Result<AuditEvent, StoreError> {
         if event.critical {
             self.introduce_key_in(tx)?;
         }

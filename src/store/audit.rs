@@ -58,26 +58,6 @@ fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
     })
 }
 
-/// TEMPORARY (issue 21): what [`crate::audit::AuditLog::append_in`] accepts while its callers
-/// outside the audit room (approval, overseer, pipeline, task) still hold the connection
-/// rather than a [`Tx`]: either one. Removed, with its impl for the connection, once they all
-/// pass a `Tx`.
-pub trait AsTx {
-    fn as_tx(&self) -> Tx<'_>;
-}
-
-impl AsTx for Tx<'_> {
-    fn as_tx(&self) -> Tx<'_> {
-        Tx { conn: self.conn() }
-    }
-}
-
-impl AsTx for rusqlite::Connection {
-    fn as_tx(&self) -> Tx<'_> {
-        Tx { conn: self }
-    }
-}
-
 /// The newest event: what the next one links to, and the earliest time it may take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {

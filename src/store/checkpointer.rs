@@ -80,7 +80,8 @@ mod tests {
         let insert = |n: usize| -> Result<(), StoreError> {
             for _ in 0..n {
                 store.write(|tx| {
-                    tx.execute("INSERT INTO t VALUES (zeroblob(4000))", [])
+                    tx.conn()
+                        .execute("INSERT INTO t VALUES (zeroblob(4000))", [])
                         .map_err(StoreError::from_sqlite)
                 })?;
             }

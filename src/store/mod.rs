@@ -48,17 +48,7 @@ pub struct Tx<'c> {
 
 impl<'c> Tx<'c> {
     /// The connection under the handle: for the table modules only.
-    #[allow(dead_code)] // TEMPORARY (issue 21): used once the table modules take `&Tx`
     pub(in crate::store) fn conn(&self) -> &'c Connection {
-        self.conn
-    }
-}
-
-// TEMPORARY (issue 21, while the table modules move to `&Tx`): removed once no domain file
-// needs the connection.
-impl std::ops::Deref for Tx<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
         self.conn
     }
 }
@@ -270,7 +260,7 @@ impl Store {
     /// SQLite rolls back any transaction left open, so the data is consistent.
     /// A wait for it (another thread of this process is using it) counts against the current
     /// lock-wait budget ([`budget`]).
-    pub fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(in crate::store) fn lock(&self) -> MutexGuard<'_, Connection> {
         LOCKED.with_borrow_mut(|locked| {
             if !locked
                 .as_ref()
@@ -413,6 +403,23 @@ impl Store {
         Ok(version as u64)
     }
 
+    /// Sets SQLite's automatic checkpoint threshold on this handle's connection (0 turns it
+    /// off): for the benchmark's diagnostics of what checkpoints cost. The service never
+    /// changes it.
+    pub fn set_wal_autocheckpoint(&self, frames: i64) -> Result<(), StoreError> {
+        Ok(self
+            .lock()
+            .pragma_update(None, "wal_autocheckpoint", frames)?)
+    }
+
+    /// Checkpoints the whole WAL into the database file and truncates it; returns the page
+    /// size. For the benchmark, which measures the WAL a workload writes.
+    pub fn checkpoint_truncate(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        Ok(conn.pragma_query_value(None, "page_size", |r| r.get(0))?)
+    }
+
     /// The schema version (number of migrations applied).
     pub fn schema_version(&self) -> Result<i64, StoreError> {
         Ok(self
@@ -553,20 +560,22 @@ mod tests {
         let store = Store::open(&Location::File(dir.path().join("c.db")))?;
         store.lock().execute_batch("CREATE TABLE t (x INTEGER)")?;
         let failed: Result<(), Box<dyn std::error::Error>> = store.write(|tx| {
-            tx.execute("INSERT INTO t VALUES (1)", [])?;
+            tx.conn().execute("INSERT INTO t VALUES (1)", [])?;
             Err("refused".into())
         });
         assert!(failed.is_err());
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             store.write(|tx| -> Result<(), StoreError> {
-                tx.execute("INSERT INTO t VALUES (2)", [])
+                tx.conn()
+                    .execute("INSERT INTO t VALUES (2)", [])
                     .map_err(StoreError::from_sqlite)?;
                 panic!("a bug in the closure")
             })
         }));
         assert!(panicked.is_err());
         store.write(|tx| -> Result<(), StoreError> {
-            tx.execute("INSERT INTO t VALUES (3)", [])
+            tx.conn()
+                .execute("INSERT INTO t VALUES (3)", [])
                 .map_err(StoreError::from_sqlite)?;
             Ok(())
         })?;
@@ -593,7 +602,7 @@ mod tests {
         holder.execute_batch("BEGIN EXCLUSIVE")?;
         let insert = |store: &Store| {
             store.write(|tx| -> Result<(), StoreError> {
-                tx.execute("INSERT INTO t VALUES (1)", [])?;
+                tx.conn().execute("INSERT INTO t VALUES (1)", [])?;
                 Ok(())
             })
         };
@@ -670,7 +679,8 @@ mod tests {
             .lock()
             .pragma_update(None, "max_page_count", pages + 2)?;
         let full = store.write(|tx| -> Result<(), StoreError> {
-            tx.execute("INSERT INTO t VALUES (zeroblob(100000))", [])?;
+            tx.conn()
+                .execute("INSERT INTO t VALUES (zeroblob(100000))", [])?;
             Ok(())
         });
         let Err(e) = full else {
