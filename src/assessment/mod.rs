@@ -25,6 +25,7 @@ use crate::audit::chain::now_ts;
 use crate::audit::{Action as AuditAction, Actor, AuditLog, NewEvent, Outcome};
 use crate::clients::action::Action;
 use crate::clients::{Client, ConfigFile, Roots};
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::macros::string_enum;
 use crate::store::StoreError;
 use crate::store::assessment as sql;
@@ -207,6 +208,18 @@ pub enum AssessmentError {
         field: &'static str,
         message: String,
     },
+}
+
+impl IntoFault for AssessmentError {
+    fn into_fault(self) -> Fault {
+        match self {
+            AssessmentError::Store(e) => Fault::Store(e),
+            AssessmentError::NotFound(ref id) => Fault::new(ErrorCode::NotFound, self.to_string())
+                .with_details(serde_json::json!({"assessment_id": id})),
+            AssessmentError::Conflict(m) => Fault::new(ErrorCode::Conflict, m),
+            AssessmentError::Invalid { field, message } => Fault::invalid(field, message),
+        }
+    }
 }
 
 /// Assessments on one database.

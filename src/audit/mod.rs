@@ -22,6 +22,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::store::audit::{self as sql, EventFilter, EventRow, SignatureRow};
 use crate::store::{Store, StoreError, Tx};
 pub use action::{Action, Outcome};
@@ -44,6 +45,20 @@ pub enum AuditError {
     /// A time range whose end is not after its start.
     #[error("empty time range: until ({until}) must be after since ({since})")]
     EmptyRange { since: String, until: String },
+}
+
+impl IntoFault for AuditError {
+    fn into_fault(self) -> Fault {
+        match self {
+            AuditError::Store(e) => Fault::Store(e),
+            AuditError::InvalidInput { field, message } => Fault::invalid(field, message),
+            AuditError::EmptyRange { since, until } => Fault::new(
+                ErrorCode::InvalidRequest,
+                format!("the time range is empty: until ({until}) must be after since ({since})"),
+            )
+            .with_details(serde_json::json!({"field": "until", "since": since, "until": until})),
+        }
+    }
 }
 
 /// An event to append. `detail` is redacted before it is stored or hashed.

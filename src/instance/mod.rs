@@ -37,6 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::secret::SecretStore;
 use crate::store::StoreError;
 use crate::store::instance::{self as sql, InstanceRow};
@@ -126,6 +127,67 @@ pub enum InstanceError {
     ShuttingDown,
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl IntoFault for InstanceError {
+    fn into_fault(self) -> Fault {
+        let e = match self {
+            InstanceError::Store(e) => return Fault::Store(e),
+            e => e,
+        };
+        let code = match &e {
+            InstanceError::UnknownType { .. }
+            | InstanceError::NotFound(_)
+            | InstanceError::UnknownTool { .. } => ErrorCode::NotFound,
+            InstanceError::Invalid(_) => ErrorCode::InvalidRequest,
+            InstanceError::NameTaken(_)
+            | InstanceError::TooMany(_)
+            | InstanceError::NotRunning { .. } => ErrorCode::Conflict,
+            InstanceError::NotOwned { .. }
+            | InstanceError::ToolDenied { .. }
+            | InstanceError::ToolQuarantined { .. } => ErrorCode::Forbidden,
+            InstanceError::CircuitOpen { .. }
+            | InstanceError::Timeout { .. }
+            | InstanceError::Transport { .. }
+            | InstanceError::StartFailed { .. }
+            | InstanceError::ShuttingDown
+            | InstanceError::Cancelled => ErrorCode::Unavailable,
+            InstanceError::Child { .. } => ErrorCode::InvalidRequest,
+            InstanceError::Secret(_) => ErrorCode::Forbidden,
+            InstanceError::Store(_) => ErrorCode::StorageError,
+        };
+        let details = match &e {
+            InstanceError::StartFailed { name, stderr, .. } => {
+                json!({"instance": name, "stderr": stderr})
+            }
+            InstanceError::CircuitOpen {
+                name,
+                retry_after_ms,
+                failures,
+            } => {
+                json!({"instance": name, "retry_after_ms": retry_after_ms, "failures": failures})
+            }
+            InstanceError::Child {
+                name, code, data, ..
+            } => json!({"instance": name, "child_code": code, "child_data": data}),
+            InstanceError::NotOwned { name, owner } => json!({"instance": name, "owner": owner}),
+            InstanceError::NotRunning { name, status, .. } => {
+                json!({"instance": name, "status": status})
+            }
+            InstanceError::Timeout {
+                name,
+                tool,
+                seconds,
+            } => json!({"instance": name, "tool": tool, "timeout_seconds": seconds}),
+            _ => json!({}),
+        };
+        // A child that failed to start fails the same way on a retry until its setup changes.
+        let retryable =
+            code == ErrorCode::Unavailable && !matches!(e, InstanceError::StartFailed { .. });
+        Fault::new(code, e.to_string())
+            .with_details(details)
+            .retryable(retryable)
+    }
 }
 
 /// Who owns an instance: one coordinator process.

@@ -35,6 +35,7 @@ use crate::assessment::{AssessmentError, AssessmentService, Severity};
 use crate::audit::chain::now_ts;
 use crate::audit::{Action as AuditAction, Actor, AuditLog, NewEvent, Outcome};
 use crate::clients::Client;
+use crate::fault::{ErrorCode, Fault, IntoFault};
 use crate::secret::{SecretError, SecretStore};
 use crate::store::StoreError;
 use crate::store::Tx;
@@ -227,6 +228,30 @@ pub enum RemediationError {
     /// A package registry could not be asked.
     #[error("{0}")]
     Registry(String),
+}
+
+impl IntoFault for RemediationError {
+    fn into_fault(self) -> Fault {
+        use serde_json::json;
+        match self {
+            RemediationError::Store(e) => Fault::Store(e),
+            RemediationError::Assessment(e) => e.into_fault(),
+            RemediationError::Approval(e) => Fault::new(ErrorCode::Forbidden, e.to_string()),
+            RemediationError::Secret(e) => Fault::new(ErrorCode::Unavailable, e.to_string())
+                .with_details(
+                    json!({"hint": "mcp-coordinator secrets --help explains the master key"}),
+                ),
+            RemediationError::NotFound(ref id) => Fault::new(ErrorCode::NotFound, self.to_string())
+                .with_details(json!({"remediation_id": id})),
+            RemediationError::Conflict(m) => Fault::new(ErrorCode::Conflict, m),
+            RemediationError::Stale(m) => {
+                Fault::new(ErrorCode::Conflict, m).with_details(json!({"reason": "file_changed"}))
+            }
+            RemediationError::Registry(m) => Fault::new(ErrorCode::Unavailable, m)
+                .with_details(json!({"reason": "registry_unreachable"})),
+            RemediationError::Invalid { field, message } => Fault::invalid(field, message),
+        }
+    }
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> RemediationError {

@@ -7,8 +7,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::Coordinator;
-use super::gate::{self, ApprovalRequestOutput, Asked, approval_failure};
+use super::gate::{self, ApprovalRequestOutput, Asked};
 use super::session::Call;
+use super::tool::failure;
 use super::tool::{Failure, Reply, Route, ToolSpec, invalid_field, route, route_with_input};
 use crate::approval::{
     Approval, ApprovalPage, Kind, ListFilter, NewApproval, Risk, State, canonical,
@@ -147,7 +148,7 @@ pub(super) async fn approval_request(
             let id = id.clone();
             c.blocking(move |c| c.approvals().get(&id))
                 .await?
-                .map_err(|e| approval_failure(TOOL, e))?
+                .map_err(|e| failure(TOOL, e))?
         }
         None => {
             let missing = |field| {
@@ -171,7 +172,7 @@ pub(super) async fn approval_request(
             };
             c.blocking(move |c| c.approvals().request(new))
                 .await?
-                .map_err(|e| approval_failure(TOOL, e))?
+                .map_err(|e| failure(TOOL, e))?
         }
     };
     Ok(match gate::ask(&c, &call, TOOL, approval, wait).await? {
@@ -216,7 +217,7 @@ async fn approval_list(
     };
     c.blocking(move |c| c.approvals().list(&filter))
         .await?
-        .map_err(|e| approval_failure("approval_list", e))
+        .map_err(|e| failure("approval_list", e))
 }
 
 /// Arguments of `approval_get`.
@@ -234,5 +235,5 @@ async fn approval_get(
 ) -> Result<Approval, Failure> {
     c.blocking(move |c| c.approvals().get(&input.approval_id))
         .await?
-        .map_err(|e| approval_failure("approval_get", e))
+        .map_err(|e| failure("approval_get", e))
 }

@@ -5,15 +5,12 @@ use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::Coordinator;
 use super::session::Call;
-use super::system::store_error;
+use super::tool::failure;
 use super::tool::{self, ErrorCode, Failure, Route, ToolError, invalid_field, route};
-use crate::assessment::{
-    Assessment, AssessmentError, AssessmentStatus, AssessmentType, Severity, Target,
-};
+use crate::assessment::{Assessment, AssessmentStatus, AssessmentType, Severity, Target};
 use crate::clients::{self, ConfigFile};
 use crate::config::ToolGroup;
 
@@ -84,20 +81,6 @@ pub fn routes() -> Vec<Route> {
             assessment_cancel,
         ),
     ]
-}
-
-pub(super) fn assessment_failure(tool: &str, e: AssessmentError) -> Failure {
-    match e {
-        AssessmentError::Store(e) => Failure::Domain(store_error(e)),
-        AssessmentError::NotFound(ref id) => Failure::Domain(
-            ToolError::new(ErrorCode::NotFound, e.to_string())
-                .with_details(json!({"assessment_id": id})),
-        ),
-        AssessmentError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
-        AssessmentError::Invalid { field, message } => {
-            Failure::Domain(invalid_field(tool, field, message))
-        }
-    }
 }
 
 /// Arguments of `mcp_config_list`.
@@ -243,7 +226,7 @@ async fn assessment_request(
     let a = c
         .blocking(move |c| c.assessments().request(i.kind, i.target, &actor))
         .await?
-        .map_err(|e| assessment_failure(TOOL, e))?;
+        .map_err(|e| failure(TOOL, e))?;
     let id = a.id.clone();
     // Run it off the request: recorded first, results when done (or never, if cancelled).
     let runner = c.clone();
@@ -260,15 +243,15 @@ async fn assessment_request(
         done = job => {
             let a = done
                 .map_err(|e| Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string())))?
-                .map_err(|e| assessment_failure(TOOL, e))?;
+                .map_err(|e| failure(TOOL, e))?;
             Ok(result(a))
         }
         () = tokio::time::sleep_until(deadline.into()) => {
-            let a = c.blocking(move |c| c.assessments().get(&id)).await?.map_err(|e| assessment_failure(TOOL, e))?;
+            let a = c.blocking(move |c| c.assessments().get(&id)).await?.map_err(|e| failure(TOOL, e))?;
             Ok(result(a))
         }
         () = call.cancel.cancelled() => {
-            let a = c.blocking(move |c| c.assessments().get(&id)).await?.map_err(|e| assessment_failure(TOOL, e))?;
+            let a = c.blocking(move |c| c.assessments().get(&id)).await?.map_err(|e| failure(TOOL, e))?;
             Ok(result(a))
         }
     }
@@ -293,7 +276,7 @@ async fn assessment_get(
     let mut a = c
         .blocking(move |c| c.assessments().get(&i.assessment_id))
         .await?
-        .map_err(|e| assessment_failure("assessment_get", e))?;
+        .map_err(|e| failure("assessment_get", e))?;
     if let Some(min) = i.min_severity {
         a.findings.retain(|f| f.severity.rank() >= min.rank());
     }
@@ -336,7 +319,7 @@ async fn assessment_list(
     let assessments = c
         .blocking(move |c| c.assessments().list(i.status, limit))
         .await?
-        .map_err(|e| assessment_failure("assessment_list", e))?;
+        .map_err(|e| failure("assessment_list", e))?;
     Ok(AssessmentList { assessments })
 }
 
@@ -356,6 +339,6 @@ async fn assessment_cancel(
     let a = c
         .blocking(move |c| c.assessments().cancel(&i.assessment_id, &actor))
         .await?
-        .map_err(|e| assessment_failure("assessment_cancel", e))?;
+        .map_err(|e| failure("assessment_cancel", e))?;
     Ok(result(a))
 }

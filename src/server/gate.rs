@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 use super::Coordinator;
 use super::session::{Call, Era};
-use super::tool::{ErrorCode, Failure, ToolError, invalid_field};
+use super::tool::{ErrorCode, Failure, ToolError, failure, invalid_field};
 use crate::approval::{Approval, ApprovalError, Channel, DecideWith, Gate, State, Ticket, Verdict};
 
 /// How often a waiting call checks the database for an out-of-band decision. The CLI's
@@ -35,11 +35,6 @@ const QUESTION_KEY: &str = "decision";
 /// Associated data of sealed request states. v2 states carry a [`Ticket`]; a v1 state (from
 /// before the gate) is refused as altered.
 const STATE_CONTEXT: &[u8] = b"mcp-coordinator/gate/v2";
-
-/// Maps approval-service errors to tool failures.
-pub(super) fn approval_failure(tool: &str, e: ApprovalError) -> Failure {
-    super::tool::failure(tool, e)
-}
 
 /// Why an approval is still pending when `approval_request` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -138,7 +133,7 @@ pub(super) async fn pass(
     let approval = c
         .blocking(move |c| c.approvals().open(&g, &actor))
         .await?
-        .map_err(|e| approval_failure(tool, e))?;
+        .map_err(|e| failure(tool, e))?;
     if approval.state == State::Approved {
         return Ok(Passage::Approved(Box::new(approval)));
     }
@@ -241,7 +236,7 @@ pub(super) async fn record_answer(
     let (ticket, gate, name) = (ticket.clone(), gate.cloned(), tool.to_string());
     c.blocking(move |c| c.approvals().answer(&ticket, &name, gate.as_ref(), verdict))
         .await?
-        .map_err(|e| approval_failure(tool, e))
+        .map_err(|e| failure(tool, e))
 }
 
 /// The result for an approval in its current state.
@@ -379,7 +374,7 @@ async fn poll_decided(c: &Coordinator, approval: &Approval) -> Result<Option<App
     let state = c
         .blocking(move |c| c.approvals().peek_state(&id))
         .await?
-        .map_err(|e| approval_failure("approval_request", e))?;
+        .map_err(|e| failure("approval_request", e))?;
     if state == State::Pending && !approval.is_expired_at(&crate::audit::chain::now_ts()) {
         return Ok(None);
     }
@@ -393,7 +388,7 @@ async fn refresh(c: &Coordinator, id: &str) -> Result<Option<Approval>, Failure>
     match c.blocking(move |c| c.approvals().get(&id)).await? {
         Ok(a) => Ok(Some(a)),
         Err(ApprovalError::NotFound(_)) => Ok(None),
-        Err(e) => Err(approval_failure("approval_request", e)),
+        Err(e) => Err(failure("approval_request", e)),
     }
 }
 
@@ -499,7 +494,7 @@ async fn record(c: &Coordinator, id: &str, verdict: Verdict) -> Result<Approval,
     let id = id.to_string();
     c.blocking(move |c| c.approvals().decide(&id, verdict))
         .await?
-        .map_err(|e| approval_failure("approval_request", e))
+        .map_err(|e| failure("approval_request", e))
 }
 
 /// Initialize-era sessions: ask with a form elicitation and wait for the answer, while
@@ -603,7 +598,7 @@ async fn ask_stateless(
     let nonce = c
         .blocking(move |c| c.approvals().ask(&id))
         .await?
-        .map_err(|e| approval_failure(tool, e))?;
+        .map_err(|e| failure(tool, e))?;
     let ticket = Ticket::for_question(&approval, tool, nonce);
     let ttl = crate::audit::chain::seconds_until(&approval.expires_at).max(1);
     let state = c

@@ -120,61 +120,10 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// A domain failure for an instance error.
-pub(super) fn failure(e: InstanceError) -> Failure {
-    let code = match &e {
-        InstanceError::UnknownType { .. }
-        | InstanceError::NotFound(_)
-        | InstanceError::UnknownTool { .. } => ErrorCode::NotFound,
-        InstanceError::Invalid(_) => ErrorCode::InvalidRequest,
-        InstanceError::NameTaken(_)
-        | InstanceError::TooMany(_)
-        | InstanceError::NotRunning { .. } => ErrorCode::Conflict,
-        InstanceError::NotOwned { .. }
-        | InstanceError::ToolDenied { .. }
-        | InstanceError::ToolQuarantined { .. } => ErrorCode::Forbidden,
-        InstanceError::CircuitOpen { .. }
-        | InstanceError::Timeout { .. }
-        | InstanceError::Transport { .. }
-        | InstanceError::StartFailed { .. }
-        | InstanceError::ShuttingDown
-        | InstanceError::Cancelled => ErrorCode::Unavailable,
-        InstanceError::Child { .. } => ErrorCode::InvalidRequest,
-        InstanceError::Secret(_) => ErrorCode::Forbidden,
-        InstanceError::Store(s) => ToolError::store(s).code,
-    };
-    let details = match &e {
-        InstanceError::StartFailed { name, stderr, .. } => {
-            json!({"instance": name, "stderr": stderr})
-        }
-        InstanceError::CircuitOpen {
-            name,
-            retry_after_ms,
-            failures,
-        } => {
-            json!({"instance": name, "retry_after_ms": retry_after_ms, "failures": failures})
-        }
-        InstanceError::Child {
-            name, code, data, ..
-        } => json!({"instance": name, "child_code": code, "child_data": data}),
-        InstanceError::NotOwned { name, owner } => json!({"instance": name, "owner": owner}),
-        InstanceError::NotRunning { name, status, .. } => {
-            json!({"instance": name, "status": status})
-        }
-        InstanceError::Timeout {
-            name,
-            tool,
-            seconds,
-        } => json!({"instance": name, "tool": tool, "timeout_seconds": seconds}),
-        _ => json!({}),
-    };
-    let retryable = matches!(
-        code,
-        ErrorCode::Unavailable | ErrorCode::StorageBusy | ErrorCode::StorageFull
-    ) && !matches!(e, InstanceError::StartFailed { .. });
-    let mut err = ToolError::new(code, e.to_string()).with_details(details);
-    err.retryable = retryable;
-    Failure::Domain(err)
+/// An instance error as a tool failure ([`IntoFault`](crate::fault::IntoFault) is next to
+/// the error): none of them names an argument, so the tool's name is not needed.
+fn failure(e: InstanceError) -> Failure {
+    super::tool::failure("", e)
 }
 
 #[derive(Debug, Default, Deserialize, JsonSchema)]

@@ -12,18 +12,14 @@ use serde_json::{Value, json};
 use super::Coordinator;
 use super::gate;
 use super::session::Call;
-use super::system::store_error;
-use super::tool::{
-    self, ErrorCode, Failure, Reply, Route, ToolError, ToolSpec, invalid_field, route,
-    route_with_input,
-};
-use crate::approval::ApprovalError;
+use super::tool::failure;
+use super::tool::{self, Failure, Reply, Route, ToolSpec, invalid_field, route, route_with_input};
 use crate::config::ToolGroup;
 use crate::pipeline::{
     Definition, Dependency, NewPipeline, NewRun, Pipeline, PipelineError, PipelineSummary, Run,
     RunStatus, StageDef, Template, describe_progress,
 };
-use crate::task::{Priority, TaskError};
+use crate::task::Priority;
 use wait::wait_for;
 
 fn spec(
@@ -127,30 +123,6 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// Maps pipeline errors to tool failures.
-fn pipeline_failure(tool: &str, e: PipelineError) -> Failure {
-    match e {
-        PipelineError::Store(e) | PipelineError::Task(TaskError::Store(e)) => {
-            Failure::Domain(store_error(e))
-        }
-        PipelineError::Task(e) => {
-            Failure::Domain(ToolError::new(ErrorCode::Conflict, e.to_string()))
-        }
-        PipelineError::Approval(ApprovalError::Store(e)) => Failure::Domain(store_error(e)),
-        PipelineError::Approval(e) => {
-            Failure::Domain(ToolError::new(ErrorCode::Conflict, e.to_string()))
-        }
-        PipelineError::NotFound { what, ref id } => Failure::Domain(
-            ToolError::new(ErrorCode::NotFound, e.to_string())
-                .with_details(json!({"what": what, "id": id})),
-        ),
-        PipelineError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
-        PipelineError::Invalid { field, message } => {
-            Failure::Domain(invalid_field(tool, &field, message))
-        }
-    }
-}
-
 /// Arguments of `pipeline_create`. `stages` is required unless `template` is given (a root
 /// `if`/`else`, which Claude's API takes where it refuses a root `anyOf`).
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -233,7 +205,7 @@ async fn pipeline_create(c: Coordinator, i: CreateInput, call: Call) -> Result<C
     let (pipeline, created) = c
         .blocking(move |c| c.pipelines().create(new, &actor))
         .await?
-        .map_err(|e| pipeline_failure(TOOL, e))?;
+        .map_err(|e| failure(TOOL, e))?;
     let message = if created {
         format!(
             "Pipeline {} ({}) version {} created with {} stage(s). Start it with pipeline_run.",
@@ -279,7 +251,7 @@ pub struct DeleteInput {
 async fn pipeline_get(c: Coordinator, i: GetInput, _call: Call) -> Result<Pipeline, Failure> {
     c.blocking(move |c| c.pipelines().get(&i.pipeline, i.version))
         .await?
-        .map_err(|e| pipeline_failure("pipeline_get", e))
+        .map_err(|e| failure("pipeline_get", e))
 }
 
 /// Arguments of `pipeline_list`.
@@ -356,7 +328,7 @@ async fn pipeline_list(c: Coordinator, i: ListInput, _call: Call) -> Result<Pipe
             Ok((p, next, runs))
         })
         .await?
-        .map_err(|e| pipeline_failure(TOOL, e))?;
+        .map_err(|e| failure(TOOL, e))?;
     Ok(PipelineList {
         pipelines,
         next_cursor,
@@ -390,7 +362,7 @@ async fn pipeline_delete(c: Coordinator, i: DeleteInput, call: Call) -> Result<P
     let actor = call.actor.clone();
     c.blocking(move |c| c.pipelines().delete(&i.pipeline, &actor))
         .await?
-        .map_err(|e| pipeline_failure("pipeline_delete", e))
+        .map_err(|e| failure("pipeline_delete", e))
 }
 
 /// Arguments of `pipeline_run`.
@@ -476,7 +448,7 @@ async fn pipeline_run(
     let run = c
         .blocking(move |c| c.pipelines().run(new, &actor))
         .await?
-        .map_err(|e| pipeline_failure(TOOL, e))?;
+        .map_err(|e| failure(TOOL, e))?;
     // A client that takes tasks gets the run as one instead of a long wait: it polls
     // `tasks/get` (the task id is the run id, so it survives a coordinator restart).
     if call.tasks && !wait.is_zero() {
@@ -597,7 +569,7 @@ async fn pipeline_run_get(
     let run = c
         .blocking(move |c| c.pipelines().get_run(&i.run_id))
         .await?
-        .map_err(|e| pipeline_failure(TOOL, e))?;
+        .map_err(|e| failure(TOOL, e))?;
     wait_for(&c, &call, run, wait, false).await
 }
 
@@ -623,7 +595,7 @@ async fn pipeline_run_cancel(
                 .cancel_run(&i.run_id, i.reason.as_deref(), &actor)
         })
         .await?
-        .map_err(|e| pipeline_failure("pipeline_run_cancel", e))?;
+        .map_err(|e| failure("pipeline_run_cancel", e))?;
     Ok(result(&c, run, WaitEnd::NoWait))
 }
 

@@ -6,18 +6,16 @@ use std::time::{Duration, Instant};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::Coordinator;
 use super::session::Call;
-use super::system::store_error;
-use super::tool::{ErrorCode, Failure, Route, ToolError, invalid_field, route, spec};
-use crate::agent::{
-    Agent, AgentError, AgentStatus, AgentType, Health, NewAgent, Registration, Resources,
-};
+use super::tool::failure;
+use super::tool::{Failure, Route, invalid_field, route, spec};
+use crate::agent::{Agent, AgentStatus, AgentType, Health, NewAgent, Registration, Resources};
 use crate::config::ToolGroup;
 use crate::task::{
-    MAX_WAIT_SECONDS, NewTask, NoTask, Priority, QueueStats, Report, Task, TaskError, TaskStatus,
+    MAX_WAIT_SECONDS, NewTask, NoTask, Priority, QueueStats, Report, Task, TaskStatus,
 };
 
 pub fn routes() -> Vec<Route> {
@@ -196,48 +194,6 @@ fn task_routes() -> Vec<Route> {
     ]
 }
 
-fn agent_failure(tool: &str, e: AgentError) -> Failure {
-    match e {
-        AgentError::Store(e) => Failure::Domain(store_error(e)),
-        AgentError::Token(e) => Failure::Domain(
-            ToolError::new(ErrorCode::Unauthorized, e.to_string())
-                .with_details(json!({"field": "token"})),
-        ),
-        AgentError::Revoked(m) => Failure::Domain(
-            ToolError::new(ErrorCode::Unauthorized, format!("agent token refused: {m}"))
-                .with_details(json!({"field": "token"})),
-        ),
-        AgentError::NotFound(id) => Failure::Domain(
-            ToolError::new(ErrorCode::NotFound, format!("agent {id} not found"))
-                .with_details(json!({"agent_id": id})),
-        ),
-        e @ AgentError::NameTaken(_) => {
-            Failure::Domain(ToolError::new(ErrorCode::Conflict, e.to_string()))
-        }
-        AgentError::Invalid { field, message } => {
-            Failure::Domain(invalid_field(tool, field, message))
-        }
-    }
-}
-
-fn task_failure(tool: &str, e: TaskError) -> Failure {
-    match e {
-        TaskError::Agent(e) => agent_failure(tool, e),
-        TaskError::Store(e) => Failure::Domain(store_error(e)),
-        TaskError::NotFound(id) => Failure::Domain(
-            ToolError::new(ErrorCode::NotFound, format!("task {id} not found"))
-                .with_details(json!({"task_id": id})),
-        ),
-        TaskError::NotLeaseholder(m) => {
-            Failure::Domain(ToolError::new(ErrorCode::NotLeaseholder, m))
-        }
-        TaskError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
-        TaskError::Invalid { field, message } => {
-            Failure::Domain(invalid_field(tool, field, message))
-        }
-    }
-}
-
 /// Arguments of `agent_register`.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -278,7 +234,7 @@ async fn agent_register(
     };
     c.blocking(move |c| c.tasks().agents().register(new))
         .await?
-        .map_err(|e| agent_failure("agent_register", e))
+        .map_err(|e| failure("agent_register", e))
 }
 
 /// Arguments of `agent_heartbeat`.
@@ -307,7 +263,7 @@ async fn agent_heartbeat(c: Coordinator, i: HeartbeatInput, _call: Call) -> Resu
         )
     })
     .await?
-    .map_err(|e| agent_failure("agent_heartbeat", e))
+    .map_err(|e| failure("agent_heartbeat", e))
 }
 
 /// Arguments of `agent_list`.
@@ -335,7 +291,7 @@ async fn agent_list(c: Coordinator, i: AgentListInput, _call: Call) -> Result<Ag
     })
     .await?
     .map(|agents| AgentList { agents })
-    .map_err(|e| agent_failure("agent_list", e))
+    .map_err(|e| failure("agent_list", e))
 }
 
 /// Arguments of `agent_deregister`.
@@ -370,7 +326,7 @@ async fn agent_deregister(
                 retargeted_tasks,
             },
         )
-        .map_err(|e| agent_failure("agent_deregister", e))
+        .map_err(|e| failure("agent_deregister", e))
 }
 
 /// Arguments of `task_submit`.
@@ -451,7 +407,7 @@ async fn task_submit(c: Coordinator, i: SubmitInput, call: Call) -> Result<Submi
             created,
             task,
         })
-        .map_err(|e| task_failure("task_submit", e))
+        .map_err(|e| failure("task_submit", e))
 }
 
 /// Arguments of `task_claim`.
@@ -505,7 +461,7 @@ async fn task_claim(c: Coordinator, i: ClaimInput, call: Call) -> Result<Claimed
         )));
     }
     let until = Instant::now() + Duration::from_secs_f64(wait);
-    let fail = |e| task_failure("task_claim", e);
+    let fail = |e| failure("task_claim", e);
     let reason = loop {
         // Read before claiming, so a task queued during the claim is not slept through; only
         // when there is time left to wait (a plain claim does not touch the watch connection).
@@ -639,7 +595,7 @@ async fn task_report(c: Coordinator, i: ReportInput, _call: Call) -> Result<Task
         .map_err(|(field, m)| Failure::Domain(invalid_field("task_report", field, m)))?;
     c.blocking(move |c| c.tasks().report(&token, &task_id, report))
         .await?
-        .map_err(|e| task_failure("task_report", e))
+        .map_err(|e| failure("task_report", e))
 }
 
 /// Arguments of `task_get`.
@@ -652,7 +608,7 @@ pub struct TaskIdInput {
 async fn task_get(c: Coordinator, i: TaskIdInput, _call: Call) -> Result<Task, Failure> {
     c.blocking(move |c| c.tasks().get(&i.task_id))
         .await?
-        .map_err(|e| task_failure("task_get", e))
+        .map_err(|e| failure("task_get", e))
 }
 
 /// Arguments of `task_list`.
@@ -700,7 +656,7 @@ async fn task_list(c: Coordinator, i: TaskListInput, _call: Call) -> Result<Task
     })
     .await?
     .map(|(tasks, next_cursor)| TaskPage { tasks, next_cursor })
-    .map_err(|e| task_failure("task_list", e))
+    .map_err(|e| failure("task_list", e))
 }
 
 /// Arguments of `task_cancel`.
@@ -717,14 +673,14 @@ async fn task_cancel(c: Coordinator, i: CancelInput, call: Call) -> Result<Task,
     let actor = call.actor.clone();
     c.blocking(move |c| c.tasks().cancel(&i.task_id, i.reason.as_deref(), &actor))
         .await?
-        .map_err(|e| task_failure("task_cancel", e))
+        .map_err(|e| failure("task_cancel", e))
 }
 
 async fn task_requeue(c: Coordinator, i: TaskIdInput, call: Call) -> Result<Task, Failure> {
     let actor = call.actor.clone();
     c.blocking(move |c| c.tasks().requeue(&i.task_id, &actor))
         .await?
-        .map_err(|e| task_failure("task_requeue", e))
+        .map_err(|e| failure("task_requeue", e))
 }
 
 /// `queue_stats` takes no arguments.
@@ -735,7 +691,7 @@ pub struct StatsInput {}
 async fn queue_stats(c: Coordinator, _i: StatsInput, _call: Call) -> Result<QueueStats, Failure> {
     c.blocking(|c| c.tasks().stats())
         .await?
-        .map_err(|e| task_failure("queue_stats", e))
+        .map_err(|e| failure("queue_stats", e))
 }
 
 /// Arguments of `queue_purge`.
@@ -764,5 +720,5 @@ async fn queue_purge(c: Coordinator, i: PurgeInput, call: Call) -> Result<Purged
     c.blocking(move |c| c.tasks().purge(i.retention_seconds, &statuses, &actor))
         .await?
         .map(|deleted| Purged { deleted })
-        .map_err(|e| task_failure("queue_purge", e))
+        .map_err(|e| failure("queue_purge", e))
 }

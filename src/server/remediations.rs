@@ -9,10 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::Coordinator;
-use super::assessments::assessment_failure;
 use super::gate::{self, Passage};
 use super::session::Call;
-use super::system::store_error;
+use super::tool::failure;
 use super::tool::{
     self, ErrorCode, Failure, Reply, Route, ToolError, invalid_field, route, route_with_input,
 };
@@ -134,36 +133,6 @@ pub fn routes() -> Vec<Route> {
             mcp_server_remove,
         ),
     ]
-}
-
-fn failure(tool: &str, e: RemediationError) -> Failure {
-    match e {
-        RemediationError::Store(e) => Failure::Domain(store_error(e)),
-        RemediationError::Assessment(e) => assessment_failure(tool, e),
-        RemediationError::Approval(e) => {
-            Failure::Domain(ToolError::new(ErrorCode::Forbidden, e.to_string()))
-        }
-        RemediationError::Secret(e) => Failure::Domain(
-            ToolError::new(ErrorCode::Unavailable, e.to_string()).with_details(
-                json!({"hint": "mcp-coordinator secrets --help explains the master key"}),
-            ),
-        ),
-        RemediationError::NotFound(ref id) => Failure::Domain(
-            ToolError::new(ErrorCode::NotFound, e.to_string())
-                .with_details(json!({"remediation_id": id})),
-        ),
-        RemediationError::Conflict(m) => Failure::Domain(ToolError::new(ErrorCode::Conflict, m)),
-        RemediationError::Stale(m) => Failure::Domain(
-            ToolError::new(ErrorCode::Conflict, m).with_details(json!({"reason": "file_changed"})),
-        ),
-        RemediationError::Registry(m) => Failure::Domain(
-            ToolError::new(ErrorCode::Unavailable, m)
-                .with_details(json!({"reason": "registry_unreachable"})),
-        ),
-        RemediationError::Invalid { field, message } => {
-            Failure::Domain(invalid_field(tool, &field, message))
-        }
-    }
 }
 
 /// Arguments of `remediation_propose`: `actions`, `assessment_id`, or both (a root

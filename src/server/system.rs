@@ -4,12 +4,11 @@ use std::collections::BTreeMap;
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::Coordinator;
 use super::session::{Call, Era};
-use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
-use crate::audit::{AuditError, Outcome, Page, Query, VerifyReport};
+use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, failure, route};
+use crate::audit::{Outcome, Page, Query, VerifyReport};
 use crate::config::{ToolGroup, Toolset};
 use crate::overseer::{OverseerError, OverseerService, unprotected_warning};
 use crate::store::{Store, StoreError};
@@ -56,27 +55,6 @@ pub fn routes() -> Vec<Route> {
             audit_verify,
         ),
     ]
-}
-
-/// Maps a store failure to a domain error.
-pub(super) fn store_error(e: StoreError) -> ToolError {
-    ToolError::store(&e)
-}
-
-fn audit_failure(tool: &str, e: AuditError) -> Failure {
-    match e {
-        AuditError::Store(e) => Failure::Domain(store_error(e)),
-        AuditError::InvalidInput { field, message } => {
-            Failure::Domain(invalid_field(tool, field, message))
-        }
-        AuditError::EmptyRange { since, until } => Failure::Domain(
-            ToolError::new(
-                ErrorCode::InvalidRequest,
-                format!("the time range is empty: until ({until}) must be after since ({since})"),
-            )
-            .with_details(json!({"field": "until", "since": since, "until": until})),
-        ),
-    }
 }
 
 /// `coordinator_status` takes no arguments.
@@ -164,7 +142,7 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
             store.table_counts()?,
         ))
     });
-    let (mut health, schema_version, counts) = db.map_err(store_error)?;
+    let (mut health, schema_version, counts) = db.map_err(|e| ToolError::store(&e))?;
     let unaudited = c.unaudited_calls();
     if let Some(u) = &unaudited {
         health = format!(
@@ -182,7 +160,7 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
     let overseer = c
         .quick(|c| OverseerService::new(c.audit().clone()).status())
         .map_err(|e| match e {
-            OverseerError::Store(e) => store_error(e),
+            OverseerError::Store(e) => ToolError::store(&e),
             other => ToolError::new(ErrorCode::StorageError, other.to_string()),
         })?;
     let overseer = OverseerStatus {
@@ -273,7 +251,7 @@ async fn audit_query(c: Coordinator, input: AuditQueryInput, _call: Call) -> Res
         c.audit().query(&q)
     })
     .await?
-    .map_err(|e| audit_failure("audit_query", e))
+    .map_err(|e| failure("audit_query", e))
 }
 
 /// `audit_verify` takes no arguments: it always checks the whole chain.
@@ -291,5 +269,5 @@ async fn audit_verify(
         c.audit().verify()
     })
     .await?
-    .map_err(|e| audit_failure("audit_verify", e))
+    .map_err(|e| failure("audit_verify", e))
 }

@@ -9,7 +9,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{RunResult, WaitEnd, pipeline_failure, result};
+use super::super::tool::failure;
+use super::{RunResult, WaitEnd, result};
 use crate::approval::{DecideWith, State};
 use crate::pipeline::{Run, RunStatus, StageRun, describe_progress};
 use crate::server::Coordinator;
@@ -220,7 +221,7 @@ async fn next_change(
             // Another process (a worker's coordinator, the CLI) may have moved the run.
             let id = run_id.to_string();
             let now = c.blocking(move |c| c.pipelines().stamp(&id)).await?
-                .map_err(|e| pipeline_failure("pipeline_run", e))?;
+                .map_err(|e| failure("pipeline_run", e))?;
             if now == *stamp {
                 return Ok(Change::Same);
             }
@@ -251,7 +252,7 @@ async fn fetch(c: &Coordinator, run_id: &str) -> Result<Run, Failure> {
     let id = run_id.to_string();
     c.blocking(move |c| c.pipelines().get_run(&id))
         .await?
-        .map_err(|e| pipeline_failure("pipeline_run", e))
+        .map_err(|e| failure("pipeline_run", e))
 }
 
 /// The run after collecting what was decided or finished meanwhile.
@@ -262,7 +263,7 @@ async fn advanced(c: &Coordinator, run_id: &str) -> Result<Run, Failure> {
         c.pipelines().get_run(&id)
     })
     .await?
-    .map_err(|e| pipeline_failure("pipeline_run", e))
+    .map_err(|e| failure("pipeline_run", e))
 }
 
 /// Asks the person about one approval stage through the client (a form elicitation) in the
