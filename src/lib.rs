@@ -1,5 +1,10 @@
 //! mcp-coordinator as a library: the layers the binary, the tests and the benchmark share.
-//! Dependencies point down only: `server` -> domains (`audit`, `approval`, `agent`, `task`, `instance`) -> `store`; rmcp is used only by `server`, `cli` and `instance::child` (the coordinator as an MCP client of its children).
+//! Dependencies point down only: `cli` -> `server` -> domains (`approval`, `overseer`, `agent`,
+//! `task`, `pipeline`, `assessment`, `clients`, `remediation`, `secret`, `audit`, `instance`)
+//! -> `store`, with leaves any layer may use (`config`, `fault`, `periodic`, `limits`,
+//! `logging`, `glob`, `keyfile`, `net`). rmcp is used only by `server`, `cli` and
+//! `instance::child` (the coordinator as an MCP client of its children); rusqlite only by
+//! `store`.
 
 pub mod agent;
 pub mod approval;

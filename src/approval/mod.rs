@@ -1,6 +1,12 @@
 //! The approval service: the one mechanism every gated action goes through. An approval names
 //! exactly the action it authorises (by the SHA-256 of its canonical JSON), waits for a
 //! person's final decision, expires, and lets the approved action execute at most once.
+//!
+//! What lives here: the service and its types (this file), the canonical JSON an approval's
+//! hash covers (`canonical.rs`), the gate every executor passes (`gate.rs`: an approval opened
+//! for exactly one action, consumed once by it) and the risk policy (`policy.rs`). It may
+//! depend on `audit` and `store` (its table through `store::approval`, inside a `store::Tx`);
+//! never on `server`, rmcp or the database driver: asking a person is the server's job.
 
 pub mod canonical;
 pub mod gate;

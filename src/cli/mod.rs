@@ -1,5 +1,7 @@
 //! Command-line interface: argument definitions (clap) and dispatch to `serve` (the default)
-//! and the people-facing subcommands.
+//! and the people-facing subcommands, one file each (`approvals`, `audit`, `overseer`,
+//! `secrets`, `exec`), with the terminal (`tty`) and process hardening (`hardening`) they
+//! share. It may depend on every domain and on `server` (to serve); nothing depends on it.
 
 mod approvals;
 mod audit;

@@ -32,7 +32,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(db = %settings.db.display(), data_dir = %settings.data_dir.display(), "serving MCP on stdio");
     warn_if_unprotected(&settings, &audit);
     // Orphans of child servers come to us rather than to init, so that they can be killed
-    // and reaped (src/instance/reaper.rs); before any child is started.
+    // and reaped (src/instance/child/reaper.rs); before any child is started.
     match mcp_coordinator::instance::reaper::become_subreaper() {
         Ok(()) => {}
         // Not Linux: a known gap (README, Platforms), not worth a warning at every start.
