@@ -3,8 +3,8 @@
 //! `task`, `pipeline`, `assessment`, `clients`, `remediation`, `secret`, `audit`, `instance`)
 //! -> `store`, with leaves any layer may use (`config`, `fault`, `periodic`, `limits`,
 //! `logging`, `glob`, `keyfile`, `net`). rmcp is used only by `server`, `cli` and
-//! `instance::child` (the coordinator as an MCP client of its children); rusqlite only by
-//! `store`.
+//! `instance::child` (the coordinator as an MCP client of its children); the database driver
+//! only by `store`.
 
 pub mod agent;
 pub mod approval;

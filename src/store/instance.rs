@@ -1,11 +1,9 @@
 //! SQL for child MCP instances (one row per instance, written whole by its supervisor) and for
 //! the pinned definitions of their tools.
 
-use std::str::FromStr;
-
 use rusqlite::{Params, Row, params};
 
-use super::{StoreError, Tx};
+use super::{StoreError, Tx, closed};
 use crate::instance::status::{PinStatus, Status};
 
 /// One row of `instances`.
@@ -45,7 +43,7 @@ fn from_row(r: &Row<'_>) -> Result<InstanceRow, StoreError> {
         id: r.get(0)?,
         name: r.get(1)?,
         type_name: r.get(2)?,
-        status: parse(r, 3, "instances.status")?,
+        status: closed::get(r, 3, "instances.status").map_err(closed::error)?,
         owner: r.get(4)?,
         owner_host: r.get(5)?,
         owner_pid: r.get(6)?,
@@ -233,7 +231,7 @@ fn pin_from_row(r: &Row<'_>) -> Result<PinRow, StoreError> {
     Ok(PinRow {
         type_name: r.get(0)?,
         tool: r.get(1)?,
-        status: parse(r, 2, "instance_tool_pins.status")?,
+        status: closed::get(r, 2, "instance_tool_pins.status").map_err(closed::error)?,
         hash: r.get(3)?,
         definition: r.get(4)?,
         flags: r.get(5)?,
@@ -283,13 +281,6 @@ pub fn put_pin(tx: &Tx<'_>, p: &PinRow) -> Result<(), StoreError> {
         ])
         .map_err(StoreError::from_sqlite)?;
     Ok(())
-}
-
-/// A stored closed value (`column` names it in the error), parsed into its enum.
-fn parse<T: FromStr>(r: &Row<'_>, i: usize, column: &'static str) -> Result<T, StoreError> {
-    let text: String = r.get(i)?;
-    text.parse()
-        .map_err(|_| StoreError::unreadable(column, &text))
 }
 
 /// The first row of a query, mapped, if there is one.
