@@ -103,6 +103,9 @@ pub struct ConfigFile {
     /// Child MCP instances: restore on start, stop grace, how many at once.
     #[serde(default)]
     pub instances: crate::instance::catalog::InstancesConfig,
+    /// The oversight console: whether `serve` serves it too, where it listens, TLS or proxy.
+    #[serde(default)]
+    pub console: crate::console::ConsoleConfig,
     /// The catalog of child MCP servers the coordinator may run, by type name
     /// (`[instance_types.NAME]`).
     #[serde(default)]
@@ -345,6 +348,9 @@ pub struct Settings {
     /// The config file that was loaded, if any.
     pub config_path: Option<PathBuf>,
     pub config: ConfigFile,
+    /// The URL of an oversight console serving this database, once one listens (this
+    /// process's own, or `[console] public_url`): pending approvals link to it.
+    pub console_url: Option<String>,
 }
 
 /// The platform data directory (`$XDG_DATA_HOME/mcp-coordinator` on Linux), if there is a home.
@@ -434,11 +440,13 @@ impl Settings {
             Some(p) => ConfigFile::load(p)?,
             None => ConfigFile::default(),
         };
+        let console_url = config.console.public_url.clone();
         Ok(Settings {
             data_dir,
             db,
             config_path,
             config,
+            console_url,
         })
     }
 }
@@ -454,6 +462,7 @@ mod tests {
             db: Location::File(PathBuf::from("/tmp/my data/coordinator.db")),
             config_path: None,
             config: ConfigFile::default(),
+            console_url: None,
         };
         assert_eq!(
             s.cli_prefix().as_deref(),

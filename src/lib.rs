@@ -12,6 +12,7 @@ pub mod assessment;
 pub mod audit;
 pub mod clients;
 pub mod config;
+pub mod console;
 pub mod fault;
 pub mod glob;
 pub mod instance;

@@ -76,8 +76,10 @@ CLI for {LOCK_SECONDS} s"
 /// What an answer was given for, as the audit log records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// Approving an approval at the CLI.
+    /// Approving an approval at the CLI, or a `critical` one in the console.
     Approve,
+    /// Logging in to the oversight console.
+    Login,
     /// Changing the passphrase or name (the old passphrase).
     Change,
     /// Resetting with the recovery code.
@@ -88,6 +90,7 @@ impl Purpose {
     fn as_str(self) -> &'static str {
         match self {
             Purpose::Approve => "approve",
+            Purpose::Login => "login",
             Purpose::Change => "change",
             Purpose::Reset => "reset",
         }
@@ -381,7 +384,7 @@ impl OverseerService {
         // processes are not held up while it runs.
         let phc = match purpose {
             Purpose::Reset => &row.recovery,
-            Purpose::Approve | Purpose::Change => &row.passphrase,
+            Purpose::Approve | Purpose::Login | Purpose::Change => &row.passphrase,
         };
         let right = matches(secret, phc);
         self.store()
@@ -434,7 +437,7 @@ impl OverseerService {
                     None => OverseerError::Wrong {
                         what: match purpose {
                             Purpose::Reset => "recovery code",
-                            Purpose::Approve | Purpose::Change => "passphrase",
+                            Purpose::Approve | Purpose::Login | Purpose::Change => "passphrase",
                         },
                         name: row.name.clone(),
                         left: MAX_FAILURES - failures,

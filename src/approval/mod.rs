@@ -92,10 +92,20 @@ string_enum!(
         ElicitationForm => "elicitation_form",
         /// `mcp-coordinator approvals approve|reject` by a person at the machine.
         Cli => "cli",
+        /// The oversight console (`mcp-coordinator console`), by the overseer logged in there.
+        Console => "console",
         /// Nobody decided in time.
         Expiry => "expiry",
     }
 );
+
+impl Channel {
+    /// Whether a decision through this channel is made outside the MCP client, by a person the
+    /// model cannot impersonate (the CLI and the console both need the overseer's passphrase).
+    pub fn is_out_of_band(self) -> bool {
+        matches!(self, Channel::Cli | Channel::Console)
+    }
+}
 
 /// Errors of the approval service.
 #[derive(Debug, thiserror::Error)]
@@ -592,7 +602,7 @@ impl ApprovalService {
             // Approving through the client is refused when policy needs the CLI; rejecting or
             // cancelling is always allowed (saying no is never the risky direction).
             if verdict.state == State::Approved
-                && verdict.via != Channel::Cli
+                && !verdict.via.is_out_of_band()
                 && approval.decide_with == DecideWith::OutOfBand
             {
                 return Err(ApprovalError::OutOfBandRequired {

@@ -170,12 +170,16 @@ pub enum Action {
     /// A wrong overseer passphrase or recovery code was given (and whether it locked the CLI).
     #[serde(rename = "overseer.refused")]
     OverseerRefused,
+    /// The overseer logged in to the oversight console (from which address).
+    #[serde(rename = "console.login")]
+    ConsoleLogin,
 }
 
 impl Action {
     pub fn as_str(self) -> &'static str {
         match self {
             Action::ToolCall => "tool.call",
+            Action::ConsoleLogin => "console.login",
             Action::AuditKeyAdded => "audit.key_added",
             Action::ApprovalRequested => "approval.requested",
             Action::ApprovalApproved => "approval.approved",

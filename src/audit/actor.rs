@@ -54,6 +54,15 @@ impl Actor {
         )
     }
 
+    /// The overseer `name`, logged in to the console at `console` from `remote`:
+    /// `overseer:NAME (console 127.0.0.1:8750 from 127.0.0.1:50412)`.
+    pub fn overseer_at_console(name: &str, console: &str, remote: &str) -> Self {
+        Actor::new(
+            ActorKind::Overseer,
+            format!("{name} (console {console} from {remote})"),
+        )
+    }
+
     /// The coordinator itself.
     pub fn system() -> Self {
         Actor::new(ActorKind::System, "mcp-coordinator")

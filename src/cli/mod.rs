@@ -1,10 +1,11 @@
 //! Command-line interface: argument definitions (clap) and dispatch to `serve` (the default)
-//! and the people-facing subcommands, one file each (`approvals`, `audit`, `overseer`,
+//! and the people-facing subcommands, one file each (`approvals`, `audit`, `console`, `overseer`,
 //! `secrets`, `exec`), with the terminal (`tty`) and process hardening (`hardening`) they
 //! share. It may depend on every domain and on `server` (to serve); nothing depends on it.
 
 mod approvals;
 mod audit;
+mod console;
 mod exec;
 mod hardening;
 mod overseer;
@@ -47,6 +48,7 @@ assistant with a shell can approve its own requests):
 Examples:
   mcp-coordinator                          serve on stdio with the default database
   mcp-coordinator serve --db :memory:      serve without touching disk
+  mcp-coordinator console                  the oversight console at http://127.0.0.1:8750/
   mcp-coordinator approvals list           what is waiting for a person
   mcp-coordinator approvals approve ID --reason \"checked the diff\"   (asks the passphrase)
   mcp-coordinator audit verify             check the audit chain and its signatures
@@ -147,6 +149,9 @@ with status 0 when the client closes stdin, or on SIGINT/SIGTERM. Logs go to std
     /// Decide approvals as a person: list, show, approve, reject
     #[command(subcommand, long_about = approvals::LONG_ABOUT)]
     Approvals(approvals::ApprovalsCommand),
+    /// Serve the oversight console (a web page to see everything and decide approvals)
+    #[command(long_about = console::LONG_ABOUT, after_help = console::AFTER_HELP)]
+    Console(console::ConsoleArgs),
     /// Set the overseer whose passphrase approving at the CLI needs: init, status, change, reset
     #[command(subcommand, long_about = overseer::LONG_ABOUT, after_help = overseer::AFTER_HELP)]
     Overseer(overseer::OverseerCommand),
@@ -169,6 +174,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         None | Some(Command::Serve) => serve::run(&cli.global),
         Some(Command::Approvals(cmd)) => approvals::run(&cli.global, cmd),
+        Some(Command::Console(args)) => console::run(&cli.global, args),
         Some(Command::Overseer(cmd)) => overseer::run(&cli.global, cmd),
         Some(Command::Audit(cmd)) => audit::run(&cli.global, cmd),
         Some(Command::Secrets(cmd)) => secrets::run(&cli.global, cmd),

@@ -1,5 +1,5 @@
 //! `mcp-coordinator serve`: start tracing on stderr, open the store, say hello on a terminal,
-//! and serve MCP on stdio until the client leaves or a signal arrives.
+//! bind the oversight console, and serve MCP on stdio until the client leaves or a signal arrives.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -10,6 +10,7 @@ use anyhow::Context;
 use super::GlobalArgs;
 use mcp_coordinator::audit::AuditLog;
 use mcp_coordinator::config::Settings;
+use mcp_coordinator::console::{self, Console};
 use mcp_coordinator::overseer::{OverseerService, unprotected_warning};
 use mcp_coordinator::server::{self, Coordinator};
 
@@ -20,12 +21,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     if let Some(toolsets) = &global.toolsets {
         settings.config.tools.toolsets = toolsets.clone();
     }
-    let level = global
-        .log_level
-        .clone()
-        .or_else(|| settings.config.log_level.clone())
-        .unwrap_or_else(|| mcp_coordinator::logging::DEFAULT_FILTER.into());
-    init_tracing(&level, global.log_format)?;
+    init_tracing(&log_level(global, &settings), global.log_format)?;
     if std::io::stdin().is_terminal() {
         banner(&settings);
     }
@@ -43,6 +39,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(error = %e, "cannot become a child subreaper: processes that child servers leave behind after setsid and a double fork may outlive them");
         }
     }
+    let console = bind_console(&mut settings, &audit);
     let coordinator = Coordinator::new(audit, settings)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -59,11 +56,56 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         .as_fd()
         .try_clone_to_owned()
         .context("cannot take over stdout")?;
+    let console_stop = tokio_util::sync::CancellationToken::new();
+    if let Some((console, bound)) = console {
+        let stop = console_stop.clone().cancelled_owned();
+        runtime.spawn(async move {
+            if let Err(e) = console.serve(bound, stop).await {
+                tracing::warn!(error = %e, "the console stopped");
+            }
+        });
+    }
     let stopped = runtime.block_on(server::run(coordinator, (input, output), shutdown_signal()))?;
+    console_stop.cancel();
     tracing::info!(?stopped, "stopped");
     // Do not wait for a blocked stdin read: the session is over.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The console this coordinator serves beside MCP, bound now so that pending approvals can
+/// link to it; `None` when `[console] enabled = false` or the address cannot be had (said on
+/// stderr: serving MCP goes on without it).
+fn bind_console(settings: &mut Settings, audit: &AuditLog) -> Option<(Console, console::Bound)> {
+    let config = &settings.config.console;
+    if !config.enabled {
+        return None;
+    }
+    let listen = config
+        .listen
+        .clone()
+        .unwrap_or_else(|| console::DEFAULT_SERVE_LISTEN.to_string());
+    match console::bind(config, &listen) {
+        Ok(bound) => {
+            let console = Console::new(audit.clone(), settings, &bound, None);
+            settings.console_url = Some(console.url());
+            tracing::info!(url = %console.url(), "oversight console (log in with the overseer's passphrase)");
+            Some((console, bound))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "not serving the oversight console");
+            None
+        }
+    }
+}
+
+/// The stderr log filter: `--log-level`, else the config's, else the default.
+pub(super) fn log_level(global: &GlobalArgs, settings: &Settings) -> String {
+    global
+        .log_level
+        .clone()
+        .or_else(|| settings.config.log_level.clone())
+        .unwrap_or_else(|| mcp_coordinator::logging::DEFAULT_FILTER.into())
 }
 
 /// Says on stderr, at start, when no overseer guards approving at the CLI. `:memory:` is left
@@ -83,7 +125,10 @@ fn warn_if_unprotected(settings: &Settings, audit: &AuditLog) {
 
 /// Logs go to stderr, never stdout (stdout carries JSON-RPC only), masked so that no level
 /// shows a secret. Colors only on a terminal.
-fn init_tracing(level: &str, format: mcp_coordinator::logging::LogFormat) -> anyhow::Result<()> {
+pub(super) fn init_tracing(
+    level: &str,
+    format: mcp_coordinator::logging::LogFormat,
+) -> anyhow::Result<()> {
     mcp_coordinator::logging::init(level, format, std::io::stderr().is_terminal())
         .map_err(anyhow::Error::msg)
 }
@@ -113,7 +158,7 @@ fn banner(settings: &Settings) {
     );
 }
 
-async fn shutdown_signal() {
+pub(super) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let term = async {
         match signal(SignalKind::terminate()) {

@@ -2,6 +2,7 @@
 //! data directory and connect rmcp's client to it in either protocol era.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod console;
 pub mod setup;
 
 use std::path::{Path, PathBuf};

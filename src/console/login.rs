@@ -1,0 +1,192 @@
+//! Logging in and out: the overseer's passphrase (the one `approvals approve` asks for at the
+//! CLI) opens a session. Attempts are limited per address here, and wrong answers count
+//! towards the overseer's lock in the database, which the CLI shares.
+
+use std::net::SocketAddr;
+
+use axum::Form;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use maud::html;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Console;
+use super::guard::{self, refuse};
+use super::layout::{error_page, html_response, page};
+use super::session::Person;
+use crate::audit::{Action, Actor, ActorKind, NewEvent, Outcome};
+use crate::overseer::{OverseerError, Purpose};
+
+#[derive(Debug, Default, Deserialize)]
+pub struct NextQuery {
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct LoginForm {
+    csrf: String,
+    passphrase: String,
+    #[serde(default)]
+    next: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct LogoutForm {
+    csrf: String,
+}
+
+/// Only a path of this console is a place to go back to after logging in.
+fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+/// `GET /login`.
+pub async fn form(State(console): State<Console>, Query(q): Query<NextQuery>) -> Response {
+    login_page(&console, q.next.as_deref(), None, StatusCode::OK).await
+}
+
+async fn login_page(
+    console: &Console,
+    next: Option<&str>,
+    message: Option<&str>,
+    status: StatusCode,
+) -> Response {
+    let overseer = console
+        .blocking(|c| c.overseers().current())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let token = console.sessions().issue_login_form();
+    let next = safe_next(next);
+    let body = html! {
+        h1 { "Log in to the oversight console" }
+        @if let Some(message) = message {
+            p.error role="alert" { (message) }
+        }
+        @match &overseer {
+            Some(o) => {
+                p { "The overseer " strong { (o.name) } " decides approvals here with the same passphrase the CLI asks for." }
+                form.card method="post" action="/login" {
+                    input type="hidden" name="csrf" value=(token);
+                    input type="hidden" name="next" value=(next);
+                    label for="passphrase" { "Passphrase of overseer " (o.name) }
+                    input #passphrase type="password" name="passphrase" autocomplete="current-password" required autofocus;
+                    p { button type="submit" { "Log in" } }
+                }
+            }
+            None => {
+                p.error role="alert" {
+                    "No overseer is set for this database, so nobody can log in: the console decides approvals, \
+    and only a person with the overseer's passphrase may. Set one at a terminal:"
+                }
+                pre { "mcp-coordinator overseer init" }
+            }
+        }
+    };
+    let mut r = html_response(page(console, None, "", "Log in", body));
+    *r.status_mut() = status;
+    r
+}
+
+/// `POST /login`.
+pub async fn submit(
+    State(console): State<Console>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if let Err(r) = console.sessions().take_login_form(&form.csrf) {
+        return refuse(StatusCode::FORBIDDEN, r.message());
+    }
+    let next = form.next.as_deref();
+    if console.login_limited(peer.ip()) {
+        return login_page(
+            &console,
+            next,
+            Some("Too many login attempts from this address; wait a minute and try again."),
+            StatusCode::TOO_MANY_REQUESTS,
+        )
+        .await;
+    }
+    let remote = peer.to_string();
+    let passphrase = form.passphrase;
+    let visitor = Actor::new(ActorKind::User, format!("console visitor from {remote}"));
+    let verified = console
+        .blocking(move |c| c.overseers().verify(&passphrase, Purpose::Login, &visitor))
+        .await;
+    let overseer = match verified {
+        Ok(Ok(o)) => o,
+        Ok(Err(e @ (OverseerError::Wrong { .. } | OverseerError::Locked { .. }))) => {
+            let status = match e {
+                OverseerError::Locked { .. } => StatusCode::TOO_MANY_REQUESTS,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return login_page(&console, next, Some(&e.to_string()), status).await;
+        }
+        Ok(Err(e @ OverseerError::NotSet)) => {
+            return login_page(&console, next, Some(&e.to_string()), StatusCode::FORBIDDEN).await;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "console: login check failed");
+            return error_page(
+                &console,
+                None,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &e.to_string(),
+            );
+        }
+        Err(r) => return r,
+    };
+    let url = console.url();
+    let (name, event_remote) = (overseer.name.clone(), remote.clone());
+    let recorded = console
+        .blocking(move |c| {
+            c.audit().record(NewEvent {
+                actor: Actor::overseer_at_console(&name, &url, &event_remote),
+                action: Action::ConsoleLogin,
+                subject: format!("overseer:{name}"),
+                outcome: Outcome::Ok,
+                detail: json!({"console": url, "remote": event_remote}),
+                critical: false,
+            })
+        })
+        .await;
+    if let Ok(Err(e)) = recorded {
+        // Logging in is not refused for an audit write that failed; it is said.
+        tracing::warn!(error = %e, "console: cannot record the login in the audit log");
+    }
+    let token = console
+        .sessions()
+        .create(&overseer.name, overseer.credential, &remote);
+    let mut r = Redirect::to(&safe_next(next)).into_response();
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) =
+        HeaderValue::from_str(&guard::session_set_cookie(&token, console.secure_cookies()))
+    {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `POST /logout`.
+pub async fn logout(
+    State(console): State<Console>,
+    person: Person,
+    Form(form): Form<LogoutForm>,
+) -> Response {
+    if let Err(r) = guard::take_form(&console, &person, &form.csrf) {
+        return r;
+    }
+    console.sessions().end(&person);
+    let mut r = Redirect::to("/login").into_response();
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(&guard::session_clear_cookie(console.secure_cookies())) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
