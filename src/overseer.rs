@@ -48,14 +48,14 @@ pub enum OverseerError {
     AlreadySet { name: String },
     /// Checks are refused until `until` after too many wrong answers.
     #[error(
-        "the overseer passphrase is locked after {MAX_FAILURES} wrong answers: approving from \
-the CLI is refused until {until} (in {seconds} s)"
+        "the overseer passphrase is locked after {MAX_FAILURES} wrong answers: approving (at the \
+CLI or in the console) and logging in to the console are refused until {until} (in {seconds} s)"
     )]
     Locked { until: String, seconds: u64 },
     /// A wrong passphrase or recovery code.
     #[error(
-        "wrong {what} for overseer {name}; {left} more wrong answer(s) lock approving from the \
-CLI for {LOCK_SECONDS} s"
+        "wrong {what} for overseer {name}; {left} more wrong answer(s) lock the overseer's \
+passphrase (CLI and console) for {LOCK_SECONDS} s"
     )]
     Wrong {
         what: &'static str,

@@ -165,6 +165,30 @@ async fn a_guessed_passphrase_is_limited_and_locks() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_passphrase_ends_the_sessions_of_the_old_one() {
+    let dir = common::data_dir();
+    init_overseer(dir.path(), "ada", PASSPHRASE);
+    let console = ConsoleProc::start(dir.path(), &[]);
+    let mut http = Http::new(&console.url);
+    assert_eq!(http.login(PASSPHRASE).await.status, 303);
+    assert_eq!(http.get("/").await.status, 200);
+    let new = "a different passphrase entirely";
+    common::console::change_passphrase(dir.path(), PASSPHRASE, new);
+    // The console trusts the credential it read for 2 s at most.
+    tokio::time::sleep(std::time::Duration::from_millis(2200)).await;
+    let after = http.post("/logout", &[("csrf", "x")]).await;
+    assert_eq!(after.status, 401, "{}", after.body);
+    assert!(after.body.contains("passphrase changed"), "{}", after.body);
+    assert_eq!(http.get("/").await.status, 303, "the session is gone");
+    assert_eq!(
+        http.login(PASSPHRASE).await.status,
+        401,
+        "the old passphrase"
+    );
+    assert_eq!(http.login(new).await.status, 303, "the new one");
+}
+
 #[test]
 fn without_an_overseer_nobody_logs_in() {
     let dir = common::data_dir();

@@ -191,9 +191,15 @@ impl FromRequestParts<Console> for Person {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Response> {
+        let mut ended = false;
         if let Some(person) = session_cookie(&parts.headers).and_then(|t| console.sessions().get(t))
         {
-            return Ok(person);
+            if console.credential_is_current(person.credential).await {
+                return Ok(person);
+            }
+            // The passphrase changed (or was reset) since this login: the session ends.
+            console.sessions().end(&person);
+            ended = true;
         }
         let wants_page = parts.method == Method::GET
             && parts
@@ -214,7 +220,11 @@ impl FromRequestParts<Console> for Person {
         }
         Err(refuse(
             StatusCode::UNAUTHORIZED,
-            "not logged in to the console (or the session ended): log in at /login",
+            if ended {
+                "the overseer's passphrase changed since this session logged in: log in again at /login"
+            } else {
+                "not logged in to the console (or the session ended): log in at /login"
+            },
         ))
     }
 }

@@ -32,8 +32,8 @@ pub mod session;
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::http::StatusCode;
@@ -67,7 +67,14 @@ struct Inner {
     secure_cookies: bool,
     logins: DefaultKeyedRateLimiter<IpAddr>,
     tool_calls: Option<Arc<metrics::ToolCalls>>,
+    /// The overseer credential in force as last read, and when (see
+    /// [`Console::credential_is_current`]).
+    credential: Mutex<Option<(Instant, Option<i64>)>>,
 }
+
+/// How long the credential in force is trusted before it is read again: a passphrase changed
+/// or reset at the CLI ends the old passphrase's console sessions within this.
+const CREDENTIAL_FRESH: Duration = Duration::from_secs(2);
 
 impl Console {
     /// A console for the database behind `audit`, answering at the address `bound` holds.
@@ -101,6 +108,7 @@ impl Console {
                 secure_cookies: bound.is_tls() || config.behind_proxy,
                 logins: RateLimiter::keyed(Quota::per_minute(per_minute)),
                 tool_calls,
+                credential: Mutex::new(None),
             }),
         }
     }
@@ -180,6 +188,38 @@ impl Console {
     /// Whether a login attempt from `ip` is over the per-minute limit (counts this one).
     pub fn login_limited(&self, ip: IpAddr) -> bool {
         self.inner.logins.check_key(&ip).is_err()
+    }
+
+    /// Whether `credential` is still the overseer credential in force (read at most every
+    /// [`CREDENTIAL_FRESH`]). A session opened with a passphrase since changed or reset is
+    /// not; nor is any session when the credential cannot be read.
+    pub async fn credential_is_current(&self, credential: i64) -> bool {
+        let cached = *self
+            .inner
+            .credential
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let current = match cached {
+            Some((at, current)) if at.elapsed() < CREDENTIAL_FRESH => current,
+            _ => {
+                let read = self.blocking(|c| c.overseers().current()).await;
+                let current = match read {
+                    Ok(Ok(o)) => o.map(|o| o.credential),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "console: cannot read the overseer credential");
+                        return false;
+                    }
+                    Err(_) => return false,
+                };
+                *self
+                    .inner
+                    .credential
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), current));
+                current
+            }
+        };
+        current == Some(credential)
     }
 
     /// Runs `f` (database reads and writes, argon2) on the blocking pool, off the async

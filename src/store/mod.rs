@@ -697,6 +697,83 @@ mod tests {
         Ok(())
     }
 
+    /// 0011 rebuilds `approvals` (for the `console` channel): rows, the questions that
+    /// reference them, the final-decision triggers and the foreign key all survive it.
+    #[test]
+    fn migration_0011_keeps_approvals_questions_and_their_rules()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("c.db");
+        let mut conn = Connection::open(&path)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Migrations::from_slice(&MIGRATIONS[..10]).to_latest(&mut conn)?;
+        let row = |id: &str, state: &str, decided: Option<&str>| {
+            conn.execute(
+                "INSERT INTO approvals (id, kind, subject_id, summary, action, action_hash, risk, \
+                 requested_by, created_at, expires_at, decide_with, state, decided_by, \
+                 decided_via, decided_at) VALUES (?1, 'generic', '', 's', '{}', 'h', 'low', \
+                 'client:t', '2026-01-01T00:00:00Z', '2099-01-01T00:00:00Z', 'elicitation', \
+                 ?2, ?3, ?4, ?3)",
+                rusqlite::params![id, state, decided, decided.map(|_| "cli")],
+            )
+        };
+        row("a1", "pending", None)?;
+        row("a2", "approved", Some("2026-01-02T00:00:00Z"))?;
+        conn.execute(
+            "INSERT INTO approval_questions (nonce, approval_id, asked_at) VALUES ('n1', 'a1', 'x')",
+            [],
+        )?;
+        drop(conn);
+
+        let store = Store::open(&Location::File(path))?;
+        let conn = store.lock();
+        let count: i64 = conn.query_row("SELECT COUNT(*) FROM approvals", [], |r| r.get(0))?;
+        assert_eq!(count, 2);
+        let via: String = conn.query_row(
+            "SELECT decided_via FROM approvals WHERE id = 'a2'",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(via, "cli");
+        // The console channel is now accepted...
+        conn.execute(
+            "UPDATE approvals SET state = 'approved', decided_by = 'overseer:x', \
+             decided_via = 'console', decided_at = 'y' WHERE id = 'a1'",
+            [],
+        )?;
+        // ...an unknown one still is not, decisions stay final, and nothing is deleted.
+        let unknown = conn.execute(
+            "UPDATE approvals SET decided_via = 'carrier-pigeon' WHERE id = 'a2'",
+            [],
+        );
+        assert!(unknown.is_err());
+        let refinal = conn.execute(
+            "UPDATE approvals SET state = 'rejected' WHERE id = 'a2'",
+            [],
+        );
+        assert!(
+            refinal.is_err_and(|e| e.to_string().contains("final")),
+            "decisions are final"
+        );
+        assert!(
+            conn.execute("DELETE FROM approvals WHERE id = 'a2'", [])
+                .is_err()
+        );
+        // The question still points at its approval, and the foreign key still holds.
+        let q: String = conn.query_row(
+            "SELECT approval_id FROM approval_questions WHERE nonce = 'n1'",
+            [],
+            |r| r.get(0),
+        )?;
+        assert_eq!(q, "a1");
+        let orphan = conn.execute(
+            "INSERT INTO approval_questions (nonce, approval_id, asked_at) VALUES ('n2', 'nope', 'x')",
+            [],
+        );
+        assert!(orphan.is_err(), "the foreign key to approvals holds");
+        Ok(())
+    }
+
     #[test]
     fn newer_schema_is_refused() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;

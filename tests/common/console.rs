@@ -14,12 +14,43 @@ pub const PASSPHRASE: &str = "correct horse battery staple";
 /// Sets the overseer `name` with `passphrase` by answering `overseer init` on a terminal
 /// (script(1) gives it one, as a person would have).
 pub fn init_overseer(data_dir: &Path, name: &str, passphrase: &str) {
+    on_terminal(
+        data_dir,
+        &["overseer", "init"],
+        &[
+            ("Overseer name", name),
+            ("New passphrase", passphrase),
+            ("again", passphrase),
+        ],
+    );
+}
+
+/// Changes the overseer's passphrase from `old` to `new` with `overseer change`.
+pub fn change_passphrase(data_dir: &Path, old: &str, new: &str) {
+    on_terminal(
+        data_dir,
+        &["overseer", "change"],
+        &[
+            ("Current passphrase", old),
+            ("New passphrase", new),
+            ("again", new),
+        ],
+    );
+}
+
+/// Runs `mcp-coordinator --data-dir DIR ARGS` on a terminal (script(1)), answering each
+/// prompt in turn; the command must succeed. Returns what the terminal showed.
+pub fn on_terminal(data_dir: &Path, args: &[&str], answers: &[(&str, &str)]) -> String {
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let inner = format!(
-        "{} --data-dir {} overseer init",
+    let mut inner = format!(
+        "{} --data-dir {}",
         BIN,
         quote(&data_dir.display().to_string())
     );
+    for a in args {
+        inner.push(' ');
+        inner.push_str(&quote(a));
+    }
     let mut child = Command::new("script")
         .args(["-q", "-e", "-c", &inner, "/dev/null"])
         .env_remove("MCP_COORDINATOR_DB")
@@ -28,7 +59,7 @@ pub fn init_overseer(data_dir: &Path, name: &str, passphrase: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("script(1) runs overseer init");
+        .expect("script(1) runs the command");
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = child.stdout.take().expect("stdout");
     let screen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
@@ -48,11 +79,7 @@ pub fn init_overseer(data_dir: &Path, name: &str, passphrase: &str) {
         })
     };
     let mut seen = 0;
-    for (prompt, answer) in [
-        ("Overseer name", name),
-        ("New passphrase", passphrase),
-        ("again", passphrase),
-    ] {
+    for (prompt, answer) in answers {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let s = screen.lock().unwrap().clone();
@@ -67,14 +94,12 @@ pub fn init_overseer(data_dir: &Path, name: &str, passphrase: &str) {
             .write_all(format!("{answer}\r").as_bytes())
             .expect("answer the prompt");
     }
-    let status = child.wait().expect("overseer init ends");
+    let status = child.wait().expect("the command ends");
     drop(stdin);
     let _ = reader.join();
-    assert!(
-        status.success(),
-        "overseer init failed:\n{}",
-        screen.lock().unwrap()
-    );
+    let screen = screen.lock().unwrap().clone();
+    assert!(status.success(), "{args:?} failed:\n{screen}");
+    screen
 }
 
 /// A running `mcp-coordinator console` (killed when dropped).

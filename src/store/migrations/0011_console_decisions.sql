@@ -1,8 +1,11 @@
 -- 0011: a decision made in the oversight console is recorded as such (decided_via 'console').
 -- SQLite cannot change a CHECK in place, so the table is rebuilt the documented way (new table,
--- copy, drop, rename) with its indexes and triggers. `defer_foreign_keys` lets the questions'
--- references to `approvals` be checked at commit, when the rebuilt table holds every row again.
-PRAGMA defer_foreign_keys = ON;
+-- copy, drop, rename) with its indexes and triggers. The questions that reference approvals are
+-- set aside first and put back last: dropping a parent that still has children counts as a
+-- foreign key violation, which renaming the new table into its place does not undo (and
+-- `foreign_keys` cannot be switched off inside the migration's transaction).
+CREATE TEMP TABLE approval_questions_0011 AS SELECT * FROM approval_questions;
+DELETE FROM approval_questions;
 
 CREATE TABLE approvals_0011 (
     id            TEXT PRIMARY KEY,
@@ -58,3 +61,6 @@ CREATE TRIGGER approvals_no_delete BEFORE DELETE ON approvals
 BEGIN
     SELECT RAISE(ABORT, 'approvals are never deleted');
 END;
+
+INSERT INTO approval_questions SELECT * FROM temp.approval_questions_0011;
+DROP TABLE temp.approval_questions_0011;
