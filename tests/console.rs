@@ -218,6 +218,27 @@ fn a_non_loopback_address_needs_tls_or_a_proxy() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("is not loopback"), "{err}");
     assert!(err.contains("behind_proxy"), "{err}");
+    // Half a TLS setup is named, not ignored.
+    let config = dir.path().join("half.toml");
+    std::fs::write(&config, "[console]\ntls_cert = \"/nonexistent.pem\"\n").unwrap();
+    let config = config.display().to_string();
+    let (code, _, err) = common::cli(
+        dir.path(),
+        &["--config", &config, "console", "--listen", "0.0.0.0:0"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("tls_cert and tls_key: give both"), "{err}");
+    // A proxy in front: accepted, and it answers to the public URL's host.
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[console]\nbehind_proxy = true\npublic_url = \"https://oversight.example.com\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let console = ConsoleProc::start_at(dir.path(), "0.0.0.0:0", &["--config", &config]);
+    assert_eq!(console.url, "https://oversight.example.com");
+    drop(console);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,4 +263,64 @@ async fn a_person_logs_in_with_a_real_browser_at_desktop_and_phone_width() {
         assert!(source.contains("ada"), "{source}");
         browser.close().await;
     }
+}
+
+/// With a certificate and key in `[console]`, the console serves HTTPS, may listen beyond
+/// loopback, and marks its cookie `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tls_it_serves_https_beyond_loopback_with_secure_cookies() {
+    let dir = common::data_dir();
+    init_overseer(dir.path(), "ada", PASSPHRASE);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[console]\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let console = ConsoleProc::start_at(dir.path(), "0.0.0.0:0", &["--config", &config]);
+    assert!(console.url.starts_with("https://"), "{}", console.url);
+    let port = console
+        .url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{port}");
+    let page = client.get(format!("{base}/login")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let token = form_token(&page.text().await.unwrap()).unwrap();
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("csrf", token.as_str()), ("passphrase", PASSPHRASE)])
+        .finish();
+    let login = client
+        .post(format!("{base}/login"))
+        .header("origin", &base)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 303);
+    let cookie = login.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.contains("; Secure"), "{cookie}");
+    // Plain HTTP on the TLS port gets no page.
+    let plain = reqwest::get(format!("http://127.0.0.1:{port}/login")).await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
 }

@@ -35,7 +35,12 @@ impl Hosts {
             SocketAddr::V4(a) => a.ip().to_string(),
             SocketAddr::V6(a) => format!("[{}]", a.ip()),
         }];
-        if addr.ip().is_loopback() {
+        // Listening on every address: this machine's name, and loopback, are the names it
+        // answers to (others through `public_url`).
+        if addr.ip().is_unspecified() {
+            names.push(crate::audit::host_name().to_ascii_lowercase());
+        }
+        if addr.ip().is_loopback() || addr.ip().is_unspecified() {
             names.extend(["localhost".to_string(), "127.0.0.1".into(), "[::1]".into()]);
         }
         for name in names {

@@ -66,6 +66,11 @@ impl Bound {
     /// The URL this address is reached at on this machine.
     pub fn url(&self) -> String {
         let scheme = if self.is_tls() { "https" } else { "http" };
+        if self.addr.ip().is_unspecified() {
+            // 0.0.0.0 is where it listens, not an address anyone opens.
+            let host = crate::audit::host_name().to_ascii_lowercase();
+            return format!("{scheme}://{host}:{}/", self.addr.port());
+        }
         format!("{scheme}://{}/", self.addr)
     }
 

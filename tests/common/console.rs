@@ -112,10 +112,15 @@ impl ConsoleProc {
     /// Starts `mcp-coordinator --data-dir DIR console --listen 127.0.0.1:0 EXTRA..` and waits
     /// for the URL it prints.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::start_at(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// [`start`](Self::start) listening on `listen`.
+    pub fn start_at(data_dir: &Path, listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--log-level", "warn", "console", "--listen", "127.0.0.1:0"])
+            .args(["--log-level", "warn", "console", "--listen", listen])
             .args(extra)
             .env_remove("MCP_COORDINATOR_DB")
             .env_remove("MCP_COORDINATOR_CONFIG")
