@@ -187,6 +187,11 @@ impl Console {
 
     /// Whether a login attempt from `ip` is over the per-minute limit (counts this one).
     pub fn login_limited(&self, ip: IpAddr) -> bool {
+        // Addresses whose quota has refilled are forgotten, so many addresses do not grow the
+        // table without end.
+        if self.inner.logins.len() > 4096 {
+            self.inner.logins.retain_recent();
+        }
         self.inner.logins.check_key(&ip).is_err()
     }
 
