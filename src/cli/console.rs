@@ -41,6 +41,12 @@ pub struct ConsoleArgs {
 
 pub fn run(global: &GlobalArgs, args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let (mut settings, audit) = super::open_with(global, super::Access::ReadExisting)?;
+    if settings.cli_prefix().is_none() {
+        anyhow::bail!(
+            "--db :memory: would serve an empty database that no coordinator shares; a coordinator \
+serving :memory: serves a console of its own (its URL is on its stderr)"
+        );
+    }
     super::serve::init_tracing(
         &super::serve::log_level(global, &settings),
         global.log_format,
