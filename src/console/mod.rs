@@ -4,7 +4,8 @@
 //! What lives here: the console's state and router (this file), its `[console]` config
 //! (`config.rs`), binding and TLS (`listen.rs`), the checks every request passes and the
 //! session extractor (`guard.rs`), sessions and one-time form tokens (`session.rs`), login
-//! (`login.rs`), the page frame and static files (`layout.rs`, `static/`), and one file per
+//! (`login.rs`), the page frame and static files (`layout.rs`, `static/`), unified diffs in
+//! colour (`diff.rs`), and one file per
 //! section: approvals (`approvals.rs`), live status (`live.rs`), audit (`audit.rs`) and
 //! `/metrics` (`metrics.rs`). Pages are rendered on the server (maud) and every decision works
 //! without JavaScript; the one script of ours only applies live updates.
@@ -22,6 +23,7 @@
 pub mod approvals;
 pub mod audit;
 pub mod config;
+pub mod diff;
 pub mod guard;
 pub mod layout;
 pub mod listen;

@@ -11,9 +11,10 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use super::{age, diff, expiry, risk_badge, state_badge, when};
+use super::{age, expiry, risk_badge, state_badge, when};
 use crate::approval::{Approval, ApprovalError, DecideWith, Kind, Risk, State};
 use crate::console::Console;
+use crate::console::diff;
 use crate::console::layout::{csrf_field, error_page, html_response, page};
 use crate::console::session::Person;
 

@@ -6,12 +6,6 @@
 //! as [`Channel::Console`](crate::approval::Channel::Console), so they are recorded, audited and
 //! seen by a waiting tool call in any process exactly as a CLI decision is.
 
-// `console/mod.rs` belongs to the console's foundation; the diff renderer is declared here so
-// this section can be built without touching it (the live section may reuse it from here, or
-// the declaration can move up to `console/mod.rs`).
-#[path = "../diff.rs"]
-pub mod diff;
-
 mod decide;
 mod detail;
 mod list;
