@@ -453,11 +453,7 @@ async fn the_dashboard_in_a_real_browser_updates_without_a_reload() {
         browser.login(&console.url, PASSPHRASE).await;
         browser.client.goto(&console.url).await.unwrap();
         let before: u64 = text_of(&browser, queued).await.parse().unwrap();
-        browser
-            .client
-            .execute("window.__sameDocument = true; return 1;", vec![])
-            .await
-            .unwrap();
+        mark_document(&browser).await;
         wait_until(&browser, "the stream to open", |b| async move {
             b.client
                 .execute(
@@ -481,12 +477,7 @@ async fn the_dashboard_in_a_real_browser_updates_without_a_reload() {
             async move { text_of(b, queued).await == want }
         })
         .await;
-        let same = browser
-            .client
-            .execute("return window.__sameDocument === true;", vec![])
-            .await
-            .unwrap();
-        assert_eq!(same, json!(true), "the page was reloaded");
+        assert_same_document(&browser).await;
         let updated = browser
             .client
             .execute(
@@ -526,10 +517,67 @@ async fn the_dashboard_in_a_real_browser_updates_without_a_reload() {
             .unwrap();
         let source = browser.client.source().await.unwrap();
         assert!(source.contains("After: a"), "{source}");
+        if name == "desktop" {
+            // The run's page is live too: its first stage finishing shows without a reload.
+            mark_document(&browser).await;
+            finish_stage(client.peer(), &run, "a").await;
+            let card = format!("[data-live=run-{run_id}] #stage-a");
+            wait_until(&browser, "stage a to show completed", |b| {
+                let card = card.clone();
+                async move { text_of(b, &card).await.contains("completed") }
+            })
+            .await;
+            assert_same_document(&browser).await;
+        }
         browser.screenshot(&format!("live-run-{name}")).await;
         browser.close().await;
     }
     drop(client);
+}
+
+/// Marks the page's document, so that a reload (a new document) can be told.
+async fn mark_document(browser: &common::console::Browser) {
+    let script = "window.__sameDocument = true; return 1;";
+    browser.client.execute(script, vec![]).await.unwrap();
+}
+
+async fn assert_same_document(browser: &common::console::Browser) {
+    let script = "return window.__sameDocument === true;";
+    let same = browser.client.execute(script, vec![]).await.unwrap();
+    assert_eq!(same, json!(true), "the page was reloaded");
+}
+
+/// An agent claims the task of `stage` of `run` (as `pipeline_run` returned it) and reports
+/// it done.
+async fn finish_stage(c: &Peer<RoleClient>, run: &Value, stage: &str) {
+    let task_id = run["run"]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == stage)
+        .and_then(|s| s["task_id"].as_str())
+        .unwrap_or_else(|| panic!("stage {stage} has no task: {run:#}"))
+        .to_string();
+    let agent = call_ok(
+        c,
+        "agent_register",
+        json!({"name": "stage-runner", "capabilities": ["etl"]}),
+    )
+    .await;
+    let token = agent["token"].as_str().unwrap().to_string();
+    for _ in 0..5 {
+        let claimed = call_ok(c, "task_claim", json!({"token": token})).await;
+        if claimed["task"]["id"] == task_id.as_str() {
+            call_ok(
+                c,
+                "task_report",
+                json!({"token": token, "task_id": task_id, "result": {"rows": 3}}),
+            )
+            .await;
+            return;
+        }
+    }
+    panic!("the agent never claimed the task of stage {stage}");
 }
 
 /// The text of the element `css` selects, read in one script run: the live script may

@@ -47,8 +47,8 @@ pub fn routes() -> Router<Console> {
         .route("/assessments/{id}", get(assessments::page_of))
 }
 
-/// A live section of the dashboard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A live section: one of the dashboard's, or a pipeline run's page.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Section {
     /// Registered agents: health, load, capabilities.
     Agents,
@@ -62,6 +62,8 @@ pub enum Section {
     Assessments,
     /// Recent remediations, their diffs and results.
     Remediations,
+    /// One pipeline run's state and stages (`run-ID`; its page is live too).
+    Run(String),
 }
 
 impl Section {
@@ -75,18 +77,20 @@ impl Section {
     ];
 
     /// The name in `data-live` and in the event stream.
-    pub fn name(self) -> &'static str {
-        match self {
+    pub fn name(&self) -> String {
+        let fixed = match self {
             Section::Agents => "agents",
             Section::Queue => "queue",
             Section::Pipelines => "pipelines",
             Section::Instances => "instances",
             Section::Assessments => "assessments",
             Section::Remediations => "remediations",
-        }
+            Section::Run(id) => return format!("run-{id}"),
+        };
+        fixed.to_string()
     }
 
-    fn title(self) -> &'static str {
+    fn title(&self) -> &'static str {
         match self {
             Section::Agents => "Agents",
             Section::Queue => "Queue",
@@ -94,10 +98,19 @@ impl Section {
             Section::Instances => "Child instances",
             Section::Assessments => "Assessments",
             Section::Remediations => "Remediations",
+            Section::Run(_) => "Pipeline run",
         }
     }
 
     pub fn parse(name: &str) -> Option<Section> {
+        if let Some(id) = name.strip_prefix("run-") {
+            let plausible = !id.is_empty()
+                && id.len() <= 100
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+            return plausible.then(|| Section::Run(id.to_string()));
+        }
         Section::ALL.into_iter().find(|s| s.name() == name)
     }
 }
@@ -150,7 +163,7 @@ impl Views {
     }
 
     /// A section's fragment as it is now (a failed read is said in the fragment).
-    pub(super) fn render(&self, section: Section) -> Markup {
+    pub(super) fn render(&self, section: &Section) -> Markup {
         let rendered = match section {
             Section::Agents => agents::fragment(self.tasks.agents()),
             Section::Queue => queue::fragment(&self.tasks),
@@ -158,6 +171,7 @@ impl Views {
             Section::Instances => instances::fragment(&self.store),
             Section::Assessments => assessments::fragment(&self.assessments),
             Section::Remediations => remediations::fragment(&self.remediations),
+            Section::Run(id) => pipelines::run_fragment(&self.pipelines, id),
         };
         rendered.unwrap_or_else(|e| html! { p.error role="alert" { "Could not read: " (e) } })
     }
@@ -168,7 +182,10 @@ async fn dashboard(State(console): State<Console>, person: Person) -> Response {
     let fragments = console
         .blocking(|c| {
             let views = Views::new(c);
-            Section::ALL.map(|s| (s, views.render(s)))
+            Section::ALL.map(|s| {
+                let fragment = views.render(&s);
+                (s, fragment)
+            })
         })
         .await;
     let fragments = match fragments {
@@ -239,9 +256,15 @@ mod tests {
     #[test]
     fn names_round_trip_and_unknown_ones_are_none() {
         for s in Section::ALL {
-            assert_eq!(Section::parse(s.name()), Some(s));
+            assert_eq!(Section::parse(&s.name()), Some(s));
         }
         assert_eq!(Section::parse("audit"), None);
+        assert_eq!(
+            Section::parse("run-run_01ab"),
+            Some(Section::Run("run_01ab".into()))
+        );
+        assert_eq!(Section::parse("run-").map(|s| s.name()), None);
+        assert_eq!(Section::parse("run-a\"b"), None);
     }
 
     #[test]

@@ -95,6 +95,21 @@ fn run_body(run: &Run) -> Markup {
     html! {
         p { a href="/" { "← Status" } }
         h1 { "Run of " (run.pipeline_name) " " span.muted { "v" (run.version) } }
+        div data-live=(format!("run-{}", run.id)) { (run_state(run)) }
+        h2 { "Input" }
+        pre { (shown_json(&run.input, OUTPUT_CHARS)) }
+    }
+}
+
+/// The live part of a run's page (its `run-ID` section).
+pub(super) fn run_fragment(pipelines: &PipelineService, id: &str) -> Result<Markup, String> {
+    let run = pipelines.get_run(id).map_err(|e| e.to_string())?;
+    Ok(run_state(&run))
+}
+
+/// A run's state and its stages, by depth in the DAG.
+fn run_state(run: &Run) -> Markup {
+    html! {
         dl.facts {
             dt { "Run" } dd { code { (run.id) } }
             dt { "Status" } dd { (badge(run.status.as_str())) }
@@ -112,8 +127,6 @@ fn run_body(run: &Run) -> Markup {
                 }
             }
         }
-        h2 { "Input" }
-        pre { (shown_json(&run.input, OUTPUT_CHARS)) }
     }
 }
 
@@ -139,7 +152,7 @@ fn stage_card(s: &StageRun) -> Markup {
                 @if let Some(d) = s.duration_seconds { dt { "Took" } dd { (format!("{d:.1} s")) } }
             }
             @if let Some(e) = &s.error { p.error { (truncate(e, 500)) } }
-            @if let Some(o) = &s.output { pre { (shown_json(o, OUTPUT_CHARS)) } }
+            @if let Some(o) = &s.output { h4 { "Output" } pre { (shown_json(o, OUTPUT_CHARS)) } }
         }
     }
 }

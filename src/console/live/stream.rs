@@ -63,7 +63,8 @@ pub(super) async fn events(
     let sections = match parse_sections(query.sections.as_deref()) {
         Ok(s) => s,
         Err(unknown) => {
-            let known: Vec<&str> = Section::ALL.iter().map(|s| s.name()).collect();
+            let mut known: Vec<String> = Section::ALL.iter().map(Section::name).collect();
+            known.push("run-ID".into());
             return refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
@@ -150,7 +151,7 @@ impl Watch {
             .blocking(move |_| {
                 sections
                     .iter()
-                    .map(|&s| (s, views.render(s).into_string()))
+                    .map(|s| (s.clone(), views.render(s).into_string()))
                     .collect::<Vec<_>>()
             })
             .await;
@@ -180,7 +181,7 @@ mod tests {
             Ok(vec![Section::Queue, Section::Agents])
         );
         assert_eq!(
-            parse_sections(Some("queue,audit,nope")),
+            parse_sections(Some("queue,audit,nope,run-x")),
             Err(vec!["audit".to_string(), "nope".to_string()])
         );
     }
