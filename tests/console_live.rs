@@ -6,7 +6,11 @@
 //! and phone width under target/console-screenshots/).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "console_live/browser.rs"]
+mod browser;
 mod common;
+#[path = "console_live/sse.rs"]
+mod sse;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,6 +19,9 @@ use common::console::{ConsoleProc, Http, PASSPHRASE, init_overseer};
 use common::{Era, call_ok};
 use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
+
+use browser::{assert_same_document, mark_document, text_of, wait_until};
+use sse::{links, open_stream, queue_count};
 
 const SECRET: &str = "live-secret-9d41c7e0b2a84f63ae15";
 
@@ -59,111 +66,6 @@ async fn logged_in(console: &ConsoleProc) -> Http {
     let r = http.login(PASSPHRASE).await;
     assert_eq!(r.status, 303, "login: {}", r.body);
     http
-}
-
-/// One server-sent event.
-#[derive(Debug, Clone)]
-struct Sse {
-    event: String,
-    data: String,
-}
-
-/// An open `/events` stream.
-struct Stream {
-    response: reqwest::Response,
-    buffer: String,
-    /// Everything received, for grepping.
-    raw: String,
-}
-
-async fn open_stream(http: &Http, query: &str) -> Result<Stream, (u16, String)> {
-    let mut rb = reqwest::Client::new()
-        .get(format!("{}/events{query}", http.base))
-        .header("accept", "text/event-stream");
-    if let Some(c) = &http.cookie {
-        rb = rb.header("cookie", format!("mcpc_session={c}"));
-    }
-    let response = rb.send().await.expect("GET /events");
-    let status = response.status().as_u16();
-    if status != 200 {
-        return Err((status, response.text().await.unwrap_or_default()));
-    }
-    Ok(Stream {
-        response,
-        buffer: String::new(),
-        raw: String::new(),
-    })
-}
-
-impl Stream {
-    /// The next event within `wait`; `None` when the time ran out or the stream ended.
-    async fn next(&mut self, wait: Duration) -> Option<Sse> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            while let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut event = String::new();
-                let mut data = Vec::new();
-                for line in block.lines() {
-                    if let Some(e) = line.strip_prefix("event: ") {
-                        event = e.to_string();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        data.push(d.strip_prefix(' ').unwrap_or(d).to_string());
-                    }
-                }
-                if !event.is_empty() {
-                    return Some(Sse {
-                        event,
-                        data: data.join("\n"),
-                    });
-                }
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.response.chunk()).await;
-            match chunk {
-                Ok(Ok(Some(bytes))) => {
-                    let text = String::from_utf8_lossy(&bytes).to_string();
-                    self.raw.push_str(&text);
-                    self.buffer.push_str(&text);
-                }
-                _ => return None,
-            }
-        }
-    }
-
-    /// Whether the server ended the stream within `wait` (events on the way are read).
-    async fn ends_within(&mut self, wait: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
-                Ok(Ok(Some(bytes))) => self.raw.push_str(&String::from_utf8_lossy(&bytes)),
-                Ok(Ok(None)) | Ok(Err(_)) => return true,
-                Err(_) => return false,
-            }
-        }
-    }
-}
-
-/// The count a queue fragment shows for `status`.
-fn queue_count(html: &str, status: &str) -> Option<u64> {
-    let marker = format!("data-count=\"{status}\">");
-    let at = html.find(&marker)? + marker.len();
-    html[at..].split('<').next()?.trim().parse().ok()
-}
-
-/// The console paths a page links to (`href` and `src`), but not logging out.
-fn links(html: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for attr in ["href=\"", "src=\""] {
-        let mut rest = html;
-        while let Some(at) = rest.find(attr) {
-            rest = &rest[at + attr.len()..];
-            let value = rest.split('"').next().unwrap_or("");
-            if value.starts_with('/') && !value.starts_with("//") && value != "/logout" {
-                out.push(value.replace("&amp;", "&"));
-            }
-        }
-    }
-    out
 }
 
 async fn wait_for_page(http: &mut Http, path: &str, what: &str, timeout: Duration) -> String {
@@ -535,18 +437,6 @@ async fn the_dashboard_in_a_real_browser_updates_without_a_reload() {
     drop(client);
 }
 
-/// Marks the page's document, so that a reload (a new document) can be told.
-async fn mark_document(browser: &common::console::Browser) {
-    let script = "window.__sameDocument = true; return 1;";
-    browser.client.execute(script, vec![]).await.unwrap();
-}
-
-async fn assert_same_document(browser: &common::console::Browser) {
-    let script = "return window.__sameDocument === true;";
-    let same = browser.client.execute(script, vec![]).await.unwrap();
-    assert_eq!(same, json!(true), "the page was reloaded");
-}
-
 /// An agent claims the task of `stage` of `run` (as `pipeline_run` returned it) and reports
 /// it done.
 async fn finish_stage(c: &Peer<RoleClient>, run: &Value, stage: &str) {
@@ -578,33 +468,4 @@ async fn finish_stage(c: &Peer<RoleClient>, run: &Value, stage: &str) {
         }
     }
     panic!("the agent never claimed the task of stage {stage}");
-}
-
-/// The text of the element `css` selects, read in one script run: the live script may
-/// replace the element between a WebDriver find and a read of its text.
-async fn text_of(browser: &common::console::Browser, css: &str) -> String {
-    let text = browser
-        .client
-        .execute(
-            "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
-            vec![json!(css)],
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"));
-    text.as_str()
-        .unwrap_or_else(|| panic!("no element {css}"))
-        .trim()
-        .to_string()
-}
-
-async fn wait_until<'a, F, Fut>(browser: &'a common::console::Browser, what: &str, check: F)
-where
-    F: Fn(&'a common::console::Browser) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check(browser).await {
-        assert!(Instant::now() < deadline, "waited 10 s for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
