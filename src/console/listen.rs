@@ -17,6 +17,8 @@ use super::ConsoleConfig;
 
 /// A handshake that takes longer than this is dropped (a slow client must not hold a slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long requests in flight may go on once the console is told to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Errors of binding the console's address.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +76,9 @@ impl Bound {
         format!("{scheme}://{}/", self.addr)
     }
 
-    /// Serves `router` until `shutdown` completes.
+    /// Serves `router` until `shutdown` completes, then lets requests in flight finish for
+    /// at most [`SHUTDOWN_GRACE`]: an open event stream (the dashboard's) never finishes on
+    /// its own, and must not keep the process from exiting.
     pub(super) async fn serve(
         self,
         router: axum::Router,
@@ -82,18 +86,36 @@ impl Bound {
     ) -> std::io::Result<()> {
         let listener = TcpListener::from_std(self.listener)?;
         let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        match self.tls {
-            None => {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
+        let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = stopping.send(());
+        };
+        let grace = async move {
+            if stopped.await.is_ok() {
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            } else {
+                std::future::pending::<()>().await;
             }
-            Some(config) => {
-                // `tap_io` only for its `Connected` impl, which gives handlers the peer address
-                // for any listener (axum has one of its own for plain TCP only).
-                let tls = TlsListener::start(listener, config).tap_io(|_| {});
-                axum::serve(tls, app).with_graceful_shutdown(shutdown).await
+        };
+        let serving = async move {
+            match self.tls {
+                None => {
+                    axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await
+                }
+                Some(config) => {
+                    // `tap_io` only for its `Connected` impl, which gives handlers the peer
+                    // address for any listener (axum has one of its own for plain TCP only).
+                    let tls = TlsListener::start(listener, config).tap_io(|_| {});
+                    axum::serve(tls, app).with_graceful_shutdown(shutdown).await
+                }
             }
+        };
+        tokio::select! {
+            served = serving => served,
+            () = grace => Ok(()),
         }
     }
 }

@@ -144,6 +144,15 @@ impl Sessions {
         Some(s.person.clone())
     }
 
+    /// Whether `person`'s session is still live, without marking it used: a page that only
+    /// watches (the event stream) does not keep an idle session alive.
+    pub fn is_live(&self, person: &Person) -> bool {
+        let now = Instant::now();
+        self.map()
+            .get(&person.key)
+            .is_some_and(|s| !self.ended(s, now))
+    }
+
     /// Ends a session.
     pub fn end(&self, person: &Person) {
         self.map().remove(&person.key);

@@ -207,6 +207,7 @@ impl InstanceService {
         first: Option<oneshot::Sender<Result<(), InstanceError>>>,
         restored: bool,
     ) {
+        self.spawn_snapshots(live.clone());
         let handle = tokio::spawn(supervisor::supervise(
             self.clone(),
             live,

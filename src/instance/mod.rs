@@ -2,8 +2,9 @@
 //! (`policy.rs`), starting and stopping (`lifecycle.rs`), supervision (health, restarts, TTL:
 //! `supervisor.rs`), the live table the proxy routes through (here), tool pinning (`pins.rs`),
 //! the circuit breaker (`breaker.rs`), restoring a gone coordinator's instances
-//! (`restore.rs`), the views the tools return (`views.rs`), the approval gates of its
-//! executors (`gates.rs`) and the masking of secrets (`redact.rs`).
+//! (`restore.rs`), the views the tools return (`views.rs`), the owner's periodic snapshot for
+//! consoles (`snapshot.rs`), the approval gates of its executors (`gates.rs`) and the masking
+//! of secrets (`redact.rs`).
 //!
 //! The transport to the children (processes, HTTP, the fast relay) is `child/`, the one place
 //! below `server/` that uses rmcp: no file here outside `child/` names rmcp (the MCP data this
@@ -22,6 +23,7 @@ mod pins;
 pub mod policy;
 mod redact;
 mod restore;
+pub mod snapshot;
 pub mod status;
 mod supervisor;
 mod views;

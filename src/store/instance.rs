@@ -283,6 +283,43 @@ pub fn put_pin(tx: &Tx<'_>, p: &PinRow) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Writes the owner's snapshot of an instance (a JSON document; see
+/// `instance/snapshot.rs`). Touches nothing else of the row.
+pub fn set_snapshot(tx: &Tx<'_>, id: &str, snapshot: &str) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached("UPDATE instances SET snapshot = ?2 WHERE id = ?1")?
+        .execute(params![id, snapshot])
+        .map_err(StoreError::from_sqlite)?;
+    Ok(())
+}
+
+/// The newest instances (live ones first, then by creation, newest first) with their owners'
+/// snapshots, for the console.
+pub fn recent_with_snapshots(
+    tx: &Tx<'_>,
+    limit: u32,
+) -> Result<Vec<(InstanceRow, Option<String>)>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
+        "SELECT {COLUMNS}, snapshot FROM instances \
+         ORDER BY status IN ('stopped', 'expired', 'failed'), created_at DESC, id DESC LIMIT ?1"
+    ))?;
+    let mut rows = stmt.query([limit])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push((from_row(r)?, r.get(20)?));
+    }
+    Ok(out)
+}
+
+/// Tool definitions of `type_name` waiting for a person's review (quarantined pins).
+pub fn quarantined_pins(tx: &Tx<'_>, type_name: &str) -> Result<Vec<PinRow>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(&format!(
+        "SELECT {PIN_COLUMNS} FROM instance_tool_pins \
+         WHERE type = ?1 AND status = 'quarantined' ORDER BY tool"
+    ))?;
+    all(&mut stmt, [type_name], pin_from_row)
+}
+
 /// The first row of a query, mapped, if there is one.
 fn first<T>(
     stmt: &mut rusqlite::CachedStatement<'_>,

@@ -150,6 +150,25 @@ impl ConsoleProc {
     }
 }
 
+impl ConsoleProc {
+    /// Sends SIGTERM (what Ctrl-C or a service manager sends) and waits up to `timeout` for
+    /// the console to exit: its exit status, or `None` if it was still running.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for ConsoleProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
