@@ -2,10 +2,14 @@
 //! decision. It finds or opens the approval an executor's [`Gate`] needs, asks through the
 //! channel the policy and the client allow (a form elicitation on initialize-era sessions, an
 //! input-required result on 2026-07-28 requests, or a wait for an out-of-band decision with
-//! progress naming the command that decides it), and verifies that a 2026-07-28 retry answers
+//! progress naming the command and the console page that decide it, or a URL elicitation
+//! sending the person to that page when the decision must be made out of band: `gate/url.rs`),
+//! and verifies that a 2026-07-28 retry answers
 //! a question this very call asked. The executor then consumes the approval in its own
 //! transaction (`ApprovalService::consume_in`). Remediations, gated child calls, tool reviews
 //! and pipeline stages describe their gate; none of them talks to elicitation, MRTR or polling.
+
+mod url;
 
 use std::time::{Duration, Instant};
 
@@ -48,6 +52,9 @@ pub enum PendingReason {
     WaitElapsed,
     /// The client cancelled the call while the person was being asked.
     ClientCancelled,
+    /// The client offered to open the approval's console page and the person declined or
+    /// dismissed it; the approval may still be decided in the console or at the CLI.
+    ConsoleDeclined,
 }
 
 /// What `approval_request` returns.
@@ -64,6 +71,10 @@ pub struct ApprovalRequestOutput {
     /// While pending: the exact command a person runs to decide.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decide_command: Option<String>,
+    /// While pending: the oversight console's page where a person decides it (when a console
+    /// serves this database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decide_url: Option<String>,
 }
 
 /// What asking about an approval came to.
@@ -159,6 +170,18 @@ pub(super) async fn ask(
     if approval.state != State::Pending {
         return Ok(Asked::Done(Box::new(outcome(c, approval, None))));
     }
+    // URL mode sends the person to the console, which decides out of band: the way to ask
+    // when policy wants an out-of-band decision, or when the client can open a page but not
+    // show a form.
+    if call.era == Era::Legacy
+        && call.elicitation_url
+        && (approval.decide_with == DecideWith::OutOfBand || !call.elicitation_form)
+        && let Some(page) = decide_url(c, &approval)
+    {
+        return url::elicit(c, call, approval, page, wait)
+            .await
+            .map(|o| Asked::Done(Box::new(o)));
+    }
     if approval.decide_with == DecideWith::OutOfBand {
         return wait_out_of_band(c, call, approval, wait, PendingReason::OutOfBandRequired)
             .await
@@ -246,7 +269,8 @@ pub(super) fn outcome(
     pending: Option<PendingReason>,
 ) -> ApprovalRequestOutput {
     let command = decide_command(c, &approval);
-    let (message, decide_command) = match approval.state {
+    let page = decide_url(c, &approval);
+    let (message, decide_command, decide_url) = match approval.state {
         State::Pending => {
             let why = match pending {
                 Some(PendingReason::OutOfBandRequired) => format!(
@@ -261,18 +285,25 @@ pub(super) fn outcome(
                     "The question about approval {} was withdrawn because the call was cancelled; the approval is still pending.",
                     approval.id
                 ),
+                Some(PendingReason::ConsoleDeclined) => format!(
+                    "Approval {} is pending: the person did not open its page in the oversight console from this client (declined or dismissed), and no decision was recorded; it can still be decided there or at the CLI.",
+                    approval.id
+                ),
                 Some(PendingReason::WaitElapsed) | None => {
                     format!("Approval {} is still pending.", approval.id)
                 }
             };
+            let console = page.as_ref().map_or(String::new(), |url| {
+                format!(" or in the oversight console at {url}")
+            });
             let how = match &command {
                 Some(cmd) => format!(
-                    " A person decides it with:\n  {cmd}\nor rejects it with the same command using `reject`. It expires at {}. Call approval_request with approval_id and wait_seconds to wait for the decision, or approval_get to check.",
+                    " A person decides it with:\n  {cmd}\nor rejects it with the same command using `reject`{console}. It expires at {}. Call approval_request with approval_id and wait_seconds to wait for the decision, or approval_get to check.",
                     approval.expires_at
                 ),
                 None => " This coordinator runs on an in-memory database (--db :memory:), so no other process can reach it to decide; restart it with a database file.".to_string(),
             };
-            (format!("{why}{how}"), command)
+            (format!("{why}{how}"), command, page)
         }
         state => {
             let d = approval.decision.as_ref();
@@ -290,6 +321,7 @@ pub(super) fn outcome(
                     approval.id
                 ),
                 None,
+                None,
             )
         }
     };
@@ -303,6 +335,7 @@ pub(super) fn outcome(
         approval,
         message,
         decide_command,
+        decide_url,
     }
 }
 
@@ -316,6 +349,28 @@ pub(super) fn decide_command(c: &Coordinator, approval: &Approval) -> Option<Str
     })
 }
 
+/// The console page of `approval` (`{console}/approvals/{id}`), when a console serves this
+/// database.
+pub(super) fn decide_url(c: &Coordinator, approval: &Approval) -> Option<String> {
+    c.settings()
+        .console_url
+        .as_deref()
+        .map(|base| format!("{}/approvals/{}", base.trim_end_matches('/'), approval.id))
+}
+
+/// What a progress message says about how a pending approval is decided: the console page and
+/// the CLI command, whichever exist.
+fn where_decided(c: &Coordinator, approval: &Approval) -> String {
+    match (decide_url(c, approval), decide_command(c, approval)) {
+        (Some(url), Some(cmd)) => {
+            format!("; a person decides it in the oversight console at {url} or with: {cmd}")
+        }
+        (Some(url), None) => format!("; a person decides it in the oversight console at {url}"),
+        (None, Some(cmd)) => format!("; a person decides it with: {cmd}"),
+        (None, None) => String::new(),
+    }
+}
+
 /// Waits up to `wait` for a decision made elsewhere (the CLI, another process), polling the
 /// database and sending progress notifications; returns the approval as it then stands.
 async fn wait_out_of_band(
@@ -326,7 +381,7 @@ async fn wait_out_of_band(
     reason: PendingReason,
 ) -> Result<ApprovalRequestOutput, Failure> {
     let id = approval.id.clone();
-    let command = decide_command(c, &approval);
+    let how = where_decided(c, &approval);
     let started = Instant::now();
     let mut last_progress = Instant::now() - PROGRESS_EVERY;
     while started.elapsed() < wait {
@@ -336,12 +391,7 @@ async fn wait_out_of_band(
             call.progress(
                 secs as f64,
                 Some(wait.as_secs() as f64),
-                match &command {
-                    Some(cmd) => format!(
-                        "waiting for a person to decide approval {id} ({secs}s); a person decides it with: {cmd}"
-                    ),
-                    None => format!("waiting for a person to decide approval {id} ({secs}s)"),
-                },
+                format!("waiting for a person to decide approval {id} ({secs}s){how}"),
             )
             .await;
         }
@@ -519,6 +569,7 @@ async fn elicit_legacy(
                 .with_details(json!({"approval_id": id})),
             )
         })?;
+    let how = where_decided(c, &approval);
     let started = Instant::now();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut poll = tokio::time::interval(POLL);
@@ -533,7 +584,7 @@ async fn elicit_legacy(
             () = call.cancel.cancelled() => break Ended::Cancelled,
             _ = progress.tick() => {
                 let secs = started.elapsed().as_secs();
-                call.progress(secs as f64, None, format!("asking a person to decide approval {id} ({secs}s)")).await;
+                call.progress(secs as f64, None, format!("asking a person to decide approval {id} ({secs}s){how}")).await;
             }
             _ = poll.tick() => {
                 if let Some(decided) = poll_decided(c, &approval).await? {
