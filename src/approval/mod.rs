@@ -122,9 +122,9 @@ pub enum ApprovalError {
     /// The approval expired before this decision.
     #[error("approval {id} expired at {expires_at}; it can no longer be approved")]
     Expired { id: String, expires_at: String },
-    /// The policy needs a decision from the CLI for this approval.
+    /// The policy needs an out-of-band decision (the console or the CLI) for this approval.
     #[error(
-        "approval {id} is {risk} risk and policy requires an out-of-band decision: a person must run `mcp-coordinator approvals approve {id}`"
+        "approval {id} is {risk} risk and policy requires an out-of-band decision: a person must approve it in the oversight console (its approval page) or run `mcp-coordinator approvals approve {id}`"
     )]
     OutOfBandRequired { id: String, risk: Risk },
     /// A gated action was not approved, does not match, or already ran.
@@ -301,6 +301,22 @@ pub struct ListFilter {
     pub cursor: Option<String>,
 }
 
+/// Filters for [`ApprovalService::search`]: those of [`ListFilter`] and more.
+#[derive(Debug, Clone, Default)]
+pub struct SearchFilter {
+    pub state: Option<State>,
+    pub kind: Option<Kind>,
+    pub risk: Option<Risk>,
+    /// A piece of who asked (`requested_by`), any case.
+    pub requester: Option<String>,
+    /// Created at or after this time (stored form, see `audit::chain::normalize_ts`).
+    pub created_after: Option<String>,
+    /// Created before this time (stored form).
+    pub created_before: Option<String>,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
 /// A page of approvals, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct ApprovalPage {
@@ -469,6 +485,18 @@ impl ApprovalService {
 
     /// Approvals, newest first.
     pub fn list(&self, filter: &ListFilter) -> Result<ApprovalPage, ApprovalError> {
+        self.search(&SearchFilter {
+            state: filter.state,
+            kind: filter.kind,
+            limit: filter.limit,
+            cursor: filter.cursor.clone(),
+            ..SearchFilter::default()
+        })
+    }
+
+    /// Approvals, newest first, narrowed by every field of `filter` that is set (the
+    /// console's history).
+    pub fn search(&self, filter: &SearchFilter) -> Result<ApprovalPage, ApprovalError> {
         self.expire_due_if_free()?;
         let limit = if filter.limit == 0 { 50 } else { filter.limit };
         let before = match &filter.cursor {
@@ -478,15 +506,16 @@ impl ApprovalService {
             })?),
             None => None,
         };
-        let mut rows = self.store().read(|tx| {
-            sql::list(
-                tx,
-                filter.state.map(State::as_str),
-                filter.kind.map(Kind::as_str),
-                before,
-                limit + 1,
-            )
-        })?;
+        let search = sql::Search {
+            state: filter.state.map(State::as_str),
+            kind: filter.kind.map(Kind::as_str),
+            risk: filter.risk.map(Risk::as_str),
+            requester: filter.requester.as_deref().filter(|r| !r.is_empty()),
+            created_after: filter.created_after.as_deref(),
+            created_before: filter.created_before.as_deref(),
+            before,
+        };
+        let mut rows = self.store().read(|tx| sql::list(tx, &search, limit + 1))?;
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
             rows.last().map(|r| format!("{}|{}", r.created_at, r.id))

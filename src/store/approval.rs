@@ -139,26 +139,68 @@ pub fn find_open(
         .map_err(StoreError::from_sqlite)
 }
 
-/// Approvals, newest first, optionally filtered; `before` is a `created_at|id` cursor.
-pub fn list(
-    tx: &Tx<'_>,
-    state: Option<&str>,
-    kind: Option<&str>,
-    before: Option<(&str, &str)>,
-    limit: u32,
-) -> Result<Vec<ApprovalRow>, StoreError> {
+/// What [`list`] keeps: every field set narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct Search<'a> {
+    pub state: Option<&'a str>,
+    pub kind: Option<&'a str>,
+    pub risk: Option<&'a str>,
+    /// A piece of `requested_by`, matched case-insensitively (ASCII), taken literally.
+    pub requester: Option<&'a str>,
+    /// Created at or after this stored timestamp.
+    pub created_after: Option<&'a str>,
+    /// Created before this stored timestamp.
+    pub created_before: Option<&'a str>,
+    /// A `created_at|id` cursor: only rows older than it.
+    pub before: Option<(&'a str, &'a str)>,
+}
+
+/// `text` as a LIKE pattern matching it anywhere, with `%`, `_` and `\` taken literally.
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// Approvals, newest first, narrowed by `search`.
+pub fn list(tx: &Tx<'_>, search: &Search<'_>, limit: u32) -> Result<Vec<ApprovalRow>, StoreError> {
     let conn = tx.conn();
     let mut sql = format!("SELECT {COLUMNS} FROM approvals WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if let Some(state) = state {
-        args.push(state.to_string().into());
-        sql.push_str(&format!(" AND state = ?{}", args.len()));
+    let mut push = |sql: &mut String, clause: &str, value: &str| {
+        args.push(value.to_string().into());
+        sql.push_str(&clause.replace('?', &format!("?{}", args.len())));
+    };
+    if let Some(state) = search.state {
+        push(&mut sql, " AND state = ?", state);
     }
-    if let Some(kind) = kind {
-        args.push(kind.to_string().into());
-        sql.push_str(&format!(" AND kind = ?{}", args.len()));
+    if let Some(kind) = search.kind {
+        push(&mut sql, " AND kind = ?", kind);
     }
-    if let Some((created, id)) = before {
+    if let Some(risk) = search.risk {
+        push(&mut sql, " AND risk = ?", risk);
+    }
+    if let Some(requester) = search.requester {
+        push(
+            &mut sql,
+            " AND requested_by LIKE ? ESCAPE '\\'",
+            &contains_pattern(requester),
+        );
+    }
+    if let Some(after) = search.created_after {
+        push(&mut sql, " AND created_at >= ?", after);
+    }
+    if let Some(before) = search.created_before {
+        push(&mut sql, " AND created_at < ?", before);
+    }
+    if let Some((created, id)) = search.before {
         args.push(created.to_string().into());
         let c = args.len();
         args.push(id.to_string().into());

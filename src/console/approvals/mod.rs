@@ -1,0 +1,113 @@
+//! The approvals section: pending first, the history with filters (`list.rs`), the detail page
+//! with the exact action, the preview and per-file diffs (`detail.rs`), and deciding with a
+//! reason, the passphrase again for a `critical` one (`decide.rs`).
+//!
+//! Decisions go through [`ApprovalService::decide`](crate::approval::ApprovalService::decide)
+//! as [`Channel::Console`](crate::approval::Channel::Console), so they are recorded, audited and
+//! seen by a waiting tool call in any process exactly as a CLI decision is.
+
+// `console/mod.rs` belongs to the console's foundation; the diff renderer is declared here so
+// this section can be built without touching it (the live section may reuse it from here, or
+// the declaration can move up to `console/mod.rs`).
+#[path = "../diff.rs"]
+pub mod diff;
+
+mod decide;
+mod detail;
+mod list;
+
+use axum::Router;
+use axum::routing::{get, post};
+use maud::{Markup, html};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::Console;
+use crate::approval::{Risk, State};
+
+/// The section's routes.
+pub fn routes() -> Router<Console> {
+    Router::new()
+        .route("/approvals", get(list::overview))
+        .route("/approvals/history", get(list::history))
+        .route("/approvals/{id}", get(detail::show))
+        .route("/approvals/{id}/approve", post(decide::approve))
+        .route("/approvals/{id}/reject", post(decide::reject))
+}
+
+/// The path of an approval's page (ids are `apr_` and hex: nothing to escape).
+pub fn approval_path(id: &str) -> String {
+    format!("/approvals/{id}")
+}
+
+fn risk_badge(risk: Risk) -> Markup {
+    html! { span class={ "badge risk-" (risk.as_str()) } { (risk.as_str()) } }
+}
+
+fn state_badge(state: State) -> Markup {
+    html! { span class={ "badge state-" (state.as_str()) } { (state.as_str()) } }
+}
+
+/// Seconds from `from` to `to` (both stored timestamps), if both parse.
+fn seconds_between(from: &str, to: OffsetDateTime) -> Option<i64> {
+    let from = OffsetDateTime::parse(from, &Rfc3339).ok()?;
+    Some((to - from).whole_seconds())
+}
+
+/// `s` seconds in the largest unit that keeps it readable: `45 s`, `12 min`, `3 h 5 min`, `2 d`.
+fn span(s: i64) -> String {
+    let s = s.max(0);
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86400 => match (s % 3600) / 60 {
+            0 => format!("{} h", s / 3600),
+            m => format!("{} h {m} min", s / 3600),
+        },
+        _ => format!("{} d", s / 86400),
+    }
+}
+
+/// How long ago `ts` was, for a person.
+fn age(ts: &str, now: OffsetDateTime) -> String {
+    match seconds_between(ts, now) {
+        Some(s) => format!("{} ago", span(s)),
+        None => ts.to_string(),
+    }
+}
+
+/// When `expires_at` comes, for a person (`in 59 min`, or `passed`).
+fn expiry(expires_at: &str, now: OffsetDateTime) -> String {
+    match seconds_between(expires_at, now) {
+        Some(s) if s < 0 => format!("in {}", span(-s)),
+        Some(_) => "passed".to_string(),
+        None => expires_at.to_string(),
+    }
+}
+
+/// A stored timestamp as people read it (`2026-12-06 20:15:03 UTC`).
+fn when(ts: &str) -> String {
+    match (ts.get(..10), ts.get(11..19)) {
+        (Some(day), Some(time)) if ts.len() > 19 => format!("{day} {time} UTC"),
+        _ => ts.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_and_expiries_read_in_words() {
+        let now = OffsetDateTime::parse("2026-12-06T20:00:00Z", &Rfc3339)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(age("2026-12-06T19:59:15.000000Z", now), "45 s ago");
+        assert_eq!(age("2026-12-06T17:55:00.000000Z", now), "2 h 5 min ago");
+        assert_eq!(expiry("2026-12-06T21:00:00.000000Z", now), "in 1 h");
+        assert_eq!(expiry("2026-12-06T19:00:00.000000Z", now), "passed");
+        assert_eq!(
+            when("2026-12-06T19:00:00.000000Z"),
+            "2026-12-06 19:00:00 UTC"
+        );
+    }
+}
