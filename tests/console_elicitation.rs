@@ -152,9 +152,22 @@ fn console_page(url: &str) -> (String, String) {
 /// `approved` decided in the console.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_with_url_elicitation_is_sent_to_the_console_and_hears_the_decision() {
+    round_trip("legacy").await;
+}
+
+/// The same on 2026-07-28: the page travels in an input-required result, the SDK retries once
+/// the person agreed to open it, and the retried call returns the console's decision (no
+/// session, so no completion notification: the result is the completion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2026_07_28_client_is_sent_to_the_console_in_an_input_required_result() {
+    round_trip("2026-07-28").await;
+}
+
+async fn round_trip(mode: &str) {
+    let legacy = mode == "legacy";
     let dir = common::data_dir();
     init_overseer(dir.path(), "ada", PASSPHRASE);
-    let mut script = Script::start(dir.path(), &["--client", "url"]);
+    let mut script = Script::start(dir.path(), &["--client", "url", "--mode", mode]);
 
     let asked = script.next("elicit");
     assert_eq!(asked["mode"], "url", "{asked}");
@@ -208,7 +221,9 @@ async fn a_client_with_url_elicitation_is_sent_to_the_console_and_hears_the_deci
         url,
         "logging in leads back to the page the client opened"
     );
-    browser.screenshot("url-elicitation-approval").await;
+    browser
+        .screenshot(&format!("url-elicitation-{mode}-approval"))
+        .await;
     reason
         .send_keys("checked in the console")
         .await
@@ -230,20 +245,29 @@ async fn a_client_with_url_elicitation_is_sent_to_the_console_and_hears_the_deci
         .await
         .expect("approve");
 
-    let complete = script.next("complete");
-    assert_eq!(
-        complete["elicitation_id"], elicitation_id,
-        "the completion names the elicitation the client was sent"
-    );
+    if legacy {
+        let complete = script.next("complete");
+        assert_eq!(
+            complete["elicitation_id"], elicitation_id,
+            "the completion names the elicitation the client was sent"
+        );
+    }
     let result = script.next("result");
-    browser.screenshot("url-elicitation-approved").await;
+    browser
+        .screenshot(&format!("url-elicitation-{mode}-approved"))
+        .await;
     browser.close().await;
     let order = script.order();
-    let at = |e: &str| order.iter().position(|x| *x == e).unwrap();
-    assert!(
-        at("elicit") < at("complete") && at("complete") < at("result"),
-        "asked, then completed, then the result: {order:?}"
-    );
+    let at = |e: &str| order.iter().position(|x| *x == e);
+    if legacy {
+        assert!(
+            at("elicit") < at("complete") && at("complete") < at("result"),
+            "asked, then completed, then the result: {order:?}"
+        );
+    } else {
+        assert_eq!(at("complete"), None, "{order:?}");
+        assert!(at("elicit") < at("result"), "{order:?}");
+    }
     assert_eq!(result["is_error"], false, "{result}");
     let out = &result["structured"];
     assert_eq!(out["state"], "approved", "{out:#}");

@@ -11,6 +11,8 @@
 
 mod url;
 
+pub(super) use url::resume as resume_url;
+
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
@@ -39,6 +41,26 @@ const QUESTION_KEY: &str = "decision";
 /// Associated data of sealed request states. v2 states carry a [`Ticket`]; a v1 state (from
 /// before the gate) is refused as altered.
 const STATE_CONTEXT: &[u8] = b"mcp-coordinator/gate/v2";
+/// Associated data of sealed states that sent the person to the console (URL mode): a context
+/// of their own, so that such a state can never be redeemed as a form answer (which records a
+/// decision), nor a form's state be taken for one.
+const URL_STATE_CONTEXT: &[u8] = b"mcp-coordinator/gate/url/v1";
+
+/// The question a retry's sealed `requestState` answers.
+pub(super) enum Question {
+    /// A form: the answer is the decision, recorded once.
+    Form(Ticket),
+    /// The console page (URL mode): the answer only says whether the person went there.
+    Url(Ticket),
+}
+
+impl Question {
+    pub(super) fn ticket(&self) -> &Ticket {
+        match self {
+            Question::Form(t) | Question::Url(t) => t,
+        }
+    }
+}
 
 /// Why an approval is still pending when `approval_request` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -132,12 +154,18 @@ pub(super) async fn pass(
 ) -> Result<Passage, Failure> {
     let wait = wait_for(tool, wait_seconds)?;
     if let Some(sealed) = &call.request_state {
-        let ticket = open_ticket(c, tool, sealed)?;
-        let approval = record_answer(c, call, tool, &ticket, Some(gate)).await?;
-        return Ok(if approval.state == State::Approved {
-            Passage::Approved(Box::new(approval))
+        let out = match open_question(c, tool, sealed)? {
+            Question::Form(ticket) => outcome(
+                c,
+                record_answer(c, call, tool, &ticket, Some(gate)).await?,
+                None,
+            ),
+            Question::Url(ticket) => url::resume(c, call, tool, &ticket, Some(gate), wait).await?,
+        };
+        return Ok(if out.state == State::Approved {
+            Passage::Approved(Box::new(out.approval))
         } else {
-            Passage::Stopped(Box::new(outcome(c, approval, None)))
+            Passage::Stopped(Box::new(out))
         });
     }
     let (g, actor) = (gate.clone(), call.actor.clone());
@@ -173,14 +201,18 @@ pub(super) async fn ask(
     // URL mode sends the person to the console, which decides out of band: the way to ask
     // when policy wants an out-of-band decision, or when the client can open a page but not
     // show a form.
-    if call.era == Era::Legacy
-        && call.elicitation_url
+    if call.elicitation_url
         && (approval.decide_with == DecideWith::OutOfBand || !call.elicitation_form)
         && let Some(page) = decide_url(c, &approval)
     {
-        return url::elicit(c, call, approval, page, wait)
-            .await
-            .map(|o| Asked::Done(Box::new(o)));
+        return match call.era {
+            Era::Legacy => url::elicit(c, call, approval, page, wait)
+                .await
+                .map(|o| Asked::Done(Box::new(o))),
+            Era::Stateless => {
+                url::ask_stateless(c, tool, &approval, page).map(Asked::InputRequired)
+            }
+        };
     }
     if approval.decide_with == DecideWith::OutOfBand {
         return wait_out_of_band(c, call, approval, wait, PendingReason::OutOfBandRequired)
@@ -210,7 +242,21 @@ pub(super) fn refuse_state(tool: &str, message: impl std::fmt::Display) -> Failu
     ))
 }
 
-/// Opens a sealed `requestState`: only this process's key, unaltered and unexpired.
+/// Opens a sealed `requestState` (only this process's key, unaltered and unexpired) and says
+/// which kind of question it answers.
+pub(super) fn open_question(
+    c: &Coordinator,
+    tool: &str,
+    sealed: &str,
+) -> Result<Question, Failure> {
+    match c.codec().open_json_with(sealed, URL_STATE_CONTEXT) {
+        Ok(ticket) => Ok(Question::Url(ticket)),
+        Err(_) => open_ticket(c, tool, sealed).map(Question::Form),
+    }
+}
+
+/// Opens a sealed form question's `requestState`: only this process's key, unaltered and
+/// unexpired.
 pub(super) fn open_ticket(c: &Coordinator, tool: &str, sealed: &str) -> Result<Ticket, Failure> {
     c.codec().open_json_with(sealed, STATE_CONTEXT).map_err(|e| {
         refuse_state(

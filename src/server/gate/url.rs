@@ -1,7 +1,10 @@
 //! URL-mode elicitation (MCP 2025-11-25): the gate asks the client to send the person to the
 //! console page of an approval, waits for the decision made there (or at the CLI) as the
 //! out-of-band wait does, and then tells the client the page is done with
-//! `notifications/elicitation/complete`.
+//! `notifications/elicitation/complete`. On 2026-07-28 the same question travels in an
+//! input-required result; the retry carries the person's answer, and the retried call waits
+//! for the decision and returns it (there is no session to send the completion on: the result
+//! is the completion).
 //!
 //! The client's answer to a URL elicitation says only whether the person agreed to open the
 //! page, never what they decided: the decision is recorded by the console (`Channel::Console`,
@@ -10,17 +13,18 @@
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    ClientResult, CustomNotification, ElicitRequest, ElicitRequestParams, ElicitationAction,
+    ClientResult, CustomNotification, ElicitRequest, ElicitRequestParams, ElicitResult,
+    ElicitationAction, InputRequest, InputRequests, InputRequiredResult, SealOptions,
     ServerNotification, ServerRequest,
 };
 use rmcp::service::PeerRequestOptions;
 use serde_json::json;
 
 use super::{
-    ApprovalRequestOutput, POLL, PROGRESS_EVERY, PendingReason, outcome, poll_decided, refresh,
-    wait_out_of_band, where_decided,
+    ApprovalRequestOutput, POLL, PROGRESS_EVERY, PendingReason, QUESTION_KEY, URL_STATE_CONTEXT,
+    outcome, poll_decided, refresh, refuse_state, wait_out_of_band, where_decided,
 };
-use crate::approval::{Approval, DecideWith, State};
+use crate::approval::{Approval, DecideWith, Gate, State, Ticket};
 use crate::server::Coordinator;
 use crate::server::session::Call;
 use crate::server::tool::{ErrorCode, Failure, ToolError};
@@ -42,17 +46,13 @@ pub(super) async fn elicit(
     wait: Duration,
 ) -> Result<ApprovalRequestOutput, Failure> {
     let id = approval.id.clone();
-    // Unique per question, so that a completion can never be matched to another question
-    // about the same approval (a call asked again, another session).
-    let elicitation_id = format!("{id}.{}", uuid::Uuid::new_v4().simple());
-    let request = ServerRequest::ElicitRequest(ElicitRequest::new(
-        ElicitRequestParams::UrlElicitationParams {
-            meta: None,
-            message: message(c, &approval),
-            url: page,
-            elicitation_id: elicitation_id.clone(),
-        },
-    ));
+    let elicitation_id = new_elicitation_id(&approval);
+    let request = ServerRequest::ElicitRequest(ElicitRequest::new(params(
+        c,
+        &approval,
+        page,
+        &elicitation_id,
+    )));
     let mut handle = call
         .peer
         .send_cancellable_request(request, PeerRequestOptions::no_options())
@@ -180,5 +180,129 @@ async fn complete(call: &Call, elicitation_id: &str) {
     ));
     if let Err(e) = call.peer.send_notification(notification).await {
         tracing::debug!(error = %e, "could not send {COMPLETE}");
+    }
+}
+
+/// Unique per question, so that a completion can never be matched to another question about
+/// the same approval (a call asked again, another session).
+fn new_elicitation_id(approval: &Approval) -> String {
+    format!("{}.{}", approval.id, uuid::Uuid::new_v4().simple())
+}
+
+fn params(
+    c: &Coordinator,
+    approval: &Approval,
+    page: String,
+    elicitation_id: &str,
+) -> ElicitRequestParams {
+    ElicitRequestParams::UrlElicitationParams {
+        meta: None,
+        message: message(c, approval),
+        url: page,
+        elicitation_id: elicitation_id.to_string(),
+    }
+}
+
+/// 2026-07-28: an input-required result sending the person to `page`, with a sealed
+/// [`Ticket`] (in the URL context, so it can never be redeemed as a decision) naming the
+/// asking tool and the approval's executor, kind, subject and action.
+pub(super) fn ask_stateless(
+    c: &Coordinator,
+    tool: &str,
+    approval: &Approval,
+    page: String,
+) -> Result<InputRequiredResult, Failure> {
+    let elicitation_id = new_elicitation_id(approval);
+    // The nonce is never redeemed (the answer records nothing); it only keeps two states for
+    // the same approval apart.
+    let ticket = Ticket::for_question(approval, tool, elicitation_id.clone());
+    let ttl = crate::audit::chain::seconds_until(&approval.expires_at).max(1);
+    let state = c
+        .codec()
+        .seal_json_with(
+            &ticket,
+            &SealOptions::new()
+                .associated_data(URL_STATE_CONTEXT)
+                .ttl(Duration::from_secs(ttl)),
+        )
+        .map_err(|e| Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string())))?;
+    let mut requests = InputRequests::new();
+    requests.insert(
+        QUESTION_KEY.to_string(),
+        InputRequest::Elicitation(ElicitRequest::new(params(
+            c,
+            approval,
+            page,
+            &elicitation_id,
+        ))),
+    );
+    Ok(InputRequiredResult::new(Some(requests), Some(state)))
+}
+
+/// 2026-07-28: the retry after a URL question. The ticket must have been issued by `tool`
+/// about this approval (and `gate`); the answer only says whether the person went to the
+/// console. If they did, the call waits for the decision as the initialize era does after
+/// an accepted URL; otherwise the approval stays pending (waiting `wait`, like any
+/// out-of-band wait). Nothing is recorded from the answer.
+pub(crate) async fn resume(
+    c: &Coordinator,
+    call: &Call,
+    tool: &str,
+    ticket: &Ticket,
+    gate: Option<&Gate>,
+    wait: Duration,
+) -> Result<ApprovalRequestOutput, Failure> {
+    let approval = refresh(c, &ticket.approval_id).await?.ok_or_else(|| {
+        refuse_state(
+            tool,
+            format!("approval {} does not exist", ticket.approval_id),
+        )
+    })?;
+    ticket
+        .check(tool, gate, &approval)
+        .map_err(|e| refuse_state(tool, e))?;
+    let answer = call
+        .input_responses
+        .as_ref()
+        .and_then(|r| r.get(QUESTION_KEY))
+        .ok_or_else(|| {
+            refuse_state(
+                tool,
+                format!("inputResponses has no `{QUESTION_KEY}` answer"),
+            )
+        })?;
+    let answer: ElicitResult = serde_json::from_value(answer.clone()).map_err(|e| {
+        refuse_state(
+            tool,
+            format!("inputResponses.{QUESTION_KEY} is not an elicitation result: {e}"),
+        )
+    })?;
+    if approval.state != State::Pending {
+        return Ok(outcome(c, approval, None));
+    }
+    if answer.action != ElicitationAction::Accept {
+        return wait_out_of_band(c, call, approval, wait, PendingReason::ConsoleDeclined).await;
+    }
+    let id = approval.id.clone();
+    let how = where_decided(c, &approval);
+    let started = Instant::now();
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    let mut poll = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            () = call.cancel.cancelled() => {
+                let approval = refresh(c, &id).await?.unwrap_or(approval);
+                return Ok(outcome(c, approval, Some(PendingReason::ClientCancelled)));
+            }
+            _ = progress.tick() => {
+                let secs = started.elapsed().as_secs();
+                call.progress(secs as f64, None, format!("waiting for a person to decide approval {id} ({secs}s){how}")).await;
+            }
+            _ = poll.tick() => {
+                if let Some(decided) = poll_decided(c, &approval).await? {
+                    return Ok(outcome(c, decided, None));
+                }
+            }
+        }
     }
 }
