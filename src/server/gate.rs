@@ -15,11 +15,12 @@ pub(super) use url::resume as resume_url;
 
 use std::time::{Duration, Instant};
 
+use rmcp::RoleServer;
 use rmcp::model::{
     ElicitRequest, ElicitRequestParams, ElicitResult, ElicitationAction, InputRequest,
     InputRequests, InputRequiredResult, SealOptions, ServerRequest,
 };
-use rmcp::service::PeerRequestOptions;
+use rmcp::service::{PeerRequestOptions, RequestHandle};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -278,22 +279,7 @@ pub(super) async fn record_answer(
     ticket: &Ticket,
     gate: Option<&Gate>,
 ) -> Result<Approval, Failure> {
-    let answer = call
-        .input_responses
-        .as_ref()
-        .and_then(|r| r.get(QUESTION_KEY))
-        .ok_or_else(|| {
-            refuse_state(
-                tool,
-                format!("inputResponses has no `{QUESTION_KEY}` answer"),
-            )
-        })?;
-    let answer: ElicitResult = serde_json::from_value(answer.clone()).map_err(|e| {
-        refuse_state(
-            tool,
-            format!("inputResponses.{QUESTION_KEY} is not an elicitation result: {e}"),
-        )
-    })?;
+    let answer = answer_of(call, tool)?;
     let verdict = verdict_from(&answer, call).ok_or_else(|| {
         refuse_state(
             tool,
@@ -306,6 +292,26 @@ pub(super) async fn record_answer(
     c.blocking(move |c| c.approvals().answer(&ticket, &name, gate.as_ref(), verdict))
         .await?
         .map_err(|e| failure(tool, e))
+}
+
+/// A retry's answer to the question the gate asked (`inputResponses.decision`).
+fn answer_of(call: &Call, tool: &str) -> Result<ElicitResult, Failure> {
+    let answer = call
+        .input_responses
+        .as_ref()
+        .and_then(|r| r.get(QUESTION_KEY))
+        .ok_or_else(|| {
+            refuse_state(
+                tool,
+                format!("inputResponses has no `{QUESTION_KEY}` answer"),
+            )
+        })?;
+    serde_json::from_value(answer.clone()).map_err(|e| {
+        refuse_state(
+            tool,
+            format!("inputResponses.{QUESTION_KEY} is not an elicitation result: {e}"),
+        )
+    })
 }
 
 /// The result for an approval in its current state.
@@ -593,17 +599,15 @@ async fn record(c: &Coordinator, id: &str, verdict: Verdict) -> Result<Approval,
         .map_err(|e| failure("approval_request", e))
 }
 
-/// Initialize-era sessions: ask with a form elicitation and wait for the answer, while
-/// watching for a decision made elsewhere, the expiry, and the client cancelling the call.
-async fn elicit_legacy(
-    c: &Coordinator,
+/// Initialize-era sessions: sends `elicitation/create` with `question` about approval `id`, as
+/// a request the call can withdraw.
+async fn send_question(
     call: &Call,
-    approval: Approval,
-) -> Result<ApprovalRequestOutput, Failure> {
-    let id = approval.id.clone();
-    let request = ServerRequest::ElicitRequest(ElicitRequest::new(form_params(&approval)?));
-    let mut handle = call
-        .peer
+    question: ElicitRequestParams,
+    id: &str,
+) -> Result<RequestHandle<RoleServer>, Failure> {
+    let request = ServerRequest::ElicitRequest(ElicitRequest::new(question));
+    call.peer
         .send_cancellable_request(request, PeerRequestOptions::no_options())
         .await
         .map_err(|e| {
@@ -614,7 +618,18 @@ async fn elicit_legacy(
                 )
                 .with_details(json!({"approval_id": id})),
             )
-        })?;
+        })
+}
+
+/// Initialize-era sessions: ask with a form elicitation and wait for the answer, while
+/// watching for a decision made elsewhere, the expiry, and the client cancelling the call.
+async fn elicit_legacy(
+    c: &Coordinator,
+    call: &Call,
+    approval: Approval,
+) -> Result<ApprovalRequestOutput, Failure> {
+    let id = approval.id.clone();
+    let mut handle = send_question(call, form_params(&approval)?, &id).await?;
     let how = where_decided(c, &approval);
     let started = Instant::now();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
@@ -697,20 +712,38 @@ async fn ask_stateless(
         .await?
         .map_err(|e| failure(tool, e))?;
     let ticket = Ticket::for_question(&approval, tool, nonce);
+    input_required(
+        c,
+        &ticket,
+        &approval,
+        STATE_CONTEXT,
+        form_params(&approval)?,
+    )
+}
+
+/// An input-required result asking `question` under the key the retry answers, with `ticket`
+/// sealed in `context` until the approval expires.
+fn input_required(
+    c: &Coordinator,
+    ticket: &Ticket,
+    approval: &Approval,
+    context: &[u8],
+    question: ElicitRequestParams,
+) -> Result<InputRequiredResult, Failure> {
     let ttl = crate::audit::chain::seconds_until(&approval.expires_at).max(1);
     let state = c
         .codec()
         .seal_json_with(
-            &ticket,
+            ticket,
             &SealOptions::new()
-                .associated_data(STATE_CONTEXT)
+                .associated_data(context)
                 .ttl(Duration::from_secs(ttl)),
         )
         .map_err(|e| Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string())))?;
     let mut requests = InputRequests::new();
     requests.insert(
         QUESTION_KEY.to_string(),
-        InputRequest::Elicitation(ElicitRequest::new(form_params(&approval)?)),
+        InputRequest::Elicitation(ElicitRequest::new(question)),
     );
     Ok(InputRequiredResult::new(Some(requests), Some(state)))
 }

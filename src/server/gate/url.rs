@@ -13,21 +13,20 @@
 use std::time::{Duration, Instant};
 
 use rmcp::model::{
-    ClientResult, CustomNotification, ElicitRequest, ElicitRequestParams, ElicitResult,
-    ElicitationAction, InputRequest, InputRequests, InputRequiredResult, SealOptions,
-    ServerNotification, ServerRequest,
+    ClientResult, CustomNotification, ElicitRequestParams, ElicitationAction, InputRequiredResult,
+    ServerNotification,
 };
-use rmcp::service::PeerRequestOptions;
 use serde_json::json;
 
 use super::{
-    ApprovalRequestOutput, POLL, PROGRESS_EVERY, PendingReason, QUESTION_KEY, URL_STATE_CONTEXT,
-    outcome, poll_decided, refresh, refuse_state, wait_out_of_band, where_decided,
+    ApprovalRequestOutput, POLL, PROGRESS_EVERY, PendingReason, URL_STATE_CONTEXT, answer_of,
+    input_required, outcome, poll_decided, refresh, refuse_state, send_question, wait_out_of_band,
+    where_decided,
 };
 use crate::approval::{Approval, DecideWith, Gate, State, Ticket};
 use crate::server::Coordinator;
 use crate::server::session::Call;
-use crate::server::tool::{ErrorCode, Failure, ToolError};
+use crate::server::tool::Failure;
 
 /// The notification that ends a URL elicitation (rmcp has no typed one).
 const COMPLETE: &str = "notifications/elicitation/complete";
@@ -47,25 +46,8 @@ pub(super) async fn elicit(
 ) -> Result<ApprovalRequestOutput, Failure> {
     let id = approval.id.clone();
     let elicitation_id = new_elicitation_id(&approval);
-    let request = ServerRequest::ElicitRequest(ElicitRequest::new(params(
-        c,
-        &approval,
-        page,
-        &elicitation_id,
-    )));
-    let mut handle = call
-        .peer
-        .send_cancellable_request(request, PeerRequestOptions::no_options())
-        .await
-        .map_err(|e| {
-            Failure::Domain(
-                ToolError::new(
-                    ErrorCode::Unavailable,
-                    format!("could not send the person to the console through the client: {e}"),
-                )
-                .with_details(json!({"approval_id": id})),
-            )
-        })?;
+    let question = params(c, &approval, page, &elicitation_id);
+    let mut handle = send_question(call, question, &id).await?;
     let how = where_decided(c, &approval);
     let started = Instant::now();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
@@ -216,27 +198,8 @@ pub(super) fn ask_stateless(
     // The nonce is never redeemed (the answer records nothing); it only keeps two states for
     // the same approval apart.
     let ticket = Ticket::for_question(approval, tool, elicitation_id.clone());
-    let ttl = crate::audit::chain::seconds_until(&approval.expires_at).max(1);
-    let state = c
-        .codec()
-        .seal_json_with(
-            &ticket,
-            &SealOptions::new()
-                .associated_data(URL_STATE_CONTEXT)
-                .ttl(Duration::from_secs(ttl)),
-        )
-        .map_err(|e| Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string())))?;
-    let mut requests = InputRequests::new();
-    requests.insert(
-        QUESTION_KEY.to_string(),
-        InputRequest::Elicitation(ElicitRequest::new(params(
-            c,
-            approval,
-            page,
-            &elicitation_id,
-        ))),
-    );
-    Ok(InputRequiredResult::new(Some(requests), Some(state)))
+    let question = params(c, approval, page, &elicitation_id);
+    input_required(c, &ticket, approval, URL_STATE_CONTEXT, question)
 }
 
 /// 2026-07-28: the retry after a URL question. The ticket must have been issued by `tool`
@@ -261,22 +224,7 @@ pub(crate) async fn resume(
     ticket
         .check(tool, gate, &approval)
         .map_err(|e| refuse_state(tool, e))?;
-    let answer = call
-        .input_responses
-        .as_ref()
-        .and_then(|r| r.get(QUESTION_KEY))
-        .ok_or_else(|| {
-            refuse_state(
-                tool,
-                format!("inputResponses has no `{QUESTION_KEY}` answer"),
-            )
-        })?;
-    let answer: ElicitResult = serde_json::from_value(answer.clone()).map_err(|e| {
-        refuse_state(
-            tool,
-            format!("inputResponses.{QUESTION_KEY} is not an elicitation result: {e}"),
-        )
-    })?;
+    let answer = answer_of(call, tool)?;
     if approval.state != State::Pending {
         return Ok(outcome(c, approval, None));
     }
