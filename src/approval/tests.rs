@@ -344,6 +344,45 @@ fn list_filters_and_pages() -> Result<(), ApprovalError> {
 }
 
 #[test]
+fn search_narrows_by_risk_requester_and_time() -> Result<(), ApprovalError> {
+    let s = service();
+    let low = s.request(new(json!({"n": 1}), Risk::Low, None))?;
+    let mut by_percent = new(json!({"n": 2}), Risk::High, None);
+    by_percent.requested_by = Actor::new(ActorKind::Client, "100%_sure/2");
+    let high = s.request(by_percent)?;
+    let ids = |f: SearchFilter| -> Result<Vec<String>, ApprovalError> {
+        Ok(s.search(&f)?.approvals.into_iter().map(|a| a.id).collect())
+    };
+    let high_only = ids(SearchFilter {
+        risk: Some(Risk::High),
+        ..Default::default()
+    })?;
+    assert_eq!(high_only, std::slice::from_ref(&high.id));
+    // The requester text is matched literally: `%` and `_` are not wildcards.
+    let literal = ids(SearchFilter {
+        requester: Some("0%_SURE".into()),
+        ..Default::default()
+    })?;
+    assert_eq!(literal, std::slice::from_ref(&high.id));
+    let wildcard = ids(SearchFilter {
+        requester: Some("t%1".into()),
+        ..Default::default()
+    })?;
+    assert!(wildcard.is_empty(), "{wildcard:?}");
+    let after_low = ids(SearchFilter {
+        created_after: Some(high.created_at.clone()),
+        ..Default::default()
+    })?;
+    assert_eq!(after_low, std::slice::from_ref(&high.id));
+    let before_high = ids(SearchFilter {
+        created_before: Some(high.created_at.clone()),
+        ..Default::default()
+    })?;
+    assert_eq!(before_high, std::slice::from_ref(&low.id));
+    Ok(())
+}
+
+#[test]
 fn the_database_refuses_to_rewrite_a_decision() -> Result<(), ApprovalError> {
     let s = service();
     let a = s.request(new(json!({"op": "t"}), Risk::Low, None))?;

@@ -22,22 +22,12 @@ use crate::overseer::{LOCK_SECONDS, OverseerError, Purpose};
 const MAX_REASON_CHARS: usize = 2000;
 
 /// A decision form. Missing fields read as empty, so each is refused by name.
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 #[serde(default)]
 pub struct DecisionForm {
     csrf: String,
     reason: String,
     passphrase: String,
-}
-
-impl Default for DecisionForm {
-    fn default() -> Self {
-        DecisionForm {
-            csrf: String::new(),
-            reason: String::new(),
-            passphrase: String::new(),
-        }
-    }
 }
 
 /// `POST /approvals/{id}/approve`.
@@ -211,7 +201,7 @@ async fn decide(
     match decided {
         Ok(Ok(a)) => {
             let mut r =
-                Redirect::to(&format!("{}?decided", super::approval_path(&a.id))).into_response();
+                Redirect::to(&format!("{}?decided=1", super::approval_path(&a.id))).into_response();
             *r.status_mut() = StatusCode::SEE_OTHER;
             r
         }

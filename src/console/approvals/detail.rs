@@ -111,7 +111,7 @@ fn forms(console: &Console, person: &Person, a: &Approval, draft: &Draft) -> Mar
         div.actions {
             form.card #approve method="post" action={ "/approvals/" (a.id) "/approve" } {
                 (csrf_field(console, person))
-                @if let Some(m) = approve_error { p.error role="alert" { (m) } }
+                @if let Some(m) = approve_error { p.error { (m) } }
                 label for="approve-reason" { "Why you approve (recorded with the decision)" }
                 textarea #approve-reason name="reason" required { (draft.approve_reason) }
                 @if critical {
@@ -123,7 +123,7 @@ fn forms(console: &Console, person: &Person, a: &Approval, draft: &Draft) -> Mar
             }
             form.card #reject method="post" action={ "/approvals/" (a.id) "/reject" } {
                 (csrf_field(console, person))
-                @if let Some(m) = reject_error { p.error role="alert" { (m) } }
+                @if let Some(m) = reject_error { p.error { (m) } }
                 label for="reject-reason" { "Why you reject (optional, recorded)" }
                 textarea #reject-reason name="reason" { (draft.reject_reason) }
                 p { button.reject type="submit" { "Reject" } }
@@ -143,13 +143,14 @@ pub fn render(
     let now = OffsetDateTime::now_utc();
     let action = serde_json::to_string_pretty(&a.action).unwrap_or_else(|_| a.action.to_string());
     let diffs = a.kind == Kind::Remediation || a.preview.as_deref().is_some_and(diff::has_diff);
-    let general_error = match &draft.error {
-        Some((None, m)) => Some(m.as_str()),
-        _ => None,
-    };
+    // A refusal shows at the top, where the reloaded page opens, and again by its form (when
+    // the forms are still there) with what was typed.
+    let general_error = draft.error.as_ref().map(|(_, m)| m.as_str());
+    let by_form =
+        draft.error.as_ref().is_some_and(|(w, _)| w.is_some()) && a.state == State::Pending;
     let body = html! {
         p { a href="/approvals" { "All approvals" } }
-        h1 { (a.summary) }
+        h1.summary { (a.summary) }
         @if draft.decided && a.state != State::Pending {
             p.notice role="status" {
                 "Decision recorded: " (a.state.as_str())
@@ -157,7 +158,9 @@ pub fn render(
                 ". A tool call waiting for it sees it within a second."
             }
         }
-        @if let Some(m) = general_error { p.error role="alert" { (m) } }
+        @if let Some(m) = general_error {
+            p.error role="alert" { (m) @if by_form { " " a href="#decide" { "To the form" } } }
+        }
         section.card {
             dl.facts {
                 dt { "State" } dd { (state_badge(a.state)) }
@@ -186,9 +189,6 @@ pub fn render(
                 }
             }
         }
-        @if a.state == State::Pending {
-            (forms(console, person, a, draft))
-        }
         h2 #action { "The exact action" }
         p.muted { "The approval covers this and nothing else: SHA-256 of its canonical JSON " code.hash { (a.action_hash) } }
         pre.action { (action) }
@@ -197,6 +197,10 @@ pub fn render(
             None => { p.muted { "The requester gave no preview." } }
             Some(p) if diffs => { div.diffs { (diff::render(p)) } }
             Some(p) => { pre.preview { (p) } }
+        }
+        // Decided after reading what it does: the forms come last.
+        @if a.state == State::Pending {
+            (forms(console, person, a, draft))
         }
     };
     let mut r = html_response(page(
