@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::Coordinator;
-use super::gate::{self, ApprovalRequestOutput, Asked};
+use super::gate::{self, ApprovalRequestOutput, Asked, Question};
 use super::session::Call;
 use super::tool::failure;
 use super::tool::{Failure, Reply, Route, ToolSpec, invalid_field, route, route_with_input};
@@ -109,7 +109,8 @@ pub(super) async fn approval_request(
     // An MRTR retry: the answer decides the approval named in the sealed ticket, which this
     // tool must have issued; the retry must be the same call.
     if let Some(sealed) = call.request_state.clone() {
-        let ticket = gate::open_ticket(&c, TOOL, &sealed)?;
+        let question = gate::open_question(&c, TOOL, &sealed)?;
+        let ticket = question.ticket();
         if let Some(id) = &input.approval_id
             && *id != ticket.approval_id
         {
@@ -133,8 +134,14 @@ pub(super) async fn approval_request(
                 ));
             }
         }
-        let approval = gate::record_answer(&c, &call, TOOL, &ticket, None).await?;
-        return Ok(Reply::Done(gate::outcome(&c, approval, None)));
+        return Ok(Reply::Done(match &question {
+            Question::Form(ticket) => gate::outcome(
+                &c,
+                gate::record_answer(&c, &call, TOOL, ticket, None).await?,
+                None,
+            ),
+            Question::Url(ticket) => gate::resume_url(&c, &call, TOOL, ticket, None, wait).await?,
+        }));
     }
     let approval = match &input.approval_id {
         Some(id) => {

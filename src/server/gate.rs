@@ -2,18 +2,25 @@
 //! decision. It finds or opens the approval an executor's [`Gate`] needs, asks through the
 //! channel the policy and the client allow (a form elicitation on initialize-era sessions, an
 //! input-required result on 2026-07-28 requests, or a wait for an out-of-band decision with
-//! progress naming the command that decides it), and verifies that a 2026-07-28 retry answers
+//! progress naming the command and the console page that decide it, or a URL elicitation
+//! sending the person to that page when the decision must be made out of band: `gate/url.rs`),
+//! and verifies that a 2026-07-28 retry answers
 //! a question this very call asked. The executor then consumes the approval in its own
 //! transaction (`ApprovalService::consume_in`). Remediations, gated child calls, tool reviews
 //! and pipeline stages describe their gate; none of them talks to elicitation, MRTR or polling.
 
+mod url;
+
+pub(super) use url::resume as resume_url;
+
 use std::time::{Duration, Instant};
 
+use rmcp::RoleServer;
 use rmcp::model::{
     ElicitRequest, ElicitRequestParams, ElicitResult, ElicitationAction, InputRequest,
     InputRequests, InputRequiredResult, SealOptions, ServerRequest,
 };
-use rmcp::service::PeerRequestOptions;
+use rmcp::service::{PeerRequestOptions, RequestHandle};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -35,6 +42,26 @@ const QUESTION_KEY: &str = "decision";
 /// Associated data of sealed request states. v2 states carry a [`Ticket`]; a v1 state (from
 /// before the gate) is refused as altered.
 const STATE_CONTEXT: &[u8] = b"mcp-coordinator/gate/v2";
+/// Associated data of sealed states that sent the person to the console (URL mode): a context
+/// of their own, so that such a state can never be redeemed as a form answer (which records a
+/// decision), nor a form's state be taken for one.
+const URL_STATE_CONTEXT: &[u8] = b"mcp-coordinator/gate/url/v1";
+
+/// The question a retry's sealed `requestState` answers.
+pub(super) enum Question {
+    /// A form: the answer is the decision, recorded once.
+    Form(Ticket),
+    /// The console page (URL mode): the answer only says whether the person went there.
+    Url(Ticket),
+}
+
+impl Question {
+    pub(super) fn ticket(&self) -> &Ticket {
+        match self {
+            Question::Form(t) | Question::Url(t) => t,
+        }
+    }
+}
 
 /// Why an approval is still pending when `approval_request` returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -48,6 +75,9 @@ pub enum PendingReason {
     WaitElapsed,
     /// The client cancelled the call while the person was being asked.
     ClientCancelled,
+    /// The client offered to open the approval's console page and the person declined or
+    /// dismissed it; the approval may still be decided in the console or at the CLI.
+    ConsoleDeclined,
 }
 
 /// What `approval_request` returns.
@@ -64,6 +94,10 @@ pub struct ApprovalRequestOutput {
     /// While pending: the exact command a person runs to decide.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decide_command: Option<String>,
+    /// While pending: the oversight console's page where a person decides it (when a console
+    /// serves this database).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decide_url: Option<String>,
 }
 
 /// What asking about an approval came to.
@@ -121,12 +155,18 @@ pub(super) async fn pass(
 ) -> Result<Passage, Failure> {
     let wait = wait_for(tool, wait_seconds)?;
     if let Some(sealed) = &call.request_state {
-        let ticket = open_ticket(c, tool, sealed)?;
-        let approval = record_answer(c, call, tool, &ticket, Some(gate)).await?;
-        return Ok(if approval.state == State::Approved {
-            Passage::Approved(Box::new(approval))
+        let out = match open_question(c, tool, sealed)? {
+            Question::Form(ticket) => outcome(
+                c,
+                record_answer(c, call, tool, &ticket, Some(gate)).await?,
+                None,
+            ),
+            Question::Url(ticket) => url::resume(c, call, tool, &ticket, Some(gate), wait).await?,
+        };
+        return Ok(if out.state == State::Approved {
+            Passage::Approved(Box::new(out.approval))
         } else {
-            Passage::Stopped(Box::new(outcome(c, approval, None)))
+            Passage::Stopped(Box::new(out))
         });
     }
     let (g, actor) = (gate.clone(), call.actor.clone());
@@ -159,6 +199,22 @@ pub(super) async fn ask(
     if approval.state != State::Pending {
         return Ok(Asked::Done(Box::new(outcome(c, approval, None))));
     }
+    // URL mode sends the person to the console, which decides out of band: the way to ask
+    // when policy wants an out-of-band decision, or when the client can open a page but not
+    // show a form.
+    if call.elicitation_url
+        && (approval.decide_with == DecideWith::OutOfBand || !call.elicitation_form)
+        && let Some(page) = decide_url(c, &approval)
+    {
+        return match call.era {
+            Era::Legacy => url::elicit(c, call, approval, page, wait)
+                .await
+                .map(|o| Asked::Done(Box::new(o))),
+            Era::Stateless => {
+                url::ask_stateless(c, tool, &approval, page).map(Asked::InputRequired)
+            }
+        };
+    }
     if approval.decide_with == DecideWith::OutOfBand {
         return wait_out_of_band(c, call, approval, wait, PendingReason::OutOfBandRequired)
             .await
@@ -187,7 +243,21 @@ pub(super) fn refuse_state(tool: &str, message: impl std::fmt::Display) -> Failu
     ))
 }
 
-/// Opens a sealed `requestState`: only this process's key, unaltered and unexpired.
+/// Opens a sealed `requestState` (only this process's key, unaltered and unexpired) and says
+/// which kind of question it answers.
+pub(super) fn open_question(
+    c: &Coordinator,
+    tool: &str,
+    sealed: &str,
+) -> Result<Question, Failure> {
+    match c.codec().open_json_with(sealed, URL_STATE_CONTEXT) {
+        Ok(ticket) => Ok(Question::Url(ticket)),
+        Err(_) => open_ticket(c, tool, sealed).map(Question::Form),
+    }
+}
+
+/// Opens a sealed form question's `requestState`: only this process's key, unaltered and
+/// unexpired.
 pub(super) fn open_ticket(c: &Coordinator, tool: &str, sealed: &str) -> Result<Ticket, Failure> {
     c.codec().open_json_with(sealed, STATE_CONTEXT).map_err(|e| {
         refuse_state(
@@ -209,22 +279,7 @@ pub(super) async fn record_answer(
     ticket: &Ticket,
     gate: Option<&Gate>,
 ) -> Result<Approval, Failure> {
-    let answer = call
-        .input_responses
-        .as_ref()
-        .and_then(|r| r.get(QUESTION_KEY))
-        .ok_or_else(|| {
-            refuse_state(
-                tool,
-                format!("inputResponses has no `{QUESTION_KEY}` answer"),
-            )
-        })?;
-    let answer: ElicitResult = serde_json::from_value(answer.clone()).map_err(|e| {
-        refuse_state(
-            tool,
-            format!("inputResponses.{QUESTION_KEY} is not an elicitation result: {e}"),
-        )
-    })?;
+    let answer = answer_of(call, tool)?;
     let verdict = verdict_from(&answer, call).ok_or_else(|| {
         refuse_state(
             tool,
@@ -239,6 +294,26 @@ pub(super) async fn record_answer(
         .map_err(|e| failure(tool, e))
 }
 
+/// A retry's answer to the question the gate asked (`inputResponses.decision`).
+fn answer_of(call: &Call, tool: &str) -> Result<ElicitResult, Failure> {
+    let answer = call
+        .input_responses
+        .as_ref()
+        .and_then(|r| r.get(QUESTION_KEY))
+        .ok_or_else(|| {
+            refuse_state(
+                tool,
+                format!("inputResponses has no `{QUESTION_KEY}` answer"),
+            )
+        })?;
+    serde_json::from_value(answer.clone()).map_err(|e| {
+        refuse_state(
+            tool,
+            format!("inputResponses.{QUESTION_KEY} is not an elicitation result: {e}"),
+        )
+    })
+}
+
 /// The result for an approval in its current state.
 pub(super) fn outcome(
     c: &Coordinator,
@@ -246,7 +321,8 @@ pub(super) fn outcome(
     pending: Option<PendingReason>,
 ) -> ApprovalRequestOutput {
     let command = decide_command(c, &approval);
-    let (message, decide_command) = match approval.state {
+    let page = decide_url(c, &approval);
+    let (message, decide_command, decide_url) = match approval.state {
         State::Pending => {
             let why = match pending {
                 Some(PendingReason::OutOfBandRequired) => format!(
@@ -261,18 +337,25 @@ pub(super) fn outcome(
                     "The question about approval {} was withdrawn because the call was cancelled; the approval is still pending.",
                     approval.id
                 ),
+                Some(PendingReason::ConsoleDeclined) => format!(
+                    "Approval {} is pending: the person did not open its page in the oversight console from this client (declined or dismissed), and no decision was recorded; it can still be decided there or at the CLI.",
+                    approval.id
+                ),
                 Some(PendingReason::WaitElapsed) | None => {
                     format!("Approval {} is still pending.", approval.id)
                 }
             };
+            let console = page.as_ref().map_or(String::new(), |url| {
+                format!(" or in the oversight console at {url}")
+            });
             let how = match &command {
                 Some(cmd) => format!(
-                    " A person decides it with:\n  {cmd}\nor rejects it with the same command using `reject`. It expires at {}. Call approval_request with approval_id and wait_seconds to wait for the decision, or approval_get to check.",
+                    " A person decides it with:\n  {cmd}\nor rejects it with the same command using `reject`{console}. It expires at {}. Call approval_request with approval_id and wait_seconds to wait for the decision, or approval_get to check.",
                     approval.expires_at
                 ),
                 None => " This coordinator runs on an in-memory database (--db :memory:), so no other process can reach it to decide; restart it with a database file.".to_string(),
             };
-            (format!("{why}{how}"), command)
+            (format!("{why}{how}"), command, page)
         }
         state => {
             let d = approval.decision.as_ref();
@@ -290,6 +373,7 @@ pub(super) fn outcome(
                     approval.id
                 ),
                 None,
+                None,
             )
         }
     };
@@ -303,6 +387,7 @@ pub(super) fn outcome(
         approval,
         message,
         decide_command,
+        decide_url,
     }
 }
 
@@ -316,6 +401,28 @@ pub(super) fn decide_command(c: &Coordinator, approval: &Approval) -> Option<Str
     })
 }
 
+/// The console page of `approval` (`{console}/approvals/{id}`), when a console serves this
+/// database.
+pub(super) fn decide_url(c: &Coordinator, approval: &Approval) -> Option<String> {
+    c.settings()
+        .console_url
+        .as_deref()
+        .map(|base| format!("{}/approvals/{}", base.trim_end_matches('/'), approval.id))
+}
+
+/// What a progress message says about how a pending approval is decided: the console page and
+/// the CLI command, whichever exist.
+fn where_decided(c: &Coordinator, approval: &Approval) -> String {
+    match (decide_url(c, approval), decide_command(c, approval)) {
+        (Some(url), Some(cmd)) => {
+            format!("; a person decides it in the oversight console at {url} or with: {cmd}")
+        }
+        (Some(url), None) => format!("; a person decides it in the oversight console at {url}"),
+        (None, Some(cmd)) => format!("; a person decides it with: {cmd}"),
+        (None, None) => String::new(),
+    }
+}
+
 /// Waits up to `wait` for a decision made elsewhere (the CLI, another process), polling the
 /// database and sending progress notifications; returns the approval as it then stands.
 async fn wait_out_of_band(
@@ -326,7 +433,7 @@ async fn wait_out_of_band(
     reason: PendingReason,
 ) -> Result<ApprovalRequestOutput, Failure> {
     let id = approval.id.clone();
-    let command = decide_command(c, &approval);
+    let how = where_decided(c, &approval);
     let started = Instant::now();
     let mut last_progress = Instant::now() - PROGRESS_EVERY;
     while started.elapsed() < wait {
@@ -336,12 +443,7 @@ async fn wait_out_of_band(
             call.progress(
                 secs as f64,
                 Some(wait.as_secs() as f64),
-                match &command {
-                    Some(cmd) => format!(
-                        "waiting for a person to decide approval {id} ({secs}s); a person decides it with: {cmd}"
-                    ),
-                    None => format!("waiting for a person to decide approval {id} ({secs}s)"),
-                },
+                format!("waiting for a person to decide approval {id} ({secs}s){how}"),
             )
             .await;
         }
@@ -497,17 +599,15 @@ async fn record(c: &Coordinator, id: &str, verdict: Verdict) -> Result<Approval,
         .map_err(|e| failure("approval_request", e))
 }
 
-/// Initialize-era sessions: ask with a form elicitation and wait for the answer, while
-/// watching for a decision made elsewhere, the expiry, and the client cancelling the call.
-async fn elicit_legacy(
-    c: &Coordinator,
+/// Initialize-era sessions: sends `elicitation/create` with `question` about approval `id`, as
+/// a request the call can withdraw.
+async fn send_question(
     call: &Call,
-    approval: Approval,
-) -> Result<ApprovalRequestOutput, Failure> {
-    let id = approval.id.clone();
-    let request = ServerRequest::ElicitRequest(ElicitRequest::new(form_params(&approval)?));
-    let mut handle = call
-        .peer
+    question: ElicitRequestParams,
+    id: &str,
+) -> Result<RequestHandle<RoleServer>, Failure> {
+    let request = ServerRequest::ElicitRequest(ElicitRequest::new(question));
+    call.peer
         .send_cancellable_request(request, PeerRequestOptions::no_options())
         .await
         .map_err(|e| {
@@ -518,7 +618,19 @@ async fn elicit_legacy(
                 )
                 .with_details(json!({"approval_id": id})),
             )
-        })?;
+        })
+}
+
+/// Initialize-era sessions: ask with a form elicitation and wait for the answer, while
+/// watching for a decision made elsewhere, the expiry, and the client cancelling the call.
+async fn elicit_legacy(
+    c: &Coordinator,
+    call: &Call,
+    approval: Approval,
+) -> Result<ApprovalRequestOutput, Failure> {
+    let id = approval.id.clone();
+    let mut handle = send_question(call, form_params(&approval)?, &id).await?;
+    let how = where_decided(c, &approval);
     let started = Instant::now();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut poll = tokio::time::interval(POLL);
@@ -533,7 +645,7 @@ async fn elicit_legacy(
             () = call.cancel.cancelled() => break Ended::Cancelled,
             _ = progress.tick() => {
                 let secs = started.elapsed().as_secs();
-                call.progress(secs as f64, None, format!("asking a person to decide approval {id} ({secs}s)")).await;
+                call.progress(secs as f64, None, format!("asking a person to decide approval {id} ({secs}s){how}")).await;
             }
             _ = poll.tick() => {
                 if let Some(decided) = poll_decided(c, &approval).await? {
@@ -600,20 +712,38 @@ async fn ask_stateless(
         .await?
         .map_err(|e| failure(tool, e))?;
     let ticket = Ticket::for_question(&approval, tool, nonce);
+    input_required(
+        c,
+        &ticket,
+        &approval,
+        STATE_CONTEXT,
+        form_params(&approval)?,
+    )
+}
+
+/// An input-required result asking `question` under the key the retry answers, with `ticket`
+/// sealed in `context` until the approval expires.
+fn input_required(
+    c: &Coordinator,
+    ticket: &Ticket,
+    approval: &Approval,
+    context: &[u8],
+    question: ElicitRequestParams,
+) -> Result<InputRequiredResult, Failure> {
     let ttl = crate::audit::chain::seconds_until(&approval.expires_at).max(1);
     let state = c
         .codec()
         .seal_json_with(
-            &ticket,
+            ticket,
             &SealOptions::new()
-                .associated_data(STATE_CONTEXT)
+                .associated_data(context)
                 .ttl(Duration::from_secs(ttl)),
         )
         .map_err(|e| Failure::Domain(ToolError::new(ErrorCode::Internal, e.to_string())))?;
     let mut requests = InputRequests::new();
     requests.insert(
         QUESTION_KEY.to_string(),
-        InputRequest::Elicitation(ElicitRequest::new(form_params(&approval)?)),
+        InputRequest::Elicitation(ElicitRequest::new(question)),
     );
     Ok(InputRequiredResult::new(Some(requests), Some(state)))
 }

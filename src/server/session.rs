@@ -42,6 +42,9 @@ pub struct Call {
     pub session_id: String,
     /// Whether the client declared form elicitation (a person can be asked in the client).
     pub elicitation_form: bool,
+    /// Whether the client declared URL elicitation (2025-11-25): it can send a person to a
+    /// page (the console's page of an approval) and be told when the page is done.
+    pub elicitation_url: bool,
     /// Whether the client declared the tasks extension (SEP-2663): a long call may be
     /// answered with a task it polls.
     pub tasks: bool,
@@ -75,10 +78,11 @@ impl Call {
             .map(|i| format!("{}/{}", i.name, i.version))
             .unwrap_or_else(|| "unknown".into());
         // A client that declares elicitation with neither mode means form (2025-06-18 shape).
-        let elicitation_form = ctx
-            .client_capabilities()
-            .and_then(|c| c.elicitation)
+        let elicitation = ctx.client_capabilities().and_then(|c| c.elicitation);
+        let elicitation_form = elicitation
+            .as_ref()
             .is_some_and(|e| e.form.is_some() || e.url.is_none());
+        let elicitation_url = elicitation.as_ref().is_some_and(|e| e.url.is_some());
         Call {
             era,
             protocol_version: version.map(|v| v.to_string()).unwrap_or_default(),
@@ -87,6 +91,7 @@ impl Call {
             peer: ctx.peer.clone(),
             session_id: coordinator.session_id().to_string(),
             elicitation_form,
+            elicitation_url,
             tasks: ctx
                 .client_capabilities()
                 .is_some_and(|c| c.supports_tasks()),

@@ -14,7 +14,10 @@ process is started over stdio with its own data directory under DIR, and a scrip
  3. decline          -> rejected, the cause says declined
  4. cancel           -> cancelled
  5. slow person      -> the call waits for the answer (legacy: with progress notifications)
- 6. critical risk    -> pending out_of_band_required without asking; the CLI decides it
+ 6. critical risk    -> never a form: the person is sent to the console's page with a URL
+                       elicitation (legacy: elicitation/create; 2026-07-28: in an input-required
+                       result); dismissed here, so pending console_declined and nothing recorded;
+                       the CLI decides it
  7. the client cancels the waiting call -> the approval stays pending; the CLI decides it
  8. a client without elicitation -> pending no_elicitation; `wait_seconds` returns the CLI decision
  9. decisions are final: the CLI cannot reject an approved approval
@@ -389,11 +392,21 @@ async def check_critical(run: Run, e: Expect, client: Client, person: Person) ->
     approval_id = approval.get("id")
     command = sc.get("decide_command")
     e.that(sc.get("state") == "pending", f"state {sc.get('state')!r}, expected 'pending'")
+    # The SDK declares URL elicitation with its callback, so the person is sent to the console
+    # page; this scripted person dismisses it, which decides nothing.
     e.that(
-        sc.get("pending_reason") == "out_of_band_required",
-        f"pending_reason {sc.get('pending_reason')!r}, expected 'out_of_band_required'",
+        sc.get("pending_reason") == "console_declined",
+        f"pending_reason {sc.get('pending_reason')!r}, expected 'console_declined'",
     )
-    e.that(not person.asked, f"the person was asked in the client {len(person.asked)} time(s) for a critical action")
+    forms = [p for p in person.asked if getattr(p, "mode", "form") != "url"]
+    urls = [p for p in person.asked if getattr(p, "mode", "form") == "url"]
+    e.that(not forms, f"the person was shown a form {len(forms)} time(s) for a critical action")
+    page = f"/approvals/{approval_id}"
+    e.that(
+        len(urls) == 1 and urls[0].url.endswith(page) and urls[0].url == sc.get("decide_url"),
+        f"expected one URL elicitation for the console page {sc.get('decide_url')!r}, got {[u.url for u in urls]}",
+    )
+    person.expect(None)
     e.that(
         isinstance(command, str) and f"approvals approve {approval_id}" in command,
         f"decide_command {command!r} does not contain 'approvals approve {approval_id}'",
@@ -575,7 +588,7 @@ async def run_era(r: Report, binary: str, data_dir: Path, mode: str) -> None:
         await step(r, f"{p} 5 {slow}", lambda e: check_slow_person(run, e, client, person))
         await step(
             r,
-            f"{p} 6 critical risk: not asked in the client, CLI decides",
+            f"{p} 6 critical risk: no form, the console page instead; the CLI decides",
             lambda e: check_critical(run, e, client, person),
         )
         # Legacy: the server withdraws its elicitation. 2026-07-28: the client never retries.

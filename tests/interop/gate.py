@@ -12,9 +12,10 @@ decision about the gated call is needed. Each check drives the SDK's session by 
 (`allow_input_required=True`), so the attacker chooses which state goes where:
 
  1. instance tool call under a policy that needs an out-of-band decision: the gated call
-    returns pending; the generic approval's state, answered "approve", is spliced into the
-    retry of kid__delete_item -> JSON-RPC error, the child never runs, both approvals stay
-    pending (the refused answer recorded nothing)
+    asks only with the console page (URL mode); the generic approval's state, answered
+    "approve", is spliced into the retry of kid__delete_item, and the gated call's URL state
+    into approval_request -> JSON-RPC errors, the child never runs, both approvals stay
+    pending (the refused answers recorded nothing)
  2. the same under the default policy, where the gated call itself asks in the client: the
     generic state is still refused; the gated call's own state then works, once
  3. a state the gated call issued for kid__delete_item is refused by instance_call_tool for
@@ -153,7 +154,13 @@ async def check_splice_out_of_band(e: Expect, client: Client) -> None:
     args = {"id": "victim"}
     before = await deletions(client)
     r = await first_round(client, "kid__delete_item", args)
-    e.that(isinstance(r, types.CallToolResult) and r.is_error, f"the gated call was not held: {r!r}")
+    # The SDK declares URL elicitation, so the call asks with the console page (never a form)
+    # and its state is one no answer can redeem as a decision.
+    asks = list((r.input_requests or {}).values()) if isinstance(r, types.InputRequiredResult) else []
+    e.that(
+        len(asks) == 1 and getattr(asks[0].params, "mode", "form") == "url",
+        f"the gated call was not held with the console page: {r!r}",
+    )
     gated = await pending_of_kind(client, "instance_tool_call")
     if not e.that(len(gated) == 1, f"pending instance_tool_call approvals: {len(gated)}"):
         return
@@ -161,6 +168,12 @@ async def check_splice_out_of_band(e: Expect, client: Client) -> None:
     e.that(target.get("decide_with") == "out_of_band", f"decide_with {target.get('decide_with')!r}")
     generic_id, state = await generic_state(client, target["action"])
     await expect_refused(e, retry(client, "kid__delete_item", args, state), "spliced retry of kid__delete_item")
+    if isinstance(r, types.InputRequiredResult) and r.request_state:
+        await expect_refused(
+            e,
+            retry(client, "approval_request", {"approval_id": target["id"]}, r.request_state),
+            "the gated call's URL state spliced into approval_request",
+        )
     after = await deletions(client)
     e.that(after == before, f"kid__deletions went from {before} to {after}: the child ran the call")
     e.that((await approval(client, generic_id)).get("state") == "pending",
