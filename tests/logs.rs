@@ -75,6 +75,10 @@ fn the_default_level_is_quiet() {
     let info: Vec<&str> = log.lines().filter(|l| l.contains(" INFO ")).collect();
     assert_eq!(info.len(), 2, "one line at start, one at stop:\n{log}");
     assert!(info[0].contains("serving MCP on stdio"), "{log}");
+    assert!(
+        info[0].contains("console=http://127.0.0.1:"),
+        "the start line names the console's URL:\n{log}"
+    );
     assert!(info[1].contains("stopped"), "{log}");
     assert!(
         !log.contains("rmcp"),

@@ -22,10 +22,16 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         settings.config.tools.toolsets = toolsets.clone();
     }
     init_tracing(&log_level(global, &settings), global.log_format)?;
+    let console = bind_console(&mut settings, &audit);
     if std::io::stdin().is_terminal() {
         banner(&settings);
     }
-    tracing::info!(db = %settings.db.display(), data_dir = %settings.data_dir.display(), "serving MCP on stdio");
+    tracing::info!(
+        db = %settings.db.display(),
+        data_dir = %settings.data_dir.display(),
+        console = %settings.console_url.as_deref().unwrap_or("off"),
+        "serving MCP on stdio"
+    );
     warn_if_unprotected(&settings, &audit);
     // Orphans of child servers come to us rather than to init, so that they can be killed
     // and reaped (src/instance/child/reaper.rs); before any child is started.
@@ -39,7 +45,6 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(error = %e, "cannot become a child subreaper: processes that child servers leave behind after setsid and a double fork may outlive them");
         }
     }
-    let console = bind_console(&mut settings, &audit);
     let coordinator = Coordinator::new(audit, settings)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -89,7 +94,6 @@ fn bind_console(settings: &mut Settings, audit: &AuditLog) -> Option<(Console, c
         Ok(bound) => {
             let console = Console::new(audit.clone(), settings, &bound, None);
             settings.console_url = Some(console.url());
-            tracing::info!(url = %console.url(), "oversight console (log in with the overseer's passphrase)");
             Some((console, bound))
         }
         Err(e) => {
@@ -143,6 +147,7 @@ fn banner(settings: &Settings) {
          \x20 database:   {db}\n\
          \x20 data dir:   {data} (audit signing key)\n\
          \x20 config:     {config}\n\
+         \x20 console:    {console} (the overseer decides approvals there)\n\
          Protocol versions: {versions}.\n\
          \n\
          Connect a client: add {{\"command\": \"mcp-coordinator\"}} to its MCP server config.\n\
@@ -155,6 +160,10 @@ fn banner(settings: &Settings) {
             .config_path
             .as_ref()
             .map_or("none (defaults)".to_string(), |p| p.display().to_string()),
+        console = settings
+            .console_url
+            .as_deref()
+            .unwrap_or("off ([console] enabled = false, or its address was taken)"),
     );
 }
 
