@@ -352,10 +352,10 @@ fn verify_body(r: &VerifyReport) -> Markup {
             dt { "Newest signed event" }
             dd {
                 (s.last_signed_seq.map_or("none".to_string(), |s| s.to_string()))
-                @if s.last_signed_seq.is_some() && s.last_signed_seq == r.head_seq {
+                @if s.unsigned_tail == 0 {
                     " (the head is signed)"
                 } @else {
-                    " (" (s.unsigned_tail) " unsigned events after it)"
+                    " (not signed yet: " (s.unsigned_tail) " newer events; a serving coordinator signs within a second)"
                 }
             }
             dt { "Signatures" }
