@@ -204,23 +204,16 @@ async fn filters_paging_verify_and_export() {
         assert!(form.contains(&format!("<label for=\"{id}\"")), "{id}");
     }
     // Bad input is a page naming the field.
-    let bad = http.get("/audit?since=yesterday").await;
-    assert_eq!(bad.status, 400);
-    assert!(
-        bad.body.contains("since: expected an RFC 3339 time"),
-        "{}",
-        bad.body
-    );
-    let bad = http.get("/audit?before=x").await;
-    assert_eq!(bad.status, 400);
-    assert!(
-        bad.body.contains("before: expected a sequence number"),
-        "{}",
-        bad.body
-    );
-    let bad = http.get("/audit?outcome=maybe").await;
-    assert_eq!(bad.status, 400);
-    assert!(bad.body.contains("outcome: expected ok, error or invalid"));
+    for (query, message) in [
+        ("since=yesterday", "since: expected an RFC 3339 time"),
+        ("before=x", "before: expected a sequence number"),
+        ("outcome=maybe", "outcome: expected ok, error or invalid"),
+        ("before=5&after=2", "give either before or after, not both"),
+    ] {
+        let bad = http.get(&format!("/audit?{query}")).await;
+        assert_eq!(bad.status, 400, "{query}");
+        assert!(bad.body.contains(message), "{query}: {}", bad.body);
+    }
 
     // Details are pretty JSON, redacted.
     assert!(
