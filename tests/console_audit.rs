@@ -299,6 +299,18 @@ async fn filters_paging_verify_and_export() {
     assert!(report.body.contains("Edited"), "{}", report.body);
 }
 
+/// Clicks the element `css` selects.
+async fn click(browser: &Browser, css: &str) {
+    browser
+        .client
+        .find(fantoccini::Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -323,22 +335,8 @@ async fn the_audit_page_in_chromium() {
         .send_keys("agent:a7")
         .await
         .unwrap();
-    browser
-        .client
-        .find(Locator::Css("#f-outcome option[value=error]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .client
-        .find(Locator::Css("form.filters button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "#f-outcome option[value=error]").await;
+    click(&browser, "form.filters button[type=submit]").await;
     browser
         .client
         .wait()
@@ -361,14 +359,7 @@ async fn the_audit_page_in_chromium() {
         "events 0..300 by agent a7 with an error: i % 21 == 0"
     );
     // Open one detail.
-    browser
-        .client
-        .find(Locator::Css("tbody tr details summary"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, "tbody tr details summary").await;
     let detail = browser
         .client
         .find(Locator::Css("tbody tr details pre"))
@@ -380,15 +371,23 @@ async fn the_audit_page_in_chromium() {
     assert!(detail.contains("\"token\": \"[REDACTED]\""), "{detail}");
     let shot = browser.screenshot("audit").await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
-    // Verify from the page.
-    browser
+    // At phone width the page still fits: the filters wrap, and only the table scrolls.
+    browser.client.set_window_size(390, 844).await.unwrap();
+    let width: i64 = browser
         .client
-        .find(Locator::Css("form[action='/audit/verify'] button"))
+        .execute("return document.documentElement.scrollWidth", vec![])
         .await
         .unwrap()
-        .click()
-        .await
+        .as_i64()
         .unwrap();
+    assert!(
+        width <= 390,
+        "the page is {width} px wide at a 390 px window"
+    );
+    browser.screenshot("audit-phone").await;
+    browser.client.set_window_size(1280, 1000).await.unwrap();
+    // Verify from the page.
+    click(&browser, "form[action='/audit/verify'] button").await;
     let notice = browser
         .client
         .wait()
