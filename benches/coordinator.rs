@@ -4,9 +4,10 @@
 //! claim latency against queue depth, pipeline scheduling overhead per stage, the time of
 //! a security assessment of 202 config files, and the cost of child MCP instances (added
 //! latency and throughput of proxied tool calls, cold start with autostarted children, memory
-//! with 20 children), each next to its target. Run with `cargo bench --bench coordinator`;
-//! `BENCH_ONLY=server,memory,audit,queue,pipelines,assessments,instances` picks sections and
-//! `BENCH_QUICK=1` shrinks the counts about tenfold for a smoke run. It prints figures and
+//! with 20 children), and the server time of the console's approvals, audit and `/metrics`
+//! pages, each next to its target. Run with `cargo bench --bench coordinator`;
+//! `BENCH_ONLY=server,memory,audit,queue,pipelines,assessments,console,instances` picks
+//! sections and `BENCH_QUICK=1` shrinks the counts about tenfold for a smoke run. It prints figures and
 //! asserts nothing about timing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -66,6 +67,10 @@ struct Counts {
     memory_submits: usize,
     /// Runs of each 100-stage pipeline.
     pipeline_runs: usize,
+    /// Audit events under the console's audit page.
+    console_events: usize,
+    /// Timed requests of each console page.
+    console_requests: usize,
 }
 
 impl Counts {
@@ -85,6 +90,8 @@ impl Counts {
                 claims_per_depth: 1_000,
                 memory_submits: 20,
                 pipeline_runs: 3,
+                console_events: 100_000,
+                console_requests: 50,
             }
         } else {
             Counts {
@@ -101,6 +108,8 @@ impl Counts {
                 claims_per_depth: 1_000,
                 memory_submits: 50,
                 pipeline_runs: 10,
+                console_events: 1_000_000,
+                console_requests: 200,
             }
         }
     }
@@ -2563,6 +2572,240 @@ fn bench_instances(counts: &InstanceCounts, dir: &Path) {
     });
 }
 
+/// An event of the console benchmark's chain: mostly tool calls by one client, with agents,
+/// task steps, errors and the rarer approval events mixed in, shaped like a real log.
+fn console_event(i: usize) -> NewEvent {
+    let mut e = event();
+    if i.is_multiple_of(5) {
+        e.actor = Actor::new(ActorKind::Agent, format!("agent-{}", i % 50));
+        e.action = Action::TaskCompleted;
+        e.subject = format!("task-{i}");
+    }
+    if i.is_multiple_of(97) {
+        e.outcome = Outcome::Error;
+    }
+    if i.is_multiple_of(1_000) {
+        e.action = Action::ApprovalApproved;
+        e.subject = format!("apr_{i}");
+    }
+    e
+}
+
+/// Server time of console pages: the approvals page with 200 approvals, the audit page at
+/// `console_events` events (the first page, a page deep in the middle by the keyset, and a
+/// filtered page), and `/metrics`, each fetched `console_requests` times over loopback HTTP
+/// with a logged-in session (the round trip bounds the server time from above).
+fn bench_console(counts: &Counts, dir: &Path) {
+    use mcp_coordinator::approval::{Channel, Kind, NewApproval, Risk, State, Verdict};
+    use mcp_coordinator::config::{ConfigFile, Settings};
+    use mcp_coordinator::console::{self, Console, metrics::ToolCalls};
+    use mcp_coordinator::overseer::OverseerService;
+
+    println!(
+        "\n== console: server time of pages (loopback HTTP, logged in, {} events, 200 approvals) ==",
+        counts.console_events
+    );
+    let path = dir.join("console.db");
+    let audit = audit_log(&path);
+    let started = Instant::now();
+    let mut i = 0;
+    while i < counts.console_events {
+        let n = 1_000.min(counts.console_events - i);
+        let batch: Vec<NewEvent> = (i..i + n).map(console_event).collect();
+        audit.record_batch(&batch).expect("record_batch");
+        i += n;
+    }
+    println!(
+        "   (info) {} events appended in {:.1} s",
+        counts.console_events,
+        started.elapsed().as_secs_f64()
+    );
+    let approvals = ApprovalService::new(audit.clone(), ApprovalPolicy::default());
+    let channels = [Channel::Console, Channel::Cli, Channel::ElicitationForm];
+    for n in 0..200 {
+        let a = approvals
+            .request(NewApproval {
+                kind: Kind::Generic,
+                subject_id: format!("bench-{n}"),
+                summary: format!("Bench approval {n}: restart the staging database"),
+                action: json!({"restart": "staging-db", "n": n}),
+                risk: [Risk::Low, Risk::Medium, Risk::High, Risk::Critical][n % 4],
+                preview: Some("systemctl restart postgresql@staging".into()),
+                requested_by: submitter(),
+                expires_in_seconds: None,
+            })
+            .expect("approval");
+        if n % 2 == 1 {
+            approvals
+                .decide(
+                    &a.id,
+                    Verdict {
+                        state: if n % 3 == 0 {
+                            State::Rejected
+                        } else {
+                            State::Approved
+                        },
+                        by: Actor::overseer("bench"),
+                        // Critical ones only out of band (the policy's default).
+                        via: if n % 4 == 3 {
+                            Channel::Cli
+                        } else {
+                            channels[n % 3]
+                        },
+                        reason: Some("bench".into()),
+                        cause: None,
+                        context: json!({}),
+                    },
+                )
+                .expect("decide");
+        }
+    }
+    const PASSPHRASE: &str = "bench console passphrase, long enough";
+    OverseerService::new(audit.clone())
+        .init("bench", PASSPHRASE, &submitter())
+        .expect("overseer");
+    let head = audit.event_count().expect("head");
+
+    let settings = Settings {
+        data_dir: dir.to_path_buf(),
+        db: Location::File(path.clone()),
+        config_path: None,
+        config: ConfigFile::default(),
+        console_url: None,
+    };
+    let bound = console::bind(&settings.config.console, "127.0.0.1:0").expect("bind");
+    let tool_calls = Arc::new(ToolCalls::default());
+    for (tool, us) in [
+        ("coordinator_status", 60),
+        ("task_claim", 180),
+        ("task_submit", 220),
+    ] {
+        for _ in 0..1_000 {
+            tool_calls.record(tool, Outcome::Ok, Duration::from_micros(us));
+        }
+    }
+    let console = Console::new(audit.clone(), &settings, &bound, Some(tool_calls));
+    let base = console.url().trim_end_matches('/').to_string();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = runtime.spawn(console.serve(bound, stop.clone().cancelled_owned()));
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        let login = client
+            .get(format!("{base}/login"))
+            .send()
+            .await
+            .expect("GET /login")
+            .text()
+            .await
+            .expect("login page");
+        let token = login
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("login form token");
+        let form = format!(
+            "csrf={token}&passphrase={}",
+            url::form_urlencoded::byte_serialize(PASSPHRASE.as_bytes()).collect::<String>()
+        );
+        let reply = client
+            .post(format!("{base}/login"))
+            .header("origin", &base)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .expect("POST /login");
+        let cookie = reply
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .expect("a session cookie")
+            .to_string();
+
+        let middle = head / 2;
+        for (label, path, target) in [
+            (
+                "GET /approvals (200 approvals)",
+                "/approvals".to_string(),
+                true,
+            ),
+            ("GET /audit, first page", "/audit".to_string(), true),
+            (
+                "GET /audit, deep page (keyset)",
+                format!("/audit?before={middle}"),
+                true,
+            ),
+            (
+                "GET /audit, back up (keyset)",
+                format!("/audit?after={middle}"),
+                true,
+            ),
+            (
+                "GET /audit?action=approval.approved",
+                format!("/audit?action=approval.approved&before={middle}"),
+                true,
+            ),
+            (
+                "GET /audit?outcome=error (no index)",
+                format!("/audit?outcome=error&before={middle}"),
+                false,
+            ),
+            (
+                "GET /audit?actor=<rare> (no index)",
+                "/audit?actor=agent%3Anobody".to_string(),
+                false,
+            ),
+            ("GET /metrics", "/metrics".to_string(), true),
+        ] {
+            let mut times = Vec::with_capacity(counts.console_requests);
+            let mut status = 0;
+            let mut bytes = 0;
+            for _ in 0..counts.console_requests {
+                let started = Instant::now();
+                let r = client
+                    .get(format!("{base}{path}"))
+                    .header("cookie", &cookie)
+                    .header("accept", "text/html")
+                    .send()
+                    .await
+                    .expect("GET");
+                status = r.status().as_u16();
+                bytes = r.bytes().await.expect("body").len();
+                times.push(started.elapsed());
+            }
+            times.sort();
+            let p50 = percentile(&times, 50.0);
+            let p99 = percentile(&times, 99.0);
+            let verdict = if status != 200 {
+                format!("[HTTP {status}: not measured, the section is not on this branch]")
+            } else if target {
+                format!(
+                    "[target p99 < 50 ms: {}]",
+                    verdict(p99 < Duration::from_millis(50))
+                )
+            } else {
+                "(no target: a filter no index serves walks the chain)".to_string()
+            };
+            println!(
+                "{label:<38} p50 {:6.2} ms, p99 {:6.2} ms, {bytes:>7} bytes   {verdict}",
+                ms(p50),
+                ms(p99),
+            );
+        }
+    });
+    stop.cancel();
+    let _ = runtime.block_on(serving);
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this program takes no arguments of its own.
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -2632,6 +2875,10 @@ fn main() {
     if wants("pipelines") {
         let pipeline_dir = tempfile::tempdir().expect("temp dir");
         bench_pipelines(&counts, pipeline_dir.path());
+    }
+    if wants("console") {
+        let console_dir = tempfile::tempdir().expect("temp dir");
+        bench_console(&counts, console_dir.path());
     }
     if wants("instances") {
         let instance_dir = tempfile::tempdir().expect("temp dir");

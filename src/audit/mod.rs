@@ -16,6 +16,7 @@ pub mod redact;
 pub mod signer;
 mod verify;
 
+use std::io::Write;
 use std::sync::Arc;
 
 use schemars::JsonSchema;
@@ -127,6 +128,13 @@ pub struct Query {
     pub cursor: Option<String>,
 }
 
+impl Query {
+    /// Whether the filters are usable (times readable and in order, page size in range).
+    pub fn validate(&self) -> Result<(), AuditError> {
+        filter_of(self).map(|_| ())
+    }
+}
+
 /// One page of events, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct Page {
@@ -134,6 +142,38 @@ pub struct Page {
     /// Pass as `cursor` to get the next (older) page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// Where a page of [`AuditLog::window`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyset {
+    /// The newest events.
+    Newest,
+    /// The newest events older than this sequence number.
+    Before(i64),
+    /// The oldest events newer than this sequence number (shown newest first).
+    After(i64),
+}
+
+/// One page of [`AuditLog::window`], newest first.
+#[derive(Debug, Clone)]
+pub struct Window {
+    pub events: Vec<AuditEvent>,
+    /// `Before` this for the next older page; absent when nothing older matches.
+    pub older: Option<i64>,
+    /// `After` this for the next newer page; absent when nothing newer matches.
+    pub newer: Option<i64>,
+}
+
+/// Why an export stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot write the export: {0}")]
+    Write(#[from] std::io::Error),
 }
 
 /// Default and maximum page sizes of [`AuditLog::query`].
@@ -320,57 +360,7 @@ impl AuditLog {
 
     /// One page of events matching `q`, newest first.
     pub fn query(&self, q: &Query) -> Result<Page, AuditError> {
-        let ts = |field: &'static str, v: &Option<String>| -> Result<Option<String>, AuditError> {
-            v.as_deref()
-                .map(|s| {
-                    chain::normalize_ts(s).ok_or_else(|| AuditError::InvalidInput {
-                        field,
-                        message: format!(
-                            "expected an RFC 3339 time such as 2026-11-21T09:30:00Z, got {s:?}"
-                        ),
-                    })
-                })
-                .transpose()
-        };
-        let since = ts("since", &q.since)?;
-        let until = ts("until", &q.until)?;
-        if let (Some(s), Some(u)) = (&since, &until)
-            && s >= u
-        {
-            return Err(AuditError::EmptyRange {
-                since: s.clone(),
-                until: u.clone(),
-            });
-        }
-        let before_seq = q
-            .cursor
-            .as_deref()
-            .map(|c| {
-                c.parse::<i64>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| AuditError::InvalidInput {
-                        field: "cursor",
-                        message: format!("expected the next_cursor of a previous page, got {c:?}"),
-                    })
-            })
-            .transpose()?;
-        let limit = q.limit.unwrap_or(DEFAULT_PAGE);
-        if limit == 0 || limit > MAX_PAGE {
-            return Err(AuditError::InvalidInput {
-                field: "limit",
-                message: format!("expected 1 to {MAX_PAGE}, got {limit}"),
-            });
-        }
-        let filter = EventFilter {
-            since,
-            until,
-            actor: q.actor.clone(),
-            action: q.action.clone(),
-            subject: q.subject.clone(),
-            outcome: q.outcome.map(|o| o.as_str().to_string()),
-            before_seq,
-        };
+        let (filter, limit) = filter_of(q)?;
         let mut rows = self.store.read(|tx| sql::page(tx, &filter, limit + 1))?;
         let next_cursor = if rows.len() > limit as usize {
             rows.truncate(limit as usize);
@@ -384,13 +374,89 @@ impl AuditLog {
         })
     }
 
-    /// Calls `f` for every event, oldest first, on a separate read connection.
-    pub fn export<E: From<StoreError>>(
-        &self,
-        mut f: impl FnMut(AuditEvent) -> Result<(), E>,
-    ) -> Result<(), E> {
+    /// One page of events matching `q` (its `cursor` is ignored) at `at`, newest first, with
+    /// the keys of the pages on either side: the console's paging, both ways, by the primary
+    /// key at any depth of the chain.
+    pub fn window(&self, q: &Query, at: Keyset) -> Result<Window, AuditError> {
+        let (filter, limit) = filter_of(&Query {
+            cursor: None,
+            ..q.clone()
+        })?;
+        let limit_rows = limit as usize;
+        let any = |tx: &Tx<'_>, before: Option<i64>, after: Option<i64>| {
+            let f = EventFilter {
+                before_seq: before,
+                after_seq: after,
+                ..filter.clone()
+            };
+            sql::page_in(tx, &f, sql::Order::OldestFirst, 1).map(|r| !r.is_empty())
+        };
+        self.store.read(|tx| {
+            let (rows, older, newer) = match at {
+                Keyset::Newest | Keyset::Before(_) => {
+                    let before = match at {
+                        Keyset::Before(seq) => Some(seq),
+                        _ => None,
+                    };
+                    let f = EventFilter {
+                        before_seq: before,
+                        ..filter.clone()
+                    };
+                    let mut rows = sql::page_in(tx, &f, sql::Order::NewestFirst, limit + 1)?;
+                    let older = rows.len() > limit_rows;
+                    rows.truncate(limit_rows);
+                    let newer = match before {
+                        None => false,
+                        Some(b) => any(tx, None, Some(rows.first().map_or(b - 1, |r| r.seq)))?,
+                    };
+                    (rows, older, newer)
+                }
+                Keyset::After(after) => {
+                    let f = EventFilter {
+                        after_seq: Some(after),
+                        ..filter.clone()
+                    };
+                    let mut rows = sql::page_in(tx, &f, sql::Order::OldestFirst, limit + 1)?;
+                    let newer = rows.len() > limit_rows;
+                    rows.truncate(limit_rows);
+                    rows.reverse();
+                    let older = any(tx, Some(rows.last().map_or(after + 1, |r| r.seq)), None)?;
+                    (rows, older, newer)
+                }
+            };
+            Ok(Window {
+                older: older.then(|| rows.last().map(|r| r.seq)).flatten(),
+                newer: newer.then(|| rows.first().map(|r| r.seq)).flatten(),
+                events: rows.into_iter().map(AuditEvent::from).collect(),
+            })
+        })
+    }
+
+    /// Writes the events matching `q` (its limit and cursor aside), oldest first, one JSON
+    /// object per line and each line ending in a newline: what `mcp-coordinator audit export`
+    /// writes. Returns how many were written.
+    pub fn export_jsonl(&self, q: &Query, out: &mut impl Write) -> Result<u64, ExportError> {
+        let (filter, _) = filter_of(&Query {
+            limit: None,
+            cursor: None,
+            ..q.clone()
+        })?;
         let conn = self.store.reader()?;
-        sql::for_each_in_order(&conn.tx(), |row| f(row.into()))
+        let mut n = 0u64;
+        sql::for_each_matching(&conn.tx(), &filter, |row| -> Result<(), ExportError> {
+            serde_json::to_writer(&mut *out, &AuditEvent::from(row))
+                .map_err(std::io::Error::from)?;
+            out.write_all(b"\n")?;
+            n += 1;
+            Ok(())
+        })?;
+        Ok(n)
+    }
+
+    /// How many events the chain holds (its head's sequence number: they run from 1 without
+    /// gaps).
+    pub fn event_count(&self) -> Result<i64, StoreError> {
+        Ok(self.store.read(sql::head)?.map_or(0, |h| h.seq))
     }
 
     /// Recomputes the whole chain and checks every signature; see [`VerifyReport`].
@@ -398,6 +464,63 @@ impl AuditLog {
         let conn = self.store.reader()?;
         Ok(verify::verify(&conn.tx(), self.signer.public_key_hex())?)
     }
+}
+
+/// The store's filter and the page size of `q`, or what is wrong with them.
+fn filter_of(q: &Query) -> Result<(EventFilter, u32), AuditError> {
+    let ts = |field: &'static str, v: &Option<String>| -> Result<Option<String>, AuditError> {
+        v.as_deref()
+            .map(|s| {
+                chain::normalize_ts(s).ok_or_else(|| AuditError::InvalidInput {
+                    field,
+                    message: format!(
+                        "expected an RFC 3339 time such as 2026-11-21T09:30:00Z, got {s:?}"
+                    ),
+                })
+            })
+            .transpose()
+    };
+    let since = ts("since", &q.since)?;
+    let until = ts("until", &q.until)?;
+    if let (Some(s), Some(u)) = (&since, &until)
+        && s >= u
+    {
+        return Err(AuditError::EmptyRange {
+            since: s.clone(),
+            until: u.clone(),
+        });
+    }
+    let before_seq = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| AuditError::InvalidInput {
+                    field: "cursor",
+                    message: format!("expected the next_cursor of a previous page, got {c:?}"),
+                })
+        })
+        .transpose()?;
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(AuditError::InvalidInput {
+            field: "limit",
+            message: format!("expected 1 to {MAX_PAGE}, got {limit}"),
+        });
+    }
+    let filter = EventFilter {
+        since,
+        until,
+        actor: q.actor.clone(),
+        action: q.action.clone(),
+        subject: q.subject.clone(),
+        outcome: q.outcome.map(|o| o.as_str().to_string()),
+        before_seq,
+        after_seq: None,
+    };
+    Ok((filter, limit))
 }
 
 #[cfg(test)]

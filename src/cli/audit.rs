@@ -170,12 +170,5 @@ fn export_jsonl(
     audit: &mcp_coordinator::audit::AuditLog,
     out: &mut impl Write,
 ) -> anyhow::Result<u64> {
-    let mut n = 0u64;
-    audit.export(|event| -> anyhow::Result<()> {
-        serde_json::to_writer(&mut *out, &event)?;
-        out.write_all(b"\n")?;
-        n += 1;
-        Ok(())
-    })?;
-    Ok(n)
+    Ok(audit.export_jsonl(&mcp_coordinator::audit::Query::default(), out)?)
 }

@@ -22,7 +22,8 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         settings.config.tools.toolsets = toolsets.clone();
     }
     init_tracing(&log_level(global, &settings), global.log_format)?;
-    let console = bind_console(&mut settings, &audit);
+    let tool_calls = std::sync::Arc::new(console::metrics::ToolCalls::default());
+    let console = bind_console(&mut settings, &audit, &tool_calls);
     if std::io::stdin().is_terminal() {
         banner(&settings);
     }
@@ -45,7 +46,7 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(error = %e, "cannot become a child subreaper: processes that child servers leave behind after setsid and a double fork may outlive them");
         }
     }
-    let coordinator = Coordinator::new(audit, settings)?;
+    let coordinator = Coordinator::new(audit, settings, tool_calls)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -81,7 +82,11 @@ pub fn run(global: &GlobalArgs) -> anyhow::Result<ExitCode> {
 /// The console this coordinator serves beside MCP, bound now so that pending approvals can
 /// link to it; `None` when `[console] enabled = false` or the address cannot be had (said on
 /// stderr: serving MCP goes on without it).
-fn bind_console(settings: &mut Settings, audit: &AuditLog) -> Option<(Console, console::Bound)> {
+fn bind_console(
+    settings: &mut Settings,
+    audit: &AuditLog,
+    tool_calls: &std::sync::Arc<console::metrics::ToolCalls>,
+) -> Option<(Console, console::Bound)> {
     let config = &settings.config.console;
     if !config.enabled {
         return None;
@@ -92,7 +97,7 @@ fn bind_console(settings: &mut Settings, audit: &AuditLog) -> Option<(Console, c
         .unwrap_or_else(|| console::DEFAULT_SERVE_LISTEN.to_string());
     match console::bind(config, &listen) {
         Ok(bound) => {
-            let console = Console::new(audit.clone(), settings, &bound, None);
+            let console = Console::new(audit.clone(), settings, &bound, Some(tool_calls.clone()));
             settings.console_url = Some(console.url());
             Some((console, bound))
         }

@@ -40,6 +40,10 @@ pub struct ConsoleConfig {
     /// Login attempts allowed per minute from one address (the overseer's lock after wrong
     /// passphrases applies as well). Default 5.
     pub login_attempts_per_minute: u32,
+    /// Whether `/metrics` needs a logged-in session. Default false: a Prometheus scraper does
+    /// not log in, and the page shows counts only (no names, arguments or secrets); the Host
+    /// check applies either way.
+    pub metrics_need_login: bool,
 }
 
 impl Default for ConsoleConfig {
@@ -53,6 +57,7 @@ impl Default for ConsoleConfig {
             tls_key: None,
             session_idle_minutes: 30,
             login_attempts_per_minute: 5,
+            metrics_need_login: false,
         }
     }
 }

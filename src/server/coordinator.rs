@@ -21,6 +21,7 @@ use crate::approval::ApprovalService;
 use crate::assessment::AssessmentService;
 use crate::audit::{AuditLog, NewEvent};
 use crate::config::{Settings, ToolGroup};
+use crate::console::metrics::ToolCalls;
 use crate::instance::InstanceService;
 use crate::pipeline::PipelineService;
 use crate::remediation::RemediationService;
@@ -70,6 +71,8 @@ pub(super) struct Inner {
     pub(super) tools: registry::Registry,
     /// The toolsets this process's connection is offered.
     pub(super) toolsets: toolsets::Toolsets,
+    /// Tool calls and their latency by tool, shared with this process's console (`/metrics`).
+    pub(super) tool_calls: Arc<ToolCalls>,
 }
 
 /// Who the initialize-era client is, for the audit records of fast-path calls.
@@ -98,7 +101,13 @@ pub fn all_tools() -> Vec<Tool> {
 }
 
 impl Coordinator {
-    pub fn new(audit: AuditLog, settings: Settings) -> Result<Self, StartError> {
+    /// A coordinator for the database behind `audit`; it counts its tool calls into
+    /// `tool_calls`, which the console beside it shows at `/metrics`.
+    pub fn new(
+        audit: AuditLog,
+        settings: Settings,
+        tool_calls: Arc<ToolCalls>,
+    ) -> Result<Self, StartError> {
         let tools = registry::Registry::new(all_routes(), &settings.config.tools.disabled_groups);
         let offered = toolsets::Toolsets::new(&settings.config.tools.toolsets);
         let mut key = [0u8; 32];
@@ -158,6 +167,7 @@ impl Coordinator {
                 os_user: crate::audit::Actor::os_user().id,
                 toolsets: offered,
                 tools,
+                tool_calls,
             }),
         })
     }
@@ -213,6 +223,11 @@ impl Coordinator {
 
     pub fn uptime(&self) -> std::time::Duration {
         self.inner.started.elapsed()
+    }
+
+    /// This process's tool-call figures.
+    pub fn tool_calls(&self) -> &Arc<ToolCalls> {
+        &self.inner.tool_calls
     }
 
     pub fn enabled_tool_count(&self) -> usize {

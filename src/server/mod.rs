@@ -275,6 +275,7 @@ impl ServerHandler for Coordinator {
         let route = self.inner.tools.route(&name);
         // A child's tool is resolved once, for the toolset check and the call.
         let target = route.is_none().then(|| self.proxy_target(&name)).flatten();
+        let known = route.is_some() || target.is_some();
         let result = if let Some(off) = self.toolset_off(&name, route, target.is_some()) {
             Ok(toolsets::refused(&name, &off).into_result().into())
         } else if let Some(route) = route {
@@ -312,10 +313,14 @@ impl ServerHandler for Coordinator {
                     (Outcome::Error, code.cloned())
                 }
             }
-            Ok(_) if quiet.is_set() => return result,
+            Ok(_) if quiet.is_set() => {
+                self.count_call(&name, known, Outcome::Ok, started);
+                return result;
+            }
             Ok(_) => (Outcome::Ok, None),
             Err(e) => (Outcome::Invalid, Some(json!(e.message))),
         };
+        self.count_call(&name, known, outcome, started);
         let detail = json!({
             "arguments": arguments,
             "duration_us": started.elapsed().as_micros() as u64,
@@ -338,6 +343,17 @@ impl ServerHandler for Coordinator {
             tool::release_memory_soon();
         }
         result
+    }
+}
+
+impl Coordinator {
+    /// Counts a tool call for `/metrics`; a name that is no tool counts as `unknown`, so that
+    /// a client cannot grow the label set without bound.
+    fn count_call(&self, name: &str, known: bool, outcome: Outcome, started: Instant) {
+        let tool = if known { name } else { "unknown" };
+        self.inner
+            .tool_calls
+            .record(tool, outcome, started.elapsed());
     }
 }
 

@@ -429,16 +429,19 @@ impl Coordinator {
 
     /// The audit event of a fast call, like the one `call_tool` records.
     fn fast_audit_event(&self, done: FastDone) -> Option<NewEvent> {
-        let client = self.inner.fast_client.get()?;
-        let arguments: Option<serde_json::Value> = done
-            .arguments
-            .as_ref()
-            .and_then(|a| serde_json::from_str(a.get()).ok());
         let outcome = if done.error.is_some() {
             Outcome::Error
         } else {
             Outcome::Ok
         };
+        self.inner
+            .tool_calls
+            .record(&done.tool, outcome, done.started.elapsed());
+        let client = self.inner.fast_client.get()?;
+        let arguments: Option<serde_json::Value> = done
+            .arguments
+            .as_ref()
+            .and_then(|a| serde_json::from_str(a.get()).ok());
         Some(NewEvent {
             actor: client.actor.clone(),
             action: Action::ToolCall,

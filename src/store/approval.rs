@@ -333,3 +333,24 @@ pub fn redeem(
         Redeemed::Unknown
     })
 }
+
+/// How many approvals are pending, and when the oldest of them was asked (for `/metrics`; the
+/// `approvals_state` index answers both).
+pub fn pending_count_and_oldest(tx: &Tx<'_>) -> Result<(i64, Option<String>), StoreError> {
+    tx.conn()
+        .prepare_cached("SELECT COUNT(*), MIN(created_at) FROM approvals WHERE state = 'pending'")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Decided approvals by channel (`decided_via`, absent for a cancelled question) and final
+/// state, for `/metrics`.
+pub fn decision_counts(tx: &Tx<'_>) -> Result<Vec<(Option<String>, String, i64)>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(
+        "SELECT decided_via, state, COUNT(*) FROM approvals WHERE state <> 'pending'
+         GROUP BY decided_via, state",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}

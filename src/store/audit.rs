@@ -40,6 +40,15 @@ pub struct EventFilter {
     pub outcome: Option<String>,
     /// Only events with a sequence number below this (the paging cursor).
     pub before_seq: Option<i64>,
+    /// Only events with a sequence number above this (paging towards newer events).
+    pub after_seq: Option<i64>,
+}
+
+/// The order events come in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    NewestFirst,
+    OldestFirst,
 }
 
 const COLUMNS: &str = "seq, ts, actor, action, subject, outcome, detail, prev_hash, hash";
@@ -153,7 +162,46 @@ fn push_text_filter(
 
 /// Up to `limit` events matching `filter`, newest first.
 pub fn page(tx: &Tx<'_>, filter: &EventFilter, limit: u32) -> Result<Vec<EventRow>, StoreError> {
-    // Times become seq bounds (see first_seq_at_or_after), under one read of the head.
+    page_in(tx, filter, Order::NewestFirst, limit)
+}
+
+/// Up to `limit` events matching `filter`, in `order` (oldest first from `after_seq` is how a
+/// page of newer events is found by the primary key).
+pub fn page_in(
+    tx: &Tx<'_>,
+    filter: &EventFilter,
+    order: Order,
+    limit: u32,
+) -> Result<Vec<EventRow>, StoreError> {
+    let (since, until) = seq_bounds(tx, filter)?;
+    let (sql, args) = page_sql(filter, since, until, order, Some(limit));
+    let mut stmt = tx.conn().prepare(&sql)?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
+    rows.collect::<Result<Vec<_>, _>>()
+        .map_err(StoreError::from_sqlite)
+}
+
+/// Calls `f` for every event matching `filter`, oldest first, without loading them all.
+pub fn for_each_matching<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    filter: &EventFilter,
+    mut f: impl FnMut(EventRow) -> Result<(), E>,
+) -> Result<(), E> {
+    let (since, until) = seq_bounds(tx, filter)?;
+    let (sql, args) = page_sql(filter, since, until, Order::OldestFirst, None);
+    let mut stmt = tx.conn().prepare(&sql).map_err(StoreError::from_sqlite)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(args))
+        .map_err(StoreError::from_sqlite)?;
+    while let Some(row) = rows.next().map_err(StoreError::from_sqlite)? {
+        f(event_from_row(row).map_err(StoreError::from_sqlite)?)?;
+    }
+    Ok(())
+}
+
+/// The seq bounds of the filter's time range (see first_seq_at_or_after), under one read of
+/// the head.
+fn seq_bounds(tx: &Tx<'_>, filter: &EventFilter) -> Result<(Option<i64>, Option<i64>), StoreError> {
     let head_seq = if filter.since.is_some() || filter.until.is_some() {
         head(tx)?.map_or(0, |h| h.seq)
     } else {
@@ -164,12 +212,7 @@ pub fn page(tx: &Tx<'_>, filter: &EventFilter, limit: u32) -> Result<Vec<EventRo
             .map(|ts| first_seq_at_or_after(tx, head_seq, ts))
             .transpose()
     };
-    let (since, until) = (bound(&filter.since)?, bound(&filter.until)?);
-    let (sql, args) = page_sql(filter, since, until, limit);
-    let mut stmt = tx.conn().prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    Ok((bound(&filter.since)?, bound(&filter.until)?))
 }
 
 /// The actions `audit_events_action` (migration 0010) leaves out: frequent enough that walking
@@ -183,12 +226,13 @@ const HOT_ACTIONS: [&str; 5] = [
     "task.completed",
 ];
 
-/// The query [`page`] runs, and its arguments, given the seq bounds of its time range.
+/// The query [`page_in`] runs, and its arguments, given the seq bounds of its time range.
 fn page_sql(
     filter: &EventFilter,
     since_seq: Option<i64>,
     until_seq: Option<i64>,
-    limit: u32,
+    order: Order,
+    limit: Option<u32>,
 ) -> (String, Vec<rusqlite::types::Value>) {
     let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -211,6 +255,10 @@ fn page_sql(
         args.push(before.into());
         sql.push_str(&format!(" AND seq < ?{}", args.len()));
     }
+    if let Some(after) = filter.after_seq {
+        args.push(after.into());
+        sql.push_str(&format!(" AND seq > ?{}", args.len()));
+    }
     push_text_filter(&mut sql, &mut args, "actor", &filter.actor);
     push_text_filter(&mut sql, &mut args, "action", &filter.action);
     if let Some(action) = &filter.action
@@ -222,8 +270,14 @@ fn page_sql(
     }
     push_text_filter(&mut sql, &mut args, "subject", &filter.subject);
     push_text_filter(&mut sql, &mut args, "outcome", &filter.outcome);
-    args.push(i64::from(limit).into());
-    sql.push_str(&format!(" ORDER BY seq DESC LIMIT ?{}", args.len()));
+    sql.push_str(match order {
+        Order::NewestFirst => " ORDER BY seq DESC",
+        Order::OldestFirst => " ORDER BY seq",
+    });
+    if let Some(limit) = limit {
+        args.push(i64::from(limit).into());
+        sql.push_str(&format!(" LIMIT ?{}", args.len()));
+    }
     (sql, args)
 }
 
@@ -305,7 +359,15 @@ mod tests {
 
     /// What the plan of an audit page reads.
     fn plan(conn: &Connection, filter: &EventFilter) -> Result<String, StoreError> {
-        let (sql, args) = page_sql(filter, None, None, 50);
+        plan_in(conn, filter, Order::NewestFirst)
+    }
+
+    fn plan_in(
+        conn: &Connection,
+        filter: &EventFilter,
+        order: Order,
+    ) -> Result<String, StoreError> {
+        let (sql, args) = page_sql(filter, None, None, order, Some(50));
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
         let steps: Vec<String> = stmt
             .query_map(rusqlite::params_from_iter(args), |r| r.get(3))?
@@ -351,6 +413,50 @@ mod tests {
             .iter()
             .all(|a| index.contains(&format!("'{a}'")));
         assert!(listed, "{index}");
+        Ok(())
+    }
+
+    /// The console's pages at any depth, older (`before_seq`, newest first) or newer
+    /// (`after_seq`, oldest first), are ranges of the primary key or of the subject and
+    /// action indexes, never a sort: a page deep in a million events costs what the first
+    /// costs.
+    #[test]
+    fn keyset_pages_read_a_range_both_ways() -> Result<(), Box<dyn std::error::Error>> {
+        let store = Store::open(&Location::Memory)?;
+        let conn = store.lock();
+        for (before, after, order) in [
+            (Some(500_000), None, Order::NewestFirst),
+            (None, Some(500_000), Order::OldestFirst),
+        ] {
+            let keyset = EventFilter {
+                before_seq: before,
+                after_seq: after,
+                ..Default::default()
+            };
+            let plain = plan_in(&conn, &keyset, order)?;
+            assert!(plain.contains("INTEGER PRIMARY KEY (rowid"), "{plain}");
+            let subject = plan_in(
+                &conn,
+                &EventFilter {
+                    subject: Some("apr_1".into()),
+                    ..keyset.clone()
+                },
+                order,
+            )?;
+            assert!(subject.contains("audit_events_subject"), "{subject}");
+            let action = plan_in(
+                &conn,
+                &EventFilter {
+                    action: Some("approval.approved".into()),
+                    ..keyset.clone()
+                },
+                order,
+            )?;
+            assert!(action.contains("audit_events_action"), "{action}");
+            for p in [plain, subject, action] {
+                assert!(!p.contains("TEMP B-TREE"), "{p}");
+            }
+        }
         Ok(())
     }
 

@@ -347,6 +347,17 @@ fn all<T>(
     Ok(out)
 }
 
+/// Instances by status, with the restarts of each status's instances summed (for `/metrics`).
+pub fn status_counts(tx: &Tx<'_>) -> Result<Vec<(Status, i64, i64)>, StoreError> {
+    let mut stmt = tx.conn().prepare_cached(
+        "SELECT status, COUNT(*), COALESCE(SUM(restarts), 0) FROM instances GROUP BY status",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((closed::get(r, 0, "instances.status")?, r.get(1)?, r.get(2)?))
+    })?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
