@@ -48,8 +48,10 @@ async fn serve(
     tokio::spawn(async move {
         let mut tx = Some(tx);
         while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("oversight console")
-                && let Some(url) = line.split_whitespace().find_map(|w| w.strip_prefix("url="))
+            if line.contains("serving MCP on stdio")
+                && let Some(url) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("console="))
                 && let Some(tx) = tx.take()
             {
                 let _ = tx.send(url.trim_matches('"').to_string());
