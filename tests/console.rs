@@ -37,6 +37,16 @@ async fn logging_in_takes_the_overseers_passphrase_and_a_session_cookie() {
     assert_eq!(ok.status, 303, "{}", ok.body);
     let set = ok.headers.get("set-cookie").unwrap().to_str().unwrap();
     assert!(set.contains("HttpOnly"), "{set}");
+    let port = console
+        .url
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .unwrap();
+    assert!(
+        set.starts_with(&format!("mcpc_session_{port}=")),
+        "one cookie per console on a host (browsers share cookies across ports): {set}"
+    );
     assert!(set.contains("SameSite=Strict"), "{set}");
     let home = http.get("/").await;
     assert_eq!(home.status, 200, "{}", home.body);
@@ -323,4 +333,33 @@ async fn with_tls_it_serves_https_beyond_loopback_with_secure_cookies() {
     // Plain HTTP on the TLS port gets no page.
     let plain = reqwest::get(format!("http://127.0.0.1:{port}/login")).await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
+}
+
+/// After logging in, the console sends the person back only to one of its own paths: a `next`
+/// that a browser would read as another host (`//host`, a backslash, a tab it strips) goes to
+/// `/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_after_login_is_always_the_consoles_own() {
+    let dir = common::data_dir();
+    init_overseer(dir.path(), "ada", PASSPHRASE);
+    let console = ConsoleProc::start(dir.path(), &[]);
+    for (next, to) in [
+        ("/approvals?state=pending", "/approvals?state=pending"),
+        ("/\t/evil.example", "/"),
+        ("//evil.example", "/"),
+        ("/\\evil.example", "/"),
+        ("https://evil.example/", "/"),
+    ] {
+        let mut http = Http::new(&console.url);
+        let page = http.get("/login").await;
+        let token = form_token(&page.body).unwrap();
+        let r = http
+            .post(
+                "/login",
+                &[("csrf", &token), ("passphrase", PASSPHRASE), ("next", next)],
+            )
+            .await;
+        assert_eq!(r.status, 303, "{next:?}: {}", r.body);
+        assert_eq!(r.location.as_deref(), Some(to), "{next:?}");
+    }
 }

@@ -620,3 +620,72 @@ async fn a_critical_approval_needs_the_passphrase_and_a_locked_overseer_is_refus
     assert_eq!(state_of(dir.path(), &id), "rejected");
     client.cancel().await.ok();
 }
+
+/// What the policy reserves for an out-of-band decision needs the passphrase again in the
+/// console even below `critical` (a session cookie reaches every port of the host; the
+/// passphrase does not), while an approval the client may decide does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_out_of_band_approval_needs_the_passphrase_again_whatever_its_risk() {
+    let dir = common::data_dir();
+    init_overseer(dir.path(), "ada", PASSPHRASE);
+    let config = dir.path().join("policy.toml");
+    std::fs::write(
+        &config,
+        "[[approvals.rules]]\nkind = \"generic\"\nrisk = \"high\"\ndecide_with = \"out_of_band\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let client = common::connect(dir.path(), &["--config", &config], common::Era::Legacy).await;
+    let mut ids = Vec::new();
+    for risk in ["high", "medium"] {
+        let out = common::call_ok(
+            &client,
+            "approval_request",
+            json!({"summary": format!("a {risk} one"), "action": {"risk": risk}, "risk": risk}),
+        )
+        .await;
+        ids.push(out["approval"]["id"].as_str().unwrap().to_string());
+    }
+    let console = ConsoleProc::start(dir.path(), &["--config", &config]);
+    let mut http = Http::new(&console.url);
+    assert_eq!(http.login(PASSPHRASE).await.status, 303);
+    let high = http.get(&format!("/approvals/{}", ids[0])).await;
+    assert!(
+        high.body.contains("id=\"approve-passphrase\""),
+        "{}",
+        high.body
+    );
+    let r = http
+        .post(
+            &format!("/approvals/{}/approve", ids[0]),
+            &[("csrf", &form_tokens(&high.body)[1]), ("reason", "fine")],
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("passphrase: required"), "{}", r.body);
+    let r = http
+        .post(
+            &format!("/approvals/{}/approve", ids[0]),
+            &[
+                ("csrf", &form_tokens(&r.body)[1]),
+                ("reason", "fine"),
+                ("passphrase", PASSPHRASE),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let medium = http.get(&format!("/approvals/{}", ids[1])).await;
+    assert!(
+        !medium.body.contains("approve-passphrase"),
+        "{}",
+        medium.body
+    );
+    let r = http
+        .post(
+            &format!("/approvals/{}/approve", ids[1]),
+            &[("csrf", &form_tokens(&medium.body)[1]), ("reason", "fine")],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    drop(client);
+}

@@ -12,8 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::Console;
-use super::session::{COOKIE, Person};
+use super::session::Person;
+use super::{Console, Credential};
 
 /// The `Host` values (and so the origins) a console answers to.
 #[derive(Debug, Clone)]
@@ -162,30 +162,30 @@ fn secure(mut response: Response) -> Response {
     response
 }
 
-/// The session cookie's value in a request, if any.
-pub fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The value of the cookie `name` in a request, if any.
+pub fn session_cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
-/// The `Set-Cookie` value of a new session.
-pub fn session_set_cookie(token: &str, secure: bool) -> String {
+/// The `Set-Cookie` value of a new session in the cookie `name`.
+pub fn session_set_cookie(name: &str, token: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict{}",
+        "{name}={token}; Path=/; HttpOnly; SameSite=Strict{}",
         if secure { "; Secure" } else { "" }
     )
 }
 
 /// The `Set-Cookie` value that ends a session in the browser.
-pub fn session_clear_cookie(secure: bool) -> String {
+pub fn session_clear_cookie(name: &str, secure: bool) -> String {
     format!(
-        "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        "{name}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}",
         if secure { "; Secure" } else { "" }
     )
 }
@@ -196,15 +196,25 @@ impl FromRequestParts<Console> for Person {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, console: &Console) -> Result<Self, Response> {
-        let mut ended = false;
-        if let Some(person) = session_cookie(&parts.headers).and_then(|t| console.sessions().get(t))
+        let mut ended = None;
+        if let Some(person) = session_cookie(&parts.headers, console.cookie_name())
+            .and_then(|t| console.sessions().get(t))
         {
-            if console.credential_is_current(person.credential).await {
-                return Ok(person);
+            match console.credential(person.credential).await {
+                Credential::Current => return Ok(person),
+                Credential::Unknown => {
+                    // A busy database is no reason to log anyone out: try again shortly.
+                    return Err(refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "cannot read the overseer credential right now (the database is busy); try again in a moment",
+                    ));
+                }
+                Credential::Changed => {
+                    // The passphrase changed (or was reset) since this login: the session ends.
+                    console.sessions().end(&person);
+                    ended = Some(());
+                }
             }
-            // The passphrase changed (or was reset) since this login: the session ends.
-            console.sessions().end(&person);
-            ended = true;
         }
         let wants_page = parts.method == Method::GET
             && parts
@@ -225,7 +235,7 @@ impl FromRequestParts<Console> for Person {
         }
         Err(refuse(
             StatusCode::UNAUTHORIZED,
-            if ended {
+            if ended.is_some() {
                 "the overseer's passphrase changed since this session logged in: log in again at /login"
             } else {
                 "not logged in to the console (or the session ended): log in at /login"

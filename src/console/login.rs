@@ -37,10 +37,18 @@ pub struct LogoutForm {
     csrf: String,
 }
 
-/// Only a path of this console is a place to go back to after logging in.
+/// Only a path of this console is a place to go back to after logging in: `/` then printable
+/// ASCII, never `//` or a backslash (browsers read both as another host) and never a space or
+/// control character (browsers drop tabs and newlines, so `/\t/evil` would become `//evil`).
 fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_string(),
+        Some(n)
+            if n.starts_with('/')
+                && !n.starts_with("//")
+                && n.bytes().all(|b| (0x21..0x7f).contains(&b) && b != b'\\') =>
+        {
+            n.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -165,9 +173,11 @@ pub async fn submit(
         .create(&overseer.name, overseer.credential, &remote);
     let mut r = Redirect::to(&safe_next(next)).into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(v) =
-        HeaderValue::from_str(&guard::session_set_cookie(&token, console.secure_cookies()))
-    {
+    if let Ok(v) = HeaderValue::from_str(&guard::session_set_cookie(
+        console.cookie_name(),
+        &token,
+        console.secure_cookies(),
+    )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
@@ -185,8 +195,37 @@ pub async fn logout(
     console.sessions().end(&person);
     let mut r = Redirect::to("/login").into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
-    if let Ok(v) = HeaderValue::from_str(&guard::session_clear_cookie(console.secure_cookies())) {
+    if let Ok(v) = HeaderValue::from_str(&guard::session_clear_cookie(
+        console.cookie_name(),
+        console.secure_cookies(),
+    )) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn only_a_path_of_this_console_is_a_place_to_go_back_to() {
+        assert_eq!(
+            safe_next(Some("/approvals/apr_1?x=1")),
+            "/approvals/apr_1?x=1"
+        );
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "/\t/evil.example",
+            "/\n/evil.example",
+            "/ /evil",
+            "https://evil.example",
+            "evil",
+            "/caf\u{e9}",
+        ] {
+            assert_eq!(safe_next(Some(bad)), "/", "{bad:?}");
+        }
+        assert_eq!(safe_next(None), "/");
+    }
 }

@@ -6,7 +6,7 @@
 //! session extractor (`guard.rs`), sessions and one-time form tokens (`session.rs`), login
 //! (`login.rs`), the page frame and static files (`layout.rs`, `static/`), unified diffs in
 //! colour (`diff.rs`), and one file per
-//! section: approvals (`approvals.rs`), live status (`live.rs`), audit (`audit.rs`) and
+//! section: approvals (`approvals/`), live status (`live/`), audit (`audit.rs`) and
 //! `/metrics` (`metrics.rs`). Pages are rendered on the server (maud) and every decision works
 //! without JavaScript; the one script of ours only applies live updates.
 //!
@@ -66,12 +66,24 @@ struct Inner {
     sessions: Sessions,
     hosts: guard::Hosts,
     url: String,
+    cookie: String,
     secure_cookies: bool,
     logins: DefaultKeyedRateLimiter<IpAddr>,
     tool_calls: Option<Arc<metrics::ToolCalls>>,
     /// The overseer credential in force as last read, and when (see
-    /// [`Console::credential_is_current`]).
+    /// [`Console::credential`]).
     credential: Mutex<Option<(Instant, Option<i64>)>>,
+}
+
+/// What [`Console::credential`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// The session's credential is the one in force.
+    Current,
+    /// The passphrase was changed or reset since (or no overseer is set any more).
+    Changed,
+    /// The credential could not be read (a busy database): neither yes nor no.
+    Unknown,
 }
 
 /// How long the credential in force is trusted before it is read again: a passphrase changed
@@ -107,6 +119,7 @@ impl Console {
                 )),
                 hosts,
                 url: config.public_url.clone().unwrap_or_else(|| bound.url()),
+                cookie: format!("{}_{}", session::COOKIE, bound.local_addr().port()),
                 secure_cookies: bound.is_tls() || config.behind_proxy,
                 logins: RateLimiter::keyed(Quota::per_minute(per_minute)),
                 tool_calls,
@@ -177,6 +190,11 @@ impl Console {
         &self.inner.hosts
     }
 
+    /// The session cookie's name: `mcpc_session_PORT`, one per console on a host.
+    pub fn cookie_name(&self) -> &str {
+        &self.inner.cookie
+    }
+
     /// Whether cookies are marked `Secure` (HTTPS here or at a proxy in front).
     pub fn secure_cookies(&self) -> bool {
         self.inner.secure_cookies
@@ -198,9 +216,8 @@ impl Console {
     }
 
     /// Whether `credential` is still the overseer credential in force (read at most every
-    /// [`CREDENTIAL_FRESH`]). A session opened with a passphrase since changed or reset is
-    /// not; nor is any session when the credential cannot be read.
-    pub async fn credential_is_current(&self, credential: i64) -> bool {
+    /// [`CREDENTIAL_FRESH`]): a session opened with a passphrase since changed or reset is not.
+    pub async fn credential(&self, credential: i64) -> Credential {
         let cached = *self
             .inner
             .credential
@@ -214,9 +231,9 @@ impl Console {
                     Ok(Ok(o)) => o.map(|o| o.credential),
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, "console: cannot read the overseer credential");
-                        return false;
+                        return Credential::Unknown;
                     }
-                    Err(_) => return false,
+                    Err(_) => return Credential::Unknown,
                 };
                 *self
                     .inner
@@ -226,7 +243,11 @@ impl Console {
                 current
             }
         };
-        current == Some(credential)
+        if current == Some(credential) {
+            Credential::Current
+        } else {
+            Credential::Changed
+        }
     }
 
     /// Runs `f` (database reads and writes, argon2) on the blocking pool, off the async

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use rand_core::{OsRng, RngCore};
 use sha2::{Digest, Sha256};
 
-/// The session cookie's name.
+/// The start of the session cookie's name; each console adds its port
+/// ([`Console::cookie_name`](super::Console::cookie_name)), because browsers keep one cookie
+/// jar per host, not per port, and consoles on one machine must not overwrite each other's.
 pub const COOKIE: &str = "mcpc_session";
 /// Form tokens a session keeps at once (the oldest go first: a page left open for hours then
 /// submitted is asked to reload).

@@ -187,6 +187,8 @@ pub struct Http {
     pub base: String,
     client: reqwest::Client,
     pub cookie: Option<String>,
+    /// The session cookie's name (`mcpc_session_PORT`), as the console set it.
+    pub cookie_name: String,
 }
 
 /// What came back.
@@ -206,6 +208,7 @@ impl Http {
                 .build()
                 .expect("client"),
             cookie: None,
+            cookie_name: "mcpc_session".into(),
         }
     }
 
@@ -213,8 +216,10 @@ impl Http {
         for v in r.headers().get_all("set-cookie") {
             let v = v.to_str().unwrap_or("");
             if let Some(pair) = v.split(';').next()
-                && let Some(value) = pair.strip_prefix("mcpc_session=")
+                && let Some((name, value)) = pair.split_once('=')
+                && name.starts_with("mcpc_session")
             {
+                self.cookie_name = name.to_string();
                 self.cookie = (!value.is_empty()).then(|| value.to_string());
             }
         }
@@ -236,7 +241,7 @@ impl Http {
 
     fn with_cookie(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match &self.cookie {
-            Some(c) => rb.header("cookie", format!("mcpc_session={c}")),
+            Some(c) => rb.header("cookie", format!("{}={c}", self.cookie_name)),
             None => rb,
         }
     }

@@ -25,7 +25,7 @@ pub async fn open_stream(http: &Http, query: &str) -> Result<Stream, (u16, Strin
         .get(format!("{}/events{query}", http.base))
         .header("accept", "text/event-stream");
     if let Some(c) = &http.cookie {
-        rb = rb.header("cookie", format!("mcpc_session={c}"));
+        rb = rb.header("cookie", format!("{}={c}", http.cookie_name));
     }
     let response = rb.send().await.expect("GET /events");
     let status = response.status().as_u16();

@@ -1,7 +1,7 @@
 //! `POST /approvals/{id}/approve` and `/reject`: a decision with a reason, recorded through
-//! the approval service as a console decision by the logged-in overseer. A `critical`
-//! approval needs the overseer's passphrase again (wrong answers count towards the lock the
-//! CLI shares). Every refusal shows the page again with what the person typed.
+//! the approval service as a console decision by the logged-in overseer. Approving a
+//! `critical` one, or one the policy reserves for an out-of-band decision, needs the
+//! overseer's passphrase again (wrong answers count towards the lock the CLI shares). Every refusal shows the page again with what the person typed.
 
 use axum::Form;
 use axum::extract::{Path, State as AxState};
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::detail::{self, Draft, Which};
-use crate::approval::{Approval, ApprovalError, Channel, Risk, State, Verdict};
+use crate::approval::{Approval, ApprovalError, Channel, State, Verdict};
 use crate::audit::Actor;
 use crate::console::Console;
 use crate::console::layout::error_page;
@@ -83,7 +83,7 @@ fn passphrase_refusal(e: &OverseerError) -> (StatusCode, String) {
         OverseerError::Locked { until, seconds } => (
             StatusCode::TOO_MANY_REQUESTS,
             format!(
-                "passphrase: the overseer's passphrase is locked after too many wrong answers; approving critical approvals is refused until {until} (in {seconds} s). Nothing was decided."
+                "passphrase: the overseer's passphrase is locked after too many wrong answers; approving what needs the passphrase is refused until {until} (in {seconds} s). Nothing was decided."
             ),
         ),
         OverseerError::NotSet => (
@@ -108,7 +108,6 @@ async fn decide(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let reason = form.reason.trim().to_string();
     let refuse = |message: String, status| {
         again(
             &console,
@@ -120,64 +119,17 @@ async fn decide(
             status,
         )
     };
-    // The one-time token first: a forged or replayed form decides nothing (the page comes back
-    // with a fresh form and the text as typed, so a stale page costs a click, not the words).
-    if let Err(r) = console.sessions().take_form(&person, &form.csrf) {
-        return refuse(
-            format!("{} Nothing was decided.", r.message()),
-            StatusCode::FORBIDDEN,
-        );
-    }
-    if approval.state != State::Pending {
-        let d = approval.decision.as_ref();
-        return refuse(
-            format!(
-                "approval {id} is already {}{}; decisions are final and nothing was changed.",
-                approval.state.as_str(),
-                d.map(|d| format!(" (by {} via {})", d.by, d.via.as_str()))
-                    .unwrap_or_default()
-            ),
-            StatusCode::CONFLICT,
-        );
-    }
-    if which == Which::Approve && reason.is_empty() {
-        return refuse(
-            "reason: required; say in a few words why you approve (it is recorded with the decision)".into(),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        );
-    }
-    if reason.chars().count() > MAX_REASON_CHARS {
-        return refuse(
-            format!("reason: at most {MAX_REASON_CHARS} characters"),
-            StatusCode::UNPROCESSABLE_ENTITY,
-        );
-    }
+    let reason = match check_form(&console, &person, &approval, &form, which) {
+        Ok(reason) => reason,
+        Err((message, status)) => return refuse(message, status),
+    };
     let url = console.url();
     let by = Actor::overseer_at_console(&person.name, &url, &person.remote);
-    if which == Which::Approve && approval.risk == Risk::Critical {
-        if form.passphrase.is_empty() {
-            return refuse(
-                "passphrase: required; a critical approval asks for the overseer's passphrase again".into(),
-                StatusCode::UNPROCESSABLE_ENTITY,
-            );
-        }
-        let (passphrase, actor) = (form.passphrase.clone(), by.clone());
-        let verified = console
-            .blocking(move |c| c.overseers().verify(&passphrase, Purpose::Approve, &actor))
-            .await;
-        match verified {
-            Ok(Ok(o)) if o.credential == person.credential => {}
-            Ok(Ok(_)) => {
-                return refuse(
-                    "passphrase: the overseer's passphrase changed since you logged in; log in again. Nothing was decided.".into(),
-                    StatusCode::FORBIDDEN,
-                );
-            }
-            Ok(Err(e)) => {
-                let (status, message) = passphrase_refusal(&e);
-                return refuse(message, status);
-            }
-            Err(r) => return r,
+    if which == Which::Approve && super::needs_passphrase(&approval) {
+        match ask_again(&console, &person, &form.passphrase, &by).await {
+            Ok(()) => {}
+            Err(Refused::Page(r)) => return r,
+            Err(Refused::Again(message, status)) => return refuse(message, status),
         }
     }
     let verdict = Verdict {
@@ -198,6 +150,100 @@ async fn decide(
     let decided = console
         .blocking(move |c| c.approvals().decide(&id, verdict))
         .await;
+    recorded(&console, &person, &approval, &form, which, decided).await
+}
+
+/// Why a decision form was refused: a whole page, or the approval's page again with a message.
+enum Refused {
+    Page(Response),
+    Again(String, StatusCode),
+}
+
+/// The token (first: a forged or replayed form decides nothing, and the page comes back with a
+/// fresh form and the text as typed, so a stale page costs a click, not the words), the state,
+/// and the reason. Returns the trimmed reason.
+fn check_form(
+    console: &Console,
+    person: &Person,
+    approval: &Approval,
+    form: &DecisionForm,
+    which: Which,
+) -> Result<String, (String, StatusCode)> {
+    if let Err(r) = console.sessions().take_form(person, &form.csrf) {
+        return Err((
+            format!("{} Nothing was decided.", r.message()),
+            StatusCode::FORBIDDEN,
+        ));
+    }
+    if approval.state != State::Pending {
+        let d = approval.decision.as_ref();
+        return Err((
+            format!(
+                "approval {} is already {}{}; decisions are final and nothing was changed.",
+                approval.id,
+                approval.state.as_str(),
+                d.map(|d| format!(" (by {} via {})", d.by, d.via.as_str()))
+                    .unwrap_or_default()
+            ),
+            StatusCode::CONFLICT,
+        ));
+    }
+    let reason = form.reason.trim().to_string();
+    if which == Which::Approve && reason.is_empty() {
+        return Err((
+            "reason: required; say in a few words why you approve (it is recorded with the decision)".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ));
+    }
+    if reason.chars().count() > MAX_REASON_CHARS {
+        return Err((
+            format!("reason: at most {MAX_REASON_CHARS} characters"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ));
+    }
+    Ok(reason)
+}
+
+/// The overseer's passphrase again, for the credential this session logged in with.
+async fn ask_again(
+    console: &Console,
+    person: &Person,
+    passphrase: &str,
+    by: &Actor,
+) -> Result<(), Refused> {
+    if passphrase.is_empty() {
+        return Err(Refused::Again(
+            "passphrase: required; approving this asks for the overseer's passphrase again".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ));
+    }
+    let (passphrase, actor) = (passphrase.to_string(), by.clone());
+    let verified = console
+        .blocking(move |c| c.overseers().verify(&passphrase, Purpose::Approve, &actor))
+        .await;
+    match verified {
+        Ok(Ok(o)) if o.credential == person.credential => Ok(()),
+        Ok(Ok(_)) => Err(Refused::Again(
+            "passphrase: the overseer's passphrase changed since you logged in; log in again. Nothing was decided.".into(),
+            StatusCode::FORBIDDEN,
+        )),
+        Ok(Err(e)) => {
+            let (status, message) = passphrase_refusal(&e);
+            Err(Refused::Again(message, status))
+        }
+        Err(r) => Err(Refused::Page(r)),
+    }
+}
+
+/// The answer once the service has recorded (or refused) the decision.
+async fn recorded(
+    console: &Console,
+    person: &Person,
+    approval: &Approval,
+    form: &DecisionForm,
+    which: Which,
+    decided: Result<Result<Approval, ApprovalError>, Response>,
+) -> Response {
     match decided {
         Ok(Ok(a)) => {
             let mut r =
@@ -207,11 +253,11 @@ async fn decide(
         }
         Ok(Err(e @ (ApprovalError::AlreadyDecided { .. } | ApprovalError::Expired { .. }))) => {
             // Someone decided (or it expired) between the page and the form: show it as it is now.
-            let fresh = detail::load(&console, &person, approval.id.clone()).await;
-            let shown = fresh.as_ref().unwrap_or(&approval);
+            let fresh = detail::load(console, person, approval.id.clone()).await;
+            let shown = fresh.as_ref().unwrap_or(approval);
             again(
-                &console,
-                &person,
+                console,
+                person,
                 shown,
                 which,
                 &form.reason,
@@ -219,13 +265,15 @@ async fn decide(
                 StatusCode::CONFLICT,
             )
         }
-        Ok(Err(e @ ApprovalError::NotFound(_))) => error_page(
-            &console,
-            Some(&person),
-            StatusCode::NOT_FOUND,
-            &e.to_string(),
-        ),
-        Ok(Err(e)) => refuse(
+        Ok(Err(e @ ApprovalError::NotFound(_))) => {
+            error_page(console, Some(person), StatusCode::NOT_FOUND, &e.to_string())
+        }
+        Ok(Err(e)) => again(
+            console,
+            person,
+            approval,
+            which,
+            &form.reason,
             format!("the decision was not recorded: {e}"),
             StatusCode::INTERNAL_SERVER_ERROR,
         ),

@@ -81,11 +81,8 @@ pub async fn load(console: &Console, person: &Person, id: String) -> Result<Appr
 
 fn who_may_decide(a: &Approval) -> &'static str {
     match (a.decide_with, a.risk) {
-        (DecideWith::OutOfBand, Risk::Critical) => {
-            "Only out of band: here in the console (with the overseer's passphrase again) or at the CLI; the assistant's client cannot approve it."
-        }
         (DecideWith::OutOfBand, _) => {
-            "Only out of band: here in the console or at the CLI; the assistant's client cannot approve it."
+            "Only out of band: here in the console (with the overseer's passphrase again) or at the CLI; the assistant's client cannot approve it."
         }
         (DecideWith::Elicitation, Risk::Critical) => {
             "The person in the assistant's client, or out of band: here (with the overseer's passphrase again) or at the CLI."
@@ -104,7 +101,7 @@ fn error_for(draft: &Draft, which: Which) -> Option<&str> {
 }
 
 fn forms(console: &Console, person: &Person, a: &Approval, draft: &Draft) -> Markup {
-    let critical = a.risk == Risk::Critical;
+    let again = super::needs_passphrase(a);
     let approve_error = error_for(draft, Which::Approve);
     let reject_error = error_for(draft, Which::Reject);
     html! {
@@ -115,8 +112,8 @@ fn forms(console: &Console, person: &Person, a: &Approval, draft: &Draft) -> Mar
                 @if let Some(m) = approve_error { p.error { (m) } }
                 label for="approve-reason" { "Why you approve (recorded with the decision)" }
                 textarea #approve-reason name="reason" required { (draft.approve_reason) }
-                @if critical {
-                    label for="approve-passphrase" { "Overseer passphrase, again (this approval is critical)" }
+                @if again {
+                    label for="approve-passphrase" { "Overseer passphrase, again (this approval is " (if a.risk == Risk::Critical { "critical" } else { "reserved for a decision out of band" }) ")" }
                     input #approve-passphrase type="password" name="passphrase" autocomplete="current-password" required;
                     p.muted { "Wrong answers count towards the lock the CLI shares." }
                 }

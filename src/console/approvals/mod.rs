@@ -1,6 +1,6 @@
 //! The approvals section: pending first, the history with filters (`list.rs`), the detail page
 //! with the exact action, the preview and per-file diffs (`detail.rs`), and deciding with a
-//! reason, the passphrase again for a `critical` one (`decide.rs`).
+//! reason, the passphrase again for one a person must decide out of band (`decide.rs`).
 //!
 //! Decisions go through [`ApprovalService::decide`](crate::approval::ApprovalService::decide)
 //! as [`Channel::Console`](crate::approval::Channel::Console), so they are recorded, audited and
@@ -104,4 +104,13 @@ mod tests {
             "2026-12-06 19:00:00 UTC"
         );
     }
+}
+
+/// Whether approving `a` in the console asks for the overseer's passphrase again: every
+/// `critical` approval, and every one the policy reserves for an out-of-band decision. Why the
+/// latter too: the session cookie is sent by the browser to any port on the same host, so a
+/// local process that gets the person to open a page of its own could replay it; what the
+/// policy keeps from the client must then still need what only the person knows.
+pub(super) fn needs_passphrase(a: &crate::approval::Approval) -> bool {
+    a.risk == Risk::Critical || a.decide_with == crate::approval::DecideWith::OutOfBand
 }

@@ -15,9 +15,9 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::super::Console;
 use super::super::guard::refuse;
 use super::super::session::Person;
+use super::super::{Console, Credential};
 use super::{Section, Views};
 
 /// How often the stream looks for changes (and at the session).
@@ -128,6 +128,12 @@ impl Watch {
             if !self.console.sessions().is_live(&self.person) {
                 return None;
             }
+            // A passphrase changed or reset since this login ends the stream as it ends the
+            // session (read at most every 2 s; a busy database is not a change).
+            if self.console.credential(self.person.credential).await == Credential::Changed {
+                self.console.sessions().end(&self.person);
+                return None;
+            }
             self.look().await;
         }
     }
@@ -135,7 +141,14 @@ impl Watch {
     /// Renders the sections again if the database changed or it has been a while, and queues
     /// an event for each fragment that differs from what was sent.
     async fn look(&mut self) {
-        let version = self.views.store.data_version().ok();
+        // The version read opens and locks a connection: off the async workers.
+        let views = self.views.clone();
+        let version = self
+            .console
+            .blocking(move |_| views.store.data_version().ok())
+            .await
+            .ok()
+            .flatten();
         let due = match self.rendered_at {
             None => true,
             Some(at) => {
