@@ -87,6 +87,15 @@ fn when(ts: &str) -> String {
     }
 }
 
+/// Whether approving `a` in the console asks for the overseer's passphrase again: every
+/// `critical` approval, and every one the policy reserves for an out-of-band decision. Why the
+/// latter too: the session cookie is sent by the browser to any port on the same host, so a
+/// local process that gets the person to open a page of its own could replay it; what the
+/// policy keeps from the client must then still need what only the person knows.
+pub(super) fn needs_passphrase(a: &crate::approval::Approval) -> bool {
+    a.risk == Risk::Critical || a.decide_with == crate::approval::DecideWith::OutOfBand
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,13 +113,4 @@ mod tests {
             "2026-12-06 19:00:00 UTC"
         );
     }
-}
-
-/// Whether approving `a` in the console asks for the overseer's passphrase again: every
-/// `critical` approval, and every one the policy reserves for an out-of-band decision. Why the
-/// latter too: the session cookie is sent by the browser to any port on the same host, so a
-/// local process that gets the person to open a page of its own could replay it; what the
-/// policy keeps from the client must then still need what only the person knows.
-pub(super) fn needs_passphrase(a: &crate::approval::Approval) -> bool {
-    a.risk == Risk::Critical || a.decide_with == crate::approval::DecideWith::OutOfBand
 }
