@@ -4,7 +4,8 @@
 //!
 //! What lives here: the service and its types (this file), the canonical JSON an approval's
 //! hash covers (`canonical.rs`), the gate every executor passes (`gate.rs`: an approval opened
-//! for exactly one action, consumed once by it) and the risk policy (`policy.rs`). It may
+//! for exactly one action, consumed once by it), the risk policy (`policy.rs`) and finding
+//! approvals (`search.rs`). It may
 //! depend on `audit` and `store` (its table through `store::approval`, inside a `store::Tx`);
 //! never on `server`, rmcp or the database driver: asking a person is the server's job.
 

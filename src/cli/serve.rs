@@ -91,6 +91,12 @@ fn bind_console(
     if !config.enabled {
         return None;
     }
+    // Logging in needs an overseer, which only `overseer init` on a database file sets: a
+    // console of a `:memory:` database could show nothing to anyone.
+    if settings.cli_prefix().is_none() {
+        tracing::debug!("no oversight console for an in-memory database (no overseer can be set)");
+        return None;
+    }
     let listen = config
         .listen
         .clone()
@@ -168,7 +174,7 @@ fn banner(settings: &Settings) {
         console = settings
             .console_url
             .as_deref()
-            .unwrap_or("off ([console] enabled = false, or its address was taken)"),
+            .unwrap_or("off ([console] enabled = false, --db :memory:, or its address was taken)"),
     );
 }
 
