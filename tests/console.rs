@@ -363,3 +363,63 @@ async fn the_page_after_login_is_always_the_consoles_own() {
         assert_eq!(r.location.as_deref(), Some(to), "{next:?}");
     }
 }
+
+/// Behind a proxy every peer is the proxy: login attempts are counted per address the proxy
+/// saw (the last `X-Forwarded-For` hop), so one client's guesses do not lock out the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_proxy_login_attempts_count_per_forwarded_address() {
+    let dir = common::data_dir();
+    init_overseer(dir.path(), "ada", PASSPHRASE);
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "[console]\nbehind_proxy = true\npublic_url = \"https://oversight.example.com\"\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _console = ConsoleProc::start_at(
+        dir.path(),
+        &format!("0.0.0.0:{port}"),
+        &["--config", &config],
+    );
+    let mut http = Http::new(&format!("http://127.0.0.1:{port}"));
+    for _ in 0..5 {
+        let r = attempt(&mut http, "203.0.113.7, 198.51.100.1").await;
+        assert!(!r.body.contains("Too many"), "{}", r.body);
+    }
+    let sixth = attempt(&mut http, "203.0.113.7, 198.51.100.1").await;
+    assert_eq!(sixth.status, 429, "{}", sixth.body);
+    assert!(
+        sixth.body.contains("Too many login attempts"),
+        "{}",
+        sixth.body
+    );
+    let other = attempt(&mut http, "203.0.113.7, 198.51.100.2").await;
+    assert!(
+        !other.body.contains("Too many"),
+        "another client: {}",
+        other.body
+    );
+}
+
+/// One login attempt through a proxy for the forwarded address `from`.
+async fn attempt(http: &mut Http, from: &str) -> common::console::Reply {
+    let headers = [
+        ("host", "oversight.example.com"),
+        ("origin", "https://oversight.example.com"),
+        ("x-forwarded-for", from),
+    ];
+    let page = http.get_with("/login", &headers[..1]).await;
+    let token = form_token(&page.body).expect("a login form");
+    http.post_with(
+        "/login",
+        &[("csrf", &token), ("passphrase", "a wrong guess, again")],
+        &headers,
+    )
+    .await
+}

@@ -2,11 +2,11 @@
 //! CLI) opens a session. Attempts are limited per address here, and wrong answers count
 //! towards the overseer's lock in the database, which the CLI shares.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::Form;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 use serde::Deserialize;
@@ -51,6 +51,23 @@ fn safe_next(next: Option<&str>) -> String {
         }
         _ => "/".to_string(),
     }
+}
+
+/// The address a login attempt is counted against: the peer, or behind a proxy (where every
+/// peer is the proxy) the address the proxy appended last to `X-Forwarded-For`, the one hop
+/// a client cannot forge.
+fn client_ip(console: &Console, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if !console.settings().config.console.behind_proxy {
+        return peer.ip();
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .next_back()
+        .and_then(|last| last.trim().parse().ok())
+        .unwrap_or(peer.ip())
 }
 
 /// `GET /login`.
@@ -106,13 +123,14 @@ async fn login_page(
 pub async fn submit(
     State(console): State<Console>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     Form(form): Form<LoginForm>,
 ) -> Response {
     if let Err(r) = console.sessions().take_login_form(&form.csrf) {
         return refuse(StatusCode::FORBIDDEN, r.message());
     }
     let next = form.next.as_deref();
-    if console.login_limited(peer.ip()) {
+    if console.login_limited(client_ip(&console, peer, &headers)) {
         return login_page(
             &console,
             next,
