@@ -59,12 +59,18 @@ pub struct SnapHidden {
 }
 
 impl Snapshot {
-    /// Whether `other` says the same, whenever it was taken.
+    /// Whether `other` says the same as far as a person reading the console can tell, whenever
+    /// it was taken: memory to the MiB and CPU to the tenth of a second. Why rounded: a running
+    /// child's exact figures change at every look, and each write wakes every open console
+    /// stream into rendering all its sections again.
     fn same_as(&self, other: &Snapshot) -> bool {
-        Snapshot {
-            taken_at: other.taken_at.clone(),
-            ..self.clone()
-        } == *other
+        let coarse = |s: &Snapshot| Snapshot {
+            taken_at: String::new(),
+            rss_bytes: s.rss_bytes.map(|b| b >> 20),
+            cpu_seconds: s.cpu_seconds.map(|c| (c * 10.0).round()),
+            ..s.clone()
+        };
+        coarse(self) == coarse(other)
     }
 }
 
@@ -227,5 +233,31 @@ fn take(live: &Live) -> Snapshot {
         stderr_tail: lines.into_iter().skip(skip).collect(),
         tools,
         hidden,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(rss: u64, cpu: f64, tail: &[&str]) -> Snapshot {
+        Snapshot {
+            taken_at: format!("{rss}-{cpu}"),
+            rss_bytes: Some(rss),
+            cpu_seconds: Some(cpu),
+            processes: Some(1),
+            stderr_tail: tail.iter().map(|l| l.to_string()).collect(),
+            tools: Vec::new(),
+            hidden: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn figures_that_barely_moved_are_the_same_snapshot_and_new_lines_are_not() {
+        let a = snap(10 << 20, 1.01, &["started"]);
+        assert!(a.same_as(&snap((10 << 20) + 4096, 1.02, &["started"])));
+        assert!(!a.same_as(&snap(12 << 20, 1.02, &["started"])), "memory grew");
+        assert!(!a.same_as(&snap(10 << 20, 1.4, &["started"])), "CPU ran");
+        assert!(!a.same_as(&snap(10 << 20, 1.01, &["started", "ready"])), "stderr");
     }
 }
