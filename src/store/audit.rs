@@ -249,24 +249,29 @@ pub fn needs_bound(filter: &EventFilter) -> bool {
             .action
             .as_deref()
             .is_some_and(|a| HOT_ACTIONS.contains(&a))
+        || index_conditions(filter).len() > 1
 }
 
-/// The index condition of `filter` a bounded page may read through: an exact subject, or an
-/// exact action the action index holds.
-fn index_condition(filter: &EventFilter) -> Option<EventFilter> {
+/// The index conditions of `filter` a bounded page may read through, with their index: an
+/// exact subject, an exact action the action index holds, or both.
+fn index_conditions(filter: &EventFilter) -> Vec<(&'static str, EventFilter)> {
     let exact = |v: &Option<String>| v.clone().filter(|v| !v.ends_with('*'));
+    let mut found = Vec::new();
     if let Some(subject) = exact(&filter.subject) {
-        return Some(EventFilter {
+        let cond = EventFilter {
             subject: Some(subject),
             ..Default::default()
-        });
+        };
+        found.push(("audit_events_subject", cond));
     }
-    exact(&filter.action)
-        .filter(|a| !HOT_ACTIONS.contains(&a.as_str()))
-        .map(|action| EventFilter {
+    if let Some(action) = exact(&filter.action).filter(|a| !HOT_ACTIONS.contains(&a.as_str())) {
+        let cond = EventFilter {
             action: Some(action),
             ..Default::default()
-        })
+        };
+        found.push(("audit_events_action", cond));
+    }
+    found
 }
 
 /// A page read by [`page_bounded`]: the matching rows of the seq range `first..=last` it read
@@ -304,10 +309,10 @@ pub fn page_bounded(
     let (since_seq, until_seq) = (bound(&filter.since)?, bound(&filter.until)?);
     let lower = since_seq.unwrap_or(1).max(1);
     let upper = until_seq.map_or(head_seq, |u| u - 1).min(head_seq);
-    let index = index_condition(filter);
-    // The index entry `INDEX_SPAN` away from where the page starts, within `lower..=upper`.
-    let reach = |from: i64, order: Order| -> Result<Option<i64>, StoreError> {
-        let Some(cond) = &index else { return Ok(None) };
+    let indexes = index_conditions(filter);
+    // The entry `INDEX_SPAN` away from where the page starts in an index, within
+    // `lower..=upper`; none when the index has fewer entries there.
+    let reach = |cond: &EventFilter, from: i64| -> Result<Option<i64>, StoreError> {
         let f = EventFilter {
             before_seq: Some(upper + 1),
             after_seq: Some(lower - 1),
@@ -329,37 +334,35 @@ pub fn page_bounded(
             .optional()
             .map_err(StoreError::from_sqlite)
     };
-    // The range read: by the index when its span reaches further (or to the end), else by the
-    // primary key, told so with NOT INDEXED: the index would read every entry of the range.
+    // The range read: through the index whose span reaches furthest when it reaches further
+    // than the primary key's (named with INDEXED BY: the planner might read the other one over
+    // the whole range), else by the primary key alone, told so with NOT INDEXED (an index
+    // would read every one of its entries in the range).
     let (first, last, by_index) = match order {
         Order::NewestFirst => {
             let last = filter.before_seq.map_or(upper, |b| b - 1).min(upper);
-            let by_key = (last - SCAN_SPAN + 1).max(lower);
-            let by_index = if last < lower || index.is_none() {
-                None
-            } else {
-                Some(reach(last, order)?.unwrap_or(lower))
-            };
-            match by_index {
-                Some(first) if first < by_key => (first, last, true),
-                _ => (by_key, last, false),
+            let mut best = ((last - SCAN_SPAN + 1).max(lower), None);
+            for (name, cond) in indexes.iter().filter(|_| last >= lower) {
+                let first = reach(cond, last)?.unwrap_or(lower);
+                if first < best.0 {
+                    best = (first, Some(*name));
+                }
             }
+            (best.0, last, best.1)
         }
         Order::OldestFirst => {
             let first = filter
                 .after_seq
                 .map_or(lower, |a| a.saturating_add(1))
                 .max(lower);
-            let by_key = first.saturating_add(SCAN_SPAN - 1).min(upper);
-            let by_index = if first > upper || index.is_none() {
-                None
-            } else {
-                Some(reach(first, order)?.unwrap_or(upper))
-            };
-            match by_index {
-                Some(last) if last > by_key => (first, last, true),
-                _ => (first, by_key, false),
+            let mut best = (first.saturating_add(SCAN_SPAN - 1).min(upper), None);
+            for (name, cond) in indexes.iter().filter(|_| first <= upper) {
+                let last = reach(cond, first)?.unwrap_or(upper);
+                if last > best.0 {
+                    best = (last, Some(*name));
+                }
             }
+            (first, best.0, best.1)
         }
     };
     let exhausted = match order {
@@ -381,7 +384,7 @@ pub fn page_bounded(
         after_seq: Some(first - 1),
         ..filter.clone()
     };
-    let (sql, args) = span_sql(&f, since_seq, until_seq, order, limit, by_index);
+    let (sql, args) = span_sql(&f, order, limit, by_index);
     let mut stmt = tx.conn().prepare(&sql)?;
     let rows = stmt
         .query_map(rusqlite::params_from_iter(args), event_from_row)?
@@ -407,23 +410,20 @@ fn reach_sql(cond: &EventFilter, order: Order) -> (String, Vec<rusqlite::types::
     (sql, args)
 }
 
-/// The query [`page_bounded`] runs over its seq range: through the index it chose, or by the
-/// primary key alone.
+/// The query [`page_bounded`] runs over its seq range: through the index it chose (by name,
+/// one of [`index_conditions`]'), or by the primary key alone.
 fn span_sql(
     filter: &EventFilter,
-    since_seq: Option<i64>,
-    until_seq: Option<i64>,
     order: Order,
     limit: u32,
-    by_index: bool,
+    by_index: Option<&str>,
 ) -> (String, Vec<rusqlite::types::Value>) {
-    let (sql, args) = page_sql(filter, since_seq, until_seq, order, Some(limit));
-    if by_index {
-        (sql, args)
-    } else {
-        let sql = sql.replacen("FROM audit_events", "FROM audit_events NOT INDEXED", 1);
-        (sql, args)
-    }
+    let (sql, args) = page_sql(filter, None, None, order, Some(limit));
+    let source = match by_index {
+        Some(name) => format!("FROM audit_events INDEXED BY {name}"),
+        None => "FROM audit_events NOT INDEXED".to_string(),
+    };
+    (sql.replacen("FROM audit_events", &source, 1), args)
 }
 
 /// The query [`page_in`] runs, and its arguments, given the seq bounds of its time range.
@@ -439,15 +439,23 @@ fn page_sql(
     // The ts conditions stay beside the seq bounds: a chain written before appends kept time
     // order may step back where a clock did, and then the page misses rather than includes
     // events near that step.
-    if let (Some(seq), Some(since)) = (since_seq, &filter.since) {
-        args.push(seq.into());
-        sql.push_str(&format!(" AND seq >= ?{}", args.len()));
+    // A bounded page passes no seq bounds of its own: its range lies inside them already, and
+    // SQLite reads a rowid range by one lower and one upper bound, so a second lower bound
+    // could become the range (from the middle of the chain to its head) and the span's own a
+    // mere filter.
+    if let Some(since) = &filter.since {
+        if let Some(seq) = since_seq {
+            args.push(seq.into());
+            sql.push_str(&format!(" AND seq >= ?{}", args.len()));
+        }
         args.push(since.clone().into());
         sql.push_str(&format!(" AND ts >= ?{}", args.len()));
     }
-    if let (Some(seq), Some(until)) = (until_seq, &filter.until) {
-        args.push(seq.into());
-        sql.push_str(&format!(" AND seq < ?{}", args.len()));
+    if let Some(until) = &filter.until {
+        if let Some(seq) = until_seq {
+            args.push(seq.into());
+            sql.push_str(&format!(" AND seq < ?{}", args.len()));
+        }
         args.push(until.clone().into());
         sql.push_str(&format!(" AND ts < ?{}", args.len()));
     }
@@ -677,9 +685,11 @@ mod tests {
                 Ok(steps.join("; "))
             };
         for order in [Order::NewestFirst, Order::OldestFirst] {
+            // A time range's bounds are the span's own (it lies inside them) and its times.
             let span = EventFilter {
                 before_seq: Some(500_001),
                 after_seq: Some(450_000),
+                since: Some("2026-01-01T00:00:00.000000Z".into()),
                 ..Default::default()
             };
             for filter in [
@@ -695,7 +705,7 @@ mod tests {
                 },
             ] {
                 assert!(needs_bound(&filter));
-                let (sql, args) = span_sql(&filter, None, None, order, 51, false);
+                let (sql, args) = span_sql(&filter, order, 51, None);
                 let plan = explain(&sql, args)?;
                 assert!(
                     plan.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
@@ -722,11 +732,12 @@ mod tests {
                     "audit_events_action",
                 ),
             ] {
-                let (sql, args) = span_sql(&filter, None, None, order, 51, true);
+                let (sql, args) = span_sql(&filter, order, 51, Some(index));
                 let plan = explain(&sql, args)?;
                 assert!(plan.contains(index), "{plan}");
                 assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-                let cond = index_condition(&filter).ok_or("an index condition")?;
+                let conds = index_conditions(&filter);
+                let cond = conds.first().ok_or("an index condition")?.1.clone();
                 let (sql, args) = reach_sql(
                     &EventFilter {
                         before_seq: span.before_seq,
@@ -739,6 +750,20 @@ mod tests {
                 assert!(plan.contains(&format!("COVERING INDEX {index}")), "{plan}");
                 assert!(!plan.contains("TEMP B-TREE"), "{plan}");
             }
+        }
+        // Both an exact subject and a rarer action: one index is read, the other is a filter.
+        let both = EventFilter {
+            subject: Some("coordinator_status".into()),
+            action: Some("approval.approved".into()),
+            ..Default::default()
+        };
+        assert!(needs_bound(&both));
+        let names: Vec<&str> = index_conditions(&both).iter().map(|c| c.0).collect();
+        assert_eq!(names, ["audit_events_subject", "audit_events_action"]);
+        for name in names {
+            let (sql, args) = span_sql(&both, Order::NewestFirst, 51, Some(name));
+            let plan = explain(&sql, args)?;
+            assert!(plan.contains(&format!("INDEX {name}")), "{plan}");
         }
         // Exact subjects and rarer actions alone keep the unbounded index path.
         for filter in [
