@@ -299,6 +299,115 @@ async fn filters_paging_verify_and_export() {
     assert!(report.body.contains("Edited"), "{}", report.body);
 }
 
+/// `n` as the audit page prints event numbers, with a comma between groups of three digits.
+fn grouped(n: i64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The target of the page's "continue" link (a page that read its whole span), unescaped.
+fn continue_link(html: &str) -> Option<String> {
+    let at = html.find("class=\"continue\" href=\"")?;
+    let rest = &html[at + 23..];
+    Some(rest[..rest.find('"')?].replace("&amp;", "&"))
+}
+
+/// A filter no index serves reads one span of the chain per page: an actor whose one event
+/// lies beyond the first span shows what the page read and a link on from there, which finds
+/// it; the same towards newer events; and with an exact subject the index reaches it at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rare_actor_beyond_one_span() {
+    const SPAN: i64 = mcp_coordinator::store::audit::SCAN_SPAN;
+    let dir = common::data_dir();
+    init_overseer(dir.path(), "ada", PASSPHRASE);
+    {
+        let store = Store::open(&Location::File(common::db_path(dir.path()))).unwrap();
+        let log = AuditLog::new(
+            store,
+            Arc::new(AuditSigner::load_or_create(dir.path()).unwrap()),
+        );
+        log.record(NewEvent {
+            actor: Actor::new(ActorKind::User, "rare@elsewhere"),
+            action: Action::ToolCall,
+            subject: "rare-subject".into(),
+            outcome: Outcome::Ok,
+            detail: json!({}),
+            critical: false,
+        })
+        .unwrap();
+    }
+    append(dir.path(), 0..SPAN as usize + 2_000);
+    let console = ConsoleProc::start(dir.path(), &[]);
+    let mut http = Http::new(&console.url);
+    assert_eq!(http.login(PASSPHRASE).await.status, 303);
+    let rare = seqs_where(dir.path(), "actor = 'user:rare@elsewhere'");
+    assert_eq!(rare.len(), 1);
+    let rare = rare[0];
+    let head = seqs_where(dir.path(), "1=1")[0];
+    assert!(head - rare > SPAN, "{head} {rare}");
+
+    // The first page reads the newest span, finds nothing, and says where to go on.
+    let filter = "/audit?actor=user%3Arare%40elsewhere";
+    let first = http.get(filter).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(rows(&first.body).is_empty());
+    let start = head - SPAN + 1;
+    assert!(
+        first.body.contains(&format!(
+            "No matches in events {} to {}; ",
+            grouped(start),
+            grouped(head)
+        )),
+        "{}",
+        first.body
+    );
+    assert!(!first.body.contains("No events match."));
+    let on = continue_link(&first.body).unwrap();
+    assert_eq!(on, format!("{filter}&before={start}"));
+    assert_eq!(link(&first.body, "next").as_deref(), Some(on.as_str()));
+    assert!(link(&first.body, "prev").is_none(), "the newest page");
+    // Following it finds the event, and the chain's start: nothing older.
+    let found = http.get(&on).await;
+    assert_eq!(rows(&found.body), [rare], "{}", found.body);
+    assert!(continue_link(&found.body).is_none(), "{}", found.body);
+    assert!(link(&found.body, "next").is_none());
+    // Back towards newer events: one span at a time too.
+    let newer = link(&found.body, "prev").unwrap();
+    assert_eq!(newer, format!("{filter}&after={rare}"));
+    let newer = http.get(&newer).await;
+    assert!(rows(&newer.body).is_empty());
+    assert!(
+        newer.body.contains(&format!(
+            "No matches in events {} to {}; ",
+            grouped(rare + 1),
+            grouped(rare + SPAN)
+        )),
+        "{}",
+        newer.body
+    );
+    let on = continue_link(&newer.body).unwrap();
+    assert_eq!(on, format!("{filter}&after={}", rare + SPAN));
+    assert_eq!(link(&newer.body, "prev").as_deref(), Some(on.as_str()));
+    let newest = http.get(&on).await;
+    assert!(rows(&newest.body).is_empty());
+    assert!(continue_link(&newest.body).is_none(), "{}", newest.body);
+    assert!(newest.body.contains("No events match."));
+    assert!(link(&newest.body, "prev").is_none());
+    // Walking the older links from the start finds exactly the one event.
+    assert_eq!(walk(&mut http, filter).await, [rare]);
+    // An exact subject reads its index, which reaches the event on the first page.
+    let indexed = http.get(&format!("{filter}&subject=rare-subject")).await;
+    assert_eq!(rows(&indexed.body), [rare], "{}", indexed.body);
+    assert!(continue_link(&indexed.body).is_none());
+}
+
 /// Clicks the element `css` selects.
 async fn click(browser: &Browser, css: &str) {
     browser

@@ -163,6 +163,18 @@ pub struct Window {
     pub older: Option<i64>,
     /// `After` this for the next newer page; absent when nothing newer matches.
     pub newer: Option<i64>,
+    /// Set when the page read its whole span of the chain (see [`Scanned`]) without filling:
+    /// `older` or `newer` then continues after that span.
+    pub scanned: Option<Scanned>,
+}
+
+/// The events a page read without finding a full page: sequence numbers `first..=last`, all
+/// examined, towards older events (continue with `Before(first)`) or newer ones (`After(last)`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanned {
+    pub first: i64,
+    pub last: i64,
+    pub towards_older: bool,
 }
 
 /// Why an export stopped.
@@ -383,6 +395,9 @@ impl AuditLog {
             ..q.clone()
         })?;
         let limit_rows = limit as usize;
+        if sql::needs_bound(&filter) {
+            return self.bounded_window(&filter, limit, at);
+        }
         let any = |tx: &Tx<'_>, before: Option<i64>, after: Option<i64>| {
             let f = EventFilter {
                 before_seq: before,
@@ -420,7 +435,11 @@ impl AuditLog {
                     let newer = rows.len() > limit_rows;
                     rows.truncate(limit_rows);
                     rows.reverse();
-                    let older = any(tx, Some(rows.last().map_or(after + 1, |r| r.seq)), None)?;
+                    let older = any(
+                        tx,
+                        Some(rows.last().map_or(after.saturating_add(1), |r| r.seq)),
+                        None,
+                    )?;
                     (rows, older, newer)
                 }
             };
@@ -428,7 +447,71 @@ impl AuditLog {
                 older: older.then(|| rows.last().map(|r| r.seq)).flatten(),
                 newer: newer.then(|| rows.first().map(|r| r.seq)).flatten(),
                 events: rows.into_iter().map(AuditEvent::from).collect(),
+                scanned: None,
             })
+        })
+    }
+
+    /// [`AuditLog::window`] for a filter that may match few of the events it reads (an actor
+    /// or outcome, which no index serves: every append would pay for one): one span of the
+    /// chain per page (see `store::audit::page_bounded`), so a value that never occurs costs a
+    /// span, not the whole chain. A page that read its span without filling says so, and its
+    /// link goes on from the span's end. Whether anything matches on the page's other side is
+    /// not looked up (that would be another span): the link is there while events are.
+    fn bounded_window(
+        &self,
+        filter: &EventFilter,
+        limit: u32,
+        at: Keyset,
+    ) -> Result<Window, AuditError> {
+        let limit_rows = limit as usize;
+        let (order, before, after) = match at {
+            Keyset::Newest => (sql::Order::NewestFirst, None, None),
+            Keyset::Before(b) => (sql::Order::NewestFirst, Some(b), None),
+            Keyset::After(a) => (sql::Order::OldestFirst, None, Some(a)),
+        };
+        let f = EventFilter {
+            before_seq: before,
+            after_seq: after,
+            ..filter.clone()
+        };
+        let page = self
+            .store
+            .read(|tx| sql::page_bounded(tx, &f, order, limit + 1))?;
+        let mut rows = page.rows;
+        let full = rows.len() > limit_rows;
+        rows.truncate(limit_rows);
+        let scanned = (!full && !page.exhausted).then_some(Scanned {
+            first: page.first,
+            last: page.last,
+            towards_older: order == sql::Order::NewestFirst,
+        });
+        let (older, newer) = match order {
+            sql::Order::NewestFirst => {
+                let older = if full {
+                    rows.last().map(|r| r.seq)
+                } else {
+                    scanned.map(|s| s.first)
+                };
+                let top = before.map(|b| rows.first().map_or(b.saturating_sub(1), |r| r.seq));
+                (older, top.filter(|t| *t < page.upper))
+            }
+            sql::Order::OldestFirst => {
+                rows.reverse();
+                let newer = if full {
+                    rows.first().map(|r| r.seq)
+                } else {
+                    scanned.map(|s| s.last)
+                };
+                let bottom = after.map(|a| rows.last().map_or(a.saturating_add(1), |r| r.seq));
+                (bottom.filter(|b| *b > page.lower), newer)
+            }
+        };
+        Ok(Window {
+            events: rows.into_iter().map(AuditEvent::from).collect(),
+            older,
+            newer,
+            scanned,
         })
     }
 

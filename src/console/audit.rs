@@ -3,7 +3,9 @@
 //!
 //! Paging goes by sequence number both ways (`before=SEQ` for older events, `after=SEQ` for
 //! newer ones), so a page deep in a chain of a million events costs what the first page costs:
-//! no `OFFSET`. Details are shown as stored, which is already redacted.
+//! no `OFFSET`. A filter no index serves (a rare actor, say) reads at most one span of the
+//! chain per page; a page that read its span without filling says which events it looked at
+//! and links on from there. Details are shown as stored, which is already redacted.
 
 use std::io::Write;
 
@@ -21,7 +23,7 @@ use super::Console;
 use super::guard;
 use super::layout::{csrf_field, error_page, html_response, page};
 use super::session::Person;
-use crate::audit::{self, AuditEvent, Keyset, Outcome, VerifyReport, Window};
+use crate::audit::{self, AuditEvent, Keyset, Outcome, Scanned, VerifyReport, Window};
 
 /// The section's routes.
 pub fn routes() -> Router<Console> {
@@ -186,8 +188,13 @@ fn events_page(
             Err(message) => { p.error role="alert" { (message) } }
             Ok(w) => {
                 (pager(filters, w))
+                @if let Some(s) = w.scanned {
+                    (scanned_notice(filters, s, w.events.is_empty()))
+                }
                 @if w.events.is_empty() {
-                    p.muted { "No events match." }
+                    @if w.scanned.is_none() {
+                        p.muted { "No events match." }
+                    }
                 } @else {
                     div.table-wrap {
                         table {
@@ -276,6 +283,39 @@ fn pager(f: &Filters, w: &Window) -> Markup {
             }
         }
     }
+}
+
+/// What a page that read its whole span without filling says, and where it goes on: a filter
+/// no index serves reads one span of the chain per page (see `AuditLog::window`).
+fn scanned_notice(f: &Filters, s: Scanned, none: bool) -> Markup {
+    let (towards, link) = if s.towards_older {
+        ("older", f.link("/audit", Some(("before", s.first))))
+    } else {
+        ("newer", f.link("/audit", Some(("after", s.last))))
+    };
+    html! {
+        p.muted.scanned role="status" {
+            (if none { "No matches" } else { "No more matches" })
+            " in events " (grouped(s.first)) " to " (grouped(s.last)) "; "
+            a.continue href=(link) { "continue with " (towards) " events →" }
+        }
+    }
+}
+
+/// `n` with a comma between each group of three digits, as the notices print event numbers.
+fn grouped(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn event_row(e: &AuditEvent) -> Markup {
