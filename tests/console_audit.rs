@@ -209,6 +209,11 @@ async fn filters_paging_verify_and_export() {
         ("before=x", "before: expected a sequence number"),
         ("outcome=maybe", "outcome: expected ok, error or invalid"),
         ("before=5&after=2", "give either before or after, not both"),
+        // i64::MAX: one past it would overflow while paging.
+        (
+            "after=9223372036854775807",
+            "after: expected a sequence number",
+        ),
     ] {
         let bad = http.get(&format!("/audit?{query}")).await;
         assert_eq!(bad.status, 400, "{query}");

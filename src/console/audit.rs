@@ -61,15 +61,21 @@ fn text(v: &str) -> Option<String> {
 }
 
 /// A position given as a sequence number, or what is wrong with it.
+/// The largest sequence number a page link may name (2^53).
+const MAX_SEQ: i64 = 1 << 53;
+
 fn seq(field: &str, v: &str) -> Result<Option<i64>, String> {
     match text(v) {
         None => Ok(None),
         Some(s) => s
             .parse::<i64>()
             .ok()
-            .filter(|n| *n >= 0)
+            // Far beyond any chain, and far from i64::MAX, so paging's `+ 1` cannot overflow.
+            .filter(|n| (0..=MAX_SEQ).contains(n))
             .map(Some)
-            .ok_or_else(|| format!("{field}: expected a sequence number, got {s:?}")),
+            .ok_or_else(|| {
+                format!("{field}: expected a sequence number from 0 to {MAX_SEQ}, got {s:?}")
+            }),
     }
 }
 

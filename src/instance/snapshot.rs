@@ -256,8 +256,14 @@ mod tests {
     fn figures_that_barely_moved_are_the_same_snapshot_and_new_lines_are_not() {
         let a = snap(10 << 20, 1.01, &["started"]);
         assert!(a.same_as(&snap((10 << 20) + 4096, 1.02, &["started"])));
-        assert!(!a.same_as(&snap(12 << 20, 1.02, &["started"])), "memory grew");
+        assert!(
+            !a.same_as(&snap(12 << 20, 1.02, &["started"])),
+            "memory grew"
+        );
         assert!(!a.same_as(&snap(10 << 20, 1.4, &["started"])), "CPU ran");
-        assert!(!a.same_as(&snap(10 << 20, 1.01, &["started", "ready"])), "stderr");
+        assert!(
+            !a.same_as(&snap(10 << 20, 1.01, &["started", "ready"])),
+            "stderr"
+        );
     }
 }
