@@ -174,29 +174,11 @@ pub fn page_in(
     limit: u32,
 ) -> Result<Vec<EventRow>, StoreError> {
     let (since, until) = seq_bounds(tx, filter)?;
-    let (sql, args) = page_sql(filter, since, until, order, Some(limit));
+    let (sql, args) = page_sql(filter, since, until, order, limit);
     let mut stmt = tx.conn().prepare(&sql)?;
     let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
     rows.collect::<Result<Vec<_>, _>>()
         .map_err(StoreError::from_sqlite)
-}
-
-/// Calls `f` for every event matching `filter`, oldest first, without loading them all.
-pub fn for_each_matching<E: From<StoreError>>(
-    tx: &Tx<'_>,
-    filter: &EventFilter,
-    mut f: impl FnMut(EventRow) -> Result<(), E>,
-) -> Result<(), E> {
-    let (since, until) = seq_bounds(tx, filter)?;
-    let (sql, args) = page_sql(filter, since, until, Order::OldestFirst, None);
-    let mut stmt = tx.conn().prepare(&sql).map_err(StoreError::from_sqlite)?;
-    let mut rows = stmt
-        .query(rusqlite::params_from_iter(args))
-        .map_err(StoreError::from_sqlite)?;
-    while let Some(row) = rows.next().map_err(StoreError::from_sqlite)? {
-        f(event_from_row(row).map_err(StoreError::from_sqlite)?)?;
-    }
-    Ok(())
 }
 
 /// The seq bounds of the filter's time range (see first_seq_at_or_after), under one read of
@@ -404,7 +386,7 @@ pub fn page_bounded(
 /// The query that finds the seq of the [`INDEX_SPAN`]th event matching `cond` (an index
 /// condition, with seq bounds) in `order`: a walk of the index alone.
 fn reach_sql(cond: &EventFilter, order: Order) -> (String, Vec<rusqlite::types::Value>) {
-    let (sql, mut args) = page_sql(cond, None, None, order, Some(1));
+    let (sql, mut args) = page_sql(cond, None, None, order, 1);
     let sql = sql.replacen(&format!("SELECT {COLUMNS}"), "SELECT seq", 1);
     args.push((INDEX_SPAN - 1).into());
     let sql = format!("{sql} OFFSET ?{}", args.len());
@@ -419,7 +401,7 @@ fn span_sql(
     limit: u32,
     by_index: Option<&str>,
 ) -> (String, Vec<rusqlite::types::Value>) {
-    let (sql, args) = page_sql(filter, None, None, order, Some(limit));
+    let (sql, args) = page_sql(filter, None, None, order, limit);
     let source = match by_index {
         Some(name) => format!("FROM audit_events INDEXED BY {name}"),
         None => "FROM audit_events NOT INDEXED".to_string(),
@@ -433,7 +415,7 @@ fn page_sql(
     since_seq: Option<i64>,
     until_seq: Option<i64>,
     order: Order,
-    limit: Option<u32>,
+    limit: u32,
 ) -> (String, Vec<rusqlite::types::Value>) {
     let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1=1");
     let mut args: Vec<rusqlite::types::Value> = Vec::new();
@@ -483,10 +465,8 @@ fn page_sql(
         Order::NewestFirst => " ORDER BY seq DESC",
         Order::OldestFirst => " ORDER BY seq",
     });
-    if let Some(limit) = limit {
-        args.push(i64::from(limit).into());
-        sql.push_str(&format!(" LIMIT ?{}", args.len()));
-    }
+    args.push(i64::from(limit).into());
+    sql.push_str(&format!(" LIMIT ?{}", args.len()));
     (sql, args)
 }
 
@@ -576,7 +556,7 @@ mod tests {
         filter: &EventFilter,
         order: Order,
     ) -> Result<String, StoreError> {
-        let (sql, args) = page_sql(filter, None, None, order, Some(50));
+        let (sql, args) = page_sql(filter, None, None, order, 50);
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
         let steps: Vec<String> = stmt
             .query_map(rusqlite::params_from_iter(args), |r| r.get(3))?
