@@ -106,6 +106,14 @@ pub struct ConfigFile {
     /// The oversight console: whether `serve` serves it too, where it listens, TLS or proxy.
     #[serde(default)]
     pub console: crate::console::ConsoleConfig,
+    /// MCP over streamable HTTP (`serve --http`): where it listens, TLS or proxy, browser
+    /// origins, sessions and per-principal limits.
+    #[serde(default)]
+    pub http: crate::http::HttpConfig,
+    /// Who may call over HTTP: the identity provider, where roles are in its tokens, and the
+    /// client the console logs people in with.
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
     /// The catalog of child MCP servers the coordinator may run, by type name
     /// (`[instance_types.NAME]`).
     #[serde(default)]

@@ -173,6 +173,12 @@ pub enum Action {
     /// The overseer logged in to the oversight console (from which address).
     #[serde(rename = "console.login")]
     ConsoleLogin,
+    /// An access token or API key for MCP over HTTP was issued (`mcp-coordinator token issue`).
+    #[serde(rename = "token.issued")]
+    TokenIssued,
+    /// An access token or API key was revoked.
+    #[serde(rename = "token.revoked")]
+    TokenRevoked,
 }
 
 impl Action {
@@ -233,6 +239,8 @@ impl Action {
             Action::OverseerChanged => "overseer.changed",
             Action::OverseerReset => "overseer.reset",
             Action::OverseerRefused => "overseer.refused",
+            Action::TokenIssued => "token.issued",
+            Action::TokenRevoked => "token.revoked",
         }
     }
 }

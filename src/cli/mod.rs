@@ -11,6 +11,7 @@ mod hardening;
 mod overseer;
 mod secrets;
 mod serve;
+mod token;
 mod tty;
 
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ Examples:
   mcp-coordinator                          serve on stdio with the default database
   mcp-coordinator serve --db :memory:      serve without touching disk
   mcp-coordinator console                  the oversight console at http://127.0.0.1:8750/
+  mcp-coordinator serve --http 127.0.0.1:8760   MCP over HTTP at /mcp (bearer tokens)
+  mcp-coordinator token issue --role admin --name me   a bearer token for it
   mcp-coordinator approvals list           what is waiting for a person
   mcp-coordinator approvals approve ID --reason \"checked the diff\"   (asks the passphrase)
   mcp-coordinator audit verify             check the audit chain and its signatures
@@ -137,15 +140,9 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve MCP on stdin/stdout (the default when no command is given)
-    #[command(
-        long_about = "Serve MCP on stdin/stdout. This is what an MCP client runs; it is also \
-the default when no command is given. It answers clients that open with `initialize` \
-(2024-11-05 to 2025-11-25) and clients that open with `server/discover` (2026-07-28). It exits \
-with status 0 when the client closes stdin, or on SIGINT/SIGTERM. Logs go to stderr only.",
-        after_help = AFTER_HELP
-    )]
-    Serve,
+    /// Serve MCP on stdin/stdout (the default when no command is given), or over HTTP
+    #[command(long_about = serve::LONG_ABOUT, after_help = serve::AFTER_HELP)]
+    Serve(serve::ServeArgs),
     /// Decide approvals as a person: list, show, approve, reject
     #[command(subcommand, long_about = approvals::LONG_ABOUT)]
     Approvals(approvals::ApprovalsCommand),
@@ -161,6 +158,9 @@ with status 0 when the client closes stdin, or on SIGINT/SIGTERM. Logs go to std
     /// Keep API keys and tokens encrypted: set, list, rm, rotate-key
     #[command(subcommand, long_about = secrets::LONG_ABOUT, after_help = secrets::AFTER_HELP)]
     Secrets(secrets::SecretsCommand),
+    /// Issue, list and revoke the bearer tokens and API keys MCP over HTTP accepts
+    #[command(subcommand, long_about = token::LONG_ABOUT, after_help = token::AFTER_HELP)]
+    Token(token::TokenCommand),
     /// Run a command (an MCP server) with secrets from the store in its environment
     #[command(long_about = exec::LONG_ABOUT, after_help = exec::AFTER_HELP)]
     Exec(exec::ExecArgs),
@@ -172,13 +172,15 @@ pub fn main() -> ExitCode {
     hardening::not_dumpable();
     let cli = Cli::parse();
     let result = match cli.command {
-        None | Some(Command::Serve) => serve::run(&cli.global),
+        None => serve::run(&cli.global, &serve::ServeArgs::default()),
+        Some(Command::Serve(args)) => serve::run(&cli.global, &args),
         Some(Command::Approvals(cmd)) => approvals::run(&cli.global, cmd),
         Some(Command::Console(args)) => console::run(&cli.global, args),
         Some(Command::Overseer(cmd)) => overseer::run(&cli.global, cmd),
         Some(Command::Audit(cmd)) => audit::run(&cli.global, cmd),
         Some(Command::Secrets(cmd)) => secrets::run(&cli.global, cmd),
         Some(Command::Exec(args)) => exec::run(&cli.global, args),
+        Some(Command::Token(cmd)) => token::run(&cli.global, cmd),
     };
     match result {
         Ok(code) => code,

@@ -26,14 +26,14 @@ pub enum ListenError {
     #[error("console listen address `{0}`: expected HOST:PORT, such as 127.0.0.1:8750")]
     Address(String),
     #[error(
-        "console listen address {0} is not loopback: serving the console beyond this machine needs \
-TLS ([console] tls_cert and tls_key) or a TLS-terminating reverse proxy in front \
-([console] behind_proxy = true)"
+        "listen address {0} is not loopback: serving beyond this machine needs TLS (tls_cert and \
+tls_key in [console], or in [http] or --tls-cert and --tls-key with `serve --http`) or a \
+TLS-terminating reverse proxy in front (behind_proxy = true in the same section)"
     )]
     NotLoopback(SocketAddr),
-    #[error("[console] tls_cert and tls_key: give both or neither")]
+    #[error("tls_cert and tls_key (--tls-cert and --tls-key): give both or neither")]
     HalfTls,
-    #[error("[console] {field} {path}: {message}")]
+    #[error("{field} {path}: {message}")]
     Tls {
         field: &'static str,
         path: String,
@@ -79,7 +79,7 @@ impl Bound {
     /// Serves `router` until `shutdown` completes, then lets requests in flight finish for
     /// at most [`SHUTDOWN_GRACE`]: an open event stream (the dashboard's) never finishes on
     /// its own, and must not keep the process from exiting.
-    pub(super) async fn serve(
+    pub async fn serve(
         self,
         router: axum::Router,
         shutdown: impl Future<Output = ()> + Send + 'static,

@@ -93,11 +93,12 @@ pub enum Stopped {
 }
 
 /// Serves MCP on the given descriptors (the process's stdin and stdout, or any pipe or socket
-/// pair) until the client closes its end or `shutdown` resolves.
+/// pair) until the client closes its end or `shutdown` resolves; with no descriptors (MCP over
+/// HTTP only, served beside this by its owner), until `shutdown` resolves.
 /// The head of the audit chain is signed on the way out.
 pub async fn run(
     coordinator: Coordinator,
-    stdio: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    stdio: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Stopped> {
     let audit = coordinator.audit().clone();
@@ -108,13 +109,21 @@ pub async fn run(
         .instances()
         .restore_and_autostart(coordinator.clone().client_settled());
     let instances = coordinator.instances().clone();
-    let (input, output) = stdio;
-    let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, input, output)
-        .map_err(|e| anyhow::anyhow!("cannot set up stdio: {e}"))?;
-    let transport = (rmcp_reads, rmcp_writes);
-    let stopped = tokio::select! {
-        r = serve(coordinator.clone(), transport) => r,
-        () = shutdown => Ok(Stopped::Shutdown),
+    let (stopped, output) = match stdio {
+        Some((input, output)) => {
+            let (rmcp_reads, rmcp_writes, output) = relay::split(&coordinator, input, output)
+                .map_err(|e| anyhow::anyhow!("cannot set up stdio: {e}"))?;
+            let transport = (rmcp_reads, rmcp_writes);
+            let stopped = tokio::select! {
+                r = serve(coordinator.clone(), transport) => r,
+                () = shutdown => Ok(Stopped::Shutdown),
+            };
+            (stopped, Some(output))
+        }
+        None => {
+            shutdown.await;
+            (Ok(Stopped::Shutdown), None)
+        }
     };
     workers.cancel();
     // The whole way out stays under 3 s: rmcp's last answers reach the client and the
@@ -123,7 +132,11 @@ pub async fn run(
     // gets what is left of the budget.
     let leaving = std::time::Instant::now();
     let budget = std::time::Duration::from_millis(2800);
-    let flushed = tokio::time::timeout(std::time::Duration::from_millis(500), output);
+    let flushed = async move {
+        if let Some(output) = output {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(500), output).await;
+        }
+    };
     let stopped_children = instances.shutdown(std::time::Duration::from_millis(2000));
     let jobs = workers.join(std::time::Duration::from_millis(500));
     let _ = tokio::join!(flushed, stopped_children, jobs);

@@ -11,6 +11,7 @@ mod assessments;
 mod audit_writer;
 mod coordinator;
 mod gate;
+pub mod http;
 mod instances;
 mod jsonrpc;
 mod lifecycle;
@@ -226,6 +227,11 @@ impl ServerHandler for Coordinator {
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // The fast path is stdio's alone: an HTTP session must not become its client.
+        if session::over_http(&context.extensions) {
+            self.tool_listeners().0.push(context.peer);
+            return;
+        }
         if let Some(info) = context.peer.peer_info() {
             let _ = self.inner.fast_client.set(FastClient {
                 actor: crate::audit::Actor::new(

@@ -32,8 +32,11 @@ pub struct Call {
     pub era: Era,
     /// The negotiated (legacy) or per-request (stateless) protocol version.
     pub protocol_version: String,
-    /// The client, as an audit actor.
+    /// The client, as an audit actor (with the principal it acts as, over HTTP).
     pub actor: Actor,
+    /// Over HTTP, who the request's bearer token says is calling; `None` on stdio (the OS
+    /// user who launched the assistant, guarded by the approval gate alone).
+    pub principal: Option<crate::auth::Principal>,
     /// Cancelled when the client cancels this request or the connection closes.
     pub cancel: CancellationToken,
     /// The client, for notifications and (legacy) requests.
@@ -83,10 +86,16 @@ impl Call {
             .as_ref()
             .is_some_and(|e| e.form.is_some() || e.url.is_none());
         let elicitation_url = elicitation.as_ref().is_some_and(|e| e.url.is_some());
+        let principal = principal_of(ctx);
+        let actor = match &principal {
+            Some(p) => Actor::new(ActorKind::Client, format!("{client} as {}", p.describe())),
+            None => Actor::new(ActorKind::Client, client),
+        };
         Call {
             era,
             protocol_version: version.map(|v| v.to_string()).unwrap_or_default(),
-            actor: Actor::new(ActorKind::Client, client),
+            actor,
+            principal,
             cancel: ctx.ct.clone(),
             peer: ctx.peer.clone(),
             session_id: coordinator.session_id().to_string(),
@@ -122,6 +131,20 @@ impl Call {
             tracing::debug!(error = %e, "could not send a progress notification");
         }
     }
+}
+
+/// The principal `crate::http`'s middleware found for this request (over HTTP), if any.
+pub fn principal_of(ctx: &RequestContext<RoleServer>) -> Option<crate::auth::Principal> {
+    ctx.extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.extensions.get::<crate::auth::Principal>())
+        .cloned()
+}
+
+/// Whether a request or notification came over HTTP (rmcp puts the request's head in its
+/// extensions there, and only there).
+pub fn over_http(extensions: &rmcp::model::Extensions) -> bool {
+    extensions.get::<http::request::Parts>().is_some()
 }
 
 /// Stateless from 2026-07-28 on; ISO dates compare lexically as they do in time.

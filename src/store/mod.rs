@@ -6,6 +6,7 @@
 //! the same functions. Depends on nothing in the crate but the domains' leaf value types
 //! (status enums).
 
+pub mod access;
 pub mod agent;
 pub mod approval;
 pub mod assessment;

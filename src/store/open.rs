@@ -26,6 +26,7 @@ pub(super) const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0010_fewer_index_pages.sql")),
     M::up(include_str!("migrations/0011_console_decisions.sql")),
     M::up(include_str!("migrations/0012_instance_snapshots.sql")),
+    M::up(include_str!("migrations/0013_access_tokens.sql")),
 ];
 
 pub(super) fn open_connection(location: &Location) -> Result<Connection, StoreError> {

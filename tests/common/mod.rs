@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod console;
+pub mod http;
 pub mod setup;
 
 use std::path::{Path, PathBuf};

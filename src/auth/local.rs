@@ -1,0 +1,393 @@
+//! Access tokens and API keys this coordinator issues itself, for a team without an identity
+//! provider and for automated systems that cannot do OAuth: HS256 JWTs signed with a key in the
+//! data directory (`access-token.key`, mode 0600), and opaque API keys of which only a SHA-256
+//! is stored. Every check reads the token's row, so a revocation (from any process) holds at
+//! the next request.
+
+use std::path::Path;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{Principal, Role, Source};
+use crate::audit::chain::{format_ts, now_ts};
+use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
+use crate::store::StoreError;
+use crate::store::access::{self as sql, AccessRow};
+
+/// The key file's name inside the data directory.
+pub const KEY_FILE: &str = "access-token.key";
+/// Every API key starts with this, so a key pasted where a JWT was expected (or into a log
+/// scanner's rules) is recognised.
+pub const API_KEY_PREFIX: &str = "mcpc_key_";
+const ISSUER: &str = "mcp-coordinator";
+const AUDIENCE: &str = "mcp-coordinator/mcp";
+/// The longest name given to a token or key, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+
+/// What a local access token says. Roles are in the token and in its row; the row decides.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    name: String,
+    iss: String,
+    aud: String,
+    iat: i64,
+    exp: i64,
+}
+
+/// Why a token or key was refused, or could not be issued. The messages are what a client
+/// gets in the `401`'s `error_description`: they name the problem, never the token.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot use the access token key {path}: {message}")]
+    Key { path: String, message: String },
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token's signature does not verify (forged, or issued by another coordinator)")]
+    BadSignature,
+    #[error("the token is not one this coordinator issued: {0}")]
+    Malformed(String),
+    #[error("the {kind} {id} was revoked at {at}")]
+    Revoked {
+        kind: &'static str,
+        id: String,
+        at: String,
+    },
+    #[error("unknown API key")]
+    UnknownKey,
+    #[error("no token or key with id {0}")]
+    NotFound(String),
+    #[error("{field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// A token or key just issued: the only time its secret is seen.
+#[derive(Debug, Clone)]
+pub struct IssuedAccess {
+    pub row: AccessRow,
+    /// The bearer value to hand the holder (a JWT, or `mcpc_key_...`).
+    pub secret: String,
+}
+
+/// Issues, lists, revokes and checks local access tokens and API keys.
+#[derive(Clone)]
+pub struct AccessTokens {
+    audit: AuditLog,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for AccessTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessTokens { .. }")
+    }
+}
+
+impl AccessTokens {
+    /// Loads the signing key from `data_dir`, creating it on first use.
+    pub fn open(audit: AuditLog, data_dir: &Path) -> Result<Self, AccessError> {
+        let key = crate::keyfile::read_or_create(data_dir, KEY_FILE, || {
+            let mut bytes = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+            bytes.to_vec()
+        })
+        .map_err(|e| AccessError::Key {
+            path: data_dir.join(KEY_FILE).display().to_string(),
+            message: e.to_string(),
+        })?;
+        if key.len() < 32 {
+            return Err(AccessError::Key {
+                path: data_dir.join(KEY_FILE).display().to_string(),
+                message: format!("holds {} bytes, expected 32", key.len()),
+            });
+        }
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[AUDIENCE]);
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Ok(AccessTokens {
+            audit,
+            encoding: EncodingKey::from_secret(&key),
+            decoding: DecodingKey::from_secret(&key),
+            validation,
+        })
+    }
+
+    /// Issues an access token (a JWT valid for `ttl_seconds`) or, with `api_key`, an API key
+    /// (valid until revoked, or for `ttl_seconds` when given), recorded in the audit log as
+    /// issued `by`.
+    pub fn issue(
+        &self,
+        name: &str,
+        roles: &[Role],
+        ttl_seconds: Option<i64>,
+        api_key: bool,
+        by: &Actor,
+    ) -> Result<IssuedAccess, AccessError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            return Err(AccessError::Invalid {
+                field: "name",
+                message: format!("expected 1 to {MAX_NAME_CHARS} characters"),
+            });
+        }
+        if roles.is_empty() {
+            return Err(AccessError::Invalid {
+                field: "role",
+                message: "expected at least one role".into(),
+            });
+        }
+        let ttl = match (ttl_seconds, api_key) {
+            (Some(t), _) if t <= 0 => {
+                return Err(AccessError::Invalid {
+                    field: "ttl",
+                    message: "expected a positive duration".into(),
+                });
+            }
+            (Some(t), _) => Some(t),
+            (None, true) => None,
+            (None, false) => Some(DEFAULT_TOKEN_TTL_SECONDS),
+        };
+        let mut roles = roles.to_vec();
+        roles.sort();
+        roles.dedup();
+        let now = time::OffsetDateTime::now_utc();
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let id = if api_key {
+            format!("key_{}", &random[..16])
+        } else {
+            format!("tok_{}", &random[..16])
+        };
+        let expires_at = ttl.map(|t| format_ts(now + time::Duration::seconds(t)));
+        let row = AccessRow {
+            id: id.clone(),
+            kind: if api_key { "api_key" } else { "token" }.into(),
+            name: name.to_string(),
+            roles: roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            issued_at: format_ts(now),
+            issued_by: by.render(),
+            expires_at,
+            revoked_at: None,
+            revoked_by: None,
+        };
+        let (secret, key_hash) = if api_key {
+            let mut bytes = [0u8; 32];
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut bytes);
+            let key = format!("{API_KEY_PREFIX}{}", hex::encode(bytes));
+            let hash = key_hash(&key);
+            (key, Some(hash))
+        } else {
+            let claims = Claims {
+                sub: id.clone(),
+                name: name.to_string(),
+                iss: ISSUER.into(),
+                aud: AUDIENCE.into(),
+                iat: now.unix_timestamp(),
+                exp: now.unix_timestamp() + ttl.unwrap_or(DEFAULT_TOKEN_TTL_SECONDS),
+            };
+            let jwt = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+                .map_err(|e| AccessError::Malformed(e.to_string()))?;
+            (jwt, None)
+        };
+        self.audit.store().write(|tx| {
+            sql::insert(tx, &row, key_hash.as_deref())?;
+            self.audit.append_in(
+                tx,
+                &NewEvent {
+                    actor: by.clone(),
+                    action: Action::TokenIssued,
+                    subject: id.clone(),
+                    outcome: Outcome::Ok,
+                    detail: json!({
+                        "kind": row.kind, "name": row.name, "roles": row.roles,
+                        "expires_at": row.expires_at,
+                    }),
+                    critical: true,
+                },
+            )?;
+            Ok::<_, AccessError>(())
+        })?;
+        Ok(IssuedAccess { row, secret })
+    }
+
+    /// Every token and key issued, newest first (never a secret).
+    pub fn list(&self) -> Result<Vec<AccessRow>, AccessError> {
+        Ok(self.audit.store().read(sql::list)?)
+    }
+
+    /// Revokes the token or key `id`; the next request that carries it is refused.
+    pub fn revoke(&self, id: &str, by: &Actor) -> Result<AccessRow, AccessError> {
+        self.audit.store().write(|tx| {
+            let row = sql::get(tx, id)?.ok_or_else(|| AccessError::NotFound(id.to_string()))?;
+            if let Some(at) = &row.revoked_at {
+                return Err(AccessError::Revoked {
+                    kind: kind_name(&row.kind),
+                    id: row.id.clone(),
+                    at: at.clone(),
+                });
+            }
+            let at = now_ts();
+            sql::revoke(tx, id, &at, &by.render())?;
+            self.audit.append_in(
+                tx,
+                &NewEvent {
+                    actor: by.clone(),
+                    action: Action::TokenRevoked,
+                    subject: id.to_string(),
+                    outcome: Outcome::Ok,
+                    detail: json!({"kind": row.kind, "name": row.name}),
+                    critical: true,
+                },
+            )?;
+            Ok(AccessRow {
+                revoked_at: Some(at),
+                revoked_by: Some(by.render()),
+                ..row
+            })
+        })
+    }
+
+    /// Whether `bearer` looks like one of ours (an API key, or a JWT with our issuer), so the
+    /// caller knows which check to run without trying each.
+    pub fn is_ours(&self, bearer: &str) -> bool {
+        if bearer.starts_with(API_KEY_PREFIX) {
+            return true;
+        }
+        jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(bearer)
+            .ok()
+            .and_then(|d| {
+                d.claims
+                    .get("iss")
+                    .and_then(|v| v.as_str())
+                    .map(|s| s == ISSUER)
+            })
+            .unwrap_or(false)
+    }
+
+    /// The principal `bearer` (a local token or API key) acts as, or why it is refused.
+    pub fn check(&self, bearer: &str) -> Result<Principal, AccessError> {
+        let row = if bearer.starts_with(API_KEY_PREFIX) {
+            let hash = key_hash(bearer);
+            self.audit
+                .store()
+                .read(|tx| sql::by_key_hash(tx, &hash))?
+                .ok_or(AccessError::UnknownKey)?
+        } else {
+            let claims = jsonwebtoken::decode::<Claims>(bearer, &self.decoding, &self.validation)
+                .map_err(|e| match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AccessError::Expired,
+                    jsonwebtoken::errors::ErrorKind::InvalidSignature => AccessError::BadSignature,
+                    other => AccessError::Malformed(format!("{other:?}")),
+                })?
+                .claims;
+            self.audit
+                .store()
+                .read(|tx| sql::get(tx, &claims.sub))?
+                .ok_or_else(|| AccessError::Malformed("no such token was issued".into()))?
+        };
+        if let Some(at) = row.revoked_at {
+            return Err(AccessError::Revoked {
+                kind: kind_name(&row.kind),
+                id: row.id,
+                at,
+            });
+        }
+        if row
+            .expires_at
+            .as_deref()
+            .is_some_and(|e| e <= now_ts().as_str())
+        {
+            return Err(AccessError::Expired);
+        }
+        let mut roles: Vec<Role> = row.roles.split(',').filter_map(Role::parse).collect();
+        roles.sort();
+        Ok(Principal {
+            subject: row.id,
+            name: row.name,
+            roles,
+            source: if row.kind == "api_key" {
+                Source::ApiKey
+            } else {
+                Source::LocalToken
+            },
+        })
+    }
+}
+
+/// How long an access token lasts when `--ttl` is not given: a day.
+pub const DEFAULT_TOKEN_TTL_SECONDS: i64 = 24 * 3600;
+
+fn key_hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn kind_name(kind: &str) -> &'static str {
+    if kind == "api_key" {
+        "API key"
+    } else {
+        "token"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{ActorKind, AuditLog, AuditSigner};
+    use crate::store::{Location, Store};
+
+    fn tokens() -> Result<(tempfile::TempDir, AccessTokens), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(&Location::Memory)?;
+        let signer = AuditSigner::from_key(ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]));
+        let audit = AuditLog::new(store, std::sync::Arc::new(signer));
+        let tokens = AccessTokens::open(audit, dir.path())?;
+        Ok((dir, tokens))
+    }
+
+    #[test]
+    fn issue_check_revoke() -> Result<(), Box<dyn std::error::Error>> {
+        let (_d, t) = tokens()?;
+        let by = Actor::new(ActorKind::User, "me@host");
+        let tok = t.issue("ci", &[Role::Agent], Some(60), false, &by)?;
+        assert!(t.is_ours(&tok.secret));
+        let p = t.check(&tok.secret)?;
+        assert_eq!(
+            (p.name.as_str(), p.roles.clone()),
+            ("ci", vec![Role::Agent])
+        );
+        assert_eq!(p.source, Source::LocalToken);
+        let key = t.issue("scanner", &[Role::Compliance], None, true, &by)?;
+        assert!(key.secret.starts_with(API_KEY_PREFIX));
+        assert_eq!(t.check(&key.secret)?.source, Source::ApiKey);
+        t.revoke(&tok.row.id, &by)?;
+        let e = t.check(&tok.secret).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("revoked")), "{e:?}");
+        assert!(matches!(
+            t.check("mcpc_key_nope"),
+            Err(AccessError::UnknownKey)
+        ));
+        assert!(matches!(
+            t.revoke("tok_missing", &by),
+            Err(AccessError::NotFound(_))
+        ));
+        assert!(matches!(
+            t.issue(" ", &[Role::Agent], None, false, &by),
+            Err(AccessError::Invalid { field: "name", .. })
+        ));
+        Ok(())
+    }
+}

@@ -1,0 +1,18 @@
+//! Who is calling over the network and what they may do: the roles and their permissions
+//! (`role.rs`), the principal a request acts as (`principal.rs`), the `[auth]` config
+//! (`config.rs`), and the access tokens and API keys this coordinator issues itself when no
+//! identity provider is set (`local.rs`).
+//!
+//! Stdio has no principal: the assistant that launched the process runs as the OS user, and
+//! the approval gate is what guards it. Over HTTP every request carries one, found by
+//! `crate::http`'s middleware and read by the tool handlers in `crate::server`.
+
+pub mod config;
+pub mod local;
+pub mod principal;
+pub mod role;
+
+pub use config::AuthConfig;
+pub use local::{AccessError, AccessTokens, IssuedAccess};
+pub use principal::{Principal, Source};
+pub use role::{Permission, Role};

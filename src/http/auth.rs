@@ -1,0 +1,126 @@
+//! The bearer check in front of `/mcp`: every request carries `Authorization: Bearer TOKEN`;
+//! the token is this coordinator's own (a local access token or API key) or the identity
+//! provider's, and the principal it names is put in the request for the tool handlers. Without
+//! one, or with one refused, the answer is `401` with a `WWW-Authenticate` challenge naming the
+//! metadata document (MCP authorization, RFC 6750 and RFC 9728).
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::Front;
+use crate::auth::{AccessTokens, Principal};
+
+/// Checks bearer tokens: this coordinator's own, and (when `[auth] issuer` is set) the
+/// identity provider's.
+#[derive(Clone)]
+pub struct Authenticator {
+    local: AccessTokens,
+    issuer: Option<String>,
+}
+
+/// Why a request was not let in, as the challenge says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No `Authorization: Bearer` header (RFC 6750 §3.1: no error code then).
+    Missing,
+    /// A token was given and refused: why, for `error_description`.
+    Invalid(String),
+}
+
+impl Authenticator {
+    pub fn new(local: AccessTokens, issuer: Option<String>) -> Self {
+        Authenticator { local, issuer }
+    }
+
+    /// The identity provider's issuer, when one is configured.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
+    pub fn local(&self) -> &AccessTokens {
+        &self.local
+    }
+
+    /// The principal `bearer` names, or why it is refused.
+    pub async fn principal(&self, bearer: &str) -> Result<Principal, Refusal> {
+        if self.local.is_ours(bearer) {
+            // A point lookup of the token's row (revocation); cheap, but it is database work.
+            let local = self.local.clone();
+            let bearer = bearer.to_string();
+            return tokio::task::spawn_blocking(move || local.check(&bearer))
+                .await
+                .map_err(|_| Refusal::Invalid("the token could not be checked".into()))?
+                .map_err(|e| Refusal::Invalid(e.to_string()));
+        }
+        Err(Refusal::Invalid(match &self.issuer {
+            Some(_) => "the token is neither this coordinator's nor the identity provider's".into(),
+            None => "the token is not one this coordinator issued, and no identity provider is \
+                     configured ([auth] issuer)"
+                .into(),
+        }))
+    }
+}
+
+/// The bearer value of `Authorization`, if the header is there and says `Bearer`.
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The middleware: finds the principal or answers `401`.
+pub async fn require_bearer(
+    State(front): State<Front>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let found = match bearer(&request) {
+        None => Err(Refusal::Missing),
+        Some(token) => front.auth().principal(token).await,
+    };
+    match found {
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Err(refusal) => unauthorized(&front, &refusal),
+    }
+}
+
+/// `401` with the challenge: `Bearer resource_metadata="..."`, and for a refused token
+/// `error="invalid_token"` with why.
+pub fn unauthorized(front: &Front, refusal: &Refusal) -> Response {
+    let mut challenge = format!("Bearer resource_metadata=\"{}\"", front.metadata_url());
+    let body = match refusal {
+        Refusal::Missing => {
+            "this endpoint needs `Authorization: Bearer TOKEN`; see the metadata document named in \
+             WWW-Authenticate"
+                .to_string()
+        }
+        Refusal::Invalid(why) => {
+            // Quotes and backslashes would end the quoted string early.
+            let why_quoted: String = why
+                .chars()
+                .map(|c| if c == '"' || c == '\\' { '\'' } else { c })
+                .collect();
+            challenge.push_str(&format!(
+                ", error=\"invalid_token\", error_description=\"{why_quoted}\""
+            ));
+            format!("the bearer token was refused: {why}")
+        }
+    };
+    let mut response = (StatusCode::UNAUTHORIZED, body).into_response();
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    response
+}

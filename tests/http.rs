@@ -1,0 +1,100 @@
+//! MCP over streamable HTTP (`serve --http`): the bearer check and its challenge, the metadata
+//! document, rmcp's HTTP client in both eras with a local token, and a revoked token refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::http::{HttpServer, connect_http, issue_token};
+use common::{ERAS, call_ok, data_dir};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_answer_is_401_naming_the_metadata() {
+    let dir = data_dir();
+    let server = HttpServer::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let r = http
+        .post(&server.mcp)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let metadata = format!("{}.well-known/oauth-protected-resource", server.base);
+    assert_eq!(
+        challenge,
+        format!("Bearer resource_metadata=\"{metadata}\"")
+    );
+    let doc: serde_json::Value = http
+        .get(&metadata)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(doc["resource"], json!(server.mcp));
+    assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+
+    // A token that is not one of ours, with no provider configured.
+    let r = http
+        .post(&server.mcp)
+        .bearer_auth("not-a-token")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_token_calls_tools_in_both_eras_until_revoked() {
+    let dir = data_dir();
+    let token = issue_token(dir.path(), &["admin"], "tester", &[]);
+    let server = HttpServer::start(dir.path(), &[]);
+    for era in ERAS {
+        let client = connect_http(&server.mcp, &token, era).await;
+        let status = call_ok(client.peer(), "coordinator_status", json!({})).await;
+        assert!(status.get("version").is_some(), "{era:?}: {status}");
+        client.cancel().await.expect("close");
+    }
+    let (_, list, _) = common::cli(dir.path(), &["token", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).expect("json");
+    let id = list[0]["id"].as_str().expect("id").to_string();
+    let (code, _, err) = common::cli(dir.path(), &["token", "revoke", &id]);
+    assert_eq!(code, 0, "{err}");
+    let r = reqwest::Client::new()
+        .post(&server.mcp)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 401);
+    let challenge = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(challenge.contains("revoked"), "{challenge}");
+}
