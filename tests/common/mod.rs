@@ -4,6 +4,7 @@
 
 pub mod console;
 pub mod http;
+pub mod idp;
 pub mod setup;
 
 use std::path::{Path, PathBuf};
