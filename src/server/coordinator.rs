@@ -2,19 +2,16 @@
 //! the audit queue and the background workers; how it is built from the settings, and the
 //! helpers the handler (`mod.rs`) and the tool routers share.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rmcp::ErrorData;
 use rmcp::model::{RequestStateCodec, RequestStateError, Tool};
-use rmcp::service::{Peer, SubscriptionSink};
-use rmcp::{ErrorData, RoleServer};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::{
-    approvals, assessments, audit_writer, instances, pipelines, queue, registry, remediations,
-    system, tool, toolsets, workers,
+    approvals, assessments, audit_writer, instances, listeners, pipelines, queue, registry,
+    remediations, system, tool, toolsets, workers,
 };
 use crate::agent::{AgentService, TokenError, TokenKeys};
 use crate::approval::ApprovalService;
@@ -44,9 +41,9 @@ pub(super) struct Inner {
     pub(super) assessments: AssessmentService,
     pub(super) remediations: RemediationService,
     pub(super) instances: InstanceService,
-    /// Clients to tell when the tool list changes: initialize-era peers, and 2026-07-28
-    /// `subscriptions/listen` streams that asked for `tools_list_changed`.
-    pub(super) tool_listeners: std::sync::Mutex<(Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)>,
+    /// Clients to tell when the tool list changes, and legacy resource subscriptions, of
+    /// every session this process serves.
+    pub(super) listeners: listeners::Listeners,
     /// Tool-call audit events, written in batches off the calls' path.
     pub(super) audit_queue: audit_writer::AuditQueue,
     /// Everything that runs beside the requests, and how it stops.
@@ -54,8 +51,6 @@ pub(super) struct Inner {
     /// The initialize-era client of this stdio session, once initialized: the fast path of
     /// proxied calls serves only it.
     pub(super) fast_client: std::sync::OnceLock<FastClient>,
-    /// Legacy `resources/subscribe` subscriptions of this process, by URI.
-    pub(super) subscriptions: std::sync::Mutex<HashMap<String, CancellationToken>>,
     /// Seals MRTR `requestState` values. The key is random per process: a state sealed by one
     /// coordinator process is refused by every other.
     pub(super) codec: RequestStateCodec,
@@ -153,11 +148,10 @@ impl Coordinator {
                 assessments,
                 remediations,
                 instances,
-                tool_listeners: std::sync::Mutex::new((Vec::new(), Vec::new())),
+                listeners: listeners::Listeners::default(),
                 audit_queue: audit_writer::AuditQueue::new(),
                 workers: Arc::default(),
                 fast_client: std::sync::OnceLock::new(),
-                subscriptions: std::sync::Mutex::new(HashMap::new()),
                 codec,
                 settings,
                 started: Instant::now(),
@@ -258,13 +252,8 @@ impl Coordinator {
         .map_err(|e| tool::ToolError::new(tool::ErrorCode::Internal, e.to_string()))
     }
 
-    pub(super) fn tool_listeners(
-        &self,
-    ) -> std::sync::MutexGuard<'_, (Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)> {
-        self.inner
-            .tool_listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    pub(super) fn listeners(&self) -> &listeners::Listeners {
+        &self.inner.listeners
     }
 
     pub(super) fn toolsets(&self) -> &toolsets::Toolsets {
