@@ -38,6 +38,22 @@ fn python() -> PathBuf {
     .unwrap_or_else(|e| panic!("cannot make the Python venv for the interop tests:\n{e}"))
 }
 
+/// A config file in `dir` defining the instance type `kid` (the test child), autostarted or
+/// not; its path.
+fn kid_config(dir: &Path, autostart: bool) -> String {
+    let child = common::example_bin("test_child");
+    let config = dir.join("kid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[instance_types.kid]\ncommand = \"{}\"\nautostart = {autostart}\n",
+            child.display()
+        ),
+    )
+    .unwrap();
+    config.display().to_string()
+}
+
 /// `tests/interop/http_parity.py` against `serve --http` with an admin token: every check
 /// passes in both eras.
 #[test]
@@ -45,7 +61,8 @@ fn official_python_sdk_does_over_http_what_it_does_over_stdio() {
     let python = python();
     let dir = data_dir();
     let token = issue_token(dir.path(), &["admin"], "parity-admin", &[]);
-    let server = HttpServer::start(dir.path(), &[]);
+    let config = kid_config(dir.path(), false);
+    let server = HttpServer::start(dir.path(), &["--config", &config]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/http_parity.py");
     let out = Command::new(&python)
         .arg(&script)
@@ -103,8 +120,8 @@ async fn wait_count(what: &str, counter: &AtomicUsize, at_least: usize) {
 }
 
 /// `serve --http 127.0.0.1:0 --stdio`: a stdio client and HTTP clients (both eras) are served
-/// by the one process (same session id in coordinator_status), and a toolset change made over
-/// HTTP tells the stdio client, and one made over stdio tells the HTTP session.
+/// by the one process (same session id in coordinator_status); a child started over HTTP is
+/// announced to the stdio client, and its stop on stdio to the HTTP session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_serves_a_stdio_client_and_http_clients() {
     let dir = data_dir();
@@ -114,6 +131,7 @@ async fn one_process_serves_a_stdio_client_and_http_clients() {
         .arg("--data-dir")
         .arg(dir.path())
         .args(["--log-level", "warn,mcp_coordinator::cli=info"])
+        .args(["--config", &kid_config(dir.path(), false)])
         .args(["serve", "--http", "127.0.0.1:0", "--stdio"])
         .env_remove("MCP_COORDINATOR_DB")
         .env_remove("MCP_COORDINATOR_CONFIG")
@@ -176,7 +194,7 @@ async fn one_process_serves_a_stdio_client_and_http_clients() {
         http.cancel().await.expect("close");
     }
 
-    // A change made over HTTP is heard on stdio, and one made on stdio over HTTP.
+    // A child started over HTTP is heard of on stdio, and stopped on stdio over HTTP.
     let http_counter = Counter::default();
     let config =
         StreamableHttpClientTransportConfig::with_uri(url.as_str()).auth_header(token.clone());
@@ -186,20 +204,23 @@ async fn one_process_serves_a_stdio_client_and_http_clients() {
         .serve_with_lifecycle(transport, ClientLifecycleMode::Initialize)
         .await
         .expect("connect over HTTP");
-    let off = call_ok(http.peer(), "toolsets", json!({"disable": "agents"})).await;
-    assert_eq!(off["changed"], true, "{off}");
+    let started = call_ok(http.peer(), "instance_start", json!({"type": "kid"})).await;
+    assert_eq!(started["status"], "running", "{started}");
     wait_count(
-        "the stdio client, of a change over HTTP",
+        "the stdio client, of a child started over HTTP",
         &stdio_counter.changed,
         1,
     )
     .await;
-    let on = call_ok(stdio.peer(), "toolsets", json!({"enable": "agents"})).await;
-    assert_eq!(on["changed"], true, "{on}");
+    let tools = stdio.peer().list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "kid__echo"), "{tools:?}");
+    let heard = http_counter.changed.load(Ordering::SeqCst);
+    let stopped = call_ok(stdio.peer(), "instance_stop", json!({"instance": "kid"})).await;
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
     wait_count(
-        "the HTTP session, of a change over stdio",
+        "the HTTP session, of a child stopped over stdio",
         &http_counter.changed,
-        2,
+        heard + 1,
     )
     .await;
     http.cancel().await.expect("close");
@@ -212,19 +233,9 @@ async fn one_process_serves_a_stdio_client_and_http_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn children_start_at_once_when_only_http_is_served() {
     let dir = data_dir();
-    let child = common::example_bin("test_child");
-    let config = dir.path().join("autostart.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[instance_types.kid]\ncommand = \"{}\"\nautostart = true\n",
-            child.display()
-        ),
-    )
-    .unwrap();
+    let config = kid_config(dir.path(), true);
     let token = issue_token(dir.path(), &["admin"], "starter", &[]);
-    let config_arg = config.display().to_string();
-    let server = HttpServer::start(dir.path(), &["--config", &config_arg]);
+    let server = HttpServer::start(dir.path(), &["--config", &config]);
     let listening = Instant::now();
     let client = connect_http(&server.mcp, &token, Era::Stateless).await;
     let up = loop {

@@ -9,13 +9,15 @@ For each era (mode="legacy": an initialize-era session; mode="2026-07-28": state
 
  1. connect with `Authorization: Bearer`, list the tools, call coordinator_status (era, and
     the caller named by its token)
- 2. an approval asked in the client: a form elicitation (legacy: `elicitation/create` on the
-    session; 2026-07-28: an input-required result and the retry) approved by the person
+ 2. approvals asked in the client, two clients at once: each person gets one form
+    elicitation about their own client's action (legacy: `elicitation/create` on that
+    session; 2026-07-28: an input-required result and the retry) and approves it
  3. progress and cancellation: a client without elicitation waits on an approval with
     progress notifications, then cancels the call; the server stops waiting (its audit event
     is written at once, not when the wait would have ended) and the approval stays pending
- 4. tools/list_changed: another client turns a toolset off and on; this one is told
-    (legacy: `notifications/tools/list_changed`; 2026-07-28: a `subscriptions/listen` event)
+ 4. tools/list_changed (legacy: `notifications/tools/list_changed`; 2026-07-28: a
+    `subscriptions/listen` event): when another client starts and stops the child instance
+    `kid` (the server's config defines it), and when this client turns a toolset off and on
  5. resource subscriptions: two clients subscribe to the same pipeline run (legacy:
     `resources/subscribe`; 2026-07-28: `subscriptions/listen`); both are told when it moves;
     (legacy) after one unsubscribes, the other still is, and the one that left is not
@@ -222,21 +224,37 @@ async def check_connect(run: Run, e: Expect) -> None:
 
 
 async def check_elicitation(run: Run, e: Expect) -> None:
-    person = Person()
-    async with connect(run, person=person) as client:
-        sc = await tool(client, "approval_request", request_args(run, 2))
-    approval = sc.get("approval") if isinstance(sc.get("approval"), dict) else {}
-    decision = approval.get("decision") or {}
-    e.that(sc.get("state") == "approved", f"state {sc.get('state')!r}")
-    e.that(decision.get("via") == "elicitation_form", f"decision.via {decision.get('via')!r}")
-    e.that(decision.get("reason") == "fine over HTTP", f"decision.reason {decision.get('reason')!r}")
-    e.that(len(person.asked) == 1, f"asked {len(person.asked)} time(s)")
-    if person.request_ids:
-        rid = person.request_ids[0]
-        input_key = isinstance(rid, str) and not rid.isdigit()
-        how = "an input-required result" if input_key else "an elicitation/create request"
-        e.note(f"asked through {how} (request id {rid!r})")
-        e.that(input_key != run.legacy, f"asked through {how} in mode {run.mode}")
+    """Two clients ask at once; each person is asked once, about their own client's action."""
+    people = [Person(), Person()]
+    results: list[dict[str, Any]] = [{}, {}]
+
+    async def ask(i: int) -> None:
+        async with connect(run, person=people[i]) as client:
+            results[i] = await tool(client, "approval_request", request_args(run, 20 + i))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(2):
+            tg.start_soon(ask, i)
+    for i, (person, sc) in enumerate(zip(people, results)):
+        approval = sc.get("approval") if isinstance(sc.get("approval"), dict) else {}
+        decision = approval.get("decision") or {}
+        e.that(sc.get("state") == "approved", f"client {i}: state {sc.get('state')!r}")
+        e.that(approval.get("action") == run.action(20 + i), f"client {i}: action {approval.get('action')!r}")
+        e.that(decision.get("via") == "elicitation_form", f"client {i}: decision.via {decision.get('via')!r}")
+        e.that(decision.get("reason") == "fine over HTTP", f"client {i}: decision.reason {decision.get('reason')!r}")
+        e.that(len(person.asked) == 1, f"client {i}: asked {len(person.asked)} time(s)")
+        mine = f"check {20 + i} ({run.mode})"
+        e.that(
+            all(mine in getattr(p, "message", "") for p in person.asked),
+            f"client {i} was asked about another client's action: {[getattr(p, 'message', '') for p in person.asked]}",
+        )
+        if person.request_ids:
+            rid = person.request_ids[0]
+            input_key = isinstance(rid, str) and not rid.isdigit()
+            how = "an input-required result" if input_key else "an elicitation/create request"
+            e.that(input_key != run.legacy, f"client {i}: asked through {how} in mode {run.mode}")
+            if i == 0:
+                e.note(f"asked through {how} (request id {rid!r})")
 
 
 async def check_progress_and_cancel(run: Run, e: Expect) -> None:
@@ -278,30 +296,46 @@ async def check_progress_and_cancel(run: Run, e: Expect) -> None:
 
 
 async def check_list_changed(run: Run, e: Expect) -> None:
+    """Told when a child starts and stops (another client starts it: a change for everyone),
+    and when this client's own toolsets call changes its list."""
     heard = Heard()
     async with connect(run, heard=heard) as listener, connect(run) as other:
 
-        async def toggle() -> None:
-            off = await tool(other, "toolsets", {"disable": "agents"})
-            on = await tool(other, "toolsets", {"enable": "agents"})
-            e.that(off.get("changed") is True and on.get("changed") is True, f"toolsets changed: {off!r} {on!r}")
+        async def child_comes_and_goes() -> None:
+            started = await tool(other, "instance_start", {"type": "kid"})
+            e.that(started.get("status") == "running", f"instance_start: {started!r}")
+            names = [t.name for t in (await listener.list_tools()).tools]
+            e.that("kid__echo" in names, f"kid__echo not listed while kid runs: {names}")
+            stopped = await tool(other, "instance_stop", {"instance": "kid"})
+            e.that(stopped.get("status") == "stopped", f"instance_stop: {stopped!r}")
+
+        async def own_toolsets() -> None:
+            off = await tool(listener, "toolsets", {"disable": "agents"})
+            on = await tool(listener, "toolsets", {"enable": "agents"})
+            e.that(off.get("changed") is True and on.get("changed") is True, f"toolsets: {off!r} {on!r}")
 
         if run.legacy:
-            # The listener must have a session the server knows before the change.
+            # The listener's session is known to the server once it has asked something.
             await listener.list_tools()
-            await toggle()
-            e.that(await heard.wait_for(LIST_CHANGED, at_least=2), f"heard {heard.messages}")
+            await child_comes_and_goes()
+            e.that(await heard.wait_for(LIST_CHANGED, at_least=2), f"child start and stop: heard {heard.messages}")
+            before = heard.count(LIST_CHANGED)
+            await own_toolsets()
+            e.that(
+                await heard.wait_for(LIST_CHANGED, at_least=before + 2), f"own toolsets: heard {heard.messages}"
+            )
             e.note(f"heard {heard.count(LIST_CHANGED)} {LIST_CHANGED}")
         else:
-            events: list[Any] = []
-            async with listener.listen(tools_list_changed=True) as sub:
-                await toggle()
-                with anyio.move_on_after(SIGNAL_TIMEOUT_SECONDS):
-                    async for event in sub:
-                        events.append(event)
-                        break
-            e.that(bool(events), "no subscriptions/listen event for the tool list")
-            e.note(f"events {events!r}")
+            for label, change in (("child start and stop", child_comes_and_goes), ("own toolsets", own_toolsets)):
+                events: list[Any] = []
+                async with listener.listen(tools_list_changed=True) as sub:
+                    await change()
+                    with anyio.move_on_after(SIGNAL_TIMEOUT_SECONDS):
+                        async for event in sub:
+                            events.append(event)
+                            break
+                e.that(bool(events), f"{label}: no subscriptions/listen event for the tool list")
+                e.note(f"{label}: {events!r}")
 
 
 @dataclass
@@ -413,9 +447,9 @@ async def main() -> int:
         run = Run(mode, args.binary, args.data_dir, args.url, args.token, args.token_name)
         checks: list[tuple[str, Callable[[Expect], Awaitable[None]]]] = [
             ("1 bearer: tools/list and a call", lambda e: check_connect(run, e)),
-            ("2 approval asked in the client and approved", lambda e: check_elicitation(run, e)),
+            ("2 two clients at once: each asked about its own approval", lambda e: check_elicitation(run, e)),
             ("3 progress while waiting; the client cancels, the server stops", lambda e: check_progress_and_cancel(run, e)),
-            ("4 another client changes the toolsets: tools/list_changed", lambda e: check_list_changed(run, e)),
+            ("4 tools/list_changed: a child starts and stops; own toolsets", lambda e: check_list_changed(run, e)),
             (
                 "5 two clients subscribe to one run: both told; one leaves, the other still is",
                 lambda e: (check_subscriptions_legacy if run.legacy else check_subscriptions_modern)(run, e),
