@@ -360,3 +360,52 @@ async fn a_long_run_is_a_task_over_http() {
         c.cancel().await.expect("close");
     }
 }
+
+/// Names of the tools `client` is offered.
+async fn offered(client: &common::Client) -> Vec<String> {
+    let tools = client.peer().list_all_tools().await.expect("tools/list");
+    tools.into_iter().map(|t| t.name.to_string()).collect()
+}
+
+/// Toolsets are a connection's choice (README, Toolsets): over HTTP an initialize-era session
+/// turning one off changes its own list only, not another session's; a stateless caller's
+/// choice holds across its requests (one per principal) and not for another principal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn toolsets_are_each_connections_own_over_http() {
+    let dir = data_dir();
+    let alice = issue_token(dir.path(), &["admin"], "alice", &[]);
+    let bob = issue_token(dir.path(), &["admin"], "bob", &[]);
+    let server = HttpServer::start(dir.path(), &[]);
+    let has = |tools: &[String], name: &str| tools.iter().any(|t| t == name);
+
+    let a = connect_http(&server.mcp, &alice, Era::Legacy).await;
+    let b = connect_http(&server.mcp, &alice, Era::Legacy).await;
+    let off = call_ok(a.peer(), "toolsets", json!({"disable": "agents"})).await;
+    assert_eq!(off["changed"], true, "{off}");
+    assert!(!has(&offered(&a).await, "task_submit"), "a still offers it");
+    assert!(
+        has(&offered(&b).await, "task_submit"),
+        "session a's choice changed session b's tools"
+    );
+    let refused = common::call(a.peer(), "task_submit", json!({"kind": "x"}))
+        .await
+        .expect("a result");
+    assert_eq!(refused.is_error, Some(true), "{refused:?}");
+    call_ok(b.peer(), "task_submit", json!({"kind": "x"})).await;
+
+    let s1 = connect_http(&server.mcp, &alice, Era::Stateless).await;
+    call_ok(s1.peer(), "toolsets", json!({"disable": "pipelines"})).await;
+    let s2 = connect_http(&server.mcp, &alice, Era::Stateless).await;
+    let s3 = connect_http(&server.mcp, &bob, Era::Stateless).await;
+    assert!(
+        !has(&offered(&s2).await, "pipeline_run"),
+        "a stateless caller's choice did not hold for its next connection"
+    );
+    assert!(
+        has(&offered(&s3).await, "pipeline_run"),
+        "alice's stateless choice changed bob's tools"
+    );
+    for c in [a, b, s1, s2, s3] {
+        c.cancel().await.expect("close");
+    }
+}

@@ -31,6 +31,9 @@ use crate::task::TaskService;
 #[derive(Clone)]
 pub struct Coordinator {
     pub(super) inner: Arc<Inner>,
+    /// The toolsets of the connection this value serves, once bound (`bind_toolsets`): an
+    /// HTTP session's own, or a stateless HTTP caller's. Unbound (stdio), the process's.
+    scope: Arc<std::sync::OnceLock<Arc<toolsets::Toolsets>>>,
 }
 
 pub(super) struct Inner {
@@ -64,8 +67,12 @@ pub(super) struct Inner {
     /// The OS user running this process (`NAME@HOST`): who launched the assistant.
     pub(super) os_user: String,
     pub(super) tools: registry::Registry,
-    /// The toolsets this process's connection is offered.
+    /// The toolsets the stdio connection is offered.
     pub(super) toolsets: toolsets::Toolsets,
+    /// Over stateless HTTP (no connection to keep a choice in): each principal's toolsets, by
+    /// subject.
+    principal_toolsets:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<toolsets::Toolsets>>>,
     /// Tool calls and their latency by tool, shared with this process's console (`/metrics`).
     pub(super) tool_calls: Arc<ToolCalls>,
 }
@@ -160,9 +167,11 @@ impl Coordinator {
                 session_id,
                 os_user: crate::audit::Actor::os_user().id,
                 toolsets: offered,
+                principal_toolsets: std::sync::Mutex::default(),
                 tools,
                 tool_calls,
             }),
+            scope: Arc::default(),
         })
     }
 
@@ -256,8 +265,45 @@ impl Coordinator {
         &self.inner.listeners
     }
 
+    /// The toolsets of the connection this value serves (see `bind_toolsets`).
     pub(super) fn toolsets(&self) -> &toolsets::Toolsets {
-        &self.inner.toolsets
+        self.scope.get().map_or(&self.inner.toolsets, |t| t)
+    }
+
+    /// This coordinator for one HTTP session or stateless request (rmcp asks for one per
+    /// each): the same state, with toolsets of its own once bound.
+    pub fn for_http(&self) -> Self {
+        Coordinator {
+            inner: self.inner.clone(),
+            scope: Arc::default(),
+        }
+    }
+
+    /// Binds the toolsets of the connection a request arrived on, before anything reads them:
+    /// an initialize-era HTTP session gets its own (this value serves that session alone);
+    /// a stateless HTTP request gets its principal's, kept across its requests. Stdio keeps
+    /// the process's: one connection per process.
+    pub(super) fn bind_toolsets(&self, extensions: &rmcp::model::Extensions) {
+        let Some(parts) = extensions.get::<http::request::Parts>() else {
+            return;
+        };
+        if self.scope.get().is_some() {
+            return;
+        }
+        let initial = &self.inner.settings.config.tools.toolsets;
+        let principal = parts.extensions.get::<crate::auth::Principal>();
+        let sets = match principal {
+            Some(p) if !parts.headers.contains_key("mcp-session-id") => self
+                .inner
+                .principal_toolsets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(p.subject.clone())
+                .or_insert_with(|| Arc::new(toolsets::Toolsets::new(initial)))
+                .clone(),
+            _ => Arc::new(toolsets::Toolsets::new(initial)),
+        };
+        let _ = self.scope.set(sets);
     }
 
     /// How many tools `toolset` holds here, and whether the config switched some off.

@@ -81,6 +81,7 @@ impl ServerHandler for Coordinator {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        self.bind_toolsets(&context.extensions);
         let modern =
             session::era_of(context.protocol_version().as_ref()) == session::Era::Stateless;
         let mut result = ListToolsResult::with_all_items(self.offered_tools());
@@ -249,6 +250,7 @@ impl ServerHandler for Coordinator {
         mut context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let started = Instant::now();
+        self.bind_toolsets(&context.extensions);
         let name = request.name.to_string();
         let quiet = session::Quiet::default();
         context.extensions.insert(quiet.clone());
