@@ -287,3 +287,124 @@ fn inspector_cli_lists_the_tools_and_calls_them() {
     let arguments: Value = serde_json::from_str(&arguments).unwrap();
     assert_eq!(arguments, json!({"limit": 5}));
 }
+
+/// One Inspector CLI run against a URL: `inspector --cli --format json <args> <url>`; its exit
+/// status, the JSON envelope it printed (`{"result": ...}` on stdout or `{"error": ...}` on
+/// stderr) and the whole run for a failure message.
+fn inspect_http(
+    (node, launcher): &(PathBuf, PathBuf),
+    home: &Path,
+    args: &[&str],
+    url: &str,
+) -> (std::process::ExitStatus, Value, String) {
+    let mut cmd = Command::new(node);
+    cmd.arg(launcher)
+        .args(["--cli", "--format", "json"])
+        // Never the interactive OAuth flow a 401 would otherwise start: the test has no person.
+        .arg("--stored-auth-only")
+        .args(args)
+        .arg(url)
+        .env("HOME", home)
+        .env_remove("MCP_CATALOG_PATH")
+        .env_remove("MCP_CLIENT_CONFIG_PATH")
+        .stdin(Stdio::null());
+    let out = cmd.output().expect("run the Inspector");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // A result on stdout; an error envelope on stderr's last line.
+    let envelope: Value = serde_json::from_str(stdout.trim())
+        .or_else(|_| serde_json::from_str(stderr.lines().last().unwrap_or_default()))
+        .unwrap_or(Value::Null);
+    let shown = format!("{cmd:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    (out.status, envelope, shown)
+}
+
+/// The Inspector CLI over streamable HTTP (`serve --http`) with `--header "Authorization:
+/// Bearer ..."`: it lists the tools and calls `coordinator_status` in both eras, named by its
+/// token; without a token, or with one that is not ours, it is refused with our 401's reason.
+#[test]
+fn inspector_cli_over_http_with_a_bearer_token() {
+    let inspector = install();
+    let dir = common::data_dir();
+    let home = dir.path().join("home");
+    let token = common::http::issue_token(dir.path(), &["admin"], "inspector-user", &[]);
+    let server = common::http::HttpServer::start(dir.path(), &[]);
+    let bearer = format!("Authorization: Bearer {token}");
+    let with_token = ["--transport", "http", "--header", bearer.as_str()];
+
+    let (status, list, shown) = inspect_http(
+        &inspector,
+        &home,
+        &[&with_token[..], &["--method", "tools/list"]].concat(),
+        &server.mcp,
+    );
+    assert!(status.success(), "tools/list over HTTP: {shown}");
+    let names: Vec<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools: {shown}"))
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    for wanted in ["coordinator_status", "approval_request", "task_submit"] {
+        assert!(names.contains(&wanted), "{wanted} not listed: {names:?}");
+    }
+
+    for (era_args, era, version) in [
+        (&[][..], "legacy", None),
+        (
+            &["--protocol-era", "modern"][..],
+            "stateless",
+            Some("2026-07-28"),
+        ),
+    ] {
+        let args = [
+            &with_token[..],
+            &[
+                "--method",
+                "tools/call",
+                "--tool-name",
+                "coordinator_status",
+            ],
+            era_args,
+        ]
+        .concat();
+        let (status, call, shown) = inspect_http(&inspector, &home, &args, &server.mcp);
+        assert!(status.success(), "tools/call over HTTP ({era}): {shown}");
+        let content = &call["result"]["structuredContent"];
+        assert_eq!(call["result"]["isError"], false, "{shown}");
+        assert_eq!(content["era"], era, "{shown}");
+        if let Some(version) = version {
+            assert_eq!(content["protocol_version"], version, "{shown}");
+        }
+        let client = content["client"].as_str().unwrap_or_default();
+        assert!(
+            client.contains("inspector") && client.contains("inspector-user"),
+            "the caller is not the Inspector as the token's principal: {client}"
+        );
+    }
+
+    // Refused: no token, and a token that is not ours; each names why (our 401 body).
+    for (args, why) in [
+        (&["--method", "tools/list"][..], "Authorization: Bearer"),
+        (
+            &[
+                "--transport",
+                "http",
+                "--header",
+                "Authorization: Bearer not-a-token",
+                "--method",
+                "tools/list",
+            ][..],
+            "not one this coordinator issued",
+        ),
+    ] {
+        let (status, refused, shown) = inspect_http(&inspector, &home, args, &server.mcp);
+        assert!(!status.success(), "not refused: {shown}");
+        assert_eq!(refused["error"]["code"], "auth_required", "{shown}");
+        let message = refused["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(why),
+            "the refusal does not say why: {shown}"
+        );
+    }
+}

@@ -2,19 +2,16 @@
 //! the audit queue and the background workers; how it is built from the settings, and the
 //! helpers the handler (`mod.rs`) and the tool routers share.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use rmcp::ErrorData;
 use rmcp::model::{RequestStateCodec, RequestStateError, Tool};
-use rmcp::service::{Peer, SubscriptionSink};
-use rmcp::{ErrorData, RoleServer};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 use super::{
-    approvals, assessments, audit_writer, instances, pipelines, queue, registry, remediations,
-    system, tool, toolsets, workers,
+    approvals, assessments, audit_writer, instances, listeners, pipelines, queue, registry,
+    remediations, system, tool, toolsets, workers,
 };
 use crate::agent::{AgentService, TokenError, TokenKeys};
 use crate::approval::ApprovalService;
@@ -34,6 +31,9 @@ use crate::task::TaskService;
 #[derive(Clone)]
 pub struct Coordinator {
     pub(super) inner: Arc<Inner>,
+    /// The toolsets of the connection this value serves, once bound (`bind_toolsets`): an
+    /// HTTP session's own, or a stateless HTTP caller's. Unbound (stdio), the process's.
+    scope: Arc<std::sync::OnceLock<Arc<toolsets::Toolsets>>>,
 }
 
 pub(super) struct Inner {
@@ -44,9 +44,9 @@ pub(super) struct Inner {
     pub(super) assessments: AssessmentService,
     pub(super) remediations: RemediationService,
     pub(super) instances: InstanceService,
-    /// Clients to tell when the tool list changes: initialize-era peers, and 2026-07-28
-    /// `subscriptions/listen` streams that asked for `tools_list_changed`.
-    pub(super) tool_listeners: std::sync::Mutex<(Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)>,
+    /// Clients to tell when the tool list changes, and legacy resource subscriptions, of
+    /// every session this process serves.
+    pub(super) listeners: listeners::Listeners,
     /// Tool-call audit events, written in batches off the calls' path.
     pub(super) audit_queue: audit_writer::AuditQueue,
     /// Everything that runs beside the requests, and how it stops.
@@ -54,8 +54,6 @@ pub(super) struct Inner {
     /// The initialize-era client of this stdio session, once initialized: the fast path of
     /// proxied calls serves only it.
     pub(super) fast_client: std::sync::OnceLock<FastClient>,
-    /// Legacy `resources/subscribe` subscriptions of this process, by URI.
-    pub(super) subscriptions: std::sync::Mutex<HashMap<String, CancellationToken>>,
     /// Seals MRTR `requestState` values. The key is random per process: a state sealed by one
     /// coordinator process is refused by every other.
     pub(super) codec: RequestStateCodec,
@@ -69,8 +67,12 @@ pub(super) struct Inner {
     /// The OS user running this process (`NAME@HOST`): who launched the assistant.
     pub(super) os_user: String,
     pub(super) tools: registry::Registry,
-    /// The toolsets this process's connection is offered.
+    /// The toolsets the stdio connection is offered.
     pub(super) toolsets: toolsets::Toolsets,
+    /// Over stateless HTTP (no connection to keep a choice in): each principal's toolsets, by
+    /// subject.
+    principal_toolsets:
+        std::sync::Mutex<std::collections::HashMap<String, Arc<toolsets::Toolsets>>>,
     /// Tool calls and their latency by tool, shared with this process's console (`/metrics`).
     pub(super) tool_calls: Arc<ToolCalls>,
 }
@@ -153,11 +155,10 @@ impl Coordinator {
                 assessments,
                 remediations,
                 instances,
-                tool_listeners: std::sync::Mutex::new((Vec::new(), Vec::new())),
+                listeners: listeners::Listeners::default(),
                 audit_queue: audit_writer::AuditQueue::new(),
                 workers: Arc::default(),
                 fast_client: std::sync::OnceLock::new(),
-                subscriptions: std::sync::Mutex::new(HashMap::new()),
                 codec,
                 settings,
                 started: Instant::now(),
@@ -166,9 +167,11 @@ impl Coordinator {
                 session_id,
                 os_user: crate::audit::Actor::os_user().id,
                 toolsets: offered,
+                principal_toolsets: std::sync::Mutex::default(),
                 tools,
                 tool_calls,
             }),
+            scope: Arc::default(),
         })
     }
 
@@ -258,17 +261,49 @@ impl Coordinator {
         .map_err(|e| tool::ToolError::new(tool::ErrorCode::Internal, e.to_string()))
     }
 
-    pub(super) fn tool_listeners(
-        &self,
-    ) -> std::sync::MutexGuard<'_, (Vec<Peer<RoleServer>>, Vec<SubscriptionSink>)> {
-        self.inner
-            .tool_listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+    pub(super) fn listeners(&self) -> &listeners::Listeners {
+        &self.inner.listeners
     }
 
+    /// The toolsets of the connection this value serves (see `bind_toolsets`).
     pub(super) fn toolsets(&self) -> &toolsets::Toolsets {
-        &self.inner.toolsets
+        self.scope.get().map_or(&self.inner.toolsets, |t| t)
+    }
+
+    /// This coordinator for one HTTP session or stateless request (rmcp asks for one per
+    /// each): the same state, with toolsets of its own once bound.
+    pub fn for_http(&self) -> Self {
+        Coordinator {
+            inner: self.inner.clone(),
+            scope: Arc::default(),
+        }
+    }
+
+    /// Binds the toolsets of the connection a request arrived on, before anything reads them:
+    /// an initialize-era HTTP session gets its own (this value serves that session alone);
+    /// a stateless HTTP request gets its principal's, kept across its requests. Stdio keeps
+    /// the process's: one connection per process.
+    pub(super) fn bind_toolsets(&self, extensions: &rmcp::model::Extensions) {
+        let Some(parts) = extensions.get::<http::request::Parts>() else {
+            return;
+        };
+        if self.scope.get().is_some() {
+            return;
+        }
+        let initial = &self.inner.settings.config.tools.toolsets;
+        let principal = parts.extensions.get::<crate::auth::Principal>();
+        let sets = match principal {
+            Some(p) if !parts.headers.contains_key("mcp-session-id") => self
+                .inner
+                .principal_toolsets
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(p.subject.clone())
+                .or_insert_with(|| Arc::new(toolsets::Toolsets::new(initial)))
+                .clone(),
+            _ => Arc::new(toolsets::Toolsets::new(initial)),
+        };
+        let _ = self.scope.set(sets);
     }
 
     /// How many tools `toolset` holds here, and whether the config switched some off.

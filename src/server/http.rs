@@ -1,5 +1,6 @@
 //! MCP over streamable HTTP: rmcp's service for `/mcp`, with this process's one coordinator
-//! behind every session (sessions for initialize-era clients, stateless 2026-07-28 requests).
+//! behind every session (sessions for initialize-era clients, stateless 2026-07-28 requests),
+//! each session with toolsets of its own.
 //! The listener, authentication and limits around it are `crate::http`'s; this file is where
 //! rmcp meets them.
 
@@ -41,5 +42,10 @@ pub fn mcp_service(coordinator: Coordinator, options: McpHttpOptions) -> McpServ
         .enforce_origin_validation()
         .with_max_request_body_bytes(options.max_request_bytes)
         .with_cancellation_token(options.stop);
-    StreamableHttpService::new(move || Ok(coordinator.clone()), Arc::new(sessions), config)
+    // One value per session (and per stateless request): each keeps its connection's toolsets.
+    StreamableHttpService::new(
+        move || Ok(coordinator.for_http()),
+        Arc::new(sessions),
+        config,
+    )
 }

@@ -22,30 +22,19 @@ pub(super) async fn tool_list_changes(c: Coordinator) {
 
 /// Tells every listening client that `tools/list` changed: initialize-era peers with
 /// `notifications/tools/list_changed`, 2026-07-28 `subscriptions/listen` streams with its
-/// event. Streams that are gone are dropped.
+/// event. Sessions that are gone are dropped (`listeners.rs`).
 pub(super) async fn announce_tool_list_changed(c: &Coordinator) {
-    let (peers, sinks) = {
-        let l = c.tool_listeners();
-        (l.0.clone(), l.1.clone())
-    };
+    let (peers, sinks) = c.listeners().tool_listeners();
     for peer in peers {
         if let Err(e) = peer.notify_tool_list_changed().await {
             tracing::debug!(error = %e, "could not send tools/list_changed");
         }
     }
-    let mut dead = Vec::new();
-    for (i, sink) in sinks.iter().enumerate() {
-        if sink.notify_tool_list_changed().await.is_err() {
-            dead.push(i);
+    // A stream that ended is taken off the list by its `listen` (a guard it holds).
+    for sink in sinks {
+        if let Err(e) = sink.notify_tool_list_changed().await {
+            tracing::debug!(error = %e, "could not send a tools/list_changed event");
         }
-    }
-    if !dead.is_empty() {
-        let mut l = c.tool_listeners();
-        let mut i = 0;
-        l.1.retain(|_| {
-            i += 1;
-            !dead.contains(&(i - 1))
-        });
     }
 }
 
@@ -105,6 +94,11 @@ pub async fn run(
     let workers = coordinator.workers().clone();
     workers.start(&coordinator)?;
     coordinator.instances().start_reaper();
+    if stdio.is_none() {
+        // MCP over HTTP only: no one client's start to keep clear of, and no stdio answer
+        // will ever come; children start now rather than after the 2 s fallback.
+        coordinator.inner.answered.send_replace(true);
+    }
     coordinator
         .instances()
         .restore_and_autostart(coordinator.clone().client_settled());

@@ -15,6 +15,7 @@ pub mod http;
 mod instances;
 mod jsonrpc;
 mod lifecycle;
+mod listeners;
 mod pipelines;
 mod queue;
 mod registry;
@@ -80,6 +81,7 @@ impl ServerHandler for Coordinator {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        self.bind_toolsets(&context.extensions);
         let modern =
             session::era_of(context.protocol_version().as_ref()) == session::Era::Stateless;
         let mut result = ListToolsResult::with_all_items(self.offered_tools());
@@ -123,15 +125,9 @@ impl ServerHandler for Coordinator {
     ) -> Result<(), ErrorData> {
         let run_id = resources::check(self, &request.uri).await?;
         let stop = CancellationToken::new();
-        let previous = self
-            .inner
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(request.uri.clone(), stop.clone());
-        if let Some(previous) = previous {
-            previous.cancel();
-        }
+        let session = session::session_key(&context.extensions);
+        self.listeners()
+            .subscribe(&session, &request.uri, stop.clone());
         self.workers().spawn(resources::watch_run(
             self.clone(),
             run_id,
@@ -145,17 +141,10 @@ impl ServerHandler for Coordinator {
     async fn unsubscribe(
         &self,
         request: UnsubscribeRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        if let Some(stop) = self
-            .inner
-            .subscriptions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&request.uri)
-        {
-            stop.cancel();
-        }
+        let session = session::session_key(&context.extensions);
+        self.listeners().unsubscribe(&session, &request.uri);
         Ok(())
     }
 
@@ -175,9 +164,8 @@ impl ServerHandler for Coordinator {
     }
 
     async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
-        if context.accepted().tools_list_changed == Some(true) {
-            self.tool_listeners().1.push(context.sink().clone());
-        }
+        let _listening = (context.accepted().tools_list_changed == Some(true))
+            .then(|| self.listeners().add_sink(context.sink().clone()));
         let stop = CancellationToken::new();
         let _stop_all = stop.clone().drop_guard();
         for uri in context
@@ -229,7 +217,7 @@ impl ServerHandler for Coordinator {
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // The fast path is stdio's alone: an HTTP session must not become its client.
         if session::over_http(&context.extensions) {
-            self.tool_listeners().0.push(context.peer);
+            self.listeners().add_peer(context.peer);
             return;
         }
         if let Some(info) = context.peer.peer_info() {
@@ -241,7 +229,7 @@ impl ServerHandler for Coordinator {
                 protocol_version: info.protocol_version.to_string(),
             });
         }
-        self.tool_listeners().0.push(context.peer);
+        self.listeners().add_peer(context.peer);
     }
 
     /// Methods rmcp does not know, and methods it knows whose params it could not read.
@@ -262,6 +250,7 @@ impl ServerHandler for Coordinator {
         mut context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let started = Instant::now();
+        self.bind_toolsets(&context.extensions);
         let name = request.name.to_string();
         let quiet = session::Quiet::default();
         context.extensions.insert(quiet.clone());

@@ -119,6 +119,8 @@ impl Target {
 /// Sends `notifications/resources/updated` for one run each time it changes, until `stop`
 /// is cancelled, the client is gone, or the run has ended (after telling it so).
 pub async fn watch_run(c: Coordinator, run_id: String, target: Target, stop: CancellationToken) {
+    // However it ends, the subscription is over: its entry is dropped at the next subscribe.
+    let _ended = stop.clone().drop_guard();
     let uri = run_uri(&run_id);
     let mut changes = c.pipelines().watch();
     let stamp_of = |c: &Coordinator, id: String| {

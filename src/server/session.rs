@@ -147,6 +147,18 @@ pub fn over_http(extensions: &rmcp::model::Extensions) -> bool {
     extensions.get::<http::request::Parts>().is_some()
 }
 
+/// Which session a request belongs to, as a key: over HTTP the `Mcp-Session-Id` rmcp gave the
+/// client at initialize; on stdio (one session per process) the empty string. Not logged: it
+/// names a live session.
+pub fn session_key(extensions: &rmcp::model::Extensions) -> String {
+    extensions
+        .get::<http::request::Parts>()
+        .and_then(|parts| parts.headers.get("mcp-session-id"))
+        .and_then(|v| v.to_str().ok())
+        .map(|v| format!("http:{v}"))
+        .unwrap_or_default()
+}
+
 /// Stateless from 2026-07-28 on; ISO dates compare lexically as they do in time.
 pub fn era_of(version: Option<&ProtocolVersion>) -> Era {
     match version {

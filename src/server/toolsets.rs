@@ -3,7 +3,9 @@
 //!
 //! A connection starts with the config's `tools.toolsets` (or `--toolsets`); enabling a
 //! toolset changes only what this connection lists and may call, never the world, so it asks
-//! nobody. Over stdio a process serves one connection, so the choice is the process's.
+//! nobody. Over stdio a process serves one connection, so the choice is the process's; over
+//! HTTP each initialize-era session has its own, and a stateless (2026-07-28) caller, having
+//! no connection to keep it in, has one per principal (`Coordinator::bind_toolsets`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
