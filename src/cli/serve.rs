@@ -91,6 +91,11 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if serve_stdio && std::io::stdin().is_terminal() {
         banner(&settings);
     }
+    let serving = match (&listening, serve_stdio) {
+        (Listening::Http { .. }, true) => "serving MCP on stdio and over HTTP",
+        (Listening::Http { .. }, false) => "serving MCP over HTTP",
+        _ => "serving MCP on stdio",
+    };
     tracing::info!(
         db = %settings.db.display(),
         data_dir = %settings.data_dir.display(),
@@ -100,7 +105,7 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             _ => "off".to_string(),
         },
         stdio = serve_stdio,
-        "serving MCP"
+        "{serving}"
     );
     warn_if_unprotected(&settings, &audit);
     // Orphans of child servers come to us rather than to init, so that they can be killed
