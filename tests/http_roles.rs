@@ -233,3 +233,49 @@ async fn an_approval_requested_by_an_installer_names_the_installer() {
         .expect("approval.requested event");
     assert_eq!(actor, requester);
 }
+
+/// A pipeline's approval stage is asked for by the engine on behalf of whoever started the
+/// run: over HTTP the approval names that principal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_stage_approval_names_who_started_the_run() {
+    let dir = data_dir();
+    let token = issue_token(dir.path(), &["admin"], "ops-lead", &[]);
+    let server = HttpServer::start(dir.path(), &[]);
+    let client = connect_http(&server.mcp, &token, Era::Legacy).await;
+    let c = client.peer();
+    call_ok(
+        c,
+        "pipeline_create",
+        json!({"name": "gated",
+               "stages": [{"name": "sign-off", "type": "review", "approval": true, "risk": "high"},
+                          {"name": "deploy", "type": "etl"}],
+               "dependencies": [{"from": "sign-off", "to": "deploy"}]}),
+    )
+    .await;
+    let run = call_ok(c, "pipeline_run", json!({"pipeline": "gated"})).await;
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let mut found = None;
+    for _ in 0..100 {
+        let page = call_ok(
+            c,
+            "approval_list",
+            json!({"state": "pending", "kind": "pipeline_stage"}),
+        )
+        .await;
+        if let Some(a) = page["approvals"].as_array().and_then(|a| a.first()) {
+            found = Some(a.clone());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let approval = found.expect("the stage asks for an approval");
+    let by = approval["requested_by"].as_str().unwrap();
+    assert!(
+        by.starts_with(&format!(
+            "system:mcp-coordinator (run {run_id} started by client:"
+        )),
+        "{by}"
+    );
+    assert!(by.contains(" as ops-lead (sub "), "{by}");
+    client.cancel().await.expect("close");
+}
