@@ -269,6 +269,28 @@ async fn a_pipeline_stage_approval_names_who_started_the_run() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let approval = found.expect("the stage asks for an approval");
+    // The run is a resource an installer may not read (it needs pipeline_run_get's permission).
+    let inst_token = issue_token(dir.path(), &["installer"], "inst", &[]);
+    let inst = connect_http(&server.mcp, &inst_token, Era::Legacy).await;
+    let uri = format!("coordinator://pipeline-runs/{run_id}");
+    let seen = inst
+        .peer()
+        .list_all_resources()
+        .await
+        .expect("resources/list");
+    assert!(seen.is_empty(), "{seen:?}");
+    let err = inst
+        .peer()
+        .read_resource(rmcp::model::ReadResourceRequestParams::new(uri.clone()))
+        .await
+        .expect_err("an installer reads a run");
+    assert!(
+        err.to_string().contains("`operate`") && err.to_string().contains("installer"),
+        "{err}"
+    );
+    inst.cancel().await.expect("close");
+    let own = c.list_all_resources().await.expect("resources/list");
+    assert!(own.iter().any(|r| r.uri == uri), "{own:?}");
     let by = approval["requested_by"].as_str().unwrap();
     assert!(
         by.starts_with(&format!(

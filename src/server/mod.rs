@@ -194,12 +194,16 @@ impl ServerHandler for Coordinator {
         }
         let stop = CancellationToken::new();
         let _stop_all = stop.clone().drop_guard();
-        for uri in context
-            .accepted()
-            .resource_subscriptions
-            .clone()
-            .unwrap_or_default()
-        {
+        // A principal that may not read runs is told nothing about them.
+        let principal = session::principal_of(context.request_context());
+        let runs = self
+            .check_as_tool(principal.as_ref(), "subscriptions/listen", RUN_TOOL)
+            .is_ok();
+        let uris = match runs {
+            true => context.accepted().resource_subscriptions.clone(),
+            false => None,
+        };
+        for uri in uris.unwrap_or_default() {
             if let Some(id) = resources::run_id_of(&uri) {
                 self.workers().spawn(resources::watch_run(
                     self.clone(),
