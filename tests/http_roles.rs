@@ -183,6 +183,17 @@ async fn each_role_calls_what_it_may_and_is_refused_the_rest() {
     let detail: Value = serde_json::from_str(&detail).unwrap();
     assert_eq!(detail["permission_missing"], "instances", "{detail}");
     assert_eq!(detail["error"], "forbidden", "{detail}");
+    // The agent's own events name the agent; its registration names who vouched for it.
+    let detail: String = db
+        .query_row(
+            "SELECT detail FROM audit_events WHERE action = 'agent.registered'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("agent.registered");
+    let detail: Value = serde_json::from_str(&detail).unwrap();
+    let by = detail["registered_by"].as_str().unwrap_or_default();
+    assert!(by.contains(" as agent-bot (sub "), "{detail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,7 +235,7 @@ pub struct RegisterInput {
 async fn agent_register(
     c: Coordinator,
     i: RegisterInput,
-    _call: Call,
+    call: Call,
 ) -> Result<Registration, Failure> {
     let new = NewAgent {
         name: i.name,
@@ -245,6 +245,7 @@ async fn agent_register(
         resources: i.resources,
         metadata: i.metadata,
         token: i.token,
+        by: call.actor,
     };
     c.blocking(move |c| c.tasks().agents().register(new))
         .await?
