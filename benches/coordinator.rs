@@ -917,6 +917,10 @@ fn register_agent(tasks: &TaskService, name: &str) -> String {
             resources: Resources::default(),
             metadata: Default::default(),
             token: None,
+            by: mcp_coordinator::audit::Actor::new(
+                mcp_coordinator::audit::ActorKind::Client,
+                "bench/1",
+            ),
         })
         .expect("register agent")
         .token

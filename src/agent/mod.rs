@@ -147,6 +147,9 @@ pub struct NewAgent {
     pub metadata: Map<String, Value>,
     /// The agent's current token, when refreshing its registration.
     pub token: Option<String>,
+    /// Who registered it (the client, and over HTTP the principal): the agent's own events
+    /// name the agent, and this ties it to whoever vouched for it.
+    pub by: Actor,
 }
 
 /// Errors of agents and tasks.
@@ -350,7 +353,8 @@ impl AgentService {
                     subject: row.id.clone(),
                     outcome: Outcome::Ok,
                     detail: json!({"name": row.name, "agent_type": row.agent_type,
-                                   "capabilities": caps, "generation": generation}),
+                                   "capabilities": caps, "generation": generation,
+                                   "registered_by": new.by.render()}),
                     critical: false,
                 },
             )?;

@@ -139,17 +139,26 @@ pub fn run(global: &GlobalArgs, cmd: ApprovalsCommand) -> anyhow::Result<ExitCod
                     state.map_or("".to_string(), |s| s.to_string())
                 );
             } else {
+                // Who asked: over HTTP the principal too (`... as NAME (sub SUBJECT, via ..)`).
+                let by = page
+                    .approvals
+                    .iter()
+                    .map(|a| a.requested_by.chars().count())
+                    .max()
+                    .unwrap_or(0)
+                    .max("REQUESTED BY".len());
                 println!(
-                    "{:<36}  {:<9}  {:<8}  {:<20}  SUMMARY",
-                    "ID", "STATE", "RISK", "EXPIRES"
+                    "{:<36}  {:<9}  {:<8}  {:<20}  {:<by$}  SUMMARY",
+                    "ID", "STATE", "RISK", "EXPIRES", "REQUESTED BY"
                 );
                 for a in &page.approvals {
                     println!(
-                        "{:<36}  {:<9}  {:<8}  {:<20}  {}",
+                        "{:<36}  {:<9}  {:<8}  {:<20}  {:<by$}  {}",
                         a.id,
                         a.state.as_str(),
                         a.risk.as_str(),
                         a.expires_at.get(..19).unwrap_or(&a.expires_at),
+                        a.requested_by,
                         a.summary
                     );
                 }

@@ -14,7 +14,7 @@ use super::{Inner, PipelineError, PipelineService, RunStatus, StageStatus, gate}
 use crate::agent::now_ms;
 use crate::approval::{self, Approval, ApprovalError, State};
 use crate::audit::chain::now_ts;
-use crate::audit::{Action, Actor, NewEvent, Outcome};
+use crate::audit::{Action, Actor, ActorKind, NewEvent, Outcome};
 use crate::store::pipeline::{self as sql, RunRow, StageRow};
 use crate::store::task as task_sql;
 use crate::store::{StoreError, Tx};
@@ -229,7 +229,16 @@ impl PipelineService {
         let parameters: Value = serde_json::from_str(&run.parameters).unwrap_or(Value::Null);
         if def.approval {
             let gate = gate::stage_gate(run, dag, i, state);
-            let approval = self.inner.approvals.open_in(tx, &gate, &Actor::system())?;
+            // The engine asks, on behalf of whoever started the run (over HTTP: the principal),
+            // so that the person deciding sees who wants the stage to go ahead.
+            let by = Actor::new(
+                ActorKind::System,
+                format!(
+                    "mcp-coordinator (run {} started by {})",
+                    run.id, run.started_by
+                ),
+            );
+            let approval = self.inner.approvals.open_in(tx, &gate, &by)?;
             return self.start_stage(tx, run, &def.name, None, Some(&approval.id), now);
         }
         let params = json!({

@@ -14,6 +14,7 @@ use super::tool::{Failure, Reply, Route, ToolSpec, invalid_field, route, route_w
 use crate::approval::{
     Approval, ApprovalPage, Kind, ListFilter, NewApproval, Risk, State, canonical,
 };
+use crate::auth::Permission;
 use crate::config::ToolGroup;
 
 pub fn routes() -> Vec<Route> {
@@ -21,6 +22,7 @@ pub fn routes() -> Vec<Route> {
         route_with_input(
             ToolSpec {
                 name: "approval_request",
+                permission: Permission::RequestApproval,
                 title: "Ask a person to approve an action",
                 description: include_str!("../../tools/approval_request.md"),
                 group: ToolGroup::Approvals,
@@ -34,6 +36,7 @@ pub fn routes() -> Vec<Route> {
         route(
             ToolSpec {
                 name: "approval_list",
+                permission: Permission::View,
                 title: "List approvals",
                 description: include_str!("../../tools/approval_list.md"),
                 group: ToolGroup::Approvals,
@@ -47,6 +50,7 @@ pub fn routes() -> Vec<Route> {
         route(
             ToolSpec {
                 name: "approval_get",
+                permission: Permission::View,
                 title: "Get one approval",
                 description: include_str!("../../tools/approval_get.md"),
                 group: ToolGroup::Approvals,

@@ -11,6 +11,7 @@ use super::session::Call;
 use super::tool::failure;
 use super::tool::{self, ErrorCode, Failure, Route, ToolError, invalid_field, route};
 use crate::assessment::{Assessment, AssessmentStatus, AssessmentType, Severity, Target};
+use crate::auth::Permission;
 use crate::clients::{self, ConfigFile};
 use crate::config::ToolGroup;
 
@@ -23,6 +24,7 @@ pub fn routes() -> Vec<Route> {
         route(
             tool::spec(
                 "mcp_config_list",
+                Permission::Install,
                 "List MCP client configs on this machine",
                 include_str!("../../tools/mcp_config_list.md"),
                 Configs,
@@ -35,6 +37,7 @@ pub fn routes() -> Vec<Route> {
         route(
             tool::spec(
                 "assessment_request",
+                Permission::Assess,
                 "Assess MCP client configs",
                 include_str!("../../tools/assessment_request.md"),
                 Assessments,
@@ -47,6 +50,7 @@ pub fn routes() -> Vec<Route> {
         route(
             tool::spec(
                 "assessment_get",
+                Permission::View,
                 "Get an assessment and its findings",
                 include_str!("../../tools/assessment_get.md"),
                 Assessments,
@@ -59,6 +63,7 @@ pub fn routes() -> Vec<Route> {
         route(
             tool::spec(
                 "assessment_list",
+                Permission::View,
                 "List assessments",
                 include_str!("../../tools/assessment_list.md"),
                 Assessments,
@@ -71,6 +76,7 @@ pub fn routes() -> Vec<Route> {
         route(
             tool::spec(
                 "assessment_cancel",
+                Permission::Assess,
                 "Cancel a running assessment",
                 include_str!("../../tools/assessment_cancel.md"),
                 Assessments,

@@ -10,13 +10,14 @@ use rmcp::model::{RequestStateCodec, RequestStateError, Tool};
 use serde_json::json;
 
 use super::{
-    approvals, assessments, audit_writer, instances, listeners, pipelines, queue, registry,
+    access, approvals, assessments, audit_writer, instances, listeners, pipelines, queue, registry,
     remediations, system, tool, toolsets, workers,
 };
 use crate::agent::{AgentService, TokenError, TokenKeys};
 use crate::approval::ApprovalService;
 use crate::assessment::AssessmentService;
 use crate::audit::{AuditLog, NewEvent};
+use crate::auth::Principal;
 use crate::config::{Settings, ToolGroup};
 use crate::console::metrics::ToolCalls;
 use crate::instance::InstanceService;
@@ -94,6 +95,17 @@ fn all_routes() -> Vec<tool::Route> {
     routes.extend(instances::routes());
     routes.extend(toolsets::routes());
     routes
+}
+
+/// Every tool of this build with the permission a principal needs to see and call it, sorted
+/// by name (the tests derive each role's tool list from it).
+pub fn tool_permissions() -> Vec<(&'static str, crate::auth::Permission)> {
+    let mut tools: Vec<_> = all_routes()
+        .iter()
+        .map(|r| (r.name(), r.permission()))
+        .collect();
+    tools.sort_by_key(|(name, _)| *name);
+    tools
 }
 
 /// The tool definitions (name, description, schemas, annotations) of every tool this build
@@ -312,14 +324,15 @@ impl Coordinator {
     }
 
     /// The tools this connection is offered now: the enabled toolsets' and the `toolsets`
-    /// tool, then the tools of the running children whose toolset is on.
-    pub(super) fn offered_tools(&self) -> Vec<Tool> {
+    /// tool, then the tools of the running children whose toolset is on; over HTTP only those
+    /// `principal` may call.
+    pub(super) fn offered_tools(&self, principal: Option<&Principal>) -> Vec<Tool> {
         let sets = self.toolsets();
-        let mut tools = self
-            .inner
-            .tools
-            .definitions_where(|r| r.name() == toolsets::TOOL || sets.shows(r.group()));
-        if self.instances_enabled() {
+        let mut tools = self.inner.tools.definitions_where(|r| {
+            access::may(principal, r.permission())
+                && (r.name() == toolsets::TOOL || sets.shows(r.group()))
+        });
+        if self.instances_enabled() && access::may(principal, access::CHILD_TOOLS) {
             tools.extend(
                 self.inner
                     .instances
@@ -341,13 +354,21 @@ impl Coordinator {
     /// How many tools [`Coordinator::offered_tools`] would list, without building their
     /// definitions (which a cold start defers to the first `tools/list`): the enabled
     /// toolsets' sizes, the `toolsets` tool, and the shown children's tools.
-    pub(super) fn offered_count(&self) -> usize {
+    pub(super) fn offered_count(&self, principal: Option<&Principal>) -> usize {
         let (sets, _) = self.toolsets().enabled();
-        let own: usize = sets
-            .iter()
-            .map(|t| self.inner.tools.toolset_size(*t).0)
-            .sum();
-        let children = if self.instances_enabled() {
+        let own: usize = match principal {
+            None => {
+                sets.iter()
+                    .map(|t| self.inner.tools.toolset_size(*t).0)
+                    .sum::<usize>()
+                    + 1
+            }
+            Some(_) => self.inner.tools.count_where(|r| {
+                access::may(principal, r.permission())
+                    && (r.name() == toolsets::TOOL || sets.contains(&r.group().toolset()))
+            }),
+        };
+        let children = if self.instances_enabled() && access::may(principal, access::CHILD_TOOLS) {
             self.inner
                 .instances
                 .exposed_tools()
@@ -357,7 +378,45 @@ impl Coordinator {
         } else {
             0
         };
-        own + 1 + children
+        own + children
+    }
+
+    /// Refuses a request that is no tool call but reads or changes what `tool` does (a
+    /// pipeline run as an MCP task or a resource), unless `principal` may call `tool`; a tool
+    /// the config switched off permits nothing over HTTP.
+    pub(super) fn check_as_tool(
+        &self,
+        principal: Option<&Principal>,
+        method: &str,
+        tool: &str,
+    ) -> Result<(), ErrorData> {
+        let Some(p) = principal else { return Ok(()) };
+        let permission = self
+            .inner
+            .tools
+            .route(tool)
+            .map_or(crate::auth::Permission::Admin, |r| r.permission());
+        if p.may(permission) {
+            Ok(())
+        } else {
+            Err(access::refused_request(method, tool, permission, p))
+        }
+    }
+
+    /// The permission `principal` lacks to call `name`, if any: `route` is its route if it is
+    /// one of ours, `child` whether it names a running child's tool. Always `None` on stdio.
+    pub(super) fn lacking(
+        &self,
+        principal: Option<&Principal>,
+        route: Option<&tool::Route>,
+        child: bool,
+    ) -> Option<crate::auth::Permission> {
+        let needed = match route {
+            Some(r) => r.permission(),
+            None if child => access::CHILD_TOOLS,
+            None => return None,
+        };
+        (!access::may(principal, needed)).then_some(needed)
     }
 
     /// Whether the config leaves the instances group on (child tools are offered and routed).

@@ -12,6 +12,7 @@ use super::gate::{self, Passage};
 use super::session::Call;
 use super::tool::{ErrorCode, Failure, Reply, Route, ToolError, route, route_with_input, spec};
 use crate::approval::State;
+use crate::auth::Permission;
 use crate::config::ToolGroup;
 use crate::instance::gates;
 use crate::instance::policy::ToolAccess;
@@ -24,6 +25,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "instance_types",
+                Permission::Instances,
                 "Instance types",
                 include_str!("../../tools/instance_types.md"),
                 G,
@@ -36,6 +38,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "instance_start",
+                Permission::Instances,
                 "Start an instance",
                 include_str!("../../tools/instance_start.md"),
                 G,
@@ -48,6 +51,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "instance_list",
+                Permission::Instances,
                 "List instances",
                 include_str!("../../tools/instance_list.md"),
                 G,
@@ -60,6 +64,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "instance_get",
+                Permission::Instances,
                 "Get an instance",
                 include_str!("../../tools/instance_get.md"),
                 G,
@@ -72,6 +77,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "instance_stop",
+                Permission::Instances,
                 "Stop an instance",
                 include_str!("../../tools/instance_stop.md"),
                 G,
@@ -84,6 +90,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "instance_restart",
+                Permission::Instances,
                 "Restart an instance",
                 include_str!("../../tools/instance_restart.md"),
                 G,
@@ -96,6 +103,8 @@ pub fn routes() -> Vec<Route> {
         route_with_input(
             spec(
                 "instance_call_tool",
+                // The same as `<instance>__<tool>`, which calls the same tools.
+                super::access::CHILD_TOOLS,
                 "Call a child tool",
                 include_str!("../../tools/instance_call_tool.md"),
                 G,
@@ -108,6 +117,7 @@ pub fn routes() -> Vec<Route> {
         route_with_input(
             spec(
                 "instance_tool_review",
+                Permission::Instances,
                 "Review a quarantined tool",
                 include_str!("../../tools/instance_tool_review.md"),
                 G,

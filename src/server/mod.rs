@@ -6,6 +6,7 @@
 //! server runs and stops (`lifecycle.rs`) and what runs beside the requests (`workers.rs`,
 //! `audit_writer.rs`). May depend on every domain and on rmcp; nothing below it depends on it.
 
+mod access;
 mod approvals;
 mod assessments;
 mod audit_writer;
@@ -49,7 +50,7 @@ use crate::store::budget::{self, Budget};
 use session::Call;
 
 use coordinator::FastClient;
-pub use coordinator::{Coordinator, StartError, all_tools};
+pub use coordinator::{Coordinator, StartError, all_tools, tool_permissions};
 pub use lifecycle::{Stopped, run, supported_versions};
 
 /// What the server tells clients about itself at initialize / discover.
@@ -84,7 +85,8 @@ impl ServerHandler for Coordinator {
         self.bind_toolsets(&context.extensions);
         let modern =
             session::era_of(context.protocol_version().as_ref()) == session::Era::Stateless;
-        let mut result = ListToolsResult::with_all_items(self.offered_tools());
+        let principal = session::principal_of(&context);
+        let mut result = ListToolsResult::with_all_items(self.offered_tools(principal.as_ref()));
         result.result_type = Some(ResultType::COMPLETE);
         // The list changes as child instances start and stop (`tools/list_changed` says when),
         // so stateless clients are told not to reuse it.
@@ -96,8 +98,16 @@ impl ServerHandler for Coordinator {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, ErrorData> {
+        // Runs are resources: a principal that may not read runs is shown none.
+        let principal = session::principal_of(&context);
+        if self
+            .check_as_tool(principal.as_ref(), "resources/list", RUN_TOOL)
+            .is_err()
+        {
+            return Ok(ListResourcesResult::with_all_items(Vec::new()));
+        }
         resources::list(self).await
     }
 
@@ -112,8 +122,10 @@ impl ServerHandler for Coordinator {
     async fn read_resource(
         &self,
         request: ReadResourceRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, ErrorData> {
+        let principal = session::principal_of(&context);
+        self.check_as_tool(principal.as_ref(), "resources/read", RUN_TOOL)?;
         resources::read(self, &request.uri).await.map(Into::into)
     }
 
@@ -123,6 +135,8 @@ impl ServerHandler for Coordinator {
         request: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let principal = session::principal_of(&context);
+        self.check_as_tool(principal.as_ref(), "resources/subscribe", RUN_TOOL)?;
         let run_id = resources::check(self, &request.uri).await?;
         let stop = CancellationToken::new();
         let session = session::session_key(&context.extensions);
@@ -168,12 +182,16 @@ impl ServerHandler for Coordinator {
             .then(|| self.listeners().add_sink(context.sink().clone()));
         let stop = CancellationToken::new();
         let _stop_all = stop.clone().drop_guard();
-        for uri in context
-            .accepted()
-            .resource_subscriptions
-            .clone()
-            .unwrap_or_default()
-        {
+        // A principal that may not read runs is told nothing about them.
+        let principal = session::principal_of(context.request_context());
+        let runs = self
+            .check_as_tool(principal.as_ref(), "subscriptions/listen", RUN_TOOL)
+            .is_ok();
+        let uris = match runs {
+            true => context.accepted().resource_subscriptions.clone(),
+            false => None,
+        };
+        for uri in uris.unwrap_or_default() {
             if let Some(id) = resources::run_id_of(&uri) {
                 self.workers().spawn(resources::watch_run(
                     self.clone(),
@@ -190,8 +208,10 @@ impl ServerHandler for Coordinator {
     async fn get_task(
         &self,
         request: GetTaskParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<GetTaskResult, ErrorData> {
+        let principal = session::principal_of(&context);
+        self.check_as_tool(principal.as_ref(), "tasks/get", RUN_TOOL)?;
         pipelines::get_task(self, &request.task_id).await
     }
 
@@ -200,8 +220,13 @@ impl ServerHandler for Coordinator {
         request: CancelTaskParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
-        let actor = Call::from_context(&context, self).actor;
-        pipelines::cancel_task(self, &request.task_id, actor).await
+        let call = Call::from_context(&context, self);
+        self.check_as_tool(
+            call.principal.as_ref(),
+            "tasks/cancel",
+            "pipeline_run_cancel",
+        )?;
+        pipelines::cancel_task(self, &request.task_id, call.actor).await
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -222,9 +247,10 @@ impl ServerHandler for Coordinator {
         }
         if let Some(info) = context.peer.peer_info() {
             let _ = self.inner.fast_client.set(FastClient {
-                actor: crate::audit::Actor::new(
-                    crate::audit::ActorKind::Client,
+                // Stdio: no principal.
+                actor: session::client_actor(
                     format!("{}/{}", info.client_info.name, info.client_info.version),
+                    None,
                 ),
                 protocol_version: info.protocol_version.to_string(),
             });
@@ -271,7 +297,17 @@ impl ServerHandler for Coordinator {
         // A child's tool is resolved once, for the toolset check and the call.
         let target = route.is_none().then(|| self.proxy_target(&name)).flatten();
         let known = route.is_some() || target.is_some();
-        let result = if let Some(off) = self.toolset_off(&name, route, target.is_some()) {
+        // Over HTTP, a tool the principal's roles do not permit is refused before anything
+        // else (its toolset is beside the point); the refusal is audited as any call is.
+        let lacking = call
+            .principal
+            .as_ref()
+            .and_then(|p| Some((p, self.lacking(Some(p), route, target.is_some())?)));
+        let result = if let Some((principal, permission)) = lacking {
+            Ok(access::refused(&name, permission, principal)
+                .into_result()
+                .into())
+        } else if let Some(off) = self.toolset_off(&name, route, target.is_some()) {
             Ok(toolsets::refused(&name, &off).into_result().into())
         } else if let Some(route) = route {
             budget::scope(
@@ -316,7 +352,7 @@ impl ServerHandler for Coordinator {
             Err(e) => (Outcome::Invalid, Some(json!(e.message))),
         };
         self.count_call(&name, known, outcome, started);
-        let detail = json!({
+        let mut detail = json!({
             "arguments": arguments,
             "duration_us": started.elapsed().as_micros() as u64,
             "protocol_version": call.protocol_version,
@@ -325,6 +361,9 @@ impl ServerHandler for Coordinator {
             "os_user": self.inner.os_user,
             "error": error,
         });
+        if let Some((_, permission)) = lacking {
+            detail["permission_missing"] = json!(permission);
+        }
         let event = NewEvent {
             actor: call.actor.clone(),
             action: Action::ToolCall,
@@ -351,6 +390,10 @@ impl Coordinator {
             .record(tool, outcome, started.elapsed());
     }
 }
+
+/// The tool whose permission reading a pipeline run by other means needs (`tasks/get`,
+/// resources).
+const RUN_TOOL: &str = "pipeline_run_get";
 
 /// Arguments larger than this leave freed memory behind worth giving back after the call.
 const LARGE_REQUEST: usize = 1 << 20;

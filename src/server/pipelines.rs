@@ -14,6 +14,7 @@ use super::gate;
 use super::session::Call;
 use super::tool::failure;
 use super::tool::{self, Failure, Reply, Route, ToolSpec, invalid_field, route, route_with_input};
+use crate::auth::Permission;
 use crate::config::ToolGroup;
 use crate::pipeline::{
     Definition, Dependency, NewPipeline, NewRun, Pipeline, PipelineError, PipelineSummary, Run,
@@ -24,6 +25,7 @@ use wait::wait_for;
 
 fn spec(
     name: &'static str,
+    permission: Permission,
     title: &'static str,
     description: &'static str,
     read_only: bool,
@@ -32,6 +34,7 @@ fn spec(
 ) -> ToolSpec {
     tool::spec(
         name,
+        permission,
         title,
         description,
         ToolGroup::Pipelines,
@@ -46,6 +49,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "pipeline_create",
+                Permission::Operate,
                 "Create a pipeline (or a new version)",
                 include_str!("../../tools/pipeline_create.md"),
                 false,
@@ -57,6 +61,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "pipeline_get",
+                Permission::Operate,
                 "Get a pipeline definition",
                 include_str!("../../tools/pipeline_get.md"),
                 true,
@@ -68,6 +73,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "pipeline_list",
+                Permission::Operate,
                 "List pipelines, templates and recent runs",
                 include_str!("../../tools/pipeline_list.md"),
                 true,
@@ -79,6 +85,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "pipeline_delete",
+                Permission::Operate,
                 "Delete a pipeline",
                 include_str!("../../tools/pipeline_delete.md"),
                 false,
@@ -90,6 +97,7 @@ pub fn routes() -> Vec<Route> {
         route_with_input(
             spec(
                 "pipeline_run",
+                Permission::Operate,
                 "Run a pipeline",
                 include_str!("../../tools/pipeline_run.md"),
                 false,
@@ -101,6 +109,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "pipeline_run_get",
+                Permission::Operate,
                 "Get (or wait for) a pipeline run",
                 include_str!("../../tools/pipeline_run_get.md"),
                 true,
@@ -112,6 +121,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "pipeline_run_cancel",
+                Permission::Operate,
                 "Cancel a pipeline run",
                 include_str!("../../tools/pipeline_run_cancel.md"),
                 false,

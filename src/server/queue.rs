@@ -13,6 +13,7 @@ use super::session::Call;
 use super::tool::failure;
 use super::tool::{Failure, Route, invalid_field, route, spec};
 use crate::agent::{Agent, AgentStatus, AgentType, Health, NewAgent, Registration, Resources};
+use crate::auth::Permission;
 use crate::config::ToolGroup;
 use crate::task::{
     MAX_WAIT_SECONDS, NewTask, NoTask, Priority, QueueStats, Report, Task, TaskStatus,
@@ -31,6 +32,7 @@ fn agent_routes() -> Vec<Route> {
         route(
             spec(
                 "agent_register",
+                Permission::Work,
                 "Register a worker agent",
                 include_str!("../../tools/agent_register.md"),
                 Agents,
@@ -43,6 +45,7 @@ fn agent_routes() -> Vec<Route> {
         route(
             spec(
                 "agent_heartbeat",
+                Permission::Work,
                 "Agent heartbeat",
                 include_str!("../../tools/agent_heartbeat.md"),
                 Agents,
@@ -55,6 +58,7 @@ fn agent_routes() -> Vec<Route> {
         route(
             spec(
                 "agent_list",
+                Permission::Operate,
                 "Discover agents",
                 include_str!("../../tools/agent_list.md"),
                 Agents,
@@ -67,6 +71,7 @@ fn agent_routes() -> Vec<Route> {
         route(
             spec(
                 "agent_deregister",
+                Permission::Work,
                 "Deregister an agent",
                 include_str!("../../tools/agent_deregister.md"),
                 Agents,
@@ -86,6 +91,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "task_submit",
+                Permission::Operate,
                 "Submit a task",
                 include_str!("../../tools/task_submit.md"),
                 Tasks,
@@ -98,6 +104,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "task_claim",
+                Permission::Work,
                 "Claim the next task",
                 include_str!("../../tools/task_claim.md"),
                 Tasks,
@@ -110,6 +117,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "task_report",
+                Permission::Work,
                 "Report on a claimed task",
                 include_str!("../../tools/task_report.md"),
                 Tasks,
@@ -122,6 +130,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "task_get",
+                Permission::Operate,
                 "Get a task",
                 include_str!("../../tools/task_get.md"),
                 Tasks,
@@ -134,6 +143,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "task_list",
+                Permission::Operate,
                 "List tasks",
                 include_str!("../../tools/task_list.md"),
                 Tasks,
@@ -146,6 +156,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "task_cancel",
+                Permission::Operate,
                 "Cancel a task",
                 include_str!("../../tools/task_cancel.md"),
                 Tasks,
@@ -158,6 +169,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "task_requeue",
+                Permission::Operate,
                 "Requeue a dead or failed task",
                 include_str!("../../tools/task_requeue.md"),
                 Tasks,
@@ -170,6 +182,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "queue_stats",
+                Permission::Operate,
                 "Queue statistics",
                 include_str!("../../tools/queue_stats.md"),
                 Tasks,
@@ -182,6 +195,7 @@ fn task_routes() -> Vec<Route> {
         route(
             spec(
                 "queue_purge",
+                Permission::Admin,
                 "Purge finished tasks",
                 include_str!("../../tools/queue_purge.md"),
                 Tasks,
@@ -221,7 +235,7 @@ pub struct RegisterInput {
 async fn agent_register(
     c: Coordinator,
     i: RegisterInput,
-    _call: Call,
+    call: Call,
 ) -> Result<Registration, Failure> {
     let new = NewAgent {
         name: i.name,
@@ -231,6 +245,7 @@ async fn agent_register(
         resources: i.resources,
         metadata: i.metadata,
         token: i.token,
+        by: call.actor,
     };
     c.blocking(move |c| c.tasks().agents().register(new))
         .await?

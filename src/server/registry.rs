@@ -71,6 +71,11 @@ impl Registry {
         self.routes.len()
     }
 
+    /// How many enabled tools `counted` keeps (without building their definitions).
+    pub fn count_where(&self, counted: impl Fn(&Route) -> bool) -> usize {
+        self.routes.values().filter(|r| counted(r)).count()
+    }
+
     /// Every enabled tool's definition, sorted by name.
     pub fn definitions(&self) -> Arc<Vec<Tool>> {
         self.definitions

@@ -17,6 +17,7 @@ use super::tool::{
 };
 use crate::approval::{Approval, State};
 use crate::assessment::Severity;
+use crate::auth::Permission;
 use crate::clients::{Client, Scope};
 use crate::config::ToolGroup;
 use crate::remediation::actions::Action;
@@ -24,9 +25,10 @@ use crate::remediation::{NewProposal, Proposal, RemediationError, RemediationSta
 
 pub fn routes() -> Vec<Route> {
     use ToolGroup::{Configs, Remediation};
-    let spec = |name, title, description, group, read_only, destructive, idempotent| {
+    let spec = |name, permission, title, description, group, read_only, destructive, idempotent| {
         tool::spec(
             name,
+            permission,
             title,
             description,
             group,
@@ -39,6 +41,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "remediation_propose",
+                Permission::Remediate,
                 "Propose a remediation",
                 include_str!("../../tools/remediation_propose.md"),
                 Remediation,
@@ -51,6 +54,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "remediation_get",
+                Permission::View,
                 "Get a remediation proposal",
                 include_str!("../../tools/remediation_get.md"),
                 Remediation,
@@ -63,6 +67,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "remediation_list",
+                Permission::View,
                 "List remediation proposals",
                 include_str!("../../tools/remediation_list.md"),
                 Remediation,
@@ -75,6 +80,7 @@ pub fn routes() -> Vec<Route> {
         route_with_input(
             spec(
                 "remediation_review",
+                Permission::Remediate,
                 "Ask a person to approve a remediation, then apply it",
                 include_str!("../../tools/remediation_review.md"),
                 Remediation,
@@ -87,6 +93,7 @@ pub fn routes() -> Vec<Route> {
         route(
             spec(
                 "remediation_withdraw",
+                Permission::Remediate,
                 "Withdraw a remediation proposal",
                 include_str!("../../tools/remediation_withdraw.md"),
                 Remediation,
@@ -99,6 +106,7 @@ pub fn routes() -> Vec<Route> {
         route_with_input(
             spec(
                 "remediation_rollback",
+                Permission::Remediate,
                 "Undo an applied remediation from its backups",
                 include_str!("../../tools/remediation_rollback.md"),
                 Remediation,
@@ -111,6 +119,7 @@ pub fn routes() -> Vec<Route> {
         route_with_input(
             spec(
                 "mcp_server_install",
+                Permission::Install,
                 "Install an MCP server into a client config",
                 include_str!("../../tools/mcp_server_install.md"),
                 Configs,
@@ -123,6 +132,7 @@ pub fn routes() -> Vec<Route> {
         route_with_input(
             spec(
                 "mcp_server_remove",
+                Permission::Install,
                 "Remove an MCP server from a client config",
                 include_str!("../../tools/mcp_server_remove.md"),
                 Configs,

@@ -87,10 +87,7 @@ impl Call {
             .is_some_and(|e| e.form.is_some() || e.url.is_none());
         let elicitation_url = elicitation.as_ref().is_some_and(|e| e.url.is_some());
         let principal = principal_of(ctx);
-        let actor = match &principal {
-            Some(p) => Actor::new(ActorKind::Client, format!("{client} as {}", p.describe())),
-            None => Actor::new(ActorKind::Client, client),
-        };
+        let actor = client_actor(client, principal.as_ref());
         Call {
             era,
             protocol_version: version.map(|v| v.to_string()).unwrap_or_default(),
@@ -130,6 +127,16 @@ impl Call {
         if let Err(e) = self.peer.notify_progress(param).await {
             tracing::debug!(error = %e, "could not send a progress notification");
         }
+    }
+}
+
+/// How audit records and approvals name a client: `client:NAME/VER`, and over HTTP
+/// `client:NAME/VER as NAME (sub SUBJECT, via SOURCE)`. Every path that records a client's
+/// call (rmcp's, the stdio fast path's) names it through this.
+pub fn client_actor(client: String, principal: Option<&crate::auth::Principal>) -> Actor {
+    match principal {
+        Some(p) => Actor::new(ActorKind::Client, format!("{client} as {}", p.describe())),
+        None => Actor::new(ActorKind::Client, client),
     }
 }
 

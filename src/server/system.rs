@@ -9,6 +9,7 @@ use super::Coordinator;
 use super::session::{Call, Era};
 use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, failure, route};
 use crate::audit::{Outcome, Page, Query, VerifyReport};
+use crate::auth::Permission;
 use crate::config::{ToolGroup, Toolset};
 use crate::overseer::{OverseerError, OverseerService, unprotected_warning};
 use crate::store::{Store, StoreError};
@@ -18,6 +19,7 @@ pub fn routes() -> Vec<Route> {
         route(
             ToolSpec {
                 name: "coordinator_status",
+                permission: Permission::Status,
                 title: "Coordinator status",
                 description: include_str!("../../tools/coordinator_status.md"),
                 group: ToolGroup::System,
@@ -31,6 +33,7 @@ pub fn routes() -> Vec<Route> {
         route(
             ToolSpec {
                 name: "audit_query",
+                permission: Permission::AuditRead,
                 title: "Query the audit log",
                 description: include_str!("../../tools/audit_query.md"),
                 group: ToolGroup::Audit,
@@ -44,6 +47,7 @@ pub fn routes() -> Vec<Route> {
         route(
             ToolSpec {
                 name: "audit_verify",
+                permission: Permission::AuditRead,
                 title: "Verify the audit chain",
                 description: include_str!("../../tools/audit_verify.md"),
                 group: ToolGroup::Audit,
@@ -202,7 +206,7 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
             }
             sets
         },
-        tools_offered: c.offered_count(),
+        tools_offered: c.offered_count(call.principal.as_ref()),
         disabled_groups: settings.config.tools.disabled_groups.clone(),
         uptime_seconds: c.uptime().as_secs_f64(),
     })

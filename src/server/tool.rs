@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use super::Coordinator;
 use super::schema;
 use super::session::Call;
+use crate::auth::Permission;
 use crate::config::ToolGroup;
 use crate::limits;
 
@@ -135,6 +136,9 @@ pub fn invalid_field(tool: &str, field: &str, expected: impl std::fmt::Display) 
 #[derive(Clone, Copy)]
 pub struct ToolSpec {
     pub name: &'static str,
+    /// What a principal needs to see and call it over HTTP (stdio has no principal). A field
+    /// without a default, so that no tool can be declared without one.
+    pub permission: Permission,
     pub title: &'static str,
     /// The prose the model reads, from `tools/<name>.md`.
     pub description: &'static str,
@@ -159,6 +163,7 @@ impl ToolSpec {
 #[allow(clippy::too_many_arguments)]
 pub fn spec(
     name: &'static str,
+    permission: Permission,
     title: &'static str,
     description: &'static str,
     group: ToolGroup,
@@ -168,6 +173,7 @@ pub fn spec(
 ) -> ToolSpec {
     ToolSpec {
         name,
+        permission,
         title,
         description,
         group,
@@ -205,6 +211,10 @@ impl Route {
 
     pub fn group(&self) -> ToolGroup {
         self.spec.group
+    }
+
+    pub fn permission(&self) -> Permission {
+        self.spec.permission
     }
 
     /// The tool definition clients see in `tools/list`.

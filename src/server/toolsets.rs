@@ -17,6 +17,7 @@ use serde_json::json;
 use super::Coordinator;
 use super::session::Call;
 use super::tool::{ErrorCode, Failure, Route, ToolError, ToolSpec, invalid_field, route};
+use crate::auth::Permission;
 use crate::config::{ToolGroup, Toolset};
 
 /// The tool's name: it belongs to no toolset and is always offered (else a connection that
@@ -30,6 +31,7 @@ pub fn routes() -> Vec<Route> {
     vec![route(
         ToolSpec {
             name: TOOL,
+            permission: Permission::Status,
             title: "List, enable or disable toolsets",
             description: include_str!("../../tools/toolsets.md"),
             group: ToolGroup::System,
@@ -179,7 +181,7 @@ pub struct ToolsetInfo {
 async fn toolsets(
     c: Coordinator,
     input: ToolsetsInput,
-    _call: Call,
+    call: Call,
 ) -> Result<ToolsetsOutput, Failure> {
     let change = match (input.enable, input.disable) {
         (Some(_), Some(_)) => {
@@ -194,25 +196,28 @@ async fn toolsets(
         (None, Some(name)) => Some((parse(&c, "disable", &name)?, false)),
         (None, None) => None,
     };
+    let principal = call.principal.as_ref();
     let mut changed = false;
     if let Some((name, on)) = change {
-        let before = offered_names(&c);
+        let before = (offered_names(&c, None), offered_names(&c, principal));
         c.toolsets().apply(name, on);
-        // What is offered changed, not merely how it is recorded.
-        changed = offered_names(&c) != before;
-        if changed {
+        // What is offered changed, not merely how it is recorded: to anyone (then every
+        // listener is told), and to this caller (what `changed` says).
+        if offered_names(&c, None) != before.0 {
             super::lifecycle::announce_tool_list_changed(&c).await;
         }
+        changed = offered_names(&c, principal) != before.1;
     }
     Ok(ToolsetsOutput {
         changed,
         toolsets: describe(&c),
-        tools_offered: c.offered_count(),
+        tools_offered: c.offered_count(principal),
     })
 }
 
-fn offered_names(c: &Coordinator) -> Vec<String> {
-    c.offered_tools()
+/// The names of the tools `principal` (every tool, on stdio) is offered now.
+fn offered_names(c: &Coordinator, principal: Option<&crate::auth::Principal>) -> Vec<String> {
+    c.offered_tools(principal)
         .into_iter()
         .map(|t| t.name.to_string())
         .collect()
