@@ -100,7 +100,10 @@ async fn a_toolsets_change_keeps_the_list_to_the_role() {
     for era in ERAS {
         let inst = connect_http(&server.mcp, &installer, era).await;
         let out = call_ok(inst.peer(), "toolsets", json!({"disable": "installer"})).await;
+        // Toolsets are each connection's own (each principal's, statelessly): the admin makes
+        // the same choice on its connection to see what such a connection offers.
         let root = connect_http(&server.mcp, &admin, era).await;
+        call_ok(root.peer(), "toolsets", json!({"disable": "installer"})).await;
         let offered = listed(root.peer()).await;
         let want: BTreeSet<String> = allowed(Role::Installer)
             .intersection(&offered)
