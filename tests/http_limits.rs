@@ -560,17 +560,38 @@ fn a_bad_limit_or_origin_in_the_config_is_refused_naming_the_field() {
     ] {
         let dir = data_dir();
         let config = write_config(dir.path(), body);
-        let out = std::process::Command::new(common::BIN)
+        let mut child = std::process::Command::new(common::BIN)
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--config", &config, "serve", "--http", "127.0.0.1:0"])
             .env_remove("MCP_COORDINATOR_DB")
             .env_remove("MCP_COORDINATOR_CONFIG")
             .stdin(std::process::Stdio::null())
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{body}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        // A setting not checked would have it serve on: give it a while, then fail.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{body}: still serving after 20 s instead of refusing the setting");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{body}: {err}");
         assert!(err.contains(field), "{body}: {err}");
     }
 }
