@@ -332,6 +332,7 @@ impl ConfigFile {
             .and_then(|()| config.pipelines.validate())
             .and_then(|()| config.limits.validate())
             .and_then(|()| config.instances.validate())
+            .and_then(|()| config.http.validate())
             .and_then(|()| {
                 config
                     .instance_types

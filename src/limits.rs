@@ -122,6 +122,21 @@ pub const RESTART_BACKOFF_MS: Range<u64> = Range::new(1, 3_600_000);
 /// `breaker.open_seconds` of an instance type.
 pub const BREAKER_OPEN_SECONDS: Range<f64> = Range::new(0.05, 3600.0);
 
+// --- MCP over HTTP (`[http]`) ---
+
+/// `http.max_sessions`: initialize-era sessions open at once.
+pub const HTTP_MAX_SESSIONS: Range<usize> = Range::new(1, 100_000);
+/// `http.session_idle_seconds` (and `session_idle_minutes`, in seconds): up to a day.
+pub const HTTP_SESSION_IDLE_SECONDS: Range<u64> = Range::new(1, 86_400);
+/// `http.requests_per_minute` of one principal.
+pub const HTTP_REQUESTS_PER_MINUTE: Range<u32> = Range::new(1, 1_000_000);
+/// `http.failed_auth_per_minute` of one client address.
+pub const HTTP_FAILED_AUTH_PER_MINUTE: Range<u32> = Range::new(1, 100_000);
+/// `http.max_request_bytes`: 1 KiB (an `initialize` fits) to 256 MiB.
+pub const HTTP_MAX_REQUEST_BYTES: Range<usize> = Range::new(1024, 256 * 1024 * 1024);
+/// `http.max_header_bytes`: 4 KiB to 256 KiB (hyper reads no more than about 400 KiB).
+pub const HTTP_MAX_HEADER_BYTES: Range<usize> = Range::new(4096, 256 * 1024);
+
 // --- Pages ---
 
 /// `limit` of `task_list`, `agent_list` and `audit_query`.

@@ -249,7 +249,8 @@ fn bind_http(
     let tokens = AccessTokens::open(audit.clone(), &settings.data_dir)?;
     let auth =
         mcp_coordinator::http::Authenticator::new(tokens, settings.config.auth.issuer.clone());
-    let front = mcp_coordinator::http::Front::new(auth, &base);
+    let front = mcp_coordinator::http::Front::with_config(auth, &base, &http)
+        .map_err(anyhow::Error::msg)?;
     let console = (settings.config.console.enabled && settings.cli_prefix().is_some()).then(|| {
         let console = Console::new(audit.clone(), settings, &bound, Some(tool_calls.clone()));
         settings.console_url = Some(console.url());
@@ -290,9 +291,14 @@ fn mcp_options(
     }
     server::http::McpHttpOptions {
         allowed_hosts: hosts,
-        allowed_origins: http.allowed_origins.clone(),
+        // Every port explicit (rmcp reads an entry without one as any port); the front has
+        // already refused an origin that does not parse.
+        allowed_origins: mcp_coordinator::http::origin::Origins::parse(&http.allowed_origins)
+            .map(|o| o.for_rmcp())
+            .unwrap_or_default(),
         max_request_bytes: http.max_request_bytes,
-        session_idle: std::time::Duration::from_secs(http.session_idle_minutes.max(1) * 60),
+        max_sessions: http.max_sessions,
+        session_idle: http.session_idle(),
         stop,
     }
 }

@@ -60,6 +60,12 @@ fn client_ip(console: &Console, peer: SocketAddr, headers: &HeaderMap) -> IpAddr
     if !console.settings().config.console.behind_proxy {
         return peer.ip();
     }
+    forwarded_for(headers).unwrap_or(peer.ip())
+}
+
+/// The address a proxy in front appended last to `X-Forwarded-For`, if there is one (MCP
+/// over HTTP counts failed bearer checks against it too).
+pub fn forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
     headers
         .get_all("x-forwarded-for")
         .iter()
@@ -67,7 +73,6 @@ fn client_ip(console: &Console, peer: SocketAddr, headers: &HeaderMap) -> IpAddr
         .flat_map(|v| v.split(','))
         .next_back()
         .and_then(|last| last.trim().parse().ok())
-        .unwrap_or(peer.ip())
 }
 
 /// `GET /login`.

@@ -1,14 +1,17 @@
 //! The one HTTP listener of `serve --http`: MCP streamable HTTP at `/mcp` (rmcp's service,
 //! from `crate::server::http`), the OAuth protected-resource metadata (`metadata.rs`), the
-//! bearer check that finds each request's principal (`auth.rs`), and the oversight console and
-//! `/metrics` beside them (`crate::console`'s router, merged here).
+//! bearer check that finds each request's principal (`auth.rs`), browser origins and CORS
+//! (`origin.rs`), the limits of sizes, rates and sessions (`limits.rs`), and the oversight
+//! console and `/metrics` beside them (`crate::console`'s router, merged here).
 //!
 //! It may depend on `server`, `console`, `auth` and the domains; nothing but the CLI depends
 //! on it (the config only names its `[http]` section's type).
 
 pub mod auth;
 pub mod config;
+pub mod limits;
 pub mod metadata;
+pub mod origin;
 
 use std::sync::Arc;
 
@@ -18,7 +21,9 @@ use axum::routing::get;
 pub use auth::Authenticator;
 pub use config::HttpConfig;
 
-use crate::server::http::McpService;
+use crate::server::http::McpHttp;
+use limits::Limits;
+use origin::Origins;
 
 /// The path MCP is served at.
 pub const MCP_PATH: &str = "/mcp";
@@ -36,17 +41,38 @@ struct Inner {
     resource: String,
     /// The URL of this server's protected-resource metadata document.
     metadata_url: String,
+    /// Browser origins allowed (`[http] allowed_origins`).
+    origins: Origins,
+    limits: Limits,
 }
 
 impl Front {
-    /// A front for the server reached at `base_url` (`https://host:port/`, the public URL).
+    /// A front for the server reached at `base_url` (`https://host:port/`, the public URL),
+    /// with the default `[http]` limits.
     pub fn new(auth: Authenticator, base_url: &str) -> Self {
+        Self::build(auth, base_url, Origins::default(), &HttpConfig::default())
+    }
+
+    /// A front with `config`'s origins and limits; an origin that does not parse is an error
+    /// naming it (the config file's validation says so first).
+    pub fn with_config(
+        auth: Authenticator,
+        base_url: &str,
+        config: &HttpConfig,
+    ) -> Result<Self, String> {
+        let origins = Origins::parse(&config.allowed_origins)?;
+        Ok(Self::build(auth, base_url, origins, config))
+    }
+
+    fn build(auth: Authenticator, base_url: &str, origins: Origins, config: &HttpConfig) -> Self {
         let base = base_url.trim_end_matches('/');
         Front {
             inner: Arc::new(Inner {
                 auth,
                 resource: format!("{base}{MCP_PATH}"),
                 metadata_url: format!("{base}{}", metadata::PATH),
+                origins,
+                limits: Limits::new(config),
             }),
         }
     }
@@ -65,24 +91,45 @@ impl Front {
         &self.inner.metadata_url
     }
 
-    /// `/mcp` behind the bearer check, and the metadata documents. The caller merges the
-    /// console's router beside it.
-    pub fn router(&self, mcp: McpService) -> Router {
-        let mcp =
-            Router::new()
-                .route_service(MCP_PATH, mcp)
-                .layer(axum::middleware::from_fn_with_state(
-                    self.clone(),
-                    auth::require_bearer,
-                ));
-        Router::new()
+    pub fn origins(&self) -> &Origins {
+        &self.inner.origins
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// `/mcp` behind its checks, and the metadata documents; CORS on both when origins are
+    /// configured. The caller merges the console's router beside it.
+    ///
+    /// A request to `/mcp` passes, in order: CORS (a preflight is answered here, without a
+    /// token), the `Origin` check, sizes, the failed-bearer limit of its address, the bearer
+    /// check, its principal's rate limit, the session limit, and then rmcp.
+    pub fn router(&self, mcp: McpHttp) -> Router {
+        use axum::middleware::from_fn_with_state;
+        let mut mcp = Router::new()
+            .route_service(MCP_PATH, mcp.service)
+            .layer(from_fn_with_state(
+                (self.clone(), mcp.sessions),
+                limits::sessions,
+            ))
+            .layer(from_fn_with_state(self.clone(), limits::per_principal))
+            .layer(from_fn_with_state(self.clone(), auth::require_bearer))
+            .layer(from_fn_with_state(self.clone(), limits::failed_bearer))
+            .layer(from_fn_with_state(self.clone(), limits::sizes))
+            .layer(from_fn_with_state(self.clone(), origin::check));
+        let mut documents = Router::new()
             .route(metadata::PATH, get(metadata::document))
             // RFC 9728 §3.1: the resource's path is appended to the well-known path.
             .route(
                 &format!("{}{MCP_PATH}", metadata::PATH),
                 get(metadata::document),
             )
-            .with_state(self.clone())
-            .merge(mcp)
+            .with_state(self.clone());
+        if let Some(cors) = origin::cors(self.origins()) {
+            mcp = mcp.layer(cors.clone());
+            documents = documents.layer(cors);
+        }
+        documents.merge(mcp)
     }
 }

@@ -1,20 +1,36 @@
 //! MCP over streamable HTTP: rmcp's service for `/mcp`, with this process's one coordinator
 //! behind every session (sessions for initialize-era clients, stateless 2026-07-28 requests),
-//! each session with toolsets of its own.
+//! each session with toolsets of its own, and the session manager that holds the number of
+//! sessions to `[http] max_sessions`.
 //! The listener, authentication and limits around it are `crate::http`'s; this file is where
 //! rmcp meets them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use futures_util::Stream;
+use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
+use rmcp::transport::streamable_http_server::session::local::{
+    LocalSessionManager, LocalSessionManagerError,
+};
+use rmcp::transport::streamable_http_server::session::{
+    ServerSseMessage, SessionId, SessionManager,
+};
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
 
 /// The `/mcp` service: a tower service axum routes to.
-pub type McpService = StreamableHttpService<Coordinator, LocalSessionManager>;
+pub type McpService = StreamableHttpService<Coordinator, BoundedSessions>;
+
+/// The `/mcp` service and its sessions (whose fullness the listener checks before reading
+/// a request that might open one).
+#[derive(Clone)]
+pub struct McpHttp {
+    pub service: McpService,
+    pub sessions: Arc<BoundedSessions>,
+}
 
 /// How `/mcp` is served.
 #[derive(Debug, Clone)]
@@ -26,6 +42,8 @@ pub struct McpHttpOptions {
     pub allowed_origins: Vec<String>,
     /// The largest request body, in bytes.
     pub max_request_bytes: usize,
+    /// Initialize-era sessions open at once.
+    pub max_sessions: usize,
     /// An initialize-era session without a request for this long is closed.
     pub session_idle: Duration,
     /// Cancelled when the server stops: every session ends.
@@ -33,9 +51,14 @@ pub struct McpHttpOptions {
 }
 
 /// The `/mcp` service for `coordinator`.
-pub fn mcp_service(coordinator: Coordinator, options: McpHttpOptions) -> McpService {
-    let mut sessions = LocalSessionManager::default();
-    sessions.session_config.keep_alive = Some(options.session_idle);
+pub fn mcp_service(coordinator: Coordinator, options: McpHttpOptions) -> McpHttp {
+    let mut local = LocalSessionManager::default();
+    local.session_config.keep_alive = Some(options.session_idle);
+    let sessions = Arc::new(BoundedSessions {
+        inner: local,
+        max: options.max_sessions.max(1),
+        creating: tokio::sync::Mutex::new(()),
+    });
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(options.allowed_hosts)
         .with_allowed_origins(options.allowed_origins)
@@ -43,9 +66,113 @@ pub fn mcp_service(coordinator: Coordinator, options: McpHttpOptions) -> McpServ
         .with_max_request_body_bytes(options.max_request_bytes)
         .with_cancellation_token(options.stop);
     // One value per session (and per stateless request): each keeps its connection's toolsets.
-    StreamableHttpService::new(
-        move || Ok(coordinator.for_http()),
-        Arc::new(sessions),
-        config,
+    let service =
+        StreamableHttpService::new(move || Ok(coordinator.for_http()), sessions.clone(), config);
+    McpHttp { service, sessions }
+}
+
+/// rmcp's in-memory sessions, at most `max` at once. A session ends on `DELETE`, when its
+/// client has been idle for `keep_alive`, or when the server stops; rmcp then closes it here,
+/// which frees its place.
+pub struct BoundedSessions {
+    inner: LocalSessionManager,
+    max: usize,
+    /// Held while a session is counted and created, so that two at once cannot both take
+    /// the last place.
+    creating: tokio::sync::Mutex<()>,
+}
+
+/// Errors of [`BoundedSessions`].
+#[derive(Debug, thiserror::Error)]
+pub enum SessionsError {
+    #[error("{}", full_message(*.0))]
+    Full(usize),
+    #[error(transparent)]
+    Local(#[from] LocalSessionManagerError),
+}
+
+/// What a client refused a session is told: the limit, the setting, and the ways out.
+pub fn full_message(max: usize) -> String {
+    format!(
+        "session limit reached: {max} MCP sessions are open, the most [http] max_sessions \
+         allows; retry after a session ends (HTTP DELETE with its Mcp-Session-Id, or idle past \
+         [http] session_idle_minutes), or use protocol 2026-07-28, which needs no session"
     )
+}
+
+impl BoundedSessions {
+    /// Sessions open now.
+    pub async fn open(&self) -> usize {
+        self.inner.sessions.read().await.len()
+    }
+
+    /// The most sessions open at once.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether a new session would be refused now.
+    pub async fn is_full(&self) -> bool {
+        self.open().await >= self.max
+    }
+}
+
+impl SessionManager for BoundedSessions {
+    type Error = SessionsError;
+    type Transport = <LocalSessionManager as SessionManager>::Transport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        let _creating = self.creating.lock().await;
+        if self.is_full().await {
+            return Err(SessionsError::Full(self.max));
+        }
+        Ok(self.inner.create_session().await?)
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        Ok(self.inner.initialize_session(id, message).await?)
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        Ok(self.inner.has_session(id).await?)
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        Ok(self.inner.close_session(id).await?)
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.create_stream(id, message).await?)
+    }
+
+    async fn accept_message(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<(), Self::Error> {
+        Ok(self.inner.accept_message(id, message).await?)
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.create_standalone_stream(id).await?)
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        Ok(self.inner.resume(id, last_event_id).await?)
+    }
 }

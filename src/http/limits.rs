@@ -1,0 +1,269 @@
+//! The limits every request to `/mcp` is held to, each refusal naming its `[http]` setting:
+//! header and body sizes (`431`, `413`), failed bearer checks per client address (`429`: token
+//! guessing), requests per principal (`429` with `Retry-After`, `governor`), and the session
+//! limit's `503` for an `initialize` past `max_sessions`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use serde_json::{Value, json};
+
+use super::{Front, HttpConfig};
+use crate::auth::Principal;
+use crate::server::http::BoundedSessions;
+
+/// Keyed tables past this many entries forget the keys whose quota has refilled (the
+/// console's login limiter does the same), so many keys do not grow them without end.
+const RETAIN_PAST: usize = 4096;
+
+/// The limits' settings and state; one per listener.
+pub struct Limits {
+    requests_per_minute: u32,
+    failed_auth_per_minute: u32,
+    max_request_bytes: usize,
+    max_header_bytes: usize,
+    behind_proxy: bool,
+    /// Requests per principal (only authenticated requests reach it, so strangers cannot
+    /// fill it).
+    principals: DefaultKeyedRateLimiter<String>,
+    /// Failed bearer checks per client address.
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses past their failures, until when.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl Limits {
+    pub fn new(config: &HttpConfig) -> Self {
+        let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+        Limits {
+            requests_per_minute: config.requests_per_minute.max(1),
+            failed_auth_per_minute: config.failed_auth_per_minute.max(1),
+            max_request_bytes: config.max_request_bytes,
+            max_header_bytes: config.max_header_bytes,
+            behind_proxy: config.behind_proxy,
+            principals: RateLimiter::keyed(per_minute(config.requests_per_minute)),
+            failures: RateLimiter::keyed(per_minute(config.failed_auth_per_minute)),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long `principal` must wait, or `None` when this request is within its quota
+    /// (counts it).
+    fn principal_wait(&self, principal: &Principal) -> Option<Duration> {
+        if self.principals.len() > RETAIN_PAST {
+            self.principals.retain_recent();
+        }
+        let key = format!("{}:{}", principal.source.as_str(), principal.subject);
+        self.principals
+            .check_key(&key)
+            .err()
+            .map(|n| n.wait_time_from(self.principals.clock().now()))
+    }
+
+    /// How long `ip` stays refused after too many failed bearer checks, if it is.
+    fn blocked_for(&self, ip: IpAddr) -> Option<Duration> {
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        let until = *blocked.get(&ip)?;
+        let now = Instant::now();
+        if until <= now {
+            blocked.remove(&ip);
+            return None;
+        }
+        Some(until - now)
+    }
+
+    /// Counts a failed bearer check from `ip`; past the quota, the address is refused until
+    /// the next one is allowed.
+    fn failed(&self, ip: IpAddr) {
+        if self.failures.len() > RETAIN_PAST {
+            self.failures.retain_recent();
+        }
+        if let Err(n) = self.failures.check_key(&ip) {
+            let wait = n.wait_time_from(self.failures.clock().now());
+            let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+            if blocked.len() > RETAIN_PAST {
+                let now = Instant::now();
+                blocked.retain(|_, until| *until > now);
+            }
+            blocked.insert(ip, Instant::now() + wait);
+        }
+    }
+
+    /// The client's address: the peer, or behind a proxy the address it appended last to
+    /// `X-Forwarded-For` (the one hop a client cannot forge).
+    fn client_ip(&self, request: &Request) -> Option<IpAddr> {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())?;
+        if !self.behind_proxy {
+            return Some(peer);
+        }
+        Some(crate::console::login::forwarded_for(request.headers()).unwrap_or(peer))
+    }
+}
+
+/// `429` with `Retry-After` (whole seconds, at least 1) and why.
+fn too_many(wait: Duration, why: String) -> Response {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    let mut response = (
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("{why}; retry after {seconds} s"),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    response
+}
+
+fn too_large(max: usize) -> Response {
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "request body too large: /mcp reads at most {max} bytes ([http] max_request_bytes)"
+        ),
+    )
+        .into_response()
+}
+
+/// Bytes of the request's headers as sent (`name: value` and a line end each).
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// Header and body sizes: refused before any token is checked. A body without a length
+/// (chunked) is counted by rmcp while it reads; its `413` is said in the same words here.
+pub async fn sizes(State(front): State<Front>, request: Request, next: Next) -> Response {
+    let limits = front.limits();
+    let headers = header_bytes(request.headers());
+    if headers > limits.max_header_bytes {
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "request headers too large: {headers} bytes, /mcp accepts at most {} \
+                 ([http] max_header_bytes)",
+                limits.max_header_bytes
+            ),
+        )
+            .into_response();
+    }
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|n| n > limits.max_request_bytes as u64) {
+        return too_large(limits.max_request_bytes);
+    }
+    let response = next.run(request).await;
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return too_large(limits.max_request_bytes);
+    }
+    response
+}
+
+/// Failed bearer checks per client address: an address past `failed_auth_per_minute` is
+/// answered `429` for every request with a token, before the token is looked at, so that
+/// guessing learns nothing. A request without a token is not a guess (it gets its `401`).
+pub async fn failed_bearer(State(front): State<Front>, request: Request, next: Next) -> Response {
+    let limits = front.limits();
+    let has_token = request.headers().contains_key(header::AUTHORIZATION);
+    let ip = limits.client_ip(&request);
+    if let (true, Some(ip)) = (has_token, ip)
+        && let Some(wait) = limits.blocked_for(ip)
+    {
+        return too_many(
+            wait,
+            format!(
+                "too many failed bearer checks from this address: at most {} a minute \
+                 ([http] failed_auth_per_minute)",
+                limits.failed_auth_per_minute
+            ),
+        );
+    }
+    let response = next.run(request).await;
+    if let (true, Some(ip)) = (has_token, ip)
+        && response.status() == StatusCode::UNAUTHORIZED
+    {
+        limits.failed(ip);
+    }
+    response
+}
+
+/// Requests per principal: after the bearer check, which put the `Principal` in the request.
+pub async fn per_principal(State(front): State<Front>, request: Request, next: Next) -> Response {
+    let limits = front.limits();
+    let wait = request
+        .extensions()
+        .get::<Principal>()
+        .and_then(|p| limits.principal_wait(p));
+    if let Some(wait) = wait {
+        return too_many(
+            wait,
+            format!(
+                "rate limit: at most {} requests a minute per principal ([http] \
+                 requests_per_minute)",
+                limits.requests_per_minute
+            ),
+        );
+    }
+    next.run(request).await
+}
+
+/// The session limit, said before rmcp reads the request: when every place is taken, a POST
+/// without `Mcp-Session-Id` that is an `initialize` is answered `503` with a JSON-RPC error
+/// for its id (rmcp itself could only answer a refused session with a `500`). Other requests
+/// (2026-07-28 ones need no session) go on. Nothing is read while places are free.
+pub async fn sessions(
+    State((front, sessions)): State<(Front, Arc<BoundedSessions>)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() != Method::POST
+        || request.headers().contains_key("mcp-session-id")
+        || !sessions.is_full().await
+    {
+        return next.run(request).await;
+    }
+    let max_bytes = front.limits().max_request_bytes;
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, max_bytes).await else {
+        return too_large(max_bytes);
+    };
+    let head: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if head.get("method").and_then(Value::as_str) == Some("initialize") {
+        let message = crate::server::http::full_message(sessions.max());
+        let error = json!({
+            "jsonrpc": "2.0",
+            "id": head.get("id").cloned().unwrap_or(Value::Null),
+            "error": {
+                "code": -32000,
+                "message": message,
+                "data": {"limit": "max_sessions", "max": sessions.max(), "setting": "[http] max_sessions"},
+            },
+        });
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "application/json")],
+            error.to_string(),
+        )
+            .into_response();
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
