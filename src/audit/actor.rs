@@ -63,6 +63,18 @@ impl Actor {
         )
     }
 
+    /// A person the identity provider vouched for (`principal` as
+    /// [`Principal::describe`](crate::auth::Principal::describe) names it), logged in to the
+    /// console at `console` from `remote`:
+    /// `overseer:alice (sub 5f1c, via oidc; console https://oversight.example.com from 10.0.0.7:50412)`.
+    pub fn person_at_console(principal: &str, console: &str, remote: &str) -> Self {
+        let principal = principal.strip_suffix(')').unwrap_or(principal);
+        Actor::new(
+            ActorKind::Overseer,
+            format!("{principal}; console {console} from {remote})"),
+        )
+    }
+
     /// The coordinator itself.
     pub fn system() -> Self {
         Actor::new(ActorKind::System, "mcp-coordinator")

@@ -24,6 +24,7 @@ use super::guard;
 use super::layout::{csrf_field, error_page, html_response, page};
 use super::session::Person;
 use crate::audit::{self, AuditEvent, Keyset, Outcome, Scanned, VerifyReport, Window};
+use crate::auth::Permission;
 
 /// The section's routes.
 pub fn routes() -> Router<Console> {
@@ -156,6 +157,9 @@ async fn events(
     person: Person,
     Query(filters): Query<Filters>,
 ) -> Response {
+    if let Err(r) = guard::require(&console, &person, Permission::AuditRead) {
+        return r;
+    }
     let (q, at) = match filters.query().and_then(|q| Ok((q, filters.keyset()?))) {
         Ok(v) => v,
         Err(message) => {
@@ -355,6 +359,9 @@ async fn verify(
     person: Person,
     Form(form): Form<VerifyForm>,
 ) -> Response {
+    if let Err(r) = guard::require(&console, &person, Permission::AuditRead) {
+        return r;
+    }
     if let Err(r) = guard::take_form(&console, &person, &form.csrf) {
         return r;
     }
@@ -448,6 +455,9 @@ async fn export(
     person: Person,
     Query(filters): Query<Filters>,
 ) -> Response {
+    if let Err(r) = guard::require(&console, &person, Permission::AuditRead) {
+        return r;
+    }
     let q = match filters.query() {
         Ok(q) => q,
         Err(message) => {

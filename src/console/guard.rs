@@ -200,7 +200,12 @@ impl FromRequestParts<Console> for Person {
         if let Some(person) = session_cookie(&parts.headers, console.cookie_name())
             .and_then(|t| console.sessions().get(t))
         {
-            match console.credential(person.credential).await {
+            let Some(credential) = person.credential() else {
+                // The identity provider vouched for this person at login; the session lasts
+                // as sessions do.
+                return Ok(person);
+            };
+            match console.credential(credential).await {
                 Credential::Current => return Ok(person),
                 Credential::Unknown => {
                     // A busy database is no reason to log anyone out: try again shortly.
@@ -241,6 +246,28 @@ impl FromRequestParts<Console> for Person {
                 "not logged in to the console (or the session ended): log in at /login"
             },
         ))
+    }
+}
+
+/// A page that needs `permission`: the overseer with the passphrase has every one; a person
+/// from the identity provider needs a role that grants it, or gets a page naming it.
+pub fn require(
+    console: &Console,
+    person: &Person,
+    permission: crate::auth::Permission,
+) -> Result<(), Response> {
+    match person.principal() {
+        Some(p) if !p.may(permission) => Err(super::layout::error_page(
+            console,
+            Some(person),
+            StatusCode::FORBIDDEN,
+            &format!(
+                "this page needs the permission {permission}, which none of {}'s roles ({}) grants",
+                p.name,
+                p.role_names()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

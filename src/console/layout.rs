@@ -52,7 +52,12 @@ pub fn page(
                         }
                         form.logout method="post" action="/logout" {
                             input type="hidden" name="csrf" value=(console.sessions().issue_form(person));
-                            span.who { "overseer " strong { (person.name) } }
+                            span.who {
+                                @match person.principal() {
+                                    None => { "overseer " strong { (person.name) } }
+                                    Some(p) => { strong { (person.name) } " (" (p.role_names()) ")" }
+                                }
+                            }
                             button type="submit" { "Log out" }
                         }
                     }

@@ -1,5 +1,7 @@
 //! Logging in and out: the overseer's passphrase (the one `approvals approve` asks for at the
-//! CLI) opens a session. Attempts are limited per address here, and wrong answers count
+//! CLI) opens a session; in team mode the page also offers the identity provider (`oidc/`).
+//! The passphrase stays offered while an overseer is set: it is the local way in, for the
+//! person at the machine, as before. Attempts are limited per address here, and wrong answers count
 //! towards the overseer's lock in the database, which the CLI shares.
 
 use std::net::{IpAddr, SocketAddr};
@@ -15,7 +17,7 @@ use serde_json::json;
 use super::Console;
 use super::guard::{self, refuse};
 use super::layout::{error_page, html_response, page};
-use super::session::Person;
+use super::session::{Login, Person};
 use crate::audit::{Action, Actor, ActorKind, NewEvent, Outcome};
 use crate::overseer::{OverseerError, Purpose};
 
@@ -40,7 +42,7 @@ pub struct LogoutForm {
 /// Only a path of this console is a place to go back to after logging in: `/` then printable
 /// ASCII, never `//` or a backslash (browsers read both as another host) and never a space or
 /// control character (browsers drop tabs and newlines, so `/\t/evil` would become `//evil`).
-fn safe_next(next: Option<&str>) -> String {
+pub(crate) fn safe_next(next: Option<&str>) -> String {
     match next {
         Some(n)
             if n.starts_with('/')
@@ -56,7 +58,7 @@ fn safe_next(next: Option<&str>) -> String {
 /// The address a login attempt is counted against: the peer, or behind a proxy (where every
 /// peer is the proxy) the address the proxy appended last to `X-Forwarded-For`, the one hop
 /// a client cannot forge.
-fn client_ip(console: &Console, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+pub(crate) fn client_ip(console: &Console, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     if !console.settings().config.console.behind_proxy {
         return peer.ip();
     }
@@ -94,12 +96,22 @@ async fn login_page(
         .flatten();
     let token = console.sessions().issue_login_form();
     let next = safe_next(next);
+    let provider = console.team().map(|t| t.display_name());
     let body = html! {
         h1 { "Log in to the oversight console" }
         @if let Some(message) = message {
             p.error role="alert" { (message) }
         }
+        @if let Some(provider) = &provider {
+            // A link, not a form: the CSP's `form-action 'self'` would stop a form whose
+            // answer redirects to the provider.
+            div.card #provider-login {
+                p { "People of the team log in through the identity provider; deciding approvals needs the role " code { "human_oversight" } "." }
+                p { a.button #provider-link href={ "/login/oidc?next=" (url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()) } { "Log in with " (provider) } }
+            }
+        }
         @match &overseer {
+            None if provider.is_some() => {}
             Some(o) => {
                 p { "The overseer " strong { (o.name) } " decides approvals here with the same passphrase the CLI asks for." }
                 form.card method="post" action="/login" {
@@ -191,9 +203,13 @@ pub async fn submit(
         // Logging in is not refused for an audit write that failed; it is said.
         tracing::warn!(error = %e, "console: cannot record the login in the audit log");
     }
-    let token = console
-        .sessions()
-        .create(&overseer.name, overseer.credential, &remote);
+    let token = console.sessions().create(
+        &overseer.name,
+        Login::Passphrase {
+            credential: overseer.credential,
+        },
+        &remote,
+    );
     let mut r = Redirect::to(&safe_next(next)).into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(v) = HeaderValue::from_str(&guard::session_set_cookie(

@@ -4,7 +4,8 @@
 //! What lives here: the console's state and router (this file), its `[console]` config
 //! (`config.rs`), binding and TLS (`listen.rs`), the checks every request passes and the
 //! session extractor (`guard.rs`), sessions and one-time form tokens (`session.rs`), login
-//! (`login.rs`), the page frame and static files (`layout.rs`, `static/`), unified diffs in
+//! with the overseer's passphrase (`login.rs`) and, in team mode, through the identity
+//! provider (`oidc/`), the page frame and static files (`layout.rs`, `static/`), unified diffs in
 //! colour (`diff.rs`), and one file per
 //! section: approvals (`approvals/`), live status (`live/`), audit (`audit.rs`) and
 //! `/metrics` (`metrics.rs`). Pages are rendered on the server (maud) and every decision works
@@ -30,6 +31,7 @@ pub mod listen;
 pub mod live;
 pub mod login;
 pub mod metrics;
+pub mod oidc;
 pub mod session;
 
 use std::net::IpAddr;
@@ -69,6 +71,8 @@ struct Inner {
     cookie: String,
     secure_cookies: bool,
     logins: DefaultKeyedRateLimiter<IpAddr>,
+    /// Login through the identity provider (team mode), when `[auth]` names one and a client.
+    team: Option<oidc::TeamLogin>,
     tool_calls: Option<Arc<metrics::ToolCalls>>,
     /// The overseer credential in force as last read, and when (see
     /// [`Console::credential`]).
@@ -106,6 +110,15 @@ impl Console {
             bound.is_tls(),
             config.public_url.as_deref(),
         );
+        let url = config.public_url.clone().unwrap_or_else(|| bound.url());
+        // MCP's resource on this listener: what access tokens are asked for.
+        let resource = format!("{}{}", url.trim_end_matches('/'), "/mcp");
+        let team = oidc::TeamLogin::from_config(
+            &settings.config.auth,
+            &audit,
+            &settings.data_dir,
+            &resource,
+        );
         let per_minute =
             NonZeroU32::new(config.login_attempts_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         Console {
@@ -118,10 +131,11 @@ impl Console {
                     config.session_idle_minutes.max(1) * 60,
                 )),
                 hosts,
-                url: config.public_url.clone().unwrap_or_else(|| bound.url()),
+                url,
                 cookie: format!("{}_{}", session::COOKIE, bound.local_addr().port()),
                 secure_cookies: bound.is_tls() || config.behind_proxy,
                 logins: RateLimiter::keyed(Quota::per_minute(per_minute)),
+                team,
                 tool_calls,
                 credential: Mutex::new(None),
             }),
@@ -133,6 +147,8 @@ impl Console {
         Router::new()
             .route("/login", get(login::form).post(login::submit))
             .route("/logout", post(login::logout))
+            .route("/login/oidc", get(oidc::flow::start))
+            .route(oidc::flow::CALLBACK_PATH, get(oidc::flow::callback))
             .route("/static/console.css", get(layout::style))
             .route("/static/console.js", get(layout::script))
             .merge(live::routes())
@@ -180,6 +196,11 @@ impl Console {
 
     pub fn overseers(&self) -> &OverseerService {
         &self.inner.overseers
+    }
+
+    /// Login through the identity provider, in team mode.
+    pub fn team(&self) -> Option<&oidc::TeamLogin> {
+        self.inner.team.as_ref()
     }
 
     pub fn sessions(&self) -> &Sessions {

@@ -1,5 +1,6 @@
-//! Console sessions and form tokens, in this process's memory: a session is the overseer
-//! logged in from one browser (an `HttpOnly`, `SameSite=Strict` cookie holds its random id),
+//! Console sessions and form tokens, in this process's memory: a session is a person logged
+//! in from one browser (the overseer with the passphrase, or someone the identity provider
+//! vouched for) (an `HttpOnly`, `SameSite=Strict` cookie holds its random id),
 //! and every form carries a one-time token issued for it, so that a forged or replayed form
 //! is refused. A console restart logs everyone out, which is the safe direction.
 
@@ -33,13 +34,50 @@ type Key = [u8; 32];
 /// Who is logged in, as a handler sees it.
 #[derive(Debug, Clone)]
 pub struct Person {
-    /// The overseer's name.
+    /// The overseer's name, or the provider's name for the person.
     pub name: String,
-    /// The credential row they logged in with.
-    pub credential: i64,
+    /// How they proved who they are.
+    pub login: Login,
     /// Where they connect from, `IP:PORT` as first seen.
     pub remote: String,
     key: Key,
+}
+
+/// How a person logged in.
+#[derive(Debug, Clone)]
+pub enum Login {
+    /// The overseer's passphrase (local use): the credential row it matched.
+    Passphrase { credential: i64 },
+    /// The identity provider (team mode), authorization code with PKCE.
+    Provider(ProviderLogin),
+}
+
+/// What the identity provider said about a person who logged in through it.
+#[derive(Debug, Clone)]
+pub struct ProviderLogin {
+    /// The principal: subject, name and roles as the provider's tokens say them.
+    pub principal: crate::auth::Principal,
+    /// When the provider last asked this person for their password in a flow this console
+    /// started (its ID token's `auth_time`, checked against the flow's start), if it did.
+    pub authenticated_at: Option<Instant>,
+}
+
+impl Person {
+    /// The overseer credential a passphrase session logged in with.
+    pub fn credential(&self) -> Option<i64> {
+        match &self.login {
+            Login::Passphrase { credential } => Some(*credential),
+            Login::Provider(_) => None,
+        }
+    }
+
+    /// The principal a provider session acts as.
+    pub fn principal(&self) -> Option<&crate::auth::Principal> {
+        match &self.login {
+            Login::Passphrase { .. } => None,
+            Login::Provider(p) => Some(&p.principal),
+        }
+    }
 }
 
 struct Session {
@@ -103,7 +141,7 @@ impl Sessions {
     }
 
     /// Starts a session; returns the cookie value (shown once, never stored as such).
-    pub fn create(&self, name: &str, credential: i64, remote: &str) -> String {
+    pub fn create(&self, name: &str, login: Login, remote: &str) -> String {
         let token = random_token();
         let key = key_of(&token);
         let now = Instant::now();
@@ -114,7 +152,7 @@ impl Sessions {
             Session {
                 person: Person {
                     name: name.to_string(),
-                    credential,
+                    login,
                     remote: remote.to_string(),
                     key,
                 },
@@ -160,10 +198,12 @@ impl Sessions {
         self.map().remove(&person.key);
     }
 
-    /// Ends every session of a credential other than `current` (after a passphrase change or
-    /// reset, the old passphrase's sessions must not go on deciding).
+    /// Ends every passphrase session of a credential other than `current` (after a passphrase
+    /// change or reset, the old passphrase's sessions must not go on deciding). Sessions the
+    /// identity provider opened do not depend on the passphrase.
     pub fn end_other_credentials(&self, current: i64) {
-        self.map().retain(|_, s| s.person.credential == current);
+        self.map()
+            .retain(|_, s| s.person.credential().is_none_or(|c| c == current));
     }
 
     /// How many sessions are live.
@@ -239,11 +279,13 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    const PASS: Login = Login::Passphrase { credential: 1 };
+
     #[test]
     fn a_form_token_works_once_and_only_for_its_session() {
         let sessions = Sessions::new(Duration::from_secs(60));
-        let a = sessions.create("ada", 1, "127.0.0.1:1");
-        let b = sessions.create("ada", 1, "127.0.0.1:2");
+        let a = sessions.create("ada", PASS, "127.0.0.1:1");
+        let b = sessions.create("ada", PASS, "127.0.0.1:2");
         let (Some(pa), Some(pb)) = (sessions.get(&a), sessions.get(&b)) else {
             panic!("both sessions are live");
         };
@@ -257,13 +299,13 @@ mod tests {
     #[test]
     fn an_idle_session_ends_and_a_logged_out_one_is_gone() {
         let sessions = Sessions::new(Duration::from_millis(30));
-        let a = sessions.create("ada", 1, "127.0.0.1:1");
+        let a = sessions.create("ada", PASS, "127.0.0.1:1");
         let Some(person) = sessions.get(&a) else {
             panic!("the session is live");
         };
         std::thread::sleep(Duration::from_millis(60));
         assert!(sessions.get(&a).is_none(), "idle past the limit");
-        let b = sessions.create("ada", 1, "127.0.0.1:1");
+        let b = sessions.create("ada", PASS, "127.0.0.1:1");
         assert!(sessions.get(&b).is_some());
         sessions.end(&person);
         let Some(pb) = sessions.get(&b) else {

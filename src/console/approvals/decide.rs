@@ -1,7 +1,10 @@
 //! `POST /approvals/{id}/approve` and `/reject`: a decision with a reason, recorded through
-//! the approval service as a console decision by the logged-in overseer. Approving a
+//! the approval service as a console decision by the logged-in person. Approving a
 //! `critical` one, or one the policy reserves for an out-of-band decision, needs the
-//! overseer's passphrase again (wrong answers count towards the lock the CLI shares). Every refusal shows the page again with what the person typed.
+//! overseer's passphrase again (wrong answers count towards the lock the CLI shares), or for
+//! a person logged in through the identity provider a password typed there moments ago.
+//! A person from the provider decides only with `human_oversight`, and never what they
+//! requested (four eyes). Every refusal shows the page again with what the person typed.
 
 use axum::Form;
 use axum::extract::{Path, State as AxState};
@@ -108,6 +111,14 @@ async fn decide(
         Ok(a) => a,
         Err(r) => return r,
     };
+    if let Some(why) = super::refusal(&person, &approval) {
+        return error_page(
+            &console,
+            Some(&person),
+            StatusCode::FORBIDDEN,
+            &format!("{why} Nothing was decided."),
+        );
+    }
     let refuse = |message: String, status| {
         again(
             &console,
@@ -124,12 +135,35 @@ async fn decide(
         Err((message, status)) => return refuse(message, status),
     };
     let url = console.url();
-    let by = Actor::overseer_at_console(&person.name, &url, &person.remote);
+    let (by, who) = match person.principal() {
+        None => (
+            Actor::overseer_at_console(&person.name, &url, &person.remote),
+            json!({"session_credential": person.credential()}),
+        ),
+        Some(p) => (
+            Actor::person_at_console(&p.describe(), &url, &person.remote),
+            json!({"subject": p.subject, "name": p.name, "roles": p.role_names(), "via": "oidc"}),
+        ),
+    };
     if which == Which::Approve && super::needs_passphrase(&approval) {
-        match ask_again(&console, &person, &form.passphrase, &by).await {
-            Ok(()) => {}
-            Err(Refused::Page(r)) => return r,
-            Err(Refused::Again(message, status)) => return refuse(message, status),
+        if person.principal().is_some() {
+            // The provider's equivalent of the passphrase again: a password typed at the
+            // provider moments ago.
+            if !super::reauthenticated(&person) {
+                return refuse(
+                    format!(
+                        "approving this needs you to log in again at the identity provider (within {} min before approving): use \"Log in again\" above. Nothing was decided.",
+                        super::REAUTH_WINDOW.as_secs() / 60
+                    ),
+                    StatusCode::FORBIDDEN,
+                );
+            }
+        } else {
+            match ask_again(&console, &person, &form.passphrase, &by).await {
+                Ok(()) => {}
+                Err(Refused::Page(r)) => return r,
+                Err(Refused::Again(message, status)) => return refuse(message, status),
+            }
         }
     }
     let verdict = Verdict {
@@ -141,11 +175,13 @@ async fn decide(
         via: Channel::Console,
         reason: (!reason.is_empty()).then_some(reason),
         cause: None,
-        context: json!({
-            "console": url,
-            "remote": person.remote,
-            "session_credential": person.credential,
-        }),
+        context: {
+            let mut context = json!({"console": url, "remote": person.remote});
+            if let (Some(c), serde_json::Value::Object(who)) = (context.as_object_mut(), who) {
+                c.extend(who);
+            }
+            context
+        },
     };
     let decided = console
         .blocking(move |c| c.approvals().decide(&id, verdict))
@@ -222,7 +258,7 @@ async fn ask_again(
         .blocking(move |c| c.overseers().verify(&passphrase, Purpose::Approve, &actor))
         .await;
     match verified {
-        Ok(Ok(o)) if o.credential == person.credential => Ok(()),
+        Ok(Ok(o)) if Some(o.credential) == person.credential() => Ok(()),
         Ok(Ok(_)) => Err(Refused::Again(
             "passphrase: the overseer's passphrase changed since you logged in; log in again. Nothing was decided.".into(),
             StatusCode::FORBIDDEN,

@@ -112,7 +112,17 @@ fn forms(console: &Console, person: &Person, a: &Approval, draft: &Draft) -> Mar
                 @if let Some(m) = approve_error { p.error { (m) } }
                 label for="approve-reason" { "Why you approve (recorded with the decision)" }
                 textarea #approve-reason name="reason" required { (draft.approve_reason) }
-                @if again {
+                @if again && person.principal().is_some() {
+                    @if super::reauthenticated(person) {
+                        p.muted #reauthenticated { "You logged in again at the identity provider a moment ago, as approving this asks (it is " (if a.risk == Risk::Critical { "critical" } else { "reserved for a decision out of band" }) ")." }
+                    } @else {
+                        p #reauth {
+                            "Approving this (it is " (if a.risk == Risk::Critical { "critical" } else { "reserved for a decision out of band" }) ") needs you to type your password at the identity provider again: "
+                            a href={ "/login/oidc?reauth=1&next=/approvals/" (a.id) } { "Log in again" }
+                            ", then approve within " (super::REAUTH_WINDOW.as_secs() / 60) " min."
+                        }
+                    }
+                } @else if again {
                     label for="approve-passphrase" { "Overseer passphrase, again (this approval is " (if a.risk == Risk::Critical { "critical" } else { "reserved for a decision out of band" }) ")" }
                     input #approve-passphrase type="password" name="passphrase" autocomplete="current-password" required;
                     p.muted { "Wrong answers count towards the lock the CLI shares." }
@@ -198,7 +208,13 @@ pub fn render(
         }
         // Decided after reading what it does: the forms come last.
         @if a.state == State::Pending {
-            (forms(console, person, a, draft))
+            @match super::refusal(person, a) {
+                Some(why) => {
+                    h2 #decide { "Decide" }
+                    p.error #cannot-decide role="alert" { (why) }
+                }
+                None => { (forms(console, person, a, draft)) }
+            }
         }
     };
     let mut r = html_response(page(

@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::Console;
-use crate::approval::{Risk, State};
+use super::oidc;
+use super::session::{Login, Person};
+use crate::approval::{Approval, Risk, State};
 
 /// The section's routes.
 pub fn routes() -> Router<Console> {
@@ -96,6 +98,45 @@ pub(super) fn needs_passphrase(a: &crate::approval::Approval) -> bool {
     a.risk == Risk::Critical || a.decide_with == crate::approval::DecideWith::OutOfBand
 }
 
+/// How long after the provider last asked a person for their password they may approve what
+/// needs a fresh proof (the provider's equivalent of the passphrase again).
+pub(super) const REAUTH_WINDOW: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+/// Whether a provider session proved itself at the provider within [`REAUTH_WINDOW`] (a
+/// passphrase session answers with the passphrase instead).
+pub(super) fn reauthenticated(person: &Person) -> bool {
+    match &person.login {
+        Login::Provider(p) => p
+            .authenticated_at
+            .is_some_and(|at| at.elapsed() < REAUTH_WINDOW),
+        Login::Passphrase { .. } => false,
+    }
+}
+
+/// Why `person` may not decide `a`, if they may not. The overseer with the passphrase decides
+/// as before; a person the identity provider vouched for needs `human_oversight`, and never
+/// decides what they asked for themselves (four eyes): the principal in `requested_by`
+/// (`... as NAME (sub SUBJECT, via SOURCE)`) with their subject, or their name, is them.
+pub(super) fn refusal(person: &Person, a: &Approval) -> Option<String> {
+    let p = person.principal()?;
+    if !oidc::may_decide(p) {
+        return Some(format!(
+            "deciding approvals needs the role human_oversight; {} has {}. You can look at approvals, not decide them.",
+            p.name,
+            p.role_names()
+        ));
+    }
+    let same_principal = a.requested_by.contains(&format!(" as {}", p.describe()));
+    let same_name = a.requested_by.contains(&format!(" as {} (sub ", p.name));
+    if same_principal || same_name {
+        return Some(format!(
+            "four eyes: {} requested this approval ({}), so someone else with human_oversight must decide it.",
+            p.name, a.requested_by
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +153,74 @@ mod tests {
             when("2026-12-06T19:00:00.000000Z"),
             "2026-12-06 19:00:00 UTC"
         );
+    }
+}
+
+#[cfg(test)]
+mod team_tests {
+    use super::*;
+    use crate::auth::{Principal, Role, Source};
+    use crate::console::session::{ProviderLogin, Sessions};
+
+    fn person(sessions: &Sessions, name: &str, roles: &[Role]) -> Person {
+        let login = Login::Provider(ProviderLogin {
+            principal: Principal {
+                subject: format!("{name}-sub"),
+                name: name.into(),
+                roles: roles.to_vec(),
+                source: Source::Provider {
+                    issuer: "https://sso.example.com".into(),
+                },
+            },
+            authenticated_at: None,
+        });
+        let token = sessions.create(name, login, "127.0.0.1:1");
+        sessions
+            .get(&token)
+            .unwrap_or_else(|| panic!("the session is live"))
+    }
+
+    fn approval(requested_by: &str) -> Approval {
+        serde_json::from_value(serde_json::json!({
+            "id": "apr_1", "kind": "generic", "subject_id": "", "summary": "s",
+            "action": {}, "action_hash": "00", "risk": "high", "requested_by": requested_by,
+            "created_at": "2026-12-06T20:00:00.000000Z", "expires_at": "2026-12-06T21:00:00.000000Z",
+            "decide_with": "elicitation", "state": "pending",
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn only_human_oversight_decides_and_never_its_own_request() {
+        let sessions = Sessions::new(std::time::Duration::from_secs(60));
+        let by_ian = approval("client:c/1 as ian (sub ian-sub, via oidc)");
+        let carol = person(&sessions, "carol", &[Role::Compliance]);
+        let admin = person(&sessions, "ada", &[Role::Admin]);
+        let alice = person(&sessions, "alice", &[Role::HumanOversight]);
+        let ian = person(&sessions, "ian", &[Role::Installer, Role::HumanOversight]);
+        assert!(refusal(&carol, &by_ian).is_some_and(|m| m.contains("needs the role human_oversight; carol has compliance")));
+        assert!(
+            refusal(&admin, &by_ian).is_some(),
+            "admin alone does not decide"
+        );
+        assert_eq!(refusal(&alice, &by_ian), None);
+        assert!(refusal(&ian, &by_ian).is_some_and(|m| m.starts_with("four eyes: ian requested")));
+        // The same name through a local token is the same person here too.
+        let by_local_ian = approval("client:c/1 as ian (sub tok_1, via local_token)");
+        assert!(refusal(&ian, &by_local_ian).is_some());
+        assert!(!reauthenticated(&alice));
+        let token = sessions.create("o", Login::Passphrase { credential: 1 }, "127.0.0.1:1");
+        let overseer = sessions.get(&token).unwrap_or_else(|| panic!("live"));
+        assert_eq!(
+            refusal(&overseer, &by_ian),
+            None,
+            "the passphrase decides as before"
+        );
+        sessions.end_other_credentials(2);
+        assert!(
+            sessions.is_live(&alice),
+            "a provider session does not hang on the passphrase"
+        );
+        assert!(!sessions.is_live(&overseer));
     }
 }

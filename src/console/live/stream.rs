@@ -130,7 +130,9 @@ impl Watch {
             }
             // A passphrase changed or reset since this login ends the stream as it ends the
             // session (read at most every 2 s; a busy database is not a change).
-            if self.console.credential(self.person.credential).await == Credential::Changed {
+            if let Some(credential) = self.person.credential()
+                && self.console.credential(credential).await == Credential::Changed
+            {
                 self.console.sessions().end(&self.person);
                 return None;
             }
