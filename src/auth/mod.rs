@@ -1,6 +1,7 @@
 //! Who is calling over the network and what they may do: the roles and their permissions
 //! (`role.rs`), the principal a request acts as (`principal.rs`), the `[auth]` config
-//! (`config.rs`), and the access tokens and API keys this coordinator issues itself when no
+//! (`config.rs`), the identity provider's access tokens checked against its keys
+//! (`provider.rs`), and the access tokens and API keys this coordinator issues itself when no
 //! identity provider is set (`local.rs`).
 //!
 //! Stdio has no principal: the assistant that launched the process runs as the OS user, and
@@ -10,9 +11,11 @@
 pub mod config;
 pub mod local;
 pub mod principal;
+pub mod provider;
 pub mod role;
 
 pub use config::AuthConfig;
 pub use local::{AccessError, AccessTokens, IssuedAccess};
 pub use principal::{Principal, Source};
+pub use provider::{ProviderError, ProviderTokens};
 pub use role::{Permission, Role};

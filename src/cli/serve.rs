@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use super::GlobalArgs;
 use mcp_coordinator::audit::AuditLog;
-use mcp_coordinator::auth::AccessTokens;
+use mcp_coordinator::auth::{AccessTokens, ProviderTokens};
 use mcp_coordinator::config::Settings;
 use mcp_coordinator::console::{self, Console};
 use mcp_coordinator::overseer::{OverseerService, unprotected_warning};
@@ -144,6 +144,9 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
                 coordinator.clone(),
                 mcp_options(&coordinator_settings, &bound, stop.child_token()),
             );
+            if let Some(provider) = front.auth().provider().cloned() {
+                runtime.spawn(check_provider(provider));
+            }
             let mut router = front.router(mcp);
             if let Some(console) = console {
                 router = router.merge(console.router());
@@ -242,8 +245,15 @@ fn bind_http(
         .with_context(|| format!("cannot serve MCP over HTTP at {listen}"))?;
     let base = http.public_url.clone().unwrap_or_else(|| bound.url());
     let tokens = AccessTokens::open(audit.clone(), &settings.data_dir)?;
-    let auth =
-        mcp_coordinator::http::Authenticator::new(tokens, settings.config.auth.issuer.clone());
+    let auth_config = &settings.config.auth;
+    let provider = auth_config.issuer.as_deref().map(|issuer| {
+        ProviderTokens::new(
+            auth_config,
+            issuer,
+            &mcp_coordinator::http::resource_url(&base),
+        )
+    });
+    let auth = mcp_coordinator::http::Authenticator::new(tokens, provider);
     let front = mcp_coordinator::http::Front::new(auth, &base);
     let console = (settings.config.console.enabled && settings.cli_prefix().is_some()).then(|| {
         let console = Console::new(audit.clone(), settings, &bound, Some(tool_calls.clone()));
@@ -255,6 +265,25 @@ fn bind_http(
         bound,
         console,
     })
+}
+
+/// Reads the identity provider's keys once at start, to say on stderr whether it can be
+/// reached; not reaching it stops nothing (the keys are fetched again at the next token).
+async fn check_provider(provider: ProviderTokens) {
+    match provider.refresh().await {
+        Ok(keys) => tracing::info!(
+            issuer = %provider.issuer(),
+            audience = %provider.audience(),
+            keys,
+            "accepting the identity provider's tokens"
+        ),
+        Err(e) => tracing::warn!(
+            issuer = %provider.issuer(),
+            error = %e,
+            "cannot reach the identity provider yet: its tokens are refused until its keys can be \
+             fetched (tried again at the next token)"
+        ),
+    }
 }
 
 /// How `/mcp` is served: the names it answers to, browser origins, sizes and session idling.

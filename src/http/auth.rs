@@ -10,14 +10,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::Front;
-use crate::auth::{AccessTokens, Principal};
+use crate::auth::{AccessTokens, Principal, ProviderTokens};
 
 /// Checks bearer tokens: this coordinator's own, and (when `[auth] issuer` is set) the
 /// identity provider's.
 #[derive(Clone)]
 pub struct Authenticator {
     local: AccessTokens,
-    issuer: Option<String>,
+    provider: Option<ProviderTokens>,
 }
 
 /// Why a request was not let in, as the challenge says it.
@@ -30,13 +30,18 @@ pub enum Refusal {
 }
 
 impl Authenticator {
-    pub fn new(local: AccessTokens, issuer: Option<String>) -> Self {
-        Authenticator { local, issuer }
+    /// `provider`: the identity provider's tokens, when `[auth] issuer` is set.
+    pub fn new(local: AccessTokens, provider: Option<ProviderTokens>) -> Self {
+        Authenticator { local, provider }
     }
 
     /// The identity provider's issuer, when one is configured.
     pub fn issuer(&self) -> Option<&str> {
-        self.issuer.as_deref()
+        self.provider.as_ref().map(|p| p.issuer())
+    }
+
+    pub fn provider(&self) -> Option<&ProviderTokens> {
+        self.provider.as_ref()
     }
 
     pub fn local(&self) -> &AccessTokens {
@@ -54,12 +59,17 @@ impl Authenticator {
                 .map_err(|_| Refusal::Invalid("the token could not be checked".into()))?
                 .map_err(|e| Refusal::Invalid(e.to_string()));
         }
-        Err(Refusal::Invalid(match &self.issuer {
-            Some(_) => "the token is neither this coordinator's nor the identity provider's".into(),
-            None => "the token is not one this coordinator issued, and no identity provider is \
-                     configured ([auth] issuer)"
-                .into(),
-        }))
+        match &self.provider {
+            Some(provider) => provider
+                .check(bearer)
+                .await
+                .map_err(|e| Refusal::Invalid(e.to_string())),
+            None => Err(Refusal::Invalid(
+                "the token is not one this coordinator issued, and no identity provider is \
+                 configured ([auth] issuer)"
+                    .into(),
+            )),
+        }
     }
 }
 
@@ -107,10 +117,15 @@ pub fn unauthorized(front: &Front, refusal: &Refusal) -> Response {
                 .to_string()
         }
         Refusal::Invalid(why) => {
-            // Quotes and backslashes would end the quoted string early.
+            // Quotes and backslashes would end the quoted string early, and a header carries
+            // visible ASCII only (a reason may quote a token's claim).
             let why_quoted: String = why
                 .chars()
-                .map(|c| if c == '"' || c == '\\' { '\'' } else { c })
+                .map(|c| match c {
+                    '"' | '\\' => '\'',
+                    c if c == ' ' || c.is_ascii_graphic() => c,
+                    _ => '?',
+                })
                 .collect();
             challenge.push_str(&format!(
                 ", error=\"invalid_token\", error_description=\"{why_quoted}\""

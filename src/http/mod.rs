@@ -23,6 +23,11 @@ use crate::server::http::McpService;
 /// The path MCP is served at.
 pub const MCP_PATH: &str = "/mcp";
 
+/// The resource URL (RFC 8707/9728) of the server reached at `base_url`: its `/mcp`.
+pub fn resource_url(base_url: &str) -> String {
+    format!("{}{MCP_PATH}", base_url.trim_end_matches('/'))
+}
+
 /// What the listener's routes share: who checks bearer tokens, and the names this server
 /// answers to.
 #[derive(Clone)]
@@ -45,7 +50,7 @@ impl Front {
         Front {
             inner: Arc::new(Inner {
                 auth,
-                resource: format!("{base}{MCP_PATH}"),
+                resource: resource_url(base),
                 metadata_url: format!("{base}{}", metadata::PATH),
             }),
         }

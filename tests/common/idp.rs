@@ -64,6 +64,8 @@ pub struct IdpConfig {
     pub users: Vec<IdpUser>,
     /// Lifetime of access tokens, in seconds.
     pub access_token_ttl: u64,
+    /// The loopback port to listen on (None: a free one).
+    pub port: Option<u16>,
 }
 
 impl IdpConfig {
@@ -102,11 +104,18 @@ impl IdpConfig {
                 user("ada", "admin"),
             ],
             access_token_ttl: 300,
+            port: None,
         }
     }
 
     pub fn ttl(mut self, seconds: u64) -> Self {
         self.access_token_ttl = seconds;
+        self
+    }
+
+    /// Listens on `port` (for a test that names the issuer before the provider runs).
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
         self
     }
 
@@ -125,6 +134,7 @@ impl IdpConfig {
     fn to_json(&self) -> Value {
         json!({
             "path": REALM_PATH,
+            "port": self.port.unwrap_or(0),
             "access_token_ttl": self.access_token_ttl,
             "clients": self.clients.iter().map(|c| json!({
                 "client_id": c.client_id,
