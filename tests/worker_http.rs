@@ -234,8 +234,8 @@ async fn a_worker_with_short_lived_client_credentials_renews_them_mid_pipeline()
         &[("WORKER_CLIENT_SECRET", WORKER.1)],
     );
     let client = assistant(dir.path(), &config).await;
-    // Six stages of 1.5 s: about three token lifetimes.
-    let took = run_pipeline(client.peer(), 1500, &worker).await;
+    // Six stages of 2 s: four token lifetimes.
+    let took = run_pipeline(client.peer(), 2000, &worker).await;
     assert!(took > Duration::from_secs(2 * TTL), "{took:?}");
     let logs = worker.stop().await;
 
@@ -243,9 +243,16 @@ async fn a_worker_with_short_lived_client_credentials_renews_them_mid_pipeline()
     // The first (renewed ahead of expiry), the second (said to last an hour, refused once
     // expired), and at least one after that.
     assert!(tokens.len() >= 3, "{} grants:\n{logs}", tokens.len());
+    // The lying second token is the one refused; the others were renewed ahead of expiry (a
+    // worker that renewed only on a 401 would meet one per token). One more is slack for a
+    // request slowed past the token's last 20% on a loaded machine.
+    let refusals = logs
+        .matches("the coordinator refused the access token")
+        .count();
     assert!(
-        logs.contains("the coordinator refused the access token"),
-        "the worker never met a 401:\n{logs}"
+        (1..=2).contains(&refusals),
+        "{refusals} refusals of {} tokens:\n{logs}",
+        tokens.len()
     );
     let mut jtis = std::collections::BTreeSet::new();
     for token in &tokens {
