@@ -5,12 +5,16 @@
 //! a security assessment of 202 config files, and the cost of child MCP instances (added
 //! latency and throughput of proxied tool calls, cold start with autostarted children, memory
 //! with 20 children), and the server time of the console's approvals, audit and `/metrics`
-//! pages, each next to its target. Run with `cargo bench --bench coordinator`;
-//! `BENCH_ONLY=server,memory,audit,queue,pipelines,assessments,console,instances` picks
+//! pages, and `tools/call` over streamable HTTP beside stdio (`benches/coordinator/http.rs`),
+//! each next to its target. Run with `cargo bench --bench coordinator`;
+//! `BENCH_ONLY=server,memory,audit,queue,pipelines,assessments,console,instances,http` picks
 //! sections and `BENCH_QUICK=1` shrinks the counts about tenfold for a smoke run. It prints figures and
 //! asserts nothing about timing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "coordinator/http.rs"]
+mod http;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -2899,6 +2903,10 @@ fn main() {
     if wants("console") {
         let console_dir = tempfile::tempdir().expect("temp dir");
         bench_console(&counts, console_dir.path());
+    }
+    if wants("http") {
+        let http_dir = tempfile::tempdir().expect("temp dir");
+        http::bench_http(&counts, http_dir.path());
     }
     if wants("instances") {
         let instance_dir = tempfile::tempdir().expect("temp dir");

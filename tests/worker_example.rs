@@ -18,37 +18,6 @@ use serde_json::{Value, json};
 const CAPABILITY: &str = "data-processing";
 const CONFIG: &str = "[tasks]\nbackoff_base_ms = 50\n\n[agents]\nheartbeat_interval_ms = 1000\n";
 
-/// The worker example next to the coordinator binary: `<target>/<profile>/examples/worker`.
-///
-/// A plain `cargo test` builds the examples, but `cargo test --test worker_example` does not, so
-/// build it here (a no-op when it is fresh) rather than run a stale or missing binary.
-fn worker_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let profile_dir = Path::new(common::BIN).parent().unwrap();
-            let bin = profile_dir.join("examples/worker");
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut cmd = std::process::Command::new(cargo);
-            cmd.args(["build", "--quiet", "--example", "worker", "--manifest-path"])
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-                .arg("--target-dir")
-                .arg(profile_dir.parent().unwrap());
-            match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") => {}
-                Some(profile) => {
-                    cmd.args(["--profile", profile]);
-                }
-                None => {}
-            }
-            let status = cmd.status().expect("run cargo build --example worker");
-            assert!(status.success(), "cargo build --example worker: {status}");
-            assert!(bin.is_file(), "{} is missing", bin.display());
-            bin
-        })
-        .clone()
-}
-
 /// A worker process whose stderr goes to a log file in the data directory.
 struct Worker {
     name: &'static str,
@@ -58,7 +27,7 @@ struct Worker {
 
 impl Worker {
     fn spawn(dir: &Path, config: &Path, name: &'static str) -> Self {
-        let bin = worker_bin();
+        let bin = common::worker::worker_bin();
         let log = dir.join(format!("{name}.log"));
         let child = tokio::process::Command::new(bin)
             .args(["--name", name, "--capability", CAPABILITY, "--coordinator"])

@@ -101,6 +101,14 @@ impl Bound {
         let serving = async move {
             match self.tls {
                 None => {
+                    // No Nagle: a response goes out as headers then body chunks (an SSE event
+                    // per MCP answer), and a small segment held for the client's delayed ACK
+                    // cost every `/mcp` call about 40 ms.
+                    let listener = listener.tap_io(|tcp| {
+                        if let Err(e) = tcp.set_nodelay(true) {
+                            tracing::debug!(error = %e, "console: cannot set TCP_NODELAY");
+                        }
+                    });
                     axum::serve(listener, app)
                         .with_graceful_shutdown(shutdown)
                         .await
@@ -209,6 +217,10 @@ impl TlsListener {
                 };
                 if tx.is_closed() {
                     return;
+                }
+                // As for plain TCP above: no Nagle.
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "console: cannot set TCP_NODELAY");
                 }
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {

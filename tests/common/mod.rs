@@ -6,6 +6,7 @@ pub mod console;
 pub mod http;
 pub mod idp;
 pub mod setup;
+pub mod worker;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
