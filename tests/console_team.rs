@@ -78,6 +78,13 @@ impl Team {
             roles: vec!["installer".into(), "human_oversight".into()],
             client_roles: BTreeMap::new(),
         });
+        // A person whose only role is agent: no permission to read the audit log.
+        realm.users.push(IdpUser {
+            username: "andy".into(),
+            password: "andy-pw".into(),
+            roles: vec!["agent".into()],
+            client_roles: BTreeMap::new(),
+        });
         let idp = Idp::start(realm);
         let dir = data_dir();
         store_secret(dir.path(), "console-client", CONSOLE.1);
@@ -501,8 +508,19 @@ async fn only_human_oversight_decides_and_never_their_own_request() {
         "deciding approvals needs the role human_oversight; carol has compliance",
     )
     .await;
+    // Compliance reads the audit log (the seeds give it VIEW_AUDIT_LOGS: `audit_read`).
     let audit = carol.get("/audit").await;
-    assert_eq!(audit.status, 403, "carol may not read the audit log");
+    assert_eq!(
+        audit.status, 200,
+        "carol may read the audit log: {}",
+        audit.body
+    );
+    // andy (agent) may not.
+    let mut andy = Visitor::new(&team.base);
+    let (_, r) = andy.log_in(&team.idp, "andy").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let audit = andy.get("/audit").await;
+    assert_eq!(audit.status, 403, "andy may not read the audit log");
     assert!(audit.body.contains("audit_read"), "{}", audit.body);
     assert_eq!(state_of(team.dir.path(), &id)["state"], "pending");
 

@@ -31,7 +31,9 @@ tls_key in [console], or in [http] or --tls-cert and --tls-key with `serve --htt
 TLS-terminating reverse proxy in front (behind_proxy = true in the same section)"
     )]
     NotLoopback(SocketAddr),
-    #[error("tls_cert and tls_key (--tls-cert and --tls-key): give both or neither")]
+    #[error(
+        "tls_cert and tls_key: give both or neither (--tls-cert and --tls-key with `serve --http`)"
+    )]
     HalfTls,
     #[error("{field} {path}: {message}")]
     Tls {
