@@ -156,6 +156,20 @@ pub async fn submit(
         )
         .await;
     }
+    // The passphrase is for local use: in team mode, people elsewhere log in through the
+    // identity provider (human_oversight and four eyes apply there; not to the passphrase).
+    if console.team().is_some() && !client_ip(&console, peer, &headers).is_loopback() {
+        return login_page(
+            &console,
+            next,
+            Some(
+                "In team mode the overseer's passphrase is accepted from this machine only; log in \
+                 with the identity provider.",
+            ),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    }
     let remote = peer.to_string();
     let passphrase = form.passphrase;
     let visitor = Actor::new(ActorKind::User, format!("console visitor from {remote}"));

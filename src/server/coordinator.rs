@@ -78,6 +78,9 @@ pub(super) struct Inner {
     pub(super) tool_calls: Arc<ToolCalls>,
 }
 
+/// The most stateless principals whose toolsets choice is kept (see `bind_toolsets`).
+const MAX_PRINCIPAL_TOOLSETS: usize = 4096;
+
 /// Who the initialize-era client is, for the audit records of fast-path calls.
 pub(super) struct FastClient {
     pub(super) actor: crate::audit::Actor,
@@ -305,14 +308,21 @@ impl Coordinator {
         let initial = &self.inner.settings.config.tools.toolsets;
         let principal = parts.extensions.get::<crate::auth::Principal>();
         let sets = match principal {
-            Some(p) if !parts.headers.contains_key("mcp-session-id") => self
-                .inner
-                .principal_toolsets
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(p.subject.clone())
-                .or_insert_with(|| Arc::new(toolsets::Toolsets::new(initial)))
-                .clone(),
+            Some(p) if !parts.headers.contains_key("mcp-session-id") => {
+                let mut kept = self
+                    .inner
+                    .principal_toolsets
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                // A choice is a convenience: past this many principals they are forgotten (each
+                // starts again from the configured toolsets) rather than kept without bound.
+                if kept.len() >= MAX_PRINCIPAL_TOOLSETS {
+                    kept.clear();
+                }
+                kept.entry(format!("{}:{}", p.source.as_str(), p.subject))
+                    .or_insert_with(|| Arc::new(toolsets::Toolsets::new(initial)))
+                    .clone()
+            }
             _ => Arc::new(toolsets::Toolsets::new(initial)),
         };
         let _ = self.scope.set(sets);

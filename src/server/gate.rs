@@ -279,6 +279,15 @@ pub(super) async fn record_answer(
     ticket: &Ticket,
     gate: Option<&Gate>,
 ) -> Result<Approval, Failure> {
+    // Over HTTP no answer comes from the client (see `Call::from_context`): a ticket issued to
+    // a stdio client of this process and replayed over HTTP decides nothing.
+    if call.principal.is_some() {
+        return Err(refuse_state(
+            tool,
+            "over HTTP approvals are decided in the console by someone with human_oversight, not \
+             in the client; call the tool again without requestState",
+        ));
+    }
     let answer = answer_of(call, tool)?;
     let verdict = verdict_from(&answer, call).ok_or_else(|| {
         refuse_state(

@@ -82,11 +82,16 @@ impl Call {
             .unwrap_or_else(|| "unknown".into());
         // A client that declares elicitation with neither mode means form (2025-06-18 shape).
         let elicitation = ctx.client_capabilities().and_then(|c| c.elicitation);
-        let elicitation_form = elicitation
-            .as_ref()
-            .is_some_and(|e| e.form.is_some() || e.url.is_none());
-        let elicitation_url = elicitation.as_ref().is_some_and(|e| e.url.is_some());
         let principal = principal_of(ctx);
+        // Over HTTP the client asking is never the one asked to decide: the answer to a form
+        // would come from the requester (or a program holding its token), and deciding is
+        // human_oversight's, in the console, by someone else. URL mode still sends a person to
+        // the console's page of the approval.
+        let elicitation_form = principal.is_none()
+            && elicitation
+                .as_ref()
+                .is_some_and(|e| e.form.is_some() || e.url.is_none());
+        let elicitation_url = elicitation.as_ref().is_some_and(|e| e.url.is_some());
         let actor = client_actor(client, principal.as_ref());
         Call {
             era,
@@ -142,10 +147,21 @@ pub fn client_actor(client: String, principal: Option<&crate::auth::Principal>) 
 
 /// The principal `crate::http`'s middleware found for this request (over HTTP), if any.
 pub fn principal_of(ctx: &RequestContext<RoleServer>) -> Option<crate::auth::Principal> {
-    ctx.extensions
-        .get::<http::request::Parts>()
-        .and_then(|parts| parts.extensions.get::<crate::auth::Principal>())
-        .cloned()
+    let parts = ctx.extensions.get::<http::request::Parts>()?;
+    // Every HTTP request passes the bearer check, which puts a principal here; should one ever
+    // arrive without, it gets no roles rather than stdio's everything.
+    Some(
+        parts
+            .extensions
+            .get::<crate::auth::Principal>()
+            .cloned()
+            .unwrap_or_else(|| crate::auth::Principal {
+                subject: "unauthenticated".into(),
+                name: "unauthenticated".into(),
+                roles: Vec::new(),
+                source: crate::auth::Source::LocalToken,
+            }),
+    )
 }
 
 /// Whether a request or notification came over HTTP (rmcp puts the request's head in its

@@ -9,9 +9,11 @@ For each era (mode="legacy": an initialize-era session; mode="2026-07-28": state
 
  1. connect with `Authorization: Bearer`, list the tools, call coordinator_status (era, and
     the caller named by its token)
- 2. approvals asked in the client, two clients at once: each person gets one form
-    elicitation about their own client's action (legacy: `elicitation/create` on that
-    session; 2026-07-28: an input-required result and the retry) and approves it
+ 2. approvals over HTTP, two clients at once: neither client is asked to decide (no form
+    elicitation, no input-required decision: the requester must not decide its own request;
+    at most a URL elicitation sends its person to the console's page of its own approval);
+    each call waits until a person approves its own approval out of band (the CLI here, the
+    console in a team) and returns that approval's outcome
  3. progress and cancellation: a client without elicitation waits on an approval with
     progress notifications, then cancels the call; the server stops waiting (its audit event
     is written at once, not when the wait would have ended) and the approval stays pending
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import subprocess
 import sys
@@ -224,37 +227,58 @@ async def check_connect(run: Run, e: Expect) -> None:
 
 
 async def check_elicitation(run: Run, e: Expect) -> None:
-    """Two clients ask at once; each person is asked once, about their own client's action."""
+    """Two clients ask at once. Over HTTP neither client is asked to decide (its answer would
+    be the requester's own): each call waits, with the approval pending, until a person decides
+    it out of band (here at the CLI), and each gets its own approval's outcome."""
     people = [Person(), Person()]
     results: list[dict[str, Any]] = [{}, {}]
 
     async def ask(i: int) -> None:
         async with connect(run, person=people[i]) as client:
-            results[i] = await tool(client, "approval_request", request_args(run, 20 + i))
+            results[i] = await tool(client, "approval_request", request_args(run, 20 + i, wait_seconds=25))
+
+    async def decide() -> None:
+        decided: set[str] = set()
+        with anyio.fail_after(20):
+            while len(decided) < 2:
+                code, out = await cli(run, "approvals", "list", "--json")
+                if code == 0:
+                    # stdout's JSON first, then whatever stderr said.
+                    listed = json.JSONDecoder().raw_decode(out[out.index("["):])[0] if "[" in out else []
+                    for a in listed:
+                        mine = a.get("action") in (run.action(20), run.action(21))
+                        if mine and a.get("state") == "pending" and a["id"] not in decided:
+                            code, said = await cli(
+                                run, "approvals", "approve", a["id"], "--yes", "--reason", "fine over HTTP"
+                            )
+                            e.that(code == 0, f"approvals approve {a['id']}: {said}")
+                            decided.add(a["id"])
+                await anyio.sleep(0.2)
 
     async with anyio.create_task_group() as tg:
         for i in range(2):
             tg.start_soon(ask, i)
+        tg.start_soon(decide)
     for i, (person, sc) in enumerate(zip(people, results)):
         approval = sc.get("approval") if isinstance(sc.get("approval"), dict) else {}
         decision = approval.get("decision") or {}
         e.that(sc.get("state") == "approved", f"client {i}: state {sc.get('state')!r}")
         e.that(approval.get("action") == run.action(20 + i), f"client {i}: action {approval.get('action')!r}")
-        e.that(decision.get("via") == "elicitation_form", f"client {i}: decision.via {decision.get('via')!r}")
+        e.that(decision.get("via") == "cli", f"client {i}: decision.via {decision.get('via')!r}")
         e.that(decision.get("reason") == "fine over HTTP", f"client {i}: decision.reason {decision.get('reason')!r}")
-        e.that(len(person.asked) == 1, f"client {i}: asked {len(person.asked)} time(s)")
-        mine = f"check {20 + i} ({run.mode})"
+        forms = [p for p in person.asked if getattr(p, "mode", "form") != "url"]
+        e.that(not forms, f"client {i} was given a form to decide its own request: {forms!r}")
+        # At most a URL elicitation: the console's page of its own approval, where someone
+        # else decides.
+        own_page = f"/approvals/{approval.get('id')}"
         e.that(
-            all(mine in getattr(p, "message", "") for p in person.asked),
-            f"client {i} was asked about another client's action: {[getattr(p, 'message', '') for p in person.asked]}",
+            all(own_page in str(getattr(p, "url", "")) for p in person.asked),
+            f"client {i} was sent to another page than {own_page}: {[getattr(p, 'url', None) for p in person.asked]}",
         )
-        if person.request_ids:
-            rid = person.request_ids[0]
-            input_key = isinstance(rid, str) and not rid.isdigit()
-            how = "an input-required result" if input_key else "an elicitation/create request"
-            e.that(input_key != run.legacy, f"client {i}: asked through {how} in mode {run.mode}")
-            if i == 0:
-                e.note(f"asked through {how} (request id {rid!r})")
+    e.note(
+        "no form; each client at most sent to the console's page of its own approval "
+        f"({sum(len(p.asked) for p in people)} URL elicitation(s)); decided at the CLI"
+    )
 
 
 async def check_progress_and_cancel(run: Run, e: Expect) -> None:

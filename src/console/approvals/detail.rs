@@ -50,6 +50,10 @@ pub async fn show(
     Path(id): Path<String>,
     Query(q): Query<ShowQuery>,
 ) -> Response {
+    if let Err(r) = crate::console::guard::require(&console, &person, crate::auth::Permission::View)
+    {
+        return r;
+    }
     let draft = Draft {
         decided: q.decided.is_some(),
         ..Draft::default()

@@ -2,6 +2,7 @@
 //! `GET /approvals/history` (every approval, filtered by state, kind, risk, requester and time,
 //! paged on the store's `created_at|id` cursor). The filters are a plain GET form.
 
+use crate::auth::Permission;
 use std::str::FromStr;
 
 use axum::extract::{Query, State as AxState};
@@ -73,6 +74,9 @@ fn table(approvals: &[Approval], now: OffsetDateTime, caption: &str) -> Markup {
 
 /// `GET /approvals`.
 pub async fn overview(AxState(console): AxState<Console>, person: Person) -> Response {
+    if let Err(r) = crate::console::guard::require(&console, &person, Permission::View) {
+        return r;
+    }
     let read = console
         .blocking(|c| {
             let pending = c.approvals().search(&SearchFilter {
@@ -258,6 +262,9 @@ pub async fn history(
     person: Person,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
+    if let Err(r) = crate::console::guard::require(&console, &person, Permission::View) {
+        return r;
+    }
     let filter = match filter_of(&q) {
         Ok(f) => f,
         Err(message) => return history_page(&console, &person, &q, Err(message)),

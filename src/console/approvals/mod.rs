@@ -127,8 +127,13 @@ pub(super) fn refusal(person: &Person, a: &Approval) -> Option<String> {
         ));
     }
     let same_principal = a.requested_by.contains(&format!(" as {}", p.describe()));
+    // The same subject under another name (a provider that names people differently in
+    // access and ID tokens), and the same name under another subject.
+    let same_subject =
+        a.requested_by
+            .contains(&format!(" (sub {}, via {})", p.subject, p.source.as_str()));
     let same_name = a.requested_by.contains(&format!(" as {} (sub ", p.name));
-    if same_principal || same_name {
+    if same_principal || same_subject || same_name {
         return Some(format!(
             "four eyes: {} requested this approval ({}), so someone else with human_oversight must decide it.",
             p.name, a.requested_by
@@ -208,6 +213,14 @@ mod team_tests {
         // The same name through a local token is the same person here too.
         let by_local_ian = approval("client:c/1 as ian (sub tok_1, via local_token)");
         assert!(refusal(&ian, &by_local_ian).is_some());
+        // The same subject named otherwise (a provider whose access tokens carry no
+        // preferred_username, so the request named the client id) is the same person.
+        let by_ian_unnamed = approval("client:c/1 as claude-code (sub ian-sub, via oidc)");
+        assert!(
+            refusal(&ian, &by_ian_unnamed).is_some_and(|m| m.starts_with("four eyes")),
+            "the requester's subject under another name"
+        );
+        assert_eq!(refusal(&alice, &by_ian_unnamed), None);
         assert!(!reauthenticated(&alice));
         let token = sessions.create("o", Login::Passphrase { credential: 1 }, "127.0.0.1:1");
         let overseer = sessions.get(&token).unwrap_or_else(|| panic!("live"));

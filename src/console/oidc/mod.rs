@@ -214,6 +214,18 @@ impl TeamLogin {
                 d.issuer, self.issuer
             )));
         }
+        // The code and the client secret go to the token endpoint: never in clear, unless the
+        // provider is on this machine (as in a test, or a provider behind a local proxy).
+        for (field, endpoint) in [
+            ("token_endpoint", &d.token_endpoint),
+            ("authorization_endpoint", &d.authorization_endpoint),
+        ] {
+            if !secure_or_local(endpoint) {
+                return Err(self.unreachable(format!(
+                    "its discovery document's {field} {endpoint} is neither https nor on this machine"
+                )));
+            }
+        }
         *cached = Some(d.clone());
         Ok(d)
     }
@@ -411,6 +423,23 @@ pub fn may_decide(principal: &Principal) -> bool {
     principal.has_role(Role::HumanOversight)
 }
 
+/// Whether `url` is `https`, or `http` to a loopback host.
+fn secure_or_local(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    match u.scheme() {
+        "https" => true,
+        "http" => match u.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        },
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,5 +496,16 @@ mod tests {
         assert!(
             TeamLogin::from_config(&without_client, &audit, dir.path(), "https://c/mcp").is_none()
         );
+    }
+
+    #[test]
+    fn endpoints_are_https_or_on_this_machine() {
+        assert!(secure_or_local("https://sso.example.com/token"));
+        assert!(secure_or_local("http://127.0.0.1:8080/token"));
+        assert!(secure_or_local("http://localhost/token"));
+        assert!(secure_or_local("http://[::1]:9/token"));
+        assert!(!secure_or_local("http://sso.example.com/token"));
+        assert!(!secure_or_local("ftp://127.0.0.1/token"));
+        assert!(!secure_or_local("not a url"));
     }
 }
