@@ -13,21 +13,8 @@ async fn without_a_token_the_answer_is_401_naming_the_metadata() {
     let dir = data_dir();
     let server = HttpServer::start(dir.path(), &[]);
     let http = reqwest::Client::new();
-    let r = http
-        .post(&server.mcp)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 401);
-    let challenge = r
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let (status, challenge) = post_tools_list(&server.mcp, None).await;
+    assert_eq!(status, 401);
     let metadata = format!("{}.well-known/oauth-protected-resource", server.base);
     assert_eq!(
         challenge,
@@ -45,22 +32,8 @@ async fn without_a_token_the_answer_is_401_naming_the_metadata() {
     assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
 
     // A token that is not one of ours, with no provider configured.
-    let r = http
-        .post(&server.mcp)
-        .bearer_auth("not-a-token")
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 401);
-    let challenge = r
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let (status, challenge) = post_tools_list(&server.mcp, Some("not-a-token")).await;
+    assert_eq!(status, 401);
     assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
 }
 
@@ -80,21 +53,27 @@ async fn a_local_token_calls_tools_in_both_eras_until_revoked() {
     let id = list[0]["id"].as_str().expect("id").to_string();
     let (code, _, err) = common::cli(dir.path(), &["token", "revoke", &id]);
     assert_eq!(code, 0, "{err}");
-    let r = reqwest::Client::new()
-        .post(&server.mcp)
-        .bearer_auth(&token)
+    let (status, challenge) = post_tools_list(&server.mcp, Some(&token)).await;
+    assert_eq!(status, 401);
+    assert!(challenge.contains("revoked"), "{challenge}");
+}
+
+/// POSTs a `tools/list` to `url` (with `bearer`, if any): the status and `WWW-Authenticate`.
+async fn post_tools_list(url: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::Client::new()
+        .post(url)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 401);
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let r = request.send().await.expect("post");
     let challenge = r
         .headers()
         .get("www-authenticate")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    assert!(challenge.contains("revoked"), "{challenge}");
+    (r.status().as_u16(), challenge)
 }
