@@ -10,7 +10,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::Front;
-use crate::auth::{AccessTokens, Principal, ProviderTokens};
+use crate::auth::provider::ProviderError;
+use crate::auth::{AccessError, AccessTokens, Principal, ProviderTokens};
 
 /// Checks bearer tokens: this coordinator's own, and (when `[auth] issuer` is set) the
 /// identity provider's.
@@ -27,6 +28,9 @@ pub enum Refusal {
     Missing,
     /// A token was given and refused: why, for `error_description`.
     Invalid(String),
+    /// The token could not be checked now (the database is busy, the identity provider's keys
+    /// cannot be fetched): not the client's fault, so `503`, and not counted as a guess.
+    Unavailable(String),
 }
 
 impl Authenticator {
@@ -56,14 +60,19 @@ impl Authenticator {
             let bearer = bearer.to_string();
             return tokio::task::spawn_blocking(move || local.check(&bearer))
                 .await
-                .map_err(|_| Refusal::Invalid("the token could not be checked".into()))?
-                .map_err(|e| Refusal::Invalid(e.to_string()));
+                .map_err(|_| Refusal::Unavailable("the token check failed".into()))?
+                .map_err(|e| match e {
+                    AccessError::Store(_) => Refusal::Unavailable(e.to_string()),
+                    e => Refusal::Invalid(e.to_string()),
+                });
         }
         match &self.provider {
-            Some(provider) => provider
-                .check(bearer)
-                .await
-                .map_err(|e| Refusal::Invalid(e.to_string())),
+            Some(provider) => provider.check(bearer).await.map_err(|e| match e {
+                ProviderError::Unreachable(_) | ProviderError::Keys(_) => {
+                    Refusal::Unavailable(e.to_string())
+                }
+                e => Refusal::Invalid(e.to_string()),
+            }),
             None => Err(Refusal::Invalid(
                 "the token is not one this coordinator issued, and no identity provider is \
                  configured ([auth] issuer)"
@@ -115,6 +124,14 @@ pub fn unauthorized(front: &Front, refusal: &Refusal) -> Response {
             "this endpoint needs `Authorization: Bearer TOKEN`; see the metadata document named in \
              WWW-Authenticate"
                 .to_string()
+        }
+        Refusal::Unavailable(why) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                format!("the bearer token could not be checked now: {why}; try again shortly"),
+            )
+                .into_response();
         }
         Refusal::Invalid(why) => {
             // Quotes and backslashes would end the quoted string early, and a header carries
