@@ -420,6 +420,52 @@ async fn sessions_past_max_sessions_are_refused_until_one_is_deleted() {
     assert_refused(&http, &server.mcp, &token, 2).await;
 }
 
+/// A session belongs to whoever opened it, and one principal holds at most its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_its_principals_and_one_principal_holds_its_share() {
+    let dir = data_dir();
+    let alice = issue_token(dir.path(), &["admin"], "alice", &[]);
+    let bob = issue_token(dir.path(), &["admin"], "bob", &[]);
+    let server = serve_with(dir.path(), "max_sessions_per_principal = 1", &[]);
+    let http = reqwest::Client::new();
+    let hers = open_session(&http, &server.mcp, &alice).await;
+    // Her second is refused, naming the setting; bob still gets one.
+    let r = post(&http, &server.mcp, Some(&alice), INITIALIZE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("[http] max_sessions_per_principal"),
+        "{body}"
+    );
+    let his = open_session(&http, &server.mcp, &bob).await;
+    // Bob's token with her session's id: as if there were no such session.
+    for (token, id, want) in [
+        (&bob, &hers, 404),
+        (&alice, &his, 404),
+        (&alice, &hers, 200),
+    ] {
+        let r = post(&http, &server.mcp, Some(token), PING)
+            .header("mcp-session-id", id)
+            .header("mcp-protocol-version", "2025-06-18")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "{}", r.text().await.unwrap_or_default());
+    }
+    let r = http
+        .delete(&server.mcp)
+        .bearer_auth(&bob)
+        .header("mcp-session-id", &hers)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "bob cannot close her session");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_expires_and_frees_its_place() {
     let dir = data_dir();

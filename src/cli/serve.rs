@@ -327,6 +327,7 @@ fn mcp_options(
             .unwrap_or_default(),
         max_request_bytes: http.max_request_bytes,
         max_sessions: http.max_sessions,
+        max_sessions_per_principal: http.max_sessions_per_principal,
         session_idle: http.session_idle(),
         stop,
     }

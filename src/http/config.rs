@@ -34,6 +34,9 @@ pub struct HttpConfig {
     /// Initialize-era sessions open at once; a new session past this is refused with `503`.
     /// Default 256.
     pub max_sessions: usize,
+    /// Initialize-era sessions one principal may hold at once, so that one token cannot take
+    /// every place. Default 32.
+    pub max_sessions_per_principal: usize,
     /// Minutes without a request after which an initialize-era session is closed. Default 30.
     pub session_idle_minutes: u64,
     /// The same in seconds; when set it takes the place of `session_idle_minutes`.
@@ -64,6 +67,7 @@ impl Default for HttpConfig {
             tls_key: None,
             allowed_origins: Vec::new(),
             max_sessions: 256,
+            max_sessions_per_principal: 32,
             session_idle_minutes: 30,
             session_idle_seconds: None,
             requests_per_minute: 600,
@@ -82,6 +86,10 @@ impl HttpConfig {
             HTTP_MAX_SESSIONS, HTTP_REQUESTS_PER_MINUTE, HTTP_SESSION_IDLE_SECONDS,
         };
         HTTP_MAX_SESSIONS.check("http.max_sessions", self.max_sessions)?;
+        HTTP_MAX_SESSIONS.check(
+            "http.max_sessions_per_principal",
+            self.max_sessions_per_principal,
+        )?;
         HTTP_SESSION_IDLE_SECONDS.check(
             "http.session_idle_minutes (in seconds)",
             self.session_idle_minutes.saturating_mul(60),

@@ -225,45 +225,96 @@ pub async fn per_principal(State(front): State<Front>, request: Request, next: N
     next.run(request).await
 }
 
-/// The session limit, said before rmcp reads the request: when every place is taken, a POST
-/// without `Mcp-Session-Id` that is an `initialize` is answered `503` with a JSON-RPC error
-/// for its id (rmcp itself could only answer a refused session with a `500`). Other requests
-/// (2026-07-28 ones need no session) go on. Nothing is read while places are free.
+/// The session limits, said before rmcp reads the request. A request carrying a session's id
+/// with another principal's token is answered `404`, as for a session that does not exist
+/// (sessions are bound to whoever opened them). When every place is taken, or the principal
+/// holds its share (`max_sessions_per_principal`), a POST without `Mcp-Session-Id` that is an
+/// `initialize` is answered `503` with a JSON-RPC error for its id (rmcp itself could only
+/// answer a refused session with a `500`). Other requests (2026-07-28 ones need no session)
+/// go on. Nothing is read while places are free. A session opened here is recorded as its
+/// principal's.
 pub async fn sessions(
     State((front, sessions)): State<(Front, Arc<BoundedSessions>)>,
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() != Method::POST
-        || request.headers().contains_key("mcp-session-id")
-        || !sessions.is_full().await
+    let owner = request
+        .extensions()
+        .get::<Principal>()
+        .map(crate::server::http::owner_key);
+    if let Some(id) = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
     {
+        if let (Some(opened_by), Some(owner)) = (sessions.owner_of(id), &owner)
+            && opened_by != *owner
+        {
+            return (
+                StatusCode::NOT_FOUND,
+                "Not Found: no such session for this principal",
+            )
+                .into_response();
+        }
         return next.run(request).await;
     }
-    let max_bytes = front.limits().max_request_bytes;
-    let (parts, body) = request.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, max_bytes).await else {
-        return too_large(max_bytes);
-    };
-    let head: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    if head.get("method").and_then(Value::as_str) == Some("initialize") {
-        let message = crate::server::http::full_message(sessions.max());
-        let error = json!({
-            "jsonrpc": "2.0",
-            "id": head.get("id").cloned().unwrap_or(Value::Null),
-            "error": {
-                "code": -32000,
-                "message": message,
-                "data": {"limit": "max_sessions", "max": sessions.max(), "setting": "[http] max_sessions"},
-            },
-        });
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::CONTENT_TYPE, "application/json")],
-            error.to_string(),
-        )
-            .into_response();
+    if request.method() != Method::POST {
+        return next.run(request).await;
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let full = sessions.is_full().await;
+    let over_share = match &owner {
+        Some(o) => sessions.held_by(o).await >= sessions.per_principal(),
+        None => false,
+    };
+    let request = if full || over_share {
+        let max_bytes = front.limits().max_request_bytes;
+        let (parts, body) = request.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, max_bytes).await else {
+            return too_large(max_bytes);
+        };
+        let head: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if head.get("method").and_then(Value::as_str) == Some("initialize") {
+            let (message, data) = if full {
+                (
+                    crate::server::http::full_message(sessions.max()),
+                    json!({"limit": "max_sessions", "max": sessions.max(), "setting": "[http] max_sessions"}),
+                )
+            } else {
+                (
+                    format!(
+                        "session limit reached: this principal holds {} MCP sessions, the most \
+                         [http] max_sessions_per_principal allows; close one (HTTP DELETE with its \
+                         Mcp-Session-Id) or use protocol 2026-07-28, which needs no session",
+                        sessions.per_principal()
+                    ),
+                    json!({"limit": "max_sessions_per_principal", "max": sessions.per_principal(), "setting": "[http] max_sessions_per_principal"}),
+                )
+            };
+            let error = json!({
+                "jsonrpc": "2.0",
+                "id": head.get("id").cloned().unwrap_or(Value::Null),
+                "error": {"code": -32000, "message": message, "data": data},
+            });
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::CONTENT_TYPE, "application/json")],
+                error.to_string(),
+            )
+                .into_response();
+        }
+        Request::from_parts(parts, Body::from(bytes))
+    } else {
+        request
+    };
+    let response = next.run(request).await;
+    if let (Some(id), Some(owner)) = (
+        response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok()),
+        owner,
+    ) {
+        sessions.record_owner(id, owner).await;
+    }
+    response
 }

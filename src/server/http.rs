@@ -44,6 +44,8 @@ pub struct McpHttpOptions {
     pub max_request_bytes: usize,
     /// Initialize-era sessions open at once.
     pub max_sessions: usize,
+    /// The most sessions one principal holds at once.
+    pub max_sessions_per_principal: usize,
     /// An initialize-era session without a request for this long is closed.
     pub session_idle: Duration,
     /// Cancelled when the server stops: every session ends.
@@ -57,7 +59,9 @@ pub fn mcp_service(coordinator: Coordinator, options: McpHttpOptions) -> McpHttp
     let sessions = Arc::new(BoundedSessions {
         inner: local,
         max: options.max_sessions.max(1),
+        per_principal: options.max_sessions_per_principal.max(1),
         creating: tokio::sync::Mutex::new(()),
+        owners: std::sync::Mutex::default(),
     });
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(options.allowed_hosts)
@@ -80,6 +84,16 @@ pub struct BoundedSessions {
     /// Held while a session is counted and created, so that two at once cannot both take
     /// the last place.
     creating: tokio::sync::Mutex<()>,
+    /// The most sessions one principal holds.
+    per_principal: usize,
+    /// Who opened each session (`SOURCE:SUBJECT`, see [`owner_key`]): a request carrying its
+    /// id with anyone else's token is answered as if there were no such session.
+    owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// How a principal owns sessions: its source and subject.
+pub fn owner_key(p: &crate::auth::Principal) -> String {
+    format!("{}:{}", p.source.as_str(), p.subject)
 }
 
 /// Errors of [`BoundedSessions`].
@@ -114,6 +128,39 @@ impl BoundedSessions {
     /// Whether a new session would be refused now.
     pub async fn is_full(&self) -> bool {
         self.open().await >= self.max
+    }
+
+    /// The most sessions one principal holds at once.
+    pub fn per_principal(&self) -> usize {
+        self.per_principal
+    }
+
+    /// Who opened session `id`, if it is known.
+    pub fn owner_of(&self, id: &str) -> Option<String> {
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Records that `owner` opened session `id`, forgetting the owners of sessions that ended.
+    pub async fn record_owner(&self, id: &str, owner: String) {
+        let live = self.inner.sessions.read().await;
+        let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners.retain(|id, _| live.contains_key(id.as_str()));
+        owners.insert(id.to_string(), owner);
+    }
+
+    /// Sessions open now that `owner` opened.
+    pub async fn held_by(&self, owner: &str) -> usize {
+        let live = self.inner.sessions.read().await;
+        self.owners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(id, o)| o.as_str() == owner && live.contains_key(id.as_str()))
+            .count()
     }
 }
 
