@@ -43,6 +43,12 @@ impl Principal {
         self.roles.iter().any(|r| r.grants(permission))
     }
 
+    /// `SOURCE:SUBJECT`: one principal whatever it is named, for the tables kept per principal
+    /// (rate limits, sessions, toolsets).
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.source.as_str(), self.subject)
+    }
+
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }

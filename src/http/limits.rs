@@ -63,7 +63,7 @@ impl Limits {
         if self.principals.len() > RETAIN_PAST {
             self.principals.retain_recent();
         }
-        let key = format!("{}:{}", principal.source.as_str(), principal.subject);
+        let key = principal.key();
         self.principals
             .check_key(&key)
             .err()
@@ -238,10 +238,7 @@ pub async fn sessions(
     request: Request,
     next: Next,
 ) -> Response {
-    let owner = request
-        .extensions()
-        .get::<Principal>()
-        .map(crate::server::http::owner_key);
+    let owner = request.extensions().get::<Principal>().map(Principal::key);
     if let Some(id) = request
         .headers()
         .get("mcp-session-id")

@@ -319,7 +319,7 @@ impl Coordinator {
                 if kept.len() >= MAX_PRINCIPAL_TOOLSETS {
                     kept.clear();
                 }
-                kept.entry(format!("{}:{}", p.source.as_str(), p.subject))
+                kept.entry(p.key())
                     .or_insert_with(|| Arc::new(toolsets::Toolsets::new(initial)))
                     .clone()
             }

@@ -86,14 +86,9 @@ pub struct BoundedSessions {
     creating: tokio::sync::Mutex<()>,
     /// The most sessions one principal holds.
     per_principal: usize,
-    /// Who opened each session (`SOURCE:SUBJECT`, see [`owner_key`]): a request carrying its
+    /// Who opened each session (`Principal::key`): a request carrying its
     /// id with anyone else's token is answered as if there were no such session.
     owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
-}
-
-/// How a principal owns sessions: its source and subject.
-pub fn owner_key(p: &crate::auth::Principal) -> String {
-    format!("{}:{}", p.source.as_str(), p.subject)
 }
 
 /// Errors of [`BoundedSessions`].
