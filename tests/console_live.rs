@@ -146,8 +146,10 @@ async fn no_page_or_event_stream_carries_a_secret_of_a_leaky_child() {
     let mut http = logged_in(&console).await;
 
     // The child's stderr tail reaches the console through its owner's snapshot, masked.
-    let dashboard =
-        wait_for_page(&mut http, "/", "TOKEN=[REDACTED]", Duration::from_secs(15)).await;
+    // The first snapshot may be taken before the handshake ends (stderr, no figures yet);
+    // the next, a tick later, carries the memory figure too.
+    wait_for_page(&mut http, "/", "TOKEN=[REDACTED]", Duration::from_secs(15)).await;
+    let dashboard = wait_for_page(&mut http, "/", "Memory (RSS)", Duration::from_secs(15)).await;
     for shown in [
         "w1",
         "etl.load",
