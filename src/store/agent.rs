@@ -1,10 +1,10 @@
 //! SQL for agents: insert or refresh a registration, heartbeats, lookups, discovery, and
 //! deregistration.
 
-use rusqlite::{OptionalExtension, Row, params};
-
+use super::sql::Row;
 use super::{StoreError, Tx, closed};
 use crate::agent::status::{AgentStatus, AgentType};
+use crate::args;
 
 /// One row of `agents`, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +27,7 @@ pub struct AgentRow {
 const COLUMNS: &str = "id, name, agent_type, capabilities, endpoints, resources, metadata, \
     status, load, registered_at, last_heartbeat_ms, token_generation, deregistered_at";
 
-fn from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
+fn from_row(r: &Row<'_>) -> Result<AgentRow, StoreError> {
     Ok(AgentRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -46,24 +46,24 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
 }
 
 pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<AgentRow>, StoreError> {
-    tx.conn()
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM agents WHERE id = ?1"))?
-        .query_row([id], from_row)
-        .optional()
-        .map_err(closed::error)
+    tx.one(
+        &format!("SELECT {COLUMNS} FROM agents WHERE id = ?1"),
+        args![id],
+        from_row,
+    )
 }
 
 pub fn by_name(tx: &Tx<'_>, name: &str) -> Result<Option<AgentRow>, StoreError> {
-    tx.conn()
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM agents WHERE name = ?1"))?
-        .query_row([name], from_row)
-        .optional()
-        .map_err(closed::error)
+    tx.one(
+        &format!("SELECT {COLUMNS} FROM agents WHERE name = ?1"),
+        args![name],
+        from_row,
+    )
 }
 
 /// Inserts a new agent, or replaces every field of the agent with this id (a refresh).
 pub fn upsert(tx: &Tx<'_>, a: &AgentRow) -> Result<(), StoreError> {
-    tx.conn().prepare_cached(
+    tx.exec(
         "INSERT INTO agents (id, name, agent_type, capabilities, endpoints, resources, metadata,
              status, load, registered_at, last_heartbeat_ms, token_generation, deregistered_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
@@ -72,23 +72,22 @@ pub fn upsert(tx: &Tx<'_>, a: &AgentRow) -> Result<(), StoreError> {
              resources = excluded.resources, metadata = excluded.metadata, status = excluded.status,
              load = excluded.load, last_heartbeat_ms = excluded.last_heartbeat_ms,
              token_generation = excluded.token_generation, deregistered_at = NULL",
-    )?
-    .execute(params![
-        a.id,
-        a.name,
-        a.agent_type.as_str(),
-        a.capabilities,
-        a.endpoints,
-        a.resources,
-        a.metadata,
-        a.status.as_str(),
-        a.load,
-        a.registered_at,
-        a.last_heartbeat_ms,
-        a.token_generation,
-        a.deregistered_at
-    ])
-    .map_err(closed::error)?;
+        args![
+            a.id,
+            a.name,
+            a.agent_type.as_str(),
+            a.capabilities,
+            a.endpoints,
+            a.resources,
+            a.metadata,
+            a.status.as_str(),
+            a.load,
+            a.registered_at,
+            a.last_heartbeat_ms,
+            a.token_generation,
+            a.deregistered_at
+        ],
+    )?;
     Ok(())
 }
 
@@ -101,52 +100,45 @@ pub fn heartbeat(
     status: AgentStatus,
     capabilities: Option<&str>,
 ) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "UPDATE agents SET last_heartbeat_ms = ?2, load = ?3, status = ?4,
+    tx.exec(
+        "UPDATE agents SET last_heartbeat_ms = ?2, load = ?3, status = ?4,
              capabilities = COALESCE(?5, capabilities)
          WHERE id = ?1",
-        )?
-        .execute(params![id, now_ms, load, status.as_str(), capabilities])
-        .map_err(closed::error)?;
+        args![id, now_ms, load, status.as_str(), capabilities],
+    )?;
     Ok(())
 }
 
 /// Records an agent's current load (reported with a claim).
 pub fn set_load(tx: &Tx<'_>, id: &str, load: f64) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached("UPDATE agents SET load = ?2 WHERE id = ?1")?
-        .execute(params![id, load])
-        .map_err(closed::error)?;
+    tx.exec("UPDATE agents SET load = ?2 WHERE id = ?1", args![id, load])?;
     Ok(())
 }
 
 /// Marks an agent deregistered and revokes its tokens (bumps the generation).
 pub fn deregister(tx: &Tx<'_>, id: &str, at: &str) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "UPDATE agents SET deregistered_at = ?2, token_generation = token_generation + 1
+    tx.exec(
+        "UPDATE agents SET deregistered_at = ?2, token_generation = token_generation + 1
          WHERE id = ?1",
-        )?
-        .execute(params![id, at])
-        .map_err(closed::error)?;
+        args![id, at],
+    )?;
     Ok(())
 }
 
 /// Registered (not deregistered) agents, by name; filters applied by the caller.
 pub fn list_registered(tx: &Tx<'_>) -> Result<Vec<AgentRow>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM agents WHERE deregistered_at IS NULL ORDER BY name"
-    ))?;
-    let rows = stmt.query_map([], from_row)?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
+    tx.all(
+        &format!("SELECT {COLUMNS} FROM agents WHERE deregistered_at IS NULL ORDER BY name"),
+        args![],
+        from_row,
+    )
 }
 
 /// Ids of registered agents whose last heartbeat is older than `before_ms`.
 pub fn silent_since(tx: &Tx<'_>, before_ms: i64) -> Result<Vec<String>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(
+    tx.all(
         "SELECT id FROM agents WHERE deregistered_at IS NULL AND last_heartbeat_ms < ?1",
-    )?;
-    let rows = stmt.query_map([before_ms], |r| r.get(0))?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
+        args![before_ms],
+        |r| r.get(0),
+    )
 }

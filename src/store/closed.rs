@@ -4,16 +4,41 @@
 
 use std::str::FromStr;
 
-use rusqlite::Row;
-use rusqlite::types::Type;
-
 use super::StoreError;
+use super::sql::Row;
 
-/// Column `idx` of `r`, named `column` in errors, parsed with `FromStr`. An unknown value
-/// travels through rusqlite as a conversion failure carrying the [`StoreError::Unreadable`]
-/// that [`error`] unpacks.
+/// Column `idx` of `r`, named `column` in errors, parsed with `FromStr`.
 pub(super) fn get<T: FromStr>(
     r: &Row<'_>,
+    idx: usize,
+    column: &'static str,
+) -> Result<T, StoreError> {
+    let text: String = r.get(idx)?;
+    text.parse()
+        .map_err(|_| StoreError::unreadable(column, &text))
+}
+
+/// [`get`] for a column that may be NULL.
+pub(super) fn get_opt<T: FromStr>(
+    r: &Row<'_>,
+    idx: usize,
+    column: &'static str,
+) -> Result<Option<T>, StoreError> {
+    match r.get::<Option<String>>(idx)? {
+        None => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| StoreError::unreadable(column, &text)),
+    }
+}
+
+// Transitional: the rusqlite forms, for table modules not yet written against `sql.rs`.
+
+use rusqlite::types::Type;
+
+pub(super) fn get_lite<T: FromStr>(
+    r: &rusqlite::Row<'_>,
     idx: usize,
     column: &'static str,
 ) -> rusqlite::Result<T> {
@@ -30,20 +55,17 @@ pub(super) fn get<T: FromStr>(
     })
 }
 
-/// [`get`] for a column that may be NULL.
-pub(super) fn get_opt<T: FromStr>(
-    r: &Row<'_>,
+pub(super) fn get_opt_lite<T: FromStr>(
+    r: &rusqlite::Row<'_>,
     idx: usize,
     column: &'static str,
 ) -> rusqlite::Result<Option<T>> {
     match r.get_ref(idx)? {
         rusqlite::types::ValueRef::Null => Ok(None),
-        _ => get(r, idx, column).map(Some),
+        _ => get_lite(r, idx, column).map(Some),
     }
 }
 
-/// The error of a query whose rows [`get`] maps: an unknown closed value as the
-/// [`StoreError::Unreadable`] it carries, anything else as [`StoreError::from_sqlite`] says.
 pub(super) fn error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::FromSqlConversionFailure(idx, ty, inner) => {

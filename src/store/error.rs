@@ -1,5 +1,5 @@
 //! What goes wrong in the store, named by what happened (busy, full, not found, conflict)
-//! rather than by SQLite's codes, so the domain can tell them apart without naming rusqlite.
+//! rather than by SQLite's or PostgreSQL's codes, so the domain can tell them apart without naming rusqlite.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub enum StoreError {
     /// `--db` names a URL: no backend for it exists in this build. Only the scheme is kept,
     /// as the rest of a URL may carry a password.
     #[error(
-        "--db: `{scheme}://...` looks like a database URL, and this build stores state only in SQLite files; give a file path, or :memory:"
+        "--db: `{scheme}://...` is a URL this build has no backend for; give a postgres:// URL, a file path, or :memory:"
     )]
     Url { scheme: String },
     /// A migration failed; the database is left at its previous version.
@@ -62,12 +62,21 @@ pub enum StoreError {
     /// Any other SQLite failure.
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
+    /// PostgreSQL could not be reached, or the connection was lost: trying again may succeed.
+    #[error("database unavailable: {message}")]
+    Unavailable { message: String },
+    /// Any other PostgreSQL failure, with the server's message and code.
+    #[error("database error: {message}")]
+    Postgres { message: String },
 }
 
 impl StoreError {
     /// Whether trying the same operation again may succeed.
     pub fn retryable(&self) -> bool {
-        matches!(self, StoreError::Busy { .. } | StoreError::Full { .. })
+        matches!(
+            self,
+            StoreError::Busy { .. } | StoreError::Full { .. } | StoreError::Unavailable { .. }
+        )
     }
 
     /// A stored status (or other closed value) that does not parse: see [`StoreError::Unreadable`].

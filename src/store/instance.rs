@@ -43,7 +43,7 @@ fn from_row(r: &Row<'_>) -> Result<InstanceRow, StoreError> {
         id: r.get(0)?,
         name: r.get(1)?,
         type_name: r.get(2)?,
-        status: closed::get(r, 3, "instances.status").map_err(closed::error)?,
+        status: closed::get_lite(r, 3, "instances.status").map_err(closed::error)?,
         owner: r.get(4)?,
         owner_host: r.get(5)?,
         owner_pid: r.get(6)?,
@@ -231,7 +231,7 @@ fn pin_from_row(r: &Row<'_>) -> Result<PinRow, StoreError> {
     Ok(PinRow {
         type_name: r.get(0)?,
         tool: r.get(1)?,
-        status: closed::get(r, 2, "instance_tool_pins.status").map_err(closed::error)?,
+        status: closed::get_lite(r, 2, "instance_tool_pins.status").map_err(closed::error)?,
         hash: r.get(3)?,
         definition: r.get(4)?,
         flags: r.get(5)?,
@@ -353,7 +353,11 @@ pub fn status_counts(tx: &Tx<'_>) -> Result<Vec<(Status, i64, i64)>, StoreError>
         "SELECT status, COUNT(*), COALESCE(SUM(restarts), 0) FROM instances GROUP BY status",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((closed::get(r, 0, "instances.status")?, r.get(1)?, r.get(2)?))
+        Ok((
+            closed::get_lite(r, 0, "instances.status")?,
+            r.get(1)?,
+            r.get(2)?,
+        ))
     })?;
     rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }

@@ -1,10 +1,11 @@
-//! The store: everything the coordinator keeps, behind one surface. SQLite today (`open.rs`:
-//! WAL, busy handler, migrations); one module per table group (`task.rs`, `approval.rs`, ...)
-//! whose functions take the [`Tx`] handle the domain gets from [`Store::write`] or
-//! [`Store::read`]; errors that say what happened (`error.rs`); lock-wait budgets
-//! (`budget.rs`). Only this folder names rusqlite or holds SQL: a second backend implements
-//! the same functions. Depends on nothing in the crate but the domains' leaf value types
-//! (status enums).
+//! The store: everything the coordinator keeps, behind one surface, on SQLite (the embedded
+//! default, `lite.rs` and `open.rs`: WAL, busy handler, migrations) or PostgreSQL (`pg/`: a
+//! pool, one write lock across coordinators, LISTEN/NOTIFY). One module per table group
+//! (`task.rs`, `approval.rs`, ...) whose functions take the [`Tx`] handle the domain gets from
+//! [`Store::write`] or [`Store::read`] and write their SQL once against `sql.rs`'s surface;
+//! errors that say what happened (`error.rs`); lock-wait budgets (`budget.rs`). Only this
+//! folder names rusqlite or tokio-postgres or holds SQL. Depends on nothing in the crate but
+//! the domains' leaf value types (status enums).
 
 pub mod access;
 pub mod agent;
@@ -16,76 +17,181 @@ mod checkpointer;
 mod closed;
 mod error;
 pub mod instance;
+mod lite;
 mod open;
 pub mod overseer;
+mod pg;
 pub mod pipeline;
 pub mod remediation;
 pub mod secret;
+pub mod sql;
 pub mod task;
+#[doc(hidden)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
-use std::time::Instant;
 
 use rusqlite::Connection;
 
-use error::LOCKED;
-/// The database path that means "no file": state lives in memory and dies with the process.
 pub use error::StoreError;
+use lite::{Lite, LiteReader};
 use open::MIGRATIONS;
 pub use open::create_private_dir;
 use open::{migrate, open_connection, open_connection_with};
+pub use pg::PgUrl;
+use sql::{Row, Val};
 
+/// The database path that means "no file": state lives in memory and dies with the process.
 pub const MEMORY: &str = ":memory:";
+
+/// Connections a PostgreSQL store opens at most, unless the config says otherwise.
+pub const DEFAULT_POOL_SIZE: u32 = 8;
 
 /// The database as the domain sees it inside [`Store::write`] or [`Store::read`]: a handle it
 /// passes to the functions of `store/`'s table modules and cannot otherwise use. Only `store/`
-/// reaches the connection under it, so no domain file names rusqlite, and a second backend
-/// implements the same functions over its own handle.
+/// runs statements on it ([`Tx::exec`], [`Tx::one`], [`Tx::all`]), so no domain file names a
+/// database client.
 pub struct Tx<'c> {
-    conn: &'c Connection,
+    inner: TxInner<'c>,
+}
+
+enum TxInner<'c> {
+    Lite(&'c Connection),
+    Pg(&'c pg::Client),
+    /// No connection could be had (PostgreSQL unreachable): every statement says why.
+    Down(&'c str),
 }
 
 impl<'c> Tx<'c> {
-    /// The connection under the handle: for the table modules only.
+    fn lite(conn: &'c Connection) -> Self {
+        Tx {
+            inner: TxInner::Lite(conn),
+        }
+    }
+
+    fn pg(conn: &'c pg::Client) -> Self {
+        Tx {
+            inner: TxInner::Pg(conn),
+        }
+    }
+
+    fn down(why: &'c str) -> Self {
+        Tx {
+            inner: TxInner::Down(why),
+        }
+    }
+
+    fn unavailable(why: &str) -> StoreError {
+        StoreError::Unavailable {
+            message: why.to_string(),
+        }
+    }
+
+    /// Whether the statements run on PostgreSQL: for the few the dialects spell differently.
+    pub(in crate::store) fn is_postgres(&self) -> bool {
+        !matches!(self.inner, TxInner::Lite(_))
+    }
+
+    /// Runs one statement; returns how many rows it changed.
+    pub(in crate::store) fn exec(&self, sql: &str, args: &[Val<'_>]) -> Result<usize, StoreError> {
+        match self.inner {
+            TxInner::Lite(c) => c
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(args.iter()))
+                .map_err(StoreError::from_sqlite),
+            TxInner::Pg(c) => c.execute(sql, args),
+            TxInner::Down(why) => Err(Self::unavailable(why)),
+        }
+    }
+
+    /// The first row of a query, mapped by `f`; `None` when there is none.
+    pub(in crate::store) fn one<T>(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+        f: impl FnOnce(&Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        match self.inner {
+            TxInner::Lite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(args.iter()))
+                    .map_err(StoreError::from_sqlite)?;
+                match rows.next().map_err(StoreError::from_sqlite)? {
+                    Some(r) => f(&Row::Lite(r)).map(Some),
+                    None => Ok(None),
+                }
+            }
+            TxInner::Pg(c) => match c.query(sql, args)?.first() {
+                Some(r) => f(&Row::Pg(r)).map(Some),
+                None => Ok(None),
+            },
+            TxInner::Down(why) => Err(Self::unavailable(why)),
+        }
+    }
+
+    /// Every row of a query, mapped by `f`.
+    pub(in crate::store) fn all<T>(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+        mut f: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        self.each(sql, args, |r| {
+            out.push(f(r)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `f` on every row of a query in turn (on SQLite without holding them all).
+    pub(in crate::store) fn each(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+        mut f: impl FnMut(&Row<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Lite(c) => {
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt
+                    .query(rusqlite::params_from_iter(args.iter()))
+                    .map_err(StoreError::from_sqlite)?;
+                while let Some(r) = rows.next().map_err(StoreError::from_sqlite)? {
+                    f(&Row::Lite(r))?;
+                }
+                Ok(())
+            }
+            TxInner::Pg(c) => {
+                for r in &c.query(sql, args)? {
+                    f(&Row::Pg(r))?;
+                }
+                Ok(())
+            }
+            TxInner::Down(why) => Err(Self::unavailable(why)),
+        }
+    }
+
+    /// The SQLite connection under the handle, for the few statements only SQLite has
+    /// (`EXPLAIN QUERY PLAN` in tests); `None` on PostgreSQL.
+    pub(in crate::store) fn sqlite(&self) -> Option<&'c Connection> {
+        match self.inner {
+            TxInner::Lite(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The connection under the handle: for table modules not yet written against
+    /// [`exec`](Self::exec) and friends. On PostgreSQL there is none.
     pub(in crate::store) fn conn(&self) -> &'c Connection {
-        self.conn
-    }
-}
-
-/// An open transaction on a connection: rolled back when dropped uncommitted (the closure of
-/// [`Store::write`] failed or panicked). BEGIN and COMMIT come from the statement cache:
-/// rusqlite's `Transaction` parses them again on every transaction, a few microseconds each
-/// on a path that runs three transactions per task.
-struct Open<'c> {
-    conn: &'c Connection,
-    open: bool,
-}
-
-impl<'c> Open<'c> {
-    fn begin(conn: &'c Connection, begin: &str) -> Result<Self, StoreError> {
-        conn.prepare_cached(begin)?
-            .execute([])
-            .map_err(StoreError::from_sqlite)?;
-        Ok(Open { conn, open: true })
-    }
-
-    fn commit(mut self) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("COMMIT")?
-            .execute([])
-            .map_err(StoreError::from_sqlite)?;
-        self.open = false;
-        Ok(())
-    }
-}
-
-impl Drop for Open<'_> {
-    fn drop(&mut self) {
-        // A failed COMMIT (or statement) may already have ended the transaction.
-        if self.open && !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
+        match self.inner {
+            TxInner::Lite(c) => c,
+            _ => unimplemented!("this statement has no PostgreSQL form yet"),
         }
     }
 }
@@ -126,21 +232,20 @@ const DOMAIN_TABLES: &[(&str, &str)] = &[
         "SELECT COUNT(*) FROM instance_tool_pins",
     ),
 ];
-
-/// A handle to the coordinator database, cheap to clone. One connection per process, guarded by
-/// a mutex: SQLite calls here take microseconds, and a single writer per process keeps the
-/// audit chain's head consistent without extra locking.
+/// A handle to the coordinator database, cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: Arc<Mutex<Connection>>,
+    backend: Backend,
     location: Arc<Location>,
-    /// A second connection that only asks `PRAGMA data_version` (opened on first use), so
-    /// long polls notice commits of any process without touching the main connection.
-    watch: Arc<OnceLock<Mutex<Connection>>>,
-    /// Commits through this handle: what a `:memory:` database has instead of data_version.
+    /// Commits through this handle (and its clones): what a `:memory:` database has instead
+    /// of data_version, and what the benchmark counts.
     commits: Arc<AtomicU64>,
-    /// The background checkpointer, once started (see [`Store::start_checkpointer`]).
-    checkpointer: Arc<OnceLock<checkpointer::Nudge>>,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Lite(Lite),
+    Pg(Arc<pg::Pg>),
 }
 
 /// Where the database lives.
@@ -150,11 +255,13 @@ pub enum Location {
     File(PathBuf),
     /// Process memory only (`--db :memory:`).
     Memory,
+    /// A PostgreSQL database shared by every coordinator given the same URL.
+    Postgres(PgUrl),
 }
 
 impl Location {
-    /// Parses the `--db` argument: `:memory:` or a path. A URL (`postgres://...`, any
-    /// `scheme://`) is refused rather than taken as a relative directory named `scheme:`.
+    /// Parses the `--db` argument: `:memory:`, a `postgres://` URL, or a path. Another URL
+    /// (any `scheme://`) is refused rather than taken as a relative directory named `scheme:`.
     pub fn from_arg(arg: &str) -> Result<Self, StoreError> {
         if arg == MEMORY {
             return Ok(Location::Memory);
@@ -166,6 +273,9 @@ impl Location {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
         {
+            if matches!(scheme, "postgres" | "postgresql") {
+                return PgUrl::parse(arg).map(Location::Postgres);
+            }
             return Err(StoreError::Url {
                 scheme: scheme.to_string(),
             });
@@ -173,58 +283,68 @@ impl Location {
         Ok(Location::File(PathBuf::from(arg)))
     }
 
-    /// Human-readable form: the path, or `:memory:`.
+    /// Human-readable form: the path, `:memory:`, or the URL without its password.
     pub fn display(&self) -> String {
         match self {
             Location::File(p) => p.display().to_string(),
             Location::Memory => MEMORY.to_string(),
+            Location::Postgres(url) => url.shown().to_string(),
         }
+    }
+
+    /// Whether this is a PostgreSQL database.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Location::Postgres(_))
     }
 }
 
 impl Store {
-    /// Opens (creating if needed) the database, sets WAL, busy timeout and foreign keys, and
-    /// applies pending migrations.
+    /// Opens (creating if needed) the database and applies pending migrations: SQLite with
+    /// WAL, busy timeout and foreign keys; PostgreSQL with a pool of [`DEFAULT_POOL_SIZE`].
     pub fn open(location: &Location) -> Result<Self, StoreError> {
+        Store::open_with_pool(location, DEFAULT_POOL_SIZE)
+    }
+
+    /// [`open`](Self::open) with the PostgreSQL pool's size (ignored for SQLite).
+    pub fn open_with_pool(location: &Location, pool_size: u32) -> Result<Self, StoreError> {
+        if let Location::Postgres(url) = location {
+            return Ok(Store::on_pg(pg::Pg::open(url, pool_size)?, location));
+        }
         let mut conn = open_connection(location)?;
         migrate(&mut conn, location)?;
         Ok(Store::from_connection(conn, location))
     }
 
     fn from_connection(conn: Connection, location: &Location) -> Self {
+        let location = Arc::new(location.clone());
         Store {
-            conn: Arc::new(Mutex::new(conn)),
-            location: Arc::new(location.clone()),
-            watch: Arc::new(OnceLock::new()),
+            backend: Backend::Lite(Lite::new(conn, location.clone())),
+            location,
             commits: Arc::new(AtomicU64::new(0)),
-            checkpointer: Arc::new(OnceLock::new()),
         }
     }
 
-    /// Moves WAL checkpoints of a database file to a thread of their own (see
-    /// `store/checkpointer.rs`): for a long-running server, whose callers should not wait for
-    /// the copying and the fsync. Once per handle; nothing for `:memory:`.
-    pub fn start_checkpointer(&self) -> Result<(), StoreError> {
-        if matches!(*self.location, Location::Memory) || self.checkpointer.get().is_some() {
-            return Ok(());
+    fn on_pg(pg: pg::Pg, location: &Location) -> Self {
+        Store {
+            backend: Backend::Pg(Arc::new(pg)),
+            location: Arc::new(location.clone()),
+            commits: Arc::new(AtomicU64::new(0)),
         }
-        let nudge = checkpointer::start(&self.location)?;
-        // A second start racing this one drops its nudge, which ends its thread.
-        let _ = self.checkpointer.set(nudge);
-        Ok(())
+    }
+
+    /// Moves WAL checkpoints of a SQLite file to a thread of their own (see
+    /// `store/checkpointer.rs`): for a long-running server, whose callers should not wait for
+    /// the copying and the fsync. Once per handle; nothing for `:memory:` or PostgreSQL.
+    pub fn start_checkpointer(&self) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Lite(l) => l.start_checkpointer(),
+            Backend::Pg(_) => Ok(()),
+        }
     }
 
     /// How many transactions were committed through this handle (and its clones).
     pub fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
-    }
-
-    /// Counts a commit through this handle and tells the checkpointer.
-    fn committed(&self) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        if let Some(nudge) = self.checkpointer.get() {
-            nudge.commit();
-        }
     }
 
     /// Opens a database that must already exist, for commands that only read: a missing file
@@ -237,18 +357,21 @@ impl Store {
                 path: location.display(),
             });
         }
+        if location.is_postgres() {
+            return Store::open_with_pool(location, 2);
+        }
         let mut conn = open_connection_with(location, false)?;
         migrate(&mut conn, location)?;
         Ok(Store::from_connection(conn, location))
     }
 
-    /// Opens a second, independent connection to the same file, for long reads (verifying the
-    /// whole chain, exporting) that should not hold up tool calls. For `:memory:` there is no
-    /// second connection to the same data, so the shared one is used.
+    /// A connection of its own for long reads (verifying the whole chain, exporting) that
+    /// should not hold up tool calls. For `:memory:` there is no second connection to the
+    /// same data, so the shared one is used.
     pub fn reader(&self) -> Result<ReadConn<'_>, StoreError> {
-        match &*self.location {
-            Location::File(_) => Ok(ReadConn::Own(open_connection(&self.location)?)),
-            Location::Memory => Ok(ReadConn::Shared(self.lock())),
+        match &self.backend {
+            Backend::Lite(l) => Ok(ReadConn::Lite(l.reader()?)),
+            Backend::Pg(p) => Ok(ReadConn::Pg(p.get()?)),
         }
     }
 
@@ -257,105 +380,64 @@ impl Store {
         &self.location
     }
 
-    /// Locks the process's connection. A poisoned lock (a panic while holding it) is recovered:
-    /// SQLite rolls back any transaction left open, so the data is consistent.
-    /// A wait for it (another thread of this process is using it) counts against the current
-    /// lock-wait budget ([`budget`]).
-    pub(in crate::store) fn lock(&self) -> MutexGuard<'_, Connection> {
-        LOCKED.with_borrow_mut(|locked| {
-            if !locked
-                .as_ref()
-                .is_some_and(|l| Arc::ptr_eq(l, &self.location))
-            {
-                *locked = Some(self.location.clone());
-            }
-        });
-        match self.conn.try_lock() {
-            Ok(conn) => conn,
-            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                let started = Instant::now();
-                let conn = self
-                    .conn
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                budget::charge(started.elapsed());
-                conn
-            }
+    /// Whether this store is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Pg(_))
+    }
+
+    /// The SQLite connection, locked: for tests that tamper with rows or read SQLite's own
+    /// tables.
+    #[cfg(test)]
+    pub(in crate::store) fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match &self.backend {
+            Backend::Lite(l) => l.lock(),
+            Backend::Pg(_) => panic!("a SQLite store was expected"),
         }
     }
 
-    /// Runs one SQL statement as it is: for domain tests that tamper with rows the way an
-    /// attacker with the file would.
+    /// Runs SQL statements as they are: for domain tests that tamper with rows the way an
+    /// attacker with the database would.
     #[cfg(test)]
     pub(crate) fn execute_for_test(&self, sql: &str) -> Result<usize, StoreError> {
-        Ok(self.lock().execute(sql, [])?)
+        match &self.backend {
+            Backend::Lite(l) => Ok(l.lock().execute(sql, [])?),
+            Backend::Pg(p) => pg::execute_raw(p, sql),
+        }
     }
 
-    /// Runs `f` on the process's connection without opening a transaction: each statement
-    /// reads a consistent snapshot of its own. For lookups and lists; see [`write`](Self::write)
-    /// for anything that changes a row.
+    /// Runs `f` on a connection without opening a transaction: each statement reads a
+    /// consistent snapshot of its own. For lookups and lists; see [`write`](Self::write) for
+    /// anything that changes a row.
     pub fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> T) -> T {
-        let conn = self.lock();
-        f(&Tx { conn: &conn })
+        match &self.backend {
+            Backend::Lite(l) => l.read(f),
+            Backend::Pg(p) => p.read(f),
+        }
     }
 
-    /// Runs `f` inside one `BEGIN IMMEDIATE` transaction and commits it; any error rolls back.
-    /// IMMEDIATE takes the write lock up front, so two processes never deadlock upgrading a read.
+    /// Runs `f` inside one transaction that holds the database's write lock (SQLite's
+    /// `BEGIN IMMEDIATE`; on PostgreSQL an advisory lock every coordinator takes) and commits
+    /// it; any error rolls back. Waits for the lock within the current budget.
     pub fn write<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
     where
         E: From<StoreError>,
     {
-        let conn = self.lock_for_write()?;
-        let tx = Open {
-            conn: &conn,
-            open: true,
+        let value = match &self.backend {
+            Backend::Lite(l) => l.write(f)?,
+            Backend::Pg(p) => p.write(f)?,
         };
-        let value = f(&Tx { conn: &conn })?;
-        tx.commit()?;
-        self.committed();
+        lite::bump(&self.commits);
         Ok(value)
     }
 
-    /// Locks the connection with a `BEGIN IMMEDIATE` transaction open on it. While another
-    /// process holds the write lock this waits, within the current budget, with the connection
-    /// released: the other threads of this process (reads, other calls) go on meanwhile, and
-    /// a background job under [`Budget::none`](budget::Budget::none) gives up at once.
-    fn lock_for_write(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        budget::ensure(|budget| {
-            let mut attempt = 0;
-            loop {
-                let conn = self.lock();
-                let begun =
-                    budget::without_waiting(|| conn.prepare_cached("BEGIN IMMEDIATE")?.execute([]));
-                match begun.map_err(StoreError::from_sqlite) {
-                    Ok(_) => return Ok(conn),
-                    Err(StoreError::Busy { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-                drop(conn);
-                let nap = budget::pause(attempt).min(budget.remaining());
-                if nap.is_zero() {
-                    return Err(StoreError::Busy {
-                        waited: budget.spent(),
-                        timeout: budget.limit(),
-                    });
-                }
-                std::thread::sleep(nap);
-                budget.charge(nap);
-                attempt += 1;
-            }
-        })
-    }
-
     /// Like [`write`](Self::write) for work that often writes nothing (a claim on an empty
-    /// queue): `f` runs in a DEFERRED transaction, which reads without the write lock and
-    /// takes it only at its first write, so a run that writes nothing never blocks another
-    /// writer, never waits for one, and adds nothing to the WAL. Upgrading a read to a write
-    /// fails at once with SQLITE_BUSY when another process holds the lock or wrote since `f`
-    /// began reading (SQLite does not wait there: waiting could deadlock); then `f` runs again
-    /// from the start under IMMEDIATE, as `write` would have. `busy` says whether an error of
-    /// `f` is that failure.
+    /// queue). On SQLite `f` runs in a DEFERRED transaction, which reads without the write
+    /// lock and takes it only at its first write, so a run that writes nothing never blocks
+    /// another writer, never waits for one, and adds nothing to the WAL. Upgrading a read to a
+    /// write fails at once with SQLITE_BUSY when another process holds the lock or wrote since
+    /// `f` began reading (SQLite does not wait there: waiting could deadlock); then `f` runs
+    /// again from the start under IMMEDIATE, as `write` would have. `busy` says whether an
+    /// error of `f` is that failure. On PostgreSQL it is [`write`](Self::write).
     pub fn write_lazily<T, E>(
         &self,
         f: impl Fn(&Tx<'_>) -> Result<T, E>,
@@ -364,69 +446,56 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        {
-            let conn = self.lock();
-            let before = conn.total_changes();
-            let tx = Open::begin(&conn, "BEGIN DEFERRED")?;
-            match f(&Tx { conn: &conn }) {
-                Ok(value) => {
-                    let wrote = conn.total_changes() != before;
-                    tx.commit()?;
-                    if wrote {
-                        self.committed();
-                    }
-                    return Ok(value);
+        match &self.backend {
+            Backend::Lite(l) => {
+                let (value, wrote) = l.write_lazily(f, busy)?;
+                if wrote {
+                    lite::bump(&self.commits);
                 }
-                Err(e) if busy(&e) => {} // dropped: rolled back; try again below
-                Err(e) => return Err(e),
+                Ok(value)
             }
+            Backend::Pg(_) => self.write(f),
         }
-        self.write(f)
     }
 
     /// A number that changes whenever any connection, in any process, commits a change to the
-    /// database (`PRAGMA data_version` on a connection of its own, for files; commits through
-    /// this handle, for `:memory:`). Cheap enough to poll every few milliseconds.
+    /// database (`PRAGMA data_version` for SQLite files; commits through this handle for
+    /// `:memory:`; on PostgreSQL, notifications every commit sends). Cheap enough to poll
+    /// every few milliseconds.
     pub fn data_version(&self) -> Result<u64, StoreError> {
         let local = self.commits.load(Ordering::Relaxed);
-        if matches!(*self.location, Location::Memory) {
-            return Ok(local);
+        match &self.backend {
+            Backend::Lite(_) if matches!(*self.location, Location::Memory) => Ok(local),
+            Backend::Lite(l) => l.data_version(),
+            Backend::Pg(p) => Ok(p.data_version()?.wrapping_add(local)),
         }
-        let watch = match self.watch.get() {
-            Some(w) => w,
-            None => {
-                let conn = open_connection(&self.location)?;
-                self.watch.get_or_init(|| Mutex::new(conn))
-            }
-        };
-        let conn = watch.lock().unwrap_or_else(|p| p.into_inner());
-        let version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
-        Ok(version as u64)
     }
 
     /// Sets SQLite's automatic checkpoint threshold on this handle's connection (0 turns it
     /// off): for the benchmark's diagnostics of what checkpoints cost. The service never
-    /// changes it.
+    /// changes it. Nothing on PostgreSQL.
     pub fn set_wal_autocheckpoint(&self, frames: i64) -> Result<(), StoreError> {
-        Ok(self
-            .lock()
-            .pragma_update(None, "wal_autocheckpoint", frames)?)
+        match &self.backend {
+            Backend::Lite(l) => l.set_wal_autocheckpoint(frames),
+            Backend::Pg(_) => Ok(()),
+        }
     }
 
     /// Checkpoints the whole WAL into the database file and truncates it; returns the page
-    /// size. For the benchmark, which measures the WAL a workload writes.
+    /// size. For the benchmark, which measures the WAL a workload writes. 0 on PostgreSQL.
     pub fn checkpoint_truncate(&self) -> Result<u64, StoreError> {
-        let conn = self.lock();
-        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")?;
-        Ok(conn.pragma_query_value(None, "page_size", |r| r.get(0))?)
+        match &self.backend {
+            Backend::Lite(l) => l.checkpoint_truncate(),
+            Backend::Pg(_) => Ok(0),
+        }
     }
 
     /// The schema version (number of migrations applied).
     pub fn schema_version(&self) -> Result<i64, StoreError> {
-        Ok(self
-            .lock()
-            .prepare_cached("PRAGMA user_version")?
-            .query_row([], |r| r.get(0))?)
+        match &self.backend {
+            Backend::Lite(l) => l.schema_version(),
+            Backend::Pg(p) => p.schema_version(),
+        }
     }
 
     /// The number of migrations this build knows.
@@ -434,359 +503,41 @@ impl Store {
         MIGRATIONS.len()
     }
 
-    /// A cheap health probe: the journal mode and a trivial query.
+    /// A cheap health probe: the backend's state and a trivial query.
     pub fn health(&self) -> Result<String, StoreError> {
-        let conn = self.lock();
-        // Cached statements: `coordinator_status` asks on every call.
-        let mode: String = conn
-            .prepare_cached("PRAGMA journal_mode")?
-            .query_row([], |r| r.get(0))?;
-        let one: i64 = conn
-            .prepare_cached("SELECT 1")?
-            .query_row([], |r| r.get(0))?;
-        if one != 1 {
-            return Ok("degraded".into());
+        match &self.backend {
+            Backend::Lite(l) => l.health(),
+            Backend::Pg(p) => p.health(),
         }
-        Ok(format!("ok (journal_mode={mode})"))
     }
 
     /// Row counts of the domain tables, in [`DOMAIN_TABLES`] order.
     pub fn table_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let conn = self.lock();
-        DOMAIN_TABLES
-            .iter()
-            .map(|(table, count_sql)| {
-                let n: i64 = conn
-                    .prepare_cached(count_sql)?
-                    .query_row([], |r| r.get(0))?;
-                Ok((table.to_string(), n))
-            })
-            .collect()
+        self.read(|tx| {
+            DOMAIN_TABLES
+                .iter()
+                .map(|(table, count_sql)| {
+                    let n = tx.one(count_sql, &[], |r| r.get::<i64>(0))?.unwrap_or(0);
+                    Ok((table.to_string(), n))
+                })
+                .collect()
+        })
     }
 }
 
-/// A connection for long reads: its own (file databases) or the shared one (`:memory:`).
+/// A connection for long reads: its own (file databases, PostgreSQL) or the shared one
+/// (`:memory:`).
 pub enum ReadConn<'a> {
-    Own(Connection),
-    Shared(MutexGuard<'a, Connection>),
+    Lite(LiteReader<'a>),
+    Pg(pg::Pooled),
 }
 
 impl ReadConn<'_> {
     /// The handle the table modules' functions take.
     pub fn tx(&self) -> Tx<'_> {
-        Tx {
-            conn: match self {
-                ReadConn::Own(c) => c,
-                ReadConn::Shared(c) => c,
-            },
-        }
-    }
-}
-
-impl std::ops::Deref for ReadConn<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
         match self {
-            ReadConn::Own(c) => c,
-            ReadConn::Shared(c) => c,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use rusqlite_migration::Migrations;
-
-    use super::*;
-
-    #[test]
-    fn migrations_are_valid() {
-        assert!(Migrations::from_slice(MIGRATIONS).validate().is_ok());
-    }
-
-    #[test]
-    fn open_file_sets_wal_and_schema() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let loc = Location::File(dir.path().join("sub/c.db"));
-        let store = Store::open(&loc)?;
-        let mode: String = store
-            .lock()
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))?;
-        assert_eq!(mode, "wal");
-        assert_eq!(store.schema_version()?, MIGRATIONS.len() as i64);
-        let fk: i64 = store
-            .lock()
-            .pragma_query_value(None, "foreign_keys", |r| r.get(0))?;
-        assert_eq!(fk, 1);
-        let checkpoint: i64 = store
-            .lock()
-            .pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?;
-        assert_eq!(checkpoint, WAL_AUTOCHECKPOINT);
-        // Opening again is a no-op migration.
-        let again = Store::open(&loc)?;
-        assert_eq!(again.schema_version()?, MIGRATIONS.len() as i64);
-        Ok(())
-    }
-
-    #[test]
-    fn processes_opening_a_fresh_file_at_once_all_migrate() -> Result<(), Box<dyn std::error::Error>>
-    {
-        for _ in 0..20 {
-            let dir = tempfile::tempdir()?;
-            let loc = Location::File(dir.path().join("c.db"));
-            let barrier = Arc::new(std::sync::Barrier::new(4));
-            let openers: Vec<_> = (0..4)
-                .map(|_| {
-                    let (loc, barrier) = (loc.clone(), barrier.clone());
-                    std::thread::spawn(move || {
-                        barrier.wait();
-                        Store::open(&loc).map(|_| ()).map_err(|e| e.to_string())
-                    })
-                })
-                .collect();
-            for opener in openers {
-                let opened = opener.join().map_err(|_| "an opener panicked")?;
-                assert!(opened.is_ok(), "{opened:?}");
-            }
-        }
-        Ok(())
-    }
-
-    /// A write whose closure fails or panics leaves nothing behind, and the next one runs.
-    #[test]
-    fn a_failed_or_panicking_write_leaves_nothing() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let store = Store::open(&Location::File(dir.path().join("c.db")))?;
-        store.lock().execute_batch("CREATE TABLE t (x INTEGER)")?;
-        let failed: Result<(), Box<dyn std::error::Error>> = store.write(|tx| {
-            tx.conn().execute("INSERT INTO t VALUES (1)", [])?;
-            Err("refused".into())
-        });
-        assert!(failed.is_err());
-        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            store.write(|tx| -> Result<(), StoreError> {
-                tx.conn()
-                    .execute("INSERT INTO t VALUES (2)", [])
-                    .map_err(StoreError::from_sqlite)?;
-                panic!("a bug in the closure")
-            })
-        }));
-        assert!(panicked.is_err());
-        store.write(|tx| -> Result<(), StoreError> {
-            tx.conn()
-                .execute("INSERT INTO t VALUES (3)", [])
-                .map_err(StoreError::from_sqlite)?;
-            Ok(())
-        })?;
-        let rows: Vec<i64> = store
-            .lock()
-            .prepare("SELECT x FROM t")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        assert_eq!(rows, [3]);
-        Ok(())
-    }
-
-    /// While another process holds the write lock, a write waits no longer than its budget,
-    /// says how long it waited, and leaves the connection to the process's other threads
-    /// meanwhile; background work (no budget) fails at once.
-    #[test]
-    fn a_write_waits_one_budget_with_the_connection_free() -> Result<(), Box<dyn std::error::Error>>
-    {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("c.db");
-        let store = Store::open(&Location::File(path.clone()))?;
-        store.lock().execute_batch("CREATE TABLE t (x INTEGER)")?;
-        let holder = Connection::open(&path)?;
-        holder.execute_batch("BEGIN EXCLUSIVE")?;
-        let insert = |store: &Store| {
-            store.write(|tx| -> Result<(), StoreError> {
-                tx.conn().execute("INSERT INTO t VALUES (1)", [])?;
-                Ok(())
-            })
-        };
-
-        let started = std::time::Instant::now();
-        let reads = std::thread::scope(|s| {
-            let reader = s.spawn(|| {
-                // Reads through the same connection go on while the write waits.
-                std::thread::sleep(Duration::from_millis(100));
-                let read = std::time::Instant::now();
-                let n: i64 = store
-                    .lock()
-                    .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
-                    .unwrap_or(-1);
-                (n, read.elapsed())
-            });
-            let budget = budget::Budget::new(Duration::from_millis(600));
-            let written = budget::sync_scope(budget, || insert(&store));
-            (written, reader.join())
-        });
-        let took = started.elapsed();
-        let (written, read) = reads;
-        let (n, read_took) = read.map_err(|_| "the reader panicked")?;
-        assert_eq!(n, 0);
-        assert!(read_took < Duration::from_millis(100), "{read_took:?}");
-        match written {
-            Err(StoreError::Busy { waited, timeout }) => {
-                assert_eq!(timeout, Duration::from_millis(600));
-                assert!(waited >= Duration::from_millis(550), "{waited:?}");
-            }
-            other => return Err(format!("expected busy, got {other:?}").into()),
-        }
-        assert!(
-            (Duration::from_millis(550)..Duration::from_millis(900)).contains(&took),
-            "{took:?}"
-        );
-        let message = insert_error_message(budget::sync_scope(
-            budget::Budget::new(Duration::from_millis(200)),
-            || insert(&store),
-        ));
-        assert_eq!(
-            message,
-            "database is busy: waited 0.2 s for another process's write lock (busy timeout 0.2 s)"
-        );
-
-        let started = std::time::Instant::now();
-        let skipped = budget::sync_scope(budget::Budget::none(), || insert(&store));
-        assert!(
-            skipped.as_ref().is_err_and(StoreError::is_busy),
-            "{skipped:?}"
-        );
-        assert!(started.elapsed() < Duration::from_millis(50));
-
-        holder.execute_batch("ROLLBACK")?;
-        budget::sync_scope(budget::Budget::none(), || insert(&store))?;
-        Ok(())
-    }
-
-    fn insert_error_message(r: Result<(), StoreError>) -> String {
-        r.err().map(|e| e.to_string()).unwrap_or_default()
-    }
-
-    /// A full disk (here the database's page limit) is the retryable `Full`, naming the file.
-    #[test]
-    fn a_full_database_is_retryable_and_named() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("c.db");
-        let store = Store::open(&Location::File(path.clone()))?;
-        store.lock().execute_batch("CREATE TABLE t (x BLOB)")?;
-        let pages: i64 = store
-            .lock()
-            .query_row("PRAGMA page_count", [], |r| r.get(0))?;
-        store
-            .lock()
-            .pragma_update(None, "max_page_count", pages + 2)?;
-        let full = store.write(|tx| -> Result<(), StoreError> {
-            tx.conn()
-                .execute("INSERT INTO t VALUES (zeroblob(100000))", [])?;
-            Ok(())
-        });
-        let Err(e) = full else {
-            return Err("a write past the page limit succeeded".into());
-        };
-        assert!(matches!(e, StoreError::Full { .. }), "{e:?}");
-        assert!(e.retryable());
-        assert!(e.to_string().contains(&path.display().to_string()), "{e}");
-        // Nothing half-written, and a small write still fits.
-        let rows: i64 = store
-            .lock()
-            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))?;
-        assert_eq!(rows, 0);
-        Ok(())
-    }
-
-    /// 0011 rebuilds `approvals` (for the `console` channel): rows, the questions that
-    /// reference them, the final-decision triggers and the foreign key all survive it.
-    #[test]
-    fn migration_0011_keeps_approvals_questions_and_their_rules()
-    -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("c.db");
-        let mut conn = Connection::open(&path)?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        Migrations::from_slice(&MIGRATIONS[..10]).to_latest(&mut conn)?;
-        let row = |id: &str, state: &str, decided: Option<&str>| {
-            conn.execute(
-                "INSERT INTO approvals (id, kind, subject_id, summary, action, action_hash, risk, \
-                 requested_by, created_at, expires_at, decide_with, state, decided_by, \
-                 decided_via, decided_at) VALUES (?1, 'generic', '', 's', '{}', 'h', 'low', \
-                 'client:t', '2026-01-01T00:00:00Z', '2099-01-01T00:00:00Z', 'elicitation', \
-                 ?2, ?3, ?4, ?3)",
-                rusqlite::params![id, state, decided, decided.map(|_| "cli")],
-            )
-        };
-        row("a1", "pending", None)?;
-        row("a2", "approved", Some("2026-01-02T00:00:00Z"))?;
-        conn.execute(
-            "INSERT INTO approval_questions (nonce, approval_id, asked_at) VALUES ('n1', 'a1', 'x')",
-            [],
-        )?;
-        drop(conn);
-
-        let store = Store::open(&Location::File(path))?;
-        let conn = store.lock();
-        let count: i64 = conn.query_row("SELECT COUNT(*) FROM approvals", [], |r| r.get(0))?;
-        assert_eq!(count, 2);
-        let via: String = conn.query_row(
-            "SELECT decided_via FROM approvals WHERE id = 'a2'",
-            [],
-            |r| r.get(0),
-        )?;
-        assert_eq!(via, "cli");
-        // The console channel is now accepted...
-        conn.execute(
-            "UPDATE approvals SET state = 'approved', decided_by = 'overseer:x', \
-             decided_via = 'console', decided_at = 'y' WHERE id = 'a1'",
-            [],
-        )?;
-        // ...an unknown one still is not, decisions stay final, and nothing is deleted.
-        let unknown = conn.execute(
-            "UPDATE approvals SET decided_via = 'carrier-pigeon' WHERE id = 'a2'",
-            [],
-        );
-        assert!(unknown.is_err());
-        let refinal = conn.execute(
-            "UPDATE approvals SET state = 'rejected' WHERE id = 'a2'",
-            [],
-        );
-        assert!(
-            refinal.is_err_and(|e| e.to_string().contains("final")),
-            "decisions are final"
-        );
-        assert!(
-            conn.execute("DELETE FROM approvals WHERE id = 'a2'", [])
-                .is_err()
-        );
-        // The question still points at its approval, and the foreign key still holds.
-        let q: String = conn.query_row(
-            "SELECT approval_id FROM approval_questions WHERE nonce = 'n1'",
-            [],
-            |r| r.get(0),
-        )?;
-        assert_eq!(q, "a1");
-        let orphan = conn.execute(
-            "INSERT INTO approval_questions (nonce, approval_id, asked_at) VALUES ('n2', 'nope', 'x')",
-            [],
-        );
-        assert!(orphan.is_err(), "the foreign key to approvals holds");
-        Ok(())
-    }
-
-    #[test]
-    fn newer_schema_is_refused() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let loc = Location::File(dir.path().join("c.db"));
-        drop(Store::open(&loc)?);
-        let conn = Connection::open(dir.path().join("c.db"))?;
-        conn.pragma_update(None, "user_version", 99)?;
-        drop(conn);
-        match Store::open(&loc) {
-            Err(StoreError::TooNew { found: 99, .. }) => Ok(()),
-            Err(other) => Err(format!("wrong error: {other}").into()),
-            Ok(_) => Err("a newer schema was accepted".into()),
+            ReadConn::Lite(r) => Tx::lite(r.conn()),
+            ReadConn::Pg(c) => Tx::pg(c),
         }
     }
 }

@@ -44,7 +44,10 @@ pub(super) fn open_connection_with(
         cause,
     };
     let conn = match location {
-        Location::Memory => Connection::open_in_memory().map_err(open_err)?,
+        // Not a SQLite database: the caller opens it with `pg`.
+        Location::Postgres(_) | Location::Memory => {
+            Connection::open_in_memory().map_err(open_err)?
+        }
         Location::File(path) => {
             if let Some(parent) = path
                 .parent()

@@ -91,7 +91,7 @@ fn run_from(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         id: r.get(0)?,
         pipeline_id: r.get(1)?,
         version: r.get(2)?,
-        status: closed::get(r, 3, "pipeline_runs.status")?,
+        status: closed::get_lite(r, 3, "pipeline_runs.status")?,
         input: r.get(4)?,
         parameters: r.get(5)?,
         priority: r.get(6)?,
@@ -101,7 +101,7 @@ fn run_from(r: &Row<'_>) -> rusqlite::Result<RunRow> {
         finished_ms: r.get(10)?,
         error: r.get(11)?,
         webhook_url: r.get(12)?,
-        webhook_state: closed::get_opt(r, 13, "pipeline_runs.webhook_state")?,
+        webhook_state: closed::get_opt_lite(r, 13, "pipeline_runs.webhook_state")?,
         webhook_attempts: r.get(14)?,
         webhook_next_ms: r.get(15)?,
         webhook_error: r.get(16)?,
@@ -113,7 +113,7 @@ fn stage_from(r: &Row<'_>) -> rusqlite::Result<StageRow> {
         run_id: r.get(0)?,
         stage: r.get(1)?,
         position: r.get(2)?,
-        status: closed::get(r, 3, "pipeline_stage_runs.status")?,
+        status: closed::get_lite(r, 3, "pipeline_stage_runs.status")?,
         task_id: r.get(4)?,
         approval_id: r.get(5)?,
         output: r.get(6)?,
@@ -291,7 +291,7 @@ pub fn run_stamp(tx: &Tx<'_>, id: &str) -> Result<Option<(RunStatus, i64)>, Stor
         tx.conn()
             .prepare_cached("SELECT status, updated_ms FROM pipeline_runs WHERE id = ?1")?
             .query_row([id], |r| {
-                Ok((closed::get(r, 0, "pipeline_runs.status")?, r.get(1)?))
+                Ok((closed::get_lite(r, 0, "pipeline_runs.status")?, r.get(1)?))
             })
             .optional(),
     )

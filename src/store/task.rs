@@ -49,7 +49,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<TaskRow> {
         capabilities: r.get(3)?,
         target_agent_id: r.get(4)?,
         priority: r.get(5)?,
-        status: closed::get(r, 6, "tasks.status")?,
+        status: closed::get_lite(r, 6, "tasks.status")?,
         timeout_ms: r.get(7)?,
         max_retries: r.get(8)?,
         attempts: r.get(9)?,
@@ -384,7 +384,11 @@ pub fn counts(tx: &Tx<'_>) -> Result<Vec<(TaskStatus, i64, i64)>, StoreError> {
         .conn()
         .prepare_cached("SELECT status, priority, COUNT(*) FROM tasks GROUP BY status, priority")?;
     let rows = stmt.query_map([], |r| {
-        Ok((closed::get(r, 0, "tasks.status")?, r.get(1)?, r.get(2)?))
+        Ok((
+            closed::get_lite(r, 0, "tasks.status")?,
+            r.get(1)?,
+            r.get(2)?,
+        ))
     })?;
     rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
@@ -416,7 +420,7 @@ static FINISHED_SINCE_SQL: LazyLock<String> = LazyLock::new(|| {
 pub fn finished_since(tx: &Tx<'_>, since_ms: i64) -> Result<Vec<(TaskStatus, i64)>, StoreError> {
     let mut stmt = tx.conn().prepare_cached(&FINISHED_SINCE_SQL)?;
     let rows = stmt.query_map([since_ms], |r| {
-        Ok((closed::get(r, 0, "tasks.status")?, r.get(1)?))
+        Ok((closed::get_lite(r, 0, "tasks.status")?, r.get(1)?))
     })?;
     rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
 }
@@ -474,7 +478,7 @@ mod tests {
     fn listing_a_status_uses_its_groups_index() -> Result<(), Box<dyn std::error::Error>> {
         let store = Store::open(&Location::Memory)?;
         let conn = store.lock();
-        let tx = Tx { conn: &conn };
+        let tx = Tx::lite(&conn);
         for (status, index) in [
             ("queued", "tasks_queue"),
             ("leased", "tasks_leases"),
@@ -513,7 +517,7 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let store = Store::open(&Location::File(dir.path().join("c.db")))?;
         let conn = store.lock();
-        let tx = Tx { conn: &conn };
+        let tx = Tx::lite(&conn);
         tx.conn().execute(
             "INSERT INTO agents (id, name, agent_type, capabilities, endpoints, resources, metadata,
                  status, load, registered_at, last_heartbeat_ms, token_generation)

@@ -1,0 +1,382 @@
+//! The PostgreSQL backend (`--db postgres://...`): a pool of connections (r2d2, sized from the
+//! config), writes serialised across every coordinator by one advisory lock (so the domain's
+//! read-then-write transactions mean on PostgreSQL what `BEGIN IMMEDIATE` means on SQLite),
+//! `LISTEN/NOTIFY` for "something changed", and the embedded schema (`migrate.rs`).
+
+mod conn;
+mod migrate;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use conn::{CONNECT_TIMEOUT, describe};
+pub use conn::{Client, value};
+
+use super::{StoreError, Tx, budget};
+
+/// The advisory lock every write transaction takes first: one writer at a time across every
+/// coordinator on the database. Why one lock and not row locks: the domain's transactions read
+/// and then write (the audit chain's head, a task's status, an approval's consumption), written
+/// for SQLite's single writer; one lock keeps every one of them correct on PostgreSQL without
+/// a second set of reasoning, and a write holds it for a few round trips.
+const WRITE_LOCK: i64 = 0x6d63_7063_7772_6974; // "mcpcwrit"
+
+/// The channel every commit notifies: waiters in every coordinator wake on it.
+const CHANNEL: &str = "mcp_coordinator";
+
+/// A `postgres://` URL, kept whole for connecting and shown without its password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PgUrl {
+    full: String,
+    shown: String,
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl PgUrl {
+    /// Parses a `postgres://` or `postgresql://` URL. The error never repeats the password.
+    pub fn parse(s: &str) -> Result<Self, StoreError> {
+        let bad = |why: String| StoreError::Postgres {
+            message: format!("--db: not a usable PostgreSQL URL: {why}"),
+        };
+        let mut url = url::Url::parse(s).map_err(|e| bad(e.to_string()))?;
+        if !matches!(url.scheme(), "postgres" | "postgresql") {
+            return Err(bad(format!("scheme {:?}", url.scheme())));
+        }
+        s.parse::<tokio_postgres::Config>()
+            .map_err(|e| bad(e.to_string()))?;
+        if url.password().is_some() {
+            let _ = url.set_password(Some("***"));
+        }
+        Ok(PgUrl {
+            full: s.to_string(),
+            shown: url.to_string(),
+        })
+    }
+
+    /// The URL without its password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+/// The r2d2 side of a connection: how to make one and when it is broken.
+pub struct Manager {
+    config: tokio_postgres::Config,
+    shown: String,
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Client;
+    type Error = StoreError;
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        Client::connect(&self.config, &self.shown)
+    }
+
+    fn is_valid(&self, conn: &mut Client) -> Result<(), StoreError> {
+        conn.batch("")
+    }
+
+    fn has_broken(&self, conn: &mut Client) -> bool {
+        conn.is_closed() || conn.in_tx.get()
+    }
+}
+
+/// Reports connection failures of the pool's own attempts (it retries them itself).
+#[derive(Debug)]
+struct LogErrors;
+
+impl r2d2::HandleError<StoreError> for LogErrors {
+    fn handle_error(&self, error: StoreError) {
+        tracing::warn!(error = %error, "PostgreSQL: a pooled connection could not be made (retrying)");
+    }
+}
+
+/// The PostgreSQL side of a [`Store`](super::Store).
+pub(super) struct Pg {
+    pool: r2d2::Pool<Manager>,
+    config: tokio_postgres::Config,
+    shown: String,
+    /// Notifications seen on [`CHANNEL`] (and reconnects of the listener).
+    notified: Arc<AtomicU64>,
+    listening: OnceLock<()>,
+}
+
+/// A pooled connection.
+pub type Pooled = r2d2::PooledConnection<Manager>;
+
+impl Pg {
+    /// Connects (once, so a wrong URL or password is reported as such), applies the schema,
+    /// and makes the pool of `pool_size` connections.
+    pub(super) fn open(url: &PgUrl, pool_size: u32) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config =
+            url.full
+                .parse()
+                .map_err(|e: tokio_postgres::Error| StoreError::Postgres {
+                    message: format!("--db: {}", describe(&e)),
+                })?;
+        if config.get_application_name().is_none() {
+            config.application_name("mcp-coordinator");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
+        let shown = url.shown.clone();
+        let first = Client::connect(&config, &shown)?;
+        migrate::run(&first, &shown)?;
+        let manager = Manager {
+            config: config.clone(),
+            shown: shown.clone(),
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(pool_size.max(1))
+            .min_idle(Some(1))
+            // A dead connection fails its statement and is dropped then (has_broken); a check
+            // on every checkout would add a round trip to every statement.
+            .test_on_check_out(false)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .error_handler(Box::new(LogErrors))
+            .build_unchecked(manager);
+        drop(first);
+        Ok(Pg {
+            pool,
+            config,
+            shown,
+            notified: Arc::new(AtomicU64::new(0)),
+            listening: OnceLock::new(),
+        })
+    }
+
+    /// The database, for messages: the URL without its password.
+    pub(super) fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// A connection from the pool, waiting at most the current budget (or the connect
+    /// timeout) for one to come free.
+    pub(super) fn get(&self) -> Result<Pooled, StoreError> {
+        let limit = budget::current()
+            .map(|b| b.remaining())
+            .filter(|r| !r.is_zero())
+            .unwrap_or(CONNECT_TIMEOUT);
+        let started = Instant::now();
+        let got = self.pool.get_timeout(limit);
+        budget::charge(started.elapsed());
+        got.map_err(|e| StoreError::Unavailable {
+            message: format!(
+                "no PostgreSQL connection to {} within {:.1} s: {e}",
+                self.shown,
+                limit.as_secs_f64()
+            ),
+        })
+    }
+
+    pub(super) fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> T) -> T {
+        match self.get() {
+            Ok(conn) => f(&Tx::pg(&conn)),
+            // The closure's first statement reports it.
+            Err(e) => f(&Tx::down(&e.to_string())),
+        }
+    }
+
+    /// One transaction holding [`WRITE_LOCK`]: rolled back when `f` fails, committed with a
+    /// notification otherwise.
+    pub(super) fn write<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let conn = self.get()?;
+        self.begin(&conn)?;
+        match f(&Tx::pg(&conn)) {
+            Ok(value) => {
+                conn.batch(&format!("NOTIFY {CHANNEL}; COMMIT"))?;
+                conn.in_tx.set(false);
+                Ok(value)
+            }
+            Err(e) => {
+                if conn.batch("ROLLBACK").is_ok() {
+                    conn.in_tx.set(false);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// BEGIN and the write lock, waiting for it within the current budget; background work
+    /// (no budget) does not wait.
+    fn begin(&self, conn: &Client) -> Result<(), StoreError> {
+        budget::ensure(|budget| {
+            conn.in_tx.set(true);
+            if budget.limit().is_zero() {
+                let got = conn.simple_first(&format!(
+                    "BEGIN; SELECT pg_try_advisory_xact_lock({WRITE_LOCK})"
+                ))?;
+                if got.as_deref() == Some("t") {
+                    return Ok(());
+                }
+                conn.batch("ROLLBACK")?;
+                conn.in_tx.set(false);
+                return Err(StoreError::Busy {
+                    waited: Duration::ZERO,
+                    timeout: Duration::ZERO,
+                });
+            }
+            let ms = budget.remaining().as_millis().max(1);
+            let started = Instant::now();
+            let locked = conn.batch(&format!(
+                "BEGIN; SET LOCAL lock_timeout = {ms}; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+            ));
+            let waited = started.elapsed();
+            if waited > Duration::from_millis(1) {
+                budget.charge(waited);
+            }
+            match locked {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if conn.batch("ROLLBACK").is_ok() {
+                        conn.in_tx.set(false);
+                    }
+                    match e {
+                        StoreError::Busy { .. } => Err(StoreError::Busy {
+                            waited: budget.spent(),
+                            timeout: budget.limit(),
+                        }),
+                        e => Err(e),
+                    }
+                }
+            }
+        })
+    }
+
+    /// A number that changes whenever any coordinator commits (the notifications seen by a
+    /// listening connection of this process, which starts on the first call).
+    pub(super) fn data_version(&self) -> Result<u64, StoreError> {
+        if self.listening.get().is_none() {
+            self.listen()?;
+        }
+        Ok(self.notified.load(Ordering::Relaxed))
+    }
+
+    /// Starts the listener: a connection of its own on [`CHANNEL`], counting notifications and
+    /// reconnecting (counting that too, as changes may have been missed meanwhile) when it is
+    /// lost. Waits until it listens, so a commit after the first `data_version` is seen.
+    fn listen(&self) -> Result<(), StoreError> {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let config = self.config.clone();
+        let notified = self.notified.clone();
+        let shown = self.shown.clone();
+        let mut started = false;
+        self.listening.get_or_init(|| {
+            started = true;
+        });
+        if !started {
+            return Ok(());
+        }
+        conn::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match listen_once(&config, &notified, &mut ready).await {
+                    Ok(()) => {
+                        tracing::warn!(database = %shown, "PostgreSQL: the listening connection ended; reconnecting")
+                    }
+                    Err(e) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(Err(e.clone()));
+                        }
+                        tracing::warn!(database = %shown, error = %e, "PostgreSQL: cannot listen for changes; retrying in 1 s");
+                    }
+                }
+                notified.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })?;
+        match ready_rx.recv_timeout(CONNECT_TIMEOUT) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Unavailable { message: e }),
+            Err(_) => Err(StoreError::Unavailable {
+                message: format!("PostgreSQL: no LISTEN on {} within 10 s", self.shown),
+            }),
+        }
+    }
+
+    pub(super) fn schema_version(&self) -> Result<i64, StoreError> {
+        migrate::version(&*self.get()?)
+    }
+
+    pub(super) fn health(&self) -> Result<String, StoreError> {
+        let conn = self.get()?;
+        let version = conn
+            .simple_first("SHOW server_version")?
+            .unwrap_or_default();
+        let state = self.pool.state();
+        Ok(format!(
+            "ok (postgresql {version}, {} of {} connections open)",
+            state.connections,
+            self.pool.max_size()
+        ))
+    }
+}
+
+/// One listening connection, until it ends.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    notified: &AtomicU64,
+    ready: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>,
+) -> Result<(), String> {
+    use futures_util::StreamExt;
+    use tokio_postgres::AsyncMessage;
+
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| describe(&e))?;
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let statement = format!("LISTEN {CHANNEL}");
+    {
+        let listen = client.batch_execute(&statement);
+        tokio::pin!(listen);
+        // The connection must be polled for LISTEN to be answered.
+        loop {
+            tokio::select! {
+                done = &mut listen => {
+                    done.map_err(|e| describe(&e))?;
+                    break;
+                }
+                m = messages.next() => match m {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(describe(&e)),
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+    if let Some(r) = ready.take() {
+        let _ = r.send(Ok(()));
+    }
+    while let Some(m) = messages.next().await {
+        match m {
+            Ok(AsyncMessage::Notification(_)) => {
+                notified.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(describe(&e)),
+        }
+    }
+    drop(client);
+    Ok(())
+}
+
+/// Runs `sql` as it is (tests that tamper with rows).
+#[cfg(test)]
+pub(super) fn execute_raw(pg: &Pg, sql: &str) -> Result<usize, StoreError> {
+    pg.get()?.execute(sql, &[])
+}
