@@ -1,6 +1,7 @@
 //! Verification of the whole audit chain: recompute every hash, check every link and sequence
 //! number, and check every head signature against a key the chain introduced before that head
-//! (an `audit.key_added` event), or this coordinator's own key.
+//! (an `audit.key_added` event), or this coordinator's own key (when there is one: a copied
+//! chain is checked on its own keys alone).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -123,7 +124,9 @@ pub struct VerifyReport {
     pub duration_ms: u64,
 }
 
-pub(super) fn verify(tx: &Tx<'_>, trusted_key: &str) -> Result<VerifyReport, StoreError> {
+/// Verifies the chain in `tx`; `trusted_key` is trusted without an introduction (this
+/// coordinator's own key), `None` trusts only the keys the chain introduces.
+pub(super) fn verify(tx: &Tx<'_>, trusted_key: Option<&str>) -> Result<VerifyReport, StoreError> {
     let started = Instant::now();
     let sigs: BTreeMap<i64, SignatureRow> = sql::signatures(tx)?
         .into_iter()
@@ -132,7 +135,7 @@ pub(super) fn verify(tx: &Tx<'_>, trusted_key: &str) -> Result<VerifyReport, Sto
     let mut problems: Vec<VerifyProblem> = Vec::new();
     let mut sig_status = SignatureStatus {
         total: sigs.len() as u64,
-        trusted_key: trusted_key.to_string(),
+        trusted_key: trusted_key.unwrap_or_default().to_string(),
         ..Default::default()
     };
     let mut expected_seq = 1i64;
@@ -298,22 +301,25 @@ fn unsigned_tail(
     None
 }
 
-/// The keys met so far: this coordinator's, those the chain introduced (and where), and those
-/// found on signatures.
+/// The keys met so far: this coordinator's (if any), those the chain introduced (and where),
+/// and those found on signatures.
 struct Keys {
-    own: String,
+    own: Option<String>,
     list: Vec<KeyStatus>,
 }
 
 impl Keys {
-    fn new(own: &str) -> Self {
+    fn new(own: Option<&str>) -> Self {
         Keys {
-            own: own.to_string(),
-            list: vec![KeyStatus {
-                public_key: own.to_string(),
-                this_coordinator: true,
-                ..Default::default()
-            }],
+            own: own.map(str::to_string),
+            list: own
+                .map(|own| KeyStatus {
+                    public_key: own.to_string(),
+                    this_coordinator: true,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -339,7 +345,7 @@ impl Keys {
 
     /// Why a signature at `seq` by `key` may not be trusted, if it may not.
     fn distrust(&self, key: &str, seq: i64) -> Option<String> {
-        if key == self.own {
+        if self.own.as_deref() == Some(key) {
             return None;
         }
         match self
@@ -353,11 +359,17 @@ impl Keys {
                 "the head at event {seq} is signed by key {}, which the chain introduces only later, at event {at}: a head signed before its key was introduced is forged",
                 short(key)
             )),
-            None => Some(format!(
-                "the head at event {seq} is signed by key {}, which the chain never introduced (no audit.key_added event) and which is not this coordinator's key {}",
-                short(key),
-                short(&self.own)
-            )),
+            None => Some(match &self.own {
+                Some(own) => format!(
+                    "the head at event {seq} is signed by key {}, which the chain never introduced (no audit.key_added event) and which is not this coordinator's key {}",
+                    short(key),
+                    short(own)
+                ),
+                None => format!(
+                    "the head at event {seq} is signed by key {}, which the chain never introduced (no audit.key_added event)",
+                    short(key)
+                ),
+            }),
         }
     }
 
