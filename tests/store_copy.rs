@@ -308,7 +308,7 @@ fn a_chain_of_100000_events_copies_to_sqlite_and_verifies() {
         "store",
         "copy",
         "--from",
-        &sqlite_arg(&from),
+        &sqlite_arg(from),
         "--to",
         &sqlite_arg(&to),
     ]);
@@ -334,7 +334,7 @@ fn a_chain_of_100000_events_copies_to_sqlite_and_verifies() {
         out.contains("100 of 100 signatures valid by 2 key(s)"),
         "{out}"
     );
-    assert_eq!(rows(&from), rows(&to));
+    assert_eq!(rows(from), rows(&to));
 }
 
 /// The test: a real SQLite database with 100,000 events copied to PostgreSQL and
@@ -344,7 +344,7 @@ fn a_chain_of_100000_events_copies_to_postgres_and_verifies() {
     let (from, head) = chain_100k();
     let url = fresh_database("copy_100k");
     let started = Instant::now();
-    let (code, out, err) = run(&["store", "copy", "--from", &sqlite_arg(&from), "--to", &url]);
+    let (code, out, err) = run(&["store", "copy", "--from", &sqlite_arg(from), "--to", &url]);
     let took = started.elapsed().as_secs_f64();
     eprintln!("copied to PostgreSQL in {took:.1} s:\n{out}{err}");
     assert_eq!(code, 0, "{out}{err}");

@@ -449,3 +449,80 @@ fn check_signature(
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::{Actor, ActorKind, AuditLog, AuditSigner, NewEvent, Outcome};
+    use crate::store::{Location, Store};
+
+    fn signer(byte: u8) -> Arc<AuditSigner> {
+        Arc::new(AuditSigner::from_key(
+            ed25519_dalek::SigningKey::from_bytes(&[byte; 32]),
+        ))
+    }
+
+    /// A copy of a chain is checked on the keys it introduces alone: what its own coordinator
+    /// signed verifies, a head signed by a key the chain never introduced does not, whoever
+    /// runs the check.
+    #[test]
+    fn a_chain_on_its_own_keys() -> Result<(), Box<dyn std::error::Error>> {
+        let store = Store::open(&Location::Memory)?;
+        let log = AuditLog::new(store.clone(), signer(1));
+        log.record(NewEvent {
+            actor: Actor::new(ActorKind::Client, "t/1"),
+            action: Action::ToolCall,
+            subject: "a".into(),
+            outcome: Outcome::Ok,
+            detail: serde_json::json!({}),
+            critical: true,
+        })?;
+        let report = store.read(crate::audit::verify_chain_in)?;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.signatures.valid, 1);
+        assert_eq!(report.signatures.trusted_key, "");
+        assert_eq!(report.signatures.keys.len(), 1);
+        assert!(!report.signatures.keys[0].this_coordinator);
+        assert_eq!(report.signatures.keys[0].introduced_seq, Some(1));
+
+        // A head signed by a key the chain never introduced: the coordinator that holds that
+        // key trusts it, a check on the chain's own keys does not.
+        let stranger = signer(2);
+        let unsigned = log.record(NewEvent {
+            actor: Actor::new(ActorKind::Client, "t/1"),
+            action: Action::ToolCall,
+            subject: "b".into(),
+            outcome: Outcome::Ok,
+            detail: serde_json::json!({}),
+            critical: false,
+        })?;
+        store.write(|tx| {
+            sql::insert_signature(
+                tx,
+                &SignatureRow {
+                    seq: unsigned.seq,
+                    hash: unsigned.hash.clone(),
+                    public_key: stranger.public_key_hex().to_string(),
+                    signature: stranger
+                        .sign_hex(&chain::head_message(unsigned.seq, &unsigned.hash)),
+                    signed_at: chain::now_ts(),
+                },
+            )
+        })?;
+        let holder = store.read(|tx| verify(tx, Some(stranger.public_key_hex())))?;
+        assert!(holder.ok, "{holder:?}");
+        let copy = store.read(crate::audit::verify_chain_in)?;
+        assert!(!copy.ok);
+        assert_eq!(copy.problems[0].kind, ProblemKind::UnknownKey);
+        assert_eq!(
+            copy.problems[0].message,
+            format!(
+                "the head at event 3 is signed by key {}, which the chain never introduced (no audit.key_added event)",
+                short(stranger.public_key_hex())
+            )
+        );
+        Ok(())
+    }
+}

@@ -41,7 +41,7 @@ verification result, or all of it as JSON with --json.
 
 Secrets stay encrypted as they are: coordinators on the target need the same master key \
 (MCP_COORDINATOR_MASTER_KEY or master.key in their data directory). Signing keys and agent \
-token keys stay in each data directory.
+token keys stay in each data directory. --db and --data-dir play no part: the two databases are --from and --to.
 
 Exit status: 0 when the copy is committed and verified, 1 when the chain did not verify (nothing \
 was written), 2 on any other error (nothing was written).";
