@@ -21,6 +21,7 @@ use rmcp::transport::TokioChildProcess;
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceError};
 use serde_json::Value;
 
+#[allow(unused_imports)]
 pub use db::Db;
 #[allow(unused_imports)]
 pub(crate) use db::{both_backends, sql_args};
