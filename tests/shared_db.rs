@@ -104,7 +104,7 @@ async fn coordinators_with_their_own_keys_share_one_verifiable_chain(db: Db) {
     for i in 0..3 {
         common::call_ok(&a, "audit_query", json!({"subject": format!("a{i}")})).await;
     }
-    db.wait_signed(dir_a.path());
+    db.settle_signed(dir_a.path());
     for i in 0..3 {
         common::call_ok(&b, "audit_query", json!({"subject": format!("b{i}")})).await;
     }
