@@ -113,7 +113,8 @@ async fn edited_deleted_reordered_and_truncated_rows_are_named(db: Db) {
 
 both_backends! {
 /// An attacker who knows the hash format rewrites event 3 and recomputes every hash after
-/// it: the links hold, but the signed head no longer matches.
+/// it: the links hold, but the first signed head from 3 on no longer matches; re-signing the
+/// heads with a key of their own is caught too.
 #[tokio::test]
 async fn a_reforged_chain_is_caught_by_the_signature(db: Db) {
     let dir = populated(&db, 5).await;
@@ -127,6 +128,7 @@ async fn a_reforged_chain_is_caught_by_the_signature(db: Db) {
         &[],
     );
     let mut prev = mcp_coordinator::audit::chain::GENESIS_HASH.to_string();
+    let mut hashes = std::collections::HashMap::new();
     for row in rows {
         let seq = row[0].as_i64().unwrap();
         let [ts, actor, action, subject, outcome, detail] =
@@ -145,29 +147,46 @@ async fn a_reforged_chain_is_caught_by_the_signature(db: Db) {
             "UPDATE audit_events SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
             sql_args![&prev, &hash, seq],
         );
+        hashes.insert(seq, hash.clone());
         prev = hash;
     }
-    // Five calls, then the key event (6), whose head the server signed.
+    // Five calls and the key event (6 events); the server signed the head at shutdown (6),
+    // and maybe one earlier if its signer looked while the calls were coming.
+    let signed: Vec<i64> = conn
+        .rows("SELECT seq FROM audit_signatures ORDER BY seq", &[])
+        .iter()
+        .map(|r| r[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(signed.last(), Some(&6), "{}: {signed:?}", db.name());
+    let first_changed = *signed.iter().find(|&&s| s >= 3).unwrap();
     let (code, report, _) = verify(dir.path(), &copy);
     assert_eq!(code, 1, "{report:#}");
-    assert_eq!(first_problem(&report), (6, "signed_head_changed".into()));
+    assert_eq!(
+        first_problem(&report),
+        (first_changed, "signed_head_changed".into()),
+        "{}: signed heads {signed:?}",
+        db.name()
+    );
 
     // Re-signing with another key is caught too, by this coordinator and by any other.
     let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
     let signer = mcp_coordinator::audit::AuditSigner::from_key(other);
-    let msg = mcp_coordinator::audit::chain::head_message(6, &prev);
-    conn.exec(
-        "UPDATE audit_signatures SET hash = ?1, public_key = ?2, signature = ?3 WHERE seq = 6",
-        sql_args![&prev, signer.public_key_hex(), signer.sign_hex(&msg)],
-    );
+    for &seq in &signed {
+        let hash = &hashes[&seq];
+        let msg = mcp_coordinator::audit::chain::head_message(seq, hash);
+        conn.exec(
+            "UPDATE audit_signatures SET hash = ?1, public_key = ?2, signature = ?3 WHERE seq = ?4",
+            sql_args![hash, signer.public_key_hex(), signer.sign_hex(&msg), seq],
+        );
+    }
     let (code, report, text) = verify(dir.path(), &copy);
     assert_eq!(code, 1);
-    assert_eq!(first_problem(&report), (6, "unknown_key".into()));
+    assert_eq!(first_problem(&report), (signed[0], "unknown_key".into()));
     assert!(text.contains("never introduced"), "{text}");
     let stranger = common::data_dir();
     let (code, report, _) = verify(stranger.path(), &copy);
     assert_eq!(code, 1, "{report:#}");
-    assert_eq!(first_problem(&report), (6, "unknown_key".into()));
+    assert_eq!(first_problem(&report), (signed[0], "unknown_key".into()));
 }
 }
 
