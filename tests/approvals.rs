@@ -408,6 +408,8 @@ async fn rmcp_client_answers_elicitations_in_both_eras(db: Db) {
     for stateless in [false, true] {
         for (i, (action, decision, expected, cause)) in cases.iter().enumerate() {
             let dir = data_dir();
+            // A database of its own each time round, as the data directory is.
+            let db = db.another("round");
             let person = Person {
                 answer: action.clone(),
                 decision,
