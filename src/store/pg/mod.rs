@@ -397,6 +397,31 @@ async fn listen_once(
     Ok(())
 }
 
+/// The schema version recorded in the database at `url`, read without creating or changing
+/// anything: `None` when it holds no coordinator schema. For `store copy`, which must neither
+/// migrate the database it copies from nor apply a schema before it has checked the target.
+pub(super) fn schema_version_at(url: &PgUrl) -> Result<Option<i64>, StoreError> {
+    let mut config: tokio_postgres::Config =
+        url.full
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Postgres {
+                message: format!("{}: {}", url.shown, describe(&e)),
+            })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let c = Client::connect(&config, &url.shown)?;
+    let found = c.query(
+        "SELECT COUNT(*) FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_name = 'mcp_coordinator_schema'",
+        &[],
+    )?;
+    match found.first().map(|r| value(r, 0)).transpose()? {
+        Some(crate::store::sql::Value::Int(n)) if n > 0 => migrate::version(&c).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Runs `sql` as it is (tests that tamper with rows).
 #[cfg(test)]
 pub(super) fn execute_raw(pg: &Pg, sql: &str) -> Result<usize, StoreError> {
