@@ -2,6 +2,7 @@
 //! use are refused; critical approvals never go to the client; a client without elicitation
 //! gets the CLI command and a waiting call returns within a second of the CLI's decision;
 //! expired approvals cannot be approved; rmcp's client answers elicitations in both eras.
+//! Every test runs on SQLite and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{RawServer, call_ok, data_dir};
+use common::{Db, RawServer, both_backends, call_ok, data_dir};
 use rmcp::model::{
     ClientCapabilities, ClientConfig, ElicitRequestParams, ElicitResult, ElicitationAction,
     Implementation, ProgressNotificationParam, ProtocolVersion,
@@ -28,10 +29,11 @@ fn request_args(op: &str, risk: &str) -> Value {
     json!({"summary": format!("do {op}"), "action": {"op": op}, "risk": risk})
 }
 
+both_backends! {
 #[test]
-fn mrtr_state_is_verified_and_redeemed_once() {
+fn mrtr_state_is_verified_and_redeemed_once(db: Db) {
     let dir = data_dir();
-    let mut s = RawServer::spawn(dir.path());
+    let mut s = db.raw_server(dir.path(), &[]);
     let args = request_args("restart", "medium");
     let first = s.call("approval_request", args.clone(), true, None);
     let result = &first["result"];
@@ -126,7 +128,7 @@ fn mrtr_state_is_verified_and_redeemed_once() {
     assert_eq!(got["result"]["structuredContent"]["state"], "approved");
 
     // A state sealed by another coordinator process is refused too.
-    let mut other_process = RawServer::spawn(dir.path());
+    let mut other_process = db.raw_server(dir.path(), &[]);
     let second_state = second["result"]["requestState"].as_str().unwrap();
     let r = other_process.call(
         "approval_request",
@@ -136,11 +138,13 @@ fn mrtr_state_is_verified_and_redeemed_once() {
     );
     assert_eq!(r["error"]["code"], -32602, "{r:#}");
 }
+}
 
+both_backends! {
 #[test]
-fn critical_approvals_are_never_asked_in_the_client() {
+fn critical_approvals_are_never_asked_in_the_client(db: Db) {
     let dir = data_dir();
-    let mut s = RawServer::spawn(dir.path());
+    let mut s = db.raw_server(dir.path(), &[]);
     let r = s.call(
         "approval_request",
         request_args("wipe", "critical"),
@@ -170,7 +174,7 @@ fn critical_approvals_are_never_asked_in_the_client() {
     assert_eq!(r["error"]["code"], -32602);
 
     // The CLI decides it.
-    let (code, out, err) = common::cli(
+    let (code, out, err) = db.cli(
         dir.path(),
         &["approvals", "approve", id, "--reason", "checked", "--yes"],
     );
@@ -186,11 +190,13 @@ fn critical_approvals_are_never_asked_in_the_client() {
             .starts_with("user:")
     );
 }
+}
 
+both_backends! {
 #[test]
-fn without_elicitation_a_waiting_call_returns_within_a_second_of_the_cli() {
+fn without_elicitation_a_waiting_call_returns_within_a_second_of_the_cli(db: Db) {
     let dir = data_dir();
-    let mut s = RawServer::spawn(dir.path());
+    let mut s = db.raw_server(dir.path(), &[]);
     let r = s.call(
         "approval_request",
         request_args("deploy", "high"),
@@ -209,9 +215,10 @@ fn without_elicitation_a_waiting_call_returns_within_a_second_of_the_cli() {
     let id = out["approval"]["id"].as_str().unwrap().to_string();
 
     let data = dir.path().to_path_buf();
+    let db2 = db.clone();
     let decider = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(1500));
-        let (code, out, err) = common::cli(
+        let (code, out, err) = db2.cli(
             &data,
             &["approvals", "approve", &id, "--reason", "fine", "--yes"],
         );
@@ -238,18 +245,20 @@ fn without_elicitation_a_waiting_call_returns_within_a_second_of_the_cli() {
     );
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+}
 
+both_backends! {
 #[test]
-fn expired_approvals_cannot_be_approved() {
+fn expired_approvals_cannot_be_approved(db: Db) {
     let dir = data_dir();
-    let mut s = RawServer::spawn(dir.path());
+    let mut s = db.raw_server(dir.path(), &[]);
     let r = s.call("approval_request", json!({"summary": "soon gone", "action": {"op": "x"}, "risk": "low", "expires_in_seconds": 1}), false, None);
     let id = r["result"]["structuredContent"]["approval"]["id"]
         .as_str()
         .unwrap()
         .to_string();
     std::thread::sleep(Duration::from_millis(1200));
-    let (code, _, err) = common::cli(
+    let (code, _, err) = db.cli(
         dir.path(),
         &["approvals", "approve", &id, "--reason", "late", "--yes"],
     );
@@ -270,11 +279,13 @@ fn expired_approvals_cannot_be_approved() {
         1
     );
 }
+}
 
+both_backends! {
 #[test]
-fn no_tool_accepts_a_decision() {
+fn no_tool_accepts_a_decision(db: Db) {
     let dir = data_dir();
-    let mut s = RawServer::spawn(dir.path());
+    let mut s = db.raw_server(dir.path(), &[]);
     let r = s.call(
         "approval_request",
         json!({"summary": "x", "action": {"op": "x"}, "risk": "low", "decision": "approve"}),
@@ -298,6 +309,7 @@ fn no_tool_accepts_a_decision() {
             );
         }
     }
+}
 }
 
 /// A client whose person answers every elicitation with `answer`, counting questions and
@@ -360,11 +372,12 @@ async fn call_mrtr(
 }
 
 async fn person_client(
+    db: &Db,
     dir: &std::path::Path,
     person: Person,
     stateless: bool,
 ) -> rmcp::service::RunningService<RoleClient, Person> {
-    let transport = TokioChildProcess::new(common::command(dir, &[])).unwrap();
+    let transport = TokioChildProcess::new(db.command(dir, &[])).unwrap();
     let lifecycle = if stateless {
         ClientLifecycleMode::Discover {
             preferred_versions: vec![ProtocolVersion::V_2026_07_28],
@@ -378,8 +391,9 @@ async fn person_client(
         .unwrap()
 }
 
+both_backends! {
 #[tokio::test]
-async fn rmcp_client_answers_elicitations_in_both_eras() {
+async fn rmcp_client_answers_elicitations_in_both_eras(db: Db) {
     let cases = [
         (ElicitationAction::Accept, "approve", "approved", None),
         (ElicitationAction::Accept, "reject", "rejected", None),
@@ -394,6 +408,8 @@ async fn rmcp_client_answers_elicitations_in_both_eras() {
     for stateless in [false, true] {
         for (i, (action, decision, expected, cause)) in cases.iter().enumerate() {
             let dir = data_dir();
+            // A database of its own each time round, as the data directory is.
+            let db = db.another("round");
             let person = Person {
                 answer: action.clone(),
                 decision,
@@ -401,7 +417,7 @@ async fn rmcp_client_answers_elicitations_in_both_eras() {
                 asked: Arc::default(),
                 progress: Arc::default(),
             };
-            let client = person_client(dir.path(), person.clone(), stateless).await;
+            let client = person_client(&db, dir.path(), person.clone(), stateless).await;
             let out = call_mrtr(&client, request_args(&format!("case{i}"), "high")).await;
             assert_eq!(out["state"], *expected, "stateless={stateless} {out:#}");
             assert_eq!(person.asked.load(Ordering::SeqCst), 1);
@@ -423,9 +439,11 @@ async fn rmcp_client_answers_elicitations_in_both_eras() {
         }
     }
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn a_slow_person_is_waited_for_with_progress_and_critical_is_not_asked() {
+async fn a_slow_person_is_waited_for_with_progress_and_critical_is_not_asked(db: Db) {
     let dir = data_dir();
     let person = Person {
         answer: ElicitationAction::Accept,
@@ -434,7 +452,7 @@ async fn a_slow_person_is_waited_for_with_progress_and_critical_is_not_asked() {
         asked: Arc::default(),
         progress: Arc::default(),
     };
-    let client = person_client(dir.path(), person.clone(), false).await;
+    let client = person_client(&db, dir.path(), person.clone(), false).await;
     let started = Instant::now();
     let mut params = rmcp::model::CallToolRequestParams::new("approval_request");
     params = params.with_arguments(request_args("slow", "medium").as_object().cloned().unwrap());
@@ -461,14 +479,16 @@ async fn a_slow_person_is_waited_for_with_progress_and_critical_is_not_asked() {
     );
     client.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 /// `approvals approve` shows the approval and asks on a terminal; anything but `yes` leaves it
 /// pending; without a terminal it refuses unless `--yes` is given.
 #[test]
-fn cli_approve_confirms_on_a_terminal() {
+fn cli_approve_confirms_on_a_terminal(db: Db) {
     use std::io::Write;
     let dir = data_dir();
-    let mut s = RawServer::spawn(dir.path());
+    let mut s = db.raw_server(dir.path(), &[]);
     let r = s.call(
         "approval_request",
         json!({"summary": "rotate the key", "action": {"op": "rotate"}, "risk": "high", "preview": "- old key\n+ new key"}),
@@ -480,14 +500,14 @@ fn cli_approve_confirms_on_a_terminal() {
         .unwrap()
         .to_string();
 
-    let (code, _, err) = common::cli(dir.path(), &["approvals", "approve", &id, "--reason", "ok"]);
+    let (code, _, err) = db.cli(dir.path(), &["approvals", "approve", &id, "--reason", "ok"]);
     assert_eq!(code, 2);
     assert!(
         err.contains("not on a terminal") && err.contains("--yes"),
         "{err}"
     );
 
-    let (code, out, _) = common::cli(dir.path(), &["approvals", "show", &id]);
+    let (code, out, _) = db.cli(dir.path(), &["approvals", "show", &id]);
     assert_eq!(code, 0);
     for needle in [
         "rotate the key",
@@ -506,9 +526,14 @@ fn cli_approve_confirms_on_a_terminal() {
 
     let on_terminal = |answer: &str| {
         let inner = format!(
-            "{} --data-dir {} approvals approve {id} --reason 'looked at it'",
+            "{} --data-dir {} {} approvals approve {id} --reason 'looked at it'",
             common::BIN,
-            dir.path().display()
+            dir.path().display(),
+            db.args()
+                .iter()
+                .map(|a| format!("'{a}'"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let mut child = std::process::Command::new("script")
             .args(["-q", "-e", "-c", &inner, "/dev/null"])
@@ -547,10 +572,11 @@ fn cli_approve_confirms_on_a_terminal() {
         got["result"]["structuredContent"]["decision"]["reason"],
         "looked at it"
     );
-    let (code, out, _) = common::cli(dir.path(), &["approvals", "show", &id]);
+    let (code, out, _) = db.cli(dir.path(), &["approvals", "show", &id]);
     assert_eq!(code, 0);
     assert!(
         out.contains("decided with: cli") && !out.contains("may decide"),
         "{out}"
     );
+}
 }

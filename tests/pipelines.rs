@@ -3,7 +3,8 @@
 //! optional failures, per-stage retries, cancellation, versions and validation, run resources
 //! and subscriptions, approval stages decided at the CLI, and a coordinator killed with -9 in
 //! the middle of a run that is started again and finishes it, each stage completed once, with
-//! the completion webhook delivered to a loopback server after a failed first attempt.
+//! the completion webhook delivered to a loopback server after a failed first attempt. Every
+//! test runs on SQLite and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -13,7 +14,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Era, call, call_ok, connect, data_dir};
+use common::{Db, Era, both_backends, call, call_ok, data_dir};
 use rmcp::ServiceExt;
 use rmcp::model::ResourceUpdatedNotificationParam;
 use rmcp::service::{NotificationContext, Peer, RoleClient};
@@ -128,12 +129,13 @@ impl rmcp::ClientHandler for Subscriber {
     }
 }
 
+both_backends! {
 #[tokio::test(flavor = "multi_thread")]
-async fn diamond_runs_its_middle_stages_in_parallel_and_is_a_subscribable_resource() {
+async fn diamond_runs_its_middle_stages_in_parallel_and_is_a_subscribable_resource(db: Db) {
     let dir = data_dir();
     let subscriber = Subscriber::default();
     let transport =
-        rmcp::transport::TokioChildProcess::new(common::command(dir.path(), &[])).unwrap();
+        rmcp::transport::TokioChildProcess::new(db.command(dir.path(), &[])).unwrap();
     let client = subscriber.clone().serve(transport).await.unwrap();
     let c = client.peer();
     call_ok(
@@ -252,12 +254,14 @@ async fn diamond_runs_its_middle_stages_in_parallel_and_is_a_subscribable_resour
     assert_eq!(events(c, "pipeline.run_finished", &run_id).await.len(), 1);
     client.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn required_failure_skips_dependents_optional_failure_does_not_and_stages_retry() {
+async fn required_failure_skips_dependents_optional_failure_does_not_and_stages_retry(db: Db) {
     let dir = data_dir();
     let cfg = config(dir.path());
-    let client = connect(dir.path(), &["--config", &cfg], Era::Stateless).await;
+    let client = db.connect(dir.path(), &["--config", &cfg], Era::Stateless).await;
     let c = client.peer();
     call_ok(
         c,
@@ -332,11 +336,13 @@ async fn required_failure_skips_dependents_optional_failure_does_not_and_stages_
     assert_eq!(stage(&run, "x")["status"], "failed");
     client.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn cancelling_a_run_cancels_its_tasks_and_delete_waits_for_it() {
+async fn cancelling_a_run_cancels_its_tasks_and_delete_waits_for_it(db: Db) {
     let dir = data_dir();
-    let client = connect(dir.path(), &[], Era::Legacy).await;
+    let client = db.connect(dir.path(), &[], Era::Legacy).await;
     let c = client.peer();
     call_ok(
         c,
@@ -413,11 +419,13 @@ async fn cancelling_a_run_cancels_its_tasks_and_delete_waits_for_it() {
     .await;
     client.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn definitions_are_validated_and_versioned_and_runs_pin_their_version() {
+async fn definitions_are_validated_and_versioned_and_runs_pin_their_version(db: Db) {
     let dir = data_dir();
-    let client = connect(dir.path(), &[], Era::Legacy).await;
+    let client = db.connect(dir.path(), &[], Era::Legacy).await;
     let c = client.peer();
     let bad = |args: Value| {
         let c = c.clone();
@@ -516,11 +524,13 @@ async fn definitions_are_validated_and_versioned_and_runs_pin_their_version() {
     assert_eq!(missing.structured_content.unwrap()["code"], "not_found");
     client.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn approval_stage_blocks_only_its_branch_and_a_cli_decision_moves_it() {
+async fn approval_stage_blocks_only_its_branch_and_a_cli_decision_moves_it(db: Db) {
     let dir = data_dir();
-    let client = connect(dir.path(), &[], Era::Stateless).await;
+    let client = db.connect(dir.path(), &[], Era::Stateless).await;
     let c = client.peer();
     call_ok(
         c,
@@ -571,7 +581,7 @@ async fn approval_stage_blocks_only_its_branch_and_a_cli_decision_moves_it() {
     complete(c, &w, &docs, json!({})).await;
 
     // A person approves at the terminal; the coordinator's tick moves the run on.
-    let (code, out, err) = common::cli(
+    let (code, out, err) = db.cli(
         dir.path(),
         &[
             "approvals",
@@ -609,7 +619,7 @@ async fn approval_stage_blocks_only_its_branch_and_a_cli_decision_moves_it() {
         .as_str()
         .unwrap()
         .to_string();
-    let (code, out, err) = common::cli(
+    let (code, out, err) = db.cli(
         dir.path(),
         &["approvals", "reject", &approval_id, "--reason", "not today"],
     );
@@ -633,13 +643,15 @@ async fn approval_stage_blocks_only_its_branch_and_a_cli_decision_moves_it() {
     claim_none(c, &w).await;
     client.cancel().await.unwrap();
 }
+}
 
-/// A loopback HTTP server that answers the first request 500 and the rest 200, keeping the
-/// bodies.
 /// A loopback webhook receiver that records each body. The first delivery is answered 500
-/// and the rest 200; with `busy_db`, each answer is sent while the receiver holds that
-/// database's write lock, which it keeps 500 ms longer (as another process's write would).
-fn webhook_server(busy_db: Option<std::path::PathBuf>) -> (String, Arc<Mutex<Vec<Value>>>) {
+/// and the rest 200; with `busy_db` (a database and the data directory of its coordinator),
+/// each answer is sent while the receiver holds that database's write lock, which it keeps
+/// 500 ms longer (as another process's write would).
+fn webhook_server(
+    busy_db: Option<(common::Db, std::path::PathBuf)>,
+) -> (String, Arc<Mutex<Vec<Value>>>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!(
         "http://{}/hooks/T0123/secret-path",
@@ -674,11 +686,7 @@ fn webhook_server(busy_db: Option<std::path::PathBuf>) -> (String, Arc<Mutex<Vec
             } else {
                 "200 OK"
             };
-            let holder = busy_db.as_ref().map(|db| {
-                let conn = rusqlite::Connection::open(db).unwrap();
-                conn.execute_batch("BEGIN IMMEDIATE").unwrap();
-                conn
-            });
+            let holder = busy_db.as_ref().map(|(db, dir)| db.hold_write_lock(dir));
             let _ = reader.get_mut().write_all(
                 format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     .as_bytes(),
@@ -686,7 +694,7 @@ fn webhook_server(busy_db: Option<std::path::PathBuf>) -> (String, Arc<Mutex<Vec
             if let Some(conn) = holder {
                 drop(reader);
                 std::thread::sleep(Duration::from_millis(500));
-                conn.execute_batch("COMMIT").unwrap();
+                conn.batch("COMMIT");
             }
         }
     });
@@ -696,13 +704,15 @@ fn webhook_server(busy_db: Option<std::path::PathBuf>) -> (String, Arc<Mutex<Vec
 /// Spawns a coordinator with its stdio as the transport and returns the client and the child
 /// (so the test can kill it with SIGKILL).
 async fn spawn_killable(
+    db: &Db,
     dir: &std::path::Path,
     cfg: &str,
 ) -> (
     rmcp::service::RunningService<RoleClient, rmcp::model::ClientConfig>,
     tokio::process::Child,
 ) {
-    let mut child = common::command(dir, &["--config", cfg])
+    let mut child = db
+        .command(dir, &["--config", cfg])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -717,12 +727,13 @@ async fn spawn_killable(
     (client, child)
 }
 
+both_backends! {
 #[tokio::test(flavor = "multi_thread")]
-async fn a_run_survives_kill_9_and_finishes_each_stage_once_then_calls_its_webhook() {
+async fn a_run_survives_kill_9_and_finishes_each_stage_once_then_calls_its_webhook(db: Db) {
     let dir = data_dir();
     let cfg = config(dir.path());
     let (url, bodies) = webhook_server(None);
-    let (client, mut child) = spawn_killable(dir.path(), &cfg).await;
+    let (client, mut child) = spawn_killable(&db, dir.path(), &cfg).await;
     let c = client.peer().clone();
     call_ok(
         &c,
@@ -754,7 +765,7 @@ async fn a_run_survives_kill_9_and_finishes_each_stage_once_then_calls_its_webho
     child.wait().await.unwrap();
     drop(client);
 
-    let (client, _child) = spawn_killable(dir.path(), &cfg).await;
+    let (client, _child) = spawn_killable(&db, dir.path(), &cfg).await;
     let c = client.peer().clone();
     let run = run_get(&c, &run_id).await;
     assert_eq!(run["status"], "running");
@@ -807,6 +818,7 @@ async fn a_run_survives_kill_9_and_finishes_each_stage_once_then_calls_its_webho
     assert_eq!(verify["ok"], true, "{verify:#}");
     client.cancel().await.unwrap();
 }
+}
 
 /// Starts `pipeline_run` waiting, as a request the test can cancel.
 async fn waiting_run(
@@ -836,10 +848,11 @@ async fn newest_run(c: &Peer<RoleClient>) -> Value {
     }
 }
 
+both_backends! {
 #[tokio::test]
-async fn a_cancelled_wait_leaves_the_run_running_unless_asked_to_cancel_it() {
+async fn a_cancelled_wait_leaves_the_run_running_unless_asked_to_cancel_it(db: Db) {
     let dir = data_dir();
-    let client = connect(dir.path(), &[], Era::Legacy).await;
+    let client = db.connect(dir.path(), &[], Era::Legacy).await;
     let c = client.peer();
     call_ok(
         c,
@@ -896,11 +909,13 @@ async fn a_cancelled_wait_leaves_the_run_running_unless_asked_to_cancel_it() {
     }
     client.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn a_2026_client_listens_for_run_updates() {
+async fn a_2026_client_listens_for_run_updates(db: Db) {
     let dir = data_dir();
-    let client = connect(dir.path(), &[], Era::Stateless).await;
+    let client = db.connect(dir.path(), &[], Era::Stateless).await;
     let c = client.peer();
     call_ok(
         c,
@@ -938,10 +953,11 @@ async fn a_2026_client_listens_for_run_updates() {
     }
     client.cancel().await.unwrap();
 }
+}
 
 /// A 2026-07-28 client that declares the tasks extension (SEP-2663).
-async fn task_client(dir: &std::path::Path) -> common::Client {
-    let transport = rmcp::transport::TokioChildProcess::new(common::command(dir, &[])).unwrap();
+async fn task_client(db: &Db, dir: &std::path::Path) -> common::Client {
+    let transport = rmcp::transport::TokioChildProcess::new(db.command(dir, &[])).unwrap();
     let config = rmcp::model::ClientConfig::new(
         rmcp::model::ClientCapabilities::builder()
             .enable_tasks()
@@ -959,11 +975,12 @@ async fn task_client(dir: &std::path::Path) -> common::Client {
     .unwrap()
 }
 
+both_backends! {
 #[tokio::test]
-async fn a_client_with_the_tasks_extension_gets_a_long_run_as_a_task() {
+async fn a_client_with_the_tasks_extension_gets_a_long_run_as_a_task(db: Db) {
     use rmcp::model::{CallToolResponse, CancelTaskParams, GetTaskParams, TaskPayload, TaskStatus};
     let dir = data_dir();
-    let client = task_client(dir.path()).await;
+    let client = task_client(&db, dir.path()).await;
     let c = client.peer();
     call_ok(
         c,
@@ -1037,6 +1054,7 @@ async fn a_client_with_the_tasks_extension_gets_a_long_run_as_a_task() {
     assert!(unknown.is_err(), "{unknown:?}");
     client.cancel().await.unwrap();
 }
+}
 
 /// A client that records progress notifications.
 #[derive(Clone, Default)]
@@ -1061,13 +1079,14 @@ impl rmcp::ClientHandler for Watcher {
     }
 }
 
+both_backends! {
 #[tokio::test(flavor = "multi_thread")]
-async fn a_long_stage_keeps_the_wait_alive_with_rising_progress() {
+async fn a_long_stage_keeps_the_wait_alive_with_rising_progress(db: Db) {
     let dir = data_dir();
     let cfg = dir.path().join("config.toml");
     std::fs::write(&cfg, "[pipelines]\nprogress_keepalive_seconds = 1\n").unwrap();
     let watcher = Watcher::default();
-    let transport = rmcp::transport::TokioChildProcess::new(common::command(
+    let transport = rmcp::transport::TokioChildProcess::new(db.command(
         dir.path(),
         &["--config", cfg.to_str().unwrap()],
     ))
@@ -1109,16 +1128,18 @@ async fn a_long_stage_keeps_the_wait_alive_with_rising_progress() {
     assert!(seen[1].1.contains("still working"), "{seen:?}");
     client.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 /// A delivery's outcome is recorded even when another writer holds the database as the answer
 /// comes back: the attempt has happened, so its outcome waits for the lock (background work
 /// that has changed nothing yet may skip a busy tick, this may not).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_webhook_answered_while_the_database_is_busy_is_recorded() {
+async fn a_webhook_answered_while_the_database_is_busy_is_recorded(db: Db) {
     let dir = data_dir();
     let cfg = config(dir.path());
-    let (url, bodies) = webhook_server(Some(common::db_path(dir.path())));
-    let (client, _child) = spawn_killable(dir.path(), &cfg).await;
+    let (url, bodies) = webhook_server(Some((db.clone(), dir.path().to_path_buf())));
+    let (client, _child) = spawn_killable(&db, dir.path(), &cfg).await;
     let c = client.peer().clone();
     call_ok(
         &c,
@@ -1153,4 +1174,5 @@ async fn a_webhook_answered_while_the_database_is_busy_is_recorded() {
     }
     assert_eq!(bodies.lock().unwrap().len(), 2);
     client.cancel().await.unwrap();
+}
 }

@@ -2,6 +2,7 @@
 //! registration, heartbeats and discovery, health and the sweeper, dispatch order, load-aware
 //! offers, the task lifecycle with retries and dead letters, cancellation, idempotency,
 //! `not_before`, lease expiry, token checks, stats and purging, all of it in the audit log.
+//! Every test runs on SQLite and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -9,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Client, ERAS, Era, call, call_ok, connect, data_dir};
+use common::{Client, Db, ERAS, Era, both_backends, call, call_ok, data_dir, sql_args};
 use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -40,8 +41,8 @@ const FAST: Intervals = Intervals {
     backoff_max_ms: 200,
 };
 
-/// Starts a coordinator on `dir` with a config file holding these intervals.
-async fn start(dir: &Path, i: Intervals, era: Era) -> Client {
+/// Starts a coordinator on `dir` and `db` with a config file holding these intervals.
+async fn start(db: &Db, dir: &Path, i: Intervals, era: Era) -> Client {
     let path = dir.join("queue-test.toml");
     std::fs::write(
         &path,
@@ -52,7 +53,8 @@ async fn start(dir: &Path, i: Intervals, era: Era) -> Client {
         ),
     )
     .unwrap();
-    connect(dir, &["--config", path.to_str().unwrap()], era).await
+    db.connect(dir, &["--config", path.to_str().unwrap()], era)
+        .await
 }
 
 struct Agent {
@@ -205,11 +207,14 @@ fn client_actor(era: Era) -> &'static str {
     }
 }
 
+both_backends! {
 #[tokio::test]
-async fn register_heartbeat_and_discover_agents() {
+async fn register_heartbeat_and_discover_agents(db: Db) {
     for era in ERAS {
         let dir = data_dir();
-        let c = start(dir.path(), CALM, era).await;
+        // A database of its own each time round, as the data directory is.
+        let db = db.another("round");
+        let c = start(&db, dir.path(), CALM, era).await;
         let before = OffsetDateTime::now_utc();
         let r = call_ok(
             &c,
@@ -331,11 +336,13 @@ async fn register_heartbeat_and_discover_agents() {
         c.cancel().await.unwrap();
     }
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn silent_agents_go_stale_then_offline_and_lose_their_leases() {
+async fn silent_agents_go_stale_then_offline_and_lose_their_leases(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), FAST, Era::Legacy).await;
+    let c = start(&db, dir.path(), FAST, Era::Legacy).await;
     let ghost = register(&c, "ghost", &[]).await;
     let fading = register(&c, "fading", &["etl"]).await;
     let steady = register(&c, "steady", &["etl"]).await;
@@ -440,11 +447,13 @@ async fn silent_agents_go_stale_then_offline_and_lose_their_leases() {
     verify_chain(&c).await;
     c.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn reregistering_a_name_needs_its_token_while_it_is_active() {
+async fn reregistering_a_name_needs_its_token_while_it_is_active(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Stateless).await;
+    let c = start(&db, dir.path(), CALM, Era::Stateless).await;
     let w = register(&c, "w", &["etl"]).await;
     let other = register(&c, "other", &["etl"]).await;
 
@@ -561,11 +570,13 @@ async fn reregistering_a_name_needs_its_token_while_it_is_active() {
     verify_chain(&c).await;
     c.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn claims_come_targeted_first_then_by_priority_then_age() {
+async fn claims_come_targeted_first_then_by_priority_then_age(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Legacy).await;
+    let c = start(&db, dir.path(), CALM, Era::Legacy).await;
     let a = register(&c, "a", &["etl"]).await;
     let b = register(&c, "b", &["etl"]).await;
     let none = register(&c, "none", &[]).await;
@@ -626,15 +637,17 @@ async fn claims_come_targeted_first_then_by_priority_then_age() {
     assert_eq!(stats["by_status"], json!({"leased": 8}), "{stats:#}");
     c.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn untargeted_tasks_go_to_the_least_loaded_agent_first() {
+async fn untargeted_tasks_go_to_the_least_loaded_agent_first(db: Db) {
     let dir = data_dir();
     let window = Intervals {
         offer_window_ms: 1_000,
         ..CALM
     };
-    let c = start(dir.path(), window, Era::Stateless).await;
+    let c = start(&db, dir.path(), window, Era::Stateless).await;
     let busy = register(&c, "busy", &["etl", "special"]).await;
     let idle = register(&c, "idle", &["etl"]).await;
     let hot = register(&c, "hot", &["etl", "special"]).await;
@@ -700,9 +713,11 @@ async fn untargeted_tasks_go_to_the_least_loaded_agent_first() {
     assert_eq!(r["task"]["id"], t8.as_str(), "{r:#}");
     c.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn task_lifecycle_with_retries_dead_letters_and_requeue() {
+async fn task_lifecycle_with_retries_dead_letters_and_requeue(db: Db) {
     let slow_backoff = Intervals {
         backoff_base_ms: 300,
         backoff_max_ms: 1_000,
@@ -710,7 +725,9 @@ async fn task_lifecycle_with_retries_dead_letters_and_requeue() {
     };
     for era in ERAS {
         let dir = data_dir();
-        let c = start(dir.path(), slow_backoff, era).await;
+        // A database of its own each time round, as the data directory is.
+        let db = db.another("round");
+        let c = start(&db, dir.path(), slow_backoff, era).await;
         let w = register(&c, "worker", &["etl"]).await;
 
         // Submitted, leased, running with progress, completed with a result.
@@ -909,11 +926,13 @@ async fn task_lifecycle_with_retries_dead_letters_and_requeue() {
         c.cancel().await.unwrap();
     }
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn cancelled_tasks_are_never_claimed_and_the_leaseholder_is_told() {
+async fn cancelled_tasks_are_never_claimed_and_the_leaseholder_is_told(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Legacy).await;
+    let c = start(&db, dir.path(), CALM, Era::Legacy).await;
     let w = register(&c, "w", &[]).await;
 
     let queued = submit(&c, json!({"kind": "q"})).await;
@@ -978,11 +997,13 @@ async fn cancelled_tasks_are_never_claimed_and_the_leaseholder_is_told() {
     verify_chain(&c).await;
     c.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn idempotency_keys_and_not_before() {
+async fn idempotency_keys_and_not_before(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Stateless).await;
+    let c = start(&db, dir.path(), CALM, Era::Stateless).await;
     let w = register(&c, "w", &[]).await;
 
     let first = call_ok(
@@ -1054,12 +1075,14 @@ async fn idempotency_keys_and_not_before() {
     assert!(m.contains("not_before"), "{m}");
     c.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn expired_leases_are_retried_elsewhere_and_the_late_report_refused() {
+async fn expired_leases_are_retried_elsewhere_and_the_late_report_refused(db: Db) {
     let dir = data_dir();
     // Sweeps every 150 ms; agents would only go offline after 1.5 s.
-    let c = start(dir.path(), FAST, Era::Legacy).await;
+    let c = start(&db, dir.path(), FAST, Era::Legacy).await;
     let slow = register(&c, "slow", &[]).await;
     let fast = register(&c, "fast", &[]).await;
     let nosy = register(&c, "nosy", &[]).await;
@@ -1079,7 +1102,14 @@ async fn expired_leases_are_retried_elsewhere_and_the_late_report_refused() {
         assert!(Instant::now() < deadline, "the lease never expired: {t:#}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(claimed.elapsed() >= Duration::from_millis(300));
+    // Not before the lease ran out: by the server's clock (the client's `claimed` comes a
+    // round trip after the lease began, longer on PostgreSQL).
+    let requeued_after = ts(&t["updated_at"]) - ts(&leased["updated_at"]);
+    assert!(
+        requeued_after.whole_milliseconds() >= 300,
+        "{}: requeued {requeued_after} after the lease began: {t:#}",
+        db.name()
+    );
     assert!(t["leased_by"].is_null());
     assert_eq!(t["attempts"], 1);
     assert!(
@@ -1179,6 +1209,7 @@ async fn expired_leases_are_retried_elsewhere_and_the_late_report_refused() {
     verify_chain(&c).await;
     c.cancel().await.unwrap();
 }
+}
 
 /// Mints an agent token with this key and header, like the coordinator's but with any claims.
 fn mint(key: &[u8], alg: jsonwebtoken::Algorithm, claims: &Value) -> String {
@@ -1190,12 +1221,14 @@ fn mint(key: &[u8], alg: jsonwebtoken::Algorithm, claims: &Value) -> String {
     .unwrap()
 }
 
+both_backends! {
 #[tokio::test]
-async fn forged_foreign_expired_and_unsigned_tokens_are_refused() {
+async fn forged_foreign_expired_and_unsigned_tokens_are_refused(db: Db) {
     let dir = data_dir();
     let other_dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Legacy).await;
-    let other = start(other_dir.path(), CALM, Era::Stateless).await;
+    let c = start(&db, dir.path(), CALM, Era::Legacy).await;
+    let other_db = db.another("other");
+    let other = start(&other_db, other_dir.path(), CALM, Era::Stateless).await;
     let w = register(&c, "w", &[]).await;
     let stranger = register(&other, "w", &[]).await;
     let id = submit(&c, json!({"kind": "guarded"})).await;
@@ -1316,11 +1349,13 @@ async fn forged_foreign_expired_and_unsigned_tokens_are_refused() {
     c.cancel().await.unwrap();
     other.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn queue_stats_and_purge() {
+async fn queue_stats_and_purge(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Legacy).await;
+    let c = start(&db, dir.path(), CALM, Era::Legacy).await;
     let w = register(&c, "w", &[]).await;
     let mut ids = Vec::new();
     for (kind, retries) in [("c1", 3), ("c2", 3), ("d", 0), ("f", 3)] {
@@ -1427,11 +1462,13 @@ async fn queue_stats_and_purge() {
     verify_chain(&c).await;
     c.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn task_list_filters_and_pages() {
+async fn task_list_filters_and_pages(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Stateless).await;
+    let c = start(&db, dir.path(), CALM, Era::Stateless).await;
     let a = register(&c, "a", &[]).await;
     let b = register(&c, "b", &[]).await;
     for i in 0..7 {
@@ -1478,12 +1515,14 @@ async fn task_list_filters_and_pages() {
     assert!(m.contains("cursor"), "{m}");
     c.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 /// `max_tasks` leases several tasks in one claim, in dispatch order, never one twice.
 #[tokio::test]
-async fn a_claim_can_lease_several_tasks_in_dispatch_order() {
+async fn a_claim_can_lease_several_tasks_in_dispatch_order(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Legacy).await;
+    let c = start(&db, dir.path(), CALM, Era::Legacy).await;
     let a = register(&c, "batch", &["etl"]).await;
     let low = submit(
         &c,
@@ -1533,14 +1572,18 @@ async fn a_claim_can_lease_several_tasks_in_dispatch_order() {
     assert_eq!(events(&c, "task.leased", &urgent).await.len(), 1);
     verify_chain(&c).await;
 }
+}
 
+both_backends! {
 /// A report carrying the key `result` completes the task, whatever the value (`null` too); a
 /// report carries exactly one kind, and an argument error names the field that breaks that.
 #[tokio::test]
-async fn a_null_result_completes_the_task_and_a_report_is_one_kind() {
+async fn a_null_result_completes_the_task_and_a_report_is_one_kind(db: Db) {
     for era in ERAS {
         let dir = data_dir();
-        let c = start(dir.path(), CALM, era).await;
+        // A database of its own each time round, as the data directory is.
+        let db = db.another("round");
+        let c = start(&db, dir.path(), CALM, era).await;
         let w = register(&c, "nuller", &[]).await;
         let id = submit(&c, json!({"kind": "noop", "max_retries": 0})).await;
         claim_task(&c, &w).await;
@@ -1587,36 +1630,49 @@ async fn a_null_result_completes_the_task_and_a_report_is_one_kind() {
         c.cancel().await.unwrap();
     }
 }
+}
 
-/// The newest audit sequence number and the database's data_version, read on a connection of
-/// the test's own (data_version changes when any other connection commits).
-fn db_marks(db: &rusqlite::Connection) -> (i64, i64) {
-    let seq = db
-        .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| {
-            r.get(0)
-        })
+/// The newest audit sequence number and a mark of every other write, read on a connection of
+/// the test's own: on SQLite the database's data_version (it changes when any other
+/// connection commits), on PostgreSQL the row versions (`xmin`, `ctid`) of the queue's tables,
+/// which any UPDATE, INSERT or DELETE changes.
+fn db_marks(db: &common::db::Raw) -> (i64, String) {
+    let seq = db.row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", &[])[0]
+        .as_i64()
         .unwrap();
-    let version = db
-        .pragma_query_value(None, "data_version", |r| r.get(0))
-        .unwrap();
+    let version = match db {
+        common::db::Raw::Sqlite(c) => c
+            .pragma_query_value(None, "data_version", |r| r.get::<_, i64>(0))
+            .unwrap()
+            .to_string(),
+        common::db::Raw::Postgres(_) => db.row(
+            "SELECT (SELECT COALESCE(string_agg(id || ':' || xmin::text || ctid::text, ',' ORDER BY id), '') FROM tasks)
+                 || '|' || (SELECT COALESCE(string_agg(id || ':' || xmin::text || ctid::text, ',' ORDER BY id), '') FROM agents)",
+            &[],
+        )[0]
+        .text(),
+    };
     (seq, version)
 }
 
+both_backends! {
 /// Idle workers polling fill nothing: a claim that finds no task commits nothing (no write
 /// transaction reaches the database, no audit event), with or without a `load` it already
 /// reported. A claim that finds a task is audited as before.
 #[tokio::test]
-async fn idle_claims_write_nothing() {
+async fn idle_claims_write_nothing(db: Db) {
     for era in ERAS {
         let dir = data_dir();
-        let c = start(dir.path(), CALM, era).await;
+        // A database of its own each time round, as the data directory is.
+        let db = db.another("round");
+        let c = start(&db, dir.path(), CALM, era).await;
         let w = register(&c, "idler", &["etl"]).await;
         heartbeat(&c, &w, 0.25, "ready").await;
         // Queued, but not for this agent.
         let foreign = submit(&c, json!({"kind": "k", "capabilities": ["gpu"]})).await;
-        let db = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
-        common::settle_signed(dir.path());
-        let before = db_marks(&db);
+        let raw = db.raw(dir.path());
+        db.settle_signed(dir.path());
+        let before = db_marks(&raw);
         for i in 0..100 {
             let args = if i % 2 == 0 {
                 json!({"token": w.token})
@@ -1627,9 +1683,10 @@ async fn idle_claims_write_nothing() {
             assert_eq!(r["reason"], "queue_empty", "{r:#}");
         }
         assert_eq!(
-            db_marks(&db),
+            db_marks(&raw),
             before,
-            "100 idle claims changed the database (audit seq, data_version)"
+            "{}: 100 idle claims changed the database (audit seq, data_version or rows)",
+            db.name()
         );
 
         let id = submit(&c, json!({"kind": "k", "capabilities": ["etl"]})).await;
@@ -1646,15 +1703,17 @@ async fn idle_claims_write_nothing() {
         c.cancel().await.unwrap();
     }
 }
+}
 
+both_backends! {
 /// `wait_seconds` turns a claim into a long poll: it returns as soon as another coordinator
 /// process on the same database queues a task for this agent (within 100 ms plus what a debug
 /// build on a busy machine adds), or empty when the time is up, having written nothing.
 #[tokio::test]
-async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task() {
+async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task(db: Db) {
     let dir = data_dir();
-    let worker_side = start(dir.path(), CALM, Era::Legacy).await;
-    let other = start(dir.path(), CALM, Era::Stateless).await;
+    let worker_side = start(&db, dir.path(), CALM, Era::Legacy).await;
+    let other = start(&db, dir.path(), CALM, Era::Stateless).await;
     let w = register(&worker_side, "long-poller", &["etl"]).await;
     for bad in [60.5, -1.0] {
         let m = refused_argument(
@@ -1667,9 +1726,9 @@ async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task() {
     }
 
     // Nothing comes: the poll lasts its time, returns empty and leaves no trace.
-    let db = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
-    common::settle_signed(dir.path());
-    let before = db_marks(&db);
+    let raw = db.raw(dir.path());
+    db.settle_signed(dir.path());
+    let before = db_marks(&raw);
     let started = Instant::now();
     let r = call_ok(
         &worker_side,
@@ -1684,9 +1743,10 @@ async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task() {
         "{waited:?}"
     );
     assert_eq!(
-        db_marks(&db).0,
+        db_marks(&raw).0,
         before.0,
-        "an empty long poll left audit events"
+        "{}: an empty long poll left audit events",
+        db.name()
     );
 
     // A task aimed at someone else does not end the wait; one for this agent does, at once.
@@ -1755,33 +1815,45 @@ async fn a_long_poll_returns_as_soon_as_another_process_queues_a_task() {
     worker_side.cancel().await.unwrap();
     other.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 /// A task status this build does not know (a row written by a newer build, or by hand) is
 /// refused with a storage error naming the column and the value, where it used to be shown
 /// as `queued`: a claim or a report must not act on a guess.
 #[tokio::test]
-async fn a_stored_status_this_build_does_not_know_is_an_error_not_a_guess() {
+async fn a_stored_status_this_build_does_not_know_is_an_error_not_a_guess(db: Db) {
     let dir = data_dir();
-    let c = start(dir.path(), CALM, Era::Stateless).await;
+    let c = start(&db, dir.path(), CALM, Era::Stateless).await;
     let id = submit(&c, json!({"kind": "k"})).await;
     assert_eq!(get(&c, &id).await["status"], "queued");
 
-    let db = rusqlite::Connection::open(common::db_path(dir.path())).unwrap();
-    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    let raw = db.raw(dir.path());
     // The schema's CHECK allows only the statuses of this build: set one past it, as a
-    // newer build's row would be.
-    db.pragma_update(None, "ignore_check_constraints", true)
-        .unwrap();
-    db.execute("UPDATE tasks SET status = 'paused' WHERE id = ?1", [&id])
-        .unwrap();
-    drop(db);
+    // newer build's row would be (its schema's CHECK would allow it).
+    match &raw {
+        common::db::Raw::Sqlite(c) => {
+            c.busy_timeout(Duration::from_secs(5)).unwrap();
+            c.pragma_update(None, "ignore_check_constraints", true)
+                .unwrap();
+        }
+        common::db::Raw::Postgres(_) => {
+            raw.batch("ALTER TABLE tasks DROP CONSTRAINT tasks_status_check");
+        }
+    }
+    raw.exec(
+        "UPDATE tasks SET status = 'paused' WHERE id = ?1",
+        sql_args![&id],
+    );
+    drop(raw);
 
     let e = tool_error(&c, "task_get", json!({"task_id": id})).await;
-    assert_eq!(e["code"], "storage_error", "{e:#}");
+    assert_eq!(e["code"], "storage_error", "{}: {e:#}", db.name());
     let message = e["message"].as_str().unwrap();
     assert!(
         message.contains(r#"unreadable tasks.status "paused""#),
         "{message}"
     );
     c.cancel().await.unwrap();
+}
 }

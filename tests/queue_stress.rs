@@ -1,6 +1,7 @@
 //! The task queue under pressure over MCP: two coordinator processes on one database file serve
 //! 10,000 tasks to 8 claiming agents with every task completed exactly once; and a coordinator
 //! killed with SIGKILL while holding leases loses nothing once a new one drains the queue.
+//! Both run on SQLite (one file) and on PostgreSQL (one database).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Era, call, call_ok, connect};
+use common::{Era, both_backends, call, call_ok};
 use rmcp::service::{Peer, RoleClient};
 use serde_json::{Value, json};
 
@@ -136,8 +137,9 @@ async fn claimer(
     }
 }
 
+both_backends! {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_processes_complete_ten_thousand_tasks_exactly_once() {
+async fn two_processes_complete_ten_thousand_tasks_exactly_once(db: Db) {
     const TASKS: usize = 10_000;
     const SUBMITTERS_PER_PROCESS: usize = 2;
     const IN_FLIGHT_PER_SUBMITTER: usize = 2;
@@ -147,8 +149,8 @@ async fn two_processes_complete_ten_thousand_tasks_exactly_once() {
     let dir = common::data_dir();
     let config = write_config(dir.path());
     let args = ["--config", config.to_str().unwrap()];
-    let a = connect(dir.path(), &args, Era::Legacy).await;
-    let b = connect(dir.path(), &args, Era::Stateless).await;
+    let a = db.connect(dir.path(), &args, Era::Legacy).await;
+    let b = db.connect(dir.path(), &args, Era::Stateless).await;
     let peers = [a.peer().clone(), b.peer().clone()];
 
     let mut agents = Vec::new();
@@ -261,9 +263,11 @@ async fn two_processes_complete_ten_thousand_tasks_exactly_once() {
     a.cancel().await.unwrap();
     b.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn a_killed_coordinator_loses_no_task() {
+async fn a_killed_coordinator_loses_no_task(db: Db) {
     const TASKS: usize = 50;
     const HELD: usize = 10;
     let dir = common::data_dir();
@@ -271,7 +275,7 @@ async fn a_killed_coordinator_loses_no_task() {
     let args = ["--config", config.to_str().unwrap()];
 
     let (transport, _) =
-        rmcp::transport::TokioChildProcess::builder(common::command(dir.path(), &args))
+        rmcp::transport::TokioChildProcess::builder(db.command(dir.path(), &args))
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
@@ -310,7 +314,7 @@ async fn a_killed_coordinator_loses_no_task() {
     assert!(status.success());
     drop(first);
 
-    let second = connect(dir.path(), &args, Era::Stateless).await;
+    let second = db.connect(dir.path(), &args, Era::Stateless).await;
     let stats = call_ok(&second, "queue_stats", json!({})).await;
     assert_eq!(stats["by_status"]["queued"], TASKS - HELD, "{stats:#}");
     assert_eq!(stats["by_status"]["leased"], HELD, "{stats:#}");
@@ -370,4 +374,5 @@ async fn a_killed_coordinator_loses_no_task() {
     let verify = call_ok(&second, "audit_verify", json!({})).await;
     assert_eq!(verify["ok"], true, "{verify:#}");
     second.cancel().await.unwrap();
+}
 }

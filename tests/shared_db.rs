@@ -1,16 +1,19 @@
 //! Two coordinator processes on one database file, side by side: both serve calls at the same
-//! time, and the audit chain they write together stays gapless and verifies.
+//! time, and the audit chain they write together stays gapless and verifies. Each test runs on
+//! SQLite (one file) and on PostgreSQL (one database).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
+use common::{Db, both_backends};
 use serde_json::{Value, json};
 
+both_backends! {
 #[tokio::test]
-async fn two_processes_share_one_database() {
+async fn two_processes_share_one_database(db: Db) {
     let dir = common::data_dir();
-    let a = common::connect(dir.path(), &[], common::Era::Legacy).await;
-    let b = common::connect(dir.path(), &[], common::Era::Stateless).await;
+    let a = db.connect(dir.path(), &[], common::Era::Legacy).await;
+    let b = db.connect(dir.path(), &[], common::Era::Stateless).await;
     const N: usize = 60;
     let work = |client: rmcp::service::Peer<rmcp::RoleClient>, tag: &'static str| async move {
         for i in 0..N {
@@ -37,9 +40,9 @@ async fn two_processes_share_one_database() {
     assert_eq!(sa["database"]["path"], sb["database"]["path"]);
     assert_ne!(sa["pid"], sb["pid"]);
     // b's verify writes what b queued first; a's writer writes on its own, within 20 ms.
-    common::settle_audit(dir.path());
+    db.settle_audit(dir.path());
     let verify = common::call_ok(&b, "audit_verify", json!({})).await;
-    assert_eq!(verify["ok"], true, "{verify:#}");
+    assert_eq!(verify["ok"], true, "{}: {verify:#}", db.name());
     // Both processes' calls, gapless: 2N work calls + 2 status calls (+ this verify, audited
     // after), and the key event of each key that signed a head meanwhile (within a second).
     let introduced = verify["signatures"]["keys"]
@@ -48,8 +51,8 @@ async fn two_processes_share_one_database() {
         .iter()
         .filter(|k| k["introduced_seq"].is_i64())
         .count();
-    assert_eq!(verify["events_checked"], 2 * N + 2 + introduced);
-    common::settle_audit(dir.path());
+    assert_eq!(verify["events_checked"], 2 * N + 2 + introduced, "{}", db.name());
+    db.settle_audit(dir.path());
     let legacy = common::call_ok(
         &a,
         "audit_query",
@@ -67,12 +70,13 @@ async fn two_processes_share_one_database() {
     a.cancel().await.unwrap();
     b.cancel().await.unwrap();
 }
+}
 
 /// Waits until `audit verify --json` (run from `data_dir` on `db`) counts at least `n` stored
 /// head signatures.
-fn wait_for_signatures(data_dir: &std::path::Path, db: &str, n: u64) -> serde_json::Value {
+fn wait_for_signatures(data_dir: &std::path::Path, db: &Db, n: u64) -> serde_json::Value {
     for _ in 0..300 {
-        let (_, out, _) = common::cli(data_dir, &["--db", db, "audit", "verify", "--json"]);
+        let (_, out, _) = db.cli(data_dir, &["audit", "verify", "--json"]);
         if let Ok(report) = serde_json::from_str::<serde_json::Value>(&out)
             && report["signatures"]["total"].as_u64() >= Some(n)
         {
@@ -83,32 +87,32 @@ fn wait_for_signatures(data_dir: &std::path::Path, db: &str, n: u64) -> serde_js
     panic!("{n} head signatures never appeared");
 }
 
+both_backends! {
 /// Two coordinators with their own data directories (so their own signing keys) on one
 /// database, as the README's shared-database setup has it: each introduces its key in the
 /// chain before the first head it signs, and the chain verifies from either data directory
 /// and from a third that never signed, listing both keys.
 #[tokio::test]
-async fn coordinators_with_their_own_keys_share_one_verifiable_chain() {
+async fn coordinators_with_their_own_keys_share_one_verifiable_chain(db: Db) {
     let shared = common::data_dir();
-    let db = shared.path().join("team.db");
-    let db = db.to_str().unwrap();
+    let db = db.shared(&shared.path().join("team.db"));
     let (dir_a, dir_b, dir_c) = (common::data_dir(), common::data_dir(), common::data_dir());
-    let a = common::connect(dir_a.path(), &["--db", db], common::Era::Legacy).await;
-    let b = common::connect(dir_b.path(), &["--db", db], common::Era::Stateless).await;
+    let a = db.connect(dir_a.path(), &[], common::Era::Legacy).await;
+    let b = db.connect(dir_b.path(), &[], common::Era::Stateless).await;
     // a writes alone first, so its head signer (the only one with commits to look at) signs
     // a head with a's key; then b writes, a stops, and b writes and signs last.
     for i in 0..3 {
         common::call_ok(&a, "audit_query", json!({"subject": format!("a{i}")})).await;
     }
-    common::settle_signed_db(std::path::Path::new(db));
+    db.settle_signed(dir_a.path());
     for i in 0..3 {
         common::call_ok(&b, "audit_query", json!({"subject": format!("b{i}")})).await;
     }
     a.cancel().await.unwrap();
     common::call_ok(&b, "coordinator_status", json!({})).await;
     b.cancel().await.unwrap();
-    wait_for_signatures(dir_a.path(), db, 2);
-    common::settle_signed_db(std::path::Path::new(db));
+    wait_for_signatures(dir_a.path(), &db, 2);
+    db.wait_signed(dir_a.path());
 
     let key = |dir: &std::path::Path| {
         let pem = std::fs::read_to_string(dir.join("audit-signing-key.pem")).unwrap();
@@ -125,9 +129,9 @@ async fn coordinators_with_their_own_keys_share_one_verifiable_chain() {
     assert_ne!(key_a, key_b);
 
     for (who, dir) in [("a", &dir_a), ("b", &dir_b), ("c", &dir_c)] {
-        let (code, out, err) = common::cli(dir.path(), &["--db", db, "audit", "verify", "--json"]);
+        let (code, out, err) = db.cli(dir.path(), &["audit", "verify", "--json"]);
         let report: Value = serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}{err}"));
-        assert_eq!(code, 0, "verified from {who}: {report:#}");
+        assert_eq!(code, 0, "{}: verified from {who}: {report:#}", db.name());
         let total = report["signatures"]["total"].as_u64().unwrap();
         assert!(total >= 2, "{report:#}");
         assert_eq!(report["signatures"]["valid"], total, "{report:#}");
@@ -139,7 +143,7 @@ async fn coordinators_with_their_own_keys_share_one_verifiable_chain() {
             assert!(entry["valid"].as_u64().unwrap() >= 1, "{report:#}");
             assert_eq!(entry["this_coordinator"], who == name, "{report:#}");
         }
-        let (code, text, _) = common::cli(dir.path(), &["--db", db, "audit", "verify"]);
+        let (code, text, _) = db.cli(dir.path(), &["audit", "verify"]);
         assert_eq!(code, 0, "{text}");
         assert!(
             text.starts_with("audit chain intact")
@@ -149,7 +153,7 @@ async fn coordinators_with_their_own_keys_share_one_verifiable_chain() {
         );
     }
     // Each key event comes before the head its key signed.
-    let (_, out, _) = common::cli(dir_c.path(), &["--db", db, "audit", "export"]);
+    let (_, out, _) = db.cli(dir_c.path(), &["audit", "export"]);
     let events: Vec<Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -160,4 +164,5 @@ async fn coordinators_with_their_own_keys_share_one_verifiable_chain() {
         .map(|e| e["subject"].as_str().unwrap())
         .collect();
     assert_eq!(introduced, [key_a.as_str(), key_b.as_str()]);
+}
 }

@@ -1,28 +1,30 @@
 //! Tamper tests: edit, delete, reorder, truncate and re-forge rows of a copy of a real
-//! database with a plain SQLite connection (triggers dropped first), and show that
-//! `audit verify` and the `audit_verify` tool name the first bad event.
+//! database with a plain connection (the audit tables' guard triggers dropped first, as someone
+//! with write access to the database would), and show that `audit verify` and the
+//! `audit_verify` tool name the first bad event. Every test runs on SQLite and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::db::Raw;
+use common::{Db, both_backends, sql_args};
 use mcp_coordinator::audit::chain::{EventFields, event_hash};
-use rusqlite::{Connection, params};
 use serde_json::{Value, json};
 
 /// A data dir whose database holds `calls` audited tool calls, then the `audit.key_added`
 /// event of the server's key (written as it signs its first head, at shutdown), signed.
-async fn populated(calls: usize) -> tempfile::TempDir {
+async fn populated(db: &Db, calls: usize) -> tempfile::TempDir {
     let dir = common::data_dir();
-    let client = common::connect(dir.path(), &[], common::Era::Legacy).await;
+    let client = db.connect(dir.path(), &[], common::Era::Legacy).await;
     for i in 0..calls {
         common::call_ok(&client, "audit_query", json!({"subject": format!("s{i}")})).await;
     }
     client.cancel().await.unwrap();
     // The server signs the head as it stops; wait for the process to finish that.
     for _ in 0..100 {
-        let (code, out, _) = common::cli(dir.path(), &["audit", "verify", "--json"]);
+        let (code, out, _) = db.cli(dir.path(), &["audit", "verify", "--json"]);
         let report: Value = serde_json::from_str(&out).unwrap();
         if code == 0 && report["signatures"]["unsigned_tail"] == 0 {
             return dir;
@@ -32,27 +34,11 @@ async fn populated(calls: usize) -> tempfile::TempDir {
     panic!("the head was never signed");
 }
 
-/// Copies the database to `name` in the same data dir and opens it with triggers dropped.
-fn tamper_copy(dir: &Path, name: &str) -> (PathBuf, Connection) {
-    let src = Connection::open(common::db_path(dir)).unwrap();
-    let dst = dir.join(name);
-    src.execute("VACUUM INTO ?1", params![dst.to_str().unwrap()])
-        .unwrap();
-    let conn = Connection::open(&dst).unwrap();
-    conn.execute_batch(
-        "DROP TRIGGER audit_events_no_update; DROP TRIGGER audit_events_no_delete;
-         DROP TRIGGER audit_signatures_no_update; DROP TRIGGER audit_signatures_no_delete;",
-    )
-    .unwrap();
-    (dst, conn)
-}
-
-fn verify(dir: &Path, db: &Path) -> (i32, Value, String) {
-    let (code, out, _) = common::cli(
-        dir,
-        &["--db", db.to_str().unwrap(), "audit", "verify", "--json"],
-    );
-    let (_, text, _) = common::cli(dir, &["--db", db.to_str().unwrap(), "audit", "verify"]);
+/// `audit verify` (JSON and text) from `dir` on the database `db` (a `--db` value: a tampered
+/// copy).
+fn verify(dir: &Path, db: &str) -> (i32, Value, String) {
+    let (code, out, _) = common::cli(dir, &["--db", db, "audit", "verify", "--json"]);
+    let (_, text, _) = common::cli(dir, &["--db", db, "audit", "verify"]);
     (code, serde_json::from_str(&out).unwrap(), text)
 }
 
@@ -63,11 +49,12 @@ fn first_problem(report: &Value) -> (i64, String) {
     )
 }
 
+both_backends! {
 #[tokio::test]
-async fn untouched_copy_verifies() {
-    let dir = populated(6).await;
-    let (db, _conn) = tamper_copy(dir.path(), "copy.db");
-    let (code, report, text) = verify(dir.path(), &db);
+async fn untouched_copy_verifies(db: Db) {
+    let dir = populated(&db, 6).await;
+    let (copy, _conn) = db.tamper_copy(dir.path(), "copy.db");
+    let (code, report, text) = verify(dir.path(), &copy);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["events_checked"], 7);
     assert!(text.starts_with("audit chain intact: 7 events"), "{text}");
@@ -82,69 +69,70 @@ async fn untouched_copy_verifies() {
     assert_eq!(report["signatures"]["unsigned_tail"], 0, "{report:#}");
     assert_eq!(report["warnings"], json!([]), "{report:#}");
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn edited_deleted_reordered_and_truncated_rows_are_named() {
-    let dir = populated(8).await;
+async fn edited_deleted_reordered_and_truncated_rows_are_named(db: Db) {
+    let dir = populated(&db, 8).await;
 
-    let (db, conn) = tamper_copy(dir.path(), "edited.db");
-    conn.execute(
+    let (copy, conn) = db.tamper_copy(dir.path(), "edited.db");
+    conn.exec(
         "UPDATE audit_events SET subject = 'innocent' WHERE seq = 4",
-        [],
-    )
-    .unwrap();
-    let (code, report, text) = verify(dir.path(), &db);
+        &[],
+    );
+    let (code, report, text) = verify(dir.path(), &copy);
     assert_eq!(code, 1);
     assert_eq!(first_problem(&report), (4, "edited".into()));
     assert!(text.contains("first bad event 4"), "{text}");
 
-    let (db, conn) = tamper_copy(dir.path(), "deleted.db");
-    conn.execute("DELETE FROM audit_events WHERE seq = 3", [])
-        .unwrap();
-    let (code, report, _) = verify(dir.path(), &db);
+    let (copy, conn) = db.tamper_copy(dir.path(), "deleted.db");
+    conn.exec("DELETE FROM audit_events WHERE seq = 3", &[]);
+    let (code, report, _) = verify(dir.path(), &copy);
     assert_eq!(code, 1);
     assert_eq!(first_problem(&report), (3, "missing".into()));
 
-    let (db, conn) = tamper_copy(dir.path(), "reordered.db");
+    let (copy, conn) = db.tamper_copy(dir.path(), "reordered.db");
     // Swap events 5 and 6: move 6 aside, 5 into 6's place, 6 into 5's place.
-    conn.execute_batch(
+    conn.batch(
         "UPDATE audit_events SET seq = -6 WHERE seq = 6;
          UPDATE audit_events SET seq = 6 WHERE seq = 5;
          UPDATE audit_events SET seq = 5 WHERE seq = -6;",
-    )
-    .unwrap();
-    let (code, report, _) = verify(dir.path(), &db);
+    );
+    let (code, report, _) = verify(dir.path(), &copy);
     assert_eq!(code, 1);
     assert_eq!(first_problem(&report).0, 5);
 
-    let (db, conn) = tamper_copy(dir.path(), "truncated.db");
-    conn.execute("DELETE FROM audit_events WHERE seq >= 7", [])
-        .unwrap();
-    let (code, report, _) = verify(dir.path(), &db);
+    let (copy, conn) = db.tamper_copy(dir.path(), "truncated.db");
+    conn.exec("DELETE FROM audit_events WHERE seq >= 7", &[]);
+    let (code, report, _) = verify(dir.path(), &copy);
     assert_eq!(code, 1);
     assert_eq!(first_problem(&report), (7, "truncated".into()));
 }
+}
 
+both_backends! {
 /// An attacker who knows the hash format rewrites event 3 and recomputes every hash after
-/// it: the links hold, but the signed head no longer matches.
+/// it: the links hold, but the first signed head from 3 on no longer matches; re-signing the
+/// heads with a key of their own is caught too.
 #[tokio::test]
-async fn a_reforged_chain_is_caught_by_the_signature() {
-    let dir = populated(5).await;
-    let (db, conn) = tamper_copy(dir.path(), "forged.db");
-    conn.execute(
+async fn a_reforged_chain_is_caught_by_the_signature(db: Db) {
+    let dir = populated(&db, 5).await;
+    let (copy, conn) = db.tamper_copy(dir.path(), "forged.db");
+    conn.exec(
         "UPDATE audit_events SET actor = 'client:someone-else/1' WHERE seq = 3",
-        [],
-    )
-    .unwrap();
-    let rows: Vec<(i64, String, String, String, String, String, String)> = conn
-        .prepare("SELECT seq, ts, actor, action, subject, outcome, detail FROM audit_events ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        &[],
+    );
+    let rows = conn.rows(
+        "SELECT seq, ts, actor, action, subject, outcome, detail FROM audit_events ORDER BY seq",
+        &[],
+    );
     let mut prev = mcp_coordinator::audit::chain::GENESIS_HASH.to_string();
-    for (seq, ts, actor, action, subject, outcome, detail) in rows {
+    let mut hashes = std::collections::HashMap::new();
+    for row in rows {
+        let seq = row[0].as_i64().unwrap();
+        let [ts, actor, action, subject, outcome, detail] =
+            [1, 2, 3, 4, 5, 6].map(|i| row[i].text());
         let hash = event_hash(&EventFields {
             seq,
             ts: &ts,
@@ -155,46 +143,60 @@ async fn a_reforged_chain_is_caught_by_the_signature() {
             detail: &detail,
             prev_hash: &prev,
         });
-        conn.execute(
+        conn.exec(
             "UPDATE audit_events SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-            params![prev, hash, seq],
-        )
-        .unwrap();
+            sql_args![&prev, &hash, seq],
+        );
+        hashes.insert(seq, hash.clone());
         prev = hash;
     }
-    // Five calls, then the key event (6), whose head the server signed.
-    let (code, report, _) = verify(dir.path(), &db);
+    // Five calls and the key event (6 events); the server signed the head at shutdown (6),
+    // and maybe one earlier if its signer looked while the calls were coming.
+    let signed: Vec<i64> = conn
+        .rows("SELECT seq FROM audit_signatures ORDER BY seq", &[])
+        .iter()
+        .map(|r| r[0].as_i64().unwrap())
+        .collect();
+    assert_eq!(signed.last(), Some(&6), "{}: {signed:?}", db.name());
+    let first_changed = *signed.iter().find(|&&s| s >= 3).unwrap();
+    let (code, report, _) = verify(dir.path(), &copy);
     assert_eq!(code, 1, "{report:#}");
-    assert_eq!(first_problem(&report), (6, "signed_head_changed".into()));
+    assert_eq!(
+        first_problem(&report),
+        (first_changed, "signed_head_changed".into()),
+        "{}: signed heads {signed:?}",
+        db.name()
+    );
 
     // Re-signing with another key is caught too, by this coordinator and by any other.
     let other = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32]);
     let signer = mcp_coordinator::audit::AuditSigner::from_key(other);
-    let msg = mcp_coordinator::audit::chain::head_message(6, &prev);
-    conn.execute(
-        "UPDATE audit_signatures SET hash = ?1, public_key = ?2, signature = ?3 WHERE seq = 6",
-        params![prev, signer.public_key_hex(), signer.sign_hex(&msg)],
-    )
-    .unwrap();
-    let (code, report, text) = verify(dir.path(), &db);
+    for &seq in &signed {
+        let hash = &hashes[&seq];
+        let msg = mcp_coordinator::audit::chain::head_message(seq, hash);
+        conn.exec(
+            "UPDATE audit_signatures SET hash = ?1, public_key = ?2, signature = ?3 WHERE seq = ?4",
+            sql_args![hash, signer.public_key_hex(), signer.sign_hex(&msg), seq],
+        );
+    }
+    let (code, report, text) = verify(dir.path(), &copy);
     assert_eq!(code, 1);
-    assert_eq!(first_problem(&report), (6, "unknown_key".into()));
+    assert_eq!(first_problem(&report), (signed[0], "unknown_key".into()));
     assert!(text.contains("never introduced"), "{text}");
     let stranger = common::data_dir();
-    let (code, report, _) = verify(stranger.path(), &db);
+    let (code, report, _) = verify(stranger.path(), &copy);
     assert_eq!(code, 1, "{report:#}");
-    assert_eq!(first_problem(&report), (6, "unknown_key".into()));
+    assert_eq!(first_problem(&report), (signed[0], "unknown_key".into()));
+}
 }
 
 /// Appends one event after the current head, hashed as the coordinator would.
-fn append_event(conn: &Connection, actor: &str, action: &str, subject: &str) -> (i64, String) {
-    let (seq, prev): (i64, String) = conn
-        .query_row(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+fn append_event(conn: &Raw, actor: &str, action: &str, subject: &str) -> (i64, String) {
+    let head = conn.row(
+        "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+        &[],
+    );
+    let (seq, prev) = (head[0].as_i64().unwrap(), head[1].text());
     let (seq, ts) = (seq + 1, "2026-12-01T00:00:00.000000Z");
     let hash = event_hash(&EventFields {
         seq,
@@ -206,56 +208,51 @@ fn append_event(conn: &Connection, actor: &str, action: &str, subject: &str) -> 
         detail: "{}",
         prev_hash: &prev,
     });
-    conn.execute(
+    conn.exec(
         "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, 'ok', '{}', ?6, ?7)",
-        params![seq, ts, actor, action, subject, prev, hash],
-    )
-    .unwrap();
+        sql_args![seq, ts, actor, action, subject, &prev, &hash],
+    );
     (seq, hash)
 }
 
+both_backends! {
 /// Someone with write access to the database introduces a key of their own: from then on it
 /// signs, but it cannot vouch for a head written before it, nor can an edited key event
 /// introduce anything.
 #[tokio::test]
-async fn an_introduced_key_cannot_sign_the_past() {
-    let dir = populated(4).await;
+async fn an_introduced_key_cannot_sign_the_past(db: Db) {
+    let dir = populated(&db, 4).await;
     let intruder = mcp_coordinator::audit::AuditSigner::from_key(
         ed25519_dalek::SigningKey::from_bytes(&[11u8; 32]),
     );
     let key = intruder.public_key_hex().to_string();
 
     // Introduced at the end and signing a new head after it: a key the chain introduced.
-    let (db, conn) = tamper_copy(dir.path(), "introduced.db");
+    let (copy, conn) = db.tamper_copy(dir.path(), "introduced.db");
     let (at, _) = append_event(&conn, "system:mcp-coordinator", "audit.key_added", &key);
     let (head, hash) = append_event(&conn, "client:x/1", "tool.call", "later");
     let sign = |seq: i64, hash: &str| {
-        conn.execute(
+        conn.exec(
             "INSERT INTO audit_signatures (seq, hash, public_key, signature, signed_at)
              VALUES (?1, ?2, ?3, ?4, 't')",
-            params![
+            sql_args![
                 seq,
                 hash,
-                key,
+                &key,
                 intruder.sign_hex(&mcp_coordinator::audit::chain::head_message(seq, hash))
             ],
-        )
-        .unwrap();
+        );
     };
     sign(head, &hash);
-    let (code, report, _) = verify(dir.path(), &db);
+    let (code, report, _) = verify(dir.path(), &copy);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["signatures"]["keys"][1]["introduced_seq"], at);
 
     // The same key backdated over an earlier, unsigned head: forged.
-    let earlier: String = conn
-        .query_row("SELECT hash FROM audit_events WHERE seq = 2", [], |r| {
-            r.get(0)
-        })
-        .unwrap();
+    let earlier = conn.row("SELECT hash FROM audit_events WHERE seq = 2", &[])[0].text();
     sign(2, &earlier);
-    let (code, report, text) = verify(dir.path(), &db);
+    let (code, report, text) = verify(dir.path(), &copy);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(first_problem(&report), (2, "unknown_key".into()));
     assert!(
@@ -268,14 +265,13 @@ async fn an_introduced_key_cannot_sign_the_past() {
     assert!(text.contains("audit chain TAMPERED"), "{text}");
 
     // The coordinator's own key event, edited: it introduces nothing, and is named.
-    let (db, conn) = tamper_copy(dir.path(), "edited-key.db");
-    conn.execute(
+    let (copy, conn) = db.tamper_copy(dir.path(), "edited-key.db");
+    conn.exec(
         "UPDATE audit_events SET detail = '{\"host\":\"elsewhere\"}' WHERE action = 'audit.key_added'",
-        [],
-    )
-    .unwrap();
+        &[],
+    );
     let stranger = common::data_dir();
-    let (code, report, _) = verify(stranger.path(), &db);
+    let (code, report, _) = verify(stranger.path(), &copy);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(first_problem(&report), (5, "edited".into()));
     let kinds: Vec<&str> = report["problems"]
@@ -286,20 +282,16 @@ async fn an_introduced_key_cannot_sign_the_past() {
         .collect();
     assert!(kinds.contains(&"unknown_key"), "{report:#}");
 }
+}
 
+both_backends! {
 #[tokio::test]
-async fn the_audit_verify_tool_reports_tampering_too() {
-    let dir = populated(4).await;
-    let (db, conn) = tamper_copy(dir.path(), "tool.db");
-    conn.execute("UPDATE audit_events SET detail = '{}' WHERE seq = 2", [])
-        .unwrap();
+async fn the_audit_verify_tool_reports_tampering_too(db: Db) {
+    let dir = populated(&db, 4).await;
+    let (copy, conn) = db.tamper_copy(dir.path(), "tool.db");
+    conn.exec("UPDATE audit_events SET detail = '{}' WHERE seq = 2", &[]);
     drop(conn);
-    let client = common::connect(
-        dir.path(),
-        &["--db", db.to_str().unwrap()],
-        common::Era::Stateless,
-    )
-    .await;
+    let client = common::connect(dir.path(), &["--db", &copy], common::Era::Stateless).await;
     let report = common::call_ok(&client, "audit_verify", json!({})).await;
     assert_eq!(report["ok"], false);
     assert_eq!(report["first_bad_seq"], 2);
@@ -311,46 +303,41 @@ async fn the_audit_verify_tool_reports_tampering_too() {
     );
     client.cancel().await.unwrap();
 }
+}
 
+both_backends! {
 #[test]
-fn triggers_refuse_changes_to_the_live_table() {
+fn triggers_refuse_changes_to_the_live_table(db: Db) {
     let dir = common::data_dir();
-    let (code, _, _) = common::cli(dir.path(), &["serve"]);
-    assert_eq!(code, 0);
-    let conn = Connection::open(common::db_path(dir.path())).unwrap();
-    conn.execute(
+    let (code, _, err) = db.cli(dir.path(), &["serve"]);
+    assert_eq!(code, 0, "{}: {err}", db.name());
+    let conn = db.raw(dir.path());
+    conn.exec(
         "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
          VALUES (1, 't', 'a', 'b', 'c', 'ok', '{}', 'p', 'h')",
-        [],
-    )
-    .unwrap();
+        &[],
+    );
     let e = conn
-        .execute("UPDATE audit_events SET actor = 'x'", [])
+        .try_exec("UPDATE audit_events SET actor = 'x'", &[])
         .unwrap_err();
-    assert!(e.to_string().contains("append-only"), "{e}");
-    let e = conn.execute("DELETE FROM audit_events", []).unwrap_err();
-    assert!(e.to_string().contains("append-only"), "{e}");
+    assert!(e.contains("append-only"), "{}: {e}", db.name());
+    let e = conn.try_exec("DELETE FROM audit_events", &[]).unwrap_err();
+    assert!(e.contains("append-only"), "{}: {e}", db.name());
+    if db.is_postgres() {
+        let e = conn.try_exec("TRUNCATE audit_events", &[]).unwrap_err();
+        assert!(e.contains("append-only"), "{e}");
+    }
+}
 }
 
-/// The newest event and the newest signed head of a live database.
-fn live_heads(dir: &Path) -> (i64, i64) {
-    let conn = Connection::open(common::db_path(dir)).unwrap();
-    conn.query_row(
-        "SELECT (SELECT COALESCE(MAX(seq), 0) FROM audit_events),
-                (SELECT COALESCE(MAX(seq), 0) FROM audit_signatures)",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )
-    .unwrap()
-}
-
+both_backends! {
 /// A server killed with SIGKILL signs nothing on the way out. What it wrote more than a second
 /// before is signed all the same, so deleting it is caught; the newest second may be unsigned,
 /// and `audit verify` warns about that tail rather than calling it intact and complete.
 #[test]
-fn a_killed_server_leaves_at_most_a_second_unsigned() {
+fn a_killed_server_leaves_at_most_a_second_unsigned(db: Db) {
     let dir = common::data_dir();
-    let mut server = common::RawServer::spawn(dir.path());
+    let mut server = db.raw_server(dir.path(), &[]);
     for i in 0..5 {
         let got = server.call(
             "audit_query",
@@ -363,7 +350,7 @@ fn a_killed_server_leaves_at_most_a_second_unsigned() {
     // Written within 20 ms (the audit writer), signed within a second after that.
     let start = std::time::Instant::now();
     let (head, signed) = loop {
-        let (head, signed) = live_heads(dir.path());
+        let (head, signed) = db.heads(dir.path()).unwrap();
         if head >= 5 && head == signed {
             break (head, signed);
         }
@@ -387,7 +374,7 @@ fn a_killed_server_leaves_at_most_a_second_unsigned() {
                 None,
             );
         }
-        let (head, signed) = live_heads(dir.path());
+        let (head, signed) = db.heads(dir.path()).unwrap();
         if head > signed {
             tail = head - signed;
             break;
@@ -396,7 +383,7 @@ fn a_killed_server_leaves_at_most_a_second_unsigned() {
     drop(server); // SIGKILL
     assert!(tail > 0, "every round was signed before the kill");
 
-    let (code, report, _) = verify(dir.path(), &common::db_path(dir.path()));
+    let (code, report, _) = verify(dir.path(), &db.location(dir.path()));
     assert_eq!(code, 0, "an unsigned tail is not tampering: {report:#}");
     let reported = report["signatures"]["unsigned_tail"].as_i64().unwrap();
     assert!(reported >= tail, "{report:#}");
@@ -408,30 +395,29 @@ fn a_killed_server_leaves_at_most_a_second_unsigned() {
     assert!(warning.contains("not covered by a signature"), "{report:#}");
 
     // Deleting the newest (unsigned) event: verify cannot prove it, but still warns.
-    let (db, conn) = tamper_copy(dir.path(), "cut-unsigned.db");
-    conn.execute(
+    let (copy, conn) = db.tamper_copy(dir.path(), "cut-unsigned.db");
+    conn.exec(
         "DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)",
-        [],
-    )
-    .unwrap();
-    let (code, report, _) = verify(dir.path(), &db);
+        &[],
+    );
+    let (code, report, _) = verify(dir.path(), &copy);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(
         report["signatures"]["unsigned_tail"],
         reported - 1,
         "{report:#}"
     );
-    let (_, _, stderr) = common::cli(
-        dir.path(),
-        &["--db", db.to_str().unwrap(), "audit", "verify"],
-    );
+    let (_, _, stderr) = common::cli(dir.path(), &["--db", &copy, "audit", "verify"]);
     assert!(stderr.contains("warning: the newest"), "{stderr}");
 
     // Deleting everything after the head signed while the server ran: caught.
-    let (db, conn) = tamper_copy(dir.path(), "cut-signed.db");
-    conn.execute("DELETE FROM audit_events WHERE seq >= ?1", [signed])
-        .unwrap();
-    let (code, report, _) = verify(dir.path(), &db);
+    let (copy, conn) = db.tamper_copy(dir.path(), "cut-signed.db");
+    conn.exec(
+        "DELETE FROM audit_events WHERE seq >= ?1",
+        sql_args![signed],
+    );
+    let (code, report, _) = verify(dir.path(), &copy);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(first_problem(&report), (signed, "truncated".into()));
+}
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod console;
+pub mod db;
 pub mod http;
 pub mod idp;
 pub mod setup;
@@ -19,6 +20,11 @@ use rmcp::service::{Peer, RoleClient, RunningService};
 use rmcp::transport::TokioChildProcess;
 use rmcp::{ClientLifecycleMode, ClientServiceExt, ServiceError};
 use serde_json::Value;
+
+#[allow(unused_imports)]
+pub use db::Db;
+#[allow(unused_imports)]
+pub(crate) use db::{both_backends, sql_args};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-coordinator");
 
