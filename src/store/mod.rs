@@ -425,11 +425,13 @@ impl Store {
     where
         E: From<StoreError>,
     {
-        let value = match &self.backend {
-            Backend::Lite(l) => l.write(f)?,
+        let (value, wrote) = match &self.backend {
+            Backend::Lite(l) => (l.write(f)?, true),
             Backend::Pg(p) => p.write(f)?,
         };
-        lite::bump(&self.commits);
+        if wrote {
+            lite::bump(&self.commits);
+        }
         Ok(value)
     }
 

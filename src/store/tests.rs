@@ -495,4 +495,35 @@ mod postgres_only {
         });
         assert_eq!(n.map_err(|e| e.to_string()), Ok(Some(400)));
     }
+
+    /// A write that changes nothing (a claim on an empty queue) wakes nobody: no coordinator's
+    /// data version moves, so idle long polls stay idle.
+    #[test]
+    fn a_write_that_changes_nothing_notifies_nobody() {
+        let url = testing::fresh_database("quiet");
+        let location = Location::from_arg(&url).unwrap_or_else(|e| panic!("{e}"));
+        let a = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
+        let b = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
+        // Both listeners are up once a real change reaches a.
+        let before = a.data_version().unwrap_or_else(|e| panic!("{e}"));
+        insert_agent(&b, "q1").unwrap_or_else(|e| panic!("{e}"));
+        let started = Instant::now();
+        while a.data_version().unwrap_or_else(|e| panic!("{e}")) == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "no notification"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let (va, vb) = (a.data_version().ok(), b.data_version().ok());
+        for _ in 0..20 {
+            let n = b
+                .write(|tx| tx.one("SELECT COUNT(*) FROM tasks", args![], |r| r.get::<i64>(0)))
+                .unwrap_or_else(|e: StoreError| panic!("{e}"));
+            assert_eq!(n, Some(0));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!((a.data_version().ok(), b.data_version().ok()), (va, vb));
+    }
 }

@@ -88,6 +88,17 @@ impl Client {
                     tracing::warn!(error = %describe(&e), "a PostgreSQL connection ended");
                 }
             });
+            // A session that stops talking mid-transaction (its machine lost, a partition)
+            // gives back the write lock within a minute rather than when the server's TCP
+            // keepalive notices; no statement runs forever.
+            client
+                .batch_execute(
+                    "SET idle_in_transaction_session_timeout = '60s'; SET statement_timeout = '300s'",
+                )
+                .await
+                .map_err(|e| StoreError::Unavailable {
+                    message: format!("cannot set up a connection to {shown_owned}: {}", describe(&e)),
+                })?;
             Ok(client)
         })
         .map(|inner| Client {
@@ -201,10 +212,9 @@ pub(super) fn from_pg(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         let code = db.code();
         if *code == SqlState::UNIQUE_VIOLATION {
+            // The message names the constraint; the detail would repeat the key's value.
             return StoreError::Conflict {
-                detail: db
-                    .detail()
-                    .map_or_else(|| db.message().to_string(), str::to_string),
+                detail: db.message().to_string(),
             };
         }
         if *code == SqlState::LOCK_NOT_AVAILABLE {
@@ -231,13 +241,9 @@ pub(super) fn from_pg(e: tokio_postgres::Error) -> StoreError {
 /// (tokio-postgres's own text is only "db error").
 pub(super) fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{}: {} ({})", db.severity(), db.message(), db.code().code());
-            if let Some(d) = db.detail() {
-                s.push_str(&format!("; {d}"));
-            }
-            s
-        }
+        // Not the detail: for a NOT NULL or CHECK failure it is the whole row ("Failing row
+        // contains ..."), which may hold what the audit log redacts.
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
         None => {
             let mut s = e.to_string();
             let mut source = std::error::Error::source(e);

@@ -40,6 +40,19 @@ pub(super) fn run(c: &Client, shown: &str) -> Result<(), StoreError> {
         path: shown.to_string(),
         message: e.to_string(),
     };
+    // Current already (every start but the first): nothing to create, so a role without
+    // CREATE on the schema can run a coordinator on a database someone else set up.
+    match version(c) {
+        Ok(found) if found == known => return Ok(()),
+        Ok(found) if found > known => {
+            return Err(StoreError::TooNew {
+                path: shown.to_string(),
+                found,
+                known: usize::try_from(known).unwrap_or(usize::MAX),
+            });
+        }
+        _ => {}
+    }
     c.batch(&format!(
         "BEGIN; SELECT pg_advisory_xact_lock({MIGRATE_LOCK});
          CREATE TABLE IF NOT EXISTS mcp_coordinator_schema (version BIGINT NOT NULL)"

@@ -6,8 +6,8 @@
 mod conn;
 mod migrate;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use conn::{CONNECT_TIMEOUT, describe};
@@ -63,6 +63,24 @@ impl PgUrl {
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
+        // libpq's URLs may carry the password as a parameter too.
+        if url
+            .query_pairs()
+            .any(|(k, _)| k.eq_ignore_ascii_case("password"))
+        {
+            let pairs: Vec<(String, String)> = url
+                .query_pairs()
+                .map(|(k, v)| {
+                    let v = if k.eq_ignore_ascii_case("password") {
+                        "***".to_string()
+                    } else {
+                        v.into_owned()
+                    };
+                    (k.into_owned(), v)
+                })
+                .collect();
+            url.query_pairs_mut().clear().extend_pairs(pairs);
+        }
         Ok(PgUrl {
             full: s.to_string(),
             shown: url.to_string(),
@@ -115,7 +133,6 @@ pub(super) struct Pg {
     shown: String,
     /// Notifications seen on [`CHANNEL`] (and reconnects of the listener).
     notified: Arc<AtomicU64>,
-    listening: OnceLock<()>,
     /// Ends the listener when the store is dropped.
     stop: tokio_util::sync::CancellationToken,
 }
@@ -145,9 +162,13 @@ impl Pg {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A peer that vanishes (a lost machine, a partition) is noticed in about a minute, not
+        // after the operating system's two hours.
         config
             .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30));
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         let shown = url.shown.clone();
         let first = Client::connect(&config, &shown)?;
         migrate::run(&first, &shown)?;
@@ -165,14 +186,15 @@ impl Pg {
             .error_handler(Box::new(LogErrors))
             .build_unchecked(manager);
         drop(first);
-        Ok(Pg {
+        let pg = Pg {
             pool,
             config,
             shown,
             notified: Arc::new(AtomicU64::new(0)),
-            listening: OnceLock::new(),
             stop: tokio_util::sync::CancellationToken::new(),
-        })
+        };
+        pg.start_listening()?;
+        Ok(pg)
     }
 
     /// A connection from the pool, waiting at most the current budget (or the connect
@@ -183,14 +205,25 @@ impl Pg {
             .filter(|r| !r.is_zero())
             .unwrap_or(CONNECT_TIMEOUT);
         let started = Instant::now();
-        let got = self.pool.get_timeout(limit);
-        budget::charge(started.elapsed());
-        got.map_err(|e| StoreError::Unavailable {
-            message: format!(
-                "no PostgreSQL connection to {} within {:.1} s: {e}",
-                self.shown,
-                limit.as_secs_f64()
-            ),
+        // After a server restart every idle connection is dead; their connection tasks have
+        // already seen the socket close, so skipping them costs no round trip.
+        for _ in 0..=self.pool.max_size() {
+            let got = self.pool.get_timeout(limit);
+            budget::charge(started.elapsed());
+            let conn = got.map_err(|e| StoreError::Unavailable {
+                message: format!(
+                    "no PostgreSQL connection to {} within {:.1} s: {e}",
+                    self.shown,
+                    limit.as_secs_f64()
+                ),
+            })?;
+            if !conn.is_closed() {
+                return Ok(conn);
+            }
+            tracing::warn!(database = %self.shown, "PostgreSQL: a pooled connection was closed by the server or the network; taking another");
+        }
+        Err(StoreError::Unavailable {
+            message: format!("every PostgreSQL connection to {} was closed", self.shown),
         })
     }
 
@@ -202,9 +235,13 @@ impl Pg {
         }
     }
 
-    /// One transaction holding [`WRITE_LOCK`]: rolled back when `f` fails, committed with a
-    /// notification otherwise.
-    pub(super) fn write<T, E>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T, E>) -> Result<T, E>
+    /// One transaction holding [`WRITE_LOCK`]: rolled back when `f` fails, committed
+    /// otherwise, with a notification when it wrote anything (a claim on an empty queue
+    /// wakes nobody). Returns whether it wrote.
+    pub(super) fn write<T, E>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
+    ) -> Result<(T, bool), E>
     where
         E: From<StoreError>,
     {
@@ -222,9 +259,15 @@ impl Pg {
         }
         match f(&Tx::pg(&conn)) {
             Ok(value) => {
-                conn.batch(&format!("NOTIFY {CHANNEL}; COMMIT"))?;
+                // One round trip: whether the transaction has an id (it wrote), the
+                // notification only then, and the commit.
+                let wrote = conn.simple_first(&format!(
+                    "SELECT CASE WHEN txid_current_if_assigned() IS NULL THEN 'n' ELSE 'w' END;
+                     SELECT pg_notify('{CHANNEL}', '') WHERE txid_current_if_assigned() IS NOT NULL;
+                     COMMIT"
+                ))?;
                 conn.in_tx.set(false);
-                Ok(value)
+                Ok((value, wrote.as_deref() != Some("n")))
             }
             Err(e) => {
                 if conn.batch("ROLLBACK").is_ok() {
@@ -282,45 +325,30 @@ impl Pg {
     }
 
     /// A number that changes whenever any coordinator commits (the notifications seen by a
-    /// listening connection of this process, which starts on the first call).
+    /// listening connection of this process, which starts at open).
     pub(super) fn data_version(&self) -> Result<u64, StoreError> {
-        if self.listening.get().is_none() {
-            self.listen()?;
-        }
         Ok(self.notified.load(Ordering::Relaxed))
     }
 
     /// Starts the listener: a connection of its own on [`CHANNEL`], counting notifications and
-    /// reconnecting (counting that too, as changes may have been missed meanwhile) when it is
-    /// lost. Waits until it listens, so a commit after the first `data_version` is seen.
-    fn listen(&self) -> Result<(), StoreError> {
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    /// reconnecting when it is lost. Every LISTEN that takes effect counts as a change too, so
+    /// nothing committed while it was not listening is missed for long. Does not wait for it.
+    fn start_listening(&self) -> Result<(), StoreError> {
         let config = self.config.clone();
         let notified = self.notified.clone();
         let shown = self.shown.clone();
         let stop = self.stop.clone();
-        let mut started = false;
-        self.listening.get_or_init(|| {
-            started = true;
-        });
-        if !started {
-            return Ok(());
-        }
         conn::spawn(async move {
-            let mut ready = Some(ready_tx);
             loop {
                 let ended = tokio::select! {
                     () = stop.cancelled() => return,
-                    ended = listen_once(&config, &notified, &mut ready) => ended,
+                    ended = listen_once(&config, &notified) => ended,
                 };
                 match ended {
                     Ok(()) => {
                         tracing::warn!(database = %shown, "PostgreSQL: the listening connection ended; reconnecting")
                     }
                     Err(e) => {
-                        if let Some(r) = ready.take() {
-                            let _ = r.send(Err(e.clone()));
-                        }
                         tracing::warn!(database = %shown, error = %e, "PostgreSQL: cannot listen for changes; retrying in 1 s");
                     }
                 }
@@ -330,14 +358,7 @@ impl Pg {
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-        })?;
-        match ready_rx.recv_timeout(CONNECT_TIMEOUT) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Unavailable { message: e }),
-            Err(_) => Err(StoreError::Unavailable {
-                message: format!("PostgreSQL: no LISTEN on {} within 10 s", self.shown),
-            }),
-        }
+        })
     }
 
     pub(super) fn schema_version(&self) -> Result<i64, StoreError> {
@@ -359,11 +380,7 @@ impl Pg {
 }
 
 /// One listening connection, until it ends.
-async fn listen_once(
-    config: &tokio_postgres::Config,
-    notified: &AtomicU64,
-    ready: &mut Option<std::sync::mpsc::Sender<Result<(), String>>>,
-) -> Result<(), String> {
+async fn listen_once(config: &tokio_postgres::Config, notified: &AtomicU64) -> Result<(), String> {
     use futures_util::StreamExt;
     use tokio_postgres::AsyncMessage;
 
@@ -391,9 +408,7 @@ async fn listen_once(
             }
         }
     }
-    if let Some(r) = ready.take() {
-        let _ = r.send(Ok(()));
-    }
+    notified.fetch_add(1, Ordering::Relaxed);
     while let Some(m) = messages.next().await {
         match m {
             Ok(AsyncMessage::Notification(_)) => {
@@ -448,6 +463,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(url.shown(), "postgres://coord:***@db.internal:5432/coord");
         assert_eq!(format!("{url:?}"), url.shown());
+        let param = PgUrl::parse("postgres://coord@db/coord?password=hunter2&application_name=x")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!param.shown().contains("hunter2"), "{}", param.shown());
+        assert!(
+            param.shown().contains("application_name=x"),
+            "{}",
+            param.shown()
+        );
         let refused = PgUrl::parse("postgres://coord:hunter2@db/coord?sslmode=require")
             .err()
             .map(|e| e.to_string())
