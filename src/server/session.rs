@@ -78,7 +78,7 @@ impl Call {
         let era = era_of(version.as_ref());
         let client = ctx
             .client_info()
-            .map(|i| format!("{}/{}", i.name, i.version))
+            .map(|i| printable(&format!("{}/{}", i.name, i.version)))
             .unwrap_or_else(|| "unknown".into());
         // A client that declares elicitation with neither mode means form (2025-06-18 shape).
         let elicitation = ctx.client_capabilities().and_then(|c| c.elicitation);
@@ -139,10 +139,21 @@ impl Call {
 /// `client:NAME/VER as NAME (sub SUBJECT, via SOURCE)`. Every path that records a client's
 /// call (rmcp's, the stdio fast path's) names it through this.
 pub fn client_actor(client: String, principal: Option<&crate::auth::Principal>) -> Actor {
+    let client = printable(&client);
     match principal {
         Some(p) => Actor::new(ActorKind::Client, format!("{client} as {}", p.describe())),
         None => Actor::new(ActorKind::Client, client),
     }
+}
+
+/// A client's self-description as the audit log keeps it: control characters (a NUL, which
+/// PostgreSQL cannot store in text, escape sequences a terminal would act on) become U+FFFD,
+/// the same on both backends so the chain's hashes do not depend on where it is stored.
+pub fn printable(client: &str) -> String {
+    client
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 /// The principal `crate::http`'s middleware found for this request (over HTTP), if any.
@@ -187,5 +198,17 @@ pub fn era_of(version: Option<&ProtocolVersion>) -> Era {
     match version {
         Some(v) if v.as_str() >= ProtocolVersion::V_2026_07_28.as_str() => Era::Stateless,
         _ => Era::Legacy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_client_name_keeps_no_control_characters() {
+        assert_eq!(
+            super::printable("evil\0name/1\u{1b}[31m"),
+            "evil\u{fffd}name/1\u{fffd}[31m"
+        );
+        assert_eq!(super::printable("claude-code/2.1"), "claude-code/2.1");
     }
 }
