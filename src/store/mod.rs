@@ -16,6 +16,7 @@ pub mod budget;
 mod checkpointer;
 mod closed;
 mod error;
+pub mod fleet;
 pub mod instance;
 mod lite;
 mod open;
