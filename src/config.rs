@@ -1,5 +1,5 @@
 //! The coordinator's settings: where data lives (data directory, database, config file) and the
-//! optional TOML config file (tool groups switched off, log level).
+//! optional TOML config file (tool groups switched off, log level, the store's URL and pool).
 
 use std::path::{Path, PathBuf};
 
@@ -81,6 +81,10 @@ pub struct ConfigFile {
     /// The database: how long a call may wait for another process's lock.
     #[serde(default)]
     pub database: DatabaseConfig,
+    /// The store: which database (a file, or a PostgreSQL URL shared by a team's
+    /// coordinators) when `--db` is not given, and PostgreSQL's connection pool.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Approval policy: which channel may decide what, and how long approvals stay open.
     #[serde(default)]
     pub approvals: ApprovalPolicy,
@@ -293,6 +297,65 @@ impl DatabaseConfig {
     }
 }
 
+/// `[store]` in the config file.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The database when `--db` is not given: a `postgres://USER:PASSWORD@HOST:PORT/DB` URL
+    /// that every coordinator of a team shares, a SQLite file path, or `:memory:` (default:
+    /// `coordinator.db` in the data directory). `--db` (or `MCP_COORDINATOR_DB`) wins. The
+    /// password is never printed; keep this file private when the URL carries one.
+    pub url: Option<String>,
+    /// PostgreSQL connections this coordinator opens at most (1 to 256, default 8); unused
+    /// for SQLite.
+    #[schemars(range(min = crate::limits::POOL_SIZE.min, max = crate::limits::POOL_SIZE.max))]
+    pub pool_size: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            pool_size: crate::store::DEFAULT_POOL_SIZE,
+        }
+    }
+}
+
+// By hand: the URL may carry a password, and a settings dump must not show it.
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.url.as_deref().map(|u| match Location::from_arg(u) {
+            Ok(l) => l.display(),
+            Err(_) => "(not a usable location)".to_string(),
+        });
+        f.debug_struct("StoreConfig")
+            .field("url", &url)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        crate::limits::POOL_SIZE.check("store.pool_size", self.pool_size)?;
+        match &self.url {
+            Some(url) if url.trim().is_empty() => {
+                Err("store.url: empty; give a postgres:// URL, a file path, or :memory:".into())
+            }
+            // The store's messages are written for `--db`; the URL's password is never in them.
+            Some(url) => Location::from_arg(url)
+                .map(|_| ())
+                .map_err(|e| format!("store.url: {}", e.to_string().replace("--db: ", ""))),
+            None => Ok(()),
+        }
+    }
+
+    /// Where the database is when `--db` is not given, if `url` says.
+    pub fn location(&self) -> Option<Result<Location, crate::store::StoreError>> {
+        self.url.as_deref().map(Location::from_arg)
+    }
+}
+
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -327,6 +390,7 @@ impl ConfigFile {
             .approvals
             .validate()
             .and_then(|()| config.database.validate())
+            .and_then(|()| config.store.validate())
             .and_then(|()| config.agents.validate())
             .and_then(|()| config.tasks.validate())
             .and_then(|()| config.pipelines.validate())
@@ -426,9 +490,10 @@ impl Settings {
     }
 
     /// Resolves the data directory (`--data-dir`, then `MCP_COORDINATOR_DATA_DIR`, then the
-    /// platform data directory: `$XDG_DATA_HOME/mcp-coordinator` on Linux), the database
-    /// (`--db`, else `coordinator.db` in the data directory) and the config file (`--config`,
-    /// which must exist, else `config.toml` in the platform config directory if present).
+    /// platform data directory: `$XDG_DATA_HOME/mcp-coordinator` on Linux), the config file
+    /// (`--config`, which must exist, else `config.toml` in the platform config directory if
+    /// present) and the database (`--db`, else the config's `[store] url`, else
+    /// `coordinator.db` in the data directory).
     pub fn resolve(
         data_dir: Option<PathBuf>,
         db: Option<String>,
@@ -439,10 +504,8 @@ impl Settings {
             Some(d) => d,
             None => default_data_dir().ok_or(ConfigError::NoDataDir)?,
         };
-        let db = match db {
-            Some(arg) => Location::from_arg(&arg)?,
-            None => Location::File(data_dir.join(DB_FILE)),
-        };
+        // `--db` is parsed before the config is read: a bad URL is reported as `--db`'s.
+        let db = db.map(|arg| Location::from_arg(&arg)).transpose()?;
         let config_path = match config {
             Some(p) => Some(p),
             None => dirs
@@ -453,6 +516,12 @@ impl Settings {
         let config = match &config_path {
             Some(p) => ConfigFile::load(p)?,
             None => ConfigFile::default(),
+        };
+        let db = match (db, config.store.location()) {
+            (Some(db), _) => db,
+            // Validated when the file was loaded.
+            (None, Some(from_config)) => from_config?,
+            (None, None) => Location::File(data_dir.join(DB_FILE)),
         };
         let console_url = config.console.public_url.clone();
         Ok(Settings {
@@ -536,6 +605,61 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("log_levle"), "{err}");
+        Ok(())
+    }
+
+    #[test]
+    fn store_section_is_checked_and_db_wins() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let write = |name: &str, text: &str| -> std::io::Result<PathBuf> {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text)?;
+            Ok(p)
+        };
+        let err = |p: &Path| {
+            ConfigFile::load(p)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        for bad in ["pool_size = 0", "pool_size = 257"] {
+            let p = write("pool.toml", &format!("[store]\n{bad}\n"))?;
+            let e = err(&p);
+            assert!(
+                e.contains("store.pool_size") && e.contains("1 to 256"),
+                "{e}"
+            );
+        }
+        let p = write("url.toml", "[store]\nurl = \"mysql://u:hunter2@h/x\"\n")?;
+        let e = err(&p);
+        assert!(e.contains("store.url") && e.contains("mysql"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("--db"), "{e}");
+
+        let url = "postgres://coord:hunter2@db.example:5432/team";
+        let p = write(
+            "team.toml",
+            &format!("[store]\nurl = \"{url}\"\npool_size = 32\n"),
+        )?;
+        let c = ConfigFile::load(&p)?;
+        assert_eq!(c.store.pool_size, 32);
+        let shown = format!("{:?}", c);
+        assert!(
+            !shown.contains("hunter2") && shown.contains("db.example"),
+            "{shown}"
+        );
+        let data = dir.path().join("data");
+        let s = Settings::resolve(Some(data.clone()), None, Some(p.clone()))?;
+        assert!(s.db.is_postgres(), "{:?}", s.db);
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let s = Settings::resolve(Some(data.clone()), Some("/tmp/x.db".into()), Some(p))?;
+        assert_eq!(
+            s.db,
+            Location::File(PathBuf::from("/tmp/x.db")),
+            "--db wins"
+        );
+        let s = Settings::resolve(Some(data.clone()), None, None)?;
+        assert_eq!(s.db, Location::File(data.join(DB_FILE)));
+        assert_eq!(s.config.store.pool_size, crate::store::DEFAULT_POOL_SIZE);
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! mcp-coordinator as a library: the layers the binary, the tests and the benchmark share.
 //! Dependencies point down only: `cli` -> `server` -> domains (`approval`, `overseer`, `agent`,
-//! `task`, `pipeline`, `assessment`, `clients`, `remediation`, `secret`, `audit`, `instance`)
-//! -> `store`, with leaves any layer may use (`config`, `fault`, `periodic`, `limits`,
+//! `task`, `pipeline`, `assessment`, `clients`, `remediation`, `secret`, `audit`, `instance`,
+//! `fleet`) -> `store`, with leaves any layer may use (`config`, `fault`, `periodic`, `limits`,
 //! `logging`, `glob`, `keyfile`, `net`). rmcp is used only by `server`, `cli` and
 //! `instance::child` (the coordinator as an MCP client of its children); the database driver
 //! only by `store`.
@@ -15,6 +15,7 @@ pub mod clients;
 pub mod config;
 pub mod console;
 pub mod fault;
+pub mod fleet;
 pub mod glob;
 pub mod http;
 pub mod instance;

@@ -68,6 +68,11 @@ pub const PURGE_RETENTION_SECONDS: Range<u64> = Range::new(0, 3_153_600_000);
 /// `database.busy_timeout_ms`: one tool call's lock-wait budget.
 pub const BUSY_TIMEOUT_MS: Range<u64> = Range::new(100, 600_000);
 
+// --- The store (`[store]`) ---
+
+/// `store.pool_size`: PostgreSQL connections one coordinator opens at most.
+pub const POOL_SIZE: Range<u32> = Range::new(1, 256);
+
 // --- Agents (`[agents]`) ---
 
 /// `agents.heartbeat_interval_ms`.

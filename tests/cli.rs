@@ -363,42 +363,105 @@ fn read_only_commands_refuse_a_database_that_does_not_exist() {
     assert!(!fresh.join("coordinator.db").exists());
 }
 
-/// `--db` with a URL of a backend this build does not have is refused by every command, and a
-/// PostgreSQL URL that cannot be reached fails with an error that says so; before anything is
-/// created, and no error repeats the password.
+/// `--db` with a URL of a scheme this build has no backend for is refused by every command,
+/// before anything is created, and the error does not repeat the URL (it may carry a
+/// password). A `postgres://` URL with a wrong password fails as clearly, without it either,
+/// whether it comes from `--db` or from the config's `[store] url`.
 #[test]
-fn a_database_url_is_refused_or_reported_by_every_command() {
+fn database_urls_fail_clearly_without_their_password() {
     let dir = common::data_dir();
+    let commands: [&[&str]; 5] = [
+        &["serve"],
+        &["approvals", "list"],
+        &["audit", "verify"],
+        &["secrets", "list"],
+        &["overseer", "status"],
+    ];
     for url in [
-        // Nothing listens on port 1 of this machine.
-        "postgres://coord:hunter2secret@127.0.0.1:1/coord",
-        "mysql://localhost/x",
+        "mysql://coord:hunter2secret@db.example/coord",
         "sqlite://x.db",
     ] {
         let scheme = url.split_once("://").unwrap().0;
-        for args in [
-            &["serve"][..],
-            &["approvals", "list"],
-            &["audit", "verify"],
-            &["secrets", "list"],
-            &["overseer", "status"],
-        ] {
+        for args in commands {
             let mut argv = vec!["--db", url];
             argv.extend_from_slice(args);
             let (code, out, err) = common::cli(dir.path(), &argv);
-            assert_ne!(code, 0, "{url} {args:?}: {out}{err}");
-            let said = if scheme == "postgres" {
-                "cannot connect to postgres://coord:***@127.0.0.1:1/coord".to_string()
-            } else {
-                format!("`{scheme}://...` is a URL this build has no backend for")
-            };
-            assert!(err.contains(&said), "{url} {args:?}: {err}");
+            assert_eq!(code, 2, "{url} {args:?}: {out}{err}");
+            assert!(
+                err.contains(&format!(
+                    "`{scheme}://...` is a URL this build has no backend for"
+                )),
+                "{url} {args:?}: {err}"
+            );
             assert!(!err.contains("hunter2"), "the password was printed: {err}");
+        }
+    }
+
+    let mut wrong = url::Url::parse(&mcp_coordinator::store::testing::cluster_url()).unwrap();
+    wrong.set_password(Some("hunter2wrong")).unwrap();
+    let wrong = wrong.to_string();
+    let config = dir.path().join("team.toml");
+    std::fs::write(&config, format!("[store]\nurl = \"{wrong}\"\n")).unwrap();
+    let config = config.to_str().unwrap();
+    for args in commands {
+        for source in [["--db", wrong.as_str()], ["--config", config]] {
+            let mut argv = source.to_vec();
+            argv.extend_from_slice(args);
+            let (code, out, err) = common::cli(dir.path(), &argv);
+            assert_eq!(code, 2, "{source:?} {args:?}: {out}{err}");
+            assert!(
+                err.contains("cannot connect to postgres://")
+                    && err.contains("password authentication failed"),
+                "{source:?} {args:?}: {err}"
+            );
+            assert!(
+                !err.contains("hunter2") && !out.contains("hunter2"),
+                "the password was printed: {err}"
+            );
         }
     }
     let made: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "team.toml")
         .collect();
     assert!(made.is_empty(), "a URL made {made:?}");
+}
+
+/// `[store]` is checked like every section: a pool size out of range is refused, naming the
+/// field and the range; `--help` says `--db` takes a PostgreSQL URL and never shows the value
+/// of `MCP_COORDINATOR_DB`.
+#[test]
+fn the_store_section_is_checked_and_help_hides_the_url() {
+    let dir = common::data_dir();
+    for bad in ["pool_size = 0", "pool_size = 1000"] {
+        let config = dir.path().join("pool.toml");
+        std::fs::write(&config, format!("[store]\n{bad}\n")).unwrap();
+        let (code, _, err) =
+            common::cli(dir.path(), &["--config", config.to_str().unwrap(), "serve"]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(
+            err.contains("store.pool_size") && err.contains("expected 1 to 256"),
+            "{bad}: {err}"
+        );
+    }
+    let out = std::process::Command::new(common::BIN)
+        .arg("--help")
+        .env(
+            "MCP_COORDINATOR_DB",
+            "postgres://coord:hunter2secret@db.example/team",
+        )
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    assert!(
+        help.contains("postgres://") && help.contains("[store] url"),
+        "{help}"
+    );
+    assert!(help.contains("MCP_COORDINATOR_DB"), "{help}");
+    assert!(
+        !help.contains("hunter2"),
+        "--help printed the URL's password: {help}"
+    );
 }

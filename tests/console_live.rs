@@ -204,6 +204,7 @@ async fn no_page_or_event_stream_carries_a_secret_of_a_leaky_child() {
         [
             "agents",
             "assessments",
+            "coordinators",
             "instances",
             "pipelines",
             "queue",

@@ -33,7 +33,7 @@ servers, with a person's approval before anything changes.
 
 Run with no command, it serves MCP on stdin/stdout: that is how an MCP client starts it. \
 Every state change and tool call lands in a hash-chained, signed audit log in an embedded \
-SQLite database, which several coordinator processes (and these commands) can share.";
+SQLite database, which several coordinator processes (and these commands) can share; with --db postgres://... (or [store] url) a team's coordinators on several machines share one PostgreSQL database instead, and each lists the others in coordinator_status.";
 
 const AFTER_HELP: &str = "\
 Add it to an MCP client (Claude Code .mcp.json, Claude Desktop, Cursor, Kilo Code):
@@ -50,6 +50,8 @@ assistant with a shell can approve its own requests):
 Examples:
   mcp-coordinator                          serve on stdio with the default database
   mcp-coordinator serve --db :memory:      serve without touching disk
+  MCP_COORDINATOR_DB=postgres://coord:PASSWORD@db.example/team mcp-coordinator serve
+                                           team mode: one PostgreSQL for every coordinator
   mcp-coordinator console                  the oversight console at http://127.0.0.1:8750/
   mcp-coordinator serve --http 127.0.0.1:8760   MCP over HTTP at /mcp (bearer tokens)
   mcp-coordinator token issue --role admin --name me   a bearer token for it
@@ -92,9 +94,18 @@ pub struct GlobalArgs {
     )]
     pub data_dir: Option<PathBuf>,
 
-    /// SQLite database file, or `:memory:` for a database that lives only as long as the process
-    /// [default: coordinator.db in the data directory]
-    #[arg(long, global = true, env = "MCP_COORDINATOR_DB", value_name = "PATH")]
+    /// The database: a SQLite file, `:memory:` for one that lives only as long as the process,
+    /// or a `postgres://USER:PASSWORD@HOST:PORT/DB` URL that a team's coordinators share (the
+    /// password is never printed; MCP_COORDINATOR_DB keeps it off the command line)
+    /// [default: the config's [store] url, else coordinator.db in the data directory]
+    // The value may carry a password: `--help` names the variable but never shows its value.
+    #[arg(
+        long,
+        global = true,
+        env = "MCP_COORDINATOR_DB",
+        hide_env_values = true,
+        value_name = "PATH|URL"
+    )]
     pub db: Option<String>,
 
     /// TOML config file; must exist when given
@@ -221,7 +232,7 @@ fn open_with(global: &GlobalArgs, access: Access) -> anyhow::Result<(Settings, A
     )?;
     mcp_coordinator::store::budget::set_default(settings.config.database.busy_timeout());
     let store = match access {
-        Access::Create => Store::open(&settings.db)?,
+        Access::Create => Store::open_with_pool(&settings.db, settings.config.store.pool_size)?,
         Access::ReadExisting => Store::open_existing(&settings.db)?,
     };
     let signer = AuditSigner::load_or_create(&settings.data_dir)?;

@@ -13,6 +13,7 @@ use mcp_coordinator::audit::AuditLog;
 use mcp_coordinator::auth::{AccessTokens, ProviderTokens};
 use mcp_coordinator::config::Settings;
 use mcp_coordinator::console::{self, Console};
+use mcp_coordinator::fleet::Transports;
 use mcp_coordinator::overseer::{OverseerService, unprotected_warning};
 use mcp_coordinator::server::{self, Coordinator};
 
@@ -121,7 +122,24 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let coordinator_settings = settings.clone();
+    let transports = Transports {
+        stdio: serve_stdio,
+        http: match &listening {
+            Listening::Http { front, .. } => Some(front.resource().to_string()),
+            _ => None,
+        },
+        console: match &listening {
+            Listening::Nothing | Listening::Http { console: None, .. } => None,
+            _ => settings.console_url.clone(),
+        },
+    };
     let coordinator = Coordinator::new(audit, settings, tool_calls)?;
+    // The others on this database see this one from now until it exits (cleanly: then it
+    // says so; killed: its heartbeat ages).
+    let fleet = coordinator.fleet().clone();
+    if let Err(e) = fleet.join(&transports) {
+        tracing::warn!(error = %e, "cannot register in the fleet; other coordinators will not list this one until a heartbeat gets through");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -173,7 +191,12 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         Listening::Nothing => {}
     }
     let stdio = serve_stdio.then_some((input, output));
-    let stopped = runtime.block_on(server::run(coordinator, stdio, shutdown_signal()))?;
+    let stopped = runtime.block_on(server::run(coordinator, stdio, shutdown_signal()));
+    // After the heartbeats ended (server::run stops its workers), off the async threads.
+    if let Err(e) = fleet.leave() {
+        tracing::warn!(error = %e, "cannot mark this coordinator stopped in the fleet; it shows as gone once its heartbeat is old");
+    }
+    let stopped = stopped?;
     console_stop.cancel();
     tracing::info!(?stopped, "stopped");
     // Do not wait for a blocked stdin read: the session is over.

@@ -18,8 +18,9 @@ use crate::approval::ApprovalService;
 use crate::assessment::AssessmentService;
 use crate::audit::{AuditLog, NewEvent};
 use crate::auth::Principal;
-use crate::config::{Settings, ToolGroup};
+use crate::config::{Settings, ToolGroup, Toolset};
 use crate::console::metrics::ToolCalls;
+use crate::fleet::{Capabilities, FleetService, Identity};
 use crate::instance::InstanceService;
 use crate::pipeline::PipelineService;
 use crate::remediation::RemediationService;
@@ -45,6 +46,8 @@ pub(super) struct Inner {
     pub(super) assessments: AssessmentService,
     pub(super) remediations: RemediationService,
     pub(super) instances: InstanceService,
+    /// This process's place among the coordinators sharing the database.
+    pub(super) fleet: FleetService,
     /// Clients to tell when the tool list changes, and legacy resource subscriptions, of
     /// every session this process serves.
     pub(super) listeners: listeners::Listeners,
@@ -153,6 +156,27 @@ impl Coordinator {
             settings.config.instances.clone(),
             &session_id,
         );
+        let fleet = FleetService::new(
+            audit.store().clone(),
+            Identity::this_process(
+                &session_id,
+                Capabilities {
+                    toolsets: Toolset::BUILT_IN
+                        .into_iter()
+                        .filter(|t| tools.toolset_size(*t).0 > 0)
+                        .map(|t| t.as_str().to_string())
+                        .collect(),
+                    instance_types: settings.config.instance_types.keys().cloned().collect(),
+                },
+                settings
+                    .config
+                    .tools
+                    .toolsets
+                    .iter()
+                    .map(|t| t.as_str().to_string())
+                    .collect(),
+            ),
+        );
         let remediations = RemediationService::new(
             audit.clone(),
             approvals.clone(),
@@ -170,6 +194,7 @@ impl Coordinator {
                 assessments,
                 remediations,
                 instances,
+                fleet,
                 listeners: listeners::Listeners::default(),
                 audit_queue: audit_writer::AuditQueue::new(),
                 workers: Arc::default(),
@@ -221,6 +246,12 @@ impl Coordinator {
 
     pub fn instances(&self) -> &InstanceService {
         &self.inner.instances
+    }
+
+    /// This process's place in the fleet: `cli::serve` joins and leaves, the workers
+    /// heartbeat, `coordinator_status` lists the others.
+    pub fn fleet(&self) -> &FleetService {
+        &self.inner.fleet
     }
 
     pub fn codec(&self) -> &RequestStateCodec {

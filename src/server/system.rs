@@ -135,6 +135,10 @@ pub struct StatusOutput {
     /// Tool groups switched off by the config file.
     pub disabled_groups: Vec<ToolGroup>,
     pub uptime_seconds: f64,
+    /// Every coordinator process on this database (this one included, `this_process`), live
+    /// ones first: how each is reached, and its health from its heartbeat's age (`ok`,
+    /// `stale` after 30 s, `gone` after 5 minutes without one, `stopped` after a clean exit).
+    pub fleet: Vec<crate::fleet::Member>,
 }
 
 async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<StatusOutput, Failure> {
@@ -144,9 +148,10 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
             store.health()?,
             store.schema_version()?,
             store.table_counts()?,
+            c.fleet().members()?,
         ))
     });
-    let (mut health, schema_version, counts) = db.map_err(|e| ToolError::store(&e))?;
+    let (mut health, schema_version, counts, fleet) = db.map_err(|e| ToolError::store(&e))?;
     let unaudited = c.unaudited_calls();
     if let Some(u) = &unaudited {
         health = format!(
@@ -209,6 +214,7 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
         tools_offered: c.offered_count(call.principal.as_ref()),
         disabled_groups: settings.config.tools.disabled_groups.clone(),
         uptime_seconds: c.uptime().as_secs_f64(),
+        fleet,
     })
 }
 

@@ -63,6 +63,7 @@ impl Workers {
             c.tasks().periodic(),
             c.pipelines().periodic(),
             c.remediations().periodic(),
+            c.fleet().periodic(),
         ];
         for work in periodic.into_iter().flatten() {
             self.jobs.spawn(run_every(work, self.stop.clone()));

@@ -17,6 +17,7 @@ mod checkpointer;
 mod closed;
 pub mod copy;
 mod error;
+pub mod fleet;
 pub mod instance;
 mod lite;
 mod open;

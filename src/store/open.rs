@@ -27,6 +27,7 @@ pub(super) const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("migrations/0011_console_decisions.sql")),
     M::up(include_str!("migrations/0012_instance_snapshots.sql")),
     M::up(include_str!("migrations/0013_access_tokens.sql")),
+    M::up(include_str!("migrations/0014_coordinators.sql")),
 ];
 
 pub(super) fn open_connection(location: &Location) -> Result<Connection, StoreError> {

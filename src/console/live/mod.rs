@@ -4,14 +4,15 @@
 //! The dashboard is one element per section (`data-live="NAME"`) holding a fragment rendered
 //! here; the page carries every fragment on load (it works without JavaScript), and the
 //! stream (`stream.rs`) sends a section's fragment again whenever it changes, which the one
-//! script puts in place. One file per section: `agents.rs`, `queue.rs`, `pipelines.rs` (with
-//! the run page), `instances.rs`, `assessments.rs` (with the assessment page),
+//! script puts in place. One file per section: `coordinators.rs`, `agents.rs`, `queue.rs`,
+//! `pipelines.rs` (with the run page), `instances.rs`, `assessments.rs` (with the assessment page),
 //! `remediations.rs`. Everything shown goes through the same redacted views the tools return;
 //! free-form values (stage outputs, agent metadata) are masked again with the audit log's
 //! redaction before they are shown.
 
 mod agents;
 mod assessments;
+mod coordinators;
 mod instances;
 mod pipelines;
 mod queue;
@@ -50,6 +51,8 @@ pub fn routes() -> Router<Console> {
 /// A live section: one of the dashboard's, or a pipeline run's page.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Section {
+    /// The coordinator processes on this database and their health.
+    Coordinators,
     /// Registered agents: health, load, capabilities.
     Agents,
     /// The task queue: counts, oldest queued, dead letters, throughput, recent tasks.
@@ -67,7 +70,8 @@ pub enum Section {
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
+        Section::Coordinators,
         Section::Agents,
         Section::Queue,
         Section::Pipelines,
@@ -79,6 +83,7 @@ impl Section {
     /// The name in `data-live` and in the event stream.
     pub fn name(&self) -> String {
         let fixed = match self {
+            Section::Coordinators => "coordinators",
             Section::Agents => "agents",
             Section::Queue => "queue",
             Section::Pipelines => "pipelines",
@@ -92,6 +97,7 @@ impl Section {
 
     fn title(&self) -> &'static str {
         match self {
+            Section::Coordinators => "Coordinators",
             Section::Agents => "Agents",
             Section::Queue => "Queue",
             Section::Pipelines => "Pipeline runs",
@@ -165,6 +171,7 @@ impl Views {
     /// A section's fragment as it is now (a failed read is said in the fragment).
     pub(super) fn render(&self, section: &Section) -> Markup {
         let rendered = match section {
+            Section::Coordinators => coordinators::fragment(&self.store),
             Section::Agents => agents::fragment(self.tasks.agents()),
             Section::Queue => queue::fragment(&self.tasks),
             Section::Pipelines => pipelines::fragment(&self.pipelines),

@@ -11,7 +11,24 @@ const SCHEMA: &str = include_str!("schema.sql");
 /// The SQLite migration `SCHEMA` brings a database to.
 const SCHEMA_VERSION: i64 = 13;
 /// Later migrations (number, SQL), in order; each has a SQLite twin of the same number.
-const LATER: &[(i64, &str)] = &[];
+const LATER: &[(i64, &str)] = &[(14, COORDINATORS)];
+
+/// 0014 (`migrations/0014_coordinators.sql`): the coordinator processes sharing the database.
+const COORDINATORS: &str = r#"
+CREATE TABLE coordinators (
+    id            TEXT COLLATE "C" PRIMARY KEY,     -- the process's session id: random per start
+    host          TEXT COLLATE "C" NOT NULL,
+    pid           BIGINT NOT NULL,
+    version       TEXT COLLATE "C" NOT NULL,
+    transports    TEXT COLLATE "C" NOT NULL,        -- JSON object: stdio, http, url, console
+    capabilities  TEXT COLLATE "C" NOT NULL,        -- JSON object
+    toolsets      TEXT COLLATE "C" NOT NULL,        -- JSON array
+    started_at    TEXT COLLATE "C" NOT NULL,
+    heartbeat_ms  BIGINT NOT NULL,                  -- the database's clock, ms since the epoch
+    stopped_at    TEXT COLLATE "C"                  -- set on a clean exit
+);
+CREATE INDEX coordinators_heartbeat ON coordinators (heartbeat_ms);
+"#;
 
 /// The lock migrations take, so that coordinators starting at once apply them one at a time.
 const MIGRATE_LOCK: i64 = 0x6d63_7063_6d69_6772; // "mcpcmigr"
