@@ -3,9 +3,11 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod console;
+pub mod fleet;
 pub mod http;
 pub mod idp;
 pub mod setup;
+pub mod team;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
