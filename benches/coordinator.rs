@@ -5,9 +5,9 @@
 //! a security assessment of 202 config files, and the cost of child MCP instances (added
 //! latency and throughput of proxied tool calls, cold start with autostarted children, memory
 //! with 20 children), and the server time of the console's approvals, audit and `/metrics`
-//! pages, and `tools/call` over streamable HTTP beside stdio (`benches/coordinator/http.rs`),
-//! each next to its target. Run with `cargo bench --bench coordinator`;
-//! `BENCH_ONLY=server,memory,audit,queue,pipelines,assessments,console,instances,http` picks
+//! pages, `tools/call` over streamable HTTP beside stdio (`benches/coordinator/http.rs`), and
+//! the task queue on PostgreSQL (`benches/coordinator/postgres.rs`), each next to its target. Run with `cargo bench --bench coordinator`;
+//! `BENCH_ONLY=server,memory,audit,queue,pipelines,assessments,console,instances,http,postgres` picks
 //! sections and `BENCH_QUICK=1` shrinks the counts about tenfold for a smoke run. It prints figures and
 //! asserts nothing about timing.
 
@@ -15,6 +15,8 @@
 
 #[path = "coordinator/http.rs"]
 mod http;
+#[path = "coordinator/postgres.rs"]
+mod postgres;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -2907,6 +2909,9 @@ fn main() {
     if wants("http") {
         let http_dir = tempfile::tempdir().expect("temp dir");
         http::bench_http(&counts, http_dir.path());
+    }
+    if wants("postgres") {
+        postgres::bench_postgres(&counts);
     }
     if wants("instances") {
         let instance_dir = tempfile::tempdir().expect("temp dir");

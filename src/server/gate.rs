@@ -444,6 +444,7 @@ async fn wait_out_of_band(
     let id = approval.id.clone();
     let how = where_decided(c, &approval);
     let started = Instant::now();
+    let mut seen = Seen::default();
     let mut last_progress = Instant::now() - PROGRESS_EVERY;
     while started.elapsed() < wait {
         if last_progress.elapsed() >= PROGRESS_EVERY {
@@ -460,7 +461,7 @@ async fn wait_out_of_band(
             () = call.cancel.cancelled() => break,
             () = tokio::time::sleep(POLL) => {}
         }
-        if let Some(decided) = poll_decided(c, &approval).await? {
+        if let Some(decided) = poll_decided(c, &approval, &mut seen).await? {
             return Ok(outcome(c, decided, None));
         }
     }
@@ -478,9 +479,38 @@ async fn wait_out_of_band(
     Ok(outcome(c, approval, Some(reason)))
 }
 
+/// What a waiting call last saw of the database: it reads its approval again only when
+/// something was committed since (by any coordinator: on PostgreSQL the version comes from
+/// notifications, so a waiting call costs no query until something changes), and every few
+/// seconds anyway.
+#[derive(Default)]
+pub(super) struct Seen {
+    version: Option<u64>,
+    read_at: Option<Instant>,
+}
+
+/// How often a waiting call reads its approval even when nothing seems to have changed.
+const READ_ANYWAY: Duration = Duration::from_secs(5);
+
 /// The approval if it is no longer pending (decided elsewhere, or expired just now). A cheap
 /// read while it is pending and unexpired; the full read (which records the expiry) otherwise.
-async fn poll_decided(c: &Coordinator, approval: &Approval) -> Result<Option<Approval>, Failure> {
+async fn poll_decided(
+    c: &Coordinator,
+    approval: &Approval,
+    seen: &mut Seen,
+) -> Result<Option<Approval>, Failure> {
+    let version = c
+        .blocking(|c| c.store().data_version().ok())
+        .await
+        .ok()
+        .flatten();
+    let due = seen.read_at.is_none_or(|t| t.elapsed() >= READ_ANYWAY);
+    let expired = approval.is_expired_at(&crate::audit::chain::now_ts());
+    if !due && !expired && version.is_some() && version == seen.version {
+        return Ok(None);
+    }
+    seen.version = version;
+    seen.read_at = Some(Instant::now());
     let id = approval.id.clone();
     let state = c
         .blocking(move |c| c.approvals().peek_state(&id))
@@ -643,6 +673,7 @@ async fn elicit_legacy(
     let started = Instant::now();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut poll = tokio::time::interval(POLL);
+    let mut seen = Seen::default();
     enum Ended {
         Answered(Result<rmcp::model::ClientResult, rmcp::ServiceError>),
         Cancelled,
@@ -657,7 +688,7 @@ async fn elicit_legacy(
                 call.progress(secs as f64, None, format!("asking a person to decide approval {id} ({secs}s){how}")).await;
             }
             _ = poll.tick() => {
-                if let Some(decided) = poll_decided(c, &approval).await? {
+                if let Some(decided) = poll_decided(c, &approval, &mut seen).await? {
                     break Ended::DecidedElsewhere(Box::new(decided));
                 }
             }

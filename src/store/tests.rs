@@ -349,3 +349,150 @@ mod postgres {
         }
     }
 }
+
+mod postgres_only {
+    use std::time::{Duration, Instant};
+
+    use crate::args;
+    use crate::store::{Location, Store, StoreError, testing};
+
+    fn insert_agent(store: &Store, id: &str) -> Result<usize, StoreError> {
+        store.write(|tx| {
+            tx.exec(
+                "INSERT INTO agents (id, name, agent_type, capabilities, endpoints, resources,
+                     metadata, status, load, registered_at, last_heartbeat_ms, token_generation)
+                 VALUES (?1, ?1, 'worker', '[]', '{}', '{}', '{}', 'ready', 0, 'now', 0, 0)",
+                args![id],
+            )
+        })
+    }
+
+    /// A commit through one coordinator's store changes the data version another coordinator
+    /// sees, by notification, well within a second.
+    #[test]
+    fn a_commit_anywhere_is_seen_everywhere_within_a_second() {
+        let url = testing::fresh_database("notify");
+        let location = Location::from_arg(&url).unwrap_or_else(|e| panic!("{e}"));
+        let a = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
+        let b = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
+        let before = a.data_version().unwrap_or_else(|e| panic!("{e}"));
+        let started = Instant::now();
+        insert_agent(&b, "n1").unwrap_or_else(|e| panic!("{e}"));
+        while a.data_version().unwrap_or_else(|e| panic!("{e}")) == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "no notification within a second"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Connections the server drops are replaced: the next write succeeds on a new one
+    /// rather than failing or crashing.
+    #[test]
+    fn a_lost_connection_is_replaced_and_reported() {
+        let url = testing::fresh_database("lost");
+        let location = Location::from_arg(&url).unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open_with_pool(&location, 1).unwrap_or_else(|e| panic!("{e}"));
+        insert_agent(&store, "l1").unwrap_or_else(|e| panic!("{e}"));
+        let admin = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
+        let killed = admin.read(|tx| {
+            tx.one(
+                "SELECT CAST(COUNT(pg_terminate_backend(pid)) AS BIGINT) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()
+                   AND application_name = 'mcp-coordinator' AND query NOT LIKE 'LISTEN%'",
+                args![],
+                |r| r.get::<i64>(0),
+            )
+        });
+        assert!(
+            killed.as_ref().is_ok_and(|n| n.is_some_and(|n| n >= 1)),
+            "{killed:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let again = insert_agent(&store, "l2");
+        assert_eq!(
+            again.map_err(|e| e.to_string()),
+            Ok(1),
+            "the write is retried"
+        );
+        let n =
+            store.read(|tx| tx.one("SELECT COUNT(*) FROM agents", args![], |r| r.get::<i64>(0)));
+        assert_eq!(n.map_err(|e| e.to_string()), Ok(Some(2)));
+    }
+
+    /// Coordinators starting at once on an empty database all come up: the schema is applied
+    /// once, under the migration lock.
+    #[test]
+    fn coordinators_starting_at_once_all_migrate() {
+        let url = testing::fresh_database("migrate");
+        let location = Location::from_arg(&url).unwrap_or_else(|e| panic!("{e}"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let (location, barrier) = (location.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Store::open(&location)
+                        .map(|s| s.schema_version().map_err(|e| e.to_string()))
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for opener in openers {
+            let version = opener
+                .join()
+                .unwrap_or_else(|_| panic!("an opener panicked"));
+            assert_eq!(
+                version,
+                Ok(Ok(Store::known_schema_version() as i64)),
+                "every opener sees the whole schema"
+            );
+        }
+    }
+
+    /// Read-then-write transactions of two coordinators never interleave: 2 x 200 increments of
+    /// one value read and written back lose none.
+    #[test]
+    fn writes_of_two_coordinators_are_serialised() {
+        let url = testing::fresh_database("serial");
+        let location = Location::from_arg(&url).unwrap_or_else(|e| panic!("{e}"));
+        let first = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
+        insert_agent(&first, "c").unwrap_or_else(|e| panic!("{e}"));
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let store = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
+                std::thread::spawn(move || {
+                    for _ in 0..200 {
+                        store
+                            .write(|tx| {
+                                let n = tx
+                                    .one(
+                                        "SELECT token_generation FROM agents WHERE id = 'c'",
+                                        args![],
+                                        |r| r.get::<i64>(0),
+                                    )?
+                                    .unwrap_or(0);
+                                tx.exec(
+                                    "UPDATE agents SET token_generation = ?1 WHERE id = 'c'",
+                                    args![n + 1],
+                                )
+                            })
+                            .unwrap_or_else(|e: StoreError| panic!("{e}"));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap_or_else(|_| panic!("a writer panicked"));
+        }
+        let n = first.read(|tx| {
+            tx.one(
+                "SELECT token_generation FROM agents WHERE id = 'c'",
+                args![],
+                |r| r.get::<i64>(0),
+            )
+        });
+        assert_eq!(n.map_err(|e| e.to_string()), Ok(Some(400)));
+    }
+}

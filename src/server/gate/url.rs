@@ -19,7 +19,7 @@ use rmcp::model::{
 use serde_json::json;
 
 use super::{
-    ApprovalRequestOutput, POLL, PROGRESS_EVERY, PendingReason, URL_STATE_CONTEXT, answer_of,
+    ApprovalRequestOutput, POLL, PROGRESS_EVERY, PendingReason, Seen, URL_STATE_CONTEXT, answer_of,
     input_required, outcome, poll_decided, refresh, refuse_state, send_question, wait_out_of_band,
     where_decided,
 };
@@ -52,6 +52,7 @@ pub(super) async fn elicit(
     let started = Instant::now();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut poll = tokio::time::interval(POLL);
+    let mut seen = Seen::default();
     // `None` until the client answers; then whether the person agreed to open the page.
     let mut opened: Option<bool> = None;
     enum Ended {
@@ -83,7 +84,7 @@ pub(super) async fn elicit(
                 call.progress(secs as f64, None, format!("waiting for a person to decide approval {id} ({secs}s){how}")).await;
             }
             _ = poll.tick() => {
-                if let Some(decided) = poll_decided(c, &approval).await? {
+                if let Some(decided) = poll_decided(c, &approval, &mut seen).await? {
                     break Ended::Decided(Box::new(decided));
                 }
             }
@@ -236,6 +237,7 @@ pub(crate) async fn resume(
     let started = Instant::now();
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     let mut poll = tokio::time::interval(POLL);
+    let mut seen = Seen::default();
     loop {
         tokio::select! {
             () = call.cancel.cancelled() => {
@@ -247,7 +249,7 @@ pub(crate) async fn resume(
                 call.progress(secs as f64, None, format!("waiting for a person to decide approval {id} ({secs}s){how}")).await;
             }
             _ = poll.tick() => {
-                if let Some(decided) = poll_decided(c, &approval).await? {
+                if let Some(decided) = poll_decided(c, &approval, &mut seen).await? {
                     return Ok(outcome(c, decided, None));
                 }
             }

@@ -106,6 +106,14 @@ pub(super) struct Pg {
     /// Notifications seen on [`CHANNEL`] (and reconnects of the listener).
     notified: Arc<AtomicU64>,
     listening: OnceLock<()>,
+    /// Ends the listener when the store is dropped.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 /// A pooled connection.
@@ -153,6 +161,7 @@ impl Pg {
             shown,
             notified: Arc::new(AtomicU64::new(0)),
             listening: OnceLock::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -194,8 +203,18 @@ impl Pg {
     where
         E: From<StoreError>,
     {
-        let conn = self.get()?;
-        self.begin(&conn)?;
+        let mut conn = self.get()?;
+        if let Err(e) = self.begin(&conn) {
+            // A pooled connection the server or the network dropped meanwhile fails at BEGIN,
+            // before anything of this transaction ran: try once more on a fresh one.
+            if !matches!(e, StoreError::Unavailable { .. }) {
+                return Err(e.into());
+            }
+            tracing::warn!(database = %self.shown, error = %e, "PostgreSQL: a connection was lost; retrying on a new one");
+            drop(conn);
+            conn = self.get()?;
+            self.begin(&conn)?;
+        }
         match f(&Tx::pg(&conn)) {
             Ok(value) => {
                 conn.batch(&format!("NOTIFY {CHANNEL}; COMMIT"))?;
@@ -274,6 +293,7 @@ impl Pg {
         let config = self.config.clone();
         let notified = self.notified.clone();
         let shown = self.shown.clone();
+        let stop = self.stop.clone();
         let mut started = false;
         self.listening.get_or_init(|| {
             started = true;
@@ -284,7 +304,11 @@ impl Pg {
         conn::spawn(async move {
             let mut ready = Some(ready_tx);
             loop {
-                match listen_once(&config, &notified, &mut ready).await {
+                let ended = tokio::select! {
+                    () = stop.cancelled() => return,
+                    ended = listen_once(&config, &notified, &mut ready) => ended,
+                };
+                match ended {
                     Ok(()) => {
                         tracing::warn!(database = %shown, "PostgreSQL: the listening connection ended; reconnecting")
                     }
@@ -296,7 +320,10 @@ impl Pg {
                     }
                 }
                 notified.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         })?;
         match ready_rx.recv_timeout(CONNECT_TIMEOUT) {
