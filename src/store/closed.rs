@@ -55,17 +55,6 @@ pub(super) fn get_lite<T: FromStr>(
     })
 }
 
-pub(super) fn get_opt_lite<T: FromStr>(
-    r: &rusqlite::Row<'_>,
-    idx: usize,
-    column: &'static str,
-) -> rusqlite::Result<Option<T>> {
-    match r.get_ref(idx)? {
-        rusqlite::types::ValueRef::Null => Ok(None),
-        _ => get_lite(r, idx, column).map(Some),
-    }
-}
-
 pub(super) fn error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::FromSqlConversionFailure(idx, ty, inner) => {

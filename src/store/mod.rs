@@ -179,6 +179,7 @@ impl<'c> Tx<'c> {
 
     /// The SQLite connection under the handle, for the few statements only SQLite has
     /// (`EXPLAIN QUERY PLAN` in tests); `None` on PostgreSQL.
+    #[cfg(test)]
     pub(in crate::store) fn sqlite(&self) -> Option<&'c Connection> {
         match self.inner {
             TxInner::Lite(c) => Some(c),

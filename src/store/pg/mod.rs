@@ -165,11 +165,6 @@ impl Pg {
         })
     }
 
-    /// The database, for messages: the URL without its password.
-    pub(super) fn shown(&self) -> &str {
-        &self.shown
-    }
-
     /// A connection from the pool, waiting at most the current budget (or the connect
     /// timeout) for one to come free.
     pub(super) fn get(&self) -> Result<Pooled, StoreError> {
