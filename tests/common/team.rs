@@ -87,6 +87,7 @@ async fn connect(url: &str, bearer: &str, era: Era, name: &str) -> Result<Client
     retry.max_times = Some(3);
     retry.duration = Duration::from_millis(300);
     config.retry_config = Arc::new(retry);
+    config.session_recovery_timeout = Duration::from_secs(1);
     let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
     let lifecycle = match era {
         Era::Legacy => ClientLifecycleMode::Initialize,
@@ -355,7 +356,10 @@ pub async fn worker(
         for t in &tasks {
             let id = t["id"].as_str().unwrap().to_string();
             *stats.runs.lock().unwrap().entry(id.clone()).or_default() += 1;
-            let result = json!({"kind": t["kind"], "params": t["params"], "by": spec.name});
+            // Not the params themselves: a stage's task carries the outputs of the stages
+            // before it, so echoing them would nest each stage deeper than the last.
+            let result = json!({"kind": t["kind"], "n": t["params"]["n"],
+                                "stage": t["params"]["params"]["stage"], "by": spec.name});
             pending.push((id, result));
         }
         while !pending.is_empty() {
