@@ -68,12 +68,16 @@ fn a_team_of_three_coordinators_on_postgresql_survives_kill_9() {
 
 /// The scenario's directory: removed at the end, or kept with `TEAM_KEEP=1` (the logs of every
 /// coordinator start are in `coordinator-I/serve.log`).
-struct Root(Option<tempfile::TempDir>, std::path::PathBuf);
+struct Root {
+    /// Removes the directory when dropped, unless kept.
+    _dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+}
 
 impl std::ops::Deref for Root {
     type Target = Path;
     fn deref(&self) -> &Path {
-        &self.1
+        &self.path
     }
 }
 
@@ -81,10 +85,13 @@ fn keep(dir: tempfile::TempDir) -> Root {
     if std::env::var("TEAM_KEEP").is_ok_and(|v| v == "1") {
         let path = dir.keep();
         eprintln!("[team] keeping {}", path.display());
-        Root(None, path)
+        Root { _dir: None, path }
     } else {
         let path = dir.path().to_path_buf();
-        Root(Some(dir), path)
+        Root {
+            _dir: Some(dir),
+            path,
+        }
     }
 }
 
