@@ -1,9 +1,9 @@
 //! SQL for the audit tables: append an event row, read the head, page through events with
 //! filters, stream the whole chain in order, and store and read head signatures.
 
-use rusqlite::{OptionalExtension, Row, params};
-
+use super::sql::{Param, Row, Val, Value};
 use super::{StoreError, Tx};
+use crate::args;
 
 /// One row of `audit_events`, exactly as stored (the detail is the JSON text that was hashed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,7 +53,7 @@ pub enum Order {
 
 const COLUMNS: &str = "seq, ts, actor, action, subject, outcome, detail, prev_hash, hash";
 
-fn event_from_row(r: &Row<'_>) -> rusqlite::Result<EventRow> {
+fn event_from_row(r: &Row<'_>) -> Result<EventRow, StoreError> {
     Ok(EventRow {
         seq: r.get(0)?,
         ts: r.get(1)?,
@@ -77,17 +77,17 @@ pub struct Head {
 
 /// The newest event's sequence number, hash and time, if any.
 pub fn head(tx: &Tx<'_>) -> Result<Option<Head>, StoreError> {
-    tx.conn()
-        .prepare_cached("SELECT seq, hash, ts FROM audit_events ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| {
+    tx.one(
+        "SELECT seq, hash, ts FROM audit_events ORDER BY seq DESC LIMIT 1",
+        args![],
+        |r| {
             Ok(Head {
                 seq: r.get(0)?,
                 hash: r.get(1)?,
                 ts: r.get(2)?,
             })
-        })
-        .optional()
-        .map_err(StoreError::from_sqlite)
+        },
+    )
 }
 
 /// The first sequence number whose event is at or after `ts` (a stored-form time), or one past
@@ -97,16 +97,14 @@ pub fn head(tx: &Tx<'_>) -> Result<Option<Head>, StoreError> {
 fn first_seq_at_or_after(tx: &Tx<'_>, head_seq: i64, ts: &str) -> Result<i64, StoreError> {
     // The event at or after `seq` (seq has no gaps, but a lookup that tolerates them costs
     // nothing more).
-    let mut at = tx
-        .conn()
-        .prepare_cached("SELECT seq, ts FROM audit_events WHERE seq >= ?1 ORDER BY seq LIMIT 1")?;
     let (mut lo, mut hi) = (1, head_seq + 1);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
-        let found: Option<(i64, String)> = at
-            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(StoreError::from_sqlite)?;
+        let found: Option<(i64, String)> = tx.one(
+            "SELECT seq, ts FROM audit_events WHERE seq >= ?1 ORDER BY seq LIMIT 1",
+            args![mid],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
         match found {
             Some((seq, t)) if t.as_str() < ts => lo = seq + 1,
             _ => hi = mid,
@@ -116,48 +114,83 @@ fn first_seq_at_or_after(tx: &Tx<'_>, head_seq: i64, ts: &str) -> Result<i64, St
 }
 
 /// Inserts one event row. The caller computed its hash over these exact values and holds the
-/// write transaction, so no other writer can slip in between reading the head and this insert.
+/// write transaction (SQLite's write lock; on PostgreSQL the advisory lock every coordinator
+/// takes in `Store::write`, and each statement reads what committed before it), so no other
+/// writer can slip in between reading the head and this insert: one gapless chain, one head.
+/// Were one to, the primary key on `seq` refuses the second row as a conflict.
 pub fn insert(tx: &Tx<'_>, row: &EventRow) -> Result<(), StoreError> {
-    tx.conn().prepare_cached(
+    tx.exec(
         "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        row.seq,
-        row.ts,
-        row.actor,
-        row.action,
-        row.subject,
-        row.outcome,
-        row.detail,
-        row.prev_hash,
-        row.hash
-    ])
-    .map_err(StoreError::from_sqlite)?;
+        args![
+            row.seq,
+            row.ts,
+            row.actor,
+            row.action,
+            row.subject,
+            row.outcome,
+            row.detail,
+            row.prev_hash,
+            row.hash
+        ],
+    )?;
     Ok(())
 }
 
 /// Appends a text condition for an exact or `prefix*` match.
 fn push_text_filter(
     sql: &mut String,
-    args: &mut Vec<rusqlite::types::Value>,
+    args: &mut Vec<Value>,
+    dialect: Dialect,
     column: &str,
     value: &Option<String>,
 ) {
     let Some(value) = value else { return };
     match value.strip_suffix('*') {
         Some(prefix) => {
-            args.push(prefix.to_string().into());
-            sql.push_str(&format!(
-                " AND substr({column}, 1, length(?{n})) = ?{n}",
-                n = args.len()
-            ));
+            args.push(Value::Text(prefix.to_string()));
+            let n = args.len();
+            // Both compare characters, byte for byte (PostgreSQL's columns are COLLATE "C"),
+            // and neither reads an index: a prefix filter takes the bounded path (needs_bound).
+            sql.push_str(&match dialect {
+                Dialect::Sqlite => format!(" AND substr({column}, 1, length(?{n})) = ?{n}"),
+                Dialect::Postgres => format!(" AND starts_with({column}, ?{n})"),
+            });
         }
         None => {
-            args.push(value.clone().into());
+            args.push(Value::Text(value.clone()));
             sql.push_str(&format!(" AND {column} = ?{}", args.len()));
         }
     }
+}
+
+/// Which database a query is spelled for (the few places the audit queries differ: index
+/// hints, the prefix match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    fn of(tx: &Tx<'_>) -> Self {
+        if tx.is_postgres() {
+            Dialect::Postgres
+        } else {
+            Dialect::Sqlite
+        }
+    }
+}
+
+/// Runs a built query (its SQL and owned arguments), mapping every row.
+fn run_all<T>(
+    tx: &Tx<'_>,
+    sql: &str,
+    args: &[Value],
+    f: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
+    let vals: Vec<Val<'_>> = args.iter().map(Param::val).collect();
+    tx.all(sql, &vals, f)
 }
 
 /// Up to `limit` events matching `filter`, newest first.
@@ -174,11 +207,8 @@ pub fn page_in(
     limit: u32,
 ) -> Result<Vec<EventRow>, StoreError> {
     let (since, until) = seq_bounds(tx, filter)?;
-    let (sql, args) = page_sql(filter, since, until, order, limit);
-    let mut stmt = tx.conn().prepare(&sql)?;
-    let rows = stmt.query_map(rusqlite::params_from_iter(args), event_from_row)?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+    let (sql, args) = page_sql(Dialect::of(tx), filter, since, until, order, limit);
+    run_all(tx, &sql, &args, event_from_row)
 }
 
 /// The seq bounds of the filter's time range (see first_seq_at_or_after), under one read of
@@ -311,16 +341,14 @@ pub fn page_bounded(
                 ..f
             },
         };
-        let (sql, args) = reach_sql(&f, order);
-        let mut stmt = tx.conn().prepare(&sql)?;
-        stmt.query_row(rusqlite::params_from_iter(args), |r| r.get(0))
-            .optional()
-            .map_err(StoreError::from_sqlite)
+        let (sql, args) = reach_sql(Dialect::of(tx), &f, order);
+        Ok(run_all(tx, &sql, &args, |r| r.get(0))?.into_iter().next())
     };
     // The range read: through the index whose span reaches furthest when it reaches further
     // than the primary key's (named with INDEXED BY: the planner might read the other one over
     // the whole range), else by the primary key alone, told so with NOT INDEXED (an index
-    // would read every one of its entries in the range).
+    // would read every one of its entries in the range). PostgreSQL has no index hints: its
+    // planner, which keeps statistics, chooses within the same seq range.
     let (first, last, by_index) = match order {
         Order::NewestFirst => {
             let last = filter.before_seq.map_or(upper, |b| b - 1).min(upper);
@@ -367,12 +395,8 @@ pub fn page_bounded(
         after_seq: Some(first - 1),
         ..filter.clone()
     };
-    let (sql, args) = span_sql(&f, order, limit, by_index);
-    let mut stmt = tx.conn().prepare(&sql)?;
-    let rows = stmt
-        .query_map(rusqlite::params_from_iter(args), event_from_row)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)?;
+    let (sql, args) = span_sql(Dialect::of(tx), &f, order, limit, by_index);
+    let rows = run_all(tx, &sql, &args, event_from_row)?;
     Ok(Bounded {
         rows,
         first,
@@ -385,23 +409,28 @@ pub fn page_bounded(
 
 /// The query that finds the seq of the [`INDEX_SPAN`]th event matching `cond` (an index
 /// condition, with seq bounds) in `order`: a walk of the index alone.
-fn reach_sql(cond: &EventFilter, order: Order) -> (String, Vec<rusqlite::types::Value>) {
-    let (sql, mut args) = page_sql(cond, None, None, order, 1);
+fn reach_sql(dialect: Dialect, cond: &EventFilter, order: Order) -> (String, Vec<Value>) {
+    let (sql, mut args) = page_sql(dialect, cond, None, None, order, 1);
     let sql = sql.replacen(&format!("SELECT {COLUMNS}"), "SELECT seq", 1);
-    args.push((INDEX_SPAN - 1).into());
+    args.push(Value::Int(INDEX_SPAN - 1));
     let sql = format!("{sql} OFFSET ?{}", args.len());
     (sql, args)
 }
 
 /// The query [`page_bounded`] runs over its seq range: through the index it chose (by name,
-/// one of [`index_conditions`]'), or by the primary key alone.
+/// one of [`index_conditions`]'), or by the primary key alone. On PostgreSQL, which has no
+/// index hints, the planner chooses.
 fn span_sql(
+    dialect: Dialect,
     filter: &EventFilter,
     order: Order,
     limit: u32,
     by_index: Option<&str>,
-) -> (String, Vec<rusqlite::types::Value>) {
-    let (sql, args) = page_sql(filter, None, None, order, limit);
+) -> (String, Vec<Value>) {
+    let (sql, args) = page_sql(dialect, filter, None, None, order, limit);
+    if dialect == Dialect::Postgres {
+        return (sql, args);
+    }
     let source = match by_index {
         Some(name) => format!("FROM audit_events INDEXED BY {name}"),
         None => "FROM audit_events NOT INDEXED".to_string(),
@@ -411,14 +440,15 @@ fn span_sql(
 
 /// The query [`page_in`] runs, and its arguments, given the seq bounds of its time range.
 fn page_sql(
+    dialect: Dialect,
     filter: &EventFilter,
     since_seq: Option<i64>,
     until_seq: Option<i64>,
     order: Order,
     limit: u32,
-) -> (String, Vec<rusqlite::types::Value>) {
+) -> (String, Vec<Value>) {
     let mut sql = format!("SELECT {COLUMNS} FROM audit_events WHERE 1=1");
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    let mut args: Vec<Value> = Vec::new();
     // The ts conditions stay beside the seq bounds: a chain written before appends kept time
     // order may step back where a clock did, and then the page misses rather than includes
     // events near that step.
@@ -428,30 +458,30 @@ fn page_sql(
     // mere filter.
     if let Some(since) = &filter.since {
         if let Some(seq) = since_seq {
-            args.push(seq.into());
+            args.push(Value::Int(seq));
             sql.push_str(&format!(" AND seq >= ?{}", args.len()));
         }
-        args.push(since.clone().into());
+        args.push(Value::Text(since.clone()));
         sql.push_str(&format!(" AND ts >= ?{}", args.len()));
     }
     if let Some(until) = &filter.until {
         if let Some(seq) = until_seq {
-            args.push(seq.into());
+            args.push(Value::Int(seq));
             sql.push_str(&format!(" AND seq < ?{}", args.len()));
         }
-        args.push(until.clone().into());
+        args.push(Value::Text(until.clone()));
         sql.push_str(&format!(" AND ts < ?{}", args.len()));
     }
     if let Some(before) = filter.before_seq {
-        args.push(before.into());
+        args.push(Value::Int(before));
         sql.push_str(&format!(" AND seq < ?{}", args.len()));
     }
     if let Some(after) = filter.after_seq {
-        args.push(after.into());
+        args.push(Value::Int(after));
         sql.push_str(&format!(" AND seq > ?{}", args.len()));
     }
-    push_text_filter(&mut sql, &mut args, "actor", &filter.actor);
-    push_text_filter(&mut sql, &mut args, "action", &filter.action);
+    push_text_filter(&mut sql, &mut args, dialect, "actor", &filter.actor);
+    push_text_filter(&mut sql, &mut args, dialect, "action", &filter.action);
     if let Some(action) = &filter.action
         && !action.ends_with('*')
         && !HOT_ACTIONS.contains(&action.as_str())
@@ -459,333 +489,117 @@ fn page_sql(
         let hot: Vec<String> = HOT_ACTIONS.iter().map(|a| format!("'{a}'")).collect();
         sql.push_str(&format!(" AND action NOT IN ({})", hot.join(", ")));
     }
-    push_text_filter(&mut sql, &mut args, "subject", &filter.subject);
-    push_text_filter(&mut sql, &mut args, "outcome", &filter.outcome);
+    push_text_filter(&mut sql, &mut args, dialect, "subject", &filter.subject);
+    push_text_filter(&mut sql, &mut args, dialect, "outcome", &filter.outcome);
     sql.push_str(match order {
         Order::NewestFirst => " ORDER BY seq DESC",
         Order::OldestFirst => " ORDER BY seq",
     });
-    args.push(i64::from(limit).into());
+    args.push(Value::Int(i64::from(limit)));
     sql.push_str(&format!(" LIMIT ?{}", args.len()));
     (sql, args)
 }
 
-/// Calls `f` for every event in sequence order, oldest first, without loading them all.
+/// How many events [`for_each_in_order`] reads per query: it holds no more rows than this at
+/// once on either backend (PostgreSQL's client collects a whole result before it returns it).
+pub const CHAIN_CHUNK: i64 = 5_000;
+
+/// Calls `f` for every event in sequence order, oldest first, without loading them all: in
+/// chunks of [`CHAIN_CHUNK`] by the primary key (`seq > last ORDER BY seq LIMIT n`), so a
+/// chain of a million events costs a chunk of memory, and a gap in the sequence (deleted
+/// events, which the caller reports) ends no chunk early.
 pub fn for_each_in_order<E: From<StoreError>>(
     tx: &Tx<'_>,
+    f: impl FnMut(EventRow) -> Result<(), E>,
+) -> Result<(), E> {
+    for_each_in_chunks(tx, CHAIN_CHUNK, f)
+}
+
+fn for_each_in_chunks<E: From<StoreError>>(
+    tx: &Tx<'_>,
+    chunk: i64,
     mut f: impl FnMut(EventRow) -> Result<(), E>,
 ) -> Result<(), E> {
-    let mut stmt = tx
-        .conn()
-        .prepare(&format!("SELECT {COLUMNS} FROM audit_events ORDER BY seq"))
-        .map_err(StoreError::from_sqlite)?;
-    let mut rows = stmt.query([]).map_err(StoreError::from_sqlite)?;
-    while let Some(row) = rows.next().map_err(StoreError::from_sqlite)? {
-        f(event_from_row(row).map_err(StoreError::from_sqlite)?)?;
+    let chunk = chunk.max(1);
+    let next = format!("SELECT {COLUMNS} FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+    // The first chunk from the smallest seq there is (a row an attacker put below 1 included).
+    let first = next.replace("seq > ?1", "seq >= ?1");
+    let mut after: Option<i64> = None;
+    loop {
+        let rows = match after {
+            None => tx.all(&first, args![i64::MIN, chunk], event_from_row)?,
+            Some(seq) => tx.all(&next, args![seq, chunk], event_from_row)?,
+        };
+        let full = rows.len() as i64 >= chunk;
+        for row in rows {
+            after = Some(row.seq);
+            f(row)?;
+        }
+        if !full {
+            return Ok(());
+        }
     }
-    Ok(())
 }
 
 /// Stores a signature over the chain head. Signing the same head twice is a no-op.
 pub fn insert_signature(tx: &Tx<'_>, sig: &SignatureRow) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
+    tx.exec(
+        if tx.is_postgres() {
+            "INSERT INTO audit_signatures (seq, hash, public_key, signature, signed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING"
+        } else {
             "INSERT OR IGNORE INTO audit_signatures (seq, hash, public_key, signature, signed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
+             VALUES (?1, ?2, ?3, ?4, ?5)"
+        },
+        args![
             sig.seq,
             sig.hash,
             sig.public_key,
             sig.signature,
             sig.signed_at
-        ])
-        .map_err(StoreError::from_sqlite)?;
+        ],
+    )?;
     Ok(())
 }
 
 /// Every stored signature, oldest first.
 pub fn signatures(tx: &Tx<'_>) -> Result<Vec<SignatureRow>, StoreError> {
-    let mut stmt = tx.conn().prepare(
+    tx.all(
         "SELECT seq, hash, public_key, signature, signed_at FROM audit_signatures ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(SignatureRow {
-            seq: r.get(0)?,
-            hash: r.get(1)?,
-            public_key: r.get(2)?,
-            signature: r.get(3)?,
-            signed_at: r.get(4)?,
-        })
-    })?;
-    rows.collect::<Result<Vec<_>, _>>()
-        .map_err(StoreError::from_sqlite)
+        args![],
+        |r| {
+            Ok(SignatureRow {
+                seq: r.get(0)?,
+                hash: r.get(1)?,
+                public_key: r.get(2)?,
+                signature: r.get(3)?,
+                signed_at: r.get(4)?,
+            })
+        },
+    )
 }
 
 /// Whether the chain has a key event (`action`) for `public_key` (its subject).
 pub fn key_added(tx: &Tx<'_>, action: &str, public_key: &str) -> Result<bool, StoreError> {
-    tx.conn()
-        .prepare_cached(
+    // EXISTS is an integer on SQLite and a boolean on PostgreSQL; both read as a bool.
+    Ok(tx
+        .one(
             "SELECT EXISTS(SELECT 1 FROM audit_events WHERE action = ?1 AND subject = ?2)",
+            args![action, public_key],
+            |r| r.get::<bool>(0),
         )?
-        .query_row(params![action, public_key], |r| r.get(0))
-        .map_err(StoreError::from_sqlite)
+        .unwrap_or(false))
 }
 
 /// The sequence number of the newest signed head, if any.
 pub fn last_signed_seq(tx: &Tx<'_>) -> Result<Option<i64>, StoreError> {
-    tx.conn()
-        .prepare_cached("SELECT MAX(seq) FROM audit_signatures")?
-        .query_row([], |r| r.get(0))
-        .map_err(StoreError::from_sqlite)
+    Ok(tx
+        .one("SELECT MAX(seq) FROM audit_signatures", args![], |r| {
+            r.get::<Option<i64>>(0)
+        })?
+        .flatten())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{Location, Store};
-    use rusqlite::Connection;
-
-    /// What the plan of an audit page reads.
-    fn plan(conn: &Connection, filter: &EventFilter) -> Result<String, StoreError> {
-        plan_in(conn, filter, Order::NewestFirst)
-    }
-
-    fn plan_in(
-        conn: &Connection,
-        filter: &EventFilter,
-        order: Order,
-    ) -> Result<String, StoreError> {
-        let (sql, args) = page_sql(filter, None, None, order, 50);
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-        let steps: Vec<String> = stmt
-            .query_map(rusqlite::params_from_iter(args), |r| r.get(3))?
-            .collect::<Result<_, _>>()?;
-        Ok(steps.join("; "))
-    }
-
-    /// A filter on a rare action reads the action index; one on a frequent action, which the
-    /// index leaves out, walks the newest events first (the primary key), never a sort. If
-    /// HOT_ACTIONS and the migration's list drift apart, the first assertion fails.
-    #[test]
-    fn action_filters_read_an_index() -> Result<(), Box<dyn std::error::Error>> {
-        let store = Store::open(&Location::Memory)?;
-        let conn = store.lock();
-        for action in [
-            "approval.approved",
-            "task.failed",
-            "instance.tool_quarantined",
-        ] {
-            let filter = EventFilter {
-                action: Some(action.into()),
-                before_seq: Some(1_000),
-                ..Default::default()
-            };
-            let plan = plan(&conn, &filter)?;
-            assert!(plan.contains("audit_events_action"), "{action}: {plan}");
-            assert!(!plan.contains("TEMP B-TREE"), "{action}: {plan}");
-        }
-        for action in HOT_ACTIONS {
-            let filter = EventFilter {
-                action: Some(action.into()),
-                ..Default::default()
-            };
-            let plan = plan(&conn, &filter)?;
-            assert!(!plan.contains("TEMP B-TREE"), "{action}: {plan}");
-        }
-        let index: String = conn.query_row(
-            "SELECT sql FROM sqlite_schema WHERE name = 'audit_events_action'",
-            [],
-            |r| r.get(0),
-        )?;
-        let listed = HOT_ACTIONS
-            .iter()
-            .all(|a| index.contains(&format!("'{a}'")));
-        assert!(listed, "{index}");
-        Ok(())
-    }
-
-    /// The console's pages at any depth, older (`before_seq`, newest first) or newer
-    /// (`after_seq`, oldest first), are ranges of the primary key or of the subject and
-    /// action indexes, never a sort: a page deep in a million events costs what the first
-    /// costs.
-    #[test]
-    fn keyset_pages_read_a_range_both_ways() -> Result<(), Box<dyn std::error::Error>> {
-        let store = Store::open(&Location::Memory)?;
-        let conn = store.lock();
-        for (before, after, order) in [
-            (Some(500_000), None, Order::NewestFirst),
-            (None, Some(500_000), Order::OldestFirst),
-        ] {
-            let keyset = EventFilter {
-                before_seq: before,
-                after_seq: after,
-                ..Default::default()
-            };
-            let plain = plan_in(&conn, &keyset, order)?;
-            assert!(plain.contains("INTEGER PRIMARY KEY (rowid"), "{plain}");
-            let subject = plan_in(
-                &conn,
-                &EventFilter {
-                    subject: Some("apr_1".into()),
-                    ..keyset.clone()
-                },
-                order,
-            )?;
-            assert!(subject.contains("audit_events_subject"), "{subject}");
-            let action = plan_in(
-                &conn,
-                &EventFilter {
-                    action: Some("approval.approved".into()),
-                    ..keyset.clone()
-                },
-                order,
-            )?;
-            assert!(action.contains("audit_events_action"), "{action}");
-            for p in [plain, subject, action] {
-                assert!(!p.contains("TEMP B-TREE"), "{p}");
-            }
-        }
-        Ok(())
-    }
-
-    /// A bounded page (a filter no index serves) reads one seq range of the primary key,
-    /// never an index and never a sort, both ways; with an exact subject or rarer action it may
-    /// read that index over the range instead, after finding the range's end by a walk of the
-    /// index alone (a covering index: no row is read).
-    #[test]
-    fn bounded_pages_read_one_span() -> Result<(), Box<dyn std::error::Error>> {
-        let store = Store::open(&Location::Memory)?;
-        let conn = store.lock();
-        let explain =
-            |sql: &str, args: Vec<rusqlite::types::Value>| -> Result<String, StoreError> {
-                let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                let steps: Vec<String> = stmt
-                    .query_map(rusqlite::params_from_iter(args), |r| r.get(3))?
-                    .collect::<Result<_, _>>()?;
-                Ok(steps.join("; "))
-            };
-        for order in [Order::NewestFirst, Order::OldestFirst] {
-            // A time range's bounds are the span's own (it lies inside them) and its times.
-            let span = EventFilter {
-                before_seq: Some(500_001),
-                after_seq: Some(450_000),
-                since: Some("2026-01-01T00:00:00.000000Z".into()),
-                ..Default::default()
-            };
-            for filter in [
-                EventFilter {
-                    actor: Some("agent:nobody".into()),
-                    ..span.clone()
-                },
-                EventFilter {
-                    outcome: Some("error".into()),
-                    subject: Some("apr_1".into()),
-                    action: Some("approval.*".into()),
-                    ..span.clone()
-                },
-            ] {
-                assert!(needs_bound(&filter));
-                let (sql, args) = span_sql(&filter, order, 51, None);
-                let plan = explain(&sql, args)?;
-                assert!(
-                    plan.contains("INTEGER PRIMARY KEY (rowid>? AND rowid<?)"),
-                    "{plan}"
-                );
-                assert!(!plan.contains("INDEX audit_events_"), "{plan}");
-                assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-            }
-            for (filter, index) in [
-                (
-                    EventFilter {
-                        actor: Some("overseer:*".into()),
-                        subject: Some("apr_1".into()),
-                        ..span.clone()
-                    },
-                    "audit_events_subject",
-                ),
-                (
-                    EventFilter {
-                        actor: Some("overseer:*".into()),
-                        action: Some("approval.approved".into()),
-                        ..span.clone()
-                    },
-                    "audit_events_action",
-                ),
-            ] {
-                let (sql, args) = span_sql(&filter, order, 51, Some(index));
-                let plan = explain(&sql, args)?;
-                assert!(plan.contains(index), "{plan}");
-                assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-                let conds = index_conditions(&filter);
-                let cond = conds.first().ok_or("an index condition")?.1.clone();
-                let (sql, args) = reach_sql(
-                    &EventFilter {
-                        before_seq: span.before_seq,
-                        after_seq: span.after_seq,
-                        ..cond
-                    },
-                    order,
-                );
-                let plan = explain(&sql, args)?;
-                assert!(plan.contains(&format!("COVERING INDEX {index}")), "{plan}");
-                assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-            }
-        }
-        // Both an exact subject and a rarer action: one index is read, the other is a filter.
-        let both = EventFilter {
-            subject: Some("coordinator_status".into()),
-            action: Some("approval.approved".into()),
-            ..Default::default()
-        };
-        assert!(needs_bound(&both));
-        let names: Vec<&str> = index_conditions(&both).iter().map(|c| c.0).collect();
-        assert_eq!(names, ["audit_events_subject", "audit_events_action"]);
-        for name in names {
-            let (sql, args) = span_sql(&both, Order::NewestFirst, 51, Some(name));
-            let plan = explain(&sql, args)?;
-            assert!(plan.contains(&format!("INDEX {name}")), "{plan}");
-        }
-        // Exact subjects and rarer actions alone keep the unbounded index path.
-        for filter in [
-            EventFilter {
-                subject: Some("apr_1".into()),
-                ..Default::default()
-            },
-            EventFilter {
-                action: Some("approval.approved".into()),
-                since: Some("2026-01-01T00:00:00.000000Z".into()),
-                ..Default::default()
-            },
-        ] {
-            assert!(!needs_bound(&filter), "{filter:?}");
-        }
-        Ok(())
-    }
-
-    /// The append-only triggers refuse an update or delete of an event, and a delete of a
-    /// signature (moved here from the audit service's tests: it drives SQL directly).
-    #[test]
-    fn triggers_refuse_update_and_delete() -> Result<(), Box<dyn std::error::Error>> {
-        use crate::audit::{Action, Actor, ActorKind, AuditLog, AuditSigner, NewEvent, Outcome};
-        let store = Store::open(&Location::Memory)?;
-        let key = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
-        let log = AuditLog::new(store, std::sync::Arc::new(AuditSigner::from_key(key)));
-        log.record(NewEvent {
-            actor: Actor::new(ActorKind::Client, "test/1.0"),
-            action: Action::ToolCall,
-            subject: "a".into(),
-            outcome: Outcome::Ok,
-            detail: serde_json::json!({"arguments": {"token": "ghp_aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}),
-            critical: true,
-        })?;
-        let conn = log.store().lock();
-        let upd = conn.execute("UPDATE audit_events SET subject = 'x'", []);
-        assert!(upd.is_err_and(|e| e.to_string().contains("append-only")));
-        let del = conn.execute("DELETE FROM audit_events", []);
-        assert!(del.is_err_and(|e| e.to_string().contains("append-only")));
-        let del = conn.execute("DELETE FROM audit_signatures", []);
-        assert!(del.is_err());
-        Ok(())
-    }
-}
+#[path = "audit_tests.rs"]
+mod tests;

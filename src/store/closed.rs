@@ -32,39 +32,3 @@ pub(super) fn get_opt<T: FromStr>(
             .map_err(|_| StoreError::unreadable(column, &text)),
     }
 }
-
-// Transitional: the rusqlite forms, for table modules not yet written against `sql.rs`.
-
-use rusqlite::types::Type;
-
-pub(super) fn get_lite<T: FromStr>(
-    r: &rusqlite::Row<'_>,
-    idx: usize,
-    column: &'static str,
-) -> rusqlite::Result<T> {
-    let text = r
-        .get_ref(idx)?
-        .as_str()
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, Type::Text, Box::new(e)))?;
-    text.parse().map_err(|_| {
-        rusqlite::Error::FromSqlConversionFailure(
-            idx,
-            Type::Text,
-            Box::new(StoreError::unreadable(column, text)),
-        )
-    })
-}
-
-pub(super) fn error(e: rusqlite::Error) -> StoreError {
-    match e {
-        rusqlite::Error::FromSqlConversionFailure(idx, ty, inner) => {
-            match inner.downcast::<StoreError>() {
-                Ok(unreadable) => *unreadable,
-                Err(inner) => StoreError::from_sqlite(rusqlite::Error::FromSqlConversionFailure(
-                    idx, ty, inner,
-                )),
-            }
-        }
-        e => StoreError::from_sqlite(e),
-    }
-}

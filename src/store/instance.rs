@@ -1,9 +1,9 @@
 //! SQL for child MCP instances (one row per instance, written whole by its supervisor) and for
 //! the pinned definitions of their tools.
 
-use rusqlite::{Params, Row, params};
-
+use super::sql::Row;
 use super::{StoreError, Tx, closed};
+use crate::args;
 use crate::instance::status::{PinStatus, Status};
 
 /// One row of `instances`.
@@ -43,7 +43,7 @@ fn from_row(r: &Row<'_>) -> Result<InstanceRow, StoreError> {
         id: r.get(0)?,
         name: r.get(1)?,
         type_name: r.get(2)?,
-        status: closed::get_lite(r, 3, "instances.status").map_err(closed::error)?,
+        status: closed::get(r, 3, "instances.status")?,
         owner: r.get(4)?,
         owner_host: r.get(5)?,
         owner_pid: r.get(6)?,
@@ -58,18 +58,19 @@ fn from_row(r: &Row<'_>) -> Result<InstanceRow, StoreError> {
         health: r.get(15)?,
         last_error: r.get(16)?,
         tools: r.get(17)?,
-        resume: r.get::<_, i64>(18)? != 0,
+        resume: r.get::<i64>(18)? != 0,
         updated_at: r.get(19)?,
     })
 }
 
 /// Inserts a new instance. A live instance with the same name is a `Conflict`.
 pub fn insert(tx: &Tx<'_>, row: &InstanceRow) -> Result<(), StoreError> {
-    tx.conn().prepare_cached(&format!(
-        "INSERT INTO instances ({COLUMNS}) VALUES \
-         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
-    ))?
-    .execute(params![
+    tx.exec(
+        &format!(
+            "INSERT INTO instances ({COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+        ),
+        args![
         row.id,
         row.name,
         row.type_name,
@@ -88,24 +89,21 @@ pub fn insert(tx: &Tx<'_>, row: &InstanceRow) -> Result<(), StoreError> {
         row.health,
         row.last_error,
         row.tools,
-        row.resume as i64,
+        row.resume,
         row.updated_at
-    ])
-    .map_err(StoreError::from_sqlite)?;
+        ],
+    )?;
     Ok(())
 }
 
 /// Writes every mutable column of `row` (status, owner, pid, times, counters).
 pub fn update(tx: &Tx<'_>, row: &InstanceRow) -> Result<(), StoreError> {
-    let n = tx
-        .conn()
-        .prepare_cached(
-            "UPDATE instances SET status = ?2, owner = ?3, owner_host = ?4, owner_pid = ?5, \
-             pid = ?6, started_at = ?7, expires_at = ?8, stopped_at = ?9, restarts = ?10, \
-             health = ?11, last_error = ?12, tools = ?13, resume = ?14, updated_at = ?15 \
-             WHERE id = ?1",
-        )?
-        .execute(params![
+    let n = tx.exec(
+        "UPDATE instances SET status = ?2, owner = ?3, owner_host = ?4, owner_pid = ?5, \
+         pid = ?6, started_at = ?7, expires_at = ?8, stopped_at = ?9, restarts = ?10, \
+         health = ?11, last_error = ?12, tools = ?13, resume = ?14, updated_at = ?15 \
+         WHERE id = ?1",
+        args![
             row.id,
             row.status.as_str(),
             row.owner,
@@ -119,10 +117,10 @@ pub fn update(tx: &Tx<'_>, row: &InstanceRow) -> Result<(), StoreError> {
             row.health,
             row.last_error,
             row.tools,
-            row.resume as i64,
+            row.resume,
             row.updated_at
-        ])
-        .map_err(StoreError::from_sqlite)?;
+        ],
+    )?;
     if n == 0 {
         return Err(StoreError::NotFound {
             what: "instance",
@@ -140,46 +138,43 @@ pub fn claim(
     new_owner: (&str, &str, i64),
     now: &str,
 ) -> Result<bool, StoreError> {
-    let n = tx
-        .conn()
-        .prepare_cached(
-            "UPDATE instances SET owner = ?3, owner_host = ?4, owner_pid = ?5, resume = 0, \
-             updated_at = ?6 WHERE id = ?1 AND owner = ?2",
-        )?
-        .execute(params![
-            id,
-            old_owner,
-            new_owner.0,
-            new_owner.1,
-            new_owner.2,
-            now
-        ])
-        .map_err(StoreError::from_sqlite)?;
+    let n = tx.exec(
+        "UPDATE instances SET owner = ?3, owner_host = ?4, owner_pid = ?5, resume = 0, \
+         updated_at = ?6 WHERE id = ?1 AND owner = ?2",
+        args![id, old_owner, new_owner.0, new_owner.1, new_owner.2, now],
+    )?;
     Ok(n == 1)
 }
 
 pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<InstanceRow>, StoreError> {
-    let mut stmt = tx
-        .conn()
-        .prepare_cached(&format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"))?;
-    first(&mut stmt, [id], from_row)
+    tx.one(
+        &format!("SELECT {COLUMNS} FROM instances WHERE id = ?1"),
+        args![id],
+        from_row,
+    )
 }
 
 /// The live instance with this name, if any.
 pub fn live_by_name(tx: &Tx<'_>, name: &str) -> Result<Option<InstanceRow>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM instances WHERE name = ?1 \
-         AND status NOT IN ('stopped', 'expired', 'failed')"
-    ))?;
-    first(&mut stmt, [name], from_row)
+    tx.one(
+        &format!(
+            "SELECT {COLUMNS} FROM instances WHERE name = ?1 \
+             AND status NOT IN ('stopped', 'expired', 'failed')"
+        ),
+        args![name],
+        from_row,
+    )
 }
 
 /// The newest instance with this name, live or not.
 pub fn newest_by_name(tx: &Tx<'_>, name: &str) -> Result<Option<InstanceRow>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM instances WHERE name = ?1 ORDER BY created_at DESC LIMIT 1"
-    ))?;
-    first(&mut stmt, [name], from_row)
+    tx.one(
+        &format!(
+            "SELECT {COLUMNS} FROM instances WHERE name = ?1 ORDER BY created_at DESC LIMIT 1"
+        ),
+        args![name],
+        from_row,
+    )
 }
 
 /// Instances, newest first: live ones only, or all (at most `limit`).
@@ -189,20 +184,24 @@ pub fn list(tx: &Tx<'_>, live_only: bool, limit: u32) -> Result<Vec<InstanceRow>
     } else {
         ""
     };
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM instances {filter} ORDER BY created_at DESC LIMIT ?1"
-    ))?;
-    all(&mut stmt, [limit], from_row)
+    tx.all(
+        &format!("SELECT {COLUMNS} FROM instances {filter} ORDER BY created_at DESC LIMIT ?1"),
+        args![limit],
+        from_row,
+    )
 }
 
 /// Candidates for restoring at start: live rows, and rows stopped only because their
 /// coordinator exited.
 pub fn restorable(tx: &Tx<'_>) -> Result<Vec<InstanceRow>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM instances WHERE status NOT IN ('stopped', 'expired', 'failed') \
-         OR (status = 'stopped' AND resume = 1) ORDER BY created_at"
-    ))?;
-    all(&mut stmt, [], from_row)
+    tx.all(
+        &format!(
+            "SELECT {COLUMNS} FROM instances WHERE status NOT IN ('stopped', 'expired', 'failed') \
+             OR (status = 'stopped' AND resume = 1) ORDER BY created_at"
+        ),
+        args![],
+        from_row,
+    )
 }
 
 /// One row of `instance_tool_pins`.
@@ -231,7 +230,7 @@ fn pin_from_row(r: &Row<'_>) -> Result<PinRow, StoreError> {
     Ok(PinRow {
         type_name: r.get(0)?,
         tool: r.get(1)?,
-        status: closed::get_lite(r, 2, "instance_tool_pins.status").map_err(closed::error)?,
+        status: closed::get(r, 2, "instance_tool_pins.status")?,
         hash: r.get(3)?,
         definition: r.get(4)?,
         flags: r.get(5)?,
@@ -245,27 +244,44 @@ fn pin_from_row(r: &Row<'_>) -> Result<PinRow, StoreError> {
 }
 
 pub fn pins(tx: &Tx<'_>, type_name: &str) -> Result<Vec<PinRow>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {PIN_COLUMNS} FROM instance_tool_pins WHERE type = ?1 ORDER BY tool"
-    ))?;
-    all(&mut stmt, [type_name], pin_from_row)
+    tx.all(
+        &format!("SELECT {PIN_COLUMNS} FROM instance_tool_pins WHERE type = ?1 ORDER BY tool"),
+        args![type_name],
+        pin_from_row,
+    )
 }
 
 pub fn pin(tx: &Tx<'_>, type_name: &str, tool: &str) -> Result<Option<PinRow>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {PIN_COLUMNS} FROM instance_tool_pins WHERE type = ?1 AND tool = ?2"
-    ))?;
-    first(&mut stmt, [type_name, tool], pin_from_row)
+    tx.one(
+        &format!("SELECT {PIN_COLUMNS} FROM instance_tool_pins WHERE type = ?1 AND tool = ?2"),
+        args![type_name, tool],
+        pin_from_row,
+    )
 }
 
-/// Inserts or replaces a pin.
+/// Inserts or replaces a pin: every column of the pin of this type and tool is written.
 pub fn put_pin(tx: &Tx<'_>, p: &PinRow) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(&format!(
-            "INSERT OR REPLACE INTO instance_tool_pins ({PIN_COLUMNS}) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-        ))?
-        .execute(params![
+    // PostgreSQL has no INSERT OR REPLACE: the same row, every column written on a conflict.
+    let (verb, upsert) = if tx.is_postgres() {
+        (
+            "INSERT",
+            " ON CONFLICT (type, tool) DO UPDATE SET status = excluded.status, \
+             hash = excluded.hash, definition = excluded.definition, flags = excluded.flags, \
+             pending_hash = excluded.pending_hash, \
+             pending_definition = excluded.pending_definition, \
+             pending_flags = excluded.pending_flags, approval_id = excluded.approval_id, \
+             first_seen_at = excluded.first_seen_at, updated_at = excluded.updated_at",
+        )
+    } else {
+        ("INSERT OR REPLACE", "")
+    };
+    let sql = format!(
+        "{verb} INTO instance_tool_pins ({PIN_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12){upsert}"
+    );
+    tx.exec(
+        &sql,
+        args![
             p.type_name,
             p.tool,
             p.status.as_str(),
@@ -278,18 +294,18 @@ pub fn put_pin(tx: &Tx<'_>, p: &PinRow) -> Result<(), StoreError> {
             p.approval_id,
             p.first_seen_at,
             p.updated_at
-        ])
-        .map_err(StoreError::from_sqlite)?;
+        ],
+    )?;
     Ok(())
 }
 
 /// Writes the owner's snapshot of an instance (a JSON document; see
 /// `instance/snapshot.rs`). Touches nothing else of the row.
 pub fn set_snapshot(tx: &Tx<'_>, id: &str, snapshot: &str) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached("UPDATE instances SET snapshot = ?2 WHERE id = ?1")?
-        .execute(params![id, snapshot])
-        .map_err(StoreError::from_sqlite)?;
+    tx.exec(
+        "UPDATE instances SET snapshot = ?2 WHERE id = ?1",
+        args![id, snapshot],
+    )?;
     Ok(())
 }
 
@@ -299,67 +315,43 @@ pub fn recent_with_snapshots(
     tx: &Tx<'_>,
     limit: u32,
 ) -> Result<Vec<(InstanceRow, Option<String>)>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {COLUMNS}, snapshot FROM instances \
-         ORDER BY status IN ('stopped', 'expired', 'failed'), created_at DESC, id DESC LIMIT ?1"
-    ))?;
-    let mut rows = stmt.query([limit])?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push((from_row(r)?, r.get(20)?));
-    }
-    Ok(out)
+    // Live first: `IN` is 0 or 1 on SQLite and a boolean on PostgreSQL, false first on both.
+    tx.all(
+        &format!(
+            "SELECT {COLUMNS}, snapshot FROM instances \
+             ORDER BY status IN ('stopped', 'expired', 'failed'), created_at DESC, id DESC \
+             LIMIT ?1"
+        ),
+        args![limit],
+        |r| Ok((from_row(r)?, r.get(20)?)),
+    )
 }
 
 /// Tool definitions of `type_name` waiting for a person's review (quarantined pins).
 pub fn quarantined_pins(tx: &Tx<'_>, type_name: &str) -> Result<Vec<PinRow>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(&format!(
-        "SELECT {PIN_COLUMNS} FROM instance_tool_pins \
-         WHERE type = ?1 AND status = 'quarantined' ORDER BY tool"
-    ))?;
-    all(&mut stmt, [type_name], pin_from_row)
-}
-
-/// The first row of a query, mapped, if there is one.
-fn first<T>(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    params: impl Params,
-    map: fn(&Row<'_>) -> Result<T, StoreError>,
-) -> Result<Option<T>, StoreError> {
-    let mut rows = stmt.query(params)?;
-    match rows.next()? {
-        Some(r) => map(r).map(Some),
-        None => Ok(None),
-    }
-}
-
-/// Every row of a query, mapped.
-fn all<T>(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    params: impl Params,
-    map: fn(&Row<'_>) -> Result<T, StoreError>,
-) -> Result<Vec<T>, StoreError> {
-    let mut rows = stmt.query(params)?;
-    let mut out = Vec::new();
-    while let Some(r) = rows.next()? {
-        out.push(map(r)?);
-    }
-    Ok(out)
+    tx.all(
+        &format!(
+            "SELECT {PIN_COLUMNS} FROM instance_tool_pins \
+             WHERE type = ?1 AND status = 'quarantined' ORDER BY tool"
+        ),
+        args![type_name],
+        pin_from_row,
+    )
 }
 
 /// Instances by status, with the restarts of each status's instances summed (for `/metrics`).
 pub fn status_counts(tx: &Tx<'_>) -> Result<Vec<(Status, i64, i64)>, StoreError> {
-    let mut stmt = tx.conn().prepare_cached(
-        "SELECT status, COUNT(*), COALESCE(SUM(restarts), 0) FROM instances GROUP BY status",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            closed::get_lite(r, 0, "instances.status")?,
-            r.get(1)?,
-            r.get(2)?,
-        ))
-    })?;
-    rows.collect::<Result<Vec<_>, _>>().map_err(closed::error)
+    tx.all(
+        if tx.is_postgres() {
+            // SUM of a BIGINT is a NUMERIC on PostgreSQL, which the store does not read.
+            "SELECT status, COUNT(*), CAST(COALESCE(SUM(restarts), 0) AS BIGINT) FROM instances \
+             GROUP BY status"
+        } else {
+            "SELECT status, COUNT(*), COALESCE(SUM(restarts), 0) FROM instances GROUP BY status"
+        },
+        args![],
+        |r| Ok((closed::get(r, 0, "instances.status")?, r.get(1)?, r.get(2)?)),
+    )
 }
 
 #[cfg(test)]
@@ -367,7 +359,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use crate::store::{Location, Store};
+    use crate::store::testing::both;
 
     fn row(id: &str) -> InstanceRow {
         InstanceRow {
@@ -394,43 +386,225 @@ mod tests {
         }
     }
 
+    fn pin_row(tool: &str, status: PinStatus) -> PinRow {
+        PinRow {
+            type_name: "echo".into(),
+            tool: tool.into(),
+            status,
+            hash: Some("h1".into()),
+            definition: Some("{}".into()),
+            flags: "[]".into(),
+            pending_hash: None,
+            pending_definition: None,
+            pending_flags: None,
+            approval_id: None,
+            first_seen_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
     /// A status this build does not know is reported as unreadable, naming the column and
     /// the value, rather than handed to the domain to guess at.
     #[test]
     fn an_unknown_status_is_unreadable() {
-        let store = Store::open(&Location::Memory).unwrap();
-        store.write(|tx| insert(tx, &row("i1"))).unwrap();
-        assert_eq!(
-            store.read(|tx| get(tx, "i1")).unwrap().map(|r| r.status),
-            Some(Status::Running)
-        );
-        // As a newer build might write it: this one's CHECK constraint would refuse it.
-        store
-            .write(|tx| {
-                tx.conn()
-                    .execute_batch(
-                        "PRAGMA ignore_check_constraints = ON; \
-                         UPDATE instances SET status = 'paused' WHERE id = 'i1'; \
-                         PRAGMA ignore_check_constraints = OFF;",
-                    )
-                    .map_err(StoreError::from)
-            })
-            .unwrap();
-        let err = store.read(|tx| get(tx, "i1")).unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Unreadable { column: "instances.status", value } if value == "paused"),
-            "{err}"
-        );
+        for (backend, store) in both("instance_unknown") {
+            store.write(|tx| insert(tx, &row("i1"))).unwrap();
+            assert_eq!(
+                store.read(|tx| get(tx, "i1")).unwrap().map(|r| r.status),
+                Some(Status::Running),
+                "{backend}"
+            );
+            // As a newer build might write it: this one's CHECK constraint would refuse it.
+            if store.is_postgres() {
+                for sql in [
+                    "ALTER TABLE instances DROP CONSTRAINT instances_status_check",
+                    "UPDATE instances SET status = 'paused' WHERE id = 'i1'",
+                ] {
+                    store.execute_for_test(sql).unwrap();
+                }
+            } else {
+                store
+                    .write(|tx| {
+                        tx.sqlite()
+                            .unwrap()
+                            .execute_batch(
+                                "PRAGMA ignore_check_constraints = ON; \
+                                 UPDATE instances SET status = 'paused' WHERE id = 'i1'; \
+                                 PRAGMA ignore_check_constraints = OFF;",
+                            )
+                            .map_err(StoreError::from)
+                    })
+                    .unwrap();
+            }
+            let err = store.read(|tx| get(tx, "i1")).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Unreadable { column: "instances.status", value } if value == "paused"),
+                "{backend}: {err}"
+            );
+            let err = store.read(status_counts).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::Unreadable { .. }),
+                "{backend}: {err}"
+            );
+        }
     }
 
     /// Writing back an instance that has no row says so by name.
     #[test]
     fn updating_a_missing_instance_is_not_found() {
-        let store = Store::open(&Location::Memory).unwrap();
-        let err = store.write(|tx| update(tx, &row("gone"))).unwrap_err();
-        assert!(
-            matches!(&err, StoreError::NotFound { what: "instance", id } if id == "gone"),
-            "{err}"
-        );
+        for (backend, store) in both("instance_missing") {
+            let err = store.write(|tx| update(tx, &row("gone"))).unwrap_err();
+            assert!(
+                matches!(&err, StoreError::NotFound { what: "instance", id } if id == "gone"),
+                "{backend}: {err}"
+            );
+        }
+    }
+
+    /// A row reads back as written; a second live instance of a name is a conflict, a stopped
+    /// one frees it; an update writes every mutable column; a claim takes an instance from its
+    /// owner once.
+    #[test]
+    fn instances_round_trip_and_names_stay_unique_while_live() {
+        for (backend, store) in both("instance_rows") {
+            let mut first = InstanceRow {
+                pid: Some(42),
+                ttl_seconds: Some(60),
+                started_at: Some("2026-01-01T00:00:01Z".into()),
+                expires_at: Some("2026-01-01T00:01:01Z".into()),
+                last_error: Some("none yet".into()),
+                resume: true,
+                ..row("i1")
+            };
+            store.write(|tx| insert(tx, &first)).unwrap();
+            assert_eq!(
+                store.read(|tx| get(tx, "i1")).unwrap(),
+                Some(first.clone()),
+                "{backend}"
+            );
+            let err = store.write(|tx| insert(tx, &row("i2"))).unwrap_err();
+            assert!(err.is_conflict(), "{backend}: {err}");
+
+            first.status = Status::Stopped;
+            first.stopped_at = Some("2026-01-01T00:00:05Z".into());
+            first.restarts = 3;
+            first.tools = 7;
+            first.health = "healthy".into();
+            store.write(|tx| update(tx, &first)).unwrap();
+            assert_eq!(
+                store.read(|tx| get(tx, "i1")).unwrap(),
+                Some(first.clone()),
+                "{backend}"
+            );
+            let second = InstanceRow {
+                created_at: "2026-01-02T00:00:00Z".into(),
+                ..row("i2")
+            };
+            store.write(|tx| insert(tx, &second)).unwrap();
+            let live = |name: &str| store.read(|tx| live_by_name(tx, name)).unwrap();
+            assert_eq!(live("echo").map(|r| r.id), Some("i2".into()), "{backend}");
+            assert_eq!(live("other"), None, "{backend}");
+            let newest = store.read(|tx| newest_by_name(tx, "echo")).unwrap();
+            assert_eq!(newest.map(|r| r.id), Some("i2".into()), "{backend}");
+
+            let ids = |rows: Vec<InstanceRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+            assert_eq!(
+                ids(store.read(|tx| list(tx, false, 10)).unwrap()),
+                ["i2", "i1"]
+            );
+            assert_eq!(ids(store.read(|tx| list(tx, false, 1)).unwrap()), ["i2"]);
+            assert_eq!(ids(store.read(|tx| list(tx, true, 10)).unwrap()), ["i2"]);
+            // The stopped one asked to be resumed.
+            assert_eq!(
+                ids(store.read(restorable).unwrap()),
+                ["i1", "i2"],
+                "{backend}"
+            );
+
+            let won = |owner: &str| {
+                store
+                    .write(|tx| claim(tx, "i2", owner, ("b:2:t", "b", 2), "2026-01-03T00:00:00Z"))
+                    .unwrap()
+            };
+            assert!(won("host:1:s"), "{backend}");
+            assert!(!won("host:1:s"), "{backend}");
+            let claimed = store.read(|tx| get(tx, "i2")).unwrap().unwrap();
+            assert_eq!(
+                (
+                    claimed.owner.as_str(),
+                    claimed.owner_host.as_str(),
+                    claimed.owner_pid
+                ),
+                ("b:2:t", "b", 2),
+                "{backend}"
+            );
+
+            store
+                .write(|tx| set_snapshot(tx, "i1", "{\"rss\":1}"))
+                .unwrap();
+            let recent = store.read(|tx| recent_with_snapshots(tx, 10)).unwrap();
+            let got: Vec<(String, Option<String>)> =
+                recent.into_iter().map(|(r, s)| (r.id, s)).collect();
+            assert_eq!(
+                got,
+                [
+                    ("i2".into(), None),
+                    ("i1".into(), Some("{\"rss\":1}".into()))
+                ],
+                "{backend}: live first"
+            );
+
+            let mut counts = store.read(status_counts).unwrap();
+            counts.sort_by_key(|c| c.0.as_str());
+            assert_eq!(
+                counts,
+                [(Status::Running, 1, 0), (Status::Stopped, 1, 3)],
+                "{backend}"
+            );
+        }
+    }
+
+    /// A pin put again replaces every column of the pin of that type and tool.
+    #[test]
+    fn pins_are_replaced_whole() {
+        for (backend, store) in both("instance_pins") {
+            store
+                .write(|tx| {
+                    put_pin(tx, &pin_row("b", PinStatus::Pinned))?;
+                    put_pin(tx, &pin_row("a", PinStatus::Pinned))
+                })
+                .unwrap();
+            let replaced = PinRow {
+                status: PinStatus::Quarantined,
+                hash: None,
+                definition: None,
+                flags: "[\"x\"]".into(),
+                pending_hash: Some("h2".into()),
+                pending_definition: Some("{\"v\":2}".into()),
+                pending_flags: Some("[]".into()),
+                approval_id: Some("apr_1".into()),
+                first_seen_at: "2026-01-02T00:00:00Z".into(),
+                updated_at: "2026-01-03T00:00:00Z".into(),
+                ..pin_row("b", PinStatus::Pinned)
+            };
+            store.write(|tx| put_pin(tx, &replaced)).unwrap();
+            assert_eq!(
+                store.read(|tx| pin(tx, "echo", "b")).unwrap(),
+                Some(replaced.clone()),
+                "{backend}"
+            );
+            let tools = |rows: Vec<PinRow>| rows.into_iter().map(|p| p.tool).collect::<Vec<_>>();
+            assert_eq!(
+                tools(store.read(|tx| pins(tx, "echo")).unwrap()),
+                ["a", "b"]
+            );
+            assert_eq!(
+                store.read(|tx| quarantined_pins(tx, "echo")).unwrap(),
+                [replaced],
+                "{backend}"
+            );
+            assert!(store.read(|tx| pins(tx, "other")).unwrap().is_empty());
+            assert_eq!(store.read(|tx| pin(tx, "echo", "c")).unwrap(), None);
+        }
     }
 }

@@ -187,12 +187,13 @@ impl<'c> Tx<'c> {
         }
     }
 
-    /// The connection under the handle: for table modules not yet written against
-    /// [`exec`](Self::exec) and friends. On PostgreSQL there is none.
+    /// The SQLite connection under the handle, for tests of SQLite itself (WAL, locks,
+    /// statements only SQLite has). Panics on PostgreSQL.
+    #[cfg(test)]
     pub(in crate::store) fn conn(&self) -> &'c Connection {
         match self.inner {
             TxInner::Lite(c) => c,
-            _ => unimplemented!("this statement has no PostgreSQL form yet"),
+            _ => panic!("a SQLite store was expected"),
         }
     }
 }
