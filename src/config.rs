@@ -381,20 +381,25 @@ fn shell_quote(s: &str) -> String {
 
 impl Settings {
     /// The start of a CLI command that reaches this process's database and signing key:
-    /// `mcp-coordinator`, plus `--data-dir` and `--db` where they differ from the defaults.
-    /// `None` for `:memory:`, which no other process can reach.
+    /// `mcp-coordinator`, plus `--data-dir` and `--db` where they differ from the defaults (a
+    /// PostgreSQL URL without its password, which the person running it fills in). `None` for
+    /// `:memory:`, which no other process can reach.
     pub fn cli_prefix(&self) -> Option<String> {
-        let Location::File(db) = &self.db else {
-            return None;
+        let db = match &self.db {
+            Location::Memory => return None,
+            Location::File(db) => {
+                (*db != self.data_dir.join(DB_FILE)).then(|| db.display().to_string())
+            }
+            Location::Postgres(url) => Some(url.shown().to_string()),
         };
         let mut cmd = String::from("mcp-coordinator");
         if default_data_dir().as_ref() != Some(&self.data_dir) {
             cmd.push_str(" --data-dir ");
             cmd.push_str(&shell_quote(&self.data_dir.display().to_string()));
         }
-        if *db != self.data_dir.join(DB_FILE) {
+        if let Some(db) = db {
             cmd.push_str(" --db ");
-            cmd.push_str(&shell_quote(&db.display().to_string()));
+            cmd.push_str(&shell_quote(&db));
         }
         Some(cmd)
     }
@@ -484,6 +489,21 @@ mod tests {
         assert_eq!(
             s.cli_prefix().as_deref(),
             Some("mcp-coordinator --data-dir '/tmp/my data' --db /srv/team.db")
+        );
+        // A PostgreSQL database (a coordinator of a team): its URL, never its password.
+        let url = "postgres://coord:s3cret@db.internal:5432/coord";
+        let s = Settings {
+            db: Location::from_arg(url)
+                .map_err(|e| e.to_string())
+                .unwrap_or(Location::Memory),
+            ..s
+        };
+        let prefix = s.cli_prefix().unwrap_or_default();
+        assert!(
+            prefix.starts_with("mcp-coordinator --data-dir '/tmp/my data' --db 'postgres://coord:")
+                && prefix.ends_with("@db.internal:5432/coord'")
+                && !prefix.contains("s3cret"),
+            "{prefix}"
         );
         let s = Settings {
             db: Location::Memory,
