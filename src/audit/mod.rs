@@ -380,8 +380,18 @@ impl AuditLog {
     /// Recomputes the whole chain and checks every signature; see [`VerifyReport`].
     pub fn verify(&self) -> Result<VerifyReport, AuditError> {
         let conn = self.store.reader()?;
-        Ok(verify::verify(&conn.tx(), self.signer.public_key_hex())?)
+        Ok(verify::verify(
+            &conn.tx(),
+            Some(self.signer.public_key_hex()),
+        )?)
     }
+}
+
+/// Verifies the chain as the transaction `tx` sees it, trusting only the keys the chain itself
+/// introduces (its `audit.key_added` events), no coordinator's own: how a copy of a chain is
+/// checked (`store copy`), away from the data directories whose keys signed it.
+pub fn verify_chain_in(tx: &Tx<'_>) -> Result<VerifyReport, StoreError> {
+    verify::verify(tx, None)
 }
 
 #[cfg(test)]

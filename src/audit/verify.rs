@@ -1,6 +1,7 @@
 //! Verification of the whole audit chain: recompute every hash, check every link and sequence
 //! number, and check every head signature against a key the chain introduced before that head
-//! (an `audit.key_added` event), or this coordinator's own key.
+//! (an `audit.key_added` event), or this coordinator's own key (when there is one: a copied
+//! chain is checked on its own keys alone).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -123,7 +124,9 @@ pub struct VerifyReport {
     pub duration_ms: u64,
 }
 
-pub(super) fn verify(tx: &Tx<'_>, trusted_key: &str) -> Result<VerifyReport, StoreError> {
+/// Verifies the chain in `tx`; `trusted_key` is trusted without an introduction (this
+/// coordinator's own key), `None` trusts only the keys the chain introduces.
+pub(super) fn verify(tx: &Tx<'_>, trusted_key: Option<&str>) -> Result<VerifyReport, StoreError> {
     let started = Instant::now();
     let sigs: BTreeMap<i64, SignatureRow> = sql::signatures(tx)?
         .into_iter()
@@ -132,7 +135,7 @@ pub(super) fn verify(tx: &Tx<'_>, trusted_key: &str) -> Result<VerifyReport, Sto
     let mut problems: Vec<VerifyProblem> = Vec::new();
     let mut sig_status = SignatureStatus {
         total: sigs.len() as u64,
-        trusted_key: trusted_key.to_string(),
+        trusted_key: trusted_key.unwrap_or_default().to_string(),
         ..Default::default()
     };
     let mut expected_seq = 1i64;
@@ -298,22 +301,25 @@ fn unsigned_tail(
     None
 }
 
-/// The keys met so far: this coordinator's, those the chain introduced (and where), and those
-/// found on signatures.
+/// The keys met so far: this coordinator's (if any), those the chain introduced (and where),
+/// and those found on signatures.
 struct Keys {
-    own: String,
+    own: Option<String>,
     list: Vec<KeyStatus>,
 }
 
 impl Keys {
-    fn new(own: &str) -> Self {
+    fn new(own: Option<&str>) -> Self {
         Keys {
-            own: own.to_string(),
-            list: vec![KeyStatus {
-                public_key: own.to_string(),
-                this_coordinator: true,
-                ..Default::default()
-            }],
+            own: own.map(str::to_string),
+            list: own
+                .map(|own| KeyStatus {
+                    public_key: own.to_string(),
+                    this_coordinator: true,
+                    ..Default::default()
+                })
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -339,7 +345,7 @@ impl Keys {
 
     /// Why a signature at `seq` by `key` may not be trusted, if it may not.
     fn distrust(&self, key: &str, seq: i64) -> Option<String> {
-        if key == self.own {
+        if self.own.as_deref() == Some(key) {
             return None;
         }
         match self
@@ -353,11 +359,17 @@ impl Keys {
                 "the head at event {seq} is signed by key {}, which the chain introduces only later, at event {at}: a head signed before its key was introduced is forged",
                 short(key)
             )),
-            None => Some(format!(
-                "the head at event {seq} is signed by key {}, which the chain never introduced (no audit.key_added event) and which is not this coordinator's key {}",
-                short(key),
-                short(&self.own)
-            )),
+            None => Some(match &self.own {
+                Some(own) => format!(
+                    "the head at event {seq} is signed by key {}, which the chain never introduced (no audit.key_added event) and which is not this coordinator's key {}",
+                    short(key),
+                    short(own)
+                ),
+                None => format!(
+                    "the head at event {seq} is signed by key {}, which the chain never introduced (no audit.key_added event)",
+                    short(key)
+                ),
+            }),
         }
     }
 
@@ -436,4 +448,81 @@ fn check_signature(
 
 fn short(hash: &str) -> &str {
     hash.get(..12).unwrap_or(hash)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::{Actor, ActorKind, AuditLog, AuditSigner, NewEvent, Outcome};
+    use crate::store::{Location, Store};
+
+    fn signer(byte: u8) -> Arc<AuditSigner> {
+        Arc::new(AuditSigner::from_key(
+            ed25519_dalek::SigningKey::from_bytes(&[byte; 32]),
+        ))
+    }
+
+    /// A copy of a chain is checked on the keys it introduces alone: what its own coordinator
+    /// signed verifies, a head signed by a key the chain never introduced does not, whoever
+    /// runs the check.
+    #[test]
+    fn a_chain_on_its_own_keys() -> Result<(), Box<dyn std::error::Error>> {
+        let store = Store::open(&Location::Memory)?;
+        let log = AuditLog::new(store.clone(), signer(1));
+        log.record(NewEvent {
+            actor: Actor::new(ActorKind::Client, "t/1"),
+            action: Action::ToolCall,
+            subject: "a".into(),
+            outcome: Outcome::Ok,
+            detail: serde_json::json!({}),
+            critical: true,
+        })?;
+        let report = store.read(crate::audit::verify_chain_in)?;
+        assert!(report.ok, "{report:?}");
+        assert_eq!(report.signatures.valid, 1);
+        assert_eq!(report.signatures.trusted_key, "");
+        assert_eq!(report.signatures.keys.len(), 1);
+        assert!(!report.signatures.keys[0].this_coordinator);
+        assert_eq!(report.signatures.keys[0].introduced_seq, Some(1));
+
+        // A head signed by a key the chain never introduced: the coordinator that holds that
+        // key trusts it, a check on the chain's own keys does not.
+        let stranger = signer(2);
+        let unsigned = log.record(NewEvent {
+            actor: Actor::new(ActorKind::Client, "t/1"),
+            action: Action::ToolCall,
+            subject: "b".into(),
+            outcome: Outcome::Ok,
+            detail: serde_json::json!({}),
+            critical: false,
+        })?;
+        store.write(|tx| {
+            sql::insert_signature(
+                tx,
+                &SignatureRow {
+                    seq: unsigned.seq,
+                    hash: unsigned.hash.clone(),
+                    public_key: stranger.public_key_hex().to_string(),
+                    signature: stranger
+                        .sign_hex(&chain::head_message(unsigned.seq, &unsigned.hash)),
+                    signed_at: chain::now_ts(),
+                },
+            )
+        })?;
+        let holder = store.read(|tx| verify(tx, Some(stranger.public_key_hex())))?;
+        assert!(holder.ok, "{holder:?}");
+        let copy = store.read(crate::audit::verify_chain_in)?;
+        assert!(!copy.ok);
+        assert_eq!(copy.problems[0].kind, ProblemKind::UnknownKey);
+        assert_eq!(
+            copy.problems[0].message,
+            format!(
+                "the head at event 3 is signed by key {}, which the chain never introduced (no audit.key_added event)",
+                short(stranger.public_key_hex())
+            )
+        );
+        Ok(())
+    }
 }

@@ -1,6 +1,6 @@
 //! Command-line interface: argument definitions (clap) and dispatch to `serve` (the default)
 //! and the people-facing subcommands, one file each (`approvals`, `audit`, `console`, `overseer`,
-//! `secrets`, `exec`), with the terminal (`tty`) and process hardening (`hardening`) they
+//! `secrets`, `exec`, `store`), with the terminal (`tty`) and process hardening (`hardening`) they
 //! share. It may depend on every domain and on `server` (to serve); nothing depends on it.
 
 mod approvals;
@@ -11,6 +11,7 @@ mod hardening;
 mod overseer;
 mod secrets;
 mod serve;
+mod store;
 mod token;
 mod tty;
 
@@ -55,7 +56,8 @@ Examples:
   mcp-coordinator approvals list           what is waiting for a person
   mcp-coordinator approvals approve ID --reason \"checked the diff\"   (asks the passphrase)
   mcp-coordinator audit verify             check the audit chain and its signatures
-  mcp-coordinator audit export > log.jsonl export every audit event";
+  mcp-coordinator audit export > log.jsonl export every audit event
+  mcp-coordinator store copy --from sqlite:coordinator.db --to postgres://...   move to PostgreSQL";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -164,6 +166,9 @@ pub enum Command {
     /// Run a command (an MCP server) with secrets from the store in its environment
     #[command(long_about = exec::LONG_ABOUT, after_help = exec::AFTER_HELP)]
     Exec(exec::ExecArgs),
+    /// Copy a whole coordinator database to another (SQLite to PostgreSQL, or back)
+    #[command(subcommand, long_about = store::LONG_ABOUT)]
+    Store(store::StoreCommand),
 }
 
 /// Parses arguments and runs the chosen command.
@@ -181,6 +186,7 @@ pub fn main() -> ExitCode {
         Some(Command::Secrets(cmd)) => secrets::run(&cli.global, cmd),
         Some(Command::Exec(args)) => exec::run(&cli.global, args),
         Some(Command::Token(cmd)) => token::run(&cli.global, cmd),
+        Some(Command::Store(cmd)) => store::run(&cli.global, cmd),
     };
     match result {
         Ok(code) => code,

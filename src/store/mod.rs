@@ -15,6 +15,7 @@ pub mod audit;
 pub mod budget;
 mod checkpointer;
 mod closed;
+pub mod copy;
 mod error;
 pub mod instance;
 mod lite;

@@ -48,8 +48,18 @@ impl PgUrl {
         if !matches!(url.scheme(), "postgres" | "postgresql") {
             return Err(bad(format!("scheme {:?}", url.scheme())));
         }
-        s.parse::<tokio_postgres::Config>()
+        let config = s
+            .parse::<tokio_postgres::Config>()
             .map_err(|e| bad(e.to_string()))?;
+        // Asked for TLS, a plain connection would be a surprise: say so before connecting.
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+            return Err(bad(
+                "sslmode=require: this build does not encrypt connections to PostgreSQL; \
+                 reach the database over a private network, loopback or a tunnel, and drop \
+                 sslmode (or set sslmode=disable)"
+                    .into(),
+            ));
+        }
         if url.password().is_some() {
             let _ = url.set_password(Some("***"));
         }
@@ -397,8 +407,54 @@ async fn listen_once(
     Ok(())
 }
 
+/// The schema version recorded in the database at `url`, read without creating or changing
+/// anything: `None` when it holds no coordinator schema. For `store copy`, which must neither
+/// migrate the database it copies from nor apply a schema before it has checked the target.
+pub(super) fn schema_version_at(url: &PgUrl) -> Result<Option<i64>, StoreError> {
+    let mut config: tokio_postgres::Config =
+        url.full
+            .parse()
+            .map_err(|e: tokio_postgres::Error| StoreError::Postgres {
+                message: format!("{}: {}", url.shown, describe(&e)),
+            })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let c = Client::connect(&config, &url.shown)?;
+    let found = c.query(
+        "SELECT COUNT(*) FROM information_schema.tables
+         WHERE table_schema = current_schema() AND table_name = 'mcp_coordinator_schema'",
+        &[],
+    )?;
+    match found.first().map(|r| value(r, 0)).transpose()? {
+        Some(crate::store::sql::Value::Int(n)) if n > 0 => migrate::version(&c).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// Runs `sql` as it is (tests that tamper with rows).
 #[cfg(test)]
 pub(super) fn execute_raw(pg: &Pg, sql: &str) -> Result<usize, StoreError> {
     pg.get()?.execute(sql, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgUrl;
+
+    #[test]
+    fn a_url_is_shown_without_its_password_and_tls_is_not_promised() {
+        let url = PgUrl::parse("postgres://coord:hunter2@db.internal:5432/coord")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(url.shown(), "postgres://coord:***@db.internal:5432/coord");
+        assert_eq!(format!("{url:?}"), url.shown());
+        let refused = PgUrl::parse("postgres://coord:hunter2@db/coord?sslmode=require")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(refused.contains("sslmode=require"), "{refused}");
+        assert!(!refused.contains("hunter2"), "{refused}");
+        let other = PgUrl::parse("mysql://x/y").err().map(|e| e.to_string());
+        assert!(other.is_some_and(|e| e.contains("scheme")));
+    }
 }
