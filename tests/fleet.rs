@@ -143,8 +143,6 @@ async fn coordinators_on_one_sqlite_file_find_each_other() {
 }
 
 #[tokio::test]
-#[ignore = "until every table module runs on PostgreSQL (a coordinator's start and its periodic \
-            work still reach statements with no PostgreSQL form)"]
 async fn coordinators_on_one_postgres_database_find_each_other() {
     let db = mcp_coordinator::store::testing::fresh_database("fleet");
     within_a_minute(&db).await;

@@ -4,9 +4,11 @@
 
 pub mod console;
 pub mod db;
+pub mod fleet;
 pub mod http;
 pub mod idp;
 pub mod setup;
+pub mod team;
 pub mod worker;
 
 use std::path::{Path, PathBuf};
