@@ -22,6 +22,9 @@ use super::{StoreError, Tx, budget};
 /// a second set of reasoning, and a write holds it for a few round trips.
 const WRITE_LOCK: i64 = 0x6d63_7063_7772_6974; // "mcpcwrit"
 
+/// How long background work (no lock-wait budget of its own) queues for [`WRITE_LOCK`].
+const BACKGROUND_WAIT: Duration = Duration::from_millis(250);
+
 /// The channel every commit notifies: waiters in every coordinator wake on it.
 const CHANNEL: &str = "mcp_coordinator";
 
@@ -284,18 +287,29 @@ impl Pg {
         budget::ensure(|budget| {
             conn.in_tx.set(true);
             if budget.limit().is_zero() {
-                let got = conn.simple_first(&format!(
-                    "BEGIN; SELECT pg_try_advisory_xact_lock({WRITE_LOCK})"
-                ))?;
-                if got.as_deref() == Some("t") {
-                    return Ok(());
-                }
-                conn.batch("ROLLBACK")?;
-                conn.in_tx.set(false);
-                return Err(StoreError::Busy {
-                    waited: Duration::ZERO,
-                    timeout: Duration::ZERO,
-                });
+                // Background work (sweeps, pipeline ticks) does not wait on SQLite; here it
+                // queues briefly. PostgreSQL hands the lock out in arrival order, so a try that
+                // gives up at once loses to steady call traffic every time, and leases would
+                // not expire nor pipelines advance while a team is busy.
+                let locked = conn.batch(&format!(
+                    "BEGIN; SET LOCAL lock_timeout = {}; SELECT pg_advisory_xact_lock({WRITE_LOCK})",
+                    BACKGROUND_WAIT.as_millis()
+                ));
+                return match locked {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        if conn.batch("ROLLBACK").is_ok() {
+                            conn.in_tx.set(false);
+                        }
+                        match e {
+                            StoreError::Busy { .. } => Err(StoreError::Busy {
+                                waited: Duration::ZERO,
+                                timeout: Duration::ZERO,
+                            }),
+                            e => Err(e),
+                        }
+                    }
+                };
             }
             let ms = budget.remaining().as_millis().max(1);
             let started = Instant::now();
