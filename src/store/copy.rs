@@ -55,6 +55,9 @@ pub const TABLES: &[Table] = &[
         seed: Some("id = 1 AND failures = 0 AND locked_until IS NULL"),
     },
     table("access_tokens", &["id"]),
+    // The fleet's rows travel too: the target's `coordinator_status` shows the source's
+    // coordinators as stopped or gone, which is their history.
+    table("coordinators", &["id"]),
 ];
 
 /// Rows per INSERT (fewer for wide tables, to stay under [`MAX_PARAMS`]).
