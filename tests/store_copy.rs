@@ -451,7 +451,10 @@ fn a_round_trip_through_postgres_keeps_every_row() {
     assert_eq!(report["tables"]["overseer_lock"], 1);
     let (was, is) = (rows(&from), rows(&back));
     for t in TABLES {
-        assert!(!was[t.name].is_empty(), "{} has rows to copy", t.name);
+        // The fleet's table fills only while a coordinator serves; the rest all hold rows.
+        if t.name != "coordinators" {
+            assert!(!was[t.name].is_empty(), "{} has rows to copy", t.name);
+        }
         assert_eq!(was[t.name], is[t.name], "table {}", t.name);
     }
 }

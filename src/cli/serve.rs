@@ -97,18 +97,6 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
         (Listening::Http { .. }, false) => "serving MCP over HTTP",
         _ => "serving MCP on stdio",
     };
-    tracing::info!(
-        db = %settings.db.display(),
-        data_dir = %settings.data_dir.display(),
-        console = %settings.console_url.as_deref().unwrap_or("off"),
-        http = %match &listening {
-            Listening::Http { front, .. } => front.resource().to_string(),
-            _ => "off".to_string(),
-        },
-        stdio = serve_stdio,
-        "{serving}"
-    );
-    warn_if_unprotected(&settings, &audit);
     // Orphans of child servers come to us rather than to init, so that they can be killed
     // and reaped (src/instance/child/reaper.rs); before any child is started.
     match mcp_coordinator::instance::reaper::become_subreaper() {
@@ -133,6 +121,7 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
             _ => settings.console_url.clone(),
         },
     };
+    let unprotected = audit.clone();
     let coordinator = Coordinator::new(audit, settings, tool_calls)?;
     // The others on this database see this one from now until it exits (cleanly: then it
     // says so; killed: its heartbeat ages).
@@ -140,6 +129,19 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if let Err(e) = fleet.join(&transports) {
         tracing::warn!(error = %e, "cannot register in the fleet; other coordinators will not list this one until a heartbeat gets through");
     }
+    // Said once it is registered: whoever waits for this line finds it in the fleet.
+    tracing::info!(
+        db = %coordinator_settings.db.display(),
+        data_dir = %coordinator_settings.data_dir.display(),
+        console = %coordinator_settings.console_url.as_deref().unwrap_or("off"),
+        http = %match &listening {
+            Listening::Http { front, .. } => front.resource().to_string(),
+            _ => "off".to_string(),
+        },
+        stdio = serve_stdio,
+        "{serving}"
+    );
+    warn_if_unprotected(&coordinator_settings, &unprotected);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
