@@ -1111,7 +1111,18 @@ fn task_throughput(n: usize, agents: usize, path: &Path, autocheckpoint: bool) -
 /// transaction, one report per task (results are per task).
 fn task_throughput_batched(n: usize, path: &Path) -> f64 {
     let (tasks, _) = task_service(path);
-    let token = register_agent(&tasks, "batch-worker");
+    let end_to_end = batched_on(&tasks, n, "1 agent, batched:", 8_000);
+    println!(
+        "   (info) submit_many 100 tasks per transaction, claim_many up to 20 per transaction \
+         (task_claim max_tasks), one report transaction per task; one audit event per task \
+         and step as before"
+    );
+    end_to_end
+}
+
+/// The batched run on `tasks`' database, printed under `label` beside `target` tasks/s.
+fn batched_on(tasks: &TaskService, n: usize, label: &str, target: u32) -> f64 {
+    let token = register_agent(tasks, "batch-worker");
     let by = submitter();
     let started = Instant::now();
     for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
@@ -1132,21 +1143,25 @@ fn task_throughput_batched(n: usize, path: &Path) -> f64 {
     let end_to_end = per_second(n, submitting + claiming);
     println!(
         "{:<24} submit {:>6.0} tasks/s, claim+complete {:>6.0} tasks/s, end to end {:>6.0} \
-         tasks/s ({n} tasks in {:.2} s + {:.2} s)   [target >= 8,000 tasks/s end to end: {}]",
-        "1 agent, batched:",
+         tasks/s ({n} tasks in {:.2} s + {:.2} s)   [target >= {} tasks/s end to end: {}]",
+        label,
         per_second(n, submitting),
         per_second(n, claiming),
         end_to_end,
         submitting.as_secs_f64(),
         claiming.as_secs_f64(),
-        verdict(end_to_end >= 8_000.0),
-    );
-    println!(
-        "   (info) submit_many 100 tasks per transaction, claim_many up to 20 per transaction \
-         (task_claim max_tasks), one report transaction per task; one audit event per task \
-         and step as before"
+        thousands(target),
+        verdict(end_to_end >= f64::from(target)),
     );
     end_to_end
+}
+
+/// 8000 as "8,000".
+fn thousands(n: u32) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        _ => format!("{},{:03}", n / 1_000, n % 1_000),
+    }
 }
 
 /// Mean of sorted samples, and the share of their total spent in samples over 1 ms.

@@ -13,8 +13,8 @@ use mcp_coordinator::store::{Location, Store, StoreError};
 use mcp_coordinator::task::{Priority, TaskService};
 
 use crate::{
-    AGENT_CAPS, Counts, claim_one, completed, mixed_row, mixed_task, per_second, percentile,
-    register_agent, submitter, task_service_on, task_sql, us, verdict,
+    AGENT_CAPS, Counts, batched_on, claim_one, completed, mixed_row, mixed_task, per_second,
+    percentile, register_agent, submitter, task_service_on, task_sql, us, verdict,
 };
 
 /// The task queue on a fresh PostgreSQL database.
@@ -37,7 +37,7 @@ pub fn bench_postgres(counts: &Counts) {
         .health()
         .unwrap_or_else(|e| e.to_string());
     println!("   database {shown}: {health}");
-    batched(&tasks, counts.tasks);
+    batched_on(&tasks, counts.tasks, "PostgreSQL, batched:", 5_000);
     let [small, large] = counts.queue_depths;
     let a = claims_at_depth(counts, small);
     let b = claims_at_depth(counts, large);
@@ -51,39 +51,6 @@ pub fn bench_postgres(counts: &Counts) {
          [target flat, deep queue within 2x of the shallow one: p50 {}, p99 {}]",
         verdict(p50 <= 2.0),
         verdict(p99 <= 2.0),
-    );
-}
-
-fn batched(tasks: &TaskService, n: usize) {
-    let token = register_agent(tasks, "pg-batch-worker");
-    let by = submitter();
-    let started = Instant::now();
-    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
-        let batch = chunk.iter().map(|i| mixed_task(*i, false)).collect();
-        tasks.submit_many(batch, &by).expect("submit_many");
-    }
-    let submitting = started.elapsed();
-    let started = Instant::now();
-    let mut done = 0;
-    while let Ok(batch) = tasks.claim_many(&token, None, 20).expect("claim_many") {
-        for task in batch {
-            tasks.report(&token, &task.id, completed()).expect("report");
-            done += 1;
-        }
-    }
-    let claiming = started.elapsed();
-    assert_eq!(done, n, "claimed and completed {done} of {n} tasks");
-    let end_to_end = per_second(n, submitting + claiming);
-    println!(
-        "{:<24} submit {:>6.0} tasks/s, claim+complete {:>6.0} tasks/s, end to end {:>6.0} \
-         tasks/s ({n} tasks in {:.2} s + {:.2} s)   [target >= 5,000 tasks/s end to end: {}]",
-        "PostgreSQL, batched:",
-        per_second(n, submitting),
-        per_second(n, claiming),
-        end_to_end,
-        submitting.as_secs_f64(),
-        claiming.as_secs_f64(),
-        verdict(end_to_end >= 5_000.0),
     );
 }
 

@@ -79,15 +79,7 @@ pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     report.first_bad_seq.unwrap_or(0),
                     report.first_bad_reason.as_deref().unwrap_or("")
                 );
-                for p in &report.problems {
-                    println!("  event {}: {:?}: {}", p.seq, p.kind, p.message);
-                }
-                if report.problem_count > report.problems.len() as u64 {
-                    println!(
-                        "  ... and {} more",
-                        report.problem_count - report.problems.len() as u64
-                    );
-                }
+                print_problems(&report);
                 print_keys(&report.signatures.keys);
             }
             if !json {
@@ -139,6 +131,19 @@ pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// One line per key: where the chain introduced it and what it signed.
+/// The problems a verification found, one a line, and how many more it did not list.
+pub(super) fn print_problems(report: &mcp_coordinator::audit::VerifyReport) {
+    for p in &report.problems {
+        println!("  event {}: {:?}: {}", p.seq, p.kind, p.message);
+    }
+    if report.problem_count > report.problems.len() as u64 {
+        println!(
+            "  ... and {} more",
+            report.problem_count - report.problems.len() as u64
+        );
+    }
+}
+
 fn print_keys(keys: &[mcp_coordinator::audit::KeyStatus]) {
     println!("signing keys:");
     for k in keys {

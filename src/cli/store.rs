@@ -271,15 +271,7 @@ fn print_broken(
         report.first_bad_seq.unwrap_or(0),
         report.first_bad_reason.as_deref().unwrap_or("")
     );
-    for p in &report.problems {
-        println!("  event {}: {:?}: {}", p.seq, p.kind, p.message);
-    }
-    if report.problem_count > report.problems.len() as u64 {
-        println!(
-            "  ... and {} more",
-            report.problem_count - report.problems.len() as u64
-        );
-    }
+    super::audit::print_problems(report);
     println!(
         "nothing was written to {}; check the source with `mcp-coordinator audit verify --db {}` (which also trusts that coordinator's own key)",
         to.display(),

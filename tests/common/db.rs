@@ -197,19 +197,10 @@ impl Db {
 
     /// [`super::settle_audit`] on this database.
     pub fn settle_audit(&self, data_dir: &Path) {
-        let head = || {
+        super::settle(|| {
             self.query_i64(data_dir, "SELECT COALESCE(MAX(seq), 0) FROM audit_events")
                 .unwrap_or(-1)
-        };
-        let mut last = head();
-        loop {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            let now = head();
-            if now == last {
-                return;
-            }
-            last = now;
-        }
+        });
     }
 
     /// [`super::settle_signed`] on this database: settled, then the head signed (5 s at most).

@@ -180,7 +180,7 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 /// events of the calls made so far: their audit writers write within 20 ms, so the head stops
 /// moving. For tests that read the database from outside a server (the CLI, rusqlite).
 pub fn settle_audit(data_dir: &Path) {
-    let head = || {
+    settle(|| {
         rusqlite::Connection::open(db_path(data_dir))
             .and_then(|db| {
                 db.query_row("SELECT COALESCE(MAX(seq), 0) FROM audit_events", [], |r| {
@@ -188,7 +188,11 @@ pub fn settle_audit(data_dir: &Path) {
                 })
             })
             .unwrap_or(-1)
-    };
+    })
+}
+
+/// Returns once `head` (the audit chain's newest seq) reads the same twice 100 ms apart.
+pub fn settle(head: impl Fn() -> i64) {
     let mut last = head();
     loop {
         std::thread::sleep(std::time::Duration::from_millis(100));
