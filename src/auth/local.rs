@@ -261,6 +261,14 @@ impl AccessTokens {
         })
     }
 
+    /// Whether checking a token may wait (for the blocking pool then): on PostgreSQL its
+    /// lookup is a network round trip, and an in-memory SQLite database has only the
+    /// connection writes hold. A SQLite file's lookup runs on a connection of its own.
+    pub fn check_may_wait(&self) -> bool {
+        let store = self.audit.store();
+        store.is_postgres() || matches!(store.location(), crate::store::Location::Memory)
+    }
+
     /// Whether `bearer` looks like one of ours (an API key, or a JWT with our issuer), so the
     /// caller knows which check to run without trying each.
     pub fn is_ours(&self, bearer: &str) -> bool {
@@ -284,7 +292,7 @@ impl AccessTokens {
             let hash = key_hash(bearer);
             self.audit
                 .store()
-                .read(|tx| sql::by_key_hash(tx, &hash))?
+                .read_aside(|tx| sql::by_key_hash(tx, &hash))?
                 .ok_or(AccessError::UnknownKey)?
         } else {
             let claims = jsonwebtoken::decode::<Claims>(bearer, &self.decoding, &self.validation)
@@ -296,7 +304,7 @@ impl AccessTokens {
                 .claims;
             self.audit
                 .store()
-                .read(|tx| sql::get(tx, &claims.sub))?
+                .read_aside(|tx| sql::get(tx, &claims.sub))?
                 .ok_or_else(|| AccessError::Malformed("no such token was issued".into()))?
         };
         if let Some(at) = row.revoked_at {

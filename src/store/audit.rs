@@ -75,19 +75,31 @@ pub struct Head {
     pub ts: String,
 }
 
+/// The query for the newest event (seq, hash, ts); PostgreSQL's write transactions also send
+/// it with their BEGIN.
+pub(in crate::store) const HEAD_SQL: &str =
+    "SELECT seq, hash, ts FROM audit_events ORDER BY seq DESC LIMIT 1";
+
 /// The newest event's sequence number, hash and time, if any.
 pub fn head(tx: &Tx<'_>) -> Result<Option<Head>, StoreError> {
-    tx.one(
-        "SELECT seq, hash, ts FROM audit_events ORDER BY seq DESC LIMIT 1",
-        args![],
-        |r| {
-            Ok(Head {
-                seq: r.get(0)?,
-                hash: r.get(1)?,
-                ts: r.get(2)?,
-            })
-        },
-    )
+    // On PostgreSQL a write transaction remembers the head it read or wrote: appends are
+    // serialised by the write lock, so it stays the head until this transaction inserts the
+    // next one (which `insert` records), and the lookup's round trip is paid once.
+    let memo = tx.audit_head_memo();
+    if let Some(found) = memo.and_then(|m| m.borrow().clone()) {
+        return Ok(Some(found));
+    }
+    let head = tx.one(HEAD_SQL, args![], |r| {
+        Ok(Head {
+            seq: r.get(0)?,
+            hash: r.get(1)?,
+            ts: r.get(2)?,
+        })
+    })?;
+    if let Some(m) = memo {
+        *m.borrow_mut() = head.clone();
+    }
+    Ok(head)
 }
 
 /// The first sequence number whose event is at or after `ts` (a stored-form time), or one past
@@ -119,7 +131,8 @@ fn first_seq_at_or_after(tx: &Tx<'_>, head_seq: i64, ts: &str) -> Result<i64, St
 /// writer can slip in between reading the head and this insert: one gapless chain, one head.
 /// Were one to, the primary key on `seq` refuses the second row as a conflict.
 pub fn insert(tx: &Tx<'_>, row: &EventRow) -> Result<(), StoreError> {
-    tx.exec(
+    // Nothing reads its count, and the chain's order is the order statements are sent in.
+    tx.exec_later(
         "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         args![
@@ -134,6 +147,13 @@ pub fn insert(tx: &Tx<'_>, row: &EventRow) -> Result<(), StoreError> {
             row.hash
         ],
     )?;
+    if let Some(m) = tx.audit_head_memo() {
+        *m.borrow_mut() = Some(Head {
+            seq: row.seq,
+            hash: row.hash.clone(),
+            ts: row.ts.clone(),
+        });
+    }
     Ok(())
 }
 

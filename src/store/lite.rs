@@ -19,8 +19,9 @@ use super::{Location, StoreError, Tx, budget, checkpointer};
 pub(super) struct Lite {
     conn: Arc<Mutex<Connection>>,
     location: Arc<Location>,
-    /// A second connection that only asks `PRAGMA data_version` (opened on first use), so
-    /// long polls notice commits of any process without touching the main connection.
+    /// A second connection (opened on first use) for `PRAGMA data_version`, so long polls
+    /// notice commits of any process without touching the main connection, and for the
+    /// point reads of [`Lite::read_aside`].
     watch: Arc<OnceLock<Mutex<Connection>>>,
     /// The background checkpointer, once started (see [`Lite::start_checkpointer`]).
     checkpointer: Arc<OnceLock<checkpointer::Nudge>>,
@@ -200,8 +201,8 @@ impl Lite {
         self.write(f).map(|v| (v, true))
     }
 
-    /// `PRAGMA data_version` on a connection of its own (files only).
-    pub(super) fn data_version(&self) -> Result<u64, StoreError> {
+    /// The second connection (files only), opened on first use.
+    fn watch(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         let watch = match self.watch.get() {
             Some(w) => w,
             None => {
@@ -209,9 +210,29 @@ impl Lite {
                 self.watch.get_or_init(|| Mutex::new(conn))
             }
         };
-        let conn = watch.lock().unwrap_or_else(|p| p.into_inner());
-        let version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        Ok(watch.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// `PRAGMA data_version` on a connection of its own (files only).
+    pub(super) fn data_version(&self) -> Result<u64, StoreError> {
+        let version: i64 = self
+            .watch()?
+            .pragma_query_value(None, "data_version", |r| r.get(0))?;
         Ok(version as u64)
+    }
+
+    /// A short read on the second connection (the shared one for `:memory:`): never behind
+    /// this process's writes, which hold the main connection, and in WAL mode never waiting
+    /// for another process's.
+    pub(super) fn read_aside<T>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        if matches!(*self.location, Location::Memory) {
+            return self.read(f);
+        }
+        let conn = self.watch()?;
+        f(&Tx::lite(&conn))
     }
 
     pub(super) fn set_wal_autocheckpoint(&self, frames: i64) -> Result<(), StoreError> {

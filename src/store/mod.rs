@@ -33,6 +33,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -107,6 +108,71 @@ impl<'c> Tx<'c> {
                 .map_err(StoreError::from_sqlite),
             TxInner::Pg(c) => c.execute(sql, args),
             TxInner::Down(why) => Err(Self::unavailable(why)),
+        }
+    }
+
+    /// Runs one statement once for each list of values in `rows`; returns how many rows each
+    /// run changed. On PostgreSQL all of them go in one round trip.
+    pub(in crate::store) fn exec_each(
+        &self,
+        sql: &str,
+        rows: &[Vec<Val<'_>>],
+    ) -> Result<Vec<usize>, StoreError> {
+        match self.inner {
+            TxInner::Pg(c) => Ok(c
+                .execute_each(sql, rows)?
+                .into_iter()
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .collect()),
+            _ => rows.iter().map(|r| self.exec(sql, r)).collect(),
+        }
+    }
+
+    /// Runs a statement whose count the caller does not need (an audit event's insert, a
+    /// task's final update). On PostgreSQL, inside a write transaction, it is sent with the
+    /// next statement that needs an answer, or with the commit, saving its own round trip;
+    /// an error it meets then fails that statement (the transaction is lost either way), so
+    /// it is not for a statement whose error the caller handles (a conflict it expects).
+    pub(in crate::store) fn exec_later(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+    ) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Pg(c) => c.execute_later(sql, args),
+            _ => self.exec(sql, args).map(|_| ()),
+        }
+    }
+
+    /// Where a PostgreSQL write transaction remembers the audit chain's head (see
+    /// [`audit::head`]); `None` on SQLite (its lookup costs no round trip) and outside a
+    /// write transaction.
+    pub(in crate::store) fn audit_head_memo(&self) -> Option<&'c RefCell<Option<audit::Head>>> {
+        match self.inner {
+            TxInner::Pg(c) if c.in_tx.get() => Some(&c.audit_head),
+            _ => None,
+        }
+    }
+
+    /// Sends what [`exec_later`](Self::exec_later) put off, now: its error is returned here.
+    pub(in crate::store) fn flush_later(&self) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Pg(c) => c.flush_later(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops what [`exec_later`](Self::exec_later) put off, unsent (a rollback follows).
+    pub(in crate::store) fn discard_later(&self) {
+        if let TxInner::Pg(c) = self.inner {
+            c.discard_later();
+        }
+    }
+
+    /// Forgets what the transaction remembered, after a rollback to a savepoint.
+    pub(in crate::store) fn forget_memos(&self) {
+        if let TxInner::Pg(c) = self.inner {
+            c.audit_head.replace(None);
         }
     }
 
@@ -375,7 +441,7 @@ impl Store {
     pub fn reader(&self) -> Result<ReadConn<'_>, StoreError> {
         match &self.backend {
             Backend::Lite(l) => Ok(ReadConn::Lite(l.reader()?)),
-            Backend::Pg(p) => Ok(ReadConn::Pg(p.get()?)),
+            Backend::Pg(p) => Ok(ReadConn::Pg(Box::new(p.get()?))),
         }
     }
 
@@ -415,6 +481,20 @@ impl Store {
     pub fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> T) -> T {
         match &self.backend {
             Backend::Lite(l) => l.read(f),
+            Backend::Pg(p) => p.read(f),
+        }
+    }
+
+    /// A short point read that may run on an async thread when the store is SQLite (see
+    /// [`is_postgres`](Self::is_postgres)): on a connection of its own, never behind this
+    /// process's writes, and in WAL mode never waiting for another process's. On PostgreSQL
+    /// it is a network round trip like [`read`](Self::read), for a blocking thread.
+    pub fn read_aside<T>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        match &self.backend {
+            Backend::Lite(l) => l.read_aside(f),
             Backend::Pg(p) => p.read(f),
         }
     }
@@ -535,7 +615,7 @@ impl Store {
 /// (`:memory:`).
 pub enum ReadConn<'a> {
     Lite(LiteReader<'a>),
-    Pg(pg::Pooled),
+    Pg(Box<pg::Pooled>),
 }
 
 impl ReadConn<'_> {

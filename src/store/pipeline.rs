@@ -505,15 +505,26 @@ pub fn webhook_outcome(
 /// failed statement's abort of the transaction, which is what lets the report go on. Only
 /// inside [`Store::write`](super::Store::write): PostgreSQL has no savepoint outside a
 /// transaction.
-pub fn within_savepoint<T, E>(
+pub fn within_savepoint<T, E: From<StoreError>>(
     tx: &Tx<'_>,
     name: &'static str,
     f: impl FnOnce(&Tx<'_>) -> Result<T, E>,
 ) -> Result<Result<T, E>, StoreError> {
+    // SAVEPOINT sends what was put off before it (`Tx::exec_later`), so those belong to the
+    // transaction; what `f` puts off is sent before the savepoint ends, so its failure is
+    // `f`'s failure and is undone with it.
     tx.exec(&format!("SAVEPOINT {name}"), args![])?;
-    let out = f(tx);
+    let out = match f(tx) {
+        Ok(v) => tx.flush_later().map(|()| v).map_err(E::from),
+        Err(e) => {
+            tx.discard_later();
+            Err(e)
+        }
+    };
     if out.is_err() {
         tx.exec(&format!("ROLLBACK TO SAVEPOINT {name}"), args![])?;
+        // What the transaction remembered may have been undone with it (the audit head).
+        tx.forget_memos();
     }
     tx.exec(&format!("RELEASE SAVEPOINT {name}"), args![])?;
     Ok(out)

@@ -45,6 +45,18 @@ pub enum Val<'a> {
 }
 
 impl Val<'_> {
+    /// The value, owned (kept to be sent later). A NULL forgets its kind: the statement it
+    /// goes with was prepared with its parameters' types already.
+    pub(super) fn kept(&self) -> Value {
+        match *self {
+            Val::Null(_) => Value::Null,
+            Val::Int(i) => Value::Int(i),
+            Val::Real(f) => Value::Real(f),
+            Val::Text(s) => Value::Text(s.to_string()),
+            Val::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+
     pub(super) fn pg_type(&self) -> Type {
         match self {
             Val::Null(k) => k.pg_type(),

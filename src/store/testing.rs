@@ -37,17 +37,7 @@ pub fn cluster_url() -> String {
 pub fn fresh_database(label: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let admin = cluster_url();
-    let clean: String = label
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .take(30)
-        .collect();
+    let clean: String = name_part(label).chars().take(30).collect();
     let name = format!(
         "t_{clean}_{}_{}",
         std::process::id(),
@@ -62,6 +52,20 @@ pub fn fresh_database(label: &str) -> String {
     let mut db = url::Url::parse(&admin).unwrap_or_else(|e| panic!("{e}"));
     db.set_path(&format!("/{name}"));
     db.to_string()
+}
+
+/// `label` as part of a database name: ASCII letters and digits, lowercased; anything else `_`.
+pub fn name_part(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// A store on a fresh PostgreSQL database.

@@ -526,4 +526,226 @@ mod postgres_only {
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!((a.data_version().ok(), b.data_version().ok()), (va, vb));
     }
+
+    /// A statement put off to the next round trip (`exec_later`) that fails fails its
+    /// transaction: whether a query follows it or only the commit, nothing of the
+    /// transaction stays, and the error names the violation. One that succeeds is seen by
+    /// the statements after it.
+    #[test]
+    fn a_put_off_statement_that_fails_fails_its_transaction() {
+        let store = testing::postgres_store("later");
+        insert_agent(&store, "a1").unwrap_or_else(|e| panic!("{e}"));
+        let count = |store: &Store| {
+            store
+                .read(|tx| tx.one("SELECT COUNT(*) FROM agents", args![], |r| r.get::<i64>(0)))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let duplicate = "INSERT INTO agents (id, name, agent_type, capabilities, endpoints,
+                 resources, metadata, status, load, registered_at, last_heartbeat_ms, token_generation)
+             VALUES (?1, ?1, 'worker', '[]', '{}', '{}', '{}', 'ready', 0, 'now', 0, 0)";
+        // Followed by a query.
+        let followed = store.write(|tx| {
+            tx.exec(
+                "UPDATE agents SET token_generation = 7 WHERE id = 'a1'",
+                args![],
+            )?;
+            tx.exec_later(duplicate, args!["a1"])?;
+            tx.one("SELECT COUNT(*) FROM agents", args![], |r| r.get::<i64>(0))
+        });
+        let err = followed.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("agents_pkey"), "{err}");
+        // Followed only by the commit.
+        let at_commit = store.write(|tx| {
+            tx.exec_later(duplicate, args!["a2"])?;
+            tx.exec_later(duplicate, args!["a1"])
+        });
+        let err = at_commit.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("agents_pkey"), "{err}");
+        assert_eq!(
+            count(&store),
+            Some(1),
+            "nothing of either transaction stayed"
+        );
+        let generation = store.read(|tx| {
+            tx.one(
+                "SELECT token_generation FROM agents WHERE id = 'a1'",
+                args![],
+                |r| r.get::<i64>(0),
+            )
+        });
+        assert_eq!(generation.map_err(|e| e.to_string()), Ok(Some(0)));
+        // One that succeeds comes before what follows it, and commits.
+        let seen = store
+            .write(|tx| {
+                tx.exec_later(duplicate, args!["a3"])?;
+                tx.one("SELECT COUNT(*) FROM agents", args![], |r| r.get::<i64>(0))
+            })
+            .unwrap_or_else(|e: StoreError| panic!("{e}"));
+        assert_eq!(seen, Some(2));
+        assert_eq!(count(&store), Some(2));
+        // The pooled connection is fine after all of it.
+        assert!(insert_agent(&store, "a4").is_ok());
+    }
+
+    /// A put-off statement that fails inside a savepoint fails what ran under the savepoint,
+    /// not the transaction: it is undone with the savepoint and the transaction commits.
+    #[test]
+    fn a_put_off_statement_that_fails_under_a_savepoint_is_undone_with_it() {
+        use crate::store::pipeline::within_savepoint;
+        let store = testing::postgres_store("later_savepoint");
+        let duplicate = "INSERT INTO agents (id, name, agent_type, capabilities, endpoints,
+                 resources, metadata, status, load, registered_at, last_heartbeat_ms, token_generation)
+             VALUES (?1, ?1, 'worker', '[]', '{}', '{}', '{}', 'ready', 0, 'now', 0, 0)";
+        let inner = store
+            .write(|tx| {
+                tx.exec(duplicate, args!["s1"])?;
+                let inner = within_savepoint(tx, "later_test", |tx| {
+                    tx.exec_later(duplicate, args!["s2"])?;
+                    tx.exec_later(duplicate, args!["s1"])
+                })?;
+                tx.exec(duplicate, args!["s3"])?;
+                Ok::<_, StoreError>(inner.map_err(|e| e.to_string()))
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            inner.as_ref().is_err_and(|e| e.contains("agents_pkey")),
+            "{inner:?}"
+        );
+        let ids = store.read(|tx| {
+            tx.all("SELECT id FROM agents ORDER BY id", args![], |r| {
+                r.get::<String>(0)
+            })
+        });
+        assert_eq!(
+            ids.map_err(|e| e.to_string()),
+            Ok(vec!["s1".to_string(), "s3".to_string()])
+        );
+    }
+
+    /// The audit head a write transaction remembers is forgotten when a savepoint rolls back
+    /// the event it recorded: the next event links to the one that stayed, no sequence
+    /// number is skipped.
+    #[test]
+    fn the_remembered_audit_head_follows_a_savepoint_rollback() {
+        use crate::store::audit::{self, EventRow};
+        use crate::store::pipeline::within_savepoint;
+        let store = testing::postgres_store("memo");
+        let row = |seq: i64, prev: &str| EventRow {
+            seq,
+            ts: format!("2026-12-07T00:00:{seq:02}.000Z"),
+            actor: "system".into(),
+            action: "test".into(),
+            subject: "memo".into(),
+            outcome: "ok".into(),
+            detail: "{}".into(),
+            prev_hash: prev.into(),
+            hash: format!("h{seq}"),
+        };
+        store
+            .write(|tx| {
+                assert_eq!(audit::head(tx)?, None);
+                audit::insert(tx, &row(1, "genesis"))?;
+                assert_eq!(audit::head(tx)?.map(|h| h.seq), Some(1));
+                let undone = within_savepoint(tx, "memo_test", |tx| {
+                    audit::insert(tx, &row(2, "h1"))?;
+                    assert_eq!(audit::head(tx)?.map(|h| h.seq), Some(2));
+                    Err::<(), StoreError>(StoreError::Postgres {
+                        message: "undone on purpose".into(),
+                    })
+                })?;
+                assert!(undone.is_err());
+                let head = audit::head(tx)?;
+                assert_eq!(
+                    head.as_ref().map(|h| (h.seq, h.hash.as_str())),
+                    Some((1, "h1"))
+                );
+                audit::insert(tx, &row(2, "h1"))
+            })
+            .unwrap_or_else(|e: StoreError| panic!("{e}"));
+        let seqs = store.read(|tx| {
+            tx.all("SELECT seq FROM audit_events ORDER BY seq", args![], |r| {
+                r.get::<i64>(0)
+            })
+        });
+        assert_eq!(seqs.map_err(|e| e.to_string()), Ok(vec![1, 2]));
+        // A new transaction reads the head afresh.
+        let head = store
+            .write(audit::head)
+            .unwrap_or_else(|e: StoreError| panic!("{e}"));
+        assert_eq!(head.map(|h| h.seq), Some(2));
+    }
+
+    /// A database reached through the server's Unix socket directory (a URL whose host is a
+    /// path) works as one reached over TCP.
+    #[test]
+    fn a_unix_socket_url_connects() {
+        let tcp = testing::fresh_database("unix");
+        let admin = Store::open(&Location::from_arg(&tcp).unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let dirs = admin
+            .read(|tx| {
+                tx.one(
+                    "SELECT CAST(current_setting('unix_socket_directories') AS TEXT)",
+                    args![],
+                    |r| r.get::<String>(0),
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_default();
+        let Some(dir) = dirs.split(',').map(str::trim).find(|d| d.starts_with('/')) else {
+            panic!("the test cluster listens on no Unix socket directory ({dirs:?})");
+        };
+        let mut url = url::Url::parse(&tcp).unwrap_or_else(|e| panic!("{e}"));
+        let encoded: String = url::form_urlencoded::byte_serialize(dir.as_bytes()).collect();
+        url.set_host(Some(&encoded))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let location = Location::from_arg(url.as_str()).unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&location).unwrap_or_else(|e| panic!("{url}: {e}"));
+        let over = store.read(|tx| {
+            tx.one(
+                "SELECT COALESCE(CAST(inet_server_addr() AS TEXT), 'a Unix socket')",
+                args![],
+                |r| r.get::<String>(0),
+            )
+        });
+        assert_eq!(
+            over.map_err(|e| e.to_string()),
+            Ok(Some("a Unix socket".to_string()))
+        );
+        insert_agent(&store, "u1").unwrap_or_else(|e| panic!("{e}"));
+        let n =
+            admin.read(|tx| tx.one("SELECT COUNT(*) FROM agents", args![], |r| r.get::<i64>(0)));
+        assert_eq!(n.map_err(|e| e.to_string()), Ok(Some(1)));
+    }
+
+    /// After a thousand commits the store vacuums the queue table itself (its claimed tasks'
+    /// index entries would otherwise slow every claim until autovacuum comes by).
+    #[test]
+    fn the_queue_is_vacuumed_after_a_thousand_commits() {
+        let store = testing::postgres_store("vacuum");
+        let vacuums = |store: &Store| {
+            store
+                .read(|tx| {
+                    tx.one(
+                        "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'tasks'",
+                        args![],
+                        |r| r.get::<i64>(0),
+                    )
+                })
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or(0)
+        };
+        assert_eq!(vacuums(&store), 0);
+        for i in 0..1_050 {
+            insert_agent(&store, &format!("v{i}")).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let started = Instant::now();
+        while vacuums(&store) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no vacuum of tasks within 30 s of 1,050 commits"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }

@@ -83,9 +83,10 @@ impl TaskService {
                 let actor = Actor::new(ActorKind::Agent, me.id.clone());
                 let max = max.max(1);
                 let mut leased = Vec::new();
-                let mut lease = |mut task: TaskRow| -> Result<bool, TaskError> {
+                // `written`: the lease is already in the database (`sql::lease_each`).
+                let mut lease = |mut task: TaskRow, written: bool| -> Result<bool, TaskError> {
                     let expires = now + task.timeout_ms;
-                    if !sql::lease(tx, &task.id, &me.id, now, expires)? {
+                    if !written && !sql::lease(tx, &task.id, &me.id, now, expires)? {
                         return Ok(false);
                     }
                     self.append(
@@ -112,27 +113,45 @@ impl TaskService {
                 // Aimed at this agent first, then untargeted work in dispatch order. With no
                 // lighter agent to defer to, one query fetches the whole batch.
                 let mut taken = 0;
-                for t in sql::targeted_candidates(tx, &me.id, &me.capabilities, now, max as i64)? {
-                    taken += usize::from(lease(t)?);
-                }
-                if taken < max && lighter.is_empty() {
-                    let rest = sql::open_candidates(
-                        tx,
-                        &me.capabilities,
-                        now,
-                        None,
-                        (max - taken) as i64,
-                    )?;
-                    for t in rest {
-                        lease(t)?;
+                let aimed =
+                    sql::targeted_candidates(tx, &me.id, &me.capabilities, now, max as i64)?;
+                if lighter.is_empty() {
+                    // Every candidate is this agent's to take: all the leases go in one
+                    // round trip (the write lock keeps each candidate queued meanwhile; a
+                    // lease that finds one taken all the same just skips it).
+                    let mut candidates = aimed;
+                    if candidates.len() < max {
+                        candidates.extend(sql::open_candidates(
+                            tx,
+                            &me.capabilities,
+                            now,
+                            None,
+                            (max - candidates.len()) as i64,
+                        )?);
                     }
-                } else if taken < max {
+                    let leases: Vec<(&str, i64)> = candidates
+                        .iter()
+                        .map(|t| (t.id.as_str(), now + t.timeout_ms))
+                        .collect();
+                    let done = sql::lease_each(tx, &leases, &me.id, now)?;
+                    for (task, leased) in candidates.into_iter().zip(done) {
+                        if leased {
+                            lease(task, true)?;
+                        }
+                    }
+                    taken = max;
+                } else {
+                    for t in aimed {
+                        taken += usize::from(lease(t, false)?);
+                    }
+                }
+                if taken < max {
                     while taken < max {
                         let Some(t) = self.pick(tx, &me.id, &me.capabilities, &lighter, now)?
                         else {
                             break;
                         };
-                        if !lease(t)? {
+                        if !lease(t, false)? {
                             break;
                         }
                         taken += 1;

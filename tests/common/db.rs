@@ -282,17 +282,10 @@ impl Db {
     fn copy_database(&self, url: &str, name: &str) -> String {
         let mut src = url::Url::parse(url).unwrap();
         let from = src.path().trim_start_matches('/').to_string();
-        let clean: String = name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_lowercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let to = format!("{from}_{clean}");
+        let to = format!(
+            "{from}_{}",
+            mcp_coordinator::store::testing::name_part(name)
+        );
         src.set_path("/postgres");
         let admin = PgConn::connect(src.as_str());
         let started = std::time::Instant::now();

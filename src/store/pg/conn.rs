@@ -1,23 +1,26 @@
-//! One PostgreSQL connection as the store uses it: tokio-postgres driven on a runtime of its
-//! own (so the store's synchronous surface can wait on it from any thread, a tokio worker
-//! included, without nesting runtimes), every statement sent with its values' types in one
-//! round trip, rows decoded by column type, and errors named as [`StoreError`] names them.
+//! One PostgreSQL connection as the store uses it: tokio-postgres driven by the thread that
+//! runs the statement (`io.rs`), every statement sent with its values' types in one round
+//! trip, rows decoded by column type, and errors named as [`StoreError`] names them. The
+//! listener, which waits for notifications between statements, runs on a small runtime here.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
+use std::pin::pin;
 use std::sync::OnceLock;
+use std::task::Poll;
 use std::time::Duration;
 
+use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, SimpleQueryMessage};
 
+use super::io::{self, Connection, Driver, Stopped};
 use crate::store::StoreError;
 use crate::store::budget;
-use crate::store::sql::{Val, Value, dollar_placeholders};
+use crate::store::sql::{Param, Val, Value, dollar_placeholders};
 
-/// The runtime that drives every PostgreSQL connection of this process (one thread): the
-/// connections' I/O runs there; callers wait for their answers with a plain executor.
+/// The runtime the listening connection runs on (one thread).
 fn runtime() -> Result<&'static tokio::runtime::Runtime, StoreError> {
     static RUNTIME: OnceLock<Result<tokio::runtime::Runtime, String>> = OnceLock::new();
     RUNTIME
@@ -35,23 +38,6 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime, StoreError> {
         })
 }
 
-/// Waits for `f` on this thread. The futures of a tokio-postgres client only pass messages to
-/// its connection task, so they need no reactor here.
-pub(super) fn wait<F: Future>(f: F) -> F::Output {
-    futures_executor::block_on(f)
-}
-
-/// Runs `f` on the PostgreSQL runtime (for what needs its reactor: connecting, listening) and
-/// waits for it.
-pub(super) fn on_runtime<T: Send + 'static>(
-    f: impl Future<Output = Result<T, StoreError>> + Send + 'static,
-) -> Result<T, StoreError> {
-    let handle = runtime()?.spawn(f);
-    wait(handle).map_err(|e| StoreError::Unavailable {
-        message: format!("the PostgreSQL task failed: {e}"),
-    })?
-}
-
 /// Spawns `f` on the PostgreSQL runtime.
 pub(super) fn spawn(f: impl Future<Output = ()> + Send + 'static) -> Result<(), StoreError> {
     runtime()?.spawn(f);
@@ -61,10 +47,22 @@ pub(super) fn spawn(f: impl Future<Output = ()> + Send + 'static) -> Result<(), 
 /// One connection.
 pub struct Client {
     inner: tokio_postgres::Client,
+    /// The connection half, polled by whoever runs a statement; `None` once it ended.
+    conn: RefCell<Option<Connection>>,
+    driver: Driver,
+    /// Statements prepared on this connection, by their text (as the table modules write it)
+    /// and their values' types: the server parses and plans a statement once per
+    /// connection, and each run is one Bind/Execute round trip.
+    statements: RefCell<HashMap<String, Vec<Prepared>>>,
+    /// Statements put off until the next round trip ([`Client::execute_later`]).
+    later: RefCell<Vec<(tokio_postgres::Statement, Vec<Value>)>>,
+    /// The audit chain's head as this transaction last read or wrote it
+    /// ([`crate::store::audit::head`]); read with the BEGIN of a write transaction.
+    pub(in crate::store) audit_head: RefCell<Option<crate::store::audit::Head>>,
     /// A transaction is open on it. Still set when the connection goes back to the pool (the
     /// closure of a write panicked), it marks the connection broken: the pool drops it and
     /// the server rolls the transaction back.
-    pub(super) in_tx: Cell<bool>,
+    pub(in crate::store) in_tx: Cell<bool>,
 }
 
 impl Client {
@@ -73,50 +71,213 @@ impl Client {
         config: &tokio_postgres::Config,
         shown: &str,
     ) -> Result<Self, StoreError> {
-        let config = config.clone();
-        let shown_owned = shown.to_string();
-        on_runtime(async move {
-            let (client, connection) =
-                config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| StoreError::Unavailable {
-                        message: format!("cannot connect to {shown_owned}: {}", describe(&e)),
-                    })?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %describe(&e), "a PostgreSQL connection ended");
-                }
-            });
-            // A session that stops talking mid-transaction (its machine lost, a partition)
-            // gives back the write lock within a minute rather than when the server's TCP
-            // keepalive notices; no statement runs forever.
-            client
-                .batch_execute(
-                    "SET idle_in_transaction_session_timeout = '60s'; SET statement_timeout = '300s'",
-                )
-                .await
-                .map_err(|e| StoreError::Unavailable {
-                    message: format!("cannot set up a connection to {shown_owned}: {}", describe(&e)),
-                })?;
-            Ok(client)
-        })
-        .map(|inner| Client {
+        let timeout = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(CONNECT_TIMEOUT);
+        let (inner, conn, driver) =
+            io::connect(config, timeout).map_err(|e| StoreError::Unavailable {
+                message: format!("cannot connect to {shown}: {e}"),
+            })?;
+        let client = Client {
             inner,
+            conn: RefCell::new(Some(conn)),
+            driver,
+            statements: RefCell::new(HashMap::new()),
+            later: RefCell::new(Vec::new()),
+            audit_head: RefCell::new(None),
             in_tx: Cell::new(false),
-        })
+        };
+        // A session that stops talking mid-transaction (its machine lost, a partition)
+        // gives back the write lock within a minute rather than when the server's TCP
+        // keepalive notices; no statement runs forever.
+        client
+            .batch(
+                "SET idle_in_transaction_session_timeout = '60s'; SET statement_timeout = '300s'",
+            )
+            .map_err(|e| StoreError::Unavailable {
+                message: format!("cannot set up a connection to {shown}: {e}"),
+            })?;
+        Ok(client)
     }
 
-    /// Whether the connection is gone (the server closed it, or the network dropped it).
+    /// Waits for `f`, driving the connection meanwhile. Statements put off with
+    /// [`execute_later`](Self::execute_later) go first, in the same round trip; the first
+    /// of their errors, if any, is `f`'s error (the transaction is lost either way).
+    fn wait<T>(
+        &self,
+        f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        let later = std::mem::take(&mut *self.later.borrow_mut());
+        self.pipeline(&later, f).map(|(_, answer)| answer)
+    }
+
+    /// Sends the statements of `batch` in order, then `f`, in one round trip, and waits for
+    /// every answer: the rows each statement of `batch` changed, and `f`'s. The first error
+    /// met, in that order, is the error.
+    fn pipeline<T>(
+        &self,
+        batch: &[(tokio_postgres::Statement, Vec<Value>)],
+        f: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<(Vec<u64>, T), StoreError> {
+        let vals: Vec<Vec<Val<'_>>> = batch
+            .iter()
+            .map(|(_, kept)| kept.iter().map(Param::val).collect())
+            .collect();
+        let params: Vec<Vec<&(dyn ToSql + Sync)>> = vals.iter().map(|v| values(v)).collect();
+        let mut sent: Vec<_> = batch
+            .iter()
+            .zip(&params)
+            .map(|((statement, _), p)| Some(Box::pin(self.inner.execute(statement, p))))
+            .collect();
+        let mut counts = vec![0u64; batch.len()];
+        let mut failed = None;
+        let mut f = pin!(f);
+        let mut answer = None;
+        // Each statement is sent the first time it is polled, so in order, `f` last.
+        let all = std::future::poll_fn(|cx| {
+            for (slot, count) in sent.iter_mut().zip(counts.iter_mut()) {
+                if let Some(fut) = slot
+                    && let Poll::Ready(done) = fut.as_mut().poll(cx)
+                {
+                    *slot = None;
+                    match done {
+                        Ok(n) => *count = n,
+                        Err(e) => {
+                            if failed.is_none() {
+                                failed = Some(e);
+                            }
+                        }
+                    }
+                }
+            }
+            if answer.is_none()
+                && let Poll::Ready(a) = f.as_mut().poll(cx)
+            {
+                answer = Some(a);
+            }
+            if answer.is_some() && sent.iter().all(Option::is_none) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        });
+        let ran = self.driver.run(&mut self.conn.borrow_mut(), all, None);
+        let e = match (ran, failed, answer) {
+            (Ok(()), Some(e), _) | (Ok(()), None, Some(Err(e))) => e,
+            (Ok(()), None, Some(Ok(a))) => return Ok((counts, a)),
+            (Err(Stopped::Ended(Some(e))), _, _) => e,
+            (Err(s), _, _) => return Err(lost(&s)),
+            (Ok(()), None, None) => return Err(lost(&Stopped::Ended(None))),
+        };
+        self.forget_if_stale(e.as_db_error().map(|d| d.code()));
+        Err(from_pg(e))
+    }
+
+    /// Runs one statement for each list of values in `rows`, all in one round trip (with the
+    /// statements put off before them); returns the rows each changed.
+    pub fn execute_each(&self, sql: &str, rows: &[Vec<Val<'_>>]) -> Result<Vec<u64>, StoreError> {
+        // Each row's own prepared form: rows may differ in a value's type (a NULL's kind).
+        let mut prepared = Vec::with_capacity(rows.len());
+        for r in rows {
+            prepared.push((self.statement(sql, r)?, r.iter().map(Val::kept).collect()));
+        }
+        let mut batch = std::mem::take(&mut *self.later.borrow_mut());
+        let before = batch.len();
+        batch.extend(prepared);
+        let (counts, ()) = self.pipeline(&batch, async { Ok(()) })?;
+        Ok(counts[before..].to_vec())
+    }
+
+    /// Puts off a statement whose count nobody reads (an audit event's insert, a task's
+    /// final update) until the next statement that needs an answer, or the commit, and sends
+    /// it in that statement's round trip. Only inside a write transaction: outside one it
+    /// runs at once (nothing would be sure to send it). An error it meets fails the next
+    /// statement instead, which fails the transaction, as it would have.
+    pub fn execute_later(&self, sql: &str, args: &[Val<'_>]) -> Result<(), StoreError> {
+        if !self.in_tx.get() {
+            return self.execute(sql, args).map(|_| ());
+        }
+        let statement = self.statement(sql, args)?;
+        let kept = args.iter().map(Val::kept).collect();
+        self.later.borrow_mut().push((statement, kept));
+        Ok(())
+    }
+
+    /// Sends the put-off statements now and waits for them.
+    pub fn flush_later(&self) -> Result<(), StoreError> {
+        if self.later.borrow().is_empty() {
+            return Ok(());
+        }
+        self.wait(async { Ok(()) })
+    }
+
+    /// Rolls the open transaction back, dropping what was put off unsent; the connection is
+    /// marked out of its transaction only if the server confirmed it (otherwise the pool
+    /// drops the connection).
+    pub(super) fn rollback(&self) {
+        self.discard_later();
+        if self.batch("ROLLBACK").is_ok() {
+            self.in_tx.set(false);
+        }
+    }
+
+    /// Drops the put-off statements unsent (the transaction is being rolled back).
+    pub(in crate::store) fn discard_later(&self) {
+        self.later.borrow_mut().clear();
+    }
+
+    /// Whether the connection is gone (the server closed it, or the network dropped it):
+    /// reads what arrived meanwhile first, without waiting.
     pub(super) fn is_closed(&self) -> bool {
-        self.inner.is_closed()
+        let mut conn = self.conn.borrow_mut();
+        self.driver.pump(&mut conn);
+        conn.is_none() || self.inner.is_closed()
+    }
+
+    /// The prepared form of `sql` for values of `args`' types, prepared on first use.
+    fn statement(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+    ) -> Result<tokio_postgres::Statement, StoreError> {
+        let types: Vec<Type> = args.iter().map(Val::pg_type).collect();
+        if let Some(found) = self
+            .statements
+            .borrow()
+            .get(sql)
+            .and_then(|forms| forms.iter().find(|(t, _)| *t == types))
+        {
+            return Ok(found.1.clone());
+        }
+        let prepared = self.wait(self.inner.prepare_typed(&dollar_placeholders(sql), &types))?;
+        let mut statements = self.statements.borrow_mut();
+        // Built SQL (a list's filters) could grow this without end; starting over is cheap.
+        if statements.len() >= STATEMENT_CACHE {
+            statements.clear();
+        }
+        statements
+            .entry(sql.to_string())
+            .or_default()
+            .push((types, prepared.clone()));
+        Ok(prepared)
+    }
+
+    /// Forgets the prepared statements when the server says one no longer fits the schema
+    /// (another coordinator migrated it), so the next transaction prepares them again.
+    fn forget_if_stale(&self, code: Option<&SqlState>) {
+        if code.is_some_and(|c| {
+            *c == SqlState::FEATURE_NOT_SUPPORTED || *c == SqlState::INVALID_SQL_STATEMENT_NAME
+        }) {
+            self.statements.borrow_mut().clear();
+        }
     }
 
     /// Runs one statement; returns the rows it changed.
     pub fn execute(&self, sql: &str, args: &[Val<'_>]) -> Result<usize, StoreError> {
-        let sql = dollar_placeholders(sql);
-        let params = typed(args);
-        let n = wait(self.inner.execute_typed(&sql, &params)).map_err(from_pg)?;
+        let statement = self.statement(sql, args)?;
+        let params = values(args);
+        let n = self.wait(self.inner.execute(&statement, &params))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -126,20 +287,41 @@ impl Client {
         sql: &str,
         args: &[Val<'_>],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let sql = dollar_placeholders(sql);
-        let params = typed(args);
-        wait(self.inner.query_typed(&sql, &params)).map_err(from_pg)
+        let statement = self.statement(sql, args)?;
+        let params = values(args);
+        self.wait(self.inner.query(&statement, &params))
     }
 
     /// Runs statements separated by `;` without values (DDL, BEGIN/COMMIT, NOTIFY).
     pub fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        wait(self.inner.batch_execute(sql)).map_err(from_pg)
+        self.wait(self.inner.batch_execute(sql))
+    }
+
+    /// Opens a write transaction with `begin` (statements without values: BEGIN, the lock)
+    /// and reads the audit chain's head in the same round trip, for the transaction to
+    /// remember ([`audit_head`](Self::audit_head)): nearly every write appends an event.
+    pub(super) fn begin_write(&self, begin: &str) -> Result<(), StoreError> {
+        self.audit_head.replace(None);
+        let messages = self.wait(
+            self.inner
+                .simple_query(&format!("{begin}; {}", crate::store::audit::HEAD_SQL)),
+        )?;
+        let head = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) if r.len() == 3 => Some(crate::store::audit::Head {
+                seq: r.get(0)?.parse().ok()?,
+                hash: r.get(1)?.to_string(),
+                ts: r.get(2)?.to_string(),
+            }),
+            _ => None,
+        });
+        self.audit_head.replace(head);
+        Ok(())
     }
 
     /// Runs statements without values and returns the first column of the first row any of
     /// them answered.
     pub(super) fn simple_first(&self, sql: &str) -> Result<Option<String>, StoreError> {
-        let messages = wait(self.inner.simple_query(sql)).map_err(from_pg)?;
+        let messages = self.wait(self.inner.simple_query(sql))?;
         Ok(messages.into_iter().find_map(|m| match m {
             SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
             _ => None,
@@ -147,10 +329,24 @@ impl Client {
     }
 }
 
-fn typed<'a>(args: &'a [Val<'a>]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
-    args.iter()
-        .map(|v| (v as &(dyn ToSql + Sync), v.pg_type()))
-        .collect()
+/// A statement prepared for values of these types.
+type Prepared = (Vec<Type>, tokio_postgres::Statement);
+
+/// How many prepared statements a connection keeps.
+const STATEMENT_CACHE: usize = 512;
+
+fn values<'a>(args: &'a [Val<'a>]) -> Vec<&'a (dyn ToSql + Sync)> {
+    args.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+/// The connection ended under a statement.
+fn lost(s: &Stopped) -> StoreError {
+    StoreError::Unavailable {
+        message: format!(
+            "the connection to PostgreSQL was lost: {}",
+            io::stopped(s, "during a statement")
+        ),
+    }
 }
 
 /// Column `idx` of `r` by its type: the integer, float, text and byte types the schema uses
