@@ -60,18 +60,7 @@ pub fn run(global: &GlobalArgs, cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else if report.ok {
-                println!(
-                    "audit chain intact: {} events checked in {} ms; {} of {} signatures valid, newest signed event {}, {} unsigned after it",
-                    report.events_checked,
-                    report.duration_ms,
-                    report.signatures.valid,
-                    report.signatures.total,
-                    report
-                        .signatures
-                        .last_signed_seq
-                        .map_or("none".into(), |s| s.to_string()),
-                    report.signatures.unsigned_tail,
-                );
+                println!("audit chain intact: {}", chain_figures(&report, ""));
                 print_keys(&report.signatures.keys);
             } else {
                 println!(
@@ -142,6 +131,26 @@ pub(super) fn print_problems(report: &mcp_coordinator::audit::VerifyReport) {
             report.problem_count - report.problems.len() as u64
         );
     }
+}
+
+/// What a verification checked and found signed, as `audit verify` and `store copy` say it;
+/// `valid_by` follows "signatures valid" (which keys, when the caller names them).
+pub(super) fn chain_figures(
+    report: &mcp_coordinator::audit::VerifyReport,
+    valid_by: &str,
+) -> String {
+    format!(
+        "{} events checked in {} ms; {} of {} signatures valid{valid_by}, newest signed event {}, {} unsigned after it",
+        report.events_checked,
+        report.duration_ms,
+        report.signatures.valid,
+        report.signatures.total,
+        report
+            .signatures
+            .last_signed_seq
+            .map_or("none".into(), |s| s.to_string()),
+        report.signatures.unsigned_tail,
+    )
 }
 
 fn print_keys(keys: &[mcp_coordinator::audit::KeyStatus]) {

@@ -232,16 +232,8 @@ fn print_copied(from: &Location, to: &Location, copied: &Copied, report: &Verify
         .filter(|k| k.introduced_seq.is_some())
         .count();
     println!(
-        "verified on the target: chain intact, {} events checked in {} ms; {} of {} signatures valid by {keys} key(s) the chain introduces, newest signed event {}, {} unsigned after it",
-        report.events_checked,
-        report.duration_ms,
-        report.signatures.valid,
-        report.signatures.total,
-        report
-            .signatures
-            .last_signed_seq
-            .map_or("none".into(), |s| s.to_string()),
-        report.signatures.unsigned_tail,
+        "verified on the target: chain intact, {}",
+        super::audit::chain_figures(report, &format!(" by {keys} key(s) the chain introduces"))
     );
     for w in &report.warnings {
         eprintln!("warning: {w}");

@@ -22,6 +22,17 @@ pub struct Table {
     seed: Option<&'static str>,
 }
 
+impl Table {
+    /// Its primary key's columns, quoted, as `ORDER BY` and `ON CONFLICT` take them.
+    fn key_list(&self) -> String {
+        self.key
+            .iter()
+            .map(|k| quoted(k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 const fn table(name: &'static str, key: &'static [&'static str]) -> Table {
     Table {
         name,
@@ -408,12 +419,7 @@ fn copy_table(from: &Tx<'_>, to: &Tx<'_>, t: &Table) -> Result<u64, CopyError> {
         .map(|(c, _)| quoted(c))
         .collect::<Vec<_>>()
         .join(", ");
-    let key = t
-        .key
-        .iter()
-        .map(|k| quoted(k))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let key = t.key_list();
     let per_batch = (MAX_PARAMS / cols.len()).clamp(1, ROWS_PER_BATCH);
     let first = format!(
         "SELECT {names} FROM {} ORDER BY {key} LIMIT {per_batch}",
@@ -476,12 +482,7 @@ fn insert(
         sql.push(')');
     }
     if t.seed.is_some() {
-        let key = t
-            .key
-            .iter()
-            .map(|k| quoted(k))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let key = t.key_list();
         let set = cols
             .iter()
             .filter(|(c, _)| !t.key.contains(&c.as_str()))

@@ -16,12 +16,7 @@ fn dump(store: &Store) -> Result<Dump, CopyError> {
         let mut out = Dump::new();
         for t in TABLES {
             let cols = columns(tx, t.name)?;
-            let key = t
-                .key
-                .iter()
-                .map(|k| quoted(k))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let key = t.key_list();
             let rows = tx.all(
                 &format!("SELECT * FROM {} ORDER BY {key}", t.name),
                 &[],
