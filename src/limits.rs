@@ -55,6 +55,8 @@ pub const TASK_BACKOFF_BASE_MS: Range<u64> = Range::new(1, 3_600_000);
 pub const TASK_BACKOFF_MAX_MS: Range<u64> = Range::new(1, 86_400_000);
 /// `max_tasks` of `task_claim`.
 pub const CLAIM_MAX_TASKS: Range<u32> = Range::new(1, 100);
+/// How many reports one `task_report` may carry in `reports` (as many as a claim may lease).
+pub const REPORT_BATCH: Range<u32> = CLAIM_MAX_TASKS;
 /// `wait_seconds` of `task_claim` (a long poll).
 pub const CLAIM_WAIT_SECONDS: Range<f64> = Range::new(0.0, 60.0);
 /// A load figure (0..1): `load` of `task_claim` and `agent_heartbeat`, `agents.load_ceiling`.

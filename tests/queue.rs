@@ -1632,6 +1632,103 @@ async fn a_null_result_completes_the_task_and_a_report_is_one_kind(db: Db) {
 }
 }
 
+both_backends! {
+/// `reports` carries several reports in one call and one transaction: each is judged on its
+/// own (one for a task the agent does not hold, a task reported twice, an unknown task is
+/// refused in its place, the others apply), a bad token applies none, and the shape of the
+/// arguments is refused naming the field.
+#[tokio::test]
+async fn several_reports_go_in_one_call_each_judged_on_its_own(db: Db) {
+    let dir = data_dir();
+    let c = start(&db, dir.path(), CALM, Era::Legacy).await;
+    let w = register(&c, "batcher", &["etl"]).await;
+    let done = submit(&c, json!({"kind": "k", "capabilities": ["etl"], "max_retries": 0})).await;
+    let failed = submit(&c, json!({"kind": "k", "capabilities": ["etl"], "max_retries": 0})).await;
+    let working = submit(&c, json!({"kind": "k", "capabilities": ["etl"]})).await;
+    let retried = submit(&c, json!({"kind": "k", "capabilities": ["etl"], "max_retries": 2})).await;
+    let r = call_ok(&c, "task_claim", json!({"token": w.token, "max_tasks": 4})).await;
+    assert_eq!(r["tasks"].as_array().unwrap().len(), 4, "{r:#}");
+    let v = register(&c, "other", &["etl"]).await;
+    let theirs = submit(&c, json!({"kind": "k", "capabilities": ["etl"]})).await;
+    assert_eq!(claim_task(&c, &v).await["id"], theirs.as_str());
+
+    let batch = json!([
+        {"task_id": done, "result": {"n": 1}},
+        {"task_id": failed, "error": {"message": "broken", "retryable": false}},
+        {"task_id": working, "progress": 0.5, "message": "half"},
+        {"task_id": theirs, "result": 2},
+        {"task_id": done, "result": 3},
+        {"task_id": "tsk_nope", "result": 4},
+        {"task_id": retried, "error": {"message": "flaky"}},
+    ]);
+    // A token that is not an agent's applies none of them.
+    let e = tool_error(&c, "task_report", json!({"token": "nope", "reports": batch})).await;
+    assert_eq!(e["code"], "unauthorized", "{e:#}");
+    assert_eq!(get(&c, &done).await["status"], "leased");
+
+    let r = call_ok(&c, "task_report", json!({"token": w.token, "reports": batch})).await;
+    let out = r["reports"].as_array().unwrap();
+    assert_eq!(out.len(), 7, "{r:#}");
+    assert!(r.get("id").is_none(), "a batch has no top-level task: {r:#}");
+    let ids: Vec<&str> = out.iter().map(|o| o["task_id"].as_str().unwrap()).collect();
+    let sent: Vec<&str> = batch
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["task_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, sent, "outcomes come in the order sent");
+    assert_eq!(out[0]["task"]["status"], "completed", "{r:#}");
+    assert_eq!(out[0]["task"]["result"], json!({"n": 1}));
+    assert_eq!(out[1]["task"]["status"], "failed", "{r:#}");
+    assert_eq!(out[2]["task"]["status"], "running", "{r:#}");
+    assert_eq!(out[2]["task"]["progress"], 0.5);
+    assert_eq!(out[3]["error"]["code"], "not_leaseholder", "{r:#}");
+    assert_eq!(out[4]["error"]["code"], "invalid_argument", "{r:#}");
+    assert!(out[4]["error"]["message"].as_str().unwrap().contains("twice"), "{r:#}");
+    assert_eq!(out[5]["error"]["code"], "not_found", "{r:#}");
+    assert_eq!(out[6]["task"]["status"], "queued", "{r:#}");
+    for o in out {
+        assert!(o["task"].is_object() != o["error"].is_object(), "one of task, error: {o:#}");
+    }
+
+    // What is stored is what the outcomes said; the other agent's task is untouched.
+    assert_eq!(get(&c, &done).await["result"], json!({"n": 1}));
+    assert_eq!(get(&c, &failed).await["last_error"], "broken");
+    assert_eq!(get(&c, &working).await["message"], "half");
+    assert_eq!(get(&c, &retried).await["status"], "queued");
+    let t = get(&c, &theirs).await;
+    assert_eq!((t["status"].as_str(), t["leased_by"].as_str()), (Some("leased"), Some(v.id.as_str())));
+    assert_eq!(
+        task_actions(&c, &done).await,
+        ["task.submitted", "task.leased", "task.completed"]
+    );
+    assert_eq!(
+        task_actions(&c, &retried).await,
+        ["task.submitted", "task.leased", "task.failed", "task.requeued"]
+    );
+
+    // The shape is refused before anything is looked at, naming the field.
+    for (args, field) in [
+        (json!({"token": w.token}), "task_id"),
+        (json!({"token": w.token, "reports": []}), "reports"),
+        (json!({"token": w.token, "task_id": working, "reports": [{"task_id": working, "progress": 0.7}]}), "task_id"),
+        (json!({"token": w.token, "result": 1, "reports": [{"task_id": working, "progress": 0.7}]}), "result"),
+        (json!({"token": w.token, "reports": [{"task_id": working, "result": 1, "error": {"message": "x"}}]}), "reports[0].error"),
+        (json!({"token": w.token, "reports": [{"task_id": working}]}), "reports[0].result"),
+        (json!({"token": w.token, "reports": [{"task_id": done, "result": 1}, {"task_id": working, "progress": 1.5}]}), "reports[1].progress"),
+    ] {
+        let m = refused_argument(&c, "task_report", args.clone()).await;
+        assert!(m.contains(&format!("`{field}`")), "{args}: {m}");
+    }
+    let many: Vec<Value> = (0..101).map(|_| json!({"task_id": working, "progress": 0.7})).collect();
+    let m = refused_argument(&c, "task_report", json!({"token": w.token, "reports": many})).await;
+    assert!(m.contains("`reports`") && m.contains("100"), "{m}");
+    assert_eq!(get(&c, &working).await["progress"], 0.5);
+    verify_chain(&c).await;
+}
+}
+
 /// The newest audit sequence number and a mark of every other write, read on a connection of
 /// the test's own: on SQLite the database's data_version (it changes when any other
 /// connection commits), on PostgreSQL the row versions (`xmin`, `ctid`) of the queue's tables,

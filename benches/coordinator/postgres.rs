@@ -1,7 +1,7 @@
 //! The `postgres` section: the task queue's figures on PostgreSQL, to read beside SQLite's
 //! (sections 6 and 7): batched throughput (`submit_many` 100 per transaction, `claim_many` up
-//! to 20, one report per task) and claim latency at two queue depths, each claim followed by a
-//! complete and a new submit so the depth stays put. On a fresh database of the test cluster
+//! to 20, `report_many` their results in one transaction) and claim latency at two queue
+//! depths, each claim followed by a complete and a new submit so the depth stays put. On a fresh database of the test cluster
 //! (`.ci/postgres start`, or `MCP_COORDINATOR_TEST_PG`), over loopback TCP.
 
 use std::sync::Arc;

@@ -103,6 +103,31 @@ pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<TaskRow>, StoreError> {
     tx.one(&GET_SQL, args![id], from_row)
 }
 
+/// The rows of `ids` that exist, in one query (a batch of reports reads its tasks in one round
+/// trip); in no particular order.
+pub fn get_many(tx: &Tx<'_>, ids: &[&str]) -> Result<Vec<TaskRow>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let marks = (1..=ids.len())
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let args: Vec<Val<'_>> = ids.iter().map(|id| Val::Text(id)).collect();
+    let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})");
+    if !tx.is_postgres() {
+        return tx.all(&sql, &args, from_row);
+    }
+    // No sequential scan for this query: with statistics taken when the table was smaller
+    // (a queue that just filled), the planner reads every row rather than the key index
+    // (1.4 ms at 2,000 tasks, where the index takes 20 µs). Both settings ride with the
+    // query and the statement after it; no round trip of their own.
+    tx.exec_later("SELECT set_config('enable_seqscan', 'off', true)", args![])?;
+    let rows = tx.all(&sql, &args, from_row)?;
+    tx.exec_later("SELECT set_config('enable_seqscan', 'on', true)", args![])?;
+    Ok(rows)
+}
+
 pub fn by_idempotency_key(tx: &Tx<'_>, key: &str) -> Result<Option<TaskRow>, StoreError> {
     tx.one(
         &format!("SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ?1"),

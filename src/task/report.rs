@@ -1,6 +1,8 @@
 //! What happens to a leased task: the leaseholder's reports (progress, a result, an error),
 //! retries with backoff or the dead letters, cancellation and requeueing a dead task.
 
+use std::collections::{HashMap, HashSet};
+
 use serde_json::json;
 
 use super::{Report, Task, TaskError, TaskService, TaskStatus, event};
@@ -8,6 +10,38 @@ use crate::agent::now_ms;
 use crate::audit::{Action, Actor, ActorKind};
 use crate::store::task::{self as sql, TaskRow};
 use crate::store::{StoreError, Tx};
+
+/// A report's own bounds, before any task is looked at.
+fn check(report: &Report) -> Result<(), TaskError> {
+    if let Report::Progress {
+        progress: Some(p), ..
+    } = report
+        && (!(0.0..=1.0).contains(p) || p.is_nan())
+    {
+        return Err(TaskError::Invalid {
+            field: "progress",
+            message: format!("expected 0 to 1, got {p}"),
+        });
+    }
+    Ok(())
+}
+
+/// Whether agent `me` holds `t`'s lease; if not, what it should know (its work is void).
+fn holds(t: &TaskRow, me: &str) -> Result<(), TaskError> {
+    if t.leased_by.as_deref() == Some(me) {
+        return Ok(());
+    }
+    let task_id = &t.id;
+    Err(TaskError::NotLeaseholder(match &t.leased_by {
+        Some(other) => format!(
+            "task {task_id} is leased by agent {other}, not {me}; your lease ended (expired or reassigned), so drop this work"
+        ),
+        None => format!(
+            "task {task_id} is {} and leased by no one; agent {me} no longer holds it, so drop this work",
+            t.status.as_str()
+        ),
+    }))
+}
 
 impl TaskService {
     /// Backoff before retry `attempt` (1-based): base * 2^(attempt-1), capped, ±50% jitter.
@@ -64,40 +98,122 @@ impl TaskService {
 
     /// A report from the agent holding the task's lease: progress, a result, or an error.
     pub fn report(&self, token: &str, task_id: &str, report: Report) -> Result<Task, TaskError> {
-        if let Report::Progress {
-            progress: Some(p), ..
-        } = report
-            && (!(0.0..=1.0).contains(&p) || p.is_nan())
-        {
-            return Err(TaskError::Invalid {
-                field: "progress",
-                message: format!("expected 0 to 1, got {p}"),
-            });
+        let mut outcomes = self.report_many(token, vec![(task_id.to_string(), report)])?;
+        outcomes
+            .pop()
+            .unwrap_or_else(|| Err(TaskError::NotFound(task_id.into())))
+    }
+
+    /// Several reports from the agent holding their tasks' leases, in one transaction (a worker
+    /// that finished a claimed batch sends its results together: one commit, one round trip
+    /// per step instead of per task). Each is judged on its own and its outcome returned in
+    /// its place: one for a task the agent no longer holds, a task reported twice, or bad
+    /// progress is refused there and the others go on. A bad token or a store failure fails
+    /// them all, and then none is applied.
+    pub fn report_many(
+        &self,
+        token: &str,
+        reports: Vec<(String, Report)>,
+    ) -> Result<Vec<Result<Task, TaskError>>, TaskError> {
+        // Refused before any task is looked at: a task reported twice, bad progress.
+        let mut seen = HashSet::with_capacity(reports.len());
+        let refused: Vec<Option<TaskError>> = reports
+            .iter()
+            .map(|(task_id, report)| {
+                if seen.insert(task_id.as_str()) {
+                    check(report).err()
+                } else {
+                    Some(TaskError::Invalid {
+                        field: "task_id",
+                        message: format!(
+                            "task {task_id} is reported twice in one batch; send one report per task"
+                        ),
+                    })
+                }
+            })
+            .collect();
+        if refused.iter().all(Option::is_some) {
+            return Ok(refused.into_iter().flatten().map(Err).collect());
         }
         let now = now_ms();
-        self.store().write(|tx| {
+        let (ids, bodies): (Vec<String>, Vec<Report>) = reports.into_iter().unzip();
+        self.store().write(move |tx| {
             let me = self.agents.authenticate(tx, token)?;
-            let t = sql::get(tx, task_id)?.ok_or_else(|| TaskError::NotFound(task_id.into()))?;
-            let status = t.status;
-            if t.leased_by.as_deref() != Some(me.id.as_str()) {
-                return Err(TaskError::NotLeaseholder(match (&t.leased_by, status) {
-                    (Some(other), _) => format!(
-                        "task {task_id} is leased by agent {other}, not {}; your lease ended (expired or reassigned), so drop this work",
-                        me.id
-                    ),
-                    (None, s) => format!(
-                        "task {task_id} is {} and leased by no one; agent {} no longer holds it, so drop this work",
-                        s.as_str(), me.id
-                    ),
-                }));
+            let wanted: Vec<&str> = ids
+                .iter()
+                .zip(&refused)
+                .filter(|(_, r)| r.is_none())
+                .map(|(id, _)| id.as_str())
+                .collect();
+            let mut rows: HashMap<String, TaskRow> = sql::get_many(tx, &wanted)?
+                .into_iter()
+                .map(|r| (r.id.clone(), r))
+                .collect();
+            let mut reread = Vec::new();
+            let mut judged = Vec::with_capacity(ids.len());
+            for ((task_id, report), refused) in ids.iter().zip(bodies).zip(refused) {
+                if let Some(e) = refused {
+                    judged.push(Some(Err(e)));
+                    continue;
+                }
+                let Some(t) = rows.remove(task_id) else {
+                    judged.push(Some(Err(TaskError::NotFound(task_id.clone()))));
+                    continue;
+                };
+                if let Err(e) = holds(&t, &me.id) {
+                    judged.push(Some(Err(e)));
+                    continue;
+                }
+                match self.apply(tx, &me.id, t, report, now)? {
+                    Some(done) => judged.push(Some(Ok(done))),
+                    None => {
+                        reread.push(task_id.as_str());
+                        judged.push(None);
+                    }
+                }
             }
-            let actor = Actor::new(ActorKind::Agent, me.id.clone());
-            match report {
+            // Progress and errors change more than the report says (lease, status, retry
+            // time): what they left is read back, all in one query.
+            let mut left: HashMap<String, TaskRow> = sql::get_many(tx, &reread)?
+                .into_iter()
+                .map(|r| (r.id.clone(), r))
+                .collect();
+            Ok(ids
+                .iter()
+                .zip(judged)
+                .map(|(task_id, j)| match j {
+                    Some(outcome) => outcome,
+                    None => left
+                        .remove(task_id)
+                        .map(Task::from)
+                        .ok_or_else(|| TaskError::NotFound(task_id.clone())),
+                })
+                .collect())
+        })
+    }
+
+    /// Applies one report to its leased task `t`: the finished task for a result, `None` when
+    /// the row must be read back (progress, an error).
+    fn apply(
+        &self,
+        tx: &Tx<'_>,
+        agent_id: &str,
+        t: TaskRow,
+        report: Report,
+        now: i64,
+    ) -> Result<Option<Task>, StoreError> {
+        let actor = Actor::new(ActorKind::Agent, agent_id.to_string());
+        let task_id = t.id.as_str();
+        match report {
             Report::Error { message, retryable } => {
                 self.append(
                     tx,
-                    event(actor.clone(), Action::TaskFailed, task_id,
-                          json!({"attempt": t.attempts, "error": message, "retryable": retryable})),
+                    event(
+                        actor.clone(),
+                        Action::TaskFailed,
+                        task_id,
+                        json!({"attempt": t.attempts, "error": message, "retryable": retryable}),
+                    ),
                 )?;
                 if retryable {
                     self.retry_or_bury(tx, &t, &message, &actor, now)?;
@@ -105,13 +221,19 @@ impl TaskService {
                     sql::finish(tx, task_id, TaskStatus::Failed, None, Some(&message), now)?;
                     self.finished(tx, task_id, TaskStatus::Failed)?;
                 }
+                Ok(None)
             }
             Report::Result(result) => {
                 let result = result.to_string();
                 sql::finish(tx, task_id, TaskStatus::Completed, Some(&result), None, now)?;
                 self.append(
                     tx,
-                    event(actor, Action::TaskCompleted, task_id, json!({"attempt": t.attempts})),
+                    event(
+                        actor,
+                        Action::TaskCompleted,
+                        task_id,
+                        json!({"attempt": t.attempts}),
+                    ),
                 )?;
                 self.finished(tx, task_id, TaskStatus::Completed)?;
                 // The hot path: what `sql::finish` wrote, without reading the row back.
@@ -123,18 +245,16 @@ impl TaskService {
                 done.finished_ms = Some(now);
                 done.updated_ms = now;
                 done.progress = Some(1.0);
-                return Ok(Task::from(done));
+                Ok(Some(Task::from(done)))
             }
             Report::Progress { progress, message } => {
                 sql::progress(tx, task_id, progress, message.as_deref(), now)?;
-                if status == TaskStatus::Leased {
+                if t.status == TaskStatus::Leased {
                     self.append(tx, event(actor, Action::TaskRunning, task_id, json!({})))?;
                 }
+                Ok(None)
             }
-            }
-            let row = sql::get(tx, task_id)?.ok_or_else(|| TaskError::NotFound(task_id.into()))?;
-            Ok(Task::from(row))
-        })
+        }
     }
 
     /// Cancels a task that has not finished. A leaseholder's later report is refused.
