@@ -132,7 +132,7 @@ fn first_seq_at_or_after(tx: &Tx<'_>, head_seq: i64, ts: &str) -> Result<i64, St
 /// Were one to, the primary key on `seq` refuses the second row as a conflict.
 pub fn insert(tx: &Tx<'_>, row: &EventRow) -> Result<(), StoreError> {
     // Nothing reads its count, and the chain's order is the order statements are sent in.
-    tx.exec_later(
+    tx.exec_later_row(
         "INSERT INTO audit_events (seq, ts, actor, action, subject, outcome, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         args![

@@ -111,23 +111,6 @@ impl<'c> Tx<'c> {
         }
     }
 
-    /// Runs one statement once for each list of values in `rows`; returns how many rows each
-    /// run changed. On PostgreSQL all of them go in one round trip.
-    pub(in crate::store) fn exec_each(
-        &self,
-        sql: &str,
-        rows: &[Vec<Val<'_>>],
-    ) -> Result<Vec<usize>, StoreError> {
-        match self.inner {
-            TxInner::Pg(c) => Ok(c
-                .execute_each(sql, rows)?
-                .into_iter()
-                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
-                .collect()),
-            _ => rows.iter().map(|r| self.exec(sql, r)).collect(),
-        }
-    }
-
     /// Runs a statement whose count the caller does not need (an audit event's insert, a
     /// task's final update). On PostgreSQL, inside a write transaction, it is sent with the
     /// next statement that needs an answer, or with the commit, saving its own round trip;
@@ -140,6 +123,20 @@ impl<'c> Tx<'c> {
     ) -> Result<(), StoreError> {
         match self.inner {
             TxInner::Pg(c) => c.execute_later(sql, args),
+            _ => self.exec(sql, args).map(|_| ()),
+        }
+    }
+
+    /// [`exec_later`](Self::exec_later) for a one-row `INSERT INTO t (..) VALUES (..)` into a
+    /// table no other put-off insert refers to: on PostgreSQL the rows of a run of these go
+    /// out as one multi-row insert per table.
+    pub(in crate::store) fn exec_later_row(
+        &self,
+        sql: &'static str,
+        args: &[Val<'_>],
+    ) -> Result<(), StoreError> {
+        match self.inner {
+            TxInner::Pg(c) => c.execute_later_row(sql, args),
             _ => self.exec(sql, args).map(|_| ()),
         }
     }

@@ -587,6 +587,79 @@ mod postgres_only {
         assert!(insert_agent(&store, "a4").is_ok());
     }
 
+    /// Put-off one-row inserts (`exec_later_row`) go out merged, a statement per table, and
+    /// land as sent: every row with its own values (a NULL, a constant, a value used twice),
+    /// rows of one table in order, a statement that is not an insert where it was. A
+    /// duplicate among them fails the whole transaction.
+    #[test]
+    fn put_off_rows_go_out_merged_and_land_as_sent() {
+        let store = testing::postgres_store("later_rows");
+        const AGENT: &str = "INSERT INTO agents (id, name, agent_type, capabilities, endpoints,
+                 resources, metadata, status, load, registered_at, last_heartbeat_ms, token_generation)
+             VALUES (?1, ?2, 'worker', '[]', '{}', '{}', '{}', 'ready', 0, 'now', ?3, ?3)";
+        const NOTE: &str = "INSERT INTO kv (key, value) VALUES (?1, ?2)";
+        store
+            .write(|tx| {
+                tx.exec(
+                    "CREATE TABLE kv (key TEXT PRIMARY KEY, value TEXT)",
+                    args![],
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let seen = store
+            .write(|tx| {
+                for i in 0..150_i64 {
+                    let id = format!("r{i:03}");
+                    tx.exec_later_row(AGENT, args![id, format!("n{i}"), i])?;
+                    let value: Option<String> = (i % 2 == 0).then(|| format!("v{i}"));
+                    tx.exec_later_row(NOTE, args![id, value])?;
+                    if i == 70 {
+                        tx.exec_later("UPDATE agents SET load = 0.5 WHERE id = 'r000'", args![])?;
+                    }
+                }
+                tx.one("SELECT COUNT(*) FROM agents", args![], |r| r.get::<i64>(0))
+            })
+            .unwrap_or_else(|e: StoreError| panic!("{e}"));
+        assert_eq!(seen, Some(150));
+        let rows = store
+            .read(|tx| {
+                tx.all(
+                    "SELECT a.id, a.name, a.last_heartbeat_ms, a.token_generation, a.load, k.value
+                     FROM agents a JOIN kv k ON k.key = a.id ORDER BY a.id",
+                    args![],
+                    |r| {
+                        Ok((
+                            r.get::<String>(0)?,
+                            r.get::<String>(1)?,
+                            r.get::<i64>(2)?,
+                            r.get::<i64>(3)?,
+                            r.get::<f64>(4)?,
+                            r.get::<Option<String>>(5)?,
+                        ))
+                    },
+                )
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), 150);
+        for (i, (id, name, beat, generation, load, value)) in rows.into_iter().enumerate() {
+            let i = i as i64;
+            assert_eq!(id, format!("r{i:03}"));
+            assert_eq!(name, format!("n{i}"));
+            assert_eq!((beat, generation), (i, i));
+            assert_eq!(load, if i == 0 { 0.5 } else { 0.0 }, "{id}");
+            assert_eq!(value, (i % 2 == 0).then(|| format!("v{i}")), "{id}");
+        }
+        let duplicate = store.write(|tx| {
+            tx.exec_later_row(NOTE, args!["new1", "x"])?;
+            tx.exec_later_row(NOTE, args!["r001", "x"])?;
+            tx.exec_later_row(NOTE, args!["new2", "x"])
+        });
+        let err = duplicate.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("kv_pkey"), "{err}");
+        let kept = store.read(|tx| tx.one("SELECT COUNT(*) FROM kv", args![], |r| r.get::<i64>(0)));
+        assert_eq!(kept.map_err(|e| e.to_string()), Ok(Some(150)));
+    }
+
     /// A put-off statement that fails inside a savepoint fails what ran under the savepoint,
     /// not the transaction: it is undone with the savepoint and the transaction commits.
     #[test]
@@ -736,16 +809,25 @@ mod postgres_only {
                 .unwrap_or(0)
         };
         assert_eq!(vacuums(&store), 0);
-        for i in 0..1_050 {
-            insert_agent(&store, &format!("v{i}")).unwrap_or_else(|e| panic!("{e}"));
-        }
+        // Commits are counted as their notifications arrive, from when the listening
+        // connection is up: on a loaded machine that may be some commits in, so they go on
+        // (100 at a time) until the vacuum comes, within bounds no healthy run nears.
         let started = Instant::now();
+        let mut commits = 0;
         while vacuums(&store) == 0 {
             assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no vacuum of tasks within 30 s of 1,050 commits"
+                started.elapsed() < Duration::from_secs(60) && commits < 5_000,
+                "no vacuum of tasks within {:?} and {commits} commits",
+                started.elapsed()
             );
-            std::thread::sleep(Duration::from_millis(200));
+            if commits < 1_000 || started.elapsed() > Duration::from_secs(10) {
+                for _ in 0..100 {
+                    insert_agent(&store, &format!("v{commits}")).unwrap_or_else(|e| panic!("{e}"));
+                    commits += 1;
+                }
+            } else {
+                std::thread::sleep(Duration::from_millis(200));
+            }
         }
     }
 }

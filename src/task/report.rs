@@ -11,6 +11,16 @@ use crate::audit::{Action, Actor, ActorKind};
 use crate::store::task::{self as sql, TaskRow};
 use crate::store::{StoreError, Tx};
 
+/// A report of a batch once its task is looked at.
+enum Judged {
+    /// Refused: why.
+    Done(Result<Task, TaskError>),
+    /// A result for a task the agent holds, serialised.
+    Result(TaskRow, String),
+    /// Progress or an error for a task the agent holds.
+    Other(TaskRow, Report),
+}
+
 /// A report's own bounds, before any task is looked at.
 fn check(report: &Report) -> Result<(), TaskError> {
     if let Report::Progress {
@@ -149,38 +159,57 @@ impl TaskService {
                 .into_iter()
                 .map(|r| (r.id.clone(), r))
                 .collect();
-            let mut reread = Vec::new();
-            let mut judged = Vec::with_capacity(ids.len());
+            // Judged first; the results' updates then go in one statement, before the rest is
+            // applied in the order sent.
+            let mut judged: Vec<Judged> = Vec::with_capacity(ids.len());
             for ((task_id, report), refused) in ids.iter().zip(bodies).zip(refused) {
-                if let Some(e) = refused {
-                    judged.push(Some(Err(e)));
-                    continue;
-                }
-                let Some(t) = rows.remove(task_id) else {
-                    judged.push(Some(Err(TaskError::NotFound(task_id.clone()))));
-                    continue;
-                };
-                if let Err(e) = holds(&t, &me.id) {
-                    judged.push(Some(Err(e)));
-                    continue;
-                }
-                match self.apply(tx, &me.id, t, report, now)? {
-                    Some(done) => judged.push(Some(Ok(done))),
-                    None => {
-                        reread.push(task_id.as_str());
-                        judged.push(None);
+                judged.push(match refused {
+                    Some(e) => Judged::Done(Err(e)),
+                    None => match rows.remove(task_id) {
+                        None => Judged::Done(Err(TaskError::NotFound(task_id.clone()))),
+                        Some(t) => match holds(&t, &me.id) {
+                            Err(e) => Judged::Done(Err(e)),
+                            Ok(()) => match report {
+                                Report::Result(v) => Judged::Result(t, v.to_string()),
+                                other => Judged::Other(t, other),
+                            },
+                        },
+                    },
+                });
+            }
+            let results: Vec<(&str, &str)> = judged
+                .iter()
+                .filter_map(|j| match j {
+                    Judged::Result(t, v) => Some((t.id.as_str(), v.as_str())),
+                    _ => None,
+                })
+                .collect();
+            sql::complete_each(tx, &results, now)?;
+            let mut reread = Vec::new();
+            let mut outcomes = Vec::with_capacity(ids.len());
+            for j in judged {
+                outcomes.push(match j {
+                    Judged::Done(outcome) => Some(outcome),
+                    Judged::Result(t, result) => {
+                        Some(Ok(self.completed(tx, &me.id, t, result, now)?))
                     }
-                }
+                    Judged::Other(t, report) => {
+                        reread.push(t.id.clone());
+                        self.apply(tx, &me.id, t, report, now)?;
+                        None
+                    }
+                });
             }
             // Progress and errors change more than the report says (lease, status, retry
             // time): what they left is read back, all in one query.
+            let reread: Vec<&str> = reread.iter().map(String::as_str).collect();
             let mut left: HashMap<String, TaskRow> = sql::get_many(tx, &reread)?
                 .into_iter()
                 .map(|r| (r.id.clone(), r))
                 .collect();
             Ok(ids
                 .iter()
-                .zip(judged)
+                .zip(outcomes)
                 .map(|(task_id, j)| match j {
                     Some(outcome) => outcome,
                     None => left
@@ -192,8 +221,39 @@ impl TaskService {
         })
     }
 
-    /// Applies one report to its leased task `t`: the finished task for a result, `None` when
-    /// the row must be read back (progress, an error).
+    /// The rest of a result's report, its task `t` completed by [`sql::complete_each`]: the
+    /// audit event, the pipeline's turn, and the task as it now is (without reading it back).
+    fn completed(
+        &self,
+        tx: &Tx<'_>,
+        agent_id: &str,
+        t: TaskRow,
+        result: String,
+        now: i64,
+    ) -> Result<Task, StoreError> {
+        let actor = Actor::new(ActorKind::Agent, agent_id.to_string());
+        self.append(
+            tx,
+            event(
+                actor,
+                Action::TaskCompleted,
+                &t.id,
+                json!({"attempt": t.attempts}),
+            ),
+        )?;
+        self.finished(tx, &t.id, TaskStatus::Completed)?;
+        let mut done = t;
+        done.status = TaskStatus::Completed;
+        done.result = Some(result);
+        done.leased_by = None;
+        done.lease_expires_ms = None;
+        done.finished_ms = Some(now);
+        done.updated_ms = now;
+        done.progress = Some(1.0);
+        Ok(Task::from(done))
+    }
+
+    /// Applies a progress or error report to its leased task `t` (the row is read back after).
     fn apply(
         &self,
         tx: &Tx<'_>,
@@ -201,7 +261,7 @@ impl TaskService {
         t: TaskRow,
         report: Report,
         now: i64,
-    ) -> Result<Option<Task>, StoreError> {
+    ) -> Result<(), StoreError> {
         let actor = Actor::new(ActorKind::Agent, agent_id.to_string());
         let task_id = t.id.as_str();
         match report {
@@ -221,40 +281,17 @@ impl TaskService {
                     sql::finish(tx, task_id, TaskStatus::Failed, None, Some(&message), now)?;
                     self.finished(tx, task_id, TaskStatus::Failed)?;
                 }
-                Ok(None)
-            }
-            Report::Result(result) => {
-                let result = result.to_string();
-                sql::finish(tx, task_id, TaskStatus::Completed, Some(&result), None, now)?;
-                self.append(
-                    tx,
-                    event(
-                        actor,
-                        Action::TaskCompleted,
-                        task_id,
-                        json!({"attempt": t.attempts}),
-                    ),
-                )?;
-                self.finished(tx, task_id, TaskStatus::Completed)?;
-                // The hot path: what `sql::finish` wrote, without reading the row back.
-                let mut done = t;
-                done.status = TaskStatus::Completed;
-                done.result = Some(result);
-                done.leased_by = None;
-                done.lease_expires_ms = None;
-                done.finished_ms = Some(now);
-                done.updated_ms = now;
-                done.progress = Some(1.0);
-                Ok(Some(Task::from(done)))
             }
             Report::Progress { progress, message } => {
                 sql::progress(tx, task_id, progress, message.as_deref(), now)?;
                 if t.status == TaskStatus::Leased {
                     self.append(tx, event(actor, Action::TaskRunning, task_id, json!({})))?;
                 }
-                Ok(None)
             }
+            // Judged apart and completed with the others of the batch.
+            Report::Result(_) => {}
         }
+        Ok(())
     }
 
     /// Cancels a task that has not finished. A leaseholder's later report is refused.

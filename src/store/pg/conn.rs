@@ -44,6 +44,53 @@ pub(super) fn spawn(f: impl Future<Output = ()> + Send + 'static) -> Result<(), 
     Ok(())
 }
 
+/// A statement put off to the next round trip, with its values.
+struct Later {
+    statement: tokio_postgres::Statement,
+    kept: Vec<Value>,
+    /// Its text, when it is a one-row insert that may be merged with others
+    /// ([`Client::execute_later_row`]).
+    row: Option<&'static str>,
+}
+
+/// The most rows one merged insert carries (a statement is prepared per row count).
+const MERGED_ROWS: usize = 100;
+
+/// `sql`, a one-row `INSERT ... VALUES (...)` with `width` values `?1`..`?width`, as an
+/// insert of `rows` rows: the row repeated, its placeholders numbered on for each.
+fn multi_row(sql: &str, rows: usize, width: usize) -> String {
+    let (head, row) = sql.rsplit_once("VALUES").unwrap_or((sql, ""));
+    let rows: Vec<String> = (0..rows)
+        .map(|r| shift_placeholders(row.trim(), r * width))
+        .collect();
+    format!("{head}VALUES {}", rows.join(", "))
+}
+
+/// `?N` becomes `?{N + by}` outside quotes.
+fn shift_placeholders(sql: &str, by: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut quoted = false;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        match c {
+            '\'' => quoted = !quoted,
+            '?' if !quoted => {
+                let mut digits = String::new();
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    digits.push(d);
+                }
+                match digits.parse::<usize>() {
+                    Ok(n) => out.push_str(&(n + by).to_string()),
+                    Err(_) => out.push_str(&digits),
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// One connection.
 pub struct Client {
     inner: tokio_postgres::Client,
@@ -55,7 +102,7 @@ pub struct Client {
     /// connection, and each run is one Bind/Execute round trip.
     statements: RefCell<HashMap<String, Vec<Prepared>>>,
     /// Statements put off until the next round trip ([`Client::execute_later`]).
-    later: RefCell<Vec<(tokio_postgres::Statement, Vec<Value>)>>,
+    later: RefCell<Vec<Later>>,
     /// The audit chain's head as this transaction last read or wrote it
     /// ([`crate::store::audit::head`]); read with the BEGIN of a write transaction.
     pub(in crate::store) audit_head: RefCell<Option<crate::store::audit::Head>>,
@@ -109,7 +156,8 @@ impl Client {
         f: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, StoreError> {
         let later = std::mem::take(&mut *self.later.borrow_mut());
-        self.pipeline(&later, f).map(|(_, answer)| answer)
+        let batch = self.merged(later)?;
+        self.pipeline(&batch, f).map(|(_, answer)| answer)
     }
 
     /// Sends the statements of `batch` in order, then `f`, in one round trip, and waits for
@@ -174,33 +222,101 @@ impl Client {
         Err(from_pg(e))
     }
 
-    /// Runs one statement for each list of values in `rows`, all in one round trip (with the
-    /// statements put off before them); returns the rows each changed.
-    pub fn execute_each(&self, sql: &str, rows: &[Vec<Val<'_>>]) -> Result<Vec<u64>, StoreError> {
-        // Each row's own prepared form: rows may differ in a value's type (a NULL's kind).
-        let mut prepared = Vec::with_capacity(rows.len());
-        for r in rows {
-            prepared.push((self.statement(sql, r)?, r.iter().map(Val::kept).collect()));
-        }
-        let mut batch = std::mem::take(&mut *self.later.borrow_mut());
-        let before = batch.len();
-        batch.extend(prepared);
-        let (counts, ()) = self.pipeline(&batch, async { Ok(()) })?;
-        Ok(counts[before..].to_vec())
-    }
-
     /// Puts off a statement whose count nobody reads (an audit event's insert, a task's
     /// final update) until the next statement that needs an answer, or the commit, and sends
     /// it in that statement's round trip. Only inside a write transaction: outside one it
     /// runs at once (nothing would be sure to send it). An error it meets fails the next
     /// statement instead, which fails the transaction, as it would have.
     pub fn execute_later(&self, sql: &str, args: &[Val<'_>]) -> Result<(), StoreError> {
+        self.put_off(sql, args, None)
+    }
+
+    /// [`execute_later`](Self::execute_later) for a one-row `INSERT INTO t (..) VALUES (..)`
+    /// that may go out with others of its text as one multi-row insert (see
+    /// [`merged`](Self::merged)): for a table no other put-off insert refers to.
+    pub fn execute_later_row(&self, sql: &'static str, args: &[Val<'_>]) -> Result<(), StoreError> {
+        self.put_off(sql, args, Some(sql))
+    }
+
+    fn put_off(
+        &self,
+        sql: &str,
+        args: &[Val<'_>],
+        row: Option<&'static str>,
+    ) -> Result<(), StoreError> {
         if !self.in_tx.get() {
             return self.execute(sql, args).map(|_| ());
         }
         let statement = self.statement(sql, args)?;
         let kept = args.iter().map(Val::kept).collect();
-        self.later.borrow_mut().push((statement, kept));
+        self.later.borrow_mut().push(Later {
+            statement,
+            kept,
+            row,
+        });
+        Ok(())
+    }
+
+    /// The put-off statements as they go out: each run of one-row inserts
+    /// ([`execute_later_row`](Self::execute_later_row)) as one multi-row insert per text and
+    /// types (up to [`MERGED_ROWS`] rows), in the order each first appears. Why: on the
+    /// server each statement costs its own executor start, several times a row's insert.
+    /// Rows of one table keep their order; inserts into different tables commute (none of
+    /// these refers to another's rows); anything else stays where it was.
+    fn merged(
+        &self,
+        later: Vec<Later>,
+    ) -> Result<Vec<(tokio_postgres::Statement, Vec<Value>)>, StoreError> {
+        let mut out = Vec::with_capacity(later.len());
+        let mut run = Vec::new();
+        for l in later {
+            if l.row.is_some() {
+                run.push(l);
+                continue;
+            }
+            self.merge_run(std::mem::take(&mut run), &mut out)?;
+            out.push((l.statement, l.kept));
+        }
+        self.merge_run(run, &mut out)?;
+        Ok(out)
+    }
+
+    fn merge_run(
+        &self,
+        run: Vec<Later>,
+        out: &mut Vec<(tokio_postgres::Statement, Vec<Value>)>,
+    ) -> Result<(), StoreError> {
+        let mut groups: Vec<(&'static str, Vec<Later>)> = Vec::new();
+        for l in run {
+            let sql = l.row.unwrap_or_default();
+            match groups
+                .iter_mut()
+                .find(|(s, g)| *s == sql && g[0].statement.params() == l.statement.params())
+            {
+                Some((_, g)) => g.push(l),
+                None => groups.push((sql, vec![l])),
+            }
+        }
+        for (sql, rows) in groups {
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                let chunk: Vec<Later> = rows.by_ref().take(MERGED_ROWS).collect();
+                if chunk.len() == 1 {
+                    out.extend(chunk.into_iter().map(|l| (l.statement, l.kept)));
+                    continue;
+                }
+                let one: Vec<Type> = chunk[0].statement.params().to_vec();
+                let types: Vec<Type> = one
+                    .iter()
+                    .cycle()
+                    .take(one.len() * chunk.len())
+                    .cloned()
+                    .collect();
+                let statement =
+                    self.statement_typed(&multi_row(sql, chunk.len(), one.len()), types)?;
+                out.push((statement, chunk.into_iter().flat_map(|l| l.kept).collect()));
+            }
+        }
         Ok(())
     }
 
@@ -241,7 +357,15 @@ impl Client {
         sql: &str,
         args: &[Val<'_>],
     ) -> Result<tokio_postgres::Statement, StoreError> {
-        let types: Vec<Type> = args.iter().map(Val::pg_type).collect();
+        self.statement_typed(sql, args.iter().map(Val::pg_type).collect())
+    }
+
+    /// The prepared form of `sql` for values of `types`, prepared on first use.
+    fn statement_typed(
+        &self,
+        sql: &str,
+        types: Vec<Type>,
+    ) -> Result<tokio_postgres::Statement, StoreError> {
         if let Some(found) = self
             .statements
             .borrow()
@@ -454,3 +578,18 @@ pub(super) fn describe(e: &tokio_postgres::Error) -> String {
 
 /// How long a connection attempt may take before the store reports the database unreachable.
 pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_row_insert_becomes_a_multi_row_one_with_its_placeholders_numbered_on() {
+        let sql = "INSERT INTO t (a, b, c, d) VALUES (?1, 'it''s ?1', ?2, ?1)";
+        assert_eq!(
+            multi_row(sql, 3, 2),
+            "INSERT INTO t (a, b, c, d) VALUES (?1, 'it''s ?1', ?2, ?1), \
+             (?3, 'it''s ?1', ?4, ?3), (?5, 'it''s ?1', ?6, ?5)"
+        );
+    }
+}
