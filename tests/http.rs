@@ -77,3 +77,43 @@ async fn post_tools_list(url: &str, bearer: Option<&str>) -> (u16, String) {
         .to_string();
     (r.status().as_u16(), challenge)
 }
+
+/// A 2026-07-28 request (no session) whose answer is all there is gets it as one JSON body,
+/// not an event stream of one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateless_request_is_answered_with_plain_json() {
+    let dir = data_dir();
+    let token = issue_token(dir.path(), &["admin"], "tester", &[]);
+    let server = HttpServer::start(dir.path(), &[]);
+    let r = reqwest::Client::new()
+        .post(&server.mcp)
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "coordinator_status")
+        .body(
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"coordinator_status","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}"#,
+        )
+        .send()
+        .await
+        .expect("post");
+    let status = r.status().as_u16();
+    if status != 200 {
+        panic!("{status}: {}", r.text().await.unwrap_or_default());
+    }
+    let kind = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(kind.starts_with("application/json"), "{kind}");
+    let body: serde_json::Value = r.json().await.expect("a JSON body");
+    assert_eq!(body["id"], 7, "{body}");
+    assert!(
+        body["result"]["structuredContent"]["version"].is_string(),
+        "{body}"
+    );
+}

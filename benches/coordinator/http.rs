@@ -250,13 +250,32 @@ async fn connect_http(
     url: &str,
     bearer: &str,
 ) -> Result<Client, rmcp::service::ClientInitializeError> {
+    connect_http_with(url, bearer, ClientLifecycleMode::Initialize).await
+}
+
+/// An HTTP client of the 2026-07-28 era: no session, each request stands alone.
+async fn connect_http_stateless(
+    url: &str,
+    bearer: &str,
+) -> Result<Client, rmcp::service::ClientInitializeError> {
+    let lifecycle = ClientLifecycleMode::Discover {
+        preferred_versions: vec![rmcp::model::ProtocolVersion::V_2026_07_28],
+    };
+    connect_http_with(url, bearer, lifecycle).await
+}
+
+async fn connect_http_with(
+    url: &str,
+    bearer: &str,
+    lifecycle: ClientLifecycleMode,
+) -> Result<Client, rmcp::service::ClientInitializeError> {
     let mut config =
         StreamableHttpClientTransportConfig::with_uri(url).auth_header(bearer.to_string());
     // The default is 16 POSTs at a time; the 64-in-flight run needs room for all of them.
     config.max_concurrent_requests = 64;
     let transport = StreamableHttpClientTransport::with_client(reqwest::Client::new(), config);
     client_info()
-        .serve_with_lifecycle(transport, ClientLifecycleMode::Initialize)
+        .serve_with_lifecycle(transport, lifecycle)
         .await
 }
 
@@ -329,6 +348,14 @@ pub fn bench_http(counts: &Counts, dir: &Path) {
         let local_runs = measure(http.peer(), counts).await;
         report("HTTP, local token", &local_runs, Some(&stdio_runs));
         let _ = http.cancel().await;
+        match connect_http_stateless(&server.mcp, &local).await {
+            Ok(http) => {
+                let runs = measure(http.peer(), counts).await;
+                report("HTTP, 2026-07-28, local", &runs, Some(&stdio_runs));
+                let _ = http.cancel().await;
+            }
+            Err(e) => println!("HTTP, 2026-07-28 era    refused by this build ({e})"),
+        }
 
         let jwt = provider.token(&server.mcp);
         match connect_http(&server.mcp, &jwt).await {

@@ -68,6 +68,10 @@ pub fn mcp_service(coordinator: Coordinator, options: McpHttpOptions) -> McpHttp
         .with_allowed_origins(options.allowed_origins)
         .enforce_origin_validation()
         .with_max_request_body_bytes(options.max_request_bytes)
+        // A 2026-07-28 request (no session) whose answer is all there is gets it as one JSON
+        // body, not an event stream of one event; rmcp streams when a notification or a
+        // request comes first, so nothing is lost. Initialize-era sessions always stream.
+        .with_json_response(true)
         .with_cancellation_token(options.stop);
     // One value per session (and per stateless request): each keeps its connection's toolsets.
     let service =
