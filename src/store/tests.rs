@@ -504,16 +504,19 @@ mod postgres_only {
         let location = Location::from_arg(&url).unwrap_or_else(|e| panic!("{e}"));
         let a = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
         let b = Store::open(&location).unwrap_or_else(|e| panic!("{e}"));
-        // Both listeners are up once a real change reaches a.
-        let before = a.data_version().unwrap_or_else(|e| panic!("{e}"));
-        insert_agent(&b, "q1").unwrap_or_else(|e| panic!("{e}"));
-        let started = Instant::now();
-        while a.data_version().unwrap_or_else(|e| panic!("{e}")) == before {
-            assert!(
-                started.elapsed() < Duration::from_secs(5),
-                "no notification"
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        // Both listeners are up once a change of each reaches the other (a listener that
+        // comes up moves its version once, for what it may have missed).
+        for (from, to, id) in [(&b, &a, "q1"), (&a, &b, "q2")] {
+            let before = to.data_version().unwrap_or_else(|e| panic!("{e}"));
+            insert_agent(from, id).unwrap_or_else(|e| panic!("{e}"));
+            let started = Instant::now();
+            while to.data_version().unwrap_or_else(|e| panic!("{e}")) == before {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "no notification"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         std::thread::sleep(Duration::from_millis(300));
         let (va, vb) = (a.data_version().ok(), b.data_version().ok());
