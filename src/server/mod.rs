@@ -22,6 +22,7 @@ mod queue;
 mod registry;
 mod relay;
 mod remediations;
+mod report;
 mod resources;
 mod schema;
 pub mod session;

@@ -23,6 +23,8 @@ mod lite;
 mod open;
 pub mod overseer;
 mod pg;
+#[cfg(test)]
+mod pg_tests;
 pub mod pipeline;
 pub mod remediation;
 pub mod secret;

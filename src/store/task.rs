@@ -1,6 +1,7 @@
 //! SQL for the task queue: submit, the claim scan (index order, capability match in SQL),
 //! lease and status updates, sweeps of expired leases, listing, stats and purging.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use super::sql::{Row, Val};
@@ -103,24 +104,25 @@ pub fn get(tx: &Tx<'_>, id: &str) -> Result<Option<TaskRow>, StoreError> {
     tx.one(&GET_SQL, args![id], from_row)
 }
 
-/// The rows of `ids` that exist, in one query (a batch of reports reads its tasks in one round
-/// trip); in no particular order.
-pub fn get_many(tx: &Tx<'_>, ids: &[&str]) -> Result<Vec<TaskRow>, StoreError> {
+/// The rows of `ids` that exist, by id, in one query (a batch of reports reads its tasks in
+/// one round trip).
+pub fn get_many(tx: &Tx<'_>, ids: &[&str]) -> Result<HashMap<String, TaskRow>, StoreError> {
     if ids.is_empty() {
-        return Ok(Vec::new());
+        return Ok(HashMap::new());
     }
     let marks = (1..=ids.len())
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ");
     let args: Vec<Val<'_>> = ids.iter().map(|id| Val::Text(id)).collect();
-    by_key(tx, || {
+    let rows = by_key(tx, || {
         tx.all(
             &format!("SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})"),
             &args,
             from_row,
         )
-    })
+    })?;
+    Ok(rows.into_iter().map(|r| (r.id.clone(), r)).collect())
 }
 
 /// Runs `f`'s statements on tasks named by key (a list of ids, a `VALUES` list joined on
@@ -343,10 +345,9 @@ pub fn lease_each(
     for (id, expires_ms) in tasks {
         args.extend_from_slice(args![*id, *expires_ms]);
     }
-    let leased: std::collections::HashSet<String> =
-        by_key(tx, || tx.all(&sql, &args, |r| r.get(0)))?
-            .into_iter()
-            .collect();
+    let leased: HashSet<String> = by_key(tx, || tx.all(&sql, &args, |r| r.get(0)))?
+        .into_iter()
+        .collect();
     Ok(tasks.iter().map(|(id, _)| leased.contains(*id)).collect())
 }
 

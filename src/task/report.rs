@@ -1,7 +1,7 @@
 //! What happens to a leased task: the leaseholder's reports (progress, a result, an error),
 //! retries with backoff or the dead letters, cancellation and requeueing a dead task.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use serde_json::json;
 
@@ -14,7 +14,7 @@ use crate::store::{StoreError, Tx};
 /// A report of a batch once its task is looked at.
 enum Judged {
     /// Refused: why.
-    Done(Result<Task, TaskError>),
+    Refused(TaskError),
     /// A result for a task the agent holds, serialised.
     Result(TaskRow, String),
     /// Progress or an error for a task the agent holds.
@@ -155,20 +155,17 @@ impl TaskService {
                 .filter(|(_, r)| r.is_none())
                 .map(|(id, _)| id.as_str())
                 .collect();
-            let mut rows: HashMap<String, TaskRow> = sql::get_many(tx, &wanted)?
-                .into_iter()
-                .map(|r| (r.id.clone(), r))
-                .collect();
+            let mut rows = sql::get_many(tx, &wanted)?;
             // Judged first; the results' updates then go in one statement, before the rest is
             // applied in the order sent.
             let mut judged: Vec<Judged> = Vec::with_capacity(ids.len());
             for ((task_id, report), refused) in ids.iter().zip(bodies).zip(refused) {
                 judged.push(match refused {
-                    Some(e) => Judged::Done(Err(e)),
+                    Some(e) => Judged::Refused(e),
                     None => match rows.remove(task_id) {
-                        None => Judged::Done(Err(TaskError::NotFound(task_id.clone()))),
+                        None => Judged::Refused(TaskError::NotFound(task_id.clone())),
                         Some(t) => match holds(&t, &me.id) {
-                            Err(e) => Judged::Done(Err(e)),
+                            Err(e) => Judged::Refused(e),
                             Ok(()) => match report {
                                 Report::Result(v) => Judged::Result(t, v.to_string()),
                                 other => Judged::Other(t, other),
@@ -189,7 +186,7 @@ impl TaskService {
             let mut outcomes = Vec::with_capacity(ids.len());
             for j in judged {
                 outcomes.push(match j {
-                    Judged::Done(outcome) => Some(outcome),
+                    Judged::Refused(e) => Some(Err(e)),
                     Judged::Result(t, result) => {
                         Some(Ok(self.completed(tx, &me.id, t, result, now)?))
                     }
@@ -203,10 +200,7 @@ impl TaskService {
             // Progress and errors change more than the report says (lease, status, retry
             // time): what they left is read back, all in one query.
             let reread: Vec<&str> = reread.iter().map(String::as_str).collect();
-            let mut left: HashMap<String, TaskRow> = sql::get_many(tx, &reread)?
-                .into_iter()
-                .map(|r| (r.id.clone(), r))
-                .collect();
+            let mut left = sql::get_many(tx, &reread)?;
             Ok(ids
                 .iter()
                 .zip(outcomes)
