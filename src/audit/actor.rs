@@ -96,10 +96,17 @@ impl Actor {
 /// its real user id (`getpwuid_r(getuid())`), or `uid:N` when there is none. Never from
 /// `$USER` or `$LOGNAME`: any process can set those, and a decision must not name whoever the
 /// environment claims.
+///
+/// Looked up once per process: the real user id never changes here, and the lookup reads
+/// `/etc/passwd` (it was an open, a read and a close on every `coordinator_status`).
 pub fn os_user_name() -> String {
-    // SAFETY: getuid cannot fail and has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    passwd_name(uid).unwrap_or_else(|| format!("uid:{uid}"))
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        // SAFETY: getuid cannot fail and has no preconditions.
+        let uid = unsafe { libc::getuid() };
+        passwd_name(uid).unwrap_or_else(|| format!("uid:{uid}"))
+    })
+    .clone()
 }
 
 /// The user name of `uid` in the password database, if it has an entry.
