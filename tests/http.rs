@@ -117,3 +117,77 @@ async fn a_stateless_request_is_answered_with_plain_json() {
         "{body}"
     );
 }
+
+/// An initialize-era request whose event stream would hold its response alone gets the
+/// response as one JSON body, the session id still in the headers (`src/http/answer.rs`).
+/// Streams that carry more (progress, elicitation) stay streams: `http_parity.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_answer_that_is_all_there_is_comes_as_json() {
+    let dir = data_dir();
+    let token = issue_token(dir.path(), &["admin"], "tester", &[]);
+    let server = HttpServer::start(dir.path(), &[]);
+    let http = reqwest::Client::new();
+    let post = |body: &'static str, session: Option<&str>| {
+        let mut request = http
+            .post(&server.mcp)
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25");
+        }
+        request.send()
+    };
+    let kind = |r: &reqwest::Response| {
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    let r = post(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#,
+        None,
+    )
+    .await
+    .expect("initialize");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(kind(&r).starts_with("application/json"), "{}", kind(&r));
+    let session = r
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("a session id")
+        .to_string();
+    let body: serde_json::Value = r.json().await.expect("a JSON body");
+    assert_eq!(body["id"], 1, "{body}");
+    assert_eq!(body["result"]["protocolVersion"], "2025-11-25", "{body}");
+
+    let r = post(
+        r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+        Some(&session),
+    )
+    .await
+    .expect("initialized");
+    assert_eq!(r.status().as_u16(), 202);
+
+    let r = post(
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"coordinator_status","arguments":{}}}"#,
+        Some(&session),
+    )
+    .await
+    .expect("tools/call");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(kind(&r).starts_with("application/json"), "{}", kind(&r));
+    assert!(r.headers().get("transfer-encoding").is_none());
+    let body: serde_json::Value = r.json().await.expect("a JSON body");
+    assert_eq!(body["id"], 2, "{body}");
+    assert_eq!(
+        body["result"]["structuredContent"]["name"], "mcp-coordinator",
+        "{body}"
+    );
+}

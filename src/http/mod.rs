@@ -1,12 +1,14 @@
 //! The one HTTP listener of `serve --http`: MCP streamable HTTP at `/mcp` (rmcp's service,
 //! from `crate::server::http`), the OAuth protected-resource metadata (`metadata.rs`), the
 //! bearer check that finds each request's principal (`auth.rs`), browser origins and CORS
-//! (`origin.rs`), the limits of sizes, rates and sessions (`limits.rs`), and the oversight
-//! console and `/metrics` beside them (`crate::console`'s router, merged here).
+//! (`origin.rs`), the limits of sizes, rates and sessions (`limits.rs`), a stream of one
+//! answer sent as JSON (`answer.rs`), and the oversight console and `/metrics` beside them
+//! (`crate::console`'s router, merged here).
 //!
 //! It may depend on `server`, `console`, `auth` and the domains; nothing but the CLI depends
 //! on it (the config only names its `[http]` section's type).
 
+pub mod answer;
 pub mod auth;
 pub mod config;
 pub mod limits;
@@ -109,11 +111,13 @@ impl Front {
     ///
     /// A request to `/mcp` passes, in order: CORS (a preflight is answered here, without a
     /// token), the `Origin` check, sizes, the failed-bearer limit of its address, the bearer
-    /// check, its principal's rate limit, the session limit, and then rmcp.
+    /// check, its principal's rate limit, the session limit, and then rmcp, whose event stream
+    /// of one response goes out as that response in JSON (`answer.rs`).
     pub fn router(&self, mcp: McpHttp) -> Router {
-        use axum::middleware::from_fn_with_state;
+        use axum::middleware::{from_fn, from_fn_with_state};
         let mut mcp = Router::new()
             .route_service(MCP_PATH, mcp.service)
+            .layer(from_fn(answer::one_json_answer))
             .layer(from_fn_with_state(
                 (self.clone(), mcp.sessions),
                 limits::sessions,
