@@ -275,13 +275,28 @@ impl AccessTokens {
         if bearer.starts_with(API_KEY_PREFIX) {
             return true;
         }
-        jsonwebtoken::dangerous::insecure_decode::<serde_json::Value>(bearer)
+        // Only the payload's `iss`, unverified (the check that follows verifies): every request
+        // asks this, and decoding the whole token into a JSON value cost more than the rest of
+        // a provider token's check.
+        #[derive(serde::Deserialize)]
+        struct Issuer<'a> {
+            #[serde(borrow)]
+            iss: Option<std::borrow::Cow<'a, str>>,
+        }
+        use base64::Engine;
+        let mut parts = bearer.split('.');
+        let (Some(_), Some(payload), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
             .ok()
-            .and_then(|d| {
-                d.claims
-                    .get("iss")
-                    .and_then(|v| v.as_str())
-                    .map(|s| s == ISSUER)
+            .and_then(|json| {
+                serde_json::from_slice::<Issuer>(&json)
+                    .ok()
+                    .map(|c| c.iss.as_deref() == Some(ISSUER))
             })
             .unwrap_or(false)
     }
@@ -372,6 +387,30 @@ mod tests {
         let by = Actor::new(ActorKind::User, "me@host");
         let tok = t.issue("ci", &[Role::Agent], Some(60), false, &by)?;
         assert!(t.is_ours(&tok.secret));
+        // Another issuer's JWT, one with no issuer, and what is not a JWT are not ours.
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let header = b64(r#"{"alg":"EdDSA","typ":"JWT"}"#);
+        for payload in [
+            r#"{"iss":"https://idp.example.com","sub":"x"}"#,
+            r#"{"sub":"x"}"#,
+        ] {
+            assert!(
+                !t.is_ours(&format!("{header}.{}.c2ln", b64(payload))),
+                "{payload}"
+            );
+        }
+        let ours = format!("{header}.{}.c2ln", b64(&format!(r#"{{"iss":"{ISSUER}"}}"#)));
+        assert!(t.is_ours(&ours));
+        for junk in [
+            "",
+            "a.b",
+            "a.b.c.d",
+            "not a token",
+            &format!("{header}.%%%.c2ln"),
+        ] {
+            assert!(!t.is_ours(junk), "{junk}");
+        }
         let p = t.check(&tok.secret)?;
         assert_eq!(
             (p.name.as_str(), p.roles.clone()),
