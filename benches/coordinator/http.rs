@@ -1,9 +1,13 @@
 //! The `http` section: `tools/call` (`coordinator_status`) over streamable HTTP against
 //! `serve --http` on loopback, with a local access token and with an identity provider's JWT
 //! (the bench serves the provider's discovery document and JWKS itself and signs EdDSA tokens),
-//! side by side with stdio; the same rmcp client drives every transport, one call at a time and
-//! with 16 and 64 in flight. Then the cost of checking one bearer in-process: a local token
-//! (its revocation lookup) and a provider JWT against a cached JWKS.
+//! side by side with stdio, one call at a time and with 16 and 64 in flight. The targets are
+//! read from the bench's lean clients, which write a request and read its answer with nothing
+//! between (JSON-RPC lines on the pipes; a POST per call with reqwest), so that the figures are
+//! the server's; each HTTP row takes turns with stdio runs. rmcp's own client on each transport
+//! follows, for information. Each run also gives the CPU time it cost the server and the client.
+//! Then the cost of checking one bearer in-process: a local token (its revocation lookup) and a
+//! provider JWT against a cached JWKS.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -68,6 +72,12 @@ impl HttpChild {
             .recv_timeout(Duration::from_secs(30))
             .expect("serve --http names its URL");
         HttpChild { child, mcp }
+    }
+}
+
+impl HttpChild {
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -141,9 +151,29 @@ struct Run {
     calls: u64,
     wall: Duration,
     sorted: Vec<Duration>,
+    /// The server process's CPU time (user and system) over the run.
+    server_cpu: Duration,
+    /// This process's (the client's) CPU time over the run.
+    client_cpu: Duration,
+    /// The server's context switches over the run.
+    server_switches: u64,
 }
 
 impl Run {
+    /// Several runs as one: their calls over their summed time.
+    fn merged(runs: Vec<Run>) -> Run {
+        let mut sorted: Vec<Duration> = runs.iter().flat_map(|r| r.sorted.clone()).collect();
+        sorted.sort();
+        Run {
+            calls: runs.iter().map(|r| r.calls).sum(),
+            wall: runs.iter().map(|r| r.wall).sum(),
+            sorted,
+            server_cpu: runs.iter().map(|r| r.server_cpu).sum(),
+            client_cpu: runs.iter().map(|r| r.client_cpu).sum(),
+            server_switches: runs.iter().map(|r| r.server_switches).sum(),
+        }
+    }
+
     fn per_second(&self) -> f64 {
         self.calls as f64 / self.wall.as_secs_f64()
     }
@@ -152,6 +182,28 @@ impl Run {
     }
     fn p99(&self) -> Duration {
         percentile(&self.sorted, 99.0)
+    }
+    fn server_cpu_per_call(&self) -> Duration {
+        self.server_cpu / self.calls as u32
+    }
+}
+
+/// Who makes the calls: rmcp's client, or one of the bench's lean ones, which write the
+/// request and read its answer with nothing between (so that the figures are the server's).
+#[derive(Clone)]
+enum Caller {
+    Rmcp(Peer<RoleClient>),
+    Pipe(Arc<PipeClient>),
+    Post(Arc<PostClient>),
+}
+
+impl Caller {
+    async fn status(&self) {
+        match self {
+            Caller::Rmcp(peer) => status(peer).await,
+            Caller::Pipe(pipe) => pipe.status().await,
+            Caller::Post(post) => post.status().await,
+        }
     }
 }
 
@@ -163,18 +215,203 @@ async fn status(peer: &Peer<RoleClient>) {
     assert_ne!(result.is_error, Some(true), "{result:?}");
 }
 
+fn status_request(id: u64, era_meta: bool) -> String {
+    let meta = if era_meta {
+        r#","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"coordinator_status","arguments":{{}}{meta}}}}}"#
+    )
+}
+
+/// Checks that `text` is the successful answer to request `id`.
+fn check_answer(id: u64, text: &str) {
+    let response = crate::Response::parse(text);
+    response.expect_ok(text);
+    assert_eq!(response.id, Some(id), "another request's answer: {text}");
+}
+
+/// JSON-RPC lines over a child's pipes, with any number of calls outstanding: a reader task
+/// hands each answer to the call with its id.
+struct PipeClient {
+    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
+    waiting:
+        Arc<std::sync::Mutex<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<String>>>>,
+    next: AtomicU64,
+    child: tokio::process::Child,
+}
+
+impl PipeClient {
+    async fn start(mut cmd: tokio::process::Command) -> PipeClient {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().unwrap();
+        let waiting: Arc<std::sync::Mutex<std::collections::HashMap<u64, _>>> = Arc::default();
+        let answers = waiting.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                #[derive(serde::Deserialize)]
+                struct Id {
+                    id: Option<u64>,
+                }
+                let Ok(Id { id: Some(id) }) = serde_json::from_str::<Id>(&line) else {
+                    continue; // a notification
+                };
+                let waiter: Option<tokio::sync::oneshot::Sender<String>> =
+                    answers.lock().unwrap().remove(&id);
+                if let Some(waiter) = waiter {
+                    let _ = waiter.send(line);
+                }
+            }
+        });
+        let client = PipeClient {
+            stdin: tokio::sync::Mutex::new(child.stdin.take().unwrap()),
+            waiting,
+            next: AtomicU64::new(2),
+            child,
+        };
+        let answer = client.round_trip(1, crate::INITIALIZE).await;
+        assert!(answer.contains("\"result\""), "initialize: {answer}");
+        client
+            .write(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
+            .await;
+        client
+    }
+
+    async fn write(&self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = self.stdin.lock().await;
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+
+    async fn round_trip(&self, id: u64, request: &str) -> String {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.waiting.lock().unwrap().insert(id, tx);
+        self.write(request).await;
+        rx.await.expect("the server answers")
+    }
+
+    async fn status(&self) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let answer = self.round_trip(id, &status_request(id, false)).await;
+        check_answer(id, &answer);
+    }
+}
+
+/// One POST per call to `/mcp`, its answer read whole (JSON, or the event stream's events).
+struct PostClient {
+    http: reqwest::Client,
+    url: String,
+    bearer: String,
+    /// The initialize era's session; `None` for 2026-07-28, where each request stands alone.
+    session: Option<String>,
+    next: AtomicU64,
+}
+
+impl PostClient {
+    async fn connect(url: &str, bearer: &str, stateless: bool) -> PostClient {
+        let mut client = PostClient {
+            http: reqwest::Client::new(),
+            url: url.to_string(),
+            bearer: bearer.to_string(),
+            session: None,
+            next: AtomicU64::new(2),
+        };
+        if stateless {
+            return client;
+        }
+        let response = client.post(crate::INITIALIZE, "initialize").await;
+        let session = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .expect("initialize opens a session")
+            .to_string();
+        let body = response.text().await.unwrap();
+        assert!(body.contains("\"result\""), "initialize: {body}");
+        client.session = Some(session);
+        let done = client
+            .post(
+                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+                "notifications/initialized",
+            )
+            .await;
+        assert_eq!(done.status().as_u16(), 202, "notifications/initialized");
+        client
+    }
+
+    async fn post(&self, body: &str, method: &str) -> reqwest::Response {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.bearer)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream");
+        request = match &self.session {
+            Some(session) => request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", "2025-11-25"),
+            None if method == "initialize" => request,
+            None => request
+                .header("mcp-protocol-version", "2026-07-28")
+                .header("mcp-method", method)
+                .header("mcp-name", "coordinator_status"),
+        };
+        request
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("POST /mcp")
+    }
+
+    async fn status(&self) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .post(&status_request(id, self.session.is_none()), "tools/call")
+            .await;
+        assert_eq!(response.status().as_u16(), 200, "tools/call");
+        let body = response.text().await.unwrap();
+        if body.starts_with('{') {
+            return check_answer(id, &body);
+        }
+        // An event stream: the answer is the event whose data has this id.
+        let answer = body
+            .lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .map(str::trim)
+            .find(|data| data.contains(&format!("\"id\":{id}")))
+            .unwrap_or_else(|| panic!("no answer to {id} in: {body}"));
+        check_answer(id, answer);
+    }
+}
+
 /// `total` calls with `in_flight` outstanding at a time.
-async fn calls(peer: &Peer<RoleClient>, total: u64, in_flight: u64) -> Run {
+async fn calls(caller: &Caller, server: u32, total: u64, in_flight: u64) -> Run {
+    let ticks = crate::cpu_ticks(server);
+    let own_ticks = crate::cpu_ticks(std::process::id());
+    let (switches, _) = crate::context_switches(server);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..in_flight {
-        let (peer, next) = (peer.clone(), next.clone());
+        let (caller, next) = (caller.clone(), next.clone());
         workers.spawn(async move {
             let mut latencies = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let t = Instant::now();
-                status(&peer).await;
+                caller.status().await;
                 latencies.push(t.elapsed());
             }
             latencies
@@ -185,27 +422,73 @@ async fn calls(peer: &Peer<RoleClient>, total: u64, in_flight: u64) -> Run {
         sorted.extend(l.unwrap());
     }
     let wall = started.elapsed();
+    let server_cpu = Duration::from_secs_f64(
+        (crate::cpu_ticks(server) - ticks) as f64 / crate::TICKS_PER_SECOND,
+    );
+    let client_cpu = Duration::from_secs_f64(
+        (crate::cpu_ticks(std::process::id()) - own_ticks) as f64 / crate::TICKS_PER_SECOND,
+    );
     sorted.sort();
     Run {
         calls: total,
         wall,
         sorted,
+        server_cpu,
+        client_cpu,
+        server_switches: crate::context_switches(server).0 - switches,
     }
 }
 
 /// The three runs of one transport: 1, 16 and 64 in flight.
-async fn measure(peer: &Peer<RoleClient>, counts: &Counts) -> [Run; 3] {
-    calls(peer, counts.status_warmup, 4).await;
+/// `server` is the pid of the process that answers.
+async fn measure(caller: &Caller, server: u32, counts: &Counts) -> [Run; 3] {
+    calls(caller, server, counts.status_warmup, 4).await;
     [
-        calls(peer, counts.status_sequential, 1).await,
-        calls(peer, counts.status_throughput, 16).await,
-        calls(peer, counts.status_throughput, 64).await,
+        calls(caller, server, counts.status_sequential, 1).await,
+        calls(caller, server, counts.status_throughput, 16).await,
+        calls(caller, server, counts.status_throughput, 64).await,
     ]
 }
 
-fn report(label: &str, runs: &[Run; 3], stdio: Option<&[Run; 3]>) {
+/// Rounds of 16 in flight, stdio and HTTP taking turns.
+const ROUNDS: usize = 4;
+
+/// `http`'s runs beside stdio's (through `pipe`, pid `stdio`), made in turns so that a machine
+/// whose speed drifts from minute to minute slows both alike: 1 in flight, [`ROUNDS`] rounds
+/// of 16 in flight each way, 64 in flight each way. Returns HTTP's runs, stdio's, and each
+/// round's share of stdio.
+async fn measure_beside(
+    http: &Caller,
+    server: u32,
+    pipe: &Caller,
+    stdio: u32,
+    counts: &Counts,
+) -> ([Run; 3], [Run; 3], Vec<f64>) {
+    calls(http, server, counts.status_warmup, 4).await;
+    let one = calls(http, server, counts.status_sequential, 1).await;
+    let stdio_one = calls(pipe, stdio, counts.status_sequential, 1).await;
+    let (mut mine, mut theirs, mut shares) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let base = calls(pipe, stdio, counts.status_throughput, 16).await;
+        let run = calls(http, server, counts.status_throughput, 16).await;
+        shares.push(run.per_second() / base.per_second());
+        theirs.push(base);
+        mine.push(run);
+    }
+    let stdio_64 = calls(pipe, stdio, counts.status_throughput, 64).await;
+    let http_64 = calls(http, server, counts.status_throughput, 64).await;
+    (
+        [one, Run::merged(mine), http_64],
+        [stdio_one, Run::merged(theirs), stdio_64],
+        shares,
+    )
+}
+
+/// Prints one transport's runs; beside `stdio`'s when given, and against the targets when
+/// `targets` (the lean clients' rows; rmcp's client rows are for information).
+fn report(label: &str, runs: &[Run; 3], stdio: Option<&[Run; 3]>, targets: bool) {
     let [one, sixteen, sixty_four] = runs;
-    let target = if stdio.is_some() {
+    let target = if stdio.is_some() && targets {
         format!(
             "   [target p50 < 500 µs: {}]",
             verdict(one.p50() < Duration::from_micros(500))
@@ -220,26 +503,36 @@ fn report(label: &str, runs: &[Run; 3], stdio: Option<&[Run; 3]>) {
         one.calls,
     );
     for (n, run) in [(16, sixteen), (64, sixty_four)] {
-        let share = stdio.map(|s| {
-            let base = if n == 16 { &s[1] } else { &s[2] };
-            run.per_second() / base.per_second()
-        });
-        let versus = match (share, n) {
-            (Some(share), 16) => format!(
-                "; {:.0}% of stdio   [target >= 70% of stdio at 16 in flight: {}]",
-                share * 100.0,
-                verdict(share >= 0.7)
+        let base = stdio.map(|s| if n == 16 { &s[1] } else { &s[2] });
+        let versus = match (base, n) {
+            (Some(base), 16) if targets => {
+                let share = run.per_second() / base.per_second();
+                format!(
+                    "; {:.0}% of stdio's {:.0}/s   [target >= 70% of stdio at 16 in flight: {}]",
+                    share * 100.0,
+                    base.per_second(),
+                    verdict(share >= 0.7)
+                )
+            }
+            (Some(base), _) => format!(
+                "; {:.0}% of stdio's {:.0}/s",
+                run.per_second() / base.per_second() * 100.0,
+                base.per_second()
             ),
-            (Some(share), _) => format!("; {:.0}% of stdio", share * 100.0),
             (None, _) => String::new(),
         };
         println!(
-            "{:<22} {n} in flight: {:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs over {} calls{versus}",
+            "{:<22} {n} in flight: {:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs over {} calls, \
+             CPU {:.0} µs a call in the server ({:.1} context switches), {:.0} in the \
+             client{versus}",
             "",
             run.per_second(),
             us(run.p50()),
             us(run.p99()),
             run.calls,
+            us(run.server_cpu_per_call()),
+            run.server_switches as f64 / run.calls as f64,
+            us(run.client_cpu / run.calls as u32),
         );
     }
 }
@@ -301,7 +594,7 @@ fn per_call(n: u32, mut f: impl FnMut()) -> Duration {
 pub fn bench_http(counts: &Counts, dir: &Path) {
     println!(
         "\n== http: tools/call coordinator_status over streamable HTTP (loopback) vs stdio, \
-         one rmcp client for each =="
+         the same client on each =="
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -326,47 +619,69 @@ pub fn bench_http(counts: &Counts, dir: &Path) {
         .unwrap();
         let server = HttpChild::start(&data_dir, Some(&config));
 
-        let mut stdio_cmd = tokio::process::Command::from(coordinator_command(&data_dir));
-        stdio_cmd
-            .env("MCP_COORDINATOR_TOOLSETS", "all")
-            .arg("--config")
-            .arg(&config)
-            .arg("serve");
+        let stdio_cmd = || {
+            let mut cmd = tokio::process::Command::from(coordinator_command(&data_dir));
+            cmd.env("MCP_COORDINATOR_TOOLSETS", "all")
+                .arg("--config")
+                .arg(&config)
+                .arg("serve");
+            cmd
+        };
+        let jwt = provider.token(&server.mcp);
+
+        println!(
+            "-- the bench's lean clients (a request written, its answer read, nothing between): \
+             the server's figures --"
+        );
+        let pipe = PipeClient::start(stdio_cmd()).await;
+        let pid = pipe.child.id().unwrap();
+        let pipe = Caller::Pipe(Arc::new(pipe));
+        let stdio_runs = measure(&pipe, pid, counts).await;
+        report("stdio", &stdio_runs, None, true);
+        for (label, bearer, stateless) in [
+            ("HTTP, local token", &local, false),
+            ("HTTP, 2026-07-28, local", &local, true),
+            ("HTTP, provider JWT", &jwt, false),
+        ] {
+            let post = PostClient::connect(&server.mcp, bearer, stateless).await;
+            let post = Caller::Post(Arc::new(post));
+            // The provider's first call fetches the JWKS; the runs after it use the cached keys.
+            post.status().await;
+            let (runs, stdio_now, shares) =
+                measure_beside(&post, server.pid(), &pipe, pid, counts).await;
+            report(label, &runs, Some(&stdio_now), true);
+            let shares: Vec<String> = shares
+                .iter()
+                .map(|s| format!("{:.0}%", s * 100.0))
+                .collect();
+            println!("{:<22} (rounds at 16 in flight: {})", "", shares.join(", "));
+        }
+        drop(pipe);
+
+        println!(
+            "-- rmcp's client on each transport (what an rmcp application sees; information) --"
+        );
+        let child = TokioChildProcess::new(stdio_cmd()).unwrap();
+        let pid = child.id().unwrap();
         let stdio = client_info()
-            .serve_with_lifecycle(
-                TokioChildProcess::new(stdio_cmd).unwrap(),
-                ClientLifecycleMode::Initialize,
-            )
+            .serve_with_lifecycle(child, ClientLifecycleMode::Initialize)
             .await
             .expect("connect over stdio");
-        let stdio_runs = measure(stdio.peer(), counts).await;
-        report("stdio", &stdio_runs, None);
-
+        let stdio_runs = measure(&Caller::Rmcp(stdio.peer().clone()), pid, counts).await;
+        report("stdio", &stdio_runs, None, false);
         let http = connect_http(&server.mcp, &local)
             .await
             .expect("connect over HTTP");
-        let local_runs = measure(http.peer(), counts).await;
-        report("HTTP, local token", &local_runs, Some(&stdio_runs));
+        let runs = measure(&Caller::Rmcp(http.peer().clone()), server.pid(), counts).await;
+        report("HTTP, local token", &runs, Some(&stdio_runs), false);
         let _ = http.cancel().await;
         match connect_http_stateless(&server.mcp, &local).await {
             Ok(http) => {
-                let runs = measure(http.peer(), counts).await;
-                report("HTTP, 2026-07-28, local", &runs, Some(&stdio_runs));
+                let runs = measure(&Caller::Rmcp(http.peer().clone()), server.pid(), counts).await;
+                report("HTTP, 2026-07-28, local", &runs, Some(&stdio_runs), false);
                 let _ = http.cancel().await;
             }
             Err(e) => println!("HTTP, 2026-07-28 era    refused by this build ({e})"),
-        }
-
-        let jwt = provider.token(&server.mcp);
-        match connect_http(&server.mcp, &jwt).await {
-            Ok(http) => {
-                // The first call fetches the JWKS; the runs after it use the cached keys.
-                status(http.peer()).await;
-                let jwt_runs = measure(http.peer(), counts).await;
-                report("HTTP, provider JWT", &jwt_runs, Some(&stdio_runs));
-                let _ = http.cancel().await;
-            }
-            Err(e) => println!("HTTP, provider JWT     refused by this build ({e})"),
         }
         let _ = stdio.cancel().await;
         let audience = server.mcp.clone();
