@@ -163,11 +163,14 @@ fn install() -> (PathBuf, PathBuf) {
         panic!("the identity provider of the tests (tests/idp) is installed from npm:\n{e}")
     });
     // ESM resolves `oidc-provider` from the script's directory: run a copy in the prefix. Each
-    // process writes its own copy and renames it into place, so no run reads half a file.
+    // caller (the tests of one binary run on threads of one process) writes its own copy and
+    // renames it into place, so no run reads half a file.
+    static COPIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let script = prefix.join("idp.mjs");
     let source = std::fs::read(root.join("tests/idp/idp.mjs")).expect("read tests/idp/idp.mjs");
     if std::fs::read(&script).ok().as_deref() != Some(source.as_slice()) {
-        let tmp = prefix.join(format!("idp.mjs.{}", std::process::id()));
+        let copy = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = prefix.join(format!("idp.mjs.{}.{copy}", std::process::id()));
         std::fs::write(&tmp, &source).expect("copy idp.mjs");
         std::fs::rename(&tmp, &script).expect("rename idp.mjs");
     }
