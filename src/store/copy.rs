@@ -8,7 +8,7 @@
 
 use std::collections::BTreeSet;
 
-use super::sql::{Kind, Param, Val, Value};
+use super::sql::{Kind, Param, Val, Value, values_list};
 use super::{Location, Store, StoreError, Tx, pg};
 
 /// One table of the coordinator database: its name and primary key (the order rows are read
@@ -425,12 +425,9 @@ fn copy_table(from: &Tx<'_>, to: &Tx<'_>, t: &Table) -> Result<u64, CopyError> {
         "SELECT {names} FROM {} ORDER BY {key} LIMIT {per_batch}",
         t.name
     );
-    let after = (1..=t.key.len())
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let after = values_list(1, t.key.len(), 1);
     let next = format!(
-        "SELECT {names} FROM {} WHERE ({key}) > ({after}) ORDER BY {key} LIMIT {per_batch}",
+        "SELECT {names} FROM {} WHERE ({key}) > {after} ORDER BY {key} LIMIT {per_batch}",
         t.name
     );
     let mut last: Option<Vec<Value>> = None;
@@ -466,21 +463,11 @@ fn insert(
     names: &str,
     rows: &[Vec<Value>],
 ) -> Result<(), StoreError> {
-    let width = cols.len();
-    let mut sql = format!("INSERT INTO {} ({names}) VALUES ", t.name);
-    for r in 0..rows.len() {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 1..=width {
-            if c > 1 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&format!("?{}", r * width + c));
-        }
-        sql.push(')');
-    }
+    let mut sql = format!(
+        "INSERT INTO {} ({names}) VALUES {}",
+        t.name,
+        values_list(rows.len(), cols.len(), 1)
+    );
     if t.seed.is_some() {
         let key = t.key_list();
         let set = cols
@@ -491,7 +478,7 @@ fn insert(
             .join(", ");
         sql.push_str(&format!(" ON CONFLICT ({key}) DO UPDATE SET {set}"));
     }
-    let mut args: Vec<Val<'_>> = Vec::with_capacity(rows.len() * width);
+    let mut args: Vec<Val<'_>> = Vec::with_capacity(rows.len() * cols.len());
     for row in rows {
         for (v, (_, kind)) in row.iter().zip(cols) {
             args.push(match (v, kind) {

@@ -367,6 +367,15 @@ pub(super) fn dollar_placeholders(sql: &str) -> Cow<'_, str> {
     if !sql.contains('?') {
         return Cow::Borrowed(sql);
     }
+    Cow::Owned(map_placeholders(sql, |out, n| {
+        out.push('$');
+        out.push_str(&n.to_string());
+    }))
+}
+
+/// `sql` with each placeholder outside single quotes (`?N`, or a bare `?`, which takes the
+/// number after the one before it) written by `write` with its number.
+pub(super) fn map_placeholders(sql: &str, mut write: impl FnMut(&mut String, u32)) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut quoted = false;
     let mut next = 1u32;
@@ -379,23 +388,36 @@ pub(super) fn dollar_placeholders(sql: &str) -> Cow<'_, str> {
             }
             '?' if !quoted => {
                 let mut digits = String::new();
-                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
-                    digits.push(*d);
-                    chars.next();
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    digits.push(d);
                 }
-                out.push('$');
-                if digits.is_empty() {
-                    out.push_str(&next.to_string());
-                    next += 1;
+                let n = if digits.is_empty() {
+                    next
                 } else {
-                    next = digits.parse::<u32>().unwrap_or(next) + 1;
-                    out.push_str(&digits);
-                }
+                    digits.parse::<u32>().unwrap_or(next)
+                };
+                next = n + 1;
+                write(&mut out, n);
             }
             c => out.push(c),
         }
     }
-    Cow::Owned(out)
+    out
+}
+
+/// `(?a, ?b), (?c, ?d), ...`: `rows` rows of `width` placeholders numbered from `first`, for
+/// a `VALUES` list (its columns are `column1`, `column2`, ... on both backends), or with one
+/// row, an `IN` list or a row value.
+pub(super) fn values_list(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let marks: Vec<String> = (0..width)
+                .map(|c| format!("?{}", first + r * width + c))
+                .collect();
+            format!("({})", marks.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
@@ -410,6 +432,12 @@ mod tests {
         );
         assert_eq!(dollar_placeholders("x = ? AND y = ?"), "x = $1 AND y = $2");
         assert_eq!(dollar_placeholders("no params"), "no params");
+    }
+
+    #[test]
+    fn values_lists_are_numbered_row_by_row_from_their_first() {
+        assert_eq!(values_list(2, 3, 1), "(?1, ?2, ?3), (?4, ?5, ?6)");
+        assert_eq!(values_list(1, 2, 5), "(?5, ?6)");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
-use super::sql::{Row, Val};
+use super::sql::{Row, Val, values_list};
 use super::{StoreError, Tx, closed};
 use crate::args;
 use crate::task::status::TaskStatus;
@@ -110,14 +110,11 @@ pub fn get_many(tx: &Tx<'_>, ids: &[&str]) -> Result<HashMap<String, TaskRow>, S
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let marks = (1..=ids.len())
-        .map(|i| format!("?{i}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let ids_list = values_list(1, ids.len(), 1);
     let args: Vec<Val<'_>> = ids.iter().map(|id| Val::Text(id)).collect();
     let rows = by_key(tx, || {
         tx.all(
-            &format!("SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})"),
+            &format!("SELECT {COLUMNS} FROM tasks WHERE id IN {ids_list}"),
             &args,
             from_row,
         )
@@ -146,20 +143,6 @@ const BY_KEY_ON: &str = "SELECT set_config('enable_seqscan', 'off', true), \
      set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true)";
 const BY_KEY_OFF: &str = "SELECT set_config('enable_seqscan', 'on', true), \
      set_config('enable_hashjoin', 'on', true), set_config('enable_mergejoin', 'on', true)";
-
-/// `(?a, ?b), (?c, ?d), ...`: `rows` rows of `width` placeholders numbered from `first`, for
-/// a `VALUES` list (its columns are `column1`, `column2`, ... on both backends).
-fn values_list(rows: usize, width: usize, first: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let marks: Vec<String> = (0..width)
-                .map(|c| format!("?{}", first + r * width + c))
-                .collect();
-            format!("({})", marks.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 pub fn by_idempotency_key(tx: &Tx<'_>, key: &str) -> Result<Option<TaskRow>, StoreError> {
     tx.one(

@@ -68,27 +68,10 @@ fn multi_row(sql: &str, rows: usize, width: usize) -> String {
 
 /// `?N` becomes `?{N + by}` outside quotes.
 fn shift_placeholders(sql: &str, by: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut quoted = false;
-    let mut chars = sql.chars().peekable();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        match c {
-            '\'' => quoted = !quoted,
-            '?' if !quoted => {
-                let mut digits = String::new();
-                while let Some(d) = chars.next_if(char::is_ascii_digit) {
-                    digits.push(d);
-                }
-                match digits.parse::<usize>() {
-                    Ok(n) => out.push_str(&(n + by).to_string()),
-                    Err(_) => out.push_str(&digits),
-                }
-            }
-            _ => {}
-        }
-    }
-    out
+    crate::store::sql::map_placeholders(sql, |out, n| {
+        out.push('?');
+        out.push_str(&(n as usize + by).to_string());
+    })
 }
 
 /// One connection.
