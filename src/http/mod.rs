@@ -18,7 +18,7 @@ pub mod origin;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{any, get};
 
 pub use auth::Authenticator;
 pub use config::HttpConfig;
@@ -115,8 +115,15 @@ impl Front {
     /// of one response goes out as that response in JSON (`answer.rs`).
     pub fn router(&self, mcp: McpHttp) -> Router {
         use axum::middleware::{from_fn, from_fn_with_state};
+        let service = mcp.service;
         let mut mcp = Router::new()
-            .route_service(MCP_PATH, mcp.service)
+            .route(
+                MCP_PATH,
+                any(move |request: axum::extract::Request| {
+                    let service = service.clone();
+                    async move { service.handle(request).await }
+                }),
+            )
             .layer(from_fn(answer::one_json_answer))
             .layer(from_fn_with_state(
                 (self.clone(), mcp.sessions),

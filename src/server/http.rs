@@ -10,9 +10,6 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use rmcp::model::{ClientJsonRpcMessage, ServerJsonRpcMessage};
-use rmcp::transport::streamable_http_server::session::local::{
-    LocalSessionManager, LocalSessionManagerError,
-};
 use rmcp::transport::streamable_http_server::session::{
     ServerSseMessage, SessionId, SessionManager,
 };
@@ -20,9 +17,21 @@ use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, Stream
 use tokio_util::sync::CancellationToken;
 
 use super::Coordinator;
+use super::http_sessions::{DirectSessions, SessionError};
 
-/// The `/mcp` service: a tower service axum routes to.
-pub type McpService = StreamableHttpService<Coordinator, BoundedSessions>;
+/// rmcp's `/mcp` service, shared: axum clones a route's service for every request, once per
+/// layer around it, and a clone of rmcp's service copies its configuration (host and origin
+/// lists) each time; an `Arc` makes each of those clones a count.
+#[derive(Clone)]
+pub struct McpService(Arc<StreamableHttpService<Coordinator, BoundedSessions>>);
+
+impl McpService {
+    /// Answers one request to `/mcp`.
+    pub async fn handle(&self, request: axum::extract::Request) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        self.0.handle(request).await.into_response()
+    }
+}
 
 /// The `/mcp` service and its sessions (whose fullness the listener checks before reading
 /// a request that might open one).
@@ -54,10 +63,8 @@ pub struct McpHttpOptions {
 
 /// The `/mcp` service for `coordinator`.
 pub fn mcp_service(coordinator: Coordinator, options: McpHttpOptions) -> McpHttp {
-    let mut local = LocalSessionManager::default();
-    local.session_config.keep_alive = Some(options.session_idle);
     let sessions = Arc::new(BoundedSessions {
-        inner: local,
+        inner: DirectSessions::new(options.session_idle),
         max: options.max_sessions.max(1),
         per_principal: options.max_sessions_per_principal.max(1),
         creating: tokio::sync::Mutex::new(()),
@@ -76,14 +83,17 @@ pub fn mcp_service(coordinator: Coordinator, options: McpHttpOptions) -> McpHttp
     // One value per session (and per stateless request): each keeps its connection's toolsets.
     let service =
         StreamableHttpService::new(move || Ok(coordinator.for_http()), sessions.clone(), config);
-    McpHttp { service, sessions }
+    McpHttp {
+        service: McpService(Arc::new(service)),
+        sessions,
+    }
 }
 
-/// rmcp's in-memory sessions, at most `max` at once. A session ends on `DELETE`, when its
-/// client has been idle for `keep_alive`, or when the server stops; rmcp then closes it here,
-/// which frees its place.
+/// The sessions in memory, at most `max` at once. A session ends on `DELETE`, when its
+/// client has been idle for `[http] session_idle_seconds`, or when the server stops; rmcp then
+/// closes it here, which frees its place.
 pub struct BoundedSessions {
-    inner: LocalSessionManager,
+    inner: DirectSessions,
     max: usize,
     /// Held while a session is counted and created, so that two at once cannot both take
     /// the last place.
@@ -101,7 +111,7 @@ pub enum SessionsError {
     #[error("{}", full_message(*.0))]
     Full(usize),
     #[error(transparent)]
-    Local(#[from] LocalSessionManagerError),
+    Session(#[from] SessionError),
 }
 
 /// What a client refused a session is told: the limit, the setting, and the ways out.
@@ -116,7 +126,7 @@ pub fn full_message(max: usize) -> String {
 impl BoundedSessions {
     /// Sessions open now.
     pub async fn open(&self) -> usize {
-        self.inner.sessions.read().await.len()
+        self.inner.open()
     }
 
     /// The most sessions open at once.
@@ -145,27 +155,25 @@ impl BoundedSessions {
 
     /// Records that `owner` opened session `id`, forgetting the owners of sessions that ended.
     pub async fn record_owner(&self, id: &str, owner: String) {
-        let live = self.inner.sessions.read().await;
         let mut owners = self.owners.lock().unwrap_or_else(|p| p.into_inner());
-        owners.retain(|id, _| live.contains_key(id.as_str()));
+        owners.retain(|id, _| self.inner.contains(id));
         owners.insert(id.to_string(), owner);
     }
 
     /// Sessions open now that `owner` opened.
     pub async fn held_by(&self, owner: &str) -> usize {
-        let live = self.inner.sessions.read().await;
         self.owners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|(id, o)| o.as_str() == owner && live.contains_key(id.as_str()))
+            .filter(|(id, o)| o.as_str() == owner && self.inner.contains(id))
             .count()
     }
 }
 
 impl SessionManager for BoundedSessions {
     type Error = SessionsError;
-    type Transport = <LocalSessionManager as SessionManager>::Transport;
+    type Transport = <DirectSessions as SessionManager>::Transport;
 
     async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
         let _creating = self.creating.lock().await;

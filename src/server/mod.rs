@@ -13,6 +13,7 @@ mod audit_writer;
 mod coordinator;
 mod gate;
 pub mod http;
+mod http_sessions;
 mod instances;
 mod jsonrpc;
 mod lifecycle;

@@ -1,0 +1,761 @@
+//! Initialize-era HTTP sessions in memory, each message routed where it goes as it is sent.
+//!
+//! rmcp's `LocalSessionManager` runs a task per session that every message passes through
+//! both ways: a request went from its connection's task to that task, to the session's
+//! service, and its answer back through that task to the connection. Here the service's
+//! transport routes each message itself, under a short lock, into the event stream of the
+//! POST it belongs to (its response, its progress, a request made while handling it), or
+//! into the session's standalone GET stream; a request goes from the connection straight
+//! to the service. What `LocalSessionManager` keeps is kept: request-wise routing (by
+//! request id, progress token, and the request a server request was made for), the
+//! standalone stream and its shadows, resumption with `Last-Event-ID` of a stream still
+//! open (its last events are kept), and the session closed after `idle`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::Stream;
+use rmcp::RoleServer;
+use rmcp::model::{
+    ClientJsonRpcMessage, ClientNotification, ClientRequest, GetExtensions, GetMeta,
+    JsonRpcRequest, ProgressToken, RequestId, ServerJsonRpcMessage, ServerNotification,
+};
+use rmcp::service::OriginatingRequestId;
+use rmcp::transport::Transport;
+use rmcp::transport::streamable_http_server::session::{
+    ServerSseMessage, SessionId, SessionManager,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+/// Events of a stream kept for `Last-Event-ID` (rmcp's default).
+const KEPT_EVENTS: usize = 16;
+/// Events waiting in a stream whose client does not read them: past this the stream is
+/// closed (its client can resume it from the kept events) rather than grow without end.
+const BACKLOG: usize = 256;
+/// The most idle standalone streams one session holds open (rmcp's limit).
+const MAX_SHADOWS: usize = 32;
+/// The `retry` of the event that opens a POST's stream (rmcp's default): a client that loses
+/// the stream waits this long and resumes it.
+const RETRY: Duration = Duration::from_secs(3);
+
+/// Errors of [`DirectSessions`].
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no such session: {0}")]
+    NotFound(SessionId),
+    #[error("the session ended")]
+    Ended,
+    #[error("Last-Event-ID {0:?} names no event this session keeps")]
+    UnknownEvent(String),
+}
+
+/// The sessions of one `/mcp` service.
+pub struct DirectSessions {
+    sessions: RwLock<HashMap<SessionId, Arc<Session>>>,
+    /// A session without a request for this long is closed.
+    idle: Duration,
+}
+
+impl DirectSessions {
+    pub fn new(idle: Duration) -> Self {
+        DirectSessions {
+            sessions: RwLock::default(),
+            idle,
+        }
+    }
+
+    /// Sessions open now.
+    pub fn open(&self) -> usize {
+        read(&self.sessions).len()
+    }
+
+    /// Whether session `id` is open.
+    pub fn contains(&self, id: &str) -> bool {
+        read(&self.sessions).contains_key(id)
+    }
+
+    fn session(&self, id: &SessionId) -> Result<Arc<Session>, SessionError> {
+        let session = read(&self.sessions)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| SessionError::NotFound(id.clone()))?;
+        session.touch();
+        Ok(session)
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    lock.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One session: the way in to its service, and where its service's messages go.
+struct Session {
+    to_service: mpsc::UnboundedSender<ClientJsonRpcMessage>,
+    routes: Mutex<Routes>,
+    last_seen: Mutex<Instant>,
+    /// Cancelled when the session closes: its service's transport ends.
+    closed: CancellationToken,
+}
+
+impl Session {
+    fn touch(&self) {
+        *lock(&self.last_seen) = Instant::now();
+    }
+
+    /// Hands `message` to the service; an error once the session has ended.
+    fn push(&self, message: ClientJsonRpcMessage) -> Result<(), SessionError> {
+        if self.closed.is_cancelled() {
+            return Err(SessionError::Ended);
+        }
+        self.to_service
+            .send(message)
+            .map_err(|_| SessionError::Ended)
+    }
+
+    /// Ends the session: its service stops, every stream of it ends.
+    fn close(&self) {
+        self.closed.cancel();
+        let mut routes = lock(&self.routes);
+        routes.streams.clear();
+        routes.keys.clear();
+        routes.common.tx = None;
+        routes.shadows.clear();
+        routes.init = None;
+    }
+}
+
+/// What a message of the service is routed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Request(RequestId),
+    Progress(ProgressToken),
+}
+
+#[derive(Default)]
+struct Routes {
+    next_stream: u64,
+    /// Each POST's stream, by its number.
+    streams: HashMap<u64, PostStream>,
+    /// Which POST's stream a request id or progress token belongs to.
+    keys: HashMap<Key, u64>,
+    /// The standalone stream (GET).
+    common: Events,
+    /// Idle standalone streams opened while another was live: kept open, sent nothing.
+    shadows: Vec<mpsc::Sender<ServerSseMessage>>,
+    /// The initialize request in flight, and who waits for its answer.
+    init: Option<(RequestId, oneshot::Sender<ServerJsonRpcMessage>)>,
+}
+
+struct PostStream {
+    events: Events,
+    keys: Vec<Key>,
+}
+
+/// One stream's sender and the events it sent, numbered for `Last-Event-ID`.
+#[derive(Default)]
+struct Events {
+    tx: Option<mpsc::Sender<ServerSseMessage>>,
+    kept: VecDeque<ServerSseMessage>,
+    /// The number of the next event.
+    next: usize,
+    /// The POST this stream answers (part of its event ids); `None` for the standalone one.
+    post: Option<u64>,
+}
+
+impl Events {
+    fn event_id(&self, index: usize) -> String {
+        match self.post {
+            Some(post) => format!("{index}/{post}"),
+            None => index.to_string(),
+        }
+    }
+
+    fn send(&mut self, mut event: ServerSseMessage) {
+        event.event_id = Some(self.event_id(self.next));
+        self.next += 1;
+        if self.kept.len() == KEPT_EVENTS {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(event.clone());
+        if let Some(tx) = &self.tx
+            && tx.try_send(event).is_err()
+        {
+            // The client went away, or reads too slowly: its stream ends, and the event stays
+            // kept for a resume.
+            self.tx = None;
+        }
+    }
+
+    /// A new sender for this stream, the kept events after `after` (an index) sent first.
+    fn reopen(&mut self, after: Option<usize>) -> mpsc::Receiver<ServerSseMessage> {
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        for event in &self.kept {
+            let index = event
+                .event_id
+                .as_deref()
+                .and_then(|id| id.split('/').next())
+                .and_then(|i| i.parse::<usize>().ok());
+            if after.is_none_or(|after| index.is_some_and(|i| i > after)) {
+                let _ = tx.try_send(event.clone());
+            }
+        }
+        self.tx = Some(tx);
+        rx
+    }
+
+    fn is_live(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+}
+
+impl Routes {
+    /// Where the service's `message` goes: `(post, finishes it)`, or `None` for the
+    /// standalone stream.
+    fn route(&self, message: &ServerJsonRpcMessage) -> Option<(u64, bool)> {
+        let by = |key: Key| self.keys.get(&key).copied();
+        match message {
+            ServerJsonRpcMessage::Response(r) => by(Key::Request(r.id.clone())).map(|p| (p, true)),
+            ServerJsonRpcMessage::Error(e) => {
+                e.id.clone()
+                    .and_then(|id| by(Key::Request(id)))
+                    .map(|p| (p, true))
+            }
+            // SEP-2260: a request made while handling a client's request rides that request's
+            // stream.
+            ServerJsonRpcMessage::Request(r) => r
+                .request
+                .extensions()
+                .get::<OriginatingRequestId>()
+                .and_then(|o| by(Key::Request(o.0.clone())))
+                .map(|p| (p, false)),
+            ServerJsonRpcMessage::Notification(n) => match &n.notification {
+                ServerNotification::ProgressNotification(p) => {
+                    by(Key::Progress(p.params.progress_token.clone())).map(|p| (p, false))
+                }
+                ServerNotification::CancelledNotification(c) => c
+                    .params
+                    .request_id
+                    .clone()
+                    .and_then(|id| by(Key::Request(id)))
+                    .map(|p| (p, false)),
+                _ => None,
+            },
+        }
+    }
+
+    /// Ends POST `post`'s stream (as rmcp's sessions do, a finished stream cannot be resumed).
+    fn finish(&mut self, post: u64) {
+        if let Some(stream) = self.streams.remove(&post) {
+            for key in stream.keys {
+                self.keys.remove(&key);
+            }
+        }
+    }
+
+    /// Sends the service's `message` where it goes.
+    fn deliver(&mut self, message: ServerJsonRpcMessage) {
+        if let (Some((id, _)), ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_)) =
+            (&self.init, &message)
+        {
+            let answers = match &message {
+                ServerJsonRpcMessage::Response(r) => &r.id == id,
+                ServerJsonRpcMessage::Error(e) => e.id.as_ref() == Some(id),
+                _ => false,
+            };
+            if answers {
+                if let Some((_, waiting)) = self.init.take() {
+                    let _ = waiting.send(message);
+                }
+                return;
+            }
+        }
+        let route = self.route(&message);
+        let event = ServerSseMessage::from_message(message);
+        match route {
+            Some((post, finishes)) => {
+                if let Some(stream) = self.streams.get_mut(&post) {
+                    stream.events.send(event);
+                }
+                if finishes {
+                    self.finish(post);
+                }
+            }
+            None => self.common.send(event),
+        }
+    }
+}
+
+/// The service's side of a session.
+pub struct SessionTransport {
+    from_client: mpsc::UnboundedReceiver<ClientJsonRpcMessage>,
+    session: Arc<Session>,
+}
+
+impl Transport<RoleServer> for SessionTransport {
+    type Error = SessionError;
+
+    fn send(
+        &mut self,
+        item: ServerJsonRpcMessage,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        let sent = if self.session.closed.is_cancelled() {
+            Err(SessionError::Ended)
+        } else {
+            self.session.touch();
+            lock(&self.session.routes).deliver(item);
+            Ok(())
+        };
+        std::future::ready(sent)
+    }
+
+    async fn receive(&mut self) -> Option<ClientJsonRpcMessage> {
+        tokio::select! {
+            message = self.from_client.recv() => message,
+            () = self.session.closed.cancelled() => None,
+        }
+    }
+
+    async fn close(&mut self) -> Result<(), Self::Error> {
+        self.session.close();
+        Ok(())
+    }
+}
+
+/// The keys a client's request is routed by: its id and its progress token.
+fn keys_of(request: &JsonRpcRequest<ClientRequest>) -> Vec<Key> {
+    let mut keys = vec![Key::Request(request.id.clone())];
+    if let Some(token) = request.request.get_meta().get_progress_token() {
+        keys.push(Key::Progress(token));
+    }
+    keys
+}
+
+fn stream_of(
+    rx: mpsc::Receiver<ServerSseMessage>,
+) -> impl Stream<Item = ServerSseMessage> + Send + Sync + 'static {
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (event, rx))
+    })
+}
+
+impl SessionManager for DirectSessions {
+    type Error = SessionError;
+    type Transport = SessionTransport;
+
+    async fn create_session(&self) -> Result<(SessionId, Self::Transport), Self::Error> {
+        let id: SessionId = uuid::Uuid::new_v4().to_string().into();
+        let (to_service, from_client) = mpsc::unbounded_channel();
+        let session = Arc::new(Session {
+            to_service,
+            routes: Mutex::default(),
+            last_seen: Mutex::new(Instant::now()),
+            closed: CancellationToken::new(),
+        });
+        self.sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), session.clone());
+        // Closes the session once it has been idle for `idle`: the service's transport ends,
+        // and rmcp then calls `close_session`.
+        let (watched, closed, idle) = (Arc::downgrade(&session), session.closed.clone(), self.idle);
+        tokio::spawn(async move {
+            let mut deadline = Instant::now() + idle;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline.into()) => {}
+                    () = closed.cancelled() => return,
+                }
+                let Some(session) = watched.upgrade() else {
+                    return;
+                };
+                let seen = *lock(&session.last_seen);
+                if seen.elapsed() >= idle {
+                    tracing::debug!("an HTTP session was idle for {idle:?}: closing it");
+                    session.close();
+                    return;
+                }
+                deadline = seen + idle;
+            }
+        });
+        Ok((
+            id,
+            SessionTransport {
+                from_client,
+                session,
+            },
+        ))
+    }
+
+    async fn initialize_session(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<ServerJsonRpcMessage, Self::Error> {
+        let session = self.session(id)?;
+        let ClientJsonRpcMessage::Request(request) = &message else {
+            return Err(SessionError::Ended);
+        };
+        let (tx, rx) = oneshot::channel();
+        lock(&session.routes).init = Some((request.id.clone(), tx));
+        session.push(message)?;
+        rx.await.map_err(|_| SessionError::Ended)
+    }
+
+    async fn has_session(&self, id: &SessionId) -> Result<bool, Self::Error> {
+        Ok(self.contains(id))
+    }
+
+    async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
+        let removed = self
+            .sessions
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(session) = removed {
+            session.close();
+        }
+        Ok(())
+    }
+
+    async fn create_stream(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let session = self.session(id)?;
+        let rx = {
+            let mut routes = lock(&session.routes);
+            let post = routes.next_stream;
+            routes.next_stream += 1;
+            let mut events = Events {
+                post: Some(post),
+                ..Events::default()
+            };
+            let rx = events.reopen(None);
+            // The opening event carries an id (and how long to wait) before any answer, so
+            // that a client whose stream breaks can resume it.
+            events.send(ServerSseMessage::priming(String::new(), RETRY));
+            let keys = match &message {
+                ClientJsonRpcMessage::Request(r) => keys_of(r),
+                _ => Vec::new(),
+            };
+            for key in &keys {
+                routes.keys.insert(key.clone(), post);
+            }
+            routes.streams.insert(post, PostStream { events, keys });
+            rx
+        };
+        session.push(message)?;
+        Ok(stream_of(rx))
+    }
+
+    async fn accept_message(
+        &self,
+        id: &SessionId,
+        message: ClientJsonRpcMessage,
+    ) -> Result<(), Self::Error> {
+        let session = self.session(id)?;
+        // A request the client cancels gets no answer: its stream ends now.
+        if let ClientJsonRpcMessage::Notification(n) = &message
+            && let ClientNotification::CancelledNotification(c) = &n.notification
+            && let Some(request) = &c.params.request_id
+        {
+            let mut routes = lock(&session.routes);
+            if let Some(post) = routes.keys.get(&Key::Request(request.clone())).copied() {
+                routes.finish(post);
+            }
+        }
+        session.push(message)
+    }
+
+    async fn create_standalone_stream(
+        &self,
+        id: &SessionId,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let session = self.session(id)?;
+        Ok(common_stream(&session, None))
+    }
+
+    async fn resume(
+        &self,
+        id: &SessionId,
+        last_event_id: String,
+    ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
+        let session = self.session(id)?;
+        let unknown = || SessionError::UnknownEvent(last_event_id.clone());
+        let (index, post) = match last_event_id.split_once('/') {
+            Some((index, post)) => (index, Some(post.parse::<u64>().map_err(|_| unknown())?)),
+            None => (last_event_id.as_str(), None),
+        };
+        let index = index.parse::<usize>().map_err(|_| unknown())?;
+        let Some(post) = post else {
+            return Ok(futures_util::future::Either::Left(common_stream(
+                &session,
+                Some(index),
+            )));
+        };
+        let mut routes = lock(&session.routes);
+        let stream = routes.streams.get_mut(&post).ok_or_else(unknown)?;
+        let rx = stream.events.reopen(Some(index));
+        Ok(futures_util::future::Either::Right(stream_of(rx)))
+    }
+}
+
+/// The standalone stream: the live one if none is (events kept since `after`, or all kept
+/// ones, first), else an idle shadow that keeps its connection without taking the live
+/// one's events (clients that open several would otherwise take turns closing each other's).
+fn common_stream(
+    session: &Session,
+    after: Option<usize>,
+) -> impl Stream<Item = ServerSseMessage> + Send + Sync + 'static + use<> {
+    let mut routes = lock(&session.routes);
+    if !routes.common.is_live() {
+        return stream_of(routes.common.reopen(after));
+    }
+    routes.shadows.retain(|tx| !tx.is_closed());
+    if routes.shadows.len() >= MAX_SHADOWS {
+        routes.shadows.remove(0);
+    }
+    let (tx, rx) = mpsc::channel(1);
+    routes.shadows.push(tx);
+    stream_of(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use futures_util::StreamExt;
+    use rmcp::model::GetExtensions;
+    use serde_json::json;
+    use std::pin::Pin;
+
+    type Events = Pin<Box<dyn Stream<Item = ServerSseMessage> + Send + Sync>>;
+
+    fn client(v: serde_json::Value) -> ClientJsonRpcMessage {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn server(v: serde_json::Value) -> ServerJsonRpcMessage {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn call(id: i64, progress: Option<&str>) -> ClientJsonRpcMessage {
+        let mut params = json!({"name": "coordinator_status", "arguments": {}});
+        if let Some(token) = progress {
+            params["_meta"] = json!({"progressToken": token});
+        }
+        client(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}))
+    }
+
+    fn progress(token: &str, n: u32) -> ServerJsonRpcMessage {
+        server(json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": token, "progress": n}}))
+    }
+
+    fn answer(id: i64) -> ServerJsonRpcMessage {
+        server(json!({"jsonrpc": "2.0", "id": id, "result": {}}))
+    }
+
+    /// A ping the server makes while handling request `for_request`.
+    fn ping_for(for_request: i64) -> ServerJsonRpcMessage {
+        let mut m = server(json!({"jsonrpc": "2.0", "id": 70, "method": "ping"}));
+        if let ServerJsonRpcMessage::Request(r) = &mut m {
+            r.request
+                .extensions_mut()
+                .insert(OriginatingRequestId(RequestId::Number(for_request)));
+        }
+        m
+    }
+
+    /// The next event's id and its message as JSON (`null` for the opening event).
+    async fn next(events: &mut Events) -> Option<(String, serde_json::Value)> {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event or the end within 5 s")?;
+        let message = event
+            .message
+            .map(|m| serde_json::to_value(&*m).unwrap())
+            .unwrap_or_default();
+        Some((event.event_id.unwrap_or_default(), message))
+    }
+
+    async fn open() -> (DirectSessions, SessionId, SessionTransport) {
+        let sessions = DirectSessions::new(Duration::from_secs(60));
+        let (id, transport) = sessions.create_session().await.unwrap();
+        (sessions, id, transport)
+    }
+
+    #[tokio::test]
+    async fn a_call_gets_its_progress_requests_and_answer_and_the_rest_goes_to_the_get_stream() {
+        let (sessions, id, mut service) = open().await;
+        let mut post: Events = Box::pin(
+            sessions
+                .create_stream(&id, call(1, Some("p1")))
+                .await
+                .unwrap(),
+        );
+        let (first, message) = next(&mut post).await.unwrap();
+        assert_eq!((first.as_str(), message), ("0/0", serde_json::Value::Null));
+        let got = service.receive().await.unwrap();
+        assert!(matches!(got, ClientJsonRpcMessage::Request(r) if r.id == RequestId::Number(1)));
+
+        service.send(progress("p1", 1)).await.unwrap();
+        service.send(ping_for(1)).await.unwrap();
+        service
+            .send(server(
+                json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
+            ))
+            .await
+            .unwrap();
+        service.send(progress("elsewhere", 1)).await.unwrap();
+        service.send(answer(1)).await.unwrap();
+
+        let (eid, m) = next(&mut post).await.unwrap();
+        assert_eq!(
+            (eid.as_str(), &m["params"]["progressToken"]),
+            ("1/0", &json!("p1"))
+        );
+        let (_, m) = next(&mut post).await.unwrap();
+        assert_eq!(m["method"], "ping", "{m}");
+        let (eid, m) = next(&mut post).await.unwrap();
+        assert_eq!((eid.as_str(), &m["id"]), ("3/0", &json!(1)));
+        assert!(
+            next(&mut post).await.is_none(),
+            "the stream ends with its answer"
+        );
+
+        // What belonged to no request waits for the GET stream, numbered on its own.
+        let mut get: Events = Box::pin(sessions.create_standalone_stream(&id).await.unwrap());
+        let (eid, m) = next(&mut get).await.unwrap();
+        assert_eq!(
+            (eid.as_str(), &m["method"]),
+            ("0", &json!("notifications/tools/list_changed"))
+        );
+        let (eid, m) = next(&mut get).await.unwrap();
+        assert_eq!(
+            (eid.as_str(), &m["params"]["progressToken"]),
+            ("1", &json!("elsewhere"))
+        );
+
+        // A second GET while the first is live stays open and is sent nothing.
+        let mut shadow: Events = Box::pin(sessions.create_standalone_stream(&id).await.unwrap());
+        service.send(progress("later", 1)).await.unwrap();
+        let (eid, _) = next(&mut get).await.unwrap();
+        assert_eq!(eid, "2");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), shadow.next())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_post_stream_resumes_after_the_last_event_its_client_saw() {
+        let (sessions, id, mut service) = open().await;
+        let mut post: Events = Box::pin(
+            sessions
+                .create_stream(&id, call(5, Some("t")))
+                .await
+                .unwrap(),
+        );
+        service.receive().await.unwrap();
+        service.send(progress("t", 1)).await.unwrap();
+        assert_eq!(next(&mut post).await.unwrap().0, "0/0");
+        assert_eq!(next(&mut post).await.unwrap().0, "1/0");
+        drop(post);
+        service.send(progress("t", 2)).await.unwrap();
+        service.send(progress("t", 3)).await.unwrap();
+
+        let mut resumed: Events = Box::pin(sessions.resume(&id, "1/0".into()).await.unwrap());
+        service.send(answer(5)).await.unwrap();
+        let mut seen = Vec::new();
+        while let Some((eid, _)) = next(&mut resumed).await {
+            seen.push(eid);
+        }
+        assert_eq!(seen, ["2/0", "3/0", "4/0"]);
+
+        // A finished stream, or an id that names nothing, cannot be resumed.
+        for bad in ["1/0", "x", "1/99"] {
+            let e = sessions.resume(&id, bad.into()).await.err();
+            assert!(
+                e.as_ref().is_some_and(|e| e.to_string().contains(bad)),
+                "{bad}: {e:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn initialize_is_answered_and_a_cancelled_call_ends_its_stream() {
+        let (sessions, id, mut service) = open().await;
+        let sessions = Arc::new(sessions);
+        let init = client(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+        );
+        let waiting = tokio::spawn({
+            let (sessions, id) = (sessions.clone(), id.clone());
+            async move { sessions.initialize_session(&id, init).await }
+        });
+        service.receive().await.unwrap();
+        service.send(answer(0)).await.unwrap();
+        let answered = waiting.await.unwrap().unwrap();
+        assert!(
+            matches!(answered, ServerJsonRpcMessage::Response(r) if r.id == RequestId::Number(0))
+        );
+
+        let mut post: Events = Box::pin(sessions.create_stream(&id, call(2, None)).await.unwrap());
+        next(&mut post).await.unwrap();
+        sessions
+            .accept_message(
+                &id,
+                client(
+                    json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                    "params": {"requestId": 2}}),
+                ),
+            )
+            .await
+            .unwrap();
+        assert!(
+            next(&mut post).await.is_none(),
+            "a cancelled call's stream ends"
+        );
+        service.receive().await.unwrap();
+        let cancel = service.receive().await.unwrap();
+        assert!(matches!(cancel, ClientJsonRpcMessage::Notification(_)));
+    }
+
+    #[tokio::test]
+    async fn a_session_ends_when_closed_or_idle() {
+        let sessions = DirectSessions::new(Duration::from_millis(200));
+        let (busy, mut busy_service) = sessions.create_session().await.unwrap();
+        let (idle, mut idle_service) = sessions.create_session().await.unwrap();
+        assert_eq!(sessions.open(), 2);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(sessions.has_session(&busy).await.unwrap());
+            sessions.session(&busy).unwrap();
+        }
+        // The idle one's service is told it ended (rmcp then closes it here).
+        let ended = tokio::time::timeout(Duration::from_secs(2), idle_service.receive()).await;
+        assert!(matches!(ended, Ok(None)), "{ended:?}");
+        sessions.close_session(&idle).await.unwrap();
+
+        let mut post: Events =
+            Box::pin(sessions.create_stream(&busy, call(1, None)).await.unwrap());
+        next(&mut post).await.unwrap();
+        sessions.close_session(&busy).await.unwrap();
+        assert!(next(&mut post).await.is_none(), "its streams end");
+        assert!(busy_service.receive().await.is_none());
+        assert_eq!(sessions.open(), 0);
+        let e = sessions.create_stream(&busy, call(2, None)).await.err();
+        assert!(e.is_some_and(|e| e.to_string().contains(busy.as_ref())));
+    }
+}
