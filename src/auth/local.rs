@@ -1,21 +1,24 @@
 //! Access tokens and API keys this coordinator issues itself, for a team without an identity
 //! provider and for automated systems that cannot do OAuth: HS256 JWTs signed with a key in the
 //! data directory (`access-token.key`, mode 0600), and opaque API keys of which only a SHA-256
-//! is stored. Every check reads the token's row, so a revocation (from any process) holds at
-//! the next request.
+//! is stored. A check decides on the token's row (remembered between requests only until a
+//! revocation is made, `checked.rs`), so a revocation from any process holds at the next
+//! request.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
+use super::checked::Checked;
 use super::{Principal, Role, Source};
 use crate::audit::chain::{format_ts, now_ts};
 use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
-use crate::store::StoreError;
 use crate::store::access::{self as sql, AccessRow};
+use crate::store::{StoreError, Tx};
 
 /// The key file's name inside the data directory.
 pub const KEY_FILE: &str = "access-token.key";
@@ -62,6 +65,19 @@ pub enum AccessError {
     UnknownKey,
     #[error("no token or key with id {0}")]
     NotFound(String),
+    #[error(
+        "cannot record a revocation for running servers in {path}: {message}; nothing was revoked"
+    )]
+    Unsignalled { path: String, message: String },
+    #[error(
+        "{id} is revoked in the database, but running servers may accept it for up to a minute: \
+         cannot write {path}: {message}"
+    )]
+    SignalLost {
+        id: String,
+        path: String,
+        message: String,
+    },
     #[error("{field}: {message}")]
     Invalid {
         field: &'static str,
@@ -84,6 +100,7 @@ pub struct AccessTokens {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    checked: Arc<Checked>,
 }
 
 impl std::fmt::Debug for AccessTokens {
@@ -116,6 +133,7 @@ impl AccessTokens {
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         Ok(AccessTokens {
+            checked: Arc::new(Checked::new(audit.store().location())),
             audit,
             encoding: EncodingKey::from_secret(&key),
             decoding: DecodingKey::from_secret(&key),
@@ -229,9 +247,23 @@ impl AccessTokens {
         Ok(self.audit.store().read(sql::list)?)
     }
 
-    /// Revokes the token or key `id`; the next request that carries it is refused.
+    /// Revokes the token or key `id`; the next request that carries it is refused, in every
+    /// process on the database.
     pub fn revoke(&self, id: &str, by: &Actor) -> Result<AccessRow, AccessError> {
-        self.audit.store().write(|tx| {
+        let path = || {
+            self.checked
+                .file()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let signal = self
+            .checked
+            .prepare()
+            .map_err(|e| AccessError::Unsignalled {
+                path: path(),
+                message: e.to_string(),
+            })?;
+        let row = self.audit.store().write(|tx| {
             let row = sql::get(tx, id)?.ok_or_else(|| AccessError::NotFound(id.to_string()))?;
             if let Some(at) = &row.revoked_at {
                 return Err(AccessError::Revoked {
@@ -258,7 +290,15 @@ impl AccessTokens {
                 revoked_by: Some(by.render()),
                 ..row
             })
-        })
+        })?;
+        self.checked
+            .revoked(signal)
+            .map_err(|e| AccessError::SignalLost {
+                id: id.to_string(),
+                path: path(),
+                message: e.to_string(),
+            })?;
+        Ok(row)
     }
 
     /// Whether checking a token may wait (for the blocking pool then): on PostgreSQL its
@@ -301,13 +341,33 @@ impl AccessTokens {
             .unwrap_or(false)
     }
 
+    /// The row `read` finds under `key` (a token's id or a key's hash): the one remembered
+    /// if no revocation was made since it was read, else read now (and remembered).
+    fn row(
+        &self,
+        key: &str,
+        read: impl FnOnce(&Tx<'_>) -> Result<Option<AccessRow>, StoreError>,
+    ) -> Result<Option<AccessRow>, StoreError> {
+        // The stamp is taken before the read: a revocation committed after it changes the
+        // stamp, so a row read just before that revocation is not used again.
+        let stamp = self.checked.stamp();
+        if let Some(now) = stamp
+            && let Some(row) = self.checked.get(key, now)
+        {
+            return Ok(Some(row));
+        }
+        let row = self.audit.store().read_aside(read)?;
+        if let (Some(seen), Some(row)) = (stamp, &row) {
+            self.checked.put(key.to_string(), row.clone(), seen);
+        }
+        Ok(row)
+    }
+
     /// The principal `bearer` (a local token or API key) acts as, or why it is refused.
     pub fn check(&self, bearer: &str) -> Result<Principal, AccessError> {
         let row = if bearer.starts_with(API_KEY_PREFIX) {
             let hash = key_hash(bearer);
-            self.audit
-                .store()
-                .read_aside(|tx| sql::by_key_hash(tx, &hash))?
+            self.row(&hash, |tx| sql::by_key_hash(tx, &hash))?
                 .ok_or(AccessError::UnknownKey)?
         } else {
             let claims = jsonwebtoken::decode::<Claims>(bearer, &self.decoding, &self.validation)
@@ -317,9 +377,7 @@ impl AccessTokens {
                     other => AccessError::Malformed(format!("{other:?}")),
                 })?
                 .claims;
-            self.audit
-                .store()
-                .read_aside(|tx| sql::get(tx, &claims.sub))?
+            self.row(&claims.sub, |tx| sql::get(tx, &claims.sub))?
                 .ok_or_else(|| AccessError::Malformed("no such token was issued".into()))?
         };
         if let Some(at) = row.revoked_at {
@@ -435,6 +493,47 @@ mod tests {
             t.issue(" ", &[Role::Agent], None, false, &by),
             Err(AccessError::Invalid { field: "name", .. })
         ));
+        Ok(())
+    }
+
+    /// Two processes on one database file: each remembers the rows it checked, and a
+    /// revocation made by the other is seen at the next check all the same.
+    #[test]
+    fn a_remembered_row_gives_way_to_a_revocation_from_another_process()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let database = dir.path().join("coordinator.db");
+        let open = || -> Result<AccessTokens, Box<dyn std::error::Error>> {
+            let store = Store::open(&Location::File(database.clone()))?;
+            let signer = AuditSigner::from_key(ed25519_dalek::SigningKey::from_bytes(&[3u8; 32]));
+            Ok(AccessTokens::open(
+                AuditLog::new(store, std::sync::Arc::new(signer)),
+                dir.path(),
+            )?)
+        };
+        let (server, cli) = (open()?, open()?);
+        let by = Actor::new(ActorKind::User, "me@host");
+        let tok = cli.issue("ci", &[Role::Agent], Some(60), false, &by)?;
+        let key = cli.issue("scanner", &[Role::Compliance], None, true, &by)?;
+        server.check(&tok.secret)?;
+        server.check(&key.secret)?;
+
+        // A row changed behind the store's back is not read again: the checks remember.
+        server
+            .audit
+            .store()
+            .write(|tx| sql::set_roles(tx, &tok.row.id, "admin"))?;
+        assert_eq!(server.check(&tok.secret)?.roles, vec![Role::Agent]);
+
+        // A revocation through the other process is refused at the next check, as is the
+        // key (every row is read again after a revocation).
+        cli.revoke(&tok.row.id, &by)?;
+        assert!(super::super::checked::revocations_file(&database).exists());
+        let e = server.check(&tok.secret).err().map(|e| e.to_string());
+        assert!(e.as_deref().is_some_and(|e| e.contains("revoked")), "{e:?}");
+        assert_eq!(server.check(&key.secret)?.roles, vec![Role::Compliance]);
+        cli.revoke(&key.row.id, &by)?;
+        assert!(server.check(&key.secret).is_err());
         Ok(())
     }
 }

@@ -84,6 +84,16 @@ pub fn list(tx: &Tx<'_>) -> Result<Vec<AccessRow>, StoreError> {
     )
 }
 
+/// Changes a row's roles behind every check's back: only tests do (nothing in the product
+/// changes a token's roles).
+#[cfg(test)]
+pub fn set_roles(tx: &Tx<'_>, id: &str, roles: &str) -> Result<usize, StoreError> {
+    tx.exec(
+        "UPDATE access_tokens SET roles = ?2 WHERE id = ?1",
+        args![id, roles],
+    )
+}
+
 /// Marks a row revoked; false when there is no such row or it was revoked already.
 pub fn revoke(tx: &Tx<'_>, id: &str, at: &str, by: &str) -> Result<bool, StoreError> {
     let n = tx.exec(
