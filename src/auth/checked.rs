@@ -33,12 +33,20 @@ pub(super) struct Stamp {
     here: u64,
 }
 
+/// What a check found for one bearer: its row, and the expiry its JWT says (none for an API
+/// key).
+#[derive(Debug, Clone)]
+pub(super) struct Remembered {
+    pub row: AccessRow,
+    pub exp: Option<i64>,
+}
+
 /// The rows remembered, and where revocations are signalled.
 #[derive(Debug)]
 pub(super) struct Checked {
     /// `None`: nothing is remembered (PostgreSQL).
     mode: Option<Signal>,
-    rows: Mutex<HashMap<String, (AccessRow, Stamp, Instant)>>,
+    rows: Mutex<HashMap<String, (Remembered, Stamp, Instant)>>,
     here: AtomicU64,
 }
 
@@ -89,17 +97,17 @@ impl Checked {
         Some(Stamp { file, here })
     }
 
-    /// The row remembered under `key`, if it was read when the stamp was `now`'s and less
-    /// than [`MAX_AGE`] ago.
-    pub(super) fn get(&self, key: &str, now: Stamp) -> Option<AccessRow> {
+    /// What was remembered under `key`, if its row was read when the stamp was `now`'s and
+    /// less than [`MAX_AGE`] ago.
+    pub(super) fn get(&self, key: &str, now: Stamp) -> Option<Remembered> {
         let rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         rows.get(key)
             .filter(|(_, seen, at)| *seen == now && at.elapsed() < MAX_AGE)
             .map(|(row, _, _)| row.clone())
     }
 
-    /// Remembers `row`, read after the stamp was `seen`.
-    pub(super) fn put(&self, key: String, row: AccessRow, seen: Stamp) {
+    /// Remembers `found`, whose row was read after the stamp was `seen`.
+    pub(super) fn put(&self, key: String, found: Remembered, seen: Stamp) {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         if rows.len() >= MAX_ROWS {
             rows.retain(|_, (_, _, at)| at.elapsed() < MAX_AGE);
@@ -107,7 +115,7 @@ impl Checked {
                 rows.clear();
             }
         }
-        rows.insert(key, (row, seen, Instant::now()));
+        rows.insert(key, (found, seen, Instant::now()));
     }
 
     /// Opens the revocations file before a revocation is written, so that one that could

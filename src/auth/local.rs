@@ -13,12 +13,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use super::checked::Checked;
+use super::checked::{Checked, Remembered};
 use super::{Principal, Role, Source};
 use crate::audit::chain::{format_ts, now_ts};
 use crate::audit::{Action, Actor, AuditLog, NewEvent, Outcome};
+use crate::store::StoreError;
 use crate::store::access::{self as sql, AccessRow};
-use crate::store::{StoreError, Tx};
 
 /// The key file's name inside the data directory.
 pub const KEY_FILE: &str = "access-token.key";
@@ -341,45 +341,27 @@ impl AccessTokens {
             .unwrap_or(false)
     }
 
-    /// The row `read` finds under `key` (a token's id or a key's hash): the one remembered
-    /// if no revocation was made since it was read, else read now (and remembered).
-    fn row(
-        &self,
-        key: &str,
-        read: impl FnOnce(&Tx<'_>) -> Result<Option<AccessRow>, StoreError>,
-    ) -> Result<Option<AccessRow>, StoreError> {
-        // The stamp is taken before the read: a revocation committed after it changes the
-        // stamp, so a row read just before that revocation is not used again.
-        let stamp = self.checked.stamp();
-        if let Some(now) = stamp
-            && let Some(row) = self.checked.get(key, now)
-        {
-            return Ok(Some(row));
-        }
-        let row = self.audit.store().read_aside(read)?;
-        if let (Some(seen), Some(row)) = (stamp, &row) {
-            self.checked.put(key.to_string(), row.clone(), seen);
-        }
-        Ok(row)
-    }
-
     /// The principal `bearer` (a local token or API key) acts as, or why it is refused.
+    ///
+    /// What a bearer was found to be is remembered under its SHA-256 (never the bearer)
+    /// until a revocation is made (`checked.rs`): a token seen before is neither decoded nor
+    /// looked up again, and its expiry and its row's revocation are judged on every request.
     pub fn check(&self, bearer: &str) -> Result<Principal, AccessError> {
-        let row = if bearer.starts_with(API_KEY_PREFIX) {
-            let hash = key_hash(bearer);
-            self.row(&hash, |tx| sql::by_key_hash(tx, &hash))?
-                .ok_or(AccessError::UnknownKey)?
-        } else {
-            let claims = jsonwebtoken::decode::<Claims>(bearer, &self.decoding, &self.validation)
-                .map_err(|e| match e.kind() {
-                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AccessError::Expired,
-                    jsonwebtoken::errors::ErrorKind::InvalidSignature => AccessError::BadSignature,
-                    other => AccessError::Malformed(format!("{other:?}")),
-                })?
-                .claims;
-            self.row(&claims.sub, |tx| sql::get(tx, &claims.sub))?
-                .ok_or_else(|| AccessError::Malformed("no such token was issued".into()))?
+        let key = key_hash(bearer);
+        // The stamp is taken before the row is read: a revocation committed after it changes
+        // the stamp, so a row read just before that revocation is not used again.
+        let stamp = self.checked.stamp();
+        let found = match stamp.and_then(|now| self.checked.get(&key, now)) {
+            Some(found) => found,
+            None => {
+                let found = self.look_up(bearer, &key)?;
+                if let Some(seen) = stamp {
+                    self.checked.put(key, found.clone(), seen);
+                }
+                found
+            }
         };
+        let row = found.row;
         if let Some(at) = row.revoked_at {
             return Err(AccessError::Revoked {
                 kind: kind_name(&row.kind),
@@ -387,10 +369,12 @@ impl AccessTokens {
                 at,
             });
         }
-        if row
-            .expires_at
-            .as_deref()
-            .is_some_and(|e| e <= now_ts().as_str())
+        let now = time::OffsetDateTime::now_utc();
+        if found.exp.is_some_and(|exp| exp <= now.unix_timestamp())
+            || row
+                .expires_at
+                .as_deref()
+                .is_some_and(|e| e <= format_ts(now).as_str())
         {
             return Err(AccessError::Expired);
         }
@@ -405,6 +389,32 @@ impl AccessTokens {
             } else {
                 Source::LocalToken
             },
+        })
+    }
+
+    /// Verifies `bearer` (a JWT's signature and claims) and reads its row; `hash` is its
+    /// SHA-256, which is how an API key's row is found.
+    fn look_up(&self, bearer: &str, hash: &str) -> Result<Remembered, AccessError> {
+        let store = self.audit.store();
+        if bearer.starts_with(API_KEY_PREFIX) {
+            let row = store
+                .read_aside(|tx| sql::by_key_hash(tx, hash))?
+                .ok_or(AccessError::UnknownKey)?;
+            return Ok(Remembered { row, exp: None });
+        }
+        let claims = jsonwebtoken::decode::<Claims>(bearer, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AccessError::Expired,
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => AccessError::BadSignature,
+                other => AccessError::Malformed(format!("{other:?}")),
+            })?
+            .claims;
+        let row = store
+            .read_aside(|tx| sql::get(tx, &claims.sub))?
+            .ok_or_else(|| AccessError::Malformed("no such token was issued".into()))?;
+        Ok(Remembered {
+            row,
+            exp: Some(claims.exp),
         })
     }
 }
@@ -534,6 +544,15 @@ mod tests {
         assert_eq!(server.check(&key.secret)?.roles, vec![Role::Compliance]);
         cli.revoke(&key.row.id, &by)?;
         assert!(server.check(&key.secret).is_err());
+
+        // A remembered token still expires on time.
+        let brief = cli.issue("brief", &[Role::Agent], Some(1), false, &by)?;
+        server.check(&brief.secret)?;
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(matches!(
+            server.check(&brief.secret),
+            Err(AccessError::Expired)
+        ));
         Ok(())
     }
 }
