@@ -1,8 +1,9 @@
 //! One answer, one JSON body: an initialize-era POST to `/mcp` whose event stream would carry
 //! nothing but its JSON-RPC response is answered with that response as `application/json`.
 //!
-//! rmcp answers every request of a session with an event stream: a priming event (an event id
-//! to resume from), then the response, then the end of the stream, each written to the socket on
+//! rmcp answers every request of a session with an event stream (of the events our session
+//! manager, `crate::server::http_sessions`, routes to it): a priming event (an event id to
+//! resume from), then the response, then the end of the stream, each written to the socket on
 //! its own. For the many calls that answer at once that is three writes and three reads where
 //! one does, and an event-stream parser in the client. The transport allows either answer (a
 //! POSTed request "MUST either return `text/event-stream` … or `application/json`"), so this
