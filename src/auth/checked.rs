@@ -25,11 +25,12 @@ const MAX_AGE: Duration = Duration::from_secs(60);
 /// Rows remembered at most; past this the stale ones go, then all.
 const MAX_ROWS: usize = 4096;
 
-/// What says whether a revocation was made: the revocations file's inode and length (zeros
-/// while there is none), and this process's own count of revocations.
+/// What says whether a revocation was made: the revocations file's inode, length and change
+/// time (zeros while there is none; the time, because a file deleted and made again can get
+/// the same inode and length), and this process's own count of revocations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stamp {
-    file: (u64, u64),
+    file: (u64, u64, i64, i64),
     here: u64,
 }
 
@@ -58,8 +59,11 @@ enum Signal {
     Process,
 }
 
-/// The revocations file of the SQLite database at `database`.
+/// The revocations file of the SQLite database at `database`: beside the file it names once
+/// links are followed, as SQLite's own `-wal` is, so that every process on one database finds
+/// the same one whatever path it was given.
 pub fn revocations_file(database: &Path) -> PathBuf {
+    let database = std::fs::canonicalize(database).unwrap_or_else(|_| database.to_path_buf());
     let mut name = database.as_os_str().to_owned();
     name.push(".revocations");
     PathBuf::from(name)
@@ -84,13 +88,13 @@ impl Checked {
     pub(super) fn stamp(&self) -> Option<Stamp> {
         let here = self.here.load(Ordering::Acquire);
         let file = match self.mode.as_ref()? {
-            Signal::Process => (0, 0),
+            Signal::Process => (0, 0, 0, 0),
             Signal::File(path) => match std::fs::metadata(path) {
                 Ok(m) => {
                     use std::os::unix::fs::MetadataExt;
-                    (m.ino(), m.len())
+                    (m.ino(), m.len(), m.ctime(), m.ctime_nsec())
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0, 0, 0),
                 Err(_) => return None,
             },
         };

@@ -8,8 +8,9 @@
 //! into the session's standalone GET stream; a request goes from the connection straight
 //! to the service. What `LocalSessionManager` keeps is kept: request-wise routing (by
 //! request id, progress token, and the request a server request was made for), the
-//! standalone stream and its shadows, resumption with `Last-Event-ID` of a stream still
-//! open (its last events are kept), and the session closed after `idle`.
+//! standalone stream and its shadows, resumption with `Last-Event-ID` (a stream's last events
+//! are kept; a POST whose client was gone when its answer came keeps its stream for a minute,
+//! so the answer is not lost), and the session closed after `idle`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -36,6 +37,8 @@ const KEPT_EVENTS: usize = 16;
 const BACKLOG: usize = 256;
 /// The most idle standalone streams one session holds open (rmcp's limit).
 const MAX_SHADOWS: usize = 32;
+/// How long a POST's stream whose client was gone when its answer came stays resumable.
+const UNREAD_KEPT: Duration = Duration::from_secs(60);
 /// The `retry` of the event that opens a POST's stream (rmcp's default): a client that loses
 /// the stream waits this long and resumes it.
 const RETRY: Duration = Duration::from_secs(3);
@@ -123,6 +126,7 @@ impl Session {
         self.closed.cancel();
         let mut routes = lock(&self.routes);
         routes.streams.clear();
+        routes.unread.clear();
         routes.keys.clear();
         routes.common.tx = None;
         routes.shadows.clear();
@@ -137,11 +141,13 @@ enum Key {
     Progress(ProgressToken),
 }
 
-#[derive(Default)]
 struct Routes {
     next_stream: u64,
     /// Each POST's stream, by its number.
     streams: HashMap<u64, PostStream>,
+    /// Finished POST streams whose client was gone when the answer came, until when they
+    /// can be resumed.
+    unread: HashMap<u64, (PostStream, Instant)>,
     /// Which POST's stream a request id or progress token belongs to.
     keys: HashMap<Key, u64>,
     /// The standalone stream (GET).
@@ -150,6 +156,26 @@ struct Routes {
     shadows: Vec<mpsc::Sender<ServerSseMessage>>,
     /// The initialize request in flight, and who waits for its answer.
     init: Option<(RequestId, oneshot::Sender<ServerJsonRpcMessage>)>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes {
+            next_stream: 0,
+            streams: HashMap::new(),
+            unread: HashMap::new(),
+            keys: HashMap::new(),
+            // rmcp opens every GET stream with a priming event of id "0" of its own: the
+            // standalone stream's events are numbered from 1, so that resuming after "0"
+            // replays them all.
+            common: Events {
+                next: 1,
+                ..Events::default()
+            },
+            shadows: Vec::new(),
+            init: None,
+        }
+    }
 }
 
 struct PostStream {
@@ -249,12 +275,22 @@ impl Routes {
         }
     }
 
-    /// Ends POST `post`'s stream (as rmcp's sessions do, a finished stream cannot be resumed).
+    /// Ends POST `post`'s stream. If its client had gone, the stream stays resumable for
+    /// [`UNREAD_KEPT`]: the answer is in its kept events.
     fn finish(&mut self, post: u64) {
-        if let Some(stream) = self.streams.remove(&post) {
-            for key in stream.keys {
+        if let Some(mut stream) = self.streams.remove(&post) {
+            for key in stream.keys.drain(..) {
                 self.keys.remove(&key);
             }
+            if !stream.events.is_live() {
+                stream.events.tx = None;
+                self.unread
+                    .insert(post, (stream, Instant::now() + UNREAD_KEPT));
+            }
+        }
+        if !self.unread.is_empty() {
+            let now = Instant::now();
+            self.unread.retain(|_, (_, until)| *until > now);
         }
     }
 
@@ -315,9 +351,11 @@ impl Transport<RoleServer> for SessionTransport {
     }
 
     async fn receive(&mut self) -> Option<ClientJsonRpcMessage> {
+        // A closed session ends its service at once, whatever is still queued for it.
         tokio::select! {
-            message = self.from_client.recv() => message,
+            biased;
             () = self.session.closed.cancelled() => None,
+            message = self.from_client.recv() => message,
         }
     }
 
@@ -501,8 +539,15 @@ impl SessionManager for DirectSessions {
             )));
         };
         let mut routes = lock(&session.routes);
-        let stream = routes.streams.get_mut(&post).ok_or_else(unknown)?;
-        let rx = stream.events.reopen(Some(index));
+        let rx = if let Some(stream) = routes.streams.get_mut(&post) {
+            stream.events.reopen(Some(index))
+        } else {
+            // A finished stream's answer, never read: replayed, and the stream ends.
+            let (mut stream, _) = routes.unread.remove(&post).ok_or_else(unknown)?;
+            let rx = stream.events.reopen(Some(index));
+            stream.events.tx = None;
+            rx
+        };
         Ok(futures_util::future::Either::Right(stream_of(rx)))
     }
 }
@@ -631,24 +676,35 @@ mod tests {
             "the stream ends with its answer"
         );
 
-        // What belonged to no request waits for the GET stream, numbered on its own.
+        // What belonged to no request waits for the GET stream, numbered on its own from 1
+        // (rmcp opens the stream with an event "0" of its own).
         let mut get: Events = Box::pin(sessions.create_standalone_stream(&id).await.unwrap());
         let (eid, m) = next(&mut get).await.unwrap();
         assert_eq!(
             (eid.as_str(), &m["method"]),
-            ("0", &json!("notifications/tools/list_changed"))
+            ("1", &json!("notifications/tools/list_changed"))
         );
         let (eid, m) = next(&mut get).await.unwrap();
         assert_eq!(
             (eid.as_str(), &m["params"]["progressToken"]),
-            ("1", &json!("elsewhere"))
+            ("2", &json!("elsewhere"))
         );
 
         // A second GET while the first is live stays open and is sent nothing.
         let mut shadow: Events = Box::pin(sessions.create_standalone_stream(&id).await.unwrap());
         service.send(progress("later", 1)).await.unwrap();
         let (eid, _) = next(&mut get).await.unwrap();
-        assert_eq!(eid, "2");
+        assert_eq!(eid, "3");
+        // Resuming after rmcp's opening event "0" replays every kept event.
+        drop(get);
+        let mut again: Events = Box::pin(sessions.resume(&id, "0".into()).await.unwrap());
+        let ids: Vec<String> = [
+            next(&mut again).await.unwrap().0,
+            next(&mut again).await.unwrap().0,
+            next(&mut again).await.unwrap().0,
+        ]
+        .into();
+        assert_eq!(ids, ["1", "2", "3"]);
         assert!(
             tokio::time::timeout(Duration::from_millis(100), shadow.next())
                 .await
@@ -681,8 +737,19 @@ mod tests {
         }
         assert_eq!(seen, ["2/0", "3/0", "4/0"]);
 
-        // A finished stream, or an id that names nothing, cannot be resumed.
-        for bad in ["1/0", "x", "1/99"] {
+        // A call whose client was gone when its answer came: the answer waits for a resume.
+        let mut post: Events = Box::pin(sessions.create_stream(&id, call(6, None)).await.unwrap());
+        service.receive().await.unwrap();
+        assert_eq!(next(&mut post).await.unwrap().0, "0/1");
+        drop(post);
+        service.send(answer(6)).await.unwrap();
+        let mut resumed: Events = Box::pin(sessions.resume(&id, "0/1".into()).await.unwrap());
+        let (eid, m) = next(&mut resumed).await.unwrap();
+        assert_eq!((eid.as_str(), &m["id"]), ("1/1", &json!(6)));
+        assert!(next(&mut resumed).await.is_none());
+
+        // A finished stream that was read, or an id that names nothing, cannot be resumed.
+        for bad in ["1/0", "0/1", "x", "1/99"] {
             let e = sessions.resume(&id, bad.into()).await.err();
             assert!(
                 e.as_ref().is_some_and(|e| e.to_string().contains(bad)),
