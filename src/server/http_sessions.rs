@@ -93,6 +93,10 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|p| p.into_inner())
 }
 
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}
+
 fn lock<T>(lock: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     lock.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -187,7 +191,8 @@ struct PostStream {
 #[derive(Default)]
 struct Events {
     tx: Option<mpsc::Sender<ServerSseMessage>>,
-    kept: VecDeque<ServerSseMessage>,
+    /// The last events sent, each with its number.
+    kept: VecDeque<(usize, ServerSseMessage)>,
     /// The number of the next event.
     next: usize,
     /// The POST this stream answers (part of its event ids); `None` for the standalone one.
@@ -203,12 +208,13 @@ impl Events {
     }
 
     fn send(&mut self, mut event: ServerSseMessage) {
-        event.event_id = Some(self.event_id(self.next));
+        let index = self.next;
         self.next += 1;
+        event.event_id = Some(self.event_id(index));
         if self.kept.len() == KEPT_EVENTS {
             self.kept.pop_front();
         }
-        self.kept.push_back(event.clone());
+        self.kept.push_back((index, event.clone()));
         if let Some(tx) = &self.tx
             && tx.try_send(event).is_err()
         {
@@ -221,13 +227,8 @@ impl Events {
     /// A new sender for this stream, the kept events after `after` (an index) sent first.
     fn reopen(&mut self, after: Option<usize>) -> mpsc::Receiver<ServerSseMessage> {
         let (tx, rx) = mpsc::channel(BACKLOG);
-        for event in &self.kept {
-            let index = event
-                .event_id
-                .as_deref()
-                .and_then(|id| id.split('/').next())
-                .and_then(|i| i.parse::<usize>().ok());
-            if after.is_none_or(|after| index.is_some_and(|i| i > after)) {
+        for (index, event) in &self.kept {
+            if after.is_none_or(|after| *index > after) {
                 let _ = tx.try_send(event.clone());
             }
         }
@@ -240,18 +241,25 @@ impl Events {
     }
 }
 
+/// The request `message` answers, if it is a response or an error.
+fn answer_to(message: &ServerJsonRpcMessage) -> Option<&RequestId> {
+    match message {
+        ServerJsonRpcMessage::Response(r) => Some(&r.id),
+        ServerJsonRpcMessage::Error(e) => e.id.as_ref(),
+        _ => None,
+    }
+}
+
 impl Routes {
     /// Where the service's `message` goes: `(post, finishes it)`, or `None` for the
     /// standalone stream.
     fn route(&self, message: &ServerJsonRpcMessage) -> Option<(u64, bool)> {
         let by = |key: Key| self.keys.get(&key).copied();
+        if let Some(id) = answer_to(message) {
+            return by(Key::Request(id.clone())).map(|p| (p, true));
+        }
         match message {
-            ServerJsonRpcMessage::Response(r) => by(Key::Request(r.id.clone())).map(|p| (p, true)),
-            ServerJsonRpcMessage::Error(e) => {
-                e.id.clone()
-                    .and_then(|id| by(Key::Request(id)))
-                    .map(|p| (p, true))
-            }
+            ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_) => None,
             // SEP-2260: a request made while handling a client's request rides that request's
             // stream.
             ServerJsonRpcMessage::Request(r) => r
@@ -296,20 +304,12 @@ impl Routes {
 
     /// Sends the service's `message` where it goes.
     fn deliver(&mut self, message: ServerJsonRpcMessage) {
-        if let (Some((id, _)), ServerJsonRpcMessage::Response(_) | ServerJsonRpcMessage::Error(_)) =
-            (&self.init, &message)
+        if let Some((id, _)) = &self.init
+            && answer_to(&message) == Some(id)
+            && let Some((_, waiting)) = self.init.take()
         {
-            let answers = match &message {
-                ServerJsonRpcMessage::Response(r) => &r.id == id,
-                ServerJsonRpcMessage::Error(e) => e.id.as_ref() == Some(id),
-                _ => false,
-            };
-            if answers {
-                if let Some((_, waiting)) = self.init.take() {
-                    let _ = waiting.send(message);
-                }
-                return;
-            }
+            let _ = waiting.send(message);
+            return;
         }
         let route = self.route(&message);
         let event = ServerSseMessage::from_message(message);
@@ -395,10 +395,7 @@ impl SessionManager for DirectSessions {
             last_seen: Mutex::new(Instant::now()),
             closed: CancellationToken::new(),
         });
-        self.sessions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), session.clone());
+        write(&self.sessions).insert(id.clone(), session.clone());
         // Closes the session once it has been idle for `idle`: the service's transport ends,
         // and rmcp then calls `close_session`.
         let (watched, closed, idle) = (Arc::downgrade(&session), session.closed.clone(), self.idle);
@@ -450,11 +447,7 @@ impl SessionManager for DirectSessions {
     }
 
     async fn close_session(&self, id: &SessionId) -> Result<(), Self::Error> {
-        let removed = self
-            .sessions
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
+        let removed = write(&self.sessions).remove(id);
         if let Some(session) = removed {
             session.close();
         }
@@ -517,7 +510,7 @@ impl SessionManager for DirectSessions {
         id: &SessionId,
     ) -> Result<impl Stream<Item = ServerSseMessage> + Send + Sync + 'static, Self::Error> {
         let session = self.session(id)?;
-        Ok(common_stream(&session, None))
+        Ok(stream_of(common_receiver(&session, None)))
     }
 
     async fn resume(
@@ -533,10 +526,7 @@ impl SessionManager for DirectSessions {
         };
         let index = index.parse::<usize>().map_err(|_| unknown())?;
         let Some(post) = post else {
-            return Ok(futures_util::future::Either::Left(common_stream(
-                &session,
-                Some(index),
-            )));
+            return Ok(stream_of(common_receiver(&session, Some(index))));
         };
         let mut routes = lock(&session.routes);
         let rx = if let Some(stream) = routes.streams.get_mut(&post) {
@@ -548,20 +538,17 @@ impl SessionManager for DirectSessions {
             stream.events.tx = None;
             rx
         };
-        Ok(futures_util::future::Either::Right(stream_of(rx)))
+        Ok(stream_of(rx))
     }
 }
 
 /// The standalone stream: the live one if none is (events kept since `after`, or all kept
 /// ones, first), else an idle shadow that keeps its connection without taking the live
 /// one's events (clients that open several would otherwise take turns closing each other's).
-fn common_stream(
-    session: &Session,
-    after: Option<usize>,
-) -> impl Stream<Item = ServerSseMessage> + Send + Sync + 'static + use<> {
+fn common_receiver(session: &Session, after: Option<usize>) -> mpsc::Receiver<ServerSseMessage> {
     let mut routes = lock(&session.routes);
     if !routes.common.is_live() {
-        return stream_of(routes.common.reopen(after));
+        return routes.common.reopen(after);
     }
     routes.shadows.retain(|tx| !tx.is_closed());
     if routes.shadows.len() >= MAX_SHADOWS {
@@ -569,260 +556,9 @@ fn common_stream(
     }
     let (tx, rx) = mpsc::channel(1);
     routes.shadows.push(tx);
-    stream_of(rx)
+    rx
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-    use super::*;
-    use futures_util::StreamExt;
-    use rmcp::model::GetExtensions;
-    use serde_json::json;
-    use std::pin::Pin;
-
-    type Events = Pin<Box<dyn Stream<Item = ServerSseMessage> + Send + Sync>>;
-
-    fn client(v: serde_json::Value) -> ClientJsonRpcMessage {
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn server(v: serde_json::Value) -> ServerJsonRpcMessage {
-        serde_json::from_value(v).unwrap()
-    }
-
-    fn call(id: i64, progress: Option<&str>) -> ClientJsonRpcMessage {
-        let mut params = json!({"name": "coordinator_status", "arguments": {}});
-        if let Some(token) = progress {
-            params["_meta"] = json!({"progressToken": token});
-        }
-        client(json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}))
-    }
-
-    fn progress(token: &str, n: u32) -> ServerJsonRpcMessage {
-        server(json!({"jsonrpc": "2.0", "method": "notifications/progress",
-            "params": {"progressToken": token, "progress": n}}))
-    }
-
-    fn answer(id: i64) -> ServerJsonRpcMessage {
-        server(json!({"jsonrpc": "2.0", "id": id, "result": {}}))
-    }
-
-    /// A ping the server makes while handling request `for_request`.
-    fn ping_for(for_request: i64) -> ServerJsonRpcMessage {
-        let mut m = server(json!({"jsonrpc": "2.0", "id": 70, "method": "ping"}));
-        if let ServerJsonRpcMessage::Request(r) = &mut m {
-            r.request
-                .extensions_mut()
-                .insert(OriginatingRequestId(RequestId::Number(for_request)));
-        }
-        m
-    }
-
-    /// The next event's id and its message as JSON (`null` for the opening event).
-    async fn next(events: &mut Events) -> Option<(String, serde_json::Value)> {
-        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .expect("an event or the end within 5 s")?;
-        let message = event
-            .message
-            .map(|m| serde_json::to_value(&*m).unwrap())
-            .unwrap_or_default();
-        Some((event.event_id.unwrap_or_default(), message))
-    }
-
-    async fn open() -> (DirectSessions, SessionId, SessionTransport) {
-        let sessions = DirectSessions::new(Duration::from_secs(60));
-        let (id, transport) = sessions.create_session().await.unwrap();
-        (sessions, id, transport)
-    }
-
-    #[tokio::test]
-    async fn a_call_gets_its_progress_requests_and_answer_and_the_rest_goes_to_the_get_stream() {
-        let (sessions, id, mut service) = open().await;
-        let mut post: Events = Box::pin(
-            sessions
-                .create_stream(&id, call(1, Some("p1")))
-                .await
-                .unwrap(),
-        );
-        let (first, message) = next(&mut post).await.unwrap();
-        assert_eq!((first.as_str(), message), ("0/0", serde_json::Value::Null));
-        let got = service.receive().await.unwrap();
-        assert!(matches!(got, ClientJsonRpcMessage::Request(r) if r.id == RequestId::Number(1)));
-
-        service.send(progress("p1", 1)).await.unwrap();
-        service.send(ping_for(1)).await.unwrap();
-        service
-            .send(server(
-                json!({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}),
-            ))
-            .await
-            .unwrap();
-        service.send(progress("elsewhere", 1)).await.unwrap();
-        service.send(answer(1)).await.unwrap();
-
-        let (eid, m) = next(&mut post).await.unwrap();
-        assert_eq!(
-            (eid.as_str(), &m["params"]["progressToken"]),
-            ("1/0", &json!("p1"))
-        );
-        let (_, m) = next(&mut post).await.unwrap();
-        assert_eq!(m["method"], "ping", "{m}");
-        let (eid, m) = next(&mut post).await.unwrap();
-        assert_eq!((eid.as_str(), &m["id"]), ("3/0", &json!(1)));
-        assert!(
-            next(&mut post).await.is_none(),
-            "the stream ends with its answer"
-        );
-
-        // What belonged to no request waits for the GET stream, numbered on its own from 1
-        // (rmcp opens the stream with an event "0" of its own).
-        let mut get: Events = Box::pin(sessions.create_standalone_stream(&id).await.unwrap());
-        let (eid, m) = next(&mut get).await.unwrap();
-        assert_eq!(
-            (eid.as_str(), &m["method"]),
-            ("1", &json!("notifications/tools/list_changed"))
-        );
-        let (eid, m) = next(&mut get).await.unwrap();
-        assert_eq!(
-            (eid.as_str(), &m["params"]["progressToken"]),
-            ("2", &json!("elsewhere"))
-        );
-
-        // A second GET while the first is live stays open and is sent nothing.
-        let mut shadow: Events = Box::pin(sessions.create_standalone_stream(&id).await.unwrap());
-        service.send(progress("later", 1)).await.unwrap();
-        let (eid, _) = next(&mut get).await.unwrap();
-        assert_eq!(eid, "3");
-        // Resuming after rmcp's opening event "0" replays every kept event.
-        drop(get);
-        let mut again: Events = Box::pin(sessions.resume(&id, "0".into()).await.unwrap());
-        let ids: Vec<String> = [
-            next(&mut again).await.unwrap().0,
-            next(&mut again).await.unwrap().0,
-            next(&mut again).await.unwrap().0,
-        ]
-        .into();
-        assert_eq!(ids, ["1", "2", "3"]);
-        assert!(
-            tokio::time::timeout(Duration::from_millis(100), shadow.next())
-                .await
-                .is_err()
-        );
-    }
-
-    #[tokio::test]
-    async fn a_broken_post_stream_resumes_after_the_last_event_its_client_saw() {
-        let (sessions, id, mut service) = open().await;
-        let mut post: Events = Box::pin(
-            sessions
-                .create_stream(&id, call(5, Some("t")))
-                .await
-                .unwrap(),
-        );
-        service.receive().await.unwrap();
-        service.send(progress("t", 1)).await.unwrap();
-        assert_eq!(next(&mut post).await.unwrap().0, "0/0");
-        assert_eq!(next(&mut post).await.unwrap().0, "1/0");
-        drop(post);
-        service.send(progress("t", 2)).await.unwrap();
-        service.send(progress("t", 3)).await.unwrap();
-
-        let mut resumed: Events = Box::pin(sessions.resume(&id, "1/0".into()).await.unwrap());
-        service.send(answer(5)).await.unwrap();
-        let mut seen = Vec::new();
-        while let Some((eid, _)) = next(&mut resumed).await {
-            seen.push(eid);
-        }
-        assert_eq!(seen, ["2/0", "3/0", "4/0"]);
-
-        // A call whose client was gone when its answer came: the answer waits for a resume.
-        let mut post: Events = Box::pin(sessions.create_stream(&id, call(6, None)).await.unwrap());
-        service.receive().await.unwrap();
-        assert_eq!(next(&mut post).await.unwrap().0, "0/1");
-        drop(post);
-        service.send(answer(6)).await.unwrap();
-        let mut resumed: Events = Box::pin(sessions.resume(&id, "0/1".into()).await.unwrap());
-        let (eid, m) = next(&mut resumed).await.unwrap();
-        assert_eq!((eid.as_str(), &m["id"]), ("1/1", &json!(6)));
-        assert!(next(&mut resumed).await.is_none());
-
-        // A finished stream that was read, or an id that names nothing, cannot be resumed.
-        for bad in ["1/0", "0/1", "x", "1/99"] {
-            let e = sessions.resume(&id, bad.into()).await.err();
-            assert!(
-                e.as_ref().is_some_and(|e| e.to_string().contains(bad)),
-                "{bad}: {e:?}"
-            );
-        }
-    }
-
-    #[tokio::test]
-    async fn initialize_is_answered_and_a_cancelled_call_ends_its_stream() {
-        let (sessions, id, mut service) = open().await;
-        let sessions = Arc::new(sessions);
-        let init = client(
-            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"}}}),
-        );
-        let waiting = tokio::spawn({
-            let (sessions, id) = (sessions.clone(), id.clone());
-            async move { sessions.initialize_session(&id, init).await }
-        });
-        service.receive().await.unwrap();
-        service.send(answer(0)).await.unwrap();
-        let answered = waiting.await.unwrap().unwrap();
-        assert!(
-            matches!(answered, ServerJsonRpcMessage::Response(r) if r.id == RequestId::Number(0))
-        );
-
-        let mut post: Events = Box::pin(sessions.create_stream(&id, call(2, None)).await.unwrap());
-        next(&mut post).await.unwrap();
-        sessions
-            .accept_message(
-                &id,
-                client(
-                    json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                    "params": {"requestId": 2}}),
-                ),
-            )
-            .await
-            .unwrap();
-        assert!(
-            next(&mut post).await.is_none(),
-            "a cancelled call's stream ends"
-        );
-        service.receive().await.unwrap();
-        let cancel = service.receive().await.unwrap();
-        assert!(matches!(cancel, ClientJsonRpcMessage::Notification(_)));
-    }
-
-    #[tokio::test]
-    async fn a_session_ends_when_closed_or_idle() {
-        let sessions = DirectSessions::new(Duration::from_millis(200));
-        let (busy, mut busy_service) = sessions.create_session().await.unwrap();
-        let (idle, mut idle_service) = sessions.create_session().await.unwrap();
-        assert_eq!(sessions.open(), 2);
-        for _ in 0..4 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            assert!(sessions.has_session(&busy).await.unwrap());
-            sessions.session(&busy).unwrap();
-        }
-        // The idle one's service is told it ended (rmcp then closes it here).
-        let ended = tokio::time::timeout(Duration::from_secs(2), idle_service.receive()).await;
-        assert!(matches!(ended, Ok(None)), "{ended:?}");
-        sessions.close_session(&idle).await.unwrap();
-
-        let mut post: Events =
-            Box::pin(sessions.create_stream(&busy, call(1, None)).await.unwrap());
-        next(&mut post).await.unwrap();
-        sessions.close_session(&busy).await.unwrap();
-        assert!(next(&mut post).await.is_none(), "its streams end");
-        assert!(busy_service.receive().await.is_none());
-        assert_eq!(sessions.open(), 0);
-        let e = sessions.create_stream(&busy, call(2, None)).await.err();
-        assert!(e.is_some_and(|e| e.to_string().contains(busy.as_ref())));
-    }
-}
+#[path = "http_sessions_tests.rs"]
+mod tests;
