@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
 use http::{HeaderValue, Method, StatusCode, header};
@@ -26,13 +25,17 @@ pub const HOLD: Duration = Duration::from_secs(1);
 
 const EVENT_STREAM: &str = "text/event-stream";
 
-/// The layer: see the module's comment.
-pub async fn one_json_answer(request: Request, next: Next) -> Response {
-    // A POST whose client takes JSON. (rmcp answers a 2026-07-28 request as JSON itself when
-    // its response comes first, so its streams here are the ones that must stay streams.)
-    let eligible = request.method() == Method::POST && accepts_json(request.headers());
-    let response = next.run(request).await;
-    if !eligible || response.status() != StatusCode::OK || !is_event_stream(&response) {
+/// Whether `request`'s answer may be rewritten: a POST whose client takes JSON. (rmcp answers
+/// a 2026-07-28 request as JSON itself when its response comes first, so its streams here are
+/// the ones that must stay streams.)
+pub fn eligible(request: &Request) -> bool {
+    request.method() == Method::POST && accepts_json(request.headers())
+}
+
+/// `response` to an eligible request, as one JSON body when its stream opens with its
+/// response: see the module's comment.
+pub async fn one_json(response: Response) -> Response {
+    if response.status() != StatusCode::OK || !is_event_stream(&response) {
         return response;
     }
     let (mut parts, body) = response.into_parts();

@@ -4,9 +4,7 @@
 //! one, or with one refused, the answer is `401` with a `WWW-Authenticate` challenge naming the
 //! metadata document (MCP authorization, RFC 6750 and RFC 9728).
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::Front;
@@ -90,12 +88,8 @@ impl Authenticator {
 }
 
 /// The bearer value of `Authorization`, if the header is there and says `Bearer`.
-fn bearer(request: &Request) -> Option<&str> {
-    let value = request
-        .headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -103,23 +97,14 @@ fn bearer(request: &Request) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The middleware: finds the principal or answers `401`.
-pub async fn require_bearer(
-    State(front): State<Front>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let found = match bearer(&request) {
+/// The principal the request's bearer names, or the `401` (`503` when it cannot be checked
+/// now) to answer instead.
+pub async fn principal_of(front: &Front, headers: &HeaderMap) -> Result<Principal, Response> {
+    let found = match bearer(headers) {
         None => Err(Refusal::Missing),
         Some(token) => front.auth().principal(token).await,
     };
-    match found {
-        Ok(principal) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        Err(refusal) => unauthorized(&front, &refusal),
-    }
+    found.map_err(|refusal| unauthorized(front, &refusal))
 }
 
 /// `401` with the challenge: `Bearer resource_metadata="..."`, and for a refused token

@@ -6,20 +6,18 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 
 use super::{Front, HttpConfig};
-use crate::auth::Principal;
 use crate::server::http::BoundedSessions;
 
 /// Keyed tables past this many entries forget the keys whose quota has refilled (the
@@ -57,15 +55,14 @@ impl Limits {
         }
     }
 
-    /// How long `principal` must wait, or `None` when this request is within its quota
-    /// (counts it).
-    fn principal_wait(&self, principal: &Principal) -> Option<Duration> {
+    /// How long the principal `key` must wait, or `None` when this request is within its
+    /// quota (counts it).
+    fn principal_wait(&self, key: &String) -> Option<Duration> {
         if self.principals.len() > RETAIN_PAST {
             self.principals.retain_recent();
         }
-        let key = principal.key();
         self.principals
-            .check_key(&key)
+            .check_key(key)
             .err()
             .map(|n| n.wait_time_from(self.principals.clock().now()))
     }
@@ -84,7 +81,7 @@ impl Limits {
 
     /// Counts a failed bearer check from `ip`; past the quota, the address is refused until
     /// the next one is allowed.
-    fn failed(&self, ip: IpAddr) {
+    pub fn failed(&self, ip: IpAddr) {
         if self.failures.len() > RETAIN_PAST {
             self.failures.retain_recent();
         }
@@ -146,172 +143,162 @@ fn header_bytes(headers: &HeaderMap) -> usize {
         .sum()
 }
 
-/// Header and body sizes: refused before any token is checked. A body without a length
-/// (chunked) is counted by rmcp while it reads; its `413` is said in the same words here.
-pub async fn sizes(State(front): State<Front>, request: Request, next: Next) -> Response {
-    let limits = front.limits();
-    let headers = header_bytes(request.headers());
-    if headers > limits.max_header_bytes {
-        return (
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!(
-                "request headers too large: {headers} bytes, /mcp accepts at most {} \
-                 ([http] max_header_bytes)",
-                limits.max_header_bytes
-            ),
-        )
-            .into_response();
+impl Limits {
+    /// Header and body sizes, refused before any token is checked: the `431` or `413` to
+    /// answer, or `None`. A body without a length (chunked) is counted by rmcp while it reads;
+    /// [`Limits::size_answer`] says its `413` in the same words.
+    pub fn size_refusal(&self, headers: &HeaderMap) -> Option<Response> {
+        let bytes = header_bytes(headers);
+        if bytes > self.max_header_bytes {
+            return Some(
+                (
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    format!(
+                        "request headers too large: {bytes} bytes, /mcp accepts at most {} \
+                         ([http] max_header_bytes)",
+                        self.max_header_bytes
+                    ),
+                )
+                    .into_response(),
+            );
+        }
+        let length = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        length
+            .is_some_and(|n| n > self.max_request_bytes as u64)
+            .then(|| too_large(self.max_request_bytes))
     }
-    let length = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if length.is_some_and(|n| n > limits.max_request_bytes as u64) {
-        return too_large(limits.max_request_bytes);
-    }
-    let response = next.run(request).await;
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return too_large(limits.max_request_bytes);
-    }
-    response
-}
 
-/// Failed bearer checks per client address: an address past `failed_auth_per_minute` is
-/// answered `429` for every request with a token, before the token is looked at, so that
-/// guessing learns nothing. A request without a token is not a guess (it gets its `401`).
-pub async fn failed_bearer(State(front): State<Front>, request: Request, next: Next) -> Response {
-    let limits = front.limits();
-    let has_token = request.headers().contains_key(header::AUTHORIZATION);
-    let ip = limits.client_ip(&request);
-    if let (true, Some(ip)) = (has_token, ip)
-        && let Some(wait) = limits.blocked_for(ip)
-    {
-        return too_many(
+    /// `response`, or for rmcp's `413` (a chunked body past the limit) ours, naming the setting.
+    pub fn size_answer(&self, response: Response) -> Response {
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return too_large(self.max_request_bytes);
+        }
+        response
+    }
+
+    /// The address a request with a bearer token comes from, whose failed checks are counted
+    /// ([`Limits::failed`]); `None` for a request without a token, which is not a guess (it
+    /// gets its `401`).
+    pub fn guesser(&self, request: &Request) -> Option<IpAddr> {
+        if !request.headers().contains_key(header::AUTHORIZATION) {
+            return None;
+        }
+        self.client_ip(request)
+    }
+
+    /// Failed bearer checks per client address: an address past `failed_auth_per_minute` is
+    /// answered `429` for every request with a token, before the token is looked at, so that
+    /// guessing learns nothing.
+    pub fn guessing_refusal(&self, ip: IpAddr) -> Option<Response> {
+        let wait = self.blocked_for(ip)?;
+        Some(too_many(
             wait,
             format!(
-                "too many failed bearer checks from this address: at most {} a minute \
-                 ([http] failed_auth_per_minute)",
-                limits.failed_auth_per_minute
+                "too many failed bearer checks from this address: at most {} a minute ([http] \
+                 failed_auth_per_minute)",
+                self.failed_auth_per_minute
             ),
-        );
+        ))
     }
-    let response = next.run(request).await;
-    if let (true, Some(ip)) = (has_token, ip)
-        && response.status() == StatusCode::UNAUTHORIZED
-    {
-        limits.failed(ip);
-    }
-    response
-}
 
-/// Requests per principal: after the bearer check, which put the `Principal` in the request.
-pub async fn per_principal(State(front): State<Front>, request: Request, next: Next) -> Response {
-    let limits = front.limits();
-    let wait = request
-        .extensions()
-        .get::<Principal>()
-        .and_then(|p| limits.principal_wait(p));
-    if let Some(wait) = wait {
-        return too_many(
+    /// Requests per principal (`key`, after the bearer check): the `429` past the quota, or
+    /// `None` (the request is counted).
+    pub fn rate_refusal(&self, key: &String) -> Option<Response> {
+        let wait = self.principal_wait(key)?;
+        Some(too_many(
             wait,
             format!(
                 "rate limit: at most {} requests a minute per principal ([http] \
                  requests_per_minute)",
-                limits.requests_per_minute
+                self.requests_per_minute
             ),
-        );
+        ))
     }
-    next.run(request).await
 }
 
-/// The session limits, said before rmcp reads the request. A request carrying a session's id
-/// with another principal's token is answered `404`, as for a session that does not exist
-/// (sessions are bound to whoever opened them). When every place is taken, or the principal
-/// holds its share (`max_sessions_per_principal`), a POST without `Mcp-Session-Id` that is an
-/// `initialize` is answered `503` with a JSON-RPC error for its id (rmcp itself could only
-/// answer a refused session with a `500`). Other requests (2026-07-28 ones need no session)
-/// go on. Nothing is read while places are free. A session opened here is recorded as its
-/// principal's.
-pub async fn sessions(
-    State((front, sessions)): State<(Front, Arc<BoundedSessions>)>,
+/// The session limits, said before rmcp reads the request: the request to go on with, or the
+/// answer instead. A request carrying a session's id with another principal's token is
+/// answered `404`, as for a session that does not exist (sessions are bound to whoever opened
+/// them). When every place is taken, or `owner` holds its share
+/// (`max_sessions_per_principal`), a POST without `Mcp-Session-Id` that is an `initialize` is
+/// answered `503` with a JSON-RPC error for its id (rmcp itself could only answer a refused
+/// session with a `500`). Other requests (2026-07-28 ones need no session) go on. Nothing is
+/// read while places are free.
+pub async fn session_room(
+    front: &Front,
+    sessions: &BoundedSessions,
     request: Request,
-    next: Next,
-) -> Response {
-    let owner = request.extensions().get::<Principal>().map(Principal::key);
+    owner: &str,
+) -> Result<Request, Response> {
     if let Some(id) = request
         .headers()
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
     {
-        if let (Some(opened_by), Some(owner)) = (sessions.owner_of(id), &owner)
-            && opened_by != *owner
+        if sessions
+            .owner_of(id)
+            .is_some_and(|opened_by| opened_by != owner)
         {
-            return (
+            return Err((
                 StatusCode::NOT_FOUND,
                 "Not Found: no such session for this principal",
             )
-                .into_response();
+                .into_response());
         }
-        return next.run(request).await;
+        return Ok(request);
     }
     if request.method() != Method::POST {
-        return next.run(request).await;
+        return Ok(request);
     }
     let full = sessions.is_full().await;
-    let over_share = match &owner {
-        Some(o) => sessions.held_by(o).await >= sessions.per_principal(),
-        None => false,
+    let over_share = sessions.held_by(owner).await >= sessions.per_principal();
+    if !(full || over_share) {
+        return Ok(request);
+    }
+    let max_bytes = front.limits().max_request_bytes;
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, max_bytes).await else {
+        return Err(too_large(max_bytes));
     };
-    let request = if full || over_share {
-        let max_bytes = front.limits().max_request_bytes;
-        let (parts, body) = request.into_parts();
-        let Ok(bytes) = axum::body::to_bytes(body, max_bytes).await else {
-            return too_large(max_bytes);
-        };
-        let head: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if head.get("method").and_then(Value::as_str) == Some("initialize") {
-            let (message, data) = if full {
-                (
-                    crate::server::http::full_message(sessions.max()),
-                    json!({"limit": "max_sessions", "max": sessions.max(), "setting": "[http] max_sessions"}),
-                )
-            } else {
-                (
-                    format!(
-                        "session limit reached: this principal holds {} MCP sessions, the most \
-                         [http] max_sessions_per_principal allows; close one (HTTP DELETE with its \
-                         Mcp-Session-Id) or use protocol 2026-07-28, which needs no session",
-                        sessions.per_principal()
-                    ),
-                    json!({"limit": "max_sessions_per_principal", "max": sessions.per_principal(), "setting": "[http] max_sessions_per_principal"}),
-                )
-            };
-            let error = json!({
-                "jsonrpc": "2.0",
-                "id": head.get("id").cloned().unwrap_or(Value::Null),
-                "error": {"code": -32000, "message": message, "data": data},
-            });
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::CONTENT_TYPE, "application/json")],
-                error.to_string(),
-            )
-                .into_response();
-        }
-        Request::from_parts(parts, Body::from(bytes))
+    let head: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    if head.get("method").and_then(Value::as_str) != Some("initialize") {
+        return Ok(Request::from_parts(parts, Body::from(bytes)));
+    }
+    let (message, data) = if full {
+        (
+            crate::server::http::full_message(sessions.max()),
+            json!({"limit": "max_sessions", "max": sessions.max(), "setting": "[http] max_sessions"}),
+        )
     } else {
-        request
+        (
+            format!(
+                "session limit reached: this principal holds {} MCP sessions, the most [http] \
+                 max_sessions_per_principal allows; close one (HTTP DELETE with its \
+                 Mcp-Session-Id) or use protocol 2026-07-28, which needs no session",
+                sessions.per_principal()
+            ),
+            json!({"limit": "max_sessions_per_principal", "max": sessions.per_principal(), "setting": "[http] max_sessions_per_principal"}),
+        )
     };
-    let response = next.run(request).await;
-    if let (Some(id), Some(owner)) = (
-        response
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok()),
-        owner,
-    ) {
+    let error = json!({
+        "jsonrpc": "2.0",
+        "id": head.get("id").cloned().unwrap_or(Value::Null),
+        "error": {"code": -32000, "message": message, "data": data},
+    });
+    Err((
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/json")],
+        error.to_string(),
+    )
+        .into_response())
+}
+
+/// Records a session that a response with `headers` opened as `owner`'s.
+pub async fn record_session(sessions: &BoundedSessions, headers: &HeaderMap, owner: String) {
+    if let Some(id) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
         sessions.record_owner(id, owner).await;
     }
-    response
 }

@@ -2,8 +2,8 @@
 //! from `crate::server::http`), the OAuth protected-resource metadata (`metadata.rs`), the
 //! bearer check that finds each request's principal (`auth.rs`), browser origins and CORS
 //! (`origin.rs`), the limits of sizes, rates and sessions (`limits.rs`), a stream of one
-//! answer sent as JSON (`answer.rs`), and the oversight console and `/metrics` beside them
-//! (`crate::console`'s router, merged here).
+//! answer sent as JSON (`answer.rs`), the order in which a request meets them (`mcp.rs`), and
+//! the oversight console and `/metrics` beside them (`crate::console`'s router, merged here).
 //!
 //! It may depend on `server`, `console`, `auth` and the domains; nothing but the CLI depends
 //! on it (the config only names its `[http]` section's type).
@@ -12,6 +12,7 @@ pub mod answer;
 pub mod auth;
 pub mod config;
 pub mod limits;
+pub mod mcp;
 pub mod metadata;
 pub mod origin;
 
@@ -106,34 +107,13 @@ impl Front {
         &self.inner.limits
     }
 
-    /// `/mcp` behind its checks, and the metadata documents; CORS on both when origins are
-    /// configured. The caller merges the console's router beside it.
-    ///
-    /// A request to `/mcp` passes, in order: CORS (a preflight is answered here, without a
-    /// token), the `Origin` check, sizes, the failed-bearer limit of its address, the bearer
-    /// check, its principal's rate limit, the session limit, and then rmcp, whose event stream
-    /// of one response goes out as that response in JSON (`answer.rs`).
+    /// `/mcp` behind its checks (`mcp.rs`), and the metadata documents; CORS on both when
+    /// origins are configured (a preflight is answered there, without a token). The caller
+    /// merges the console's router beside it.
     pub fn router(&self, mcp: McpHttp) -> Router {
-        use axum::middleware::{from_fn, from_fn_with_state};
-        let service = mcp.service;
         let mut mcp = Router::new()
-            .route(
-                MCP_PATH,
-                any(move |request: axum::extract::Request| {
-                    let service = service.clone();
-                    async move { service.handle(request).await }
-                }),
-            )
-            .layer(from_fn(answer::one_json_answer))
-            .layer(from_fn_with_state(
-                (self.clone(), mcp.sessions),
-                limits::sessions,
-            ))
-            .layer(from_fn_with_state(self.clone(), limits::per_principal))
-            .layer(from_fn_with_state(self.clone(), auth::require_bearer))
-            .layer(from_fn_with_state(self.clone(), limits::failed_bearer))
-            .layer(from_fn_with_state(self.clone(), limits::sizes))
-            .layer(from_fn_with_state(self.clone(), origin::check));
+            .route(MCP_PATH, any(mcp::serve))
+            .with_state(mcp::McpRoute::new(self.clone(), mcp));
         let mut documents = Router::new()
             .route(metadata::PATH, get(metadata::document))
             // RFC 9728 §3.1: the resource's path is appended to the well-known path.

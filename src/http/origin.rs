@@ -6,13 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-
-use super::Front;
 
 /// The allowed origins, parsed once.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,28 +130,29 @@ impl Origins {
     }
 }
 
-/// Refuses a request whose `Origin` is not allowed (`403`, naming the setting); a request
-/// without `Origin` (not from a browser page) goes on.
-pub async fn check(State(front): State<Front>, request: Request, next: Next) -> Response {
-    if let Some(origin) = request.headers().get(header::ORIGIN) {
-        let value = origin.to_str().unwrap_or("(not text)");
-        if !front.origins().allows(value) {
-            let why = if front.origins().is_empty() {
-                "no browser origin is allowed"
-            } else {
-                "it is not one of the allowed"
-            };
-            return (
-                StatusCode::FORBIDDEN,
-                format!(
-                    "Origin `{value}` refused: {why}; browser origins allowed to call /mcp are \
-                     set in [http] allowed_origins"
-                ),
-            )
-                .into_response();
-        }
+/// The `403` for a request whose `Origin` is not allowed (naming the setting), or `None`: a
+/// request without `Origin` (not from a browser page) goes on.
+pub fn refusal(origins: &Origins, headers: &HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN)?;
+    let value = origin.to_str().unwrap_or("(not text)");
+    if origins.allows(value) {
+        return None;
     }
-    next.run(request).await
+    let why = if origins.is_empty() {
+        "no browser origin is allowed"
+    } else {
+        "it is not one of the allowed"
+    };
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            format!(
+                "Origin `{value}` refused: {why}; browser origins allowed to call /mcp are set \
+                 in [http] allowed_origins"
+            ),
+        )
+            .into_response(),
+    )
 }
 
 /// CORS for the allowed origins (preflights answered without a token: browsers send none),
