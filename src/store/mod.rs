@@ -474,9 +474,11 @@ impl Store {
         }
     }
 
-    /// Runs `f` on a connection without opening a transaction: each statement reads a
-    /// consistent snapshot of its own. For lookups and lists; see [`write`](Self::write) for
-    /// anything that changes a row.
+    /// Runs `f` on a connection without taking the write lock. On SQLite its statements read
+    /// one snapshot (a deferred read transaction, which costs nothing but the read lock each
+    /// statement would take anyway); on PostgreSQL each reads a snapshot of its own (a
+    /// transaction there would cost two round trips). For lookups and lists; see
+    /// [`write`](Self::write) for anything that changes a row.
     pub fn read<T>(&self, f: impl FnOnce(&Tx<'_>) -> T) -> T {
         match &self.backend {
             Backend::Lite(l) => l.read(f),
