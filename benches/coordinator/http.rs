@@ -3,9 +3,10 @@
 //! (the bench serves the provider's discovery document and JWKS itself and signs EdDSA tokens),
 //! side by side with stdio, one call at a time and with 16 and 64 in flight. The targets are
 //! read from the bench's lean clients, which write a request and read its answer with nothing
-//! between (JSON-RPC lines on the pipes; a POST per call with reqwest), so that the figures are
-//! the server's; each HTTP row takes turns with stdio runs. rmcp's own client on each transport
-//! follows, for information. Each run also gives the CPU time it cost the server and the client.
+//! between (JSON-RPC lines on the pipes; a bare HTTP/1.1 POST per call on kept-alive
+//! connections), so that the figures are the server's; each HTTP row takes turns with stdio
+//! runs. rmcp's own client on each transport follows, for information. Each run also gives the
+//! CPU time it cost the server and the client.
 //! Then the cost of checking one bearer in-process: a local token (its signature, and the
 //! revocations file's stat that says its remembered row holds) and a provider JWT against a
 //! cached JWKS.
@@ -311,7 +312,8 @@ impl PipeClient {
     }
 }
 
-/// One POST per call to `/mcp`, its answer read whole (JSON, or the event stream's events).
+/// One POST per call to `/mcp`, its answer read whole (JSON, or the event stream's events):
+/// the session is opened with reqwest, the calls are made by [`BareHttp`].
 struct PostClient {
     http: reqwest::Client,
     url: String,
@@ -319,6 +321,7 @@ struct PostClient {
     /// The initialize era's session; `None` for 2026-07-28, where each request stands alone.
     session: Option<String>,
     next: AtomicU64,
+    calls: BareHttp,
 }
 
 impl PostClient {
@@ -329,11 +332,12 @@ impl PostClient {
             bearer: bearer.to_string(),
             session: None,
             next: AtomicU64::new(2),
+            calls: BareHttp::new(url, &call_headers(bearer, None)),
         };
         if stateless {
             return client;
         }
-        let response = client.post(crate::INITIALIZE, "initialize").await;
+        let response = client.post(crate::INITIALIZE).await;
         let session = response
             .headers()
             .get("mcp-session-id")
@@ -342,18 +346,17 @@ impl PostClient {
             .to_string();
         let body = response.text().await.unwrap();
         assert!(body.contains("\"result\""), "initialize: {body}");
+        client.calls = BareHttp::new(url, &call_headers(bearer, Some(&session)));
         client.session = Some(session);
         let done = client
-            .post(
-                r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-                "notifications/initialized",
-            )
+            .post(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
             .await;
         assert_eq!(done.status().as_u16(), 202, "notifications/initialized");
         client
     }
 
-    async fn post(&self, body: &str, method: &str) -> reqwest::Response {
+    /// POSTs `body` with reqwest (the session's opening).
+    async fn post(&self, body: &str) -> reqwest::Response {
         let mut request = self
             .http
             .post(&self.url)
@@ -364,11 +367,7 @@ impl PostClient {
             Some(session) => request
                 .header("mcp-session-id", session)
                 .header("mcp-protocol-version", "2025-11-25"),
-            None if method == "initialize" => request,
-            None => request
-                .header("mcp-protocol-version", "2026-07-28")
-                .header("mcp-method", method)
-                .header("mcp-name", "coordinator_status"),
+            None => request,
         };
         request
             .body(body.to_string())
@@ -379,11 +378,12 @@ impl PostClient {
 
     async fn status(&self) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let response = self
-            .post(&status_request(id, self.session.is_none()), "tools/call")
+        let (status, body) = self
+            .calls
+            .post(&status_request(id, self.session.is_none()))
             .await;
-        assert_eq!(response.status().as_u16(), 200, "tools/call");
-        let body = response.text().await.unwrap();
+        let body = String::from_utf8(body).expect("a UTF-8 answer");
+        assert_eq!(status, 200, "tools/call: {body}");
         if body.starts_with('{') {
             return check_answer(id, &body);
         }
@@ -395,6 +395,140 @@ impl PostClient {
             .find(|data| data.contains(&format!("\"id\":{id}")))
             .unwrap_or_else(|| panic!("no answer to {id} in: {body}"));
         check_answer(id, answer);
+    }
+}
+
+/// The headers of a `coordinator_status` call: a session's, or a 2026-07-28 request's (with
+/// the SEP-2243 headers that era's requests carry).
+fn call_headers(bearer: &str, session: Option<&str>) -> String {
+    let era = match session {
+        Some(session) => {
+            format!("Mcp-Session-Id: {session}\r\nMcp-Protocol-Version: 2025-11-25\r\n")
+        }
+        None => "Mcp-Protocol-Version: 2026-07-28\r\nMcp-Method: tools/call\r\n\
+                 Mcp-Name: coordinator_status\r\n"
+            .to_string(),
+    };
+    format!(
+        "Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\n{era}"
+    )
+}
+
+/// An HTTP/1.1 client with nothing but what a call needs: the request written whole on a
+/// kept-alive connection (one per call in flight), the answer read by its `Content-Length` or
+/// its chunks. reqwest cost the bench two to three times the pipe client's CPU a call, on the
+/// two cores the server shares with it, which the share of stdio's throughput then counted
+/// against the server.
+struct BareHttp {
+    authority: String,
+    /// The request line and headers, less `Content-Length`.
+    head: String,
+    idle: std::sync::Mutex<Vec<BareConn>>,
+}
+
+struct BareConn {
+    stream: tokio::net::TcpStream,
+    read: Vec<u8>,
+}
+
+impl BareHttp {
+    /// A client for `url` (`http://host:port/path`) whose requests carry `headers` (lines
+    /// each ending in CRLF).
+    fn new(url: &str, headers: &str) -> BareHttp {
+        let rest = url.strip_prefix("http://").expect("an http:// URL");
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        BareHttp {
+            authority: authority.to_string(),
+            head: format!("POST {path} HTTP/1.1\r\nHost: {authority}\r\n{headers}"),
+            idle: std::sync::Mutex::default(),
+        }
+    }
+
+    /// POSTs `body`; the answer's status and body.
+    async fn post(&self, body: &str) -> (u16, Vec<u8>) {
+        use tokio::io::AsyncWriteExt;
+        let idle = self.idle.lock().unwrap().pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => BareConn {
+                stream: tokio::net::TcpStream::connect(&self.authority)
+                    .await
+                    .expect("connect to the server"),
+                read: Vec::with_capacity(8192),
+            },
+        };
+        let request = format!("{}Content-Length: {}\r\n\r\n{body}", self.head, body.len());
+        conn.stream.write_all(request.as_bytes()).await.unwrap();
+        let answer = conn.answer().await;
+        self.idle.lock().unwrap().push(conn);
+        answer
+    }
+}
+
+impl BareConn {
+    /// Reads more of the answer.
+    async fn fill(&mut self) {
+        use tokio::io::AsyncReadExt;
+        let n = self.stream.read_buf(&mut self.read).await.unwrap();
+        assert!(n > 0, "the server closed the connection mid-answer");
+    }
+
+    /// Reads until `read` holds `delimiter`; the bytes up to it, which are taken out with it.
+    async fn until(&mut self, delimiter: &[u8]) -> Vec<u8> {
+        loop {
+            if let Some(i) = memchr::memmem::find(&self.read, delimiter) {
+                let taken: Vec<u8> = self.read.drain(..i + delimiter.len()).collect();
+                return taken[..i].to_vec();
+            }
+            self.fill().await;
+        }
+    }
+
+    async fn exactly(&mut self, n: usize) -> Vec<u8> {
+        while self.read.len() < n {
+            self.fill().await;
+        }
+        self.read.drain(..n).collect()
+    }
+
+    /// One answer: its status and body.
+    async fn answer(&mut self) -> (u16, Vec<u8>) {
+        let head = String::from_utf8(self.until(b"\r\n\r\n").await).expect("a text head");
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("a status line: {head}"));
+        let header = |name: &str| {
+            head.lines().skip(1).find_map(|line| {
+                let (n, v) = line.split_once(':')?;
+                n.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_string())
+            })
+        };
+        if let Some(length) = header("content-length") {
+            let length = length.parse().expect("a Content-Length");
+            return (status, self.exactly(length).await);
+        }
+        assert!(
+            header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")),
+            "an answer with neither a length nor chunks: {head}"
+        );
+        let mut body = Vec::new();
+        loop {
+            let line = String::from_utf8(self.until(b"\r\n").await).expect("a chunk size");
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .unwrap_or_else(|_| panic!("a chunk size: {line}"));
+            if size == 0 {
+                // No trailers: the blank line that ends the body.
+                self.until(b"\r\n").await;
+                return (status, body);
+            }
+            body.extend(self.exactly(size).await);
+            self.until(b"\r\n").await;
+        }
     }
 }
 
