@@ -135,10 +135,13 @@ pub struct StatusOutput {
     /// Tool groups switched off by the config file.
     pub disabled_groups: Vec<ToolGroup>,
     pub uptime_seconds: f64,
-    /// Every coordinator process on this database (this one included, `this_process`), live
-    /// ones first: how each is reached, and its health from its heartbeat's age (`ok`,
-    /// `stale` after 30 s, `gone` after 5 minutes without one, `stopped` after a clean exit).
+    /// The coordinator processes on this database (this one included, `this_process`): every
+    /// one not stopped, live ones first, then the last 4 to stop; 16 at most. How each is
+    /// reached, and its health from its heartbeat's age (`ok`, `stale` after 30 s, `gone`
+    /// after 5 minutes without one, `stopped` after a clean exit).
     pub fleet: Vec<crate::fleet::Member>,
+    /// Coordinators not in `fleet` (stopped earlier, or past 16); the console lists them all.
+    pub fleet_unlisted: usize,
 }
 
 async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<StatusOutput, Failure> {
@@ -152,6 +155,7 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
         ))
     });
     let (mut health, schema_version, counts, fleet) = db.map_err(|e| ToolError::store(&e))?;
+    let (fleet, fleet_unlisted) = crate::fleet::for_status(fleet);
     let unaudited = c.unaudited_calls();
     if let Some(u) = &unaudited {
         health = format!(
@@ -215,6 +219,7 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
         disabled_groups: settings.config.tools.disabled_groups.clone(),
         uptime_seconds: c.uptime().as_secs_f64(),
         fleet,
+        fleet_unlisted,
     })
 }
 
