@@ -197,23 +197,24 @@ pub fn members(store: &Store, this: Option<&str>) -> Result<Vec<Member>, StoreEr
 pub const STATUS_LISTS: usize = 16;
 pub const STATUS_LISTS_STOPPED: usize = 4;
 
-/// The members `coordinator_status` lists, from [`members`]: every one not stopped (live ones
-/// first), then the last [`STATUS_LISTS_STOPPED`] to stop, newest first, [`STATUS_LISTS`] in
-/// all; and how many are left out. Stopped rows stay a day, and every stdio session an
-/// assistant opens is a coordinator that starts and stops: listing them all made a status
-/// call's answer grow by a kilobyte for each (111 KB after the bench's hundred cold starts).
-/// The console lists every one.
-pub fn for_status(members: Vec<Member>) -> (Vec<Member>, usize) {
-    let total = members.len();
-    let (mut listed, mut stopped): (Vec<Member>, Vec<Member>) = members
+/// The members `coordinator_status` lists: every one not stopped (in the order they started),
+/// then the last [`STATUS_LISTS_STOPPED`] to stop, newest first, [`STATUS_LISTS`] in all; and
+/// how many are left out. Stopped rows stay a day, and every stdio session an assistant opens
+/// is a coordinator that starts and stops: listing them all made a status call's answer grow
+/// by a kilobyte for each (111 KB after the bench's hundred cold starts). The console lists
+/// every one.
+pub fn for_status(store: &Store, this: Option<&str>) -> Result<(Vec<Member>, usize), StoreError> {
+    let (listed, total) =
+        store.read(|tx| sql::list_recent(tx, STATUS_LISTS as i64, STATUS_LISTS_STOPPED as i64))?;
+    let mut members: Vec<Member> = listed
         .into_iter()
-        .partition(|m| m.health != Health::Stopped);
-    stopped.sort_by(|a, b| b.stopped_at.cmp(&a.stopped_at));
-    stopped.truncate(STATUS_LISTS_STOPPED);
-    listed.extend(stopped);
-    listed.truncate(STATUS_LISTS);
-    let left_out = total - listed.len();
-    (listed, left_out)
+        .map(|l| Member::from_listed(l, this))
+        .collect();
+    members.truncate(STATUS_LISTS);
+    let left_out = usize::try_from(total)
+        .unwrap_or(0)
+        .saturating_sub(members.len());
+    Ok((members, left_out))
 }
 
 /// One coordinator process's place in the fleet. Cheap to clone.
@@ -346,6 +347,11 @@ impl FleetService {
         members(&self.inner.store, Some(&self.inner.id))
     }
 
+    /// What `coordinator_status` lists, and how many it leaves out ([`for_status`]).
+    pub fn for_status(&self) -> Result<(Vec<Member>, usize), StoreError> {
+        for_status(&self.inner.store, Some(&self.inner.id))
+    }
+
     /// The heartbeat, every [`HEARTBEAT_EVERY`] (nothing until [`join`](Self::join)).
     pub fn periodic(&self) -> Vec<Periodic> {
         let fleet = self.clone();
@@ -466,60 +472,5 @@ mod tests {
             assert_eq!(seen.len(), 1, "{name}: {seen:#?}");
             assert_eq!(seen[0].transports, http, "{name}");
         }
-    }
-
-    fn member(id: usize, health: Health, stopped_at: Option<&str>) -> Member {
-        Member {
-            id: format!("c{id}"),
-            host: "h".into(),
-            pid: id as u32,
-            version: "0.0.1".into(),
-            transports: Transports::default(),
-            url: None,
-            toolsets: Vec::new(),
-            capabilities: Capabilities::default(),
-            started_at: "2026-12-07T00:00:00Z".into(),
-            stopped_at: stopped_at.map(str::to_string),
-            heartbeat_age_seconds: 1.0,
-            health,
-            this_process: id == 0,
-        }
-    }
-
-    #[test]
-    fn status_lists_the_running_and_the_last_to_stop() {
-        // As the store lists them: not stopped first, then stopped by start time.
-        let mut all = vec![
-            member(0, Health::Ok, None),
-            member(1, Health::Stale, None),
-            member(2, Health::Gone, None),
-        ];
-        for i in 0..30 {
-            // Stopped at 00:00:00 .. 00:00:29, listed in an order unrelated to it.
-            let at = format!("2026-12-07T00:00:{:02}Z", (i * 7) % 30);
-            all.push(member(3 + i, Health::Stopped, Some(&at)));
-        }
-        let (listed, left_out) = for_status(all);
-        let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
-        assert_eq!(&ids[..3], ["c0", "c1", "c2"]);
-        let stopped: Vec<&str> = listed[3..]
-            .iter()
-            .map(|m| m.stopped_at.as_deref().unwrap_or("not stopped"))
-            .collect();
-        assert_eq!(
-            stopped,
-            [29, 28, 27, 26].map(|s| format!("2026-12-07T00:00:{s}Z")),
-            "the last to stop, newest first"
-        );
-        assert_eq!(left_out, 26);
-
-        // Many running: the first 16 as listed, and no stopped one.
-        let mut many: Vec<Member> = (0..20).map(|i| member(i, Health::Ok, None)).collect();
-        many.push(member(20, Health::Stopped, Some("2026-12-07T00:00:00Z")));
-        let (listed, left_out) = for_status(many);
-        assert_eq!(listed.len(), STATUS_LISTS);
-        assert!(listed.iter().all(|m| m.health == Health::Ok));
-        assert_eq!(listed[0].id, "c0");
-        assert_eq!(left_out, 5);
     }
 }

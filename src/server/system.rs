@@ -151,11 +151,11 @@ async fn status(c: Coordinator, _input: StatusInput, call: Call) -> Result<Statu
             store.health()?,
             store.schema_version()?,
             store.table_counts()?,
-            c.fleet().members()?,
+            c.fleet().for_status()?,
         ))
     });
-    let (mut health, schema_version, counts, fleet) = db.map_err(|e| ToolError::store(&e))?;
-    let (fleet, fleet_unlisted) = crate::fleet::for_status(fleet);
+    let (mut health, schema_version, counts, (fleet, fleet_unlisted)) =
+        db.map_err(|e| ToolError::store(&e))?;
     let unaudited = c.unaudited_calls();
     if let Some(u) = &unaudited {
         health = format!(

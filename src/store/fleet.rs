@@ -144,6 +144,45 @@ pub fn list(tx: &Tx<'_>, now_ms_at: Option<i64>) -> Result<Vec<Listed>, StoreErr
     )
 }
 
+/// The coordinators still running (at most `running`, in the order they started) and the
+/// last `stopped` to stop (newest first), each with its heartbeat's age, and how many rows
+/// there are in all: a status's list, without reading a day of stopped rows.
+pub fn list_recent(
+    tx: &Tx<'_>,
+    running: i64,
+    stopped: i64,
+) -> Result<(Vec<Listed>, i64), StoreError> {
+    let select = |filter: &str, order: &str| {
+        format!(
+            "SELECT {COLUMNS}, {now} - heartbeat_ms FROM coordinators
+             WHERE {filter} ORDER BY {order} LIMIT ?1",
+            now = now_ms(tx)
+        )
+    };
+    let listed = |r: &Row<'_>| {
+        Ok(Listed {
+            row: from_row(r)?,
+            heartbeat_age_ms: r.get(10)?,
+        })
+    };
+    let mut rows = tx.all(
+        &select("stopped_at IS NULL", "started_at, id"),
+        args![running],
+        listed,
+    )?;
+    rows.extend(tx.all(
+        &select("stopped_at IS NOT NULL", "stopped_at DESC, id"),
+        args![stopped],
+        listed,
+    )?);
+    let total = tx
+        .one("SELECT COUNT(*) FROM coordinators", args![], |r| {
+            r.get::<i64>(0)
+        })?
+        .unwrap_or(0);
+    Ok((rows, total))
+}
+
 /// Deletes coordinators whose last heartbeat is more than `older_than_ms` before `now_ms`
 /// (`None`: the database's clock); returns how many.
 pub fn prune(tx: &Tx<'_>, older_than_ms: i64, now_ms_at: Option<i64>) -> Result<usize, StoreError> {
@@ -273,6 +312,46 @@ mod tests {
             assert!((0..5_000).contains(&a.heartbeat_age_ms), "{name}: {a:?}");
             let pruned = store.write(|tx| prune(tx, 60_000, None));
             assert_eq!(pruned.ok(), Some(0), "{name}");
+        }
+    }
+
+    /// A status's list: the running in the order they started, the last to stop newest
+    /// first, each kind to its limit, and the count of every row.
+    #[test]
+    fn the_recent_list_on_both_backends() {
+        for (name, store) in testing::both("fleet_recent") {
+            store
+                .write(|tx| {
+                    for i in 0..5 {
+                        let started = format!("2026-01-01T00:00:0{i}.000000Z");
+                        upsert(tx, &row(&format!("run{i}"), &started), Some(1_000))?;
+                    }
+                    for i in 0..12 {
+                        let id = format!("stop{i:02}");
+                        upsert(tx, &row(&id, "2026-01-01T00:00:00.000000Z"), Some(1_000))?;
+                        // Stopped in an order unrelated to their ids.
+                        let at = format!("2026-01-01T01:00:{:02}.000000Z", (i * 5) % 12);
+                        stop(tx, &id, &at, Some(2_000))?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let (rows, total) = store
+                .read(|tx| list_recent(tx, 3, 4))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(total, 17, "{name}");
+            let ids: Vec<&str> = rows.iter().map(|l| l.row.id.as_str()).collect();
+            let stopped_at: Vec<&str> = rows[3..]
+                .iter()
+                .filter_map(|l| l.row.stopped_at.as_deref())
+                .collect();
+            assert_eq!(&ids[..3], ["run0", "run1", "run2"], "{name}");
+            assert_eq!(
+                stopped_at,
+                [11, 10, 9, 8].map(|s| format!("2026-01-01T01:00:{s:02}.000000Z")),
+                "{name}: the last to stop, newest first"
+            );
+            assert!(rows[3..].iter().all(|l| l.heartbeat_age_ms >= 0), "{name}");
         }
     }
 }
