@@ -197,15 +197,23 @@ pub fn members(store: &Store, this: Option<&str>) -> Result<Vec<Member>, StoreEr
 pub const STATUS_LISTS: usize = 16;
 pub const STATUS_LISTS_STOPPED: usize = 4;
 
-/// The members `coordinator_status` lists: every one not stopped (in the order they started),
-/// then the last [`STATUS_LISTS_STOPPED`] to stop, newest first, [`STATUS_LISTS`] in all; and
+/// The members `coordinator_status` lists: every one not stopped (`this` first, then the ones
+/// heard from lately in the order they started, then the silent), then the last
+/// [`STATUS_LISTS_STOPPED`] to stop, newest first, [`STATUS_LISTS`] in all; and
 /// how many are left out. Stopped rows stay a day, and every stdio session an assistant opens
 /// is a coordinator that starts and stops: listing them all made a status call's answer grow
 /// by a kilobyte for each (111 KB after the bench's hundred cold starts). The console lists
 /// every one.
 pub fn for_status(store: &Store, this: Option<&str>) -> Result<(Vec<Member>, usize), StoreError> {
-    let (listed, total) =
-        store.read(|tx| sql::list_recent(tx, STATUS_LISTS as i64, STATUS_LISTS_STOPPED as i64))?;
+    let (listed, total) = store.read(|tx| {
+        sql::list_recent(
+            tx,
+            this.unwrap_or_default(),
+            STALE_AFTER_MS,
+            STATUS_LISTS as i64,
+            STATUS_LISTS_STOPPED as i64,
+        )
+    })?;
     let mut members: Vec<Member> = listed
         .into_iter()
         .map(|l| Member::from_listed(l, this))

@@ -135,10 +135,10 @@ pub struct StatusOutput {
     /// Tool groups switched off by the config file.
     pub disabled_groups: Vec<ToolGroup>,
     pub uptime_seconds: f64,
-    /// The coordinator processes on this database (this one included, `this_process`): every
-    /// one not stopped, live ones first, then the last 4 to stop; 16 at most. How each is
-    /// reached, and its health from its heartbeat's age (`ok`, `stale` after 30 s, `gone`
-    /// after 5 minutes without one, `stopped` after a clean exit).
+    /// The coordinator processes on this database: this one first (`this_process`), then
+    /// every other one not stopped (live ones first), then the last 4 to stop; 16 at most.
+    /// How each is reached, and its health from its heartbeat's age (`ok`, `stale` after
+    /// 30 s, `gone` after 5 minutes without one, `stopped` after a clean exit).
     pub fleet: Vec<crate::fleet::Member>,
     /// Coordinators not in `fleet` (stopped earlier, or past 16); the console lists them all.
     pub fleet_unlisted: usize,

@@ -144,21 +144,18 @@ pub fn list(tx: &Tx<'_>, now_ms_at: Option<i64>) -> Result<Vec<Listed>, StoreErr
     )
 }
 
-/// The coordinators still running (at most `running`, in the order they started) and the
-/// last `stopped` to stop (newest first), each with its heartbeat's age, and how many rows
-/// there are in all: a status's list, without reading a day of stopped rows.
+/// What a status lists, without reading a day of stopped rows: the coordinators still running
+/// (at most `running`: `this` first, then those heard from within `fresh_ms` in the order they
+/// started, then the silent ones) and the last `stopped` to stop (newest first by the
+/// database's clock), each with its heartbeat's age; and how many rows there are in all.
 pub fn list_recent(
     tx: &Tx<'_>,
+    this: &str,
+    fresh_ms: i64,
     running: i64,
     stopped: i64,
 ) -> Result<(Vec<Listed>, i64), StoreError> {
-    let select = |filter: &str, order: &str| {
-        format!(
-            "SELECT {COLUMNS}, {now} - heartbeat_ms FROM coordinators
-             WHERE {filter} ORDER BY {order} LIMIT ?1",
-            now = now_ms(tx)
-        )
-    };
+    let now = now_ms(tx);
     let listed = |r: &Row<'_>| {
         Ok(Listed {
             row: from_row(r)?,
@@ -166,12 +163,24 @@ pub fn list_recent(
         })
     };
     let mut rows = tx.all(
-        &select("stopped_at IS NULL", "started_at, id"),
-        args![running],
+        &format!(
+            "SELECT {COLUMNS}, {now} - heartbeat_ms FROM coordinators
+             WHERE stopped_at IS NULL
+             ORDER BY id = ?2 DESC, {now} - heartbeat_ms > ?3, started_at, id
+             LIMIT ?1"
+        ),
+        args![running, this, fresh_ms],
         listed,
     )?;
+    // `stop` sets the last heartbeat from the database's clock: the order every machine agrees
+    // on, where `stopped_at` is each one's own clock.
     rows.extend(tx.all(
-        &select("stopped_at IS NOT NULL", "stopped_at DESC, id"),
+        &format!(
+            "SELECT {COLUMNS}, {now} - heartbeat_ms FROM coordinators
+             WHERE stopped_at IS NOT NULL
+             ORDER BY heartbeat_ms DESC, id
+             LIMIT ?1"
+        ),
         args![stopped],
         listed,
     )?);
@@ -315,43 +324,56 @@ mod tests {
         }
     }
 
-    /// A status's list: the running in the order they started, the last to stop newest
-    /// first, each kind to its limit, and the count of every row.
+    /// A status's list: the asker first, then the running heard from lately in the order they
+    /// started, then the silent; the last to stop newest first by the database's clock; each
+    /// kind to its limit, and the count of every row.
     #[test]
     fn the_recent_list_on_both_backends() {
         for (name, store) in testing::both("fleet_recent") {
             store
                 .write(|tx| {
+                    // run0 and run1 went silent long ago; run2..run4 beat at 100_000.
                     for i in 0..5 {
                         let started = format!("2026-01-01T00:00:0{i}.000000Z");
-                        upsert(tx, &row(&format!("run{i}"), &started), Some(1_000))?;
+                        let beat = if i < 2 { 1_000 } else { 100_000 };
+                        upsert(tx, &row(&format!("run{i}"), &started), Some(beat))?;
                     }
                     for i in 0..12 {
                         let id = format!("stop{i:02}");
                         upsert(tx, &row(&id, "2026-01-01T00:00:00.000000Z"), Some(1_000))?;
                         // Stopped in an order unrelated to their ids.
-                        let at = format!("2026-01-01T01:00:{:02}.000000Z", (i * 5) % 12);
-                        stop(tx, &id, &at, Some(2_000))?;
+                        let at_ms = 50_000 + ((i * 5) % 12) * 1_000;
+                        stop(tx, &id, "2026-01-01T01:00:00.000000Z", Some(at_ms))?;
                     }
                     Ok::<_, StoreError>(())
                 })
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Judged by the database's clock (now, years after these times), every running row
+            // is silent: the order is then the asker, then by start.
             let (rows, total) = store
-                .read(|tx| list_recent(tx, 3, 4))
+                .read(|tx| list_recent(tx, "run3", 30_000, 3, 4))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(total, 17, "{name}");
             let ids: Vec<&str> = rows.iter().map(|l| l.row.id.as_str()).collect();
-            let stopped_at: Vec<&str> = rows[3..]
-                .iter()
-                .filter_map(|l| l.row.stopped_at.as_deref())
-                .collect();
-            assert_eq!(&ids[..3], ["run0", "run1", "run2"], "{name}");
+            assert_eq!(&ids[..3], ["run3", "run0", "run1"], "{name}");
+            let beats: Vec<i64> = rows[3..].iter().map(|l| l.row.heartbeat_ms).collect();
             assert_eq!(
-                stopped_at,
-                [11, 10, 9, 8].map(|s| format!("2026-01-01T01:00:{s:02}.000000Z")),
+                beats,
+                [61_000, 60_000, 59_000, 58_000],
                 "{name}: the last to stop, newest first"
             );
-            assert!(rows[3..].iter().all(|l| l.heartbeat_age_ms >= 0), "{name}");
+            // With a freshness window that reaches back past 100_000 but not 1_000, the ones
+            // still beating come before the silent.
+            let fresh = store
+                .read(|tx| {
+                    let now: i64 = tx
+                        .one(&format!("SELECT {}", now_ms(tx)), args![], |r| r.get(0))?
+                        .unwrap_or(0);
+                    list_recent(tx, "nobody", now - 50_000, 3, 0)
+                })
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let ids: Vec<&str> = fresh.0.iter().map(|l| l.row.id.as_str()).collect();
+            assert_eq!(ids, ["run2", "run3", "run4"], "{name}");
         }
     }
 }

@@ -126,8 +126,9 @@ impl Lite {
         // Should BEGIN fail, the statements run as before, each in a snapshot of its own.
         let snapshot = Open::begin(&conn, "BEGIN").ok();
         let value = f(&Tx::lite(&conn));
-        // COMMIT, not ROLLBACK, so that nothing differs from autocommit should `f` write; a
-        // failed COMMIT rolls back when the guard drops.
+        // Nothing read here writes (that is `write`'s, whose BEGIN IMMEDIATE waits for the
+        // lock: a write in this transaction would fail at once if another process had written
+        // since it began). A failed COMMIT rolls back when the guard drops.
         if let Some(snapshot) = snapshot {
             let _ = snapshot.commit();
         }
