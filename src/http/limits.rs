@@ -17,7 +17,7 @@ use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use serde_json::{Value, json};
 
-use super::{Front, HttpConfig};
+use super::HttpConfig;
 use crate::server::http::BoundedSessions;
 
 /// Keyed tables past this many entries forget the keys whose quota has refilled (the
@@ -228,7 +228,7 @@ impl Limits {
 /// session with a `500`). Other requests (2026-07-28 ones need no session) go on. Nothing is
 /// read while places are free.
 pub async fn session_room(
-    front: &Front,
+    limits: &Limits,
     sessions: &BoundedSessions,
     request: Request,
     owner: &str,
@@ -258,7 +258,7 @@ pub async fn session_room(
     if !(full || over_share) {
         return Ok(request);
     }
-    let max_bytes = front.limits().max_request_bytes;
+    let max_bytes = limits.max_request_bytes;
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, max_bytes).await else {
         return Err(too_large(max_bytes));

@@ -71,7 +71,7 @@ pub async fn serve(State(route): State<McpRoute>, mut request: Request) -> Respo
         return refused;
     }
     request.extensions_mut().insert(principal);
-    let request = match limits::session_room(front, sessions, request, &owner).await {
+    let request = match limits::session_room(limits, sessions, request, &owner).await {
         Ok(request) => request,
         Err(refused) => return refused,
     };
