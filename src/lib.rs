@@ -7,6 +7,7 @@
 //! only by `store`.
 
 pub mod agent;
+pub mod allocator;
 pub mod approval;
 pub mod assessment;
 pub mod audit;

@@ -62,7 +62,7 @@ pub struct ServeArgs {
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     // Before the runtime's threads start allocating.
-    mcp_coordinator::limits::tune_allocator();
+    mcp_coordinator::allocator::tune_allocator();
     let (mut settings, audit) = super::open(global)?;
     if let Some(toolsets) = &global.toolsets {
         settings.config.tools.toolsets = toolsets.clone();

@@ -371,7 +371,7 @@ pub(super) fn release_memory_soon() {
     tokio::spawn(async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         PENDING.store(false, std::sync::atomic::Ordering::Release);
-        let _ = tokio::task::spawn_blocking(limits::release_memory).await;
+        let _ = tokio::task::spawn_blocking(crate::allocator::release_memory).await;
     });
 }
 
